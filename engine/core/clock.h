@@ -1,0 +1,18 @@
+/* clock.h - wall and monotonic time in the units the engine uses. */
+#ifndef AP_CLOCK_H
+#define AP_CLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Milliseconds since the Unix epoch. */
+int64_t clock_wall_ms(void);
+
+/* Monotonic milliseconds and microseconds, for deadlines and durations. */
+int64_t clock_mono_ms(void);
+int64_t clock_mono_us(void);
+
+/* Formats epoch milliseconds as "2026-11-28T12:00:00.123Z" into buf (>= 25 bytes). */
+void clock_format_rfc3339(int64_t ms, char *buf, size_t cap);
+
+#endif

@@ -1,0 +1,100 @@
+#include "core/ids.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <openssl/sha.h>
+#include <string.h>
+#include <sys/random.h>
+
+ap_status ids_random(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t got = getrandom(p, n, 0);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return AP_IO;
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+    return AP_OK;
+}
+
+static void format_uuid(const unsigned char b[16], char out[IDS_UUID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+ap_status ids_uuid_v4(char out[IDS_UUID_LEN + 1])
+{
+    unsigned char b[16];
+    ap_status rc = ids_random(b, sizeof b);
+    if (rc != AP_OK)
+        return rc;
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    format_uuid(b, out);
+    return AP_OK;
+}
+
+bool ids_uuid_normalize(const char *in, char out[IDS_UUID_LEN + 1])
+{
+    if (in == NULL || strlen(in) != IDS_UUID_LEN)
+        return false;
+    char tmp[IDS_UUID_LEN + 1];
+    for (int i = 0; i < IDS_UUID_LEN; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-')
+                return false;
+            tmp[i] = '-';
+        } else {
+            if (!isxdigit(c))
+                return false;
+            tmp[i] = (char)tolower(c);
+        }
+    }
+    tmp[IDS_UUID_LEN] = '\0';
+    memcpy(out, tmp, sizeof tmp);
+    return true;
+}
+
+void ids_hex(const void *data, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[p[i] >> 4];
+        out[2 * i + 1] = hex[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void ids_sha256_hex(const void *data, size_t n, char out[IDS_SHA256_HEX_LEN + 1])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256(data, n, md);
+    ids_hex(md, sizeof md, out);
+}
+
+bool ids_equal_ct(const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (alen != blen)
+        return false;
+    const volatile unsigned char *x = a;
+    const volatile unsigned char *y = b;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < alen; i++)
+        diff |= (unsigned char)(x[i] ^ y[i]);
+    return diff == 0;
+}

@@ -1,0 +1,94 @@
+#include "core/jsonx.h"
+
+#include <string.h>
+
+int jsonx_depth(const cJSON *item)
+{
+    int max = 0;
+    if (!cJSON_IsArray(item) && !cJSON_IsObject(item))
+        return 0;
+    for (const cJSON *c = item->child; c != NULL; c = c->next) {
+        int d = jsonx_depth(c);
+        if (d > max)
+            max = d;
+    }
+    return max + 1;
+}
+
+cJSON *jsonx_parse(const char *text, size_t len, int max_depth, ap_err *err)
+{
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
+    if (root == NULL) {
+        size_t at = end != NULL && end >= text ? (size_t)(end - text) : 0;
+        ap_err_set(err, AP_INVALID, "malformed JSON near byte %zu", at);
+        return NULL;
+    }
+    while (end != NULL && (size_t)(end - text) < len &&
+           (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
+        end++;
+    if (end != NULL && (size_t)(end - text) < len && *end != '\0') {
+        cJSON_Delete(root);
+        ap_err_set(err, AP_INVALID, "trailing data after JSON value at byte %zu",
+                   (size_t)(end - text));
+        return NULL;
+    }
+    if (jsonx_depth(root) > max_depth) {
+        cJSON_Delete(root);
+        ap_err_set(err, AP_INVALID, "JSON nested deeper than %d levels", max_depth);
+        return NULL;
+    }
+    return root;
+}
+
+const char *jsonx_string(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+double jsonx_number(const cJSON *obj, const char *key, double dflt)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+char *jsonx_print(const cJSON *item)
+{
+    return cJSON_PrintUnformatted(item);
+}
+
+bool jsonx_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = p[i];
+        size_t need;
+        unsigned int cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            need = 1, cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            need = 2, cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            need = 3, cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (n - i <= need)
+            return false;
+        for (size_t k = 1; k <= need; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if ((need == 1 && cp < 0x80) || (need == 2 && cp < 0x800) ||
+            (need == 3 && cp < 0x10000) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += need + 1;
+    }
+    return true;
+}

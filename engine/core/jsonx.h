@@ -1,0 +1,28 @@
+/* jsonx.h - small helpers over cJSON for reading untrusted JSON. */
+#ifndef AP_JSONX_H
+#define AP_JSONX_H
+
+#include "core/status.h"
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Parses len bytes of text; rejects trailing garbage and nesting deeper than max_depth.
+ * Returns a tree the caller frees with cJSON_Delete, or NULL with err set (AP_INVALID). */
+cJSON *jsonx_parse(const char *text, size_t len, int max_depth, ap_err *err);
+
+/* Nesting depth of a tree (a scalar is 0). */
+int jsonx_depth(const cJSON *item);
+
+/* Member lookups (case-sensitive); NULL/default when absent or of another type. Borrowed. */
+const char *jsonx_string(const cJSON *obj, const char *key);
+double jsonx_number(const cJSON *obj, const char *key, double dflt);
+
+/* Compact text of a tree; caller frees. NULL on allocation failure. */
+char *jsonx_print(const cJSON *item);
+
+/* True when s is valid UTF-8 of n bytes (no overlongs, no surrogates). */
+bool jsonx_utf8_valid(const char *s, size_t n);
+
+#endif
