@@ -47,47 +47,47 @@ static size_t put_escaped(char *dst, size_t pos, size_t cap, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
     for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
-        char esc[7];
-        size_t n = 0;
+        char esc[8] = {0};
         switch (*p) {
         case '"':
-            memcpy(esc, "\\\"", 2), n = 2;
+            esc[0] = '\\', esc[1] = '"';
             break;
         case '\\':
-            memcpy(esc, "\\\\", 2), n = 2;
+            esc[0] = '\\', esc[1] = '\\';
             break;
         case '\n':
-            memcpy(esc, "\\n", 2), n = 2;
+            esc[0] = '\\', esc[1] = 'n';
             break;
         case '\r':
-            memcpy(esc, "\\r", 2), n = 2;
+            esc[0] = '\\', esc[1] = 'r';
             break;
         case '\t':
-            memcpy(esc, "\\t", 2), n = 2;
+            esc[0] = '\\', esc[1] = 't';
             break;
         default:
             if (*p < 0x20) {
-                memcpy(esc, "\\u00", 4);
+                esc[0] = '\\', esc[1] = 'u', esc[2] = '0', esc[3] = '0';
                 esc[4] = hex[*p >> 4];
                 esc[5] = hex[*p & 15];
-                n = 6;
             } else {
                 esc[0] = (char)*p;
-                n = 1;
             }
         }
+        size_t n = strlen(esc);
         if (pos + n >= cap)
             break;
-        memcpy(dst + pos, esc, n);
-        pos += n;
+        for (size_t k = 0; k < n; k++)
+            dst[pos++] = esc[k];
     }
     return pos;
 }
 
 static size_t put_raw(char *dst, size_t pos, size_t cap, const char *s)
 {
+    if (pos + 1 >= cap)
+        return pos;
     size_t n = strlen(s);
-    if (pos + n >= cap)
+    if (n > cap - pos - 1)
         n = cap - pos - 1;
     memcpy(dst + pos, s, n);
     return pos + n;
