@@ -29,13 +29,14 @@ void cli_usage(FILE *out)
     fprintf(out, "usage: askpanel <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(out, "\ncommon options:\n"
-                 "  --config FILE      configuration file (default config/askpanel.json)\n"
-                 "  --listen HOST:PORT address to serve on (default 127.0.0.1:8080)\n"
-                 "  --store URL        sqlite:PATH or postgres://... (default sqlite:data/askpanel.db)\n"
-                 "  --cache URL        memory or redis://... (default memory)\n"
-                 "  --log-level LEVEL  debug, info, warn or error\n"
-                 "\nSee README.md and docs/ for more.\n");
+    fprintf(out,
+            "\ncommon options:\n"
+            "  --config FILE      configuration file (default config/askpanel.json)\n"
+            "  --listen HOST:PORT address to serve on (default 127.0.0.1:8080)\n"
+            "  --store URL        sqlite:PATH or postgres://... (default sqlite:data/askpanel.db)\n"
+            "  --cache URL        memory or redis://... (default memory)\n"
+            "  --log-level LEVEL  debug, info, warn or error\n"
+            "\nSee README.md and docs/ for more.\n");
 }
 
 int main(int argc, char **argv)

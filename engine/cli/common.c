@@ -9,8 +9,8 @@ static const struct {
     const char *flag;
     const char *key; /* NULL: --config */
 } flags[] = {
-    {"--config", NULL},        {"--listen", "listen"},       {"--store", "store"},
-    {"--cache", "cache"},      {"--log-level", "log_level"},
+    {"--config", NULL},   {"--listen", "listen"},       {"--store", "store"},
+    {"--cache", "cache"}, {"--log-level", "log_level"},
 };
 
 int cli_common_option(cli_common *c, int argc, char **argv, int *i)

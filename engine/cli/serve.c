@@ -1,4 +1,74 @@
+/* serve.c - `askpanel serve`: the long-running API server.
+ *
+ * Start-up order matters: configuration, store (migrated or checked), HTTP. Signals are
+ * blocked in every thread and taken synchronously here, so handlers never run in signal
+ * context: SIGINT/SIGTERM stop gracefully, SIGHUP reloads scripts. */
 #include "cli/cli.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "http/api.h"
+#include "http/server.h"
+#include "store/store.h"
+
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+static ap_status open_store(const config *cfg, store **out, ap_err *err)
+{
+    ap_status rc = store_open(cfg->store, out, err);
+    if (rc != AP_OK)
+        return rc;
+    if (strcmp(store_backend(*out), "sqlite") == 0) {
+        int applied = 0;
+        rc = store_migrate(*out, &applied, err);
+        if (rc == AP_OK && applied > 0)
+            log_info("applied %d migration(s) to %s", applied, cfg->store);
+    } else {
+        int pending = 0;
+        rc = store_pending_migrations(*out, &pending, err);
+        if (rc == AP_OK && pending > 0)
+            rc = ap_err_set(err, AP_CONFLICT,
+                            "the database has %d pending migration(s); run `askpanel migrate "
+                            "--store <owner connection>` first",
+                            pending);
+    }
+    if (rc == AP_OK)
+        rc = store_check_isolation(*out, err);
+    if (rc != AP_OK) {
+        store_close(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+static unsigned auto_threads(int64_t configured)
+{
+    if (configured > 0)
+        return (unsigned)configured;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+static int wait_for_stop(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_info("SIGHUP: reloading scripts");
+            continue;
+        }
+        return sig;
+    }
+}
 
 int cli_serve(int argc, char **argv)
 {
@@ -13,6 +83,63 @@ int cli_serve(int argc, char **argv)
     config cfg;
     if (!cli_load_config(&common, &cfg))
         return 1;
+
+    int status = 1;
+    ap_err err = {0};
+    store *st = NULL;
+    router *routes = NULL;
+    http_server *srv = NULL;
+    api_deps deps = {.cfg = &cfg, .started_ms = clock_wall_ms()};
+
+    /* Block the signals before any thread starts so every thread inherits the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char host[256];
+    uint16_t port;
+    if (config_listen_addr(&cfg, host, sizeof host, &port, &err) != AP_OK)
+        goto out;
+    if (open_store(&cfg, &st, &err) != AP_OK)
+        goto out;
+    deps.store = st;
+    routes = router_new();
+    if (routes == NULL) {
+        ap_err_set(&err, AP_NOMEM, "out of memory");
+        goto out;
+    }
+    if (api_register(routes, &err) != AP_OK)
+        goto out;
+    http_server_opts opts = {
+        .host = host,
+        .port = port,
+        .threads = auto_threads(cfg.http_threads),
+        .max_body = (size_t)cfg.http_max_body_bytes,
+        .max_connections = (unsigned)cfg.http_max_connections,
+        .connection_timeout_s = (unsigned)cfg.http_connection_timeout_s,
+    };
+    if (http_server_start(&opts, routes, api_authenticate, &deps, &srv, &err) != AP_OK)
+        goto out;
+    log_info("askpanel %s listening on http://%s:%u (store %s, %u threads)", AP_VERSION, host,
+             (unsigned)http_server_port(srv), store_backend(st), opts.threads);
+
+    int sig = wait_for_stop();
+    log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    http_server_stop(srv, cfg.http_shutdown_grace_ms);
+    srv = NULL;
+    status = 0;
+out:
+    if (status != 0)
+        fprintf(stderr, "askpanel: %s\n", err.msg);
+    http_server_stop(srv, 0);
+    router_free(routes);
+    store_close(st);
     config_free(&cfg);
-    return 0;
+    if (status == 0)
+        log_info("stopped");
+    return status;
 }

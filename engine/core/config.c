@@ -18,13 +18,18 @@ typedef struct cfg_key {
     const char *path;
     cfg_type type;
     size_t offset;
-    int64_t min, max;   /* CFG_INT bounds; CFG_STRING: min length, max length */
-    const char *dflt;   /* textual default */
+    int64_t min, max; /* CFG_INT bounds; CFG_STRING: min length, max length */
+    const char *dflt; /* textual default */
 } cfg_key;
 
-#define STR(path, field, minlen, maxlen, d)                                                     \
-    {path, CFG_STRING, offsetof(config, field), minlen, maxlen, d}
-#define INT(path, field, lo, hi, d) {path, CFG_INT, offsetof(config, field), lo, hi, d}
+#define STR(path, field, minlen, maxlen, d)                                                        \
+    {                                                                                              \
+        path, CFG_STRING, offsetof(config, field), minlen, maxlen, d                               \
+    }
+#define INT(path, field, lo, hi, d)                                                                \
+    {                                                                                              \
+        path, CFG_INT, offsetof(config, field), lo, hi, d                                          \
+    }
 
 static const cfg_key keys[] = {
     STR("listen", listen, 3, 255, "127.0.0.1:8080"),
@@ -40,7 +45,7 @@ static const cfg_key keys[] = {
     INT("http.max_connections", http_max_connections, 16, 1000000, "16384"),
     INT("http.connection_timeout_s", http_connection_timeout_s, 1, 86400, "60"),
     INT("http.shutdown_grace_ms", http_shutdown_grace_ms, 0, 600000, "4000"),
-    INT("cache.memory_entries", cache_memory_entries, 0, 100000000, "65536"),
+    INT("cache_entries", cache_memory_entries, 0, 100000000, "65536"),
     INT("runtime.runners", runtime_runners, 0, 256, "0"),
     INT("runtime.lua_memory_mb", runtime_lua_memory_mb, 1, 65536, "64"),
     INT("runtime.node_instructions", runtime_node_instructions, 1000, INT64_C(1) << 40,
@@ -52,7 +57,7 @@ static const cfg_key keys[] = {
 #define NKEYS (sizeof keys / sizeof keys[0])
 
 /* Top-level objects of the file whose members are keys of the table. */
-static const char *const groups[] = {"http", "cache", "runtime"};
+static const char *const groups[] = {"http", "runtime"};
 
 static const cfg_key *find_key(const char *path)
 {
@@ -113,8 +118,7 @@ static ap_status set_string(config *c, const cfg_key *k, const char *v, const ch
     return AP_OK;
 }
 
-static ap_status set_int(config *c, const cfg_key *k, int64_t v, const char *origin,
-                         ap_err *err)
+static ap_status set_int(config *c, const cfg_key *k, int64_t v, const char *origin, ap_err *err)
 {
     if (v < k->min || v > k->max)
         return ap_err_set(err, AP_INVALID, "%s: \"%s\" must be between %lld and %lld, got %lld",
@@ -134,8 +138,7 @@ static ap_status parse_int(const char *text, int64_t *out)
     return AP_OK;
 }
 
-ap_status config_set(config *c, const char *key, const char *value, const char *origin,
-                     ap_err *err)
+ap_status config_set(config *c, const char *key, const char *value, const char *origin, ap_err *err)
 {
     const cfg_key *k = find_key(key);
     if (k == NULL)
@@ -146,8 +149,8 @@ ap_status config_set(config *c, const char *key, const char *value, const char *
     case CFG_INT: {
         int64_t v;
         if (parse_int(value, &v) != AP_OK)
-            return ap_err_set(err, AP_INVALID, "%s: \"%s\" must be an integer, got \"%s\"",
-                              origin, key, value);
+            return ap_err_set(err, AP_INVALID, "%s: \"%s\" must be an integer, got \"%s\"", origin,
+                              key, value);
         return set_int(c, k, v, origin, err);
     }
     case CFG_JSON: {

@@ -85,8 +85,8 @@ bool jsonx_utf8_valid(const char *s, size_t n)
                 return false;
             cp = (cp << 6) | (p[i + k] & 0x3f);
         }
-        if ((need == 1 && cp < 0x80) || (need == 2 && cp < 0x800) ||
-            (need == 3 && cp < 0x10000) || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        if ((need == 1 && cp < 0x80) || (need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
             return false;
         i += need + 1;
     }

@@ -16,8 +16,8 @@
 typedef struct router router;
 
 typedef struct router_match {
-    void *handler;   /* what was registered; opaque to the router */
-    unsigned flags;  /* what was registered */
+    void *handler;  /* what was registered; opaque to the router */
+    unsigned flags; /* what was registered */
     int nparams;
     const char *names[ROUTER_MAX_PARAMS]; /* borrowed from the router */
     char values[ROUTER_MAX_PARAMS][ROUTER_PARAM_MAX];

@@ -98,8 +98,7 @@ static bool request_id_ok(const char *s)
 
 static void assign_request_id(http_request *req)
 {
-    const char *given =
-        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Request-ID");
+    const char *given = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Request-ID");
     if (given != NULL && request_id_ok(given)) {
         size_t n = strlen(given);
         memcpy(req->request_id, given, n + 1);
@@ -348,9 +347,8 @@ http_stream *http_reply_stream(http_request *req, unsigned status, const char *c
     st->read = read;
     st->done = done;
     st->ctx = ctx;
-    struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, st,
-                                          stream_free);
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
+                                                                  stream_reader, st, stream_free);
     if (resp == NULL) {
         pthread_mutex_destroy(&st->lock);
         free(st);
@@ -390,9 +388,8 @@ void http_stream_wake(http_stream *st)
 static void dispatch(http_request *req)
 {
     char allow[128];
-    router_result rr =
-        router_match_path(req->srv->routes, req->method, req->url, &req->match, allow,
-                          sizeof allow);
+    router_result rr = router_match_path(req->srv->routes, req->method, req->url, &req->match,
+                                         allow, sizeof allow);
     if (rr == ROUTER_NOT_FOUND) {
         http_reply_error(req, 404, "not_found", "no route for %s", req->url);
         return;
@@ -425,9 +422,8 @@ static void request_free(http_request *req)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     (void)version;
     http_server *srv = cls;
@@ -518,7 +514,8 @@ ap_status http_server_start(const http_server_opts *opts, const router *r, http_
     srv->app = app;
     srv->max_body = opts->max_body;
 
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     char port[8];
     snprintf(port, sizeof port, "%u", (unsigned)opts->port);
@@ -539,8 +536,8 @@ ap_status http_server_start(const http_server_opts *opts, const router *r, http_
         opts->connection_timeout_s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_END);
     if (srv->daemon == NULL) {
-        rc = ap_err_set(err, AP_IO, "listen: cannot listen on %s:%u (address in use?)",
-                        opts->host, (unsigned)opts->port);
+        rc = ap_err_set(err, AP_IO, "listen: cannot listen on %s:%u (address in use?)", opts->host,
+                        (unsigned)opts->port);
         goto out;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);

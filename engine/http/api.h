@@ -1,0 +1,32 @@
+/* api.h - the HTTP API: registers every route and authenticates callers.
+ *
+ * Handlers live in http/api_*.c, one file per resource; they share the dependencies below. */
+#ifndef AP_HTTP_API_H
+#define AP_HTTP_API_H
+
+#include "core/config.h"
+#include "http/router.h"
+#include "http/server.h"
+
+struct store;
+struct cache;
+
+typedef struct api_deps {
+    const config *cfg; /* borrowed */
+    struct store *store;
+    struct cache *cache;
+    void *engine; /* the panel engine, NULL when panels cannot run */
+    int64_t started_ms;
+} api_deps;
+
+/* Adds every route of the API to r. */
+ap_status api_register(router *r, ap_err *err);
+
+/* The auth hook for http_server_start (app must be an api_deps *). */
+bool api_authenticate(http_request *req, unsigned flags, void *app);
+
+/* Route handlers, grouped by resource. */
+void api_health(http_request *req, void *app);
+void api_ready(http_request *req, void *app);
+
+#endif
