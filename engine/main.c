@@ -12,6 +12,10 @@ typedef struct command {
 
 static const command commands[] = {
     {"serve", cli_serve, "run the HTTP API server"},
+    {"migrate", cli_migrate, "apply pending store migrations"},
+    {"tenant", cli_tenant, "tenant create --slug SLUG --name NAME [--json]"},
+    {"key", cli_key, "key create --tenant SLUG --role member|admin | key revoke ID"},
+    {"seed-demo", cli_seed_demo, "create the demo tenants from config/tenants/"},
     {"version", cli_version, "print the version"},
     {"help", cli_help, "show this help"},
 };

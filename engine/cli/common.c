@@ -66,6 +66,30 @@ fail:
     return false;
 }
 
+int cli_parse(int argc, char **argv, int first, cli_common *common, const cli_opt *opts,
+              size_t nopts, const char *cmd)
+{
+    for (int i = first; i < argc; i++) {
+        int r = cli_common_option(common, argc, argv, &i);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        size_t k = 0;
+        while (k < nopts && strcmp(argv[i], opts[k].name) != 0)
+            k++;
+        if (k == nopts)
+            return cli_usage_error("%s: unknown option \"%s\"", cmd, argv[i]);
+        if (opts[k].flag != NULL)
+            *opts[k].flag = true;
+        else if (i + 1 < argc)
+            *opts[k].value = argv[++i];
+        else
+            return cli_usage_error("%s: %s needs a value", cmd, argv[i]);
+    }
+    return 0;
+}
+
 int cli_usage_error(const char *fmt, ...)
 {
     va_list ap;

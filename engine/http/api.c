@@ -10,6 +10,12 @@ typedef struct route_def {
 static const route_def routes[] = {
     {"GET", "/health", api_health, HTTP_PUBLIC},
     {"GET", "/ready", api_ready, HTTP_PUBLIC},
+    {"GET", "/v1/tenant", api_tenant_get, HTTP_AUTH_MEMBER},
+    {"GET", "/v1/experts", api_experts_list, HTTP_AUTH_MEMBER},
+    {"POST", "/v1/experts", api_experts_create, HTTP_AUTH_ADMIN},
+    {"GET", "/v1/experts/{id}", api_experts_get, HTTP_AUTH_MEMBER},
+    {"PATCH", "/v1/experts/{id}", api_experts_update, HTTP_AUTH_ADMIN},
+    {"DELETE", "/v1/experts/{id}", api_experts_delete, HTTP_AUTH_ADMIN},
 };
 
 ap_status api_register(router *r, ap_err *err)

@@ -28,5 +28,15 @@ bool api_authenticate(http_request *req, unsigned flags, void *app);
 /* Route handlers, grouped by resource. */
 void api_health(http_request *req, void *app);
 void api_ready(http_request *req, void *app);
+void api_tenant_get(http_request *req, void *app);
+void api_experts_list(http_request *req, void *app);
+void api_experts_create(http_request *req, void *app);
+void api_experts_get(http_request *req, void *app);
+void api_experts_update(http_request *req, void *app);
+void api_experts_delete(http_request *req, void *app);
+
+struct store_expert;
+/* The API representation of an expert; caller frees. */
+cJSON *api_expert_json(const struct store_expert *e);
 
 #endif

@@ -1,0 +1,199 @@
+/* api_experts.c - the tenant's expert registry: /v1/experts. */
+#include "core/jsonx.h"
+#include "http/api.h"
+#include "http/validate.h"
+#include "store/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_MAX_LEN 200
+#define PERSONA_MAX_LEN 4000
+#define EXPERTISE_MAX_ITEMS 32
+#define EXPERTISE_ITEM_MAX 120
+#define MODEL_MAX_LEN 200
+#define WEIGHT_MAX 100.0
+
+static const char *const expert_fields[] = {"name",  "role",   "expertise", "persona",
+                                            "model", "weight", NULL};
+
+cJSON *api_expert_json(const store_expert *e)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", e->id);
+    cJSON_AddStringToObject(o, "name", e->name);
+    cJSON_AddStringToObject(o, "role", e->role);
+    cJSON *exp = e->expertise != NULL ? cJSON_Parse(e->expertise) : NULL;
+    cJSON_AddItemToObject(o, "expertise", exp != NULL ? exp : cJSON_CreateArray());
+    cJSON_AddStringToObject(o, "persona", e->persona != NULL ? e->persona : "");
+    if (e->model != NULL)
+        cJSON_AddStringToObject(o, "model", e->model);
+    else
+        cJSON_AddNullToObject(o, "model");
+    cJSON_AddNumberToObject(o, "weight", e->weight);
+    cJSON_AddNumberToObject(o, "created_at", (double)e->created_at);
+    cJSON_AddNumberToObject(o, "updated_at", (double)e->updated_at);
+    return o;
+}
+
+/* Reads the expert fields of body into e, over its current values (PATCH) or from nothing
+ * (POST, where name and role are required). Strings are borrowed from body, except
+ * expertise, which is allocated into *expertise_text (caller frees). */
+static bool read_expert(http_request *req, const cJSON *body, bool creating, store_expert *e,
+                        char **expertise_text)
+{
+    const char *name, *role, *persona, *model;
+    const cJSON *expertise;
+    double weight = creating ? 1.0 : e->weight;
+    if (!validate_known_fields(req, body, expert_fields) ||
+        !validate_string(req, body, "name", creating, NAME_MAX_LEN, &name) ||
+        !validate_string(req, body, "role", creating, NAME_MAX_LEN, &role) ||
+        !validate_string(req, body, "persona", false, PERSONA_MAX_LEN, &persona) ||
+        !validate_string(req, body, "model", false, MODEL_MAX_LEN, &model) ||
+        !validate_string_array(req, body, "expertise", false, EXPERTISE_MAX_ITEMS,
+                               EXPERTISE_ITEM_MAX, &expertise) ||
+        !validate_number(req, body, "weight", false, 0.0, WEIGHT_MAX, &weight))
+        return false;
+    if (weight <= 0.0) {
+        http_reply_error(req, 400, "invalid_field", "\"weight\" must be greater than 0");
+        return false;
+    }
+    if (name != NULL)
+        e->name = (char *)name;
+    if (role != NULL)
+        e->role = (char *)role;
+    if (persona != NULL || creating)
+        e->persona = (char *)(persona != NULL ? persona : "");
+    if (cJSON_HasObjectItem(body, "model") || creating)
+        e->model = (char *)model;
+    e->weight = weight;
+    if (expertise != NULL || creating) {
+        *expertise_text = expertise != NULL ? cJSON_PrintUnformatted(expertise) : strdup("[]");
+        if (*expertise_text == NULL) {
+            http_reply_error(req, 500, "internal", "out of memory");
+            return false;
+        }
+        e->expertise = *expertise_text;
+    }
+    return true;
+}
+
+static void reply_store_err(http_request *req, const ap_err *err)
+{
+    http_reply_ap_err(req, err);
+}
+
+void api_experts_list(http_request *req, void *app)
+{
+    api_deps *d = app;
+    int limit;
+    const char *cursor;
+    if (!validate_page(req, 50, STORE_LIST_MAX, &limit, &cursor))
+        return;
+    store_expert *rows = NULL;
+    size_t n = 0;
+    char next[STORE_CURSOR_MAX];
+    ap_err err = {0};
+    if (store_expert_list(d->store, http_principal_of(req)->tenant_id, cursor, limit, &rows, &n,
+                          next, &err) != AP_OK) {
+        reply_store_err(req, &err);
+        return;
+    }
+    cJSON *body = cJSON_CreateObject();
+    cJSON *data = cJSON_AddArrayToObject(body, "data");
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(data, api_expert_json(&rows[i]));
+    if (next[0] != '\0')
+        cJSON_AddStringToObject(body, "next_cursor", next);
+    else
+        cJSON_AddNullToObject(body, "next_cursor");
+    store_experts_free(rows, n);
+    http_reply_json(req, 200, body);
+}
+
+void api_experts_create(http_request *req, void *app)
+{
+    api_deps *d = app;
+    cJSON *body = http_json_body(req);
+    if (body == NULL)
+        return;
+    store_expert in = {0}, out = {0};
+    char *expertise = NULL;
+    ap_err err = {0};
+    if (!read_expert(req, body, true, &in, &expertise))
+        goto out;
+    if (store_expert_create(d->store, http_principal_of(req)->tenant_id, &in, &out, &err) !=
+        AP_OK) {
+        reply_store_err(req, &err);
+        goto out;
+    }
+    char location[128];
+    snprintf(location, sizeof location, "/v1/experts/%s", out.id);
+    http_add_header(req, "Location", location);
+    http_reply_json(req, 201, api_expert_json(&out));
+out:
+    free(expertise);
+    store_expert_free(&out);
+}
+
+void api_experts_get(http_request *req, void *app)
+{
+    api_deps *d = app;
+    char id[IDS_UUID_LEN + 1];
+    if (!validate_id_param(req, "id", id))
+        return;
+    store_expert e = {0};
+    ap_err err = {0};
+    if (store_expert_get(d->store, http_principal_of(req)->tenant_id, id, &e, &err) != AP_OK) {
+        reply_store_err(req, &err);
+        return;
+    }
+    http_reply_json(req, 200, api_expert_json(&e));
+    store_expert_free(&e);
+}
+
+void api_experts_update(http_request *req, void *app)
+{
+    api_deps *d = app;
+    const char *tenant = http_principal_of(req)->tenant_id;
+    char id[IDS_UUID_LEN + 1];
+    if (!validate_id_param(req, "id", id))
+        return;
+    cJSON *body = http_json_body(req);
+    if (body == NULL)
+        return;
+    store_expert cur = {0}, merged, out = {0};
+    char *expertise = NULL;
+    ap_err err = {0};
+    if (store_expert_get(d->store, tenant, id, &cur, &err) != AP_OK) {
+        reply_store_err(req, &err);
+        goto out;
+    }
+    merged = cur;
+    if (!read_expert(req, body, false, &merged, &expertise))
+        goto out;
+    if (store_expert_update(d->store, tenant, &merged, &out, &err) != AP_OK) {
+        reply_store_err(req, &err);
+        goto out;
+    }
+    http_reply_json(req, 200, api_expert_json(&out));
+out:
+    free(expertise);
+    store_expert_free(&cur);
+    store_expert_free(&out);
+}
+
+void api_experts_delete(http_request *req, void *app)
+{
+    api_deps *d = app;
+    char id[IDS_UUID_LEN + 1];
+    if (!validate_id_param(req, "id", id))
+        return;
+    ap_err err = {0};
+    if (store_expert_delete(d->store, http_principal_of(req)->tenant_id, id, &err) != AP_OK) {
+        reply_store_err(req, &err);
+        return;
+    }
+    http_reply_bytes(req, 204, "application/json", "", 0);
+}

@@ -1,0 +1,37 @@
+/* validate.h - checks of request input for API handlers.
+ *
+ * Each check either succeeds or replies with the JSON error envelope itself (400 naming the
+ * field, or 404 for a malformed object id, which cannot exist) and returns false, so handlers
+ * read as a list of `if (!validate_...) return;`. */
+#ifndef AP_HTTP_VALIDATE_H
+#define AP_HTTP_VALIDATE_H
+
+#include "core/ids.h"
+#include "http/server.h"
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+
+/* Rejects members of obj that are not in allowed (a NULL-terminated list). */
+bool validate_known_fields(http_request *req, const cJSON *obj, const char *const *allowed);
+
+/* A string member of 1..max_len bytes of valid UTF-8 (absent: *out = NULL, an error only when
+ * required). *out is borrowed from obj. */
+bool validate_string(http_request *req, const cJSON *obj, const char *key, bool required,
+                     size_t max_len, const char **out);
+
+/* A finite number member within [min, max] (absent: *out unchanged unless required). */
+bool validate_number(http_request *req, const cJSON *obj, const char *key, bool required,
+                     double min, double max, double *out);
+
+/* An array member of at most max_items strings of at most max_len bytes each; *out borrowed. */
+bool validate_string_array(http_request *req, const cJSON *obj, const char *key, bool required,
+                           int max_items, size_t max_len, const cJSON **out);
+
+/* ?limit= (1..max, default dflt) and ?cursor= (opaque, bounded). */
+bool validate_page(http_request *req, int dflt, int max, int *limit, const char **cursor);
+
+/* The path parameter `name` as a canonical UUID; a malformed id answers 404. */
+bool validate_id_param(http_request *req, const char *name, char out[IDS_UUID_LEN + 1]);
+
+#endif

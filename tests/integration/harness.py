@@ -1,0 +1,166 @@
+"""Test harness: starts a throwaway askpanel server and talks HTTP to it (stdlib only)."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+SOURCE_DIR = os.environ.get("ASKPANEL_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BIN = os.environ.get("ASKPANEL_BIN", os.path.join(SOURCE_DIR, "build", "askpanel"))
+OPERATOR_KEY = "op_test_" + "k" * 40
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def header(self, name):
+        return self.headers.get(name)
+
+
+class Server:
+    """An askpanel process on a free port with its own data directory."""
+
+    def __init__(self, store=None, cache=None, extra_args=(), env=None):
+        self.tmp = tempfile.mkdtemp(prefix="askpanel-it-")
+        self.port = free_port()
+        self.store = store or "sqlite:%s/askpanel.db" % self.tmp
+        self.cache = cache
+        self.extra_args = list(extra_args)
+        self.env = dict(os.environ)
+        self.env["ASKPANEL_OPERATOR_KEY"] = OPERATOR_KEY
+        self.env.update(env or {})
+        self.proc = None
+        self.log_path = os.path.join(self.tmp, "server.log")
+
+    def cli(self, *args, check=True, input=None):
+        """Runs an askpanel subcommand against this server's store."""
+        cmd = [BIN] + list(args) + ["--store", self.store]
+        p = subprocess.run(cmd, cwd=SOURCE_DIR, env=self.env, capture_output=True, text=True,
+                           input=input, timeout=120)
+        if check and p.returncode != 0:
+            raise AssertionError("%s failed (%d): %s" % (cmd, p.returncode, p.stderr))
+        return p
+
+    def start(self, wait=True):
+        args = [BIN, "serve", "--listen", "127.0.0.1:%d" % self.port, "--store", self.store]
+        if self.cache:
+            args += ["--cache", self.cache]
+        args += self.extra_args
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, cwd=SOURCE_DIR, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=10.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("server exited early (%d):\n%s" % (self.proc.returncode, self.logs()))
+            try:
+                if self.request("GET", "/health").status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError("server did not answer /health within %.0fs:\n%s" % (timeout, self.logs()))
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def request(self, method, path, body=None, headers=None, key=None, raw=None, timeout=30):
+        hdrs = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            hdrs.setdefault("Content-Type", "application/json")
+        if key is not None:
+            hdrs["Authorization"] = "Bearer " + key
+        req = urllib.request.Request(self.url(path), data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return Response(r.status, r.headers, r.read())
+        except urllib.error.HTTPError as e:
+            return Response(e.code, e.headers, e.read())
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+            raise AssertionError("server did not stop within %.0fs" % timeout)
+        finally:
+            self.log.close()
+        self.proc = None
+        return rc
+
+    def close(self):
+        try:
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait()
+                self.log.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def expect_error(resp, status, code=None):
+    """Asserts the JSON error envelope with the given status (and code)."""
+    assert resp.status == status, "want %d, got %d: %s" % (status, resp.status, resp.body[:300])
+    body = resp.json()
+    assert "error" in body and isinstance(body["error"], dict), body
+    assert isinstance(body["error"].get("code"), str) and body["error"]["code"], body
+    assert isinstance(body["error"].get("message"), str) and body["error"]["message"], body
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    assert resp.header("Content-Type").startswith("application/json")
+    return body
+
+
+def run(tests):
+    """Runs test functions; prints one line each and 'N passed, M failed' last."""
+    passed = failed = 0
+    for t in tests:
+        start = time.time()
+        try:
+            t()
+            passed += 1
+            print("ok   %s (%.2fs)" % (t.__name__, time.time() - start), flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            failed += 1
+            import traceback
+            print("FAIL %s: %s" % (t.__name__, e), flush=True)
+            traceback.print_exc()
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
