@@ -1,0 +1,208 @@
+#include "llm/http_wire.h"
+
+#include "core/jsonx.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define RETRY_AFTER_CAP_MS (3600 * 1000LL)
+
+llm_wire_limits llm_wire_default_limits(void)
+{
+    llm_wire_limits l = {.max_line = 64 * 1024, .max_event = 1024 * 1024, .max_text = 256 * 1024};
+    return l;
+}
+
+void llm_wire_reply_init(llm_wire_reply *r, size_t max_text)
+{
+    memset(r, 0, sizeof *r);
+    buf_init(&r->text, max_text);
+}
+
+void llm_wire_reply_free(llm_wire_reply *r)
+{
+    if (r == NULL)
+        return;
+    buf_free(&r->text);
+}
+
+ap_status llm_wire_reply_append(llm_wire_reply *r, const char *text, size_t len, ap_err *err)
+{
+    if (!jsonx_utf8_valid(text, len))
+        return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
+    ap_status rc = buf_append(&r->text, text, len);
+    if (rc == AP_LIMIT)
+        return ap_err_set(err, rc, "answer longer than %zu bytes", r->text.max);
+    if (rc != AP_OK)
+        return ap_err_set(err, rc, "out of memory");
+    return AP_OK;
+}
+
+ap_status llm_wire_schema_instruction(const cJSON *schema, buf *out)
+{
+    char *text = jsonx_print(schema);
+    if (text == NULL)
+        return AP_NOMEM;
+    ap_status rc = buf_printf(out,
+                              "Answer with one JSON value only, no prose and no code fences, "
+                              "that is valid for the following JSON Schema.\n%s\n%s",
+                              LLM_WIRE_SCHEMA_MARKER, text);
+    free(text);
+    return rc;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    if (src == NULL) {
+        dst[0] = '\0';
+        return;
+    }
+    snprintf(dst, cap, "%s", src);
+}
+
+/* Case-insensitive substring test; s may be NULL. */
+static bool contains(const char *s, const char *needle)
+{
+    return s != NULL && strcasestr(s, needle) != NULL;
+}
+
+static bool says_spend_limit(const llm_wire_error *e, const char *body, size_t len)
+{
+    static const char *const words[] = {"insufficient_quota", "quota",       "spend limit",
+                                        "spending limit",     "usage limit", "billing",
+                                        "credit balance"};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+        if (contains(e->type, words[i]) || contains(e->message, words[i]))
+            return true;
+    }
+    /* A body that is not JSON may still say it; search a bounded copy as text. */
+    if (e->type[0] == '\0' && e->message[0] == '\0' && body != NULL && len > 0) {
+        char tmp[1024];
+        size_t n = len < sizeof tmp - 1 ? len : sizeof tmp - 1;
+        memcpy(tmp, body, n);
+        tmp[n] = '\0';
+        for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+            if (contains(tmp, words[i]))
+                return true;
+        }
+    }
+    return false;
+}
+
+static void read_error_body(const char *body, size_t len, llm_wire_error *e)
+{
+    if (body == NULL || len == 0 || len > 1024 * 1024)
+        return;
+    cJSON *root = jsonx_parse(body, len, 16, NULL);
+    if (root == NULL)
+        return;
+    /* OpenAI: {"error":{"message","type","code"}}; Anthropic: {"type":"error","error":{"type",
+     * "message"}}; some OpenAI-compatible servers: {"error":"text"}. */
+    const cJSON *obj = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (cJSON_IsObject(obj)) {
+        const char *code = jsonx_string(obj, "code");
+        const char *type = jsonx_string(obj, "type");
+        copy_str(e->type, sizeof e->type, code != NULL ? code : type);
+        copy_str(e->message, sizeof e->message, jsonx_string(obj, "message"));
+    } else if (cJSON_IsString(obj)) {
+        copy_str(e->message, sizeof e->message, obj->valuestring);
+    } else {
+        copy_str(e->message, sizeof e->message, jsonx_string(root, "message"));
+    }
+    cJSON_Delete(root);
+}
+
+void llm_wire_classify_http(int status, const char *body, size_t len, llm_wire_error *e)
+{
+    memset(e, 0, sizeof *e);
+    e->http_status = status;
+    read_error_body(body, len, e);
+    if (status == 429)
+        e->retryable = !says_spend_limit(e, body, len);
+    else
+        e->retryable = status == 408 || status == 409 || status >= 500;
+    if (e->message[0] == '\0')
+        snprintf(e->message, sizeof e->message, "HTTP status %d", status);
+}
+
+void llm_wire_classify_stream_error(const char *type, const char *message, llm_wire_error *e)
+{
+    static const char *const transient[] = {"overloaded", "rate_limit", "server_error",
+                                            "api_error",  "timeout",    "unavailable"};
+    memset(e, 0, sizeof *e);
+    copy_str(e->type, sizeof e->type, type);
+    copy_str(e->message, sizeof e->message, message != NULL ? message : "provider error");
+    for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++) {
+        if (contains(type, transient[i]))
+            e->retryable = true;
+    }
+    if (says_spend_limit(e, NULL, 0))
+        e->retryable = false;
+}
+
+void llm_wire_transport_error(const char *message, llm_wire_error *e)
+{
+    memset(e, 0, sizeof *e);
+    copy_str(e->type, sizeof e->type, "transport");
+    copy_str(e->message, sizeof e->message, message);
+    e->retryable = true;
+}
+
+int64_t llm_wire_retry_after_ms(const char *value, int64_t now_ms)
+{
+    if (value == NULL)
+        return -1;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (*value == '\0')
+        return -1;
+    if (isdigit((unsigned char)*value)) {
+        char *end = NULL;
+        errno = 0;
+        double secs = strtod(value, &end);
+        while (end != NULL && (*end == ' ' || *end == '\t'))
+            end++;
+        if (errno != 0 || end == NULL || *end != '\0' || !isfinite(secs) || secs < 0)
+            return -1;
+        if (secs * 1000.0 >= (double)RETRY_AFTER_CAP_MS)
+            return RETRY_AFTER_CAP_MS;
+        return (int64_t)(secs * 1000.0 + 0.5);
+    }
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *end = strptime(value, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (end == NULL || *end != '\0')
+        return -1;
+    time_t at = timegm(&tm);
+    if (at == (time_t)-1)
+        return -1;
+    int64_t delta = (int64_t)at * 1000 - now_ms;
+    if (delta < 0)
+        return 0;
+    return delta > RETRY_AFTER_CAP_MS ? RETRY_AFTER_CAP_MS : delta;
+}
+
+int64_t llm_wire_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint32_t rnd,
+                            int64_t retry_after_ms)
+{
+    if (attempt < 1)
+        attempt = 1;
+    int64_t ceiling = base_ms;
+    for (int i = 1; i < attempt && ceiling < cap_ms; i++)
+        ceiling *= 2;
+    if (ceiling > cap_ms)
+        ceiling = cap_ms;
+    /* Jitter spreads a herd of callers that failed together; keeping the lower half of the
+     * window stops a retry from landing at once on a provider that just refused us. */
+    int64_t half = ceiling / 2;
+    int64_t wait = half + (half > 0 ? (int64_t)(rnd % (uint64_t)(half + 1)) : 0);
+    if (retry_after_ms >= 0 && wait < retry_after_ms)
+        wait = retry_after_ms;
+    return wait;
+}
