@@ -16,6 +16,10 @@ static const route_def routes[] = {
     {"GET", "/v1/experts/{id}", api_experts_get, HTTP_AUTH_MEMBER},
     {"PATCH", "/v1/experts/{id}", api_experts_update, HTTP_AUTH_ADMIN},
     {"DELETE", "/v1/experts/{id}", api_experts_delete, HTTP_AUTH_ADMIN},
+    {"GET", "/v1/usage", api_usage_get, HTTP_AUTH_MEMBER},
+    {"POST", "/v1/admin/tenants", api_admin_tenants_create, HTTP_AUTH_OPERATOR},
+    {"POST", "/v1/admin/tenants/{id}/keys", api_admin_keys_create, HTTP_AUTH_OPERATOR},
+    {"DELETE", "/v1/admin/keys/{id}", api_admin_keys_revoke, HTTP_AUTH_OPERATOR},
 };
 
 ap_status api_register(router *r, ap_err *err)

@@ -34,6 +34,10 @@ void api_experts_create(http_request *req, void *app);
 void api_experts_get(http_request *req, void *app);
 void api_experts_update(http_request *req, void *app);
 void api_experts_delete(http_request *req, void *app);
+void api_usage_get(http_request *req, void *app);
+void api_admin_tenants_create(http_request *req, void *app);
+void api_admin_keys_create(http_request *req, void *app);
+void api_admin_keys_revoke(http_request *req, void *app);
 
 struct store_expert;
 /* The API representation of an expert; caller frees. */

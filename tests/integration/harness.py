@@ -164,3 +164,59 @@ def run(tests):
             traceback.print_exc()
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
+
+
+def tenant_create(server, slug, name=None):
+    """Creates a tenant through the CLI; returns (tenant_id, admin_key)."""
+    p = server.cli("tenant", "create", "--slug", slug, "--name", name or slug.title(), "--json")
+    out = json.loads(p.stdout)
+    return out["tenant_id"], out["api_key"]
+
+
+def key_create(server, slug, role):
+    p = server.cli("key", "create", "--tenant", slug, "--role", role, "--json")
+    out = json.loads(p.stdout)
+    return out["key_id"], out["api_key"]
+
+
+class Postgres:
+    """URLs of a throwaway PostgreSQL (run the test under pg_virtualenv): the owner (a
+    superuser that runs migrations) and a login role that is only a member of askpanel_app."""
+
+    def __init__(self):
+        host = os.environ.get("PGHOST", "localhost")
+        port = os.environ["PGPORT"]
+        db = os.environ.get("PGDATABASE", "postgres")
+        user = os.environ.get("PGUSER", "postgres")
+        pw = os.environ.get("PGPASSWORD", "")
+        self.owner_url = "postgresql://%s:%s@%s:%s/%s" % (user, pw, "localhost", port, db)
+        self.app_url = "postgresql://askpanel_it:it_secret@%s:%s/%s" % ("localhost", port, db)
+        self.host = host
+
+    def psql(self, sql, url=None):
+        return subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "-qAt", url or self.owner_url,
+                               "-c", sql], capture_output=True, text=True, check=True).stdout
+
+    def setup(self):
+        p = subprocess.run([BIN, "migrate", "--store", self.owner_url], cwd=SOURCE_DIR,
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        self.psql("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'askpanel_it') "
+                  "THEN CREATE ROLE askpanel_it LOGIN PASSWORD 'it_secret' IN ROLE askpanel_app; "
+                  "END IF; END $$;")
+        return self
+
+    def reset(self):
+        """Empties every table between tests (as the owner)."""
+        tables = self.psql("SELECT string_agg(quote_ident(tablename), ',') FROM pg_tables "
+                           "WHERE schemaname = 'public' AND tablename <> 'schema_migrations'").strip()
+        if tables:
+            self.psql("TRUNCATE %s CASCADE" % tables)
+
+
+def backends():
+    """The stores to run against: always SQLite; PostgreSQL when under pg_virtualenv."""
+    out = [("sqlite", None)]
+    if os.environ.get("PGPORT"):
+        out.append(("postgres", Postgres().setup()))
+    return out

@@ -1,0 +1,142 @@
+/* api_admin.c - operator routes: tenants and their keys. Only the operator key gets here. */
+#include "core/jsonx.h"
+#include "http/api.h"
+#include "http/validate.h"
+#include "store/store.h"
+
+#include <string.h>
+
+#define TENANT_CONFIG_MAX (64 * 1024)
+
+static const char *const tenant_fields[] = {
+    "slug", "name", "branding", "flags", "limits", "default_strategy", NULL};
+
+static cJSON *key_json(const store_tenant *t, const store_key *k, const char *plaintext)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "tenant_id", t->id);
+    cJSON_AddStringToObject(o, "slug", t->slug);
+    cJSON_AddStringToObject(o, "key_id", k->id);
+    cJSON_AddStringToObject(o, "role", k->role == STORE_ROLE_ADMIN ? "admin" : "member");
+    cJSON_AddStringToObject(o, "api_key", plaintext);
+    return o;
+}
+
+/* branding/flags/limits must be objects; flags' values booleans. Returns the tenant config
+ * text (caller frees) or NULL after replying. */
+static char *tenant_config_from(http_request *req, const cJSON *body)
+{
+    const char *sections[] = {"branding", "flags", "limits"};
+    cJSON *cfg = cJSON_CreateObject();
+    char *text = NULL;
+    for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, sections[i]);
+        if (v == NULL)
+            continue;
+        if (!cJSON_IsObject(v)) {
+            http_reply_error(req, 400, "invalid_field", "\"%s\" must be an object", sections[i]);
+            goto out;
+        }
+        cJSON_AddItemToObject(cfg, sections[i], cJSON_Duplicate(v, true));
+    }
+    const cJSON *f;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(body, "flags"))
+    {
+        if (!cJSON_IsBool(f)) {
+            http_reply_error(req, 400, "invalid_field", "flag \"%.64s\" must be true or false",
+                             f->string);
+            goto out;
+        }
+    }
+    const char *ds;
+    if (!validate_string(req, body, "default_strategy", false, 64, &ds))
+        goto out;
+    if (ds != NULL)
+        cJSON_AddStringToObject(cfg, "default_strategy", ds);
+    text = cJSON_PrintUnformatted(cfg);
+    if (text != NULL && strlen(text) > TENANT_CONFIG_MAX) {
+        cJSON_free(text);
+        text = NULL;
+        http_reply_error(req, 413, "too_large", "the tenant config exceeds %d bytes",
+                         TENANT_CONFIG_MAX);
+    }
+out:
+    cJSON_Delete(cfg);
+    return text;
+}
+
+void api_admin_tenants_create(http_request *req, void *app)
+{
+    api_deps *d = app;
+    cJSON *body = http_json_body(req);
+    if (body == NULL)
+        return;
+    const char *slug, *name;
+    if (!validate_known_fields(req, body, tenant_fields) ||
+        !validate_string(req, body, "slug", true, 63, &slug) ||
+        !validate_string(req, body, "name", true, 200, &name))
+        return;
+    char *cfg = tenant_config_from(req, body);
+    if (cfg == NULL)
+        return;
+    store_tenant t = {0};
+    store_key k;
+    char key[128];
+    ap_err err = {0};
+    if (store_tenant_create(d->store, slug, name, cfg, &t, &err) != AP_OK ||
+        store_key_create(d->store, t.id, STORE_ROLE_ADMIN, key, sizeof key, &k, &err) != AP_OK)
+        http_reply_ap_err(req, &err);
+    else
+        http_reply_json(req, 201, key_json(&t, &k, key));
+    cJSON_free(cfg);
+    store_tenant_free(&t);
+}
+
+void api_admin_keys_create(http_request *req, void *app)
+{
+    api_deps *d = app;
+    char id[IDS_UUID_LEN + 1];
+    if (!validate_id_param(req, "id", id))
+        return;
+    cJSON *body = http_json_body(req);
+    if (body == NULL)
+        return;
+    static const char *const fields[] = {"role", NULL};
+    const char *role;
+    if (!validate_known_fields(req, body, fields) ||
+        !validate_string(req, body, "role", true, 16, &role))
+        return;
+    store_role r;
+    if (strcmp(role, "member") == 0)
+        r = STORE_ROLE_MEMBER;
+    else if (strcmp(role, "admin") == 0)
+        r = STORE_ROLE_ADMIN;
+    else {
+        http_reply_error(req, 400, "invalid_field", "\"role\" must be member or admin");
+        return;
+    }
+    store_tenant t = {0};
+    store_key k;
+    char key[128];
+    ap_err err = {0};
+    if (store_tenant_get(d->store, id, &t, &err) != AP_OK ||
+        store_key_create(d->store, t.id, r, key, sizeof key, &k, &err) != AP_OK)
+        http_reply_ap_err(req, &err);
+    else
+        http_reply_json(req, 201, key_json(&t, &k, key));
+    store_tenant_free(&t);
+}
+
+void api_admin_keys_revoke(http_request *req, void *app)
+{
+    api_deps *d = app;
+    char id[IDS_UUID_LEN + 1];
+    if (!validate_id_param(req, "id", id))
+        return;
+    ap_err err = {0};
+    if (store_key_revoke(d->store, id, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        return;
+    }
+    http_reply_bytes(req, 204, "application/json", "", 0);
+}
