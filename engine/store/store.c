@@ -1,0 +1,1168 @@
+/* store.c - the public store API: validates input, then dispatches to a backend.
+ *
+ * Everything both backends would otherwise repeat lives here: tenant id normalisation, slug
+ * and JSON validation, id and time generation, API key secrets and their constant-time
+ * resolution, cursor encoding and the usage summary JSON. */
+#include "store/store.h"
+
+#include "core/clock.h"
+#include "core/embed.h"
+#include "core/jsonx.h"
+#include "core/log.h"
+#include "store/backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct store {
+    const store_ops *ops;
+    void *impl;
+};
+
+/* Largest text or JSON value the store accepts in one column. */
+#define STORE_VALUE_MAX (8u * 1024u * 1024u)
+#define STORE_JSON_DEPTH 64
+#define STORE_EVENTS_MAX 10000
+#define STORE_KEY_LEN 76 /* "ap_" + 8 hex + "_" + 64 hex */
+#define STORE_KEY_PREFIX_LEN 11
+
+static const char *const panel_statuses[] = {
+    "created", "queued", "running", "awaiting_input", "completed", "failed", "cancelled",
+};
+
+/* ---- helpers shared with the backends ---------------------------------------------------- */
+
+bool store_row_tenant_ok(const char *expected, const char *got)
+{
+    if (got != NULL && strcmp(expected, got) == 0)
+        return true;
+    log_msg(LOG_LEVEL_ERROR, &(log_fields){.tenant_id = expected, .event = "security"},
+            "store returned a row of tenant %s for tenant %s; refused",
+            got != NULL ? got : "(none)", expected);
+    return false;
+}
+
+ap_status store_row_denied(ap_err *err)
+{
+    return ap_err_set(err, AP_DENIED, "row failed tenant verification; refused");
+}
+
+const char *store_role_name(store_role r)
+{
+    return r == STORE_ROLE_ADMIN ? "admin" : "member";
+}
+
+bool store_role_parse(const char *name, store_role *out)
+{
+    if (name == NULL)
+        return false;
+    if (strcmp(name, "admin") == 0)
+        *out = STORE_ROLE_ADMIN;
+    else if (strcmp(name, "member") == 0)
+        *out = STORE_ROLE_MEMBER;
+    else
+        return false;
+    return true;
+}
+
+const char *store_kind_name(store_script_kind k)
+{
+    return k == STORE_SCRIPT_CONSENSUS ? "consensus" : "strategy";
+}
+
+bool store_kind_parse(const char *name, store_script_kind *out)
+{
+    if (name == NULL)
+        return false;
+    if (strcmp(name, "strategy") == 0)
+        *out = STORE_SCRIPT_STRATEGY;
+    else if (strcmp(name, "consensus") == 0)
+        *out = STORE_SCRIPT_CONSENSUS;
+    else
+        return false;
+    return true;
+}
+
+size_t store_migrations(const char *dir, store_migration *out, size_t cap)
+{
+    size_t n = 0;
+    size_t dl = strlen(dir);
+    for (size_t i = 0; n < cap; i++) {
+        const char *path = embed_path_at(i);
+        if (path == NULL)
+            break;
+        size_t pl = strlen(path);
+        if (strncmp(path, dir, dl) != 0 || pl < dl + 5 || strcmp(path + pl - 4, ".sql") != 0)
+            continue;
+        size_t vl = pl - dl - 4;
+        if (vl >= sizeof out[n].version || strchr(path + dl, '/') != NULL)
+            continue;
+        memcpy(out[n].version, path + dl, vl);
+        out[n].version[vl] = '\0';
+        out[n].sql = embed_get(path, NULL);
+        n++;
+    }
+    return n;
+}
+
+char *store_dup(const char *s, bool *failed)
+{
+    if (s == NULL)
+        return NULL;
+    char *d = strdup(s);
+    if (d == NULL)
+        *failed = true;
+    return d;
+}
+
+void store_usage_groups_free(store_usage_group *g, size_t n)
+{
+    if (g == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(g[i].key);
+    free(g);
+}
+
+/* ---- validation ------------------------------------------------------------------------ */
+
+static ap_status norm_uuid(const char *in, char out[STORE_ID_MAX], const char *what, ap_err *err)
+{
+    if (!ids_uuid_normalize(in, out))
+        return ap_err_set(err, AP_INVALID, "%s is not a valid UUID", what);
+    return AP_OK;
+}
+
+static ap_status check_text(const char *s, const char *what, bool required, size_t max, ap_err *err)
+{
+    if (s == NULL) {
+        if (required)
+            return ap_err_set(err, AP_INVALID, "%s is required", what);
+        return AP_OK;
+    }
+    size_t len = strlen(s);
+    if (required && len == 0)
+        return ap_err_set(err, AP_INVALID, "%s must not be empty", what);
+    if (len > max)
+        return ap_err_set(err, AP_LIMIT, "%s is longer than %zu bytes", what, max);
+    if (!jsonx_utf8_valid(s, len))
+        return ap_err_set(err, AP_INVALID, "%s is not valid UTF-8", what);
+    return AP_OK;
+}
+
+/* kind: 'o' object, 'a' array, 0 any JSON value. NULL passes (callers apply defaults). */
+static ap_status check_json(const char *s, const char *what, char kind, ap_err *err)
+{
+    if (s == NULL)
+        return AP_OK;
+    size_t len = strlen(s);
+    if (len > STORE_VALUE_MAX)
+        return ap_err_set(err, AP_LIMIT, "%s is larger than %u bytes", what, STORE_VALUE_MAX);
+    ap_err jerr = {0};
+    cJSON *root = jsonx_parse(s, len, STORE_JSON_DEPTH, &jerr);
+    if (root == NULL)
+        return ap_err_set(err, AP_INVALID, "%s: %s", what, jerr.msg);
+    bool ok = kind == 'o' ? cJSON_IsObject(root) : kind == 'a' ? cJSON_IsArray(root) : true;
+    cJSON_Delete(root);
+    if (!ok)
+        return ap_err_set(err, AP_INVALID, "%s must be a JSON %s", what,
+                          kind == 'o' ? "object" : "array");
+    return AP_OK;
+}
+
+static bool slug_valid(const char *s)
+{
+    if (s == NULL)
+        return false;
+    size_t len = strlen(s);
+    if (len < 2 || len > 63)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (c == '-' && i > 0);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static bool status_valid(const char *s)
+{
+    if (s == NULL)
+        return false;
+    for (size_t i = 0; i < sizeof panel_statuses / sizeof panel_statuses[0]; i++)
+        if (strcmp(s, panel_statuses[i]) == 0)
+            return true;
+    return false;
+}
+
+static bool script_name_valid(const char *s)
+{
+    if (s == NULL)
+        return false;
+    size_t len = strlen(s);
+    if (len == 0 || len > 64)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+static bool hex_valid(const char *s, size_t len)
+{
+    if (strlen(s) != len)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static ap_status check_limit(int limit, int *out, ap_err *err)
+{
+    if (limit < 1)
+        return ap_err_set(err, AP_INVALID, "limit must be at least 1");
+    *out = limit > STORE_LIST_MAX ? STORE_LIST_MAX : limit;
+    return AP_OK;
+}
+
+/* ---- cursors: hex of "<created_at>:<id>", opaque to clients ------------------------------ */
+
+static void cursor_encode(int64_t created_at, const char *id, char out[STORE_CURSOR_MAX])
+{
+    char plain[64];
+    int len = snprintf(plain, sizeof plain, "%lld:%s", (long long)created_at, id);
+    ids_hex(plain, (size_t)len, out);
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static ap_status cursor_decode(const char *cursor, store_pos *pos, ap_err *err)
+{
+    memset(pos, 0, sizeof *pos);
+    if (cursor == NULL || cursor[0] == '\0')
+        return AP_OK;
+    size_t len = strlen(cursor);
+    char plain[64];
+    if (len % 2 != 0 || len / 2 >= sizeof plain)
+        goto bad;
+    for (size_t i = 0; i < len / 2; i++) {
+        int hi = hexval(cursor[2 * i]);
+        int lo = hexval(cursor[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            goto bad;
+        plain[i] = (char)(hi * 16 + lo);
+    }
+    plain[len / 2] = '\0';
+    char *colon = strchr(plain, ':');
+    if (colon == NULL)
+        goto bad;
+    *colon = '\0';
+    char *end = NULL;
+    long long at = strtoll(plain, &end, 10);
+    if (end == plain || *end != '\0' || at < 0)
+        goto bad;
+    if (!ids_uuid_normalize(colon + 1, pos->id))
+        goto bad;
+    pos->created_at = at;
+    pos->set = true;
+    return AP_OK;
+bad:
+    return ap_err_set(err, AP_INVALID, "malformed cursor");
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------- */
+
+ap_status store_open(const char *url, store **out, ap_err *err)
+{
+    *out = NULL;
+    if (url == NULL || url[0] == '\0')
+        return ap_err_set(err, AP_INVALID, "store URL is empty");
+    store *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    ap_status rc;
+    if (strncmp(url, "sqlite:", 7) == 0) {
+        s->ops = &store_sqlite_ops;
+        rc = store_sqlite_open(url + 7, &s->impl, err);
+    } else if (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0 ||
+               strchr(url, '=') != NULL) {
+        s->ops = &store_pg_ops;
+        rc = store_pg_open(url, &s->impl, err);
+    } else {
+        rc = ap_err_set(err, AP_INVALID,
+                        "unknown store URL (expected sqlite:PATH or postgres://...)");
+    }
+    if (rc != AP_OK) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return AP_OK;
+}
+
+void store_close(store *s)
+{
+    if (s == NULL)
+        return;
+    s->ops->close(s->impl);
+    free(s);
+}
+
+const char *store_backend(const store *s)
+{
+    return s->ops->name;
+}
+
+ap_status store_migrate(store *s, int *applied, ap_err *err)
+{
+    int dummy = 0;
+    return s->ops->migrate(s->impl, applied != NULL ? applied : &dummy, err);
+}
+
+ap_status store_pending_migrations(store *s, int *pending, ap_err *err)
+{
+    return s->ops->pending(s->impl, pending, err);
+}
+
+ap_status store_check_isolation(store *s, ap_err *err)
+{
+    return s->ops->check_isolation(s->impl, err);
+}
+
+ap_status store_ping(store *s, ap_err *err)
+{
+    return s->ops->ping(s->impl, err);
+}
+
+/* ---- tenants ---------------------------------------------------------------------------- */
+
+void store_tenant_free(store_tenant *t)
+{
+    if (t == NULL)
+        return;
+    free(t->slug);
+    free(t->name);
+    free(t->config);
+    memset(t, 0, sizeof *t);
+}
+
+ap_status store_tenant_create(store *s, const char *slug, const char *name, const char *config,
+                              store_tenant *out, ap_err *err)
+{
+    if (!slug_valid(slug))
+        return ap_err_set(err, AP_INVALID, "slug '%.64s' is invalid (want [a-z0-9][a-z0-9-]{1,62})",
+                          slug != NULL ? slug : "");
+    ap_status rc = check_text(name, "tenant name", true, 200, err);
+    if (rc == AP_OK)
+        rc = check_json(config, "tenant config", 'o', err);
+    if (rc != AP_OK)
+        return rc;
+    store_tenant t = {.slug = (char *)slug,
+                      .name = (char *)name,
+                      .config = (char *)(config != NULL ? config : "{}"),
+                      .created_at = clock_wall_ms()};
+    if (ids_uuid_v4(t.id) != AP_OK)
+        return ap_err_set(err, AP_IO, "no randomness for a tenant id");
+    rc = s->ops->tenant_insert(s->impl, &t, err);
+    if (rc == AP_OK && out != NULL)
+        rc = s->ops->tenant_get(s->impl, t.id, out, err);
+    return rc;
+}
+
+ap_status store_tenant_get(store *s, const char *tenant_id, store_tenant *out, ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    return s->ops->tenant_get(s->impl, tid, out, err);
+}
+
+ap_status store_tenant_by_slug(store *s, const char *slug, store_tenant *out, ap_err *err)
+{
+    if (!slug_valid(slug))
+        return ap_err_set(err, AP_NOTFOUND, "no tenant with slug '%.64s'",
+                          slug != NULL ? slug : "");
+    return s->ops->tenant_by_slug(s->impl, slug, out, err);
+}
+
+ap_status store_tenant_set_config(store *s, const char *tenant_id, const char *config, ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_json(config != NULL ? config : "{}", "tenant config", 'o', err);
+    if (rc != AP_OK)
+        return rc;
+    return s->ops->tenant_set_config(s->impl, tid, config != NULL ? config : "{}", err);
+}
+
+/* ---- API keys --------------------------------------------------------------------------- */
+
+ap_status store_key_create(store *s, const char *tenant_id, store_role role, char *plaintext,
+                           size_t plaintext_cap, store_key *out, ap_err *err)
+{
+    store_key k = {0};
+    ap_status rc = norm_uuid(tenant_id, k.tenant_id, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (role != STORE_ROLE_MEMBER && role != STORE_ROLE_ADMIN)
+        return ap_err_set(err, AP_INVALID, "key role must be member or admin");
+    if (plaintext == NULL || plaintext_cap < STORE_KEY_LEN + 1)
+        return ap_err_set(err, AP_INVALID, "key buffer too small");
+    k.role = role;
+    k.created_at = clock_wall_ms();
+    char key[STORE_KEY_LEN + 1];
+    /* The visible prefix has 32 random bits, so a collision is possible but rare: retry. */
+    for (int attempt = 0; attempt < 4; attempt++) {
+        unsigned char pre[4], secret[32];
+        if (ids_random(pre, sizeof pre) != AP_OK || ids_random(secret, sizeof secret) != AP_OK ||
+            ids_uuid_v4(k.id) != AP_OK)
+            return ap_err_set(err, AP_IO, "no randomness for an API key");
+        char pre_hex[9], secret_hex[65];
+        ids_hex(pre, sizeof pre, pre_hex);
+        ids_hex(secret, sizeof secret, secret_hex);
+        snprintf(key, sizeof key, "ap_%s_%s", pre_hex, secret_hex);
+        snprintf(k.prefix, sizeof k.prefix, "ap_%s", pre_hex);
+        ids_sha256_hex(key, STORE_KEY_LEN, k.hash);
+        rc = s->ops->key_insert(s->impl, &k, err);
+        if (rc != AP_CONFLICT)
+            break;
+    }
+    if (rc != AP_OK)
+        return rc;
+    memcpy(plaintext, key, sizeof key);
+    if (out != NULL)
+        *out = k;
+    return AP_OK;
+}
+
+static bool key_format_valid(const char *key)
+{
+    if (strlen(key) != STORE_KEY_LEN || strncmp(key, "ap_", 3) != 0 ||
+        key[STORE_KEY_PREFIX_LEN] != '_')
+        return false;
+    for (size_t i = 3; i < STORE_KEY_LEN; i++) {
+        if (i == STORE_KEY_PREFIX_LEN)
+            continue;
+        if (hexval(key[i]) < 0)
+            return false;
+    }
+    return true;
+}
+
+ap_status store_key_resolve(store *s, const char *plaintext, store_key *out, ap_err *err)
+{
+    if (plaintext == NULL || !key_format_valid(plaintext))
+        return ap_err_set(err, AP_NOTFOUND, "unknown API key");
+    char prefix[STORE_KEY_PREFIX_LEN + 1];
+    memcpy(prefix, plaintext, STORE_KEY_PREFIX_LEN);
+    prefix[STORE_KEY_PREFIX_LEN] = '\0';
+    char hash[IDS_SHA256_HEX_LEN + 1];
+    ids_sha256_hex(plaintext, STORE_KEY_LEN, hash);
+    store_key k = {0};
+    ap_status rc = s->ops->key_by_prefix(s->impl, prefix, &k, err);
+    if (rc == AP_NOTFOUND) {
+        /* Same work as a hit, so timing does not tell unknown prefixes from wrong secrets. */
+        memset(k.hash, '0', IDS_SHA256_HEX_LEN);
+    } else if (rc != AP_OK) {
+        return rc;
+    }
+    bool match = ids_equal_ct(hash, IDS_SHA256_HEX_LEN, k.hash, IDS_SHA256_HEX_LEN);
+    if (rc == AP_NOTFOUND || !match)
+        return ap_err_set(err, AP_NOTFOUND, "unknown API key");
+    if (k.revoked_at != 0)
+        return ap_err_set(err, AP_DENIED, "API key %s was revoked", k.prefix);
+    if (out != NULL)
+        *out = k;
+    return AP_OK;
+}
+
+ap_status store_key_revoke(store *s, const char *key_id, ap_err *err)
+{
+    char kid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(key_id, kid, "key id", err);
+    if (rc != AP_OK)
+        return rc;
+    return s->ops->key_revoke(s->impl, kid, clock_wall_ms(), err);
+}
+
+/* ---- experts ---------------------------------------------------------------------------- */
+
+void store_expert_free(store_expert *e)
+{
+    if (e == NULL)
+        return;
+    free(e->name);
+    free(e->role);
+    free(e->expertise);
+    free(e->persona);
+    free(e->model);
+    memset(e, 0, sizeof *e);
+}
+
+void store_experts_free(store_expert *rows, size_t n)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        store_expert_free(&rows[i]);
+    free(rows);
+}
+
+/* Validates in and fills e (borrowing in's strings) with defaults applied. */
+static ap_status expert_prepare(const char *tenant_id, const store_expert *in, bool need_id,
+                                store_expert *e, ap_err *err)
+{
+    *e = *in;
+    ap_status rc = norm_uuid(tenant_id, e->tenant_id, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (in->id[0] != '\0' || need_id) {
+        rc = norm_uuid(in->id, e->id, "expert id", err);
+        if (rc != AP_OK)
+            return rc;
+    } else if (ids_uuid_v4(e->id) != AP_OK) {
+        return ap_err_set(err, AP_IO, "no randomness for an expert id");
+    }
+    if ((rc = check_text(in->name, "expert name", true, 200, err)) != AP_OK ||
+        (rc = check_text(in->role, "expert role", false, 200, err)) != AP_OK ||
+        (rc = check_text(in->persona, "expert persona", false, 64 * 1024, err)) != AP_OK ||
+        (rc = check_text(in->model, "expert model", false, 200, err)) != AP_OK ||
+        (rc = check_json(in->expertise, "expert expertise", 'a', err)) != AP_OK)
+        return rc;
+    if (!isfinite(in->weight) || in->weight < 0 || in->weight > 1000)
+        return ap_err_set(err, AP_INVALID, "expert weight must be between 0 and 1000");
+    if (e->role == NULL)
+        e->role = "";
+    if (e->persona == NULL)
+        e->persona = "";
+    if (e->expertise == NULL)
+        e->expertise = "[]";
+    int64_t now = clock_wall_ms();
+    e->created_at = now;
+    e->updated_at = now;
+    return AP_OK;
+}
+
+ap_status store_expert_create(store *s, const char *tenant_id, const store_expert *in,
+                              store_expert *out, ap_err *err)
+{
+    store_expert e, tmp = {0};
+    ap_status rc = expert_prepare(tenant_id, in, false, &e, err);
+    if (rc != AP_OK)
+        return rc;
+    rc = s->ops->expert_insert(s->impl, &e, out != NULL ? out : &tmp, err);
+    store_expert_free(&tmp);
+    return rc;
+}
+
+ap_status store_expert_get(store *s, const char *tenant_id, const char *id, store_expert *out,
+                           ap_err *err)
+{
+    char tid[STORE_ID_MAX], eid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(id, eid))
+        return ap_err_set(err, AP_NOTFOUND, "no such expert");
+    return s->ops->expert_get(s->impl, tid, eid, out, err);
+}
+
+ap_status store_expert_update(store *s, const char *tenant_id, const store_expert *in,
+                              store_expert *out, ap_err *err)
+{
+    store_expert e, tmp = {0};
+    ap_status rc = expert_prepare(tenant_id, in, true, &e, err);
+    if (rc != AP_OK)
+        return rc;
+    rc = s->ops->expert_update(s->impl, &e, out != NULL ? out : &tmp, err);
+    store_expert_free(&tmp);
+    return rc;
+}
+
+ap_status store_expert_delete(store *s, const char *tenant_id, const char *id, ap_err *err)
+{
+    char tid[STORE_ID_MAX], eid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(id, eid))
+        return ap_err_set(err, AP_NOTFOUND, "no such expert");
+    return s->ops->expert_delete(s->impl, tid, eid, err);
+}
+
+ap_status store_expert_list(store *s, const char *tenant_id, const char *cursor, int limit,
+                            store_expert **rows, size_t *n, char next_cursor[STORE_CURSOR_MAX],
+                            ap_err *err)
+{
+    *rows = NULL;
+    *n = 0;
+    next_cursor[0] = '\0';
+    char tid[STORE_ID_MAX];
+    store_pos pos;
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_limit(limit, &limit, err);
+    if (rc == AP_OK)
+        rc = cursor_decode(cursor, &pos, err);
+    if (rc != AP_OK)
+        return rc;
+    /* One extra row tells whether another page follows. */
+    size_t got = 0;
+    rc = s->ops->expert_list(s->impl, tid, &pos, limit + 1, rows, &got, err);
+    if (rc != AP_OK)
+        return rc;
+    if (got > (size_t)limit) {
+        store_expert_free(&(*rows)[limit]);
+        got = (size_t)limit;
+        cursor_encode((*rows)[got - 1].created_at, (*rows)[got - 1].id, next_cursor);
+    }
+    *n = got;
+    return AP_OK;
+}
+
+/* ---- panels ----------------------------------------------------------------------------- */
+
+void store_panel_free(store_panel *p)
+{
+    if (p == NULL)
+        return;
+    free(p->title);
+    free(p->question);
+    free(p->strategy);
+    free(p->strategy_version);
+    free(p->consensus);
+    free(p->params);
+    free(p->experts);
+    free(p->status);
+    free(p->result);
+    free(p->error);
+    free(p->idempotency_key);
+    free(p->request_hash);
+    memset(p, 0, sizeof *p);
+}
+
+void store_panels_free(store_panel *rows, size_t n)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        store_panel_free(&rows[i]);
+    free(rows);
+}
+
+static bool same_or_both_null(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+ap_status store_panel_create(store *s, const char *tenant_id, const store_panel *in,
+                             store_panel *out, ap_err *err)
+{
+    store_panel p = *in;
+    ap_status rc = norm_uuid(tenant_id, p.tenant_id, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (in->id[0] != '\0')
+        rc = norm_uuid(in->id, p.id, "panel id", err);
+    else if (ids_uuid_v4(p.id) != AP_OK)
+        rc = ap_err_set(err, AP_IO, "no randomness for a panel id");
+    if (rc != AP_OK)
+        return rc;
+    if ((rc = check_text(in->title, "panel title", false, 1000, err)) != AP_OK ||
+        (rc = check_text(in->question, "panel question", true, STORE_VALUE_MAX, err)) != AP_OK ||
+        (rc = check_text(in->strategy, "panel strategy", true, 64, err)) != AP_OK ||
+        (rc = check_text(in->strategy_version, "strategy version", false, 128, err)) != AP_OK ||
+        (rc = check_text(in->consensus, "panel consensus", false, 64, err)) != AP_OK ||
+        (rc = check_text(in->error, "panel error", false, STORE_VALUE_MAX, err)) != AP_OK ||
+        (rc = check_text(in->idempotency_key, "idempotency key", false, 255, err)) != AP_OK ||
+        (rc = check_text(in->request_hash, "request hash", false, 128, err)) != AP_OK ||
+        (rc = check_json(in->params, "panel params", 'o', err)) != AP_OK ||
+        (rc = check_json(in->experts, "panel experts", 'a', err)) != AP_OK ||
+        (rc = check_json(in->result, "panel result", 0, err)) != AP_OK)
+        return rc;
+    if (in->status != NULL && !status_valid(in->status))
+        return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'", in->status);
+    if (p.status == NULL)
+        p.status = "created";
+    if (p.params == NULL)
+        p.params = "{}";
+    if (p.experts == NULL)
+        p.experts = "[]";
+    if (p.idempotency_key != NULL && p.idempotency_key[0] == '\0')
+        p.idempotency_key = NULL;
+    p.created_at = clock_wall_ms();
+    p.updated_at = p.created_at;
+    store_panel got = {0};
+    bool existed = false;
+    rc = s->ops->panel_insert(s->impl, &p, &got, &existed, err);
+    if (rc != AP_OK)
+        return rc;
+    if (existed && !same_or_both_null(got.request_hash, p.request_hash)) {
+        store_panel_free(&got);
+        return ap_err_set(err, AP_CONFLICT,
+                          "idempotency key '%.64s' was already used for a different request",
+                          p.idempotency_key);
+    }
+    if (out != NULL)
+        *out = got;
+    else
+        store_panel_free(&got);
+    return AP_OK;
+}
+
+ap_status store_panel_get(store *s, const char *tenant_id, const char *id, store_panel *out,
+                          ap_err *err)
+{
+    char tid[STORE_ID_MAX], pid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(id, pid))
+        return ap_err_set(err, AP_NOTFOUND, "no such panel");
+    return s->ops->panel_get(s->impl, tid, pid, out, err);
+}
+
+ap_status store_panel_transition(store *s, const char *tenant_id, const char *id,
+                                 const char *const *from, size_t n_from, const char *new_status,
+                                 const char *result, const char *error, ap_err *err)
+{
+    char tid[STORE_ID_MAX], pid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(id, pid))
+        return ap_err_set(err, AP_NOTFOUND, "no such panel");
+    if (n_from == 0 || n_from > sizeof panel_statuses / sizeof panel_statuses[0])
+        return ap_err_set(err, AP_INVALID, "transition needs 1 to 7 source statuses");
+    for (size_t i = 0; i < n_from; i++)
+        if (!status_valid(from[i]))
+            return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
+                              from[i] != NULL ? from[i] : "");
+    if (!status_valid(new_status))
+        return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
+                          new_status != NULL ? new_status : "");
+    if ((rc = check_json(result, "panel result", 0, err)) != AP_OK ||
+        (rc = check_text(error, "panel error", false, STORE_VALUE_MAX, err)) != AP_OK)
+        return rc;
+    return s->ops->panel_transition(s->impl, tid, pid, from, n_from, new_status, result, error,
+                                    clock_wall_ms(), err);
+}
+
+ap_status store_panel_list(store *s, const char *tenant_id, const char *status, const char *cursor,
+                           int limit, store_panel **rows, size_t *n,
+                           char next_cursor[STORE_CURSOR_MAX], ap_err *err)
+{
+    *rows = NULL;
+    *n = 0;
+    next_cursor[0] = '\0';
+    char tid[STORE_ID_MAX];
+    store_pos pos;
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_limit(limit, &limit, err);
+    if (rc == AP_OK)
+        rc = cursor_decode(cursor, &pos, err);
+    if (rc != AP_OK)
+        return rc;
+    if (status != NULL && !status_valid(status))
+        return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'", status);
+    size_t got = 0;
+    rc = s->ops->panel_list(s->impl, tid, status, &pos, limit + 1, rows, &got, err);
+    if (rc != AP_OK)
+        return rc;
+    if (got > (size_t)limit) {
+        store_panel_free(&(*rows)[limit]);
+        got = (size_t)limit;
+        cursor_encode((*rows)[got - 1].created_at, (*rows)[got - 1].id, next_cursor);
+    }
+    *n = got;
+    return AP_OK;
+}
+
+ap_status store_panels_in_status(store *s, const char *status, store_panel_ref **pairs, size_t *n,
+                                 ap_err *err)
+{
+    *pairs = NULL;
+    *n = 0;
+    if (!status_valid(status))
+        return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
+                          status != NULL ? status : "");
+    return s->ops->panels_in_status(s->impl, status, pairs, n, err);
+}
+
+/* ---- events ----------------------------------------------------------------------------- */
+
+void store_event_free(store_event *e)
+{
+    if (e == NULL)
+        return;
+    free(e->type);
+    free(e->data);
+    memset(e, 0, sizeof *e);
+}
+
+void store_events_free(store_event *rows, size_t n)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        store_event_free(&rows[i]);
+    free(rows);
+}
+
+ap_status store_events_append(store *s, const char *tenant_id, const store_event *events, size_t n,
+                              ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (n == 0)
+        return AP_OK;
+    if (n > STORE_EVENTS_MAX)
+        return ap_err_set(err, AP_LIMIT, "more than %d events in one batch", STORE_EVENTS_MAX);
+    store_event *ev = malloc(n * sizeof *ev);
+    if (ev == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    int64_t now = clock_wall_ms();
+    for (size_t i = 0; i < n && rc == AP_OK; i++) {
+        ev[i] = events[i];
+        if (!ids_uuid_normalize(events[i].panel_id, ev[i].panel_id))
+            rc = ap_err_set(err, AP_INVALID, "event %zu: panel id is not a valid UUID", i);
+        else if (events[i].seq < 1)
+            rc = ap_err_set(err, AP_INVALID, "event %zu: seq must be at least 1", i);
+        else if ((rc = check_text(events[i].type, "event type", true, 64, err)) == AP_OK)
+            rc = check_json(events[i].data, "event data", 0, err);
+        if (ev[i].data == NULL)
+            ev[i].data = "{}";
+        if (ev[i].created_at <= 0)
+            ev[i].created_at = now;
+    }
+    if (rc == AP_OK)
+        rc = s->ops->events_append(s->impl, tid, ev, n, err);
+    free(ev);
+    return rc;
+}
+
+ap_status store_events_list(store *s, const char *tenant_id, const char *panel_id,
+                            int64_t after_seq, int limit, store_event **rows, size_t *n,
+                            ap_err *err)
+{
+    *rows = NULL;
+    *n = 0;
+    char tid[STORE_ID_MAX], pid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_limit(limit, &limit, err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(panel_id, pid))
+        return ap_err_set(err, AP_NOTFOUND, "no such panel");
+    return s->ops->events_list(s->impl, tid, pid, after_seq < 0 ? 0 : after_seq, limit, rows, n,
+                               err);
+}
+
+ap_status store_events_last_seq(store *s, const char *tenant_id, const char *panel_id, int64_t *seq,
+                                ap_err *err)
+{
+    *seq = 0;
+    char tid[STORE_ID_MAX], pid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(panel_id, pid))
+        return ap_err_set(err, AP_NOTFOUND, "no such panel");
+    return s->ops->events_last_seq(s->impl, tid, pid, seq, err);
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------ */
+
+void store_checkpoint_free(store_checkpoint *c)
+{
+    if (c == NULL)
+        return;
+    free(c->next_node);
+    free(c->state);
+    free(c->script_version);
+    free(c->journal);
+    memset(c, 0, sizeof *c);
+}
+
+ap_status store_checkpoint_put(store *s, const char *tenant_id, const store_checkpoint *c,
+                               ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    store_checkpoint cp = *c;
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = norm_uuid(c->panel_id, cp.panel_id, "panel id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (c->step < 0 || c->last_seq < 0)
+        return ap_err_set(err, AP_INVALID, "checkpoint step and last_seq must not be negative");
+    if ((rc = check_text(c->next_node, "checkpoint next node", false, 200, err)) != AP_OK ||
+        (rc = check_text(c->script_version, "script version", false, 128, err)) != AP_OK ||
+        (rc = check_json(c->state, "checkpoint state", 0, err)) != AP_OK ||
+        (rc = check_json(c->journal, "checkpoint journal", 'a', err)) != AP_OK)
+        return rc;
+    if (cp.state == NULL)
+        cp.state = "{}";
+    if (cp.journal == NULL)
+        cp.journal = "[]";
+    cp.created_at = clock_wall_ms();
+    return s->ops->checkpoint_put(s->impl, tid, &cp, err);
+}
+
+ap_status store_checkpoint_get(store *s, const char *tenant_id, const char *panel_id,
+                               store_checkpoint *out, ap_err *err)
+{
+    char tid[STORE_ID_MAX], pid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(panel_id, pid))
+        return ap_err_set(err, AP_NOTFOUND, "no checkpoint for this panel");
+    return s->ops->checkpoint_get(s->impl, tid, pid, out, err);
+}
+
+/* ---- scripts ---------------------------------------------------------------------------- */
+
+void store_script_free(store_script *sc)
+{
+    if (sc == NULL)
+        return;
+    free(sc->name);
+    free(sc->version);
+    free(sc->source);
+    free(sc->origin);
+    memset(sc, 0, sizeof *sc);
+}
+
+void store_scripts_free(store_script *rows, size_t n)
+{
+    if (rows == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        store_script_free(&rows[i]);
+    free(rows);
+}
+
+static ap_status check_kind_name(store_script_kind kind, const char *name, ap_err *err)
+{
+    if (kind != STORE_SCRIPT_STRATEGY && kind != STORE_SCRIPT_CONSENSUS)
+        return ap_err_set(err, AP_INVALID, "script kind must be strategy or consensus");
+    if (!script_name_valid(name))
+        return ap_err_set(err, AP_INVALID,
+                          "script name '%.64s' is invalid (want [A-Za-z0-9_.-]{1,64})",
+                          name != NULL ? name : "");
+    return AP_OK;
+}
+
+ap_status store_script_put(store *s, const char *tenant_id, const store_script *sc, bool activate,
+                           ap_err *err)
+{
+    store_script v = *sc;
+    ap_status rc = norm_uuid(tenant_id, v.tenant_id, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_kind_name(sc->kind, sc->name, err);
+    if (rc == AP_OK)
+        rc = check_text(sc->source, "script source", true, STORE_VALUE_MAX, err);
+    if (rc == AP_OK)
+        rc = check_text(sc->origin, "script origin", false, 32, err);
+    if (rc != AP_OK)
+        return rc;
+    /* The version is the content address pinned panels reload by, so it must be the source's
+     * hash; anything else would let two different sources share a version. */
+    char hash[IDS_SHA256_HEX_LEN + 1];
+    ids_sha256_hex(sc->source, strlen(sc->source), hash);
+    if (sc->version != NULL && sc->version[0] != '\0' && strcmp(sc->version, hash) != 0)
+        return ap_err_set(err, AP_INVALID, "script version must be the SHA-256 hex of its source");
+    v.version = hash;
+    if (v.origin == NULL)
+        v.origin = "override";
+    v.active = false;
+    v.created_at = clock_wall_ms();
+    return s->ops->script_put(s->impl, &v, activate, err);
+}
+
+ap_status store_script_get_version(store *s, const char *tenant_id, store_script_kind kind,
+                                   const char *name, const char *version, store_script *out,
+                                   ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_kind_name(kind, name, err);
+    if (rc != AP_OK)
+        return rc;
+    if (version == NULL || !hex_valid(version, IDS_SHA256_HEX_LEN))
+        return ap_err_set(err, AP_NOTFOUND, "no such script version");
+    return s->ops->script_get_version(s->impl, tid, kind, name, version, out, err);
+}
+
+ap_status store_script_get_active(store *s, const char *tenant_id, store_script_kind kind,
+                                  const char *name, store_script *out, ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_kind_name(kind, name, err);
+    if (rc != AP_OK)
+        return rc;
+    return s->ops->script_get_active(s->impl, tid, kind, name, out, err);
+}
+
+ap_status store_script_deactivate(store *s, const char *tenant_id, store_script_kind kind,
+                                  const char *name, ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_kind_name(kind, name, err);
+    if (rc != AP_OK)
+        return rc;
+    return s->ops->script_deactivate(s->impl, tid, kind, name, err);
+}
+
+ap_status store_script_list(store *s, const char *tenant_id, store_script_kind kind,
+                            const char *name, store_script **rows, size_t *n, ap_err *err)
+{
+    *rows = NULL;
+    *n = 0;
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = check_kind_name(kind, name != NULL ? name : "any", err);
+    if (rc != AP_OK)
+        return rc;
+    return s->ops->script_list(s->impl, tid, kind, name, rows, n, err);
+}
+
+/* ---- usage ------------------------------------------------------------------------------ */
+
+void store_usage_free(store_usage *u)
+{
+    if (u == NULL)
+        return;
+    free(u->expert_id);
+    free(u->provider);
+    free(u->model);
+    free(u->outcome);
+    memset(u, 0, sizeof *u);
+}
+
+ap_status store_usage_record(store *s, const char *tenant_id, const store_usage *u, ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    store_usage v = *u;
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (u->id[0] != '\0')
+        rc = norm_uuid(u->id, v.id, "usage id", err);
+    else if (ids_uuid_v4(v.id) != AP_OK)
+        rc = ap_err_set(err, AP_IO, "no randomness for a usage id");
+    if (rc == AP_OK && u->panel_id[0] != '\0')
+        rc = norm_uuid(u->panel_id, v.panel_id, "usage panel id", err);
+    if (rc != AP_OK)
+        return rc;
+    if ((rc = check_text(u->expert_id, "usage expert id", false, 64, err)) != AP_OK ||
+        (rc = check_text(u->provider, "usage provider", true, 64, err)) != AP_OK ||
+        (rc = check_text(u->model, "usage model", true, 200, err)) != AP_OK ||
+        (rc = check_text(u->outcome, "usage outcome", true, 32, err)) != AP_OK)
+        return rc;
+    if (u->prompt_tokens < 0 || u->completion_tokens < 0 || u->latency_ms < 0 || u->attempts < 0 ||
+        !isfinite(u->cost_usd) || u->cost_usd < 0)
+        return ap_err_set(err, AP_INVALID, "usage counters must not be negative");
+    if (v.created_at <= 0)
+        v.created_at = clock_wall_ms();
+    return s->ops->usage_record(s->impl, tid, &v, err);
+}
+
+static ap_status summary_json(const store_usage_group *g, size_t n, store_group group, char **json,
+                              ap_err *err)
+{
+    cJSON *arr = cJSON_CreateArray();
+    if (arr == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        if (o == NULL || !cJSON_AddItemToArray(arr, o))
+            goto nomem;
+        cJSON *key;
+        if (g[i].key == NULL) {
+            key = cJSON_CreateNull();
+        } else if (group == STORE_GROUP_DAY) {
+            time_t t = (time_t)(strtoll(g[i].key, NULL, 10) * 86400);
+            struct tm tm;
+            char day[32];
+            gmtime_r(&t, &tm);
+            strftime(day, sizeof day, "%Y-%m-%d", &tm);
+            key = cJSON_CreateString(day);
+        } else {
+            key = cJSON_CreateString(g[i].key);
+        }
+        if (key == NULL || !cJSON_AddItemToObject(o, "key", key) ||
+            cJSON_AddNumberToObject(o, "calls", (double)g[i].calls) == NULL ||
+            cJSON_AddNumberToObject(o, "prompt_tokens", (double)g[i].prompt_tokens) == NULL ||
+            cJSON_AddNumberToObject(o, "completion_tokens", (double)g[i].completion_tokens) ==
+                NULL ||
+            cJSON_AddNumberToObject(o, "cost_usd", g[i].cost_usd) == NULL)
+            goto nomem;
+    }
+    *json = cJSON_PrintUnformatted(arr);
+    cJSON_Delete(arr);
+    if (*json == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    return AP_OK;
+nomem:
+    cJSON_Delete(arr);
+    return ap_err_set(err, AP_NOMEM, "out of memory");
+}
+
+ap_status store_usage_summary(store *s, const char *tenant_id, int64_t from_ms, int64_t to_ms,
+                              const char *group_by, char **json, ap_err *err)
+{
+    *json = NULL;
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    store_group group;
+    if (group_by != NULL && strcmp(group_by, "expert") == 0)
+        group = STORE_GROUP_EXPERT;
+    else if (group_by != NULL && strcmp(group_by, "model") == 0)
+        group = STORE_GROUP_MODEL;
+    else if (group_by != NULL && strcmp(group_by, "day") == 0)
+        group = STORE_GROUP_DAY;
+    else
+        return ap_err_set(err, AP_INVALID, "group_by must be expert, model or day");
+    if (from_ms > to_ms)
+        return ap_err_set(err, AP_INVALID, "usage range ends before it starts");
+    store_usage_group *groups = NULL;
+    size_t n = 0;
+    rc = s->ops->usage_summary(s->impl, tid, from_ms, to_ms, group, &groups, &n, err);
+    if (rc == AP_OK)
+        rc = summary_json(groups, n, group, json, err);
+    store_usage_groups_free(groups, n);
+    return rc;
+}

@@ -1,0 +1,968 @@
+/* store_test.c - the store contract: one suite, run against every backend.
+ *
+ * SQLite (a temp file) always; PostgreSQL when ASKPANEL_TEST_PG_URL (owner, runs migrations)
+ * and ASKPANEL_TEST_PG_APP_URL (a role inheriting askpanel_app) are set, as
+ * tests/integration/test_store_pg.sh does. Every test works on two fresh tenants A and B, so
+ * reruns against the same database do not interfere. */
+#include "core/ids.h"
+#include "core/jsonx.h"
+#include "store/store.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static store *S;     /* the store under test (the app role on PostgreSQL) */
+static store *OWNER; /* PostgreSQL only: the owner connection */
+static char A[STORE_ID_MAX], B[STORE_ID_MAX];
+static char SLUG_A[64], SLUG_B[64];
+static char db_path[256];
+
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        ap_err e_ = {0};                                                                           \
+        ap_status rc_ = (call);                                                                    \
+        if (rc_ != AP_OK)                                                                          \
+            fail_msg("%s -> %s: %s", #call, ap_status_name(rc_), e_.msg);                          \
+    } while (0)
+#define IS(status, call)                                                                           \
+    do {                                                                                           \
+        ap_err e_ = {0};                                                                           \
+        ap_status rc_ = (call);                                                                    \
+        if (rc_ != (status))                                                                       \
+            fail_msg("%s -> %s (want %s): %s", #call, ap_status_name(rc_), ap_status_name(status), \
+                     e_.msg);                                                                      \
+    } while (0)
+/* e_ is the error of the enclosing OK/IS. */
+#define E (&e_)
+
+static void random_slug(const char *stem, char out[64])
+{
+    unsigned char r[4];
+    char hex[9];
+    assert_int_equal(ids_random(r, sizeof r), AP_OK);
+    ids_hex(r, sizeof r, hex);
+    snprintf(out, 64, "%s-%s", stem, hex);
+}
+
+/* Per test: two fresh tenants. */
+static int tenants_setup(void **state)
+{
+    (void)state;
+    store_tenant t = {0};
+    ap_err err = {0};
+    random_slug("ta", SLUG_A);
+    random_slug("tb", SLUG_B);
+    if (store_tenant_create(S, SLUG_A, "Tenant A", "{\"brand\":\"a\"}", &t, &err) != AP_OK) {
+        print_error("tenant A: %s\n", err.msg);
+        return -1;
+    }
+    memcpy(A, t.id, sizeof A);
+    store_tenant_free(&t);
+    if (store_tenant_create(S, SLUG_B, "Tenant B", NULL, &t, &err) != AP_OK) {
+        print_error("tenant B: %s\n", err.msg);
+        return -1;
+    }
+    memcpy(B, t.id, sizeof B);
+    store_tenant_free(&t);
+    return 0;
+}
+
+static int sqlite_group_setup(void **state)
+{
+    (void)state;
+    snprintf(db_path, sizeof db_path, "/tmp/askpanel-store-test-%d.db", (int)getpid());
+    unlink(db_path);
+    char url[300];
+    snprintf(url, sizeof url, "sqlite:%s", db_path);
+    ap_err err = {0};
+    if (store_open(url, &S, &err) != AP_OK) {
+        print_error("open: %s\n", err.msg);
+        return -1;
+    }
+    int applied = 0;
+    if (store_migrate(S, &applied, &err) != AP_OK || applied < 1) {
+        print_error("migrate: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int sqlite_group_teardown(void **state)
+{
+    (void)state;
+    store_close(S);
+    S = NULL;
+    char p[300];
+    unlink(db_path);
+    snprintf(p, sizeof p, "%s-wal", db_path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", db_path);
+    unlink(p);
+    return 0;
+}
+
+static int pg_group_setup(void **state)
+{
+    (void)state;
+    ap_err err = {0};
+    if (store_open(getenv("ASKPANEL_TEST_PG_URL"), &OWNER, &err) != AP_OK) {
+        print_error("open owner: %s\n", err.msg);
+        return -1;
+    }
+    if (store_migrate(OWNER, NULL, &err) != AP_OK) {
+        print_error("migrate: %s\n", err.msg);
+        return -1;
+    }
+    if (store_open(getenv("ASKPANEL_TEST_PG_APP_URL"), &S, &err) != AP_OK) {
+        print_error("open app: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int pg_group_teardown(void **state)
+{
+    (void)state;
+    store_close(S);
+    store_close(OWNER);
+    S = OWNER = NULL;
+    return 0;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+static void test_lifecycle(void **state)
+{
+    (void)state;
+    int pending = -1, applied = -1;
+    store *mig = OWNER != NULL ? OWNER : S;
+    OK(store_migrate(mig, &applied, E));
+    assert_int_equal(applied, 0); /* idempotent: everything already ran */
+    OK(store_pending_migrations(S, &pending, E));
+    assert_int_equal(pending, 0);
+    OK(store_ping(S, E));
+    OK(store_check_isolation(S, E));
+    if (OWNER != NULL) {
+        assert_string_equal(store_backend(S), "postgres");
+        IS(AP_DENIED, store_check_isolation(OWNER, E));
+    } else {
+        assert_string_equal(store_backend(S), "sqlite");
+    }
+}
+
+static void test_bad_urls(void **state)
+{
+    (void)state;
+    store *s = NULL;
+    IS(AP_INVALID, store_open("mysql://localhost/x", &s, E));
+    assert_null(s);
+    IS(AP_INVALID, store_open("", &s, E));
+    IS(AP_IO, store_open("sqlite:/nonexistent-dir-askpanel/x/y.db", &s, E));
+    IS(AP_INVALID, store_open("sqlite:", &s, E));
+    IS(AP_INVALID, store_open("host=localhost nosuchoption=1", &s, E));
+    {
+        ap_err e_ = {0};
+        ap_status rc =
+            store_open("postgresql://askpanel@127.0.0.1:1/askpanel?connect_timeout=2", &s, &e_);
+        assert_int_equal(rc, AP_IO);
+        assert_non_null(strstr(e_.msg, "database is unavailable"));
+    }
+    assert_null(s);
+
+    /* A fresh in-memory SQLite store migrates and works. */
+    OK(store_open("sqlite::memory:", &s, E));
+    int pending = 0;
+    OK(store_pending_migrations(s, &pending, E));
+    assert_true(pending >= 1);
+    OK(store_migrate(s, NULL, E));
+    OK(store_pending_migrations(s, &pending, E));
+    assert_int_equal(pending, 0);
+    OK(store_tenant_create(s, "mem-tenant", "Memory", NULL, NULL, E));
+    store_close(s);
+    store_close(NULL);
+}
+
+/* ---- tenants ------------------------------------------------------------------------------ */
+
+static void test_tenants(void **state)
+{
+    (void)state;
+    store_tenant t = {0};
+    OK(store_tenant_get(S, A, &t, E));
+    assert_string_equal(t.id, A);
+    assert_string_equal(t.slug, SLUG_A);
+    assert_string_equal(t.name, "Tenant A");
+    assert_string_equal(t.config, "{\"brand\":\"a\"}");
+    assert_true(t.created_at > 0);
+    store_tenant_free(&t);
+
+    OK(store_tenant_by_slug(S, SLUG_B, &t, E));
+    assert_string_equal(t.id, B);
+    assert_string_equal(t.config, "{}");
+    store_tenant_free(&t);
+
+    /* Upper-case ids are normalised at the edge. */
+    char upper[STORE_ID_MAX];
+    for (size_t i = 0; i < sizeof upper; i++)
+        upper[i] = (char)(A[i] >= 'a' && A[i] <= 'f' ? A[i] - 32 : A[i]);
+    OK(store_tenant_get(S, upper, &t, E));
+    assert_string_equal(t.id, A);
+    store_tenant_free(&t);
+
+    {
+        ap_err e_ = {0};
+        assert_int_equal(store_tenant_create(S, SLUG_A, "Again", NULL, NULL, &e_), AP_CONFLICT);
+        assert_non_null(strstr(e_.msg, "already exists"));
+        assert_non_null(strstr(e_.msg, SLUG_A));
+    }
+    IS(AP_INVALID, store_tenant_create(S, "Bad Slug", "x", NULL, NULL, E));
+    IS(AP_INVALID, store_tenant_create(S, "-leading", "x", NULL, NULL, E));
+    IS(AP_INVALID, store_tenant_create(S, "ok-slug-x", "", NULL, NULL, E));
+    IS(AP_INVALID, store_tenant_create(S, "ok-slug-y", "x", "[1]", NULL, E));
+    IS(AP_INVALID, store_tenant_create(S, "ok-slug-z", "x", "{bad", NULL, E));
+    IS(AP_NOTFOUND, store_tenant_by_slug(S, "no-such-tenant-slug", &t, E));
+    IS(AP_NOTFOUND, store_tenant_by_slug(S, "NO SUCH", &t, E));
+    IS(AP_INVALID, store_tenant_get(S, "not-a-uuid", &t, E));
+    IS(AP_NOTFOUND, store_tenant_get(S, "00000000-0000-4000-8000-000000000000", &t, E));
+
+    OK(store_tenant_set_config(S, B, "{\"flags\":{\"x\":true}}", E));
+    OK(store_tenant_get(S, B, &t, E));
+    assert_string_equal(t.config, "{\"flags\":{\"x\":true}}");
+    store_tenant_free(&t);
+    IS(AP_INVALID, store_tenant_set_config(S, B, "nope", E));
+    IS(AP_INVALID, store_tenant_set_config(S, "xyz", "{}", E));
+    IS(AP_NOTFOUND, store_tenant_set_config(S, "00000000-0000-4000-8000-000000000000", "{}", E));
+    store_tenant_free(NULL);
+}
+
+/* ---- keys --------------------------------------------------------------------------------- */
+
+static void test_keys(void **state)
+{
+    (void)state;
+    char key[128];
+    store_key k = {0}, r = {0};
+    OK(store_key_create(S, A, STORE_ROLE_ADMIN, key, sizeof key, &k, E));
+    assert_int_equal(strlen(key), 76);
+    assert_memory_equal(key, "ap_", 3);
+    assert_int_equal(key[11], '_');
+    assert_memory_equal(key, k.prefix, 11);
+    assert_int_equal(strlen(k.prefix), 11);
+    char hash[IDS_SHA256_HEX_LEN + 1];
+    ids_sha256_hex(key, strlen(key), hash);
+    assert_string_equal(k.hash, hash); /* only the hash is kept */
+    assert_string_equal(k.tenant_id, A);
+
+    OK(store_key_resolve(S, key, &r, E));
+    assert_string_equal(r.tenant_id, A);
+    assert_string_equal(r.id, k.id);
+    assert_int_equal(r.role, STORE_ROLE_ADMIN);
+    assert_int_equal(r.revoked_at, 0);
+
+    char member[128];
+    OK(store_key_create(S, B, STORE_ROLE_MEMBER, member, sizeof member, NULL, E));
+    OK(store_key_resolve(S, member, &r, E));
+    assert_string_equal(r.tenant_id, B);
+    assert_int_equal(r.role, STORE_ROLE_MEMBER);
+
+    /* Right prefix, wrong secret; garbage; empty. */
+    char wrong[128];
+    memcpy(wrong, key, sizeof wrong);
+    wrong[40] = wrong[40] == 'a' ? 'b' : 'a';
+    IS(AP_NOTFOUND, store_key_resolve(S, wrong, &r, E));
+    IS(AP_NOTFOUND, store_key_resolve(S, "ap_zzzz", &r, E));
+    IS(AP_NOTFOUND, store_key_resolve(S, "", &r, E));
+    IS(AP_NOTFOUND, store_key_resolve(S, NULL, &r, E));
+    memcpy(wrong, key, sizeof wrong);
+    wrong[5] = wrong[5] == '0' ? '1' : '0'; /* unknown prefix */
+    IS(AP_NOTFOUND, store_key_resolve(S, wrong, &r, E));
+
+    IS(AP_INVALID, store_key_create(S, "nope", STORE_ROLE_ADMIN, key, sizeof key, NULL, E));
+    IS(AP_INVALID, store_key_create(S, A, (store_role)7, key, sizeof key, NULL, E));
+    IS(AP_INVALID, store_key_create(S, A, STORE_ROLE_ADMIN, key, 10, NULL, E));
+    IS(AP_NOTFOUND, store_key_create(S, "00000000-0000-4000-8000-000000000000", STORE_ROLE_ADMIN,
+                                     wrong, sizeof wrong, NULL, E));
+
+    OK(store_key_revoke(S, k.id, E));
+    OK(store_key_revoke(S, k.id, E)); /* revoking twice is harmless */
+    IS(AP_DENIED, store_key_resolve(S, key, &r, E));
+    OK(store_key_resolve(S, member, &r, E));
+    IS(AP_NOTFOUND, store_key_revoke(S, "00000000-0000-4000-8000-000000000000", E));
+    IS(AP_INVALID, store_key_revoke(S, "bad", E));
+}
+
+/* ---- experts ------------------------------------------------------------------------------ */
+
+static void make_expert(const char *tenant, const char *name, store_expert *out)
+{
+    store_expert in = {.name = (char *)name,
+                       .role = "Regulatory lead",
+                       .expertise = "[\"gmp\",\"fda\"]",
+                       .persona = "Careful and precise.",
+                       .weight = 1.5};
+    OK(store_expert_create(S, tenant, &in, out, E));
+}
+
+static void test_experts_crud(void **state)
+{
+    (void)state;
+    store_expert e = {0}, g = {0}, u = {0};
+    make_expert(A, "Dr. A", &e);
+    assert_string_equal(e.tenant_id, A);
+    assert_int_equal(strlen(e.id), 36);
+    assert_string_equal(e.name, "Dr. A");
+    assert_string_equal(e.expertise, "[\"gmp\",\"fda\"]");
+    assert_null(e.model);
+    assert_true(e.weight == 1.5);
+
+    OK(store_expert_get(S, A, e.id, &g, E));
+    assert_string_equal(g.id, e.id);
+    assert_string_equal(g.persona, "Careful and precise.");
+    store_expert_free(&g);
+
+    store_expert upd = {
+        .name = "Dr. A2", .role = "Lead", .expertise = "[]", .model = "gpt-x", .weight = 2};
+    memcpy(upd.id, e.id, sizeof upd.id);
+    OK(store_expert_update(S, A, &upd, &u, E));
+    assert_string_equal(u.name, "Dr. A2");
+    assert_string_equal(u.model, "gpt-x");
+    assert_string_equal(u.persona, "");
+    assert_int_equal(u.created_at, e.created_at);
+    assert_true(u.updated_at >= e.updated_at);
+    store_expert_free(&u);
+
+    /* Tenant B sees nothing of A's expert and cannot change it. */
+    IS(AP_NOTFOUND, store_expert_get(S, B, e.id, &g, E));
+    IS(AP_NOTFOUND, store_expert_update(S, B, &upd, &u, E));
+    IS(AP_NOTFOUND, store_expert_delete(S, B, e.id, E));
+    store_expert *rows = NULL;
+    size_t n = 99;
+    char next[STORE_CURSOR_MAX];
+    OK(store_expert_list(S, B, "", 50, &rows, &n, next, E));
+    assert_int_equal(n, 0);
+    store_experts_free(rows, n);
+    OK(store_expert_get(S, A, e.id, &g, E));
+    assert_string_equal(g.name, "Dr. A2");
+    store_expert_free(&g);
+
+    /* Bad input. */
+    store_expert bad = {.name = ""};
+    IS(AP_INVALID, store_expert_create(S, A, &bad, NULL, E));
+    bad.name = "x";
+    bad.expertise = "{\"not\":\"array\"}";
+    IS(AP_INVALID, store_expert_create(S, A, &bad, NULL, E));
+    bad.expertise = NULL;
+    bad.weight = -1;
+    IS(AP_INVALID, store_expert_create(S, A, &bad, NULL, E));
+    bad.weight = 1;
+    IS(AP_INVALID, store_expert_create(S, "bad-tenant", &bad, NULL, E));
+    IS(AP_NOTFOUND, store_expert_create(S, "00000000-0000-4000-8000-000000000000", &bad, NULL, E));
+    memcpy(bad.id, "zz", 3);
+    IS(AP_INVALID, store_expert_create(S, A, &bad, NULL, E));
+    IS(AP_NOTFOUND, store_expert_get(S, A, "not-a-uuid", &g, E));
+    IS(AP_INVALID, store_expert_get(S, "not-a-uuid", e.id, &g, E));
+    /* A caller-chosen id that exists is a conflict, also across tenants. */
+    store_expert dup = {.name = "dup"};
+    memcpy(dup.id, e.id, sizeof dup.id);
+    IS(AP_CONFLICT, store_expert_create(S, A, &dup, NULL, E));
+
+    OK(store_expert_delete(S, A, e.id, E));
+    IS(AP_NOTFOUND, store_expert_get(S, A, e.id, &g, E));
+    IS(AP_NOTFOUND, store_expert_delete(S, A, e.id, E));
+    store_expert_free(&e);
+    store_expert_free(NULL);
+}
+
+static void test_experts_pagination(void **state)
+{
+    (void)state;
+    char ids[5][STORE_ID_MAX];
+    for (int i = 0; i < 5; i++) {
+        store_expert e = {0};
+        char name[16];
+        snprintf(name, sizeof name, "E%d", i);
+        make_expert(A, name, &e);
+        memcpy(ids[i], e.id, STORE_ID_MAX);
+        store_expert_free(&e);
+    }
+    make_expert(B, "other", NULL);
+    /* Walk pages of 2: 2 + 2 + 1, each expert exactly once, oldest first with id tiebreak. */
+    char cursor[STORE_CURSOR_MAX] = "";
+    int seen = 0, pages = 0;
+    char prev_id[STORE_ID_MAX] = "";
+    int64_t prev_at = 0;
+    do {
+        store_expert *rows = NULL;
+        size_t n = 0;
+        char next[STORE_CURSOR_MAX];
+        OK(store_expert_list(S, A, cursor, 2, &rows, &n, next, E));
+        pages++;
+        assert_true(n <= 2);
+        for (size_t i = 0; i < n; i++) {
+            assert_string_equal(rows[i].tenant_id, A);
+            assert_true(rows[i].created_at > prev_at ||
+                        (rows[i].created_at == prev_at && strcmp(rows[i].id, prev_id) > 0));
+            prev_at = rows[i].created_at;
+            memcpy(prev_id, rows[i].id, STORE_ID_MAX);
+            int found = 0;
+            for (int j = 0; j < 5; j++)
+                found += strcmp(ids[j], rows[i].id) == 0;
+            assert_int_equal(found, 1);
+            seen++;
+        }
+        store_experts_free(rows, n);
+        memcpy(cursor, next, sizeof cursor);
+        assert_true(pages <= 3);
+    } while (cursor[0] != '\0');
+    assert_int_equal(seen, 5);
+    assert_int_equal(pages, 3);
+
+    store_expert *rows = NULL;
+    size_t n = 0;
+    char next[STORE_CURSOR_MAX];
+    IS(AP_INVALID, store_expert_list(S, A, "zz", 2, &rows, &n, next, E));
+    IS(AP_INVALID, store_expert_list(S, A, "3a", 2, &rows, &n, next, E));
+    IS(AP_INVALID, store_expert_list(S, A, "", 0, &rows, &n, next, E));
+    IS(AP_INVALID, store_expert_list(S, "x", "", 2, &rows, &n, next, E));
+    OK(store_expert_list(S, A, "", 100000, &rows, &n, next, E)); /* clamped */
+    assert_int_equal(n, 5);
+    assert_string_equal(next, "");
+    store_experts_free(rows, n);
+}
+
+/* ---- panels ------------------------------------------------------------------------------- */
+
+static void make_panel(const char *tenant, const char *idem, const char *hash, store_panel *out)
+{
+    store_panel in = {.title = "T",
+                      .question = "Should we file now?",
+                      .strategy = "debate",
+                      .strategy_version = "abc",
+                      .params = "{\"rounds\":2}",
+                      .experts = "[{\"name\":\"x\"}]",
+                      .idempotency_key = (char *)idem,
+                      .request_hash = (char *)hash};
+    OK(store_panel_create(S, tenant, &in, out, E));
+}
+
+static void test_panels(void **state)
+{
+    (void)state;
+    store_panel p = {0}, g = {0}, again = {0};
+    make_panel(A, "idem-1", "h1", &p);
+    assert_string_equal(p.tenant_id, A);
+    assert_string_equal(p.status, "created");
+    assert_string_equal(p.params, "{\"rounds\":2}");
+    assert_null(p.result);
+    assert_null(p.consensus);
+
+    /* Idempotency: same key and hash -> the same panel; other hash -> conflict. */
+    make_panel(A, "idem-1", "h1", &again);
+    assert_string_equal(again.id, p.id);
+    store_panel_free(&again);
+    store_panel in = {
+        .question = "q", .strategy = "debate", .idempotency_key = "idem-1", .request_hash = "h2"};
+    IS(AP_CONFLICT, store_panel_create(S, A, &in, &again, E));
+    /* The same key in another tenant is independent. */
+    make_panel(B, "idem-1", "h9", &again);
+    assert_string_not_equal(again.id, p.id);
+    store_panel_free(&again);
+
+    OK(store_panel_get(S, A, p.id, &g, E));
+    assert_string_equal(g.question, "Should we file now?");
+    assert_string_equal(g.idempotency_key, "idem-1");
+    store_panel_free(&g);
+    IS(AP_NOTFOUND, store_panel_get(S, B, p.id, &g, E));
+    IS(AP_NOTFOUND, store_panel_get(S, A, "nope", &g, E));
+
+    /* Transitions. */
+    const char *from_created[] = {"created"};
+    const char *from_running[] = {"queued", "running"};
+    OK(store_panel_transition(S, A, p.id, from_created, 1, "queued", NULL, NULL, E));
+    IS(AP_CONFLICT, store_panel_transition(S, A, p.id, from_created, 1, "running", NULL, NULL, E));
+    IS(AP_NOTFOUND,
+       store_panel_transition(S, B, p.id, from_running, 2, "cancelled", NULL, NULL, E));
+    IS(AP_INVALID, store_panel_transition(S, A, p.id, from_running, 2, "bogus", NULL, NULL, E));
+    IS(AP_INVALID,
+       store_panel_transition(S, A, p.id, from_running, 2, "completed", "{bad", NULL, E));
+    IS(AP_INVALID, store_panel_transition(S, A, p.id, from_running, 0, "running", NULL, NULL, E));
+    OK(store_panel_transition(S, A, p.id, from_running, 2, "running", NULL, NULL, E));
+    OK(store_panel_transition(S, A, p.id, from_running, 2, "completed", "{\"answer\":42}", NULL,
+                              E));
+    OK(store_panel_get(S, A, p.id, &g, E));
+    assert_string_equal(g.status, "completed");
+    assert_string_equal(g.result, "{\"answer\":42}");
+    assert_null(g.error);
+    store_panel_free(&g);
+
+    /* Bad input. */
+    store_panel bad = {.question = "", .strategy = "x"};
+    IS(AP_INVALID, store_panel_create(S, A, &bad, NULL, E));
+    bad.question = "q";
+    bad.params = "[]";
+    IS(AP_INVALID, store_panel_create(S, A, &bad, NULL, E));
+    bad.params = NULL;
+    bad.status = "weird";
+    IS(AP_INVALID, store_panel_create(S, A, &bad, NULL, E));
+    bad.status = NULL;
+    IS(AP_INVALID, store_panel_create(S, "A", &bad, NULL, E));
+    store_panel_free(&p);
+}
+
+static void test_panel_lists(void **state)
+{
+    (void)state;
+    char ids[4][STORE_ID_MAX];
+    for (int i = 0; i < 4; i++) {
+        store_panel p = {0};
+        make_panel(A, NULL, NULL, &p);
+        memcpy(ids[i], p.id, STORE_ID_MAX);
+        store_panel_free(&p);
+    }
+    store_panel pb = {0};
+    make_panel(B, NULL, NULL, &pb);
+    const char *from[] = {"created"};
+    OK(store_panel_transition(S, A, ids[1], from, 1, "running", NULL, NULL, E));
+    OK(store_panel_transition(S, A, ids[3], from, 1, "running", NULL, NULL, E));
+    OK(store_panel_transition(S, B, pb.id, from, 1, "running", NULL, NULL, E));
+
+    /* Newest first, pages of 3: 3 + 1. */
+    store_panel *rows = NULL;
+    size_t n = 0;
+    char next[STORE_CURSOR_MAX], next2[STORE_CURSOR_MAX];
+    OK(store_panel_list(S, A, NULL, "", 3, &rows, &n, next, E));
+    assert_int_equal(n, 3);
+    assert_string_not_equal(next, "");
+    for (size_t i = 1; i < n; i++)
+        assert_true(rows[i - 1].created_at > rows[i].created_at ||
+                    (rows[i - 1].created_at == rows[i].created_at &&
+                     strcmp(rows[i - 1].id, rows[i].id) > 0));
+    store_panels_free(rows, n);
+    OK(store_panel_list(S, A, NULL, next, 3, &rows, &n, next2, E));
+    assert_int_equal(n, 1);
+    assert_string_equal(next2, "");
+    store_panels_free(rows, n);
+
+    OK(store_panel_list(S, A, "running", "", 50, &rows, &n, next, E));
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(rows[i].status, "running");
+        assert_true(strcmp(rows[i].id, ids[1]) == 0 || strcmp(rows[i].id, ids[3]) == 0);
+    }
+    store_panels_free(rows, n);
+    IS(AP_INVALID, store_panel_list(S, A, "nope", "", 50, &rows, &n, next, E));
+
+    OK(store_panel_list(S, B, NULL, "", 50, &rows, &n, next, E));
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].id, pb.id);
+    store_panels_free(rows, n);
+
+    /* Operator scope: running panels of both tenants. */
+    store_panel_ref *refs = NULL;
+    OK(store_panels_in_status(S, "running", &refs, &n, E));
+    int hits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(refs[i].panel_id, ids[1]) == 0 || strcmp(refs[i].panel_id, ids[3]) == 0) {
+            assert_string_equal(refs[i].tenant_id, A);
+            hits++;
+        }
+        if (strcmp(refs[i].panel_id, pb.id) == 0) {
+            assert_string_equal(refs[i].tenant_id, B);
+            hits++;
+        }
+    }
+    assert_int_equal(hits, 3);
+    free(refs);
+    IS(AP_INVALID, store_panels_in_status(S, "bogus", &refs, &n, E));
+    store_panel_free(&pb);
+}
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+static void test_events(void **state)
+{
+    (void)state;
+    store_panel p1 = {0}, p2 = {0};
+    make_panel(A, NULL, NULL, &p1);
+    make_panel(A, NULL, NULL, &p2);
+    store_event ev[3] = {{.seq = 1, .type = "started", .data = "{\"a\":1}"},
+                         {.seq = 2, .type = "message", .data = "{\"text\":\"hi\"}"},
+                         {.seq = 1, .type = "started", .data = NULL}};
+    memcpy(ev[0].panel_id, p1.id, STORE_ID_MAX);
+    memcpy(ev[1].panel_id, p1.id, STORE_ID_MAX);
+    memcpy(ev[2].panel_id, p2.id, STORE_ID_MAX);
+    OK(store_events_append(S, A, ev, 3, E));
+    OK(store_events_append(S, A, ev, 0, E));
+
+    int64_t seq = -1;
+    OK(store_events_last_seq(S, A, p1.id, &seq, E));
+    assert_int_equal(seq, 2);
+    OK(store_events_last_seq(S, A, p2.id, &seq, E));
+    assert_int_equal(seq, 1);
+
+    store_event *rows = NULL;
+    size_t n = 0;
+    OK(store_events_list(S, A, p1.id, 0, 100, &rows, &n, E));
+    assert_int_equal(n, 2);
+    assert_int_equal(rows[0].seq, 1);
+    assert_int_equal(rows[1].seq, 2);
+    assert_string_equal(rows[1].type, "message");
+    assert_string_equal(rows[1].data, "{\"text\":\"hi\"}");
+    assert_string_equal(rows[0].panel_id, p1.id);
+    assert_true(rows[0].created_at > 0);
+    store_events_free(rows, n);
+    OK(store_events_list(S, A, p1.id, 1, 100, &rows, &n, E));
+    assert_int_equal(n, 1);
+    assert_int_equal(rows[0].seq, 2);
+    store_events_free(rows, n);
+    OK(store_events_list(S, A, p1.id, 0, 1, &rows, &n, E));
+    assert_int_equal(n, 1);
+    store_events_free(rows, n);
+
+    /* A batch with one duplicate lands nothing. */
+    store_event batch[2] = {{.seq = 3, .type = "message", .data = "{}"},
+                            {.seq = 2, .type = "message", .data = "{}"}};
+    memcpy(batch[0].panel_id, p1.id, STORE_ID_MAX);
+    memcpy(batch[1].panel_id, p1.id, STORE_ID_MAX);
+    IS(AP_CONFLICT, store_events_append(S, A, batch, 2, E));
+    OK(store_events_last_seq(S, A, p1.id, &seq, E));
+    assert_int_equal(seq, 2);
+
+    /* Tenant B cannot append to, or read, A's panel; nothing lands. */
+    batch[1].seq = 4;
+    IS(AP_NOTFOUND, store_events_append(S, B, batch, 2, E));
+    OK(store_events_last_seq(S, A, p1.id, &seq, E));
+    assert_int_equal(seq, 2);
+    OK(store_events_list(S, B, p1.id, 0, 100, &rows, &n, E));
+    assert_int_equal(n, 0);
+    store_events_free(rows, n);
+    OK(store_events_last_seq(S, B, p1.id, &seq, E));
+    assert_int_equal(seq, 0);
+
+    /* Bad input. */
+    batch[0].seq = 0;
+    IS(AP_INVALID, store_events_append(S, A, batch, 2, E));
+    batch[0].seq = 9;
+    batch[0].data = "{oops";
+    IS(AP_INVALID, store_events_append(S, A, batch, 2, E));
+    batch[0].data = "{}";
+    memcpy(batch[0].panel_id, "bad", 4);
+    IS(AP_INVALID, store_events_append(S, A, batch, 2, E));
+    IS(AP_INVALID, store_events_append(S, "bad", ev, 1, E));
+    IS(AP_NOTFOUND, store_events_list(S, A, "bad", 0, 10, &rows, &n, E));
+    OK(store_events_last_seq(S, A, p1.id, &seq, E));
+    assert_int_equal(seq, 2);
+    store_panel_free(&p1);
+    store_panel_free(&p2);
+}
+
+/* ---- checkpoints -------------------------------------------------------------------------- */
+
+static void test_checkpoints(void **state)
+{
+    (void)state;
+    store_panel p = {0};
+    make_panel(A, NULL, NULL, &p);
+    store_checkpoint c = {0}, g = {0};
+    IS(AP_NOTFOUND, store_checkpoint_get(S, A, p.id, &g, E));
+    memcpy(c.panel_id, p.id, STORE_ID_MAX);
+    c.step = 3;
+    c.next_node = "vote";
+    c.state = "{\"round\":1}";
+    c.script_version = "v1";
+    c.journal = "[{\"ok\":true}]";
+    c.last_seq = 7;
+    OK(store_checkpoint_put(S, A, &c, E));
+    OK(store_checkpoint_get(S, A, p.id, &g, E));
+    assert_string_equal(g.panel_id, p.id);
+    assert_int_equal(g.step, 3);
+    assert_string_equal(g.next_node, "vote");
+    assert_string_equal(g.state, "{\"round\":1}");
+    assert_string_equal(g.script_version, "v1");
+    assert_string_equal(g.journal, "[{\"ok\":true}]");
+    assert_int_equal(g.last_seq, 7);
+    assert_true(g.created_at > 0);
+    store_checkpoint_free(&g);
+
+    c.step = 4;
+    c.next_node = NULL;
+    c.journal = NULL;
+    OK(store_checkpoint_put(S, A, &c, E));
+    OK(store_checkpoint_get(S, A, p.id, &g, E));
+    assert_int_equal(g.step, 4);
+    assert_null(g.next_node);
+    assert_string_equal(g.journal, "[]");
+    store_checkpoint_free(&g);
+
+    IS(AP_NOTFOUND, store_checkpoint_get(S, B, p.id, &g, E));
+    IS(AP_NOTFOUND, store_checkpoint_put(S, B, &c, E));
+    OK(store_checkpoint_get(S, A, p.id, &g, E));
+    assert_int_equal(g.step, 4);
+    store_checkpoint_free(&g);
+    c.state = "not json";
+    IS(AP_INVALID, store_checkpoint_put(S, A, &c, E));
+    c.state = "{}";
+    c.step = -1;
+    IS(AP_INVALID, store_checkpoint_put(S, A, &c, E));
+    store_checkpoint_free(NULL);
+    store_panel_free(&p);
+}
+
+/* ---- scripts ------------------------------------------------------------------------------ */
+
+static void test_scripts(void **state)
+{
+    (void)state;
+    const char *src1 = "return { nodes = {} }";
+    const char *src2 = "return { nodes = { a = 1 } }";
+    char v1[IDS_SHA256_HEX_LEN + 1], v2[IDS_SHA256_HEX_LEN + 1];
+    ids_sha256_hex(src1, strlen(src1), v1);
+    ids_sha256_hex(src2, strlen(src2), v2);
+    store_script sc = {.kind = STORE_SCRIPT_STRATEGY, .name = "debate", .source = (char *)src1};
+    OK(store_script_put(S, A, &sc, true, E));
+    OK(store_script_put(S, A, &sc, true, E)); /* idempotent */
+    store_script g = {0};
+    OK(store_script_get_active(S, A, STORE_SCRIPT_STRATEGY, "debate", &g, E));
+    assert_string_equal(g.version, v1);
+    assert_string_equal(g.source, src1);
+    assert_string_equal(g.origin, "override");
+    assert_string_equal(g.tenant_id, A);
+    assert_true(g.active);
+    assert_int_equal(g.kind, STORE_SCRIPT_STRATEGY);
+    store_script_free(&g);
+
+    /* A kept but not activated version leaves the active one alone. */
+    store_script sc2 = {.kind = STORE_SCRIPT_STRATEGY,
+                        .name = "debate",
+                        .source = (char *)src2,
+                        .version = v2,
+                        .origin = "tenant-dir"};
+    OK(store_script_put(S, A, &sc2, false, E));
+    OK(store_script_get_active(S, A, STORE_SCRIPT_STRATEGY, "debate", &g, E));
+    assert_string_equal(g.version, v1);
+    store_script_free(&g);
+    usleep(2000); /* distinct created_at for the newest-first check */
+    OK(store_script_put(S, A, &sc2, true, E));
+    OK(store_script_get_active(S, A, STORE_SCRIPT_STRATEGY, "debate", &g, E));
+    assert_string_equal(g.version, v2);
+    assert_string_equal(g.origin, "tenant-dir");
+    store_script_free(&g);
+    OK(store_script_get_version(S, A, STORE_SCRIPT_STRATEGY, "debate", v1, &g, E));
+    assert_string_equal(g.source, src1);
+    assert_false(g.active);
+    store_script_free(&g);
+
+    store_script *rows = NULL;
+    size_t n = 0;
+    OK(store_script_list(S, A, STORE_SCRIPT_STRATEGY, "debate", &rows, &n, E));
+    assert_int_equal(n, 2);
+    assert_string_equal(rows[0].version, v2);
+    assert_string_equal(rows[1].version, v1);
+    store_scripts_free(rows, n);
+
+    store_script cons = {.kind = STORE_SCRIPT_CONSENSUS, .name = "majority", .source = "return 1"};
+    OK(store_script_put(S, A, &cons, true, E));
+    OK(store_script_list(S, A, STORE_SCRIPT_STRATEGY, NULL, &rows, &n, E));
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].name, "debate");
+    assert_true(rows[0].active);
+    store_scripts_free(rows, n);
+    OK(store_script_list(S, A, STORE_SCRIPT_CONSENSUS, NULL, &rows, &n, E));
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].name, "majority");
+    store_scripts_free(rows, n);
+
+    /* Tenant B sees none of it. */
+    IS(AP_NOTFOUND, store_script_get_active(S, B, STORE_SCRIPT_STRATEGY, "debate", &g, E));
+    IS(AP_NOTFOUND, store_script_get_version(S, B, STORE_SCRIPT_STRATEGY, "debate", v1, &g, E));
+    IS(AP_NOTFOUND, store_script_deactivate(S, B, STORE_SCRIPT_STRATEGY, "debate", E));
+    OK(store_script_list(S, B, STORE_SCRIPT_STRATEGY, "debate", &rows, &n, E));
+    assert_int_equal(n, 0);
+    store_scripts_free(rows, n);
+
+    OK(store_script_deactivate(S, A, STORE_SCRIPT_STRATEGY, "debate", E));
+    IS(AP_NOTFOUND, store_script_get_active(S, A, STORE_SCRIPT_STRATEGY, "debate", &g, E));
+    IS(AP_NOTFOUND, store_script_deactivate(S, A, STORE_SCRIPT_STRATEGY, "debate", E));
+    OK(store_script_get_version(S, A, STORE_SCRIPT_STRATEGY, "debate", v2, &g, E));
+    store_script_free(&g);
+
+    /* Bad input. */
+    store_script bad = {.kind = STORE_SCRIPT_STRATEGY, .name = "x", .source = "a", .version = v1};
+    IS(AP_INVALID, store_script_put(S, A, &bad, false, E)); /* version is not the source hash */
+    bad.version = NULL;
+    bad.name = "bad name!";
+    IS(AP_INVALID, store_script_put(S, A, &bad, false, E));
+    bad.name = "x";
+    bad.kind = (store_script_kind)9;
+    IS(AP_INVALID, store_script_put(S, A, &bad, false, E));
+    IS(AP_NOTFOUND, store_script_get_version(S, A, STORE_SCRIPT_STRATEGY, "debate", "abc", &g, E));
+    store_script_free(NULL);
+}
+
+/* ---- usage -------------------------------------------------------------------------------- */
+
+static const cJSON *group_of(const cJSON *arr, const char *key)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach(item, arr)
+    {
+        const cJSON *k = cJSON_GetObjectItemCaseSensitive(item, "key");
+        if ((key == NULL && cJSON_IsNull(k)) ||
+            (key != NULL && cJSON_IsString(k) && strcmp(k->valuestring, key) == 0))
+            return item;
+    }
+    return NULL;
+}
+
+static void test_usage(void **state)
+{
+    (void)state;
+    const int64_t day = 86400000;
+    const int64_t t0 = 20000 * day; /* 2024-10-04 */
+    struct {
+        const char *expert;
+        const char *model;
+        int64_t at;
+        int64_t pt, ct;
+        double cost;
+    } rec[] = {
+        {"e1", "m1", t0 + 1000, 100, 10, 0.5},
+        {"e1", "m2", t0 + 2000, 200, 20, 0.25},
+        {"e2", "m1", t0 + day + 5, 50, 5, 0.125},
+        {NULL, "m1", t0 + day + 6, 1, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof rec / sizeof rec[0]; i++) {
+        store_usage u = {.expert_id = (char *)rec[i].expert,
+                         .provider = "simulated",
+                         .model = (char *)rec[i].model,
+                         .prompt_tokens = rec[i].pt,
+                         .completion_tokens = rec[i].ct,
+                         .cost_usd = rec[i].cost,
+                         .latency_ms = 12,
+                         .attempts = 1,
+                         .outcome = "ok",
+                         .created_at = rec[i].at};
+        OK(store_usage_record(S, A, &u, E));
+    }
+    store_usage outside = {.provider = "simulated",
+                           .model = "m1",
+                           .outcome = "ok",
+                           .prompt_tokens = 999,
+                           .created_at = t0 + 10 * day};
+    OK(store_usage_record(S, A, &outside, E));
+    OK(store_usage_record(S, B, &outside, E));
+
+    char *json = NULL;
+    OK(store_usage_summary(S, A, t0, t0 + 2 * day, "expert", &json, E));
+    cJSON *arr = cJSON_Parse(json);
+    assert_non_null(arr);
+    assert_int_equal(cJSON_GetArraySize(arr), 3);
+    const cJSON *e1 = group_of(arr, "e1");
+    assert_non_null(e1);
+    assert_int_equal((int)jsonx_number(e1, "calls", -1), 2);
+    assert_int_equal((int)jsonx_number(e1, "prompt_tokens", -1), 300);
+    assert_int_equal((int)jsonx_number(e1, "completion_tokens", -1), 30);
+    assert_true(jsonx_number(e1, "cost_usd", -1) == 0.75);
+    assert_non_null(group_of(arr, NULL));
+    cJSON_Delete(arr);
+    free(json);
+
+    OK(store_usage_summary(S, A, t0, t0 + 2 * day, "model", &json, E));
+    arr = cJSON_Parse(json);
+    assert_int_equal(cJSON_GetArraySize(arr), 2);
+    assert_int_equal((int)jsonx_number(group_of(arr, "m1"), "calls", -1), 3);
+    assert_int_equal((int)jsonx_number(group_of(arr, "m2"), "prompt_tokens", -1), 200);
+    cJSON_Delete(arr);
+    free(json);
+
+    OK(store_usage_summary(S, A, t0, t0 + 2 * day, "day", &json, E));
+    arr = cJSON_Parse(json);
+    assert_int_equal(cJSON_GetArraySize(arr), 2);
+    assert_string_equal(cJSON_GetArrayItem(arr, 0)->child->valuestring, "2024-10-04");
+    assert_int_equal((int)jsonx_number(group_of(arr, "2024-10-04"), "calls", -1), 2);
+    assert_int_equal((int)jsonx_number(group_of(arr, "2024-10-05"), "calls", -1), 2);
+    cJSON_Delete(arr);
+    free(json);
+
+    OK(store_usage_summary(S, B, t0, t0 + 2 * day, "model", &json, E));
+    assert_string_equal(json, "[]");
+    free(json);
+
+    IS(AP_INVALID, store_usage_summary(S, A, t0, t0 + day, "week", &json, E));
+    IS(AP_INVALID, store_usage_summary(S, A, t0 + day, t0, "day", &json, E));
+    IS(AP_INVALID, store_usage_summary(S, "bad", t0, t0 + day, "day", &json, E));
+    store_usage bad = {.provider = "p", .model = "m", .outcome = "ok", .prompt_tokens = -1};
+    IS(AP_INVALID, store_usage_record(S, A, &bad, E));
+    bad.prompt_tokens = 0;
+    memcpy(bad.panel_id, "xx", 3);
+    IS(AP_INVALID, store_usage_record(S, A, &bad, E));
+    bad.panel_id[0] = '\0';
+    bad.model = NULL;
+    IS(AP_INVALID, store_usage_record(S, A, &bad, E));
+    store_usage_free(NULL);
+}
+
+/* ---- concurrency: the handle is shared by HTTP and runner threads -------------------------- */
+
+#include <pthread.h>
+
+static void *hammer(void *arg)
+{
+    const char *panel = arg;
+    for (int i = 0; i < 50; i++) {
+        store_panel g = {0};
+        if (store_panel_get(S, A, panel, &g, NULL) != AP_OK)
+            return (void *)1;
+        store_panel_free(&g);
+        int64_t seq;
+        if (store_events_last_seq(S, A, panel, &seq, NULL) != AP_OK)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    store_panel p = {0};
+    make_panel(A, NULL, NULL, &p);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, hammer, p.id), 0);
+    for (int i = 0; i < 4; i++) {
+        void *ret = NULL;
+        pthread_join(th[i], &ret);
+        assert_null(ret);
+    }
+    store_panel_free(&p);
+}
+
+#define CONTRACT(f) cmocka_unit_test_setup(f, tenants_setup)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        CONTRACT(test_lifecycle),   CONTRACT(test_bad_urls),     CONTRACT(test_tenants),
+        CONTRACT(test_keys),        CONTRACT(test_experts_crud), CONTRACT(test_experts_pagination),
+        CONTRACT(test_panels),      CONTRACT(test_panel_lists),  CONTRACT(test_events),
+        CONTRACT(test_checkpoints), CONTRACT(test_scripts),      CONTRACT(test_usage),
+        CONTRACT(test_threads),
+    };
+    int failed = cmocka_run_group_tests_name("store/sqlite", tests, sqlite_group_setup,
+                                             sqlite_group_teardown);
+    if (getenv("ASKPANEL_TEST_PG_URL") != NULL && getenv("ASKPANEL_TEST_PG_APP_URL") != NULL)
+        failed +=
+            cmocka_run_group_tests_name("store/postgres", tests, pg_group_setup, pg_group_teardown);
+    else
+        fprintf(stderr, "store_test: PostgreSQL contract skipped (set ASKPANEL_TEST_PG_URL and "
+                        "ASKPANEL_TEST_PG_APP_URL, or run tests/integration/test_store_pg.sh)\n");
+    return failed;
+}
