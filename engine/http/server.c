@@ -19,6 +19,7 @@
 #define REQUEST_ID_MAX 64
 #define JSON_MAX_DEPTH 32
 #define MAX_RESPONSE_HEADERS 16
+#define DRAIN_FACTOR 8ULL /* bodies up to 8x the limit are drained before the 413 */
 
 struct http_stream {
     pthread_mutex_t lock;
@@ -57,6 +58,7 @@ struct http_request {
     const char *url;
     char request_id[REQUEST_ID_MAX + 1];
     buf body;
+    unsigned long long received;
     bool too_large;
     bool replied;
     bool counted;
@@ -408,6 +410,13 @@ static void dispatch(http_request *req)
         http_reply_error(req, 500, "internal", "the handler produced no response");
 }
 
+static void reply_too_large(http_request *req)
+{
+    http_add_header(req, "Connection", "close");
+    http_reply_error(req, 413, "payload_too_large", "the request body exceeds %zu bytes",
+                     req->srv->max_body);
+}
+
 static void request_free(http_request *req)
 {
     if (req == NULL)
@@ -446,26 +455,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             char *end = NULL;
             unsigned long long n = strtoull(cl, &end, 10);
             if (end != cl && *end == '\0' && n > srv->max_body) {
-                http_add_header(req, "Connection", "close");
-                http_reply_error(req, 413, "payload_too_large",
-                                 "the request body exceeds %zu bytes", srv->max_body);
+                req->too_large = true;
+                /* A body we would only drain for long is refused at once; the client may
+                 * then see a reset instead of the 413, which is the price of not reading it. */
+                if (n > DRAIN_FACTOR * (unsigned long long)srv->max_body)
+                    reply_too_large(req);
             }
         }
         return MHD_YES;
     }
     if (*upload_data_size > 0) {
+        /* Past the limit the body is read and dropped (up to a bound) so that ordinary
+         * clients, which send the whole body before reading, still get a clean 413. */
+        req->received += *upload_data_size;
         if (!req->too_large && !req->replied &&
             buf_append(&req->body, upload_data, *upload_data_size) != AP_OK)
             req->too_large = true;
+        if (req->too_large && !req->replied &&
+            req->received > DRAIN_FACTOR * (unsigned long long)srv->max_body)
+            reply_too_large(req);
         *upload_data_size = 0;
         return MHD_YES;
     }
     if (req->replied)
         return MHD_YES;
     if (req->too_large) {
-        http_add_header(req, "Connection", "close");
-        http_reply_error(req, 413, "payload_too_large", "the request body exceeds %zu bytes",
-                         srv->max_body);
+        reply_too_large(req);
         return MHD_YES;
     }
     dispatch(req);
