@@ -14,8 +14,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **con_cls)
 {
-    (void)cls, (void)url, (void)method, (void)version, (void)upload, (void)upload_size;
-    (void)con_cls;
+    (void)cls, (void)url, (void)method, (void)version, (void)upload;
+    /* The usual MHD pattern: the first call only sees headers; answering there would make MHD
+     * close the connection, so answer once the (empty) body has been read. */
+    static int marker;
+    if (*con_cls == NULL) {
+        *con_cls = &marker;
+        return MHD_YES;
+    }
+    if (*upload_size != 0) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
     struct MHD_Response *r =
         MHD_create_response_from_buffer(sizeof body - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
     MHD_add_response_header(r, "Content-Type", "application/json");
