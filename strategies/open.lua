@@ -311,12 +311,19 @@ function M.nodes.finish(ctx)
     summary = summary .. string.format(" %d contribution(s) excluded as failed or invalid.", #st.excluded)
   end
   local recommendation = #top_lines > 0 and ("Pursue: " .. table.concat(top_lines, "; ")) or "No idea won approval."
+  local positions = st.positions
+  if not positions then -- no vote was held: nobody proposed a valid idea
+    positions = {}
+    for _, e in ipairs(ctx.experts) do
+      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid ideas" }
+    end
+  end
   return ctx:done({
     summary = summary,
     recommendation = recommendation,
     consensus = consensus,
     dissent = consensus.dissent,
-    positions = st.positions or {},
+    positions = positions,
     rounds = rounds,
     ideas = st.ideas,
     developed = st.developed or {},
