@@ -124,6 +124,7 @@ int cli_serve(int argc, char **argv)
     };
     if (http_server_start(&opts, routes, api_authenticate, &deps, &srv, &err) != AP_OK)
         goto out;
+    deps.server = srv;
     log_info("askpanel %s listening on http://%s:%u (store %s, %u threads)", AP_VERSION, host,
              (unsigned)http_server_port(srv), store_backend(st), opts.threads);
 

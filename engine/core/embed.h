@@ -1,4 +1,4 @@
-/* embed.h - files compiled into the binary (the sql/ folder), generated at build time. */
+/* embed.h - files compiled into the binary (sql/ and docs/api/), generated at build time. */
 #ifndef AP_EMBED_H
 #define AP_EMBED_H
 

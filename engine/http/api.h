@@ -15,7 +15,8 @@ typedef struct api_deps {
     const config *cfg; /* borrowed */
     struct store *store;
     struct cache *cache;
-    void *engine; /* the panel engine, NULL when panels cannot run */
+    void *engine;        /* the panel engine, NULL when panels cannot run */
+    http_server *server; /* set once listening, for /metrics */
     int64_t started_ms;
 } api_deps;
 
@@ -28,6 +29,8 @@ bool api_authenticate(http_request *req, unsigned flags, void *app);
 /* Route handlers, grouped by resource. */
 void api_health(http_request *req, void *app);
 void api_ready(http_request *req, void *app);
+void api_openapi(http_request *req, void *app);
+void api_metrics(http_request *req, void *app);
 void api_tenant_get(http_request *req, void *app);
 void api_experts_list(http_request *req, void *app);
 void api_experts_create(http_request *req, void *app);

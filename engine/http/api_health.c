@@ -1,4 +1,6 @@
+#include "core/buf.h"
 #include "core/clock.h"
+#include "core/embed.h"
 #include "http/api.h"
 #include "store/store.h"
 
@@ -25,4 +27,43 @@ void api_ready(http_request *req, void *app)
     cJSON_AddStringToObject(body, "status", "ready");
     cJSON_AddStringToObject(body, "store", store_backend(d->store));
     http_reply_json(req, 200, body);
+}
+
+void api_openapi(http_request *req, void *app)
+{
+    (void)app;
+    size_t len = 0;
+    const char *doc = embed_get("docs/api/openapi.json", &len);
+    if (doc == NULL) {
+        http_reply_error(req, 500, "internal", "the OpenAPI document was not built in");
+        return;
+    }
+    http_reply_bytes(req, 200, "application/json", doc, len);
+}
+
+void api_metrics(http_request *req, void *app)
+{
+    const api_deps *d = app;
+    buf out;
+    buf_init(&out, 64 * 1024);
+    uint64_t counts[6] = {0};
+    if (d->server != NULL)
+        http_server_counts(d->server, counts);
+    buf_printf(&out, "# HELP askpanel_http_requests_total Requests answered, by status class.\n"
+                     "# TYPE askpanel_http_requests_total counter\n");
+    for (int c = 1; c <= 5; c++)
+        buf_printf(&out, "askpanel_http_requests_total{code=\"%dxx\"} %llu\n", c,
+                   (unsigned long long)counts[c]);
+    buf_printf(&out,
+               "# HELP askpanel_http_in_flight Requests being handled now.\n"
+               "# TYPE askpanel_http_in_flight gauge\naskpanel_http_in_flight %d\n"
+               "# HELP askpanel_uptime_seconds Seconds since start.\n"
+               "# TYPE askpanel_uptime_seconds gauge\naskpanel_uptime_seconds %.3f\n",
+               d->server != NULL ? http_server_in_flight(d->server) : 0,
+               (double)(clock_wall_ms() - d->started_ms) / 1000.0);
+    if (out.data == NULL)
+        http_reply_error(req, 500, "internal", "out of memory");
+    else
+        http_reply_bytes(req, 200, "text/plain; version=0.0.4", out.data, out.len);
+    buf_free(&out);
 }

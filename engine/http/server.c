@@ -41,7 +41,8 @@ struct http_server {
     void *app;
     size_t max_body;
     uint16_t port;
-    atomic_int in_flight; /* requests between first byte and completion, streams excluded */
+    atomic_int in_flight;      /* requests between first byte and completion, streams excluded */
+    atomic_ullong answered[6]; /* [0] all, [1..5] by status class */
     pthread_mutex_t streams_lock;
     http_stream *streams;
 };
@@ -211,6 +212,9 @@ static void queue(http_request *req, unsigned status, struct MHD_Response *resp,
         MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
     if (MHD_queue_response(req->conn, status, resp) != MHD_YES)
         log_warn("cannot queue a %u response", status);
+    atomic_fetch_add_explicit(&req->srv->answered[0], 1, memory_order_relaxed);
+    if (status >= 100 && status < 600)
+        atomic_fetch_add_explicit(&req->srv->answered[status / 100], 1, memory_order_relaxed);
     MHD_destroy_response(resp);
     req->replied = true;
 }
@@ -567,6 +571,17 @@ out:
     }
     *out = srv;
     return AP_OK;
+}
+
+void http_server_counts(const http_server *s, uint64_t out[6])
+{
+    for (int i = 0; i < 6; i++)
+        out[i] = atomic_load_explicit(&s->answered[i], memory_order_relaxed);
+}
+
+int http_server_in_flight(const http_server *s)
+{
+    return atomic_load(&s->in_flight);
 }
 
 uint16_t http_server_port(const http_server *s)

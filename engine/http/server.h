@@ -56,6 +56,12 @@ typedef struct http_server_opts {
 ap_status http_server_start(const http_server_opts *opts, const router *r, http_auth_hook auth,
                             void *app, http_server **out, ap_err *err);
 
+/* Requests answered so far by status class: out[1] = 1xx ... out[5] = 5xx; out[0] = all. */
+void http_server_counts(const http_server *s, uint64_t out[6]);
+
+/* Requests in flight now (streams excluded). */
+int http_server_in_flight(const http_server *s);
+
 /* The port actually bound. */
 uint16_t http_server_port(const http_server *s);
 

@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+import openapi_check
+
 SOURCE_DIR = os.environ.get("ASKPANEL_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BIN = os.environ.get("ASKPANEL_BIN", os.path.join(SOURCE_DIR, "build", "askpanel"))
 OPERATOR_KEY = "op_test_" + "k" * 40
@@ -105,9 +107,11 @@ class Server:
         req = urllib.request.Request(self.url(path), data=data, method=method, headers=hdrs)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return Response(r.status, r.headers, r.read())
+                resp = Response(r.status, r.headers, r.read())
         except urllib.error.HTTPError as e:
-            return Response(e.code, e.headers, e.read())
+            resp = Response(e.code, e.headers, e.read())
+        openapi_check.check(method, path, resp.status, resp.header("Content-Type"), resp.body)
+        return resp
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         if self.proc is None:

@@ -143,6 +143,27 @@ def test_unknown_command_and_flag_exit_2():
     assert p.returncode == 2
 
 
+def test_openapi_served_and_checker_bites():
+    s = Server().start()
+    try:
+        r = s.request("GET", "/openapi.json")
+        assert r.status == 200 and r.json()["openapi"] == "3.1.0"
+        m = s.request("GET", "/metrics")
+        assert m.status == 200 and b'askpanel_http_requests_total{code="2xx"}' in m.body
+    finally:
+        s.close()
+    import openapi_check
+    bad = [("GET", "/health", 200, b'{"version":"x"}'),            # missing required status
+           ("GET", "/health", 418, b'{}'),                           # undocumented status
+           ("GET", "/v1/experts", 200, b'{"data":[{"id":1}],"next_cursor":null}')]
+    for method, path, status, body in bad:
+        try:
+            openapi_check.check(method, path, status, "application/json", body)
+        except openapi_check.Mismatch:
+            continue
+        raise AssertionError("checker accepted %s %s %d %s" % (method, path, status, body))
+
+
 def test_version_and_help():
     for args in (["version"], ["--version"]):
         p = cli(*args)
@@ -156,4 +177,5 @@ if __name__ == "__main__":
          test_unknown_path_404_envelope, test_wrong_method_405, test_body_over_limit_413,
          test_request_id_echoed, test_sigterm_exits_zero_quickly, test_sigint_exits_zero,
          test_logs_are_json_lines, test_missing_config_file, test_config_unknown_key,
-         test_env_value_checked, test_unknown_command_and_flag_exit_2, test_version_and_help])
+         test_env_value_checked, test_unknown_command_and_flag_exit_2,
+         test_openapi_served_and_checker_bites, test_version_and_help])
