@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <libpq-fe.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -945,10 +947,91 @@ static void test_threads(void **state)
     store_panel_free(&p);
 }
 
+/* ---- PostgreSQL only ---------------------------------------------------------------------- */
+
+/* Every URL in ASKPANEL_TEST_PG_DENIED_URLS (space-separated: the table owner, a BYPASSRLS
+ * role) must be refused by the start-up check. */
+static void test_pg_refuses_privileged_roles(void **state)
+{
+    (void)state;
+    IS(AP_DENIED, store_check_isolation(OWNER, E));
+    const char *list = getenv("ASKPANEL_TEST_PG_DENIED_URLS");
+    if (list == NULL)
+        skip();
+    char urls[2048];
+    snprintf(urls, sizeof urls, "%s", list);
+    int checked = 0;
+    for (char *save = NULL, *u = strtok_r(urls, " ", &save); u != NULL;
+         u = strtok_r(NULL, " ", &save)) {
+        store *s = NULL;
+        OK(store_open(u, &s, E));
+        ap_err e_ = {0};
+        assert_int_equal(store_check_isolation(s, &e_), AP_DENIED);
+        assert_non_null(strstr(e_.msg, "refusing"));
+        store_close(s);
+        checked++;
+    }
+    assert_true(checked >= 1);
+}
+
+/* The database drops every engine connection mid-run: calls fail cleanly with AP_IO or
+ * recover by reconnecting, and the store works again afterwards. */
+static void test_pg_connection_loss(void **state)
+{
+    (void)state;
+    store_panel p = {0}, g = {0};
+    make_panel(A, NULL, NULL, &p);
+    PGconn *admin = PQconnectdb(getenv("ASKPANEL_TEST_PG_URL"));
+    assert_int_equal(PQstatus(admin), CONNECTION_OK);
+    PGresult *r = PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE application_name = 'askpanel' AND pid <> "
+                                "pg_backend_pid() AND usename <> current_user");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_true(PQntuples(r) >= 1);
+    PQclear(r);
+    PQfinish(admin);
+    int io = 0;
+    for (int i = 0; i < 8; i++) { /* every pooled connection notices once */
+        ap_err e_ = {0};
+        ap_status rc = store_panel_get(S, A, p.id, &g, &e_);
+        if (rc == AP_IO) {
+            assert_non_null(strstr(e_.msg, "database"));
+            io++;
+        } else {
+            assert_int_equal(rc, AP_OK);
+            store_panel_free(&g);
+        }
+    }
+    assert_true(io >= 1);
+    OK(store_panel_get(S, A, p.id, &g, E));
+    assert_string_equal(g.id, p.id);
+    store_panel_free(&g);
+    store_panel_free(&p);
+}
+
 #define CONTRACT(f) cmocka_unit_test_setup(f, tenants_setup)
 
-int main(void)
+/* `unit_store_test --migrate URL` applies migrations through store_migrate and exits; the
+ * PostgreSQL integration test uses it before it creates the engine's login role. */
+static int migrate_only(const char *url)
 {
+    store *s = NULL;
+    ap_err err = {0};
+    int applied = 0;
+    if (store_open(url, &s, &err) != AP_OK || store_migrate(s, &applied, &err) != AP_OK) {
+        fprintf(stderr, "store_test: migrate: %s\n", err.msg);
+        store_close(s);
+        return 1;
+    }
+    printf("applied %d migration(s)\n", applied);
+    store_close(s);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--migrate") == 0)
+        return migrate_only(argv[2]);
     const struct CMUnitTest tests[] = {
         CONTRACT(test_lifecycle),   CONTRACT(test_bad_urls),     CONTRACT(test_tenants),
         CONTRACT(test_keys),        CONTRACT(test_experts_crud), CONTRACT(test_experts_pagination),
@@ -958,10 +1041,16 @@ int main(void)
     };
     int failed = cmocka_run_group_tests_name("store/sqlite", tests, sqlite_group_setup,
                                              sqlite_group_teardown);
-    if (getenv("ASKPANEL_TEST_PG_URL") != NULL && getenv("ASKPANEL_TEST_PG_APP_URL") != NULL)
+    const struct CMUnitTest pg_tests[] = {
+        CONTRACT(test_pg_refuses_privileged_roles),
+        CONTRACT(test_pg_connection_loss),
+    };
+    if (getenv("ASKPANEL_TEST_PG_URL") != NULL && getenv("ASKPANEL_TEST_PG_APP_URL") != NULL) {
         failed +=
             cmocka_run_group_tests_name("store/postgres", tests, pg_group_setup, pg_group_teardown);
-    else
+        failed += cmocka_run_group_tests_name("store/postgres-only", pg_tests, pg_group_setup,
+                                              pg_group_teardown);
+    } else
         fprintf(stderr, "store_test: PostgreSQL contract skipped (set ASKPANEL_TEST_PG_URL and "
                         "ASKPANEL_TEST_PG_APP_URL, or run tests/integration/test_store_pg.sh)\n");
     return failed;
