@@ -1,0 +1,335 @@
+#include "llm/loop.h"
+
+#include "core/clock.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 256
+#define MAX_TIMERS (1 << 22)
+
+struct llm_timer {
+    int64_t due_us;
+    uint64_t order; /* FIFO among equal deadlines */
+    size_t heap_idx;
+    llm_loop_timer_cb cb;
+    void *ud;
+};
+
+typedef struct watch {
+    int fd;
+    unsigned events;
+    llm_loop_fd_cb cb;
+    void *ud;
+} watch;
+
+typedef struct post {
+    llm_loop_post_cb cb;
+    void *ud;
+    struct post *next;
+} post;
+
+struct llm_loop {
+    int epfd;
+    int wakefd;
+    bool stop;
+    llm_timer **heap;
+    size_t nheap, capheap;
+    uint64_t next_order;
+    watch **watches; /* indexed by fd */
+    size_t capwatches;
+    pthread_mutex_t mu;
+    post *posts, *posts_tail;
+};
+
+int64_t llm_loop_now_ms(void)
+{
+    return clock_mono_ms();
+}
+
+ap_status llm_loop_new(llm_loop **out, ap_err *err)
+{
+    *out = NULL;
+    llm_loop *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    pthread_mutex_init(&l->mu, NULL);
+    if (l->epfd < 0 || l->wakefd < 0) {
+        llm_loop_free(l);
+        return ap_err_set(err, AP_IO, "cannot create the event loop: %s", strerror(errno));
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = -1};
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) != 0) {
+        llm_loop_free(l);
+        return ap_err_set(err, AP_IO, "cannot create the event loop: %s", strerror(errno));
+    }
+    *out = l;
+    return AP_OK;
+}
+
+void llm_loop_free(llm_loop *l)
+{
+    if (l == NULL)
+        return;
+    for (size_t i = 0; i < l->nheap; i++)
+        free(l->heap[i]);
+    free(l->heap);
+    for (size_t i = 0; i < l->capwatches; i++)
+        free(l->watches[i]);
+    free(l->watches);
+    for (post *p = l->posts; p != NULL;) {
+        post *n = p->next;
+        free(p);
+        p = n;
+    }
+    if (l->epfd >= 0)
+        close(l->epfd);
+    if (l->wakefd >= 0)
+        close(l->wakefd);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}
+
+/* ---- fds ------------------------------------------------------------------------------ */
+
+static uint32_t to_epoll(unsigned events)
+{
+    return ((events & LLM_LOOP_READ) ? EPOLLIN : 0u) | ((events & LLM_LOOP_WRITE) ? EPOLLOUT : 0u);
+}
+
+ap_status llm_loop_watch(llm_loop *l, int fd, unsigned events, llm_loop_fd_cb cb, void *ud)
+{
+    if (fd < 0)
+        return AP_INVALID;
+    if (events == 0) {
+        llm_loop_unwatch(l, fd);
+        return AP_OK;
+    }
+    if ((size_t)fd >= l->capwatches) {
+        size_t cap = l->capwatches ? l->capwatches : 64;
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        watch **w = realloc(l->watches, cap * sizeof *w);
+        if (w == NULL)
+            return AP_NOMEM;
+        memset(w + l->capwatches, 0, (cap - l->capwatches) * sizeof *w);
+        l->watches = w;
+        l->capwatches = cap;
+    }
+    watch *w = l->watches[fd];
+    bool add = w == NULL;
+    if (add) {
+        w = calloc(1, sizeof *w);
+        if (w == NULL)
+            return AP_NOMEM;
+    }
+    struct epoll_event ev = {.events = to_epoll(events), .data.fd = fd};
+    if (epoll_ctl(l->epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) != 0) {
+        if (add)
+            free(w);
+        return AP_IO;
+    }
+    *w = (watch){fd, events, cb, ud};
+    l->watches[fd] = w;
+    return AP_OK;
+}
+
+void llm_loop_unwatch(llm_loop *l, int fd)
+{
+    if (fd < 0 || (size_t)fd >= l->capwatches || l->watches[fd] == NULL)
+        return;
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+    free(l->watches[fd]);
+    l->watches[fd] = NULL;
+}
+
+/* ---- timers: a binary min-heap on (due, order) ------------------------------------------ */
+
+static bool before(const llm_timer *a, const llm_timer *b)
+{
+    return a->due_us < b->due_us || (a->due_us == b->due_us && a->order < b->order);
+}
+
+static void heap_set(llm_loop *l, size_t i, llm_timer *t)
+{
+    l->heap[i] = t;
+    t->heap_idx = i;
+}
+
+static void sift_up(llm_loop *l, size_t i)
+{
+    llm_timer *t = l->heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!before(t, l->heap[parent]))
+            break;
+        heap_set(l, i, l->heap[parent]);
+        i = parent;
+    }
+    heap_set(l, i, t);
+}
+
+static void sift_down(llm_loop *l, size_t i)
+{
+    llm_timer *t = l->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= l->nheap)
+            break;
+        if (c + 1 < l->nheap && before(l->heap[c + 1], l->heap[c]))
+            c++;
+        if (!before(l->heap[c], t))
+            break;
+        heap_set(l, i, l->heap[c]);
+        i = c;
+    }
+    heap_set(l, i, t);
+}
+
+static void heap_remove(llm_loop *l, size_t i)
+{
+    l->nheap--;
+    if (i == l->nheap)
+        return;
+    heap_set(l, i, l->heap[l->nheap]);
+    sift_down(l, i);
+    sift_up(l, l->heap[i]->heap_idx);
+}
+
+llm_timer *llm_loop_timer_add(llm_loop *l, int64_t delay_ms, llm_loop_timer_cb cb, void *ud)
+{
+    if (l->nheap == l->capheap) {
+        size_t cap = l->capheap ? l->capheap * 2 : 64;
+        if (cap > MAX_TIMERS)
+            return NULL;
+        llm_timer **h = realloc(l->heap, cap * sizeof *h);
+        if (h == NULL)
+            return NULL;
+        l->heap = h;
+        l->capheap = cap;
+    }
+    llm_timer *t = malloc(sizeof *t);
+    if (t == NULL)
+        return NULL;
+    t->due_us = clock_mono_us() + (delay_ms > 0 ? delay_ms * 1000 : 0);
+    t->order = l->next_order++;
+    t->cb = cb;
+    t->ud = ud;
+    l->heap[l->nheap++] = t;
+    t->heap_idx = l->nheap - 1;
+    sift_up(l, l->nheap - 1);
+    return t;
+}
+
+void llm_loop_timer_cancel(llm_loop *l, llm_timer *t)
+{
+    if (t == NULL)
+        return;
+    heap_remove(l, t->heap_idx);
+    free(t);
+}
+
+/* ---- posts ------------------------------------------------------------------------------ */
+
+ap_status llm_loop_post(llm_loop *l, llm_loop_post_cb cb, void *ud)
+{
+    post *p = malloc(sizeof *p);
+    if (p == NULL)
+        return AP_NOMEM;
+    *p = (post){cb, ud, NULL};
+    pthread_mutex_lock(&l->mu);
+    if (l->posts_tail != NULL)
+        l->posts_tail->next = p;
+    else
+        l->posts = p;
+    l->posts_tail = p;
+    pthread_mutex_unlock(&l->mu);
+    uint64_t one = 1;
+    ssize_t w = write(l->wakefd, &one, sizeof one);
+    (void)w; /* EAGAIN means the counter is already non-zero: the loop wakes anyway */
+    return AP_OK;
+}
+
+static void run_posts(llm_loop *l)
+{
+    uint64_t n;
+    ssize_t r = read(l->wakefd, &n, sizeof n);
+    (void)r;
+    pthread_mutex_lock(&l->mu);
+    post *p = l->posts;
+    l->posts = l->posts_tail = NULL;
+    pthread_mutex_unlock(&l->mu);
+    while (p != NULL) {
+        post *next = p->next;
+        p->cb(l, p->ud);
+        free(p);
+        p = next;
+    }
+}
+
+void llm_loop_stop(llm_loop *l)
+{
+    __atomic_store_n(&l->stop, true, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    ssize_t w = write(l->wakefd, &one, sizeof one);
+    (void)w;
+}
+
+static void run_timers(llm_loop *l)
+{
+    int64_t now = clock_mono_us();
+    /* Only timers due now; ones added by callbacks wait for the next iteration. */
+    uint64_t limit = l->next_order;
+    while (l->nheap > 0 && l->heap[0]->due_us <= now && l->heap[0]->order < limit) {
+        llm_timer *t = l->heap[0];
+        heap_remove(l, 0);
+        llm_loop_timer_cb cb = t->cb;
+        void *ud = t->ud;
+        free(t);
+        cb(l, ud);
+    }
+}
+
+void llm_loop_run_once(llm_loop *l, int max_wait_ms)
+{
+    int timeout = max_wait_ms;
+    if (l->nheap > 0) {
+        int64_t wait_us = l->heap[0]->due_us - clock_mono_us();
+        int t = wait_us <= 0 ? 0 : (int)((wait_us + 999) / 1000);
+        if (timeout < 0 || t < timeout)
+            timeout = t;
+    }
+    struct epoll_event evs[MAX_EVENTS];
+    int n = epoll_wait(l->epfd, evs, MAX_EVENTS, timeout);
+    for (int i = 0; i < n; i++) {
+        int fd = evs[i].data.fd;
+        if (fd == -1) {
+            run_posts(l);
+            continue;
+        }
+        if ((size_t)fd >= l->capwatches || l->watches[fd] == NULL)
+            continue; /* unwatched by an earlier callback of this batch */
+        watch *w = l->watches[fd];
+        unsigned events = 0;
+        if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+            events |= LLM_LOOP_READ;
+        if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+            events |= LLM_LOOP_WRITE;
+        w->cb(l, fd, events, w->ud);
+    }
+    run_timers(l);
+}
+
+void llm_loop_run(llm_loop *l)
+{
+    while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE))
+        llm_loop_run_once(l, -1);
+}

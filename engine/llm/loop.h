@@ -1,0 +1,58 @@
+/* loop.h - the event loop of one runner thread: epoll fd watches, timers and cross-thread
+ * posts. Panels, LLM providers (curl multi via CURLMOPT_SOCKETFUNCTION/TIMERFUNCTION) and the
+ * simulated provider all run on it; nothing on the loop thread may block.
+ *
+ * Everything except llm_loop_post and llm_loop_stop must be called on the loop's thread. */
+#ifndef AP_LLM_LOOP_H
+#define AP_LLM_LOOP_H
+
+#include "core/status.h"
+
+#include <stdint.h>
+
+typedef struct llm_loop llm_loop;
+typedef struct llm_timer llm_timer;
+
+#define LLM_LOOP_READ 1u
+#define LLM_LOOP_WRITE 2u
+
+typedef void (*llm_loop_fd_cb)(llm_loop *loop, int fd, unsigned events, void *ud);
+typedef void (*llm_loop_timer_cb)(llm_loop *loop, void *ud);
+typedef void (*llm_loop_post_cb)(llm_loop *loop, void *ud);
+
+/* Creates a loop; caller frees with llm_loop_free. */
+ap_status llm_loop_new(llm_loop **out, ap_err *err);
+
+/* Frees the loop, its timers and pending posts (their callbacks are not run); NULL is fine. */
+void llm_loop_free(llm_loop *loop);
+
+/* Watches fd for events (LLM_LOOP_READ|LLM_LOOP_WRITE); called again it replaces the events
+ * and callback. events 0 removes the watch. The fd stays owned by the caller. */
+ap_status llm_loop_watch(llm_loop *loop, int fd, unsigned events, llm_loop_fd_cb cb, void *ud);
+
+/* Stops watching fd (before the caller closes it). */
+void llm_loop_unwatch(llm_loop *loop, int fd);
+
+/* Runs cb once after delay_ms (0: on the next iteration). The handle is valid until the
+ * callback starts or llm_loop_timer_cancel; NULL on allocation failure. */
+llm_timer *llm_loop_timer_add(llm_loop *loop, int64_t delay_ms, llm_loop_timer_cb cb, void *ud);
+
+/* Cancels a pending timer (its callback will not run); t may be NULL. */
+void llm_loop_timer_cancel(llm_loop *loop, llm_timer *t);
+
+/* From any thread: runs cb(ud) on the loop thread soon. Thread-safe. */
+ap_status llm_loop_post(llm_loop *loop, llm_loop_post_cb cb, void *ud);
+
+/* Runs the loop until llm_loop_stop. */
+void llm_loop_run(llm_loop *loop);
+
+/* Runs one iteration, waiting at most max_wait_ms (-1: until something happens). */
+void llm_loop_run_once(llm_loop *loop, int max_wait_ms);
+
+/* From any thread: makes llm_loop_run return after the current iteration. */
+void llm_loop_stop(llm_loop *loop);
+
+/* Milliseconds on the loop's clock (monotonic). */
+int64_t llm_loop_now_ms(void);
+
+#endif

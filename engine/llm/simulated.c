@@ -1,0 +1,644 @@
+#include "llm/simulated.h"
+
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/ids.h"
+#include "core/jsonx.h"
+#include "core/log.h"
+#include "llm/provider.h"
+
+#include <ctype.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SIM_MAX_DEPTH 8
+#define SIM_MAX_ITEMS 8
+#define SIM_TEXT_MAX (256 * 1024)
+#define SIM_CHUNK 24 /* bytes per streamed delta */
+
+/* ---- deterministic randomness ----------------------------------------------------------- */
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static uint64_t hash_str(uint64_t h, const char *s)
+{
+    h ^= 0xcbf29ce484222325ULL;
+    for (; s != NULL && *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return mix(h);
+}
+
+typedef struct sim {
+    uint64_t rng;
+    uint64_t common; /* shared by all experts: the "truth" of this prompt */
+    double stance;   /* 0 cautious .. 1 bold, from the persona */
+    double pull;     /* how far this expert moves toward a group median */
+    const char *name, *role, *persona;
+    const char *prompt;
+    bool has_median;
+    double median;
+    char options[8][96];
+    int noptions;
+    char topic[6][32];
+    int ntopic;
+} sim;
+
+static uint64_t next(sim *s)
+{
+    s->rng = mix(s->rng);
+    return s->rng;
+}
+
+static double unit(sim *s)
+{
+    return (double)(next(s) >> 11) / 9007199254740992.0;
+}
+
+static double field_common(const sim *s, const char *field)
+{
+    return (double)(hash_str(s->common, field) >> 11) / 9007199254740992.0;
+}
+
+/* ---- reading the prompt ------------------------------------------------------------------ */
+
+static void read_prompt(sim *s)
+{
+    const char *m = strstr(s->prompt, "Group median:");
+    if (m != NULL) {
+        char *end = NULL;
+        double v = strtod(m + strlen("Group median:"), &end);
+        if (end != m + strlen("Group median:") && isfinite(v)) {
+            s->has_median = true;
+            s->median = v;
+        }
+    }
+    const char *o = strstr(s->prompt, "Options:");
+    if (o != NULL) {
+        o += strlen("Options:");
+        while (s->noptions < 8 && *o != '\0' && *o != '\n') {
+            while (*o == ' ' || *o == '|')
+                o++;
+            const char *e = o;
+            while (*e != '\0' && *e != '\n' && *e != '|')
+                e++;
+            const char *t = e;
+            while (t > o && t[-1] == ' ')
+                t--;
+            if (t > o) {
+                size_t n = (size_t)(t - o);
+                if (n >= sizeof s->options[0])
+                    n = sizeof s->options[0] - 1;
+                memcpy(s->options[s->noptions], o, n);
+                s->options[s->noptions][n] = '\0';
+                s->noptions++;
+            }
+            o = e;
+        }
+    }
+    /* topic words: the first few long words of the prompt */
+    const char *p = s->prompt;
+    while (*p != '\0' && s->ntopic < 6) {
+        while (*p != '\0' && !isalpha((unsigned char)*p))
+            p++;
+        const char *w = p;
+        while (isalpha((unsigned char)*p) || *p == '-')
+            p++;
+        size_t n = (size_t)(p - w);
+        if (n >= 6 && n < sizeof s->topic[0]) {
+            bool dup = false;
+            for (int i = 0; i < s->ntopic; i++)
+                dup = dup || (strncasecmp(s->topic[i], w, n) == 0 && s->topic[i][n] == '\0');
+            if (!dup) {
+                for (size_t i = 0; i < n; i++)
+                    s->topic[s->ntopic][i] = (char)tolower((unsigned char)w[i]);
+                s->topic[s->ntopic][n] = '\0';
+                s->ntopic++;
+            }
+        }
+    }
+}
+
+/* The prompt without its feedback lines: what stays the same from round to round. */
+static uint64_t stable_hash(uint64_t seed, const char *prompt)
+{
+    uint64_t h = seed ^ 0x51ed27ULL;
+    const char *line = prompt;
+    while (*line != '\0') {
+        const char *end = strchr(line, '\n');
+        size_t n = end != NULL ? (size_t)(end - line) : strlen(line);
+        if (strncmp(line, "Group median:", 13) != 0 && strncmp(line, "Previous", 8) != 0 &&
+            strncmp(line, "Round", 5) != 0) {
+            for (size_t i = 0; i < n; i++) {
+                h ^= (unsigned char)line[i];
+                h *= 0x100000001b3ULL;
+            }
+        }
+        line += n + (end != NULL ? 1 : 0);
+    }
+    return mix(h);
+}
+
+/* ---- prose -------------------------------------------------------------------------------- */
+
+static const char *const cautious_open[] = {
+    "I would move carefully here",
+    "The downside risks deserve more weight than they are getting",
+    "My reading is that the evidence is thinner than it looks",
+};
+static const char *const bold_open[] = {
+    "I see a clear opportunity",
+    "The case for acting now is strong",
+    "My view is that the upside outweighs the risks",
+};
+static const char *const middles[][3] = {
+    {"the key question is how ", " interacts with ", ""},
+    {"we should test our assumptions about ", " before committing on ", ""},
+    {"experience with ", " suggests that ", " will decide the outcome"},
+    {"a staged plan around ", " keeps options open on ", ""},
+};
+static const char *const closes[] = {
+    "I would want a clear checkpoint before the next commitment.",
+    "On balance I recommend proceeding, with explicit exit criteria.",
+    "I would ask for one more piece of evidence before deciding.",
+    "The team should document dissent so it can be revisited.",
+};
+
+static ap_status prose(sim *s, buf *b)
+{
+    const char *t1 = s->ntopic > 0 ? s->topic[next(s) % (uint64_t)s->ntopic] : "the question";
+    const char *t2 = s->ntopic > 1 ? s->topic[next(s) % (uint64_t)s->ntopic] : "execution";
+    const char *open = s->stance < 0.5 ? cautious_open[next(s) % 3] : bold_open[next(s) % 3];
+    ap_status rc = buf_printf(b, "As %s, %s: ", s->role, open);
+    const char *const *m = middles[next(s) % 4];
+    if (rc == AP_OK)
+        rc = buf_printf(b, "%s%s%s%s%s", m[0], t1, m[1], t2, m[2]);
+    if (rc == AP_OK)
+        rc = buf_printf(b, ". %s", closes[next(s) % 4]);
+    return rc;
+}
+
+static char *prose_string(sim *s)
+{
+    buf b;
+    buf_init(&b, 4096);
+    if (prose(s, &b) != AP_OK) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b);
+}
+
+/* ---- schema-driven values ----------------------------------------------------------------- */
+
+static bool name_has(const char *field, const char *word)
+{
+    return field != NULL && strstr(field, word) != NULL;
+}
+
+/* Picks among n choices: mostly the choice all experts lean to, sometimes the persona's own. */
+static int biased_pick(sim *s, const char *field, int n)
+{
+    if (n <= 1)
+        return 0;
+    int common = (int)(hash_str(s->common, field) % (uint64_t)n);
+    int own = (int)(s->stance * n);
+    if (own >= n)
+        own = n - 1;
+    return (next(s) % 100) < 60 ? common : own;
+}
+
+static const char *schema_type(const cJSON *sc)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(sc, "type");
+    if (cJSON_IsString(t))
+        return t->valuestring;
+    if (cJSON_IsArray(t)) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, t)
+        {
+            if (cJSON_IsString(e) && strcmp(e->valuestring, "null") != 0)
+                return e->valuestring;
+        }
+    }
+    if (cJSON_GetObjectItemCaseSensitive(sc, "properties") != NULL)
+        return "object";
+    if (cJSON_GetObjectItemCaseSensitive(sc, "items") != NULL)
+        return "array";
+    return "string";
+}
+
+static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth);
+
+static double num_bound(const cJSON *sc, const char *key, const char *xkey, double dflt,
+                        double nudge)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(sc, key);
+    if (cJSON_IsNumber(v))
+        return v->valuedouble;
+    v = cJSON_GetObjectItemCaseSensitive(sc, xkey);
+    if (cJSON_IsNumber(v))
+        return v->valuedouble + nudge;
+    return dflt;
+}
+
+static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool integer)
+{
+    bool unitish = name_has(field, "confidence") || name_has(field, "probability") ||
+                   name_has(field, "likelihood") || name_has(field, "agreement");
+    double lo = num_bound(sc, "minimum", "exclusiveMinimum", unitish ? 0 : 0, integer ? 1 : 1e-9);
+    double hi = num_bound(sc, "maximum", "exclusiveMaximum", unitish ? 1 : (integer ? 100 : 1000),
+                          integer ? -1 : -1e-9);
+    if (hi < lo)
+        hi = lo;
+    double v;
+    if (name_has(field, "confidence")) {
+        v = 0.55 + 0.35 * s->stance + 0.05 * unit(s);
+        if (s->has_median)
+            v += 0.1;
+        if (v > 0.98)
+            v = 0.98;
+        v = lo + v * (hi - lo);
+    } else if (name_has(field, "estimate") || name_has(field, "value") ||
+               name_has(field, "forecast")) {
+        /* A shared "truth" per question, shifted by the persona: bold experts guess high. */
+        double truth = lo + (0.3 + 0.4 * field_common(s, field)) * (hi - lo);
+        v = truth + (s->stance - 0.5) * 0.5 * (hi - lo) * 0.6 + (unit(s) - 0.5) * 0.02 * (hi - lo);
+        if (s->has_median)
+            v = s->median + (1 - s->pull) * (v - s->median);
+    } else {
+        v = lo + (0.2 + 0.6 * (0.5 * s->stance + 0.5 * unit(s))) * (hi - lo);
+    }
+    if (v < lo)
+        v = lo;
+    if (v > hi)
+        v = hi;
+    if (integer)
+        return cJSON_CreateNumber(floor(v + 0.5) > hi ? floor(v) : floor(v + 0.5));
+    return cJSON_CreateNumber(round(v * 1000) / 1000);
+}
+
+static cJSON *gen_string(sim *s, const cJSON *sc, const char *field)
+{
+    const cJSON *en = cJSON_GetObjectItemCaseSensitive(sc, "enum");
+    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0) {
+        int i = biased_pick(s, field != NULL ? field : "enum", cJSON_GetArraySize(en));
+        return cJSON_Duplicate(cJSON_GetArrayItem(en, i), true);
+    }
+    if (field != NULL && strcmp(field, "position") == 0 && s->noptions > 0)
+        return cJSON_CreateString(s->options[biased_pick(s, "position", s->noptions)]);
+    char *text = NULL;
+    if (name_has(field, "name") && s->name != NULL)
+        text = strdup(s->name);
+    else
+        text = prose_string(s);
+    if (text == NULL)
+        return NULL;
+    const cJSON *ml = cJSON_GetObjectItemCaseSensitive(sc, "maxLength");
+    if (cJSON_IsNumber(ml) && ml->valuedouble >= 0 && strlen(text) > (size_t)ml->valuedouble)
+        text[(size_t)ml->valuedouble] = '\0';
+    cJSON *r = cJSON_CreateString(text);
+    free(text);
+    return r;
+}
+
+static cJSON *gen_array(sim *s, const cJSON *sc, const char *field, int depth)
+{
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(sc, "items");
+    int lo = (int)num_bound(sc, "minItems", "minItems", 1, 0);
+    int hi = (int)num_bound(sc, "maxItems", "maxItems", lo + 3, 0);
+    if (lo < 0)
+        lo = 0;
+    if (hi > SIM_MAX_ITEMS)
+        hi = SIM_MAX_ITEMS;
+    if (hi < lo)
+        hi = lo;
+    cJSON *arr = cJSON_CreateArray();
+    if (arr == NULL)
+        return NULL;
+    const cJSON *en = cJSON_GetObjectItemCaseSensitive(items, "enum");
+    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0) {
+        /* A ranking: a permutation ordered by a shared preference plus the persona's own. */
+        int n = cJSON_GetArraySize(en);
+        double score[64];
+        int order[64];
+        if (n > 64)
+            n = 64;
+        for (int i = 0; i < n; i++) {
+            const cJSON *o = cJSON_GetArrayItem(en, i);
+            const char *os = cJSON_IsString(o) ? o->valuestring : "";
+            double shared = (double)(hash_str(s->common, os) >> 11) / 9007199254740992.0;
+            double own =
+                (double)(hash_str((uint64_t)(s->stance * 1e9), os) >> 11) / 9007199254740992.0;
+            score[i] = 0.6 * shared + 0.4 * own;
+            order[i] = i;
+        }
+        for (int i = 1; i < n; i++)
+            for (int j = i; j > 0 && score[order[j]] > score[order[j - 1]]; j--) {
+                int t = order[j];
+                order[j] = order[j - 1];
+                order[j - 1] = t;
+            }
+        int count = n < hi ? n : hi;
+        if (count < lo)
+            count = lo < n ? lo : n;
+        for (int i = 0; i < count; i++)
+            cJSON_AddItemToArray(arr, cJSON_Duplicate(cJSON_GetArrayItem(en, order[i]), true));
+        return arr;
+    }
+    int count = lo + (hi > lo ? (int)(next(s) % (uint64_t)(hi - lo + 1)) : 0);
+    for (int i = 0; i < count; i++) {
+        cJSON *v = gen(s, items, field, depth + 1);
+        if (v == NULL) {
+            cJSON_Delete(arr);
+            return NULL;
+        }
+        cJSON_AddItemToArray(arr, v);
+    }
+    return arr;
+}
+
+static bool is_required(const cJSON *sc, const char *name)
+{
+    const cJSON *req = cJSON_GetObjectItemCaseSensitive(sc, "required");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, req)
+    {
+        if (cJSON_IsString(e) && strcmp(e->valuestring, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth)
+{
+    if (!cJSON_IsObject(sc) || depth > SIM_MAX_DEPTH)
+        return cJSON_CreateNull();
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(sc, "const");
+    if (c != NULL)
+        return cJSON_Duplicate(c, true);
+    const cJSON *any = cJSON_GetObjectItemCaseSensitive(sc, "anyOf");
+    if (!cJSON_IsArray(any))
+        any = cJSON_GetObjectItemCaseSensitive(sc, "oneOf");
+    if (cJSON_IsArray(any) && cJSON_GetArraySize(any) > 0)
+        return gen(s, cJSON_GetArrayItem(any, 0), field, depth + 1);
+    const char *t = schema_type(sc);
+    const cJSON *en = cJSON_GetObjectItemCaseSensitive(sc, "enum");
+    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0 && strcmp(t, "string") != 0)
+        return cJSON_Duplicate(
+            cJSON_GetArrayItem(en, biased_pick(s, field ? field : "enum", cJSON_GetArraySize(en))),
+            true);
+    if (strcmp(t, "object") == 0) {
+        cJSON *obj = cJSON_CreateObject();
+        const cJSON *props = cJSON_GetObjectItemCaseSensitive(sc, "properties");
+        const cJSON *p;
+        cJSON_ArrayForEach(p, props)
+        {
+            if (!is_required(sc, p->string) && next(s) % 100 >= 85)
+                continue;
+            cJSON *v = gen(s, p, p->string, depth + 1);
+            if (v == NULL || obj == NULL) {
+                cJSON_Delete(v);
+                cJSON_Delete(obj);
+                return NULL;
+            }
+            cJSON_AddItemToObject(obj, p->string, v);
+        }
+        return obj;
+    }
+    if (strcmp(t, "array") == 0)
+        return gen_array(s, sc, field, depth);
+    if (strcmp(t, "integer") == 0)
+        return gen_number(s, sc, field, true);
+    if (strcmp(t, "number") == 0)
+        return gen_number(s, sc, field, false);
+    if (strcmp(t, "boolean") == 0)
+        return cJSON_CreateBool((0.4 + 0.4 * s->stance) > unit(s));
+    if (strcmp(t, "null") == 0)
+        return cJSON_CreateNull();
+    return gen_string(s, sc, field);
+}
+
+ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char **data_json,
+                       ap_err *err)
+{
+    ap_status rc = AP_OK;
+    cJSON *expert = NULL, *schema = NULL, *value = NULL;
+    *text = NULL;
+    *data_json = NULL;
+    if (req->expert_json != NULL)
+        expert = jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL);
+    sim s = {0};
+    s.prompt = req->prompt;
+    s.name = jsonx_string(expert, "name");
+    s.role = jsonx_string(expert, "role");
+    s.persona = jsonx_string(expert, "persona");
+    if (s.name == NULL)
+        s.name = req->expert_id;
+    if (s.role == NULL)
+        s.role = "an advisor";
+    uint64_t who = hash_str(hash_str(hash_str(0, req->expert_id), s.persona), s.role);
+    s.stance = (double)(who >> 11) / 9007199254740992.0;
+    s.pull = 0.5 + 0.3 * (double)(mix(who) >> 11) / 9007199254740992.0;
+    uint64_t seeds = mix(seed ^ req->seed);
+    s.common = stable_hash(seeds, req->prompt);
+    s.rng = hash_str(hash_str(hash_str(seeds ^ who, req->prompt), req->schema_json), req->system);
+    read_prompt(&s);
+    if (req->schema_json == NULL) {
+        *text = prose_string(&s);
+        if (*text == NULL)
+            rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
+    }
+    ap_err inner = {0};
+    schema = jsonx_parse(req->schema_json, strlen(req->schema_json), 32, &inner);
+    if (schema == NULL) {
+        rc = ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
+        goto out;
+    }
+    value = gen(&s, schema, NULL, 0);
+    *data_json = value != NULL ? jsonx_print(value) : NULL;
+    *text = *data_json != NULL ? strdup(*data_json) : NULL;
+    if (*text == NULL) {
+        free(*data_json);
+        *data_json = NULL;
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+out:
+    cJSON_Delete(value);
+    cJSON_Delete(schema);
+    cJSON_Delete(expert);
+    return rc;
+}
+
+/* ---- the provider on the loop -------------------------------------------------------------- */
+
+typedef struct sim_provider {
+    llm_loop *loop;
+    int64_t latency_ms;
+    int64_t token_ms;
+    uint64_t seed;
+    char *call_log; /* path: one line per completed call, for tests; NULL: off */
+} sim_provider;
+
+typedef struct sim_call {
+    sim_provider *p;
+    llm_call *call;
+    llm_timer *timer;
+    char *text, *data;
+    size_t sent;
+    int64_t started;
+} sim_call;
+
+static int64_t env_int(const char *name, int64_t dflt)
+{
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0')
+        return dflt;
+    char *end = NULL;
+    long long x = strtoll(v, &end, 10);
+    return (end != v && *end == '\0' && x >= 0) ? x : dflt;
+}
+
+static ap_status sim_create(llm_loop *loop, const cJSON *cfg, void **self, ap_err *err)
+{
+    sim_provider *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    p->loop = loop;
+    p->latency_ms = env_int("ASKPANEL_SIM_LATENCY_MS", (int64_t)jsonx_number(cfg, "latency_ms", 0));
+    p->token_ms = env_int("ASKPANEL_SIM_TOKEN_MS", (int64_t)jsonx_number(cfg, "token_ms", 0));
+    p->seed = (uint64_t)jsonx_number(cfg, "seed", 0);
+    const char *log_path = getenv("ASKPANEL_SIM_CALL_LOG");
+    if (log_path != NULL && *log_path != '\0')
+        p->call_log = strdup(log_path);
+    *self = p;
+    return AP_OK;
+}
+
+static void sim_destroy(void *self)
+{
+    sim_provider *p = self;
+    if (p == NULL)
+        return;
+    free(p->call_log);
+    free(p);
+}
+
+static void sim_call_free(sim_call *sc)
+{
+    free(sc->text);
+    free(sc->data);
+    free(sc);
+}
+
+static void log_call(const sim_provider *p, const llm_request *req)
+{
+    char hash[IDS_SHA256_HEX_LEN + 1];
+    ids_sha256_hex(req->prompt, strlen(req->prompt), hash);
+    char line[256];
+    int n = snprintf(line, sizeof line, "%.40s %.16s\n", req->expert_id, hash);
+    int fd = open(p->call_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return;
+    ssize_t w = write(fd, line, (size_t)n);
+    (void)w; /* a test aid: a failed write shows up as a wrong count */
+    close(fd);
+}
+
+static void sim_finish(sim_call *sc)
+{
+    const llm_request *req = llm_call_request(sc->call);
+    if (sc->p->call_log != NULL)
+        log_call(sc->p, req);
+    const char *model = req->model != NULL ? req->model : "simulated-1";
+    llm_response r = {
+        .status = AP_OK,
+        .text = sc->text,
+        .data_json = sc->data,
+        .prompt_tokens =
+            (int64_t)((strlen(req->prompt) + (req->system ? strlen(req->system) : 0)) / 4 + 1),
+        .completion_tokens = (int64_t)(strlen(sc->text) / 4 + 1),
+        .provider = "simulated",
+        .model = model,
+        .attempts = 1,
+        .latency_ms = llm_loop_now_ms() - sc->started,
+    };
+    llm_call_finish(sc->call, &r);
+    sim_call_free(sc);
+}
+
+static void sim_tick(llm_loop *loop, void *ud)
+{
+    sim_call *sc = ud;
+    sc->timer = NULL;
+    const llm_request *req = llm_call_request(sc->call);
+    size_t len = strlen(sc->text);
+    if (req->stream) {
+        /* Without a token delay every piece goes out in this tick; with one, a piece per tick. */
+        do {
+            size_t n = len - sc->sent < SIM_CHUNK ? len - sc->sent : SIM_CHUNK;
+            if (n > 0)
+                llm_call_delta(sc->call, sc->text + sc->sent, n);
+            sc->sent += n;
+        } while (sc->p->token_ms == 0 && sc->sent < len);
+        if (sc->sent < len) {
+            sc->timer = llm_loop_timer_add(loop, sc->p->token_ms, sim_tick, sc);
+            if (sc->timer != NULL)
+                return;
+        }
+    }
+    sim_finish(sc);
+}
+
+static ap_status sim_start(void *self, llm_call *call, ap_err *err)
+{
+    sim_provider *p = self;
+    sim_call *sc = calloc(1, sizeof *sc);
+    if (sc == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    sc->p = p;
+    sc->call = call;
+    sc->started = llm_loop_now_ms();
+    ap_status rc = llm_simulate(llm_call_request(call), p->seed, &sc->text, &sc->data, err);
+    if (rc != AP_OK) {
+        sim_call_free(sc);
+        return rc;
+    }
+    sc->timer = llm_loop_timer_add(p->loop, p->latency_ms, sim_tick, sc);
+    if (sc->timer == NULL) {
+        sim_call_free(sc);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    llm_call_set_data(call, sc);
+    return AP_OK;
+}
+
+static void sim_cancel(void *self, llm_call *call)
+{
+    sim_provider *p = self;
+    sim_call *sc = llm_call_data(call);
+    if (sc == NULL)
+        return;
+    llm_loop_timer_cancel(p->loop, sc->timer);
+    sim_call_free(sc);
+}
+
+const llm_provider_ops llm_simulated_ops = {
+    .name = "simulated",
+    .create = sim_create,
+    .destroy = sim_destroy,
+    .start = sim_start,
+    .cancel = sim_cancel,
+};

@@ -1,0 +1,387 @@
+#include "script/json.h"
+
+#include "core/buf.h"
+#include "core/jsonx.h"
+#include "script/sandbox.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The registry key of the metatable that marks a table as a JSON array. */
+static const char array_marker_key = 'a';
+
+/* ---- encoding ------------------------------------------------------------------------- */
+
+typedef struct enc {
+    lua_State *L;
+    buf out;
+    ap_err *err;
+    char path[128]; /* the key being encoded, for messages */
+} enc;
+
+static ap_status enc_string(enc *e, const char *s, size_t n)
+{
+    ap_status rc = buf_puts(&e->out, "\"");
+    size_t i = 0;
+    while (rc == AP_OK && i < n) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            rc = buf_append(&e->out, esc, 2);
+            i++;
+        } else if (c < 0x20) {
+            rc = buf_printf(&e->out, "\\u%04x", c);
+            i++;
+        } else if (c < 0x80) {
+            rc = buf_append(&e->out, s + i, 1);
+            i++;
+        } else {
+            /* Find the length of a valid UTF-8 sequence here; invalid bytes become U+FFFD so
+             * the output is always valid JSON text. */
+            size_t len = (c & 0xe0) == 0xc0   ? 2
+                         : (c & 0xf0) == 0xe0 ? 3
+                         : (c & 0xf8) == 0xf0 ? 4
+                                              : 0;
+            if (len != 0 && i + len <= n && jsonx_utf8_valid(s + i, len)) {
+                rc = buf_append(&e->out, s + i, len);
+                i += len;
+            } else {
+                rc = buf_puts(&e->out, "\xef\xbf\xbd");
+                i++;
+            }
+        }
+    }
+    if (rc == AP_OK)
+        rc = buf_puts(&e->out, "\"");
+    return rc;
+}
+
+static ap_status enc_number(enc *e, int idx)
+{
+    if (lua_isinteger(e->L, idx))
+        return buf_printf(&e->out, "%lld", (long long)lua_tointeger(e->L, idx));
+    double d = lua_tonumber(e->L, idx);
+    if (!isfinite(d))
+        return buf_puts(&e->out, "null");
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, "%.15g", d);
+    if (strtod(tmp, NULL) != d)
+        snprintf(tmp, sizeof tmp, "%.17g", d);
+    /* A whole float would read back as an integer; keep it a JSON number either way. */
+    return buf_puts(&e->out, tmp);
+}
+
+static ap_status enc_value(enc *e, int idx, int depth);
+
+typedef struct key_ref {
+    const char *s; /* text of a string key: alive as long as the table is */
+    size_t n;
+    char num[48]; /* text of a numeric key */
+    int slot;     /* stack slot of the value */
+} key_ref;
+
+static int key_cmp(const void *a, const void *b)
+{
+    const key_ref *x = a, *y = b;
+    size_t n = x->n < y->n ? x->n : y->n;
+    int c = memcmp(x->s, y->s, n);
+    if (c != 0)
+        return c;
+    return x->n < y->n ? -1 : x->n > y->n ? 1 : 0;
+}
+
+static bool is_marked_array(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return false;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &array_marker_key);
+    bool marked = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return marked;
+}
+
+static ap_status enc_table(enc *e, int idx, int depth)
+{
+    lua_State *L = e->L;
+    ap_status rc = AP_OK;
+    key_ref *keys = NULL;
+    if (depth > SCRIPT_JSON_MAX_DEPTH)
+        return ap_err_set(e->err, AP_LIMIT, "json.encode: nested deeper than %d levels (a cycle?)",
+                          SCRIPT_JSON_MAX_DEPTH);
+    if (!lua_checkstack(L, 8))
+        return ap_err_set(e->err, AP_NOMEM, "json.encode: out of stack");
+    idx = lua_absindex(L, idx);
+    size_t count = 0;
+    bool all_int = true;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        if (!lua_isinteger(L, -2))
+            all_int = false;
+        count++;
+        lua_pop(L, 1);
+    }
+    size_t n = (size_t)lua_rawlen(L, idx);
+    if ((count == 0 && is_marked_array(L, idx)) || (count > 0 && all_int && n == count)) {
+        rc = buf_puts(&e->out, "[");
+        for (size_t i = 1; rc == AP_OK && i <= n; i++) {
+            if (i > 1)
+                rc = buf_puts(&e->out, ",");
+            lua_rawgeti(L, idx, (lua_Integer)i);
+            if (rc == AP_OK)
+                rc = enc_value(e, -1, depth + 1);
+            lua_pop(L, 1);
+        }
+        return rc == AP_OK ? buf_puts(&e->out, "]") : rc;
+    }
+    if (count == 0)
+        return buf_puts(&e->out, "{}");
+    /* Values are parked on the stack (below the iteration key) so they can be written in
+     * key order without looking them up again. */
+    if (count > 900000 || !lua_checkstack(L, (int)count + 8))
+        return ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
+    keys = calloc(count, sizeof *keys);
+    if (keys == NULL)
+        return ap_err_set(e->err, AP_NOMEM, "json.encode: out of memory");
+    int base = lua_gettop(L);
+    size_t k = 0;
+    lua_pushnil(L);
+    while (k < count && lua_next(L, idx) != 0) {
+        lua_insert(L, -2);
+        key_ref *kr = &keys[k++];
+        kr->slot = lua_gettop(L) - 1;
+        int kt = lua_type(L, -1);
+        if (kt == LUA_TSTRING) {
+            kr->s = lua_tolstring(L, -1, &kr->n);
+        } else if (kt == LUA_TNUMBER) {
+            if (lua_isinteger(L, -1))
+                snprintf(kr->num, sizeof kr->num, "%lld", (long long)lua_tointeger(L, -1));
+            else
+                snprintf(kr->num, sizeof kr->num, "%.14g", lua_tonumber(L, -1));
+            kr->s = kr->num;
+            kr->n = strlen(kr->num);
+        } else {
+            rc = ap_err_set(e->err, AP_INVALID, "json.encode: a table key of type %s",
+                            lua_typename(L, kt));
+            goto out;
+        }
+    }
+    qsort(keys, k, sizeof *keys, key_cmp);
+    rc = buf_puts(&e->out, "{");
+    for (size_t i = 0; rc == AP_OK && i < k; i++) {
+        if (i > 0)
+            rc = buf_puts(&e->out, ",");
+        if (rc == AP_OK)
+            rc = enc_string(e, keys[i].s, keys[i].n);
+        if (rc == AP_OK)
+            rc = buf_puts(&e->out, ":");
+        if (rc != AP_OK)
+            break;
+        snprintf(e->path, sizeof e->path, "%.*s", (int)(keys[i].n < 100 ? keys[i].n : 100),
+                 keys[i].s);
+        rc = enc_value(e, keys[i].slot, depth + 1);
+    }
+    if (rc == AP_OK)
+        rc = buf_puts(&e->out, "}");
+out:
+    lua_settop(L, base);
+    free(keys);
+    return rc;
+}
+
+static ap_status enc_value(enc *e, int idx, int depth)
+{
+    lua_State *L = e->L;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        return buf_puts(&e->out, "null");
+    case LUA_TBOOLEAN:
+        return buf_puts(&e->out, lua_toboolean(L, idx) ? "true" : "false");
+    case LUA_TNUMBER:
+        return enc_number(e, idx);
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        return enc_string(e, s, n);
+    }
+    case LUA_TTABLE:
+        return enc_table(e, idx, depth);
+    case LUA_TLIGHTUSERDATA:
+        return buf_puts(&e->out, "null");
+    default:
+        if (e->path[0] != '\0')
+            return ap_err_set(e->err, AP_INVALID, "json.encode: cannot encode a %s (at key '%s')",
+                              luaL_typename(L, idx), e->path);
+        return ap_err_set(e->err, AP_INVALID, "json.encode: cannot encode a %s",
+                          luaL_typename(L, idx));
+    }
+}
+
+ap_status script_json_encode(lua_State *L, int idx, size_t max, char **out, ap_err *err)
+{
+    enc e = {.L = L, .err = err};
+    *out = NULL;
+    buf_init(&e.out, max);
+    idx = lua_absindex(L, idx);
+    int top = lua_gettop(L);
+    ap_status rc = enc_value(&e, idx, 0);
+    lua_settop(L, top);
+    if (rc == AP_LIMIT && err != NULL && err->status != AP_LIMIT)
+        ap_err_set(err, AP_LIMIT, "json.encode: output larger than %zu bytes", max);
+    else if (rc == AP_NOMEM && err != NULL && err->status != AP_NOMEM)
+        ap_err_set(err, AP_NOMEM, "json.encode: out of memory");
+    if (rc == AP_OK)
+        *out = buf_steal(&e.out);
+    buf_free(&e.out);
+    return rc;
+}
+
+/* ---- decoding ------------------------------------------------------------------------- */
+
+static void push_marked_array(lua_State *L, int narr)
+{
+    lua_createtable(L, narr, 0);
+    if (narr == 0) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &array_marker_key);
+        lua_setmetatable(L, -2);
+    }
+}
+
+static void push_item(lua_State *L, const cJSON *it)
+{
+    luaL_checkstack(L, 4, "json.decode");
+    if (cJSON_IsObject(it)) {
+        lua_createtable(L, 0, 4);
+        for (const cJSON *c = it->child; c != NULL; c = c->next) {
+            if (cJSON_IsNull(c) || c->string == NULL)
+                continue;
+            push_item(L, c);
+            lua_setfield(L, -2, c->string);
+        }
+    } else if (cJSON_IsArray(it)) {
+        int n = cJSON_GetArraySize(it);
+        push_marked_array(L, n);
+        lua_Integer i = 1;
+        for (const cJSON *c = it->child; c != NULL; c = c->next, i++) {
+            if (cJSON_IsNull(c))
+                continue;
+            push_item(L, c);
+            lua_rawseti(L, -2, i);
+        }
+    } else if (cJSON_IsString(it)) {
+        lua_pushstring(L, it->valuestring);
+    } else if (cJSON_IsNumber(it)) {
+        double d = it->valuedouble;
+        if (d == floor(d) && fabs(d) < 9007199254740992.0)
+            lua_pushinteger(L, (lua_Integer)d);
+        else
+            lua_pushnumber(L, d);
+    } else if (cJSON_IsBool(it)) {
+        lua_pushboolean(L, cJSON_IsTrue(it));
+    } else {
+        lua_pushnil(L);
+    }
+}
+
+/* ---- the script-facing library -------------------------------------------------------- */
+
+static int l_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    char *out = NULL;
+    ap_err err = {0};
+    if (script_json_encode(L, 1, SCRIPT_JSON_ENCODE_MAX, &out, &err) != AP_OK)
+        return luaL_error(L, "%s", err.msg);
+    script_vm_charge(L, (int64_t)(strlen(out) / 16));
+    lua_pushstring(L, out);
+    free(out);
+    return 1;
+}
+
+/* cJSON allocations are outside the Lua heap, so a parse must never be interrupted by a Lua
+ * error: parse first, then build the Lua value inside a protected call. */
+typedef struct decode_job {
+    const cJSON *root;
+} decode_job;
+
+static int decode_build(lua_State *L)
+{
+    const decode_job *job = lua_touserdata(L, 1);
+    push_item(L, job->root);
+    return 1;
+}
+
+ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *err)
+{
+    if (len > SCRIPT_JSON_DECODE_MAX)
+        return ap_err_set(err, AP_LIMIT, "json.decode: input larger than %d bytes",
+                          SCRIPT_JSON_DECODE_MAX);
+    if (!jsonx_utf8_valid(text, len))
+        return ap_err_set(err, AP_INVALID, "json.decode: input is not valid UTF-8");
+    cJSON *root = jsonx_parse(text, len, SCRIPT_JSON_MAX_DEPTH, err);
+    if (root == NULL)
+        return AP_INVALID;
+    decode_job job = {root};
+    lua_pushcfunction(L, decode_build);
+    lua_pushlightuserdata(L, &job);
+    int status = lua_pcall(L, 1, 1, 0);
+    cJSON_Delete(root);
+    if (status != LUA_OK) {
+        lua_pop(L, 1);
+        return ap_err_set(err, AP_NOMEM, "json.decode: out of memory");
+    }
+    return AP_OK;
+}
+
+static int l_decode(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    ap_err err = {0};
+    script_vm_charge(L, (int64_t)(len / 8));
+    if (script_json_push(L, s, len, &err) != AP_OK) {
+        script_vm_check(L);
+        if (err.msg[0] == 'j')
+            return luaL_error(L, "%s", err.msg);
+        return luaL_error(L, "json.decode: %s", err.msg);
+    }
+    return 1;
+}
+
+static int l_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1))
+        lua_newtable(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    if (lua_getmetatable(L, 1))
+        return luaL_error(L, "json.array: the table already has a metatable");
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &array_marker_key);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+void script_json_push_lib(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &array_marker_key) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 2);
+        lua_pushliteral(L, "json.array");
+        lua_setfield(L, -2, "__metatable");
+        lua_pushliteral(L, "json.array");
+        lua_setfield(L, -2, "__name");
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &array_marker_key);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, l_encode);
+    lua_setfield(L, -2, "encode");
+    lua_pushcfunction(L, l_decode);
+    lua_setfield(L, -2, "decode");
+    lua_pushcfunction(L, l_array);
+    lua_setfield(L, -2, "array");
+}

@@ -1,0 +1,814 @@
+#include "script/sandbox.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "script/json.h"
+
+#include <ctype.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HOOK_COUNT 1000      /* VM instructions between count hooks */
+#define CALLS_PER_CLOCK 256  /* function calls between clock reads */
+#define PATTERN_MAX_COST 2e7 /* worst-case backtracking steps a pattern call may risk */
+#define TABLE_MOVE_MAX (1 << 24)
+
+enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
+
+struct script_vm {
+    lua_State *L;
+    size_t mem_used;
+    size_t mem_limit;
+    int64_t instr_used;
+    int64_t instr_limit;
+    int64_t timeout_us;
+    int64_t slice_start_us; /* 0 outside a slice */
+    int64_t run_us;         /* running time of the node before this slice */
+    int64_t deadline_us;    /* 0 outside a slice */
+    unsigned calls;
+    int tripped;
+    int trip_ref[TRIP_COUNT]; /* registry refs of the prebuilt limit messages */
+    char trip_msg[TRIP_COUNT][160];
+    script_vm_log_fn log;
+    void *log_ud;
+};
+
+/* Registry keys. */
+static const char proto_key = 'p';
+
+/* ---- limits --------------------------------------------------------------------------- */
+
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    script_vm *vm = ud;
+    size_t old = ptr != NULL ? osize : 0;
+    if (nsize == 0) {
+        vm->mem_used -= old;
+        free(ptr);
+        return NULL;
+    }
+    if (nsize > old && vm->mem_used - old + nsize > vm->mem_limit) {
+        /* Only a state that is fully built can trip; building it must simply fail. */
+        if (vm->trip_ref[TRIP_MEMORY] != 0 && vm->tripped == TRIP_NONE)
+            vm->tripped = TRIP_MEMORY;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p != NULL)
+        vm->mem_used = vm->mem_used - old + nsize;
+    return p;
+}
+
+script_vm *script_vm_of(lua_State *L)
+{
+    void *ud = NULL;
+    (void)lua_getallocf(L, &ud);
+    return ud;
+}
+
+__attribute__((noreturn)) static void raise_trip(lua_State *L, script_vm *vm)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->trip_ref[vm->tripped]);
+    lua_error(L);
+    abort(); /* lua_error does not return */
+}
+
+void script_vm_check(lua_State *L)
+{
+    script_vm *vm = script_vm_of(L);
+    if (vm->tripped != TRIP_NONE)
+        raise_trip(L, vm);
+}
+
+static void check_budget(lua_State *L, script_vm *vm, bool read_clock)
+{
+    if (vm->tripped == TRIP_NONE) {
+        if (vm->instr_used > vm->instr_limit)
+            vm->tripped = TRIP_INSTRUCTIONS;
+        else if (read_clock && vm->deadline_us != 0 && clock_mono_us() > vm->deadline_us)
+            vm->tripped = TRIP_TIME;
+    }
+    if (vm->tripped != TRIP_NONE)
+        raise_trip(L, vm);
+}
+
+void script_vm_charge(lua_State *L, int64_t units)
+{
+    script_vm *vm = script_vm_of(L);
+    vm->instr_used += units;
+    check_budget(L, vm, units > HOOK_COUNT);
+}
+
+static void vm_hook(lua_State *L, lua_Debug *ar)
+{
+    script_vm *vm = script_vm_of(L);
+    if (ar->event == LUA_HOOKCOUNT) {
+        vm->instr_used += HOOK_COUNT;
+        check_budget(L, vm, true);
+        return;
+    }
+    /* Calls, C functions and metamethods called from C loops included: a loop inside a C
+     * function that only calls other C functions still pays here. */
+    vm->instr_used += 1;
+    check_budget(L, vm, (++vm->calls % CALLS_PER_CLOCK) == 0);
+}
+
+void script_vm_budget_reset(script_vm *vm)
+{
+    vm->instr_used = 0;
+    vm->run_us = 0;
+}
+
+void script_vm_slice_begin(script_vm *vm)
+{
+    vm->slice_start_us = clock_mono_us();
+    vm->deadline_us = vm->slice_start_us + (vm->timeout_us - vm->run_us);
+    if (vm->deadline_us <= vm->slice_start_us)
+        vm->deadline_us = vm->slice_start_us + 1;
+}
+
+void script_vm_slice_end(script_vm *vm)
+{
+    if (vm->slice_start_us != 0)
+        vm->run_us += clock_mono_us() - vm->slice_start_us;
+    vm->slice_start_us = 0;
+    vm->deadline_us = 0;
+}
+
+bool script_vm_tripped(const script_vm *vm, char *msg, size_t cap)
+{
+    if (vm->tripped == TRIP_NONE)
+        return false;
+    if (msg != NULL && cap > 0)
+        snprintf(msg, cap, "%s", vm->trip_msg[vm->tripped]);
+    return true;
+}
+
+size_t script_vm_memory(const script_vm *vm)
+{
+    return vm->mem_used;
+}
+
+lua_State *script_vm_state(script_vm *vm)
+{
+    return vm->L;
+}
+
+void script_vm_error_text(lua_State *L, int idx, char *buf, size_t cap)
+{
+    int t = lua_type(L, idx);
+    if (t == LUA_TSTRING) {
+        snprintf(buf, cap, "%s", lua_tostring(L, idx));
+    } else if (t == LUA_TNUMBER) {
+        if (lua_isinteger(L, idx))
+            snprintf(buf, cap, "%lld", (long long)lua_tointeger(L, idx));
+        else
+            snprintf(buf, cap, "%.14g", lua_tonumber(L, idx));
+    } else {
+        /* Never call __tostring here: it would run script code outside any budget. */
+        snprintf(buf, cap, "(error object is a %s value)", lua_typename(L, t));
+    }
+}
+
+/* ---- guarded base functions ----------------------------------------------------------- */
+
+static int finish_pcall(lua_State *L, int status, lua_KContext extra)
+{
+    script_vm_check(L); /* a tripped limit is never caught */
+    if (status != LUA_OK && status != LUA_YIELD) {
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+static int sb_pcall(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_pushboolean(L, 1);
+    lua_insert(L, 1);
+    int status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, finish_pcall);
+    return finish_pcall(L, status, 0);
+}
+
+static int sb_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2);
+    int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finish_pcall);
+    return finish_pcall(L, status, 2);
+}
+
+/* load(chunk [, chunkname [, mode [, env]]]): text chunks only, given as a string; the
+ * environment defaults to the caller's sandbox environment (upvalue 1). */
+static int sb_load(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    const char *name = luaL_optstring(L, 2, "=(load)");
+    int env = lua_isnoneornil(L, 4) ? lua_upvalueindex(1) : 4;
+    if (env == 4)
+        luaL_checktype(L, 4, LUA_TTABLE);
+    script_vm_charge(L, (int64_t)(len / 16));
+    int status = luaL_loadbufferx(L, s, len, name, "t");
+    script_vm_check(L);
+    if (status != LUA_OK) {
+        luaL_pushfail(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushvalue(L, env);
+    if (lua_setupvalue(L, -2, 1) == NULL)
+        lua_pop(L, 1);
+    return 1;
+}
+
+static int sb_setmetatable(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int t = lua_type(L, 2);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    lua_pushliteral(L, "__gc");
+    if (t == LUA_TTABLE && lua_rawget(L, 2) != LUA_TNIL)
+        return luaL_error(L, "setmetatable: __gc metamethods are not allowed in scripts");
+    lua_settop(L, 2);
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return luaL_error(L, "cannot change a protected metatable");
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+/* Only tables can carry a script's metatable; the metatables of strings and other types
+ * belong to the host. */
+static int sb_getmetatable(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    if (lua_type(L, 1) != LUA_TTABLE || !lua_getmetatable(L, 1)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    luaL_getmetafield(L, 1, "__metatable");
+    return 1;
+}
+
+static int sb_collectgarbage(lua_State *L)
+{
+    const char *opt = luaL_optstring(L, 1, "count");
+    if (strcmp(opt, "count") != 0)
+        return luaL_error(L, "collectgarbage: only \"count\" is available to scripts");
+    int kb = lua_gc(L, LUA_GCCOUNT, 0);
+    int b = lua_gc(L, LUA_GCCOUNTB, 0);
+    lua_pushnumber(L, (lua_Number)kb + ((lua_Number)b / 1024));
+    return 1;
+}
+
+static int sb_print(lua_State *L)
+{
+    script_vm *vm = script_vm_of(L);
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        size_t l;
+        const char *s = luaL_tolstring(L, i, &l);
+        if (i > 1)
+            luaL_addchar(&b, '\t');
+        luaL_addlstring(&b, s, l < 4096 ? l : 4096);
+        lua_pop(L, 1);
+    }
+    luaL_pushresult(&b);
+    if (vm->log != NULL)
+        vm->log(vm->log_ud, LOG_LEVEL_INFO, lua_tostring(L, -1));
+    return 0;
+}
+
+/* ---- guarded string patterns ----------------------------------------------------------
+ * Lua's matcher backtracks in C where no hook can stop it, so "a.-.-.-.-b" on a long subject
+ * could hold the runner for hours. Before each call we bound the worst case: every item that
+ * repeats (*, +, -) multiplies the work by the longest run of subject characters its class
+ * can match (+1), '?' by 2, %b and back-references by the subject length, and an unanchored
+ * search by the number of start positions. Calls whose bound exceeds PATTERN_MAX_COST are
+ * refused with a clear error; ordinary patterns on ordinary text stay far below it. */
+
+static bool class_match(int c, int cl)
+{
+    bool r;
+    switch (tolower(cl)) {
+    case 'a':
+        r = isalpha(c);
+        break;
+    case 'c':
+        r = iscntrl(c);
+        break;
+    case 'd':
+        r = isdigit(c);
+        break;
+    case 'g':
+        r = isgraph(c);
+        break;
+    case 'l':
+        r = islower(c);
+        break;
+    case 'p':
+        r = ispunct(c);
+        break;
+    case 's':
+        r = isspace(c);
+        break;
+    case 'u':
+        r = isupper(c);
+        break;
+    case 'w':
+        r = isalnum(c);
+        break;
+    case 'x':
+        r = isxdigit(c);
+        break;
+    default:
+        return cl == c;
+    }
+    if (isupper(cl))
+        r = !r;
+    return r;
+}
+
+/* p points after '['; ep at the closing ']'. */
+static bool set_match(int c, const char *p, const char *ep)
+{
+    bool neg = false;
+    if (*p == '^') {
+        neg = true;
+        p++;
+    }
+    bool found = false;
+    while (p < ep && !found) {
+        if (*p == '%' && p + 1 < ep) {
+            p++;
+            found = class_match(c, (unsigned char)*p);
+            p++;
+        } else if (p + 2 < ep && p[1] == '-') {
+            found = (unsigned char)p[0] <= c && c <= (unsigned char)p[2];
+            p += 3;
+        } else {
+            found = (unsigned char)*p == c;
+            p++;
+        }
+    }
+    return neg ? !found : found;
+}
+
+typedef struct pitem {
+    const char *p, *ep; /* the single-character class: p..ep */
+} pitem;
+
+static bool item_match(const pitem *it, int c)
+{
+    switch (*it->p) {
+    case '.':
+        return true;
+    case '%':
+        return class_match(c, (unsigned char)it->p[1]);
+    case '[':
+        return set_match(c, it->p + 1, it->ep - 1);
+    default:
+        return (unsigned char)*it->p == c;
+    }
+}
+
+static double longest_run(const pitem *it, const char *s, size_t n)
+{
+    if (*it->p == '.')
+        return (double)n;
+    size_t best = 0, run = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (item_match(it, (unsigned char)s[i])) {
+            if (++run > best)
+                best = run;
+        } else {
+            run = 0;
+        }
+    }
+    return (double)best;
+}
+
+/* End of the class starting at p (exclusive), or NULL when malformed (Lua reports it). */
+static const char *class_end(const char *p, const char *pend)
+{
+    if (*p == '%')
+        return p + 1 < pend ? p + 2 : NULL;
+    if (*p == '[') {
+        const char *q = p + 1;
+        if (q < pend && *q == '^')
+            q++;
+        do {
+            if (q >= pend)
+                return NULL;
+            if (*q == '%')
+                q++;
+            q++;
+        } while (q < pend && *q != ']');
+        return q < pend ? q + 1 : NULL;
+    }
+    return p + 1;
+}
+
+static double count_char(const char *s, size_t n, char c)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += s[i] == c;
+    return (double)k;
+}
+
+static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bool scan_all,
+                           int64_t *scanned)
+{
+    const char *pend = p + pl;
+    double cost = 1;
+    if (p < pend && *p == '^' && !scan_all)
+        p++;
+    else
+        cost = (double)n + 1;
+    while (p < pend && cost <= PATTERN_MAX_COST) {
+        if (*p == '(' || *p == ')') {
+            p++;
+            continue;
+        }
+        if (*p == '$' && p + 1 == pend)
+            break;
+        if (*p == '%' && p + 1 < pend && p[1] == 'b') {
+            if (p + 3 < pend)
+                cost *= count_char(s, n, p[2]) + 1;
+            *scanned += (int64_t)n;
+            p += 4;
+            continue;
+        }
+        if (*p == '%' && p + 1 < pend && p[1] == 'f') {
+            p += 2;
+            const char *e = p < pend ? class_end(p, pend) : NULL;
+            if (e == NULL)
+                return 0; /* malformed: let Lua raise its own error */
+            p = e;
+            continue;
+        }
+        if (*p == '%' && p + 1 < pend && p[1] >= '0' && p[1] <= '9') {
+            cost *= (double)n + 1;
+            p += 2;
+            continue;
+        }
+        pitem it = {p, class_end(p, pend)};
+        if (it.ep == NULL)
+            return 0;
+        p = it.ep;
+        if (p < pend && (*p == '*' || *p == '-' || *p == '+')) {
+            double run = longest_run(&it, s, n);
+            *scanned += *it.p == '.' ? 0 : (int64_t)n;
+            cost *= (*p == '+' ? (run > 1 ? run : 1) : run + 1);
+            p++;
+        } else if (p < pend && *p == '?') {
+            cost *= 2;
+            p++;
+        }
+    }
+    return cost;
+}
+
+static int pattern_guard(lua_State *L, bool scan_all)
+{
+    size_t n, pl;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *p = luaL_checklstring(L, 2, &pl);
+    /* Plain finds never backtrack. */
+    if (lua_toboolean(L, 4) && lua_tocfunction(L, lua_upvalueindex(2)) != NULL)
+        return 0;
+    int64_t scanned = 0;
+    double cost = pattern_cost(p, pl, s, n, scan_all, &scanned);
+    script_vm_charge(L, scanned / 16 + 1);
+    if (cost > PATTERN_MAX_COST)
+        return luaL_error(L,
+                          "pattern too complex for a subject of %d bytes (too many repetitions "
+                          "that can match the same text); simplify the pattern or split the text",
+                          (int)n);
+    return 0;
+}
+
+/* Upvalue 1: the original function; upvalue 2: non-nil when arg 4 means "plain" (find). */
+static int guarded_match(lua_State *L)
+{
+    pattern_guard(L, false);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int guarded_scan(lua_State *L)
+{
+    pattern_guard(L, true);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int guarded_table_move(lua_State *L)
+{
+    lua_Integer f = luaL_checkinteger(L, 2);
+    lua_Integer e = luaL_checkinteger(L, 3);
+    if (e >= f && (e - f) >= TABLE_MOVE_MAX)
+        return luaL_error(L, "table.move: range of more than %d elements", TABLE_MOVE_MAX);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wrapper,
+                       bool plain_flag)
+{
+    lua_getfield(L, lib, name);
+    if (plain_flag)
+        lua_pushcfunction(L, guarded_match); /* any C function marks "arg 4 is plain" */
+    else
+        lua_pushnil(L);
+    lua_pushcclosure(L, wrapper, 2);
+    lua_setfield(L, lib, name);
+}
+
+/* ---- the environment ------------------------------------------------------------------ */
+
+static const char *const base_names[] = {
+    "assert", "error",  "ipairs", "next",     "pairs",    "rawequal", "rawget",
+    "rawlen", "rawset", "select", "tonumber", "tostring", "type",     "_VERSION",
+};
+
+static void copy_table(lua_State *L, int src)
+{
+    src = lua_absindex(L, src);
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, src) != 0) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+}
+
+/* Builds the prototype environment once per state: library tables and functions that each
+ * chunk's environment copies. Runs in protected mode. */
+static int build_proto(lua_State *L)
+{
+    luaL_requiref(L, "_G", luaopen_base, 0);
+    int g = lua_gettop(L);
+    luaL_requiref(L, "string", luaopen_string, 0);
+    int str = lua_gettop(L);
+    luaL_requiref(L, "table", luaopen_table, 0);
+    int tab = lua_gettop(L);
+    luaL_requiref(L, "math", luaopen_math, 0);
+    int math = lua_gettop(L);
+    luaL_requiref(L, "utf8", luaopen_utf8, 0);
+    int utf = lua_gettop(L);
+
+    /* The real string table is what ("").method reaches through the string metatable, so it
+     * is cleaned in place, not only in the copies. */
+    lua_pushnil(L);
+    lua_setfield(L, str, "dump");
+    wrap_field(L, str, "find", guarded_match, true);
+    wrap_field(L, str, "match", guarded_match, false);
+    wrap_field(L, str, "gmatch", guarded_scan, false);
+    wrap_field(L, str, "gsub", guarded_scan, false);
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushliteral(L, "string");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+    wrap_field(L, tab, "move", guarded_table_move, false);
+
+    lua_createtable(L, 0, 32);
+    int proto = lua_gettop(L);
+    for (size_t i = 0; i < sizeof base_names / sizeof base_names[0]; i++) {
+        lua_getfield(L, g, base_names[i]);
+        lua_setfield(L, proto, base_names[i]);
+    }
+    static const luaL_Reg guarded[] = {
+        {"pcall", sb_pcall},
+        {"xpcall", sb_xpcall},
+        {"setmetatable", sb_setmetatable},
+        {"getmetatable", sb_getmetatable},
+        {"collectgarbage", sb_collectgarbage},
+        {"print", sb_print},
+        {NULL, NULL},
+    };
+    luaL_setfuncs(L, guarded, 0);
+    lua_pushvalue(L, str);
+    lua_setfield(L, proto, "string");
+    lua_pushvalue(L, tab);
+    lua_setfield(L, proto, "table");
+    lua_pushvalue(L, math);
+    lua_setfield(L, proto, "math");
+    lua_pushvalue(L, utf);
+    lua_setfield(L, proto, "utf8");
+    script_json_push_lib(L);
+    lua_setfield(L, proto, "json");
+    lua_pushvalue(L, proto);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &proto_key);
+
+    /* Nothing keeps the unsafe base functions reachable: empty the real globals and the
+     * loaded-modules table. */
+    lua_pushglobaltable(L);
+    int real_g = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, real_g) != 0) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, real_g);
+    }
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    return 0;
+}
+
+/* Pushes a fresh environment: copies of the prototype and of its library tables, so one
+ * chunk changing `string.format` affects only itself. */
+static int push_env(lua_State *L)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &proto_key);
+    int proto = lua_gettop(L);
+    copy_table(L, proto);
+    int env = lua_gettop(L);
+    static const char *const libs[] = {"string", "table", "math", "utf8", "json"};
+    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+        lua_getfield(L, proto, libs[i]);
+        copy_table(L, -1);
+        lua_setfield(L, env, libs[i]);
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, env);
+    lua_pushcclosure(L, sb_load, 1);
+    lua_setfield(L, env, "load");
+    lua_pushvalue(L, env);
+    lua_setfield(L, env, "_G");
+    lua_remove(L, proto);
+    return 1;
+}
+
+typedef struct load_job {
+    const char *name, *src;
+    size_t len;
+    int status;
+} load_job;
+
+static int load_protected(lua_State *L)
+{
+    load_job *job = lua_touserdata(L, 1);
+    job->status = luaL_loadbufferx(L, job->src, job->len, job->name, "t");
+    if (job->status != LUA_OK)
+        return 1; /* the message */
+    push_env(L);
+    if (lua_setupvalue(L, -2, 1) == NULL)
+        lua_pop(L, 1);
+    return 1;
+}
+
+ap_status script_vm_load(script_vm *vm, lua_State *L, const char *chunkname, const char *src,
+                         size_t len, ap_err *err)
+{
+    load_job job = {chunkname, src, len, LUA_OK};
+    lua_pushcfunction(L, load_protected);
+    lua_pushlightuserdata(L, &job);
+    int status = lua_pcall(L, 1, 1, 0);
+    if (status == LUA_OK && job.status == LUA_OK)
+        return AP_OK;
+    char msg[AP_ERR_MSG_MAX];
+    script_vm_error_text(L, -1, msg, sizeof msg);
+    lua_pop(L, 1);
+    if (vm->tripped != TRIP_NONE)
+        return ap_err_set(err, AP_LIMIT, "%s", vm->trip_msg[vm->tripped]);
+    return ap_err_set(err, AP_INVALID, "%s", msg);
+}
+
+static int seed_protected(lua_State *L)
+{
+    const uint64_t *seed = lua_touserdata(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &proto_key);
+    lua_getfield(L, -1, "math");
+    lua_getfield(L, -1, "randomseed");
+    lua_pushinteger(L, (lua_Integer)(*seed & 0x7fffffffffffffffULL));
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+ap_status script_vm_seed(script_vm *vm, uint64_t seed)
+{
+    lua_pushcfunction(vm->L, seed_protected);
+    lua_pushlightuserdata(vm->L, &seed);
+    if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
+        lua_pop(vm->L, 1);
+        return AP_NOMEM;
+    }
+    return AP_OK;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------ */
+
+static int vm_panic(lua_State *L)
+{
+    char msg[256];
+    script_vm_error_text(L, -1, msg, sizeof msg);
+    log_error("lua panic outside a protected call: %s", msg);
+    abort();
+}
+
+static void vm_warn(void *ud, const char *msg, int tocont)
+{
+    (void)ud;
+    (void)msg;
+    (void)tocont; /* warnings are script-controlled text; the sandbox drops them */
+}
+
+typedef struct init_job {
+    script_vm *vm;
+} init_job;
+
+static int vm_init(lua_State *L)
+{
+    script_vm *vm = lua_touserdata(L, 1);
+    build_proto(L);
+    lua_settop(L, 1);
+    for (int t = TRIP_MEMORY; t < TRIP_COUNT; t++) {
+        lua_pushstring(L, vm->trip_msg[t]);
+        vm->trip_ref[t] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 0;
+}
+
+void script_limits_default(script_limits *l)
+{
+    l->memory_bytes = (size_t)64 * 1024 * 1024;
+    l->instructions = 200000000;
+    l->timeout_ms = 30000;
+}
+
+ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *log_ud,
+                        script_vm **out, ap_err *err)
+{
+    *out = NULL;
+    script_vm *vm = calloc(1, sizeof *vm);
+    if (vm == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    vm->mem_limit = lim->memory_bytes;
+    vm->instr_limit = lim->instructions;
+    vm->timeout_us = lim->timeout_ms * 1000;
+    vm->log = log;
+    vm->log_ud = log_ud;
+    snprintf(vm->trip_msg[TRIP_MEMORY], sizeof vm->trip_msg[0],
+             "memory limit exceeded: the panel's scripts may use at most %zu MiB",
+             lim->memory_bytes / (1024 * 1024));
+    snprintf(vm->trip_msg[TRIP_INSTRUCTIONS], sizeof vm->trip_msg[0],
+             "instruction budget exceeded: a node may run at most %lld instructions "
+             "(an endless loop?)",
+             (long long)lim->instructions);
+    snprintf(vm->trip_msg[TRIP_TIME], sizeof vm->trip_msg[0],
+             "time budget exceeded: a node may run at most %lld ms", (long long)lim->timeout_ms);
+    vm->L = lua_newstate(vm_alloc, vm);
+    if (vm->L == NULL) {
+        free(vm);
+        return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
+    }
+    lua_atpanic(vm->L, vm_panic);
+    lua_setwarnf(vm->L, vm_warn, NULL);
+    lua_pushcfunction(vm->L, vm_init);
+    lua_pushlightuserdata(vm->L, vm);
+    if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
+        lua_close(vm->L);
+        free(vm);
+        return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
+    }
+    lua_sethook(vm->L, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, HOOK_COUNT);
+    *out = vm;
+    return AP_OK;
+}
+
+void script_vm_free(script_vm *vm)
+{
+    if (vm == NULL)
+        return;
+    if (vm->L != NULL) {
+        /* No finalizers can exist (__gc is refused); a pending __close could still run, so
+         * the budget is spent first and the hooks stop it at once. */
+        if (vm->tripped == TRIP_NONE)
+            vm->tripped = TRIP_INSTRUCTIONS;
+        lua_close(vm->L);
+    }
+    free(vm);
+}

@@ -1,0 +1,73 @@
+/* sandbox.h - (internal to script/) a Lua state that a hostile script cannot escape or hog.
+ *
+ * - memory: a counting allocator refuses to grow the heap past the ceiling;
+ * - time: a count hook (every 1000 VM instructions) and a call hook (every function call,
+ *   C functions and metamethods included, so C loops driven by metamethods are counted too)
+ *   charge an instruction budget and check a running-time deadline;
+ * - once a limit trips it stays tripped: the hooks raise again at once, and the sandbox's
+ *   pcall/xpcall/load re-raise it, so no script can catch it and carry on;
+ * - globals: a fresh environment per chunk with string (no dump, guarded patterns), table
+ *   (guarded move), math, utf8, json and safe base functions; nothing reaches the host.
+ * Only the files of script/ include this header. */
+#ifndef AP_SCRIPT_SANDBOX_H
+#define AP_SCRIPT_SANDBOX_H
+
+#include "core/status.h"
+#include "script/host.h"
+
+#include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct script_vm script_vm;
+
+typedef void (*script_vm_log_fn)(void *ud, int level, const char *msg);
+
+/* Creates a sandboxed state with the given limits; log receives print() output (may be NULL).
+ * Caller frees. */
+ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *log_ud,
+                        script_vm **out, ap_err *err);
+
+/* Closes the state; vm may be NULL. */
+void script_vm_free(script_vm *vm);
+
+/* The main thread of the state (borrowed). */
+lua_State *script_vm_state(script_vm *vm);
+
+/* The vm a state (or any of its coroutines) belongs to. */
+script_vm *script_vm_of(lua_State *L);
+
+/* Resets the instruction budget (a new node starts). */
+void script_vm_budget_reset(script_vm *vm);
+
+/* Marks the start and end of a slice of Lua execution; the running time of a node is the
+ * sum of its slices, so waiting for LLM answers does not count. */
+void script_vm_slice_begin(script_vm *vm);
+void script_vm_slice_end(script_vm *vm);
+
+/* Seeds math.random of all environments (so a replayed node draws the same numbers). Must
+ * be called outside any running coroutine. */
+ap_status script_vm_seed(script_vm *vm, uint64_t seed);
+
+/* True once a limit tripped; msg (may be NULL) receives its message. */
+bool script_vm_tripped(const script_vm *vm, char *msg, size_t cap);
+
+/* Raises the tripped limit's error if one tripped (does not return then). */
+void script_vm_check(lua_State *L);
+
+/* Adds work done by C code (e.g. bytes scanned) to the budget; raises when exhausted. */
+void script_vm_charge(lua_State *L, int64_t units);
+
+/* Loads a text chunk (never bytecode) with a fresh sandbox environment and pushes the
+ * function on thread L (the main thread or a running coroutine of vm); on failure pushes
+ * nothing and writes "<chunkname>:<line>: <message>" to err. */
+ap_status script_vm_load(script_vm *vm, lua_State *L, const char *chunkname, const char *src,
+                         size_t len, ap_err *err);
+
+/* Writes the error value at idx as text without running metamethods. */
+void script_vm_error_text(lua_State *L, int idx, char *buf, size_t cap);
+
+/* Bytes of heap in use. */
+size_t script_vm_memory(const script_vm *vm);
+
+#endif
