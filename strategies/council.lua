@@ -120,10 +120,21 @@ local function by_id(ctx, id)
   return nil
 end
 
+-- Answers often sign themselves; strip every panellist's name so the label
+-- is all a reviewer sees.
+local function scrub(ctx, text)
+  for _, e in ipairs(ctx.experts) do
+    if type(e.name) == "string" and #e.name > 1 then
+      text = text:gsub(e.name:gsub("%p", "%%%0"), "a panellist")
+    end
+  end
+  return text
+end
+
 local function anonymised(ctx)
   local lines = {}
   for _, o in ipairs(ctx.state.opinions) do
-    lines[#lines + 1] = string.format("%s (position: %s)\n%s", o.label, o.position, o.answer)
+    lines[#lines + 1] = string.format("%s (position: %s)\n%s", o.label, o.position, scrub(ctx, o.answer))
   end
   return table.concat(lines, "\n\n")
 end
