@@ -307,17 +307,22 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
 {
     (void)pos;
     http_stream *st = cls;
+    /* The producer's read runs without our lock, so a producer may wake us while holding its
+     * own lock; a wake that lands between the read and the suspend is kept as wake_pending. */
     pthread_mutex_lock(&st->lock);
-    ssize_t n = st->closing ? -1 : st->read(st->ctx, out, max);
+    bool closing = st->closing;
+    pthread_mutex_unlock(&st->lock);
+    ssize_t n = closing ? -1 : st->read(st->ctx, out, max);
     if (n == 0) {
+        pthread_mutex_lock(&st->lock);
         if (st->wake_pending) {
             st->wake_pending = false;
         } else {
             st->suspended = true;
             MHD_suspend_connection(st->conn);
         }
+        pthread_mutex_unlock(&st->lock);
     }
-    pthread_mutex_unlock(&st->lock);
     return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
 }
 
