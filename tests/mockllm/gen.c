@@ -324,8 +324,8 @@ static cJSON *array(gen *g, const cJSON *s, const char *name, int depth)
             int t = order[i];
             order[i] = order[j], order[j] = t;
         }
-        int n = k;
-        if (n > (int)mx)
+        int n = k; /* a full permutation unless maxItems says less */
+        if (has_max && n > (int)mx)
             n = (int)mx;
         for (int i = 0; i < n; i++)
             cJSON_AddItemToArray(arr, cJSON_Duplicate(cJSON_GetArrayItem(en, order[i]), true));
