@@ -126,7 +126,7 @@ local function prompt_for(ctx, expert)
   local lines = { head, "", string.format("Round %d feedback from the anonymous panel (%d estimates):", fb.round, fb.n),
     "Group median: " .. fmt(fb.median), string.format("Interquartile range: %s to %s", fmt(fb.q1), fmt(fb.q3)) }
   if mine then
-    lines[#lines + 1] = "Your previous estimate: " .. fmt(mine)
+    lines[#lines + 1] = "Previous estimate: " .. fmt(mine)
   end
   if #fb.reasons > 0 then
     lines[#lines + 1] = "Reasons given:"

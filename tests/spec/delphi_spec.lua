@@ -33,7 +33,7 @@ describe("delphi", function()
     assert.is_true(#later >= #experts)
     for _, c in ipairs(later) do
       assert.matches("Interquartile range:", c.prompt)
-      assert.matches("Your previous estimate:", c.prompt)
+      assert.matches("Previous estimate:", c.prompt)
       for _, e in ipairs(experts) do
         assert.is_nil(c.prompt:find(e.name, 1, true), "feedback names " .. e.name)
       end

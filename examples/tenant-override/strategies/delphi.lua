@@ -108,7 +108,7 @@ local function prompt_for(ctx, expert)
     lines[#lines + 1] = string.format("Interquartile range: %s to %s", fmt(fb.q1), fmt(fb.q3))
     local mine = ctx.state.mine[expert.id]
     if mine then
-      lines[#lines + 1] = "Your previous estimate: " .. fmt(mine)
+      lines[#lines + 1] = "Previous estimate: " .. fmt(mine)
     end
     for _, r in ipairs(fb.reasons) do
       lines[#lines + 1] = "- " .. r

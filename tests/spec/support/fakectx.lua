@@ -17,7 +17,7 @@
 -- permutations, a `Group median: <n>` line pulls fields named *estimate*
 -- toward the median (and raises *confidence*), an `Options: a | b` line picks
 -- "position" among the options. One extension used by delphi: a line
--- `Your previous estimate: <n>` replaces the expert's initial estimate, so
+-- `Previous estimate: <n>` replaces the expert's initial estimate, so
 -- repeated rounds keep converging.
 --
 -- Test hooks: expert.sim = { <property> = value } forces a property value;
@@ -458,7 +458,10 @@ local function gen_string(schema, ctx, name)
     return opts[math.floor(unit(ctx.expert, ctx.path .. "#opt") * #opts) % #opts + 1]
   end
   local phrase = VOCAB[math.floor(ctx.rand() * #VOCAB) + 1]
-  local s = string.format("%s (%s): %s", ctx.expert.name or ctx.expert.id, ctx.expert.role or "expert", phrase)
+  -- List items (ideas, assumptions) are bare phrases so experts overlap;
+  -- free-text fields carry the speaker's voice.
+  local s = ctx.path:find("%]$") and phrase
+    or string.format("%s (%s): %s", ctx.expert.name or ctx.expert.id, ctx.expert.role or "expert", phrase)
   if schema.maxLength and utf8.len(s) and utf8.len(s) > schema.maxLength then
     s = s:sub(1, utf8.offset(s, schema.maxLength + 1) - 1)
   end
@@ -470,7 +473,7 @@ local function gen_number(schema, ctx, name)
   local hi = schema.maximum or (name:find("confidence") and 1 or 100)
   local v
   if name:find("estimate") then
-    local base = prompt_number(ctx.prompt, "Your previous estimate") or lo + unit(ctx.expert, name) * (hi - lo)
+    local base = prompt_number(ctx.prompt, "Previous estimate") or lo + unit(ctx.expert, name) * (hi - lo)
     local median = prompt_number(ctx.prompt, "Group median")
     if median then
       base = base + (0.5 + 0.3 * unit(ctx.expert, "factor")) * (median - base)
