@@ -39,6 +39,7 @@ static const char *const tenant_tables =
     "'usage_records'";
 
 enum {
+    Q_SET_TENANT,
     Q_PING,
     Q_TENANT_INSERT,
     Q_TENANT_GET,
@@ -81,6 +82,7 @@ enum {
 };
 
 static const char *const sql_text[Q__COUNT] = {
+    [Q_SET_TENANT] = "SELECT set_config('app.tenant_id', $1, true)",
     [Q_PING] = "SELECT 1",
     [Q_TENANT_INSERT] = "INSERT INTO tenants (id, slug, name, config, created_at) "
                         "VALUES ($1, $2, $3, $4, $5)",
@@ -302,24 +304,33 @@ static ap_status result_error(pgc *c, PGresult *r, ap_err *err)
 }
 
 /* Runs a prepared statement with text parameters; *res receives the result on AP_OK. */
+/* Prepares statement id on this connection once; name receives its name. */
+static ap_status prepare(pgc *c, int id, char name[16], ap_err *err)
+{
+    snprintf(name, 16, "q%d", id);
+    if (c->prepared[id])
+        return AP_OK;
+    PGresult *r = PQprepare(c->conn, name, sql_text[id], 0, NULL);
+    ap_status rc =
+        r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? AP_OK : result_error(c, r, err);
+    PQclear(r);
+    if (rc == AP_OK)
+        c->prepared[id] = true;
+    return rc;
+}
+
+/* Runs a prepared statement with text parameters; *res receives the result on AP_OK. */
 static ap_status run(pgc *c, int id, int n, const char *const *vals, PGresult **res, ap_err *err)
 {
     *res = NULL;
     char name[16];
-    snprintf(name, sizeof name, "q%d", id);
-    if (!c->prepared[id]) {
-        PGresult *r = PQprepare(c->conn, name, sql_text[id], 0, NULL);
-        ap_status rc =
-            r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? AP_OK : result_error(c, r, err);
-        PQclear(r);
-        if (rc != AP_OK)
-            return rc;
-        c->prepared[id] = true;
-    }
+    ap_status rc = prepare(c, id, name, err);
+    if (rc != AP_OK)
+        return rc;
     PGresult *r = PQexecPrepared(c->conn, name, n, vals, NULL, NULL, 0);
     ExecStatusType st = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        ap_status rc = result_error(c, r, err);
+        rc = result_error(c, r, err);
         PQclear(r);
         return rc;
     }
@@ -370,6 +381,68 @@ static ap_status end(pgc *c, ap_status rc, ap_err *err)
     return rc;
 }
 
+/* Sends set_config (when tenant_id is set) and statement id as one pipeline: both run in the
+ * implicit transaction that ends at the sync, so the tenant setting covers the statement and
+ * is gone afterwards, and an error rolls everything back. One round trip instead of three. */
+static ap_status pipelined(pgc *c, const char *tenant_id, int id, int n, const char *const *vals,
+                           PGresult **res, ap_err *err)
+{
+    char set_name[16], name[16];
+    ap_status rc = AP_OK;
+    if (tenant_id != NULL)
+        rc = prepare(c, Q_SET_TENANT, set_name, err);
+    if (rc == AP_OK)
+        rc = prepare(c, id, name, err);
+    if (rc != AP_OK)
+        return rc;
+    if (PQenterPipelineMode(c->conn) != 1)
+        return result_error(c, NULL, err);
+    int sent = tenant_id == NULL ||
+               PQsendQueryPrepared(c->conn, set_name, 1, &tenant_id, NULL, NULL, 0) == 1;
+    sent = sent && PQsendQueryPrepared(c->conn, name, n, vals, NULL, NULL, 0) == 1;
+    sent = sent && PQpipelineSync(c->conn) == 1;
+    if (!sent) {
+        rc = result_error(c, NULL, err);
+        goto out;
+    }
+    /* Results arrive in order, each followed by NULL, then the sync marker. */
+    for (int stage = tenant_id != NULL ? 0 : 1;;) {
+        PGresult *r = PQgetResult(c->conn);
+        if (r == NULL) {
+            if (PQstatus(c->conn) != CONNECTION_OK) {
+                if (rc == AP_OK)
+                    rc = unavailable(c->conn, err);
+                break;
+            }
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            break;
+        }
+        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+            if (stage == 1)
+                *res = r;
+            else
+                PQclear(r);
+            stage++;
+            continue;
+        }
+        if (rc == AP_OK)
+            rc = st == PGRES_PIPELINE_ABORTED ? ap_err_set(err, AP_IO, "database error")
+                                              : result_error(c, r, err);
+        PQclear(r);
+    }
+out:
+    if (PQpipelineStatus(c->conn) != PQ_PIPELINE_OFF && PQexitPipelineMode(c->conn) != 1 &&
+        rc == AP_OK)
+        rc = result_error(c, NULL, err);
+    if (rc == AP_OK && *res == NULL)
+        rc = ap_err_set(err, AP_IO, "database returned no result");
+    return rc;
+}
+
 /* The common shape: one statement in one tenant transaction; *res on AP_OK (caller clears). */
 static ap_status query1(pg *p, const char *tenant_id, int id, int n, const char *const *vals,
                         PGresult **res, ap_err *err)
@@ -379,10 +452,7 @@ static ap_status query1(pg *p, const char *tenant_id, int id, int n, const char 
     ap_status rc = checkout(p, &c, err);
     if (rc != AP_OK)
         return rc;
-    rc = begin(c, tenant_id, err);
-    if (rc == AP_OK)
-        rc = run(c, id, n, vals, res, err);
-    rc = end(c, rc, err);
+    rc = pipelined(c, tenant_id, id, n, vals, res, err);
     if (rc != AP_OK) {
         PQclear(*res);
         *res = NULL;
@@ -1174,22 +1244,16 @@ static ap_status pg_events_append(void *impl, const char *tenant_id, const store
         rc = ap_err_set(err, rc, "event batch too large");
         goto out;
     }
-    pgc *c;
-    rc = checkout(db, &c, err);
-    if (rc != AP_OK)
-        goto out;
-    rc = begin(c, tenant_id, err);
-    if (rc == AP_OK)
-        rc = run_cmd(c, Q_EVENTS_INSERT, 6,
-                     (const char *const[]){tenant_id, arr[0].data, arr[1].data, arr[2].data,
-                                           arr[3].data, arr[4].data},
-                     NULL, err);
+    PGresult *r;
+    rc = query1(db, tenant_id, Q_EVENTS_INSERT, 6,
+                (const char *const[]){tenant_id, arr[0].data, arr[1].data, arr[2].data, arr[3].data,
+                                      arr[4].data},
+                &r, err);
+    PQclear(r);
     if (rc == AP_CONFLICT)
         ap_err_set(err, AP_CONFLICT, "an event with the same panel and seq already exists");
     else if (rc == AP_NOTFOUND)
         ap_err_set(err, AP_NOTFOUND, "no such panel");
-    rc = end(c, rc, err);
-    release(db, c);
 out:
     for (int k = 0; k < 5; k++)
         buf_free(&arr[k]);
