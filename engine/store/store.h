@@ -7,7 +7,8 @@
  * Isolation (DESIGN §5): every call that touches tenant data takes the tenant id (canonical
  * lower-case UUID) as a required argument; rows read back are verified against it, and a
  * mismatch is refused with AP_DENIED and a security log line. An object of another tenant is
- * AP_NOTFOUND, never AP_DENIED, so its existence is not revealed.
+ * AP_NOTFOUND, never AP_DENIED, so its existence is not revealed. A malformed tenant id is
+ * AP_INVALID; a malformed object id is AP_NOTFOUND (it names nothing).
  *
  * Handles are thread-safe: HTTP threads and runner threads share one store.
  * Row structs own their strings; free them with the matching *_free function (NULL is fine).
@@ -94,7 +95,8 @@ typedef struct store_key {
 } store_key;
 
 /* Creates a key for a tenant: a 256-bit random secret, stored only as its SHA-256. Writes the
- * full key (shown once) into plaintext (>= 96 bytes) and the row into out (may be NULL). */
+ * full key (shown once) into plaintext (>= 96 bytes) and the row into out (may be NULL).
+ * Format: "ap_" + 8 hex (the visible prefix, 11 chars with "ap_") + "_" + 64 hex: 76 chars. */
 ap_status store_key_create(store *s, const char *tenant_id, store_role role, char *plaintext,
                            size_t plaintext_cap, store_key *out, ap_err *err);
 
@@ -102,7 +104,7 @@ ap_status store_key_create(store *s, const char *tenant_id, store_role role, cha
  * for an unknown or wrong key, AP_DENIED for a revoked one. */
 ap_status store_key_resolve(store *s, const char *plaintext, store_key *out, ap_err *err);
 
-/* Revokes a key by id (operator scope); AP_NOTFOUND if there is none. */
+/* Revokes a key by id (operator scope; revoking twice is fine); AP_NOTFOUND if there is none. */
 ap_status store_key_revoke(store *s, const char *key_id, ap_err *err);
 
 /* ---- experts ------------------------------------------------------------------------- */
@@ -133,7 +135,9 @@ ap_status store_expert_update(store *s, const char *tenant_id, const store_exper
 ap_status store_expert_delete(store *s, const char *tenant_id, const char *id, ap_err *err);
 
 /* One page of experts, oldest first. cursor is "" for the first page; next_cursor receives
- * "" on the last page. *rows is an array of *n experts; free with store_experts_free. */
+ * "" on the last page. *rows is an array of *n experts; free with store_experts_free.
+ * limit must be >= 1 (AP_INVALID otherwise); above STORE_LIST_MAX it is clamped. A cursor
+ * that was not produced by the store is AP_INVALID. */
 ap_status store_expert_list(store *s, const char *tenant_id, const char *cursor, int limit,
                             store_expert **rows, size_t *n, char next_cursor[STORE_CURSOR_MAX],
                             ap_err *err);
@@ -162,8 +166,9 @@ typedef struct store_panel {
 
 void store_panel_free(store_panel *p);
 
-/* Inserts a panel (in->id generated when empty). With an idempotency key that exists for this
- * tenant: AP_OK and the existing panel when request_hash matches, AP_CONFLICT otherwise. */
+/* Inserts a panel (in->id generated when empty; status NULL means "created", params NULL
+ * "{}", experts NULL "[]"). With an idempotency key that exists for this tenant: AP_OK and the
+ * existing panel when request_hash matches, AP_CONFLICT otherwise. out may be NULL. */
 ap_status store_panel_create(store *s, const char *tenant_id, const store_panel *in,
                              store_panel *out, ap_err *err);
 ap_status store_panel_get(store *s, const char *tenant_id, const char *id, store_panel *out,
@@ -204,11 +209,14 @@ void store_event_free(store_event *e);
 void store_events_free(store_event *rows, size_t n);
 
 /* Appends n events (possibly of several panels of this tenant) in one transaction: the group
- * commit of the event writer. AP_CONFLICT if a (panel, seq) already exists; nothing lands. */
+ * commit of the event writer. AP_CONFLICT if a (panel, seq) already exists, AP_NOTFOUND if a
+ * panel is not this tenant's; either way nothing lands. At most 10000 events per call
+ * (AP_LIMIT). data NULL means "{}", created_at 0 means now. */
 ap_status store_events_append(store *s, const char *tenant_id, const store_event *events,
                               size_t n, ap_err *err);
 
-/* Events of a panel with seq > after_seq, ascending, at most limit. */
+/* Events of a panel with seq > after_seq, ascending, at most limit (clamped to
+ * STORE_LIST_MAX). Another tenant's panel yields an empty list. */
 ap_status store_events_list(store *s, const char *tenant_id, const char *panel_id,
                             int64_t after_seq, int limit, store_event **rows, size_t *n,
                             ap_err *err);
@@ -258,7 +266,9 @@ void store_script_free(store_script *sc);
 void store_scripts_free(store_script *rows, size_t n);
 
 /* Keeps a version's source (idempotent on (tenant, kind, name, version)); with activate set it
- * also becomes the tenant's active override of that name, atomically. */
+ * also becomes the tenant's active override of that name, atomically. sc->version may be NULL
+ * or "" (computed); otherwise it must equal the SHA-256 hex of the source (AP_INVALID).
+ * origin NULL means "override". Names match [A-Za-z0-9_.-]{1,64}. */
 ap_status store_script_put(store *s, const char *tenant_id, const store_script *sc,
                            bool activate, ap_err *err);
 /* A stored version by hash (pinned panels load their source from here). */
@@ -297,7 +307,8 @@ void store_usage_free(store_usage *u);
 ap_status store_usage_record(store *s, const char *tenant_id, const store_usage *u, ap_err *err);
 
 /* Aggregated usage in [from_ms, to_ms) grouped by "expert", "model" or "day".
- * Returns a JSON array text of {key, calls, prompt_tokens, completion_tokens, cost_usd};
+ * Returns a JSON array text of {key, calls, prompt_tokens, completion_tokens, cost_usd} ordered
+ * by key; key is null for calls without an expert, "YYYY-MM-DD" (UTC) by day.
  * caller frees *json. */
 ap_status store_usage_summary(store *s, const char *tenant_id, int64_t from_ms, int64_t to_ms,
                               const char *group_by, char **json, ap_err *err);

@@ -50,9 +50,14 @@ q "$OWNER_URL" "CREATE ROLE askpanel_engine LOGIN PASSWORD '$APP_PW' IN ROLE ask
                 CREATE ROLE askpanel_bypass LOGIN BYPASSRLS PASSWORD '$APP_PW' IN ROLE askpanel_app;"
 
 # 3. The contract suite on both backends.
-ASKPANEL_TEST_PG_URL=$OWNER_URL ASKPANEL_TEST_PG_APP_URL=$APP_URL \
-    ASKPANEL_TEST_PG_DENIED_URLS="$OWNER_URL $TOWNER_URL $BYPASS_URL" "$BIN" ||
-    fail "store contract suite"
+export ASKPANEL_TEST_PG_URL="$OWNER_URL" ASKPANEL_TEST_PG_APP_URL="$APP_URL"
+export ASKPANEL_TEST_PG_DENIED_URLS="$OWNER_URL $TOWNER_URL $BYPASS_URL"
+"$BIN" || fail "store contract suite"
+# The sanitized build of the same suite, when it exists (ASKPANEL_SANITIZE=ON).
+if [ -x "$BUILD/tests/san_store_test" ]; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        "$BUILD/tests/san_store_test" || fail "store contract suite under ASan/UBSan"
+fi
 
 # 4. RLS proof. Two tenants with a row in every tenant table, written as the superuser
 #    (which bypasses RLS), so the counts below come from the policies alone.

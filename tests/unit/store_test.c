@@ -983,7 +983,7 @@ static void test_pg_connection_loss(void **state)
     make_panel(A, NULL, NULL, &p);
     PGconn *admin = PQconnectdb(getenv("ASKPANEL_TEST_PG_URL"));
     assert_int_equal(PQstatus(admin), CONNECTION_OK);
-    PGresult *r = PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    PGresult *r = PQexec(admin, "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                                 "WHERE application_name = 'askpanel' AND pid <> "
                                 "pg_backend_pid() AND usename <> current_user");
     assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
