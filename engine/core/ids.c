@@ -2,6 +2,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <string.h>
 #include <sys/random.h>
@@ -85,6 +87,15 @@ void ids_sha256_hex(const void *data, size_t n, char out[IDS_SHA256_HEX_LEN + 1]
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256(data, n, md);
     ids_hex(md, sizeof md, out);
+}
+
+void ids_hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t n,
+                         char out[IDS_SHA256_HEX_LEN + 1])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    HMAC(EVP_sha256(), key, (int)key_len, data, n, md, &md_len);
+    ids_hex(md, md_len, out);
 }
 
 bool ids_equal_ct(const void *a, size_t alen, const void *b, size_t blen)

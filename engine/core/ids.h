@@ -27,6 +27,10 @@ void ids_hex(const void *data, size_t n, char *out);
 /* SHA-256 of data as lower-case hex into out[65]. */
 void ids_sha256_hex(const void *data, size_t n, char out[IDS_SHA256_HEX_LEN + 1]);
 
+/* HMAC-SHA-256 of data under key as lower-case hex into out[65]. */
+void ids_hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t n,
+                         char out[IDS_SHA256_HEX_LEN + 1]);
+
 /* Compares two byte strings in time that depends only on their lengths. */
 bool ids_equal_ct(const void *a, size_t alen, const void *b, size_t blen);
 

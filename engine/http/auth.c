@@ -6,6 +6,7 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "http/api.h"
+#include "http/token.h"
 #include "store/store.h"
 
 #include <string.h>
@@ -44,6 +45,19 @@ bool api_authenticate(http_request *req, unsigned flags, void *app)
     api_deps *d = app;
     http_principal *p = http_principal_of(req);
     const char *token = bearer_token(req);
+    const char *stream_token = http_query(req, "token");
+    if (token == NULL && stream_token != NULL && (flags & HTTP_STREAM_TOKEN)) {
+        const char *panel = http_param(req, "id");
+        char tenant[IDS_UUID_LEN + 1];
+        if (panel == NULL || !token_verify(stream_token, panel, tenant)) {
+            deny(req, 401, "unauthenticated", "the stream token is invalid or has expired");
+            return false;
+        }
+        p->authenticated = true;
+        p->role = STORE_ROLE_MEMBER;
+        memcpy(p->tenant_id, tenant, sizeof tenant);
+        return true;
+    }
     if (token == NULL) {
         deny(req, 401, "unauthenticated", "an API key is required (Authorization: Bearer ...)");
         return false;

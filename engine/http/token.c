@@ -1,0 +1,66 @@
+#include "http/token.h"
+
+#include "core/clock.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static unsigned char secret[32];
+static pthread_once_t secret_once = PTHREAD_ONCE_INIT;
+static bool secret_ok;
+
+static void init_secret(void)
+{
+    secret_ok = ids_random(secret, sizeof secret) == AP_OK;
+}
+
+static void sign(const char *payload, size_t n, char out[IDS_SHA256_HEX_LEN + 1])
+{
+    ids_hmac_sha256_hex(secret, sizeof secret, payload, n, out);
+}
+
+ap_status token_issue(const char *tenant_id, const char *panel_id, int64_t ttl_ms,
+                      char out[TOKEN_MAX], int64_t *expires_ms)
+{
+    pthread_once(&secret_once, init_secret);
+    if (!secret_ok)
+        return AP_IO;
+    int64_t exp = clock_wall_ms() + ttl_ms;
+    int n = snprintf(out, TOKEN_MAX, "%lld.%s.%s.", (long long)exp, tenant_id, panel_id);
+    if (n < 0 || n + IDS_SHA256_HEX_LEN + 1 > TOKEN_MAX)
+        return AP_LIMIT;
+    char mac[IDS_SHA256_HEX_LEN + 1];
+    sign(out, (size_t)n - 1, mac);
+    memcpy(out + n, mac, sizeof mac);
+    *expires_ms = exp;
+    return AP_OK;
+}
+
+bool token_verify(const char *token, const char *panel_id, char tenant_out[IDS_UUID_LEN + 1])
+{
+    pthread_once(&secret_once, init_secret);
+    if (!secret_ok || token == NULL || strlen(token) >= TOKEN_MAX)
+        return false;
+    const char *last = strrchr(token, '.');
+    if (last == NULL || strlen(last + 1) != IDS_SHA256_HEX_LEN)
+        return false;
+    char mac[IDS_SHA256_HEX_LEN + 1];
+    sign(token, (size_t)(last - token), mac);
+    if (!ids_equal_ct(mac, IDS_SHA256_HEX_LEN, last + 1, IDS_SHA256_HEX_LEN))
+        return false;
+    /* Genuine: the fields are ours, but parse them carefully all the same. */
+    char *end = NULL;
+    long long exp = strtoll(token, &end, 10);
+    if (end == token || *end != '.' || exp < clock_wall_ms())
+        return false;
+    const char *tenant = end + 1;
+    const char *panel = tenant + IDS_UUID_LEN + 1;
+    if (panel + IDS_UUID_LEN != last || tenant[IDS_UUID_LEN] != '.' ||
+        strncmp(panel, panel_id, IDS_UUID_LEN) != 0 || strlen(panel_id) != IDS_UUID_LEN)
+        return false;
+    memcpy(tenant_out, tenant, IDS_UUID_LEN);
+    tenant_out[IDS_UUID_LEN] = '\0';
+    return true;
+}

@@ -1,0 +1,27 @@
+/* token.h - short-lived, single-panel stream tokens for browsers (EventSource cannot send an
+ * Authorization header, so GET /v1/panels/{id}/events also takes ?token=).
+ *
+ * A token is "<expiry-ms>.<tenant>.<panel>.<hmac>" signed with a secret drawn at start-up: it
+ * names the one panel it opens, expires, and cannot be forged. Tokens do not outlive the
+ * process that issued them. */
+#ifndef AP_HTTP_TOKEN_H
+#define AP_HTTP_TOKEN_H
+
+#include "core/ids.h"
+#include "core/status.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TOKEN_MAX 192
+
+/* Writes a token for (tenant, panel) valid for ttl_ms into out[TOKEN_MAX]; *expires_ms gets
+ * its expiry (epoch ms). */
+ap_status token_issue(const char *tenant_id, const char *panel_id, int64_t ttl_ms,
+                      char out[TOKEN_MAX], int64_t *expires_ms);
+
+/* True when token is genuine, unexpired and for panel_id; tenant_out receives its tenant. */
+bool token_verify(const char *token, const char *panel_id, char tenant_out[IDS_UUID_LEN + 1]);
+
+#endif
