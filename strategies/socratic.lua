@@ -101,7 +101,9 @@ local function moderator(ctx)
   return ctx.experts[1]
 end
 
-local function answer_schema(options)
+-- Opening answers must name at least one assumption (every position rests on
+-- some); later answers may add none, which is what ends the dialogue.
+local function answer_schema(options, min_assumptions)
   return {
     type = "object",
     required = { "position", "confidence", "reason", "assumptions" },
@@ -109,7 +111,8 @@ local function answer_schema(options)
       position = { type = "string", enum = options },
       confidence = { type = "number", minimum = 0, maximum = 1 },
       reason = { type = "string", maxLength = 800 },
-      assumptions = { type = "array", items = { type = "string", maxLength = 200 }, minItems = 0, maxItems = 3 },
+      assumptions = { type = "array", items = { type = "string", maxLength = 200 }, minItems = min_assumptions,
+                       maxItems = 3 },
     },
   }
 end
@@ -156,7 +159,7 @@ end
 -- Asks everyone, records ballots, revisions and assumptions; returns new count.
 local function collect(ctx, round, prompt)
   local options, st = ctx.params.options, ctx.state
-  local results = ctx:ask_all(ctx.experts, prompt, { round = round, schema = answer_schema(options) })
+  local results = ctx:ask_all(ctx.experts, prompt, { round = round, schema = answer_schema(options, round == 1 and 1 or 0) })
   local added = 0
   for k, r in ipairs(results) do
     local e = ctx.experts[k]

@@ -4,6 +4,7 @@
 local SPECS = {
   "examples/tenant-override/spec/delphi_override_spec.lua",
   "examples/debate/spec/debate_spec.lua",
+  "examples/tutorial/spec/premortem_spec.lua",
 }
 
 describe("examples", function()
