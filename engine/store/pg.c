@@ -846,10 +846,6 @@ static ap_status pg_tenant_get(void *impl, const char *id, store_tenant *out, ap
     ap_status rc = query1(impl, id, Q_TENANT_GET, 1, (const char *const[]){id}, &r, err);
     if (rc == AP_OK)
         rc = one_tenant(r, out, "no such tenant", err);
-    if (rc == AP_OK && !store_row_tenant_ok(id, out->id)) {
-        store_tenant_free(out);
-        rc = store_row_denied(err);
-    }
     PQclear(r);
     return rc;
 }

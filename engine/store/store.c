@@ -380,7 +380,7 @@ ap_status store_tenant_create(store *s, const char *slug, const char *name, cons
         return ap_err_set(err, AP_IO, "no randomness for a tenant id");
     rc = s->ops->tenant_insert(s->impl, &t, err);
     if (rc == AP_OK && out != NULL)
-        rc = s->ops->tenant_get(s->impl, t.id, out, err);
+        rc = store_tenant_get(s, t.id, out, err);
     return rc;
 }
 
@@ -390,7 +390,12 @@ ap_status store_tenant_get(store *s, const char *tenant_id, store_tenant *out, a
     ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
     if (rc != AP_OK)
         return rc;
-    return s->ops->tenant_get(s->impl, tid, out, err);
+    rc = s->ops->tenant_get(s->impl, tid, out, err);
+    if (rc == AP_OK && !store_row_tenant_ok(tid, out->id)) {
+        store_tenant_free(out);
+        rc = store_row_denied(err);
+    }
+    return rc;
 }
 
 ap_status store_tenant_by_slug(store *s, const char *slug, store_tenant *out, ap_err *err)

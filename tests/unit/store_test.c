@@ -6,6 +6,7 @@
  * reruns against the same database do not interfere. */
 #include "core/ids.h"
 #include "core/jsonx.h"
+#include "core/log.h"
 #include "store/store.h"
 
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include <cmocka.h>
 
 #include <libpq-fe.h>
+#include <sqlite3.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -947,6 +949,58 @@ static void test_threads(void **state)
     store_panel_free(&p);
 }
 
+/* ---- SQLite only ------------------------------------------------------------------------- */
+
+static void sql_on_file(const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+/* Layer 4: a query that matches rows it should not (simulated by a view whose tenant_id
+ * compares case-insensitively but reads back upper-case) is refused and logged, and no data
+ * comes back. */
+static void test_sqlite_row_verification(void **state)
+{
+    (void)state;
+    store_expert e = {0}, g = {0};
+    make_expert(A, "verified", &e);
+    sql_on_file("ALTER TABLE experts RENAME TO experts_real;"
+                "CREATE VIEW experts AS SELECT id, upper(tenant_id) COLLATE NOCASE AS tenant_id, "
+                "name, role, expertise, persona, model, weight, created_at, updated_at "
+                "FROM experts_real;");
+    char logpath[] = "/tmp/askpanel-store-log-XXXXXX";
+    int fd = mkstemp(logpath);
+    assert_true(fd >= 0);
+    log_set_fd(fd);
+    ap_err err = {0};
+    ap_status rc = store_expert_get(S, A, e.id, &g, &err);
+    store_expert *rows = NULL;
+    size_t n = 0;
+    char next[STORE_CURSOR_MAX];
+    ap_status rc_list = store_expert_list(S, A, "", 10, &rows, &n, next, NULL);
+    log_set_fd(2);
+    sql_on_file("DROP VIEW experts; ALTER TABLE experts_real RENAME TO experts;");
+    assert_int_equal(rc, AP_DENIED);
+    assert_null(g.name);
+    assert_int_equal(rc_list, AP_DENIED);
+    assert_null(rows);
+    assert_int_equal(n, 0);
+    char logbuf[4096] = {0};
+    assert_true(pread(fd, logbuf, sizeof logbuf - 1, 0) > 0);
+    close(fd);
+    unlink(logpath);
+    assert_non_null(strstr(logbuf, "\"security\""));
+    assert_non_null(strstr(logbuf, A));
+    OK(store_expert_get(S, A, e.id, &g, E));
+    store_expert_free(&g);
+    store_expert_free(&e);
+}
+
 /* ---- PostgreSQL only ---------------------------------------------------------------------- */
 
 /* Every URL in ASKPANEL_TEST_PG_DENIED_URLS (space-separated: the table owner, a BYPASSRLS
@@ -1039,8 +1093,13 @@ int main(int argc, char **argv)
         CONTRACT(test_checkpoints), CONTRACT(test_scripts),      CONTRACT(test_usage),
         CONTRACT(test_threads),
     };
+    const struct CMUnitTest sqlite_tests[] = {
+        CONTRACT(test_sqlite_row_verification),
+    };
     int failed = cmocka_run_group_tests_name("store/sqlite", tests, sqlite_group_setup,
                                              sqlite_group_teardown);
+    failed += cmocka_run_group_tests_name("store/sqlite-only", sqlite_tests, sqlite_group_setup,
+                                          sqlite_group_teardown);
     const struct CMUnitTest pg_tests[] = {
         CONTRACT(test_pg_refuses_privileged_roles),
         CONTRACT(test_pg_connection_loss),
