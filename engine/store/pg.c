@@ -208,9 +208,14 @@ static void on_notice(void *arg, const char *message)
 
 static PGconn *pg_connect(const char *conninfo)
 {
-    /* conninfo is expanded from "dbname"; its own settings override the defaults before it. */
-    const char *const keys[] = {"connect_timeout", "application_name", "dbname", NULL};
-    const char *const vals[] = {"10", "askpanel", conninfo, NULL};
+    /* conninfo is expanded from "dbname"; its own settings override the defaults before it.
+     * The timeouts keep a stuck statement or an abandoned transaction from holding a pooled
+     * connection (and its locks) forever. */
+    const char *const keys[] = {"connect_timeout", "application_name", "options", "dbname", NULL};
+    const char *const vals[] = {"10", "askpanel",
+                                "-c statement_timeout=60000 "
+                                "-c idle_in_transaction_session_timeout=60000",
+                                conninfo, NULL};
     return PQconnectdbParams(keys, vals, 1);
 }
 
@@ -708,7 +713,10 @@ static ap_status pg_migrate(void *impl, int *applied, ap_err *err)
     rc = pg_bootstrap(c, err);
     for (size_t i = 0; i < n && rc == AP_OK; i++) {
         /* The advisory lock serialises concurrent migrators (two engines starting at once). */
-        rc = simple(c, "BEGIN; SELECT pg_advisory_xact_lock(7283004101)", err);
+        rc = simple(c,
+                    "BEGIN; SET LOCAL statement_timeout = 0; "
+                    "SELECT pg_advisory_xact_lock(7283004101)",
+                    err);
         bool done = false;
         if (rc == AP_OK)
             rc = is_applied(c, m[i].version, &done, err);

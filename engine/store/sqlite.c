@@ -535,10 +535,25 @@ static ap_status sq_pending(void *impl, int *pending, ap_err *err)
     size_t n = store_migrations("sql/sqlite/", m, STORE_MIGRATIONS_MAX);
     *pending = 0;
     pthread_mutex_lock(&q->mu);
-    ap_status rc = sq_bootstrap(q, err);
+    /* A read: before the first migration there is no table to ask, and none is created. */
+    sqlite3_stmt *st = NULL;
+    bool exists = false;
+    ap_status rc = AP_OK;
+    int s = sqlite3_prepare_v2(q->db,
+                               "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                               "AND name = 'schema_migrations'",
+                               -1, &st, NULL);
+    if (s == SQLITE_OK)
+        s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        exists = true;
+    else if (s != SQLITE_DONE)
+        rc = sq_error(q, s, err);
+    sqlite3_finalize(st);
     for (size_t i = 0; i < n && rc == AP_OK; i++) {
         bool done = false;
-        rc = sq_is_applied(q, m[i].version, &done, err);
+        if (exists)
+            rc = sq_is_applied(q, m[i].version, &done, err);
         if (rc == AP_OK && !done)
             (*pending)++;
     }
