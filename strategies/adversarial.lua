@@ -169,7 +169,7 @@ end
 function M.nodes.attack(ctx)
   local st = ctx.state
   if not st.teams then
-    st.teams, st.register, st.scores, st.excluded, st.round = teams(ctx), {}, {}, {}, 0
+    st.teams, st.register, st.scores, st.excluded, st.round = teams(ctx), json.array(), json.array(), json.array(), 0
   end
   local round = st.round + 1
   st.round = round
@@ -310,7 +310,7 @@ local RANK = { low = 1, medium = 2, high = 3 }
 
 function M.nodes.finish(ctx)
   local st = ctx.state
-  local register = {}
+  local register = json.array()
   for i, r in ipairs(st.register) do
     register[i] = { id = r.id, risk = r.risk, likelihood = r.likelihood, impact = r.impact,
                     mitigation = r.mitigation or "none proposed", raised_by = r.raised_by, round = r.round,

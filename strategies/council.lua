@@ -145,7 +145,7 @@ function M.nodes.opinions(ctx)
   local prompt = string.format("Question: %s\nAnswer it as an independent expert: your answer, the position you take, your confidence (0-1) and your main reason.\nOptions: %s",
     ctx.question, table.concat(options, " | "))
   local results = ctx:ask_all(ctx.experts, prompt, { round = 1, schema = opinion_schema(options) })
-  local opinions, excluded = {}, {}
+  local opinions, excluded = {}, json.array()
   for k, r in ipairs(results) do
     local o, why = opinion_of(r, ctx.experts[k], options)
     if o then
@@ -211,7 +211,7 @@ function M.nodes.review(ctx)
   local prompt = string.format("Question: %s\n\nThe panel's answers, anonymised:\n\n%s\n\nRank all responses from most to least accurate and insightful, and give a one-line critique.",
     ctx.question, anonymised(ctx))
   local results = ctx:ask_all(reviewers, prompt, { round = 2, schema = ranking_schema(labels) })
-  local ballots, failed = {}, {}
+  local ballots, failed = {}, json.array()
   for k, r in ipairs(results) do
     local e = reviewers[k]
     local ranking = not r.error and clean_ranking(r.data, labels, own[e.id]) or nil

@@ -93,7 +93,7 @@ end
 
 -- Reasons without names or roles, in an order that does not follow the roster.
 local function anonymised_reasons(ctx, ballots)
-  local reasons = {}
+  local reasons = json.array()
   for _, b in ipairs(ballots) do
     if b.reason ~= "" then
       local r = b.reason:gsub("%s+", " ")
@@ -164,7 +164,7 @@ function M.nodes.estimate(ctx)
     return prompt_for(ctx, e)
   end, { round = round, schema = estimate_schema(ctx) })
   local ballots = {}
-  ctx.state.excluded = ctx.state.excluded or {}
+  ctx.state.excluded = ctx.state.excluded or json.array()
   ctx.state.last_estimate = ctx.state.last_estimate or {}
   ctx.state.last_ballot = ctx.state.last_ballot or {}
   for k, r in ipairs(results) do
@@ -182,7 +182,7 @@ function M.nodes.estimate(ctx)
                                                    tolerance = ctx.params.tolerance })
   ctx.state.stats = stats
   ctx.state.ballots = ballots
-  ctx.state.history = ctx.state.history or {}
+  ctx.state.history = ctx.state.history or json.array()
   local d = stats.details
   table.insert(ctx.state.history, { round = round, median = d.median, q1 = d.q1, q3 = d.q3, iqr = d.iqr, n = d.n })
   local why = stop_reason(ctx, stats, round)

@@ -194,7 +194,7 @@ local function take_input(ctx, stage, prompt)
 end
 
 function M.nodes.first_round(ctx)
-  ctx.state.excluded, ctx.state.human_inputs = {}, {}
+  ctx.state.excluded, ctx.state.human_inputs = json.array(), json.array()
   ctx:emit("round.started", { round = 1, stage = "first" })
   local ballots = round_of(ctx, 1, string.format("Question: %s\nGive your position, your confidence (0-1) and your reason.\nOptions: %s",
     ctx.question, table.concat(ctx.params.options, " | ")))

@@ -118,7 +118,7 @@ function M.nodes.diverge(ctx)
   local prompt = string.format("Brainstorm on: %s\nPropose %d distinct, concrete ideas, one short sentence each. Do not judge them yet.",
     ctx.question, k)
   local results = ctx:ask_all(ctx.experts, prompt, { round = 1, schema = schema })
-  local ideas, excluded, contributors = {}, {}, 0
+  local ideas, excluded, contributors = {}, json.array(), 0
   for i, r in ipairs(results) do
     local e, got = ctx.experts[i], 0
     local list = not r.error and type(r.data) == "table" and type(r.data.ideas) == "table" and r.data.ideas or {}
@@ -147,7 +147,7 @@ function M.nodes.diverge(ctx)
     end
     return a.first < b.first
   end)
-  local kept = {}
+  local kept = json.array()
   for i = 1, math.min(#clusters, ctx.params.max_ideas) do
     local c = clusters[i]
     kept[i] = { id = "I" .. i, idea = c.idea, size = c.size, proposed_by = c.proposed_by }
@@ -263,7 +263,7 @@ function M.nodes.develop(ctx)
     plan = { type = "string", maxLength = 1500 },
     first_steps = { type = "array", items = { type = "string", maxLength = 200 }, minItems = 1, maxItems = 3 },
     risks = { type = "array", items = { type = "string", maxLength = 200 }, minItems = 1, maxItems = 3 } } }
-  local developed = {}
+  local developed = json.array()
   for _, batch in ipairs(assignments(ctx, top)) do
     local experts, task = {}, {}
     for i, item in ipairs(batch.items) do
@@ -280,8 +280,8 @@ function M.nodes.develop(ctx)
       local d = not r.error and type(r.data) == "table" and r.data or nil
       local entry = { id = idea.id, idea = idea.idea, developer = experts[i],
                       plan = d and type(d.plan) == "string" and d.plan or nil,
-                      first_steps = d and type(d.first_steps) == "table" and d.first_steps or {},
-                      risks = d and type(d.risks) == "table" and d.risks or {},
+                      first_steps = d and type(d.first_steps) == "table" and d.first_steps or json.array(),
+                      risks = d and type(d.risks) == "table" and d.risks or json.array(),
                       error = not d and (r.error or "answer was not valid JSON") or nil }
       developed[#developed + 1] = entry
       ctx:emit("idea.developed", { id = entry.id, idea = entry.idea, developer = entry.developer, plan = entry.plan })
@@ -326,7 +326,7 @@ function M.nodes.finish(ctx)
     positions = positions,
     rounds = rounds,
     ideas = st.ideas,
-    developed = st.developed or {},
+    developed = st.developed or json.array(),
     excluded = st.excluded,
   })
 end

@@ -191,7 +191,8 @@ local function positions_text(ctx)
 end
 
 function M.nodes.opening(ctx)
-  ctx.state.assumptions, ctx.state.ballots, ctx.state.revisions, ctx.state.excluded = {}, {}, {}, {}
+  ctx.state.assumptions, ctx.state.ballots = json.array(), {}
+  ctx.state.revisions, ctx.state.excluded = json.array(), json.array()
   ctx.state.round = 1
   ctx:emit("round.started", { round = 1, stage = "opening" })
   collect(ctx, 1, string.format("Question: %s\nState your position, your confidence (0-1), your reasoning, and the assumptions your position depends on.\nOptions: %s",

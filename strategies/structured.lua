@@ -137,7 +137,7 @@ function M.nodes.section(ctx)
   local prompt = string.format("Question: %s\n\n%sAgenda item %d of %d: %s.\nGive your view on this item only, in at most %d words.",
     ctx.question, agenda_so_far(ctx), i, #ctx.params.sections, section, ctx.params.max_words)
   local results = ctx:ask_all(ctx.experts, prompt, { round = i })
-  local views, contributors, missing = {}, {}, {}
+  local views, contributors, missing = {}, json.array(), json.array()
   for k, r in ipairs(results) do
     local e = ctx.experts[k]
     if r.error or type(r.text) ~= "string" or r.text == "" then
@@ -160,7 +160,7 @@ function M.nodes.section(ctx)
   end
   ctx:emit("section.synthesised", { index = i, section = section, moderator = by, text = synthesis,
                                     contributors = contributors, missing = missing })
-  ctx.state.sections = ctx.state.sections or {}
+  ctx.state.sections = ctx.state.sections or json.array()
   ctx.state.sections[i] = { section = section, synthesis = synthesis, moderator = by }
   ctx.state.index = i + 1
   return i < #ctx.params.sections and "section" or "vote"
@@ -173,7 +173,7 @@ function M.nodes.vote(ctx)
   local prompt = string.format("Question: %s\n\n%sCast your ballot.\nOptions: %s",
     ctx.question, agenda_so_far(ctx), table.concat(options, " | "))
   local results = ctx:ask_all(ctx.experts, prompt, { round = round, schema = ballot_schema(options) })
-  local ballots, excluded, positions = {}, {}, {}
+  local ballots, excluded, positions = {}, json.array(), {}
   for k, r in ipairs(results) do
     local e = ctx.experts[k]
     local b, why = ballot_of(r, e, options)

@@ -96,7 +96,7 @@ local function roles(ctx)
   neg = neg or aff -- a lone expert argues both sides
   taken[neg.id] = true
   taken[judge.id] = true
-  local audience = {}
+  local audience = json.array()
   for _, e in ipairs(ctx.experts) do
     if not taken[e.id] then
       audience[#audience + 1] = e.id
@@ -157,7 +157,7 @@ local function poll(ctx, when, prompt)
 end
 
 function M.nodes.pre_vote(ctx)
-  ctx.state.roles, ctx.state.transcript, ctx.state.excluded, ctx.state.round = roles(ctx), {}, {}, 1
+  ctx.state.roles, ctx.state.transcript, ctx.state.excluded, ctx.state.round = roles(ctx), json.array(), json.array(), 1
   local _, share = poll(ctx, "before", string.format("Motion: %s\nBefore hearing any argument: are you for or against the motion?", motion(ctx)))
   ctx.state.before = share
   return "speak"

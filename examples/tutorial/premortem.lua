@@ -38,7 +38,7 @@ function M.nodes.imagine(ctx)
     { round = 1, schema = { type = "object", required = { "causes" }, properties = {
       causes = { type = "array", items = { type = "string", maxLength = 200 },
                  minItems = 1, maxItems = ctx.params.causes } } } })
-  local causes, failed = {}, {}
+  local causes, failed = json.array(), json.array()
   for i, r in ipairs(results) do
     local list = not r.error and type(r.data) == "table" and type(r.data.causes) == "table" and r.data.causes or {}
     for _, text in ipairs(list) do
@@ -94,7 +94,7 @@ end
 
 -- Safeguards for the top causes, then the result.
 function M.nodes.finish(ctx)
-  local st, safeguards = ctx.state, {}
+  local st, safeguards = ctx.state, json.array()
   local moderator = ctx.experts[1]
   for i = 1, math.min(ctx.params.top, #(st.order or {})) do
     local c = cause(ctx, st.order[i])

@@ -38,7 +38,7 @@ return function(ballots, opts)
   opts = type(opts) == "table" and opts or {}
   ballots = type(ballots) == "table" and ballots or {}
   local known = known_set(opts.options)
-  local counts, order, sets, n, ignored = {}, {}, {}, 0, 0
+  local counts, order, sets, n, ignored = {}, json.array(), {}, 0, 0
   if known then
     for _, o in ipairs(opts.options) do
       if type(o) == "string" and counts[o] == nil then
@@ -71,10 +71,10 @@ return function(ballots, opts)
   end)
   local winner = order[1]
   if n == 0 or not winner or counts[winner] == 0 then
-    return { algorithm = "approval", level = 0, position = nil, dissent = {},
+    return { algorithm = "approval", level = 0, position = nil, dissent = json.array(),
              details = { n = n, ignored = ignored, approvals = counts, order = order } }
   end
-  local dissent = {}
+  local dissent = json.array()
   for i, b in ipairs(ballots) do
     if sets[i] and not sets[i][winner] then
       dissent[#dissent + 1] = { expert = b.expert, name = b.name, position = b.position, reason = b.reason }

@@ -78,8 +78,8 @@ return function(ballots, opts)
     end
   end
   if n == 0 then
-    return { algorithm = "borda", level = 0, position = nil, dissent = {},
-             details = { n = 0, m = m, ignored = ignored, scores = scores, order = {}, first_places = firsts } }
+    return { algorithm = "borda", level = 0, position = nil, dissent = json.array(),
+             details = { n = 0, m = m, ignored = ignored, scores = scores, order = json.array(), first_places = firsts } }
   end
   local order = {}
   for i, o in ipairs(options) do
@@ -95,7 +95,7 @@ return function(ballots, opts)
     return a < b
   end)
   local winner = order[1]
-  local dissent = {}
+  local dissent = json.array()
   for i, b in ipairs(ballots) do
     if tops[i] and tops[i] ~= winner then
       dissent[#dissent + 1] = { expert = b.expert, name = b.name, position = tops[i], reason = b.reason }

@@ -47,7 +47,7 @@ return function(ballots, opts)
     end
   end
   if #xs == 0 then
-    return { algorithm = "delphi", level = 0, position = nil, dissent = {},
+    return { algorithm = "delphi", level = 0, position = nil, dissent = json.array(),
              details = { n = 0, ignored = ignored } }
   end
   table.sort(xs)
@@ -71,7 +71,7 @@ return function(ballots, opts)
     details.iqr_change = iqr - prev.iqr
     details.stable = math.abs(details.median_change) <= tol * scale and math.abs(details.iqr_change) <= tol * scale
   end
-  local dissent = {}
+  local dissent = json.array()
   for _, b in ipairs(ballots) do
     if type(b) == "table" and finite(b.estimate) and (b.estimate < q1 or b.estimate > q3) then
       dissent[#dissent + 1] = { expert = b.expert, name = b.name, position = b.estimate, reason = b.reason }

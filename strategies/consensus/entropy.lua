@@ -67,7 +67,7 @@ return function(ballots, opts)
     end
   end
   if n == 0 then
-    return { algorithm = "entropy", level = 0, position = nil, dissent = {},
+    return { algorithm = "entropy", level = 0, position = nil, dissent = json.array(),
              details = { n = 0, ignored = ignored, entropy = 0, max_entropy = 0, shares = {} } }
   end
   local h, shares = 0, {}
@@ -89,7 +89,7 @@ return function(ballots, opts)
     return a.key < b.key
   end)
   local winner = order[1]
-  local dissent = {}
+  local dissent = json.array()
   for _, b in ipairs(ballots) do
     local shown, key = clean(type(b) == "table" and b.position or nil)
     if key and key ~= winner.key and (not allowed or allowed[key]) then

@@ -122,8 +122,8 @@ return function(ballots, opts)
     end
   end
   if m == 0 then
-    return { algorithm = "kendall", level = 0, position = nil, dissent = {},
-             details = { w = 0, m = 0, n = n, ignored = ignored, rank_sums = sums, order = {} } }
+    return { algorithm = "kendall", level = 0, position = nil, dissent = json.array(),
+             details = { w = 0, m = 0, n = n, ignored = ignored, rank_sums = sums, order = json.array() } }
   end
   local mean = m * (n + 1) / 2
   local s = 0
@@ -150,7 +150,7 @@ return function(ballots, opts)
     return a < b
   end)
   local winner = order[1]
-  local dissent = {}
+  local dissent = json.array()
   for i, b in ipairs(ballots) do
     local ranks = per[i]
     if ranks then

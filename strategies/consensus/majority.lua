@@ -89,8 +89,8 @@ return function(ballots, opts)
     counts[g.position] = g.count
   end
   if counted == 0 then
-    return { algorithm = "majority", level = 0, position = nil, dissent = {},
-             details = { n = 0, ignored = ignored, counts = counts, tie = tie } }
+    return { algorithm = "majority", level = 0, position = nil, dissent = json.array(),
+             details = { n = 0, ignored = ignored, counts = counts, tie = json.array() } }
   end
   ranked(order)
   local winner = order[1]
@@ -99,7 +99,7 @@ return function(ballots, opts)
       tie[#tie + 1] = g.position
     end
   end
-  local dissent = {}
+  local dissent = json.array()
   for _, b in ipairs(ballots) do
     local shown, key = clean(type(b) == "table" and b.position or nil)
     if key and key ~= winner.key and (not allowed or allowed[key]) then
@@ -112,6 +112,6 @@ return function(ballots, opts)
     position = winner.position,
     dissent = dissent,
     details = { n = counted, ignored = ignored, counts = counts, votes = winner.count,
-                tie = #tie > 1 and tie or {} },
+                tie = #tie > 1 and tie or json.array() },
   }
 end

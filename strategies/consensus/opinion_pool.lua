@@ -157,7 +157,7 @@ return function(ballots, opts)
   end
   local n = #dists
   if n == 0 then
-    return { algorithm = "opinion_pool", level = 0, position = nil, dissent = {},
+    return { algorithm = "opinion_pool", level = 0, position = nil, dissent = json.array(),
              details = { n = 0, ignored = ignored, pooling = pooling, pooled = {}, k = #options } }
   end
   for i = 1, n do
@@ -181,7 +181,7 @@ return function(ballots, opts)
   local k = #options
   local level = k > 1 and 1 - math.max(0, jsd) / math.log(k) or 1
   local position = argmax(pooled, options)
-  local dissent = {}
+  local dissent = json.array()
   for i, p in ipairs(dists) do
     local own = argmax(p, options)
     if own ~= position then

@@ -90,7 +90,7 @@ return function(ballots, opts)
     scores[g.position] = g.score
   end
   if #order == 0 then
-    return { algorithm = "weighted", level = 0, position = nil, dissent = {},
+    return { algorithm = "weighted", level = 0, position = nil, dissent = json.array(),
              details = { n = 0, ignored = ignored, scores = scores, total = 0 } }
   end
   table.sort(order, function(a, b)
@@ -108,7 +108,7 @@ return function(ballots, opts)
       tie[#tie + 1] = g.position
     end
   end
-  local dissent = {}
+  local dissent = json.array()
   for _, b in ipairs(ballots) do
     local shown, key = score_of(b, allowed)
     if key and key ~= winner.key then
@@ -122,6 +122,6 @@ return function(ballots, opts)
     position = winner.position,
     dissent = dissent,
     details = { n = #ballots - ignored, ignored = ignored, scores = scores, total = total,
-                tie = #tie > 1 and tie or {} },
+                tie = #tie > 1 and tie or json.array() },
   }
 end

@@ -42,6 +42,12 @@ describe("fakectx json", function()
     assert.are.same(v, json.decode(json.encode(v)))
   end)
 
+  it("encodes a marked empty table as an array, and marks decoded arrays", function()
+    assert.are.equal("[]", json.encode(json.array()))
+    assert.are.equal("{}", json.encode({}))
+    assert.are.equal('{"a":[]}', json.encode(json.decode('{"a":[]}')))
+  end)
+
   it("refuses NaN, functions and mixed tables", function()
     assert.has_error(function() json.encode({ x = 0 / 0 }) end)
     assert.has_error(function() json.encode({ f = print }) end)

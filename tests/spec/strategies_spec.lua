@@ -86,6 +86,17 @@ for name, method_event in pairs(STRATEGIES) do
       end
     end)
 
+    it("encodes empty lists as JSON arrays", function()
+      local experts = fakectx.roster(3)
+      for _, e in ipairs(experts) do -- everyone agrees, so nothing to dissent from
+        e.sim = { position = name == "adversarial" and "adopt" or "proceed", estimate = 50 }
+      end
+      local res = run(name, { experts = experts, inputs = { { position = "proceed" }, { position = "proceed" } } }).result
+      assert.are.equal("[]", json.encode(res.dissent))
+      assert.are.equal("[]", json.encode(res.consensus.dissent))
+      assert.are.equal("[]", json.encode(res.excluded))
+    end)
+
     it("runs with a single expert", function()
       local experts = fakectx.roster(1)
       check_result(name, run(name, { experts = experts }), experts)

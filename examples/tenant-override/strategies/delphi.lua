@@ -136,7 +136,8 @@ end
 
 function M.nodes.estimate(ctx)
   local st = ctx.state
-  st.mine, st.last, st.excluded, st.history = st.mine or {}, st.last or {}, st.excluded or {}, st.history or {}
+  st.mine, st.last = st.mine or {}, st.last or {}
+  st.excluded, st.history = st.excluded or json.array(), st.history or json.array()
   local round = (st.round or 0) + 1
   st.round = round
   ctx:emit("round.started", { round = round, stage = "estimate" })
@@ -191,7 +192,7 @@ function M.nodes.finish(ctx)
   local st = ctx.state
   local quorum_met = st.stop_reason ~= "no_quorum"
   local stats = st.stats or ctx:consensus("delphi", {}, {})
-  local evidence, opinion_only, positions = {}, {}, {}
+  local evidence, opinion_only, positions = {}, json.array(), {}
   for _, e in ipairs(ctx.experts) do
     local b = st.last[e.id]
     if b and quorum_met then

@@ -38,6 +38,17 @@ M.root = ROOT
 local json = {}
 M.json = json
 
+-- Marks a table as a JSON array so an empty one encodes as [] (the host's json.array).
+local ARRAY = { __metatable = "json.array", __name = "json.array" }
+
+function json.array(t)
+  t = t or {}
+  if getmetatable(t) ~= nil then
+    error("json.array: the table already has a metatable", 2)
+  end
+  return setmetatable(t, ARRAY)
+end
+
 local function is_array(t)
   local n = 0
   for k in pairs(t) do
@@ -75,6 +86,9 @@ local function encode(v, seen)
   elseif t == "table" then
     if seen[v] then
       error("json: cycle", 0)
+    end
+    if next(v) == nil then
+      return getmetatable(v) == "json.array" and "[]" or "{}"
     end
     seen[v] = true
     local out = {}
@@ -181,7 +195,7 @@ local function decoder(s)
         end
       end
     elseif c == "[" then
-      local t = {}
+      local t = json.array()
       i = i + 1
       ws()
       if s:sub(i, i) == "]" then
@@ -257,7 +271,7 @@ end
 function M.sandbox(extra)
   local env = {
     string = shallow(string), table = shallow(table), math = shallow(math), utf8 = shallow(utf8),
-    json = { encode = json.encode, decode = json.decode },
+    json = { encode = json.encode, decode = json.decode, array = json.array },
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, pcall = pcall,
     select = select, tonumber = tonumber, tostring = tostring, type = type, xpcall = xpcall,
     rawequal = rawequal, rawget = rawget, rawlen = rawlen, rawset = rawset,
