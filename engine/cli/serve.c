@@ -5,10 +5,13 @@
  * context: SIGINT/SIGTERM stop gracefully, SIGHUP reloads scripts. */
 #include "cli/cli.h"
 
+#include "cache/cache.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "http/api.h"
 #include "http/server.h"
+#include "panel/engine.h"
+#include "script/registry.h"
 #include "store/store.h"
 
 #include <signal.h>
@@ -51,7 +54,7 @@ static unsigned auto_threads(int64_t configured)
     return n > 0 ? (unsigned)n : 1;
 }
 
-static int wait_for_stop(void)
+static int wait_for_stop(script_registry *registry)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -63,7 +66,12 @@ static int wait_for_stop(void)
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            log_info("SIGHUP: reloading scripts");
+            size_t changed = 0;
+            ap_err err = {0};
+            if (script_registry_reload(registry, &changed, &err) == AP_OK)
+                log_info("SIGHUP: scripts reloaded, %zu version(s) changed", changed);
+            else
+                log_warn("SIGHUP: reload failed: %s", err.msg);
             continue;
         }
         return sig;
@@ -87,6 +95,9 @@ int cli_serve(int argc, char **argv)
     int status = 1;
     ap_err err = {0};
     store *st = NULL;
+    cache *ch = NULL;
+    script_registry *registry = NULL;
+    panel_engine *engine = NULL;
     router *routes = NULL;
     http_server *srv = NULL;
     api_deps deps = {.cfg = &cfg, .started_ms = clock_wall_ms()};
@@ -107,6 +118,28 @@ int cli_serve(int argc, char **argv)
     if (open_store(&cfg, &st, &err) != AP_OK)
         goto out;
     deps.store = st;
+    if (cache_open(cfg.cache, (size_t)cfg.cache_memory_entries, &ch, &err) != AP_OK)
+        goto out;
+    deps.cache = ch;
+    script_limits lim = {.memory_bytes = (size_t)cfg.runtime_lua_memory_mb * 1024 * 1024,
+                         .instructions = cfg.runtime_node_instructions,
+                         .timeout_ms = cfg.runtime_node_timeout_ms};
+    if (script_registry_new(&lim, cfg.strategies_dir, cfg.tenants_dir, &registry, &err) != AP_OK)
+        goto out;
+    if (script_registry_watch(registry, &err) != AP_OK)
+        log_warn("scripts will reload on SIGHUP only: %s", err.msg);
+    deps.registry = registry;
+    panel_engine_opts eo = {.cfg = &cfg, .store = st, .registry = registry};
+    if (panel_engine_start(&eo, &engine, &err) != AP_OK)
+        goto out;
+    deps.engine = engine;
+    size_t resumed = 0;
+    if (panel_engine_resume_all(engine, &resumed, &err) != AP_OK)
+        log_warn("resuming interrupted panels failed: %s", err.msg);
+    else if (resumed > 0)
+        log_info("resumed %zu interrupted panel(s)", resumed);
+    if (api_streams_start(&deps, &err) != AP_OK)
+        goto out;
     routes = router_new();
     if (routes == NULL) {
         ap_err_set(&err, AP_NOMEM, "out of memory");
@@ -125,10 +158,11 @@ int cli_serve(int argc, char **argv)
     if (http_server_start(&opts, routes, api_authenticate, &deps, &srv, &err) != AP_OK)
         goto out;
     deps.server = srv;
-    log_info("askpanel %s listening on http://%s:%u (store %s, %u threads)", AP_VERSION, host,
-             (unsigned)http_server_port(srv), store_backend(st), opts.threads);
+    log_info("askpanel %s listening on http://%s:%u (store %s, cache %s, %u threads)", AP_VERSION,
+             host, (unsigned)http_server_port(srv), store_backend(st), cache_backend(ch),
+             opts.threads);
 
-    int sig = wait_for_stop();
+    int sig = wait_for_stop(registry);
     log_info("%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     http_server_stop(srv, cfg.http_shutdown_grace_ms);
     srv = NULL;
@@ -137,7 +171,11 @@ out:
     if (status != 0)
         fprintf(stderr, "askpanel: %s\n", err.msg);
     http_server_stop(srv, 0);
+    api_streams_stop(&deps);
+    panel_engine_stop(engine);
+    script_registry_free(registry);
     router_free(routes);
+    cache_close(ch);
     store_close(st);
     config_free(&cfg);
     if (status == 0)

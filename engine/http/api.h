@@ -10,18 +10,26 @@
 
 struct store;
 struct cache;
+struct api_streams;
+struct script_registry;
 
 typedef struct api_deps {
     const config *cfg; /* borrowed */
     struct store *store;
     struct cache *cache;
-    void *engine;        /* the panel engine, NULL when panels cannot run */
-    http_server *server; /* set once listening, for /metrics */
+    void *engine;                     /* the panel engine, NULL when panels cannot run */
+    http_server *server;              /* set once listening, for /metrics */
+    struct script_registry *registry; /* file-based scripts; NULL without a runtime */
+    struct api_streams *streams;      /* live SSE connections (api_streams_start) */
     int64_t started_ms;
 } api_deps;
 
 /* Adds every route of the API to r. */
 ap_status api_register(router *r, ap_err *err);
+
+/* Starts the heartbeat thread of the SSE streams (fills d->streams); stop after the server. */
+ap_status api_streams_start(api_deps *d, ap_err *err);
+void api_streams_stop(api_deps *d);
 
 /* The auth hook for http_server_start (app must be an api_deps *). */
 bool api_authenticate(http_request *req, unsigned flags, void *app);
@@ -41,6 +49,33 @@ void api_usage_get(http_request *req, void *app);
 void api_admin_tenants_create(http_request *req, void *app);
 void api_admin_keys_create(http_request *req, void *app);
 void api_admin_keys_revoke(http_request *req, void *app);
+
+void api_panels_create(http_request *req, void *app);
+void api_panels_list(http_request *req, void *app);
+void api_panels_get(http_request *req, void *app);
+void api_panels_execute(http_request *req, void *app);
+void api_panels_cancel(http_request *req, void *app);
+void api_panels_input(http_request *req, void *app);
+void api_panels_stream_token(http_request *req, void *app);
+void api_panels_events(http_request *req, void *app);
+void api_strategies_list(http_request *req, void *app);
+void api_strategies_get(http_request *req, void *app);
+void api_strategies_put(http_request *req, void *app);
+void api_strategies_delete(http_request *req, void *app);
+void api_strategies_versions(http_request *req, void *app);
+void api_consensus_list(http_request *req, void *app);
+void api_consensus_get(http_request *req, void *app);
+void api_consensus_put(http_request *req, void *app);
+void api_consensus_delete(http_request *req, void *app);
+void api_consensus_versions(http_request *req, void *app);
+void api_admin_reload(http_request *req, void *app);
+
+struct store_panel;
+struct store_tenant;
+/* The API representation of a panel; caller frees. */
+cJSON *api_panel_json(const struct store_panel *p);
+/* False (after replying 403) when the tenant's flags disable the strategy. */
+bool api_strategy_allowed(http_request *req, const struct store_tenant *t, const char *strategy);
 
 struct store_expert;
 /* The API representation of an expert; caller frees. */

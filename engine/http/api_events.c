@@ -1,0 +1,360 @@
+/* api_events.c - GET /v1/panels/{id}/events: the panel's event stream.
+ *
+ * SSE: stored events after Last-Event-ID (or ?after=) are replayed from the store page by
+ * page, then live events follow from a subscription taken *before* the replay, skipping what
+ * the replay already sent (by seq), so a client sees every durable event exactly once. A
+ * subscriber that lags is switched back to replaying from the store. Durable frames carry
+ * `id: <seq>`; token deltas do not. A heartbeat comment goes out after 15 s of silence. The
+ * stream ends after the panel's final event. With Accept: application/json the stored events
+ * are returned as a JSON page instead. */
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/jsonx.h"
+#include "core/log.h"
+#include "http/api.h"
+#include "http/sse.h"
+#include "http/validate.h"
+#include "panel/engine.h"
+#include "store/store.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REPLAY_PAGE 64
+#define FILL_TARGET (256 * 1024)       /* stop filling a stream's buffer past this */
+#define PENDING_MAX (16 * 1024 * 1024) /* hard cap on a stream's buffer */
+#define SUB_QUEUE_MAX 4096
+#define HEARTBEAT_MS 15000
+#define JSON_PAGE_MAX 1000
+
+typedef struct event_stream {
+    api_deps *deps;
+    char tenant[IDS_UUID_LEN + 1];
+    char panel[IDS_UUID_LEN + 1];
+    panel_sub *sub;
+    pthread_mutex_t lock;
+    buf pending;
+    size_t sent;
+    int64_t last_seq;
+    bool replaying;
+    bool finished;
+    bool heartbeat_due;
+    int64_t last_write_ms;
+    http_stream *st;
+    struct event_stream *prev, *next;
+} event_stream;
+
+struct api_streams {
+    pthread_mutex_t lock;
+    event_stream *head;
+    pthread_t ticker;
+    bool running;
+    pthread_cond_t stop;
+};
+
+static bool is_final_event(const char *type, const char *data)
+{
+    if (strcmp(type, "panel.completed") == 0 || strcmp(type, "panel.failed") == 0)
+        return true;
+    if (strcmp(type, "panel.status") != 0)
+        return false;
+    cJSON *d = cJSON_Parse(data);
+    const char *s = jsonx_string(d, "status");
+    bool final = s != NULL && (strcmp(s, "cancelled") == 0 || strcmp(s, "completed") == 0 ||
+                               strcmp(s, "failed") == 0);
+    cJSON_Delete(d);
+    return final;
+}
+
+/* Appends one event if it is new; marks the stream finished on the final event. */
+static void append_event(event_stream *es, int64_t seq, const char *type, const char *data)
+{
+    if (es->finished || (seq > 0 && seq <= es->last_seq))
+        return;
+    size_t before = es->pending.len;
+    if (sse_format(&es->pending, seq, type, data) != AP_OK) {
+        es->pending.len = before; /* over the hard cap: resume from the store later */
+        es->replaying = true;
+        return;
+    }
+    if (seq > 0)
+        es->last_seq = seq;
+    if (is_final_event(type, data))
+        es->finished = true;
+}
+
+static void replay_page(event_stream *es)
+{
+    store_event *rows = NULL;
+    size_t n = 0;
+    ap_err err = {0};
+    if (store_events_list(es->deps->store, es->tenant, es->panel, es->last_seq, REPLAY_PAGE, &rows,
+                          &n, &err) != AP_OK) {
+        log_fields f = {.tenant_id = es->tenant, .panel_id = es->panel};
+        log_msg(LOG_LEVEL_WARN, &f, "event replay failed: %s", err.msg);
+        es->finished = true; /* the client reconnects with Last-Event-ID */
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        append_event(es, rows[i].seq, rows[i].type, rows[i].data);
+    if (n < REPLAY_PAGE)
+        es->replaying = false;
+    store_events_free(rows, n);
+}
+
+static void take_live(event_stream *es)
+{
+    panel_event ev;
+    while (!es->finished && !es->replaying && es->pending.len < FILL_TARGET) {
+        int r = panel_sub_next(es->sub, &ev, 0);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            es->replaying = true;
+            break;
+        }
+        append_event(es, ev.seq, ev.type, ev.data);
+        panel_event_clear(&ev);
+    }
+}
+
+static ssize_t stream_read(void *ctx, char *out, size_t max)
+{
+    event_stream *es = ctx;
+    ssize_t n = 0;
+    pthread_mutex_lock(&es->lock);
+    if (es->sent == es->pending.len) {
+        buf_reset(&es->pending);
+        es->sent = 0;
+        if (es->heartbeat_due) {
+            buf_puts(&es->pending, ": heartbeat\n\n");
+            es->heartbeat_due = false;
+        }
+        while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
+            replay_page(es);
+        take_live(es);
+    }
+    size_t avail = es->pending.len - es->sent;
+    if (avail > 0) {
+        n = (ssize_t)(avail < max ? avail : max);
+        memcpy(out, es->pending.data + es->sent, (size_t)n);
+        es->sent += (size_t)n;
+        es->last_write_ms = clock_mono_ms();
+    } else if (es->finished) {
+        n = -1;
+    }
+    pthread_mutex_unlock(&es->lock);
+    return n;
+}
+
+/* Runs on the panel engine's writer thread: just wake the connection. */
+static void on_notify(void *ud)
+{
+    event_stream *es = ud;
+    pthread_mutex_lock(&es->lock);
+    if (es->st != NULL)
+        http_stream_wake(es->st);
+    pthread_mutex_unlock(&es->lock);
+}
+
+static void stream_done(void *ctx)
+{
+    event_stream *es = ctx;
+    struct api_streams *all = es->deps->streams;
+    panel_engine_unsubscribe(es->deps->engine, es->sub);
+    pthread_mutex_lock(&all->lock);
+    if (es->prev != NULL)
+        es->prev->next = es->next;
+    else
+        all->head = es->next;
+    if (es->next != NULL)
+        es->next->prev = es->prev;
+    pthread_mutex_unlock(&all->lock);
+    buf_free(&es->pending);
+    pthread_mutex_destroy(&es->lock);
+    free(es);
+}
+
+static void *ticker(void *arg)
+{
+    struct api_streams *all = arg;
+    pthread_mutex_lock(&all->lock);
+    while (all->running) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&all->stop, &all->lock, &until);
+        int64_t now = clock_mono_ms();
+        for (event_stream *es = all->head; es != NULL; es = es->next) {
+            pthread_mutex_lock(&es->lock);
+            if (now - es->last_write_ms >= HEARTBEAT_MS && es->st != NULL) {
+                es->heartbeat_due = true;
+                es->last_write_ms = now;
+                http_stream_wake(es->st);
+            }
+            pthread_mutex_unlock(&es->lock);
+        }
+    }
+    pthread_mutex_unlock(&all->lock);
+    return NULL;
+}
+
+ap_status api_streams_start(api_deps *d, ap_err *err)
+{
+    struct api_streams *all = calloc(1, sizeof *all);
+    if (all == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    pthread_mutex_init(&all->lock, NULL);
+    pthread_cond_init(&all->stop, NULL);
+    all->running = true;
+    if (pthread_create(&all->ticker, NULL, ticker, all) != 0) {
+        pthread_cond_destroy(&all->stop);
+        pthread_mutex_destroy(&all->lock);
+        free(all);
+        return ap_err_set(err, AP_ERROR, "cannot start the heartbeat thread");
+    }
+    d->streams = all;
+    return AP_OK;
+}
+
+void api_streams_stop(api_deps *d)
+{
+    struct api_streams *all = d->streams;
+    if (all == NULL)
+        return;
+    pthread_mutex_lock(&all->lock);
+    all->running = false;
+    pthread_cond_signal(&all->stop);
+    pthread_mutex_unlock(&all->lock);
+    pthread_join(all->ticker, NULL);
+    pthread_cond_destroy(&all->stop);
+    pthread_mutex_destroy(&all->lock);
+    free(all);
+    d->streams = NULL;
+}
+
+/* Where to start: Last-Event-ID wins over ?after=; both are sequence numbers >= 0. */
+static bool start_after(http_request *req, int64_t *after)
+{
+    const char *v = http_header(req, "Last-Event-ID");
+    if (v == NULL)
+        v = http_query(req, "after");
+    *after = 0;
+    if (v == NULL)
+        return true;
+    char *end = NULL;
+    long long n = strtoll(v, &end, 10);
+    if (end == v || *end != '\0' || n < 0) {
+        http_reply_error(req, 400, "invalid_parameter",
+                         "Last-Event-ID / after must be an event sequence number");
+        return false;
+    }
+    *after = n;
+    return true;
+}
+
+static bool wants_json(http_request *req)
+{
+    const char *accept = http_header(req, "Accept");
+    return accept != NULL && strstr(accept, "application/json") != NULL &&
+           strstr(accept, "text/event-stream") == NULL;
+}
+
+static void reply_json_page(http_request *req, api_deps *d, const char *tenant, const char *panel,
+                            int64_t after)
+{
+    int limit = JSON_PAGE_MAX;
+    const char *cursor;
+    if (!validate_page(req, JSON_PAGE_MAX, JSON_PAGE_MAX, &limit, &cursor))
+        return;
+    store_event *rows = NULL;
+    size_t n = 0;
+    ap_err err = {0};
+    if (store_events_list(d->store, tenant, panel, after, limit, &rows, &n, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        return;
+    }
+    cJSON *body = cJSON_CreateObject();
+    cJSON *data = cJSON_AddArrayToObject(body, "data");
+    int64_t last = after;
+    for (size_t i = 0; i < n; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "seq", (double)rows[i].seq);
+        cJSON_AddStringToObject(e, "type", rows[i].type);
+        cJSON *v = cJSON_Parse(rows[i].data);
+        cJSON_AddItemToObject(e, "data", v != NULL ? v : cJSON_CreateNull());
+        cJSON_AddNumberToObject(e, "created_at", (double)rows[i].created_at);
+        cJSON_AddItemToArray(data, e);
+        last = rows[i].seq;
+    }
+    cJSON_AddNumberToObject(body, "last_seq", (double)last);
+    cJSON_AddBoolToObject(body, "has_more", n == (size_t)limit);
+    store_events_free(rows, n);
+    http_reply_json(req, 200, body);
+}
+
+void api_panels_events(http_request *req, void *app)
+{
+    api_deps *d = app;
+    const char *tenant = http_principal_of(req)->tenant_id;
+    char id[IDS_UUID_LEN + 1];
+    int64_t after;
+    if (!validate_id_param(req, "id", id) || !start_after(req, &after))
+        return;
+    store_panel p = {0};
+    ap_err err = {0};
+    if (store_panel_get(d->store, tenant, id, &p, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        return;
+    }
+    store_panel_free(&p);
+    if (wants_json(req)) {
+        reply_json_page(req, d, tenant, id, after);
+        return;
+    }
+    if (d->engine == NULL || d->streams == NULL) {
+        http_reply_error(req, 503, "unavailable", "live streams are not available here");
+        return;
+    }
+    event_stream *es = calloc(1, sizeof *es);
+    if (es == NULL) {
+        http_reply_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    es->deps = d;
+    memcpy(es->tenant, tenant, sizeof es->tenant);
+    memcpy(es->panel, id, sizeof es->panel);
+    pthread_mutex_init(&es->lock, NULL);
+    buf_init(&es->pending, PENDING_MAX);
+    es->last_seq = after;
+    es->replaying = true;
+    es->last_write_ms = clock_mono_ms();
+    if (buf_puts(&es->pending, "retry: 2000\n\n") != AP_OK ||
+        panel_engine_subscribe(d->engine, tenant, id, SUB_QUEUE_MAX, on_notify, es, &es->sub,
+                               &err) != AP_OK) {
+        buf_free(&es->pending);
+        pthread_mutex_destroy(&es->lock);
+        free(es);
+        http_reply_ap_err(req, &err);
+        return;
+    }
+    struct api_streams *all = d->streams;
+    pthread_mutex_lock(&all->lock);
+    es->next = all->head;
+    if (all->head != NULL)
+        all->head->prev = es;
+    all->head = es;
+    pthread_mutex_unlock(&all->lock);
+    http_add_header(req, "Cache-Control", "no-cache");
+    http_add_header(req, "X-Accel-Buffering", "no");
+    /* Hold the lock so a notify that races the attach finds st set or not yet woken. */
+    pthread_mutex_lock(&es->lock);
+    es->st = http_reply_stream(req, 200, "text/event-stream; charset=utf-8", stream_read,
+                               stream_done, es);
+    bool failed = es->st == NULL;
+    pthread_mutex_unlock(&es->lock);
+    if (failed)
+        stream_done(es);
+}

@@ -1,0 +1,387 @@
+/* api_scripts.c - /v1/strategies and /v1/consensus-algorithms: what a tenant may use, and its
+ * own overrides, uploaded as Lua, validated before they are accepted, versioned by content. */
+#include "core/jsonx.h"
+#include "core/log.h"
+#include "http/api.h"
+#include "http/validate.h"
+#include "script/registry.h"
+#include "store/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SOURCE_MAX (256 * 1024)
+
+/* A few ballots every consensus script must digest without error. */
+static const char sample_ballots[] =
+    "[{\"expert\":\"e1\",\"name\":\"A\",\"position\":\"approve\",\"confidence\":0.8,"
+    "\"weight\":1,\"ranking\":[\"approve\",\"reject\",\"defer\"],\"approvals\":[\"approve\"],"
+    "\"estimate\":10,\"distribution\":{\"approve\":0.7,\"reject\":0.3},\"reason\":\"r\"},"
+    "{\"expert\":\"e2\",\"name\":\"B\",\"position\":\"reject\",\"confidence\":0.6,\"weight\":2,"
+    "\"ranking\":[\"reject\",\"defer\",\"approve\"],\"approvals\":[\"reject\",\"defer\"],"
+    "\"estimate\":14,\"distribution\":{\"approve\":0.2,\"reject\":0.8},\"reason\":\"s\"}]";
+
+static store_script_kind store_kind(script_kind k)
+{
+    return k == SCRIPT_STRATEGY ? STORE_SCRIPT_STRATEGY : STORE_SCRIPT_CONSENSUS;
+}
+
+static bool valid_name(http_request *req, const char *name)
+{
+    size_t n = strlen(name);
+    bool ok = n >= 1 && n <= 64;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+             name[i] == '_' || name[i] == '-';
+    if (!ok)
+        http_reply_error(req, 404, "not_found", "no such script");
+    return ok;
+}
+
+static cJSON *entry_json(const script_entry *e, bool with_source)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", e->name);
+    cJSON_AddStringToObject(o, "kind", e->kind == SCRIPT_STRATEGY ? "strategy" : "consensus");
+    cJSON_AddStringToObject(o, "description", e->info.description ? e->info.description : "");
+    cJSON_AddStringToObject(o, "version", e->version);
+    cJSON_AddStringToObject(o, "origin", e->origin ? e->origin : "builtin");
+    if (e->kind == SCRIPT_STRATEGY) {
+        cJSON *params = e->info.params_json ? cJSON_Parse(e->info.params_json) : NULL;
+        cJSON_AddItemToObject(o, "params", params ? params : cJSON_CreateObject());
+        if (e->info.consensus != NULL)
+            cJSON_AddStringToObject(o, "consensus", e->info.consensus);
+        else
+            cJSON_AddNullToObject(o, "consensus");
+        cJSON *nodes = e->info.nodes_json ? cJSON_Parse(e->info.nodes_json) : NULL;
+        cJSON_AddItemToObject(o, "nodes", nodes ? nodes : cJSON_CreateArray());
+        cJSON_AddStringToObject(o, "start", e->info.start ? e->info.start : "");
+    }
+    if (with_source)
+        cJSON_AddStringToObject(o, "source", e->source ? e->source : "");
+    return o;
+}
+
+/* The tenant (for its slug and flags); replies on failure. */
+static bool load_tenant(http_request *req, api_deps *d, store_tenant *t)
+{
+    ap_err err = {0};
+    if (store_tenant_get(d->store, http_principal_of(req)->tenant_id, t, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        return false;
+    }
+    if (d->registry == NULL) {
+        http_reply_error(req, 503, "unavailable", "scripts are not available on this server");
+        return false;
+    }
+    return true;
+}
+
+/* The tenant's active override of name as a registry entry (validated again, since the
+ * stored source is only text). AP_NOTFOUND when there is none. */
+static ap_status active_override(api_deps *d, const char *tenant, script_kind kind,
+                                 const char *name, script_entry *out, ap_err *err)
+{
+    store_script sc = {0};
+    ap_status rc = store_script_get_active(d->store, tenant, store_kind(kind), name, &sc, err);
+    if (rc == AP_OK)
+        rc = script_registry_validate(d->registry, kind, name, sc.source, strlen(sc.source),
+                                      "override", out, err);
+    store_script_free(&sc);
+    return rc;
+}
+
+/* Resolves name for the tenant: its override first, then the files. */
+static ap_status resolve(api_deps *d, const store_tenant *t, script_kind kind, const char *name,
+                         script_entry *out, ap_err *err)
+{
+    ap_status rc = active_override(d, t->id, kind, name, out, err);
+    if (rc == AP_NOTFOUND)
+        rc = script_registry_resolve(d->registry, t->slug, kind, name, out, err);
+    return rc;
+}
+
+static bool flag_off(const store_tenant *t, const char *flag)
+{
+    cJSON *cfg = t->config != NULL ? cJSON_Parse(t->config) : NULL;
+    bool off =
+        cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItem(cfg, "flags"), flag));
+    cJSON_Delete(cfg);
+    return off;
+}
+
+static bool strategy_disabled(const store_tenant *t, script_kind kind, const char *name)
+{
+    char flag[96];
+    snprintf(flag, sizeof flag, "strategy.%s", name);
+    return kind == SCRIPT_STRATEGY && flag_off(t, flag);
+}
+
+static void list(http_request *req, void *app, script_kind kind)
+{
+    api_deps *d = app;
+    store_tenant t = {0};
+    script_entry *files = NULL;
+    size_t nfiles = 0;
+    store_script *ovr = NULL;
+    size_t novr = 0;
+    ap_err err = {0};
+    if (!load_tenant(req, d, &t))
+        goto out;
+    if (script_registry_list(d->registry, t.slug, kind, &files, &nfiles, &err) != AP_OK ||
+        store_script_list(d->store, t.id, store_kind(kind), NULL, &ovr, &novr, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        goto out;
+    }
+    cJSON *body = cJSON_CreateObject();
+    cJSON *data = cJSON_AddArrayToObject(body, "data");
+    for (size_t i = 0; i < novr; i++) {
+        script_entry e = {0};
+        if (!ovr[i].active || strategy_disabled(&t, kind, ovr[i].name))
+            continue;
+        if (script_registry_validate(d->registry, kind, ovr[i].name, ovr[i].source,
+                                     strlen(ovr[i].source), "override", &e, &err) == AP_OK)
+            cJSON_AddItemToArray(data, entry_json(&e, false));
+        script_entry_free(&e);
+    }
+    for (size_t i = 0; i < nfiles; i++) {
+        bool overridden = false;
+        for (size_t k = 0; k < novr && !overridden; k++)
+            overridden = ovr[k].active && strcmp(ovr[k].name, files[i].name) == 0;
+        if (!overridden && !strategy_disabled(&t, kind, files[i].name))
+            cJSON_AddItemToArray(data, entry_json(&files[i], false));
+    }
+    http_reply_json(req, 200, body);
+out:
+    script_entries_free(files, nfiles);
+    store_scripts_free(ovr, novr);
+    store_tenant_free(&t);
+}
+
+static void get(http_request *req, void *app, script_kind kind)
+{
+    api_deps *d = app;
+    const char *name = http_param(req, "name");
+    store_tenant t = {0};
+    script_entry e = {0};
+    ap_err err = {0};
+    if (!valid_name(req, name) || !load_tenant(req, d, &t))
+        goto out;
+    if (strategy_disabled(&t, kind, name)) {
+        http_reply_error(req, 403, "strategy_disabled",
+                         "the strategy \"%s\" is disabled for this tenant", name);
+        goto out;
+    }
+    ap_status rc = resolve(d, &t, kind, name, &e, &err);
+    if (rc == AP_NOTFOUND)
+        http_reply_error(req, 404, "not_found", "no script named \"%s\"", name);
+    else if (rc != AP_OK)
+        http_reply_ap_err(req, &err);
+    else
+        http_reply_json(req, 200, entry_json(&e, true));
+out:
+    script_entry_free(&e);
+    store_tenant_free(&t);
+}
+
+/* The uploaded source: the raw body (text/x-lua, text/plain) or {"source": "..."}. */
+static const char *upload_source(http_request *req, size_t *len)
+{
+    const char *ctype = http_header(req, "Content-Type");
+    if (ctype != NULL && strncmp(ctype, "application/json", 16) == 0) {
+        cJSON *body = http_json_body(req);
+        static const char *const fields[] = {"source", NULL};
+        const char *src;
+        if (body == NULL || !validate_known_fields(req, body, fields) ||
+            !validate_string(req, body, "source", true, SOURCE_MAX, &src))
+            return NULL;
+        *len = strlen(src);
+        return src;
+    }
+    const char *src = http_body(req, len);
+    if (*len == 0 || *len > SOURCE_MAX || memchr(src, '\0', *len) != NULL ||
+        !jsonx_utf8_valid(src, *len)) {
+        http_reply_error(req, 400, "invalid_script",
+                         "send the script as UTF-8 Lua source of 1 to %d bytes", SOURCE_MAX);
+        return NULL;
+    }
+    return src;
+}
+
+/* The line of a "name.lua:LINE: message" error, 0 when there is none. */
+static long error_line(const char *msg)
+{
+    const char *p = strstr(msg, ".lua:");
+    if (p == NULL)
+        return 0;
+    char *end = NULL;
+    long line = strtol(p + 5, &end, 10);
+    return end != p + 5 && *end == ':' ? line : 0;
+}
+
+static void reply_invalid_script(http_request *req, const char *msg)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "code", "invalid_script");
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "request_id", http_request_id(req));
+    long line = error_line(msg);
+    if (line > 0)
+        cJSON_AddNumberToObject(e, "line", (double)line);
+    http_reply_json(req, 422, root);
+}
+
+static void put(http_request *req, void *app, script_kind kind)
+{
+    api_deps *d = app;
+    const char *name = http_param(req, "name");
+    store_tenant t = {0};
+    script_entry e = {0};
+    char *dry = NULL;
+    ap_err err = {0};
+    size_t len = 0;
+    if (!valid_name(req, name) || !load_tenant(req, d, &t))
+        goto out;
+    if (flag_off(&t, "custom_strategies")) {
+        http_reply_error(req, 403, "forbidden", "custom scripts are disabled for this tenant");
+        goto out;
+    }
+    const char *src = upload_source(req, &len);
+    if (src == NULL)
+        goto out;
+    if (script_registry_validate(d->registry, kind, name, src, len, "override", &e, &err) !=
+        AP_OK) {
+        reply_invalid_script(req, err.msg);
+        goto out;
+    }
+    if (kind == SCRIPT_CONSENSUS &&
+        script_consensus_dry_run(script_registry_limits(d->registry), name, src, len,
+                                 sample_ballots, NULL, &dry, &err) != AP_OK) {
+        reply_invalid_script(req, err.msg);
+        goto out;
+    }
+    store_script sc = {.kind = store_kind(kind),
+                       .name = (char *)name,
+                       .version = e.version,
+                       .source = (char *)src,
+                       .origin = "override"};
+    memcpy(sc.tenant_id, t.id, sizeof sc.tenant_id);
+    if (store_script_put(d->store, t.id, &sc, true, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        goto out;
+    }
+    log_fields f = {.request_id = http_request_id(req), .tenant_id = t.id};
+    log_msg(LOG_LEVEL_INFO, &f, "%s \"%s\" overridden with version %.12s",
+            kind == SCRIPT_STRATEGY ? "strategy" : "consensus algorithm", name, e.version);
+    http_reply_json(req, 200, entry_json(&e, false));
+out:
+    free(dry);
+    script_entry_free(&e);
+    store_tenant_free(&t);
+}
+
+static void delete (http_request *req, void *app, script_kind kind)
+{
+    api_deps *d = app;
+    const char *name = http_param(req, "name");
+    ap_err err = {0};
+    if (!valid_name(req, name))
+        return;
+    ap_status rc = store_script_deactivate(d->store, http_principal_of(req)->tenant_id,
+                                           store_kind(kind), name, &err);
+    if (rc == AP_NOTFOUND)
+        http_reply_error(req, 404, "not_found", "this tenant has no override of \"%s\"", name);
+    else if (rc != AP_OK)
+        http_reply_ap_err(req, &err);
+    else
+        http_reply_bytes(req, 204, "application/json", "", 0);
+}
+
+static void versions(http_request *req, void *app, script_kind kind)
+{
+    api_deps *d = app;
+    const char *name = http_param(req, "name");
+    store_script *rows = NULL;
+    size_t n = 0;
+    ap_err err = {0};
+    if (!valid_name(req, name))
+        return;
+    if (store_script_list(d->store, http_principal_of(req)->tenant_id, store_kind(kind), name,
+                          &rows, &n, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        return;
+    }
+    cJSON *body = cJSON_CreateObject();
+    cJSON *data = cJSON_AddArrayToObject(body, "data");
+    for (size_t i = 0; i < n; i++) {
+        cJSON *v = cJSON_CreateObject();
+        cJSON_AddStringToObject(v, "version", rows[i].version);
+        cJSON_AddStringToObject(v, "origin", rows[i].origin ? rows[i].origin : "override");
+        cJSON_AddBoolToObject(v, "active", rows[i].active);
+        cJSON_AddNumberToObject(v, "created_at", (double)rows[i].created_at);
+        cJSON_AddItemToArray(data, v);
+    }
+    store_scripts_free(rows, n);
+    http_reply_json(req, 200, body);
+}
+
+void api_strategies_list(http_request *req, void *app)
+{
+    list(req, app, SCRIPT_STRATEGY);
+}
+void api_strategies_get(http_request *req, void *app)
+{
+    get(req, app, SCRIPT_STRATEGY);
+}
+void api_strategies_put(http_request *req, void *app)
+{
+    put(req, app, SCRIPT_STRATEGY);
+}
+void api_strategies_delete(http_request *req, void *app)
+{
+    delete (req, app, SCRIPT_STRATEGY);
+}
+void api_strategies_versions(http_request *req, void *app)
+{
+    versions(req, app, SCRIPT_STRATEGY);
+}
+void api_consensus_list(http_request *req, void *app)
+{
+    list(req, app, SCRIPT_CONSENSUS);
+}
+void api_consensus_get(http_request *req, void *app)
+{
+    get(req, app, SCRIPT_CONSENSUS);
+}
+void api_consensus_put(http_request *req, void *app)
+{
+    put(req, app, SCRIPT_CONSENSUS);
+}
+void api_consensus_delete(http_request *req, void *app)
+{
+    delete (req, app, SCRIPT_CONSENSUS);
+}
+void api_consensus_versions(http_request *req, void *app)
+{
+    versions(req, app, SCRIPT_CONSENSUS);
+}
+
+void api_admin_reload(http_request *req, void *app)
+{
+    api_deps *d = app;
+    size_t changed = 0;
+    ap_err err = {0};
+    if (d->registry == NULL) {
+        http_reply_error(req, 503, "unavailable", "scripts are not available on this server");
+        return;
+    }
+    if (script_registry_reload(d->registry, &changed, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        return;
+    }
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddNumberToObject(body, "changed", (double)changed);
+    http_reply_json(req, 200, body);
+}
