@@ -162,9 +162,13 @@ for name, method_event in pairs(STRATEGIES) do
       assert.matches("bogus", r.error)
     end)
 
-    it("honours a panel's consensus override", function()
-      local r = run(name, { experts = fakectx.roster(4), consensus_algorithm = "entropy" })
-      assert.are.equal("entropy", r.result.consensus.algorithm)
+    it("honours a panel's consensus override, whatever the algorithm", function()
+      for _, algorithm in ipairs({ "majority", "weighted", "borda", "approval", "delphi", "kendall", "opinion_pool",
+                                   "entropy" }) do
+        local r = run(name, { experts = fakectx.roster(4), consensus_algorithm = algorithm })
+        check_result(name, r, fakectx.roster(4))
+        assert.are.equal(algorithm, r.result.consensus.algorithm)
+      end
     end)
   end)
 end
