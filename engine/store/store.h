@@ -77,8 +77,7 @@ ap_status store_tenant_get(store *s, const char *tenant_id, store_tenant *out, a
 ap_status store_tenant_by_slug(store *s, const char *slug, store_tenant *out, ap_err *err);
 
 /* Replaces a tenant's config JSON. */
-ap_status store_tenant_set_config(store *s, const char *tenant_id, const char *config,
-                                  ap_err *err);
+ap_status store_tenant_set_config(store *s, const char *tenant_id, const char *config, ap_err *err);
 
 /* ---- API keys ------------------------------------------------------------------------ */
 
@@ -87,7 +86,7 @@ typedef enum store_role { STORE_ROLE_MEMBER = 1, STORE_ROLE_ADMIN = 2 } store_ro
 typedef struct store_key {
     char id[STORE_ID_MAX];
     char tenant_id[STORE_ID_MAX];
-    char prefix[32];  /* the visible part of the key, e.g. "ap_1a2b3c4d" */
+    char prefix[32]; /* the visible part of the key, e.g. "ap_1a2b3c4d" */
     char hash[IDS_SHA256_HEX_LEN + 1];
     store_role role;
     int64_t created_at;
@@ -148,7 +147,7 @@ void store_experts_free(store_expert *rows, size_t n);
 typedef struct store_panel {
     char id[STORE_ID_MAX];
     char tenant_id[STORE_ID_MAX];
-    char *title;            /* may be NULL */
+    char *title; /* may be NULL */
     char *question;
     char *strategy;         /* name */
     char *strategy_version; /* content hash of the pinned script */
@@ -181,8 +180,8 @@ ap_status store_panel_transition(store *s, const char *tenant_id, const char *id
                                  const char *result, const char *error, ap_err *err);
 
 /* One page of panels, newest first; status may be NULL (any). Like store_expert_list. */
-ap_status store_panel_list(store *s, const char *tenant_id, const char *status,
-                           const char *cursor, int limit, store_panel **rows, size_t *n,
+ap_status store_panel_list(store *s, const char *tenant_id, const char *status, const char *cursor,
+                           int limit, store_panel **rows, size_t *n,
                            char next_cursor[STORE_CURSOR_MAX], ap_err *err);
 void store_panels_free(store_panel *rows, size_t n);
 
@@ -192,8 +191,8 @@ typedef struct store_panel_ref {
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
 } store_panel_ref;
-ap_status store_panels_in_status(store *s, const char *status, store_panel_ref **pairs,
-                                 size_t *n, ap_err *err);
+ap_status store_panels_in_status(store *s, const char *status, store_panel_ref **pairs, size_t *n,
+                                 ap_err *err);
 
 /* ---- events -------------------------------------------------------------------------- */
 
@@ -212,8 +211,8 @@ void store_events_free(store_event *rows, size_t n);
  * commit of the event writer. AP_CONFLICT if a (panel, seq) already exists, AP_NOTFOUND if a
  * panel is not this tenant's; either way nothing lands. At most 10000 events per call
  * (AP_LIMIT). data NULL means "{}", created_at 0 means now. */
-ap_status store_events_append(store *s, const char *tenant_id, const store_event *events,
-                              size_t n, ap_err *err);
+ap_status store_events_append(store *s, const char *tenant_id, const store_event *events, size_t n,
+                              ap_err *err);
 
 /* Events of a panel with seq > after_seq, ascending, at most limit (clamped to
  * STORE_LIST_MAX). Another tenant's panel yields an empty list. */
@@ -222,8 +221,8 @@ ap_status store_events_list(store *s, const char *tenant_id, const char *panel_i
                             ap_err *err);
 
 /* Highest seq of a panel (0 when none). */
-ap_status store_events_last_seq(store *s, const char *tenant_id, const char *panel_id,
-                                int64_t *seq, ap_err *err);
+ap_status store_events_last_seq(store *s, const char *tenant_id, const char *panel_id, int64_t *seq,
+                                ap_err *err);
 
 /* ---- checkpoints --------------------------------------------------------------------- */
 
@@ -249,7 +248,10 @@ ap_status store_checkpoint_get(store *s, const char *tenant_id, const char *pane
 
 /* ---- scripts ------------------------------------------------------------------------- */
 
-typedef enum store_script_kind { STORE_SCRIPT_STRATEGY = 1, STORE_SCRIPT_CONSENSUS = 2 } store_script_kind;
+typedef enum store_script_kind {
+    STORE_SCRIPT_STRATEGY = 1,
+    STORE_SCRIPT_CONSENSUS = 2
+} store_script_kind;
 
 typedef struct store_script {
     char tenant_id[STORE_ID_MAX];
@@ -257,8 +259,8 @@ typedef struct store_script {
     char *name;
     char *version; /* SHA-256 hex of source */
     char *source;
-    char *origin;  /* "override", "tenant-dir", "builtin": where the source came from */
-    bool active;   /* the tenant's active override of this name */
+    char *origin; /* "override", "tenant-dir", "builtin": where the source came from */
+    bool active;  /* the tenant's active override of this name */
     int64_t created_at;
 } store_script;
 
@@ -269,8 +271,8 @@ void store_scripts_free(store_script *rows, size_t n);
  * also becomes the tenant's active override of that name, atomically. sc->version may be NULL
  * or "" (computed); otherwise it must equal the SHA-256 hex of the source (AP_INVALID).
  * origin NULL means "override". Names match [A-Za-z0-9_.-]{1,64}. */
-ap_status store_script_put(store *s, const char *tenant_id, const store_script *sc,
-                           bool activate, ap_err *err);
+ap_status store_script_put(store *s, const char *tenant_id, const store_script *sc, bool activate,
+                           ap_err *err);
 /* A stored version by hash (pinned panels load their source from here). */
 ap_status store_script_get_version(store *s, const char *tenant_id, store_script_kind kind,
                                    const char *name, const char *version, store_script *out,
