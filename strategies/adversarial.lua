@@ -73,6 +73,20 @@ local function role_has(e, words)
   return false
 end
 
+-- A single choice read as every ballot shape, so whichever consensus
+-- algorithm a panel picks has something to count: a truncated ranking, one
+-- approval, and a distribution that moves from uniform (confidence 0) to
+-- certain (confidence 1) on the choice.
+local function as_ballot(b, options)
+  local k = #options
+  local p = 1 / k + b.confidence * (1 - 1 / k)
+  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
+  for _, o in ipairs(options) do
+    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
+  end
+  return b
+end
+
 local function teams(ctx)
   local judge
   for _, e in ipairs(ctx.experts) do
@@ -291,8 +305,8 @@ function M.nodes.vote(ctx)
     local e = ctx.experts[k]
     local d = not r.error and type(r.data) == "table" and r.data or nil
     if d and contains(VERDICTS, d.position) and finite(d.confidence) and d.confidence >= 0 and d.confidence <= 1 then
-      local b = { expert = e.id, name = e.name, position = d.position, confidence = d.confidence, weight = e.weight or 1,
-                  reason = type(d.reason) == "string" and d.reason or "" }
+      local b = as_ballot({ expert = e.id, name = e.name, position = d.position, confidence = d.confidence,
+                            weight = e.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }, VERDICTS)
       ballots[#ballots + 1] = b
       positions[#positions + 1] = { expert = e.id, name = e.name, position = b.position, confidence = b.confidence, reason = b.reason }
     else

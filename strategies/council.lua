@@ -92,6 +92,20 @@ local function opinion_schema(options)
   }
 end
 
+-- A single choice read as every ballot shape, so whichever consensus
+-- algorithm a panel picks has something to count: a truncated ranking, one
+-- approval, and a distribution that moves from uniform (confidence 0) to
+-- certain (confidence 1) on the choice.
+local function as_ballot(b, options)
+  local k = #options
+  local p = 1 / k + b.confidence * (1 - 1 / k)
+  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
+  for _, o in ipairs(options) do
+    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
+  end
+  return b
+end
+
 local function opinion_of(result, expert, options)
   if result.error then
     return nil, result.error
@@ -311,8 +325,8 @@ function M.nodes.synthesis(ctx)
   local st, options = ctx.state, ctx.params.options
   local ballots = {}
   for _, o in ipairs(st.opinions) do
-    ballots[#ballots + 1] = { expert = o.expert, name = o.name, position = o.position, confidence = o.confidence,
-                              weight = o.weight, reason = o.reason }
+    ballots[#ballots + 1] = as_ballot({ expert = o.expert, name = o.name, position = o.position,
+                                        confidence = o.confidence, weight = o.weight, reason = o.reason }, options)
   end
   local consensus = ctx:consensus(nil, ballots, { options = options })
   local ranked = ranked_experts(ctx)

@@ -80,6 +80,20 @@ local function ballot_schema(options)
   }
 end
 
+-- A single choice read as every ballot shape, so whichever consensus
+-- algorithm a panel picks has something to count: a truncated ranking, one
+-- approval, and a distribution that moves from uniform (confidence 0) to
+-- certain (confidence 1) on the choice.
+local function as_ballot(b, options)
+  local k = #options
+  local p = 1 / k + b.confidence * (1 - 1 / k)
+  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
+  for _, o in ipairs(options) do
+    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
+  end
+  return b
+end
+
 local function ballot_of(result, expert, options)
   if result.error then
     return nil, result.error
@@ -94,8 +108,8 @@ local function ballot_of(result, expert, options)
   if not finite(d.confidence) or d.confidence < 0 or d.confidence > 1 then
     return nil, "answer failed validation: confidence must be in [0,1]"
   end
-  return { expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
-           weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }
+  return as_ballot({ expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
+                     weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }, options)
 end
 
 -- The option a human's words name: exact match first, else the longest
@@ -150,8 +164,9 @@ local function human_ballot(ctx, input, stage)
     return nil, "the human's input names no option"
   end
   local conf = finite(input.confidence) and math.max(0, math.min(1, input.confidence)) or ctx.params.human_confidence
-  return { expert = HUMAN_ID, name = ctx.params.human_name, position = position, confidence = conf,
-           weight = ctx.params.human_weight, reason = text, human = true, stage = stage, interpreted = interpreted }
+  return as_ballot({ expert = HUMAN_ID, name = ctx.params.human_name, position = position, confidence = conf,
+                     weight = ctx.params.human_weight, reason = text, human = true, stage = stage,
+                     interpreted = interpreted }, options)
 end
 
 local function positions_text(ctx, ballots)

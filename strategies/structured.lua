@@ -103,6 +103,20 @@ local function ballot_schema(options)
   }
 end
 
+-- A single choice read as every ballot shape, so whichever consensus
+-- algorithm a panel picks has something to count: a truncated ranking, one
+-- approval, and a distribution that moves from uniform (confidence 0) to
+-- certain (confidence 1) on the choice.
+local function as_ballot(b, options)
+  local k = #options
+  local p = 1 / k + b.confidence * (1 - 1 / k)
+  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
+  for _, o in ipairs(options) do
+    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
+  end
+  return b
+end
+
 -- A ballot from an answer, or nil and why the answer was excluded.
 local function ballot_of(result, expert, options)
   if result.error then
@@ -118,8 +132,8 @@ local function ballot_of(result, expert, options)
   if not finite(d.confidence) or d.confidence < 0 or d.confidence > 1 then
     return nil, "answer failed validation: confidence must be in [0,1]"
   end
-  return { expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
-           weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }
+  return as_ballot({ expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
+                     weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }, options)
 end
 
 local function agenda_so_far(ctx)

@@ -63,3 +63,16 @@ describe("structured", function()
     assert.are.equal(2, #r.result.consensus.details.tie)
   end)
 end)
+
+describe("single-choice ballots", function()
+  it("give every consensus algorithm something to count", function()
+    -- 3 of 5 hold the same position in this roster; every algorithm must see it.
+    for _, algorithm in ipairs({ "majority", "weighted", "borda", "approval", "kendall", "opinion_pool", "entropy" }) do
+      local r = fakectx.run({ strategy = "structured", consensus_algorithm = algorithm })
+      local c = r.result.consensus
+      assert.are.equal(0, c.details.ignored, algorithm .. " ignored ballots")
+      assert.are.equal("do not proceed", c.position, algorithm)
+      assert.is_true(c.level > 0, algorithm)
+    end
+  end)
+end)
