@@ -589,6 +589,9 @@ static void sim_tick(llm_loop *loop, void *ud)
         /* Without a token delay every piece goes out in this tick; with one, a piece per tick. */
         do {
             size_t n = len - sc->sent < SIM_CHUNK ? len - sc->sent : SIM_CHUNK;
+            /* never split a UTF-8 sequence between two deltas */
+            while (sc->sent + n < len && ((unsigned char)sc->text[sc->sent + n] & 0xc0) == 0x80)
+                n++;
             if (n > 0)
                 llm_call_delta(sc->call, sc->text + sc->sent, n);
             sc->sent += n;

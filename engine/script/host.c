@@ -183,6 +183,7 @@ static const char *opt_string_field(lua_State *L, int t, const char *key, const 
 static const expert_ref *resolve_expert(lua_State *L, script_panel *sp, int idx, const char *what)
 {
     const char *id = NULL;
+    idx = lua_absindex(L, idx);
     if (lua_type(L, idx) == LUA_TSTRING) {
         id = lua_tostring(L, idx);
     } else if (lua_type(L, idx) == LUA_TTABLE) {

@@ -1,0 +1,1796 @@
+#include "panel/engine.h"
+
+#include "core/ids.h"
+#include "core/jsonx.h"
+#include "core/log.h"
+#include "llm/llm.h"
+#include "panel/roster.h"
+#include "script/host.h"
+#include "script/params.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAP_BUCKETS 4096
+#define WRITER_BATCH 8192
+#define JOURNAL_KEY_LEN 32
+#define MAX_INPUT_BYTES (256 * 1024)
+
+/* ---- writer items --------------------------------------------------------------------- */
+
+typedef enum wkind { W_EVENT = 1, W_CKPT, W_TRANS, W_USAGE, W_SCRIPT } wkind;
+
+typedef struct witem {
+    wkind kind;
+    struct witem *next;
+    char tenant_id[STORE_ID_MAX];
+    char panel_id[STORE_ID_MAX];
+    /* W_EVENT */
+    int64_t seq;
+    char *type, *data;
+    /* W_CKPT */
+    store_checkpoint ck;
+    /* W_TRANS */
+    const char *from[4];
+    size_t nfrom;
+    const char *to;
+    char *result, *error;
+    /* W_USAGE */
+    store_usage usage;
+    /* W_SCRIPT */
+    store_script script;
+} witem;
+
+/* ---- subscriptions -------------------------------------------------------------------- */
+
+typedef struct qevent {
+    panel_event ev;
+    struct qevent *next;
+} qevent;
+
+struct panel_sub {
+    char panel_id[STORE_ID_MAX];
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    qevent *head, *tail;
+    size_t count, max;
+    bool lagged;
+    void (*notify)(void *ud);
+    void *ud;
+    struct panel_sub *next; /* in its bucket */
+};
+
+/* ---- panels --------------------------------------------------------------------------- */
+
+typedef struct runner runner;
+typedef struct prun prun;
+
+typedef struct ask_slot {
+    prun *p;
+    size_t idx;
+    char *expert_id;
+    llm_call *call;
+    bool done;
+    char key[JOURNAL_KEY_LEN + 1];
+    cJSON *entry; /* journal entry once answered */
+} ask_slot;
+
+struct prun {
+    panel_engine *e;
+    runner *r;
+    char tenant_id[STORE_ID_MAX];
+    char panel_id[STORE_ID_MAX];
+    char *tenant_slug;
+    char *tenant_json;
+    char *question;
+    char *consensus;
+    char *params_json;
+    char *experts_json;
+    script_entry script;
+    script_panel *sp;
+    char *node;
+    int64_t step;
+    int64_t next_seq;
+    int64_t stored_seq;
+    char *node_state;
+    int64_t node_start_seq;
+    cJSON *journal; /* entries of the node in flight */
+    cJSON *replay;  /* the checkpoint's journal, consumed by matching */
+    bool *replay_used;
+    cJSON *pins; /* {"<consensus name>": "<version>"} */
+    ask_slot *slots;
+    const script_ask *asks; /* the batch in flight (owned by sp until the node resumes) */
+    size_t nslots, pending;
+    char *pending_input;
+    bool awaiting;
+    bool fresh;
+    llm_timer *timer;
+    struct prun *next; /* in the active map */
+};
+
+struct runner {
+    panel_engine *e;
+    int idx;
+    pthread_t th;
+    llm_loop *loop;
+    llm_client *llm;
+    bool started;
+};
+
+struct panel_engine {
+    const config *cfg;
+    store *st;
+    script_registry *reg;
+    char *provider;
+    char *model;
+    uint64_t seed;
+    script_limits lim;
+    int64_t max_steps;
+    runner *runners;
+    int nrunners;
+    unsigned rr;
+    /* writer */
+    pthread_t writer;
+    bool writer_started;
+    pthread_mutex_t wmu;
+    pthread_cond_t wcond;
+    witem *whead, *wtail;
+    bool wstop;
+    /* subscriptions */
+    pthread_mutex_t smu;
+    panel_sub *subs[MAP_BUCKETS];
+    /* active panels */
+    pthread_mutex_t amu;
+    prun *active[MAP_BUCKETS];
+    size_t nactive;
+};
+
+static unsigned bucket_of(const char *id)
+{
+    unsigned h = 2166136261u;
+    for (; *id != '\0'; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return h % MAP_BUCKETS;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s != NULL ? strdup(s) : NULL;
+}
+
+/* ---- writer --------------------------------------------------------------------------- */
+
+static void witem_free(witem *w)
+{
+    free(w->type);
+    free(w->data);
+    free(w->ck.next_node);
+    free(w->ck.state);
+    free(w->ck.script_version);
+    free(w->ck.journal);
+    free(w->result);
+    free(w->error);
+    free(w->usage.expert_id);
+    free(w->usage.provider);
+    free(w->usage.model);
+    free(w->usage.outcome);
+    free(w->script.name);
+    free(w->script.version);
+    free(w->script.source);
+    free(w->script.origin);
+    free(w);
+}
+
+static void writer_push(panel_engine *e, witem *w)
+{
+    pthread_mutex_lock(&e->wmu);
+    if (e->wtail != NULL)
+        e->wtail->next = w;
+    else
+        e->whead = w;
+    e->wtail = w;
+    pthread_cond_signal(&e->wcond);
+    pthread_mutex_unlock(&e->wmu);
+}
+
+static void publish(panel_engine *e, const witem *w)
+{
+    pthread_mutex_lock(&e->smu);
+    for (panel_sub *s = e->subs[bucket_of(w->panel_id)]; s != NULL; s = s->next) {
+        if (strcmp(s->panel_id, w->panel_id) != 0)
+            continue;
+        bool queued = false;
+        pthread_mutex_lock(&s->mu);
+        if (s->count >= s->max) {
+            if (w->seq > 0)
+                s->lagged = true;
+        } else if (!s->lagged) {
+            qevent *q = calloc(1, sizeof *q);
+            if (q != NULL) {
+                memcpy(q->ev.panel_id, w->panel_id, sizeof q->ev.panel_id);
+                q->ev.seq = w->seq;
+                q->ev.type = strdup(w->type);
+                q->ev.data = strdup(w->data);
+            }
+            if (q == NULL || q->ev.type == NULL || q->ev.data == NULL) {
+                if (q != NULL)
+                    panel_event_clear(&q->ev);
+                free(q);
+                if (w->seq > 0)
+                    s->lagged = true;
+            } else {
+                if (s->tail != NULL)
+                    s->tail->next = q;
+                else
+                    s->head = q;
+                s->tail = q;
+                s->count++;
+                queued = true;
+            }
+        }
+        pthread_cond_signal(&s->cond);
+        pthread_mutex_unlock(&s->mu);
+        if (s->notify != NULL && (queued || s->lagged))
+            s->notify(s->ud);
+    }
+    pthread_mutex_unlock(&e->smu);
+}
+
+/* Appends the durable events of one tenant in one transaction (the group commit); if that
+ * fails (e.g. a replayed seq already stored), falls back to one by one so the rest lands. */
+static void commit_events(panel_engine *e, witem **items, size_t n)
+{
+    store_event *evs = calloc(n, sizeof *evs);
+    bool *done = calloc(n, sizeof *done);
+    if (evs == NULL || done == NULL) {
+        log_error("event writer: out of memory");
+        free(evs);
+        free(done);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        size_t k = 0;
+        const char *tenant = items[i]->tenant_id;
+        for (size_t j = i; j < n; j++) {
+            if (done[j] || strcmp(items[j]->tenant_id, tenant) != 0)
+                continue;
+            done[j] = true;
+            memcpy(evs[k].panel_id, items[j]->panel_id, sizeof evs[k].panel_id);
+            evs[k].seq = items[j]->seq;
+            evs[k].type = items[j]->type;
+            evs[k].data = items[j]->data;
+            k++;
+        }
+        ap_err err = {0};
+        if (store_events_append(e->st, tenant, evs, k, &err) == AP_OK)
+            continue;
+        for (size_t j = 0; j < k; j++) {
+            ap_err one = {0};
+            ap_status rc = store_events_append(e->st, tenant, &evs[j], 1, &one);
+            if (rc != AP_OK && rc != AP_CONFLICT)
+                log_error("event writer: panel %s seq %lld: %s", evs[j].panel_id,
+                          (long long)evs[j].seq, one.msg);
+        }
+    }
+    free(evs);
+    free(done);
+}
+
+static void process_batch(panel_engine *e, witem *list)
+{
+    size_t nev = 0;
+    for (witem *w = list; w != NULL; w = w->next)
+        nev += w->kind == W_EVENT && w->seq > 0;
+    if (e->st != NULL && nev > 0) {
+        witem **evs = calloc(nev, sizeof *evs);
+        size_t k = 0;
+        for (witem *w = list; evs != NULL && w != NULL; w = w->next)
+            if (w->kind == W_EVENT && w->seq > 0)
+                evs[k++] = w;
+        if (evs != NULL)
+            commit_events(e, evs, k);
+        else
+            log_error("event writer: out of memory");
+        free(evs);
+    }
+    for (witem *w = list; e->st != NULL && w != NULL; w = w->next) {
+        ap_err err = {0};
+        ap_status rc = AP_OK;
+        if (w->kind == W_CKPT) {
+            /* Only the last checkpoint of a panel in this batch matters. */
+            bool later = false;
+            for (witem *x = w->next; x != NULL && !later; x = x->next)
+                later = x->kind == W_CKPT && strcmp(x->panel_id, w->panel_id) == 0;
+            if (!later)
+                rc = store_checkpoint_put(e->st, w->tenant_id, &w->ck, &err);
+        } else if (w->kind == W_TRANS) {
+            rc = store_panel_transition(e->st, w->tenant_id, w->panel_id, w->from, w->nfrom, w->to,
+                                        w->result, w->error, &err);
+            if (rc == AP_CONFLICT)
+                rc = AP_OK; /* e.g. cancelled meanwhile: the other writer won */
+        } else if (w->kind == W_USAGE) {
+            rc = store_usage_record(e->st, w->tenant_id, &w->usage, &err);
+        } else if (w->kind == W_SCRIPT) {
+            rc = store_script_put(e->st, w->tenant_id, &w->script, false, &err);
+        }
+        if (rc != AP_OK)
+            log_msg(LOG_LEVEL_ERROR,
+                    &(log_fields){.tenant_id = w->tenant_id, .panel_id = w->panel_id},
+                    "event writer: %s", err.msg);
+    }
+    for (witem *w = list; w != NULL; w = w->next)
+        if (w->kind == W_EVENT)
+            publish(e, w);
+    while (list != NULL) {
+        witem *n = list->next;
+        witem_free(list);
+        list = n;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    panel_engine *e = arg;
+    for (;;) {
+        pthread_mutex_lock(&e->wmu);
+        while (e->whead == NULL && !e->wstop)
+            pthread_cond_wait(&e->wcond, &e->wmu);
+        if (e->whead == NULL && e->wstop) {
+            pthread_mutex_unlock(&e->wmu);
+            break;
+        }
+        /* Take up to WRITER_BATCH items: one group commit. */
+        witem *list = e->whead, *last = list;
+        size_t n = 1;
+        while (last->next != NULL && n < WRITER_BATCH) {
+            last = last->next;
+            n++;
+        }
+        e->whead = last->next;
+        if (e->whead == NULL)
+            e->wtail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&e->wmu);
+        process_batch(e, list);
+    }
+    return NULL;
+}
+
+/* ---- subscriptions -------------------------------------------------------------------- */
+
+void panel_event_clear(panel_event *ev)
+{
+    if (ev == NULL)
+        return;
+    free(ev->type);
+    free(ev->data);
+    ev->type = ev->data = NULL;
+}
+
+ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const char *panel_id,
+                                 size_t max_queued, void (*notify)(void *ud), void *ud,
+                                 panel_sub **out, ap_err *err)
+{
+    *out = NULL;
+    if (e->st != NULL) {
+        store_panel row = {0};
+        ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
+        store_panel_free(&row);
+        if (rc != AP_OK)
+            return rc;
+    }
+    panel_sub *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    snprintf(s->panel_id, sizeof s->panel_id, "%s", panel_id);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    s->max = max_queued > 0 ? max_queued : 1;
+    s->notify = notify;
+    s->ud = ud;
+    unsigned b = bucket_of(s->panel_id);
+    pthread_mutex_lock(&e->smu);
+    s->next = e->subs[b];
+    e->subs[b] = s;
+    pthread_mutex_unlock(&e->smu);
+    *out = s;
+    return AP_OK;
+}
+
+static void sub_drain(panel_sub *s)
+{
+    while (s->head != NULL) {
+        qevent *q = s->head;
+        s->head = q->next;
+        panel_event_clear(&q->ev);
+        free(q);
+    }
+    s->tail = NULL;
+    s->count = 0;
+}
+
+void panel_engine_unsubscribe(panel_engine *e, panel_sub *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&e->smu);
+    for (panel_sub **pp = &e->subs[bucket_of(s->panel_id)]; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->smu);
+    sub_drain(s);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cond);
+    free(s);
+}
+
+int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
+{
+    memset(ev, 0, sizeof *ev);
+    pthread_mutex_lock(&s->mu);
+    if (s->head == NULL && !s->lagged && timeout_ms != 0) {
+        if (timeout_ms < 0) {
+            while (s->head == NULL && !s->lagged)
+                pthread_cond_wait(&s->cond, &s->mu);
+        } else {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += timeout_ms / 1000;
+            ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            while (s->head == NULL && !s->lagged &&
+                   pthread_cond_timedwait(&s->cond, &s->mu, &ts) == 0) {
+            }
+        }
+    }
+    int r = 0;
+    if (s->lagged) {
+        sub_drain(s);
+        s->lagged = false;
+        r = -1;
+    } else if (s->head != NULL) {
+        qevent *q = s->head;
+        s->head = q->next;
+        if (s->head == NULL)
+            s->tail = NULL;
+        s->count--;
+        *ev = q->ev;
+        free(q);
+        r = 1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+/* ---- the active map ------------------------------------------------------------------- */
+
+static prun *active_find_locked(panel_engine *e, const char *panel_id)
+{
+    for (prun *p = e->active[bucket_of(panel_id)]; p != NULL; p = p->next)
+        if (strcmp(p->panel_id, panel_id) == 0)
+            return p;
+    return NULL;
+}
+
+/* Registers p unless the panel is already active; false then. */
+static bool active_add(panel_engine *e, prun *p)
+{
+    pthread_mutex_lock(&e->amu);
+    bool ok = active_find_locked(e, p->panel_id) == NULL;
+    if (ok) {
+        unsigned b = bucket_of(p->panel_id);
+        p->next = e->active[b];
+        e->active[b] = p;
+        e->nactive++;
+    }
+    pthread_mutex_unlock(&e->amu);
+    return ok;
+}
+
+static void active_remove(panel_engine *e, prun *p)
+{
+    pthread_mutex_lock(&e->amu);
+    for (prun **pp = &e->active[bucket_of(p->panel_id)]; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            e->nactive--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->amu);
+}
+
+size_t panel_engine_active(panel_engine *e)
+{
+    pthread_mutex_lock(&e->amu);
+    size_t n = e->nactive;
+    pthread_mutex_unlock(&e->amu);
+    return n;
+}
+
+/* ---- panel helpers (runner thread) ---------------------------------------------------- */
+
+static void prun_free(prun *p)
+{
+    if (p == NULL)
+        return;
+    for (size_t i = 0; i < p->nslots; i++) {
+        llm_cancel(p->slots[i].call);
+        cJSON_Delete(p->slots[i].entry);
+        free(p->slots[i].expert_id);
+    }
+    free(p->slots);
+    if (p->timer != NULL && p->r != NULL)
+        llm_loop_timer_cancel(p->r->loop, p->timer);
+    script_panel_free(p->sp);
+    script_entry_free(&p->script);
+    free(p->tenant_slug);
+    free(p->tenant_json);
+    free(p->question);
+    free(p->consensus);
+    free(p->params_json);
+    free(p->experts_json);
+    free(p->node);
+    free(p->node_state);
+    free(p->pending_input);
+    free(p->replay_used);
+    cJSON_Delete(p->journal);
+    cJSON_Delete(p->replay);
+    cJSON_Delete(p->pins);
+    free(p);
+}
+
+static void prun_release(prun *p)
+{
+    active_remove(p->e, p);
+    prun_free(p);
+}
+
+static witem *witem_new(const prun *p, wkind kind)
+{
+    witem *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return NULL;
+    w->kind = kind;
+    memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
+    memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
+    return w;
+}
+
+/* Queues an event; durable ones get the next seq. During a replay, events whose seq is
+ * already stored are not written again. */
+static ap_status prun_emit(prun *p, const char *type, const char *data, bool durable,
+                           int64_t *seq_out)
+{
+    int64_t seq = durable ? p->next_seq++ : 0;
+    if (seq_out != NULL)
+        *seq_out = seq;
+    if (durable && seq <= p->stored_seq)
+        return AP_OK;
+    witem *w = witem_new(p, W_EVENT);
+    if (w == NULL)
+        return AP_NOMEM;
+    w->seq = seq;
+    w->type = strdup(type);
+    w->data = strdup(data);
+    if (w->type == NULL || w->data == NULL) {
+        witem_free(w);
+        return AP_NOMEM;
+    }
+    writer_push(p->e, w);
+    return AP_OK;
+}
+
+static void prun_emit_status(prun *p, const char *status)
+{
+    char data[96];
+    snprintf(data, sizeof data, "{\"status\":\"%s\"}", status);
+    prun_emit(p, "panel.status", data, true, NULL);
+}
+
+static void prun_transition(prun *p, const char *const *from, size_t nfrom, const char *to,
+                            const char *result, const char *error)
+{
+    witem *w = witem_new(p, W_TRANS);
+    if (w == NULL)
+        return;
+    for (size_t i = 0; i < nfrom && i < 4; i++)
+        w->from[i] = from[i];
+    w->nfrom = nfrom < 4 ? nfrom : 4;
+    w->to = to;
+    w->result = dup_or_null(result);
+    w->error = dup_or_null(error);
+    writer_push(p->e, w);
+}
+
+/* {"pins":{...},"state":<state>} */
+static char *envelope(const prun *p, const char *state)
+{
+    char *pins = jsonx_print(p->pins);
+    if (pins == NULL)
+        return NULL;
+    size_t cap = strlen(pins) + strlen(state) + 32;
+    char *out = malloc(cap);
+    if (out != NULL)
+        snprintf(out, cap, "{\"pins\":%s,\"state\":%s}", pins, state);
+    free(pins);
+    return out;
+}
+
+static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
+{
+    witem *w = witem_new(p, W_CKPT);
+    if (w == NULL)
+        return;
+    memcpy(w->ck.panel_id, p->panel_id, sizeof w->ck.panel_id);
+    w->ck.step = p->step;
+    w->ck.next_node = dup_or_null(next_node);
+    w->ck.state = envelope(p, state != NULL ? state : "{}");
+    w->ck.script_version = strdup(p->script.version);
+    w->ck.journal = jsonx_print(p->journal);
+    w->ck.last_seq = last_seq;
+    if (w->ck.state == NULL || w->ck.script_version == NULL || w->ck.journal == NULL) {
+        log_error("checkpoint of panel %s: out of memory", p->panel_id);
+        witem_free(w);
+        return;
+    }
+    writer_push(p->e, w);
+}
+
+static const char *const live_statuses[] = {"running", "awaiting_input", "queued", "created"};
+
+static void prun_fail(prun *p, const char *msg)
+{
+    log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
+            "panel failed: %s", msg);
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "error", msg);
+    char *data = jsonx_print(d);
+    cJSON_Delete(d);
+    prun_transition(p, live_statuses, 2, "failed", NULL, msg);
+    prun_emit_status(p, "failed");
+    if (data != NULL)
+        prun_emit(p, "panel.failed", data, true, NULL);
+    free(data);
+    prun_release(p);
+}
+
+static void prun_complete(prun *p, const char *result)
+{
+    const char *res = result != NULL ? result : "null";
+    size_t cap = strlen(res) + 16;
+    char *data = malloc(cap);
+    char *state = NULL;
+    ap_err err = {0};
+    if (script_panel_state_json(p->sp, &state, &err) != AP_OK)
+        state = NULL;
+    prun_transition(p, live_statuses, 1, "completed", res, NULL);
+    prun_emit_status(p, "completed");
+    if (data != NULL) {
+        snprintf(data, cap, "{\"result\":%s}", res);
+        prun_emit(p, "panel.completed", data, true, NULL);
+    }
+    free(data);
+    prun_checkpoint(p, NULL, state != NULL ? state : p->node_state, p->next_seq - 1);
+    free(state);
+    prun_release(p);
+}
+
+/* ---- script host callbacks (runner thread, inside a script call) ---------------------- */
+
+static ap_status host_emit(void *ud, const char *type, const char *data, int64_t *seq, ap_err *err)
+{
+    prun *p = ud;
+    if (prun_emit(p, type, data, true, seq) != AP_OK)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    return AP_OK;
+}
+
+static void host_log(void *ud, int level, const char *msg)
+{
+    prun *p = ud;
+    log_msg((log_level)level,
+            &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id, .event = "script"},
+            "%s", msg);
+}
+
+static ap_status resolve_script(panel_engine *e, const char *tenant_id, const char *slug,
+                                script_kind kind, const char *name, script_entry *out, ap_err *err)
+{
+    if (e->st != NULL && tenant_id != NULL) {
+        store_script sc = {0};
+        ap_status rc =
+            store_script_get_active(e->st, tenant_id, (store_script_kind)kind, name, &sc, err);
+        if (rc == AP_OK) {
+            rc = script_registry_validate(e->reg, kind, name, sc.source, strlen(sc.source),
+                                          "override", out, err);
+            store_script_free(&sc);
+            return rc;
+        }
+        if (rc != AP_NOTFOUND)
+            return rc;
+    }
+    return script_registry_resolve(e->reg, slug, kind, name, out, err);
+}
+
+static void queue_script_pin(prun *p, const script_entry *en)
+{
+    if (p->e->st == NULL)
+        return;
+    witem *w = witem_new(p, W_SCRIPT);
+    if (w == NULL)
+        return;
+    memcpy(w->script.tenant_id, p->tenant_id, sizeof w->script.tenant_id);
+    w->script.kind = (store_script_kind)en->kind;
+    w->script.name = strdup(en->name);
+    w->script.version = strdup(en->version);
+    w->script.source = strdup(en->source);
+    w->script.origin = strdup(en->origin);
+    if (w->script.name == NULL || w->script.version == NULL || w->script.source == NULL ||
+        w->script.origin == NULL) {
+        witem_free(w);
+        return;
+    }
+    writer_push(p->e, w);
+}
+
+static ap_status host_consensus_source(void *ud, const char *name, char **source, size_t *len,
+                                       ap_err *err)
+{
+    prun *p = ud;
+    const char *pinned = jsonx_string(p->pins, name);
+    if (pinned != NULL && p->e->st != NULL) {
+        store_script sc = {0};
+        ap_status rc = store_script_get_version(p->e->st, p->tenant_id, STORE_SCRIPT_CONSENSUS,
+                                                name, pinned, &sc, err);
+        if (rc == AP_OK) {
+            *source = sc.source;
+            *len = strlen(sc.source);
+            sc.source = NULL;
+            store_script_free(&sc);
+            return AP_OK;
+        }
+        store_script_free(&sc);
+        if (rc != AP_NOTFOUND)
+            return rc;
+    }
+    script_entry en;
+    ap_status rc =
+        resolve_script(p->e, p->tenant_id, p->tenant_slug, SCRIPT_CONSENSUS, name, &en, err);
+    if (rc != AP_OK)
+        return rc;
+    if (pinned == NULL) {
+        cJSON_DeleteItemFromObjectCaseSensitive(p->pins, name);
+        cJSON_AddStringToObject(p->pins, name, en.version);
+        queue_script_pin(p, &en);
+    }
+    *source = en.source;
+    *len = en.len;
+    en.source = NULL;
+    script_entry_free(&en);
+    return AP_OK;
+}
+
+/* ---- running nodes -------------------------------------------------------------------- */
+
+static void handle_step(prun *p, script_step *step);
+static void run_node(prun *p);
+
+static void journal_key(const script_ask *a, char out[JOURNAL_KEY_LEN + 1])
+{
+    char hex[IDS_SHA256_HEX_LEN + 1];
+    size_t n = strlen(a->expert_id) + strlen(a->prompt) + (a->system ? strlen(a->system) : 0) +
+               (a->schema_json ? strlen(a->schema_json) : 0) + 8;
+    char *buf = malloc(n);
+    if (buf == NULL) {
+        memset(out, '0', JOURNAL_KEY_LEN);
+        out[JOURNAL_KEY_LEN] = '\0';
+        return;
+    }
+    snprintf(buf, n, "%s\n%s\n%s\n%s", a->expert_id, a->prompt, a->system ? a->system : "",
+             a->schema_json ? a->schema_json : "");
+    ids_sha256_hex(buf, strlen(buf), hex);
+    free(buf);
+    memcpy(out, hex, JOURNAL_KEY_LEN);
+    out[JOURNAL_KEY_LEN] = '\0';
+}
+
+static const cJSON *replay_take(prun *p, const char *kind, const char *key)
+{
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, p->replay)
+    {
+        if (!p->replay_used[i] &&
+            strcmp(jsonx_string(e, "k") ? jsonx_string(e, "k") : "", kind) == 0 &&
+            (key == NULL ||
+             (jsonx_string(e, "key") != NULL && strcmp(jsonx_string(e, "key"), key) == 0))) {
+            p->replay_used[i] = true;
+            return e;
+        }
+        i++;
+    }
+    return NULL;
+}
+
+static const char *expert_name(const script_ask *a, char *buf, size_t cap)
+{
+    cJSON *ex = jsonx_parse(a->expert_json, strlen(a->expert_json), 32, NULL);
+    const char *n = jsonx_string(ex, "name");
+    snprintf(buf, cap, "%s", n != NULL ? n : a->expert_id);
+    cJSON_Delete(ex);
+    return buf;
+}
+
+/* Emits expert.message for an answer (journal entry form). */
+static void emit_message(prun *p, const script_ask *a, const cJSON *entry)
+{
+    char name[256];
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "expert", a->expert_id);
+    cJSON_AddStringToObject(d, "name", expert_name(a, name, sizeof name));
+    if (a->round > 0)
+        cJSON_AddNumberToObject(d, "round", (double)a->round);
+    const char *error = jsonx_string(entry, "error");
+    if (error != NULL) {
+        cJSON_AddStringToObject(d, "error", error);
+    } else {
+        cJSON_AddStringToObject(d, "text",
+                                jsonx_string(entry, "text") ? jsonx_string(entry, "text") : "");
+        const cJSON *data = cJSON_GetObjectItemCaseSensitive(entry, "data");
+        cJSON_AddItemToObject(d, "data",
+                              data != NULL ? cJSON_Duplicate(data, true) : cJSON_CreateNull());
+    }
+    cJSON *u = cJSON_AddObjectToObject(d, "usage");
+    cJSON_AddNumberToObject(u, "prompt_tokens", jsonx_number(entry, "pt", 0));
+    cJSON_AddNumberToObject(u, "completion_tokens", jsonx_number(entry, "ct", 0));
+    char *text = jsonx_print(d);
+    cJSON_Delete(d);
+    if (text != NULL)
+        prun_emit(p, "expert.message", text, true, NULL);
+    free(text);
+}
+
+static void deliver_entry(prun *p, size_t idx, const cJSON *entry)
+{
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(entry, "data");
+    char *data_json = data != NULL ? jsonx_print(data) : NULL;
+    script_answer ans = {
+        .text = jsonx_string(entry, "text"),
+        .data_json = data_json,
+        .prompt_tokens = (int64_t)jsonx_number(entry, "pt", 0),
+        .completion_tokens = (int64_t)jsonx_number(entry, "ct", 0),
+        .error = jsonx_string(entry, "error"),
+    };
+    if (ans.error == NULL && ans.text == NULL)
+        ans.text = "";
+    ap_err err = {0};
+    if (script_panel_deliver(p->sp, idx, &ans, &err) != AP_OK)
+        log_error("panel %s: deliver: %s", p->panel_id, err.msg);
+    free(data_json);
+}
+
+static void clear_slots(prun *p)
+{
+    for (size_t i = 0; i < p->nslots; i++) {
+        cJSON_Delete(p->slots[i].entry);
+        free(p->slots[i].expert_id);
+    }
+    free(p->slots);
+    p->slots = NULL;
+    p->nslots = p->pending = 0;
+}
+
+/* All answers of a batch are in: journal them in ask order, checkpoint, resume the node. */
+static void batch_complete(prun *p)
+{
+    for (size_t i = 0; i < p->nslots; i++) {
+        cJSON_AddItemToArray(p->journal, p->slots[i].entry);
+        p->slots[i].entry = NULL;
+    }
+    clear_slots(p);
+    prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+    script_step step;
+    if (script_panel_resume(p->sp, &step) != AP_OK) {
+        prun_fail(p, "internal error: the node could not be resumed");
+        return;
+    }
+    handle_step(p, &step);
+}
+
+static bool has_subscribers(panel_engine *e, const char *panel_id)
+{
+    bool found = false;
+    pthread_mutex_lock(&e->smu);
+    for (panel_sub *x = e->subs[bucket_of(panel_id)]; x != NULL && !found; x = x->next)
+        found = strcmp(x->panel_id, panel_id) == 0;
+    pthread_mutex_unlock(&e->smu);
+    return found;
+}
+
+/* Deltas are ephemeral: only worth building when someone listens. */
+static void on_delta(void *ud, const char *text, size_t len)
+{
+    ask_slot *s = ud;
+    if (!has_subscribers(s->p->e, s->p->panel_id))
+        return;
+    char *piece = strndup(text, len);
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "expert", s->expert_id);
+    cJSON_AddStringToObject(d, "delta", piece != NULL ? piece : "");
+    char *data = jsonx_print(d);
+    if (data != NULL)
+        prun_emit(s->p, "expert.delta", data, false, NULL);
+    free(data);
+    free(piece);
+    cJSON_Delete(d);
+}
+
+/* Records one answer (journal entry, usage, delivery) without resuming the node. */
+static void answer_slot(ask_slot *s, const llm_response *r)
+{
+    prun *p = s->p;
+    s->call = NULL;
+    s->done = true;
+    cJSON *entry = cJSON_CreateObject();
+    cJSON_AddStringToObject(entry, "k", "ask");
+    cJSON_AddStringToObject(entry, "key", s->key);
+    if (r->status != AP_OK) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "%s: %s", r->provider != NULL ? r->provider : "llm",
+                 r->error != NULL ? r->error : ap_status_name(r->status));
+        cJSON_AddStringToObject(entry, "error", msg);
+    } else {
+        cJSON_AddStringToObject(entry, "text", r->text != NULL ? r->text : "");
+        if (r->data_json != NULL) {
+            cJSON *data = jsonx_parse(r->data_json, strlen(r->data_json), 64, NULL);
+            if (data != NULL)
+                cJSON_AddItemToObject(entry, "data", data);
+        }
+    }
+    cJSON_AddNumberToObject(entry, "pt", (double)r->prompt_tokens);
+    cJSON_AddNumberToObject(entry, "ct", (double)r->completion_tokens);
+    s->entry = entry;
+    /* usage */
+    if (p->e->st != NULL) {
+        witem *w = witem_new(p, W_USAGE);
+        if (w != NULL) {
+            memcpy(w->usage.panel_id, p->panel_id, sizeof w->usage.panel_id);
+            w->usage.expert_id = dup_or_null(s->expert_id);
+            w->usage.provider = strdup(r->provider != NULL ? r->provider : "unknown");
+            w->usage.model = strdup(r->model != NULL ? r->model : "unknown");
+            w->usage.prompt_tokens = r->prompt_tokens;
+            w->usage.completion_tokens = r->completion_tokens;
+            w->usage.cost_usd = r->cost_usd;
+            w->usage.latency_ms = r->latency_ms;
+            w->usage.attempts = r->attempts;
+            w->usage.outcome = strdup(r->status == AP_OK ? "ok" : "error");
+            writer_push(p->e, w);
+        }
+    }
+    deliver_entry(p, s->idx, entry);
+    emit_message(p, &p->asks[s->idx], entry);
+    p->pending--;
+}
+
+static void on_done(void *ud, const llm_response *r)
+{
+    ask_slot *s = ud;
+    prun *p = s->p;
+    answer_slot(s, r);
+    if (p->pending == 0)
+        batch_complete(p);
+}
+
+static void start_asks(prun *p, const script_step *step)
+{
+    p->slots = calloc(step->n_asks, sizeof *p->slots);
+    if (p->slots == NULL) {
+        prun_fail(p, "out of memory");
+        return;
+    }
+    p->nslots = step->n_asks;
+    p->pending = step->n_asks;
+    p->asks = step->asks;
+    /* Replayed answers first (no provider call), then the real calls. */
+    for (size_t i = 0; i < step->n_asks; i++) {
+        ask_slot *s = &p->slots[i];
+        s->p = p;
+        s->idx = i;
+        s->expert_id = strdup(step->asks[i].expert_id);
+        if (s->expert_id == NULL) {
+            prun_fail(p, "out of memory");
+            return;
+        }
+        journal_key(&step->asks[i], s->key);
+        const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key) : NULL;
+        if (old != NULL) {
+            s->entry = cJSON_Duplicate(old, true);
+            s->done = true;
+            deliver_entry(p, i, old);
+            emit_message(p, &step->asks[i], old);
+            p->pending--;
+        }
+    }
+    for (size_t i = 0; i < step->n_asks; i++) {
+        ask_slot *s = &p->slots[i];
+        if (s->done)
+            continue;
+        const script_ask *a = &step->asks[i];
+        cJSON *ex = jsonx_parse(a->expert_json, strlen(a->expert_json), 32, NULL);
+        const char *model = p->e->model != NULL ? p->e->model : jsonx_string(ex, "model");
+        llm_request req = {
+            .tenant_id = p->tenant_id,
+            .panel_id = p->panel_id,
+            .expert_id = a->expert_id,
+            .expert_json = a->expert_json,
+            .model = model,
+            .system = a->system,
+            .prompt = a->prompt,
+            .schema_json = a->schema_json,
+            .stream = true,
+            .max_tokens = a->max_tokens,
+            .temperature = a->temperature,
+            .seed = p->e->seed,
+        };
+        llm_callbacks cb = {on_delta, on_done, s};
+        ap_err err = {0};
+        ap_status rc = llm_submit(p->r->llm, p->e->provider, &req, &cb, &s->call, &err);
+        cJSON_Delete(ex);
+        if (rc != AP_OK) {
+            /* A call that cannot even start is an answer with an error. */
+            llm_response r = {.status = rc, .error = err.msg, .provider = p->e->provider};
+            answer_slot(s, &r);
+        }
+    }
+    if (p->pending == 0)
+        batch_complete(p);
+}
+
+static void deliver_input(prun *p, const char *input_json, bool replayed)
+{
+    ap_err err = {0};
+    cJSON *entry = cJSON_CreateObject();
+    cJSON *in = jsonx_parse(input_json, strlen(input_json), 32, NULL);
+    cJSON_AddStringToObject(entry, "k", "input");
+    cJSON_AddItemToObject(entry, "input", in != NULL ? in : cJSON_CreateObject());
+    cJSON_AddItemToArray(p->journal, entry);
+    size_t cap = strlen(input_json) + 16;
+    char *data = malloc(cap);
+    if (data != NULL) {
+        snprintf(data, cap, "{\"input\":%s}", input_json);
+        prun_emit(p, "input.received", data, true, NULL);
+        free(data);
+    }
+    if (!replayed) {
+        prun_emit_status(p, "running");
+        prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+    }
+    if (script_panel_deliver_input(p->sp, input_json, &err) != AP_OK) {
+        prun_fail(p, err.msg);
+        return;
+    }
+    p->awaiting = false;
+    script_step step;
+    if (script_panel_resume(p->sp, &step) != AP_OK) {
+        prun_fail(p, "internal error: the node could not be resumed");
+        return;
+    }
+    handle_step(p, &step);
+}
+
+static void next_node_timer(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    prun *p = ud;
+    p->timer = NULL;
+    run_node(p);
+}
+
+static void handle_step(prun *p, script_step *step)
+{
+    switch (step->outcome) {
+    case SCRIPT_NEXT: {
+        p->step++;
+        char *state = NULL;
+        ap_err err = {0};
+        if (script_panel_state_json(p->sp, &state, &err) != AP_OK) {
+            prun_fail(p, err.msg);
+            return;
+        }
+        free(p->node);
+        p->node = strdup(step->next_node);
+        free(p->node_state);
+        p->node_state = state;
+        cJSON_Delete(p->journal);
+        p->journal = cJSON_CreateArray();
+        cJSON_Delete(p->replay);
+        p->replay = NULL;
+        prun_checkpoint(p, p->node, p->node_state, p->next_seq - 1);
+        p->timer = llm_loop_timer_add(p->r->loop, 0, next_node_timer, p);
+        if (p->node == NULL || p->journal == NULL || p->timer == NULL)
+            prun_fail(p, "out of memory");
+        return;
+    }
+    case SCRIPT_DONE:
+        p->step++;
+        prun_complete(p, step->result_json);
+        return;
+    case SCRIPT_FAILED:
+        prun_fail(p, step->error);
+        return;
+    case SCRIPT_ASK:
+        start_asks(p, step);
+        return;
+    case SCRIPT_INPUT: {
+        const cJSON *old = p->replay != NULL ? replay_take(p, "input", NULL) : NULL;
+        if (old != NULL) {
+            char *in = jsonx_print(cJSON_GetObjectItemCaseSensitive(old, "input"));
+            deliver_input(p, in != NULL ? in : "{}", true);
+            free(in);
+            return;
+        }
+        if (p->pending_input != NULL) {
+            char *in = p->pending_input;
+            p->pending_input = NULL;
+            deliver_input(p, in, false);
+            free(in);
+            return;
+        }
+        size_t cap = strlen(step->input_request_json) + 16;
+        char *data = malloc(cap);
+        if (data == NULL) {
+            prun_fail(p, "out of memory");
+            return;
+        }
+        snprintf(data, cap, "{\"request\":%s}", step->input_request_json);
+        /* The status lands before the event is published, so a client reacting to the
+         * event can answer at once. */
+        prun_transition(p, live_statuses, 1, "awaiting_input", NULL, NULL);
+        prun_emit_status(p, "awaiting_input");
+        prun_emit(p, "input.requested", data, true, NULL);
+        free(data);
+        prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+        p->awaiting = true;
+        return;
+    }
+    }
+}
+
+static uint64_t node_seed(const prun *p)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *c = p->panel_id; *c != '\0'; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+    return h ^ ((uint64_t)p->step * 0x9e3779b97f4a7c15ULL);
+}
+
+static void run_node(prun *p)
+{
+    if (p->step >= p->e->max_steps) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "node budget exceeded: the panel ran %lld nodes (runtime.max_steps); does a "
+                 "node loop back forever?",
+                 (long long)p->step);
+        prun_fail(p, msg);
+        return;
+    }
+    p->node_start_seq = p->next_seq - 1;
+    script_step step;
+    if (script_panel_run_node(p->sp, p->node, node_seed(p), &step) != AP_OK) {
+        prun_fail(p, "out of memory");
+        return;
+    }
+    handle_step(p, &step);
+}
+
+/* ---- starting panels (runner thread) -------------------------------------------------- */
+
+static void start_on_runner(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    prun *p = ud;
+    script_host host = {p, host_emit, host_log, host_consensus_source};
+    char *state = NULL;
+    if (p->node_state != NULL)
+        state = p->node_state;
+    script_inputs in = {
+        .panel_id = p->panel_id,
+        .question = p->question,
+        .params_json = p->params_json,
+        .experts_json = p->experts_json,
+        .tenant_json = p->tenant_json,
+        .consensus = p->consensus,
+        .state_json = state,
+    };
+    ap_err err = {0};
+    if (p->fresh)
+        prun_emit_status(p, "running");
+    if (script_panel_new(&p->e->lim, &host, p->script.name, p->script.source, p->script.len, &in,
+                         &p->sp, &err) != AP_OK) {
+        prun_fail(p, err.msg);
+        return;
+    }
+    if (p->node == NULL)
+        p->node = strdup(script_panel_start_node(p->sp));
+    if (p->node_state == NULL)
+        p->node_state = strdup("{}");
+    if (p->node == NULL || p->node_state == NULL) {
+        prun_fail(p, "out of memory");
+        return;
+    }
+    /* A fresh panel checkpoints before its first node, so a resume always has one. */
+    if (p->fresh)
+        prun_checkpoint(p, p->node, p->node_state, p->next_seq - 1);
+    run_node(p);
+}
+
+/* ---- commands posted to runners ------------------------------------------------------- */
+
+typedef enum cmd_kind { CMD_CANCEL = 1, CMD_INPUT, CMD_STOP } cmd_kind;
+
+typedef struct cmd {
+    panel_engine *e;
+    runner *r;
+    cmd_kind kind;
+    char panel_id[STORE_ID_MAX];
+    char *input;
+} cmd;
+
+static void run_cmd(llm_loop *loop, void *ud)
+{
+    cmd *c = ud;
+    panel_engine *e = c->e;
+    if (c->kind == CMD_STOP) {
+        /* Free this runner's panels as they are: they stay "running" in the store. */
+        for (;;) {
+            prun *victim = NULL;
+            pthread_mutex_lock(&e->amu);
+            for (size_t b = 0; b < MAP_BUCKETS && victim == NULL; b++)
+                for (prun *p = e->active[b]; p != NULL && victim == NULL; p = p->next)
+                    if (p->r == c->r)
+                        victim = p;
+            pthread_mutex_unlock(&e->amu);
+            if (victim == NULL)
+                break;
+            prun_release(victim);
+        }
+        llm_loop_stop(loop);
+        free(c);
+        return;
+    }
+    pthread_mutex_lock(&e->amu);
+    prun *p = active_find_locked(e, c->panel_id);
+    pthread_mutex_unlock(&e->amu);
+    if (p != NULL && p->r == c->r) {
+        if (c->kind == CMD_CANCEL) {
+            prun_transition(p, live_statuses, 4, "cancelled", NULL, NULL);
+            prun_emit_status(p, "cancelled");
+            prun_release(p);
+        } else if (c->kind == CMD_INPUT) {
+            if (p->awaiting)
+                deliver_input(p, c->input, false);
+            else if (p->pending_input == NULL) {
+                /* Still replaying towards the await_input: deliver it when reached. */
+                p->pending_input = c->input;
+                c->input = NULL;
+            }
+        }
+    }
+    free(c->input);
+    free(c);
+}
+
+static ap_status post_cmd(panel_engine *e, runner *r, cmd_kind kind, const char *panel_id,
+                          const char *input)
+{
+    cmd *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return AP_NOMEM;
+    c->e = e;
+    c->r = r;
+    c->kind = kind;
+    if (panel_id != NULL)
+        snprintf(c->panel_id, sizeof c->panel_id, "%s", panel_id);
+    c->input = dup_or_null(input);
+    if ((input != NULL && c->input == NULL) || llm_loop_post(r->loop, run_cmd, c) != AP_OK) {
+        free(c->input);
+        free(c);
+        return AP_NOMEM;
+    }
+    return AP_OK;
+}
+
+static void *runner_main(void *arg)
+{
+    runner *r = arg;
+    llm_loop_run(r->loop);
+    return NULL;
+}
+
+/* ---- preparing a panel (caller thread) ------------------------------------------------ */
+
+static char *tenant_json_of(const store_tenant *t)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "slug", t->slug != NULL ? t->slug : "");
+    cJSON *cfg = t->config != NULL ? jsonx_parse(t->config, strlen(t->config), 32, NULL) : NULL;
+    const cJSON *flags = cJSON_GetObjectItemCaseSensitive(cfg, "flags");
+    cJSON *fl = cJSON_AddObjectToObject(o, "flags");
+    const cJSON *f;
+    cJSON_ArrayForEach(f, flags)
+    {
+        if (cJSON_IsBool(f))
+            cJSON_AddBoolToObject(fl, f->string, cJSON_IsTrue(f));
+    }
+    cJSON_Delete(cfg);
+    char *s = jsonx_print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* Loads everything a panel needs to run from the store; the runner only builds Lua. */
+static ap_status prepare(panel_engine *e, const char *tenant_id, const char *panel_id, prun **out,
+                         ap_err *err)
+{
+    store_panel row = {0};
+    store_tenant tenant = {0};
+    store_checkpoint ck = {0};
+    bool has_ck = false;
+    *out = NULL;
+    prun *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    p->e = e;
+    ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
+    if (rc == AP_OK)
+        rc = store_tenant_get(e->st, tenant_id, &tenant, err);
+    if (rc != AP_OK)
+        goto out;
+    snprintf(p->tenant_id, sizeof p->tenant_id, "%s", row.tenant_id);
+    snprintf(p->panel_id, sizeof p->panel_id, "%s", row.id);
+    ap_err ckerr = {0};
+    ap_status ckrc = store_checkpoint_get(e->st, tenant_id, panel_id, &ck, &ckerr);
+    if (ckrc == AP_OK)
+        has_ck = true;
+    else if (ckrc != AP_NOTFOUND) {
+        rc = ap_err_set(err, ckrc, "%s", ckerr.msg);
+        goto out;
+    }
+    p->tenant_slug = dup_or_null(tenant.slug);
+    p->tenant_json = tenant_json_of(&tenant);
+    p->question = dup_or_null(row.question);
+    p->consensus = dup_or_null(row.consensus);
+    const char *version =
+        has_ck && ck.script_version != NULL ? ck.script_version : row.strategy_version;
+    if (version != NULL && version[0] != '\0') {
+        store_script sc = {0};
+        rc = store_script_get_version(e->st, tenant_id, STORE_SCRIPT_STRATEGY, row.strategy,
+                                      version, &sc, err);
+        if (rc == AP_OK)
+            rc = script_registry_validate(e->reg, SCRIPT_STRATEGY, row.strategy, sc.source,
+                                          strlen(sc.source), sc.origin, &p->script, err);
+        store_script_free(&sc);
+    } else {
+        rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, row.strategy, &p->script,
+                            err);
+    }
+    if (rc != AP_OK)
+        goto out;
+    rc = script_params_apply(p->script.info.params_json, row.params, &p->params_json, err);
+    if (rc != AP_OK)
+        goto out;
+    p->experts_json =
+        strdup(row.experts != NULL && strcmp(row.experts, "[]") != 0 && row.experts[0] != '\0'
+                   ? row.experts
+                   : panel_roster_default_json());
+    p->pins = NULL;
+    if (has_ck) {
+        cJSON *env = jsonx_parse(ck.state, strlen(ck.state), 128, NULL);
+        cJSON *pins = cJSON_DetachItemFromObjectCaseSensitive(env, "pins");
+        const cJSON *state = cJSON_GetObjectItemCaseSensitive(env, "state");
+        p->pins = cJSON_IsObject(pins) ? pins : NULL;
+        if (p->pins == NULL)
+            cJSON_Delete(pins);
+        p->node_state = state != NULL ? jsonx_print(state) : strdup("{}");
+        cJSON_Delete(env);
+        p->step = ck.step;
+        p->node = dup_or_null(ck.next_node);
+        p->next_seq = ck.last_seq + 1;
+        p->replay =
+            ck.journal != NULL ? jsonx_parse(ck.journal, strlen(ck.journal), 128, NULL) : NULL;
+        if (p->replay != NULL && !cJSON_IsArray(p->replay)) {
+            cJSON_Delete(p->replay);
+            p->replay = NULL;
+        }
+        if (p->replay != NULL)
+            p->replay_used = calloc((size_t)cJSON_GetArraySize(p->replay) + 1, sizeof(bool));
+        if (ck.next_node == NULL) {
+            rc = ap_err_set(err, AP_CONFLICT, "the panel has already finished");
+            goto out;
+        }
+    } else {
+        p->next_seq = 1;
+    }
+    if (p->pins == NULL)
+        p->pins = cJSON_CreateObject();
+    p->journal = cJSON_CreateArray();
+    rc = store_events_last_seq(e->st, tenant_id, panel_id, &p->stored_seq, err);
+    if (rc != AP_OK)
+        goto out;
+    if (!has_ck && p->stored_seq >= p->next_seq)
+        p->next_seq = p->stored_seq + 1;
+    if (p->tenant_json == NULL || p->question == NULL || p->experts_json == NULL ||
+        p->journal == NULL || p->pins == NULL || (p->replay != NULL && p->replay_used == NULL)) {
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
+    }
+    /* Pin the version now so a restart runs the same source. */
+    if (version == NULL || version[0] == '\0') {
+        store_script sc = {.kind = STORE_SCRIPT_STRATEGY,
+                           .name = p->script.name,
+                           .version = p->script.version,
+                           .source = p->script.source,
+                           .origin = p->script.origin};
+        memcpy(sc.tenant_id, p->tenant_id, sizeof sc.tenant_id);
+        rc = store_script_put(e->st, tenant_id, &sc, false, err);
+        if (rc != AP_OK)
+            goto out;
+    }
+    *out = p;
+    p = NULL;
+out:
+    prun_free(p);
+    store_panel_free(&row);
+    store_tenant_free(&tenant);
+    if (has_ck)
+        store_checkpoint_free(&ck);
+    return rc;
+}
+
+static ap_status launch(panel_engine *e, prun *p, ap_err *err)
+{
+    unsigned i = __atomic_fetch_add(&e->rr, 1, __ATOMIC_RELAXED) % (unsigned)e->nrunners;
+    p->r = &e->runners[i];
+    if (!active_add(e, p)) {
+        prun_free(p);
+        return ap_err_set(err, AP_CONFLICT, "the panel is already running in this process");
+    }
+    if (llm_loop_post(p->r->loop, start_on_runner, p) != AP_OK) {
+        prun_release(p);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    return AP_OK;
+}
+
+/* ---- public API ----------------------------------------------------------------------- */
+
+ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_err *err)
+{
+    *out = NULL;
+    panel_engine *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    e->cfg = o->cfg;
+    e->st = o->store;
+    e->reg = o->registry;
+    e->provider = dup_or_null(o->provider);
+    e->model = dup_or_null(o->model);
+    e->seed = o->seed;
+    script_limits_default(&e->lim);
+    e->max_steps = 500;
+    if (o->cfg != NULL) {
+        e->lim.memory_bytes = (size_t)o->cfg->runtime_lua_memory_mb * 1024 * 1024;
+        e->lim.instructions = o->cfg->runtime_node_instructions;
+        e->lim.timeout_ms = o->cfg->runtime_node_timeout_ms;
+        e->max_steps = o->cfg->runtime_max_steps;
+    }
+    int n = o->runners > 0 ? o->runners : (o->cfg != NULL ? (int)o->cfg->runtime_runners : 0);
+    if (n <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cores > 0 ? (int)cores : 1;
+    }
+    pthread_mutex_init(&e->wmu, NULL);
+    pthread_cond_init(&e->wcond, NULL);
+    pthread_mutex_init(&e->smu, NULL);
+    pthread_mutex_init(&e->amu, NULL);
+    e->runners = calloc((size_t)n, sizeof *e->runners);
+    if (e->runners == NULL || (o->provider != NULL && e->provider == NULL)) {
+        panel_engine_stop(e);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    if (o->provider != NULL && !llm_provider_known(o->provider)) {
+        panel_engine_stop(e);
+        return ap_err_set(err, AP_INVALID, "unknown LLM provider '%s'", o->provider);
+    }
+    if (pthread_create(&e->writer, NULL, writer_main, e) != 0) {
+        panel_engine_stop(e);
+        return ap_err_set(err, AP_ERROR, "cannot start the event writer");
+    }
+    e->writer_started = true;
+    e->nrunners = n;
+    for (int i = 0; i < n; i++) {
+        runner *r = &e->runners[i];
+        r->e = e;
+        r->idx = i;
+        ap_status rc = llm_loop_new(&r->loop, err);
+        if (rc == AP_OK)
+            rc = llm_client_new(r->loop, o->cfg != NULL ? o->cfg->llm : NULL, &r->llm, err);
+        if (rc == AP_OK && pthread_create(&r->th, NULL, runner_main, r) != 0)
+            rc = ap_err_set(err, AP_ERROR, "cannot start a runner thread");
+        if (rc != AP_OK) {
+            panel_engine_stop(e);
+            return rc;
+        }
+        r->started = true;
+    }
+    *out = e;
+    return AP_OK;
+}
+
+void panel_engine_stop(panel_engine *e)
+{
+    if (e == NULL)
+        return;
+    for (int i = 0; i < e->nrunners; i++) {
+        runner *r = &e->runners[i];
+        if (r->started) {
+            if (post_cmd(e, r, CMD_STOP, NULL, NULL) != AP_OK)
+                llm_loop_stop(r->loop);
+            pthread_join(r->th, NULL);
+        }
+        llm_client_free(r->llm);
+        llm_loop_free(r->loop);
+    }
+    if (e->writer_started) {
+        pthread_mutex_lock(&e->wmu);
+        e->wstop = true;
+        pthread_cond_signal(&e->wcond);
+        pthread_mutex_unlock(&e->wmu);
+        pthread_join(e->writer, NULL);
+    }
+    free(e->runners);
+    free(e->provider);
+    free(e->model);
+    pthread_mutex_destroy(&e->wmu);
+    pthread_cond_destroy(&e->wcond);
+    pthread_mutex_destroy(&e->smu);
+    pthread_mutex_destroy(&e->amu);
+    free(e);
+}
+
+ap_status panel_engine_create(panel_engine *e, const char *tenant_id, const panel_create_req *req,
+                              store_panel *out, ap_err *err)
+{
+    store_tenant tenant = {0};
+    script_entry en = {0};
+    char *params = NULL;
+    if (e->st == NULL)
+        return ap_err_set(err, AP_INVALID, "no store");
+    if (req->question == NULL || req->question[0] == '\0')
+        return ap_err_set(err, AP_INVALID, "a panel needs a question");
+    if (req->strategy == NULL)
+        return ap_err_set(err, AP_INVALID, "a panel needs a strategy");
+    ap_status rc = store_tenant_get(e->st, tenant_id, &tenant, err);
+    if (rc == AP_OK)
+        rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, req->strategy, &en, err);
+    if (rc == AP_OK)
+        rc = script_params_apply(en.info.params_json, req->params_json, &params, err);
+    if (rc == AP_OK && req->consensus != NULL && req->consensus[0] != '\0') {
+        script_entry c = {0};
+        rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS, req->consensus, &c, err);
+        script_entry_free(&c);
+    }
+    if (rc == AP_OK) {
+        store_script sc = {.kind = STORE_SCRIPT_STRATEGY,
+                           .name = en.name,
+                           .version = en.version,
+                           .source = en.source,
+                           .origin = en.origin};
+        memcpy(sc.tenant_id, tenant.id, sizeof sc.tenant_id);
+        rc = store_script_put(e->st, tenant_id, &sc, false, err);
+    }
+    if (rc == AP_OK) {
+        store_panel in = {
+            .title = (char *)req->title,
+            .question = (char *)req->question,
+            .strategy = en.name,
+            .strategy_version = en.version,
+            .consensus =
+                (char *)(req->consensus != NULL && req->consensus[0] != '\0' ? req->consensus
+                                                                             : en.info.consensus),
+            .params = params,
+            .experts = (char *)(req->experts_json != NULL ? req->experts_json
+                                                          : panel_roster_default_json()),
+            .status = "created",
+            .idempotency_key = (char *)req->idempotency_key,
+            .request_hash = (char *)req->request_hash,
+        };
+        store_panel tmp = {0};
+        rc = store_panel_create(e->st, tenant_id, &in, out != NULL ? out : &tmp, err);
+        store_panel_free(&tmp);
+    }
+    free(params);
+    script_entry_free(&en);
+    store_tenant_free(&tenant);
+    return rc;
+}
+
+ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const char *panel_id,
+                               ap_err *err)
+{
+    static const char *const from[] = {"created", "queued"};
+    if (e->st == NULL)
+        return ap_err_set(err, AP_INVALID, "no store");
+    prun *p = NULL;
+    ap_status rc = prepare(e, tenant_id, panel_id, &p, err);
+    if (rc != AP_OK)
+        return rc;
+    rc = store_panel_transition(e->st, tenant_id, panel_id, from, 2, "running", NULL, NULL, err);
+    if (rc != AP_OK) {
+        prun_free(p);
+        if (rc == AP_CONFLICT)
+            ap_err_set(err, AP_CONFLICT, "the panel was already started");
+        return rc;
+    }
+    p->fresh = true;
+    return launch(e, p, err);
+}
+
+ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              ap_err *err)
+{
+    if (e->st == NULL)
+        return ap_err_set(err, AP_INVALID, "no store");
+    store_panel row = {0};
+    ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
+    if (rc != AP_OK)
+        return rc;
+    bool running = strcmp(row.status, "running") == 0;
+    bool queued = strcmp(row.status, "queued") == 0 || strcmp(row.status, "created") == 0;
+    char status[32];
+    snprintf(status, sizeof status, "%s", row.status);
+    store_panel_free(&row);
+    if (queued)
+        return panel_engine_execute(e, tenant_id, panel_id, err);
+    if (!running)
+        return ap_err_set(err, AP_CONFLICT, "the panel is %s, not running", status);
+    prun *p = NULL;
+    if ((rc = prepare(e, tenant_id, panel_id, &p, err)) != AP_OK)
+        return rc;
+    return launch(e, p, err);
+}
+
+ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
+{
+    store_panel_ref *refs = NULL;
+    size_t count = 0, started = 0;
+    if (n != NULL)
+        *n = 0;
+    if (e->st == NULL)
+        return AP_OK;
+    ap_status rc = store_panels_in_status(e->st, "running", &refs, &count, err);
+    if (rc != AP_OK)
+        return rc;
+    for (size_t i = 0; i < count; i++) {
+        ap_err one = {0};
+        if (panel_engine_resume(e, refs[i].tenant_id, refs[i].panel_id, &one) == AP_OK)
+            started++;
+        else
+            log_msg(LOG_LEVEL_WARN,
+                    &(log_fields){.tenant_id = refs[i].tenant_id, .panel_id = refs[i].panel_id},
+                    "cannot resume panel: %s", one.msg);
+    }
+    free(refs);
+    if (n != NULL)
+        *n = started;
+    return AP_OK;
+}
+
+ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              ap_err *err)
+{
+    if (e->st != NULL) {
+        store_panel row = {0};
+        ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
+        bool final = rc == AP_OK &&
+                     (strcmp(row.status, "completed") == 0 || strcmp(row.status, "failed") == 0 ||
+                      strcmp(row.status, "cancelled") == 0);
+        store_panel_free(&row);
+        if (rc != AP_OK)
+            return rc;
+        if (final)
+            return ap_err_set(err, AP_CONFLICT, "the panel has already finished");
+    }
+    pthread_mutex_lock(&e->amu);
+    prun *p = active_find_locked(e, panel_id);
+    runner *r = p != NULL ? p->r : NULL;
+    pthread_mutex_unlock(&e->amu);
+    if (r != NULL)
+        return post_cmd(e, r, CMD_CANCEL, panel_id, NULL) == AP_OK
+                   ? AP_OK
+                   : ap_err_set(err, AP_NOMEM, "out of memory");
+    if (e->st == NULL)
+        return ap_err_set(err, AP_NOTFOUND, "no such panel");
+    /* Not active here: cancel it in the store directly. */
+    ap_status rc = store_panel_transition(e->st, tenant_id, panel_id, live_statuses, 4, "cancelled",
+                                          NULL, NULL, err);
+    if (rc != AP_OK)
+        return rc;
+    int64_t last = 0;
+    if (store_events_last_seq(e->st, tenant_id, panel_id, &last, err) == AP_OK) {
+        store_event ev = {
+            .seq = last + 1, .type = "panel.status", .data = "{\"status\":\"cancelled\"}"};
+        snprintf(ev.panel_id, sizeof ev.panel_id, "%s", panel_id);
+        ap_err one = {0};
+        if (store_events_append(e->st, tenant_id, &ev, 1, &one) != AP_OK)
+            log_warn("cancel of %s: event not stored: %s", panel_id, one.msg);
+    }
+    return AP_OK;
+}
+
+ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
+                             const char *input_json, ap_err *err)
+{
+    static const char *const from[] = {"awaiting_input"};
+    char *input = NULL;
+    size_t len = input_json != NULL ? strlen(input_json) : 0;
+    if (len == 0 || len > MAX_INPUT_BYTES)
+        return ap_err_set(err, AP_INVALID, "input must be 1 byte to 256 KiB");
+    cJSON *in = jsonx_parse(input_json, len, 32, NULL);
+    if (!cJSON_IsObject(in)) {
+        /* Plain text becomes {"text": ...}. */
+        cJSON_Delete(in);
+        in = cJSON_CreateObject();
+        cJSON_AddStringToObject(in, "text", input_json);
+    }
+    input = jsonx_print(in);
+    cJSON_Delete(in);
+    if (input == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    ap_status rc = AP_OK;
+    if (e->st != NULL) {
+        rc =
+            store_panel_transition(e->st, tenant_id, panel_id, from, 1, "running", NULL, NULL, err);
+        if (rc == AP_CONFLICT)
+            ap_err_set(err, AP_CONFLICT, "the panel is not waiting for input");
+        if (rc != AP_OK)
+            goto out;
+    }
+    pthread_mutex_lock(&e->amu);
+    prun *p = active_find_locked(e, panel_id);
+    runner *r = p != NULL ? p->r : NULL;
+    pthread_mutex_unlock(&e->amu);
+    if (r != NULL) {
+        rc = post_cmd(e, r, CMD_INPUT, panel_id, input) == AP_OK
+                 ? AP_OK
+                 : ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
+    }
+    if (e->st == NULL) {
+        rc = ap_err_set(err, AP_NOTFOUND, "no such panel");
+        goto out;
+    }
+    /* Not active here (the process restarted): resume it with the input waiting. */
+    prun *np = NULL;
+    if ((rc = prepare(e, tenant_id, panel_id, &np, err)) != AP_OK)
+        goto out;
+    np->pending_input = input;
+    input = NULL;
+    rc = launch(e, np, err);
+out:
+    free(input);
+    return rc;
+}

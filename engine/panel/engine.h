@@ -1,0 +1,120 @@
+/* engine.h - runs panels: runner threads with event loops, the event writer, subscriptions.
+ *
+ * Each runner thread owns an llm_loop and the Lua states of its panels; a node runs as a
+ * coroutine and yields on ctx:ask/ask_all/await_input, so thousands of panels share a thread.
+ * Durable events, checkpoints, status changes and usage go through one writer thread that
+ * commits them in groups (store_events_append of a whole batch) and only then publishes the
+ * events to subscribers; ephemeral deltas ride the same queue so a subscriber sees one
+ * ordered stream. A checkpoint is written after every node (next node, ctx.state, pinned
+ * script version, the node's journal of LLM results and human input); resuming replays the
+ * journal instead of calling the provider again.
+ *
+ * All functions are thread-safe unless noted. Statuses follow DESIGN §4:
+ * created -> queued -> running <-> awaiting_input -> completed | failed | cancelled. */
+#ifndef AP_PANEL_ENGINE_H
+#define AP_PANEL_ENGINE_H
+
+#include "core/config.h"
+#include "core/status.h"
+#include "script/registry.h"
+#include "store/store.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct panel_engine panel_engine;
+
+typedef struct panel_engine_opts {
+    const config *cfg;         /* borrowed for the engine's life */
+    store *store;              /* borrowed; NULL: nothing is persisted (dry runs) */
+    script_registry *registry; /* borrowed */
+    const char *provider;      /* overrides the default LLM provider; may be NULL */
+    const char *model;         /* overrides every expert's model; may be NULL */
+    uint64_t seed;             /* the simulated provider's seed for this process */
+    int runners;               /* > 0 overrides runtime.runners */
+} panel_engine_opts;
+
+/* Starts the runner and writer threads. Caller stops with panel_engine_stop. */
+ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_err *err);
+
+/* Stops gracefully: running panels stop where they are (they stay "running" in the store and
+ * resume from their checkpoint on the next start), queued writes are flushed, subscribers
+ * get no more events. Frees the engine; NULL is fine. */
+void panel_engine_stop(panel_engine *e);
+
+/* What a new panel is made of (see panel_engine_create). */
+typedef struct panel_create_req {
+    const char *title; /* may be NULL */
+    const char *question;
+    const char *strategy;        /* name */
+    const char *consensus;       /* may be NULL: the strategy's default */
+    const char *params_json;     /* object, may be NULL */
+    const char *experts_json;    /* array of expert objects (each with an id); NULL: default
+                                    roster */
+    const char *idempotency_key; /* may be NULL */
+    const char *request_hash;    /* may be NULL */
+} panel_create_req;
+
+/* Validates the request against the strategy the tenant resolves (params errors name the
+ * param), pins the script version (kept in the store) and creates the panel ("created").
+ * out may be NULL. */
+ap_status panel_engine_create(panel_engine *e, const char *tenant_id, const panel_create_req *req,
+                              store_panel *out, ap_err *err);
+
+/* Starts a created or queued panel. AP_CONFLICT when it is in another status. */
+ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const char *panel_id,
+                               ap_err *err);
+
+/* Continues an interrupted panel (status running, not active in this process) from its
+ * checkpoint. AP_CONFLICT when it is not running or already active here. */
+ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              ap_err *err);
+
+/* Resumes every running panel of the store (at start-up); *n (may be NULL) gets the count. */
+ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err);
+
+/* Cancels a panel: in-flight LLM calls are aborted at once; status cancelled. */
+ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              ap_err *err);
+
+/* Answers a panel waiting for human input with a JSON object (text is wrapped as {"text"}).
+ * AP_CONFLICT when the panel is not awaiting input. */
+ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
+                             const char *input_json, ap_err *err);
+
+/* Number of panels active in this process. */
+size_t panel_engine_active(panel_engine *e);
+
+/* ---- subscriptions (the SSE layer and the CLI) -------------------------------------------- */
+
+typedef struct panel_event {
+    char panel_id[STORE_ID_MAX];
+    int64_t seq; /* 0 for ephemeral events (expert.delta) */
+    char *type;  /* owned */
+    char *data;  /* JSON, owned */
+} panel_event;
+
+/* Frees the strings of ev (not ev itself). */
+void panel_event_clear(panel_event *ev);
+
+typedef struct panel_sub panel_sub;
+
+/* Subscribes to a panel's live events. At most max_queued events wait in the queue; past
+ * that, ephemeral events are dropped and a durable one marks the subscription lagged (the
+ * consumer then re-reads from the store after its last seq; see panel_sub_next). notify (may
+ * be NULL) runs on the writer thread after events were queued; it must not block. To read
+ * without gaps: subscribe first, then read stored events, then take live ones skipping
+ * seq <= the last stored one. Caller frees with panel_engine_unsubscribe. */
+ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const char *panel_id,
+                                 size_t max_queued, void (*notify)(void *ud), void *ud,
+                                 panel_sub **out, ap_err *err);
+
+void panel_engine_unsubscribe(panel_engine *e, panel_sub *s);
+
+/* Takes the next event into *ev (caller clears), waiting at most timeout_ms (0: do not wait,
+ * -1: forever). Returns 1 with an event, 0 on timeout, -1 when the subscription lagged (the
+ * queue is emptied and the flag reset). */
+int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms);
+
+#endif

@@ -1,0 +1,267 @@
+#include "panel/session.h"
+
+#include "core/jsonx.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define INPUT_LINE_MAX (64 * 1024)
+
+static void make_parent_dir(const char *url)
+{
+    if (strncmp(url, "sqlite:", 7) != 0)
+        return;
+    const char *path = url + 7;
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL || slash == path)
+        return;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return; /* store_open reports the real problem */
+}
+
+ap_status panel_session_open(panel_session *s, const config *cfg, const char *provider,
+                             const char *model, uint64_t seed, ap_err *err)
+{
+    memset(s, 0, sizeof *s);
+    s->cfg = cfg;
+    make_parent_dir(cfg->store);
+    ap_status rc = store_open(cfg->store, &s->st, err);
+    if (rc == AP_OK)
+        rc = store_migrate(s->st, NULL, err);
+    if (rc != AP_OK)
+        return rc;
+    store_tenant t = {0};
+    rc = store_tenant_by_slug(s->st, "cli", &t, err);
+    if (rc == AP_NOTFOUND)
+        rc = store_tenant_create(s->st, "cli", "Command line", NULL, &t, err);
+    if (rc == AP_CONFLICT) /* created concurrently by another askpanel */
+        rc = store_tenant_by_slug(s->st, "cli", &t, err);
+    if (rc == AP_OK)
+        memcpy(s->tenant_id, t.id, sizeof s->tenant_id);
+    store_tenant_free(&t);
+    if (rc != AP_OK)
+        return rc;
+    script_limits lim;
+    script_limits_default(&lim);
+    lim.memory_bytes = (size_t)cfg->runtime_lua_memory_mb * 1024 * 1024;
+    lim.instructions = cfg->runtime_node_instructions;
+    lim.timeout_ms = cfg->runtime_node_timeout_ms;
+    rc = script_registry_new(&lim, cfg->strategies_dir, cfg->tenants_dir, &s->reg, err);
+    if (rc != AP_OK)
+        return rc;
+    panel_engine_opts o = {
+        .cfg = cfg,
+        .store = s->st,
+        .registry = s->reg,
+        .provider = provider,
+        .model = model,
+        .seed = seed,
+        .runners = 1,
+    };
+    return panel_engine_start(&o, &s->engine, err);
+}
+
+void panel_session_close(panel_session *s)
+{
+    panel_engine_stop(s->engine);
+    script_registry_free(s->reg);
+    store_close(s->st);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- printing ------------------------------------------------------------------------- */
+
+static void print_text(FILE *out, const char *type, const cJSON *d, const char *raw)
+{
+    if (strcmp(type, "expert.delta") == 0)
+        return;
+    if (strcmp(type, "panel.status") == 0) {
+        fprintf(out, "· status: %s\n", jsonx_string(d, "status") ? jsonx_string(d, "status") : "?");
+    } else if (strcmp(type, "round.started") == 0) {
+        fprintf(out, "\n── round %g ──\n", jsonx_number(d, "round", 0));
+    } else if (strcmp(type, "expert.message") == 0) {
+        const char *name = jsonx_string(d, "name");
+        fprintf(out, "\n%s", name != NULL ? name : "expert");
+        if (cJSON_GetObjectItemCaseSensitive(d, "round") != NULL)
+            fprintf(out, " (round %g)", jsonx_number(d, "round", 0));
+        const char *error = jsonx_string(d, "error");
+        const char *text = jsonx_string(d, "text");
+        if (error != NULL)
+            fprintf(out, ": (no answer: %s)\n", error);
+        else
+            fprintf(out, ":\n  %s\n", text != NULL ? text : "");
+    } else if (strcmp(type, "consensus") == 0) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(d, "result");
+        const cJSON *pos = cJSON_GetObjectItemCaseSensitive(r, "position");
+        char *p = pos != NULL && !cJSON_IsString(pos) ? jsonx_print(pos) : NULL;
+        fprintf(out, "\nconsensus (%s): level %.2f",
+                jsonx_string(d, "algorithm") ? jsonx_string(d, "algorithm") : "?",
+                jsonx_number(r, "level", 0));
+        if (cJSON_IsString(pos))
+            fprintf(out, ", position: %s", pos->valuestring);
+        else if (p != NULL)
+            fprintf(out, ", position: %s", p);
+        fprintf(out, "\n");
+        free(p);
+    } else if (strcmp(type, "input.requested") == 0) {
+        const cJSON *req = cJSON_GetObjectItemCaseSensitive(d, "request");
+        const char *prompt = jsonx_string(req, "prompt");
+        fprintf(out, "\n? input requested: %s\n", prompt != NULL ? prompt : "(no prompt)");
+    } else if (strcmp(type, "input.received") == 0) {
+        fprintf(out, "  (input received)\n");
+    } else if (strcmp(type, "panel.completed") == 0) {
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(d, "result");
+        const char *summary = jsonx_string(r, "summary");
+        if (summary != NULL)
+            fprintf(out, "\n== summary ==\n%s\n", summary);
+        char *pretty = r != NULL ? cJSON_Print(r) : NULL;
+        fprintf(out, "\n== result ==\n%s\n", pretty != NULL ? pretty : "null");
+        free(pretty);
+    } else if (strcmp(type, "panel.failed") == 0) {
+        fprintf(out, "\npanel failed: %s\n",
+                jsonx_string(d, "error") ? jsonx_string(d, "error") : "?");
+    } else {
+        fprintf(out, "[%s] %s\n", type, raw);
+    }
+}
+
+static void print_event(FILE *out, bool json, const char *panel_id, int64_t seq, const char *type,
+                        const char *data)
+{
+    if (json) {
+        fprintf(out, "{\"panel_id\":\"%s\",\"seq\":%lld,\"type\":\"%s\",\"data\":%s}\n", panel_id,
+                (long long)seq, type, data);
+    } else {
+        cJSON *d = jsonx_parse(data, strlen(data), 128, NULL);
+        print_text(out, type, d, data);
+        cJSON_Delete(d);
+    }
+    fflush(out);
+}
+
+/* ---- following -------------------------------------------------------------------------- */
+
+enum { FOLLOW_GO_ON = -1 };
+
+/* What an event means for the follower: an exit status, or FOLLOW_GO_ON. */
+static int event_outcome(const char *type, const char *data)
+{
+    if (strcmp(type, "panel.completed") == 0)
+        return PANEL_EXIT_COMPLETED;
+    if (strcmp(type, "panel.failed") == 0)
+        return PANEL_EXIT_FAILED;
+    if (strcmp(type, "panel.status") == 0 && strstr(data, "\"cancelled\"") != NULL)
+        return PANEL_EXIT_FAILED;
+    return FOLLOW_GO_ON;
+}
+
+/* Reads one answer from in and submits it. Returns FOLLOW_GO_ON, or an exit status. */
+static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *out, bool json)
+{
+    char *line = malloc(INPUT_LINE_MAX);
+    if (line == NULL)
+        return PANEL_EXIT_FAILED;
+    if (!json) {
+        fprintf(out, "> ");
+        fflush(out);
+    }
+    if (fgets(line, INPUT_LINE_MAX, in) == NULL) {
+        free(line);
+        fprintf(stderr,
+                "askpanel: panel %s is awaiting input and stdin ended; answer later with "
+                "`askpanel resume %s` (input on stdin)\n",
+                panel_id, panel_id);
+        return PANEL_EXIT_AWAITING_INPUT;
+    }
+    line[strcspn(line, "\r\n")] = '\0';
+    ap_err err = {0};
+    ap_status rc = panel_engine_input(s->engine, s->tenant_id, panel_id, line, &err);
+    free(line);
+    if (rc != AP_OK) {
+        fprintf(stderr, "askpanel: input refused: %s\n", err.msg);
+        return PANEL_EXIT_FAILED;
+    }
+    return FOLLOW_GO_ON;
+}
+
+/* Prints stored events after *last; returns an exit status when one of them ends the panel,
+ * else FOLLOW_GO_ON. *input_pending tracks an unanswered input.requested. */
+static int print_stored(panel_session *s, const char *panel_id, int64_t *last, bool json, FILE *out,
+                        bool *input_pending)
+{
+    for (;;) {
+        store_event *rows = NULL;
+        size_t n = 0;
+        ap_err err = {0};
+        if (store_events_list(s->st, s->tenant_id, panel_id, *last, 200, &rows, &n, &err) !=
+            AP_OK) {
+            fprintf(stderr, "askpanel: %s\n", err.msg);
+            return PANEL_EXIT_FAILED;
+        }
+        int outcome = FOLLOW_GO_ON;
+        for (size_t i = 0; i < n; i++) {
+            print_event(out, json, panel_id, rows[i].seq, rows[i].type, rows[i].data);
+            *last = rows[i].seq;
+            if (strcmp(rows[i].type, "input.requested") == 0)
+                *input_pending = true;
+            else if (strcmp(rows[i].type, "input.received") == 0)
+                *input_pending = false;
+            int o = event_outcome(rows[i].type, rows[i].data);
+            if (o != FOLLOW_GO_ON)
+                outcome = o;
+        }
+        store_events_free(rows, n);
+        if (outcome != FOLLOW_GO_ON || n < 200)
+            return outcome;
+    }
+}
+
+int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id, int64_t after_seq,
+                         bool json, FILE *in, FILE *out)
+{
+    int64_t last = after_seq;
+    bool input_pending = false;
+    int outcome = print_stored(s, panel_id, &last, json, out, &input_pending);
+    if (outcome != FOLLOW_GO_ON)
+        return outcome;
+    if (input_pending) {
+        store_panel row = {0};
+        ap_err err = {0};
+        bool waiting = store_panel_get(s->st, s->tenant_id, panel_id, &row, &err) == AP_OK &&
+                       strcmp(row.status, "awaiting_input") == 0;
+        store_panel_free(&row);
+        if (waiting && (outcome = answer_input(s, panel_id, in, out, json)) != FOLLOW_GO_ON)
+            return outcome;
+    }
+    for (;;) {
+        panel_event ev;
+        int r = panel_sub_next(sub, &ev, 1000);
+        if (r < 0) {
+            outcome = print_stored(s, panel_id, &last, json, out, &input_pending);
+            if (outcome != FOLLOW_GO_ON)
+                return outcome;
+            continue;
+        }
+        if (r == 0)
+            continue;
+        if (ev.seq > 0 && ev.seq <= last) {
+            panel_event_clear(&ev);
+            continue;
+        }
+        if (ev.seq > 0)
+            last = ev.seq;
+        if (json || strcmp(ev.type, "expert.delta") != 0)
+            print_event(out, json, panel_id, ev.seq, ev.type, ev.data);
+        outcome = event_outcome(ev.type, ev.data);
+        bool ask = strcmp(ev.type, "input.requested") == 0;
+        panel_event_clear(&ev);
+        if (outcome != FOLLOW_GO_ON)
+            return outcome;
+        if (ask && (outcome = answer_input(s, panel_id, in, out, json)) != FOLLOW_GO_ON)
+            return outcome;
+    }
+}

@@ -1,0 +1,550 @@
+#include "script/registry.h"
+
+#include "core/log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SCRIPT_MAX_BYTES (1024 * 1024)
+#define REGISTRY_MAX_ENTRIES 4096
+#define REGISTRY_MAX_NAMES 1024
+
+typedef struct cached {
+    char *key; /* a file path, or "version:<hash>" for validated sources */
+    script_entry entry;
+} cached;
+
+struct script_registry {
+    script_limits lim;
+    char *strategies_dir;
+    char *tenants_dir;
+    pthread_mutex_t mu;
+    cached *items;
+    size_t n, cap;
+    pthread_t watcher;
+    bool watching;
+    int inotify_fd;
+    int stop_fd;
+};
+
+void script_entry_free(script_entry *e)
+{
+    if (e == NULL)
+        return;
+    free(e->name);
+    free(e->source);
+    free(e->origin);
+    script_info_free(&e->info);
+    memset(e, 0, sizeof *e);
+}
+
+void script_entries_free(script_entry *rows, size_t n)
+{
+    for (size_t i = 0; rows != NULL && i < n; i++)
+        script_entry_free(&rows[i]);
+    free(rows);
+}
+
+static char *dup_opt(const char *s)
+{
+    return s != NULL ? strdup(s) : NULL;
+}
+
+ap_status script_entry_copy(const script_entry *src, script_entry *dst)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->kind = src->kind;
+    memcpy(dst->version, src->version, sizeof dst->version);
+    dst->len = src->len;
+    dst->name = strdup(src->name);
+    dst->source = malloc(src->len + 1);
+    dst->origin = strdup(src->origin);
+    dst->info.kind = src->info.kind;
+    dst->info.name = dup_opt(src->info.name);
+    dst->info.description = dup_opt(src->info.description);
+    dst->info.start = dup_opt(src->info.start);
+    dst->info.consensus = dup_opt(src->info.consensus);
+    dst->info.params_json = dup_opt(src->info.params_json);
+    dst->info.nodes_json = dup_opt(src->info.nodes_json);
+    if (dst->source != NULL) {
+        memcpy(dst->source, src->source, src->len);
+        dst->source[src->len] = '\0';
+    }
+    if (dst->name == NULL || dst->source == NULL || dst->origin == NULL) {
+        script_entry_free(dst);
+        return AP_NOMEM;
+    }
+    return AP_OK;
+}
+
+const script_limits *script_registry_limits(const script_registry *r)
+{
+    return &r->lim;
+}
+
+ap_status script_registry_new(const script_limits *lim, const char *strategies_dir,
+                              const char *tenants_dir, script_registry **out, ap_err *err)
+{
+    *out = NULL;
+    script_registry *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    r->lim = *lim;
+    r->strategies_dir = strdup(strategies_dir != NULL ? strategies_dir : "strategies");
+    r->tenants_dir = strdup(tenants_dir != NULL ? tenants_dir : "config/tenants");
+    r->inotify_fd = r->stop_fd = -1;
+    pthread_mutex_init(&r->mu, NULL);
+    if (r->strategies_dir == NULL || r->tenants_dir == NULL) {
+        script_registry_free(r);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    *out = r;
+    return AP_OK;
+}
+
+void script_registry_free(script_registry *r)
+{
+    if (r == NULL)
+        return;
+    if (r->watching) {
+        uint64_t one = 1;
+        ssize_t w = write(r->stop_fd, &one, sizeof one);
+        (void)w;
+        pthread_join(r->watcher, NULL);
+    }
+    if (r->inotify_fd >= 0)
+        close(r->inotify_fd);
+    if (r->stop_fd >= 0)
+        close(r->stop_fd);
+    for (size_t i = 0; i < r->n; i++) {
+        free(r->items[i].key);
+        script_entry_free(&r->items[i].entry);
+    }
+    free(r->items);
+    free(r->strategies_dir);
+    free(r->tenants_dir);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+/* Reads a whole script file; AP_NOTFOUND when it does not exist. */
+static ap_status read_file(const char *path, char **out, size_t *len, ap_err *err)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return errno == ENOENT
+                   ? AP_NOTFOUND
+                   : ap_err_set(err, AP_IO, "cannot read %s: %s", path, strerror(errno));
+    char *data = malloc(SCRIPT_MAX_BYTES + 1);
+    size_t n = data != NULL ? fread(data, 1, SCRIPT_MAX_BYTES + 1, f) : 0;
+    bool bad = ferror(f) != 0;
+    fclose(f);
+    if (data == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    if (bad || n > SCRIPT_MAX_BYTES) {
+        free(data);
+        return ap_err_set(err, bad ? AP_IO : AP_LIMIT, "%s: %s", path,
+                          bad ? "read error" : "larger than 1 MiB");
+    }
+    data[n] = '\0';
+    *out = data;
+    *len = n;
+    return AP_OK;
+}
+
+static ap_status make_entry(const script_registry *r, script_kind kind, const char *name,
+                            char *source, size_t len, const char *origin, script_entry *out,
+                            ap_err *err)
+{
+    memset(out, 0, sizeof *out);
+    ap_status rc = script_inspect(&r->lim, kind, name, source, len, &out->info, err);
+    if (rc != AP_OK) {
+        free(source);
+        return rc;
+    }
+    out->kind = kind;
+    out->name = strdup(name);
+    out->origin = strdup(origin);
+    out->source = source;
+    out->len = len;
+    ids_sha256_hex(source, len, out->version);
+    if (out->name == NULL || out->origin == NULL) {
+        script_entry_free(out);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    return AP_OK;
+}
+
+static cached *find_locked(script_registry *r, const char *key)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->items[i].key, key) == 0)
+            return &r->items[i];
+    return NULL;
+}
+
+/* Takes ownership of e on success. */
+static ap_status insert_locked(script_registry *r, const char *key, script_entry *e)
+{
+    if (r->n == r->cap) {
+        if (r->cap >= REGISTRY_MAX_ENTRIES)
+            return AP_LIMIT;
+        size_t cap = r->cap ? r->cap * 2 : 32;
+        cached *items = realloc(r->items, cap * sizeof *items);
+        if (items == NULL)
+            return AP_NOMEM;
+        r->items = items;
+        r->cap = cap;
+    }
+    char *k = strdup(key);
+    if (k == NULL)
+        return AP_NOMEM;
+    r->items[r->n].key = k;
+    r->items[r->n].entry = *e;
+    r->n++;
+    memset(e, 0, sizeof *e);
+    return AP_OK;
+}
+
+static void path_of(const script_registry *r, const char *slug, script_kind kind, const char *name,
+                    char *path, size_t cap)
+{
+    const char *sub = kind == SCRIPT_CONSENSUS ? "/consensus" : "";
+    if (slug != NULL)
+        snprintf(path, cap, "%s/%s/strategies%s/%s.lua", r->tenants_dir, slug, sub, name);
+    else
+        snprintf(path, cap, "%s%s/%s.lua", r->strategies_dir, sub, name);
+}
+
+static bool safe_component(const char *s)
+{
+    if (s == NULL || s[0] == '\0' || strlen(s) > 64)
+        return false;
+    for (const char *p = s; *p != '\0'; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+            return false;
+    return true;
+}
+
+/* Resolves one path: from the cache, else loads and validates the file. */
+static ap_status resolve_path(script_registry *r, const char *path, script_kind kind,
+                              const char *name, const char *origin, script_entry *out, ap_err *err)
+{
+    pthread_mutex_lock(&r->mu);
+    cached *c = find_locked(r, path);
+    ap_status rc = c != NULL ? script_entry_copy(&c->entry, out) : AP_NOTFOUND;
+    pthread_mutex_unlock(&r->mu);
+    if (c != NULL)
+        return rc == AP_OK ? AP_OK : ap_err_set(err, rc, "out of memory");
+    char *src = NULL;
+    size_t len = 0;
+    rc = read_file(path, &src, &len, err);
+    if (rc != AP_OK)
+        return rc;
+    script_entry e;
+    ap_err inner = {0};
+    rc = make_entry(r, kind, name, src, len, origin, &e, &inner);
+    if (rc != AP_OK)
+        return ap_err_set(err, rc, "%s", inner.msg);
+    if ((rc = script_entry_copy(&e, out)) != AP_OK) {
+        script_entry_free(&e);
+        return ap_err_set(err, rc, "out of memory");
+    }
+    pthread_mutex_lock(&r->mu);
+    if (find_locked(r, path) == NULL && insert_locked(r, path, &e) == AP_OK)
+        log_info("script registry: loaded %s (version %.12s)", path, out->version);
+    pthread_mutex_unlock(&r->mu);
+    script_entry_free(&e);
+    return AP_OK;
+}
+
+ap_status script_registry_resolve(script_registry *r, const char *tenant_slug, script_kind kind,
+                                  const char *name, script_entry *out, ap_err *err)
+{
+    char path[4096 + 256];
+    memset(out, 0, sizeof *out);
+    if (!safe_component(name))
+        return ap_err_set(err, AP_INVALID, "bad script name '%.70s'", name);
+    if (tenant_slug != NULL && safe_component(tenant_slug)) {
+        path_of(r, tenant_slug, kind, name, path, sizeof path);
+        ap_status rc = resolve_path(r, path, kind, name, "tenant-dir", out, err);
+        if (rc != AP_NOTFOUND)
+            return rc;
+    }
+    path_of(r, NULL, kind, name, path, sizeof path);
+    ap_status rc = resolve_path(r, path, kind, name, "builtin", out, err);
+    if (rc == AP_NOTFOUND)
+        return ap_err_set(err, AP_NOTFOUND, "no %s named '%s'",
+                          kind == SCRIPT_CONSENSUS ? "consensus algorithm" : "strategy", name);
+    return rc;
+}
+
+ap_status script_registry_validate(script_registry *r, script_kind kind, const char *name,
+                                   const char *source, size_t len, const char *origin,
+                                   script_entry *out, ap_err *err)
+{
+    char key[IDS_SHA256_HEX_LEN + 96];
+    char version[IDS_SHA256_HEX_LEN + 1];
+    memset(out, 0, sizeof *out);
+    if (!safe_component(name))
+        return ap_err_set(err, AP_INVALID, "bad script name '%.70s'", name);
+    ids_sha256_hex(source, len, version);
+    snprintf(key, sizeof key, "version:%d:%s:%s", (int)kind, name, version);
+    pthread_mutex_lock(&r->mu);
+    cached *c = find_locked(r, key);
+    ap_status rc = c != NULL ? script_entry_copy(&c->entry, out) : AP_NOTFOUND;
+    pthread_mutex_unlock(&r->mu);
+    if (c != NULL) {
+        if (rc == AP_OK && origin != NULL) {
+            free(out->origin);
+            out->origin = strdup(origin);
+            if (out->origin == NULL) {
+                script_entry_free(out);
+                rc = AP_NOMEM;
+            }
+        }
+        return rc == AP_OK ? AP_OK : ap_err_set(err, rc, "out of memory");
+    }
+    char *copy = malloc(len + 1);
+    if (copy == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    memcpy(copy, source, len);
+    copy[len] = '\0';
+    script_entry e;
+    rc = make_entry(r, kind, name, copy, len, origin != NULL ? origin : "override", &e, err);
+    if (rc != AP_OK)
+        return rc;
+    if ((rc = script_entry_copy(&e, out)) != AP_OK) {
+        script_entry_free(&e);
+        return ap_err_set(err, rc, "out of memory");
+    }
+    pthread_mutex_lock(&r->mu);
+    if (find_locked(r, key) == NULL)
+        insert_locked(r, key, &e);
+    pthread_mutex_unlock(&r->mu);
+    script_entry_free(&e);
+    return AP_OK;
+}
+
+ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *err)
+{
+    size_t count = 0;
+    (void)err;
+    /* Snapshot the file keys, then validate outside the lock (validation runs scripts). */
+    pthread_mutex_lock(&r->mu);
+    size_t n = r->n;
+    char **keys = calloc(n > 0 ? n : 1, sizeof *keys);
+    script_kind *kinds = calloc(n > 0 ? n : 1, sizeof *kinds);
+    char **names = calloc(n > 0 ? n : 1, sizeof *names);
+    char **origins = calloc(n > 0 ? n : 1, sizeof *origins);
+    size_t k = 0;
+    for (size_t i = 0; keys != NULL && kinds != NULL && names != NULL && origins != NULL && i < n;
+         i++) {
+        if (strncmp(r->items[i].key, "version:", 8) == 0)
+            continue;
+        keys[k] = strdup(r->items[i].key);
+        names[k] = strdup(r->items[i].entry.name);
+        origins[k] = strdup(r->items[i].entry.origin);
+        kinds[k] = r->items[i].entry.kind;
+        k++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < k; i++) {
+        char *src = NULL;
+        size_t len = 0;
+        ap_err inner = {0};
+        if (keys[i] == NULL || names[i] == NULL || origins[i] == NULL)
+            continue;
+        ap_status rc = read_file(keys[i], &src, &len, &inner);
+        if (rc != AP_OK) {
+            log_warn("script reload: %s: %s; keeping the loaded version", keys[i],
+                     rc == AP_NOTFOUND ? "file is gone" : inner.msg);
+            continue;
+        }
+        char version[IDS_SHA256_HEX_LEN + 1];
+        ids_sha256_hex(src, len, version);
+        pthread_mutex_lock(&r->mu);
+        cached *c = find_locked(r, keys[i]);
+        bool same = c != NULL && strcmp(c->entry.version, version) == 0;
+        pthread_mutex_unlock(&r->mu);
+        if (same) {
+            free(src);
+            continue;
+        }
+        script_entry e;
+        rc = make_entry(r, kinds[i], names[i], src, len, origins[i], &e, &inner);
+        if (rc != AP_OK) {
+            log_warn("script reload: %s rejected, keeping the loaded version: %s", keys[i],
+                     inner.msg);
+            continue;
+        }
+        pthread_mutex_lock(&r->mu);
+        c = find_locked(r, keys[i]);
+        if (c != NULL) {
+            script_entry old = c->entry;
+            c->entry = e;
+            memset(&e, 0, sizeof e);
+            script_entry_free(&old);
+            count++;
+            log_info("script reload: %s now at version %.12s", keys[i], version);
+        }
+        pthread_mutex_unlock(&r->mu);
+        script_entry_free(&e);
+    }
+    for (size_t i = 0; i < k; i++) {
+        free(keys[i]);
+        free(names[i]);
+        free(origins[i]);
+    }
+    free(keys);
+    free(kinds);
+    free(names);
+    free(origins);
+    if (changed != NULL)
+        *changed = count;
+    return AP_OK;
+}
+
+/* ---- inotify watcher -------------------------------------------------------------------- */
+
+static void add_watch(int fd, const char *dir)
+{
+    uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM;
+    (void)inotify_add_watch(fd, dir, mask); /* a missing directory simply is not watched */
+}
+
+static void *watch_main(void *arg)
+{
+    script_registry *r = arg;
+    struct pollfd fds[2] = {{r->inotify_fd, POLLIN, 0}, {r->stop_fd, POLLIN, 0}};
+    char buffer[16384];
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (fds[1].revents != 0)
+            break;
+        if (fds[0].revents != 0) {
+            /* Editors write in several steps: let them settle, then reload once. */
+            usleep(100 * 1000);
+            while (read(r->inotify_fd, buffer, sizeof buffer) > 0) {
+            }
+            script_registry_reload(r, NULL, NULL);
+        }
+    }
+    return NULL;
+}
+
+ap_status script_registry_watch(script_registry *r, ap_err *err)
+{
+    if (r->watching)
+        return AP_OK;
+    r->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    r->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (r->inotify_fd < 0 || r->stop_fd < 0)
+        return ap_err_set(err, AP_IO, "inotify: %s", strerror(errno));
+    char path[4096 + 256];
+    add_watch(r->inotify_fd, r->strategies_dir);
+    snprintf(path, sizeof path, "%s/consensus", r->strategies_dir);
+    add_watch(r->inotify_fd, path);
+    DIR *d = opendir(r->tenants_dir);
+    struct dirent *de;
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        if (!safe_component(de->d_name))
+            continue;
+        snprintf(path, sizeof path, "%s/%s/strategies", r->tenants_dir, de->d_name);
+        add_watch(r->inotify_fd, path);
+        snprintf(path, sizeof path, "%s/%s/strategies/consensus", r->tenants_dir, de->d_name);
+        add_watch(r->inotify_fd, path);
+    }
+    if (d != NULL)
+        closedir(d);
+    if (pthread_create(&r->watcher, NULL, watch_main, r) != 0)
+        return ap_err_set(err, AP_ERROR, "cannot start the script watcher");
+    r->watching = true;
+    return AP_OK;
+}
+
+/* ---- listing ----------------------------------------------------------------------------- */
+
+static void collect_names(const char *dir, char **names, size_t *n)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d != NULL && (de = readdir(d)) != NULL && *n < REGISTRY_MAX_NAMES) {
+        size_t len = strlen(de->d_name);
+        if (len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0)
+            continue;
+        char *name = strndup(de->d_name, len - 4);
+        if (name == NULL || !safe_component(name)) {
+            free(name);
+            continue;
+        }
+        bool dup = false;
+        for (size_t i = 0; i < *n && !dup; i++)
+            dup = strcmp(names[i], name) == 0;
+        if (dup)
+            free(name);
+        else
+            names[(*n)++] = name;
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    return strcmp(((const script_entry *)a)->name, ((const script_entry *)b)->name);
+}
+
+ap_status script_registry_list(script_registry *r, const char *tenant_slug, script_kind kind,
+                               script_entry **rows, size_t *n, ap_err *err)
+{
+    char dir[4096 + 128];
+    char **names = calloc(REGISTRY_MAX_NAMES, sizeof *names);
+    size_t nn = 0;
+    *rows = NULL;
+    *n = 0;
+    if (names == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    const char *sub = kind == SCRIPT_CONSENSUS ? "/consensus" : "";
+    if (tenant_slug != NULL && safe_component(tenant_slug)) {
+        snprintf(dir, sizeof dir, "%s/%s/strategies%s", r->tenants_dir, tenant_slug, sub);
+        collect_names(dir, names, &nn);
+    }
+    snprintf(dir, sizeof dir, "%s%s", r->strategies_dir, sub);
+    collect_names(dir, names, &nn);
+    script_entry *out = calloc(nn > 0 ? nn : 1, sizeof *out);
+    ap_status rc = out != NULL ? AP_OK : ap_err_set(err, AP_NOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = 0; rc == AP_OK && i < nn; i++) {
+        ap_err inner = {0};
+        if (script_registry_resolve(r, tenant_slug, kind, names[i], &out[k], &inner) == AP_OK)
+            k++;
+        else
+            log_warn("script registry: skipping %s: %s", names[i], inner.msg);
+    }
+    for (size_t i = 0; i < nn; i++)
+        free(names[i]);
+    free(names);
+    if (rc != AP_OK) {
+        free(out);
+        return rc;
+    }
+    qsort(out, k, sizeof *out, cmp_entry);
+    *rows = out;
+    *n = k;
+    return AP_OK;
+}
