@@ -15,6 +15,9 @@ int cli_migrate(int argc, char **argv);
 int cli_tenant(int argc, char **argv);
 int cli_key(int argc, char **argv);
 int cli_seed_demo(int argc, char **argv);
+int cli_run(int argc, char **argv);
+int cli_resume(int argc, char **argv);
+int cli_check(int argc, char **argv);
 
 /* Prints the list of commands and common options. */
 void cli_usage(FILE *out);
