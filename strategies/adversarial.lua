@@ -180,6 +180,48 @@ local function register_text(ctx, only_open)
   return #lines > 0 and table.concat(lines, "\n") or "(none yet)"
 end
 
+-- Adds the red expert's valid, not yet known risks to the register; returns how many.
+local function register_risks(ctx, list, by, round)
+  local st, added = ctx.state, 0
+  for i = 1, math.min(#list, ctx.params.max_risks) do
+    local x = list[i]
+    if type(x) == "table" and type(x.risk) == "string" and x.risk:find("%S") and contains(LEVELS, x.likelihood)
+      and contains(LEVELS, x.impact) then
+      local dup = false
+      for _, old in ipairs(st.register) do
+        dup = dup or same_risk(old.risk, x.risk)
+      end
+      if not dup then
+        local entry = { id = "R" .. (#st.register + 1), risk = x.risk, likelihood = x.likelihood, impact = x.impact,
+                        raised_by = by, round = round, status = "open",
+                        argument = type(x.argument) == "string" and x.argument or "" }
+        st.register[#st.register + 1] = entry
+        added = added + 1
+        ctx:emit("risk.raised", { id = entry.id, risk = entry.risk, likelihood = entry.likelihood,
+                                  impact = entry.impact, raised_by = by, round = round })
+      end
+    end
+  end
+  return added
+end
+
+-- Records the blue expert's mitigations of open risks (the first answer to a risk wins).
+local function apply_mitigations(ctx, list, by)
+  local st = ctx.state
+  for _, m in ipairs(list) do
+    if type(m) == "table" and type(m.mitigation) == "string" and m.mitigation:find("%S") then
+      for _, entry in ipairs(st.register) do
+        if entry.id == m.risk_id and entry.status == "open" then
+          entry.status, entry.mitigation, entry.mitigated_by = "mitigated", m.mitigation, by
+          entry.residual_likelihood = contains(LEVELS, m.residual_likelihood) and m.residual_likelihood or entry.likelihood
+          entry.residual_impact = contains(LEVELS, m.residual_impact) and m.residual_impact or entry.impact
+          ctx:emit("risk.mitigated", { id = entry.id, mitigation = m.mitigation, by = by, round = st.round })
+        end
+      end
+    end
+  end
+end
+
 function M.nodes.attack(ctx)
   local st = ctx.state
   if not st.teams then
@@ -199,27 +241,10 @@ function M.nodes.attack(ctx)
   for k, r in ipairs(results) do
     local by = st.teams.red[k]
     local list = not r.error and type(r.data) == "table" and type(r.data.risks) == "table" and r.data.risks or nil
-    if not list then
+    if list then
+      new = new + register_risks(ctx, list, by, round)
+    else
       st.excluded[#st.excluded + 1] = { expert = by, round = round, stage = "attack", error = r.error or "answer failed validation" }
-    end
-    for i = 1, math.min(#(list or {}), ctx.params.max_risks) do
-      local x = list[i]
-      if type(x) == "table" and type(x.risk) == "string" and x.risk:find("%S") and contains(LEVELS, x.likelihood)
-        and contains(LEVELS, x.impact) then
-        local dup = false
-        for _, old in ipairs(st.register) do
-          dup = dup or same_risk(old.risk, x.risk)
-        end
-        if not dup then
-          local entry = { id = "R" .. (#st.register + 1), risk = x.risk, likelihood = x.likelihood, impact = x.impact,
-                          raised_by = by, round = round, status = "open",
-                          argument = type(x.argument) == "string" and x.argument or "" }
-          st.register[#st.register + 1] = entry
-          new = new + 1
-          ctx:emit("risk.raised", { id = entry.id, risk = entry.risk, likelihood = entry.likelihood,
-                                    impact = entry.impact, raised_by = by, round = round })
-        end
-      end
     end
   end
   st.new_risks = new
@@ -248,20 +273,10 @@ function M.nodes.defend(ctx)
   for k, r in ipairs(results) do
     local by = st.teams.blue[k]
     local list = not r.error and type(r.data) == "table" and type(r.data.mitigations) == "table" and r.data.mitigations or nil
-    if not list then
+    if list then
+      apply_mitigations(ctx, list, by)
+    else
       st.excluded[#st.excluded + 1] = { expert = by, round = st.round, stage = "defend", error = r.error or "answer failed validation" }
-    end
-    for _, m in ipairs(list or {}) do
-      if type(m) == "table" and type(m.mitigation) == "string" and m.mitigation:find("%S") then
-        for _, entry in ipairs(st.register) do
-          if entry.id == m.risk_id and entry.status == "open" then
-            entry.status, entry.mitigation, entry.mitigated_by = "mitigated", m.mitigation, by
-            entry.residual_likelihood = contains(LEVELS, m.residual_likelihood) and m.residual_likelihood or entry.likelihood
-            entry.residual_impact = contains(LEVELS, m.residual_impact) and m.residual_impact or entry.impact
-            ctx:emit("risk.mitigated", { id = entry.id, mitigation = m.mitigation, by = by, round = st.round })
-          end
-        end
-      end
     end
   end
   return "judge"

@@ -319,25 +319,9 @@ local function ranked_experts(ctx)
   return out
 end
 
-function M.nodes.synthesis(ctx)
-  local round = ctx.state.rounds + 1
-  ctx:emit("round.started", { round = round, stage = "synthesis" })
-  local st, options = ctx.state, ctx.params.options
-  local ballots = {}
-  for _, o in ipairs(st.opinions) do
-    ballots[#ballots + 1] = as_ballot({ expert = o.expert, name = o.name, position = o.position,
-                                        confidence = o.confidence, weight = o.weight, reason = o.reason }, options)
-  end
-  local consensus = ctx:consensus(nil, ballots, { options = options })
-  local ranked = ranked_experts(ctx)
-  local order_lines = {}
-  for i, o in ipairs(ranked) do
-    order_lines[i] = string.format("%d. %s", i, o.label)
-  end
-  local prompt = string.format("You chair a panel on: %s\n\nAnonymised answers:\n\n%s\n\nPeer ranking (best first):\n%s\n\nThe vote favours '%s' (agreement %.0f%%).\nWrite the council's synthesis: a summary that credits strong arguments and names real disagreement, a recommendation, the council's position and your confidence.\nOptions: %s",
-    ctx.question, anonymised(ctx), table.concat(order_lines, "\n"), tostring(consensus.position),
-    100 * consensus.level, table.concat(options, " | "))
-  local reasons = {}
+-- Why the result is degraded, before the chair speaks: too few opinions.
+local function shortfalls(ctx)
+  local st, reasons = ctx.state, {}
   if #st.opinions == 0 then
     reasons[#reasons + 1] = "no expert gave a valid opinion"
   elseif #st.opinions < ctx.params.quorum * #ctx.experts then
@@ -346,71 +330,109 @@ function M.nodes.synthesis(ctx)
   if ctx.params.peer_review and #st.opinions < 2 then
     reasons[#reasons + 1] = "peer review skipped: fewer than two valid opinions"
   end
+  return reasons
+end
+
+-- The chair writes the synthesis; on failure the fallback does. Returns the
+-- synthesis and who wrote it (nil, nil when neither could), adding to reasons.
+local function chair_synthesis(ctx, prompt, round, reasons)
+  local options = ctx.params.options
   local chair, fallback = chairs(ctx)
+  local r = ctx:ask(chair, prompt, { round = round, schema = synthesis_schema(options) })
+  if valid_synthesis(r, options) then
+    return r.data, chair
+  end
+  local why = r.error or "answer failed validation"
+  if not fallback then
+    reasons[#reasons + 1] = string.format("chair %s failed (%s) and no fallback is available", chair.id, why)
+    return nil, nil
+  end
+  ctx:emit("council.chair_fallback", { chair = chair.id, fallback = fallback.id, error = why })
+  local r2 = ctx:ask(fallback, prompt, { round = round, schema = synthesis_schema(options) })
+  if valid_synthesis(r2, options) then
+    reasons[#reasons + 1] = string.format("chair %s failed (%s); fallback %s chaired", chair.id, why, fallback.id)
+    return r2.data, fallback
+  end
+  reasons[#reasons + 1] = string.format("chair %s and fallback %s both failed", chair.id, fallback.id)
+  return nil, nil
+end
+
+local function chair_prompt(ctx, consensus, ranked)
+  local order_lines = {}
+  for i, o in ipairs(ranked) do
+    order_lines[i] = string.format("%d. %s", i, o.label)
+  end
+  return string.format("You chair a panel on: %s\n\nAnonymised answers:\n\n%s\n\nPeer ranking (best first):\n%s\n\nThe vote favours '%s' (agreement %.0f%%).\nWrite the council's synthesis: a summary that credits strong arguments and names real disagreement, a recommendation, the council's position and your confidence.\nOptions: %s",
+    ctx.question, anonymised(ctx), table.concat(order_lines, "\n"), tostring(consensus.position),
+    100 * consensus.level, table.concat(ctx.params.options, " | "))
+end
+
+local function positions_of(ctx)
+  local by_expert, positions = {}, {}
+  for _, o in ipairs(ctx.state.opinions) do
+    by_expert[o.expert] = o
+  end
+  for _, e in ipairs(ctx.experts) do
+    local o = by_expert[e.id]
+    if o then
+      positions[#positions + 1] = { expert = e.id, name = e.name, position = o.position, confidence = o.confidence,
+                                    reason = o.reason, label = o.label }
+    else
+      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid opinion" }
+    end
+  end
+  return positions
+end
+
+local function review_of(ctx, ranked)
+  local rv = ctx.state.review
+  if not rv then
+    return nil
+  end
+  local order_ids = json.array()
+  for i, o in ipairs(ranked) do
+    order_ids[i] = o.expert
+  end
+  return { order = order_ids, labels = rv.order, borda = rv.borda, kendall = rv.kendall, failed = rv.failed }
+end
+
+function M.nodes.synthesis(ctx)
+  local st, options = ctx.state, ctx.params.options
+  local round = st.rounds + 1
+  ctx:emit("round.started", { round = round, stage = "synthesis" })
+  local ballots = {}
+  for _, o in ipairs(st.opinions) do
+    ballots[#ballots + 1] = as_ballot({ expert = o.expert, name = o.name, position = o.position,
+                                        confidence = o.confidence, weight = o.weight, reason = o.reason }, options)
+  end
+  local consensus = ctx:consensus(nil, ballots, { options = options })
+  local ranked = ranked_experts(ctx)
+  local reasons = shortfalls(ctx)
   local synth, by
   if #st.opinions > 0 then
-    local r = ctx:ask(chair, prompt, { round = round, schema = synthesis_schema(options) })
-    if valid_synthesis(r, options) then
-      synth, by = r.data, chair
-    elseif fallback then
-      local why = r.error or "answer failed validation"
-      ctx:emit("council.chair_fallback", { chair = chair.id, fallback = fallback.id, error = why })
-      local r2 = ctx:ask(fallback, prompt, { round = round, schema = synthesis_schema(options) })
-      if valid_synthesis(r2, options) then
-        synth, by = r2.data, fallback
-        reasons[#reasons + 1] = string.format("chair %s failed (%s); fallback %s chaired", chair.id, why, fallback.id)
-      else
-        reasons[#reasons + 1] = string.format("chair %s and fallback %s both failed", chair.id, fallback.id)
-      end
-    else
-      reasons[#reasons + 1] = string.format("chair %s failed and no fallback is available", chair.id)
-    end
+    synth, by = chair_synthesis(ctx, chair_prompt(ctx, consensus, ranked), round, reasons)
   end
   local summary, recommendation
   if synth then
     summary, recommendation = synth.summary, synth.recommendation
   elseif ranked[1] then
     summary = "No chair synthesis; the top peer-ranked answer stands in: " .. ranked[1].answer
-    recommendation = ranked[1].position
+    recommendation = "Recommended by the top peer-ranked answer: " .. ranked[1].position
   else
     summary = "The council could not deliberate: no valid opinions."
     recommendation = "No recommendation."
   end
   ctx:emit("council.synthesis", { chair = by and by.id or nil, degraded = #reasons > 0 })
-  local positions = {}
-  for _, e in ipairs(ctx.experts) do
-    local found
-    for _, o in ipairs(st.opinions) do
-      if o.expert == e.id then
-        found = o
-      end
-    end
-    if found then
-      positions[#positions + 1] = { expert = e.id, name = e.name, position = found.position,
-                                    confidence = found.confidence, reason = found.reason, label = found.label }
-    else
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid opinion" }
-    end
-  end
-  local review
-  if st.review then
-    local order_ids = {}
-    for i, o in ipairs(ranked) do
-      order_ids[i] = o.expert
-    end
-    review = { order = order_ids, labels = st.review.order, borda = st.review.borda, kendall = st.review.kendall,
-               failed = st.review.failed }
-  end
   return ctx:done({
     summary = summary,
     recommendation = recommendation,
     consensus = consensus,
     dissent = consensus.dissent,
-    positions = positions,
+    positions = positions_of(ctx),
     rounds = round,
     chair = by and by.id or nil,
     council_position = synth and synth.position or consensus.position,
-    peer_review = review,
+    peer_review = review_of(ctx, ranked),
     degraded = #reasons > 0,
     degraded_reason = #reasons > 0 and table.concat(reasons, "; ") or nil,
     excluded = st.excluded,
