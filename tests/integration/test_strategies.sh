@@ -91,6 +91,23 @@ for s in structured open socratic adversarial delphi council; do
     fi
 done
 
+# delphi converges with the engine's simulated experts: more than one round, IQR shrinking
+if python3 - "$TMP/delphi.json" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+result = [e["data"]["result"] for e in events if e["type"] == "panel.completed"][0]
+h = result["history"]
+assert len(h) > 1, "delphi stopped after %d round(s)" % len(h)
+for a, b in zip(h, h[1:]):
+    assert b["iqr"] < a["iqr"], "IQR did not shrink: %r" % h
+PY
+then
+    echo "ok - delphi converges"
+else
+    echo "not ok - delphi converges"
+    FAILED=1
+fi
+
 # hybrid with the human's two answers on stdin (one JSON object per line)
 printf '%s\n' '{"position":"proceed with conditions","confidence":0.8,"text":"Only with a phased rollout."}' \
     '{"position":"proceed with conditions","text":"Agreed."}' >"$TMP/answers"
