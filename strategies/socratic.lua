@@ -306,7 +306,9 @@ function M.nodes.finish(ctx)
   end
   local recommendation = c.position and ("Recommended: " .. c.position) or "No recommendation: no valid answers."
   if #untested > 0 and c.position then
-    recommendation = recommendation .. ". Still untested: " .. table.concat(untested, "; ")
+    local shown = { table.unpack(untested, 1, math.min(3, #untested)) }
+    recommendation = recommendation .. ". Still untested: " .. table.concat(shown, "; ")
+      .. (#untested > 3 and string.format(" (and %d more)", #untested - 3) or "")
   end
   return ctx:done({
     summary = summary,
