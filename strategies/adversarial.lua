@@ -225,7 +225,12 @@ end
 function M.nodes.attack(ctx)
   local st = ctx.state
   if not st.teams then
-    st.teams, st.register, st.scores, st.excluded, st.round = teams(ctx), json.array(), json.array(), json.array(), 0
+    st.register, st.scores, st.excluded, st.round = json.array(), json.array(), json.array(), 0
+    if #ctx.experts == 0 then -- nobody to argue: an empty register and no verdict
+      st.teams, st.round = { red = json.array(), blue = json.array() }, 1
+      return "vote"
+    end
+    st.teams = teams(ctx)
   end
   local round = st.round + 1
   st.round = round

@@ -157,6 +157,9 @@ local function poll(ctx, when, prompt)
 end
 
 function M.nodes.pre_vote(ctx)
+  if #ctx.experts == 0 then
+    error("debate needs at least one expert", 0) -- fails the panel with this message
+  end
   ctx.state.roles, ctx.state.transcript, ctx.state.excluded, ctx.state.round = roles(ctx), json.array(), json.array(), 1
   local _, share = poll(ctx, "before", string.format("Motion: %s\nBefore hearing any argument: are you for or against the motion?", motion(ctx)))
   ctx.state.before = share

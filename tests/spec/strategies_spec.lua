@@ -142,6 +142,12 @@ for name, method_event in pairs(STRATEGIES) do
       assert.are.equal(0, r.result.consensus.level)
     end)
 
+    it("finishes with an empty roster", function()
+      local r = run(name, { experts = {}, inputs = { { skip = true }, { skip = true } } })
+      check_result(name, r, {})
+      assert.are.equal(0, r.result.consensus.level)
+    end)
+
     it("handles a unicode question and roster", function()
       local experts = fakectx.roster(3)
       experts[1].name, experts[1].role = "Ōkubo Tarō", "議長 chair"

@@ -76,6 +76,12 @@ describe("debate prototype", function()
     assert.are.equal(2 * r.result.rounds, #r.result.transcript)
   end)
 
+  it("fails clearly without experts", function()
+    local r = fakectx.run({ path = PATH, experts = {} })
+    assert.are.equal("failed", r.status)
+    assert.matches("needs at least one expert", r.error)
+  end)
+
   it("survives a judge that fails", function()
     local experts = fakectx.roster(3)
     local r = run({ experts = experts, fail = function(e, prompt)
