@@ -54,6 +54,8 @@ struct api_streams {
     pthread_cond_t stop;
 };
 
+/* The last event of a panel's stream: its result, its failure, or its cancellation (which
+ * has no event of its own beyond the status change). */
 static bool is_final_event(const char *type, const char *data)
 {
     if (strcmp(type, "panel.completed") == 0 || strcmp(type, "panel.failed") == 0)
@@ -62,8 +64,7 @@ static bool is_final_event(const char *type, const char *data)
         return false;
     cJSON *d = cJSON_Parse(data);
     const char *s = jsonx_string(d, "status");
-    bool final = s != NULL && (strcmp(s, "cancelled") == 0 || strcmp(s, "completed") == 0 ||
-                               strcmp(s, "failed") == 0);
+    bool final = s != NULL && strcmp(s, "cancelled") == 0;
     cJSON_Delete(d);
     return final;
 }

@@ -224,3 +224,56 @@ def backends():
     if os.environ.get("PGPORT"):
         out.append(("postgres", Postgres().setup()))
     return out
+
+
+class SSEClient:
+    """A minimal EventSource: yields (id, event, data) frames; comments are counted."""
+
+    def __init__(self, server, path, key=None, headers=None, timeout=60):
+        import http.client
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+        hdrs = {"Accept": "text/event-stream"}
+        hdrs.update(headers or {})
+        if key is not None:
+            hdrs["Authorization"] = "Bearer " + key
+        self.conn.request("GET", path, headers=hdrs)
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.headers = self.resp.headers
+        self.comments = 0
+        self.retry = None
+
+    def frames(self):
+        ev_id, ev_type, data = None, None, []
+        while True:
+            line = self.resp.readline()
+            if not line:
+                return
+            line = line.decode("utf-8").rstrip("\r\n")
+            if line == "":
+                if ev_type is not None or data:
+                    yield ev_id, ev_type, json.loads("\n".join(data)) if data else None
+                ev_id, ev_type, data = None, None, []
+            elif line.startswith(":"):
+                self.comments += 1
+            elif line.startswith("id: "):
+                ev_id = int(line[4:])
+            elif line.startswith("event: "):
+                ev_type = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            elif line.startswith("retry: "):
+                self.retry = int(line[7:])
+
+    def close(self):
+        self.conn.close()
+
+
+def wait_status(server, key, panel_id, statuses, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = server.request("GET", "/v1/panels/" + panel_id, key=key).json()
+        if p["status"] in statuses:
+            return p
+        time.sleep(0.05)
+    raise AssertionError("panel %s did not reach %s (now %s)" % (panel_id, statuses, p["status"]))

@@ -3,4 +3,4 @@
 # exports PG* variables and removes it afterwards).
 set -eu
 cd "$(dirname "$0")"
-exec pg_virtualenv -o "max_connections=200" python3 test_tenancy.py
+exec pg_virtualenv -t -o "max_connections=200" python3 test_tenancy.py

@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""Panel API and live streaming (issue 7) over HTTP, on SQLite and (under pg_virtualenv, see
+test_panels_pg.sh) on PostgreSQL with Redis as the cache."""
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from harness import (SSEClient, Server, backends, expect_error, key_create, run, tenant_create,
+                     wait_status)
+
+Q = "Should we file for accelerated approval on the phase 2 data?"
+FINAL = ("completed", "failed", "cancelled")
+
+
+def same_json(a, b):
+    """Equal JSON values, numbers compared to 12 significant digits (encoders differ in the
+    digits they print)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+class World:
+    def __init__(self, pg, env=None, cache=None):
+        env = dict(env or {})
+        if pg is not None:
+            pg.reset()
+        self.pg = pg
+        self.s = Server(store=pg.app_url if pg else None, env=env, cache=cache)
+        self.admin = Server(store=pg.owner_url) if pg else self.s
+        self.a_id, self.a = tenant_create(self.admin, "alpha-health")
+        self.b_id, self.b = tenant_create(self.admin, "beta-pharma")
+        self.s.start()
+
+    def restart(self, sig=signal.SIGTERM):
+        self.s.stop(sig)
+        self.s.start()
+
+    def create(self, key=None, **body):
+        body.setdefault("question", Q)
+        body.setdefault("strategy", "council")
+        r = self.s.request("POST", "/v1/panels", body, key=key or self.a)
+        assert r.status == 201, r.body
+        return r.json()
+
+    def run_to_end(self, panel, key=None):
+        key = key or self.a
+        r = self.s.request("POST", "/v1/panels/%s/execute" % panel["id"], key=key)
+        assert r.status == 202, r.body
+        return wait_status(self.s, key, panel["id"], FINAL)
+
+    def close(self):
+        self.s.close()
+        if self.admin is not self.s:
+            self.admin.close()
+
+
+def for_each_backend(env=None):
+    def deco(fn):
+        def wrapper():
+            for name, pg in BACKENDS:
+                cache = REDIS_URL if pg is not None else None
+                w = World(pg, env=env, cache=cache)
+                try:
+                    fn(w)
+                except AssertionError as e:
+                    raise AssertionError("[%s] %s\n--- server log ---\n%s" % (name, e, w.s.logs()[-4000:])) from e
+                finally:
+                    w.close()
+        wrapper.__name__ = fn.__name__
+        return wrapper
+    return deco
+
+
+@for_each_backend()
+def test_create_get_list(w):
+    p = w.create(title="Filing strategy", params={})
+    for f in ("id", "question", "strategy", "strategy_version", "params", "experts", "status",
+              "result", "created_at", "updated_at"):
+        assert f in p, f
+    assert p["status"] == "created" and p["result"] is None
+    assert len(p["strategy_version"]) == 64
+    got = w.s.request("GET", "/v1/panels/" + p["id"], key=w.a).json()
+    assert got["id"] == p["id"] and got["title"] == "Filing strategy"
+    ids = []
+    for _ in range(3):
+        time.sleep(0.005)  # creation times have millisecond resolution
+        ids.append(w.create()["id"])
+    page = w.s.request("GET", "/v1/panels?limit=2", key=w.a).json()
+    assert [x["id"] for x in page["data"]] == ids[::-1][:2], "newest first"
+    rest = w.s.request("GET", "/v1/panels?limit=2&cursor=" + page["next_cursor"], key=w.a).json()
+    assert [x["id"] for x in rest["data"]] == [ids[0], p["id"]]
+    created = w.s.request("GET", "/v1/panels?status=created", key=w.a).json()["data"]
+    assert len(created) == 4
+    assert w.s.request("GET", "/v1/panels?status=running", key=w.a).json()["data"] == []
+    expect_error(w.s.request("GET", "/v1/panels?status=bogus", key=w.a), 400)
+
+
+@for_each_backend()
+def test_create_validation(w):
+    s, a = w.s, w.a
+    expect_error(s.request("POST", "/v1/panels", raw=b"{nope", key=a,
+                           headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    expect_error(s.request("POST", "/v1/panels", {"question": Q}, key=a), 400, "missing_field")
+    expect_error(s.request("POST", "/v1/panels", {"question": 5, "strategy": "council"}, key=a), 400)
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council", "x": 1}, key=a),
+                 400, "unknown_field")
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council", "params": []}, key=a), 400)
+    expect_error(s.request("POST", "/v1/panels", {"question": "q" * 9000, "strategy": "council"}, key=a), 400)
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "no_such"}, key=a), 422,
+                 "unknown_strategy")
+    body = expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "delphi",
+                                                         "params": {"max_rounds": "many"}}, key=a), 422)
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
+                                                  "params": {"no_such_param": 1}}, key=a), 422)
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
+                                                  "experts": ["00000000-0000-4000-8000-000000000000"]}, key=a),
+                 422, "unknown_expert")
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
+                                                  "experts": [{"name": "x"}]}, key=a), 400)
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}), 401)
+    expect_error(s.request("POST", "/v1/panels", raw=b"x" * (2 << 20), key=a,
+                           headers={"Content-Type": "application/json"}), 413)
+
+
+@for_each_backend()
+def test_experts_by_id_and_inline(w):
+    e = w.s.request("POST", "/v1/experts", {"name": "Dr. Reg", "role": "Regulator"}, key=w.a).json()
+    p = w.create(experts=[e["id"], {"name": "Ivy", "role": "Payer", "persona": "Cost-focused."}])
+    names = [x["name"] for x in p["experts"]]
+    assert names == ["Dr. Reg", "Ivy"], names
+    # Another tenant's expert id is not usable.
+    expect_error(w.s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
+                                                    "experts": [e["id"]]}, key=w.b), 422)
+
+
+@for_each_backend()
+def test_idempotency(w):
+    body = {"question": Q, "strategy": "council"}
+    h = {"Idempotency-Key": "req-42"}
+    r1 = w.s.request("POST", "/v1/panels", body, key=w.a, headers=h)
+    r2 = w.s.request("POST", "/v1/panels", body, key=w.a, headers=h)
+    assert r1.status == 201 and r2.status in (200, 201), r2.body
+    assert r1.json()["id"] == r2.json()["id"]
+    expect_error(w.s.request("POST", "/v1/panels", dict(body, title="other"), key=w.a, headers=h), 409)
+    # The same key from another tenant is another panel.
+    r3 = w.s.request("POST", "/v1/panels", body, key=w.b, headers=h)
+    assert r3.status == 201 and r3.json()["id"] != r1.json()["id"]
+
+
+@for_each_backend()
+def test_isolation(w):
+    p = w.create()
+    for method, path in (("GET", ""), ("POST", "/execute"), ("POST", "/cancel"),
+                         ("POST", "/stream-token"), ("GET", "/events")):
+        expect_error(w.s.request(method, "/v1/panels/" + p["id"] + path, key=w.b), 404)
+    expect_error(w.s.request("POST", "/v1/panels/%s/input" % p["id"], {"text": "x"}, key=w.b), 404)
+    assert w.s.request("GET", "/v1/panels", key=w.b).json()["data"] == []
+    assert w.s.request("GET", "/v1/panels/" + p["id"], key=w.a).json()["status"] == "created"
+    expect_error(w.s.request("GET", "/v1/panels/" + p["id"], key=w.b, headers={"X-Tenant-ID": w.a_id}), 403)
+
+
+@for_each_backend()
+def test_execute_and_stream(w):
+    p = w.create()
+    r = w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+    assert r.status == 202, r.body
+    expect_error(w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a), 409)
+    c = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a)
+    assert c.status == 200
+    assert c.headers["Content-Type"].startswith("text/event-stream")
+    assert c.headers["Cache-Control"] == "no-cache" and c.headers["X-Accel-Buffering"] == "no"
+    frames = list(c.frames())
+    c.close()
+    assert c.retry is not None
+    durable = [f for f in frames if f[0] is not None]
+    seqs = [f[0] for f in durable]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    assert durable[-1][1] == "panel.completed", durable[-1]
+    result = durable[-1][2]["result"]
+    for f in ("summary", "recommendation", "consensus"):
+        assert f in result, result.keys()
+    assert all(f[1] == "expert.delta" for f in frames if f[0] is None)
+    types = {f[1] for f in durable}
+    assert {"panel.status", "expert.message", "consensus"} <= types, types
+    done = w.s.request("GET", "/v1/panels/" + p["id"], key=w.a).json()
+    assert done["status"] == "completed", done
+    assert same_json(done["result"], result), (done["result"], result)
+    expect_error(w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a), 409)
+    # The JSON form returns the same stored sequence.
+    j = w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                    headers={"Accept": "application/json"}).json()
+    assert [e["seq"] for e in j["data"]] == seqs
+    # Resume after event k: exactly k+1.. , with Last-Event-ID and with ?after=.
+    k = len(seqs) // 2
+    for hdrs, q in (({"Last-Event-ID": str(k)}, ""), ({}, "?after=%d" % k)):
+        c2 = SSEClient(w.s, "/v1/panels/%s/events%s" % (p["id"], q), key=w.a, headers=hdrs)
+        again = [f[0] for f in c2.frames() if f[0] is not None]
+        c2.close()
+        assert again == seqs[k:], (k, again)
+    expect_error(w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                             headers={"Last-Event-ID": "abc"}), 400)
+
+
+@for_each_backend(env={"ASKPANEL_SIM_LATENCY_MS": "150"})
+def test_live_stream_two_clients_and_reconnect(w):
+    p = w.create()
+    results = {}
+
+    def listen(name, headers=None):
+        c = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a, headers=headers)
+        results[name] = [(f[0], f[1]) for f in c.frames() if f[0] is not None]
+        c.close()
+
+    threads = [threading.Thread(target=listen, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+    # A third client drops after its third event and comes back with Last-Event-ID.
+    c = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a)
+    first = []
+    for f in c.frames():
+        if f[0] is not None:
+            first.append((f[0], f[1]))
+        if len(first) == 3:
+            break
+    c.close()
+    c = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a, headers={"Last-Event-ID": "3"})
+    second = [(f[0], f[1]) for f in c.frames() if f[0] is not None]
+    c.close()
+    for t in threads:
+        t.join(60)
+    assert results["one"] == results["two"], "two clients saw different sequences"
+    assert first + second == results["one"], "reconnect lost or repeated events"
+    assert results["one"][-1][1] == "panel.completed"
+
+
+@for_each_backend()
+def test_stream_token_for_browsers(w):
+    p = w.create()
+    tok = w.s.request("POST", "/v1/panels/%s/stream-token" % p["id"], key=w.a)
+    assert tok.status == 201, tok.body
+    url = tok.json()["url"]
+    assert url.startswith("/v1/panels/%s/events?token=" % p["id"])
+    w.run_to_end(p)
+    c = SSEClient(w.s, url)  # no Authorization header, like EventSource
+    assert c.status == 200
+    frames = [f for f in c.frames() if f[0] is not None]
+    c.close()
+    assert frames[-1][1] == "panel.completed"
+    # The token opens that panel only, and a forged one nothing.
+    other = w.create()
+    bad = url.replace(p["id"], other["id"], 1)
+    expect_error(w.s.request("GET", bad.split("?")[0] + "?" + url.split("?")[1]), 401)
+    expect_error(w.s.request("GET", "/v1/panels/%s/events?token=1.2.3" % p["id"]), 401)
+    # A stream token is not an API key.
+    token = tok.json()["token"]
+    expect_error(w.s.request("GET", "/v1/panels/" + p["id"], key=token), 401)
+
+
+@for_each_backend()
+def test_hybrid_waits_for_input(w):
+    p = w.create(strategy="hybrid")
+    expect_error(w.s.request("POST", "/v1/panels/%s/input" % p["id"], {"text": "early"}, key=w.a), 409)
+    w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+    answered = 0
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        cur = wait_status(w.s, w.a, p["id"], ("awaiting_input",) + FINAL)
+        if cur["status"] in FINAL:
+            break
+        expect_error(w.s.request("POST", "/v1/panels/%s/input" % p["id"], {"input": 3}, key=w.a), 400)
+        r = w.s.request("POST", "/v1/panels/%s/input" % p["id"],
+                        {"input": {"text": "Go, with a confirmatory trial", "position": "approve",
+                                   "confidence": 0.8}}, key=w.a)
+        assert r.status == 202, r.body
+        answered += 1
+        time.sleep(0.05)
+    assert answered >= 1
+    assert cur["status"] == "completed", cur
+    events = w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                         headers={"Accept": "application/json"}).json()["data"]
+    types = [e["type"] for e in events]
+    assert types.count("input.requested") == answered and types.count("input.received") == answered
+    statuses = [e["data"]["status"] for e in events if e["type"] == "panel.status"]
+    assert "awaiting_input" in statuses
+
+
+@for_each_backend(env={"ASKPANEL_SIM_LATENCY_MS": "2000"})
+def test_cancel(w):
+    p = w.create()
+    w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+    wait_status(w.s, w.a, p["id"], ("running",))
+    t0 = time.time()
+    r = w.s.request("POST", "/v1/panels/%s/cancel" % p["id"], key=w.a)
+    assert r.status == 200, r.body
+    cur = wait_status(w.s, w.a, p["id"], FINAL, timeout=5)
+    assert cur["status"] == "cancelled" and time.time() - t0 < 2
+    expect_error(w.s.request("POST", "/v1/panels/%s/cancel" % p["id"], key=w.a), 409)
+    c = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a)
+    frames = [f for f in c.frames() if f[0] is not None]
+    c.close()
+    assert frames[-1][1] == "panel.status" and frames[-1][2]["status"] == "cancelled"
+
+
+OVERRIDE = """
+local function answer(ctx)
+  local r = ctx:ask(ctx.experts[1], "One line on: " .. ctx.question)
+  return ctx:done({ summary = "override: " .. (r.text or ""), recommendation = "n/a",
+                    consensus = {}, dissent = {}, positions = {}, rounds = 1 })
+end
+return { name = "council", description = "tenant override", start = "answer",
+         nodes = { answer = answer } }
+"""
+
+
+@for_each_backend()
+def test_strategy_override(w):
+    builtin = w.s.request("GET", "/v1/strategies/council", key=w.a).json()
+    assert builtin["origin"] == "builtin" and "source" in builtin
+    lst = w.s.request("GET", "/v1/strategies", key=w.a).json()["data"]
+    assert {"council", "delphi", "hybrid"} <= {x["name"] for x in lst}
+    r = w.s.request("PUT", "/v1/strategies/council", raw=OVERRIDE.encode(), key=w.a,
+                    headers={"Content-Type": "text/x-lua"})
+    assert r.status == 200, r.body
+    v2 = r.json()["version"]
+    assert v2 != builtin["version"] and r.json()["origin"] == "override"
+    pa = w.create()
+    pb = w.create(key=w.b)
+    assert pa["strategy_version"] == v2
+    assert pb["strategy_version"] == builtin["version"], "other tenants keep the built-in"
+    done = w.run_to_end(pa)
+    assert done["status"] == "completed" and done["result"]["summary"].startswith("override: ")
+    versions = w.s.request("GET", "/v1/strategies/council/versions", key=w.a).json()["data"]
+    assert versions[0]["version"] == v2 and versions[0]["active"]
+    # Broken uploads are refused with the line, and change nothing.
+    bad = w.s.request("PUT", "/v1/strategies/council", raw=b"return {\n name = 'council',\n nodes = {\n",
+                      key=w.a, headers={"Content-Type": "text/x-lua"})
+    body = expect_error(bad, 422, "invalid_script")
+    assert body["error"].get("line"), body
+    nostart = w.s.request("PUT", "/v1/strategies/council", key=w.a,
+                          body={"source": "return { name = 'council', nodes = { a = function() end } }"})
+    expect_error(nostart, 422, "invalid_script")
+    assert w.create()["strategy_version"] == v2
+    # Members cannot upload; back to the built-in on DELETE.
+    _, member = key_create(w.admin, "alpha-health", "member")
+    expect_error(w.s.request("PUT", "/v1/strategies/council", raw=OVERRIDE.encode(), key=member,
+                             headers={"Content-Type": "text/x-lua"}), 403)
+    assert w.s.request("DELETE", "/v1/strategies/council", key=w.a).status == 204
+    assert w.create()["strategy_version"] == builtin["version"]
+    expect_error(w.s.request("DELETE", "/v1/strategies/council", key=w.a), 404)
+    # Consensus algorithms likewise.
+    algo = "return function(ballots, opts) return { algorithm = 'mine', level = 1, position = nil, dissent = {}, details = {} } end"
+    r = w.s.request("PUT", "/v1/consensus-algorithms/mine", raw=algo.encode(), key=w.a,
+                    headers={"Content-Type": "text/x-lua"})
+    assert r.status == 200, r.body
+    names = [x["name"] for x in w.s.request("GET", "/v1/consensus-algorithms", key=w.a).json()["data"]]
+    assert "mine" in names and "majority" in names
+    names_b = [x["name"] for x in w.s.request("GET", "/v1/consensus-algorithms", key=w.b).json()["data"]]
+    assert "mine" not in names_b
+    expect_error(w.s.request("GET", "/v1/consensus-algorithms/mine", key=w.b), 404)
+    bad_algo = w.s.request("PUT", "/v1/consensus-algorithms/broken", raw=b"return function() return 1 end",
+                           key=w.a, headers={"Content-Type": "text/x-lua"})
+    expect_error(bad_algo, 422)
+
+
+def test_feature_flag_blocks_strategy():
+    s = Server()
+    try:
+        s.cli("seed-demo")
+        s.start()
+        p = s.cli("key", "create", "--tenant", "northwind-pharma", "--role", "admin", "--json")
+        key = json.loads(p.stdout)["api_key"]
+        expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "open"}, key=key),
+                     403, "strategy_disabled")
+        names = [x["name"] for x in s.request("GET", "/v1/strategies", key=key).json()["data"]]
+        assert "open" not in names and "structured" in names
+        expect_error(s.request("GET", "/v1/strategies/open", key=key), 403)
+    finally:
+        s.close()
+
+
+@for_each_backend(env={"ASKPANEL_SIM_LATENCY_MS": "300"})
+def test_restart_resumes_without_gaps(w):
+    p = w.create(strategy="delphi")
+    w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+    # Wait until the panel is well under way, then kill the server without warning.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        ev = w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                         headers={"Accept": "application/json"}).json()["data"]
+        if sum(1 for e in ev if e["type"] == "expert.message") >= 5:
+            break
+        time.sleep(0.05)
+    w.restart(signal.SIGKILL)
+    done = wait_status(w.s, w.a, p["id"], FINAL, timeout=90)
+    assert done["status"] == "completed", done
+    events = w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                         headers={"Accept": "application/json"}).json()["data"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), "gap or duplicate: %s" % seqs
+    assert events[-1]["type"] == "panel.completed"
+
+
+@for_each_backend()
+def test_usage_and_expert_counts(w):
+    w.run_to_end(w.create())
+    u = w.s.request("GET", "/v1/usage?group_by=expert", key=w.a).json()
+    assert u["totals"]["calls"] > 0 and u["totals"]["completion_tokens"] > 0, u
+    assert w.s.request("GET", "/v1/usage", key=w.b).json()["totals"]["calls"] == 0
+    for g in ("model", "day"):
+        assert w.s.request("GET", "/v1/usage?group_by=" + g, key=w.a).status == 200
+    expect_error(w.s.request("GET", "/v1/usage?group_by=moon", key=w.a), 400)
+    expect_error(w.s.request("GET", "/v1/usage?from=yesterday", key=w.a), 400)
+
+
+REDIS_URL = None
+BACKENDS = backends()
+
+if __name__ == "__main__":
+    if len(BACKENDS) > 1:
+        REDIS_URL = os.environ.get("ASKPANEL_TEST_REDIS_URL")
+    tests = [test_create_get_list, test_create_validation, test_experts_by_id_and_inline,
+             test_idempotency, test_isolation, test_execute_and_stream,
+             test_live_stream_two_clients_and_reconnect, test_stream_token_for_browsers,
+             test_hybrid_waits_for_input, test_cancel, test_strategy_override,
+             test_restart_resumes_without_gaps, test_usage_and_expert_counts]
+    if len(BACKENDS) == 1:
+        tests.append(test_feature_flag_blocks_strategy)
+    run(tests)
