@@ -885,7 +885,6 @@ function M.run(o)
     inputs = copy(o.inputs or {}), node = mod.start, status = "running",
     consensus_dirs = o.consensus_dirs or { ROOT .. "strategies/consensus/" },
   }, Run)
-  -- Test hooks on experts (sim, fail) must survive the copy handed to ctx.
   local params, err = M.validate_params(mod, o.params)
   if not params then
     return fail_run(run, err)
