@@ -13,3 +13,18 @@ describe("examples", function()
     chunk()
   end
 end)
+
+describe("docs/scripting-tutorial.md", function()
+  it("shows node listings that are the tested example's code", function()
+    local doc = io.open("docs/scripting-tutorial.md"):read("a")
+    local src = io.open("examples/tutorial/premortem.lua"):read("a")
+    local checked = 0
+    for block in doc:gmatch("```lua\n(.-)```") do
+      if block:find("^function M%.nodes%.") then -- full node listings, not the skeleton
+        assert(src:find(block, 1, true), "tutorial listing differs from premortem.lua:\n" .. block)
+        checked = checked + 1
+      end
+    end
+    assert.are.equal(2, checked)
+  end)
+end)
