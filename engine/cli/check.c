@@ -80,9 +80,15 @@ static int dry_run(const config *base, const char *path, const char *name, const
     store_panel out = {0};
     panel_sub *sub = NULL;
     FILE *devnull = fopen("/dev/null", "w");
-    FILE *empty = fopen("/dev/null", "r");
+    FILE *empty = tmpfile();
     if (devnull == NULL || empty == NULL)
         goto out;
+    /* Canned human answers for hybrid strategies. */
+    for (int i = 0; i < 16; i++)
+        fputs("{\"text\":\"I agree with the panel\",\"position\":\"proceed\","
+              "\"confidence\":0.8}\n",
+              empty);
+    rewind(empty);
     if (panel_session_open(&s, &cfg, "simulated", NULL, 1, &err) != AP_OK) {
         fprintf(stderr, "%s: dry run: %s\n", path, err.msg);
         goto out;
@@ -112,7 +118,7 @@ static int dry_run(const config *base, const char *path, const char *name, const
         fprintf(stderr, "%s: dry run: %s\n", path, err.msg);
         goto out;
     }
-    /* Human input requests get a canned answer ("approve"); the events go nowhere. */
+    /* Human input requests get canned answers; the events go nowhere. */
     status = panel_session_follow(&s, sub, out.id, 0, true, empty, devnull);
     if (status == PANEL_EXIT_AWAITING_INPUT) {
         status = 0;

@@ -197,7 +197,9 @@ static const expert_ref *resolve_expert(lua_State *L, script_panel *sp, int idx,
     for (size_t i = 0; i < sp->n_experts; i++)
         if (strcmp(sp->experts[i].id, id) == 0)
             return &sp->experts[i];
-    luaL_error(L, "%s: unknown expert '%.60s'", what, id);
+    char shown[64];
+    snprintf(shown, sizeof shown, "%s", id);
+    luaL_error(L, "%s: unknown expert '%s'", what, shown);
     return NULL;
 }
 
@@ -451,10 +453,8 @@ static int ctx_emit(lua_State *L)
     check_self(L, sp, "emit");
     const char *type = luaL_checkstring(L, 2);
     if (!valid_event_type(type))
-        return luaL_error(L,
-                          "ctx:emit: bad event type '%.70s' (use lower-case words separated by "
-                          "dots, e.g. \"round.started\")",
-                          type);
+        return luaL_error(L, "ctx:emit: bad event type (use lower-case words separated by dots, "
+                             "e.g. \"round.started\")");
     for (size_t i = 0; i < sizeof reserved_types / sizeof reserved_types[0]; i++)
         if (strcmp(type, reserved_types[i]) == 0)
             return luaL_error(L, "ctx:emit: '%s' is emitted by the host, not by scripts", type);
@@ -536,6 +536,7 @@ static void push_consensus_fn(lua_State *L, script_panel *sp, const char *name)
 /* Checks a consensus result at idx: a table with a finite level in [0, 1]. */
 static void check_consensus_result(lua_State *L, int idx, const char *name)
 {
+    idx = lua_absindex(L, idx);
     if (lua_type(L, idx) != LUA_TTABLE)
         luaL_error(L, "consensus '%s' returned a %s, expected a result table", name,
                    luaL_typename(L, idx));
@@ -563,7 +564,7 @@ static int ctx_consensus(lua_State *L)
     if (name == NULL)
         return luaL_error(L, "ctx:consensus: no algorithm given and the panel has none");
     if (!valid_name(name))
-        return luaL_error(L, "ctx:consensus: bad algorithm name '%.70s'", name);
+        return luaL_error(L, "ctx:consensus: bad algorithm name (use a-z, 0-9, '_', '-')");
     luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 4);
     if (lua_isnil(L, 4)) {

@@ -195,10 +195,30 @@ static int sb_pcall(lua_State *L)
     return finish_pcall(L, status, 0);
 }
 
+/* The message handler of xpcall. An error raised by a hook runs the handler while Lua has
+ * hooks disabled, so a handler that loops would never be stopped: once a limit tripped, the
+ * script's handler is not called at all. */
+static int guarded_handler(lua_State *L)
+{
+    script_vm *vm = script_vm_of(L);
+    if (vm->tripped != TRIP_NONE) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static int sb_xpcall(lua_State *L)
 {
     int n = lua_gettop(L);
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_handler, 1);
+    lua_replace(L, 2);
     lua_pushboolean(L, 1);
     lua_pushvalue(L, 1);
     lua_rotate(L, 3, 2);

@@ -1,0 +1,430 @@
+/* script_sandbox_test.c - hostile scripts through the real host.
+ *
+ * Every case runs a one-node strategy whose node body is the attack, asserts how its panel
+ * ends (failed with a given message, or completed having found nothing to reach), and then
+ * runs a benign panel to show the process is still healthy. The list covers the acceptance
+ * floor of issue 4 plus known Lua sandbox escapes and denial-of-service tricks: bytecode
+ * loading, string metatable and _ENV reach-through, C loops driven by metamethods, pattern
+ * backtracking, finalizers and to-be-closed variables running after a limit, limit errors
+ * swallowed by pcall/xpcall/load, and C-stack exhaustion. */
+#include "core/clock.h"
+#include "core/log.h"
+#include "script/host.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char consensus_src[] =
+    "return function(ballots, opts)\n"
+    "  local up = ('agree'):upper()\n"
+    "  return { level = 1, position = up, dissent = {}, details = { n = #ballots } }\n"
+    "end\n";
+
+static ap_status t_emit(void *ud, const char *type, const char *data, int64_t *seq, ap_err *err)
+{
+    (void)ud;
+    (void)type;
+    (void)data;
+    (void)err;
+    *seq = 1;
+    return AP_OK;
+}
+
+static void t_log(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    (void)level;
+    (void)msg;
+}
+
+static ap_status t_consensus(void *ud, const char *name, char **source, size_t *len, ap_err *err)
+{
+    (void)ud;
+    if (strcmp(name, "test") != 0)
+        return ap_err_set(err, AP_NOTFOUND, "no consensus named %s", name);
+    *source = strdup(consensus_src);
+    *len = strlen(consensus_src);
+    return AP_OK;
+}
+
+typedef struct outcome {
+    script_outcome kind;
+    char error[1024];
+    int64_t ms;
+} outcome;
+
+static void limits(script_limits *l)
+{
+    script_limits_default(l);
+    l->memory_bytes = (size_t)16 * 1024 * 1024;
+    l->instructions = 5 * 1000 * 1000;
+    l->timeout_ms = 2000;
+}
+
+/* Runs `body` as the node of a strategy and reports how the node ended. */
+static void run_body_lim(const script_limits *lim, const char *body, outcome *o)
+{
+    char src[16384];
+    snprintf(src, sizeof src,
+             "return { name = 'sandbox', start = 'main', consensus = 'test', nodes = { main = "
+             "function(ctx) do\n%s\nend\nreturn ctx:done({ ok = true })\nend } }\n",
+             body);
+    script_host host = {NULL, t_emit, t_log, t_consensus};
+    script_inputs in = {.panel_id = "p1",
+                        .question = "q",
+                        .params_json = "{}",
+                        .experts_json = "[{\"id\":\"e1\",\"name\":\"E\"}]",
+                        .tenant_json = "{\"slug\":\"t\",\"flags\":{}}"};
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    memset(o, 0, sizeof *o);
+    ap_status rc = script_panel_new(lim, &host, "sandbox", src, strlen(src), &in, &sp, &err);
+    if (rc != AP_OK) {
+        o->kind = SCRIPT_FAILED;
+        snprintf(o->error, sizeof o->error, "%s", err.msg);
+        return;
+    }
+    script_step step;
+    int64_t t0 = clock_mono_ms();
+    assert_int_equal(script_panel_run_node(sp, "main", 42, &step), AP_OK);
+    o->ms = clock_mono_ms() - t0;
+    o->kind = step.outcome;
+    snprintf(o->error, sizeof o->error, "%s", step.error);
+    script_panel_free(sp);
+}
+
+static void run_body(const char *body, outcome *o)
+{
+    script_limits lim;
+    limits(&lim);
+    run_body_lim(&lim, body, o);
+}
+
+static void healthy(void)
+{
+    outcome o;
+    run_body("local t = {} for i = 1, 100 do t[i] = i * 2 end\n"
+             "assert(#t == 100 and string.format('%d', 7) == '7')\n"
+             "local r = ctx:consensus(nil, {}, {})\n"
+             "assert(r.position == 'AGREE')",
+             &o);
+    assert_int_equal(o.kind, SCRIPT_DONE);
+}
+
+/* needle may hold alternatives separated by '|'. */
+static bool matches(const char *text, const char *needle)
+{
+    char alt[256];
+    snprintf(alt, sizeof alt, "%s", needle);
+    for (char *save = NULL, *tok = strtok_r(alt, "|", &save); tok != NULL;
+         tok = strtok_r(NULL, "|", &save))
+        if (strstr(text, tok) != NULL)
+            return true;
+    return false;
+}
+
+static void expect_fail(const char *body, const char *needle)
+{
+    outcome o;
+    run_body(body, &o);
+    if (o.kind != SCRIPT_FAILED || !matches(o.error, needle))
+        fail_msg("body:\n%s\nexpected failure with \"%s\", got outcome %d: %s", body, needle,
+                 (int)o.kind, o.error);
+    healthy();
+}
+
+static void expect_done(const char *body)
+{
+    outcome o;
+    run_body(body, &o);
+    if (o.kind != SCRIPT_DONE)
+        fail_msg("body:\n%s\nexpected the node to complete, got %d: %s", body, (int)o.kind,
+                 o.error);
+    healthy();
+}
+
+/* ---- no host access ----------------------------------------------------------------------- */
+
+static void test_no_os_io_debug_require(void **state)
+{
+    (void)state;
+    expect_fail("os.execute('touch /tmp/pwned')", "global 'os'");
+    expect_fail("io.open('/etc/passwd')", "global 'io'");
+    expect_fail("debug.getregistry()", "global 'debug'");
+    expect_fail("require('os')", "global 'require'");
+    expect_fail("dofile('/etc/passwd')", "global 'dofile'");
+    expect_fail("loadfile('/etc/passwd')", "global 'loadfile'");
+    expect_fail("package.loadlib('libc.so.6', 'system')", "global 'package'");
+    expect_fail("coroutine.wrap(function() end)", "global 'coroutine'");
+    expect_done("assert(rawget(_G, 'os') == nil and _G.io == nil and _ENV.debug == nil)\n"
+                "assert(load('return os')() == nil)\n"
+                "assert(load('return io', 'x', 't', {})() == nil)");
+}
+
+static void test_no_bytecode(void **state)
+{
+    (void)state;
+    expect_fail("string.dump(function() end)", "field 'dump'");
+    expect_fail("local d = ('').dump; d(print)", "local 'd'");
+    expect_fail("local f, e = load('\\27LuaT\\0\\25\\147\\r\\n\\26\\n'); assert(f == nil); "
+                "error(e)",
+                "binary chunk");
+    expect_fail("local f, e = load('\\27Lua', 'x', 'b'); error(e)", "binary chunk");
+    expect_fail("load(function() return '\\27Lua' end)", "string expected");
+}
+
+static void test_metatable_and_env_tricks(void **state)
+{
+    (void)state;
+    expect_done("assert(getmetatable('') == nil)\n"
+                "assert(getmetatable(1) == nil and getmetatable(print) == nil)");
+    expect_fail("local mt = getmetatable(''); local i = mt.__index", "index a nil value");
+    expect_fail("rawget(getmetatable(''), '__index')", "bad argument #1 to 'rawget'");
+    expect_fail("('').x = 1", "attempt to index a string value");
+    expect_fail("setmetatable('', {})", "table expected");
+    /* Changing this chunk's libraries does not reach the host or other chunks: the consensus
+     * script loaded afterwards still sees a working string library. */
+    expect_done("string.upper = nil; setmetatable(string, { __index = function() error('x') "
+                "end })\n"
+                "local r = ctx:consensus('test', {}, {}); assert(r.position == 'AGREE')");
+    expect_done("_ENV = setmetatable({}, { __index = _G }); assert(os == nil)");
+    expect_done("local g = _G; _G = nil; assert(g.load('return 1')() == 1)");
+    expect_fail("collectgarbage('collect')", "only \"count\"");
+    expect_done("assert(type(collectgarbage('count')) == 'number')");
+    expect_done("local a = json.array(); assert(getmetatable(a) == 'json.array')");
+}
+
+static void test_finalizers_and_close(void **state)
+{
+    (void)state;
+    expect_fail("setmetatable({}, { __gc = function() while true do end end })",
+                "__gc metamethods are not allowed");
+    /* __gc added after setmetatable is ignored by Lua itself. */
+    expect_done("local mt = {}; local t = setmetatable({}, mt); mt.__gc = function() while true "
+                "do end end; t = nil");
+    outcome o;
+    run_body("local x <close> = setmetatable({}, { __close = function() while true do end end "
+             "})\nwhile true do end",
+             &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "instruction budget exceeded"));
+    assert_true(o.ms < 3000);
+    healthy();
+    expect_fail("error(setmetatable({}, { __tostring = function() while true do end end }))",
+                "error object is a table value");
+}
+
+/* ---- CPU limits --------------------------------------------------------------------------- */
+
+static void test_endless_loops(void **state)
+{
+    (void)state;
+    expect_fail("while true do end", "instruction budget exceeded");
+    expect_fail("::again:: goto again", "instruction budget exceeded");
+    expect_fail("local function f() return f() end return f()", "instruction budget exceeded");
+    expect_fail("table.sort({3, 2, 1, 5, 4}, function(a, b) while true do end end)",
+                "instruction budget exceeded");
+    expect_fail("('aaaa'):gsub('.', function() while true do end end)",
+                "instruction budget exceeded");
+    /* A C loop whose only Lua-visible work is metamethod calls to C functions. */
+    expect_fail("local t = setmetatable({}, { __len = function() return 1 << 30 end, __index = "
+                "rawlen })\ntable.sort(t)",
+                "instruction budget exceeded");
+    expect_fail("table.move({}, 1, 1e15, 2)", "range of more than");
+}
+
+static void test_time_budget(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.instructions = (int64_t)1 << 40;
+    lim.timeout_ms = 200;
+    outcome o;
+    run_body_lim(&lim, "while true do end", &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "time budget exceeded"));
+    assert_true(o.ms < 1500);
+    run_body_lim(&lim, "while true do local s = string.rep('x', 100000) end", &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "time budget exceeded"));
+    healthy();
+}
+
+static void test_limit_not_catchable(void **state)
+{
+    (void)state;
+    expect_fail("while true do pcall(function() while true do end end) end",
+                "instruction budget exceeded");
+    expect_fail("local ok = pcall(function() while true do end end); return 'main'",
+                "instruction budget exceeded");
+    expect_fail("xpcall(function() while true do end end, function() while true do end end)",
+                "instruction budget exceeded");
+    expect_fail("for i = 1, 10 do pcall(string.rep, 'x', 1 << 28) end", "memory limit exceeded");
+    expect_fail("local ok = pcall(function() local t = {} for i = 1, 1e9 do t[i] = i end end)\n"
+                "local t2 = {} for i = 1, 10 do t2[i] = i end",
+                "memory limit exceeded");
+    expect_fail("local f = load('while true do end'); pcall(f)", "instruction budget exceeded");
+}
+
+/* ---- memory ------------------------------------------------------------------------------- */
+
+static void test_memory_bombs(void **state)
+{
+    (void)state;
+    expect_fail("local s = string.rep('x', 1 << 30)", "memory limit exceeded");
+    expect_fail("local t = {} for i = 1, 1e9 do t[i] = i end", "memory limit exceeded");
+    expect_fail("local s = 'x' while true do s = s .. s end", "memory limit exceeded");
+    expect_fail("local t = {} while true do t[#t + 1] = tostring(#t) .. 'padding' end",
+                "memory limit exceeded");
+    expect_fail("local s = ('x'):rep(1000) for i = 1, 20 do s = s:gsub('.', '%0%0') end",
+                "memory limit exceeded");
+    expect_fail("local s = string.rep('ab', 1 << 20, ',')  local t = {} for i = 1, 64 do t[i] = "
+                "s .. i end",
+                "memory limit exceeded");
+}
+
+/* ---- recursion and the C stack ------------------------------------------------------------ */
+
+static void test_recursion(void **state)
+{
+    (void)state;
+    /* The Lua stack grows until the stack limit or the memory ceiling, whichever is first. */
+    expect_fail("local function f() return 1 + f() end f()", "stack overflow|memory limit");
+    expect_fail("local function f(s) return (s:gsub('.', f)) end f('aaaa')", "stack overflow");
+    expect_fail("local t = setmetatable({}, {}) getmetatable(t).__index = function(t, k) return "
+                "t[k] end local x = t.x",
+                "stack overflow");
+    /* pcall nested until the C stack is exhausted: caught at each level, no crash. */
+    expect_done("local function f() return pcall(f) end f()");
+    expect_fail("local s = string.rep('(', 300) .. string.rep(')', 300) local f, e = load('return "
+                "' .. s) error(e)",
+                "C stack overflow|too many");
+    expect_done("local t = {} t.t = t local ok, e = pcall(json.encode, t) assert(not ok and "
+                "e:find('nested deeper'))");
+    expect_done("local ok, e = pcall(json.decode, string.rep('[', 100000) .. "
+                "string.rep(']', 100000))\nassert(not ok)");
+}
+
+/* ---- patterns and json --------------------------------------------------------------------- */
+
+static void test_pattern_backtracking(void **state)
+{
+    (void)state;
+    expect_fail("string.find(string.rep('a', 5000), '.-.-.-.-.-b')", "pattern too complex");
+    expect_fail("('a'):rep(30):find(('a*'):rep(30) .. 'b')", "pattern too complex");
+    expect_fail("for w in string.rep('a', 20000):gmatch('(.-)(.-)(.-)x') do end",
+                "pattern too complex");
+    expect_fail("string.rep('a', 20000):gsub('(a*)*b', '')", "pattern too complex");
+    expect_fail("string.match(string.rep('(', 10000), '%b()%b()%b()x')", "pattern too complex");
+    /* Ordinary patterns on ordinary text still work. */
+    expect_done("local s = ('  hello world  '):rep(200)\n"
+                "assert(s:match('^%s*(.-)%s*$'):sub(1, 5) == 'hello')\n"
+                "local n = 0 for w in s:gmatch('%a+') do n = n + 1 end assert(n == 400)\n"
+                "assert(('a,b,c'):gsub(',', ';') == 'a;b;c')\n"
+                "assert(string.find('x.y', '.', 1, true) == 2)");
+}
+
+static void test_json_limits(void **state)
+{
+    (void)state;
+    expect_fail("json.decode(string.rep('[', 70) .. string.rep(']', 70))", "nested deeper");
+    expect_fail("json.decode(string.rep(' ', 2 * 1024 * 1024))", "larger than");
+    expect_fail("local s = string.rep('x', 1000000) local t = {} for i = 1, 10 do t[i] = s end "
+                "json.encode(t)",
+                "larger than");
+    expect_fail("json.encode({ f = print })", "cannot encode a function");
+    expect_done("local v = json.decode('{\"a\":[1,2,{\"b\":null}],\"c\":\"\\\\u00e9\"}')\n"
+                "assert(v.a[2] == 2 and v.c == '\\u{e9}')\n"
+                "assert(json.encode({ b = 1, a = { 1, 2 } }) == '{\"a\":[1,2],\"b\":1}')\n"
+                "assert(json.encode(json.array({})) == '[]' and json.encode({}) == '{}')\n"
+                "assert(json.encode({ x = 0/0 }) == '{\"x\":null}')\n"
+                "assert(json.encode('\\255') == '\"\\u{fffd}\"')");
+}
+
+/* ---- the ctx surface ------------------------------------------------------------------------ */
+
+static void test_ctx_misuse(void **state)
+{
+    (void)state;
+    expect_fail("ctx:emit('panel.completed', {})", "emitted by the host");
+    expect_fail("ctx:emit('Bad Type', {})", "bad event type");
+    expect_fail("ctx.ask(ctx.experts[1], 'x')", "with a colon");
+    expect_fail("table.sort({1, 2, 3}, function(a, b) ctx:ask(ctx.experts[1], 'q') return a < "
+                "b end)",
+                "can only be called from a node");
+    expect_fail("ctx:ask('nobody', 'q')", "unknown expert 'nobody'");
+    expect_fail("ctx:consensus('missing', {}, {})", "no consensus named missing");
+    expect_fail("ctx:done({ f = print })", "cannot encode a function");
+    outcome o;
+    run_body("local x = 1\nerror('boom')", &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "node 'main': sandbox.lua:3: boom"));
+}
+
+static void test_contract_errors(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    script_info info;
+    ap_err err = {0};
+    static const struct {
+        const char *src, *needle;
+    } cases[] = {
+        {"return {", "sandbox.lua:1:"},
+        {"return 42", "must return the strategy table"},
+        {"return { name = 'other', start = 'a', nodes = { a = function() end } }",
+         "named 'other' but its file is sandbox.lua"},
+        {"return { name = 'sandbox', nodes = { a = function() end } }", "no start node"},
+        {"return { name = 'sandbox', start = 'b', nodes = { a = function() end } }",
+         "start names node 'b', which is not in nodes"},
+        {"return { name = 'sandbox', start = 'a', nodes = { a = 1 } }",
+         "node 'a' must be a function"},
+        {"return { name = 'sandbox', start = 'a', nodes = { a = function() end }, params = { n "
+         "= { type = 'int' } } }",
+         "param 'n' has an unknown type"},
+        {"return { name = 'sandbox', start = 'a', nodes = { a = function() end }, params = { n "
+         "= { type = 'integer', min = 5, max = 1 } } }",
+         "param 'n': min (5) is greater than max (1)"},
+        {"while true do end", "instruction budget exceeded"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ap_status rc = script_inspect(&lim, SCRIPT_STRATEGY, "sandbox", cases[i].src,
+                                      strlen(cases[i].src), &info, &err);
+        if (rc == AP_OK || strstr(err.msg, cases[i].needle) == NULL)
+            fail_msg("case %zu: expected \"%s\", got \"%s\"", i, cases[i].needle, err.msg);
+    }
+    assert_int_equal(script_inspect(&lim, SCRIPT_CONSENSUS, "c", consensus_src,
+                                    strlen(consensus_src), &info, &err),
+                     AP_OK);
+    script_info_free(&info);
+}
+
+int main(void)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_no_os_io_debug_require),
+        cmocka_unit_test(test_no_bytecode),
+        cmocka_unit_test(test_metatable_and_env_tricks),
+        cmocka_unit_test(test_finalizers_and_close),
+        cmocka_unit_test(test_endless_loops),
+        cmocka_unit_test(test_time_budget),
+        cmocka_unit_test(test_limit_not_catchable),
+        cmocka_unit_test(test_memory_bombs),
+        cmocka_unit_test(test_recursion),
+        cmocka_unit_test(test_pattern_backtracking),
+        cmocka_unit_test(test_json_limits),
+        cmocka_unit_test(test_ctx_misuse),
+        cmocka_unit_test(test_contract_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
