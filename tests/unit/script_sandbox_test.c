@@ -307,6 +307,14 @@ static void test_recursion(void **state)
     expect_fail("local s = string.rep('(', 300) .. string.rep(')', 300) local f, e = load('return "
                 "' .. s) error(e)",
                 "C stack overflow|too many");
+    /* Errors while handling errors (CVE-2022-33099 territory) and handlers that recurse. */
+    expect_done("local ok, e = xpcall(error, function() error('again') end) assert(not ok)");
+    expect_done("local function h(e) return select(2, xpcall(error, h, e)) end\n"
+                "local ok = xpcall(error, h, 'x') assert(not ok)");
+    /* _ENV declared <const> once crashed the parser (CVE-2022-28805). */
+    expect_fail("local f, e = load('local _ENV <const> = {}; x = 1') if f then f() end "
+                "error(e or 'attempt')",
+                "attempt");
     expect_done("local t = {} t.t = t local ok, e = pcall(json.encode, t) assert(not ok and "
                 "e:find('nested deeper'))");
     expect_done("local ok, e = pcall(json.decode, string.rep('[', 100000) .. "

@@ -1,0 +1,431 @@
+/* panel_engine_test.c - the graph runner end to end on a SQLite store and the simulated
+ * provider: concurrency of ask_all, params validation, hot reload with pinned versions,
+ * cancel, human input, the node budget, checkpoints and resume without paying twice. */
+#include "core/clock.h"
+#include "core/config.h"
+#include "core/jsonx.h"
+#include "core/log.h"
+#include "panel/engine.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[64];
+static char calls_path[128];
+static config cfg;
+static store *st;
+static script_registry *reg;
+static char tenant[STORE_ID_MAX];
+
+static const char experts5[] =
+    "[{\"id\":\"a\",\"name\":\"A\",\"role\":\"analyst\",\"persona\":\"careful\"},"
+    "{\"id\":\"b\",\"name\":\"B\",\"role\":\"builder\",\"persona\":\"bold\"},"
+    "{\"id\":\"c\",\"name\":\"C\",\"role\":\"critic\",\"persona\":\"skeptical\"},"
+    "{\"id\":\"d\",\"name\":\"D\",\"role\":\"doctor\",\"persona\":\"empathetic\"},"
+    "{\"id\":\"e\",\"name\":\"E\",\"role\":\"economist\",\"persona\":\"numbers first\"}]";
+
+static void write_file(const char *name, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/strategies/%s", dir, name);
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    log_set_level(LOG_LEVEL_ERROR);
+    snprintf(dir, sizeof dir, "/tmp/askpanel-engine-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/strategies", dir);
+    mkdir(path, 0755);
+    snprintf(path, sizeof path, "%s/strategies/consensus", dir);
+    mkdir(path, 0755);
+    snprintf(calls_path, sizeof calls_path, "%s/calls.log", dir);
+    setenv("ASKPANEL_SIM_CALL_LOG", calls_path, 1);
+    write_file("consensus/count.lua",
+               "return function(ballots, opts) return { level = #ballots > 0 and 1 or 0, "
+               "position = 'ok', dissent = {}, details = { n = #ballots } } end\n");
+    ap_err err = {0};
+    assert_int_equal(config_defaults(&cfg), AP_OK);
+    snprintf(path, sizeof path, "%s/strategies", dir);
+    assert_int_equal(config_set(&cfg, "strategies_dir", path, "test", &err), AP_OK);
+    snprintf(path, sizeof path, "%s/tenants", dir);
+    assert_int_equal(config_set(&cfg, "tenants_dir", path, "test", &err), AP_OK);
+    assert_int_equal(config_set(&cfg, "runtime.runners", "1", "test", &err), AP_OK);
+    assert_int_equal(config_set(&cfg, "runtime.max_steps", "50", "test", &err), AP_OK);
+    char url[128];
+    snprintf(url, sizeof url, "sqlite:%s/test.db", dir);
+    assert_int_equal(store_open(url, &st, &err), AP_OK);
+    assert_int_equal(store_migrate(st, NULL, &err), AP_OK);
+    store_tenant t = {0};
+    assert_int_equal(store_tenant_create(st, "acme", "Acme", NULL, &t, &err), AP_OK);
+    memcpy(tenant, t.id, sizeof tenant);
+    store_tenant_free(&t);
+    script_limits lim;
+    script_limits_default(&lim);
+    assert_int_equal(script_registry_new(&lim, cfg.strategies_dir, cfg.tenants_dir, &reg, &err),
+                     AP_OK);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    script_registry_free(reg);
+    store_close(st);
+    config_free(&cfg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+    return 0;
+}
+
+static panel_engine *start_engine(int latency_ms)
+{
+    char v[32];
+    snprintf(v, sizeof v, "%d", latency_ms);
+    setenv("ASKPANEL_SIM_LATENCY_MS", v, 1);
+    panel_engine_opts o = {.cfg = &cfg, .store = st, .registry = reg, .seed = 7};
+    panel_engine *e = NULL;
+    ap_err err = {0};
+    if (panel_engine_start(&o, &e, &err) != AP_OK)
+        fail_msg("engine: %s", err.msg);
+    return e;
+}
+
+static void create(panel_engine *e, const char *strategy, const char *params, char *id)
+{
+    panel_create_req req = {.question = "Should we expand to Japan?",
+                            .strategy = strategy,
+                            .params_json = params,
+                            .experts_json = experts5};
+    store_panel out = {0};
+    ap_err err = {0};
+    if (panel_engine_create(e, tenant, &req, &out, &err) != AP_OK)
+        fail_msg("create %s: %s", strategy, err.msg);
+    memcpy(id, out.id, STORE_ID_MAX);
+    store_panel_free(&out);
+}
+
+/* Waits for an event of `type`; returns its data (caller frees) or fails the test. */
+static char *wait_for(panel_sub *sub, const char *type, int timeout_ms)
+{
+    int64_t deadline = clock_mono_ms() + timeout_ms;
+    while (clock_mono_ms() < deadline) {
+        panel_event ev;
+        int r = panel_sub_next(sub, &ev, 100);
+        if (r == 1) {
+            bool hit = strcmp(ev.type, type) == 0;
+            char *data = ev.data;
+            ev.data = NULL;
+            if (!hit && strcmp(ev.type, "panel.failed") == 0 && strcmp(type, "panel.failed") != 0)
+                fail_msg("panel failed while waiting for %s: %s", type, data);
+            panel_event_clear(&ev);
+            if (hit)
+                return data;
+            free(data);
+        }
+    }
+    fail_msg("no %s event within %d ms", type, timeout_ms);
+    return NULL;
+}
+
+static char *run_to_end(panel_engine *e, const char *id, const char *type, int timeout_ms)
+{
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    if (panel_engine_execute(e, tenant, id, &err) != AP_OK)
+        fail_msg("execute: %s", err.msg);
+    char *data = wait_for(sub, type, timeout_ms);
+    panel_engine_unsubscribe(e, sub);
+    return data;
+}
+
+static int count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    int n = 0, c;
+    while ((c = fgetc(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+static const char fanout_lua[] =
+    "return { name = 'fanout', start = 'ask', consensus = 'count',\n"
+    "  params = { rounds = { type = 'integer', default = 1, min = 1, max = 3 },\n"
+    "             style = { type = 'string', default = 'plain', enum = { 'plain', 'formal' } } },\n"
+    "  nodes = {\n"
+    "    ask = function(ctx)\n"
+    "      local r = ctx:ask_all(ctx.experts, function(e) return 'Q for ' .. e.role end,\n"
+    "        { schema = { type = 'object', required = { 'position' }, properties = {\n"
+    "          position = { type = 'string', enum = { 'yes', 'no' } } } } })\n"
+    "      ctx.state.n = (ctx.state.n or 0) + #r\n"
+    "      ctx.state.r = (ctx.state.r or 0) + 1\n"
+    "      if ctx.state.r < ctx.params.rounds then return 'ask' end\n"
+    "      return 'finish'\n"
+    "    end,\n"
+    "    finish = function(ctx)\n"
+    "      local c = ctx:consensus(nil, { { position = 'yes' } }, {})\n"
+    "      return ctx:done({ answers = ctx.state.n, level = c.level })\n"
+    "    end } }\n";
+
+static void test_ask_all_is_concurrent(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(200);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", NULL, id);
+    int64_t t0 = clock_mono_ms();
+    char *done = run_to_end(e, id, "panel.completed", 5000);
+    int64_t ms = clock_mono_ms() - t0;
+    assert_non_null(strstr(done, "\"answers\":5"));
+    free(done);
+    /* five calls of 200 ms each: one round of latency, not five */
+    if (ms < 200 || ms > 600)
+        fail_msg("ask_all of 5 experts at 200 ms took %lld ms", (long long)ms);
+    panel_engine_stop(e);
+}
+
+static void test_params_validation(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(0);
+    static const struct {
+        const char *params, *needle;
+    } cases[] = {
+        {"{\"rounds\":9}", "param 'rounds' must be at most 3"},
+        {"{\"rounds\":1.5}", "param 'rounds' must be a whole number"},
+        {"{\"rounds\":\"two\"}", "param 'rounds' must be a whole number"},
+        {"{\"style\":\"loud\"}", "param 'style' must be one of: plain, formal"},
+        {"{\"colour\":\"red\"}", "unknown param 'colour'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        panel_create_req req = {.question = "q",
+                                .strategy = "fanout",
+                                .params_json = cases[i].params,
+                                .experts_json = experts5};
+        ap_err err = {0};
+        assert_int_equal(panel_engine_create(e, tenant, &req, NULL, &err), AP_INVALID);
+        if (strstr(err.msg, cases[i].needle) == NULL)
+            fail_msg("params %s: expected \"%s\", got \"%s\"", cases[i].params, cases[i].needle,
+                     err.msg);
+    }
+    char id[STORE_ID_MAX];
+    create(e, "fanout", "{\"rounds\":2}", id);
+    char *done = run_to_end(e, id, "panel.completed", 5000);
+    assert_non_null(strstr(done, "\"answers\":10"));
+    free(done);
+    panel_engine_stop(e);
+}
+
+static const char hot_v1[] =
+    "return { name = 'hot', start = 'a', nodes = {\n"
+    "  a = function(ctx) ctx:ask(ctx.experts[1], 'one') ctx:ask(ctx.experts[1], 'two')\n"
+    "    return ctx:done({ version = 1 }) end } }\n";
+static const char hot_v2[] = "return { name = 'hot', start = 'a', nodes = {\n"
+                             "  a = function(ctx) return ctx:done({ version = 2 }) end } }\n";
+
+static void test_hot_reload(void **state)
+{
+    (void)state;
+    write_file("hot.lua", hot_v1);
+    panel_engine *e = start_engine(150);
+    char a[STORE_ID_MAX], b[STORE_ID_MAX], c[STORE_ID_MAX];
+    create(e, "hot", NULL, a);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, a, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, a, &err), AP_OK);
+    free(wait_for(sub, "expert.message", 3000)); /* v1 is running */
+    write_file("hot.lua", hot_v2);
+    size_t changed = 0;
+    assert_int_equal(script_registry_reload(reg, &changed, &err), AP_OK);
+    assert_int_equal(changed, 1);
+    create(e, "hot", NULL, b);
+    char *rb = run_to_end(e, b, "panel.completed", 3000);
+    assert_non_null(strstr(rb, "\"version\":2"));
+    free(rb);
+    char *ra = wait_for(sub, "panel.completed", 3000);
+    assert_non_null(strstr(ra, "\"version\":1"));
+    free(ra);
+    panel_engine_unsubscribe(e, sub);
+    /* A broken edit is rejected; version 2 stays active. */
+    write_file("hot.lua", "return { name = 'hot', start = \n");
+    assert_int_equal(script_registry_reload(reg, &changed, &err), AP_OK);
+    assert_int_equal(changed, 0);
+    create(e, "hot", NULL, c);
+    char *rc = run_to_end(e, c, "panel.completed", 3000);
+    assert_non_null(strstr(rc, "\"version\":2"));
+    free(rc);
+    panel_engine_stop(e);
+}
+
+static void test_cancel_aborts_at_once(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(2000);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "panel.status", 1000));
+    usleep(50 * 1000);
+    int64_t t0 = clock_mono_ms();
+    assert_int_equal(panel_engine_cancel(e, tenant, id, &err), AP_OK);
+    char *st_data = wait_for(sub, "panel.status", 1000);
+    assert_non_null(strstr(st_data, "cancelled"));
+    free(st_data);
+    assert_true(clock_mono_ms() - t0 < 500);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    store_panel row = {0};
+    assert_int_equal(store_panel_get(st, tenant, id, &row, &err), AP_OK);
+    assert_string_equal(row.status, "cancelled");
+    store_panel_free(&row);
+    assert_int_equal(panel_engine_active(e = start_engine(0)), 0);
+    panel_engine_stop(e);
+}
+
+static const char human_lua[] =
+    "return { name = 'human', start = 'a', nodes = {\n"
+    "  a = function(ctx) local r = ctx:ask(ctx.experts[1], 'first')\n"
+    "    local input = ctx:await_input({ prompt = 'Approve?' })\n"
+    "    return ctx:done({ said = input.text, pos = input.position }) end } }\n";
+
+static void test_human_input(void **state)
+{
+    (void)state;
+    write_file("human.lua", human_lua);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "human", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    char *req = wait_for(sub, "input.requested", 3000);
+    assert_non_null(strstr(req, "Approve?"));
+    free(req);
+    store_panel row = {0};
+    assert_int_equal(store_panel_get(st, tenant, id, &row, &err), AP_OK);
+    assert_string_equal(row.status, "awaiting_input");
+    store_panel_free(&row);
+    assert_int_equal(
+        panel_engine_input(e, tenant, id, "{\"text\":\"yes\",\"position\":\"go\"}", &err), AP_OK);
+    assert_int_equal(panel_engine_input(e, tenant, id, "again", &err), AP_CONFLICT);
+    char *done = wait_for(sub, "panel.completed", 3000);
+    assert_non_null(strstr(done, "\"said\":\"yes\""));
+    free(done);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+}
+
+static void test_node_budget(void **state)
+{
+    (void)state;
+    write_file("loop.lua", "return { name = 'loop', start = 'a', nodes = {\n"
+                           "  a = function(ctx) return 'b' end, b = function(ctx) return 'a' end "
+                           "} }\n");
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "loop", NULL, id);
+    char *failed = run_to_end(e, id, "panel.failed", 3000);
+    assert_non_null(strstr(failed, "node budget exceeded"));
+    free(failed);
+    panel_engine_stop(e);
+}
+
+/* Stopping the engine mid-panel leaves it "running" with its checkpoint, like a crash; a new
+ * engine resumes it, replays the journaled turns and reaches the same result. */
+static void test_resume_replays_journal(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    /* the reference run */
+    panel_engine *e = start_engine(0);
+    char ref[STORE_ID_MAX];
+    create(e, "fanout", "{\"rounds\":3}", ref);
+    char *want = run_to_end(e, ref, "panel.completed", 5000);
+    panel_engine_stop(e);
+    unlink(calls_path);
+    /* the interrupted run: stop during round 2 (rounds take 300 ms) */
+    e = start_engine(300);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", "{\"rounds\":3}", id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    for (int i = 0; i < 5; i++)
+        free(wait_for(sub, "expert.message", 3000));
+    usleep(100 * 1000);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    int before = count_lines(calls_path);
+    assert_int_equal(before, 5);
+    store_panel row = {0};
+    assert_int_equal(store_panel_get(st, tenant, id, &row, &err), AP_OK);
+    assert_string_equal(row.status, "running");
+    store_panel_free(&row);
+    /* resume */
+    e = start_engine(0);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    size_t n = 0;
+    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
+    assert_int_equal(n, 1);
+    char *got = wait_for(sub, "panel.completed", 5000);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    assert_string_equal(got, want);
+    /* 15 turns in all; the 5 of round 1 were paid once */
+    assert_int_equal(count_lines(calls_path), 15);
+    /* the stored events are gapless */
+    store_event *rows = NULL;
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(rows[i].seq, (int64_t)i + 1);
+    assert_string_equal(rows[n - 1].type, "panel.completed");
+    store_events_free(rows, n);
+    free(want);
+    free(got);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ask_all_is_concurrent),
+        cmocka_unit_test(test_params_validation),
+        cmocka_unit_test(test_hot_reload),
+        cmocka_unit_test(test_cancel_aborts_at_once),
+        cmocka_unit_test(test_human_input),
+        cmocka_unit_test(test_node_budget),
+        cmocka_unit_test(test_resume_replays_journal),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
