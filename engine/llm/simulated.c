@@ -43,6 +43,7 @@ static uint64_t hash_str(uint64_t h, const char *s)
 typedef struct sim {
     uint64_t rng;
     uint64_t common; /* shared by all experts: the "truth" of this prompt */
+    uint64_t who;    /* the expert: id, persona and role */
     double stance;   /* 0 cautious .. 1 bold, from the persona */
     double pull;     /* how far this expert moves toward a group median */
     const char *name, *role, *persona;
@@ -274,7 +275,9 @@ static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool intege
                name_has(field, "forecast")) {
         /* A shared "truth" per question, shifted by the persona: bold experts guess high. */
         double truth = lo + (0.3 + 0.4 * field_common(s, field)) * (hi - lo);
-        v = truth + (s->stance - 0.5) * 0.5 * (hi - lo) * 0.6 + (unit(s) - 0.5) * 0.02 * (hi - lo);
+        /* the expert's own noise is stable across rounds, so feedback only pulls */
+        double noise = (double)(hash_str(s->common ^ s->who, field) >> 11) / 9007199254740992.0;
+        v = truth + (s->stance - 0.5) * 0.3 * (hi - lo) + (noise - 0.5) * 0.02 * (hi - lo);
         if (s->has_median)
             v = s->median + (1 - s->pull) * (v - s->median);
     } else {
@@ -449,6 +452,7 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
     if (s.role == NULL)
         s.role = "an advisor";
     uint64_t who = hash_str(hash_str(hash_str(0, req->expert_id), s.persona), s.role);
+    s.who = who;
     s.stance = (double)(who >> 11) / 9007199254740992.0;
     s.pull = 0.5 + 0.3 * (double)(mix(who) >> 11) / 9007199254740992.0;
     uint64_t seeds = mix(seed ^ req->seed);

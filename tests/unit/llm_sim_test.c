@@ -1,0 +1,267 @@
+/* llm_sim_test.c - the simulated provider: deterministic, persona-biased, schema-valid,
+ * feedback-aware; and its asynchronous delivery on the loop (latency, streamed deltas,
+ * cancel). */
+#include "core/clock.h"
+#include "core/jsonx.h"
+#include "llm/llm.h"
+#include "llm/simulated.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const personas[][3] = {
+    {"a", "regulatory strategist", "cautious and evidence-first"},
+    {"b", "market access lead", "commercial and bold"},
+    {"c", "safety physician", "skeptical"},
+    {"d", "patient advocate", "empathetic"},
+    {"e", "economist", "numbers first"},
+};
+
+static char *expert_json(int i)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"id\":\"%s\",\"name\":\"N%d\",\"role\":\"%s\",\"persona\":\"%s\"}",
+             personas[i][0], i, personas[i][1], personas[i][2]);
+    return strdup(buf);
+}
+
+static cJSON *simulate(int i, const char *prompt, const char *schema, char **text)
+{
+    char *ex = expert_json(i);
+    llm_request req = {.expert_id = personas[i][0],
+                       .expert_json = ex,
+                       .prompt = prompt,
+                       .schema_json = schema,
+                       .seed = 3};
+    char *data = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_simulate(&req, 0, text, &data, &err), AP_OK);
+    free(ex);
+    cJSON *v = data != NULL ? jsonx_parse(data, strlen(data), 64, NULL) : NULL;
+    free(data);
+    return v;
+}
+
+static void test_deterministic_and_persona_voiced(void **state)
+{
+    (void)state;
+    char *t1 = NULL, *t2 = NULL, *t3 = NULL;
+    simulate(0, "Should we file in the EU first?", NULL, &t1);
+    simulate(0, "Should we file in the EU first?", NULL, &t2);
+    simulate(1, "Should we file in the EU first?", NULL, &t3);
+    assert_string_equal(t1, t2);
+    assert_string_not_equal(t1, t3);
+    assert_non_null(strstr(t1, "regulatory strategist"));
+    assert_non_null(strstr(t3, "market access lead"));
+    free(t1);
+    free(t2);
+    free(t3);
+}
+
+static const char ballot_schema[] =
+    "{\"type\":\"object\",\"required\":[\"position\",\"confidence\",\"ranking\",\"estimate\","
+    "\"ok\",\"nested\"],\"properties\":{"
+    "\"position\":{\"type\":\"string\",\"enum\":[\"yes\",\"no\",\"depends\"]},"
+    "\"confidence\":{\"type\":\"number\",\"minimum\":0,\"maximum\":1},"
+    "\"ranking\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"enum\":[\"x\",\"y\",\"z\"]}},"
+    "\"estimate\":{\"type\":\"number\",\"minimum\":0,\"maximum\":1000},"
+    "\"count\":{\"type\":\"integer\",\"minimum\":2,\"maximum\":4},"
+    "\"ok\":{\"type\":\"boolean\"},"
+    "\"tags\":{\"type\":\"array\",\"minItems\":2,\"maxItems\":3,\"items\":{\"type\":\"string\"}},"
+    "\"nested\":{\"type\":\"object\",\"required\":[\"why\"],\"properties\":{\"why\":{\"type\":"
+    "\"string\",\"maxLength\":20}}}}}";
+
+static void test_schema_valid_answers(void **state)
+{
+    (void)state;
+    int positions[3] = {0};
+    for (int i = 0; i < 5; i++) {
+        char *text = NULL;
+        cJSON *v = simulate(i, "Decide on the launch.", ballot_schema, &text);
+        assert_non_null(v);
+        const char *pos = jsonx_string(v, "position");
+        assert_non_null(pos);
+        positions[strcmp(pos, "yes") == 0 ? 0 : strcmp(pos, "no") == 0 ? 1 : 2]++;
+        double conf = jsonx_number(v, "confidence", -1);
+        assert_true(conf >= 0 && conf <= 1);
+        double est = jsonx_number(v, "estimate", -1);
+        assert_true(est >= 0 && est <= 1000);
+        const cJSON *count = cJSON_GetObjectItemCaseSensitive(v, "count");
+        if (count != NULL)
+            assert_true(count->valuedouble >= 2 && count->valuedouble <= 4 &&
+                        count->valuedouble == floor(count->valuedouble));
+        assert_true(cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(v, "ok")));
+        const cJSON *ranking = cJSON_GetObjectItemCaseSensitive(v, "ranking");
+        assert_int_equal(cJSON_GetArraySize(ranking), 3); /* a permutation of x, y, z */
+        int seen = 0;
+        const cJSON *r;
+        cJSON_ArrayForEach(r, ranking) seen |= 1 << (r->valuestring[0] - 'x');
+        assert_int_equal(seen, 7);
+        const cJSON *tags = cJSON_GetObjectItemCaseSensitive(v, "tags");
+        if (tags != NULL)
+            assert_true(cJSON_GetArraySize(tags) >= 2 && cJSON_GetArraySize(tags) <= 3);
+        const char *why = jsonx_string(cJSON_GetObjectItemCaseSensitive(v, "nested"), "why");
+        assert_non_null(why);
+        assert_true(strlen(why) <= 20);
+        cJSON_Delete(v);
+        free(text);
+    }
+    /* experts disagree, but not randomly: no position is everyone's */
+    assert_true(positions[0] < 5 && positions[1] < 5 && positions[2] < 5);
+}
+
+static double iqr(double *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return v[(3 * (n - 1)) / 4] - v[(n - 1) / 4];
+}
+
+static void test_feedback_converges(void **state)
+{
+    (void)state;
+    const char *schema = "{\"type\":\"object\",\"required\":[\"estimate\",\"confidence\"],"
+                         "\"properties\":{\"estimate\":{\"type\":\"number\",\"minimum\":0,"
+                         "\"maximum\":100},\"confidence\":{\"type\":\"number\",\"minimum\":0,"
+                         "\"maximum\":1}}}";
+    double first[5], second[5], c1 = 0, c2 = 0;
+    for (int i = 0; i < 5; i++) {
+        char *text = NULL;
+        cJSON *v = simulate(i, "Estimate the share.", schema, &text);
+        first[i] = jsonx_number(v, "estimate", -1);
+        c1 += jsonx_number(v, "confidence", 0);
+        cJSON_Delete(v);
+        free(text);
+    }
+    double sorted[5];
+    memcpy(sorted, first, sizeof sorted);
+    double spread1 = iqr(sorted, 5);
+    char prompt[128];
+    snprintf(prompt, sizeof prompt, "Estimate the share.\nGroup median: %.3f", sorted[2]);
+    for (int i = 0; i < 5; i++) {
+        char *text = NULL;
+        cJSON *v = simulate(i, prompt, schema, &text);
+        second[i] = jsonx_number(v, "estimate", -1);
+        c2 += jsonx_number(v, "confidence", 0);
+        assert_true(fabs(second[i] - sorted[2]) <= fabs(first[i] - sorted[2]) + 1e-9);
+        cJSON_Delete(v);
+        free(text);
+    }
+    assert_true(iqr(second, 5) < spread1 || spread1 == 0);
+    assert_true(c2 > c1);
+}
+
+static void test_options_line(void **state)
+{
+    (void)state;
+    const char *schema = "{\"type\":\"object\",\"required\":[\"position\"],\"properties\":{"
+                         "\"position\":{\"type\":\"string\"}}}";
+    for (int i = 0; i < 5; i++) {
+        char *text = NULL;
+        cJSON *v = simulate(i, "Pick one.\nOptions: go now | wait a year | never", schema, &text);
+        const char *pos = jsonx_string(v, "position");
+        assert_non_null(pos);
+        assert_true(strcmp(pos, "go now") == 0 || strcmp(pos, "wait a year") == 0 ||
+                    strcmp(pos, "never") == 0);
+        cJSON_Delete(v);
+        free(text);
+    }
+}
+
+/* ---- on the loop ----------------------------------------------------------------------- */
+
+typedef struct sink {
+    int deltas;
+    size_t delta_bytes;
+    int done;
+    int64_t done_at;
+    char text[4096];
+} sink;
+
+static void on_delta(void *ud, const char *text, size_t len)
+{
+    sink *s = ud;
+    s->deltas++;
+    s->delta_bytes += len;
+    (void)text;
+}
+
+static void on_done(void *ud, const llm_response *r)
+{
+    sink *s = ud;
+    s->done++;
+    s->done_at = clock_mono_ms();
+    assert_int_equal(r->status, AP_OK);
+    snprintf(s->text, sizeof s->text, "%s", r->text);
+}
+
+static void test_async_latency_stream_cancel(void **state)
+{
+    (void)state;
+    setenv("ASKPANEL_SIM_LATENCY_MS", "100", 1);
+    llm_loop *loop = NULL;
+    llm_client *c = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    sink s[5] = {0};
+    llm_call *calls[5];
+    char *ex[5];
+    int64_t t0 = clock_mono_ms();
+    for (int i = 0; i < 5; i++) {
+        ex[i] = expert_json(i);
+        llm_request req = {.expert_id = personas[i][0],
+                           .expert_json = ex[i],
+                           .prompt = "Go?",
+                           .stream = i % 2 == 0};
+        llm_callbacks cb = {on_delta, on_done, &s[i]};
+        assert_int_equal(llm_submit(c, NULL, &req, &cb, &calls[i], &err), AP_OK);
+        assert_int_equal(s[i].done, 0); /* never inside submit */
+    }
+    llm_cancel(calls[4]);
+    while (s[0].done + s[1].done + s[2].done + s[3].done < 4 && clock_mono_ms() - t0 < 2000)
+        llm_loop_run_once(loop, 50);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(s[i].done, 1);
+        assert_true(s[i].done_at - t0 >= 95 && s[i].done_at - t0 < 400);
+        if (i % 2 == 0)
+            assert_int_equal(s[i].delta_bytes, strlen(s[i].text));
+        else
+            assert_int_equal(s[i].deltas, 0);
+    }
+    llm_loop_run_once(loop, 150);
+    assert_int_equal(s[4].done, 0);
+    for (int i = 0; i < 5; i++)
+        free(ex[i]);
+    llm_request bad = {.expert_id = "a", .prompt = "x"};
+    llm_callbacks cb = {NULL, on_done, &s[0]};
+    llm_call *call = NULL;
+    assert_int_equal(llm_submit(c, "nope", &bad, &cb, &call, &err), AP_NOTFOUND);
+    llm_client_free(c);
+    llm_loop_free(loop);
+    unsetenv("ASKPANEL_SIM_LATENCY_MS");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deterministic_and_persona_voiced),
+        cmocka_unit_test(test_schema_valid_answers),
+        cmocka_unit_test(test_feedback_converges),
+        cmocka_unit_test(test_options_line),
+        cmocka_unit_test(test_async_latency_stream_cancel),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
