@@ -100,7 +100,8 @@ struct prun {
     cJSON *journal; /* entries of the node in flight */
     cJSON *replay;  /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
-    cJSON *pins; /* {"<consensus name>": "<version>"} */
+    cJSON *pins;   /* {"<consensus name>": "<version>"} */
+    uint64_t seed; /* the provider seed of this panel, kept in its checkpoints */
     ask_slot *slots;
     const script_ask *asks; /* the batch in flight (owned by sp until the node resumes) */
     size_t nslots, pending;
@@ -614,16 +615,17 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     writer_push(p->e, w);
 }
 
-/* {"pins":{...},"state":<state>} */
+/* {"pins":{...},"seed":"N","state":<state>} */
 static char *envelope(const prun *p, const char *state)
 {
     char *pins = jsonx_print(p->pins);
     if (pins == NULL)
         return NULL;
-    size_t cap = strlen(pins) + strlen(state) + 32;
+    size_t cap = strlen(pins) + strlen(state) + 64;
     char *out = malloc(cap);
     if (out != NULL)
-        snprintf(out, cap, "{\"pins\":%s,\"state\":%s}", pins, state);
+        snprintf(out, cap, "{\"pins\":%s,\"seed\":\"%llu\",\"state\":%s}", pins,
+                 (unsigned long long)p->seed, state);
     free(pins);
     return out;
 }
@@ -1042,7 +1044,7 @@ static void start_asks(prun *p, const script_step *step)
             .stream = true,
             .max_tokens = a->max_tokens,
             .temperature = a->temperature,
-            .seed = p->e->seed,
+            .seed = p->seed,
         };
         llm_callbacks cb = {on_delta, on_done, s};
         ap_err err = {0};
@@ -1405,6 +1407,8 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         if (p->pins == NULL)
             cJSON_Delete(pins);
         p->node_state = state != NULL ? jsonx_print(state) : strdup("{}");
+        const char *seed = jsonx_string(env, "seed");
+        p->seed = seed != NULL ? strtoull(seed, NULL, 10) : e->seed;
         cJSON_Delete(env);
         p->step = ck.step;
         p->node = dup_or_null(ck.next_node);
@@ -1423,6 +1427,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         }
     } else {
         p->next_seq = 1;
+        p->seed = e->seed;
     }
     if (p->pins == NULL)
         p->pins = cJSON_CreateObject();

@@ -147,15 +147,23 @@ static void print_event(FILE *out, bool json, const char *panel_id, int64_t seq,
 
 enum { FOLLOW_GO_ON = -1 };
 
-/* What an event means for the follower: an exit status, or FOLLOW_GO_ON. */
+/* What an event means for the follower: an exit status, or FOLLOW_GO_ON. A failure's reason
+ * also goes to stderr. */
 static int event_outcome(const char *type, const char *data)
 {
     if (strcmp(type, "panel.completed") == 0)
         return PANEL_EXIT_COMPLETED;
-    if (strcmp(type, "panel.failed") == 0)
+    if (strcmp(type, "panel.failed") == 0) {
+        cJSON *d = jsonx_parse(data, strlen(data), 16, NULL);
+        const char *why = jsonx_string(d, "error");
+        fprintf(stderr, "askpanel: panel failed: %s\n", why != NULL ? why : data);
+        cJSON_Delete(d);
         return PANEL_EXIT_FAILED;
-    if (strcmp(type, "panel.status") == 0 && strstr(data, "\"cancelled\"") != NULL)
+    }
+    if (strcmp(type, "panel.status") == 0 && strstr(data, "\"cancelled\"") != NULL) {
+        fprintf(stderr, "askpanel: panel cancelled\n");
         return PANEL_EXIT_FAILED;
+    }
     return FOLLOW_GO_ON;
 }
 
