@@ -8,6 +8,7 @@
  * POST /v1/chat/completions, POST /v1/messages (streaming or not), GET /stats, POST /reset.
  * Per-request overrides by header: X-Mock-Latency-Ms, X-Mock-Token-Ms, X-Mock-Tokens,
  * X-Mock-Fault (429|500|529|reset|stall|malformed|truncate|401|spend_limit), X-Mock-Retry-After.
+ * A model named "fault-<name>" always fails with that fault (for fallback tests).
  *
  * No thread per request and no sleeping: a streaming response is parked (MHD suspend) until
  * its next token is due, and one timer thread with a min-heap resumes it. Parked connections
@@ -747,6 +748,14 @@ static enum MHD_Result start_answer(struct MHD_Connection *conn, mock_req *r)
         goto out;
     }
     snprintf(r->model, sizeof r->model, "%s", model);
+    /* a model named "fault-<name>" always fails that way: lets a client's fallback be tested */
+    if (strncmp(model, "fault-", 6) == 0 && r->fault == F_NONE) {
+        r->fault = parse_fault(model + 6);
+        pthread_mutex_lock(&M.lock);
+        M.by_fault[F_NONE]--;
+        M.by_fault[r->fault]++;
+        pthread_mutex_unlock(&M.lock);
+    }
     r->stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "stream"));
     r->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
         cJSON_GetObjectItemCaseSensitive(root, "stream_options"), "include_usage"));
@@ -1067,7 +1076,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mockllm: --host must be an IPv4 address\n");
         goto out;
     }
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME;
     d = MHD_start_daemon(flags, (uint16_t)M.o.port, NULL, NULL, on_request, NULL,
                          MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
                          (unsigned)M.o.threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,

@@ -1,0 +1,933 @@
+#include "llm/http_provider.h"
+
+#include "core/buf.h"
+#include "core/ids.h"
+#include "core/jsonx.h"
+#include "core/log.h"
+#include "llm/http_schema.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define MAX_MODELS 8
+#define ERROR_BODY_MAX (64 * 1024)
+#define SCHEMA_DEPTH 32
+
+typedef struct hp hp;
+typedef struct xfer xfer;
+
+struct hp {
+    const llm_http_dialect *d;
+    llm_loop *loop;
+    const cJSON *cfg; /* borrowed from the client's config */
+    CURLM *multi;
+    llm_timer *curl_timer;
+    char *base_url, *url, *api_key;
+    const char *default_model;
+    int max_concurrency, active, max_attempts;
+    int64_t backoff_base_ms, backoff_cap_ms, connect_ms, first_token_ms, idle_ms, total_ms;
+    size_t max_body, max_stream;
+    llm_wire_limits limits;
+    bool native_schema;
+    int depth;                /* > 0 while curl is calling us back */
+    xfer *queue, *queue_tail; /* waiting for a transfer slot */
+    xfer *dead;               /* cancelled inside a curl callback: freed after it returns */
+};
+
+typedef enum xstate { X_IDLE, X_QUEUED, X_RUNNING, X_BACKOFF } xstate;
+
+struct xfer {
+    hp *p;
+    llm_call *call; /* NULL once cancelled */
+    xstate state;
+    xfer *next; /* queue or dead list */
+    const char *models[MAX_MODELS];
+    cJSON *expert;
+    int n_models, model_idx;
+    char *system;
+    cJSON *schema;
+    char *repair_answer; /* the invalid answer shown back to the model, once */
+    char repair_why[256];
+    bool repaired;
+    int attempts, model_attempts;
+    int64_t started_ms;
+    int64_t prompt_tokens, completion_tokens;
+    /* the current attempt */
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    void *dec;
+    buf resp; /* error body, or the whole body of a non-streaming reply */
+    long status;
+    int64_t retry_after_ms;
+    bool retry_after_exact;
+    size_t bytes;
+    bool got_token, timed_out;
+    ap_status local; /* a failure we found while receiving (limit, malformed, ...) */
+    char local_msg[AP_ERR_MSG_MAX];
+    llm_timer *timer; /* first-token timeout while running, backoff while waiting */
+    char curl_err[CURL_ERROR_SIZE];
+};
+
+static void pump(hp *p);
+static void end_attempt(xfer *x, CURLcode cc);
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static int64_t cfg_int(const cJSON *cfg, const char *key, int64_t dflt, int64_t lo, int64_t hi)
+{
+    double v = jsonx_number(cfg, key, (double)dflt);
+    if (!isfinite(v) || v < (double)lo || v > (double)hi)
+        return dflt;
+    return (int64_t)v;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s != NULL && s[0] != '\0' ? strdup(s) : NULL;
+}
+
+static uint32_t jitter(void)
+{
+    uint32_t r = 0;
+    if (ids_random(&r, sizeof r) != AP_OK)
+        r = (uint32_t)llm_loop_now_ms() * 2654435761u;
+    return r;
+}
+
+static void xfer_free(xfer *x)
+{
+    if (x == NULL)
+        return;
+    cJSON_Delete(x->expert);
+    cJSON_Delete(x->schema);
+    free(x->system);
+    free(x->repair_answer);
+    buf_free(&x->resp);
+    free(x);
+}
+
+/* Releases everything of the current attempt; the transfer slot too. */
+static void detach(xfer *x)
+{
+    hp *p = x->p;
+    llm_loop_timer_cancel(p->loop, x->timer);
+    x->timer = NULL;
+    if (x->easy != NULL) {
+        curl_multi_remove_handle(p->multi, x->easy);
+        curl_easy_cleanup(x->easy);
+        x->easy = NULL;
+        p->active--;
+    }
+    curl_slist_free_all(x->headers);
+    x->headers = NULL;
+    free(x->body);
+    x->body = NULL;
+    if (x->dec != NULL)
+        p->d->dec_free(x->dec);
+    x->dec = NULL;
+}
+
+/* ---- curl <-> loop glue ----------------------------------------------------------------- */
+
+static void reap(hp *p)
+{
+    CURLMsg *msg;
+    int left = 0;
+    while ((msg = curl_multi_info_read(p->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        char *priv = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        xfer *x = (xfer *)priv;
+        if (x == NULL || x->call == NULL)
+            continue; /* cancelled: freed from the dead list below */
+        end_attempt(x, msg->data.result);
+    }
+    while (p->dead != NULL) {
+        xfer *x = p->dead;
+        p->dead = x->next;
+        detach(x);
+        xfer_free(x);
+    }
+    pump(p);
+}
+
+static void on_fd(llm_loop *loop, int fd, unsigned events, void *ud)
+{
+    (void)loop;
+    hp *p = ud;
+    int flags = 0, running = 0;
+    if (events & LLM_LOOP_READ)
+        flags |= CURL_CSELECT_IN;
+    if (events & LLM_LOOP_WRITE)
+        flags |= CURL_CSELECT_OUT;
+    p->depth++;
+    curl_multi_socket_action(p->multi, fd, flags, &running);
+    p->depth--;
+    reap(p);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)easy, (void)socketp;
+    hp *p = userp;
+    if (what == CURL_POLL_REMOVE) {
+        llm_loop_unwatch(p->loop, s);
+        return 0;
+    }
+    unsigned ev = 0;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+        ev |= LLM_LOOP_READ;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+        ev |= LLM_LOOP_WRITE;
+    return llm_loop_watch(p->loop, s, ev, on_fd, p) == AP_OK ? 0 : -1;
+}
+
+static void on_curl_timer(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    hp *p = ud;
+    int running = 0;
+    p->curl_timer = NULL;
+    p->depth++;
+    curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    p->depth--;
+    reap(p);
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    hp *p = userp;
+    llm_loop_timer_cancel(p->loop, p->curl_timer);
+    p->curl_timer = NULL;
+    if (timeout_ms < 0)
+        return 0;
+    p->curl_timer = llm_loop_timer_add(p->loop, timeout_ms, on_curl_timer, p);
+    return p->curl_timer != NULL ? 0 : -1;
+}
+
+/* ---- receiving -------------------------------------------------------------------------- */
+
+static void set_local(xfer *x, ap_status st, const char *msg)
+{
+    if (x->local != AP_OK)
+        return;
+    x->local = st;
+    snprintf(x->local_msg, sizeof x->local_msg, "%s", msg);
+}
+
+static ap_status on_delta(void *ctx, const char *text, size_t len)
+{
+    xfer *x = ctx;
+    if (!x->got_token) {
+        x->got_token = true;
+        llm_loop_timer_cancel(x->p->loop, x->timer);
+        x->timer = NULL;
+    }
+    if (x->call != NULL && llm_call_request(x->call)->stream)
+        llm_call_delta(x->call, text, len);
+    /* the caller may have cancelled this very call from its delta callback */
+    return x->call != NULL ? AP_OK : AP_ERROR;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    xfer *x = ud;
+    size_t n = size * nmemb;
+    if (x->call == NULL)
+        return 0;
+    x->bytes += n;
+    if (x->bytes > x->p->max_stream) {
+        set_local(x, AP_LIMIT, "response larger than max_stream_bytes");
+        return 0;
+    }
+    if (x->status == 0)
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+    if (x->status != 200) {
+        /* error bodies are only read for their message: keep the start */
+        size_t room = x->resp.len < ERROR_BODY_MAX ? ERROR_BODY_MAX - x->resp.len : 0;
+        if (buf_append(&x->resp, ptr, n < room ? n : room) != AP_OK)
+            return 0;
+        return n;
+    }
+    if (x->dec != NULL) {
+        ap_err err;
+        ap_err_clear(&err);
+        ap_status rc = x->p->d->dec_feed(x->dec, ptr, n, &err);
+        if (x->call == NULL)
+            return 0;
+        if (rc == AP_ERROR && x->p->d->dec_reply(x->dec)->failed)
+            return 0; /* a provider error inside the stream: end_attempt reads it */
+        if (rc != AP_OK) {
+            set_local(x, rc, err.msg);
+            return 0;
+        }
+        return n;
+    }
+    if (!x->got_token) {
+        x->got_token = true;
+        llm_loop_timer_cancel(x->p->loop, x->timer);
+        x->timer = NULL;
+    }
+    if (buf_append(&x->resp, ptr, n) != AP_OK) {
+        set_local(x, AP_LIMIT, "response body too large");
+        return 0;
+    }
+    return n;
+}
+
+static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
+{
+    xfer *x = ud;
+    size_t n = size * nitems;
+    char v[64];
+    if (n > 5 && strncmp(line, "HTTP/", 5) == 0) {
+        x->retry_after_ms = -1; /* a new response (after 100-continue or a redirect) */
+        x->retry_after_exact = false;
+        return n;
+    }
+    bool ms = n > 15 && strncasecmp(line, "retry-after-ms:", 15) == 0;
+    bool secs = !ms && n > 12 && strncasecmp(line, "retry-after:", 12) == 0;
+    if (!ms && !secs)
+        return n;
+    size_t k = ms ? 15 : 12;
+    size_t len = n - k < sizeof v - 1 ? n - k : sizeof v - 1;
+    memcpy(v, line + k, len);
+    v[len] = '\0';
+    v[strcspn(v, "\r\n")] = '\0';
+    int64_t wait = llm_wire_retry_after_ms(v, (int64_t)time(NULL) * 1000);
+    if (wait < 0)
+        return n;
+    /* retry-after-ms (OpenAI) is finer than Retry-After: it wins when both are sent */
+    if (ms) {
+        x->retry_after_ms = wait / 1000;
+        x->retry_after_exact = true;
+    } else if (!x->retry_after_exact) {
+        x->retry_after_ms = wait;
+    }
+    return n;
+}
+
+static void on_first_token_timeout(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    xfer *x = ud;
+    x->timer = NULL;
+    hp *p = x->p; /* x may be gone after end_attempt */
+    x->timed_out = true;
+    end_attempt(x, CURLE_OPERATION_TIMEDOUT);
+    pump(p);
+}
+
+/* ---- starting an attempt ---------------------------------------------------------------- */
+
+static char *compose_system(const cJSON *expert, const char *extra)
+{
+    buf b;
+    buf_init(&b, 1024 * 1024);
+    ap_status rc = AP_OK;
+    const char *name = jsonx_string(expert, "name");
+    const char *role = jsonx_string(expert, "role");
+    const char *persona = jsonx_string(expert, "persona");
+    if (name != NULL) {
+        rc = buf_printf(&b, "You are %s%s%s.\n", name, role != NULL ? ", " : "",
+                        role != NULL ? role : "");
+        if (rc == AP_OK && persona != NULL && persona[0] != '\0')
+            rc = buf_printf(&b, "%s\n", persona);
+        const cJSON *ex = cJSON_GetObjectItemCaseSensitive(expert, "expertise");
+        const cJSON *e = NULL;
+        int i = 0;
+        cJSON_ArrayForEach(e, ex)
+        {
+            if (rc == AP_OK && cJSON_IsString(e))
+                rc = buf_printf(&b, "%s%s", i++ ? ", " : "Expertise: ", e->valuestring);
+        }
+        if (rc == AP_OK && i > 0)
+            rc = buf_puts(&b, ".\n");
+    }
+    if (rc == AP_OK && extra != NULL && extra[0] != '\0')
+        rc = buf_printf(&b, "%s%s", b.len > 0 ? "\n" : "", extra);
+    if (rc != AP_OK) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b);
+}
+
+static ap_status begin_attempt(xfer *x, ap_err *err)
+{
+    hp *p = x->p;
+    const llm_request *req = llm_call_request(x->call);
+    ap_status rc = AP_OK;
+    x->attempts++;
+    x->model_attempts++;
+    x->status = 0;
+    x->retry_after_ms = -1;
+    x->retry_after_exact = false;
+    x->bytes = 0;
+    x->got_token = x->timed_out = false;
+    x->local = AP_OK;
+    x->local_msg[0] = '\0';
+    x->curl_err[0] = '\0';
+    buf_free(&x->resp);
+    buf_init(&x->resp, p->max_body);
+
+    llm_wire_message msgs[3] = {{"user", req->prompt}};
+    size_t n_msgs = 1;
+    char repair[512];
+    if (x->repair_answer != NULL) {
+        snprintf(repair, sizeof repair,
+                 "Your answer is not valid for the required JSON Schema (%s). Reply again with "
+                 "only the corrected JSON.",
+                 x->repair_why);
+        msgs[1] = (llm_wire_message){"assistant", x->repair_answer};
+        msgs[2] = (llm_wire_message){"user", repair};
+        n_msgs = 3;
+    }
+    llm_wire_request wr = {
+        .model = x->models[x->model_idx],
+        .system = x->system,
+        .messages = msgs,
+        .n_messages = n_msgs,
+        .max_tokens = req->max_tokens > 0 && req->max_tokens < 1000000 ? (int)req->max_tokens : 0,
+        .temperature = req->temperature,
+        .stream = req->stream,
+        .schema = x->schema,
+        .schema_mode = p->native_schema ? LLM_WIRE_SCHEMA_NATIVE : LLM_WIRE_SCHEMA_INSTRUCT,
+    };
+    x->body = p->d->build(&wr, err);
+    if (x->body == NULL)
+        return err != NULL ? err->status : AP_ERROR;
+    x->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (x->headers != NULL)
+        x->headers = curl_slist_append(x->headers, "Expect:");
+    if (x->headers != NULL && req->stream)
+        x->headers = curl_slist_append(x->headers, "Accept: text/event-stream");
+    if (x->headers != NULL)
+        x->headers = p->d->auth_headers(x->headers, p->api_key != NULL ? p->api_key : "");
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(p->cfg, "headers");
+    const cJSON *h = NULL;
+    cJSON_ArrayForEach(h, extra)
+    {
+        char line[1024];
+        if (x->headers == NULL || !cJSON_IsString(h) || h->string == NULL)
+            continue;
+        snprintf(line, sizeof line, "%.200s: %.800s", h->string, h->valuestring);
+        x->headers = curl_slist_append(x->headers, line);
+    }
+    if (x->headers == NULL) {
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (req->stream) {
+        x->dec = p->d->dec_new(&p->limits, on_delta, x);
+        if (x->dec == NULL) {
+            rc = ap_err_set(err, AP_NOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    x->easy = curl_easy_init();
+    if (x->easy == NULL) {
+        rc = ap_err_set(err, AP_NOMEM, "cannot create a transfer");
+        goto fail;
+    }
+    p->active++;
+    CURL *e = x->easy;
+    curl_easy_setopt(e, CURLOPT_URL, p->url);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(x->body));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_err);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->total_ms);
+    /* a stream that stops moving for idle_ms is as good as dead */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((p->idle_ms + 999) / 1000));
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    x->timer = llm_loop_timer_add(p->loop, p->first_token_ms, on_first_token_timeout, x);
+    if (x->timer == NULL || curl_multi_add_handle(p->multi, e) != CURLM_OK) {
+        rc = ap_err_set(err, AP_NOMEM, "cannot start a transfer");
+        goto fail;
+    }
+    x->state = X_RUNNING;
+    return AP_OK;
+fail:
+    detach(x);
+    return rc;
+}
+
+/* ---- finishing -------------------------------------------------------------------------- */
+
+static double price(const hp *p, const char *model, const char *kind)
+{
+    const cJSON *prices = cJSON_GetObjectItemCaseSensitive(p->cfg, "prices");
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(prices, model);
+    double v = jsonx_number(m, kind, 0);
+    return isfinite(v) && v > 0 ? v : 0;
+}
+
+static void finish(xfer *x, ap_status st, const char *text, const char *data, const char *error)
+{
+    hp *p = x->p;
+    const char *model = x->models[x->model_idx];
+    llm_response r = {
+        .status = st,
+        .text = text,
+        .data_json = data,
+        .prompt_tokens = x->prompt_tokens,
+        .completion_tokens = x->completion_tokens,
+        .provider = p->d->name,
+        .model = model,
+        .attempts = x->attempts,
+        .latency_ms = llm_loop_now_ms() - x->started_ms,
+        .cost_usd = ((double)x->prompt_tokens * price(p, model, "prompt") +
+                     (double)x->completion_tokens * price(p, model, "completion")) /
+                    1e6,
+        .error = error,
+    };
+    llm_call *call = x->call;
+    x->call = NULL;
+    /* r borrows from x (the model name): free x only after the callback */
+    llm_call_finish(call, &r);
+    xfer_free(x);
+}
+
+static void admit(xfer *x);
+
+static void on_backoff(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    xfer *x = ud;
+    x->timer = NULL;
+    x->state = X_IDLE;
+    admit(x);
+}
+
+/* Retries, moves to a fallback model, or fails; status and message describe the failure. */
+static void failed(xfer *x, bool retryable, bool next_model, ap_status st, const char *msg)
+{
+    hp *p = x->p;
+    char error[400];
+    snprintf(error, sizeof error, "%s: %s (model %s, %d attempt%s)", p->d->name, msg,
+             x->models[x->model_idx], x->attempts, x->attempts == 1 ? "" : "s");
+    if (retryable && x->model_attempts < p->max_attempts) {
+        log_info("llm call attempt failed, retrying: %s", error);
+        int64_t wait = llm_wire_backoff_ms(x->model_attempts, p->backoff_base_ms, p->backoff_cap_ms,
+                                           jitter(), x->retry_after_ms);
+        x->state = X_BACKOFF;
+        x->timer = llm_loop_timer_add(p->loop, wait, on_backoff, x);
+        if (x->timer != NULL)
+            return;
+    }
+    if ((retryable || next_model) && x->model_idx + 1 < x->n_models) {
+        x->model_idx++;
+        x->model_attempts = 0;
+        free(x->repair_answer);
+        x->repair_answer = NULL;
+        x->repaired = false;
+        log_info("llm call moves to fallback model %s: %s", x->models[x->model_idx], error);
+        admit(x);
+        return;
+    }
+    log_warn("llm call failed: %s", error);
+    finish(x, st, NULL, NULL, error);
+}
+
+static ap_status status_of_http(int http)
+{
+    if (http == 401 || http == 403)
+        return AP_DENIED;
+    if (http == 404)
+        return AP_NOTFOUND;
+    if (http == 429)
+        return AP_LIMIT;
+    if (http >= 400 && http < 500)
+        return AP_INVALID;
+    return AP_IO;
+}
+
+static void succeeded(xfer *x, llm_wire_reply *reply)
+{
+    if (reply->usage.present) {
+        x->prompt_tokens += reply->usage.prompt_tokens;
+        x->completion_tokens += reply->usage.completion_tokens;
+    }
+    const char *text = reply->text.data != NULL ? reply->text.data : "";
+    if (x->schema == NULL) {
+        finish(x, AP_OK, text, NULL, NULL);
+        return;
+    }
+    char why[200] = "no JSON value in the answer";
+    cJSON *v = llm_schema_extract(text, reply->text.len);
+    if (v != NULL && llm_schema_check(x->schema, v, why, sizeof why)) {
+        char *data = jsonx_print(v);
+        cJSON_Delete(v);
+        if (data == NULL) {
+            finish(x, AP_NOMEM, NULL, NULL, "out of memory");
+            return;
+        }
+        finish(x, AP_OK, text, data, NULL);
+        free(data);
+        return;
+    }
+    cJSON_Delete(v);
+    if (!x->repaired) {
+        /* one repair round: the model sees its answer and what is wrong with it */
+        x->repaired = true;
+        x->repair_answer = strdup(text);
+        snprintf(x->repair_why, sizeof x->repair_why, "%s", why);
+        if (x->repair_answer != NULL) {
+            x->model_attempts--; /* a repair is not a transient-failure retry */
+            admit(x);
+            return;
+        }
+    }
+    char msg[300];
+    snprintf(msg, sizeof msg, "answer does not match the schema: %s", why);
+    failed(x, false, false, AP_INVALID, msg);
+}
+
+static void end_attempt(xfer *x, CURLcode cc)
+{
+    hp *p = x->p;
+    char msg[300];
+    llm_wire_reply body_reply;
+    bool have_body_reply = false;
+    long status = x->status;
+    if (status == 0 && x->easy != NULL)
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    void *dec = x->dec;
+    x->dec = NULL; /* kept past detach: the reply lives in it */
+    detach(x);
+    x->state = X_IDLE;
+
+    if (x->timed_out) {
+        if (dec != NULL)
+            p->d->dec_free(dec);
+        failed(x, true, false, AP_TIMEOUT, "no answer before the first-token timeout");
+        return;
+    }
+    if (x->local != AP_OK) {
+        if (dec != NULL)
+            p->d->dec_free(dec);
+        snprintf(msg, sizeof msg, "bad response: %s", x->local_msg);
+        failed(x, true, false, x->local, msg);
+        return;
+    }
+    llm_wire_reply *reply = dec != NULL ? p->d->dec_reply(dec) : NULL;
+    if (reply != NULL && reply->failed) {
+        snprintf(msg, sizeof msg, "provider error %.60s: %.200s", reply->error.type,
+                 reply->error.message);
+        bool retry = reply->error.retryable;
+        p->d->dec_free(dec);
+        failed(x, retry, false, retry ? AP_IO : AP_ERROR, msg);
+        return;
+    }
+    if (cc != CURLE_OK && (status == 0 || status == 200)) {
+        if (dec != NULL)
+            p->d->dec_free(dec);
+        snprintf(msg, sizeof msg, "%s", x->curl_err[0] ? x->curl_err : curl_easy_strerror(cc));
+        failed(x, true, false, cc == CURLE_OPERATION_TIMEDOUT ? AP_TIMEOUT : AP_IO, msg);
+        return;
+    }
+    if (status != 200) {
+        if (dec != NULL)
+            p->d->dec_free(dec);
+        llm_wire_error e;
+        llm_wire_classify_http((int)status, x->resp.data, x->resp.len, &e);
+        snprintf(msg, sizeof msg, "HTTP %ld%s%.60s: %.200s", status, e.type[0] ? " " : "", e.type,
+                 e.message);
+        failed(x, e.retryable, status == 404, e.retryable ? AP_IO : status_of_http((int)status),
+               msg);
+        return;
+    }
+    ap_err err;
+    ap_err_clear(&err);
+    if (dec != NULL) {
+        if (p->d->dec_finish(dec, &err) != AP_OK) {
+            p->d->dec_free(dec);
+            snprintf(msg, sizeof msg, "stream: %s", err.msg);
+            failed(x, true, false, AP_IO, msg);
+            return;
+        }
+        succeeded(x, reply);
+        p->d->dec_free(dec);
+        return;
+    }
+    llm_wire_reply_init(&body_reply, p->limits.max_text);
+    have_body_reply = true;
+    ap_status rc = p->d->parse(x->resp.data != NULL ? x->resp.data : "", x->resp.len, &p->limits,
+                               &body_reply, &err);
+    if (rc != AP_OK) {
+        bool retry = !body_reply.failed || body_reply.error.retryable;
+        snprintf(msg, sizeof msg, "%s", err.msg);
+        failed(x, retry, false, retry ? AP_IO : AP_ERROR, msg);
+    } else {
+        succeeded(x, &body_reply);
+    }
+    if (have_body_reply)
+        llm_wire_reply_free(&body_reply);
+}
+
+/* ---- admission and the queue ------------------------------------------------------------ */
+
+static void admit(xfer *x)
+{
+    hp *p = x->p;
+    if (p->active >= p->max_concurrency) {
+        x->state = X_QUEUED;
+        x->next = NULL;
+        if (p->queue_tail != NULL)
+            p->queue_tail->next = x;
+        else
+            p->queue = x;
+        p->queue_tail = x;
+        return;
+    }
+    ap_err err;
+    ap_err_clear(&err);
+    if (begin_attempt(x, &err) != AP_OK) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "%s", err.msg[0] ? err.msg : "cannot start the request");
+        finish(x, err.status != AP_OK ? err.status : AP_ERROR, NULL, NULL, msg);
+    }
+}
+
+static void pump(hp *p)
+{
+    while (p->queue != NULL && p->active < p->max_concurrency) {
+        xfer *x = p->queue;
+        p->queue = x->next;
+        if (p->queue == NULL)
+            p->queue_tail = NULL;
+        x->next = NULL;
+        x->state = X_IDLE;
+        admit(x);
+    }
+}
+
+static void unqueue(hp *p, xfer *x)
+{
+    xfer **pp = &p->queue;
+    xfer *prev = NULL;
+    while (*pp != NULL && *pp != x) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp == NULL)
+        return;
+    *pp = x->next;
+    if (p->queue_tail == x)
+        p->queue_tail = prev;
+    x->next = NULL;
+}
+
+/* ---- the provider operations ------------------------------------------------------------ */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON *cfg, void **self,
+                          ap_err *err)
+{
+    *self = NULL;
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK)
+        return ap_err_set(err, AP_IO, "%s: cannot initialise libcurl", d->name);
+    hp *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    p->d = d;
+    p->loop = loop;
+    p->cfg = cfg;
+    const char *base = jsonx_string(cfg, "base_url");
+    if (base == NULL || base[0] == '\0')
+        base = getenv(d->base_env);
+    if (base == NULL || base[0] == '\0')
+        base = d->default_base;
+    const char *key = jsonx_string(cfg, "api_key");
+    if (key == NULL || key[0] == '\0')
+        key = getenv(d->key_env);
+    p->base_url = strdup(base);
+    p->api_key = dup_or_null(key);
+    size_t blen = p->base_url != NULL ? strlen(p->base_url) : 0;
+    while (blen > 0 && p->base_url[blen - 1] == '/')
+        p->base_url[--blen] = '\0';
+    size_t ulen = blen + strlen(d->path) + 1;
+    p->url = malloc(ulen);
+    if (p->base_url == NULL || p->url == NULL || (key != NULL && key[0] && p->api_key == NULL)) {
+        llm_http_destroy(p);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    snprintf(p->url, ulen, "%s%s", p->base_url, d->path);
+    if (strncmp(p->url, "http://", 7) != 0 && strncmp(p->url, "https://", 8) != 0) {
+        llm_http_destroy(p);
+        return ap_err_set(err, AP_INVALID, "%s: base URL must start with http:// or https://",
+                          d->name);
+    }
+    const char *model = jsonx_string(cfg, "model");
+    p->default_model = model != NULL && model[0] != '\0' ? model : d->default_model;
+    p->max_concurrency = (int)cfg_int(cfg, "max_concurrency", 256, 1, 1000000);
+    p->max_attempts = (int)cfg_int(cfg, "max_attempts", 4, 1, 20);
+    p->backoff_base_ms = cfg_int(cfg, "backoff_base_ms", 250, 0, 600000);
+    p->backoff_cap_ms = cfg_int(cfg, "backoff_cap_ms", 8000, 0, 3600000);
+    p->connect_ms = cfg_int(cfg, "connect_timeout_ms", 10000, 1, 600000);
+    p->first_token_ms = cfg_int(cfg, "first_token_timeout_ms", 60000, 1, 3600000);
+    p->idle_ms = cfg_int(cfg, "idle_timeout_ms", 30000, 1000, 3600000);
+    p->total_ms = cfg_int(cfg, "total_timeout_ms", 300000, 1, 86400000);
+    p->max_body = (size_t)cfg_int(cfg, "max_response_bytes", 4 << 20, 1024, 1 << 30);
+    p->max_stream = (size_t)cfg_int(cfg, "max_stream_bytes", 64 << 20, 1024, INT64_C(1) << 34);
+    p->limits = llm_wire_default_limits();
+    p->limits.max_text = (size_t)cfg_int(cfg, "max_answer_bytes", 256 << 10, 16, 1 << 28);
+    if (p->limits.max_event > p->max_body)
+        p->limits.max_event = p->max_body;
+    const char *mode = jsonx_string(cfg, "schema_mode");
+    p->native_schema = d->native_schema && (mode == NULL || strcmp(mode, "instruct") != 0);
+    p->multi = curl_multi_init();
+    if (p->multi == NULL) {
+        llm_http_destroy(p);
+        return ap_err_set(err, AP_NOMEM, "%s: cannot create a curl multi handle", d->name);
+    }
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
+    curl_multi_setopt(p->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    /* keep as many idle connections as transfers may run, so bursts reuse them */
+    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, (long)p->max_concurrency);
+    *self = p;
+    return AP_OK;
+}
+
+void llm_http_destroy(void *self)
+{
+    hp *p = self;
+    if (p == NULL)
+        return;
+    while (p->dead != NULL) {
+        xfer *x = p->dead;
+        p->dead = x->next;
+        detach(x);
+        xfer_free(x);
+    }
+    if (p->loop != NULL)
+        llm_loop_timer_cancel(p->loop, p->curl_timer);
+    if (p->multi != NULL)
+        curl_multi_cleanup(p->multi);
+    free(p->base_url);
+    free(p->url);
+    free(p->api_key);
+    free(p);
+}
+
+static void add_models(xfer *x, const cJSON *list)
+{
+    const cJSON *m = NULL;
+    cJSON_ArrayForEach(m, list)
+    {
+        if (cJSON_IsString(m) && m->valuestring[0] != '\0' && x->n_models < MAX_MODELS)
+            x->models[x->n_models++] = m->valuestring;
+    }
+}
+
+ap_status llm_http_start(void *self, llm_call *call, ap_err *err)
+{
+    hp *p = self;
+    const llm_request *req = llm_call_request(call);
+    xfer *x = calloc(1, sizeof *x);
+    if (x == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    x->p = p;
+    x->call = call;
+    x->started_ms = llm_loop_now_ms();
+    buf_init(&x->resp, p->max_body);
+    if (req->expert_json != NULL)
+        x->expert = jsonx_parse(req->expert_json, strlen(req->expert_json), SCHEMA_DEPTH, NULL);
+    const char *model = req->model;
+    if (model == NULL || model[0] == '\0')
+        model = jsonx_string(x->expert, "model");
+    if (model == NULL || model[0] == '\0')
+        model = p->default_model;
+    x->models[x->n_models++] = model;
+    add_models(x, cJSON_GetObjectItemCaseSensitive(x->expert, "fallback_models"));
+    add_models(x, cJSON_GetObjectItemCaseSensitive(p->cfg, "fallback_models"));
+    x->system = compose_system(x->expert, req->system);
+    if (x->system == NULL) {
+        xfer_free(x);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    if (req->schema_json != NULL) {
+        ap_err inner;
+        x->schema = jsonx_parse(req->schema_json, strlen(req->schema_json), SCHEMA_DEPTH, &inner);
+        if (!cJSON_IsObject(x->schema)) {
+            xfer_free(x);
+            return ap_err_set(err, AP_INVALID, "%s: the answer schema is not a JSON object",
+                              p->d->name);
+        }
+    }
+    llm_call_set_data(call, x);
+    if (p->active >= p->max_concurrency) {
+        admit(x); /* queues */
+        return AP_OK;
+    }
+    ap_status rc = begin_attempt(x, err);
+    if (rc != AP_OK) {
+        llm_call_set_data(call, NULL);
+        xfer_free(x);
+        return rc;
+    }
+    return AP_OK;
+}
+
+void llm_http_cancel(void *self, llm_call *call)
+{
+    hp *p = self;
+    xfer *x = llm_call_data(call);
+    if (x == NULL)
+        return;
+    llm_call_set_data(call, NULL);
+    x->call = NULL;
+    switch (x->state) {
+    case X_QUEUED:
+        unqueue(p, x);
+        xfer_free(x);
+        return;
+    case X_BACKOFF:
+    case X_IDLE:
+        detach(x);
+        xfer_free(x);
+        return;
+    case X_RUNNING:
+        if (p->depth > 0) {
+            /* inside a curl callback: removing the handle now would pull the rug from curl */
+            x->next = p->dead;
+            p->dead = x;
+            return;
+        }
+        detach(x); /* removing the transfer closes its connection at once */
+        xfer_free(x);
+        pump(p);
+        return;
+    }
+}

@@ -1,0 +1,540 @@
+/* The openai and anthropic providers against build/mockllm: streaming, schemas, the retry
+ * policy (counted on the server), fallback models, timeouts, cancel and the concurrency cap.
+ *
+ * The providers are driven through their llm_provider_ops with a small stand-in for the
+ * llm_call half of provider.h, so this test does not depend on which providers llm.c lists. */
+#include "core/buf.h"
+#include "core/jsonx.h"
+#include "llm/http_provider.h"
+#include "llm/http_schema.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+/* ---- the llm_call half of provider.h ---------------------------------------------------- */
+
+struct llm_call {
+    llm_request req;
+    llm_loop *loop;
+    void *data;
+    buf deltas;
+    int done;
+    llm_response resp;
+    char text[8192], data_json[8192], error[512], model[64];
+};
+
+const llm_request *llm_call_request(const llm_call *call)
+{
+    return &call->req;
+}
+
+llm_loop *llm_call_loop(const llm_call *call)
+{
+    return call->loop;
+}
+
+void llm_call_set_data(llm_call *call, void *data)
+{
+    call->data = data;
+}
+
+void *llm_call_data(const llm_call *call)
+{
+    return call->data;
+}
+
+void llm_call_delta(llm_call *call, const char *text, size_t len)
+{
+    assert_int_equal(buf_append(&call->deltas, text, len), AP_OK);
+}
+
+void llm_call_finish(llm_call *call, const llm_response *r)
+{
+    call->done++;
+    call->resp = *r;
+    snprintf(call->text, sizeof call->text, "%s", r->text ? r->text : "");
+    snprintf(call->data_json, sizeof call->data_json, "%s", r->data_json ? r->data_json : "");
+    snprintf(call->error, sizeof call->error, "%s", r->error ? r->error : "");
+    snprintf(call->model, sizeof call->model, "%s", r->model ? r->model : "");
+    call->resp.text = call->resp.data_json = call->resp.error = call->resp.model = NULL;
+}
+
+/* ---- mockllm ---------------------------------------------------------------------------- */
+
+typedef struct mock {
+    pid_t pid;
+    int port;
+} mock;
+
+/* Servers still running; a failed assertion skips mock_stop, so teardown ends them. */
+static pid_t live[8];
+
+static mock mock_start(const char *const *args)
+{
+    const char *bin = getenv("MOCKLLM_BIN");
+    int fds[2];
+    assert_non_null(bin);
+    assert_int_equal(pipe(fds), 0);
+    const char *argv[32] = {bin, "--port", "0"};
+    int n = 3;
+    for (; args[n - 3] != NULL && n < 31; n++)
+        argv[n] = args[n - 3];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = {0};
+    size_t used = 0;
+    while (used < sizeof line - 1 && strchr(line, '\n') == NULL) {
+        ssize_t r = read(fds[0], line + used, sizeof line - 1 - used);
+        if (r <= 0)
+            break;
+        used += (size_t)r;
+    }
+    close(fds[0]);
+    for (size_t i = 0; i < sizeof live / sizeof live[0]; i++) {
+        if (live[i] == 0) {
+            live[i] = pid;
+            break;
+        }
+    }
+    int port = 0;
+    assert_int_equal(sscanf(line, "listening on %d", &port), 1);
+    return (mock){pid, port};
+}
+
+static void mock_stop(mock m)
+{
+    kill(m.pid, SIGTERM);
+    waitpid(m.pid, NULL, 0);
+    for (size_t i = 0; i < sizeof live / sizeof live[0]; i++)
+        if (live[i] == m.pid)
+            live[i] = 0;
+}
+
+static int stop_leftovers(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof live / sizeof live[0]; i++)
+        if (live[i] != 0)
+            mock_stop((mock){live[i], 0});
+    return 0;
+}
+
+/* GET /stats through a blocking socket (the test's own side channel). */
+static cJSON *mock_stats(mock m)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)m.port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    const char *rq = "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_true(write(fd, rq, strlen(rq)) == (ssize_t)strlen(rq));
+    char resp[8192];
+    size_t used = 0;
+    ssize_t r;
+    while (used < sizeof resp - 1 && (r = read(fd, resp + used, sizeof resp - 1 - used)) > 0)
+        used += (size_t)r;
+    resp[used] = '\0';
+    close(fd);
+    const char *body = strstr(resp, "\r\n\r\n");
+    assert_non_null(body);
+    cJSON *j = cJSON_Parse(body + 4);
+    assert_non_null(j);
+    return j;
+}
+
+static double stat_num(mock m, const char *group, const char *key)
+{
+    cJSON *j = mock_stats(m);
+    const cJSON *g = group != NULL ? cJSON_GetObjectItem(j, group) : j;
+    double v = jsonx_number(g, key, -1);
+    cJSON_Delete(j);
+    return v;
+}
+
+/* ---- driving a provider ----------------------------------------------------------------- */
+
+typedef struct rig {
+    llm_loop *loop;
+    const llm_provider_ops *ops;
+    void *self;
+    cJSON *cfg;
+} rig;
+
+static rig rig_new(const llm_provider_ops *ops, mock m, const char *extra_cfg)
+{
+    rig r = {.ops = ops};
+    char cfgtext[2048];
+    snprintf(cfgtext, sizeof cfgtext,
+             "{\"base_url\":\"http://127.0.0.1:%d%s\",\"api_key\":\"sk-test\","
+             "\"backoff_base_ms\":10,\"backoff_cap_ms\":50%s%s}",
+             m.port, ops == &llm_openai_ops ? "/v1" : "", extra_cfg[0] ? "," : "", extra_cfg);
+    r.cfg = cJSON_Parse(cfgtext);
+    assert_non_null(r.cfg);
+    ap_err err;
+    assert_int_equal(llm_loop_new(&r.loop, &err), AP_OK);
+    assert_int_equal(ops->create(r.loop, r.cfg, &r.self, &err), AP_OK);
+    return r;
+}
+
+static void rig_free(rig *r)
+{
+    r->ops->destroy(r->self);
+    llm_loop_free(r->loop);
+    cJSON_Delete(r->cfg);
+}
+
+static llm_call *call_new(rig *r, const char *prompt, const char *schema, bool stream)
+{
+    llm_call *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    buf_init(&c->deltas, 1 << 20);
+    c->loop = r->loop;
+    c->req = (llm_request){
+        .expert_id = "e1",
+        .expert_json = "{\"id\":\"e1\",\"name\":\"Dr. Ada Park\",\"role\":\"regulatory lead\","
+                       "\"persona\":\"Careful and precise.\",\"expertise\":[\"FDA\",\"EMA\"]}",
+        .prompt = prompt,
+        .schema_json = schema,
+        .stream = stream,
+        .temperature = -1,
+    };
+    return c;
+}
+
+static void call_free(llm_call *c)
+{
+    buf_free(&c->deltas);
+    free(c);
+}
+
+static void run_until(rig *r, llm_call **calls, int n, int64_t max_ms)
+{
+    int64_t end = llm_loop_now_ms() + max_ms;
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < n; i++)
+            done += calls[i]->done;
+        if (done == n || llm_loop_now_ms() > end)
+            break;
+        llm_loop_run_once(r->loop, 20);
+    }
+}
+
+static llm_call *ask(rig *r, const char *prompt, const char *schema, bool stream)
+{
+    llm_call *c = call_new(r, prompt, schema, stream);
+    ap_err err;
+    assert_int_equal(r->ops->start(r->self, c, &err), AP_OK);
+    run_until(r, &c, 1, 20000);
+    assert_int_equal(c->done, 1);
+    return c;
+}
+
+static const char *const FAST[] = {"--latency-ms", "5", "--token-ms", "1", "--tokens", "12", NULL};
+
+static void test_streaming_both(void **state)
+{
+    (void)state;
+    mock m = mock_start(FAST);
+    const llm_provider_ops *ops[2] = {&llm_openai_ops, &llm_anthropic_ops};
+    for (int i = 0; i < 2; i++) {
+        rig r = rig_new(ops[i], m, "\"model\":\"mock-1\"");
+        llm_call *c = ask(&r, "Should we file now?", NULL, true);
+        assert_int_equal(c->resp.status, AP_OK);
+        assert_string_equal(c->deltas.data, c->text);
+        assert_non_null(strstr(c->text, "Dr. Ada Park"));
+        assert_int_equal(c->resp.completion_tokens, 12);
+        assert_true(c->resp.prompt_tokens > 0);
+        assert_int_equal(c->resp.attempts, 1);
+        assert_string_equal(c->model, "mock-1");
+        assert_string_equal(c->resp.provider, ops[i]->name);
+        call_free(c);
+        /* non-streaming gives the same text and no deltas */
+        c = ask(&r, "Should we file now?", NULL, false);
+        assert_int_equal(c->resp.status, AP_OK);
+        assert_int_equal(c->deltas.len, 0);
+        assert_non_null(strstr(c->text, "Dr. Ada Park"));
+        call_free(c);
+        rig_free(&r);
+    }
+    assert_int_equal((int)stat_num(m, NULL, "requests_total"), 4);
+    mock_stop(m);
+}
+
+static const char *SCHEMA =
+    "{\"type\":\"object\",\"required\":[\"position\",\"confidence\",\"ranking\"],"
+    "\"additionalProperties\":false,\"properties\":{\"position\":{\"type\":\"string\","
+    "\"enum\":[\"approve\",\"reject\"]},\"confidence\":{\"type\":\"number\",\"minimum\":0,"
+    "\"maximum\":1},\"ranking\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"enum\":"
+    "[\"a\",\"b\",\"c\"]}}}}";
+
+static void test_schema_answers(void **state)
+{
+    (void)state;
+    mock m = mock_start(FAST);
+    cJSON *schema = cJSON_Parse(SCHEMA);
+    const llm_provider_ops *ops[2] = {&llm_openai_ops, &llm_anthropic_ops};
+    for (int i = 0; i < 2; i++) {
+        rig r = rig_new(ops[i], m,
+                        "\"prices\":{\"gpt-4o-mini\":{\"prompt\":1000,"
+                        "\"completion\":2000}}");
+        llm_call *c = ask(&r, "Decide.", SCHEMA, true);
+        assert_int_equal(c->resp.status, AP_OK);
+        cJSON *data = cJSON_Parse(c->data_json);
+        char why[200];
+        assert_true(llm_schema_check(schema, data, why, sizeof why));
+        cJSON_Delete(data);
+        if (i == 0) /* priced per million tokens */
+            assert_true(c->resp.cost_usd > 0);
+        call_free(c);
+        rig_free(&r);
+    }
+    cJSON_Delete(schema);
+    mock_stop(m);
+}
+
+static void test_retry_policy(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *fault;
+        int attempts;
+        ap_status status;
+        const char *says;
+    } cases[] = {
+        {"500", 3, AP_IO, "HTTP 500"},     {"529", 3, AP_IO, "HTTP 529"},
+        {"429", 3, AP_IO, "HTTP 429"},     {"reset", 3, AP_IO, "openai"},
+        {"truncate", 3, AP_IO, "openai"},  {"malformed", 3, AP_INVALID, "bad response"},
+        {"401", 1, AP_DENIED, "HTTP 401"}, {"spend_limit", 1, AP_LIMIT, "insufficient_quota"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *args[] = {"--latency-ms",  "1", "--token-ms", "0",
+                              "--fault-rate",  "1", "--faults",   cases[i].fault,
+                              "--retry-after", "0", NULL};
+        mock m = mock_start(args);
+        rig r = rig_new(&llm_openai_ops, m, "\"max_attempts\":3");
+        llm_call *c = ask(&r, "x", NULL, true);
+        if (c->resp.status != cases[i].status || c->resp.attempts != cases[i].attempts ||
+            strstr(c->error, cases[i].says) == NULL || strncmp(c->error, "openai: ", 8) != 0)
+            fail_msg("fault %s: status %d attempts %d error %s", cases[i].fault, c->resp.status,
+                     c->resp.attempts, c->error);
+        /* the server saw exactly the attempts the policy allows */
+        assert_int_equal((int)stat_num(m, NULL, "requests_total"), cases[i].attempts);
+        call_free(c);
+        rig_free(&r);
+        mock_stop(m);
+    }
+}
+
+static void test_transient_faults_recover(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms",  "1",   "--token-ms", "0",
+                          "--fault-rate",  "0.3", "--seed",     "11",
+                          "--retry-after", "0",   NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_anthropic_ops, m, "\"max_attempts\":8");
+    llm_call *calls[40];
+    ap_err err;
+    char prompts[40][32];
+    for (int i = 0; i < 40; i++) {
+        snprintf(prompts[i], sizeof prompts[i], "question %d", i);
+        calls[i] = call_new(&r, prompts[i], NULL, true);
+        assert_int_equal(r.ops->start(r.self, calls[i], &err), AP_OK);
+    }
+    run_until(&r, calls, 40, 30000);
+    int attempts = 0;
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(calls[i]->done, 1);
+        if (calls[i]->resp.status != AP_OK)
+            fail_msg("call %d: %s", i, calls[i]->error);
+        attempts += calls[i]->resp.attempts;
+        call_free(calls[i]);
+    }
+    assert_true(attempts > 40);
+    assert_int_equal((int)stat_num(m, NULL, "requests_total"), attempts);
+    rig_free(&r);
+    mock_stop(m);
+}
+
+static void test_fallback_model(void **state)
+{
+    (void)state;
+    mock m = mock_start(FAST);
+    rig r = rig_new(&llm_openai_ops, m,
+                    "\"max_attempts\":2,\"model\":\"fault-500\",\"fallback_models\":[\"good-1\"]");
+    llm_call *c = ask(&r, "x", NULL, true);
+    assert_int_equal(c->resp.status, AP_OK);
+    assert_string_equal(c->model, "good-1");
+    assert_int_equal(c->resp.attempts, 3);
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
+}
+
+static void test_stall_times_out(void **state)
+{
+    (void)state;
+    const char *args[] = {"--fault-rate", "1", "--faults", "stall", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_openai_ops, m, "\"max_attempts\":2,\"first_token_timeout_ms\":200");
+    int64_t t0 = llm_loop_now_ms();
+    llm_call *c = ask(&r, "x", NULL, true);
+    int64_t took = llm_loop_now_ms() - t0;
+    assert_int_equal(c->resp.status, AP_TIMEOUT);
+    assert_int_equal(c->resp.attempts, 2);
+    assert_non_null(strstr(c->error, "first-token timeout"));
+    assert_true(took >= 400 && took < 3000);
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
+}
+
+static void test_cancel_disconnects(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms", "10", "--token-ms", "50", "--tokens", "100", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_anthropic_ops, m, "");
+    llm_call *c = call_new(&r, "x", NULL, true);
+    ap_err err;
+    assert_int_equal(r.ops->start(r.self, c, &err), AP_OK);
+    int64_t end = llm_loop_now_ms() + 5000;
+    while (c->deltas.len == 0 && llm_loop_now_ms() < end)
+        llm_loop_run_once(r.loop, 20);
+    assert_true(c->deltas.len > 0); /* mid-stream */
+    r.ops->cancel(r.self, c);
+    for (int i = 0; i < 5; i++)
+        llm_loop_run_once(r.loop, 20);
+    assert_int_equal(c->done, 0);
+    double gone = 0;
+    for (int i = 0; i < 100 && gone < 1; i++) {
+        usleep(20000);
+        gone = stat_num(m, NULL, "disconnects");
+    }
+    assert_int_equal((int)gone, 1);
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
+}
+
+static void test_concurrency_cap(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms", "100", "--token-ms", "0", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_openai_ops, m, "\"max_concurrency\":2");
+    llm_call *calls[6];
+    ap_err err;
+    int64_t t0 = llm_loop_now_ms();
+    for (int i = 0; i < 6; i++) {
+        calls[i] = call_new(&r, "x", NULL, true);
+        assert_int_equal(r.ops->start(r.self, calls[i], &err), AP_OK);
+    }
+    /* two at a time: in flight on the server never exceeds the cap */
+    for (int k = 0; k < 10; k++) {
+        llm_loop_run_once(r.loop, 20);
+        assert_true(stat_num(m, NULL, "in_flight") <= 2);
+    }
+    /* cancelling a queued call takes it out of the queue */
+    r.ops->cancel(r.self, calls[5]);
+    run_until(&r, calls, 5, 10000);
+    int64_t took = llm_loop_now_ms() - t0;
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(calls[i]->resp.status, AP_OK);
+    assert_int_equal(calls[5]->done, 0);
+    assert_true(took >= 300); /* three waves of 100 ms */
+    assert_int_equal((int)stat_num(m, NULL, "requests_total"), 5);
+    for (int i = 0; i < 6; i++)
+        call_free(calls[i]);
+    rig_free(&r);
+    mock_stop(m);
+}
+
+static void test_schema_extract_and_check(void **state)
+{
+    (void)state;
+    cJSON *schema = cJSON_Parse(SCHEMA);
+    const char *good = "Sure! ```json\n{\"position\":\"approve\",\"confidence\":0.5,"
+                       "\"ranking\":[\"b\",\"a\"]}\n```";
+    cJSON *v = llm_schema_extract(good, strlen(good));
+    char why[200];
+    assert_non_null(v);
+    assert_true(llm_schema_check(schema, v, why, sizeof why));
+    cJSON_Delete(v);
+    const char *prose = "My answer: {\"position\":\"maybe\",\"confidence\":2,\"ranking\":[]} ok";
+    v = llm_schema_extract(prose, strlen(prose));
+    assert_non_null(v);
+    assert_false(llm_schema_check(schema, v, why, sizeof why));
+    assert_string_equal(why, "$.position: not one of the enum values");
+    cJSON_Delete(v);
+    static const struct {
+        const char *json, *why;
+    } bad[] = {
+        {"{\"position\":\"approve\",\"confidence\":1.5,\"ranking\":[]}",
+         "$.confidence: above the maximum"},
+        {"{\"position\":\"approve\",\"ranking\":[]}",
+         "$: missing required property \"confidence\""},
+        {"{\"position\":\"approve\",\"confidence\":1,\"ranking\":[\"z\"]}",
+         "$.ranking[0]: not one of the enum values"},
+        {"{\"position\":\"approve\",\"confidence\":1,\"ranking\":[],\"x\":1}",
+         "$: unexpected property \"x\""},
+        {"[1]", "$: expected object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        v = cJSON_Parse(bad[i].json);
+        assert_false(llm_schema_check(schema, v, why, sizeof why));
+        assert_string_equal(why, bad[i].why);
+        cJSON_Delete(v);
+    }
+    assert_null(llm_schema_extract("no json here", 12));
+    assert_null(llm_schema_extract("{\"a\": [1, 2", 11));
+    cJSON *s2 = cJSON_Parse("{\"type\":[\"integer\",\"null\"],\"anyOf\":[{\"minimum\":3},"
+                            "{\"type\":\"null\"}]}");
+    cJSON *i5 = cJSON_CreateNumber(5), *f = cJSON_CreateNumber(2.5), *nul = cJSON_CreateNull();
+    assert_true(llm_schema_check(s2, i5, why, sizeof why));
+    assert_true(llm_schema_check(s2, nul, why, sizeof why));
+    assert_false(llm_schema_check(s2, f, why, sizeof why));
+    cJSON_Delete(s2);
+    cJSON_Delete(i5);
+    cJSON_Delete(f);
+    cJSON_Delete(nul);
+    cJSON_Delete(schema);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_schema_extract_and_check, stop_leftovers),
+        cmocka_unit_test_teardown(test_streaming_both, stop_leftovers),
+        cmocka_unit_test_teardown(test_schema_answers, stop_leftovers),
+        cmocka_unit_test_teardown(test_retry_policy, stop_leftovers),
+        cmocka_unit_test_teardown(test_transient_faults_recover, stop_leftovers),
+        cmocka_unit_test_teardown(test_fallback_model, stop_leftovers),
+        cmocka_unit_test_teardown(test_stall_times_out, stop_leftovers),
+        cmocka_unit_test_teardown(test_cancel_disconnects, stop_leftovers),
+        cmocka_unit_test_teardown(test_concurrency_cap, stop_leftovers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
