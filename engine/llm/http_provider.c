@@ -27,6 +27,7 @@ struct hp {
     const cJSON *cfg; /* borrowed from the client's config */
     CURLM *multi;
     llm_timer *curl_timer;
+    int64_t curl_timer_due;
     char *base_url, *url, *api_key;
     const char *default_model;
     int max_concurrency, active, max_attempts;
@@ -205,11 +206,17 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     (void)multi;
     hp *p = userp;
-    llm_loop_timer_cancel(p->loop, p->curl_timer);
-    p->curl_timer = NULL;
+    /* curl re-arms its timer after nearly every socket event. A timer that fires early is
+     * harmless (curl finds nothing due and re-arms), so an earlier pending one is kept and
+     * only a later one is replaced: this saves a heap update per received chunk. */
     if (timeout_ms < 0)
         return 0;
+    int64_t due = llm_loop_now_ms() + timeout_ms;
+    if (p->curl_timer != NULL && p->curl_timer_due <= due)
+        return 0;
+    llm_loop_timer_cancel(p->loop, p->curl_timer);
     p->curl_timer = llm_loop_timer_add(p->loop, timeout_ms, on_curl_timer, p);
+    p->curl_timer_due = due;
     return p->curl_timer != NULL ? 0 : -1;
 }
 
@@ -453,7 +460,11 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* Over TLS, wait for a connection being set up to learn whether it multiplexes (HTTP/2)
+     * instead of opening one connection per transfer. Cleartext is HTTP/1.1: waiting would
+     * serialise a burst behind the first transfer. */
+    if (strncmp(p->url, "https://", 8) == 0)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->total_ms);
     /* a stream that stops moving for idle_ms is as good as dead */

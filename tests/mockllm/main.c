@@ -107,7 +107,7 @@ static struct {
     size_t heap_len, heap_cap;
     /* counters */
     uint64_t requests, by_ep[EP_COUNT], other, by_fault[F_COUNT], disconnects, completed, in_flight,
-        streams;
+        streams, frames, lag_us_sum, lag_us_max;
 } M = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static int64_t now_us(void)
@@ -458,6 +458,12 @@ static ap_status emit_due(mock_req *r, int64_t now)
                 break;
             continue;
         }
+        /* how late the frame goes out: shows whether mockllm keeps its own schedule */
+        int64_t lag = now - frame_due(r, r->next);
+        M.frames++;
+        M.lag_us_sum += (uint64_t)lag;
+        if ((uint64_t)lag > M.lag_us_max)
+            M.lag_us_max = (uint64_t)lag;
         rc = frame(r, r->next, &r->out);
         r->next++;
         if (rc != AP_OK)
@@ -839,10 +845,13 @@ static enum MHD_Result stats(struct MHD_Connection *conn)
                    (unsigned long long)M.by_fault[f]);
     buf_printf(&b,
                "},\"disconnects\":%llu,\"completed\":%llu,\"in_flight\":%llu,"
-               "\"streams_open\":%llu}",
+               "\"streams_open\":%llu,\"frames\":%llu,\"frame_lag_ms_avg\":%.3f,"
+               "\"frame_lag_ms_max\":%.3f}",
                (unsigned long long)M.disconnects, (unsigned long long)M.completed,
-               (unsigned long long)(M.in_flight - 1),
-               /* not this request */ (unsigned long long)M.streams);
+               (unsigned long long)(M.in_flight - 1) /* not this request */,
+               (unsigned long long)M.streams, (unsigned long long)M.frames,
+               M.frames ? (double)M.lag_us_sum / (double)M.frames / 1000.0 : 0.0,
+               (double)M.lag_us_max / 1000.0);
     pthread_mutex_unlock(&M.lock);
     enum MHD_Result rc = reply(conn, 200, "application/json", b.data ? b.data : "{}", NULL);
     buf_free(&b);
@@ -885,6 +894,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (strcmp(method, "POST") == 0 && strcmp(url, "/reset") == 0) {
         pthread_mutex_lock(&M.lock);
         M.requests = M.other = M.disconnects = M.completed = 0;
+        M.frames = M.lag_us_sum = M.lag_us_max = 0;
         memset(M.by_ep, 0, sizeof M.by_ep);
         memset(M.by_fault, 0, sizeof M.by_fault);
         M.rng = M.o.seed * 2654435761u + 88172645463325252ULL;

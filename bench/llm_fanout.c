@@ -1,0 +1,315 @@
+/* llm_fanout - one runner loop, N concurrent streaming LLM calls to mockllm.
+ *
+ *   bench_llm_fanout [--calls 5000] [--latency-ms 200] [--token-ms 10] [--tokens 50]
+ *                    [--provider openai|anthropic] [--rounds 2] [--mockllm PATH]
+ *
+ * Starts mockllm, submits every call at once through the public llm.h API on one llm_loop
+ * (this thread), and runs the loop until all are done. Per round it reports wall time, the
+ * engine's CPU seconds per 1,000 calls (this process only; mockllm's CPU is reported apart),
+ * peak RSS, and the latency the engine adds to each call: observed time minus the time the
+ * server schedule takes (latency + (tokens - 1) x token time), at the median and p99. Round 1
+ * pays for the TCP connects; later rounds reuse the kept-alive connections. */
+#include "core/jsonx.h"
+#include "llm/llm.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct call_stat {
+    int64_t submit_us, first_us, done_us;
+    int deltas;
+    ap_status status;
+} call_stat;
+
+typedef struct opts {
+    long calls, latency_ms, token_ms, tokens, rounds;
+    const char *provider, *mockllm;
+} opts;
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static long done_count;
+
+static void on_delta(void *ud, const char *text, size_t len)
+{
+    (void)text, (void)len;
+    call_stat *s = ud;
+    if (s->deltas++ == 0)
+        s->first_us = now_us();
+}
+
+static void on_done(void *ud, const llm_response *r)
+{
+    call_stat *s = ud;
+    s->done_us = now_us();
+    s->status = r->status;
+    if (r->status != AP_OK && done_count < 3)
+        fprintf(stderr, "call failed: %s\n", r->error ? r->error : "?");
+    done_count++;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static double proc_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* One blocking request to mockllm's control endpoints; the JSON body, or NULL. */
+static cJSON *mock_get(int port, const char *method, const char *path)
+{
+    char req[256], resp[8192];
+    size_t used = 0;
+    ssize_t r;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     method, path);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return NULL;
+    }
+    while (used < sizeof resp - 1 && (r = read(fd, resp + used, sizeof resp - 1 - used)) > 0)
+        used += (size_t)r;
+    close(fd);
+    resp[used] = '\0';
+    const char *body = strstr(resp, "\r\n\r\n");
+    return body != NULL ? cJSON_Parse(body + 4) : NULL;
+}
+
+static pid_t start_mock(const opts *o, int *port)
+{
+    int fds[2];
+    char lat[32], tok[32], n[32];
+    snprintf(lat, sizeof lat, "%ld", o->latency_ms);
+    snprintf(tok, sizeof tok, "%ld", o->token_ms);
+    snprintf(n, sizeof n, "%ld", o->tokens);
+    if (pipe(fds) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl(o->mockllm, o->mockllm, "--port", "0", "--latency-ms", lat, "--token-ms", tok,
+              "--tokens", n, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = {0};
+    size_t used = 0;
+    while (used < sizeof line - 1 && strchr(line, '\n') == NULL) {
+        ssize_t r = read(fds[0], line + used, sizeof line - 1 - used);
+        if (r <= 0)
+            break;
+        used += (size_t)r;
+    }
+    close(fds[0]);
+    if (pid < 0 || sscanf(line, "listening on %d", port) != 1) {
+        if (pid > 0) {
+            kill(pid, SIGTERM);
+            waitpid(pid, NULL, 0);
+        }
+        return -1;
+    }
+    return pid;
+}
+
+static bool parse(int argc, char **argv, opts *o)
+{
+    const char *env = getenv("MOCKLLM_BIN");
+    *o = (opts){5000, 200, 10, 50, 2, "openai", env != NULL ? env : "build/mockllm"};
+    for (int i = 1; i + 1 < argc; i += 2) {
+        char *end = NULL;
+        long v = strtol(argv[i + 1], &end, 10);
+        bool num = end != argv[i + 1] && *end == '\0' && v >= 0 && v <= 1000000;
+        if (strcmp(argv[i], "--provider") == 0)
+            o->provider = argv[i + 1];
+        else if (strcmp(argv[i], "--mockllm") == 0)
+            o->mockllm = argv[i + 1];
+        else if (num && strcmp(argv[i], "--calls") == 0)
+            o->calls = v > 0 ? v : 1;
+        else if (num && strcmp(argv[i], "--latency-ms") == 0)
+            o->latency_ms = v;
+        else if (num && strcmp(argv[i], "--token-ms") == 0)
+            o->token_ms = v;
+        else if (num && strcmp(argv[i], "--tokens") == 0)
+            o->tokens = v > 0 ? v : 1;
+        else if (num && strcmp(argv[i], "--rounds") == 0)
+            o->rounds = v > 0 ? v : 1;
+        else
+            return false;
+    }
+    return argc % 2 == 1;
+}
+
+static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mock, int port,
+                     int round)
+{
+    int rc = 1;
+    call_stat *st = calloc((size_t)o->calls, sizeof *st);
+    llm_call **calls = calloc((size_t)o->calls, sizeof *calls);
+    int64_t *added = calloc((size_t)o->calls, sizeof *added);
+    int64_t *first = calloc((size_t)o->calls, sizeof *first);
+    if (st == NULL || calls == NULL || added == NULL || first == NULL)
+        goto out;
+    done_count = 0;
+    cJSON_Delete(mock_get(port, "POST", "/reset"));
+    double cpu0 = cpu_s(), mcpu0 = proc_cpu_s(mock);
+    int64_t t0 = now_us();
+    for (long i = 0; i < o->calls; i++) {
+        llm_request req = {.expert_id = "bench",
+                           .expert_json = "{\"name\":\"Bench Expert\",\"role\":\"tester\"}",
+                           .prompt = "Give me your view.",
+                           .stream = true,
+                           .temperature = -1};
+        llm_callbacks cb = {.delta = on_delta, .done = on_done, .ud = &st[i]};
+        ap_err err;
+        st[i].submit_us = now_us();
+        if (llm_submit(client, o->provider, &req, &cb, &calls[i], &err) != AP_OK) {
+            fprintf(stderr, "submit: %s\n", err.msg);
+            goto out;
+        }
+    }
+    int64_t submitted = now_us() - t0;
+    while (done_count < o->calls)
+        llm_loop_run_once(loop, 100);
+    int64_t wall = now_us() - t0;
+    double cpu = cpu_s() - cpu0, mcpu = proc_cpu_s(mock) - mcpu0;
+    int64_t server_us = (o->latency_ms + (o->tokens - 1) * o->token_ms) * 1000;
+    long ok = 0;
+    for (long i = 0; i < o->calls; i++) {
+        ok += st[i].status == AP_OK && st[i].deltas > 0;
+        added[i] = st[i].done_us - st[i].submit_us - server_us;
+        first[i] = st[i].first_us - st[i].submit_us - o->latency_ms * 1000;
+    }
+    qsort(added, (size_t)o->calls, sizeof *added, cmp_i64);
+    qsort(first, (size_t)o->calls, sizeof *first, cmp_i64);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    size_t p50 = (size_t)o->calls / 2, p99 = (size_t)((double)o->calls * 0.99);
+    if (p99 >= (size_t)o->calls)
+        p99 = (size_t)o->calls - 1;
+    printf("round %d (%s): %ld/%ld ok, wall %.0f ms (server schedule %.0f ms, target <= %.0f ms), "
+           "engine CPU %.3f s per 1000 calls, mockllm CPU %.2f s, peak RSS %ld MiB, added latency "
+           "p50 %.2f ms p99 %.2f ms, first-token added p50 %.2f ms p99 %.2f ms\n",
+           round, round == 1 ? "cold connections" : "kept-alive", ok, o->calls, (double)wall / 1e3,
+           (double)server_us / 1e3,
+           1.5 * (double)o->latency_ms + (double)((o->tokens - 1) * o->token_ms),
+           cpu * 1000.0 / (double)o->calls, mcpu, ru.ru_maxrss / 1024, (double)added[p50] / 1e3,
+           (double)added[p99] / 1e3, (double)first[p50] / 1e3, (double)first[p99] / 1e3);
+    cJSON *ms = mock_get(port, "GET", "/stats");
+    printf("  submitting all calls took %.1f ms on the loop thread\n", (double)submitted / 1e3);
+    printf("  mockllm: %.0f requests, frames sent late by %.2f ms on average, %.2f ms at most\n",
+           jsonx_number(ms, "requests_total", -1), jsonx_number(ms, "frame_lag_ms_avg", -1),
+           jsonx_number(ms, "frame_lag_ms_max", -1));
+    cJSON_Delete(ms);
+    fflush(stdout);
+    rc = ok == o->calls ? 0 : 1;
+out:
+    free(st);
+    free(calls);
+    free(added);
+    free(first);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    opts o;
+    int rc = 1, port = 0;
+    llm_loop *loop = NULL;
+    llm_client *client = NULL;
+    cJSON *cfg = NULL;
+    ap_err err;
+    if (!parse(argc, argv, &o)) {
+        fprintf(stderr, "usage: bench_llm_fanout [--calls N] [--latency-ms N] [--token-ms N] "
+                        "[--tokens N] [--provider openai|anthropic] [--rounds N] [--mockllm P]\n");
+        return 2;
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    pid_t mock = start_mock(&o, &port);
+    if (mock < 0) {
+        fprintf(stderr, "cannot start %s\n", o.mockllm);
+        return 1;
+    }
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\"providers\":{\"%s\":{\"base_url\":\"http://127.0.0.1:%d%s\",\"api_key\":\"b\","
+             "\"max_concurrency\":%ld}}}",
+             o.provider, port, strcmp(o.provider, "openai") == 0 ? "/v1" : "", o.calls);
+    cfg = cJSON_Parse(text);
+    if (cfg == NULL || llm_loop_new(&loop, &err) != AP_OK ||
+        llm_client_new(loop, cfg, &client, &err) != AP_OK) {
+        fprintf(stderr, "setup failed\n");
+        goto out;
+    }
+    if (!llm_provider_known(o.provider)) {
+        fprintf(stderr, "provider %s is not registered in llm.c\n", o.provider);
+        goto out;
+    }
+    printf("%ld concurrent streaming calls, %ld ms latency, %ld tokens x %ld ms, provider %s, "
+           "one loop thread\n",
+           o.calls, o.latency_ms, o.tokens, o.token_ms, o.provider);
+    rc = 0;
+    for (int r = 1; r <= o.rounds; r++)
+        rc |= run_round(loop, client, &o, mock, port, r);
+out:
+    llm_client_free(client);
+    llm_loop_free(loop);
+    cJSON_Delete(cfg);
+    kill(mock, SIGTERM);
+    waitpid(mock, NULL, 0);
+    return rc;
+}
