@@ -100,8 +100,10 @@ struct prun {
     cJSON *journal; /* entries of the node in flight */
     cJSON *replay;  /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
-    cJSON *pins;   /* {"<consensus name>": "<version>"} */
-    uint64_t seed; /* the provider seed of this panel, kept in its checkpoints */
+    cJSON *pins;         /* {"<consensus name>": "<version>"} */
+    uint64_t seed;       /* the provider seed of this panel, kept in its checkpoints */
+    char *consensus_src; /* the panel's own algorithm, loaded before the panel starts */
+    size_t consensus_len;
     ask_slot *slots;
     const script_ask *asks; /* the batch in flight (owned by sp until the node resumes) */
     size_t nslots, pending;
@@ -143,23 +145,77 @@ struct panel_engine {
     /* subscriptions */
     pthread_mutex_t smu;
     panel_sub *subs[MAP_BUCKETS];
+    /* script versions already kept in the store by this process: "tenant/kind/name/version" */
+    pthread_mutex_t pmu;
+    char **pinned;
+    size_t npinned, cappinned;
     /* active panels */
     pthread_mutex_t amu;
     prun *active[MAP_BUCKETS];
     size_t nactive;
 };
 
-static unsigned bucket_of(const char *id)
+static size_t bucket_hash(const char *id)
 {
-    unsigned h = 2166136261u;
+    size_t h = 2166136261u;
     for (; *id != '\0'; id++)
         h = (h ^ (unsigned char)*id) * 16777619u;
-    return h % MAP_BUCKETS;
+    return h;
+}
+
+static unsigned bucket_of(const char *id)
+{
+    return (unsigned)(bucket_hash(id) % MAP_BUCKETS);
 }
 
 static char *dup_or_null(const char *s)
 {
     return s != NULL ? strdup(s) : NULL;
+}
+
+/* ---- pinned script versions ------------------------------------------------------------ */
+
+#define PINNED_MAX 4096
+
+/* Keeps a script version in the store once per process (store_script_put is idempotent, so
+ * this only saves the write). */
+static ap_status pin_script(panel_engine *e, const char *tenant_id, const script_entry *en,
+                            ap_err *err)
+{
+    char key[STORE_ID_MAX + IDS_SHA256_HEX_LEN + 96];
+    snprintf(key, sizeof key, "%s/%d/%s/%s", tenant_id, (int)en->kind, en->name, en->version);
+    pthread_mutex_lock(&e->pmu);
+    bool known = false;
+    for (size_t i = 0; i < e->npinned && !known; i++)
+        known = strcmp(e->pinned[i], key) == 0;
+    pthread_mutex_unlock(&e->pmu);
+    if (known)
+        return AP_OK;
+    store_script sc = {.kind = (store_script_kind)en->kind,
+                       .name = en->name,
+                       .version = (char *)en->version,
+                       .source = en->source,
+                       .origin = en->origin};
+    snprintf(sc.tenant_id, sizeof sc.tenant_id, "%s", tenant_id);
+    ap_status rc = store_script_put(e->st, tenant_id, &sc, false, err);
+    if (rc != AP_OK)
+        return rc;
+    pthread_mutex_lock(&e->pmu);
+    if (e->npinned == e->cappinned && e->cappinned < PINNED_MAX) {
+        size_t cap = e->cappinned ? e->cappinned * 2 : 64;
+        char **n = realloc(e->pinned, cap * sizeof *n);
+        if (n != NULL) {
+            e->pinned = n;
+            e->cappinned = cap;
+        }
+    }
+    if (e->npinned < e->cappinned) {
+        e->pinned[e->npinned] = strdup(key);
+        if (e->pinned[e->npinned] != NULL)
+            e->npinned++;
+    }
+    pthread_mutex_unlock(&e->pmu);
+    return AP_OK;
 }
 
 /* ---- writer --------------------------------------------------------------------------- */
@@ -299,15 +355,35 @@ static void process_batch(panel_engine *e, witem *list)
             log_error("event writer: out of memory");
         free(evs);
     }
+    /* Only the last checkpoint of a panel in a batch is written: find it with a small open
+     * addressing table keyed by panel id. */
+    size_t nck = 0;
+    for (witem *w = list; w != NULL; w = w->next)
+        nck += w->kind == W_CKPT;
+    size_t cap = 16;
+    while (cap < nck * 2)
+        cap *= 2;
+    witem **last = e->st != NULL && nck > 0 ? calloc(cap, sizeof *last) : NULL;
+    for (witem *w = list; last != NULL && w != NULL; w = w->next) {
+        if (w->kind != W_CKPT)
+            continue;
+        size_t h = bucket_hash(w->panel_id) & (cap - 1);
+        while (last[h] != NULL && strcmp(last[h]->panel_id, w->panel_id) != 0)
+            h = (h + 1) & (cap - 1);
+        last[h] = w;
+    }
     for (witem *w = list; e->st != NULL && w != NULL; w = w->next) {
         ap_err err = {0};
         ap_status rc = AP_OK;
         if (w->kind == W_CKPT) {
-            /* Only the last checkpoint of a panel in this batch matters. */
-            bool later = false;
-            for (witem *x = w->next; x != NULL && !later; x = x->next)
-                later = x->kind == W_CKPT && strcmp(x->panel_id, w->panel_id) == 0;
-            if (!later)
+            bool latest = true;
+            if (last != NULL) {
+                size_t h = bucket_hash(w->panel_id) & (cap - 1);
+                while (last[h] != NULL && strcmp(last[h]->panel_id, w->panel_id) != 0)
+                    h = (h + 1) & (cap - 1);
+                latest = last[h] == w;
+            }
+            if (latest)
                 rc = store_checkpoint_put(e->st, w->tenant_id, &w->ck, &err);
         } else if (w->kind == W_TRANS) {
             rc = store_panel_transition(e->st, w->tenant_id, w->panel_id, w->from, w->nfrom, w->to,
@@ -324,6 +400,7 @@ static void process_batch(panel_engine *e, witem *list)
                     &(log_fields){.tenant_id = w->tenant_id, .panel_id = w->panel_id},
                     "event writer: %s", err.msg);
     }
+    free(last);
     for (witem *w = list; w != NULL; w = w->next)
         if (w->kind == W_EVENT)
             publish(e, w);
@@ -545,6 +622,7 @@ static void prun_free(prun *p)
     free(p->node);
     free(p->node_state);
     free(p->pending_input);
+    free(p->consensus_src);
     free(p->replay_used);
     cJSON_Delete(p->journal);
     cJSON_Delete(p->replay);
@@ -751,6 +829,14 @@ static ap_status host_consensus_source(void *ud, const char *name, char **source
                                        ap_err *err)
 {
     prun *p = ud;
+    if (p->consensus_src != NULL && p->consensus != NULL && strcmp(name, p->consensus) == 0) {
+        *source = malloc(p->consensus_len + 1);
+        if (*source == NULL)
+            return ap_err_set(err, AP_NOMEM, "out of memory");
+        memcpy(*source, p->consensus_src, p->consensus_len + 1);
+        *len = p->consensus_len;
+        return AP_OK;
+    }
     const char *pinned = jsonx_string(p->pins, name);
     if (pinned != NULL && p->e->st != NULL) {
         store_script sc = {0};
@@ -1378,13 +1464,19 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     const char *version =
         has_ck && ck.script_version != NULL ? ck.script_version : row.strategy_version;
     if (version != NULL && version[0] != '\0') {
-        store_script sc = {0};
-        rc = store_script_get_version(e->st, tenant_id, STORE_SCRIPT_STRATEGY, row.strategy,
-                                      version, &sc, err);
-        if (rc == AP_OK)
-            rc = script_registry_validate(e->reg, SCRIPT_STRATEGY, row.strategy, sc.source,
-                                          strlen(sc.source), sc.origin, &p->script, err);
-        store_script_free(&sc);
+        rc = script_registry_cached_version(e->reg, SCRIPT_STRATEGY, row.strategy, version,
+                                            &p->script);
+        if (rc == AP_NOTFOUND) {
+            store_script sc = {0};
+            rc = store_script_get_version(e->st, tenant_id, STORE_SCRIPT_STRATEGY, row.strategy,
+                                          version, &sc, err);
+            if (rc == AP_OK)
+                rc = script_registry_validate(e->reg, SCRIPT_STRATEGY, row.strategy, sc.source,
+                                              strlen(sc.source), sc.origin, &p->script, err);
+            store_script_free(&sc);
+        } else if (rc != AP_OK) {
+            ap_err_set(err, rc, "out of memory");
+        }
     } else {
         rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, row.strategy, &p->script,
                             err);
@@ -1432,8 +1524,10 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     if (p->pins == NULL)
         p->pins = cJSON_CreateObject();
     p->journal = cJSON_CreateArray();
-    rc = store_events_last_seq(e->st, tenant_id, panel_id, &p->stored_seq, err);
-    if (rc != AP_OK)
+    /* A panel that never ran has no events; others may have some past their checkpoint. */
+    bool fresh = strcmp(row.status, "created") == 0 || strcmp(row.status, "queued") == 0;
+    if (!fresh &&
+        (rc = store_events_last_seq(e->st, tenant_id, panel_id, &p->stored_seq, err)) != AP_OK)
         goto out;
     if (!has_ck && p->stored_seq >= p->next_seq)
         p->next_seq = p->stored_seq + 1;
@@ -1442,18 +1536,44 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
         goto out;
     }
-    /* Pin the version now so a restart runs the same source. */
-    if (version == NULL || version[0] == '\0') {
-        store_script sc = {.kind = STORE_SCRIPT_STRATEGY,
-                           .name = p->script.name,
-                           .version = p->script.version,
-                           .source = p->script.source,
-                           .origin = p->script.origin};
-        memcpy(sc.tenant_id, p->tenant_id, sizeof sc.tenant_id);
-        rc = store_script_put(e->st, tenant_id, &sc, false, err);
-        if (rc != AP_OK)
-            goto out;
+    /* The panel's own consensus algorithm is loaded here, off the runner thread, so running
+     * it never waits for the store. */
+    if (p->consensus != NULL && p->consensus[0] != '\0') {
+        const char *pinned = jsonx_string(p->pins, p->consensus);
+        ap_err cerr = {0};
+        script_entry c = {0};
+        if (pinned != NULL && script_registry_cached_version(e->reg, SCRIPT_CONSENSUS, p->consensus,
+                                                             pinned, &c) == AP_OK) {
+            p->consensus_len = c.len;
+            p->consensus_src = c.source;
+            c.source = NULL;
+        } else if (pinned != NULL) {
+            store_script sc = {0};
+            if (store_script_get_version(e->st, tenant_id, STORE_SCRIPT_CONSENSUS, p->consensus,
+                                         pinned, &sc, &cerr) == AP_OK) {
+                p->consensus_len = strlen(sc.source);
+                p->consensus_src = sc.source;
+                sc.source = NULL;
+            }
+            store_script_free(&sc);
+        } else {
+            if (resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS, p->consensus, &c,
+                               &cerr) == AP_OK) {
+                cJSON_AddStringToObject(p->pins, p->consensus, c.version);
+                if (pin_script(e, tenant_id, &c, &cerr) == AP_OK) {
+                    p->consensus_src = c.source;
+                    p->consensus_len = c.len;
+                    c.source = NULL;
+                }
+            }
+        }
+        script_entry_free(&c);
+        /* A missing algorithm is reported when the script asks for it. */
     }
+    /* Pin the version now so a restart runs the same source. */
+    if ((version == NULL || version[0] == '\0') &&
+        (rc = pin_script(e, tenant_id, &p->script, err)) != AP_OK)
+        goto out;
     *out = p;
     p = NULL;
 out:
@@ -1511,6 +1631,7 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
     pthread_cond_init(&e->wcond, NULL);
     pthread_mutex_init(&e->smu, NULL);
     pthread_mutex_init(&e->amu, NULL);
+    pthread_mutex_init(&e->pmu, NULL);
     e->runners = calloc((size_t)n, sizeof *e->runners);
     if (e->runners == NULL || (o->provider != NULL && e->provider == NULL)) {
         panel_engine_stop(e);
@@ -1573,6 +1694,10 @@ void panel_engine_stop(panel_engine *e)
     pthread_cond_destroy(&e->wcond);
     pthread_mutex_destroy(&e->smu);
     pthread_mutex_destroy(&e->amu);
+    for (size_t i = 0; i < e->npinned; i++)
+        free(e->pinned[i]);
+    free(e->pinned);
+    pthread_mutex_destroy(&e->pmu);
     free(e);
 }
 
@@ -1598,15 +1723,8 @@ ap_status panel_engine_create(panel_engine *e, const char *tenant_id, const pane
         rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS, req->consensus, &c, err);
         script_entry_free(&c);
     }
-    if (rc == AP_OK) {
-        store_script sc = {.kind = STORE_SCRIPT_STRATEGY,
-                           .name = en.name,
-                           .version = en.version,
-                           .source = en.source,
-                           .origin = en.origin};
-        memcpy(sc.tenant_id, tenant.id, sizeof sc.tenant_id);
-        rc = store_script_put(e->st, tenant_id, &sc, false, err);
-    }
+    if (rc == AP_OK)
+        rc = pin_script(e, tenant.id, &en, err);
     if (rc == AP_OK) {
         store_panel in = {
             .title = (char *)req->title,

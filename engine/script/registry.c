@@ -336,6 +336,26 @@ ap_status script_registry_validate(script_registry *r, script_kind kind, const c
     return AP_OK;
 }
 
+ap_status script_registry_cached_version(script_registry *r, script_kind kind, const char *name,
+                                         const char *version, script_entry *out)
+{
+    char key[IDS_SHA256_HEX_LEN + 96];
+    memset(out, 0, sizeof *out);
+    snprintf(key, sizeof key, "version:%d:%s:%s", (int)kind, name, version);
+    ap_status rc = AP_NOTFOUND;
+    pthread_mutex_lock(&r->mu);
+    cached *c = find_locked(r, key);
+    for (size_t i = 0; c == NULL && i < r->n; i++) {
+        const script_entry *en = &r->items[i].entry;
+        if (en->kind == kind && strcmp(en->name, name) == 0 && strcmp(en->version, version) == 0)
+            c = &r->items[i];
+    }
+    if (c != NULL)
+        rc = script_entry_copy(&c->entry, out);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
 ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *err)
 {
     size_t count = 0;

@@ -54,6 +54,11 @@ ap_status script_registry_validate(script_registry *r, script_kind kind, const c
                                    const char *source, size_t len, const char *origin,
                                    script_entry *out, ap_err *err);
 
+/* A version validated before (by script_registry_validate or a file load) from the cache;
+ * AP_NOTFOUND when this process has not seen it. Saves a store read for pinned panels. */
+ap_status script_registry_cached_version(script_registry *r, script_kind kind, const char *name,
+                                         const char *version, script_entry *out);
+
 /* Re-reads every cached file; swaps in versions that pass, keeps the old ones (logging why)
  * for those that do not. *changed (may be NULL) receives how many versions changed. */
 ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *err);
