@@ -18,16 +18,30 @@
 #define ERROR_BODY_MAX (64 * 1024)
 #define SCHEMA_DEPTH 32
 
+#define SHARD_TRANSFERS 128 /* transfers per curl multi handle, see shard */
+#define MAX_SHARDS 64
+
 typedef struct hp hp;
 typedef struct xfer xfer;
+
+/* curl looks for a reusable connection by scanning every connection to the host, so one
+ * multi handle with thousands of HTTP/1.1 connections turns a burst into O(n^2) work. The
+ * transfers are therefore spread over several multi handles of about SHARD_TRANSFERS each,
+ * each with its own connection cache, all driven by the same loop. */
+typedef struct shard {
+    hp *p;
+    CURLM *multi;
+    llm_timer *timer;
+    int64_t timer_due;
+    int active;
+} shard;
 
 struct hp {
     const llm_http_dialect *d;
     llm_loop *loop;
     const cJSON *cfg; /* borrowed from the client's config */
-    CURLM *multi;
-    llm_timer *curl_timer;
-    int64_t curl_timer_due;
+    shard *shards;
+    int n_shards;
     char *base_url, *url, *api_key;
     const char *default_model;
     int max_concurrency, active, max_attempts;
@@ -59,6 +73,7 @@ struct xfer {
     int64_t started_ms;
     int64_t prompt_tokens, completion_tokens;
     /* the current attempt */
+    shard *sh;
     CURL *easy;
     struct curl_slist *headers;
     char *body;
@@ -120,9 +135,10 @@ static void detach(xfer *x)
     llm_loop_timer_cancel(p->loop, x->timer);
     x->timer = NULL;
     if (x->easy != NULL) {
-        curl_multi_remove_handle(p->multi, x->easy);
+        curl_multi_remove_handle(x->sh->multi, x->easy);
         curl_easy_cleanup(x->easy);
         x->easy = NULL;
+        x->sh->active--;
         p->active--;
     }
     curl_slist_free_all(x->headers);
@@ -136,11 +152,12 @@ static void detach(xfer *x)
 
 /* ---- curl <-> loop glue ----------------------------------------------------------------- */
 
-static void reap(hp *p)
+static void reap(shard *sh)
 {
+    hp *p = sh->p;
     CURLMsg *msg;
     int left = 0;
-    while ((msg = curl_multi_info_read(p->multi, &left)) != NULL) {
+    while ((msg = curl_multi_info_read(sh->multi, &left)) != NULL) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         char *priv = NULL;
@@ -162,22 +179,23 @@ static void reap(hp *p)
 static void on_fd(llm_loop *loop, int fd, unsigned events, void *ud)
 {
     (void)loop;
-    hp *p = ud;
+    shard *sh = ud;
     int flags = 0, running = 0;
     if (events & LLM_LOOP_READ)
         flags |= CURL_CSELECT_IN;
     if (events & LLM_LOOP_WRITE)
         flags |= CURL_CSELECT_OUT;
-    p->depth++;
-    curl_multi_socket_action(p->multi, fd, flags, &running);
-    p->depth--;
-    reap(p);
+    sh->p->depth++;
+    curl_multi_socket_action(sh->multi, fd, flags, &running);
+    sh->p->depth--;
+    reap(sh);
 }
 
 static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
     (void)easy, (void)socketp;
-    hp *p = userp;
+    shard *sh = userp;
+    hp *p = sh->p;
     if (what == CURL_POLL_REMOVE) {
         llm_loop_unwatch(p->loop, s);
         return 0;
@@ -187,37 +205,38 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         ev |= LLM_LOOP_READ;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
         ev |= LLM_LOOP_WRITE;
-    return llm_loop_watch(p->loop, s, ev, on_fd, p) == AP_OK ? 0 : -1;
+    return llm_loop_watch(p->loop, s, ev, on_fd, sh) == AP_OK ? 0 : -1;
 }
 
 static void on_curl_timer(llm_loop *loop, void *ud)
 {
     (void)loop;
-    hp *p = ud;
+    shard *sh = ud;
     int running = 0;
-    p->curl_timer = NULL;
-    p->depth++;
-    curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    p->depth--;
-    reap(p);
+    sh->timer = NULL;
+    sh->p->depth++;
+    curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    sh->p->depth--;
+    reap(sh);
 }
 
 static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     (void)multi;
-    hp *p = userp;
+    shard *sh = userp;
+    hp *p = sh->p;
     /* curl re-arms its timer after nearly every socket event. A timer that fires early is
      * harmless (curl finds nothing due and re-arms), so an earlier pending one is kept and
      * only a later one is replaced: this saves a heap update per received chunk. */
     if (timeout_ms < 0)
         return 0;
     int64_t due = llm_loop_now_ms() + timeout_ms;
-    if (p->curl_timer != NULL && p->curl_timer_due <= due)
+    if (sh->timer != NULL && sh->timer_due <= due)
         return 0;
-    llm_loop_timer_cancel(p->loop, p->curl_timer);
-    p->curl_timer = llm_loop_timer_add(p->loop, timeout_ms, on_curl_timer, p);
-    p->curl_timer_due = due;
-    return p->curl_timer != NULL ? 0 : -1;
+    llm_loop_timer_cancel(p->loop, sh->timer);
+    sh->timer = llm_loop_timer_add(p->loop, timeout_ms, on_curl_timer, sh);
+    sh->timer_due = due;
+    return sh->timer != NULL ? 0 : -1;
 }
 
 /* ---- receiving -------------------------------------------------------------------------- */
@@ -445,6 +464,11 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
         rc = ap_err_set(err, AP_NOMEM, "cannot create a transfer");
         goto fail;
     }
+    x->sh = &p->shards[0];
+    for (int i = 1; i < p->n_shards; i++)
+        if (p->shards[i].active < x->sh->active)
+            x->sh = &p->shards[i];
+    x->sh->active++;
     p->active++;
     CURL *e = x->easy;
     curl_easy_setopt(e, CURLOPT_URL, p->url);
@@ -472,7 +496,7 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((p->idle_ms + 999) / 1000));
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     x->timer = llm_loop_timer_add(p->loop, p->first_token_ms, on_first_token_timeout, x);
-    if (x->timer == NULL || curl_multi_add_handle(p->multi, e) != CURLM_OK) {
+    if (x->timer == NULL || curl_multi_add_handle(x->sh->multi, e) != CURLM_OK) {
         rc = ap_err_set(err, AP_NOMEM, "cannot start a transfer");
         goto fail;
     }
@@ -815,18 +839,31 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
         p->limits.max_event = p->max_body;
     const char *mode = jsonx_string(cfg, "schema_mode");
     p->native_schema = d->native_schema && (mode == NULL || strcmp(mode, "instruct") != 0);
-    p->multi = curl_multi_init();
-    if (p->multi == NULL) {
+    p->n_shards = (p->max_concurrency + SHARD_TRANSFERS - 1) / SHARD_TRANSFERS;
+    if (p->n_shards > MAX_SHARDS)
+        p->n_shards = MAX_SHARDS;
+    p->shards = calloc((size_t)p->n_shards, sizeof *p->shards);
+    if (p->shards == NULL) {
         llm_http_destroy(p);
-        return ap_err_set(err, AP_NOMEM, "%s: cannot create a curl multi handle", d->name);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
     }
-    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
-    curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
-    curl_multi_setopt(p->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
-    /* keep as many idle connections as transfers may run, so bursts reuse them */
-    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, (long)p->max_concurrency);
+    long per_shard = (long)(p->max_concurrency / p->n_shards + 1);
+    for (int i = 0; i < p->n_shards; i++) {
+        shard *sh = &p->shards[i];
+        sh->p = p;
+        sh->multi = curl_multi_init();
+        if (sh->multi == NULL) {
+            llm_http_destroy(p);
+            return ap_err_set(err, AP_NOMEM, "%s: cannot create a curl multi handle", d->name);
+        }
+        curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+        curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+        curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+        curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+        curl_multi_setopt(sh->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+        /* keep as many idle connections as transfers may run, so bursts reuse them */
+        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, per_shard);
+    }
     *self = p;
     return AP_OK;
 }
@@ -842,10 +879,12 @@ void llm_http_destroy(void *self)
         detach(x);
         xfer_free(x);
     }
-    if (p->loop != NULL)
-        llm_loop_timer_cancel(p->loop, p->curl_timer);
-    if (p->multi != NULL)
-        curl_multi_cleanup(p->multi);
+    for (int i = 0; p->shards != NULL && i < p->n_shards; i++) {
+        llm_loop_timer_cancel(p->loop, p->shards[i].timer);
+        if (p->shards[i].multi != NULL)
+            curl_multi_cleanup(p->shards[i].multi);
+    }
+    free(p->shards);
     free(p->base_url);
     free(p->url);
     free(p->api_key);

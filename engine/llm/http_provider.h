@@ -1,7 +1,7 @@
 /* http_provider.h - the HTTP engine behind the `openai` and `anthropic` providers (for
  * openai.c and anthropic.c only; the rest of the engine sees llm.h).
  *
- * One instance per llm_client (one runner loop): a curl multi handle driven by
+ * One instance per llm_client (one runner loop): curl multi handles driven by
  * curl_multi_socket_action from the loop's epoll watches and timers, so thousands of
  * transfers share one thread. It owns every retry (curl itself never retries): exponential
  * backoff with jitter honouring Retry-After / retry-after-ms, on connection errors, timeouts,

@@ -108,6 +108,7 @@ static struct {
     /* counters */
     uint64_t requests, by_ep[EP_COUNT], other, by_fault[F_COUNT], disconnects, completed, in_flight,
         streams, frames, lag_us_sum, lag_us_max;
+    int64_t first_arrival_us, last_arrival_us; /* of LLM requests since the last reset */
 } M = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static int64_t now_us(void)
@@ -846,12 +847,13 @@ static enum MHD_Result stats(struct MHD_Connection *conn)
     buf_printf(&b,
                "},\"disconnects\":%llu,\"completed\":%llu,\"in_flight\":%llu,"
                "\"streams_open\":%llu,\"frames\":%llu,\"frame_lag_ms_avg\":%.3f,"
-               "\"frame_lag_ms_max\":%.3f}",
+               "\"frame_lag_ms_max\":%.3f,\"arrival_spread_ms\":%.3f}",
                (unsigned long long)M.disconnects, (unsigned long long)M.completed,
                (unsigned long long)(M.in_flight - 1) /* not this request */,
                (unsigned long long)M.streams, (unsigned long long)M.frames,
                M.frames ? (double)M.lag_us_sum / (double)M.frames / 1000.0 : 0.0,
-               (double)M.lag_us_max / 1000.0);
+               (double)M.lag_us_max / 1000.0,
+               (double)(M.last_arrival_us - M.first_arrival_us) / 1000.0);
     pthread_mutex_unlock(&M.lock);
     enum MHD_Result rc = reply(conn, 200, "application/json", b.data ? b.data : "{}", NULL);
     buf_free(&b);
@@ -895,6 +897,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         pthread_mutex_lock(&M.lock);
         M.requests = M.other = M.disconnects = M.completed = 0;
         M.frames = M.lag_us_sum = M.lag_us_max = 0;
+        M.first_arrival_us = M.last_arrival_us = 0;
         memset(M.by_ep, 0, sizeof M.by_ep);
         memset(M.by_fault, 0, sizeof M.by_fault);
         M.rng = M.o.seed * 2654435761u + 88172645463325252ULL;
@@ -915,6 +918,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                      "{\"error\":{\"message\":\"no such endpoint\",\"type\":\"not_found\"}}", NULL);
     }
     pthread_mutex_lock(&M.lock);
+    if (M.requests == 0 || r->start_us < M.first_arrival_us)
+        M.first_arrival_us = r->start_us;
+    if (r->start_us > M.last_arrival_us)
+        M.last_arrival_us = r->start_us;
     M.requests++;
     M.by_ep[r->ep]++;
     r->fault = choose_fault(conn);
