@@ -2,13 +2,10 @@
 #include "cli/cli.h"
 
 #include "core/jsonx.h"
-#include "panel/roster.h"
-#include "panel/session.h"
-#include "script/params.h"
+#include "panel/dryrun.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define CHECK_FILE_MAX (1024 * 1024)
 
@@ -58,99 +55,6 @@ static void print_error(const char *path, const char *name, const char *msg)
         return;
     }
     fprintf(stderr, "%s: %s\n", path, m);
-}
-
-/* Runs the strategy once against the simulated provider in a throwaway store. */
-static int dry_run(const config *base, const char *path, const char *name, const script_entry *en)
-{
-    char dir[] = "/tmp/askpanel-check-XXXXXX";
-    if (mkdtemp(dir) == NULL) {
-        fprintf(stderr, "%s: cannot create a scratch directory for the dry run\n", path);
-        return 1;
-    }
-    char url[128], dbpath[96];
-    snprintf(dbpath, sizeof dbpath, "%s/check.db", dir);
-    snprintf(url, sizeof url, "sqlite:%s", dbpath);
-    config cfg = *base;
-    cfg.store = url;
-    panel_session s = {0};
-    ap_err err = {0};
-    int status = 1;
-    char *params = NULL;
-    store_panel out = {0};
-    panel_sub *sub = NULL;
-    FILE *devnull = fopen("/dev/null", "w");
-    FILE *empty = tmpfile();
-    if (devnull == NULL || empty == NULL)
-        goto out;
-    /* Canned human answers for hybrid strategies. */
-    for (int i = 0; i < 16; i++)
-        fputs("{\"text\":\"I agree with the panel\",\"position\":\"proceed\","
-              "\"confidence\":0.8}\n",
-              empty);
-    rewind(empty);
-    if (panel_session_open(&s, &cfg, "simulated", NULL, 1, &err) != AP_OK) {
-        fprintf(stderr, "%s: dry run: %s\n", path, err.msg);
-        goto out;
-    }
-    if (script_params_apply(en->info.params_json, NULL, &params, &err) != AP_OK) {
-        fprintf(stderr, "%s: dry run: %s\n", path, err.msg);
-        goto out;
-    }
-    store_script sc = {.kind = STORE_SCRIPT_STRATEGY,
-                       .name = en->name,
-                       .version = (char *)en->version,
-                       .source = en->source,
-                       .origin = "file"};
-    memcpy(sc.tenant_id, s.tenant_id, sizeof sc.tenant_id);
-    store_panel in = {.question = "Should we launch in Europe first or in the United States?",
-                      .strategy = en->name,
-                      .strategy_version = (char *)en->version,
-                      .consensus = en->info.consensus,
-                      .params = params,
-                      .experts = (char *)panel_roster_default_json(),
-                      .status = "created"};
-    if (store_script_put(s.st, s.tenant_id, &sc, false, &err) != AP_OK ||
-        store_panel_create(s.st, s.tenant_id, &in, &out, &err) != AP_OK ||
-        panel_engine_subscribe(s.engine, s.tenant_id, out.id, 65536, NULL, NULL, &sub, &err) !=
-            AP_OK ||
-        panel_engine_execute(s.engine, s.tenant_id, out.id, &err) != AP_OK) {
-        fprintf(stderr, "%s: dry run: %s\n", path, err.msg);
-        goto out;
-    }
-    /* Human input requests get canned answers; the events go nowhere. */
-    status = panel_session_follow(&s, sub, out.id, 0, true, empty, devnull);
-    if (status == PANEL_EXIT_AWAITING_INPUT) {
-        status = 0;
-        printf("  dry run stopped at a human input request (as expected for hybrid panels)\n");
-    } else if (status != 0) {
-        store_panel row = {0};
-        if (store_panel_get(s.st, s.tenant_id, out.id, &row, &err) == AP_OK && row.error != NULL)
-            print_error(path, name, row.error);
-        else
-            fprintf(stderr, "%s: dry run failed\n", path);
-        store_panel_free(&row);
-    } else {
-        printf("  dry run on the simulated provider: completed\n");
-    }
-out:
-    panel_engine_unsubscribe(s.engine, sub);
-    if (s.engine != NULL || s.st != NULL)
-        panel_session_close(&s);
-    store_panel_free(&out);
-    free(params);
-    if (devnull != NULL)
-        fclose(devnull);
-    if (empty != NULL)
-        fclose(empty);
-    unlink(dbpath);
-    char side[128];
-    snprintf(side, sizeof side, "%s-wal", dbpath);
-    unlink(side);
-    snprintf(side, sizeof side, "%s-shm", dbpath);
-    unlink(side);
-    rmdir(dir);
-    return status;
 }
 
 int cli_check(int argc, char **argv)
@@ -224,7 +128,15 @@ int cli_check(int argc, char **argv)
     printf("  start: %s; nodes: %s\n  params: %s\n", en.info.start, en.info.nodes_json,
            en.info.params_json);
     fflush(stdout);
-    status = dry_run(&cfg, path, name, &en);
+    panel_dry_result dry;
+    if (panel_dry_run(&cfg, &en, &dry, &err) != AP_OK) {
+        fprintf(stderr, "%s: the dry run on the simulated provider failed:\n", path);
+        print_error(path, name, err.msg);
+        goto out;
+    }
+    printf("  dry run on the simulated provider: %s after %d nodes\n",
+           dry.completed ? "completed" : "stopped at a human input request", dry.nodes);
+    status = 0;
 out:
     script_entry_free(&en);
     script_registry_free(reg);

@@ -60,7 +60,7 @@ int cli_resume(int argc, char **argv)
         panel_engine_unsubscribe(s.engine, sub);
         goto out;
     }
-    status = panel_session_follow(&s, sub, panel_id, 0, json, stdin, stdout);
+    status = panel_session_follow(&s, sub, panel_id, 0, json, stdin, stdout, stderr);
     panel_engine_unsubscribe(s.engine, sub);
 out:
     if (session_open)

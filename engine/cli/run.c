@@ -235,7 +235,7 @@ int cli_run(int argc, char **argv)
         panel_engine_unsubscribe(s.engine, sub);
         goto out;
     }
-    status = panel_session_follow(&s, sub, panel_id, 0, a.json, stdin, stdout);
+    status = panel_session_follow(&s, sub, panel_id, 0, a.json, stdin, stdout, stderr);
     panel_engine_unsubscribe(s.engine, sub);
 out:
     if (session_open)

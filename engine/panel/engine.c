@@ -4,6 +4,7 @@
 #include "core/jsonx.h"
 #include "core/log.h"
 #include "llm/llm.h"
+#include "panel/dryrun.h"
 #include "panel/roster.h"
 #include "script/host.h"
 #include "script/params.h"
@@ -1916,4 +1917,153 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
 out:
     free(input);
     return rc;
+}
+
+/* ---- scripts -------------------------------------------------------------------------- */
+
+static cJSON *script_json(const script_entry *en)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", en->name);
+    cJSON_AddStringToObject(o, "version", en->version);
+    cJSON_AddStringToObject(o, "origin", en->origin);
+    if (en->kind == SCRIPT_STRATEGY) {
+        cJSON_AddStringToObject(o, "description", en->info.description ? en->info.description : "");
+        if (en->info.consensus != NULL)
+            cJSON_AddStringToObject(o, "consensus", en->info.consensus);
+        else
+            cJSON_AddNullToObject(o, "consensus");
+        cJSON *params =
+            en->info.params_json != NULL
+                ? jsonx_parse(en->info.params_json, strlen(en->info.params_json), 32, NULL)
+                : NULL;
+        cJSON_AddItemToObject(o, "params", params != NULL ? params : cJSON_CreateObject());
+        cJSON *nodes = en->info.nodes_json != NULL
+                           ? jsonx_parse(en->info.nodes_json, strlen(en->info.nodes_json), 4, NULL)
+                           : NULL;
+        cJSON_AddItemToObject(o, "nodes", nodes != NULL ? nodes : cJSON_CreateArray());
+    }
+    return o;
+}
+
+static int cmp_by_name(const cJSON *a, const cJSON *b)
+{
+    return strcmp(jsonx_string(a, "name"), jsonx_string(b, "name"));
+}
+
+ap_status panel_engine_list_scripts(panel_engine *e, const char *tenant_id, script_kind kind,
+                                    char **json, ap_err *err)
+{
+    store_tenant tenant = {0};
+    store_script *rows = NULL;
+    size_t n = 0;
+    script_entry *files = NULL;
+    size_t nfiles = 0;
+    *json = NULL;
+    ap_status rc = e->st != NULL ? store_tenant_get(e->st, tenant_id, &tenant, err) : AP_OK;
+    if (rc == AP_OK && e->st != NULL)
+        rc = store_script_list(e->st, tenant_id, (store_script_kind)kind, NULL, &rows, &n, err);
+    if (rc == AP_OK)
+        rc = script_registry_list(e->reg, tenant.slug, kind, &files, &nfiles, err);
+    if (rc != AP_OK)
+        goto out;
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; arr != NULL && i < n; i++) {
+        if (!rows[i].active)
+            continue;
+        script_entry en = {0};
+        ap_err one = {0};
+        if (script_registry_validate(e->reg, kind, rows[i].name, rows[i].source,
+                                     strlen(rows[i].source), "override", &en, &one) == AP_OK)
+            cJSON_AddItemToArray(arr, script_json(&en));
+        else
+            log_warn("override %s of tenant %s no longer passes: %s", rows[i].name, tenant_id,
+                     one.msg);
+        script_entry_free(&en);
+    }
+    for (size_t i = 0; arr != NULL && i < nfiles; i++) {
+        bool overridden = false;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, arr) overridden =
+            overridden || strcmp(jsonx_string(x, "name"), files[i].name) == 0;
+        if (!overridden)
+            cJSON_AddItemToArray(arr, script_json(&files[i]));
+    }
+    /* sort by name (insertion sort: lists are short) */
+    int count = cJSON_GetArraySize(arr);
+    for (int i = 1; arr != NULL && i < count; i++) {
+        for (int j = i; j > 0; j--) {
+            cJSON *a = cJSON_GetArrayItem(arr, j - 1), *b = cJSON_GetArrayItem(arr, j);
+            if (cmp_by_name(a, b) <= 0)
+                break;
+            cJSON_DetachItemViaPointer(arr, b);
+            cJSON_InsertItemInArray(arr, j - 1, b);
+        }
+    }
+    *json = arr != NULL ? jsonx_print(arr) : NULL;
+    cJSON_Delete(arr);
+    rc = *json != NULL ? AP_OK : ap_err_set(err, AP_NOMEM, "out of memory");
+out:
+    store_scripts_free(rows, n);
+    script_entries_free(files, nfiles);
+    store_tenant_free(&tenant);
+    return rc;
+}
+
+static int line_of(const char *name, const char *msg)
+{
+    char chunk[96];
+    snprintf(chunk, sizeof chunk, "%s.lua:", name);
+    const char *hit = strstr(msg, chunk);
+    return hit != NULL ? (int)strtol(hit + strlen(chunk), NULL, 10) : 0;
+}
+
+static const char sample_ballots[] =
+    "[{\"expert\":\"a\",\"name\":\"A\",\"position\":\"yes\",\"confidence\":0.8,\"weight\":1,"
+    "\"ranking\":[\"x\",\"y\"],\"approvals\":[\"x\"],\"estimate\":10,"
+    "\"distribution\":{\"x\":0.6,\"y\":0.4},\"reason\":\"r\"},"
+    "{\"expert\":\"b\",\"name\":\"B\",\"position\":\"no\",\"confidence\":0.6,\"weight\":2,"
+    "\"ranking\":[\"y\",\"x\"],\"approvals\":[\"y\"],\"estimate\":14,"
+    "\"distribution\":{\"x\":0.3,\"y\":0.7},\"reason\":\"r\"}]";
+
+ap_status panel_engine_put_script(panel_engine *e, const char *tenant_id, script_kind kind,
+                                  const char *name, const char *source, size_t len, char *version,
+                                  int *line, ap_err *err)
+{
+    script_entry en = {0};
+    char *result = NULL;
+    if (line != NULL)
+        *line = 0;
+    if (e->st == NULL)
+        return ap_err_set(err, AP_INVALID, "no store");
+    ap_status rc = script_registry_validate(e->reg, kind, name, source, len, "override", &en, err);
+    if (rc == AP_OK && kind == SCRIPT_CONSENSUS)
+        rc = script_consensus_dry_run(&e->lim, name, source, len, sample_ballots, NULL, &result,
+                                      err);
+    if (rc == AP_OK && kind == SCRIPT_STRATEGY && e->cfg != NULL) {
+        panel_dry_result dry;
+        rc = panel_dry_run(e->cfg, &en, &dry, err);
+    }
+    if (rc == AP_OK) {
+        store_script sc = {.kind = (store_script_kind)kind,
+                           .name = en.name,
+                           .version = en.version,
+                           .source = en.source,
+                           .origin = "override"};
+        snprintf(sc.tenant_id, sizeof sc.tenant_id, "%s", tenant_id);
+        rc = store_script_put(e->st, tenant_id, &sc, true, err);
+        if (rc == AP_OK && version != NULL)
+            memcpy(version, en.version, IDS_SHA256_HEX_LEN + 1);
+    } else if (line != NULL && err != NULL) {
+        *line = line_of(name, err->msg);
+    }
+    free(result);
+    script_entry_free(&en);
+    if (rc == AP_LIMIT && err != NULL) {
+        /* a script that breaks a limit while being checked is simply invalid */
+        char msg[AP_ERR_MSG_MAX];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return ap_err_set(err, AP_INVALID, "%s", msg);
+    }
+    return rc == AP_LIMIT ? AP_INVALID : rc;
 }

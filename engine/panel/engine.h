@@ -86,6 +86,25 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
 /* Number of panels active in this process. */
 size_t panel_engine_active(panel_engine *e);
 
+/* ---- scripts (GET/PUT /v1/strategies) ------------------------------------------------------ */
+
+/* The scripts a tenant can use as a JSON array, sorted by name: for strategies
+ * {name, description, version, origin, consensus, params, nodes}, for consensus scripts
+ * {name, version, origin}. The tenant's active overrides win over its directory, which wins
+ * over the built-ins; broken files are left out (and logged). Caller frees *json. */
+ap_status panel_engine_list_scripts(panel_engine *e, const char *tenant_id, script_kind kind,
+                                    char **json, ap_err *err);
+
+/* Checks an uploaded source and, if it passes, stores it as the tenant's active override of
+ * `name` (new panels use it; running ones keep their pinned version). A strategy must pass
+ * the contract and a dry run on the simulated provider; a consensus script must return a
+ * valid result for sample ballots. On failure (AP_INVALID) err holds the message for the
+ * admin ("<name>.lua:12: ...") and *line (may be NULL) the line it names or 0. version
+ * (may be NULL, 65 bytes) receives the content hash. */
+ap_status panel_engine_put_script(panel_engine *e, const char *tenant_id, script_kind kind,
+                                  const char *name, const char *source, size_t len, char *version,
+                                  int *line, ap_err *err);
+
 /* ---- subscriptions (the SSE layer and the CLI) -------------------------------------------- */
 
 typedef struct panel_event {

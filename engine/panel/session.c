@@ -149,26 +149,29 @@ enum { FOLLOW_GO_ON = -1 };
 
 /* What an event means for the follower: an exit status, or FOLLOW_GO_ON. A failure's reason
  * also goes to stderr. */
-static int event_outcome(const char *type, const char *data)
+static int event_outcome(const char *type, const char *data, FILE *diag)
 {
     if (strcmp(type, "panel.completed") == 0)
         return PANEL_EXIT_COMPLETED;
     if (strcmp(type, "panel.failed") == 0) {
         cJSON *d = jsonx_parse(data, strlen(data), 16, NULL);
         const char *why = jsonx_string(d, "error");
-        fprintf(stderr, "askpanel: panel failed: %s\n", why != NULL ? why : data);
+        if (diag != NULL)
+            fprintf(diag, "askpanel: panel failed: %s\n", why != NULL ? why : data);
         cJSON_Delete(d);
         return PANEL_EXIT_FAILED;
     }
     if (strcmp(type, "panel.status") == 0 && strstr(data, "\"cancelled\"") != NULL) {
-        fprintf(stderr, "askpanel: panel cancelled\n");
+        if (diag != NULL)
+            fprintf(diag, "askpanel: panel cancelled\n");
         return PANEL_EXIT_FAILED;
     }
     return FOLLOW_GO_ON;
 }
 
 /* Reads one answer from in and submits it. Returns FOLLOW_GO_ON, or an exit status. */
-static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *out, bool json)
+static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *out, bool json,
+                        FILE *diag)
 {
     char *line = malloc(INPUT_LINE_MAX);
     if (line == NULL)
@@ -179,10 +182,11 @@ static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *
     }
     if (fgets(line, INPUT_LINE_MAX, in) == NULL) {
         free(line);
-        fprintf(stderr,
-                "askpanel: panel %s is awaiting input and stdin ended; answer later with "
-                "`askpanel resume %s` (input on stdin)\n",
-                panel_id, panel_id);
+        if (diag != NULL)
+            fprintf(diag,
+                    "askpanel: panel %s is awaiting input and stdin ended; answer later with "
+                    "`askpanel resume %s` (input on stdin)\n",
+                    panel_id, panel_id);
         return PANEL_EXIT_AWAITING_INPUT;
     }
     line[strcspn(line, "\r\n")] = '\0';
@@ -190,7 +194,8 @@ static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *
     ap_status rc = panel_engine_input(s->engine, s->tenant_id, panel_id, line, &err);
     free(line);
     if (rc != AP_OK) {
-        fprintf(stderr, "askpanel: input refused: %s\n", err.msg);
+        if (diag != NULL)
+            fprintf(diag, "askpanel: input refused: %s\n", err.msg);
         return PANEL_EXIT_FAILED;
     }
     return FOLLOW_GO_ON;
@@ -199,7 +204,7 @@ static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *
 /* Prints stored events after *last; returns an exit status when one of them ends the panel,
  * else FOLLOW_GO_ON. *input_pending tracks an unanswered input.requested. */
 static int print_stored(panel_session *s, const char *panel_id, int64_t *last, bool json, FILE *out,
-                        bool *input_pending)
+                        bool *input_pending, FILE *diag)
 {
     for (;;) {
         store_event *rows = NULL;
@@ -207,7 +212,8 @@ static int print_stored(panel_session *s, const char *panel_id, int64_t *last, b
         ap_err err = {0};
         if (store_events_list(s->st, s->tenant_id, panel_id, *last, 200, &rows, &n, &err) !=
             AP_OK) {
-            fprintf(stderr, "askpanel: %s\n", err.msg);
+            if (diag != NULL)
+                fprintf(diag, "askpanel: %s\n", err.msg);
             return PANEL_EXIT_FAILED;
         }
         int outcome = FOLLOW_GO_ON;
@@ -218,7 +224,7 @@ static int print_stored(panel_session *s, const char *panel_id, int64_t *last, b
                 *input_pending = true;
             else if (strcmp(rows[i].type, "input.received") == 0)
                 *input_pending = false;
-            int o = event_outcome(rows[i].type, rows[i].data);
+            int o = event_outcome(rows[i].type, rows[i].data, diag);
             if (o != FOLLOW_GO_ON)
                 outcome = o;
         }
@@ -229,11 +235,11 @@ static int print_stored(panel_session *s, const char *panel_id, int64_t *last, b
 }
 
 int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id, int64_t after_seq,
-                         bool json, FILE *in, FILE *out)
+                         bool json, FILE *in, FILE *out, FILE *diag)
 {
     int64_t last = after_seq;
     bool input_pending = false;
-    int outcome = print_stored(s, panel_id, &last, json, out, &input_pending);
+    int outcome = print_stored(s, panel_id, &last, json, out, &input_pending, diag);
     if (outcome != FOLLOW_GO_ON)
         return outcome;
     if (input_pending) {
@@ -242,14 +248,14 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
         bool waiting = store_panel_get(s->st, s->tenant_id, panel_id, &row, &err) == AP_OK &&
                        strcmp(row.status, "awaiting_input") == 0;
         store_panel_free(&row);
-        if (waiting && (outcome = answer_input(s, panel_id, in, out, json)) != FOLLOW_GO_ON)
+        if (waiting && (outcome = answer_input(s, panel_id, in, out, json, diag)) != FOLLOW_GO_ON)
             return outcome;
     }
     for (;;) {
         panel_event ev;
         int r = panel_sub_next(sub, &ev, 1000);
         if (r < 0) {
-            outcome = print_stored(s, panel_id, &last, json, out, &input_pending);
+            outcome = print_stored(s, panel_id, &last, json, out, &input_pending, diag);
             if (outcome != FOLLOW_GO_ON)
                 return outcome;
             continue;
@@ -264,12 +270,12 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
             last = ev.seq;
         if (json || strcmp(ev.type, "expert.delta") != 0)
             print_event(out, json, panel_id, ev.seq, ev.type, ev.data);
-        outcome = event_outcome(ev.type, ev.data);
+        outcome = event_outcome(ev.type, ev.data, diag);
         bool ask = strcmp(ev.type, "input.requested") == 0;
         panel_event_clear(&ev);
         if (outcome != FOLLOW_GO_ON)
             return outcome;
-        if (ask && (outcome = answer_input(s, panel_id, in, out, json)) != FOLLOW_GO_ON)
+        if (ask && (outcome = answer_input(s, panel_id, in, out, json, diag)) != FOLLOW_GO_ON)
             return outcome;
     }
 }

@@ -416,6 +416,47 @@ static void test_resume_replays_journal(void **state)
     free(got);
 }
 
+static void test_overrides(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(0);
+    ap_err err = {0};
+    int line = -1;
+    const char *broken = "return {\n  name = 'fanout',\n  start = 'ask'\n  nodes = {}\n}\n";
+    assert_int_equal(panel_engine_put_script(e, tenant, SCRIPT_STRATEGY, "fanout", broken,
+                                             strlen(broken), NULL, &line, &err),
+                     AP_INVALID);
+    assert_int_equal(line, 4);
+    assert_non_null(strstr(err.msg, "fanout.lua:4:"));
+    const char *failing = "return { name = 'fanout', start = 'a', nodes = {\n"
+                          "  a = function(ctx) return 'nowhere' end } }\n";
+    assert_int_equal(panel_engine_put_script(e, tenant, SCRIPT_STRATEGY, "fanout", failing,
+                                             strlen(failing), NULL, &line, &err),
+                     AP_INVALID);
+    assert_non_null(strstr(err.msg, "returned unknown node 'nowhere'"));
+    const char *good = "return { name = 'fanout', description = 'mine', start = 'a', nodes = {\n"
+                       "  a = function(ctx) return ctx:done({ mine = true }) end } }\n";
+    char version[65];
+    assert_int_equal(panel_engine_put_script(e, tenant, SCRIPT_STRATEGY, "fanout", good,
+                                             strlen(good), version, &line, &err),
+                     AP_OK);
+    char *list = NULL;
+    assert_int_equal(panel_engine_list_scripts(e, tenant, SCRIPT_STRATEGY, &list, &err), AP_OK);
+    assert_non_null(strstr(list, "\"origin\":\"override\""));
+    assert_non_null(strstr(list, version));
+    assert_non_null(strstr(list, "\"name\":\"hot\""));
+    free(list);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", NULL, id);
+    char *done = run_to_end(e, id, "panel.completed", 3000);
+    assert_non_null(strstr(done, "\"mine\":true"));
+    free(done);
+    assert_int_equal(store_script_deactivate(st, tenant, STORE_SCRIPT_STRATEGY, "fanout", &err),
+                     AP_OK);
+    panel_engine_stop(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -426,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_human_input),
         cmocka_unit_test(test_node_budget),
         cmocka_unit_test(test_resume_replays_journal),
+        cmocka_unit_test(test_overrides),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
