@@ -50,6 +50,8 @@ typedef struct sim {
     const char *prompt;
     bool has_median;
     double median;
+    bool has_previous; /* "Previous estimate: N": the expert's own last answer */
+    double previous;
     char options[8][96];
     int noptions;
     char topic[6][32];
@@ -72,6 +74,22 @@ static double field_common(const sim *s, const char *field)
     return (double)(hash_str(s->common, field) >> 11) / 9007199254740992.0;
 }
 
+/* Words of a prompt that say nothing about its topic. */
+static const char *const stop_words[] = {
+    "should",   "would",    "answer",  "question",  "please",     "between",   "respond",
+    "format",   "expert",   "experts", "estimate",  "confidence", "schema",    "options",
+    "median",   "previous", "reason",  "reasons",   "position",   "provide",   "return",
+    "consider", "explain",  "briefly", "anonymous", "panel",      "panellist", "round",
+};
+
+static bool is_stop_word(const char *w, size_t n)
+{
+    for (size_t i = 0; i < sizeof stop_words / sizeof stop_words[0]; i++)
+        if (strlen(stop_words[i]) == n && strncasecmp(stop_words[i], w, n) == 0)
+            return true;
+    return false;
+}
+
 /* ---- reading the prompt ------------------------------------------------------------------ */
 
 static void read_prompt(sim *s)
@@ -83,6 +101,15 @@ static void read_prompt(sim *s)
         if (end != m + strlen("Group median:") && isfinite(v)) {
             s->has_median = true;
             s->median = v;
+        }
+    }
+    const char *pe = strstr(s->prompt, "Previous estimate:");
+    if (pe != NULL) {
+        char *end = NULL;
+        double v = strtod(pe + strlen("Previous estimate:"), &end);
+        if (end != pe + strlen("Previous estimate:") && isfinite(v)) {
+            s->has_previous = true;
+            s->previous = v;
         }
     }
     const char *o = strstr(s->prompt, "Options:");
@@ -117,7 +144,7 @@ static void read_prompt(sim *s)
         while (isalpha((unsigned char)*p) || *p == '-')
             p++;
         size_t n = (size_t)(p - w);
-        if (n >= 6 && n < sizeof s->topic[0]) {
+        if (n >= 6 && n < sizeof s->topic[0] && !is_stop_word(w, n)) {
             bool dup = false;
             for (int i = 0; i < s->ntopic; i++)
                 dup = dup || (strncasecmp(s->topic[i], w, n) == 0 && s->topic[i][n] == '\0');
@@ -164,11 +191,12 @@ static const char *const bold_open[] = {
     "My view is that the upside outweighs the risks",
 };
 static const char *const middles[][3] = {
-    {"the key question is how ", " interacts with ", ""},
-    {"we should test our assumptions about ", " before committing on ", ""},
-    {"experience with ", " suggests that ", " will decide the outcome"},
-    {"a staged plan around ", " keeps options open on ", ""},
+    {"The key question is how ", " interacts with ", ""},
+    {"We should test our assumptions about ", " before committing on ", ""},
+    {"Experience with ", " suggests that ", " will decide the outcome"},
+    {"A staged plan around ", " keeps options open on ", ""},
 };
+
 static const char *const closes[] = {
     "I would want a clear checkpoint before the next commitment.",
     "On balance I recommend proceeding, with explicit exit criteria.",
@@ -180,8 +208,10 @@ static ap_status prose(sim *s, buf *b)
 {
     const char *t1 = s->ntopic > 0 ? s->topic[next(s) % (uint64_t)s->ntopic] : "the question";
     const char *t2 = s->ntopic > 1 ? s->topic[next(s) % (uint64_t)s->ntopic] : "execution";
+    if (s->ntopic > 1 && strcmp(t1, t2) == 0)
+        t2 = strcmp(t1, s->topic[0]) == 0 ? s->topic[1] : s->topic[0];
     const char *open = s->stance < 0.5 ? cautious_open[next(s) % 3] : bold_open[next(s) % 3];
-    ap_status rc = buf_printf(b, "As %s, %s: ", s->role, open);
+    ap_status rc = buf_printf(b, "Speaking as %s: %s. ", s->role, open);
     const char *const *m = middles[next(s) % 4];
     if (rc == AP_OK)
         rc = buf_printf(b, "%s%s%s%s%s", m[0], t1, m[1], t2, m[2]);
@@ -278,6 +308,9 @@ static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool intege
         /* the expert's own noise is stable across rounds, so feedback only pulls */
         double noise = (double)(hash_str(s->common ^ s->who, field) >> 11) / 9007199254740992.0;
         v = truth + (s->stance - 0.5) * 0.3 * (hi - lo) + (noise - 0.5) * 0.02 * (hi - lo);
+        /* Later rounds start from the expert's previous answer, so they keep converging. */
+        if (s->has_previous)
+            v = s->previous;
         if (s->has_median)
             v = s->median + (1 - s->pull) * (v - s->median);
     } else {

@@ -90,10 +90,36 @@ static void print_text(FILE *out, const char *type, const cJSON *d, const char *
             fprintf(out, " (round %g)", jsonx_number(d, "round", 0));
         const char *error = jsonx_string(d, "error");
         const char *text = jsonx_string(d, "text");
-        if (error != NULL)
+        const cJSON *data = cJSON_GetObjectItemCaseSensitive(d, "data");
+        if (error != NULL) {
             fprintf(out, ": (no answer: %s)\n", error);
-        else
+        } else if (cJSON_IsObject(data)) {
+            /* a structured answer: short fields on one line, long texts below */
+            fprintf(out, ":");
+            const cJSON *f;
+            cJSON_ArrayForEach(f, data)
+            {
+                if (cJSON_IsString(f) && strlen(f->valuestring) <= 40)
+                    fprintf(out, " %s=%s", f->string, f->valuestring);
+                else if (cJSON_IsNumber(f))
+                    fprintf(out, " %s=%g", f->string, f->valuedouble);
+                else if (cJSON_IsBool(f))
+                    fprintf(out, " %s=%s", f->string, cJSON_IsTrue(f) ? "true" : "false");
+            }
+            fprintf(out, "\n");
+            cJSON_ArrayForEach(f, data)
+            {
+                if (cJSON_IsString(f) && strlen(f->valuestring) > 40)
+                    fprintf(out, "  %s\n", f->valuestring);
+                else if (cJSON_IsArray(f) || cJSON_IsObject(f)) {
+                    char *compact = jsonx_print(f);
+                    fprintf(out, "  %s: %s\n", f->string, compact != NULL ? compact : "");
+                    free(compact);
+                }
+            }
+        } else {
             fprintf(out, ":\n  %s\n", text != NULL ? text : "");
+        }
     } else if (strcmp(type, "consensus") == 0) {
         const cJSON *r = cJSON_GetObjectItemCaseSensitive(d, "result");
         const cJSON *pos = cJSON_GetObjectItemCaseSensitive(r, "position");
