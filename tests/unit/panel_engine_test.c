@@ -283,6 +283,40 @@ static void test_hot_reload(void **state)
     panel_engine_stop(e);
 }
 
+/* The file watcher reloads without a SIGHUP: a new version is picked up, a broken one is not. */
+static void test_inotify_reload(void **state)
+{
+    (void)state;
+    write_file("watched.lua", "return { name = 'watched', start = 'a', nodes = { a = "
+                              "function(ctx) return ctx:done({ v = 1 }) end } }\n");
+    ap_err err = {0};
+    script_entry en = {0};
+    assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
+                     AP_OK);
+    char v1[65];
+    memcpy(v1, en.version, sizeof v1);
+    script_entry_free(&en);
+    assert_int_equal(script_registry_watch(reg, &err), AP_OK);
+    usleep(50 * 1000);
+    write_file("watched.lua", "return { name = 'watched', start = 'a', nodes = { a = "
+                              "function(ctx) return ctx:done({ v = 2 }) end } }\n");
+    bool changed = false;
+    for (int i = 0; i < 40 && !changed; i++) {
+        usleep(50 * 1000);
+        assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
+                         AP_OK);
+        changed = strcmp(en.version, v1) != 0;
+        script_entry_free(&en);
+    }
+    assert_true(changed);
+    write_file("watched.lua", "return { name = 'watched', start = \n");
+    usleep(400 * 1000);
+    assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
+                     AP_OK);
+    assert_non_null(strstr(en.source, "v = 2"));
+    script_entry_free(&en);
+}
+
 static void test_cancel_aborts_at_once(void **state)
 {
     (void)state;
@@ -463,6 +497,7 @@ int main(void)
         cmocka_unit_test(test_ask_all_is_concurrent),
         cmocka_unit_test(test_params_validation),
         cmocka_unit_test(test_hot_reload),
+        cmocka_unit_test(test_inotify_reload),
         cmocka_unit_test(test_cancel_aborts_at_once),
         cmocka_unit_test(test_human_input),
         cmocka_unit_test(test_node_budget),
