@@ -311,8 +311,8 @@ def run_all(port):
             results = asyncio.run(many_streams(cport, n))
             wall = time.time() - t0
             assert all(r == 20 for r in results), [r for r in results if r != 20][:5]
-            # 200 ms to the first token + 19 x 10 ms; generous slack for a loaded CI box
-            assert wall < 3.0, wall
+            # 200 ms to the first token + 19 x 10 ms, with room for a loaded 2-core CI box
+            assert wall < 6.0, wall
             print("      %d concurrent streams in %.2f s" % (n, wall))
         finally:
             p.terminate()
