@@ -415,6 +415,7 @@ static void process_batch(panel_engine *e, witem *list)
 static void *writer_main(void *arg)
 {
     panel_engine *e = arg;
+    pthread_setname_np(pthread_self(), "ap-writer");
     for (;;) {
         pthread_mutex_lock(&e->wmu);
         while (e->whead == NULL && !e->wstop)
@@ -1405,6 +1406,9 @@ static ap_status post_cmd(panel_engine *e, runner *r, cmd_kind kind, const char 
 static void *runner_main(void *arg)
 {
     runner *r = arg;
+    char name[16];
+    snprintf(name, sizeof name, "ap-runner-%d", r->idx);
+    pthread_setname_np(pthread_self(), name);
     llm_loop_run(r->loop);
     return NULL;
 }
