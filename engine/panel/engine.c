@@ -142,6 +142,8 @@ struct panel_engine {
     pthread_mutex_t wmu;
     pthread_cond_t wcond;
     witem *whead, *wtail;
+    size_t wcount; /* items queued */
+    bool wwarned;  /* the overload was logged */
     bool wstop;
     /* subscriptions */
     pthread_mutex_t smu;
@@ -242,16 +244,37 @@ static void witem_free(witem *w)
     free(w);
 }
 
+/* The writer queue is bounded: past WRITER_SOFT_MAX items (the store is slower than the
+ * runners) ephemeral deltas are dropped, past WRITER_HARD_MAX everything is, with an error
+ * log, rather than growing without limit. */
+#define WRITER_SOFT_MAX 200000
+#define WRITER_HARD_MAX 2000000
+
 static void writer_push(panel_engine *e, witem *w)
 {
+    bool drop = false;
     pthread_mutex_lock(&e->wmu);
-    if (e->wtail != NULL)
-        e->wtail->next = w;
-    else
-        e->whead = w;
-    e->wtail = w;
-    pthread_cond_signal(&e->wcond);
+    if (e->wcount >= WRITER_HARD_MAX ||
+        (e->wcount >= WRITER_SOFT_MAX && w->kind == W_EVENT && w->seq == 0)) {
+        drop = true;
+        if (e->wcount >= WRITER_HARD_MAX && !e->wwarned) {
+            e->wwarned = true;
+            log_error("event writer: %d items queued, the store is not keeping up; dropping "
+                      "writes",
+                      WRITER_HARD_MAX);
+        }
+    } else {
+        if (e->wtail != NULL)
+            e->wtail->next = w;
+        else
+            e->whead = w;
+        e->wtail = w;
+        e->wcount++;
+        pthread_cond_signal(&e->wcond);
+    }
     pthread_mutex_unlock(&e->wmu);
+    if (drop)
+        witem_free(w);
 }
 
 static void publish(panel_engine *e, const witem *w)
@@ -435,6 +458,9 @@ static void *writer_main(void *arg)
         if (e->whead == NULL)
             e->wtail = NULL;
         last->next = NULL;
+        e->wcount -= n;
+        if (e->wcount < WRITER_SOFT_MAX)
+            e->wwarned = false;
         pthread_mutex_unlock(&e->wmu);
         process_batch(e, list);
     }
@@ -1913,11 +1939,18 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
     }
     /* Not active here (the process restarted): resume it with the input waiting. */
     prun *np = NULL;
-    if ((rc = prepare(e, tenant_id, panel_id, &np, err)) != AP_OK)
-        goto out;
-    np->pending_input = input;
-    input = NULL;
-    rc = launch(e, np, err);
+    if ((rc = prepare(e, tenant_id, panel_id, &np, err)) == AP_OK) {
+        np->pending_input = input;
+        input = NULL;
+        rc = launch(e, np, err);
+    }
+    if (rc != AP_OK) {
+        /* give the input back: the panel still waits for it */
+        static const char *const running[] = {"running"};
+        ap_err ignore = {0};
+        store_panel_transition(e->st, tenant_id, panel_id, running, 1, "awaiting_input", NULL, NULL,
+                               &ignore);
+    }
 out:
     free(input);
     return rc;
