@@ -82,6 +82,8 @@ struct xfer {
     long status;
     int64_t retry_after_ms;
     bool retry_after_exact;
+    bool mute;        /* an attempt failed after deltas went out: later ones stay quiet */
+    size_t delivered; /* bytes of deltas passed to the caller */
     size_t bytes;
     bool got_token, timed_out;
     ap_status local; /* a failure we found while receiving (limit, malformed, ...) */
@@ -257,8 +259,10 @@ static ap_status on_delta(void *ctx, const char *text, size_t len)
         llm_loop_timer_cancel(x->p->loop, x->timer);
         x->timer = NULL;
     }
-    if (x->call != NULL && llm_call_request(x->call)->stream)
+    if (x->call != NULL && llm_call_request(x->call)->stream && !x->mute) {
+        x->delivered += len;
         llm_call_delta(x->call, text, len);
+    }
     /* the caller may have cancelled this very call from its delta callback */
     return x->call != NULL ? AP_OK : AP_ERROR;
 }
@@ -561,6 +565,10 @@ static void failed(xfer *x, bool retryable, bool next_model, ap_status st, const
     char error[400];
     snprintf(error, sizeof error, "%s: %s (model %s, %d attempt%s)", p->d->name, msg,
              x->models[x->model_idx], x->attempts, x->attempts == 1 ? "" : "s");
+    /* Deltas already shown cannot be taken back; a retry would repeat them, so the rest of
+     * the call streams nothing and the final message carries the whole answer. */
+    if (x->delivered > 0)
+        x->mute = true;
     if (retryable && x->model_attempts < p->max_attempts) {
         log_info("llm call attempt failed, retrying: %s", error);
         int64_t wait = llm_wire_backoff_ms(x->model_attempts, p->backoff_base_ms, p->backoff_cap_ms,
@@ -628,6 +636,7 @@ static void succeeded(xfer *x, llm_wire_reply *reply)
         x->repair_answer = strdup(text);
         snprintf(x->repair_why, sizeof x->repair_why, "%s", why);
         if (x->repair_answer != NULL) {
+            x->mute = x->delivered > 0;
             x->model_attempts--; /* a repair is not a transient-failure retry */
             admit(x);
             return;
@@ -711,8 +720,9 @@ static void end_attempt(xfer *x, CURLcode cc)
                                &body_reply, &err);
     if (rc != AP_OK) {
         bool retry = !body_reply.failed || body_reply.error.retryable;
+        ap_status st = !body_reply.failed ? rc : retry ? AP_IO : AP_ERROR;
         snprintf(msg, sizeof msg, "%s", err.msg);
-        failed(x, retry, false, retry ? AP_IO : AP_ERROR, msg);
+        failed(x, retry, false, st, msg);
     } else {
         succeeded(x, &body_reply);
     }

@@ -10,7 +10,9 @@
  * expert's fallback models. JSON answers are validated against the schema with one repair
  * attempt that shows the model its error. At most max_concurrency transfers run at once per
  * instance; the rest wait in a FIFO queue. Cancelling a call removes its transfer, which closes
- * its connection at once.
+ * its connection at once. Deltas are passed on as they arrive; once an attempt that already
+ * streamed some fails (or is repaired), later attempts stream nothing, so the caller never
+ * sees text twice: the final response carries the whole answer.
  *
  * Provider config (llm.providers.<name>, every key optional):
  *   base_url, api_key (else the SDK environment variables), model (default model),

@@ -7,7 +7,8 @@
  * Prints "listening on PORT" once ready (--port 0 picks a free port). Endpoints:
  * POST /v1/chat/completions, POST /v1/messages (streaming or not), GET /stats, POST /reset.
  * Per-request overrides by header: X-Mock-Latency-Ms, X-Mock-Token-Ms, X-Mock-Tokens,
- * X-Mock-Fault (429|500|529|reset|stall|malformed|truncate|401|spend_limit), X-Mock-Retry-After.
+ * X-Mock-Fault (429|500|529|reset|stall|malformed|truncate|401|spend_limit|bad_json),
+ * X-Mock-Retry-After. bad_json answers a schema request with prose unless it is a repair turn.
  * A model named "fault-<name>" always fails with that fault (for fallback tests).
  *
  * No thread per request and no sleeping: a streaming response is parked (MHD suspend) until
@@ -54,10 +55,12 @@ enum fault {
     F_TRUNCATE,
     F_401,
     F_SPEND,
+    F_BADJSON,
     F_COUNT
 };
-static const char *const FAULT_NAMES[F_COUNT] = {
-    "none", "429", "500", "529", "reset", "stall", "malformed", "truncate", "401", "spend_limit"};
+static const char *const FAULT_NAMES[F_COUNT] = {"none",  "429",         "500",       "529",
+                                                 "reset", "stall",       "malformed", "truncate",
+                                                 "401",   "spend_limit", "bad_json"};
 
 typedef struct opts {
     const char *host;
@@ -771,7 +774,7 @@ static enum MHD_Result start_answer(struct MHD_Connection *conn, mock_req *r)
         max_tokens = jsonx_number(root, "max_completion_tokens", -1);
 
     if (r->fault != F_NONE && r->fault != F_STALL && r->fault != F_MALFORMED &&
-        r->fault != F_TRUNCATE) {
+        r->fault != F_TRUNCATE && r->fault != F_BADJSON) {
         ret = reply_fault(conn, r, r->retry_after);
         goto out;
     }
@@ -784,7 +787,13 @@ static enum MHD_Result start_answer(struct MHD_Connection *conn, mock_req *r)
                      .last_user = last_user,
                      .schema = schema};
     r->json = schema != NULL;
-    r->content = mock_generate(&p, (int)words);
+    /* bad_json: a first answer that ignores the schema; a repair turn (the transcript then
+     * holds the earlier answer) gets a valid one */
+    bool repair = transcript.data != NULL && strstr(transcript.data, "assistant: ") != NULL;
+    if (r->fault == F_BADJSON && schema != NULL && !repair)
+        r->content = strdup("I would say the answer is probably yes, with some caveats.");
+    else
+        r->content = mock_generate(&p, (int)words);
     size_t cap = strlen(r->content ? r->content : "") + 1;
     r->ends = malloc(cap * sizeof *r->ends);
     if (r->content == NULL || r->ends == NULL)

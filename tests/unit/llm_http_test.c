@@ -392,6 +392,61 @@ static void test_fallback_model(void **state)
     mock_stop(m);
 }
 
+static void test_schema_repair(void **state)
+{
+    (void)state;
+    mock m = mock_start(FAST);
+    rig r = rig_new(&llm_openai_ops, m, "\"model\":\"fault-bad_json\"");
+    llm_call *c = ask(&r, "Decide.", SCHEMA, true);
+    assert_int_equal(c->resp.status, AP_OK);
+    assert_int_equal(c->resp.attempts, 2); /* the prose answer, then the repaired one */
+    assert_non_null(strstr(c->data_json, "\"position\""));
+    /* the deltas of the rejected answer are not followed by the repaired one's */
+    assert_non_null(strstr(c->deltas.data, "probably yes"));
+    assert_null(strstr(c->deltas.data, "position"));
+    assert_int_equal((int)stat_num(m, NULL, "requests_total"), 2);
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
+}
+
+static void test_size_cap(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms", "1", "--token-ms", "0", "--tokens", "400", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_anthropic_ops, m, "\"max_answer_bytes\":256,\"max_attempts\":2");
+    llm_call *c = ask(&r, "x", NULL, true);
+    assert_int_equal(c->resp.status, AP_LIMIT);
+    assert_int_equal(c->resp.attempts, 2);
+    assert_non_null(strstr(c->error, "longer than 256 bytes"));
+    assert_true(c->deltas.len <= 256);
+    call_free(c);
+    c = ask(&r, "x", NULL, false);
+    assert_int_equal(c->resp.status, AP_LIMIT);
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
+}
+
+static void test_no_repeated_deltas(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms", "1",        "--token-ms", "1", "--fault-rate", "1",
+                          "--faults",     "truncate", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_openai_ops, m, "\"max_attempts\":3");
+    llm_call *c = ask(&r, "x", NULL, true);
+    assert_int_equal(c->resp.status, AP_IO);
+    assert_int_equal(c->resp.attempts, 3);
+    const char *first = strstr(c->deltas.data, "Dr. Ada Park");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "Dr. Ada Park"));
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
+}
+
 static void test_stall_times_out(void **state)
 {
     (void)state;
@@ -532,6 +587,9 @@ int main(void)
         cmocka_unit_test_teardown(test_retry_policy, stop_leftovers),
         cmocka_unit_test_teardown(test_transient_faults_recover, stop_leftovers),
         cmocka_unit_test_teardown(test_fallback_model, stop_leftovers),
+        cmocka_unit_test_teardown(test_schema_repair, stop_leftovers),
+        cmocka_unit_test_teardown(test_size_cap, stop_leftovers),
+        cmocka_unit_test_teardown(test_no_repeated_deltas, stop_leftovers),
         cmocka_unit_test_teardown(test_stall_times_out, stop_leftovers),
         cmocka_unit_test_teardown(test_cancel_disconnects, stop_leftovers),
         cmocka_unit_test_teardown(test_concurrency_cap, stop_leftovers),
