@@ -431,6 +431,7 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
         .stream = req->stream,
         .schema = x->schema,
         .schema_mode = p->native_schema ? LLM_WIRE_SCHEMA_NATIVE : LLM_WIRE_SCHEMA_INSTRUCT,
+        .max_tokens_key = jsonx_string(p->cfg, "max_tokens_field"),
     };
     x->body = p->d->build(&wr, err);
     if (x->body == NULL)
@@ -610,6 +611,12 @@ static void succeeded(xfer *x, llm_wire_reply *reply)
     if (reply->usage.present) {
         x->prompt_tokens += reply->usage.prompt_tokens;
         x->completion_tokens += reply->usage.completion_tokens;
+    } else {
+        /* Some OpenAI-compatible servers report no usage; ~4 bytes a token keeps budgets and
+         * costs from reading zero. */
+        const llm_request *req = llm_call_request(x->call);
+        x->prompt_tokens += (int64_t)((strlen(x->system) + strlen(req->prompt)) / 4 + 1);
+        x->completion_tokens += (int64_t)(reply->text.len / 4 + 1);
     }
     const char *text = reply->text.data != NULL ? reply->text.data : "";
     if (x->schema == NULL) {

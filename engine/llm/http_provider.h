@@ -20,10 +20,12 @@
  *   backoff_base_ms (250), backoff_cap_ms (8000), connect_timeout_ms (10000),
  *   first_token_timeout_ms (60000), idle_timeout_ms (30000), total_timeout_ms (300000),
  *   max_response_bytes (4 MiB, non-streaming), max_stream_bytes (64 MiB), max_answer_bytes
- *   (256 KiB), headers { "Name": "value" } (sent with every request), schema_mode
- * ("native"|"instruct"; openai default native, anthropic always instruct), prices { "<model>": {
- * "prompt": usd per million tokens, "completion": usd per million tokens } }. An expert object may
- * carry "model" and "fallback_models". */
+ *   (256 KiB), headers { "Name": "value" } (sent with every request), max_tokens_field
+ *   ("max_tokens"; "max_completion_tokens" for OpenAI reasoning models), schema_mode
+ *   ("native"|"instruct"; openai default native, anthropic always instruct),
+ *   prices { "<model>": { "prompt": USD per million tokens, "completion": USD per million } }.
+ * An expert object may carry "model" and "fallback_models". Token usage comes from the
+ * provider; a server that reports none is estimated at about 4 bytes a token. */
 #ifndef AP_LLM_HTTP_PROVIDER_H
 #define AP_LLM_HTTP_PROVIDER_H
 

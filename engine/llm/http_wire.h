@@ -46,8 +46,10 @@ typedef struct llm_wire_request {
     const char *system; /* may be NULL */
     const llm_wire_message *messages;
     size_t n_messages;
-    int max_tokens;     /* <= 0: provider default (Anthropic requires one: 1024 is sent) */
-    double temperature; /* < 0: not sent */
+    int max_tokens;             /* <= 0: provider default (Anthropic requires one: 1024 is sent) */
+    const char *max_tokens_key; /* OpenAI: NULL for "max_tokens"; reasoning models want
+                                 * "max_completion_tokens" */
+    double temperature;         /* < 0: not sent */
     bool stream;
     const cJSON *schema; /* may be NULL: plain text answer */
     llm_wire_schema_mode schema_mode;

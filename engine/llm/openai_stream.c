@@ -79,7 +79,8 @@ char *llm_openai_build_request(const llm_wire_request *r, ap_err *err)
         goto out;
     if (add_messages(root, r, err) == NULL)
         goto out;
-    if (r->max_tokens > 0 && cJSON_AddNumberToObject(root, "max_tokens", r->max_tokens) == NULL)
+    const char *mt = r->max_tokens_key != NULL ? r->max_tokens_key : "max_tokens";
+    if (r->max_tokens > 0 && cJSON_AddNumberToObject(root, mt, r->max_tokens) == NULL)
         goto out;
     if (r->temperature >= 0 && isfinite(r->temperature) &&
         cJSON_AddNumberToObject(root, "temperature", r->temperature) == NULL)

@@ -246,6 +246,14 @@ static void test_build_request(void **state)
     cJSON_Delete(root);
     free(body);
 
+    r.max_tokens_key = "max_completion_tokens";
+    body = llm_openai_build_request(&r, &err);
+    root = cJSON_Parse(body);
+    assert_null(cJSON_GetObjectItem(root, "max_tokens"));
+    assert_int_equal((int)jsonx_number(root, "max_completion_tokens", 0), 300);
+    cJSON_Delete(root);
+    free(body);
+
     r.n_messages = 0;
     assert_null(llm_openai_build_request(&r, &err));
     assert_int_equal(err.status, AP_INVALID);
