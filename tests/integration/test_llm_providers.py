@@ -4,7 +4,8 @@
 Panels complete with streamed deltas and recorded usage; with 20 % injected faults every panel
 completes and the upstream call count equals the attempts recorded in usage; a permanent 401
 fails each call after one attempt with an error naming the provider; a stalled stream hits the
-first-token timeout. (Cancel closing the connection is covered by unit/llm_http_test.)
+first-token timeout; cancelling a running panel over the API closes its streams (mockllm
+counts the disconnects).
 """
 import json
 import os
@@ -164,6 +165,40 @@ def main():
         finally:
             mock.stop()
     check("stalled stream hits the first-token timeout", stalled_stream)
+
+    def cancel_closes_connections():
+        from harness import Server, tenant_create, wait_status
+        mock = Mock("--latency-ms", "20", "--token-ms", "200", "--tokens", "200")
+        cfg = os.path.join(tmp, "serve.json")
+        with open(cfg, "w") as f:
+            json.dump({"llm": {"default_provider": "openai"}}, f)
+        srv = Server(extra_args=["--config", cfg],
+                     env={"OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % mock.port})
+        try:
+            _, key = tenant_create(srv, "cancel-test")
+            srv.start()
+            r = srv.request("POST", "/v1/panels", {"question": "Go?", "strategy": "council"},
+                            key=key)
+            assert r.status == 201, r.body
+            pid = r.json()["id"]
+            assert srv.request("POST", "/v1/panels/%s/execute" % pid, key=key).status == 202
+            deadline = time.time() + 10
+            while time.time() < deadline and mock.stats()["frames"] < 3:
+                time.sleep(0.05)
+            streaming = mock.stats()["in_flight"]
+            assert streaming > 0, mock.stats()
+            assert srv.request("POST", "/v1/panels/%s/cancel" % pid, key=key).status == 200
+            assert wait_status(srv, key, pid, ("cancelled",), timeout=5)["status"] == "cancelled"
+            deadline = time.time() + 3
+            while time.time() < deadline and mock.stats()["in_flight"] > 0:
+                time.sleep(0.05)
+            s = mock.stats()
+            # every stream that was open when the panel was cancelled was closed by the engine
+            assert s["in_flight"] == 0 and s["disconnects"] >= streaming, (streaming, s)
+        finally:
+            srv.close()
+            mock.stop()
+    check("cancelling a panel closes its provider connections", cancel_closes_connections)
 
     print("%d passed, %d failed" % (len(PASSED), len(FAILED)))
     return 1 if FAILED else 0
