@@ -86,8 +86,11 @@ void buf_reset(buf *b)
 
 char *buf_steal(buf *b)
 {
-    if (b->data == NULL && reserve(b, 0) != AP_OK)
-        return NULL;
+    if (b->data == NULL) {
+        if (reserve(b, 0) != AP_OK)
+            return NULL;
+        b->data[0] = '\0';
+    }
     char *p = b->data;
     b->data = NULL;
     b->len = 0;
