@@ -6,7 +6,9 @@
  *     latency, 3 rounds: wall time against the 3 x 200 ms critical path, and peak RSS per
  *     active panel.
  * Everything runs in-process on a SQLite store in a temp directory (events, checkpoints and
- * usage are all written). Usage: bench_runtime [panels_a] [panels_b] */
+ * usage are all written), or with "memory" on an in-memory SQLite database, which shows the
+ * runtime without the file I/O of the store. Usage: bench_runtime [panels_a] [panels_b]
+ * [file|memory] */
 #include "core/clock.h"
 #include "core/config.h"
 #include "core/log.h"
@@ -14,7 +16,9 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -110,6 +114,63 @@ static long peak_rss_kib(void)
     return kib;
 }
 
+/* CPU seconds used so far by the threads whose name starts with prefix ("ap-runner",
+ * "ap-writer"), from /proc/self/task. */
+static double thread_cpu(const char *prefix)
+{
+    double total = 0;
+    long hz = sysconf(_SC_CLK_TCK);
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *de;
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        char path[300], comm[64] = "", stat[1024];
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        if (fgets(comm, sizeof comm, f) == NULL)
+            comm[0] = '\0';
+        fclose(f);
+        if (strncmp(comm, prefix, strlen(prefix)) != 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", de->d_name);
+        f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        size_t n = fread(stat, 1, sizeof stat - 1, f);
+        fclose(f);
+        stat[n] = '\0';
+        /* fields after the ")" of comm: state is 3rd; utime and stime are the 14th and 15th */
+        char *p = strrchr(stat, ')');
+        int field = 3;
+        long long ut = 0, st_ = 0;
+        for (char *tok = p != NULL ? p + 2 : stat; tok != NULL && *tok != '\0'; field++) {
+            char *end = NULL;
+            long long v = strtoll(tok, &end, 10);
+            if (field == 14)
+                ut = v;
+            if (field == 15)
+                st_ = v;
+            tok = strchr(tok, ' ');
+            if (tok != NULL)
+                tok++;
+        }
+        total += (double)(ut + st_) / (double)hz;
+    }
+    if (d != NULL)
+        closedir(d);
+    return total;
+}
+
+/* CPU seconds (user + system) of the whole process: less sensitive to a busy machine. */
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
 static void reset_peak(void)
 {
     /* Linux: writing 5 to clear_refs resets VmHWM to the current RSS. */
@@ -176,6 +237,8 @@ static int arg_int(const char *s, int dflt)
     return end != s && *end == '\0' && v > 0 && v < 10000000 ? (int)v : dflt;
 }
 
+static bool in_memory;
+
 static void setup(void)
 {
     ap_err err = {0};
@@ -196,7 +259,10 @@ static void setup(void)
     if (config_set(&cfg, "strategies_dir", path, "bench", &err) != AP_OK)
         die("config", &err);
     char url[128];
-    snprintf(url, sizeof url, "sqlite:%s/bench.db", dir);
+    if (in_memory)
+        snprintf(url, sizeof url, "sqlite::memory:");
+    else
+        snprintf(url, sizeof url, "sqlite:%s/bench.db", dir);
     if (store_open(url, &st, &err) != AP_OK || store_migrate(st, NULL, &err) != AP_OK)
         die("store", &err);
     store_tenant t = {0};
@@ -252,26 +318,40 @@ int main(int argc, char **argv)
 {
     int na = argc > 1 ? arg_int(argv[1], 10000) : 10000;
     int nb = argc > 2 ? arg_int(argv[2], 2000) : 2000;
+    in_memory = argc > 3 && strcmp(argv[3], "memory") == 0;
     log_set_level(LOG_LEVEL_ERROR);
     setup();
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("bench_runtime: %ld cores, %ld runner threads, SQLite store in %s\n", cores, cores, dir);
+    printf("bench_runtime: %ld cores, %ld runner threads, SQLite store %s\n", cores, cores,
+           in_memory ? "in memory" : dir);
 
     /* (a) throughput */
     panel_engine *e = start(0);
     char(*ids)[STORE_ID_MAX] = create_panels(e, na);
+    double c0 = cpu_seconds();
     int64_t t0 = clock_mono_us();
     execute_all(e, ids, na, NULL);
     wait_idle(e);
     int64_t t1 = clock_mono_us();
+    double runners_busy = thread_cpu("ap-runner");
+    while (panel_engine_active(e) > 0)
+        usleep(1000);
     panel_engine_stop(e);
     int64_t t2 = clock_mono_us();
+    double cpu_a = cpu_seconds() - c0;
     int done_a = count_status("completed");
     double secs = (double)(t1 - t0) / 1e6;
     printf("(a) %d panels x 3 nodes x 5 experts, zero latency: %.2f s, %.0f panels/s, %.1f us "
            "per node (writer drained %.0f ms later); completed %d/%d\n",
            na, secs, na / secs, (double)(t1 - t0) / (na * 3.0), (double)(t2 - t1) / 1000.0, done_a,
            na);
+    printf("    CPU %.2f s for all threads incl. the store writer = %.0f us per panel, %.0f us per "
+           "node; durable throughput %.0f panels/s\n",
+           cpu_a, cpu_a * 1e6 / na, cpu_a * 1e6 / (na * 3.0), na / ((double)(t2 - t0) / 1e6));
+    printf(
+        "    of which the runner threads (Lua, ctx, simulated LLM, event building): %.2f s = %.0f "
+        "us per panel, %.0f us per node\n",
+        runners_busy, runners_busy * 1e6 / na, runners_busy * 1e6 / (na * 3.0));
     free(ids);
 
     /* (b) concurrency and memory */
@@ -284,6 +364,7 @@ int main(int argc, char **argv)
     long base = peak_rss_kib();
     reset_peak();
     base = peak_rss_kib();
+    double c1 = cpu_seconds();
     t0 = clock_mono_us();
     execute_all(e, ids, nb, w);
     int64_t submitted = clock_mono_us();
@@ -300,6 +381,7 @@ int main(int argc, char **argv)
         panel_engine_unsubscribe(e, w[i].sub);
     }
     panel_engine_stop(e);
+    double cpu_b = cpu_seconds() - c1;
     qsort(lat, (size_t)nb, sizeof *lat, cmp_i64);
     int done_b = count_status("completed") - done_a;
     double wall_ms = (double)(t1 - t0) / 1000.0;
@@ -312,6 +394,7 @@ int main(int argc, char **argv)
            "%.0f ms, max %.0f ms\n",
            lat[nb / 2] / 1000.0, lat[nb / 2] / 600000.0, lat[(nb * 99) / 100] / 1000.0,
            lat[nb - 1] / 1000.0);
+    printf("    CPU %.2f s = %.0f us per panel\n", cpu_b, cpu_b * 1e6 / nb);
     free(w);
     free(lat);
     free(ids);

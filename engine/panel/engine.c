@@ -1,5 +1,6 @@
 #include "panel/engine.h"
 
+#include "core/buf.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
 #include "core/log.h"
@@ -19,6 +20,7 @@
 #define WRITER_BATCH 8192
 #define JOURNAL_KEY_LEN 32
 #define MAX_INPUT_BYTES (256 * 1024)
+#define JOURNAL_MAX (64 * 1024 * 1024)
 
 /* ---- writer items --------------------------------------------------------------------- */
 
@@ -76,7 +78,7 @@ typedef struct ask_slot {
     llm_call *call;
     bool done;
     char key[JOURNAL_KEY_LEN + 1];
-    cJSON *entry; /* journal entry once answered */
+    char *entry; /* journal entry (JSON text) once answered */
 } ask_slot;
 
 struct prun {
@@ -98,8 +100,8 @@ struct prun {
     int64_t stored_seq;
     char *node_state;
     int64_t node_start_seq;
-    cJSON *journal; /* entries of the node in flight */
-    cJSON *replay;  /* the checkpoint's journal, consumed by matching */
+    buf journal;   /* entries of the node in flight, JSON texts joined by commas */
+    cJSON *replay; /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
     cJSON *pins;         /* {"<consensus name>": "<version>"} */
     uint64_t seed;       /* the provider seed of this panel, kept in its checkpoints */
@@ -633,7 +635,7 @@ static void prun_free(prun *p)
         return;
     for (size_t i = 0; i < p->nslots; i++) {
         llm_cancel(p->slots[i].call);
-        cJSON_Delete(p->slots[i].entry);
+        free(p->slots[i].entry);
         free(p->slots[i].expert_id);
     }
     free(p->slots);
@@ -652,7 +654,7 @@ static void prun_free(prun *p)
     free(p->pending_input);
     free(p->consensus_src);
     free(p->replay_used);
-    cJSON_Delete(p->journal);
+    buf_free(&p->journal);
     cJSON_Delete(p->replay);
     cJSON_Delete(p->pins);
     free(p);
@@ -721,6 +723,50 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     writer_push(p->e, w);
 }
 
+/* The node's journal as a JSON array (caller frees). */
+static char *journal_text(const prun *p)
+{
+    size_t n = p->journal.len;
+    char *out = malloc(n + 3);
+    if (out == NULL)
+        return NULL;
+    out[0] = '[';
+    if (n > 0)
+        memcpy(out + 1, p->journal.data, n);
+    out[n + 1] = ']';
+    out[n + 2] = '\0';
+    return out;
+}
+
+/* Appends one entry (JSON text) to the node's journal. */
+static ap_status journal_add(prun *p, const char *entry)
+{
+    ap_status rc = p->journal.len > 0 ? buf_puts(&p->journal, ",") : AP_OK;
+    return rc == AP_OK ? buf_puts(&p->journal, entry) : rc;
+}
+
+/* Appends s as a JSON string (quoted, escaped). */
+static ap_status json_str(buf *b, const char *s)
+{
+    ap_status rc = buf_puts(b, "\"");
+    const char *run = s;
+    for (const char *c = s; rc == AP_OK && *c != '\0'; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u >= 0x20 && u != '"' && u != '\\')
+            continue;
+        rc = buf_append(b, run, (size_t)(c - run));
+        if (rc == AP_OK)
+            rc = u == '"'    ? buf_puts(b, "\\\"")
+                 : u == '\\' ? buf_puts(b, "\\\\")
+                 : u == '\n' ? buf_puts(b, "\\n")
+                             : buf_printf(b, "\\u%04x", u);
+        run = c + 1;
+    }
+    if (rc == AP_OK)
+        rc = buf_puts(b, run);
+    return rc == AP_OK ? buf_puts(b, "\"") : rc;
+}
+
 /* {"pins":{...},"seed":"N","state":<state>} */
 static char *envelope(const prun *p, const char *state)
 {
@@ -746,7 +792,7 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
     w->ck.next_node = dup_or_null(next_node);
     w->ck.state = envelope(p, state != NULL ? state : "{}");
     w->ck.script_version = strdup(p->script.version);
-    w->ck.journal = jsonx_print(p->journal);
+    w->ck.journal = journal_text(p);
     w->ck.last_seq = last_seq;
     if (w->ck.state == NULL || w->ck.script_version == NULL || w->ck.journal == NULL) {
         log_error("checkpoint of panel %s: out of memory", p->panel_id);
@@ -908,16 +954,16 @@ static void journal_key(const script_ask *a, char out[JOURNAL_KEY_LEN + 1])
     char hex[IDS_SHA256_HEX_LEN + 1];
     size_t n = strlen(a->expert_id) + strlen(a->prompt) + (a->system ? strlen(a->system) : 0) +
                (a->schema_json ? strlen(a->schema_json) : 0) + 8;
-    char *buf = malloc(n);
-    if (buf == NULL) {
+    char *text = malloc(n);
+    if (text == NULL) {
         memset(out, '0', JOURNAL_KEY_LEN);
         out[JOURNAL_KEY_LEN] = '\0';
         return;
     }
-    snprintf(buf, n, "%s\n%s\n%s\n%s", a->expert_id, a->prompt, a->system ? a->system : "",
+    snprintf(text, n, "%s\n%s\n%s\n%s", a->expert_id, a->prompt, a->system ? a->system : "",
              a->schema_json ? a->schema_json : "");
-    ids_sha256_hex(buf, strlen(buf), hex);
-    free(buf);
+    ids_sha256_hex(text, strlen(text), hex);
+    free(text);
     memcpy(out, hex, JOURNAL_KEY_LEN);
     out[JOURNAL_KEY_LEN] = '\0';
 }
@@ -940,67 +986,120 @@ static const cJSON *replay_take(prun *p, const char *kind, const char *key)
     return NULL;
 }
 
-static const char *expert_name(const script_ask *a, char *buf, size_t cap)
+/* One answer, whether it came from the provider or from the journal. */
+typedef struct answer {
+    const char *text;      /* NULL on failure */
+    const char *data_json; /* validated JSON or NULL */
+    const char *error;     /* non-NULL on failure */
+    int64_t pt, ct;
+} answer;
+
+/* The journal entry of an answer (caller frees). */
+static char *entry_json(const char *key, const answer *a)
+{
+    buf b;
+    buf_init(&b, JOURNAL_MAX);
+    ap_status rc = buf_printf(&b, "{\"k\":\"ask\",\"key\":\"%s\"", key);
+    if (a->error != NULL) {
+        if (rc == AP_OK)
+            rc = buf_puts(&b, ",\"error\":");
+        if (rc == AP_OK)
+            rc = json_str(&b, a->error);
+    } else {
+        if (rc == AP_OK)
+            rc = buf_puts(&b, ",\"text\":");
+        if (rc == AP_OK)
+            rc = json_str(&b, a->text != NULL ? a->text : "");
+        if (rc == AP_OK && a->data_json != NULL)
+            rc = buf_printf(&b, ",\"data\":%s", a->data_json);
+    }
+    if (rc == AP_OK)
+        rc = buf_printf(&b, ",\"pt\":%lld,\"ct\":%lld}", (long long)a->pt, (long long)a->ct);
+    char *out = rc == AP_OK ? buf_steal(&b) : NULL;
+    buf_free(&b);
+    return out;
+}
+
+/* The fields of a journal entry read back at a resume; *data_buf (caller frees) owns the
+ * printed data. */
+static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
+{
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(entry, "data");
+    *data_buf = data != NULL ? jsonx_print(data) : NULL;
+    a->error = jsonx_string(entry, "error");
+    a->text = a->error == NULL ? jsonx_string(entry, "text") : NULL;
+    if (a->error == NULL && a->text == NULL)
+        a->text = "";
+    a->data_json = *data_buf;
+    a->pt = (int64_t)jsonx_number(entry, "pt", 0);
+    a->ct = (int64_t)jsonx_number(entry, "ct", 0);
+}
+
+static const char *expert_name(const script_ask *a, char *out, size_t cap)
 {
     cJSON *ex = jsonx_parse(a->expert_json, strlen(a->expert_json), 32, NULL);
     const char *n = jsonx_string(ex, "name");
-    snprintf(buf, cap, "%s", n != NULL ? n : a->expert_id);
+    snprintf(out, cap, "%s", n != NULL ? n : a->expert_id);
     cJSON_Delete(ex);
-    return buf;
+    return out;
 }
 
-/* Emits expert.message for an answer (journal entry form). */
-static void emit_message(prun *p, const script_ask *a, const cJSON *entry)
+/* Emits expert.message; built as text because it runs for every answer. */
+static void emit_message(prun *p, const script_ask *ask, const answer *a)
 {
     char name[256];
-    cJSON *d = cJSON_CreateObject();
-    cJSON_AddStringToObject(d, "expert", a->expert_id);
-    cJSON_AddStringToObject(d, "name", expert_name(a, name, sizeof name));
-    if (a->round > 0)
-        cJSON_AddNumberToObject(d, "round", (double)a->round);
-    const char *error = jsonx_string(entry, "error");
-    if (error != NULL) {
-        cJSON_AddStringToObject(d, "error", error);
+    buf b;
+    buf_init(&b, JOURNAL_MAX);
+    ap_status rc = buf_puts(&b, "{\"expert\":");
+    if (rc == AP_OK)
+        rc = json_str(&b, ask->expert_id);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, ",\"name\":");
+    if (rc == AP_OK)
+        rc = json_str(&b, expert_name(ask, name, sizeof name));
+    if (rc == AP_OK && ask->round > 0)
+        rc = buf_printf(&b, ",\"round\":%lld", (long long)ask->round);
+    if (a->error != NULL) {
+        if (rc == AP_OK)
+            rc = buf_puts(&b, ",\"error\":");
+        if (rc == AP_OK)
+            rc = json_str(&b, a->error);
     } else {
-        cJSON_AddStringToObject(d, "text",
-                                jsonx_string(entry, "text") ? jsonx_string(entry, "text") : "");
-        const cJSON *data = cJSON_GetObjectItemCaseSensitive(entry, "data");
-        cJSON_AddItemToObject(d, "data",
-                              data != NULL ? cJSON_Duplicate(data, true) : cJSON_CreateNull());
+        if (rc == AP_OK)
+            rc = buf_puts(&b, ",\"text\":");
+        if (rc == AP_OK)
+            rc = json_str(&b, a->text != NULL ? a->text : "");
+        if (rc == AP_OK)
+            rc = buf_printf(&b, ",\"data\":%s", a->data_json != NULL ? a->data_json : "null");
     }
-    cJSON *u = cJSON_AddObjectToObject(d, "usage");
-    cJSON_AddNumberToObject(u, "prompt_tokens", jsonx_number(entry, "pt", 0));
-    cJSON_AddNumberToObject(u, "completion_tokens", jsonx_number(entry, "ct", 0));
-    char *text = jsonx_print(d);
-    cJSON_Delete(d);
-    if (text != NULL)
-        prun_emit(p, "expert.message", text, true, NULL);
-    free(text);
+    if (rc == AP_OK)
+        rc = buf_printf(&b, ",\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld}}",
+                        (long long)a->pt, (long long)a->ct);
+    if (rc == AP_OK)
+        prun_emit(p, "expert.message", b.data, true, NULL);
+    else
+        log_error("panel %s: expert.message not emitted: %s", p->panel_id, ap_status_name(rc));
+    buf_free(&b);
 }
 
-static void deliver_entry(prun *p, size_t idx, const cJSON *entry)
+static void deliver_answer(prun *p, size_t idx, const answer *a)
 {
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(entry, "data");
-    char *data_json = data != NULL ? jsonx_print(data) : NULL;
     script_answer ans = {
-        .text = jsonx_string(entry, "text"),
-        .data_json = data_json,
-        .prompt_tokens = (int64_t)jsonx_number(entry, "pt", 0),
-        .completion_tokens = (int64_t)jsonx_number(entry, "ct", 0),
-        .error = jsonx_string(entry, "error"),
+        .text = a->text,
+        .data_json = a->data_json,
+        .prompt_tokens = a->pt,
+        .completion_tokens = a->ct,
+        .error = a->error,
     };
-    if (ans.error == NULL && ans.text == NULL)
-        ans.text = "";
     ap_err err = {0};
     if (script_panel_deliver(p->sp, idx, &ans, &err) != AP_OK)
         log_error("panel %s: deliver: %s", p->panel_id, err.msg);
-    free(data_json);
 }
 
 static void clear_slots(prun *p)
 {
     for (size_t i = 0; i < p->nslots; i++) {
-        cJSON_Delete(p->slots[i].entry);
+        free(p->slots[i].entry);
         free(p->slots[i].expert_id);
     }
     free(p->slots);
@@ -1012,8 +1111,11 @@ static void clear_slots(prun *p)
 static void batch_complete(prun *p)
 {
     for (size_t i = 0; i < p->nslots; i++) {
-        cJSON_AddItemToArray(p->journal, p->slots[i].entry);
-        p->slots[i].entry = NULL;
+        if (p->slots[i].entry == NULL || journal_add(p, p->slots[i].entry) != AP_OK) {
+            clear_slots(p);
+            prun_fail(p, "the journal of the node could not be kept (out of memory)");
+            return;
+        }
     }
     clear_slots(p);
     prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
@@ -1042,15 +1144,21 @@ static void on_delta(void *ud, const char *text, size_t len)
     if (!has_subscribers(s->p->e, s->p->panel_id))
         return;
     char *piece = strndup(text, len);
-    cJSON *d = cJSON_CreateObject();
-    cJSON_AddStringToObject(d, "expert", s->expert_id);
-    cJSON_AddStringToObject(d, "delta", piece != NULL ? piece : "");
-    char *data = jsonx_print(d);
-    if (data != NULL)
-        prun_emit(s->p, "expert.delta", data, false, NULL);
-    free(data);
+    buf b;
+    buf_init(&b, JOURNAL_MAX);
+    ap_status rc = piece != NULL ? buf_puts(&b, "{\"expert\":") : AP_NOMEM;
+    if (rc == AP_OK)
+        rc = json_str(&b, s->expert_id);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, ",\"delta\":");
+    if (rc == AP_OK)
+        rc = json_str(&b, piece);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}");
+    if (rc == AP_OK)
+        prun_emit(s->p, "expert.delta", b.data, false, NULL);
+    buf_free(&b);
     free(piece);
-    cJSON_Delete(d);
 }
 
 /* Records one answer (journal entry, usage, delivery) without resuming the node. */
@@ -1059,25 +1167,23 @@ static void answer_slot(ask_slot *s, const llm_response *r)
     prun *p = s->p;
     s->call = NULL;
     s->done = true;
-    cJSON *entry = cJSON_CreateObject();
-    cJSON_AddStringToObject(entry, "k", "ask");
-    cJSON_AddStringToObject(entry, "key", s->key);
+    char msg[300];
+    answer a = {.pt = r->prompt_tokens, .ct = r->completion_tokens};
+    cJSON *check = NULL;
     if (r->status != AP_OK) {
-        char msg[300];
         snprintf(msg, sizeof msg, "%s: %s", r->provider != NULL ? r->provider : "llm",
                  r->error != NULL ? r->error : ap_status_name(r->status));
-        cJSON_AddStringToObject(entry, "error", msg);
+        a.error = msg;
     } else {
-        cJSON_AddStringToObject(entry, "text", r->text != NULL ? r->text : "");
-        if (r->data_json != NULL) {
-            cJSON *data = jsonx_parse(r->data_json, strlen(r->data_json), 64, NULL);
-            if (data != NULL)
-                cJSON_AddItemToObject(entry, "data", data);
-        }
+        a.text = r->text != NULL ? r->text : "";
+        /* Provider output is untrusted: data goes into the journal and events verbatim, so it
+         * must parse (the provider validated it against the schema). */
+        if (r->data_json != NULL &&
+            (check = jsonx_parse(r->data_json, strlen(r->data_json), 64, NULL)) != NULL)
+            a.data_json = r->data_json;
+        cJSON_Delete(check);
     }
-    cJSON_AddNumberToObject(entry, "pt", (double)r->prompt_tokens);
-    cJSON_AddNumberToObject(entry, "ct", (double)r->completion_tokens);
-    s->entry = entry;
+    s->entry = entry_json(s->key, &a);
     /* usage */
     if (p->e->st != NULL) {
         witem *w = witem_new(p, W_USAGE);
@@ -1095,8 +1201,8 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             writer_push(p->e, w);
         }
     }
-    deliver_entry(p, s->idx, entry);
-    emit_message(p, &p->asks[s->idx], entry);
+    deliver_answer(p, s->idx, &a);
+    emit_message(p, &p->asks[s->idx], &a);
     p->pending--;
 }
 
@@ -1132,10 +1238,14 @@ static void start_asks(prun *p, const script_step *step)
         journal_key(&step->asks[i], s->key);
         const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key) : NULL;
         if (old != NULL) {
-            s->entry = cJSON_Duplicate(old, true);
+            answer a;
+            char *data = NULL;
+            answer_of_entry(old, &a, &data);
+            s->entry = jsonx_print(old);
             s->done = true;
-            deliver_entry(p, i, old);
-            emit_message(p, &step->asks[i], old);
+            deliver_answer(p, i, &a);
+            emit_message(p, &step->asks[i], &a);
+            free(data);
             p->pending--;
         }
     }
@@ -1177,11 +1287,15 @@ static void start_asks(prun *p, const script_step *step)
 static void deliver_input(prun *p, const char *input_json, bool replayed)
 {
     ap_err err = {0};
-    cJSON *entry = cJSON_CreateObject();
-    cJSON *in = jsonx_parse(input_json, strlen(input_json), 32, NULL);
-    cJSON_AddStringToObject(entry, "k", "input");
-    cJSON_AddItemToObject(entry, "input", in != NULL ? in : cJSON_CreateObject());
-    cJSON_AddItemToArray(p->journal, entry);
+    size_t ecap = strlen(input_json) + 32;
+    char *entry = malloc(ecap);
+    if (entry == NULL || (snprintf(entry, ecap, "{\"k\":\"input\",\"input\":%s}", input_json),
+                          journal_add(p, entry) != AP_OK)) {
+        free(entry);
+        prun_fail(p, "the journal of the node could not be kept (out of memory)");
+        return;
+    }
+    free(entry);
     size_t cap = strlen(input_json) + 16;
     char *data = malloc(cap);
     if (data != NULL) {
@@ -1229,13 +1343,12 @@ static void handle_step(prun *p, script_step *step)
         p->node = strdup(step->next_node);
         free(p->node_state);
         p->node_state = state;
-        cJSON_Delete(p->journal);
-        p->journal = cJSON_CreateArray();
+        buf_reset(&p->journal);
         cJSON_Delete(p->replay);
         p->replay = NULL;
         prun_checkpoint(p, p->node, p->node_state, p->next_seq - 1);
         p->timer = llm_loop_timer_add(p->r->loop, 0, next_node_timer, p);
-        if (p->node == NULL || p->journal == NULL || p->timer == NULL)
+        if (p->node == NULL || p->timer == NULL)
             prun_fail(p, "out of memory");
         return;
     }
@@ -1554,7 +1667,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     }
     if (p->pins == NULL)
         p->pins = cJSON_CreateObject();
-    p->journal = cJSON_CreateArray();
+    buf_init(&p->journal, JOURNAL_MAX);
     /* A panel that never ran has no events; others may have some past their checkpoint. */
     bool fresh = strcmp(row.status, "created") == 0 || strcmp(row.status, "queued") == 0;
     if (!fresh &&
@@ -1563,7 +1676,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     if (!has_ck && p->stored_seq >= p->next_seq)
         p->next_seq = p->stored_seq + 1;
     if (p->tenant_json == NULL || p->question == NULL || p->experts_json == NULL ||
-        p->journal == NULL || p->pins == NULL || (p->replay != NULL && p->replay_used == NULL)) {
+        p->pins == NULL || (p->replay != NULL && p->replay_used == NULL)) {
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
         goto out;
     }
