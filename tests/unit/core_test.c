@@ -1,0 +1,151 @@
+/* core/: buffers, ids and hashes, JSON helpers, the log line format. */
+#include "core/buf.h"
+#include "core/ids.h"
+#include "core/jsonx.h"
+#include "core/log.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void test_buf_limit_leaves_buffer_unchanged(void **state)
+{
+    (void)state;
+    buf b;
+    buf_init(&b, 8);
+    assert_int_equal(buf_puts(&b, "abcdef"), AP_OK);
+    assert_int_equal(buf_puts(&b, "xyz"), AP_LIMIT);
+    assert_string_equal(b.data, "abcdef");
+    assert_int_equal(buf_printf(&b, "%d", 12), AP_OK);
+    assert_string_equal(b.data, "abcdef12");
+    assert_int_equal(buf_printf(&b, "%d", 3), AP_LIMIT);
+    buf_consume(&b, 6);
+    assert_string_equal(b.data, "12");
+    char *s = buf_steal(&b);
+    assert_string_equal(s, "12");
+    free(s);
+    assert_null(b.data);
+    char *empty = buf_steal(&b);
+    assert_string_equal(empty, "");
+    free(empty);
+    buf_free(&b);
+    buf_free(NULL);
+}
+
+static void test_uuid(void **state)
+{
+    (void)state;
+    char id[IDS_UUID_LEN + 1], norm[IDS_UUID_LEN + 1];
+    assert_int_equal(ids_uuid_v4(id), AP_OK);
+    assert_int_equal(strlen(id), 36);
+    assert_int_equal(id[14], '4');
+    assert_true(ids_uuid_normalize(id, norm));
+    assert_string_equal(norm, id);
+    assert_true(ids_uuid_normalize("AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE", norm));
+    assert_string_equal(norm, "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee");
+    const char *bad[] = {"",
+                         "x",
+                         "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeee",
+                         "aaaaaaaaabbbb-4ccc-8ddd-eeeeeeeeeeee",
+                         "gaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
+                         "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee0",
+                         "' OR 1=1 --                         "};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(ids_uuid_normalize(bad[i], norm));
+    assert_false(ids_uuid_normalize(NULL, norm));
+}
+
+static void test_hashes_match_known_vectors(void **state)
+{
+    (void)state;
+    char hex[IDS_SHA256_HEX_LEN + 1];
+    ids_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    /* RFC 4231 test case 2. */
+    ids_hmac_sha256_hex("Jefe", 4, "what do ya want for nothing?", 28, hex);
+    assert_string_equal(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    assert_true(ids_equal_ct("abc", 3, "abc", 3));
+    assert_false(ids_equal_ct("abc", 3, "abd", 3));
+    assert_false(ids_equal_ct("abc", 3, "abcd", 4));
+}
+
+static void test_jsonx_limits(void **state)
+{
+    (void)state;
+    ap_err err = {0};
+    cJSON *j = jsonx_parse("{\"a\":[1,{\"b\":2}]}", 17, 3, &err);
+    assert_non_null(j);
+    assert_int_equal(jsonx_depth(j), 3);
+    cJSON_Delete(j);
+    assert_null(jsonx_parse("{\"a\":[1,{\"b\":2}]}", 17, 2, &err));
+    assert_int_equal(err.status, AP_INVALID);
+    assert_null(jsonx_parse("{} {}", 5, 8, &err));
+    assert_non_null(strstr(err.msg, "trailing"));
+    j = jsonx_parse("{\"s\":\"x\"}  \n", 12, 8, &err);
+    assert_non_null(j);
+    assert_string_equal(jsonx_string(j, "s"), "x");
+    assert_null(jsonx_string(j, "t"));
+    assert_true(jsonx_number(j, "s", 7.5) == 7.5);
+    cJSON_Delete(j);
+}
+
+static void test_utf8(void **state)
+{
+    (void)state;
+    const char *ok = "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80";
+    assert_true(jsonx_utf8_valid(ok, strlen(ok)));
+    assert_false(jsonx_utf8_valid(ok, strlen(ok) - 1));    /* cut inside the last character */
+    assert_false(jsonx_utf8_valid("\xc3", 1));             /* truncated */
+    assert_false(jsonx_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    assert_false(jsonx_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(jsonx_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
+    assert_false(jsonx_utf8_valid("\xff", 1));
+}
+
+static void test_log_lines_are_json(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    log_set_fd(fds[1]);
+    log_set_level(LOG_LEVEL_INFO);
+    log_debug("hidden");
+    log_fields f = {.request_id = "r1", .tenant_id = "t1", .panel_id = "p1", .event = "security"};
+    log_msg(LOG_LEVEL_WARN, &f, "quote \" backslash \\ newline \n ctl \x01 done");
+    log_set_fd(2);
+    close(fds[1]);
+    char out[2048] = {0};
+    ssize_t n = read(fds[0], out, sizeof out - 1);
+    close(fds[0]);
+    assert_true(n > 0);
+    assert_non_null(strchr(out, '\n'));
+    assert_null(strchr(strchr(out, '\n') + 1, '\n')); /* exactly one line: debug was hidden */
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    assert_string_equal(jsonx_string(j, "level"), "warn");
+    assert_string_equal(jsonx_string(j, "msg"), "quote \" backslash \\ newline \n ctl \x01 done");
+    assert_string_equal(jsonx_string(j, "request_id"), "r1");
+    assert_string_equal(jsonx_string(j, "tenant_id"), "t1");
+    assert_string_equal(jsonx_string(j, "panel_id"), "p1");
+    assert_string_equal(jsonx_string(j, "event"), "security");
+    assert_non_null(jsonx_string(j, "time"));
+    cJSON_Delete(j);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buf_limit_leaves_buffer_unchanged),
+        cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_hashes_match_known_vectors),
+        cmocka_unit_test(test_jsonx_limits),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_log_lines_are_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
