@@ -1,6 +1,7 @@
 #include "llm/llm.h"
 
 #include "core/jsonx.h"
+#include "llm/http_provider.h"
 #include "llm/provider.h"
 
 #include <stdio.h>
@@ -10,6 +11,8 @@
 /* Every provider this build knows. */
 static const llm_provider_ops *const providers[] = {
     &llm_simulated_ops,
+    &llm_openai_ops,
+    &llm_anthropic_ops,
 };
 #define NPROVIDERS (sizeof providers / sizeof providers[0])
 
