@@ -20,6 +20,12 @@
 #define MAX_STATE (8 * 1024 * 1024)
 #define MAX_TYPE_LEN 64
 #define MAX_NAME_LEN 64
+/* Per-node quotas: a loop that emits, logs or asks without end would otherwise grow the event
+ * queue, the log or the LLM bill for as long as the instruction budget lasts. */
+#define NODE_MAX_EVENTS 1000
+#define NODE_MAX_EVENT_BYTES (8 * 1024 * 1024)
+#define NODE_MAX_TURNS 1000
+#define NODE_MAX_LOGS 1000
 
 enum pending { PEND_NONE = 0, PEND_ASK, PEND_ASK_ALL, PEND_INPUT };
 
@@ -58,7 +64,34 @@ struct script_panel {
     char *next_node;
     expert_ref *experts;
     size_t n_experts;
+    /* usage of the node in flight, against the NODE_MAX_* quotas */
+    int node_events, node_turns, node_logs;
+    size_t node_event_bytes;
 };
+
+/* Counts an event of n bytes against the node's quota; false (nothing counted) past it. */
+static bool quota_allows_event(script_panel *sp, size_t n)
+{
+    if (sp->node_events >= NODE_MAX_EVENTS || sp->node_event_bytes + n > NODE_MAX_EVENT_BYTES)
+        return false;
+    sp->node_events++;
+    sp->node_event_bytes += n;
+    return true;
+}
+
+static int quota_error(lua_State *L)
+{
+    return luaL_error(L, "a node may emit at most %d events (%d MiB of data)", NODE_MAX_EVENTS,
+                      NODE_MAX_EVENT_BYTES / (1024 * 1024));
+}
+
+/* Counts n LLM turns against the node's quota; raises past it. */
+static void charge_turns(lua_State *L, script_panel *sp, lua_Integer n)
+{
+    if (sp->node_turns + n > NODE_MAX_TURNS)
+        luaL_error(L, "a node may ask at most %d LLM turns", NODE_MAX_TURNS);
+    sp->node_turns += (int)n;
+}
 
 static const char *const reserved_types[] = {
     "panel.status",   "panel.completed", "panel.failed",    "expert.delta",
@@ -360,6 +393,7 @@ static int ctx_ask(lua_State *L)
     ensure_yieldable(L, sp, "ctx:ask");
     const expert_ref *e = resolve_expert(L, sp, 2, "ctx:ask");
     const char *prompt = check_prompt(L, 3, "ctx:ask");
+    charge_turns(L, sp, 1);
     ask_opts o;
     read_opts(L, 4, &o, "ctx:ask");
     char *schema =
@@ -387,6 +421,7 @@ static int ctx_ask_all(lua_State *L)
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
     if (n > MAX_ASKS)
         return luaL_error(L, "ctx:ask_all: at most %d experts per call", MAX_ASKS);
+    charge_turns(L, sp, n);
     int pt = lua_type(L, 3);
     if (pt != LUA_TSTRING && pt != LUA_TFUNCTION)
         return luaL_error(L, "ctx:ask_all: the prompt must be a string or function(expert)");
@@ -464,6 +499,10 @@ static int ctx_emit(lua_State *L)
                                        : encode_or_raise(L, 3, MAX_EVENT_DATA, "ctx:emit data");
     if (data == NULL)
         return luaL_error(L, "out of memory");
+    if (!quota_allows_event(sp, strlen(data))) {
+        free(data);
+        return quota_error(L);
+    }
     int64_t seq = 0;
     ap_err err = {0};
     ap_status rc = sp->host.emit(sp->host.ud, type, data, &seq, &err);
@@ -480,6 +519,11 @@ static int ctx_log(lua_State *L)
     check_self(L, sp, "log");
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     int level = luaL_checkoption(L, 2, "info", levels);
+    if (++sp->node_logs > NODE_MAX_LOGS) {
+        if (sp->node_logs == NODE_MAX_LOGS + 1)
+            sp->host.log(sp->host.ud, 2, "log quota of the node reached: further lines dropped");
+        return 0;
+    }
     size_t n;
     const char *msg = luaL_tolstring(L, 3, &n);
     char line[2048];
@@ -587,6 +631,10 @@ static int ctx_consensus(lua_State *L)
     }
     snprintf(data, cap, "{\"algorithm\":\"%s\",\"result\":%s}", name, json);
     free(json);
+    if (!quota_allows_event(sp, strlen(data))) {
+        free(data);
+        return quota_error(L);
+    }
     int64_t seq = 0;
     ap_err err = {0};
     ap_status rc = sp->host.emit(sp->host.ud, "consensus", data, &seq, &err);
@@ -1072,6 +1120,11 @@ out:
 static void panel_log(void *ud, int level, const char *msg)
 {
     script_panel *sp = ud;
+    if (++sp->node_logs > NODE_MAX_LOGS) {
+        if (sp->node_logs == NODE_MAX_LOGS + 1)
+            sp->host.log(sp->host.ud, 2, "log quota of the node reached: further lines dropped");
+        return;
+    }
     sp->host.log(sp->host.ud, level, msg);
 }
 
@@ -1283,6 +1336,8 @@ ap_status script_panel_run_node(script_panel *sp, const char *node, uint64_t see
     if (script_vm_tripped(sp->vm, msg, sizeof msg))
         return fail_step(sp, step, "%s", msg);
     script_vm_budget_reset(sp->vm);
+    sp->node_events = sp->node_turns = sp->node_logs = 0;
+    sp->node_event_bytes = 0;
     if (script_vm_seed(sp->vm, seed) != AP_OK)
         return fail_step(sp, step, "out of memory");
     start_job job = {sp, node, false};

@@ -94,6 +94,14 @@ static void run_body_lim(const script_limits *lim, const char *body, outcome *o)
     script_step step;
     int64_t t0 = clock_mono_ms();
     assert_int_equal(script_panel_run_node(sp, "main", 42, &step), AP_OK);
+    /* answer every ask at once, as a zero-latency provider would */
+    for (int round = 0; step.outcome == SCRIPT_ASK && round < 10000; round++) {
+        for (size_t i = 0; i < step.n_asks; i++) {
+            script_answer a = {.text = "ok", .prompt_tokens = 1, .completion_tokens = 1};
+            assert_int_equal(script_panel_deliver(sp, i, &a, &err), AP_OK);
+        }
+        assert_int_equal(script_panel_resume(sp, &step), AP_OK);
+    }
     o->ms = clock_mono_ms() - t0;
     o->kind = step.outcome;
     snprintf(o->error, sizeof o->error, "%s", step.error);
@@ -371,6 +379,16 @@ static void test_ctx_misuse(void **state)
     expect_fail("ctx:ask('nobody', 'q')", "unknown expert 'nobody'");
     expect_fail("ctx:consensus('missing', {}, {})", "no consensus named missing");
     expect_fail("ctx:done({ f = print })", "cannot encode a function");
+    /* quotas per node: a loop cannot flood the event stream, the log or the LLM bill */
+    expect_fail("while true do ctx:emit('spam', { x = 1 }) end", "at most 1000 events");
+    expect_fail("local big = string.rep('x', 200000)\n"
+                "for i = 1, 100 do ctx:emit('spam', { big = big }) end",
+                "at most 1000 events (8 MiB");
+    expect_done("for i = 1, 5000 do ctx:log('info', 'line') print('x') end");
+    expect_fail("local all = {} for i = 1, 250 do all[i] = ctx.experts[1] end\n"
+                "for i = 1, 5 do ctx:ask_all(all, 'q') end",
+                "at most 1000 LLM turns");
+    expect_done("local r = ctx:ask(ctx.experts[1], 'q') assert(r.text == 'ok' and r.usage)");
     outcome o;
     run_body("local x = 1\nerror('boom')", &o);
     assert_int_equal(o.kind, SCRIPT_FAILED);
