@@ -1303,10 +1303,11 @@ static void deliver_input(prun *p, const char *input_json, bool replayed)
         prun_emit(p, "input.received", data, true, NULL);
         free(data);
     }
-    if (!replayed) {
-        prun_emit_status(p, "running");
+    /* Replayed or not, the same events in the same order, so seqs line up with the stored
+     * ones (which are then not written twice). */
+    prun_emit_status(p, "running");
+    if (!replayed)
         prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
-    }
     if (script_panel_deliver_input(p->sp, input_json, &err) != AP_OK) {
         prun_fail(p, err.msg);
         return;
@@ -1364,32 +1365,34 @@ static void handle_step(prun *p, script_step *step)
         return;
     case SCRIPT_INPUT: {
         const cJSON *old = p->replay != NULL ? replay_take(p, "input", NULL) : NULL;
-        if (old != NULL) {
-            char *in = jsonx_print(cJSON_GetObjectItemCaseSensitive(old, "input"));
-            deliver_input(p, in != NULL ? in : "{}", true);
-            free(in);
-            return;
-        }
-        if (p->pending_input != NULL) {
-            char *in = p->pending_input;
+        char *in = NULL;
+        if (old != NULL)
+            in = jsonx_print(cJSON_GetObjectItemCaseSensitive(old, "input"));
+        else if (p->pending_input != NULL) {
+            in = p->pending_input;
             p->pending_input = NULL;
-            deliver_input(p, in, false);
-            free(in);
-            return;
         }
         size_t cap = strlen(step->input_request_json) + 16;
         char *data = malloc(cap);
         if (data == NULL) {
+            free(in);
             prun_fail(p, "out of memory");
             return;
         }
         snprintf(data, cap, "{\"request\":%s}", step->input_request_json);
-        /* The status lands before the event is published, so a client reacting to the
-         * event can answer at once. */
-        prun_transition(p, live_statuses, 1, "awaiting_input", NULL, NULL);
+        /* Only a real wait changes the status; it lands before the event is published, so a
+         * client reacting to the event can answer at once. A replayed or already given input
+         * still emits the request (suppressed when stored) so seqs stay aligned. */
+        if (old == NULL && in == NULL)
+            prun_transition(p, live_statuses, 1, "awaiting_input", NULL, NULL);
         prun_emit_status(p, "awaiting_input");
         prun_emit(p, "input.requested", data, true, NULL);
         free(data);
+        if (old != NULL || in != NULL) {
+            deliver_input(p, in != NULL ? in : "{}", old != NULL);
+            free(in);
+            return;
+        }
         prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
         p->awaiting = true;
         return;

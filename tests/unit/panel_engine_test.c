@@ -380,6 +380,48 @@ static void test_human_input(void **state)
     panel_engine_stop(e);
 }
 
+/* A panel waiting for input survives a restart; the input given to the new process resumes it
+ * from its checkpoint, the journaled turn is not paid again, and the event stream has each
+ * event exactly once. */
+static void test_input_after_restart(void **state)
+{
+    (void)state;
+    write_file("human.lua", human_lua);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "human", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "input.requested", 3000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    unlink(calls_path);
+    e = start_engine(0);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"later\"}", &err), AP_OK);
+    char *done = wait_for(sub, "panel.completed", 3000);
+    assert_non_null(strstr(done, "\"said\":\"later\""));
+    free(done);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    assert_int_equal(count_lines(calls_path), 0);
+    store_event *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    int requested = 0, received = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(rows[i].seq, (int64_t)i + 1);
+        requested += strcmp(rows[i].type, "input.requested") == 0;
+        received += strcmp(rows[i].type, "input.received") == 0;
+    }
+    assert_int_equal(requested, 1);
+    assert_int_equal(received, 1);
+    assert_string_equal(rows[n - 1].type, "panel.completed");
+    store_events_free(rows, n);
+}
+
 static void test_node_budget(void **state)
 {
     (void)state;
@@ -500,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_inotify_reload),
         cmocka_unit_test(test_cancel_aborts_at_once),
         cmocka_unit_test(test_human_input),
+        cmocka_unit_test(test_input_after_restart),
         cmocka_unit_test(test_node_budget),
         cmocka_unit_test(test_resume_replays_journal),
         cmocka_unit_test(test_overrides),
