@@ -9,6 +9,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "http/api.h"
+#include "http/ratelimit.h"
 #include "http/server.h"
 #include "panel/engine.h"
 #include "script/registry.h"
@@ -17,6 +18,8 @@
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
+
+#define RATELIMIT_TENANTS 4096 /* tenants whose request rate is tracked at once */
 
 static ap_status open_store(const config *cfg, store **out, ap_err *err)
 {
@@ -140,6 +143,11 @@ int cli_serve(int argc, char **argv)
         log_info("resumed %zu interrupted panel(s)", resumed);
     if (api_streams_start(&deps, &err) != AP_OK)
         goto out;
+    deps.ratelimit = ratelimit_new(RATELIMIT_TENANTS);
+    if (deps.ratelimit == NULL) {
+        ap_err_set(&err, AP_NOMEM, "out of memory");
+        goto out;
+    }
     routes = router_new();
     if (routes == NULL) {
         ap_err_set(&err, AP_NOMEM, "out of memory");
@@ -175,6 +183,7 @@ out:
     panel_engine_stop(engine);
     script_registry_free(registry);
     router_free(routes);
+    ratelimit_free(deps.ratelimit);
     cache_close(ch);
     store_close(st);
     config_free(&cfg);

@@ -11,6 +11,7 @@
 struct store;
 struct cache;
 struct api_streams;
+struct ratelimit;
 struct script_registry;
 
 typedef struct api_deps {
@@ -21,6 +22,7 @@ typedef struct api_deps {
     http_server *server;              /* set once listening, for /metrics */
     struct script_registry *registry; /* file-based scripts; NULL without a runtime */
     struct api_streams *streams;      /* live SSE connections (api_streams_start) */
+    struct ratelimit *ratelimit;      /* per-tenant request rates; NULL: unlimited */
     int64_t started_ms;
 } api_deps;
 

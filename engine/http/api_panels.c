@@ -410,8 +410,52 @@ static void panel_action(http_request *req, void *app,
     reply_panel(req, d, id, ok_status);
 }
 
+/* The tenant's concurrent_panels limit (0: none). */
+static int64_t concurrent_limit(api_deps *d, const char *tenant)
+{
+    store_tenant t = {0};
+    int64_t max = 0;
+    if (store_tenant_get(d->store, tenant, &t, NULL) == AP_OK && t.config != NULL) {
+        cJSON *cfg = cJSON_Parse(t.config);
+        max = (int64_t)jsonx_number(cJSON_GetObjectItem(cfg, "limits"), "concurrent_panels", 0);
+        cJSON_Delete(cfg);
+    }
+    store_tenant_free(&t);
+    return max;
+}
+
+/* False (after replying 429) when the tenant already has its maximum of live panels. The
+ * check and the start are not atomic, so two racing executes may overshoot by one. */
+static bool below_concurrency(http_request *req, api_deps *d, const char *tenant)
+{
+    int64_t max = concurrent_limit(d, tenant);
+    if (max <= 0)
+        return true;
+    static const char *const live[] = {"queued", "running", "awaiting_input"};
+    size_t active = 0;
+    for (size_t i = 0; i < 3 && (int64_t)active < max; i++) {
+        store_panel *rows = NULL;
+        size_t n = 0;
+        char next[STORE_CURSOR_MAX];
+        int page = max < STORE_LIST_MAX ? (int)max : STORE_LIST_MAX;
+        if (store_panel_list(d->store, tenant, live[i], "", page, &rows, &n, next, NULL) == AP_OK)
+            active += n;
+        store_panels_free(rows, n);
+    }
+    if ((int64_t)active < max)
+        return true;
+    http_add_header(req, "Retry-After", "5");
+    http_reply_error(req, 429, "too_many_panels",
+                     "this tenant already runs %lld panels, its limit; retry when one finishes",
+                     (long long)max);
+    return false;
+}
+
 void api_panels_execute(http_request *req, void *app)
 {
+    api_deps *d = app;
+    if (!below_concurrency(req, d, http_principal_of(req)->tenant_id))
+        return;
     panel_action(req, app, panel_engine_execute, 202);
 }
 

@@ -6,9 +6,15 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "http/api.h"
+#include "http/ratelimit.h"
 #include "http/token.h"
+#include "cache/cache.h"
+#include "core/clock.h"
+#include "core/jsonx.h"
 #include "store/store.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -38,6 +44,50 @@ static void deny(http_request *req, unsigned status, const char *code, const cha
     if (status == 401)
         http_add_header(req, "WWW-Authenticate", "Bearer realm=\"askpanel\"");
     http_reply_error(req, status, code, "%s", msg);
+}
+
+#define LIMITS_TTL_MS 30000
+
+/* The tenant's requests_per_minute (0: unlimited), cached briefly so limits cost no query per
+ * request. A store error counts as unlimited: the limiter must not take the API down. */
+static int64_t tenant_rpm(api_deps *d, const char *tenant)
+{
+    char *cached = NULL;
+    size_t len = 0;
+    if (d->cache != NULL && cache_get(d->cache, tenant, "limits:rpm", &cached, &len) == AP_OK) {
+        int64_t v = strtoll(cached, NULL, 10);
+        free(cached);
+        return v;
+    }
+    store_tenant t = {0};
+    int64_t rpm = 0;
+    if (store_tenant_get(d->store, tenant, &t, NULL) == AP_OK && t.config != NULL) {
+        cJSON *cfg = cJSON_Parse(t.config);
+        rpm = (int64_t)jsonx_number(cJSON_GetObjectItem(cfg, "limits"), "requests_per_minute", 0);
+        cJSON_Delete(cfg);
+    }
+    store_tenant_free(&t);
+    if (d->cache != NULL) {
+        char text[32];
+        int n = snprintf(text, sizeof text, "%lld", (long long)rpm);
+        cache_set(d->cache, tenant, "limits:rpm", text, (size_t)n, LIMITS_TTL_MS);
+    }
+    return rpm;
+}
+
+/* Replies 429 with Retry-After when the tenant is over its request rate. */
+static bool within_rate(api_deps *d, http_request *req, const char *tenant)
+{
+    int64_t retry_ms = 0;
+    if (d->ratelimit == NULL ||
+        ratelimit_take(d->ratelimit, tenant, tenant_rpm(d, tenant), clock_mono_ms(), &retry_ms))
+        return true;
+    char secs[24];
+    snprintf(secs, sizeof secs, "%lld", (long long)(retry_ms + 999) / 1000);
+    http_add_header(req, "Retry-After", secs);
+    http_reply_error(req, 429, "rate_limited",
+                     "this tenant's request rate limit is reached; retry in %s s", secs);
+    return false;
 }
 
 bool api_authenticate(http_request *req, unsigned flags, void *app)
@@ -103,6 +153,8 @@ bool api_authenticate(http_request *req, unsigned flags, void *app)
         deny(req, 403, "forbidden", "this route needs an admin key");
         return false;
     }
+    if (!within_rate(d, req, key.tenant_id))
+        return false;
     p->authenticated = true;
     p->role = (int)key.role;
     memcpy(p->tenant_id, key.tenant_id, sizeof key.tenant_id);

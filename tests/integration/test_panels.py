@@ -422,6 +422,33 @@ def test_usage_and_expert_counts(w):
     expect_error(w.s.request("GET", "/v1/usage?from=yesterday", key=w.a), 400)
 
 
+def test_tenant_limits():
+    s = Server(env={"ASKPANEL_SIM_LATENCY_MS": "1500"}).start()
+    try:
+        from harness import OPERATOR_KEY
+        r = s.request("POST", "/v1/admin/tenants", {"slug": "tiny", "name": "Tiny",
+                      "limits": {"requests_per_minute": 8, "concurrent_panels": 1},
+                      "flags": {"hybrid_panels": False}}, key=OPERATOR_KEY)
+        assert r.status == 201, r.body
+        key = r.json()["api_key"]
+        expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "tiny", "name": "Again"},
+                               key=OPERATOR_KEY), 409)
+        expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "x2", "name": "T"}, key=key), 403)
+        p1 = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()
+        p2 = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()
+        assert s.request("POST", "/v1/panels/%s/execute" % p1["id"], key=key).status == 202
+        busy = expect_error(s.request("POST", "/v1/panels/%s/execute" % p2["id"], key=key), 429,
+                            "too_many_panels")
+        # 4 requests so far; the bucket holds 8 for a burst.
+        statuses = [s.request("GET", "/v1/tenant", key=key).status for _ in range(6)]
+        assert statuses[:4] == [200] * 4 and statuses[-1] == 429, statuses
+        r = s.request("GET", "/v1/tenant", key=key)
+        expect_error(r, 429, "rate_limited")
+        assert 1 <= int(r.header("Retry-After")) <= 8
+    finally:
+        s.close()
+
+
 REDIS_URL = None
 BACKENDS = backends()
 
@@ -434,5 +461,5 @@ if __name__ == "__main__":
              test_hybrid_waits_for_input, test_cancel, test_strategy_override,
              test_restart_resumes_without_gaps, test_usage_and_expert_counts]
     if len(BACKENDS) == 1:
-        tests.append(test_feature_flag_blocks_strategy)
+        tests += [test_feature_flag_blocks_strategy, test_tenant_limits]
     run(tests)
