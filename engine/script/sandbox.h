@@ -65,7 +65,7 @@ ap_status script_vm_load(script_vm *vm, lua_State *L, const char *chunkname, con
                          size_t len, ap_err *err);
 
 /* Writes the error value at idx as text without running metamethods. */
-void script_vm_error_text(lua_State *L, int idx, char *buf, size_t cap);
+void script_vm_error_text(lua_State *L, int idx, char *out, size_t cap);
 
 /* Bytes of heap in use. */
 size_t script_vm_memory(const script_vm *vm);
