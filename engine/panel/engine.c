@@ -1211,6 +1211,16 @@ static void on_done(void *ud, const llm_response *r)
     ask_slot *s = ud;
     prun *p = s->p;
     answer_slot(s, r);
+    /* Refused credentials fail every call of the panel the same way: stop at once (the
+     * other calls are cancelled) instead of letting the strategy limp on without answers. */
+    if (r->status == AP_DENIED) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s refused the request (check its API key): %s",
+                 r->provider != NULL ? r->provider : "the LLM provider",
+                 r->error != NULL ? r->error : ap_status_name(r->status));
+        prun_fail(p, msg);
+        return;
+    }
     if (p->pending == 0)
         batch_complete(p);
 }

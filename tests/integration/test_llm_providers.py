@@ -143,6 +143,8 @@ def main():
             rows = usage_rows(db)
             assert rows and all(r[1] == 1 and r[2] != "ok" for r in rows), rows
             assert "openai: HTTP 401" in p.stdout + p.stderr
+            assert p.returncode == 1, "the panel must fail at once, not complete without answers"
+            assert any(e.get("type") == "panel.failed" for e in events), events
             assert took < 30, took
         finally:
             mock.stop()
