@@ -213,7 +213,10 @@ static bool resolve_experts(http_request *req, api_deps *d, const char *tenant, 
 static void reply_create_error(http_request *req, const ap_err *err)
 {
     if (err->status == AP_NOTFOUND)
-        http_reply_error(req, 422, "unknown_strategy", "%s", err->msg);
+        http_reply_error(req, 422,
+                         strstr(err->msg, "consensus") != NULL ? "unknown_consensus"
+                                                               : "unknown_strategy",
+                         "%s", err->msg);
     else if (err->status == AP_INVALID)
         http_reply_error(req, 422, "invalid_params", "%s", err->msg);
     else

@@ -4,6 +4,7 @@
 #include "core/log.h"
 #include "http/api.h"
 #include "http/validate.h"
+#include "panel/engine.h"
 #include "script/registry.h"
 #include "store/store.h"
 
@@ -12,15 +13,6 @@
 #include <string.h>
 
 #define SOURCE_MAX (256 * 1024)
-
-/* A few ballots every consensus script must digest without error. */
-static const char sample_ballots[] =
-    "[{\"expert\":\"e1\",\"name\":\"A\",\"position\":\"approve\",\"confidence\":0.8,"
-    "\"weight\":1,\"ranking\":[\"approve\",\"reject\",\"defer\"],\"approvals\":[\"approve\"],"
-    "\"estimate\":10,\"distribution\":{\"approve\":0.7,\"reject\":0.3},\"reason\":\"r\"},"
-    "{\"expert\":\"e2\",\"name\":\"B\",\"position\":\"reject\",\"confidence\":0.6,\"weight\":2,"
-    "\"ranking\":[\"reject\",\"defer\",\"approve\"],\"approvals\":[\"reject\",\"defer\"],"
-    "\"estimate\":14,\"distribution\":{\"approve\":0.2,\"reject\":0.8},\"reason\":\"s\"}]";
 
 static store_script_kind store_kind(script_kind k)
 {
@@ -122,40 +114,34 @@ static void list(http_request *req, void *app, script_kind kind)
 {
     api_deps *d = app;
     store_tenant t = {0};
-    script_entry *files = NULL;
-    size_t nfiles = 0;
-    store_script *ovr = NULL;
-    size_t novr = 0;
+    char *json = NULL;
+    cJSON *all = NULL;
     ap_err err = {0};
     if (!load_tenant(req, d, &t))
         goto out;
-    if (script_registry_list(d->registry, t.slug, kind, &files, &nfiles, &err) != AP_OK ||
-        store_script_list(d->store, t.id, store_kind(kind), NULL, &ovr, &novr, &err) != AP_OK) {
+    if (panel_engine_list_scripts(d->engine, t.id, kind, &json, &err) != AP_OK) {
         http_reply_ap_err(req, &err);
         goto out;
     }
+    all = cJSON_Parse(json);
     cJSON *body = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(body, "data");
-    for (size_t i = 0; i < novr; i++) {
-        script_entry e = {0};
-        if (!ovr[i].active || strategy_disabled(&t, kind, ovr[i].name))
+    cJSON *item;
+    cJSON_ArrayForEach(item, all)
+    {
+        const char *name = jsonx_string(item, "name");
+        if (name == NULL || strategy_disabled(&t, kind, name))
             continue;
-        if (script_registry_validate(d->registry, kind, ovr[i].name, ovr[i].source,
-                                     strlen(ovr[i].source), "override", &e, &err) == AP_OK)
-            cJSON_AddItemToArray(data, entry_json(&e, false));
-        script_entry_free(&e);
-    }
-    for (size_t i = 0; i < nfiles; i++) {
-        bool overridden = false;
-        for (size_t k = 0; k < novr && !overridden; k++)
-            overridden = ovr[k].active && strcmp(ovr[k].name, files[i].name) == 0;
-        if (!overridden && !strategy_disabled(&t, kind, files[i].name))
-            cJSON_AddItemToArray(data, entry_json(&files[i], false));
+        cJSON *o = cJSON_Duplicate(item, true);
+        cJSON_AddStringToObject(o, "kind", kind == SCRIPT_STRATEGY ? "strategy" : "consensus");
+        if (!cJSON_HasObjectItem(o, "description"))
+            cJSON_AddStringToObject(o, "description", "");
+        cJSON_AddItemToArray(data, o);
     }
     http_reply_json(req, 200, body);
 out:
-    script_entries_free(files, nfiles);
-    store_scripts_free(ovr, novr);
+    cJSON_Delete(all);
+    free(json);
     store_tenant_free(&t);
 }
 
@@ -220,14 +206,15 @@ static long error_line(const char *msg)
     return end != p + 5 && *end == ':' ? line : 0;
 }
 
-static void reply_invalid_script(http_request *req, const char *msg)
+static void reply_invalid_script(http_request *req, const char *msg, int line)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *e = cJSON_AddObjectToObject(root, "error");
     cJSON_AddStringToObject(e, "code", "invalid_script");
     cJSON_AddStringToObject(e, "message", msg);
     cJSON_AddStringToObject(e, "request_id", http_request_id(req));
-    long line = error_line(msg);
+    if (line <= 0)
+        line = (int)error_line(msg);
     if (line > 0)
         cJSON_AddNumberToObject(e, "line", (double)line);
     http_reply_json(req, 422, root);
@@ -239,7 +226,6 @@ static void put(http_request *req, void *app, script_kind kind)
     const char *name = http_param(req, "name");
     store_tenant t = {0};
     script_entry e = {0};
-    char *dry = NULL;
     ap_err err = {0};
     size_t len = 0;
     if (!valid_name(req, name) || !load_tenant(req, d, &t))
@@ -251,24 +237,15 @@ static void put(http_request *req, void *app, script_kind kind)
     const char *src = upload_source(req, &len);
     if (src == NULL)
         goto out;
-    if (script_registry_validate(d->registry, kind, name, src, len, "override", &e, &err) !=
-        AP_OK) {
-        reply_invalid_script(req, err.msg);
+    int line = 0;
+    char version[IDS_SHA256_HEX_LEN + 1];
+    ap_status rc =
+        panel_engine_put_script(d->engine, t.id, kind, name, src, len, version, &line, &err);
+    if (rc == AP_INVALID) {
+        reply_invalid_script(req, err.msg, line);
         goto out;
     }
-    if (kind == SCRIPT_CONSENSUS &&
-        script_consensus_dry_run(script_registry_limits(d->registry), name, src, len,
-                                 sample_ballots, NULL, &dry, &err) != AP_OK) {
-        reply_invalid_script(req, err.msg);
-        goto out;
-    }
-    store_script sc = {.kind = store_kind(kind),
-                       .name = (char *)name,
-                       .version = e.version,
-                       .source = (char *)src,
-                       .origin = "override"};
-    memcpy(sc.tenant_id, t.id, sizeof sc.tenant_id);
-    if (store_script_put(d->store, t.id, &sc, true, &err) != AP_OK) {
+    if (rc != AP_OK || resolve(d, &t, kind, name, &e, &err) != AP_OK) {
         http_reply_ap_err(req, &err);
         goto out;
     }
@@ -277,7 +254,6 @@ static void put(http_request *req, void *app, script_kind kind)
             kind == SCRIPT_STRATEGY ? "strategy" : "consensus algorithm", name, e.version);
     http_reply_json(req, 200, entry_json(&e, false));
 out:
-    free(dry);
     script_entry_free(&e);
     store_tenant_free(&t);
 }

@@ -2109,9 +2109,32 @@ static cJSON *script_json(const script_entry *en)
     return o;
 }
 
-static int cmp_by_name(const cJSON *a, const cJSON *b)
+static int cmp_by_name(const void *a, const void *b)
 {
-    return strcmp(jsonx_string(a, "name"), jsonx_string(b, "name"));
+    const char *x = jsonx_string(*(cJSON *const *)a, "name");
+    const char *y = jsonx_string(*(cJSON *const *)b, "name");
+    return strcmp(x != NULL ? x : "", y != NULL ? y : "");
+}
+
+/* The items of arr in a new array sorted by name; takes ownership of arr. (cJSON's in-place
+ * detach and insert is not reliable enough to sort with.) */
+static cJSON *sorted_by_name(cJSON *arr)
+{
+    int count = cJSON_GetArraySize(arr);
+    if (count <= 1)
+        return arr;
+    cJSON **items = calloc((size_t)count, sizeof *items);
+    if (items == NULL) {
+        cJSON_Delete(arr);
+        return NULL;
+    }
+    for (int i = 0; i < count; i++)
+        items[i] = cJSON_DetachItemFromArray(arr, 0);
+    qsort(items, (size_t)count, sizeof *items, cmp_by_name);
+    for (int i = 0; i < count; i++)
+        cJSON_AddItemToArray(arr, items[i]);
+    free(items);
+    return arr;
 }
 
 ap_status panel_engine_list_scripts(panel_engine *e, const char *tenant_id, script_kind kind,
@@ -2152,17 +2175,7 @@ ap_status panel_engine_list_scripts(panel_engine *e, const char *tenant_id, scri
         if (!overridden)
             cJSON_AddItemToArray(arr, script_json(&files[i]));
     }
-    /* sort by name (insertion sort: lists are short) */
-    int count = cJSON_GetArraySize(arr);
-    for (int i = 1; arr != NULL && i < count; i++) {
-        for (int j = i; j > 0; j--) {
-            cJSON *a = cJSON_GetArrayItem(arr, j - 1), *b = cJSON_GetArrayItem(arr, j);
-            if (cmp_by_name(a, b) <= 0)
-                break;
-            cJSON_DetachItemViaPointer(arr, b);
-            cJSON_InsertItemInArray(arr, j - 1, b);
-        }
-    }
+    arr = sorted_by_name(arr);
     *json = arr != NULL ? jsonx_print(arr) : NULL;
     cJSON_Delete(arr);
     rc = *json != NULL ? AP_OK : ap_err_set(err, AP_NOMEM, "out of memory");

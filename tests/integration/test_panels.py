@@ -116,6 +116,9 @@ def test_create_validation(w):
     expect_error(s.request("POST", "/v1/panels", {"question": "q" * 9000, "strategy": "council"}, key=a), 400)
     expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "no_such"}, key=a), 422,
                  "unknown_strategy")
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
+                                                  "consensus": "no_such"}, key=a), 422,
+                 "unknown_consensus")
     body = expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "delphi",
                                                          "params": {"max_rounds": "many"}}, key=a), 422)
     expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
