@@ -51,7 +51,7 @@ for part in $PARTS; do
     start_server ASKPANEL_SIM_LATENCY_MS=300
     ID=$(new_panel "Fan-out benchmark" delphi)
     echo "(b) 5,000 SSE subscribers on one running panel:"
-    python3 bench/sse_fanout.py "http://127.0.0.1:$PORT" "$KEY" "$ID" $SERVER_PID ${SUBSCRIBERS:-5000} | sed 's/^/    /'
+    python3 bench/sse_fanout.py "http://127.0.0.1:$PORT" "$KEY" "$ID" $SERVER_PID ${SUBSCRIBERS:-5000} "$BUILD" | sed 's/^/    /'
     stop_server
     ;;
   c)

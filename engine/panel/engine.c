@@ -11,6 +11,7 @@
 #include "script/params.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,7 @@ struct panel_sub {
     bool lagged;
     void (*notify)(void *ud);
     void *ud;
-    struct panel_sub *next; /* in its bucket */
+    struct panel_sub *prev, *next; /* in its bucket; doubly linked so leaving is O(1) */
 };
 
 /* ---- panels --------------------------------------------------------------------------- */
@@ -279,47 +280,80 @@ static void writer_push(panel_engine *e, witem *w)
         witem_free(w);
 }
 
+/* One published event, shared by every subscriber queue it sits in: thousands of SSE
+ * streams on one panel cost one copy of each event, not one each. */
+typedef struct shared_event {
+    atomic_int refs;
+    char *data; /* points into text, after the type */
+    char text[];
+} shared_event;
+
+static shared_event *shared_event_new(const char *type, const char *data)
+{
+    size_t tl = strlen(type), dl = strlen(data);
+    shared_event *sh = malloc(sizeof *sh + tl + dl + 2);
+    if (sh == NULL)
+        return NULL;
+    atomic_init(&sh->refs, 1);
+    memcpy(sh->text, type, tl + 1);
+    sh->data = sh->text + tl + 1;
+    memcpy(sh->data, data, dl + 1);
+    return sh;
+}
+
+static void shared_event_unref(shared_event *sh)
+{
+    if (sh != NULL && atomic_fetch_sub(&sh->refs, 1) == 1)
+        free(sh);
+}
+
 static void publish(panel_engine *e, const witem *w)
 {
+    shared_event *sh = NULL;
     pthread_mutex_lock(&e->smu);
     for (panel_sub *s = e->subs[bucket_of(w->panel_id)]; s != NULL; s = s->next) {
         if (strcmp(s->panel_id, w->panel_id) != 0)
             continue;
-        bool queued = false;
+        bool wake = false;
         pthread_mutex_lock(&s->mu);
         if (s->count >= s->max) {
-            if (w->seq > 0)
-                s->lagged = true;
+            if (w->seq > 0 && !s->lagged)
+                s->lagged = wake = true;
         } else if (!s->lagged) {
             qevent *q = calloc(1, sizeof *q);
-            if (q != NULL) {
+            if (sh == NULL)
+                sh = shared_event_new(w->type, w->data);
+            if (q != NULL && sh != NULL) {
                 memcpy(q->ev.panel_id, w->panel_id, sizeof q->ev.panel_id);
                 q->ev.seq = w->seq;
-                q->ev.type = strdup(w->type);
-                q->ev.data = strdup(w->data);
+                q->ev.type = sh->text;
+                q->ev.data = sh->data;
+                q->ev.shared = sh;
+                atomic_fetch_add(&sh->refs, 1);
             }
-            if (q == NULL || q->ev.type == NULL || q->ev.data == NULL) {
-                if (q != NULL)
-                    panel_event_clear(&q->ev);
+            if (q == NULL || sh == NULL) {
                 free(q);
-                if (w->seq > 0)
-                    s->lagged = true;
+                if (w->seq > 0 && !s->lagged)
+                    s->lagged = wake = true;
             } else {
                 if (s->tail != NULL)
                     s->tail->next = q;
                 else
                     s->head = q;
                 s->tail = q;
-                s->count++;
-                queued = true;
+                /* A consumer drains its whole queue once woken, so only the first event
+                 * into an empty queue needs a wake: bursts cost one wake per subscriber,
+                 * not one per event. */
+                wake = s->count++ == 0;
             }
         }
         pthread_cond_signal(&s->cond);
         pthread_mutex_unlock(&s->mu);
-        if (s->notify != NULL && (queued || s->lagged))
+        if (s->notify != NULL && wake)
             s->notify(s->ud);
     }
     pthread_mutex_unlock(&e->smu);
+    shared_event_unref(sh); /* publish's own reference */
 }
 
 /* Appends the durable events of one tenant in one transaction (the group commit); if that
@@ -475,8 +509,8 @@ void panel_event_clear(panel_event *ev)
 {
     if (ev == NULL)
         return;
-    free(ev->type);
-    free(ev->data);
+    shared_event_unref(ev->shared);
+    ev->shared = NULL;
     ev->type = ev->data = NULL;
 }
 
@@ -504,6 +538,8 @@ ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const c
     unsigned b = bucket_of(s->panel_id);
     pthread_mutex_lock(&e->smu);
     s->next = e->subs[b];
+    if (s->next != NULL)
+        s->next->prev = s;
     e->subs[b] = s;
     pthread_mutex_unlock(&e->smu);
     *out = s;
@@ -527,12 +563,12 @@ void panel_engine_unsubscribe(panel_engine *e, panel_sub *s)
     if (s == NULL)
         return;
     pthread_mutex_lock(&e->smu);
-    for (panel_sub **pp = &e->subs[bucket_of(s->panel_id)]; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == s) {
-            *pp = s->next;
-            break;
-        }
-    }
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        e->subs[bucket_of(s->panel_id)] = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
     pthread_mutex_unlock(&e->smu);
     sub_drain(s);
     pthread_mutex_destroy(&s->mu);

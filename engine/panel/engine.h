@@ -109,12 +109,13 @@ ap_status panel_engine_put_script(panel_engine *e, const char *tenant_id, script
 
 typedef struct panel_event {
     char panel_id[STORE_ID_MAX];
-    int64_t seq; /* 0 for ephemeral events (expert.delta) */
-    char *type;  /* owned */
-    char *data;  /* JSON, owned */
+    int64_t seq;      /* 0 for ephemeral events (expert.delta) */
+    const char *type; /* valid until panel_event_clear */
+    const char *data; /* JSON, valid until panel_event_clear */
+    void *shared;     /* the one copy all subscribers of the event read (internal) */
 } panel_event;
 
-/* Frees the strings of ev (not ev itself). */
+/* Releases ev's reference to its strings (not ev itself). */
 void panel_event_clear(panel_event *ev);
 
 typedef struct panel_sub panel_sub;

@@ -133,8 +133,7 @@ static char *wait_for(panel_sub *sub, const char *type, int timeout_ms)
         int r = panel_sub_next(sub, &ev, 100);
         if (r == 1) {
             bool hit = strcmp(ev.type, type) == 0;
-            char *data = ev.data;
-            ev.data = NULL;
+            char *data = strdup(ev.data);
             if (!hit && strcmp(ev.type, "panel.failed") == 0 && strcmp(type, "panel.failed") != 0)
                 fail_msg("panel failed while waiting for %s: %s", type, data);
             panel_event_clear(&ev);
