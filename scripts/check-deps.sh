@@ -3,7 +3,7 @@
 # prints the one command that does. Used by `make`, `make run` and `make test`.
 set -eu
 here=$(dirname "$0")
-need="cmake pkg-config gcc lua5.4 busted redis-server pg_virtualenv python3"
+need="cmake pkg-config gcc lua5.4 busted redis-server pg_virtualenv python3 node npm chromium"
 ok=1
 for c in $need; do command -v "$c" >/dev/null 2>&1 || ok=0; done
 for m in lua5.4 libmicrohttpd libcurl libpq hiredis libcjson sqlite3 libcrypto cmocka; do

@@ -7,7 +7,11 @@ PACKAGES="build-essential cmake pkg-config
   liblua5.4-dev lua5.4 libmicrohttpd-dev libcurl4-openssl-dev libpq-dev libhiredis-dev
   libcjson-dev libsqlite3-dev libssl-dev libcmocka-dev
   lua-busted postgresql postgresql-common redis-server
-  python3 curl wrk clang clang-format inotify-tools"
+  python3 curl wrk clang clang-format inotify-tools chromium"
+
+# Node.js may come from elsewhere (e.g. NodeSource, which bundles npm): only install Debian's
+# when there is no node/npm at all.
+NODE_PACKAGES="nodejs npm"
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: must run as root: sudo $0" >&2
@@ -18,6 +22,9 @@ missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing="$missing $NODE_PACKAGES"
+fi
 [ -z "$missing" ] && exit 0
 
 echo "install-deps: installing:$missing" >&2

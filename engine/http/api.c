@@ -12,6 +12,8 @@ static const route_def routes[] = {
     {"GET", "/ready", api_ready, HTTP_PUBLIC},
     {"GET", "/openapi.json", api_openapi, HTTP_PUBLIC},
     {"GET", "/metrics", api_metrics, HTTP_PUBLIC},
+    {"GET", "/", api_ui_index, HTTP_PUBLIC},
+    {"GET", "/ui/{file}", api_ui_file, HTTP_PUBLIC},
     {"GET", "/v1/tenant", api_tenant_get, HTTP_AUTH_MEMBER},
     {"GET", "/v1/experts", api_experts_list, HTTP_AUTH_MEMBER},
     {"POST", "/v1/experts", api_experts_create, HTTP_AUTH_ADMIN},

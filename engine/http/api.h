@@ -41,6 +41,8 @@ void api_health(http_request *req, void *app);
 void api_ready(http_request *req, void *app);
 void api_openapi(http_request *req, void *app);
 void api_metrics(http_request *req, void *app);
+void api_ui_index(http_request *req, void *app);
+void api_ui_file(http_request *req, void *app);
 void api_tenant_get(http_request *req, void *app);
 void api_experts_list(http_request *req, void *app);
 void api_experts_create(http_request *req, void *app);
