@@ -109,6 +109,11 @@ typedef struct store_ops {
                              const char *name, store_script **rows, size_t *n, ap_err *err);
 
     ap_status (*usage_record)(void *impl, const char *tenant_id, const store_usage *u, ap_err *err);
+    /* Items are validated and complete (ids, times set; superseded checkpoints removed); runs
+     * them in one transaction and sets each item's result as store_write_batch documents.
+     * now is the transitions' updated_at. */
+    ap_status (*write_batch)(void *impl, const char *tenant_id, store_write *items, size_t n,
+                             int64_t now, ap_err *err);
     /* Groups ordered by key. */
     ap_status (*usage_summary)(void *impl, const char *tenant_id, int64_t from_ms, int64_t to_ms,
                                store_group group, store_usage_group **groups, size_t *n,

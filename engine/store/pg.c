@@ -78,6 +78,8 @@ enum {
     Q_USAGE_BY_EXPERT,
     Q_USAGE_BY_MODEL,
     Q_USAGE_BY_DAY,
+    Q_EVENT_INSERT_NEW,
+    Q_TRANSITION_REPORT,
     Q__COUNT
 };
 
@@ -166,6 +168,17 @@ static const char *const sql_text[Q__COUNT] = {
         "SELECT tenant_id, model, " USAGE_AGG "GROUP BY tenant_id, model ORDER BY model",
     [Q_USAGE_BY_DAY] = "SELECT tenant_id, (created_at / 86400000)::text, " USAGE_AGG
                        "GROUP BY tenant_id, created_at / 86400000 ORDER BY created_at / 86400000",
+    [Q_EVENT_INSERT_NEW] =
+        "INSERT INTO panel_events (tenant_id, panel_id, seq, type, data, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, panel_id, seq) DO NOTHING",
+    /* The transition and, from the statement's snapshot (before the update), whether the
+     * panel exists at all: a batch needs no second round trip to tell the two failures apart. */
+    [Q_TRANSITION_REPORT] =
+        "WITH u AS (UPDATE panels SET status = $1, result = COALESCE($2::json, result), "
+        "error = COALESCE($3, error), updated_at = $4 "
+        "WHERE tenant_id = $5 AND id = $6 AND status = ANY($7::text[]) RETURNING 1) "
+        "SELECT (SELECT count(*) FROM u), "
+        "EXISTS (SELECT 1 FROM panels WHERE tenant_id = $5 AND id = $6)",
 };
 
 typedef struct pgc {
@@ -1525,6 +1538,170 @@ static ap_status pg_usage_summary(void *impl, const char *tenant_id, int64_t fro
     return AP_OK;
 }
 
+/* ---- batch writes ------------------------------------------------------------------------- */
+
+#define PG_BATCH_CHUNK 256 /* statements sent before reading their results back */
+
+static const int batch_queries[] = {Q_EVENT_INSERT_NEW, Q_CHECKPOINT_PUT, Q_TRANSITION_REPORT,
+                                    Q_USAGE_INSERT};
+
+/* Queues item w's statement on the pipeline (statements are prepared already). */
+static bool batch_send(pgc *c, const char *tenant_id, const store_write *w, int64_t now)
+{
+    char name[16];
+    switch (w->kind) {
+    case STORE_WRITE_EVENT: {
+        const store_event *ev = &w->u.event;
+        num seq = i64(ev->seq), at = i64(ev->created_at);
+        snprintf(name, sizeof name, "q%d", Q_EVENT_INSERT_NEW);
+        return PQsendQueryPrepared(
+                   c->conn, name, 6,
+                   (const char *const[]){tenant_id, ev->panel_id, seq.s, ev->type, ev->data, at.s},
+                   NULL, NULL, 0) == 1;
+    }
+    case STORE_WRITE_CHECKPOINT: {
+        const store_checkpoint *ck = &w->u.checkpoint;
+        num step = i64(ck->step), last = i64(ck->last_seq), at = i64(ck->created_at);
+        snprintf(name, sizeof name, "q%d", Q_CHECKPOINT_PUT);
+        return PQsendQueryPrepared(
+                   c->conn, name, 9,
+                   (const char *const[]){tenant_id, ck->panel_id, step.s, ck->next_node, ck->state,
+                                         ck->script_version, ck->journal, last.s, at.s},
+                   NULL, NULL, 0) == 1;
+    }
+    case STORE_WRITE_TRANSITION: {
+        const store_transition *t = &w->u.transition;
+        /* Statuses are validated names: an array literal needs no quoting. */
+        char list[256];
+        size_t len = 0;
+        list[len++] = '{';
+        for (size_t i = 0; i < t->n_from; i++)
+            len +=
+                (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? "," : "", t->from[i]);
+        snprintf(list + len, sizeof list - len, "}");
+        num at = i64(now);
+        snprintf(name, sizeof name, "q%d", Q_TRANSITION_REPORT);
+        return PQsendQueryPrepared(c->conn, name, 7,
+                                   (const char *const[]){t->to, t->result, t->error, at.s,
+                                                         tenant_id, t->panel_id, list},
+                                   NULL, NULL, 0) == 1;
+    }
+    case STORE_WRITE_USAGE: {
+        const store_usage *u = &w->u.usage;
+        num pt = i64(u->prompt_tokens), ct = i64(u->completion_tokens), cost = dbl(u->cost_usd),
+            lat = i64(u->latency_ms), att = i64(u->attempts), at = i64(u->created_at);
+        snprintf(name, sizeof name, "q%d", Q_USAGE_INSERT);
+        return PQsendQueryPrepared(
+                   c->conn, name, 13,
+                   (const char *const[]){
+                       u->id, tenant_id, u->panel_id[0] != '\0' ? u->panel_id : NULL, u->expert_id,
+                       u->provider, u->model, pt.s, ct.s, cost.s, lat.s, att.s, u->outcome, at.s},
+                   NULL, NULL, 0) == 1;
+    }
+    }
+    return false;
+}
+
+/* Interprets the result of item w's statement; sets w->result. */
+static ap_status batch_result(pgc *c, PGresult *r, store_write *w, ap_err *err)
+{
+    ExecStatusType st = PQresultStatus(r);
+    ap_status rc = AP_OK;
+    if (st == PGRES_PIPELINE_ABORTED)
+        return AP_OK; /* an earlier statement failed; its status is the batch's */
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        rc = result_error(c, r, err);
+        if (rc == AP_NOTFOUND)
+            ap_err_set(err, AP_NOTFOUND, "no such panel");
+        else if (rc == AP_CONFLICT && w->kind == STORE_WRITE_USAGE)
+            ap_err_set(err, AP_CONFLICT, "usage record %s already exists", w->u.usage.id);
+    } else if (w->kind == STORE_WRITE_EVENT) {
+        if (strtol(PQcmdTuples(r), NULL, 10) == 0)
+            w->result = AP_CONFLICT;
+    } else if (w->kind == STORE_WRITE_TRANSITION) {
+        if (PQntuples(r) != 1)
+            rc = ap_err_set(err, AP_IO, "database returned no result");
+        else if (int_col(r, 0, 0) == 0 && strcmp(val(r, 0, 1), "t") == 0)
+            w->result = AP_CONFLICT;
+        else if (int_col(r, 0, 0) == 0)
+            rc = ap_err_set(err, AP_NOTFOUND, "no such panel");
+    }
+    if (rc != AP_OK)
+        w->result = rc;
+    return rc;
+}
+
+/* Sends items in chunks on one pipeline inside the tenant's transaction, reading each chunk's
+ * results at its sync point, so neither side's buffers fill while the other waits. */
+static ap_status batch_run(pgc *c, const char *tenant_id, store_write *items, size_t n, int64_t now,
+                           ap_err *err)
+{
+    if (PQenterPipelineMode(c->conn) != 1)
+        return result_error(c, NULL, err);
+    ap_status rc = AP_OK;
+    for (size_t start = 0; start < n && rc == AP_OK; start += PG_BATCH_CHUNK) {
+        size_t end_i = n - start > PG_BATCH_CHUNK ? start + PG_BATCH_CHUNK : n;
+        bool sent = true;
+        for (size_t i = start; i < end_i && sent; i++)
+            sent = batch_send(c, tenant_id, &items[i], now);
+        /* A failed send still ends in a sync, so the pipeline drains and can be left. */
+        if (!sent)
+            rc = result_error(c, NULL, err);
+        if (PQpipelineSync(c->conn) != 1) {
+            if (rc == AP_OK)
+                rc = result_error(c, NULL, err);
+            break;
+        }
+        /* Results arrive in order, each followed by NULL, then the sync marker. */
+        for (size_t i = start;;) {
+            PGresult *r = PQgetResult(c->conn);
+            if (r == NULL) {
+                if (PQstatus(c->conn) != CONNECTION_OK) {
+                    if (rc == AP_OK)
+                        rc = unavailable(c->conn, err);
+                    break;
+                }
+                continue;
+            }
+            if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+                PQclear(r);
+                break;
+            }
+            if (i < end_i) {
+                ap_status one = batch_result(c, r, &items[i], err);
+                if (rc == AP_OK)
+                    rc = one;
+                i++;
+            }
+            PQclear(r);
+        }
+    }
+    if (PQpipelineStatus(c->conn) != PQ_PIPELINE_OFF && PQexitPipelineMode(c->conn) != 1 &&
+        rc == AP_OK)
+        rc = result_error(c, NULL, err);
+    return rc;
+}
+
+static ap_status pg_write_batch(void *impl, const char *tenant_id, store_write *items, size_t n,
+                                int64_t now, ap_err *err)
+{
+    pg *db = impl;
+    pgc *c;
+    ap_status rc = checkout(db, &c, err);
+    if (rc != AP_OK)
+        return rc;
+    char name[16];
+    for (size_t k = 0; k < sizeof batch_queries / sizeof batch_queries[0] && rc == AP_OK; k++)
+        rc = prepare(c, batch_queries[k], name, err);
+    if (rc == AP_OK)
+        rc = begin(c, tenant_id, err);
+    if (rc == AP_OK)
+        rc = batch_run(c, tenant_id, items, n, now, err);
+    rc = end(c, rc, err);
+    release(db, c);
+    return rc;
+}
+
 const store_ops store_pg_ops = {
     .name = "postgres",
     .close = pg_close,
@@ -1561,4 +1738,5 @@ const store_ops store_pg_ops = {
     .script_list = pg_script_list,
     .usage_record = pg_usage_record,
     .usage_summary = pg_usage_summary,
+    .write_batch = pg_write_batch,
 };

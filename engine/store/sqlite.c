@@ -51,6 +51,7 @@ enum {
     ST_PANEL_LIST_BEFORE,
     ST_PANELS_IN_STATUS,
     ST_EVENT_INSERT,
+    ST_EVENT_INSERT_NEW,
     ST_EVENT_LIST,
     ST_EVENT_LAST,
     ST_CHECKPOINT_PUT,
@@ -116,6 +117,8 @@ static const char *const sql_text[ST__COUNT] = {
     [ST_PANELS_IN_STATUS] =
         "SELECT tenant_id, id FROM panels WHERE status = ? ORDER BY created_at, id",
     [ST_EVENT_INSERT] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?)",
+    [ST_EVENT_INSERT_NEW] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT DO NOTHING",
     [ST_EVENT_LIST] = "SELECT " EVENT_COLS " FROM panel_events WHERE tenant_id = ? "
                       "AND panel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     [ST_EVENT_LAST] =
@@ -926,12 +929,12 @@ static ap_status sq_panel_get(void *impl, const char *tenant_id, const char *id,
     return rc;
 }
 
-static ap_status sq_panel_transition(void *impl, const char *tenant_id, const char *id,
-                                     const char *const *from, size_t n_from, const char *new_status,
-                                     const char *result, const char *error, int64_t now,
-                                     ap_err *err)
+/* Runs one transition inside the caller's transaction: AP_NOTFOUND when the panel is not the
+ * tenant's, AP_CONFLICT when its status is not in from[]. */
+static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
+                                   const char *const *from, size_t n_from, const char *new_status,
+                                   const char *result, const char *error, int64_t now, ap_err *err)
 {
-    sq *q = impl;
     sqlite3_stmt *st;
     /* Statuses are validated names, so quoting them into a JSON array needs no escaping. */
     char list[256];
@@ -940,10 +943,7 @@ static ap_status sq_panel_transition(void *impl, const char *tenant_id, const ch
     for (size_t i = 0; i < n_from; i++)
         len += (size_t)snprintf(list + len, sizeof list - len, "%s\"%s\"", i ? "," : "", from[i]);
     snprintf(list + len, sizeof list - len, "]");
-    pthread_mutex_lock(&q->mu);
-    ap_status rc = sq_begin(q, err);
-    if (rc == AP_OK)
-        rc = sq_stmt(q, ST_PANEL_TRANSITION, &st, err);
+    ap_status rc = sq_stmt(q, ST_PANEL_TRANSITION, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, new_status);
         bind_text(st, 2, result);
@@ -966,6 +966,19 @@ static ap_status sq_panel_transition(void *impl, const char *tenant_id, const ch
             rc = ap_err_set(err, AP_CONFLICT, "panel is not in a status that allows '%s'",
                             new_status);
     }
+    return rc;
+}
+
+static ap_status sq_panel_transition(void *impl, const char *tenant_id, const char *id,
+                                     const char *const *from, size_t n_from, const char *new_status,
+                                     const char *result, const char *error, int64_t now,
+                                     ap_err *err)
+{
+    sq *q = impl;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_begin(q, err);
+    if (rc == AP_OK)
+        rc = sq_transition_one(q, tenant_id, id, from, n_from, new_status, result, error, now, err);
     rc = sq_end(q, rc, err);
     pthread_mutex_unlock(&q->mu);
     return rc;
@@ -1147,12 +1160,10 @@ static ap_status sq_events_last_seq(void *impl, const char *tenant_id, const cha
 
 /* ---- checkpoints -------------------------------------------------------------------------- */
 
-static ap_status sq_checkpoint_put(void *impl, const char *tenant_id, const store_checkpoint *c,
+static ap_status sq_checkpoint_one(sq *q, const char *tenant_id, const store_checkpoint *c,
                                    ap_err *err)
 {
-    sq *q = impl;
     sqlite3_stmt *st;
-    pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_CHECKPOINT_PUT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -1168,6 +1179,15 @@ static ap_status sq_checkpoint_put(void *impl, const char *tenant_id, const stor
         if (rc == AP_NOTFOUND)
             ap_err_set(err, AP_NOTFOUND, "no such panel");
     }
+    return rc;
+}
+
+static ap_status sq_checkpoint_put(void *impl, const char *tenant_id, const store_checkpoint *c,
+                                   ap_err *err)
+{
+    sq *q = impl;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_checkpoint_one(q, tenant_id, c, err);
     pthread_mutex_unlock(&q->mu);
     return rc;
 }
@@ -1341,12 +1361,9 @@ static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_
 
 /* ---- usage -------------------------------------------------------------------------------- */
 
-static ap_status sq_usage_record(void *impl, const char *tenant_id, const store_usage *u,
-                                 ap_err *err)
+static ap_status sq_usage_one(sq *q, const char *tenant_id, const store_usage *u, ap_err *err)
 {
-    sq *q = impl;
     sqlite3_stmt *st;
-    pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_USAGE_INSERT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, u->id);
@@ -1368,6 +1385,15 @@ static ap_status sq_usage_record(void *impl, const char *tenant_id, const store_
         else if (rc == AP_NOTFOUND)
             ap_err_set(err, AP_NOTFOUND, "no such tenant");
     }
+    return rc;
+}
+
+static ap_status sq_usage_record(void *impl, const char *tenant_id, const store_usage *u,
+                                 ap_err *err)
+{
+    sq *q = impl;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_usage_one(q, tenant_id, u, err);
     pthread_mutex_unlock(&q->mu);
     return rc;
 }
@@ -1429,6 +1455,67 @@ static ap_status sq_usage_summary(void *impl, const char *tenant_id, int64_t fro
     return AP_OK;
 }
 
+/* ---- batch writes ------------------------------------------------------------------------- */
+
+/* An event already stored is skipped (AP_CONFLICT on the item) rather than failing the batch:
+ * the upsert ignores only the primary key, so a foreign panel still fails it. */
+static ap_status sq_event_new(sq *q, const char *tenant_id, store_write *w, ap_err *err)
+{
+    const store_event *ev = &w->u.event;
+    sqlite3_stmt *st;
+    ap_status rc = sq_stmt(q, ST_EVENT_INSERT_NEW, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, tenant_id);
+        bind_text(st, 2, ev->panel_id);
+        sqlite3_bind_int64(st, 3, ev->seq);
+        bind_text(st, 4, ev->type);
+        bind_text(st, 5, ev->data);
+        sqlite3_bind_int64(st, 6, ev->created_at);
+        rc = sq_done(q, st, err);
+        if (rc == AP_NOTFOUND)
+            ap_err_set(err, AP_NOTFOUND, "no such panel: %s", ev->panel_id);
+    }
+    if (rc == AP_OK && sqlite3_changes(q->db) == 0)
+        w->result = AP_CONFLICT;
+    return rc;
+}
+
+static ap_status sq_write_batch(void *impl, const char *tenant_id, store_write *items, size_t n,
+                                int64_t now, ap_err *err)
+{
+    sq *q = impl;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_begin(q, err);
+    for (size_t i = 0; i < n && rc == AP_OK; i++) {
+        store_write *w = &items[i];
+        const store_transition *t = &w->u.transition;
+        switch (w->kind) {
+        case STORE_WRITE_EVENT:
+            rc = sq_event_new(q, tenant_id, w, err);
+            break;
+        case STORE_WRITE_CHECKPOINT:
+            rc = sq_checkpoint_one(q, tenant_id, &w->u.checkpoint, err);
+            break;
+        case STORE_WRITE_TRANSITION:
+            rc = sq_transition_one(q, tenant_id, t->panel_id, t->from, t->n_from, t->to, t->result,
+                                   t->error, now, err);
+            if (rc == AP_CONFLICT) {
+                w->result = AP_CONFLICT;
+                rc = AP_OK;
+            }
+            break;
+        case STORE_WRITE_USAGE:
+            rc = sq_usage_one(q, tenant_id, &w->u.usage, err);
+            break;
+        }
+        if (rc != AP_OK)
+            w->result = rc;
+    }
+    rc = sq_end(q, rc, err);
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
 const store_ops store_sqlite_ops = {
     .name = "sqlite",
     .close = sq_close,
@@ -1465,4 +1552,5 @@ const store_ops store_sqlite_ops = {
     .script_list = sq_script_list,
     .usage_record = sq_usage_record,
     .usage_summary = sq_usage_summary,
+    .write_batch = sq_write_batch,
 };

@@ -746,6 +746,25 @@ ap_status store_panel_get(store *s, const char *tenant_id, const char *id, store
     return s->ops->panel_get(s->impl, tid, pid, out, err);
 }
 
+/* Validates a transition's statuses and texts (the panel id is checked by the caller). */
+static ap_status transition_check(const char *const *from, size_t n_from, const char *new_status,
+                                  const char *result, const char *error, ap_err *err)
+{
+    if (n_from == 0 || n_from > sizeof panel_statuses / sizeof panel_statuses[0])
+        return ap_err_set(err, AP_INVALID, "transition needs 1 to 7 source statuses");
+    for (size_t i = 0; i < n_from; i++)
+        if (!status_valid(from[i]))
+            return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
+                              from[i] != NULL ? from[i] : "");
+    if (!status_valid(new_status))
+        return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
+                          new_status != NULL ? new_status : "");
+    ap_status rc = check_json(result, "panel result", 0, err);
+    if (rc == AP_OK)
+        rc = check_text(error, "panel error", false, STORE_VALUE_MAX, err);
+    return rc;
+}
+
 ap_status store_panel_transition(store *s, const char *tenant_id, const char *id,
                                  const char *const *from, size_t n_from, const char *new_status,
                                  const char *result, const char *error, ap_err *err)
@@ -756,17 +775,7 @@ ap_status store_panel_transition(store *s, const char *tenant_id, const char *id
         return rc;
     if (!ids_uuid_normalize(id, pid))
         return ap_err_set(err, AP_NOTFOUND, "no such panel");
-    if (n_from == 0 || n_from > sizeof panel_statuses / sizeof panel_statuses[0])
-        return ap_err_set(err, AP_INVALID, "transition needs 1 to 7 source statuses");
-    for (size_t i = 0; i < n_from; i++)
-        if (!status_valid(from[i]))
-            return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
-                              from[i] != NULL ? from[i] : "");
-    if (!status_valid(new_status))
-        return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
-                          new_status != NULL ? new_status : "");
-    if ((rc = check_json(result, "panel result", 0, err)) != AP_OK ||
-        (rc = check_text(error, "panel error", false, STORE_VALUE_MAX, err)) != AP_OK)
+    if ((rc = transition_check(from, n_from, new_status, result, error, err)) != AP_OK)
         return rc;
     return s->ops->panel_transition(s->impl, tid, pid, from, n_from, new_status, result, error,
                                     clock_wall_ms(), err);
@@ -834,6 +843,25 @@ void store_events_free(store_event *rows, size_t n)
     free(rows);
 }
 
+/* The stored form of event i of a batch in *out (strings borrowed from in). */
+static ap_status event_prepare(const store_event *in, size_t i, int64_t now, store_event *out,
+                               ap_err *err)
+{
+    ap_status rc = AP_OK;
+    *out = *in;
+    if (!ids_uuid_normalize(in->panel_id, out->panel_id))
+        rc = ap_err_set(err, AP_INVALID, "event %zu: panel id is not a valid UUID", i);
+    else if (in->seq < 1)
+        rc = ap_err_set(err, AP_INVALID, "event %zu: seq must be at least 1", i);
+    else if ((rc = check_text(in->type, "event type", true, 64, err)) == AP_OK)
+        rc = check_json(in->data, "event data", 0, err);
+    if (out->data == NULL)
+        out->data = "{}";
+    if (out->created_at <= 0)
+        out->created_at = now;
+    return rc;
+}
+
 ap_status store_events_append(store *s, const char *tenant_id, const store_event *events, size_t n,
                               ap_err *err)
 {
@@ -849,19 +877,8 @@ ap_status store_events_append(store *s, const char *tenant_id, const store_event
     if (ev == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     int64_t now = clock_wall_ms();
-    for (size_t i = 0; i < n && rc == AP_OK; i++) {
-        ev[i] = events[i];
-        if (!ids_uuid_normalize(events[i].panel_id, ev[i].panel_id))
-            rc = ap_err_set(err, AP_INVALID, "event %zu: panel id is not a valid UUID", i);
-        else if (events[i].seq < 1)
-            rc = ap_err_set(err, AP_INVALID, "event %zu: seq must be at least 1", i);
-        else if ((rc = check_text(events[i].type, "event type", true, 64, err)) == AP_OK)
-            rc = check_json(events[i].data, "event data", 0, err);
-        if (ev[i].data == NULL)
-            ev[i].data = "{}";
-        if (ev[i].created_at <= 0)
-            ev[i].created_at = now;
-    }
+    for (size_t i = 0; i < n && rc == AP_OK; i++)
+        rc = event_prepare(&events[i], i, now, &ev[i], err);
     if (rc == AP_OK)
         rc = s->ops->events_append(s->impl, tid, ev, n, err);
     free(ev);
@@ -912,14 +929,12 @@ void store_checkpoint_free(store_checkpoint *c)
     memset(c, 0, sizeof *c);
 }
 
-ap_status store_checkpoint_put(store *s, const char *tenant_id, const store_checkpoint *c,
-                               ap_err *err)
+/* The stored form of a checkpoint in *out (strings borrowed from c). */
+static ap_status checkpoint_prepare(const store_checkpoint *c, int64_t now, store_checkpoint *out,
+                                    ap_err *err)
 {
-    char tid[STORE_ID_MAX];
-    store_checkpoint cp = *c;
-    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
-    if (rc == AP_OK)
-        rc = norm_uuid(c->panel_id, cp.panel_id, "panel id", err);
+    *out = *c;
+    ap_status rc = norm_uuid(c->panel_id, out->panel_id, "panel id", err);
     if (rc != AP_OK)
         return rc;
     if (c->step < 0 || c->last_seq < 0)
@@ -929,11 +944,24 @@ ap_status store_checkpoint_put(store *s, const char *tenant_id, const store_chec
         (rc = check_json(c->state, "checkpoint state", 0, err)) != AP_OK ||
         (rc = check_json(c->journal, "checkpoint journal", 'a', err)) != AP_OK)
         return rc;
-    if (cp.state == NULL)
-        cp.state = "{}";
-    if (cp.journal == NULL)
-        cp.journal = "[]";
-    cp.created_at = clock_wall_ms();
+    if (out->state == NULL)
+        out->state = "{}";
+    if (out->journal == NULL)
+        out->journal = "[]";
+    out->created_at = now;
+    return AP_OK;
+}
+
+ap_status store_checkpoint_put(store *s, const char *tenant_id, const store_checkpoint *c,
+                               ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    store_checkpoint cp;
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = checkpoint_prepare(c, clock_wall_ms(), &cp, err);
+    if (rc != AP_OK)
+        return rc;
     return s->ops->checkpoint_put(s->impl, tid, &cp, err);
 }
 
@@ -1075,19 +1103,17 @@ void store_usage_free(store_usage *u)
     memset(u, 0, sizeof *u);
 }
 
-ap_status store_usage_record(store *s, const char *tenant_id, const store_usage *u, ap_err *err)
+/* The stored form of a usage record in *out (id generated when empty; strings borrowed). */
+static ap_status usage_prepare(const store_usage *u, int64_t now, store_usage *out, ap_err *err)
 {
-    char tid[STORE_ID_MAX];
-    store_usage v = *u;
-    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
-    if (rc != AP_OK)
-        return rc;
+    ap_status rc = AP_OK;
+    *out = *u;
     if (u->id[0] != '\0')
-        rc = norm_uuid(u->id, v.id, "usage id", err);
-    else if (ids_uuid_v4(v.id) != AP_OK)
+        rc = norm_uuid(u->id, out->id, "usage id", err);
+    else if (ids_uuid_v4(out->id) != AP_OK)
         rc = ap_err_set(err, AP_IO, "no randomness for a usage id");
     if (rc == AP_OK && u->panel_id[0] != '\0')
-        rc = norm_uuid(u->panel_id, v.panel_id, "usage panel id", err);
+        rc = norm_uuid(u->panel_id, out->panel_id, "usage panel id", err);
     if (rc != AP_OK)
         return rc;
     if ((rc = check_text(u->expert_id, "usage expert id", false, 64, err)) != AP_OK ||
@@ -1098,9 +1124,131 @@ ap_status store_usage_record(store *s, const char *tenant_id, const store_usage 
     if (u->prompt_tokens < 0 || u->completion_tokens < 0 || u->latency_ms < 0 || u->attempts < 0 ||
         !isfinite(u->cost_usd) || u->cost_usd < 0)
         return ap_err_set(err, AP_INVALID, "usage counters must not be negative");
-    if (v.created_at <= 0)
-        v.created_at = clock_wall_ms();
+    if (out->created_at <= 0)
+        out->created_at = now;
+    return AP_OK;
+}
+
+ap_status store_usage_record(store *s, const char *tenant_id, const store_usage *u, ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    store_usage v;
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc == AP_OK)
+        rc = usage_prepare(u, clock_wall_ms(), &v, err);
+    if (rc != AP_OK)
+        return rc;
     return s->ops->usage_record(s->impl, tid, &v, err);
+}
+
+/* ---- batch writes ------------------------------------------------------------------------ */
+
+static uint32_t id_hash(const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (; *id != '\0'; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return h;
+}
+
+/* Clears keep[i] for every checkpoint that a later checkpoint of the same panel supersedes,
+ * with an open addressing table of the latest index per panel (ids already normalised). */
+static ap_status latest_checkpoints(const store_write *w, size_t n, bool *keep, ap_err *err)
+{
+    size_t cap = 16;
+    while (cap < n * 2)
+        cap *= 2;
+    size_t *slot = malloc(cap * sizeof *slot);
+    if (slot == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    for (size_t h = 0; h < cap; h++)
+        slot[h] = SIZE_MAX;
+    for (size_t i = 0; i < n; i++) {
+        if (w[i].kind != STORE_WRITE_CHECKPOINT)
+            continue;
+        const char *pid = w[i].u.checkpoint.panel_id;
+        size_t h = id_hash(pid) & (cap - 1);
+        while (slot[h] != SIZE_MAX && strcmp(w[slot[h]].u.checkpoint.panel_id, pid) != 0)
+            h = (h + 1) & (cap - 1);
+        if (slot[h] != SIZE_MAX)
+            keep[slot[h]] = false;
+        slot[h] = i;
+    }
+    free(slot);
+    return AP_OK;
+}
+
+/* The stored form of item i in *out. */
+static ap_status write_prepare(const store_write *in, size_t i, int64_t now, store_write *out,
+                               ap_err *err)
+{
+    *out = *in;
+    out->result = AP_OK;
+    switch (in->kind) {
+    case STORE_WRITE_EVENT:
+        return event_prepare(&in->u.event, i, now, &out->u.event, err);
+    case STORE_WRITE_CHECKPOINT:
+        return checkpoint_prepare(&in->u.checkpoint, now, &out->u.checkpoint, err);
+    case STORE_WRITE_TRANSITION: {
+        const store_transition *t = &in->u.transition;
+        if (!ids_uuid_normalize(t->panel_id, out->u.transition.panel_id))
+            return ap_err_set(err, AP_NOTFOUND, "no such panel");
+        return transition_check(t->from, t->n_from, t->to, t->result, t->error, err);
+    }
+    case STORE_WRITE_USAGE:
+        return usage_prepare(&in->u.usage, now, &out->u.usage, err);
+    }
+    return ap_err_set(err, AP_INVALID, "write %zu: unknown kind %d", i, (int)in->kind);
+}
+
+ap_status store_write_batch(store *s, const char *tenant_id, store_write *items, size_t n,
+                            ap_err *err)
+{
+    char tid[STORE_ID_MAX];
+    store_write *w = NULL;
+    size_t *from = NULL;
+    bool *keep = NULL;
+    size_t m = 0;
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK || n == 0)
+        goto out;
+    if (n > STORE_WRITE_MAX) {
+        rc = ap_err_set(err, AP_LIMIT, "more than %d writes in one batch", STORE_WRITE_MAX);
+        goto out;
+    }
+    w = malloc(n * sizeof *w);
+    from = malloc(n * sizeof *from);
+    keep = malloc(n * sizeof *keep);
+    if (w == NULL || from == NULL || keep == NULL) {
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
+    }
+    int64_t now = clock_wall_ms();
+    for (size_t i = 0; i < n; i++) {
+        items[i].result = AP_OK;
+        keep[i] = true;
+    }
+    for (size_t i = 0; i < n && rc == AP_OK; i++)
+        if ((rc = write_prepare(&items[i], i, now, &w[i], err)) != AP_OK)
+            items[i].result = rc;
+    if (rc == AP_OK)
+        rc = latest_checkpoints(w, n, keep, err);
+    if (rc != AP_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (!keep[i])
+            continue;
+        w[m] = w[i];
+        from[m++] = i;
+    }
+    rc = s->ops->write_batch(s->impl, tid, w, m, now, err);
+    for (size_t j = 0; j < m; j++)
+        items[from[j]].result = w[j].result;
+out:
+    free(w);
+    free(from);
+    free(keep);
+    return rc;
 }
 
 static ap_status summary_json(const store_usage_group *g, size_t n, store_group group, char **json,

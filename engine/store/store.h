@@ -308,6 +308,53 @@ void store_usage_free(store_usage *u);
 
 ap_status store_usage_record(store *s, const char *tenant_id, const store_usage *u, ap_err *err);
 
+/* ---- batch writes -------------------------------------------------------------------- */
+
+#define STORE_WRITE_MAX 10000 /* most items in one store_write_batch call */
+
+typedef enum store_write_kind {
+    STORE_WRITE_EVENT = 1,  /* append u.event */
+    STORE_WRITE_CHECKPOINT, /* put u.checkpoint */
+    STORE_WRITE_TRANSITION, /* u.transition, like store_panel_transition */
+    STORE_WRITE_USAGE       /* record u.usage */
+} store_write_kind;
+
+typedef struct store_transition {
+    char panel_id[STORE_ID_MAX];
+    const char *const *from; /* n_from statuses the panel must be in */
+    size_t n_from;
+    const char *to;
+    const char *result; /* may be NULL (left unchanged) */
+    const char *error;  /* may be NULL (left unchanged) */
+} store_transition;
+
+typedef struct store_write {
+    store_write_kind kind;
+    union {
+        store_event event;
+        store_checkpoint checkpoint;
+        store_transition transition;
+        store_usage usage;
+    } u;
+    ap_status result; /* out: what happened to this item */
+} store_write;
+
+/* Applies n writes of one tenant in ONE transaction, in order; the items and their strings are
+ * borrowed. Each item is validated like its single call. Per item, result receives:
+ *   AP_OK        written (a checkpoint superseded by a later one of the same panel in the
+ *                batch is not written, only the last counts, and is AP_OK too);
+ *   AP_CONFLICT  skipped, the rest lands: a transition whose panel is not in one of from[],
+ *                or an event whose (panel, seq) is already stored (a replay);
+ *   other        this item failed the whole batch (e.g. AP_INVALID for a malformed item,
+ *                AP_NOTFOUND for a panel that is not this tenant's, AP_CONFLICT for a duplicate
+ *                usage id); the call then returns that status with nothing written, and items
+ *                not reached keep AP_OK.
+ * Returns AP_OK when the transaction committed. As with store_usage_record, a usage row's
+ * panel_id is not checked against the tenant's panels. At most STORE_WRITE_MAX items
+ * (AP_LIMIT). */
+ap_status store_write_batch(store *s, const char *tenant_id, store_write *items, size_t n,
+                            ap_err *err);
+
 /* Aggregated usage in [from_ms, to_ms) grouped by "expert", "model" or "day".
  * Returns a JSON array text of {key, calls, prompt_tokens, completion_tokens, cost_usd} ordered
  * by key; key is null for calls without an expert, "YYYY-MM-DD" (UTC) by day.

@@ -914,6 +914,188 @@ static void test_usage(void **state)
     store_usage_free(NULL);
 }
 
+/* ---- batch writes ------------------------------------------------------------------------- */
+
+/* Calls of a tenant in the usage summary (all time), model "bm". */
+static int64_t batch_usage_calls(const char *tenant)
+{
+    char *json = NULL;
+    OK(store_usage_summary(S, tenant, 0, INT64_MAX, "model", &json, E));
+    cJSON *arr = cJSON_Parse(json);
+    assert_non_null(arr);
+    const cJSON *g = group_of(arr, "bm");
+    int64_t calls =
+        g != NULL ? (int64_t)cJSON_GetObjectItemCaseSensitive(g, "calls")->valuedouble : 0;
+    cJSON_Delete(arr);
+    free(json);
+    return calls;
+}
+
+static store_write w_event(const char *panel, int64_t seq)
+{
+    store_write w = {.kind = STORE_WRITE_EVENT};
+    memcpy(w.u.event.panel_id, panel, STORE_ID_MAX);
+    w.u.event.seq = seq;
+    w.u.event.type = "message";
+    w.u.event.data = "{\"n\":1}";
+    return w;
+}
+
+static store_write w_ckpt(const char *panel, int64_t step)
+{
+    store_write w = {.kind = STORE_WRITE_CHECKPOINT};
+    memcpy(w.u.checkpoint.panel_id, panel, STORE_ID_MAX);
+    w.u.checkpoint.step = step;
+    w.u.checkpoint.next_node = "n";
+    w.u.checkpoint.state = "{}";
+    w.u.checkpoint.last_seq = step;
+    return w;
+}
+
+static const char *const FROM_CREATED[] = {"created"};
+static const char *const FROM_RUNNING[] = {"running"};
+
+static store_write w_trans(const char *panel, const char *const *from, const char *to)
+{
+    store_write w = {.kind = STORE_WRITE_TRANSITION};
+    memcpy(w.u.transition.panel_id, panel, STORE_ID_MAX);
+    w.u.transition.from = from;
+    w.u.transition.n_from = 1;
+    w.u.transition.to = to;
+    return w;
+}
+
+static store_write w_usage(const char *panel)
+{
+    store_write w = {.kind = STORE_WRITE_USAGE};
+    memcpy(w.u.usage.panel_id, panel, STORE_ID_MAX);
+    w.u.usage.provider = "simulated";
+    w.u.usage.model = "bm";
+    w.u.usage.outcome = "ok";
+    w.u.usage.prompt_tokens = 3;
+    return w;
+}
+
+static void assert_status(const char *tenant, const char *panel, const char *status)
+{
+    store_panel p = {0};
+    OK(store_panel_get(S, tenant, panel, &p, E));
+    assert_string_equal(p.status, status);
+    store_panel_free(&p);
+}
+
+static void assert_last_seq(const char *panel, int64_t want)
+{
+    int64_t seq = -1;
+    OK(store_events_last_seq(S, A, panel, &seq, E));
+    assert_int_equal(seq, want);
+}
+
+static void test_write_batch(void **state)
+{
+    (void)state;
+    store_panel p1 = {0}, p2 = {0};
+    make_panel(A, NULL, NULL, &p1);
+    make_panel(A, NULL, NULL, &p2);
+
+    /* All kinds land together; a transition from the wrong status is skipped, not an error. */
+    store_write w[] = {
+        w_event(p1.id, 1), w_ckpt(p1.id, 1),
+        w_event(p1.id, 2), w_trans(p1.id, FROM_CREATED, "running"),
+        w_usage(p1.id),    w_ckpt(p1.id, 2),
+        w_event(p2.id, 1), w_trans(p2.id, FROM_RUNNING, "completed"),
+        w_ckpt(p2.id, 5),  w_usage(p2.id),
+    };
+    size_t n = sizeof w / sizeof w[0];
+    OK(store_write_batch(S, A, w, n, E));
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(w[i].result, i == 7 ? AP_CONFLICT : AP_OK);
+    assert_last_seq(p1.id, 2);
+    assert_last_seq(p2.id, 1);
+    assert_status(A, p1.id, "running");
+    assert_status(A, p2.id, "created");
+    store_checkpoint g = {0};
+    OK(store_checkpoint_get(S, A, p1.id, &g, E));
+    assert_int_equal(g.step, 2); /* the last of the batch */
+    store_checkpoint_free(&g);
+    OK(store_checkpoint_get(S, A, p2.id, &g, E));
+    assert_int_equal(g.step, 5);
+    store_checkpoint_free(&g);
+    assert_int_equal(batch_usage_calls(A), 2);
+
+    /* A replayed event is skipped (AP_CONFLICT on the item); the rest lands. */
+    store_write replay[] = {w_event(p1.id, 2), w_event(p1.id, 3),
+                            w_trans(p1.id, FROM_RUNNING, "completed")};
+    OK(store_write_batch(S, A, replay, 3, E));
+    assert_int_equal(replay[0].result, AP_CONFLICT);
+    assert_int_equal(replay[1].result, AP_OK);
+    assert_int_equal(replay[2].result, AP_OK);
+    assert_last_seq(p1.id, 3);
+    assert_status(A, p1.id, "completed");
+
+    /* Tenant B naming A's panel: AP_NOTFOUND, and nothing of the batch lands. */
+    store_write cross_ev[] = {w_usage(p2.id), w_event(p2.id, 2)};
+    IS(AP_NOTFOUND, store_write_batch(S, B, cross_ev, 2, E));
+    assert_int_equal(cross_ev[1].result, AP_NOTFOUND);
+    store_write cross_ck[] = {w_usage(p2.id), w_ckpt(p2.id, 9)};
+    IS(AP_NOTFOUND, store_write_batch(S, B, cross_ck, 2, E));
+    assert_int_equal(cross_ck[1].result, AP_NOTFOUND);
+    store_write cross_tr[] = {w_usage(p2.id), w_trans(p2.id, FROM_CREATED, "cancelled")};
+    IS(AP_NOTFOUND, store_write_batch(S, B, cross_tr, 2, E));
+    assert_int_equal(cross_tr[1].result, AP_NOTFOUND);
+    assert_int_equal(batch_usage_calls(B), 0);
+    assert_last_seq(p2.id, 1);
+    assert_status(A, p2.id, "created");
+    OK(store_checkpoint_get(S, A, p2.id, &g, E));
+    assert_int_equal(g.step, 5);
+    store_checkpoint_free(&g);
+
+    /* A failing item rolls back the items before it. */
+    char ghost[STORE_ID_MAX];
+    assert_int_equal(ids_uuid_v4(ghost), AP_OK);
+    store_write rollback[] = {w_event(p2.id, 2), w_ckpt(p2.id, 6), w_usage(p2.id),
+                              w_trans(ghost, FROM_CREATED, "running")};
+    IS(AP_NOTFOUND, store_write_batch(S, A, rollback, 4, E));
+    assert_int_equal(rollback[3].result, AP_NOTFOUND);
+    assert_last_seq(p2.id, 1);
+    assert_int_equal(batch_usage_calls(A), 2);
+
+    /* A duplicate usage id is a real conflict: the whole batch fails. */
+    store_write dup[] = {w_event(p2.id, 2), w_usage(p2.id), w_usage(p2.id)};
+    assert_int_equal(ids_uuid_v4(dup[1].u.usage.id), AP_OK);
+    memcpy(dup[2].u.usage.id, dup[1].u.usage.id, STORE_ID_MAX);
+    IS(AP_CONFLICT, store_write_batch(S, A, dup, 3, E));
+    assert_int_equal(dup[2].result, AP_CONFLICT);
+    assert_last_seq(p2.id, 1);
+    assert_int_equal(batch_usage_calls(A), 2);
+
+    /* Invalid items are refused before anything runs, with the same rules as the single calls. */
+    store_write bad[] = {w_event(p2.id, 2), w_event(p2.id, 3)};
+    bad[1].u.event.data = "{oops";
+    IS(AP_INVALID, store_write_batch(S, A, bad, 2, E));
+    assert_int_equal(bad[0].result, AP_OK);
+    assert_int_equal(bad[1].result, AP_INVALID);
+    bad[1] = w_ckpt(p2.id, -1);
+    IS(AP_INVALID, store_write_batch(S, A, bad, 2, E));
+    bad[1] = w_trans(p2.id, FROM_CREATED, "bogus");
+    IS(AP_INVALID, store_write_batch(S, A, bad, 2, E));
+    bad[1] = w_usage(p2.id);
+    bad[1].u.usage.provider = NULL;
+    IS(AP_INVALID, store_write_batch(S, A, bad, 2, E));
+    bad[1].kind = (store_write_kind)99;
+    IS(AP_INVALID, store_write_batch(S, A, bad, 2, E));
+    IS(AP_INVALID, store_write_batch(S, "bad", bad, 1, E));
+    assert_last_seq(p2.id, 1);
+
+    OK(store_write_batch(S, A, bad, 0, E));
+    store_write *many = calloc(STORE_WRITE_MAX + 1, sizeof *many);
+    assert_non_null(many);
+    IS(AP_LIMIT, store_write_batch(S, A, many, STORE_WRITE_MAX + 1, E));
+    free(many);
+    store_panel_free(&p1);
+    store_panel_free(&p2);
+}
+
 /* ---- concurrency: the handle is shared by HTTP and runner threads -------------------------- */
 
 #include <pthread.h>
@@ -1091,7 +1273,7 @@ int main(int argc, char **argv)
         CONTRACT(test_keys),        CONTRACT(test_experts_crud), CONTRACT(test_experts_pagination),
         CONTRACT(test_panels),      CONTRACT(test_panel_lists),  CONTRACT(test_events),
         CONTRACT(test_checkpoints), CONTRACT(test_scripts),      CONTRACT(test_usage),
-        CONTRACT(test_threads),
+        CONTRACT(test_threads),     CONTRACT(test_write_batch),
     };
     const struct CMUnitTest sqlite_tests[] = {
         CONTRACT(test_sqlite_row_verification),
