@@ -1,4 +1,5 @@
 /* api_experts.c - the tenant's expert registry: /v1/experts. */
+#include "core/clock.h"
 #include "core/jsonx.h"
 #include "http/api.h"
 #include "http/validate.h"
@@ -84,6 +85,50 @@ static void reply_store_err(http_request *req, const ap_err *err)
     http_reply_ap_err(req, err);
 }
 
+/* All-time usage of the tenant's experts, keyed by expert id (a JSON object; caller frees).
+ * An error leaves the counts out rather than failing the read. */
+static cJSON *usage_by_expert(api_deps *d, const char *tenant)
+{
+    char *json = NULL;
+    cJSON *out = cJSON_CreateObject();
+    if (store_usage_summary(d->store, tenant, 0, clock_wall_ms() + 1, "expert", &json, NULL) !=
+        AP_OK)
+        return out;
+    cJSON *rows = cJSON_Parse(json);
+    free(json);
+    cJSON *r;
+    cJSON_ArrayForEach(r, rows)
+    {
+        const char *key = jsonx_string(r, "key");
+        if (key == NULL)
+            continue;
+        cJSON *u = cJSON_CreateObject();
+        cJSON_AddNumberToObject(u, "calls", jsonx_number(r, "calls", 0));
+        cJSON_AddNumberToObject(u, "prompt_tokens", jsonx_number(r, "prompt_tokens", 0));
+        cJSON_AddNumberToObject(u, "completion_tokens", jsonx_number(r, "completion_tokens", 0));
+        cJSON_AddNumberToObject(u, "cost_usd", jsonx_number(r, "cost_usd", 0));
+        cJSON_AddItemToObject(out, key, u);
+    }
+    cJSON_Delete(rows);
+    return out;
+}
+
+/* Adds the expert's usage (zeros when it has none) to its JSON. */
+static void add_usage(cJSON *expert, const cJSON *usage)
+{
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(
+        usage, cJSON_GetObjectItemCaseSensitive(expert, "id")->valuestring);
+    if (u != NULL) {
+        cJSON_AddItemToObject(expert, "usage", cJSON_Duplicate(u, true));
+        return;
+    }
+    cJSON *z = cJSON_AddObjectToObject(expert, "usage");
+    cJSON_AddNumberToObject(z, "calls", 0);
+    cJSON_AddNumberToObject(z, "prompt_tokens", 0);
+    cJSON_AddNumberToObject(z, "completion_tokens", 0);
+    cJSON_AddNumberToObject(z, "cost_usd", 0);
+}
+
 void api_experts_list(http_request *req, void *app)
 {
     api_deps *d = app;
@@ -102,8 +147,13 @@ void api_experts_list(http_request *req, void *app)
     }
     cJSON *body = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(body, "data");
-    for (size_t i = 0; i < n; i++)
-        cJSON_AddItemToArray(data, api_expert_json(&rows[i]));
+    cJSON *usage = usage_by_expert(d, http_principal_of(req)->tenant_id);
+    for (size_t i = 0; i < n; i++) {
+        cJSON *e = api_expert_json(&rows[i]);
+        add_usage(e, usage);
+        cJSON_AddItemToArray(data, e);
+    }
+    cJSON_Delete(usage);
     if (next[0] != '\0')
         cJSON_AddStringToObject(body, "next_cursor", next);
     else
@@ -149,7 +199,11 @@ void api_experts_get(http_request *req, void *app)
         reply_store_err(req, &err);
         return;
     }
-    http_reply_json(req, 200, api_expert_json(&e));
+    cJSON *body = api_expert_json(&e);
+    cJSON *usage = usage_by_expert(d, http_principal_of(req)->tenant_id);
+    add_usage(body, usage);
+    cJSON_Delete(usage);
+    http_reply_json(req, 200, body);
     store_expert_free(&e);
 }
 

@@ -415,6 +415,13 @@ def test_restart_resumes_without_gaps(w):
 
 @for_each_backend()
 def test_usage_and_expert_counts(w):
+    e = w.s.request("POST", "/v1/experts", {"name": "Dr. Count", "role": "Statistician"}, key=w.a).json()
+    assert e.get("usage") is None or e["usage"]["calls"] == 0
+    w.run_to_end(w.create(experts=[e["id"]]))
+    got = w.s.request("GET", "/v1/experts/" + e["id"], key=w.a).json()
+    assert got["usage"]["calls"] > 0 and got["usage"]["completion_tokens"] > 0, got
+    listed = [x for x in w.s.request("GET", "/v1/experts", key=w.a).json()["data"] if x["id"] == e["id"]]
+    assert listed[0]["usage"]["calls"] == got["usage"]["calls"]
     w.run_to_end(w.create())
     u = w.s.request("GET", "/v1/usage?group_by=expert", key=w.a).json()
     assert u["totals"]["calls"] > 0 and u["totals"]["completion_tokens"] > 0, u
