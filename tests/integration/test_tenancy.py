@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Tenant isolation through HTTP (layers 1, 2 and 4), on SQLite and, when run under
 pg_virtualenv (see test_tenancy_pg.sh), on PostgreSQL with forced RLS (layer 3)."""
+import subprocess
 import sys
 
-from harness import (OPERATOR_KEY, Server, backends, expect_error, key_create, run,
-                     tenant_create)
+from harness import (BIN, OPERATOR_KEY, SOURCE_DIR, Server, backends, expect_error, key_create,
+                     run, tenant_create)
 
 EXPERT = {"name": "Dr. Ada", "role": "Statistician", "expertise": ["trials", "bayes"],
           "persona": "Careful.", "weight": 1.5}
@@ -189,6 +190,26 @@ def test_bad_store_urls():
             s.close()
 
 
+def test_pg_serve_refuses_pending_migrations_and_owner_role():
+    pg = BACKENDS[1][1]
+    pg.psql("DROP DATABASE IF EXISTS fresh")
+    pg.psql("CREATE DATABASE fresh")
+    fresh = pg.owner_url.rsplit("/", 1)[0] + "/fresh"
+    s = Server(store=fresh)
+    try:
+        p = subprocess.run([BIN, "serve", "--listen", "127.0.0.1:%d" % s.port, "--store", fresh],
+                           cwd=SOURCE_DIR, capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and "askpanel migrate" in p.stderr, p.stderr
+        # Migrated, the owner (a superuser here) is still refused: RLS would not bind it.
+        s.cli("migrate")
+        p = subprocess.run([BIN, "serve", "--listen", "127.0.0.1:%d" % s.port, "--store", fresh],
+                           cwd=SOURCE_DIR, capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and p.stderr.strip(), p.stderr
+    finally:
+        s.close()
+        pg.psql("DROP DATABASE IF EXISTS fresh")
+
+
 BACKENDS = backends()
 
 if __name__ == "__main__":
@@ -197,4 +218,6 @@ if __name__ == "__main__":
              test_roles, test_revoked_key, test_pagination, test_tenant_endpoint]
     if len(BACKENDS) == 1:
         tests += [test_seed_demo_and_cli_errors, test_bad_store_urls]
+    else:
+        tests.append(test_pg_serve_refuses_pending_migrations_and_owner_role)
     run(tests)
