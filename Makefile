@@ -16,7 +16,8 @@ $(BUILD)/CMakeCache.txt: | deps
 build: deps $(BUILD)/CMakeCache.txt
 	@cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+run: deps $(BUILD)/CMakeCache.txt
+	@cmake --build $(BUILD) -j $(JOBS) --target askpanel
 	@mkdir -p data
 	@$(BUILD)/askpanel seed-demo --if-empty
 	@exec $(BUILD)/askpanel serve --listen $(LISTEN)
