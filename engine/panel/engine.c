@@ -356,111 +356,141 @@ static void publish(panel_engine *e, const witem *w)
     shared_event_unref(sh); /* publish's own reference */
 }
 
-/* Appends the durable events of one tenant in one transaction (the group commit); if that
- * fails (e.g. a replayed seq already stored), falls back to one by one so the rest lands. */
-static void commit_events(panel_engine *e, witem **items, size_t n)
+/* Whether the writer stores w through store_write_batch (deltas, seq 0, are never stored). */
+static bool batch_item(const witem *w)
 {
-    store_event *evs = calloc(n, sizeof *evs);
-    bool *done = calloc(n, sizeof *done);
-    if (evs == NULL || done == NULL) {
-        log_error("event writer: out of memory");
-        free(evs);
-        free(done);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (done[i])
-            continue;
-        size_t k = 0;
-        const char *tenant = items[i]->tenant_id;
-        for (size_t j = i; j < n; j++) {
-            if (done[j] || strcmp(items[j]->tenant_id, tenant) != 0)
-                continue;
-            done[j] = true;
-            memcpy(evs[k].panel_id, items[j]->panel_id, sizeof evs[k].panel_id);
-            evs[k].seq = items[j]->seq;
-            evs[k].type = items[j]->type;
-            evs[k].data = items[j]->data;
-            k++;
-        }
-        ap_err err = {0};
-        if (store_events_append(e->st, tenant, evs, k, &err) == AP_OK)
-            continue;
-        for (size_t j = 0; j < k; j++) {
-            ap_err one = {0};
-            ap_status rc = store_events_append(e->st, tenant, &evs[j], 1, &one);
-            if (rc != AP_OK && rc != AP_CONFLICT)
-                log_error("event writer: panel %s seq %lld: %s", evs[j].panel_id,
-                          (long long)evs[j].seq, one.msg);
-        }
-    }
-    free(evs);
-    free(done);
+    return (w->kind == W_EVENT && w->seq > 0) || w->kind == W_CKPT || w->kind == W_TRANS ||
+           w->kind == W_USAGE;
 }
 
-static void process_batch(panel_engine *e, witem *list)
+/* The store's view of w; its strings stay owned by w. */
+static void store_write_of(const witem *w, store_write *out)
 {
-    size_t nev = 0;
-    for (witem *w = list; w != NULL; w = w->next)
-        nev += w->kind == W_EVENT && w->seq > 0;
-    if (e->st != NULL && nev > 0) {
-        witem **evs = calloc(nev, sizeof *evs);
-        size_t k = 0;
-        for (witem *w = list; evs != NULL && w != NULL; w = w->next)
-            if (w->kind == W_EVENT && w->seq > 0)
-                evs[k++] = w;
-        if (evs != NULL)
-            commit_events(e, evs, k);
-        else
-            log_error("event writer: out of memory");
-        free(evs);
+    memset(out, 0, sizeof *out);
+    if (w->kind == W_EVENT) {
+        out->kind = STORE_WRITE_EVENT;
+        memcpy(out->u.event.panel_id, w->panel_id, sizeof out->u.event.panel_id);
+        out->u.event.seq = w->seq;
+        out->u.event.type = w->type;
+        out->u.event.data = w->data;
+    } else if (w->kind == W_CKPT) {
+        out->kind = STORE_WRITE_CHECKPOINT;
+        out->u.checkpoint = w->ck;
+    } else if (w->kind == W_TRANS) {
+        out->kind = STORE_WRITE_TRANSITION;
+        memcpy(out->u.transition.panel_id, w->panel_id, sizeof out->u.transition.panel_id);
+        out->u.transition.from = w->from;
+        out->u.transition.n_from = w->nfrom;
+        out->u.transition.to = w->to;
+        out->u.transition.result = w->result;
+        out->u.transition.error = w->error;
+    } else {
+        out->kind = STORE_WRITE_USAGE;
+        out->u.usage = w->usage;
     }
-    /* Only the last checkpoint of a panel in a batch is written: find it with a small open
-     * addressing table keyed by panel id. */
-    size_t nck = 0;
-    for (witem *w = list; w != NULL; w = w->next)
-        nck += w->kind == W_CKPT;
-    size_t cap = 16;
-    while (cap < nck * 2)
-        cap *= 2;
-    witem **last = e->st != NULL && nck > 0 ? calloc(cap, sizeof *last) : NULL;
-    for (witem *w = list; last != NULL && w != NULL; w = w->next) {
-        if (w->kind != W_CKPT)
-            continue;
-        size_t h = bucket_hash(w->panel_id) & (cap - 1);
-        while (last[h] != NULL && strcmp(last[h]->panel_id, w->panel_id) != 0)
-            h = (h + 1) & (cap - 1);
-        last[h] = w;
-    }
-    for (witem *w = list; e->st != NULL && w != NULL; w = w->next) {
+}
+
+static void log_skipped_transition(const witem *w)
+{
+    /* e.g. cancelled meanwhile: the other writer won */
+    log_msg(LOG_LEVEL_DEBUG, &(log_fields){.tenant_id = w->tenant_id, .panel_id = w->panel_id},
+            "event writer: transition to '%s' skipped, the panel's status changed meanwhile",
+            w->to);
+}
+
+/* One store call per item, for a tenant's batch the store refused as a whole: whatever can land
+ * does. A replayed event or a lost transition race is expected, not an error. */
+static void commit_one_by_one(panel_engine *e, witem **items, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const witem *w = items[i];
+        store_write one;
+        store_write_of(w, &one);
         ap_err err = {0};
-        ap_status rc = AP_OK;
-        if (w->kind == W_CKPT) {
-            bool latest = true;
-            if (last != NULL) {
-                size_t h = bucket_hash(w->panel_id) & (cap - 1);
-                while (last[h] != NULL && strcmp(last[h]->panel_id, w->panel_id) != 0)
-                    h = (h + 1) & (cap - 1);
-                latest = last[h] == w;
-            }
-            if (latest)
-                rc = store_checkpoint_put(e->st, w->tenant_id, &w->ck, &err);
-        } else if (w->kind == W_TRANS) {
-            rc = store_panel_transition(e->st, w->tenant_id, w->panel_id, w->from, w->nfrom, w->to,
-                                        w->result, w->error, &err);
-            if (rc == AP_CONFLICT)
-                rc = AP_OK; /* e.g. cancelled meanwhile: the other writer won */
-        } else if (w->kind == W_USAGE) {
-            rc = store_usage_record(e->st, w->tenant_id, &w->usage, &err);
-        } else if (w->kind == W_SCRIPT) {
-            rc = store_script_put(e->st, w->tenant_id, &w->script, false, &err);
-        }
-        if (rc != AP_OK)
+        ap_status rc = store_write_batch(e->st, w->tenant_id, &one, 1, &err);
+        if (rc == AP_OK && one.result == AP_CONFLICT && w->kind == W_TRANS)
+            log_skipped_transition(w);
+        else if (rc != AP_OK)
             log_msg(LOG_LEVEL_ERROR,
                     &(log_fields){.tenant_id = w->tenant_id, .panel_id = w->panel_id},
                     "event writer: %s", err.msg);
     }
-    free(last);
+}
+
+/* Stores items (all of one tenant) in one transaction; ws is scratch space for n writes. */
+static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write *ws)
+{
+    for (size_t i = 0; i < n; i++)
+        store_write_of(items[i], &ws[i]);
+    ap_err err = {0};
+    if (store_write_batch(e->st, items[0]->tenant_id, ws, n, &err) != AP_OK) {
+        log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = items[0]->tenant_id},
+                "event writer: batch of %zu writes refused (%s); writing them one by one", n,
+                err.msg);
+        commit_one_by_one(e, items, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ws[i].result == AP_CONFLICT && items[i]->kind == W_TRANS)
+            log_skipped_transition(items[i]);
+}
+
+_Static_assert(WRITER_BATCH <= STORE_WRITE_MAX, "a writer batch must fit one store_write_batch");
+
+/* Groups the durable items of a batch per tenant (almost always one) and commits each group in
+ * one store transaction: events, checkpoints (the store keeps only a panel's last), status
+ * changes and usage together, so a status change is durable before its event is published. */
+static void commit_writes(panel_engine *e, witem *list)
+{
+    size_t n = 0;
+    for (witem *w = list; w != NULL; w = w->next)
+        n += batch_item(w);
+    if (n == 0)
+        return;
+    witem **all = malloc(n * sizeof *all);
+    witem **group = malloc(n * sizeof *group);
+    store_write *ws = malloc(n * sizeof *ws);
+    if (all == NULL || group == NULL || ws == NULL) {
+        log_error("event writer: out of memory; %zu writes lost", n);
+        goto out;
+    }
+    size_t k = 0;
+    for (witem *w = list; w != NULL; w = w->next)
+        if (batch_item(w))
+            all[k++] = w;
+    for (size_t i = 0; i < n; i++) {
+        if (all[i] == NULL)
+            continue;
+        const char *tenant = all[i]->tenant_id;
+        size_t m = 0;
+        for (size_t j = i; j < n; j++) {
+            if (all[j] == NULL || strcmp(all[j]->tenant_id, tenant) != 0)
+                continue;
+            group[m++] = all[j];
+            all[j] = NULL;
+        }
+        commit_tenant(e, group, m, ws);
+    }
+out:
+    free(all);
+    free(group);
+    free(ws);
+}
+
+static void process_batch(panel_engine *e, witem *list)
+{
+    if (e->st != NULL) {
+        /* Scripts first: a durable checkpoint never pins a version the store lacks. */
+        for (witem *w = list; w != NULL; w = w->next) {
+            ap_err err = {0};
+            if (w->kind == W_SCRIPT &&
+                store_script_put(e->st, w->tenant_id, &w->script, false, &err) != AP_OK)
+                log_msg(LOG_LEVEL_ERROR,
+                        &(log_fields){.tenant_id = w->tenant_id, .panel_id = w->panel_id},
+                        "event writer: %s", err.msg);
+        }
+        commit_writes(e, list);
+    }
     for (witem *w = list; w != NULL; w = w->next)
         if (w->kind == W_EVENT)
             publish(e, w);
