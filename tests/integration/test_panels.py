@@ -459,6 +459,23 @@ def test_tenant_limits():
         s.close()
 
 
+def test_sigterm_with_open_streams():
+    s = Server().start()
+    try:
+        _, key = tenant_create(s, "gamma")
+        p = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()
+        clients = [SSEClient(s, "/v1/panels/%s/events" % p["id"], key=key) for _ in range(3)]
+        assert all(c.status == 200 for c in clients)
+        t0 = time.time()
+        assert s.stop(signal.SIGTERM, timeout=5) == 0
+        assert time.time() - t0 < 5
+        for c in clients:
+            list(c.frames())  # the stream ends instead of hanging
+            c.close()
+    finally:
+        s.close()
+
+
 REDIS_URL = None
 BACKENDS = backends()
 
@@ -471,5 +488,6 @@ if __name__ == "__main__":
              test_hybrid_waits_for_input, test_cancel, test_strategy_override,
              test_restart_resumes_without_gaps, test_usage_and_expert_counts]
     if len(BACKENDS) == 1:
-        tests += [test_feature_flag_blocks_strategy, test_tenant_limits]
+        tests += [test_feature_flag_blocks_strategy, test_tenant_limits,
+                  test_sigterm_with_open_streams]
     run(tests)
