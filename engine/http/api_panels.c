@@ -1,6 +1,7 @@
 /* api_panels.c - /v1/panels: create, list, read, execute, cancel, human input, stream tokens.
  * The event stream itself is in api_events.c. */
 #include "cache/cache.h"
+#include "core/clock.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
 #include "http/api.h"
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define QUESTION_MAX 8000
 #define TITLE_MAX 200
@@ -413,25 +415,63 @@ static void panel_action(http_request *req, void *app,
     reply_panel(req, d, id, ok_status);
 }
 
-/* The tenant's concurrent_panels limit (0: none). */
-static int64_t concurrent_limit(api_deps *d, const char *tenant)
+/* A number from the tenant's config "limits" (0: none). */
+static int64_t tenant_limit(api_deps *d, const char *tenant, const char *name)
 {
     store_tenant t = {0};
-    int64_t max = 0;
+    int64_t v = 0;
     if (store_tenant_get(d->store, tenant, &t, NULL) == AP_OK && t.config != NULL) {
         cJSON *cfg = cJSON_Parse(t.config);
-        max = (int64_t)jsonx_number(cJSON_GetObjectItem(cfg, "limits"), "concurrent_panels", 0);
+        v = (int64_t)jsonx_number(cJSON_GetObjectItem(cfg, "limits"), name, 0);
         cJSON_Delete(cfg);
     }
     store_tenant_free(&t);
-    return max;
+    return v;
+}
+
+/* Epoch ms of the first day of the current month (UTC). */
+static int64_t month_start_ms(void)
+{
+    time_t now = (time_t)(clock_wall_ms() / 1000);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    tm.tm_mday = 1;
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    return (int64_t)timegm(&tm) * 1000;
+}
+
+/* False (after replying 429) when the tenant has spent its monthly token budget. Checked when
+ * a panel starts; a panel already running may finish past the budget. */
+static bool within_budget(http_request *req, api_deps *d, const char *tenant)
+{
+    int64_t budget = tenant_limit(d, tenant, "monthly_token_budget");
+    if (budget <= 0)
+        return true;
+    char *json = NULL;
+    double used = 0;
+    if (store_usage_summary(d->store, tenant, month_start_ms(), clock_wall_ms() + 1, "model", &json,
+                            NULL) == AP_OK) {
+        cJSON *rows = cJSON_Parse(json);
+        const cJSON *r;
+        cJSON_ArrayForEach(r, rows)
+        {
+            used += jsonx_number(r, "prompt_tokens", 0) + jsonx_number(r, "completion_tokens", 0);
+        }
+        cJSON_Delete(rows);
+    }
+    free(json);
+    if (used < (double)budget)
+        return true;
+    http_reply_error(req, 429, "token_budget_exhausted",
+                     "this tenant has used its monthly budget of %lld tokens", (long long)budget);
+    return false;
 }
 
 /* False (after replying 429) when the tenant already has its maximum of live panels. The
  * check and the start are not atomic, so two racing executes may overshoot by one. */
 static bool below_concurrency(http_request *req, api_deps *d, const char *tenant)
 {
-    int64_t max = concurrent_limit(d, tenant);
+    int64_t max = tenant_limit(d, tenant, "concurrent_panels");
     if (max <= 0)
         return true;
     static const char *const live[] = {"queued", "running", "awaiting_input"};
@@ -457,7 +497,8 @@ static bool below_concurrency(http_request *req, api_deps *d, const char *tenant
 void api_panels_execute(http_request *req, void *app)
 {
     api_deps *d = app;
-    if (!below_concurrency(req, d, http_principal_of(req)->tenant_id))
+    const char *tenant = http_principal_of(req)->tenant_id;
+    if (!below_concurrency(req, d, tenant) || !within_budget(req, d, tenant))
         return;
     panel_action(req, app, panel_engine_execute, 202);
 }

@@ -455,6 +455,16 @@ def test_tenant_limits():
         r = s.request("GET", "/v1/tenant", key=key)
         expect_error(r, 429, "rate_limited")
         assert 1 <= int(r.header("Retry-After")) <= 8
+        # A monthly token budget stops new panels once spent.
+        r = s.request("POST", "/v1/admin/tenants", {"slug": "frugal", "name": "Frugal",
+                      "limits": {"monthly_token_budget": 10}}, key=OPERATOR_KEY)
+        fkey = r.json()["api_key"]
+        first = s.request("POST", "/v1/panels", {"question": Q, "strategy": "echo"}, key=fkey).json()
+        assert s.request("POST", "/v1/panels/%s/execute" % first["id"], key=fkey).status == 202
+        wait_status(s, fkey, first["id"], FINAL, timeout=30)
+        second = s.request("POST", "/v1/panels", {"question": Q, "strategy": "echo"}, key=fkey).json()
+        expect_error(s.request("POST", "/v1/panels/%s/execute" % second["id"], key=fkey), 429,
+                     "token_budget_exhausted")
     finally:
         s.close()
 
