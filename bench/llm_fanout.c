@@ -296,8 +296,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "setup failed\n");
         goto out;
     }
-    if (!llm_provider_known(o.provider)) {
-        fprintf(stderr, "provider %s is not registered in llm.c\n", o.provider);
+    if (!llm_provider_known(cfg, o.provider)) {
+        fprintf(stderr, "unknown provider %s\n", o.provider);
         goto out;
     }
     printf("%ld concurrent streaming calls, %ld ms latency, %ld tokens x %ld ms, provider %s, "

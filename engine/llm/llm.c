@@ -16,16 +16,24 @@ static const llm_provider_ops *const providers[] = {
 };
 #define NPROVIDERS (sizeof providers / sizeof providers[0])
 
+#define MAX_INSTANCES 32
+#define NAME_MAX_LEN 32
+
+/* A provider as the config names it: a built-in name, or any name of a built-in type
+ * (llm.providers.<name>.type), e.g. a vLLM and an Ollama server side by side as "openai". */
 typedef struct instance {
+    char name[NAME_MAX_LEN];
     const llm_provider_ops *ops;
-    void *self; /* NULL until first use */
+    const cJSON *cfg; /* llm.providers.<name> (or llm.<name>), may be NULL */
+    void *self;       /* NULL until first use */
 } instance;
 
 struct llm_client {
     llm_loop *loop;
     const cJSON *cfg;
-    instance inst[NPROVIDERS];
-    char default_provider[32];
+    instance inst[MAX_INSTANCES];
+    size_t ninst;
+    char default_provider[NAME_MAX_LEN];
 };
 
 struct llm_call {
@@ -36,44 +44,12 @@ struct llm_call {
     void *data;
 };
 
-bool llm_provider_known(const char *name)
+static const llm_provider_ops *ops_of_type(const char *type)
 {
-    for (size_t i = 0; i < NPROVIDERS; i++)
-        if (strcmp(providers[i]->name, name) == 0)
-            return true;
-    return false;
-}
-
-ap_status llm_client_new(llm_loop *loop, const cJSON *cfg, llm_client **out, ap_err *err)
-{
-    *out = NULL;
-    llm_client *c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return ap_err_set(err, AP_NOMEM, "out of memory");
-    c->loop = loop;
-    c->cfg = cfg;
-    for (size_t i = 0; i < NPROVIDERS; i++)
-        c->inst[i].ops = providers[i];
-    const char *def = jsonx_string(cfg, "default_provider");
-    snprintf(c->default_provider, sizeof c->default_provider, "%s",
-             def != NULL ? def : "simulated");
-    *out = c;
-    return AP_OK;
-}
-
-void llm_client_free(llm_client *c)
-{
-    if (c == NULL)
-        return;
-    for (size_t i = 0; i < NPROVIDERS; i++)
-        if (c->inst[i].self != NULL)
-            c->inst[i].ops->destroy(c->inst[i].self);
-    free(c);
-}
-
-const char *llm_client_default_provider(const llm_client *c)
-{
-    return c->default_provider;
+    for (size_t i = 0; type != NULL && i < NPROVIDERS; i++)
+        if (strcmp(providers[i]->name, type) == 0)
+            return providers[i];
+    return NULL;
 }
 
 /* The provider's config object: llm.providers.<name>, else llm.<name>. */
@@ -85,6 +61,141 @@ static const cJSON *provider_cfg(const cJSON *cfg, const char *name)
         return p;
     p = cJSON_GetObjectItemCaseSensitive(cfg, name);
     return cJSON_IsObject(p) ? p : NULL;
+}
+
+bool llm_provider_known(const cJSON *cfg, const char *name)
+{
+    if (ops_of_type(name) != NULL)
+        return true;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItem(cfg, "providers"), name);
+    return ops_of_type(jsonx_string(p, "type")) != NULL;
+}
+
+static instance *find_instance(llm_client *c, const char *name)
+{
+    for (size_t i = 0; name != NULL && i < c->ninst; i++)
+        if (strcmp(c->inst[i].name, name) == 0)
+            return &c->inst[i];
+    return NULL;
+}
+
+static ap_status add_instance(llm_client *c, const char *name, const llm_provider_ops *ops,
+                              ap_err *err)
+{
+    if (strlen(name) >= NAME_MAX_LEN || c->ninst == MAX_INSTANCES)
+        return ap_err_set(err, AP_INVALID,
+                          "llm.providers.%.40s: name too long, or more than %d providers", name,
+                          MAX_INSTANCES);
+    instance *in = &c->inst[c->ninst++];
+    snprintf(in->name, sizeof in->name, "%s", name);
+    in->ops = ops;
+    in->cfg = provider_cfg(c->cfg, name);
+    return AP_OK;
+}
+
+/* Checks llm.models: each alias names a configured provider and a model. */
+static ap_status check_models(llm_client *c, ap_err *err)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(c->cfg, "models"))
+    {
+        if (!cJSON_IsObject(m) || jsonx_string(m, "model") == NULL ||
+            find_instance(c, jsonx_string(m, "provider")) == NULL)
+            return ap_err_set(err, AP_INVALID,
+                              "llm.models.%.40s: needs \"provider\" (a configured provider) and "
+                              "\"model\"",
+                              m->string);
+    }
+    return AP_OK;
+}
+
+/* Adds llm.providers.<name> entries of a built-in type under their own names. */
+static ap_status add_named(llm_client *c, ap_err *err)
+{
+    const cJSON *p;
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(c->cfg, "providers"))
+    {
+        const char *type = jsonx_string(p, "type");
+        if (!cJSON_IsObject(p))
+            return ap_err_set(err, AP_INVALID, "llm.providers.%.40s must be an object", p->string);
+        if (find_instance(c, p->string) != NULL) {
+            if (type != NULL && strcmp(type, p->string) != 0)
+                return ap_err_set(err, AP_INVALID,
+                                  "llm.providers.%.40s: a built-in provider keeps its type",
+                                  p->string);
+            continue;
+        }
+        if (ops_of_type(type) == NULL)
+            return ap_err_set(err, AP_INVALID,
+                              "llm.providers.%.40s: \"type\" must be simulated, openai or "
+                              "anthropic",
+                              p->string);
+        ap_status rc = add_instance(c, p->string, ops_of_type(type), err);
+        if (rc != AP_OK)
+            return rc;
+    }
+    return AP_OK;
+}
+
+ap_status llm_client_new(llm_loop *loop, const cJSON *cfg, llm_client **out, ap_err *err)
+{
+    *out = NULL;
+    ap_status rc = AP_OK;
+    llm_client *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    c->loop = loop;
+    c->cfg = cfg;
+    for (size_t i = 0; i < NPROVIDERS && rc == AP_OK; i++)
+        rc = add_instance(c, providers[i]->name, providers[i], err);
+    if (rc == AP_OK)
+        rc = add_named(c, err);
+    const char *def = jsonx_string(cfg, "default_provider");
+    if (rc == AP_OK && def != NULL && find_instance(c, def) == NULL)
+        rc = ap_err_set(err, AP_INVALID, "llm.default_provider: no provider named \"%.40s\"", def);
+    if (rc == AP_OK)
+        rc = check_models(c, err);
+    if (rc != AP_OK) {
+        free(c);
+        return rc;
+    }
+    snprintf(c->default_provider, sizeof c->default_provider, "%s",
+             def != NULL ? def : "simulated");
+    *out = c;
+    return AP_OK;
+}
+
+void llm_client_free(llm_client *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->ninst; i++)
+        if (c->inst[i].self != NULL)
+            c->inst[i].ops->destroy(c->inst[i].self);
+    free(c);
+}
+
+const char *llm_client_default_provider(const llm_client *c)
+{
+    return c->default_provider;
+}
+
+/* The model alias (llm.models.<alias>) a request names through req->model or else the
+ * expert's "model"; NULL when it names none. */
+static const cJSON *model_alias(const llm_client *c, const llm_request *req)
+{
+    const cJSON *models = cJSON_GetObjectItemCaseSensitive(c->cfg, "models");
+    if (models == NULL)
+        return NULL;
+    if (req->model != NULL)
+        return cJSON_GetObjectItemCaseSensitive(models, req->model);
+    cJSON *expert = req->expert_json != NULL
+                        ? jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL)
+                        : NULL;
+    const char *name = jsonx_string(expert, "model");
+    const cJSON *alias = name != NULL ? cJSON_GetObjectItemCaseSensitive(models, name) : NULL;
+    cJSON_Delete(expert);
+    return alias;
 }
 
 static void free_call(llm_call *call)
@@ -113,12 +224,10 @@ ap_status llm_submit(llm_client *c, const char *provider, const llm_request *req
                      const llm_callbacks *cb, llm_call **out, ap_err *err)
 {
     *out = NULL;
+    const cJSON *alias = model_alias(c, req);
     if (provider == NULL)
-        provider = c->default_provider;
-    instance *inst = NULL;
-    for (size_t i = 0; i < NPROVIDERS; i++)
-        if (strcmp(c->inst[i].ops->name, provider) == 0)
-            inst = &c->inst[i];
+        provider = alias != NULL ? jsonx_string(alias, "provider") : c->default_provider;
+    instance *inst = find_instance(c, provider);
     if (inst == NULL)
         return ap_err_set(err, AP_NOTFOUND, "unknown LLM provider '%.40s'", provider);
     if (req->prompt == NULL || req->expert_id == NULL || cb->done == NULL)
@@ -126,7 +235,7 @@ ap_status llm_submit(llm_client *c, const char *provider, const llm_request *req
                           "an LLM request needs an expert, a prompt and a "
                           "completion callback");
     if (inst->self == NULL) {
-        ap_status rc = inst->ops->create(c->loop, provider_cfg(c->cfg, provider), &inst->self, err);
+        ap_status rc = inst->ops->create(c->loop, inst->cfg, &inst->self, err);
         if (rc != AP_OK)
             return rc;
     }
@@ -137,13 +246,14 @@ ap_status llm_submit(llm_client *c, const char *provider, const llm_request *req
     call->inst = inst;
     call->cb = *cb;
     call->req = *req;
-    bool ok = copy_str(req->tenant_id, &call->req.tenant_id) &&
-              copy_str(req->panel_id, &call->req.panel_id) &&
-              copy_str(req->expert_id, &call->req.expert_id) &&
-              copy_str(req->expert_json, &call->req.expert_json) &&
-              copy_str(req->model, &call->req.model) && copy_str(req->system, &call->req.system) &&
-              copy_str(req->prompt, &call->req.prompt) &&
-              copy_str(req->schema_json, &call->req.schema_json);
+    bool ok =
+        copy_str(req->tenant_id, &call->req.tenant_id) &&
+        copy_str(req->panel_id, &call->req.panel_id) &&
+        copy_str(req->expert_id, &call->req.expert_id) &&
+        copy_str(req->expert_json, &call->req.expert_json) &&
+        copy_str(alias != NULL ? jsonx_string(alias, "model") : req->model, &call->req.model) &&
+        copy_str(req->system, &call->req.system) && copy_str(req->prompt, &call->req.prompt) &&
+        copy_str(req->schema_json, &call->req.schema_json);
     if (!ok) {
         free_call(call);
         return ap_err_set(err, AP_NOMEM, "out of memory");

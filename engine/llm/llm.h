@@ -73,7 +73,8 @@ ap_status llm_submit(llm_client *c, const char *provider, const llm_request *req
 /* Aborts a call at once; no callback runs afterwards. NULL is fine. */
 void llm_cancel(llm_call *call);
 
-/* True when name is a provider this build knows. */
-bool llm_provider_known(const char *name);
+/* True when name is a built-in provider or one that cfg (the "llm" object, may be NULL)
+ * declares under providers.<name> with a built-in "type". */
+bool llm_provider_known(const cJSON *cfg, const char *name);
 
 #endif

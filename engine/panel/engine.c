@@ -1860,7 +1860,8 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         panel_engine_stop(e);
         return ap_err_set(err, AP_NOMEM, "out of memory");
     }
-    if (o->provider != NULL && !llm_provider_known(o->provider)) {
+    if (o->provider != NULL &&
+        !llm_provider_known(o->cfg != NULL ? o->cfg->llm : NULL, o->provider)) {
         panel_engine_stop(e);
         return ap_err_set(err, AP_INVALID, "unknown LLM provider '%s'", o->provider);
     }

@@ -202,6 +202,44 @@ def main():
             mock.stop()
     check("cancelling a panel closes its provider connections", cancel_closes_connections)
 
+    def named_providers_and_model_aliases():
+        mock = Mock("--latency-ms", "2", "--token-ms", "0", "--tokens", "10")
+        try:
+            experts = os.path.join(tmp, "experts.json")
+            with open(experts, "w") as f:
+                json.dump([{"id": "e1", "name": "Ada", "role": "Statistician", "model": "fast"},
+                           {"id": "e2", "name": "Bo", "role": "Clinician", "model": "fast"}], f)
+            cfg = {"llm": {"providers": {"local-vllm": {"type": "openai",
+                                                        "base_url": "http://127.0.0.1:%d/v1" % mock.port,
+                                                        "api_key": "sk-local"}},
+                           "models": {"fast": {"provider": "local-vllm", "model": "llama-x"}}}}
+            path = os.path.join(tmp, "named.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            db = os.path.join(tmp, "named.db")
+            p = subprocess.run([ASKPANEL, "run", "--config", path, "--store", "sqlite:" + db,
+                                "--strategy", "echo", "--question", "Adopt it?",
+                                "--experts", experts, "--json"],
+                               capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+            rows = usage_rows(db)
+            assert rows and mock.stats()["requests_total"] == len(rows), (rows, mock.stats())
+            con = sqlite3.connect(db)
+            models = {m for (m,) in con.execute("select model from usage_records")}
+            con.close()
+            assert models == {"llama-x"}, models
+            # A provider of an unknown type is a configuration error that names it.
+            cfg["llm"]["providers"]["broken"] = {"type": "gopher"}
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            p = subprocess.run([ASKPANEL, "run", "--config", path, "--store", "sqlite:" + db,
+                                "--strategy", "echo", "--question", "Adopt it?"],
+                               capture_output=True, text=True, timeout=60)
+            assert p.returncode != 0 and "llm.providers.broken" in p.stderr, p.stderr
+        finally:
+            mock.stop()
+    check("named providers of a built-in type and model aliases route calls", named_providers_and_model_aliases)
+
     print("%d passed, %d failed" % (len(PASSED), len(FAILED)))
     return 1 if FAILED else 0
 
