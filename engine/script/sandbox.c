@@ -2,6 +2,7 @@
 
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/embed.h"
 #include "core/log.h"
 #include "script/json.h"
 
@@ -40,6 +41,11 @@ struct script_vm {
 
 /* Registry keys. */
 static const char proto_key = 'p';
+static const char lib_meta_key = 'm'; /* metatable of the per-chunk `panel` proxies */
+
+/* The helper library every chunk sees as `panel`, compiled into the binary. */
+#define PANEL_LIB_PATH "strategies/lib/panel.lua"
+#define PANEL_LIB_CHUNK "=lib/panel.lua"
 
 /* ---- limits --------------------------------------------------------------------------- */
 
@@ -680,6 +686,17 @@ static int push_env(lua_State *L)
     lua_setfield(L, env, "load");
     lua_pushvalue(L, env);
     lua_setfield(L, env, "_G");
+    /* An empty proxy per chunk: reads reach the one library table through __index, writes
+     * fail, and rawset can only shadow a name in the chunk's own proxy. The protected
+     * metatable keeps the library table itself out of reach. */
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &lib_meta_key) == LUA_TTABLE) {
+        lua_newtable(L);
+        lua_insert(L, -2);
+        lua_setmetatable(L, -2);
+        lua_setfield(L, env, "panel");
+    } else {
+        lua_pop(L, 1); /* the library itself is being loaded */
+    }
     lua_remove(L, proto);
     return 1;
 }
@@ -789,25 +806,34 @@ static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud)
     return buf_append(ud, p, sz) == AP_OK ? 0 : 1;
 }
 
-static int load_protected(lua_State *L)
+/* Compiles a text chunk (or takes its bytecode from the cache) and pushes the function, or
+ * the error message when the status is not LUA_OK. */
+static int compile_chunk(lua_State *L, const char *name, const char *src, size_t len)
 {
-    load_job *job = lua_touserdata(L, 1);
     char *code = NULL;
     size_t code_len = 0;
-    uint64_t h = code_hash(job->name, job->src, job->len);
-    if (code_lookup(h, job->name, job->src, job->len, &code, &code_len)) {
-        job->status = luaL_loadbufferx(L, code, code_len, job->name, "b");
+    int status;
+    uint64_t h = code_hash(name, src, len);
+    if (code_lookup(h, name, src, len, &code, &code_len)) {
+        status = luaL_loadbufferx(L, code, code_len, name, "b");
         free(code);
     } else {
-        job->status = luaL_loadbufferx(L, job->src, job->len, job->name, "t");
-        if (job->status == LUA_OK) {
+        status = luaL_loadbufferx(L, src, len, name, "t");
+        if (status == LUA_OK) {
             buf b;
             buf_init(&b, CODE_CACHE_MAX_BYTES);
             if (lua_dump(L, dump_writer, &b, 0) == 0 && b.len > 0)
-                code_store(h, job->name, job->src, job->len, b.data, b.len);
+                code_store(h, name, src, len, b.data, b.len);
             buf_free(&b);
         }
     }
+    return status;
+}
+
+static int load_protected(lua_State *L)
+{
+    load_job *job = lua_touserdata(L, 1);
+    job->status = compile_chunk(L, job->name, job->src, job->len);
     if (job->status != LUA_OK)
         return 1; /* the message */
     push_env(L);
@@ -876,10 +902,44 @@ typedef struct init_job {
     script_vm *vm;
 } init_job;
 
+static int lib_readonly(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TSTRING)
+        return luaL_error(L, "panel is read-only (cannot set '%s')", lua_tostring(L, 2));
+    return luaL_error(L, "panel is read-only");
+}
+
+/* Runs the embedded library in a sandbox environment of its own (so a script changing its
+ * `string` copy cannot reach the library's) and registers the proxies' metatable. */
+static void load_library(lua_State *L)
+{
+    size_t len = 0;
+    const char *src = embed_get(PANEL_LIB_PATH, &len);
+    if (src == NULL)
+        luaL_error(L, "%s is not embedded in this build", PANEL_LIB_PATH);
+    if (compile_chunk(L, PANEL_LIB_CHUNK, src, len) != LUA_OK)
+        lua_error(L);
+    push_env(L);
+    if (lua_setupvalue(L, -2, 1) == NULL)
+        lua_pop(L, 1);
+    lua_call(L, 0, 1);
+    if (!lua_istable(L, -1))
+        luaL_error(L, "%s must return a table", PANEL_LIB_PATH);
+    lua_createtable(L, 0, 3);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lib_readonly);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushliteral(L, "panel");
+    lua_setfield(L, -2, "__metatable");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &lib_meta_key);
+}
+
 static int vm_init(lua_State *L)
 {
     script_vm *vm = lua_touserdata(L, 1);
     build_proto(L);
+    load_library(L);
     lua_settop(L, 1);
     for (int t = TRIP_MEMORY; t < TRIP_COUNT; t++) {
         lua_pushstring(L, vm->trip_msg[t]);

@@ -7,7 +7,8 @@
  * - once a limit trips it stays tripped: the hooks raise again at once, and the sandbox's
  *   pcall/xpcall/load re-raise it, so no script can catch it and carry on;
  * - globals: a fresh environment per chunk with string (no dump, guarded patterns), table
- *   (guarded move), math, utf8, json and safe base functions; nothing reaches the host.
+ *   (guarded move), math, utf8, json, the read-only helper library `panel`
+ *   (strategies/lib/panel.lua, embedded) and safe base functions; nothing reaches the host.
  * Only the files of script/ include this header. */
 #ifndef AP_SCRIPT_SANDBOX_H
 #define AP_SCRIPT_SANDBOX_H

@@ -268,6 +268,20 @@ local function shallow(t)
   return c
 end
 
+local library -- the helper library, loaded once from the file the engine embeds
+
+-- Like the host: every chunk gets its own empty proxy of the one library
+-- table, so writing to `panel` fails and rawset shadows only in that chunk.
+local function panel_proxy()
+  return setmetatable({}, {
+    __index = library,
+    __newindex = function(_, k)
+      error("panel is read-only (cannot set '" .. tostring(k) .. "')", 2)
+    end,
+    __metatable = "panel",
+  })
+end
+
 function M.sandbox(extra)
   local env = {
     string = shallow(string), table = shallow(table), math = shallow(math), utf8 = shallow(utf8),
@@ -276,6 +290,7 @@ function M.sandbox(extra)
     select = select, tonumber = tonumber, tostring = tostring, type = type, xpcall = xpcall,
     rawequal = rawequal, rawget = rawget, rawlen = rawlen, rawset = rawset,
     setmetatable = setmetatable, getmetatable = getmetatable, print = function() end,
+    panel = library and panel_proxy() or nil,
   }
   for k, v in pairs(extra or {}) do
     env[k] = v
@@ -297,6 +312,15 @@ function M.load(path)
     error(err, 0)
   end
   return chunk()
+end
+
+M.library_path = ROOT .. "strategies/lib/panel.lua"
+do
+  local chunk, err = loadfile(M.library_path, "t", M.sandbox())
+  if not chunk then
+    error(err, 0)
+  end
+  library = chunk()
 end
 
 function M.strategy_path(name)
