@@ -1,0 +1,53 @@
+#!/bin/sh
+# End-to-end test of the web UI: a throwaway server (SQLite, simulated LLM with latency so the
+# live path is exercised), the Northwind demo tenant, and headless Chromium driven by
+# playwright-core (tests/e2e/ui.test.mjs). Screenshots go to a temp dir (kept on failure)
+# and the council result to /tmp/askpanel-ui.png.
+set -eu
+SRC=${ASKPANEL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+BIN=${ASKPANEL_BIN:-$SRC/build/askpanel}
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+cd "$SRC"
+
+fail() { echo "test_web_ui: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
+[ -x "$BIN" ] || fail "askpanel binary not found at $BIN"
+[ -x "$CHROMIUM" ] || fail "Chromium not found at $CHROMIUM (apt-get install chromium)"
+command -v node >/dev/null 2>&1 || fail "node not found (apt-get install nodejs npm)"
+
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/e2e --no-audit --no-fund >/dev/null ||
+    fail "npm ci failed"
+fi
+
+TMP=$(mktemp -d /tmp/askpanel-webui.XXXXXX)
+SERVER_PID=
+cleanup() {
+  rc=$?
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [ "$rc" -eq 0 ]; then rm -rf "$TMP"; else echo "test_web_ui: logs and screenshots kept in $TMP" >&2; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+STORE="sqlite:$TMP/db"
+"$BIN" seed-demo --store "$STORE" >"$TMP/seed.txt" 2>"$TMP/seed.err" || fail "seed-demo failed: $(cat "$TMP/seed.err")"
+KEY=$(awk '$1 == "northwind-pharma" { for (i = 1; i <= NF; i++) if ($i ~ /^ap_/) { print $i; exit } }' "$TMP/seed.txt")
+[ -n "$KEY" ] || fail "no northwind admin key in the seed-demo output"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ASKPANEL_SIM_LATENCY_MS=150 ASKPANEL_SIM_TOKEN_MS=15 ASKPANEL_WEB_DIR="$SRC/web" \
+  "$BIN" serve --listen "127.0.0.1:$PORT" --store "$STORE" >"$TMP/server.log" 2>&1 &
+SERVER_PID=$!
+i=0
+until curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
+  i=$((i + 1))
+  [ "$i" -lt 100 ] || fail "server did not start: $(tail -5 "$TMP/server.log")"
+  kill -0 "$SERVER_PID" 2>/dev/null || fail "server exited: $(tail -5 "$TMP/server.log")"
+  sleep 0.1
+done
+
+ASKPANEL_URL="http://127.0.0.1:$PORT" ASKPANEL_KEY="$KEY" ASKPANEL_E2E_OUT="$TMP" CHROMIUM="$CHROMIUM" \
+  node tests/e2e/ui.test.mjs
