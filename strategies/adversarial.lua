@@ -50,43 +50,6 @@ local M = {
   },
 }
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then
-      return true
-    end
-  end
-  return false
-end
-
-local function role_has(e, words)
-  local role = type(e.role) == "string" and e.role:lower() or ""
-  for _, w in ipairs(words) do
-    if role:find(w, 1, true) then
-      return true
-    end
-  end
-  return false
-end
-
--- A single choice read as every ballot shape, so whichever consensus
--- algorithm a panel picks has something to count: a truncated ranking, one
--- approval, and a distribution that moves from uniform (confidence 0) to
--- certain (confidence 1) on the choice.
-local function as_ballot(b, options)
-  local k = #options
-  local p = 1 / k + b.confidence * (1 - 1 / k)
-  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
-  for _, o in ipairs(options) do
-    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
-  end
-  return b
-end
-
 local function teams(ctx)
   local judge
   for _, e in ipairs(ctx.experts) do
@@ -95,13 +58,13 @@ local function teams(ctx)
     end
   end
   for _, e in ipairs(ctx.experts) do
-    if not judge and role_has(e, { "judge" }) then
+    if not judge and panel.role_has(e, { "judge" }) then
       judge = e
     end
   end
   if not judge and #ctx.experts >= 3 then
     for _, e in ipairs(ctx.experts) do
-      if not judge and role_has(e, { "chair" }) then
+      if not judge and panel.role_has(e, { "chair" }) then
         judge = e
       end
     end
@@ -115,9 +78,9 @@ local function teams(ctx)
   end
   local red, blue, rest = {}, {}, {}
   for _, e in ipairs(pool) do
-    if role_has(e, { "red", "critic", "sceptic", "skeptic" }) then
+    if panel.role_has(e, { "red", "critic", "sceptic", "skeptic" }) then
       red[#red + 1] = e.id
-    elseif role_has(e, { "blue", "advocate", "sponsor" }) then
+    elseif panel.role_has(e, { "blue", "advocate", "sponsor" }) then
       blue[#blue + 1] = e.id
     else
       rest[#rest + 1] = e.id
@@ -142,27 +105,10 @@ local function teams(ctx)
   return { red = red, blue = blue, judge = judge.id }
 end
 
-local STOP = {}
-for w in ("a an and are as at be by for from in into is it of on or the their this to with"):gmatch("%S+") do
-  STOP[w] = true
-end
+local STOP = panel.word_list("a an and are as at be by for from in into is it of on or the their this to with")
 
 local function same_risk(a, b)
-  local sa, sb, na, nb, both = {}, {}, 0, 0, 0
-  for w in a:lower():gmatch("[%w\128-\255]+") do
-    if not STOP[w] and not sa[w] then
-      sa[w], na = true, na + 1
-    end
-  end
-  for w in b:lower():gmatch("[%w\128-\255]+") do
-    if not STOP[w] and not sb[w] then
-      sb[w], nb = true, nb + 1
-      if sa[w] then
-        both = both + 1
-      end
-    end
-  end
-  return na + nb == 0 or both / (na + nb - both) >= 0.6
+  return panel.similarity(a, b, STOP) >= 0.6
 end
 
 local function proposal(ctx)
@@ -185,8 +131,8 @@ local function register_risks(ctx, list, by, round)
   local st, added = ctx.state, 0
   for i = 1, math.min(#list, ctx.params.max_risks) do
     local x = list[i]
-    if type(x) == "table" and type(x.risk) == "string" and x.risk:find("%S") and contains(LEVELS, x.likelihood)
-      and contains(LEVELS, x.impact) then
+    if type(x) == "table" and type(x.risk) == "string" and x.risk:find("%S") and panel.contains(LEVELS, x.likelihood)
+      and panel.contains(LEVELS, x.impact) then
       local dup = false
       for _, old in ipairs(st.register) do
         dup = dup or same_risk(old.risk, x.risk)
@@ -213,8 +159,8 @@ local function apply_mitigations(ctx, list, by)
       for _, entry in ipairs(st.register) do
         if entry.id == m.risk_id and entry.status == "open" then
           entry.status, entry.mitigation, entry.mitigated_by = "mitigated", m.mitigation, by
-          entry.residual_likelihood = contains(LEVELS, m.residual_likelihood) and m.residual_likelihood or entry.likelihood
-          entry.residual_impact = contains(LEVELS, m.residual_impact) and m.residual_impact or entry.impact
+          entry.residual_likelihood = panel.contains(LEVELS, m.residual_likelihood) and m.residual_likelihood or entry.likelihood
+          entry.residual_impact = panel.contains(LEVELS, m.residual_impact) and m.residual_impact or entry.impact
           ctx:emit("risk.mitigated", { id = entry.id, mitigation = m.mitigation, by = by, round = st.round })
         end
       end
@@ -297,7 +243,7 @@ function M.nodes.judge(ctx)
     proposal(ctx), st.round, register_text(ctx, false), table.concat(VERDICTS, " | ")), { round = st.round, schema = schema })
   local d = not r.error and type(r.data) == "table" and r.data or nil
   local score = { round = st.round, judge = st.teams.judge }
-  if d and finite(d.red_score) and finite(d.blue_score) and contains(VERDICTS, d.verdict) then
+  if d and panel.finite(d.red_score) and panel.finite(d.blue_score) and panel.contains(VERDICTS, d.verdict) then
     score.red_score, score.blue_score, score.verdict = d.red_score, d.blue_score, d.verdict
     score.reason = type(d.reason) == "string" and d.reason or ""
   else
@@ -316,23 +262,19 @@ end
 function M.nodes.vote(ctx)
   local st = ctx.state
   local results = ctx:ask_all(ctx.experts, string.format("Proposal: %s\n\nFinal risk register:\n%s\n\nWhatever side you argued, give your own verdict, your confidence and your reason.\nOptions: %s",
-    proposal(ctx), register_text(ctx, false), table.concat(VERDICTS, " | ")), { round = st.round, schema = {
-      type = "object", required = { "position", "confidence", "reason" }, properties = {
-        position = { type = "string", enum = VERDICTS }, confidence = { type = "number", minimum = 0, maximum = 1 },
-        reason = { type = "string", maxLength = 600 } } } })
+    proposal(ctx), register_text(ctx, false), table.concat(VERDICTS, " | ")),
+    { round = st.round, schema = panel.ballot_schema(VERDICTS) })
   local ballots, positions = {}, {}
   for k, r in ipairs(results) do
     local e = ctx.experts[k]
-    local d = not r.error and type(r.data) == "table" and r.data or nil
-    if d and contains(VERDICTS, d.position) and finite(d.confidence) and d.confidence >= 0 and d.confidence <= 1 then
-      local b = as_ballot({ expert = e.id, name = e.name, position = d.position, confidence = d.confidence,
-                            weight = e.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }, VERDICTS)
+    local b = panel.ballot_of(r, e, VERDICTS)
+    if b then
       ballots[#ballots + 1] = b
-      positions[#positions + 1] = { expert = e.id, name = e.name, position = b.position, confidence = b.confidence, reason = b.reason }
+      positions[#positions + 1] = panel.position_of(e, b)
     else
       local why = r.error or "answer failed validation"
       st.excluded[#st.excluded + 1] = { expert = e.id, name = e.name, round = st.round, stage = "vote", error = why }
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = why }
+      positions[#positions + 1] = panel.excluded_position(e, why)
     end
   end
   st.consensus = ctx:consensus(nil, ballots, { options = VERDICTS })

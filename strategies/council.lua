@@ -51,19 +51,6 @@ local M = {
   },
 }
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then
-      return true
-    end
-  end
-  return false
-end
-
 -- FNV-1a: a cheap, well-mixed hash for the label shuffle.
 local function hash(s)
   local h = 2166136261
@@ -92,57 +79,24 @@ local function opinion_schema(options)
   }
 end
 
--- A single choice read as every ballot shape, so whichever consensus
--- algorithm a panel picks has something to count: a truncated ranking, one
--- approval, and a distribution that moves from uniform (confidence 0) to
--- certain (confidence 1) on the choice.
-local function as_ballot(b, options)
-  local k = #options
-  local p = 1 / k + b.confidence * (1 - 1 / k)
-  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
-  for _, o in ipairs(options) do
-    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
-  end
-  return b
-end
-
 local function opinion_of(result, expert, options)
-  if result.error then
-    return nil, result.error
-  end
-  local d = result.data
-  if type(d) ~= "table" then
-    return nil, "answer was not valid JSON"
-  end
-  if type(d.position) ~= "string" or not contains(options, d.position) then
-    return nil, "answer failed validation: position is not one of the options"
-  end
-  if not finite(d.confidence) or d.confidence < 0 or d.confidence > 1 then
-    return nil, "answer failed validation: confidence must be in [0,1]"
+  local d, why = panel.choice_of(result, options)
+  if not d then
+    return nil, why
   end
   local text = type(d.answer) == "string" and d.answer ~= "" and d.answer or (type(d.reason) == "string" and d.reason or "")
   return { expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
            weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "", answer = text }
 end
 
-local function by_id(ctx, id)
-  for _, e in ipairs(ctx.experts) do
-    if e.id == id then
-      return e
-    end
-  end
-  return nil
-end
-
 -- Answers often sign themselves; strip every panellist's name so the label
 -- is all a reviewer sees.
 local function scrub(ctx, text)
+  local names = {}
   for _, e in ipairs(ctx.experts) do
-    if type(e.name) == "string" and #e.name > 1 then
-      text = text:gsub(e.name:gsub("%p", "%%%0"), "a panellist")
-    end
+    names[#names + 1] = type(e.name) == "string" and e.name or ""
   end
-  return text
+  return panel.redact(text, names)
 end
 
 local function anonymised(ctx)
@@ -205,7 +159,7 @@ local function clean_ranking(data, labels, own)
   end
   local out, seen = {}, {}
   for _, l in ipairs(data.ranking) do
-    if type(l) == "string" and l ~= own and contains(labels, l) and not seen[l] then
+    if type(l) == "string" and l ~= own and panel.contains(labels, l) and not seen[l] then
       seen[l] = true
       out[#out + 1] = l
     end
@@ -218,7 +172,7 @@ function M.nodes.review(ctx)
   ctx.state.rounds = 2
   local reviewers, labels, own = {}, {}, {}
   for _, o in ipairs(ctx.state.opinions) do
-    reviewers[#reviewers + 1] = by_id(ctx, o.expert)
+    reviewers[#reviewers + 1] = panel.expert_by_id(ctx.experts, o.expert)
     labels[#labels + 1] = o.label
     own[o.expert] = o.label
   end
@@ -252,16 +206,16 @@ end
 -- Chair, then fallback: explicit params first, then the chair role / the
 -- best peer-ranked other expert.
 local function chairs(ctx)
-  local chair = ctx.params.chair ~= "" and by_id(ctx, ctx.params.chair) or nil
+  local chair = ctx.params.chair ~= "" and panel.expert_by_id(ctx.experts, ctx.params.chair) or nil
   if not chair then
     for _, e in ipairs(ctx.experts) do
-      if not chair and type(e.role) == "string" and e.role:lower():find("chair") then
+      if not chair and panel.role_has(e, { "chair" }) then
         chair = e
       end
     end
   end
   chair = chair or ctx.experts[1]
-  local fallback = ctx.params.fallback_chair ~= "" and by_id(ctx, ctx.params.fallback_chair) or nil
+  local fallback = ctx.params.fallback_chair ~= "" and panel.expert_by_id(ctx.experts, ctx.params.fallback_chair) or nil
   if fallback == chair then
     fallback = nil
   end
@@ -272,7 +226,7 @@ local function chairs(ctx)
     end
     for _, l in ipairs(ctx.state.review and ctx.state.review.order or {}) do
       if not fallback and by_label[l] ~= chair.id then
-        fallback = by_id(ctx, by_label[l])
+        fallback = panel.expert_by_id(ctx.experts, by_label[l])
       end
     end
   end
@@ -302,7 +256,7 @@ end
 local function valid_synthesis(r, options)
   local d = r.data
   return not r.error and type(d) == "table" and type(d.summary) == "string" and d.summary ~= ""
-    and type(d.recommendation) == "string" and contains(options, d.position)
+    and type(d.recommendation) == "string" and panel.contains(options, d.position)
 end
 
 local function ranked_experts(ctx)
@@ -375,10 +329,11 @@ local function positions_of(ctx)
   for _, e in ipairs(ctx.experts) do
     local o = by_expert[e.id]
     if o then
-      positions[#positions + 1] = { expert = e.id, name = e.name, position = o.position, confidence = o.confidence,
-                                    reason = o.reason, label = o.label }
+      local p = panel.position_of(e, o)
+      p.label = o.label
+      positions[#positions + 1] = p
     else
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid opinion" }
+      positions[#positions + 1] = panel.excluded_position(e, "no valid opinion")
     end
   end
   return positions
@@ -402,7 +357,7 @@ function M.nodes.synthesis(ctx)
   ctx:emit("round.started", { round = round, stage = "synthesis" })
   local ballots = {}
   for _, o in ipairs(st.opinions) do
-    ballots[#ballots + 1] = as_ballot({ expert = o.expert, name = o.name, position = o.position,
+    ballots[#ballots + 1] = panel.as_ballot({ expert = o.expert, name = o.name, position = o.position,
                                         confidence = o.confidence, weight = o.weight, reason = o.reason }, options)
   end
   local consensus = ctx:consensus(nil, ballots, { options = options })

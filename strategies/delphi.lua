@@ -49,10 +49,6 @@ local M = {
   },
 }
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
 local function scale(ctx)
   return math.max(ctx.params.high - ctx.params.low, 1e-9)
 end
@@ -82,10 +78,10 @@ local function ballot_of(result, expert, ctx)
   if type(d) ~= "table" then
     return nil, "answer was not valid JSON"
   end
-  if not finite(d.estimate) or d.estimate < ctx.params.low or d.estimate > ctx.params.high then
+  if not panel.finite(d.estimate) or d.estimate < ctx.params.low or d.estimate > ctx.params.high then
     return nil, "answer failed validation: estimate missing or outside the scale"
   end
-  local conf = finite(d.confidence) and math.max(0, math.min(1, d.confidence)) or nil
+  local conf = panel.finite(d.confidence) and math.max(0, math.min(1, d.confidence)) or nil
   return { expert = expert.id, name = expert.name, estimate = d.estimate, confidence = conf,
            weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "",
            position = fmt(d.estimate) }
@@ -93,17 +89,14 @@ end
 
 -- Reasons without names or roles, in an order that does not follow the roster.
 local function anonymised_reasons(ctx, ballots)
-  local reasons = json.array()
+  local reasons, names = json.array(), {}
+  for _, e in ipairs(ctx.experts) do
+    names[#names + 1] = e.name or ""
+    names[#names + 1] = e.role or ""
+  end
   for _, b in ipairs(ballots) do
     if b.reason ~= "" then
-      local r = b.reason:gsub("%s+", " ")
-      for _, e in ipairs(ctx.experts) do
-        for _, x in ipairs({ e.name or "", e.role or "" }) do
-          if #x > 1 then
-            r = r:gsub(x:gsub("%p", "%%%0"), "a panellist")
-          end
-        end
-      end
+      local r = panel.redact((b.reason:gsub("%s+", " ")), names)
       reasons[#reasons + 1] = string.format("(estimate %s) %s", fmt(b.estimate), r)
     end
   end
@@ -210,7 +203,7 @@ function M.nodes.finish(ctx)
       positions[#positions + 1] = { expert = e.id, name = e.name, position = b.position, estimate = b.estimate,
                                     confidence = b.confidence, reason = b.reason }
     else
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid estimate" }
+      positions[#positions + 1] = panel.excluded_position(e, "no valid estimate")
     end
   end
   local d = stats.details

@@ -51,71 +51,10 @@ local M = {
 
 local HUMAN_ID = "human"
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then
-      return true
-    end
-  end
-  return false
-end
-
-local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
-
-local function ballot_schema(options)
-  return {
-    type = "object",
-    required = { "position", "confidence", "reason" },
-    properties = {
-      position = { type = "string", enum = options },
-      confidence = { type = "number", minimum = 0, maximum = 1 },
-      reason = { type = "string", maxLength = 600 },
-    },
-  }
-end
-
--- A single choice read as every ballot shape, so whichever consensus
--- algorithm a panel picks has something to count: a truncated ranking, one
--- approval, and a distribution that moves from uniform (confidence 0) to
--- certain (confidence 1) on the choice.
-local function as_ballot(b, options)
-  local k = #options
-  local p = 1 / k + b.confidence * (1 - 1 / k)
-  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
-  for _, o in ipairs(options) do
-    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
-  end
-  return b
-end
-
-local function ballot_of(result, expert, options)
-  if result.error then
-    return nil, result.error
-  end
-  local d = result.data
-  if type(d) ~= "table" then
-    return nil, "answer was not valid JSON"
-  end
-  if type(d.position) ~= "string" or not contains(options, d.position) then
-    return nil, "answer failed validation: position is not one of the options"
-  end
-  if not finite(d.confidence) or d.confidence < 0 or d.confidence > 1 then
-    return nil, "answer failed validation: confidence must be in [0,1]"
-  end
-  return as_ballot({ expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
-                     weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }, options)
-end
-
 -- The option a human's words name: exact match first, else the longest
 -- option the text contains ("proceed with conditions" beats "proceed").
 local function match_option(text, options)
-  local t = trim(text):lower()
+  local t = panel.trim(text):lower()
   local best
   for _, o in ipairs(options) do
     if t == o:lower() then
@@ -126,16 +65,6 @@ local function match_option(text, options)
     end
   end
   return best
-end
-
-local function moderator(ctx)
-  for _, e in ipairs(ctx.experts) do
-    local role = type(e.role) == "string" and e.role:lower() or ""
-    if role:find("chair") or role:find("moderat") then
-      return e
-    end
-  end
-  return ctx.experts[1]
 end
 
 -- Turns the human's input into a ballot, or nil and the reason it cannot count.
@@ -154,17 +83,17 @@ local function human_ballot(ctx, input, stage)
     position = match_option(text, options)
   end
   if not position and text:find("%S") then
-    local r = ctx:ask(moderator(ctx), string.format("A human participant on the panel about \"%s\" said:\n\"%s\"\n\nWhich option does this statement support?\nOptions: %s",
-      ctx.question, text, table.concat(options, " | ")), { schema = ballot_schema(options) })
-    if not r.error and type(r.data) == "table" and contains(options, r.data.position) then
+    local r = ctx:ask(panel.moderator(ctx.experts), string.format("A human participant on the panel about \"%s\" said:\n\"%s\"\n\nWhich option does this statement support?\nOptions: %s",
+      ctx.question, text, table.concat(options, " | ")), { schema = panel.ballot_schema(options) })
+    if not r.error and type(r.data) == "table" and panel.contains(options, r.data.position) then
       position, interpreted = r.data.position, true
     end
   end
   if not position then
     return nil, "the human's input names no option"
   end
-  local conf = finite(input.confidence) and math.max(0, math.min(1, input.confidence)) or ctx.params.human_confidence
-  return as_ballot({ expert = HUMAN_ID, name = ctx.params.human_name, position = position, confidence = conf,
+  local conf = panel.finite(input.confidence) and math.max(0, math.min(1, input.confidence)) or ctx.params.human_confidence
+  return panel.as_ballot({ expert = HUMAN_ID, name = ctx.params.human_name, position = position, confidence = conf,
                      weight = ctx.params.human_weight, reason = text, human = true, stage = stage,
                      interpreted = interpreted }, options)
 end
@@ -173,24 +102,14 @@ local function positions_text(ctx, ballots)
   local lines = {}
   for _, b in ipairs(ballots) do
     local who = b.human and ctx.params.human_name or b.name or b.expert
-    lines[#lines + 1] = string.format("- %s: %s (confidence %.2f) — %s", who, b.position, b.confidence, b.reason)
+    lines[#lines + 1] = panel.position_line(who, b)
   end
   return #lines > 0 and table.concat(lines, "\n") or "(no valid positions)"
 end
 
 local function round_of(ctx, round, prompt)
-  local results = ctx:ask_all(ctx.experts, prompt, { round = round, schema = ballot_schema(ctx.params.options) })
-  local ballots = {}
-  for k, r in ipairs(results) do
-    local e = ctx.experts[k]
-    local b, why = ballot_of(r, e, ctx.params.options)
-    if b then
-      ballots[#ballots + 1] = b
-    else
-      ctx.state.excluded[#ctx.state.excluded + 1] = { expert = e.id, name = e.name, round = round, error = why }
-    end
-  end
-  return ballots
+  local results = ctx:ask_all(ctx.experts, prompt, { round = round, schema = panel.ballot_schema(ctx.params.options) })
+  return (panel.collect_ballots(results, ctx.experts, ctx.params.options, ctx.state.excluded, { round = round }))
 end
 
 local function take_input(ctx, stage, prompt)
@@ -248,22 +167,11 @@ end
 
 function M.nodes.finish(ctx)
   local st = ctx.state
-  local ballots, positions = {}, {}
-  for _, e in ipairs(ctx.experts) do
-    local found
-    for _, b in ipairs(st.second) do
-      if b.expert == e.id then
-        found = b
-      end
-    end
-    if found then
-      ballots[#ballots + 1] = found
-      positions[#positions + 1] = { expert = e.id, name = e.name, position = found.position, confidence = found.confidence,
-                                    reason = found.reason }
-    else
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid answer in round 2" }
-    end
+  local by_expert = {}
+  for _, b in ipairs(st.second) do
+    by_expert[b.expert] = b
   end
+  local ballots, positions = panel.final_positions(ctx.experts, by_expert, "no valid answer in round 2")
   local h = st.human
   if h then
     ballots[#ballots + 1] = h

@@ -41,36 +41,7 @@ local M = {
   },
 }
 
-local STOP = {}
-for w in ("a an and are as at be by for from in into is it of on or our the their this to we with"):gmatch("%S+") do
-  STOP[w] = true
-end
-
--- Content words: ASCII lower-cased, split on anything that is not a letter,
--- digit or a UTF-8 byte (so non-Latin words survive whole).
-local function words(text)
-  local set, n = {}, 0
-  for w in text:lower():gmatch("[%w\128-\255]+") do
-    if not STOP[w] and not set[w] then
-      set[w] = true
-      n = n + 1
-    end
-  end
-  return set, n
-end
-
-local function jaccard(a, na, b, nb)
-  if na == 0 and nb == 0 then
-    return 1
-  end
-  local both = 0
-  for w in pairs(a) do
-    if b[w] then
-      both = both + 1
-    end
-  end
-  return both / (na + nb - both)
-end
+local STOP = panel.word_list("a an and are as at be by for from in into is it of on or our the their this to we with")
 
 local function clean_idea(s)
   if type(s) ~= "string" then
@@ -90,10 +61,10 @@ end
 local function cluster(ideas, threshold)
   local clusters = {}
   for _, idea in ipairs(ideas) do
-    local set, n = words(idea.text)
+    local set, n = panel.words(idea.text, STOP)
     local home
     for _, c in ipairs(clusters) do
-      if not home and jaccard(set, n, c.words, c.nwords) >= threshold then
+      if not home and panel.jaccard(set, n, c.words, c.nwords) >= threshold then
         home = c
       end
     end
@@ -194,7 +165,7 @@ function M.nodes.vote(ctx)
       positions[#positions + 1] = { expert = e.id, name = e.name, position = approvals[1], approvals = approvals, reason = reason }
     else
       table.insert(ctx.state.excluded, { expert = e.id, name = e.name, error = r.error or "vote failed validation" })
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = r.error or "no valid vote" }
+      positions[#positions + 1] = panel.excluded_position(e, r.error or "no valid vote")
     end
   end
   local tally = ctx:consensus("approval", ballots, { options = ids })
@@ -315,7 +286,7 @@ function M.nodes.finish(ctx)
   if not positions then -- no vote was held: nobody proposed a valid idea
     positions = {}
     for _, e in ipairs(ctx.experts) do
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid ideas" }
+      positions[#positions + 1] = panel.excluded_position(e, "no valid ideas")
     end
   end
   return ctx:done({

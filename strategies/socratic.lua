@@ -42,64 +42,7 @@ local M = {
   },
 }
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then
-      return true
-    end
-  end
-  return false
-end
-
-local STOP = {}
-for w in ("a an and are as at be by for from in into is it of on or our the their this to we will with that"):gmatch("%S+") do
-  STOP[w] = true
-end
-
-local function words(text)
-  local set, n = {}, 0
-  for w in text:lower():gmatch("[%w\128-\255]+") do
-    if not STOP[w] and not set[w] then
-      set[w] = true
-      n = n + 1
-    end
-  end
-  return set, n
-end
-
-local function similar(a, b, threshold)
-  local sa, na = words(a)
-  local sb, nb = words(b)
-  if na + nb == 0 then
-    return true
-  end
-  local both = 0
-  for w in pairs(sa) do
-    if sb[w] then
-      both = both + 1
-    end
-  end
-  return both / (na + nb - both) >= threshold
-end
-
-local function moderator(ctx)
-  for _, e in ipairs(ctx.experts) do
-    if ctx.params.moderator ~= "" and e.id == ctx.params.moderator then
-      return e
-    end
-  end
-  for _, e in ipairs(ctx.experts) do
-    local role = type(e.role) == "string" and e.role:lower() or ""
-    if role:find("moderat") or role:find("chair") then
-      return e
-    end
-  end
-  return ctx.experts[1]
-end
+local STOP = panel.word_list("a an and are as at be by for from in into is it of on or our the their this to we will with that")
 
 -- Opening answers must name at least one assumption (every position rests on
 -- some); later answers may add none, which is what ends the dialogue.
@@ -117,37 +60,13 @@ local function answer_schema(options, min_assumptions)
   }
 end
 
--- A single choice read as every ballot shape, so whichever consensus
--- algorithm a panel picks has something to count: a truncated ranking, one
--- approval, and a distribution that moves from uniform (confidence 0) to
--- certain (confidence 1) on the choice.
-local function as_ballot(b, options)
-  local k = #options
-  local p = 1 / k + b.confidence * (1 - 1 / k)
-  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
-  for _, o in ipairs(options) do
-    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
-  end
-  return b
-end
-
+-- The ballot and the assumptions of an answer, or nil and why it cannot count.
 local function ballot_of(result, expert, options)
-  if result.error then
-    return nil, result.error
+  local b, why = panel.ballot_of(result, expert, options)
+  if not b then
+    return nil, why
   end
-  local d = result.data
-  if type(d) ~= "table" then
-    return nil, "answer was not valid JSON"
-  end
-  if type(d.position) ~= "string" or not contains(options, d.position) then
-    return nil, "answer failed validation: position is not one of the options"
-  end
-  if not finite(d.confidence) or d.confidence < 0 or d.confidence > 1 then
-    return nil, "answer failed validation: confidence must be in [0,1]"
-  end
-  return as_ballot({ expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
-                     weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }, options),
-    type(d.assumptions) == "table" and d.assumptions or {}
+  return b, type(result.data.assumptions) == "table" and result.data.assumptions or {}
 end
 
 -- Records the new assumptions among `list`; returns how many were new.
@@ -157,7 +76,7 @@ local function register(ctx, list, by, round)
     if type(text) == "string" and text:find("%S") then
       local known = false
       for _, a in ipairs(st.assumptions) do
-        known = known or similar(a.text, text, ctx.params.similarity)
+        known = known or panel.similarity(a.text, text, STOP) >= ctx.params.similarity
       end
       if not known then
         local a = { id = "A" .. (#st.assumptions + 1), text = text, raised_by = by, round = round }
@@ -198,7 +117,7 @@ local function positions_text(ctx)
   for _, e in ipairs(ctx.experts) do
     local b = ctx.state.ballots[e.id]
     if b then
-      lines[#lines + 1] = string.format("- %s: %s (confidence %.2f) — %s", e.role or e.id, b.position, b.confidence, b.reason)
+      lines[#lines + 1] = panel.position_line(e.role or e.id, b)
     end
   end
   return table.concat(lines, "\n")
@@ -240,13 +159,13 @@ function M.nodes.probe(ctx)
       listing[#listing + 1] = a.id .. ": " .. a.text
     end
   end
-  local mod = moderator(ctx)
+  local mod = panel.moderator(ctx.experts, ctx.params.moderator)
   local r = ctx:ask(mod, string.format("You moderate a Socratic dialogue on: %s\nCurrent positions:\n%s\n\nUnexamined assumptions:\n%s\n\nPick the assumption whose failure would most change the answer and ask one probing question about it.",
     ctx.question, positions_text(ctx), table.concat(listing, "\n")), { round = round, schema = {
       type = "object", required = { "assumption", "question" },
       properties = { assumption = { type = "string", enum = open }, question = { type = "string", maxLength = 400 } } } })
   local target, question = open[1], nil
-  if not r.error and type(r.data) == "table" and contains(open, r.data.assumption) then
+  if not r.error and type(r.data) == "table" and panel.contains(open, r.data.assumption) then
     target = r.data.assumption
   end
   if not r.error and type(r.data) == "table" and type(r.data.question) == "string" and r.data.question ~= "" then
@@ -275,17 +194,7 @@ end
 
 function M.nodes.finish(ctx)
   local st = ctx.state
-  local ballots, positions = {}, {}
-  for _, e in ipairs(ctx.experts) do
-    local b = st.ballots[e.id]
-    if b then
-      ballots[#ballots + 1] = b
-      positions[#positions + 1] = { expert = e.id, name = e.name, position = b.position, confidence = b.confidence,
-                                    reason = b.reason }
-    else
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = "no valid answer" }
-    end
-  end
+  local ballots, positions = panel.final_positions(ctx.experts, st.ballots, "no valid answer")
   local c = ctx:consensus(nil, ballots, { options = ctx.params.options })
   local probed = 0
   for _, a in ipairs(st.assumptions) do

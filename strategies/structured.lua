@@ -39,35 +39,9 @@ local M = {
   },
 }
 
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
-local function contains(list, v)
-  for _, x in ipairs(list) do
-    if x == v then
-      return true
-    end
-  end
-  return false
-end
-
 -- Moderator first, then everyone else in roster order (the fallbacks).
 local function moderators(ctx)
-  local first
-  for _, e in ipairs(ctx.experts) do
-    if ctx.params.moderator ~= "" and e.id == ctx.params.moderator then
-      first = e
-    end
-  end
-  if not first then
-    for _, e in ipairs(ctx.experts) do
-      if not first and type(e.role) == "string" and (e.role:lower():find("chair") or e.role:lower():find("moderat")) then
-        first = e
-      end
-    end
-  end
-  first = first or ctx.experts[1]
+  local first = panel.moderator(ctx.experts, ctx.params.moderator)
   local list = { first }
   for _, e in ipairs(ctx.experts) do
     if e ~= first then
@@ -89,51 +63,6 @@ local function ask_moderator(ctx, prompt, opts)
     last = r
   end
   return last, nil
-end
-
-local function ballot_schema(options)
-  return {
-    type = "object",
-    required = { "position", "confidence", "reason" },
-    properties = {
-      position = { type = "string", enum = options },
-      confidence = { type = "number", minimum = 0, maximum = 1 },
-      reason = { type = "string", maxLength = 600 },
-    },
-  }
-end
-
--- A single choice read as every ballot shape, so whichever consensus
--- algorithm a panel picks has something to count: a truncated ranking, one
--- approval, and a distribution that moves from uniform (confidence 0) to
--- certain (confidence 1) on the choice.
-local function as_ballot(b, options)
-  local k = #options
-  local p = 1 / k + b.confidence * (1 - 1 / k)
-  b.ranking, b.approvals, b.distribution = { b.position }, { b.position }, {}
-  for _, o in ipairs(options) do
-    b.distribution[o] = o == b.position and p or (1 - p) / math.max(k - 1, 1)
-  end
-  return b
-end
-
--- A ballot from an answer, or nil and why the answer was excluded.
-local function ballot_of(result, expert, options)
-  if result.error then
-    return nil, result.error
-  end
-  local d = result.data
-  if type(d) ~= "table" then
-    return nil, "answer was not valid JSON"
-  end
-  if type(d.position) ~= "string" or not contains(options, d.position) then
-    return nil, "answer failed validation: position is not one of the options"
-  end
-  if not finite(d.confidence) or d.confidence < 0 or d.confidence > 1 then
-    return nil, "answer failed validation: confidence must be in [0,1]"
-  end
-  return as_ballot({ expert = expert.id, name = expert.name, position = d.position, confidence = d.confidence,
-                     weight = expert.weight or 1, reason = type(d.reason) == "string" and d.reason or "" }, options)
 end
 
 local function agenda_so_far(ctx)
@@ -186,20 +115,9 @@ function M.nodes.vote(ctx)
   local options = ctx.params.options
   local prompt = string.format("Question: %s\n\n%sCast your ballot.\nOptions: %s",
     ctx.question, agenda_so_far(ctx), table.concat(options, " | "))
-  local results = ctx:ask_all(ctx.experts, prompt, { round = round, schema = ballot_schema(options) })
-  local ballots, excluded, positions = {}, json.array(), {}
-  for k, r in ipairs(results) do
-    local e = ctx.experts[k]
-    local b, why = ballot_of(r, e, options)
-    if b then
-      ballots[#ballots + 1] = b
-      positions[#positions + 1] = { expert = e.id, name = e.name, position = b.position, confidence = b.confidence,
-                                    reason = b.reason }
-    else
-      excluded[#excluded + 1] = { expert = e.id, name = e.name, error = why }
-      positions[#positions + 1] = { expert = e.id, name = e.name, excluded = true, error = why }
-    end
-  end
+  local results = ctx:ask_all(ctx.experts, prompt, { round = round, schema = panel.ballot_schema(options) })
+  local excluded = json.array()
+  local ballots, positions = panel.collect_ballots(results, ctx.experts, options, excluded)
   ctx.state.consensus = ctx:consensus(nil, ballots, { options = options })
   ctx.state.positions, ctx.state.excluded, ctx.state.rounds = positions, excluded, round
   return "finish"

@@ -15,30 +15,6 @@
 --          first_places {option=count}, n, m, ignored.
 -- Tie-break: most points, then most first places, then the smaller name in
 -- byte order.
-local function options_of(ballots, given)
-  local list, seen = {}, {}
-  local function add(o)
-    if type(o) == "string" and o ~= "" and not seen[o] then
-      seen[o] = true
-      list[#list + 1] = o
-    end
-  end
-  if type(given) == "table" and #given > 0 then
-    for _, o in ipairs(given) do
-      add(o)
-    end
-  else
-    for _, b in ipairs(ballots) do
-      if type(b) == "table" and type(b.ranking) == "table" then
-        for _, o in ipairs(b.ranking) do
-          add(o)
-        end
-      end
-    end
-  end
-  return list, seen
-end
-
 -- The usable part of a ranking: known options, first occurrence only.
 local function usable(ranking, known)
   local out, seen = {}, {}
@@ -57,7 +33,7 @@ end
 return function(ballots, opts)
   opts = type(opts) == "table" and opts or {}
   ballots = type(ballots) == "table" and ballots or {}
-  local options, known = options_of(ballots, opts.options)
+  local options, known = panel.option_names(ballots, opts.options, "ranking")
   local m = #options
   local scores, firsts = {}, {}
   for _, o in ipairs(options) do
@@ -81,18 +57,13 @@ return function(ballots, opts)
     return { algorithm = "borda", level = 0, position = nil, dissent = json.array(),
              details = { n = 0, m = m, ignored = ignored, scores = scores, order = json.array(), first_places = firsts } }
   end
-  local order = {}
-  for i, o in ipairs(options) do
-    order[i] = o
-  end
-  table.sort(order, function(a, b)
+  local order = panel.sorted_by(options, function(a, b)
     if scores[a] ~= scores[b] then
       return scores[a] > scores[b]
     end
     if firsts[a] ~= firsts[b] then
       return firsts[a] > firsts[b]
     end
-    return a < b
   end)
   local winner = order[1]
   local dissent = json.array()

@@ -19,9 +19,7 @@
 -- dissent  ballots whose estimate lies outside [q1, q3].
 -- details  median, q1, q3, iqr, mean, min, max, n, ignored, scale and, with
 --          opts.previous, median_change, iqr_change, stable.
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
+local finite = panel.finite
 
 local function quantile(sorted, p)
   local n = #sorted

@@ -20,36 +20,6 @@
 -- details  w, chi_square = m (n - 1) W (df = n - 1), rank_sums, order, m, n,
 --          ignored.
 -- Tie-break for order: smaller rank sum, then the smaller name in byte order.
-local function items_of(ballots, given)
-  local list, seen = {}, {}
-  local function add(o)
-    if type(o) == "string" and o ~= "" and not seen[o] then
-      seen[o] = true
-      list[#list + 1] = o
-    end
-  end
-  if type(given) == "table" and #given > 0 then
-    for _, o in ipairs(given) do
-      add(o)
-    end
-  else
-    for _, b in ipairs(ballots) do
-      if type(b) == "table" and type(b.ranking) == "table" then
-        for _, e in ipairs(b.ranking) do
-          if type(e) == "table" then
-            for _, o in ipairs(e) do
-              add(o)
-            end
-          else
-            add(e)
-          end
-        end
-      end
-    end
-  end
-  return list, seen
-end
-
 -- Groups of a ranking: arrays of known, not yet seen names, in order.
 local function groups_of(ranking, known)
   local groups, seen = {}, {}
@@ -100,7 +70,7 @@ end
 return function(ballots, opts)
   opts = type(opts) == "table" and opts or {}
   ballots = type(ballots) == "table" and ballots or {}
-  local items, known = items_of(ballots, opts.options)
+  local items, known = panel.option_names(ballots, opts.options, "ranking", true)
   local n = #items
   local sums = {}
   for _, o in ipairs(items) do
@@ -139,15 +109,10 @@ return function(ballots, opts)
   else
     w = math.max(0, math.min(1, 12 * s / denom))
   end
-  local order = {}
-  for i, o in ipairs(items) do
-    order[i] = o
-  end
-  table.sort(order, function(a, b)
+  local order = panel.sorted_by(items, function(a, b)
     if sums[a] ~= sums[b] then
       return sums[a] < sums[b]
     end
-    return a < b
   end)
   local winner = order[1]
   local dissent = json.array()

@@ -23,9 +23,7 @@
 -- details  pooled {option = p}, pooling, jsd, k, n, ignored, smoothed.
 -- Tie-break (pooled and per-ballot favourites): higher probability, then the
 -- smaller name in byte order.
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
+local finite = panel.finite
 
 local function options_of(ballots, given)
   local list, seen = {}, {}

@@ -14,50 +14,21 @@
 -- dissent  counted ballots for any other position.
 -- Tie-break: highest score, then most ballots, then the smaller normalised
 -- position in byte order.
-local function clean(s)
-  if type(s) ~= "string" then
-    return nil
-  end
-  s = s:gsub("^%s+", ""):gsub("%s+$", ""):gsub("%s+", " ")
-  if s == "" then
-    return nil
-  end
-  return s, s:lower()
-end
-
-local function finite(x)
-  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
-end
-
-local function allowed_set(options)
-  if type(options) ~= "table" or #options == 0 then
-    return nil
-  end
-  local set = {}
-  for _, o in ipairs(options) do
-    local _, key = clean(o)
-    if key then
-      set[key] = true
-    end
-  end
-  return set
-end
-
 -- Returns the ballot's normalised position and its score, or nil when the
 -- ballot cannot be counted.
 local function score_of(b, allowed)
   if type(b) ~= "table" then
     return nil
   end
-  local shown, key = clean(b.position)
-  if not key or (allowed and not allowed[key]) or not finite(b.confidence) then
+  local shown, key = panel.normalise(b.position)
+  if not key or (allowed and not allowed[key]) or not panel.finite(b.confidence) then
     return nil
   end
   local w = b.weight
   if w == nil then
     w = 1
   end
-  if not finite(w) or w < 0 then
+  if not panel.finite(w) or w < 0 then
     return nil
   end
   -- A cap keeps the total finite whatever the roster says.
@@ -67,7 +38,7 @@ end
 return function(ballots, opts)
   opts = type(opts) == "table" and opts or {}
   ballots = type(ballots) == "table" and ballots or {}
-  local allowed = allowed_set(opts.options)
+  local allowed = panel.option_set(opts.options)
   local groups, order, ignored, total = {}, {}, 0, 0
   for _, b in ipairs(ballots) do
     local shown, key, s = score_of(b, allowed)
@@ -108,13 +79,7 @@ return function(ballots, opts)
       tie[#tie + 1] = g.position
     end
   end
-  local dissent = json.array()
-  for _, b in ipairs(ballots) do
-    local shown, key = score_of(b, allowed)
-    if key and key ~= winner.key then
-      dissent[#dissent + 1] = { expert = b.expert, name = b.name, position = shown, reason = b.reason }
-    end
-  end
+  local dissent = panel.dissent(ballots, winner.key, score_of, allowed)
   local level = total > 0 and winner.score / total or 0
   return {
     algorithm = "weighted",
