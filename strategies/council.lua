@@ -51,15 +51,6 @@ local M = {
   },
 }
 
--- FNV-1a: a cheap, well-mixed hash for the label shuffle.
-local function hash(s)
-  local h = 2166136261
-  for i = 1, #s do
-    h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff
-  end
-  return h
-end
-
 local function label(i)
   local letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
   local l = letters:sub((i - 1) % 26 + 1, (i - 1) % 26 + 1)
@@ -124,7 +115,7 @@ function M.nodes.opinions(ctx)
   end
   -- Labels follow a panel-specific shuffle so "Response A" is not always the first expert.
   table.sort(opinions, function(a, b)
-    local ha, hb = hash(ctx.panel_id .. a.expert), hash(ctx.panel_id .. b.expert)
+    local ha, hb = panel.fnv1a(ctx.panel_id .. a.expert), panel.fnv1a(ctx.panel_id .. b.expert)
     if ha ~= hb then
       return ha < hb
     end

@@ -71,12 +71,9 @@ end
 
 -- A ballot from an answer, or nil and why it was excluded.
 local function ballot_of(result, expert, ctx)
-  if result.error then
-    return nil, result.error
-  end
-  local d = result.data
-  if type(d) ~= "table" then
-    return nil, "answer was not valid JSON"
+  local d, why = panel.answer_data(result)
+  if not d then
+    return nil, why
   end
   if not panel.finite(d.estimate) or d.estimate < ctx.params.low or d.estimate > ctx.params.high then
     return nil, "answer failed validation: estimate missing or outside the scale"

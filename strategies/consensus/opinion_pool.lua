@@ -26,33 +26,20 @@
 local finite = panel.finite
 
 local function options_of(ballots, given)
-  local list, seen = {}, {}
-  local function add(o)
-    if type(o) == "string" and o ~= "" and not seen[o] then
-      seen[o] = true
-      list[#list + 1] = o
-    end
-  end
-  if type(given) == "table" and #given > 0 then
-    for _, o in ipairs(given) do
-      add(o)
-    end
-  else
-    for _, b in ipairs(ballots) do
-      if type(b) == "table" and type(b.distribution) == "table" then
-        local names = {}
-        for o in pairs(b.distribution) do
-          if type(o) == "string" then
-            names[#names + 1] = o
-          end
-        end
-        table.sort(names) -- pairs() order is not deterministic
-        for _, o in ipairs(names) do
-          add(o)
+  local named = {}
+  for _, b in ipairs(ballots) do
+    if type(b) == "table" and type(b.distribution) == "table" then
+      local names = {}
+      for o in pairs(b.distribution) do
+        if type(o) == "string" then
+          names[#names + 1] = o
         end
       end
+      table.sort(names) -- pairs() order is not deterministic
+      named[#named + 1] = { names = names }
     end
   end
+  local list = panel.option_names(named, given, "names")
   table.sort(list)
   return list
 end

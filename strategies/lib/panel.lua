@@ -24,6 +24,16 @@ function P.finite(x)
   return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
 end
 
+-- FNV-1a (32 bit) of a string: a cheap, well-mixed hash for deterministic
+-- shuffles.
+function P.fnv1a(s)
+  local h = 2166136261
+  for i = 1, #s do
+    h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff
+  end
+  return h
+end
+
 -- True when the array `list` holds `v`.
 function P.contains(list, v)
   for _, x in ipairs(list) do
@@ -118,15 +128,23 @@ function P.as_ballot(b, options)
   return b
 end
 
--- The decoded data of a single-choice answer (ctx:ask result), or nil and
--- why it cannot count.
-function P.choice_of(result, options)
+-- The decoded data of an answer to an ask with a schema (a ctx:ask result),
+-- or nil and why there is none.
+function P.answer_data(result)
   if result.error then
     return nil, result.error
   end
-  local d = result.data
-  if type(d) ~= "table" then
+  if type(result.data) ~= "table" then
     return nil, "answer was not valid JSON"
+  end
+  return result.data
+end
+
+-- The decoded data of a single-choice answer, or nil and why it cannot count.
+function P.choice_of(result, options)
+  local d, why = P.answer_data(result)
+  if not d then
+    return nil, why
   end
   if type(d.position) ~= "string" or not P.contains(options, d.position) then
     return nil, "answer failed validation: position is not one of the options"

@@ -431,13 +431,7 @@ end
 ---------------------------------------------------------------------------
 -- The simulated expert
 ---------------------------------------------------------------------------
-local function fnv(s)
-  local h = 2166136261
-  for i = 1, #s do
-    h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff
-  end
-  return h
-end
+local fnv = library.fnv1a
 
 local function rng(seed_string)
   local state = fnv(seed_string) | 1
