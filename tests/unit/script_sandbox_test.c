@@ -8,6 +8,8 @@
  * backtracking, finalizers and to-be-closed variables running after a limit, limit errors
  * swallowed by pcall/xpcall/load, and C-stack exhaustion. */
 #include "core/clock.h"
+#include "core/embed.h"
+#include "core/ids.h"
 #include "core/log.h"
 #include "script/host.h"
 
@@ -44,13 +46,26 @@ static void t_log(void *ud, int level, const char *msg)
     (void)msg;
 }
 
+/* A second chunk of the same state: sees the panel library whole whatever the strategy did. */
+static const char lib_consensus_src[] =
+    "return function(ballots, opts)\n"
+    "  assert(rawget(panel, 'finite') == nil and next(panel) == nil)\n"
+    "  assert(panel.finite(1) and not panel.finite(0/0) and panel.contains({ 'a' }, 'a'))\n"
+    "  assert(panel.position_line('a', { position = 'p', confidence = 0.5, reason = 'r' })\n"
+    "         == '- a: p (confidence 0.50) \\u{2014} r')\n"
+    "  return { level = 1, position = 'INTACT', dissent = {}, details = {} }\n"
+    "end\n";
+
 static ap_status t_consensus(void *ud, const char *name, char **source, size_t *len, ap_err *err)
 {
     (void)ud;
-    if (strcmp(name, "test") != 0)
+    const char *src = strcmp(name, "test") == 0  ? consensus_src
+                      : strcmp(name, "lib") == 0 ? lib_consensus_src
+                                                 : NULL;
+    if (src == NULL)
         return ap_err_set(err, AP_NOTFOUND, "no consensus named %s", name);
-    *source = strdup(consensus_src);
-    *len = strlen(consensus_src);
+    *source = strdup(src);
+    *len = strlen(src);
     return AP_OK;
 }
 
@@ -207,6 +222,55 @@ static void test_metatable_and_env_tricks(void **state)
     expect_fail("collectgarbage('collect')", "only \"count\"");
     expect_done("assert(type(collectgarbage('count')) == 'number')");
     expect_done("local a = json.array(); assert(getmetatable(a) == 'json.array')");
+}
+
+/* ---- the panel library ------------------------------------------------------------------ */
+
+/* The SHA-256 of strategies/lib/panel.lua. Pinned panels do not pin the library, so a released
+ * function must never change behaviour (docs/scripting.md, "The panel library"): when this
+ * fails, check the edit only adds functions, bump panel.version, then update the hash. */
+#define PANEL_LIB_SHA256 "fda8cc1ccdb26f1aa82a5ba9a497abe543d721ec99fac00e029e39817a9c25fe"
+
+static void test_panel_library(void **state)
+{
+    (void)state;
+    expect_done("assert(type(panel) == 'table' and panel.version >= 1)\n"
+                "assert(panel.moderator(ctx.experts, '').id == 'e1')\n"
+                "local b = panel.ballot_of({ data = { position = 'x', confidence = 1 } }, "
+                "ctx.experts[1], { 'x', 'y' })\n"
+                "assert(b.expert == 'e1' and b.distribution.x == 1 and b.ranking[1] == 'x')");
+    /* Writes fail, the metatable is protected, and the library table is out of reach. */
+    expect_fail("panel.finite = nil", "panel is read-only (cannot set 'finite')");
+    expect_fail("panel[1] = true", "panel is read-only");
+    expect_fail("setmetatable(panel, nil)", "protected metatable");
+    expect_done("assert(getmetatable(panel) == 'panel' and next(panel) == nil)\n"
+                "for _ in pairs(panel) do error('the library is listed') end");
+    /* rawset shadows a name in this chunk only; a script's own string library is not the
+     * library's; the consensus chunk loaded afterwards sees the library whole. */
+    expect_done("rawset(panel, 'finite', function() return 'mine' end)\n"
+                "assert(panel.finite(0/0) == 'mine')\n"
+                "string.format = nil; string.gsub = nil; string.lower = nil\n"
+                "assert(panel.position_line('a', { position = 'p', confidence = 0.5, reason = 'r' "
+                "}) == '- a: p (confidence 0.50) \\u{2014} r')\n"
+                "assert(panel.similarity('Red apples', 'red APPLES', {}) == 1)\n"
+                "assert(ctx:consensus('lib', {}, {}).position == 'INTACT')");
+    /* Its functions reach nothing the script could not, and run under the script's limits. */
+    expect_done("local f = panel.finite\n"
+                "assert(_ENV.os == nil and panel.os == nil and panel.load == nil)\n"
+                "assert(panel.debug == nil and panel.io == nil and panel._ENV == nil)");
+    expect_fail("for i = 1, 1e8 do panel.finite(i) end", "instruction budget exceeded");
+    expect_fail("panel.dissent({ 1 }, 'k', function() while true do end end)",
+                "instruction budget exceeded");
+    /* The embedded copy is the reviewed one. */
+    size_t len = 0;
+    const char *src = embed_get("strategies/lib/panel.lua", &len);
+    assert_non_null(src);
+    char hex[IDS_SHA256_HEX_LEN + 1];
+    ids_sha256_hex(src, len, hex);
+    if (strcmp(hex, PANEL_LIB_SHA256) != 0)
+        fail_msg("strategies/lib/panel.lua changed (sha256 %s); released functions must not "
+                 "change behaviour: see the comment above PANEL_LIB_SHA256",
+                 hex);
 }
 
 static void test_finalizers_and_close(void **state)
@@ -441,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_no_os_io_debug_require),
         cmocka_unit_test(test_no_bytecode),
         cmocka_unit_test(test_metatable_and_env_tricks),
+        cmocka_unit_test(test_panel_library),
         cmocka_unit_test(test_finalizers_and_close),
         cmocka_unit_test(test_endless_loops),
         cmocka_unit_test(test_time_budget),
