@@ -556,7 +556,28 @@ class PanelView {
     }
     if (this.closed) return;
     this.renderHead();
+    if (this.panel.status === 'created') this.offerStart();
+    else if (!TERMINAL.has(this.panel.status))
+      $('timeline').append(el('div', { class: 'empty-state', id: 'waiting', text: 'Waiting for the experts…' }));
     this.connect();
+  }
+
+  // A panel that was created but never queued (e.g. its execute call failed) can be started here.
+  offerStart() {
+    const btn = el('button', { type: 'button', class: 'btn primary', text: 'Start the panel' });
+    const box = el('div', { class: 'card empty-state', id: 'waiting' }, [el('p', { text: 'This panel has not been started yet.' }), btn]);
+    btn.addEventListener('click', async () => {
+      btn.disabled = true;
+      try {
+        const p = await api('POST', `/v1/panels/${encodeURIComponent(this.id)}/execute`);
+        if (p && p.status) this.setStatus(p.status);
+        box.replaceChildren(el('p', { text: 'Waiting for the experts…' }));
+      } catch (err) {
+        showBanner(`Could not start the panel. ${describeError(err)}`);
+        btn.disabled = false;
+      }
+    });
+    $('timeline').append(box);
   }
 
   renderHead() {
@@ -674,6 +695,8 @@ class PanelView {
 
   apply(type, data) {
     const d = isPlainObject(data) ? data : {};
+    const waiting = $('waiting');
+    if (waiting && type !== 'panel.status') waiting.remove();
     switch (type) {
       case 'panel.status':
         if (typeof d.status === 'string') this.setStatus(d.status);
@@ -699,7 +722,15 @@ class PanelView {
         break;
       case 'input.received':
         clear($('input-area'));
-        this.container().append(this.note('Human input received', shortValue(isPlainObject(d.input) ? d.input : d.text ?? d)));
+        this.container().append(this.note('Human input received', this.describeInput(isPlainObject(d.input) ? d.input : d)));
+        break;
+      case 'human.counted':
+        this.container().append(this.note('Human ballot counted',
+          [shortValue(d.position), typeof d.confidence === 'number' ? `${pct(d.confidence)} confident` : '', d.interpreted ? 'interpreted from the text' : '']
+            .filter(Boolean).join(' · ')));
+        break;
+      case 'human.skipped':
+        this.container().append(this.note('Human input not counted', typeof d.reason === 'string' ? d.reason : ''));
         break;
       case 'panel.completed':
         clear($('input-area'));
@@ -716,6 +747,14 @@ class PanelView {
       default:
         this.container().append(this.note(humanize(type), this.describeCustom(d)));
     }
+  }
+
+  describeInput(input) {
+    if (typeof input === 'string') return input;
+    const head = [input.position ? `“${shortValue(input.position)}”` : '', typeof input.confidence === 'number' ? `${pct(input.confidence)} confident` : '']
+      .filter(Boolean).join(', ');
+    const text = typeof input.text === 'string' ? input.text : '';
+    return head && text ? `${head}: ${text}` : head || text || shortValue(input);
   }
 
   describeCustom(d) {

@@ -84,6 +84,7 @@ await context.addInitScript(() => {
 
 async function shot(name, fullPage = true) {
   const file = join(OUT, `${name}.png`);
+  if (fullPage) await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: file, fullPage });
   return file;
 }
@@ -124,6 +125,12 @@ async function answerUntilDone() {
     answered++;
   }
   throw new Error('the panel kept asking for input');
+}
+
+// Waits for the panel's outcome; a failure or cancellation fails the step with its reason.
+async function waitForResult() {
+  const which = await page.waitForSelector('#result, #failure, #cancelled', { timeout: T });
+  if ((await which.getAttribute('id')) !== 'result') throw new Error(`the panel ended without a result: ${await which.textContent()}`);
 }
 
 let councilId = null;
@@ -178,7 +185,7 @@ try {
     await page.waitForFunction(() => window.__seen.streaming && window.__seen.live, null, { timeout: T });
     await page.waitForSelector('.expert-card.final');
     await shot('03-live');
-    await page.waitForSelector('#result .consensus-level .meter-value', { timeout: T });
+    await waitForResult();
     councilLevel = await page.textContent('#result .consensus-level .meter-value');
     check(/^\d+%$/.test(councilLevel), `consensus level ${councilLevel}`);
     check((await page.locator('#result table.positions tbody tr').count()) >= 3, 'positions table too short');
@@ -225,7 +232,7 @@ try {
     const events = await storedEvents(id);
     const received = events.filter((e) => e.type === 'input.received').length;
     check(received === answered, `${answered} answers sent, ${received} received`);
-    check((await page.locator('.note', { hasText: 'Human counted' }).count()) >= 1, 'human ballot not shown');
+    check((await page.locator('.note', { hasText: 'Human ballot counted' }).count()) >= 1, 'human ballot not shown');
     check((await page.locator('#input-form').count()) === 0, 'input form still shown');
     await shot('06-hybrid-result');
   });

@@ -2,7 +2,7 @@
 # End-to-end test of the web UI: a throwaway server (SQLite, simulated LLM with latency so the
 # live path is exercised), the Northwind demo tenant, and headless Chromium driven by
 # playwright-core (tests/e2e/ui.test.mjs). Screenshots go to a temp dir (kept on failure)
-# and the council result to /tmp/askpanel-ui.png.
+# (kept when ASKPANEL_E2E_KEEP=1) and the council result to /tmp/askpanel-ui.png.
 set -eu
 SRC=${ASKPANEL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${ASKPANEL_BIN:-$SRC/build/askpanel}
@@ -27,7 +27,11 @@ cleanup() {
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
-  if [ "$rc" -eq 0 ]; then rm -rf "$TMP"; else echo "test_web_ui: logs and screenshots kept in $TMP" >&2; fi
+  if [ "$rc" -eq 0 ] && [ -z "${ASKPANEL_E2E_KEEP:-}" ]; then
+    rm -rf "$TMP"
+  else
+    echo "test_web_ui: logs and screenshots kept in $TMP" >&2
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
