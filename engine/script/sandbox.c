@@ -42,6 +42,7 @@ struct script_vm {
 /* Registry keys. */
 static const char proto_key = 'p';
 static const char lib_meta_key = 'm'; /* metatable of the per-chunk `panel` proxies */
+static const char lib_key = 'l';      /* the library table, once loaded */
 
 /* The helper library every chunk sees as `panel`, compiled into the binary. */
 #define PANEL_LIB_PATH "strategies/lib/panel.lua"
@@ -689,14 +690,10 @@ static int push_env(lua_State *L)
     /* An empty proxy per chunk: reads reach the one library table through __index, writes
      * fail, and rawset can only shadow a name in the chunk's own proxy. The protected
      * metatable keeps the library table itself out of reach. */
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &lib_meta_key) == LUA_TTABLE) {
-        lua_newtable(L);
-        lua_insert(L, -2);
-        lua_setmetatable(L, -2);
-        lua_setfield(L, env, "panel");
-    } else {
-        lua_pop(L, 1); /* the library itself is being loaded */
-    }
+    lua_newtable(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &lib_meta_key);
+    lua_setmetatable(L, -2);
+    lua_setfield(L, env, "panel");
     lua_remove(L, proto);
     return 1;
 }
@@ -910,7 +907,7 @@ static int lib_readonly(lua_State *L)
 }
 
 /* Runs the embedded library in a sandbox environment of its own (so a script changing its
- * `string` copy cannot reach the library's) and registers the proxies' metatable. */
+ * `string` copy cannot reach the library's) and pushes its table. */
 static void load_library(lua_State *L)
 {
     size_t len = 0;
@@ -925,8 +922,32 @@ static void load_library(lua_State *L)
     lua_call(L, 0, 1);
     if (!lua_istable(L, -1))
         luaL_error(L, "%s must return a table", PANEL_LIB_PATH);
+}
+
+/* The proxies' __index until the library is loaded. Loading costs ~70 us and ~35 KiB, so a
+ * state pays only once a script reads `panel`, inside that script's limits; then __index
+ * becomes the library table and later reads are plain lookups. */
+static int lib_index(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &lib_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        load_library(L);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &lib_key);
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &lib_meta_key);
+        lua_pushvalue(L, -2);
+        lua_setfield(L, -2, "__index");
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+}
+
+static void lib_proxy_meta(lua_State *L)
+{
     lua_createtable(L, 0, 3);
-    lua_insert(L, -2);
+    lua_pushcfunction(L, lib_index);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, lib_readonly);
     lua_setfield(L, -2, "__newindex");
@@ -939,7 +960,7 @@ static int vm_init(lua_State *L)
 {
     script_vm *vm = lua_touserdata(L, 1);
     build_proto(L);
-    load_library(L);
+    lib_proxy_meta(L);
     lua_settop(L, 1);
     for (int t = TRIP_MEMORY; t < TRIP_COUNT; t++) {
         lua_pushstring(L, vm->trip_msg[t]);
