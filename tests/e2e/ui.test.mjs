@@ -2,7 +2,8 @@
 // Env: ASKPANEL_URL (server base), ASKPANEL_KEY (an admin key of the Northwind demo tenant),
 // ASKPANEL_E2E_OUT (directory for screenshots), CHROMIUM (browser binary).
 import { chromium } from 'playwright-core';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, openSync, writeFileSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
 const BASE = process.env.ASKPANEL_URL;
@@ -79,6 +80,7 @@ await context.addInitScript(() => {
   new MutationObserver(() => {
     if (document.querySelector('.expert-card.streaming .ec-body:not(:empty)')) window.__seen.streaming = true;
     if (document.querySelector('#conn.live:not([hidden])')) window.__seen.live = true;
+    if (document.querySelector('#conn.retry:not([hidden])')) window.__seen.retry = true;
   }).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
 });
 
@@ -106,7 +108,7 @@ async function newPanel(strategy, question, title) {
 }
 
 // Answers every human-input request until the result shows; returns how many were answered.
-async function answerUntilDone() {
+async function answerUntilDone(screenshot) {
   let answered = 0;
   for (let i = 0; i < 6; i++) {
     const which = await page.waitForSelector('#input-form, #result, #failure, #cancelled', { timeout: T });
@@ -114,7 +116,7 @@ async function answerUntilDone() {
     if (what === 'result') return answered;
     if (what !== 'input-form') throw new Error(`the panel ended without a result: ${await which.textContent()}`);
     if (answered === 0) {
-      await shot('05-hybrid-input');
+      if (screenshot) await shot(screenshot);
       await page.locator('#input-form input[name=position]').nth(1).check();
       await page.fill('#input-text', 'Only with a confirmatory trial agreed up front.');
     } else {
@@ -125,6 +127,41 @@ async function answerUntilDone() {
     answered++;
   }
   throw new Error('the panel kept asking for input');
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Stops the server (SIGTERM: graceful) and starts it again on the same port and store.
+async function restartServer() {
+  const pidfile = process.env.ASKPANEL_SERVER_PIDFILE;
+  check(pidfile && process.env.ASKPANEL_BIN && process.env.ASKPANEL_STORE, 'restart needs ASKPANEL_SERVER_PIDFILE, ASKPANEL_BIN, ASKPANEL_STORE');
+  const pid = Number(readFileSync(pidfile, 'utf8'));
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; i < 200 && alive(pid); i++) await sleep(50);
+  check(!alive(pid), 'the server did not stop within 10 s');
+  const log = openSync(join(OUT, 'server.log'), 'a');
+  const child = spawn(process.env.ASKPANEL_BIN, ['serve', '--listen', new URL(BASE).host, '--store', process.env.ASKPANEL_STORE],
+    { stdio: ['ignore', log, log], detached: false });
+  writeFileSync(pidfile, String(child.pid));
+  child.unref();
+  for (let i = 0; i < 200; i++) {
+    try {
+      if ((await fetch(`${BASE}/health`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(50);
+  }
+  throw new Error('the server did not come back within 10 s');
 }
 
 // Waits for the panel's outcome; a failure or cancellation fails the step with its reason.
@@ -226,7 +263,7 @@ try {
   await step('hybrid panel: the human answers through the form until completed', async () => {
     const id = await newPanel('hybrid', 'Should we run a second pivotal trial before filing in the EU?');
     check(id, 'no panel id');
-    const answered = await answerUntilDone();
+    const answered = await answerUntilDone('05-hybrid-input');
     check(answered >= 1, 'no input was requested');
     await page.waitForSelector('#result .consensus-level');
     const events = await storedEvents(id);
@@ -235,6 +272,26 @@ try {
     check((await page.locator('.note', { hasText: 'Human ballot counted' }).count()) >= 1, 'human ballot not shown');
     check((await page.locator('#input-form').count()) === 0, 'input form still shown');
     await shot('06-hybrid-result');
+  });
+
+  await step('after a server restart the stream resumes without showing anything twice', async () => {
+    const id = await newPanel('hybrid', 'Should the EU filing wait for the long-term safety data?');
+    await page.waitForSelector('#input-form');
+    await page.evaluate(() => {
+      window.__seen.retry = false;
+    });
+    await restartServer();
+    await page.waitForFunction(() => window.__seen.retry, null, { timeout: T });
+    await page.waitForSelector('#conn.live', { timeout: T });
+    const answered = await answerUntilDone(null);
+    check(answered >= 1, 'no input was answered after the restart');
+    await waitForResult();
+    const events = await storedEvents(id);
+    const count = (t) => events.filter((e) => e.type === t).length;
+    check((await page.locator('.expert-card').count()) === count('expert.message'), 'expert cards != expert.message events');
+    check((await page.locator('.consensus-block').count()) === count('consensus'), 'consensus blocks != consensus events');
+    check((await page.locator('.round-sep').count()) === count('round.started'), 'round separators != round.started events');
+    check((await page.locator('.note', { hasText: 'Human input received' }).count()) === count('input.received'), 'input notes != input.received events');
   });
 
   await step('a running panel can be cancelled', async () => {

@@ -20,12 +20,14 @@ if [ ! -d tests/e2e/node_modules/playwright-core ]; then
 fi
 
 TMP=$(mktemp -d /tmp/askpanel-webui.XXXXXX)
-SERVER_PID=
 cleanup() {
   rc=$?
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+  if [ -s "$TMP/server.pid" ]; then
+    pid=$(cat "$TMP/server.pid")
+    kill "$pid" 2>/dev/null || true
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 80 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -9 "$pid" 2>/dev/null || true
   fi
   if [ "$rc" -eq 0 ] && [ -z "${ASKPANEL_E2E_KEEP:-}" ]; then
     rm -rf "$TMP"
@@ -42,16 +44,21 @@ KEY=$(awk '$1 == "northwind-pharma" { for (i = 1; i <= NF; i++) if ($i ~ /^ap_/)
 [ -n "$KEY" ] || fail "no northwind admin key in the seed-demo output"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ASKPANEL_SIM_LATENCY_MS=150 ASKPANEL_SIM_TOKEN_MS=15 ASKPANEL_WEB_DIR="$SRC/web" \
-  "$BIN" serve --listen "127.0.0.1:$PORT" --store "$STORE" >"$TMP/server.log" 2>&1 &
-SERVER_PID=$!
+# The simulated LLM answers after 150 ms and streams a piece every 15 ms, so text visibly
+# streams. The test restarts the server once (to check that the UI resumes its stream), so
+# the pid lives in a file both sides update.
+export ASKPANEL_SIM_LATENCY_MS=150 ASKPANEL_SIM_TOKEN_MS=15 ASKPANEL_WEB_DIR="$SRC/web"
+PIDFILE="$TMP/server.pid"
+"$BIN" serve --listen "127.0.0.1:$PORT" --store "$STORE" >>"$TMP/server.log" 2>&1 &
+echo $! >"$PIDFILE"
 i=0
 until curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
   i=$((i + 1))
   [ "$i" -lt 100 ] || fail "server did not start: $(tail -5 "$TMP/server.log")"
-  kill -0 "$SERVER_PID" 2>/dev/null || fail "server exited: $(tail -5 "$TMP/server.log")"
+  kill -0 "$(cat "$PIDFILE")" 2>/dev/null || fail "server exited: $(tail -5 "$TMP/server.log")"
   sleep 0.1
 done
 
 ASKPANEL_URL="http://127.0.0.1:$PORT" ASKPANEL_KEY="$KEY" ASKPANEL_E2E_OUT="$TMP" CHROMIUM="$CHROMIUM" \
+  ASKPANEL_BIN="$BIN" ASKPANEL_STORE="$STORE" ASKPANEL_SERVER_PIDFILE="$PIDFILE" \
   node tests/e2e/ui.test.mjs
