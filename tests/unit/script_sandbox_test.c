@@ -261,6 +261,18 @@ static void test_panel_library(void **state)
     expect_fail("for i = 1, 1e8 do panel.finite(i) end", "instruction budget exceeded");
     expect_fail("panel.dissent({ 1 }, 'k', function() while true do end end)",
                 "instruction budget exceeded");
+    /* Loading happens on the first read, inside the reading script's memory limit: a state
+     * with room for the script but not for the library fails that script and nothing else. */
+    script_limits lim;
+    limits(&lim);
+    lim.memory_bytes = 44 * 1024;
+    outcome o;
+    run_body_lim(&lim, "local x = 1", &o);
+    assert_int_equal(o.kind, SCRIPT_DONE);
+    run_body_lim(&lim, "local ok = pcall(function() return panel.finite end)", &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "memory limit exceeded"));
+    healthy();
     /* The embedded copy is the reviewed one. */
     size_t len = 0;
     const char *src = embed_get("strategies/lib/panel.lua", &len);
