@@ -5,6 +5,8 @@
 --   * strategy and consensus files are loaded with loadfile in a strict
 --     sandbox env (no io/os/require/debug; reading or writing an undefined
 --     global raises), freshly for every node, so module-level state is caught;
+--   * every script sees the read-only `panel` helper library, loaded from
+--     strategies/lib/panel.lua, the file the engine embeds (one copy);
 --   * params are validated and defaulted like the host does;
 --   * ctx.state is JSON round-tripped after every node (the checkpoint), so
 --     functions, cycles, sparse arrays and NaN in state fail the run;
