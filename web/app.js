@@ -207,9 +207,14 @@ function applyBranding(t) {
 // ---- catalog: strategies and experts --------------------------------------------------------
 
 async function loadCatalog() {
-  const [strategies, experts] = await Promise.all([api('GET', '/v1/strategies'), loadAllExperts()]);
+  const [strategies, experts, algorithms] = await Promise.all([
+    api('GET', '/v1/strategies'),
+    loadAllExperts(),
+    api('GET', '/v1/consensus-algorithms').catch(() => ({ data: [] })), // optional: the strategy's default applies
+  ]);
   state.strategies = Array.isArray(strategies && strategies.data) ? strategies.data : [];
   state.experts = experts;
+  state.algorithms = Array.isArray(algorithms && algorithms.data) ? algorithms.data : [];
   renderStrategyPicker();
   renderExpertPicker();
 }
@@ -249,8 +254,13 @@ function renderStrategyDetails() {
   clear(box);
   const params = s && isPlainObject(s.params) ? s.params : {};
   const names = Object.keys(params).sort();
-  $('params-box').hidden = names.length === 0;
   for (const name of names) box.append(paramInput(name, params[name]));
+  const cons = $('consensus');
+  clear(cons);
+  cons.append(el('option', { value: '', text: s && s.consensus ? `Strategy default (${s.consensus})` : 'Strategy default' }));
+  for (const a of state.algorithms || []) cons.append(el('option', { value: a.name, text: a.name, title: a.description || '' }));
+  cons.closest('.param').hidden = (state.algorithms || []).length === 0;
+  $('params-box').hidden = names.length === 0 && cons.closest('.param').hidden;
 }
 
 const EXPERT_PARAM = /^expert id/i;
@@ -378,6 +388,7 @@ async function createPanel(ev) {
   const title = $('title').value.trim();
   if (title) body.title = title;
   if (Object.keys(params).length) body.params = params;
+  if ($('consensus').value) body.consensus = $('consensus').value;
   if (state.experts.length) {
     const ids = selectedExperts();
     if (ids.length === 0) return fail('Please choose at least one expert.');
