@@ -556,6 +556,8 @@ class PanelView {
     $('panel-meta').textContent = '';
     clear($('panel-roster'));
     $('cancel-btn').hidden = true;
+    const jump = $('jump-result');
+    if (jump) jump.remove();
     this.setConn(null);
     try {
       this.panel = await api('GET', `/v1/panels/${encodeURIComponent(this.id)}`);
@@ -954,6 +956,11 @@ class PanelView {
   renderResult(r) {
     const out = $('outcome');
     clear(out);
+    const jump = el('button', { type: 'button', class: 'btn secondary small', id: 'jump-result', text: 'Jump to the conclusion ↓' });
+    jump.addEventListener('click', () => $('result').scrollIntoView({ behavior: 'smooth', block: 'start' }));
+    const old = $('jump-result');
+    if (old) old.remove();
+    $('cancel-btn').after(jump);
     const box = el('section', { class: 'card result', id: 'result' }, [el('h3', {}, [statusChip('completed'), 'The panel’s conclusion'])]);
     if (typeof r.summary === 'string' && r.summary) box.append(el('h4', { text: 'Summary' }), el('p', { class: 'summary', text: r.summary }));
     if (typeof r.recommendation === 'string' && r.recommendation)

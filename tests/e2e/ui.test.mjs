@@ -39,6 +39,16 @@ function check(cond, message) {
   if (!cond) throw new Error(message);
 }
 
+async function apiPost(path, body) {
+  const res = await fetch(BASE + path, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${KEY}`, Accept: 'application/json', 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  check(res.ok, `POST ${path} answered ${res.status}`);
+  return res.json();
+}
+
 async function apiJson(path) {
   const res = await fetch(BASE + path, { headers: { Authorization: `Bearer ${KEY}`, Accept: 'application/json' } });
   check(res.ok, `GET ${path} answered ${res.status}`);
@@ -308,6 +318,23 @@ try {
     await page.click('#cancel-btn');
     await page.waitForSelector('#cancelled');
     check((await page.textContent('#panel-status')).includes('Cancelled'), 'status is not cancelled');
+  });
+
+  await step('history pages with Load more; an unstarted panel can be started from its page', async () => {
+    const ids = [];
+    for (let i = 0; i < 22; i++) ids.push((await apiPost('/v1/panels', { question: `Backlog question ${i + 1}?`, strategy: 'echo' })).id);
+    const total = (await apiJson('/v1/panels?limit=200')).data.length;
+    await page.click('#history-refresh');
+    await page.waitForFunction(() => document.querySelectorAll('#history-list li').length === 20);
+    await page.waitForSelector('#history-more:not([hidden])');
+    await page.click('#history-more');
+    await page.waitForFunction((n) => document.querySelectorAll('#history-list li').length === n, Math.min(total, 40));
+    if (total <= 40) await page.waitForSelector('#history-more', { state: 'hidden' });
+    const shown = await page.$$eval('#history-list a', (as) => as.map((a) => a.dataset.id));
+    check(new Set(shown).size === shown.length, 'a panel is listed twice');
+    await page.locator(`#history-list a[data-id="${ids[0]}"]`).click();
+    await page.locator('#waiting button').click();
+    await waitForResult();
   });
 
   await step('API errors are shown in plain words', async () => {
