@@ -68,11 +68,19 @@ async function storedEvents(id) {
   return all;
 }
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+let browser;
+try {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: T,
+    args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+} catch (err) {
+  console.log(`FAIL launch Chromium (${CHROMIUM}): ${err.message.split('\n')[0]}`);
+  console.log('0 passed, 1 failed');
+  process.exit(1);
+}
 const context = await browser.newContext({ viewport: { width: 1360, height: 900 }, deviceScaleFactor: 1 });
 const page = await context.newPage();
 page.setDefaultTimeout(T);
@@ -322,7 +330,10 @@ try {
 
   await step('history pages with Load more; an unstarted panel can be started from its page', async () => {
     const ids = [];
-    for (let i = 0; i < 22; i++) ids.push((await apiPost('/v1/panels', { question: `Backlog question ${i + 1}?`, strategy: 'echo' })).id);
+    // The first one's title is markup: it must show as text, never become an element.
+    const evil = '<img src=x id=xss onerror="window.__xss=1"><i id=xss2>italic</i>';
+    ids.push((await apiPost('/v1/panels', { question: 'Backlog question 0?', strategy: 'echo', title: evil })).id);
+    for (let i = 1; i < 22; i++) ids.push((await apiPost('/v1/panels', { question: `Backlog question ${i}?`, strategy: 'echo' })).id);
     const total = (await apiJson('/v1/panels?limit=200')).data.length;
     await page.click('#history-refresh');
     await page.waitForFunction(() => document.querySelectorAll('#history-list li').length === 20);
@@ -335,6 +346,8 @@ try {
     await page.locator(`#history-list a[data-id="${ids[0]}"]`).click();
     await page.locator('#waiting button').click();
     await waitForResult();
+    check((await page.textContent('#panel-title')) === evil, 'the markup title is not shown as text');
+    check(await page.evaluate(() => !document.querySelector('#xss, #xss2') && !window.__xss), 'markup from data became elements');
   });
 
   await step('API errors are shown in plain words', async () => {
