@@ -513,6 +513,7 @@ function mainTextOf(data, fallback) {
     let best = null;
     for (const [k, v] of Object.entries(data)) if (typeof v === 'string' && (!best || v.length > best.text.length)) best = { key: k, text: v };
     if (best && best.text.length > 40) return best;
+    return { key: null, text: '' };
   }
   return { key: null, text: typeof fallback === 'string' ? readablePartialJson(fallback) : '' };
 }
@@ -770,6 +771,28 @@ class PanelView {
     return head && text ? `${head}: ${text}` : head || text || shortValue(input);
   }
 
+  // A readable rendering of one structured field of an answer (lists of objects as items:
+  // their main text, then their short fields), or null when there is nothing to show.
+  valueNode(v) {
+    if (Array.isArray(v) && v.some(isPlainObject)) {
+      const ul = el('ul', { class: 'items' });
+      for (const item of v) {
+        if (!isPlainObject(item)) {
+          ul.append(el('li', { text: shortValue(item) }));
+          continue;
+        }
+        const main = mainTextOf(item, '');
+        const meta = Object.entries(item)
+          .filter(([k, x]) => k !== main.key && x !== null && typeof x !== 'object' && String(x) !== '')
+          .map(([k, x]) => `${humanize(k)}: ${typeof x === 'string' ? this.nameOf(x) : shortValue(x)}`);
+        ul.append(el('li', {}, [main.text ? el('span', { text: main.text }) : null, meta.length ? el('span', { class: 'meta', text: meta.join(' · ') }) : null]));
+      }
+      return ul.childElementCount ? ul : null;
+    }
+    const text = typeof v === 'string' ? this.nameOf(v) : shortValue(v);
+    return text === '' ? null : document.createTextNode(text);
+  }
+
   describeCustom(d) {
     const parts = [];
     for (const [k, v] of Object.entries(d)) {
@@ -777,18 +800,26 @@ class PanelView {
         parts.push(Object.entries(v).map(([label, id]) => `${label} = ${this.nameOf(id)}`).join(', '));
         continue;
       }
-      const val = ['chair', 'expert', 'judge', 'moderator'].includes(k) && typeof v === 'string' ? this.nameOf(v) : shortValue(v);
+      const ids = Array.isArray(v) && v.length > 0 && v.every((x) => this.expertsById.has(x));
+      const val = typeof v === 'string' ? this.nameOf(v) : ids ? v.map((x) => this.nameOf(x)).join(', ') : shortValue(v);
       if (val !== '') parts.push(`${humanize(k)}: ${val}`);
     }
     return parts.join(' · ');
   }
 
+  // An expert's name for an expert id, anything else unchanged.
   nameOf(id) {
     const e = this.expertsById.get(id);
     return e ? e.name : id;
   }
 
   note(title, text) {
+    if (text && text.length > 220) {
+      return el('details', { class: 'note' }, [
+        el('summary', {}, [el('b', { text: title }), ` — ${text.slice(0, 160).trimEnd()}…`]),
+        el('p', { text }),
+      ]);
+    }
     return el('div', { class: 'note' }, [el('b', { text: title }), text ? ` — ${text}` : '']);
   }
 
@@ -864,9 +895,8 @@ class PanelView {
       if (typeof data.confidence === 'number') badges.append(el('span', { class: 'chip conf', text: `${pct(data.confidence)} confident`, title: 'Confidence' }));
       for (const [k, v] of Object.entries(data)) {
         if (k === main.key || BADGE_KEYS.has(k)) continue;
-        const val = shortValue(v);
-        if (val === '') continue;
-        extra.append(el('dt', { text: humanize(k) }), el('dd', { text: val }));
+        const node = this.valueNode(v);
+        if (node) extra.append(el('dt', { text: humanize(k) }), el('dd', {}, [node]));
       }
     }
     const old = card.querySelector('.ec-extra');
@@ -1000,11 +1030,18 @@ class PanelView {
         tbody,
       ])]));
     }
+    // Whatever else the strategy reports: lists of records (risk register, sections,
+    // assumptions...) as their own sections, the rest as key/value details.
     const shown = new Set(['summary', 'recommendation', 'consensus', 'dissent', 'positions', 'rounds', 'position', 'level']);
     const kv = el('dl', { class: 'kv' });
     for (const [k, v] of Object.entries(r)) {
-      if (shown.has(k) || isPlainObject(v) || (Array.isArray(v) && v.some((x) => typeof x === 'object' && x !== null))) continue;
-      const val = ['chair', 'judge', 'moderator'].includes(k) && typeof v === 'string' ? this.nameOf(v) : shortValue(v);
+      if (shown.has(k)) continue;
+      if (Array.isArray(v) && v.some(isPlainObject)) {
+        const node = this.valueNode(v);
+        if (node) box.append(el('h4', { text: humanize(k) }), node);
+        continue;
+      }
+      const val = typeof v === 'string' ? this.nameOf(v) : isPlainObject(v) ? this.describeCustom(v) : shortValue(v);
       if (val === '') continue;
       kv.append(el('dt', { text: humanize(k) }), el('dd', { text: val }));
     }
