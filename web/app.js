@@ -68,6 +68,12 @@ function fmtDate(ms) {
   return d.toLocaleDateString([], { day: 'numeric', month: 'short', year: 'numeric' });
 }
 
+// crypto.randomUUID needs a secure context; plain-HTTP deployments are not one.
+function randomKey() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
 function isPlainObject(v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
@@ -99,8 +105,8 @@ function describeError(err) {
   return `${msg.replace(/\.?$/, '.')}${err.code ? ` (${err.code})` : ''}`;
 }
 
-async function api(method, path, body) {
-  const headers = { Accept: 'application/json' };
+async function api(method, path, body, extraHeaders = {}) {
+  const headers = { Accept: 'application/json', ...extraHeaders };
   const key = localStorage.getItem(KEY_STORAGE);
   if (key) headers.Authorization = `Bearer ${key}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -399,7 +405,8 @@ async function createPanel(ev) {
   btn.disabled = true;
   btn.textContent = 'Convening…';
   try {
-    const panel = await api('POST', '/v1/panels', body);
+    // One key per submitted form: a retried or double-sent request makes one panel, not two.
+    const panel = await api('POST', '/v1/panels', body, { 'Idempotency-Key': randomKey() });
     await api('POST', `/v1/panels/${encodeURIComponent(panel.id)}/execute`);
     $('question').value = '';
     $('title').value = '';
@@ -683,7 +690,6 @@ class PanelView {
     this.es = null;
     this.setConn(null);
     $('cancel-btn').hidden = true;
-    loadHistory(true).catch(() => {});
   }
 
   onEvent(e) {
@@ -838,7 +844,12 @@ class PanelView {
   }
 
   startRound(d) {
-    const label = [Number.isFinite(d.round) ? `Round ${d.round}` : 'Deliberation', d.stage ? humanize(d.stage) : null].filter(Boolean).join(' · ');
+    // e.g. "Round 2 · Review", or "Round 1 · Section: context" when the strategy says more
+    const extras = Object.entries(d)
+      .filter(([k, v]) => k !== 'round' && k !== 'stage' && typeof v === 'string' && v && v.length <= 60)
+      .map(([, v]) => v);
+    const stage = d.stage ? humanize(d.stage) + (extras.length ? `: ${extras.join(', ')}` : '') : extras.join(', ');
+    const label = [Number.isFinite(d.round) ? `Round ${d.round}` : 'Deliberation', stage || null].filter(Boolean).join(' · ');
     const section = el('section', { class: 'round' }, [el('div', { class: 'round-sep', text: label })]);
     section.dataset.round = d.round ?? '';
     $('timeline').append(section);
