@@ -21,6 +21,7 @@ let passed = 0;
 let failed = 0;
 const consoleErrors = [];
 let restarting = false; // while the server restarts, the browser logs the cut connection
+let refusingStream = false; // likewise for the refused stream of the expired-token step
 
 async function step(name, fn) {
   const t0 = Date.now();
@@ -85,7 +86,10 @@ const context = await browser.newContext({ viewport: { width: 1360, height: 900 
 const page = await context.newPage();
 page.setDefaultTimeout(T);
 page.on('console', (m) => {
-  if (m.type() === 'error' && !(restarting && /net::ERR_|ERR_CONNECTION_REFUSED/.test(m.text()))) consoleErrors.push(m.text());
+  if (m.type() !== 'error') return;
+  if (restarting && /net::ERR_|ERR_CONNECTION_REFUSED/.test(m.text())) return;
+  if (refusingStream && /status of 401|EventSource/.test(m.text())) return;
+  consoleErrors.push(m.text());
 });
 page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
 // Report CSP violations from inside every page load (init scripts are not subject to CSP).
@@ -318,6 +322,27 @@ try {
     check((await page.locator('.consensus-block').count()) === count('consensus'), 'consensus blocks != consensus events');
     check((await page.locator('.round-sep').count()) === count('round.started'), 'round separators != round.started events');
     check((await page.locator('.note', { hasText: 'Human input received' }).count()) === count('input.received'), 'input notes != input.received events');
+  });
+
+  await step('a refused stream (expired token) is reopened with a new token', async () => {
+    await page.locator('#new-panel-link').click();
+    let refused = 0;
+    refusingStream = true;
+    try {
+      await page.route('**/events?token=*', async (route) => {
+        if (refused++ === 0) {
+          await route.fulfill({ status: 401, contentType: 'application/json', body: '{"error":{"code":"unauthorized","message":"stream token expired"}}' });
+        } else await route.continue();
+      });
+      await page.locator(`#history-list a[data-id="${councilId}"]`).click();
+      await waitForResult();
+    } finally {
+      await page.unroute('**/events?token=*');
+      refusingStream = false;
+    }
+    check(refused >= 2, `the stream was opened ${refused} time(s)`);
+    check((await page.locator('.expert-card').count()) === councilCards, 'reopening showed events twice');
+    check(await page.isVisible('#shell'), 'a refused stream signed the user out');
   });
 
   await step('a running panel can be cancelled', async () => {
