@@ -659,6 +659,12 @@ class PanelView {
     };
     es.onerror = () => {
       if (this.closed || this.finished || this.es !== es) return;
+      // A finished panel's stream ends after its replay; should it lack a final event, stop
+      // here with what the panel itself says instead of replaying it forever.
+      if (TERMINAL.has(this.panel.status) && (this.lastSeq > 0 || this.failures >= 2)) {
+        this.finishFromPanel();
+        return;
+      }
       // CONNECTING: the browser retries by itself, sending Last-Event-ID. CLOSED: it gave up
       // (e.g. the stream token expired): get a new token and resume from our last seq.
       if (es.readyState === EventSource.CLOSED) {
@@ -683,7 +689,27 @@ class PanelView {
     this.es = null;
   }
 
+  finishFromPanel() {
+    const p = this.panel;
+    if (!$('outcome').firstChild) {
+      if (p.status === 'completed' && isPlainObject(p.result)) this.renderResult(p.result);
+      else if (p.status === 'failed') this.renderFailure(p.error || '');
+      else if (p.status === 'cancelled') this.renderCancelled();
+    }
+    this.finish();
+  }
+
+  // Cards whose final message never came (the call failed or the panel stopped) stop blinking.
+  settleStreaming() {
+    for (const card of this.streaming.values()) {
+      card.classList.remove('streaming');
+      card.classList.add('interrupted');
+    }
+    this.streaming.clear();
+  }
+
   finish() {
+    this.settleStreaming();
     this.finished = true;
     clearTimeout(this.retryTimer);
     if (this.es) this.es.close();
@@ -853,8 +879,8 @@ class PanelView {
     const section = el('section', { class: 'round' }, [el('div', { class: 'round-sep', text: label })]);
     section.dataset.round = d.round ?? '';
     $('timeline').append(section);
+    this.settleStreaming();
     this.round = { section, grid: null, number: d.round };
-    this.streaming.clear();
   }
 
   expertCard(expertId, name) {
