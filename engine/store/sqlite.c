@@ -239,7 +239,7 @@ static ap_status sq_done(sq *q, sqlite3_stmt *st, ap_err *err)
 
 static ap_status sq_simple(sq *q, int id, ap_err *err)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, id, &st, err);
     if (rc == AP_OK)
         rc = sq_done(q, st, err);
@@ -486,7 +486,7 @@ static ap_status sq_bootstrap(sq *q, ap_err *err)
 
 static ap_status sq_is_applied(sq *q, const char *version, bool *applied, ap_err *err)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, ST_MIGRATION_APPLIED, &st, err);
     if (rc != AP_OK)
         return rc;
@@ -520,7 +520,7 @@ static ap_status sq_migrate(void *impl, int *applied, ap_err *err)
                 snprintf(msg, sizeof msg, "%s", err->msg);
                 ap_err_set(err, rc, "migration %s failed: %s", m[i].version, msg);
             }
-            sqlite3_stmt *st;
+            sqlite3_stmt *st = NULL;
             if (rc == AP_OK)
                 rc = sq_stmt(q, ST_MIGRATION_RECORD, &st, err);
             if (rc == AP_OK) {
@@ -590,7 +590,7 @@ static ap_status sq_ping(void *impl, ap_err *err)
 static ap_status sq_tenant_insert(void *impl, const store_tenant *t, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_TENANT_INSERT, &st, err);
     if (rc == AP_OK)
@@ -638,7 +638,7 @@ static ap_status sq_tenant_by_slug(void *impl, const char *slug, store_tenant *o
 static ap_status sq_tenant_set_config(void *impl, const char *id, const char *config, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_TENANT_SET_CONFIG, &st, err);
     if (rc == AP_OK)
@@ -656,7 +656,7 @@ static ap_status sq_tenant_set_config(void *impl, const char *id, const char *co
 static ap_status sq_key_insert(void *impl, const store_key *k, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_KEY_INSERT, &st, err);
     if (rc == AP_OK)
@@ -704,7 +704,7 @@ static ap_status sq_key_by_prefix(void *impl, const char *prefix, store_key *out
 static ap_status sq_key_revoke(void *impl, const char *key_id, int64_t now, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_KEY_REVOKE, &st, err);
     if (rc == AP_OK) {
@@ -736,7 +736,7 @@ static ap_status expert_row(sq *q, sqlite3_stmt *st, const char *tenant_id, stor
 static ap_status sq_expert_insert(void *impl, const store_expert *e, store_expert *out, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_EXPERT_INSERT, &st, err);
     if (rc == AP_OK)
@@ -762,7 +762,7 @@ static ap_status sq_expert_get(void *impl, const char *tenant_id, const char *id
                                ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_EXPERT_GET, &st, err);
     if (rc == AP_OK) {
@@ -777,7 +777,7 @@ static ap_status sq_expert_get(void *impl, const char *tenant_id, const char *id
 static ap_status sq_expert_update(void *impl, const store_expert *e, store_expert *out, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_EXPERT_UPDATE, &st, err);
     if (rc == AP_OK)
@@ -798,7 +798,7 @@ static ap_status sq_expert_update(void *impl, const store_expert *e, store_exper
 static ap_status sq_expert_delete(void *impl, const char *tenant_id, const char *id, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_EXPERT_DELETE, &st, err);
     if (rc == AP_OK) {
@@ -816,7 +816,7 @@ static ap_status sq_expert_list(void *impl, const char *tenant_id, const store_p
                                 int limit, store_expert **rows, size_t *n, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     store_expert *out = calloc((size_t)limit, sizeof *out);
     size_t got = 0;
     if (out == NULL)
@@ -871,7 +871,7 @@ static ap_status panel_row(sq *q, sqlite3_stmt *st, const char *tenant_id, store
 static ap_status panel_fetch(sq *q, int id, const char *tenant_id, const char *value,
                              store_panel *out, ap_err *err)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, id, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -885,7 +885,7 @@ static ap_status sq_panel_insert(void *impl, const store_panel *p, store_panel *
                                  ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     *existed = false;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_begin(q, err);
@@ -940,7 +940,7 @@ static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
                                    const char *const *from, size_t n_from, const char *new_status,
                                    const char *result, const char *error, int64_t now, ap_err *err)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     /* Statuses are validated names, so quoting them into a JSON array needs no escaping. */
     char list[256];
     size_t len = 0;
@@ -994,7 +994,7 @@ static ap_status sq_panel_list(void *impl, const char *tenant_id, const char *st
                                ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     store_panel *out = calloc((size_t)limit, sizeof *out);
     size_t got = 0;
     if (out == NULL)
@@ -1036,7 +1036,7 @@ static ap_status sq_panels_in_status(void *impl, const char *status, store_panel
                                      size_t *n, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     store_panel_ref *out = NULL;
     size_t got = 0, cap = 0;
     pthread_mutex_lock(&q->mu);
@@ -1079,7 +1079,7 @@ static ap_status sq_events_append(void *impl, const char *tenant_id, const store
                                   size_t n, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_begin(q, err);
     for (size_t i = 0; i < n && rc == AP_OK; i++) {
@@ -1109,7 +1109,7 @@ static ap_status sq_events_list(void *impl, const char *tenant_id, const char *p
                                 ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     store_event *out = calloc((size_t)limit, sizeof *out);
     size_t got = 0;
     if (out == NULL)
@@ -1148,7 +1148,7 @@ static ap_status sq_events_last_seq(void *impl, const char *tenant_id, const cha
                                     int64_t *seq, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_EVENT_LAST, &st, err);
     if (rc == AP_OK) {
@@ -1168,7 +1168,7 @@ static ap_status sq_events_last_seq(void *impl, const char *tenant_id, const cha
 static ap_status sq_checkpoint_one(sq *q, const char *tenant_id, const store_checkpoint *c,
                                    ap_err *err)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, ST_CHECKPOINT_PUT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -1201,7 +1201,7 @@ static ap_status sq_checkpoint_get(void *impl, const char *tenant_id, const char
                                    store_checkpoint *out, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_CHECKPOINT_GET, &st, err);
     if (rc == AP_OK) {
@@ -1232,7 +1232,7 @@ static void bind_script_key(sqlite3_stmt *st, const char *tenant_id, store_scrip
 static ap_status sq_script_put(void *impl, const store_script *sc, bool activate, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_begin(q, err);
     if (rc == AP_OK)
@@ -1270,7 +1270,7 @@ static ap_status script_one(sq *q, int id, const char *tenant_id, store_script_k
                             const char *name, const char *version, store_script *out,
                             const char *what, ap_err *err)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, id, &st, err);
     if (rc == AP_OK) {
@@ -1307,7 +1307,7 @@ static ap_status sq_script_deactivate(void *impl, const char *tenant_id, store_s
                                       const char *name, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_stmt(q, ST_SCRIPT_CLEAR_ACTIVE, &st, err);
     if (rc == AP_OK) {
@@ -1324,7 +1324,7 @@ static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_
                                 const char *name, store_script **rows, size_t *n, ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     store_script *out = NULL;
     size_t got = 0, cap = 0;
     pthread_mutex_lock(&q->mu);
@@ -1368,7 +1368,7 @@ static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_
 
 static ap_status sq_usage_one(sq *q, const char *tenant_id, const store_usage *u, ap_err *err)
 {
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, ST_USAGE_INSERT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, u->id);
@@ -1408,7 +1408,7 @@ static ap_status sq_usage_summary(void *impl, const char *tenant_id, int64_t fro
                                   ap_err *err)
 {
     sq *q = impl;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     store_usage_group *out = NULL;
     size_t got = 0, cap = 0;
     int id = group == STORE_GROUP_EXPERT  ? ST_USAGE_BY_EXPERT
@@ -1467,7 +1467,7 @@ static ap_status sq_usage_summary(void *impl, const char *tenant_id, int64_t fro
 static ap_status sq_event_new(sq *q, const char *tenant_id, store_write *w, ap_err *err)
 {
     const store_event *ev = &w->u.event;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, ST_EVENT_INSERT_NEW, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
