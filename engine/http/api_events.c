@@ -302,15 +302,10 @@ void api_panels_events(http_request *req, void *app)
     const char *tenant = http_principal_of(req)->tenant_id;
     char id[IDS_UUID_LEN + 1];
     int64_t after;
-    if (!validate_id_param(req, "id", id) || !start_after(req, &after))
+    if (!validate_id_param(req, "id", id) || !start_after(req, &after) ||
+        !api_panel_visible(req, d, id))
         return;
-    store_panel p = {0};
     ap_err err = {0};
-    if (store_panel_get(d->store, tenant, id, &p, &err) != AP_OK) {
-        http_reply_ap_err(req, &err);
-        return;
-    }
-    store_panel_free(&p);
     if (wants_json(req)) {
         reply_json_page(req, d, tenant, id, after);
         return;

@@ -556,20 +556,24 @@ void api_panels_input(http_request *req, void *app)
     reply_panel(req, d, id, 202);
 }
 
+bool api_panel_visible(http_request *req, api_deps *d, const char *id)
+{
+    store_panel p = {0};
+    ap_err err = {0};
+    ap_status rc = store_panel_get(d->store, http_principal_of(req)->tenant_id, id, &p, &err);
+    store_panel_free(&p);
+    if (rc != AP_OK)
+        http_reply_ap_err(req, &err);
+    return rc == AP_OK;
+}
+
 void api_panels_stream_token(http_request *req, void *app)
 {
     api_deps *d = app;
     const char *tenant = http_principal_of(req)->tenant_id;
     char id[IDS_UUID_LEN + 1];
-    if (!validate_id_param(req, "id", id))
+    if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id))
         return;
-    store_panel p = {0};
-    ap_err err = {0};
-    if (store_panel_get(d->store, tenant, id, &p, &err) != AP_OK) {
-        http_reply_ap_err(req, &err);
-        return;
-    }
-    store_panel_free(&p);
     char tok[TOKEN_MAX];
     int64_t exp;
     if (token_issue(tenant, id, STREAM_TOKEN_TTL_MS, tok, &exp) != AP_OK) {
