@@ -78,9 +78,9 @@ struct store_panel;
 struct store_tenant;
 /* The API representation of a panel; caller frees. */
 cJSON *api_panel_json(const struct store_panel *p);
-/* True when the caller's tenant has a panel of this (canonical) id; else replies 404 (or the
- * store's error) and returns false. */
-bool api_panel_visible(http_request *req, api_deps *d, const char *id);
+/* True when the caller's tenant has a panel of this (canonical) id, with *final (may be NULL)
+ * telling whether it has ended; else replies 404 (or the store's error) and returns false. */
+bool api_panel_visible(http_request *req, api_deps *d, const char *id, bool *final);
 /* False (after replying 403) when the tenant's flags disable the strategy. */
 bool api_strategy_allowed(http_request *req, const struct store_tenant *t, const char *strategy);
 

@@ -18,6 +18,7 @@
 #include "store/store.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -29,26 +30,36 @@
 #define HEARTBEAT_MS 15000
 #define JSON_PAGE_MAX 1000
 
+/* One SSE connection. Only MHD's thread for the connection reads and fills it; the engine's
+ * writer (notify) and the heartbeat ticker touch only the atomics, so a slow replay from the
+ * store never holds up event delivery to other streams. */
 typedef struct event_stream {
     api_deps *deps;
     char tenant[IDS_UUID_LEN + 1];
     char panel[IDS_UUID_LEN + 1];
     panel_sub *sub;
-    pthread_mutex_t lock;
     buf pending;
     size_t sent;
     int64_t last_seq;
     bool replaying;
     bool finished;
-    bool heartbeat_due;
-    int64_t last_write_ms;
-    http_stream *st;
+    bool final_panel; /* the panel had ended when the stream opened: end after the replay */
+    atomic_bool heartbeat_due;
+    atomic_llong last_write_ms;
+    _Atomic(http_stream *) st;
     struct event_stream *prev, *next;
 } event_stream;
 
+#define MAX_STREAM_TENANTS 1024
+
 struct api_streams {
-    pthread_mutex_t lock;
+    pthread_mutex_t lock; /* the list, the per-tenant counts, running */
     event_stream *head;
+    struct {
+        char tenant[IDS_UUID_LEN + 1];
+        int64_t n;
+    } per_tenant[MAX_STREAM_TENANTS];
+    size_t ntenants;
     pthread_t ticker;
     bool running;
     pthread_cond_t stop;
@@ -124,40 +135,65 @@ static void take_live(event_stream *es)
 static ssize_t stream_read(void *ctx, char *out, size_t max)
 {
     event_stream *es = ctx;
-    ssize_t n = 0;
-    pthread_mutex_lock(&es->lock);
     if (es->sent == es->pending.len) {
         buf_reset(&es->pending);
         es->sent = 0;
-        if (es->heartbeat_due) {
+        if (atomic_exchange(&es->heartbeat_due, false))
             buf_puts(&es->pending, ": heartbeat\n\n");
-            es->heartbeat_due = false;
-        }
         while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
             replay_page(es);
+        if (!es->replaying && es->final_panel)
+            es->finished = true;
         take_live(es);
     }
     size_t avail = es->pending.len - es->sent;
-    if (avail > 0) {
-        n = (ssize_t)(avail < max ? avail : max);
-        memcpy(out, es->pending.data + es->sent, (size_t)n);
-        es->sent += (size_t)n;
-        es->last_write_ms = clock_mono_ms();
-    } else if (es->finished) {
-        n = -1;
-    }
-    pthread_mutex_unlock(&es->lock);
-    return n;
+    if (avail == 0)
+        return es->finished ? -1 : 0;
+    size_t n = avail < max ? avail : max;
+    memcpy(out, es->pending.data + es->sent, n);
+    es->sent += n;
+    atomic_store(&es->last_write_ms, clock_mono_ms());
+    return (ssize_t)n;
 }
 
-/* Runs on the panel engine's writer thread: just wake the connection. */
+/* Runs on the panel engine's writer thread: just wake the connection. The stream stays valid
+ * while the subscription exists (stream_done unsubscribes before MHD frees it). */
 static void on_notify(void *ud)
 {
     event_stream *es = ud;
-    pthread_mutex_lock(&es->lock);
-    if (es->st != NULL)
-        http_stream_wake(es->st);
-    pthread_mutex_unlock(&es->lock);
+    http_stream *st = atomic_load(&es->st);
+    if (st != NULL)
+        http_stream_wake(st);
+}
+
+/* Counts a tenant's open streams; false when it is at max. Called with all->lock held. */
+static bool tenant_stream_take(struct api_streams *all, const char *tenant, int64_t max)
+{
+    size_t i = 0;
+    while (i < all->ntenants && strcmp(all->per_tenant[i].tenant, tenant) != 0)
+        i++;
+    if (i == all->ntenants) {
+        if (all->ntenants == MAX_STREAM_TENANTS)
+            return false;
+        memcpy(all->per_tenant[i].tenant, tenant, sizeof all->per_tenant[i].tenant);
+        all->per_tenant[i].n = 0;
+        all->ntenants++;
+    }
+    if (all->per_tenant[i].n >= max)
+        return false;
+    all->per_tenant[i].n++;
+    return true;
+}
+
+static void tenant_stream_release(struct api_streams *all, const char *tenant)
+{
+    for (size_t i = 0; i < all->ntenants; i++) {
+        if (strcmp(all->per_tenant[i].tenant, tenant) != 0)
+            continue;
+        if (--all->per_tenant[i].n == 0)
+            all->per_tenant[i] = all->per_tenant[--all->ntenants];
+        return;
+    }
 }
 
 static void stream_done(void *ctx)
@@ -172,9 +208,9 @@ static void stream_done(void *ctx)
         all->head = es->next;
     if (es->next != NULL)
         es->next->prev = es->prev;
+    tenant_stream_release(all, es->tenant);
     pthread_mutex_unlock(&all->lock);
     buf_free(&es->pending);
-    pthread_mutex_destroy(&es->lock);
     free(es);
 }
 
@@ -188,14 +224,14 @@ static void *ticker(void *arg)
         until.tv_sec += 1;
         pthread_cond_timedwait(&all->stop, &all->lock, &until);
         int64_t now = clock_mono_ms();
+        /* A listed stream is alive: stream_done unlinks it under this lock first. */
         for (event_stream *es = all->head; es != NULL; es = es->next) {
-            pthread_mutex_lock(&es->lock);
-            if (now - es->last_write_ms >= HEARTBEAT_MS && es->st != NULL) {
-                es->heartbeat_due = true;
-                es->last_write_ms = now;
-                http_stream_wake(es->st);
+            http_stream *st = atomic_load(&es->st);
+            if (st != NULL && now - atomic_load(&es->last_write_ms) >= HEARTBEAT_MS) {
+                atomic_store(&es->heartbeat_due, true);
+                atomic_store(&es->last_write_ms, now);
+                http_stream_wake(st);
             }
-            pthread_mutex_unlock(&es->lock);
         }
     }
     pthread_mutex_unlock(&all->lock);
@@ -301,11 +337,12 @@ void api_panels_events(http_request *req, void *app)
     api_deps *d = app;
     const char *tenant = http_principal_of(req)->tenant_id;
     char id[IDS_UUID_LEN + 1];
-    int64_t after;
-    if (!validate_id_param(req, "id", id) || !start_after(req, &after) ||
-        !api_panel_visible(req, d, id))
-        return;
+    int64_t after, last = 0;
+    bool final = false;
     ap_err err = {0};
+    if (!validate_id_param(req, "id", id) || !start_after(req, &after) ||
+        !api_panel_visible(req, d, id, &final))
+        return;
     if (wants_json(req)) {
         reply_json_page(req, d, tenant, id, after);
         return;
@@ -314,29 +351,53 @@ void api_panels_events(http_request *req, void *app)
         http_reply_error(req, 503, "unavailable", "live streams are not available here");
         return;
     }
+    /* An ended panel with nothing after the client's position: 204 tells EventSource to stop
+     * reconnecting (it would otherwise come back every retry interval forever). */
+    if (final && store_events_last_seq(d->store, tenant, id, &last, &err) == AP_OK &&
+        last <= after) {
+        http_reply_bytes(req, 204, "text/event-stream", "", 0);
+        return;
+    }
+    struct api_streams *all = d->streams;
+    pthread_mutex_lock(&all->lock);
+    bool room = tenant_stream_take(all, tenant, d->cfg->http_max_streams_per_tenant);
+    pthread_mutex_unlock(&all->lock);
+    if (!room) {
+        http_add_header(req, "Retry-After", "5");
+        http_reply_error(req, 429, "too_many_streams",
+                         "this tenant has %lld open event streams, its limit",
+                         (long long)d->cfg->http_max_streams_per_tenant);
+        return;
+    }
     event_stream *es = calloc(1, sizeof *es);
     if (es == NULL) {
+        pthread_mutex_lock(&all->lock);
+        tenant_stream_release(all, tenant);
+        pthread_mutex_unlock(&all->lock);
         http_reply_error(req, 500, "internal", "out of memory");
         return;
     }
     es->deps = d;
     memcpy(es->tenant, tenant, sizeof es->tenant);
     memcpy(es->panel, id, sizeof es->panel);
-    pthread_mutex_init(&es->lock, NULL);
     buf_init(&es->pending, PENDING_MAX);
     es->last_seq = after;
     es->replaying = true;
-    es->last_write_ms = clock_mono_ms();
+    es->final_panel = final;
+    atomic_init(&es->heartbeat_due, false);
+    atomic_init(&es->last_write_ms, clock_mono_ms());
+    atomic_init(&es->st, NULL);
     if (buf_puts(&es->pending, "retry: 2000\n\n") != AP_OK ||
         panel_engine_subscribe(d->engine, tenant, id, SUB_QUEUE_MAX, on_notify, es, &es->sub,
                                &err) != AP_OK) {
         buf_free(&es->pending);
-        pthread_mutex_destroy(&es->lock);
         free(es);
+        pthread_mutex_lock(&all->lock);
+        tenant_stream_release(all, tenant);
+        pthread_mutex_unlock(&all->lock);
         http_reply_ap_err(req, &err);
         return;
     }
-    struct api_streams *all = d->streams;
     pthread_mutex_lock(&all->lock);
     es->next = all->head;
     if (all->head != NULL)
@@ -345,12 +406,10 @@ void api_panels_events(http_request *req, void *app)
     pthread_mutex_unlock(&all->lock);
     http_add_header(req, "Cache-Control", "no-cache");
     http_add_header(req, "X-Accel-Buffering", "no");
-    /* Hold the lock so a notify that races the attach finds st set or not yet woken. */
-    pthread_mutex_lock(&es->lock);
-    es->st = http_reply_stream(req, 200, "text/event-stream; charset=utf-8", stream_read,
-                               stream_done, es);
-    bool failed = es->st == NULL;
-    pthread_mutex_unlock(&es->lock);
-    if (failed)
-        stream_done(es);
+    http_stream *st = http_reply_stream(req, 200, "text/event-stream; charset=utf-8", stream_read,
+                                        stream_done, es);
+    if (st == NULL)
+        stream_done(es); /* never started: undo the subscription and the counts */
+    else
+        atomic_store(&es->st, st);
 }

@@ -169,11 +169,16 @@ static bool resolve_experts(http_request *req, api_deps *d, const char *tenant, 
                 char id[IDS_UUID_LEN + 1];
                 store_expert ex = {0};
                 ap_err err = {0};
-                if (!ids_uuid_normalize(e->valuestring, id) ||
-                    store_expert_get(d->store, tenant, id, &ex, &err) != AP_OK) {
+                ap_status rc = ids_uuid_normalize(e->valuestring, id)
+                                   ? store_expert_get(d->store, tenant, id, &ex, &err)
+                                   : AP_NOTFOUND;
+                if (rc == AP_NOTFOUND) {
                     http_reply_error(req, 422, "unknown_expert",
                                      "expert \"%.64s\" is not in this tenant's registry",
                                      e->valuestring);
+                    ok = false;
+                } else if (rc != AP_OK) {
+                    http_reply_ap_err(req, &err);
                     ok = false;
                 } else {
                     cJSON_AddItemToArray(roster, runtime_expert(&ex));
@@ -498,7 +503,9 @@ void api_panels_execute(http_request *req, void *app)
 {
     api_deps *d = app;
     const char *tenant = http_principal_of(req)->tenant_id;
-    if (!below_concurrency(req, d, tenant) || !within_budget(req, d, tenant))
+    char id[IDS_UUID_LEN + 1];
+    if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id, NULL) ||
+        !below_concurrency(req, d, tenant) || !within_budget(req, d, tenant))
         return;
     panel_action(req, app, panel_engine_execute, 202);
 }
@@ -556,11 +563,13 @@ void api_panels_input(http_request *req, void *app)
     reply_panel(req, d, id, 202);
 }
 
-bool api_panel_visible(http_request *req, api_deps *d, const char *id)
+bool api_panel_visible(http_request *req, api_deps *d, const char *id, bool *final)
 {
     store_panel p = {0};
     ap_err err = {0};
     ap_status rc = store_panel_get(d->store, http_principal_of(req)->tenant_id, id, &p, &err);
+    if (rc == AP_OK && final != NULL)
+        *final = is_final(p.status);
     store_panel_free(&p);
     if (rc != AP_OK)
         http_reply_ap_err(req, &err);
@@ -572,7 +581,7 @@ void api_panels_stream_token(http_request *req, void *app)
     api_deps *d = app;
     const char *tenant = http_principal_of(req)->tenant_id;
     char id[IDS_UUID_LEN + 1];
-    if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id))
+    if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id, NULL))
         return;
     char tok[TOKEN_MAX];
     int64_t exp;

@@ -103,6 +103,8 @@ bool api_authenticate(http_request *req, unsigned flags, void *app)
             deny(req, 401, "unauthenticated", "the stream token is invalid or has expired");
             return false;
         }
+        if (!within_rate(d, req, tenant))
+            return false;
         p->authenticated = true;
         p->role = STORE_ROLE_MEMBER;
         memcpy(p->tenant_id, tenant, sizeof tenant);

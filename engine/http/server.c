@@ -31,6 +31,7 @@ struct http_stream {
     bool suspended;
     bool wake_pending;
     bool closing; /* server shutting down: end at the next read */
+    bool queued;  /* MHD took the response: done() runs when it ends */
     http_stream *prev, *next;
 };
 
@@ -45,6 +46,7 @@ struct http_server {
     atomic_ullong answered[6]; /* [0] all, [1..5] by status class */
     pthread_mutex_t streams_lock;
     http_stream *streams;
+    bool stopping; /* under streams_lock: new streams start closed */
 };
 
 typedef struct header {
@@ -199,24 +201,27 @@ void http_add_header(http_request *req, const char *name, const char *value)
     req->headers[req->nheaders++] = (header){n, v};
 }
 
-static void queue(http_request *req, unsigned status, struct MHD_Response *resp,
+/* Queues resp (which it always releases); false when MHD would not take it. */
+static bool queue(http_request *req, unsigned status, struct MHD_Response *resp,
                   const char *content_type)
 {
     if (resp == NULL) {
         log_error("cannot allocate a response");
-        return;
+        return false;
     }
     MHD_add_response_header(resp, "Content-Type", content_type);
     MHD_add_response_header(resp, "X-Request-ID", req->request_id);
     for (int i = 0; i < req->nheaders; i++)
         MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
-    if (MHD_queue_response(req->conn, status, resp) != MHD_YES)
+    bool ok = MHD_queue_response(req->conn, status, resp) == MHD_YES;
+    if (!ok)
         log_warn("cannot queue a %u response", status);
     atomic_fetch_add_explicit(&req->srv->answered[0], 1, memory_order_relaxed);
     if (status >= 100 && status < 600)
         atomic_fetch_add_explicit(&req->srv->answered[status / 100], 1, memory_order_relaxed);
     MHD_destroy_response(resp);
     req->replied = true;
+    return ok;
 }
 
 void http_reply_bytes(http_request *req, unsigned status, const char *content_type,
@@ -315,7 +320,9 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max)
     ssize_t n = closing ? -1 : st->read(st->ctx, out, max);
     if (n == 0) {
         pthread_mutex_lock(&st->lock);
-        if (st->wake_pending) {
+        if (st->closing) {
+            n = -1; /* shutdown began during the read: never park a connection now */
+        } else if (st->wake_pending) {
             st->wake_pending = false;
         } else {
             st->suspended = true;
@@ -338,7 +345,8 @@ static void stream_free(void *cls)
     if (st->next != NULL)
         st->next->prev = st->prev;
     pthread_mutex_unlock(&srv->streams_lock);
-    if (st->done != NULL)
+    /* A stream MHD refused never started: its owner cleans up, not us. */
+    if (st->done != NULL && st->queued)
         st->done(st->ctx);
     pthread_mutex_destroy(&st->lock);
     free(st);
@@ -368,12 +376,17 @@ http_stream *http_reply_stream(http_request *req, unsigned status, const char *c
     }
     http_server *srv = req->srv;
     pthread_mutex_lock(&srv->streams_lock);
+    st->closing = srv->stopping; /* a stream opened during shutdown ends at once */
     st->next = srv->streams;
     if (srv->streams != NULL)
         srv->streams->prev = st;
     srv->streams = st;
     pthread_mutex_unlock(&srv->streams_lock);
-    queue(req, status, resp, content_type);
+    /* MHD calls the reader and stream_free only on this thread after the handler returns, so
+     * setting queued after a successful queue cannot race them. */
+    if (!queue(req, status, resp, content_type))
+        return NULL;
+    st->queued = true;
     /* A stream may live for hours: it must not hold up a graceful shutdown. */
     if (req->counted) {
         atomic_fetch_sub(&srv->in_flight, 1);
@@ -603,6 +616,7 @@ void http_server_stop(http_server *s, int64_t grace_ms)
         close(lfd);
     /* Streams end at their next read; wake the parked ones so they get there. */
     pthread_mutex_lock(&s->streams_lock);
+    s->stopping = true;
     for (http_stream *st = s->streams; st != NULL; st = st->next) {
         pthread_mutex_lock(&st->lock);
         st->closing = true;

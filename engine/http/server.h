@@ -110,7 +110,8 @@ typedef ssize_t (*http_stream_read)(void *ctx, char *buf, size_t max);
 typedef void (*http_stream_done)(void *ctx);
 
 /* Replies with a streaming body; returns the stream handle used to wake it (valid until
- * `done` has been called), or NULL after replying 500 on failure. */
+ * `done` has been called), or NULL on failure, in which case `done` is never called and ctx
+ * stays the caller's to free. */
 http_stream *http_reply_stream(http_request *req, unsigned status, const char *content_type,
                                http_stream_read read, http_stream_done done, void *ctx);
 

@@ -210,6 +210,11 @@ def test_execute_and_stream(w):
         assert again == seqs[k:], (k, again)
     expect_error(w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
                              headers={"Last-Event-ID": "abc"}), 400)
+    # Reconnecting after the final event: 204, so an EventSource stops coming back.
+    c3 = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a,
+                   headers={"Last-Event-ID": str(seqs[-1])})
+    assert c3.status == 204, c3.status
+    c3.close()
 
 
 @for_each_backend(env={"ASKPANEL_SIM_LATENCY_MS": "150"})
@@ -449,12 +454,16 @@ def test_tenant_limits():
         assert s.request("POST", "/v1/panels/%s/execute" % p1["id"], key=key).status == 202
         busy = expect_error(s.request("POST", "/v1/panels/%s/execute" % p2["id"], key=key), 429,
                             "too_many_panels")
-        # 4 requests so far; the bucket holds 8 for a burst.
+        token_url = s.request("POST", "/v1/panels/%s/stream-token" % p1["id"], key=key).json()["url"]
+        # 5 requests so far; the bucket holds 8 for a burst.
         statuses = [s.request("GET", "/v1/tenant", key=key).status for _ in range(6)]
-        assert statuses[:4] == [200] * 4 and statuses[-1] == 429, statuses
+        assert statuses == [200] * 3 + [429] * 3, statuses
         r = s.request("GET", "/v1/tenant", key=key)
         expect_error(r, 429, "rate_limited")
         assert 1 <= int(r.header("Retry-After")) <= 8
+        # A stream token draws on the same allowance.
+        expect_error(s.request("GET", token_url, headers={"Accept": "application/json"}), 429,
+                     "rate_limited")
         # A monthly token budget stops new panels once spent.
         r = s.request("POST", "/v1/admin/tenants", {"slug": "frugal", "name": "Frugal",
                       "limits": {"monthly_token_budget": 10}}, key=OPERATOR_KEY)
@@ -465,6 +474,40 @@ def test_tenant_limits():
         second = s.request("POST", "/v1/panels", {"question": Q, "strategy": "echo"}, key=fkey).json()
         expect_error(s.request("POST", "/v1/panels/%s/execute" % second["id"], key=fkey), 429,
                      "token_budget_exhausted")
+    finally:
+        s.close()
+
+
+def test_sigterm_while_a_request_is_in_flight_and_a_stream_opens():
+    """A stream opened after shutdown began must not be parked (MHD would abort)."""
+    import socket
+    s = Server().start()
+    try:
+        _, key = tenant_create(s, "delta")
+        p = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()
+        ka = socket.create_connection(("127.0.0.1", s.port))
+        ka.settimeout(5)
+        ka.sendall(("GET /v1/tenant HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+                    % key).encode())
+        assert b" 200 " in ka.recv(65536)
+        slow = socket.create_connection(("127.0.0.1", s.port))  # keeps a request in flight
+        slow.sendall(("POST /v1/panels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{" % key).encode())
+        time.sleep(0.3)
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ka.sendall(("GET /v1/panels/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+                    % (p["id"], key)).encode())
+        try:
+            ka.recv(4096)
+        except OSError:
+            pass
+        rc = s.proc.wait(timeout=15)
+        assert rc == 0, "exit status %d:\n%s" % (rc, s.logs()[-2000:])
+        s.proc = None
+        s.log.close()
+        slow.close()
+        ka.close()
     finally:
         s.close()
 
@@ -499,5 +542,6 @@ if __name__ == "__main__":
              test_restart_resumes_without_gaps, test_usage_and_expert_counts]
     if len(BACKENDS) == 1:
         tests += [test_feature_flag_blocks_strategy, test_tenant_limits,
-                  test_sigterm_with_open_streams]
+                  test_sigterm_with_open_streams,
+                  test_sigterm_while_a_request_is_in_flight_and_a_stream_opens]
     run(tests)
