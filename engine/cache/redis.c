@@ -171,14 +171,14 @@ static ap_status parse_url(rcache *r, const char *url, ap_err *err)
         const char *pw = colon != NULL ? colon + 1 : p;
         size_t n = (size_t)(at - pw);
         if (n >= sizeof r->password)
-            return ap_err_set(err, AP_INVALID, "cache: password too long in \"%s\"", url);
+            return ap_err_set(err, AP_INVALID, "cache: the redis password is too long");
         memcpy(r->password, pw, n);
         r->password[n] = '\0';
         p = at + 1;
     }
     size_t hl = strcspn(p, ":/");
     if (hl == 0 || hl >= sizeof r->host)
-        return ap_err_set(err, AP_INVALID, "cache: no host in \"%s\"", url);
+        return ap_err_set(err, AP_INVALID, "cache: the redis URL has no host");
     memcpy(r->host, p, hl);
     r->host[hl] = '\0';
     p += hl;
@@ -187,7 +187,7 @@ static ap_status parse_url(rcache *r, const char *url, ap_err *err)
         char *end = NULL;
         long port = strtol(p + 1, &end, 10);
         if (end == p + 1 || port <= 0 || port > 65535 || (*end != '\0' && *end != '/'))
-            return ap_err_set(err, AP_INVALID, "cache: bad port in \"%s\"", url);
+            return ap_err_set(err, AP_INVALID, "cache: the redis URL has a bad port");
         r->port = (int)port;
         p = end;
     }
@@ -195,7 +195,7 @@ static ap_status parse_url(rcache *r, const char *url, ap_err *err)
         char *end = NULL;
         long db = strtol(p + 1, &end, 10);
         if (end == p + 1 || *end != '\0' || db < 0 || db > 1024)
-            return ap_err_set(err, AP_INVALID, "cache: bad database number in \"%s\"", url);
+            return ap_err_set(err, AP_INVALID, "cache: the redis URL has a bad database number");
         r->db = (int)db;
     }
     return AP_OK;

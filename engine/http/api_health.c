@@ -1,6 +1,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/embed.h"
+#include "core/log.h"
 #include "http/api.h"
 #include "store/store.h"
 
@@ -19,8 +20,9 @@ void api_ready(http_request *req, void *app)
     const api_deps *d = app;
     ap_err err = {0};
     if (d->store == NULL || store_ping(d->store, &err) != AP_OK) {
-        http_reply_error(req, 503, "not_ready", "the store does not answer: %s",
-                         err.msg[0] ? err.msg : "not open");
+        /* The reason goes to the log, not to an unauthenticated caller. */
+        log_warn("not ready: the store does not answer: %s", err.msg[0] ? err.msg : "not open");
+        http_reply_error(req, 503, "not_ready", "the store does not answer");
         return;
     }
     cJSON *body = cJSON_CreateObject();
