@@ -29,6 +29,8 @@
 #define SUB_QUEUE_MAX 4096
 #define HEARTBEAT_MS 15000
 #define JSON_PAGE_MAX 1000
+#define JSON_PAGE_DEFAULT 500
+#define JSON_PAGE_BYTES (8 * 1024 * 1024) /* a JSON page of events stops growing here */
 
 /* One SSE connection. Only MHD's thread for the connection reads and fills it; the engine's
  * writer (notify) and the heartbeat ticker touch only the atomics, so a slow replay from the
@@ -299,36 +301,48 @@ static bool wants_json(http_request *req)
            strstr(accept, "text/event-stream") == NULL;
 }
 
+/* Stored events after `after` as one JSON page, read from the store in small pages so a page
+ * of large events stays within JSON_PAGE_BYTES (has_more then says there is more). */
 static void reply_json_page(http_request *req, api_deps *d, const char *tenant, const char *panel,
                             int64_t after)
 {
-    int limit = JSON_PAGE_MAX;
+    int limit;
     const char *cursor;
-    if (!validate_page(req, JSON_PAGE_MAX, JSON_PAGE_MAX, &limit, &cursor))
+    if (!validate_page(req, JSON_PAGE_DEFAULT, JSON_PAGE_MAX, &limit, &cursor))
         return;
-    store_event *rows = NULL;
-    size_t n = 0;
-    ap_err err = {0};
-    if (store_events_list(d->store, tenant, panel, after, limit, &rows, &n, &err) != AP_OK) {
-        http_reply_ap_err(req, &err);
-        return;
-    }
     cJSON *body = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(body, "data");
     int64_t last = after;
-    for (size_t i = 0; i < n; i++) {
-        cJSON *e = cJSON_CreateObject();
-        cJSON_AddNumberToObject(e, "seq", (double)rows[i].seq);
-        cJSON_AddStringToObject(e, "type", rows[i].type);
-        cJSON *v = cJSON_Parse(rows[i].data);
-        cJSON_AddItemToObject(e, "data", v != NULL ? v : cJSON_CreateNull());
-        cJSON_AddNumberToObject(e, "created_at", (double)rows[i].created_at);
-        cJSON_AddItemToArray(data, e);
-        last = rows[i].seq;
+    size_t bytes = 0, count = 0;
+    bool more = true;
+    while (more && count < (size_t)limit && bytes < JSON_PAGE_BYTES) {
+        store_event *rows = NULL;
+        size_t n = 0;
+        ap_err err = {0};
+        int want = limit - (int)count < REPLAY_PAGE ? limit - (int)count : REPLAY_PAGE;
+        if (store_events_list(d->store, tenant, panel, last, want, &rows, &n, &err) != AP_OK) {
+            cJSON_Delete(body);
+            http_reply_ap_err(req, &err);
+            return;
+        }
+        size_t i = 0;
+        for (; i < n && bytes < JSON_PAGE_BYTES; i++) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "seq", (double)rows[i].seq);
+            cJSON_AddStringToObject(e, "type", rows[i].type);
+            cJSON *v = cJSON_Parse(rows[i].data);
+            cJSON_AddItemToObject(e, "data", v != NULL ? v : cJSON_CreateNull());
+            cJSON_AddNumberToObject(e, "created_at", (double)rows[i].created_at);
+            cJSON_AddItemToArray(data, e);
+            bytes += strlen(rows[i].data) + 64;
+            last = rows[i].seq;
+            count++;
+        }
+        more = i < n || n == (size_t)want;
+        store_events_free(rows, n);
     }
     cJSON_AddNumberToObject(body, "last_seq", (double)last);
-    cJSON_AddBoolToObject(body, "has_more", n == (size_t)limit);
-    store_events_free(rows, n);
+    cJSON_AddBoolToObject(body, "has_more", more);
     http_reply_json(req, 200, body);
 }
 
