@@ -25,16 +25,19 @@
 
 /* ---- writer items --------------------------------------------------------------------- */
 
-typedef enum wkind { W_EVENT = 1, W_CKPT, W_TRANS, W_USAGE, W_SCRIPT } wkind;
+typedef enum wkind { W_EVENT = 1, W_DELTA, W_CKPT, W_TRANS, W_USAGE, W_SCRIPT } wkind;
 
 typedef struct witem {
     wkind kind;
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
-    /* W_EVENT */
+    /* W_EVENT; a W_DELTA (an ephemeral token delta, seq 0) keeps its raw text in data and
+     * points expert into the same allocation: the writer builds the JSON once per merged
+     * run of deltas, not once per delta. */
     int64_t seq;
     char *type, *data;
+    const char *expert;
     /* W_CKPT */
     store_checkpoint ck;
     /* W_TRANS */
@@ -257,8 +260,7 @@ static void writer_push(panel_engine *e, witem *w)
 {
     bool drop = false;
     pthread_mutex_lock(&e->wmu);
-    if (e->wcount >= WRITER_HARD_MAX ||
-        (e->wcount >= WRITER_SOFT_MAX && w->kind == W_EVENT && w->seq == 0)) {
+    if (e->wcount >= WRITER_HARD_MAX || (e->wcount >= WRITER_SOFT_MAX && w->kind == W_DELTA)) {
         drop = true;
         if (e->wcount >= WRITER_HARD_MAX && !e->wwarned) {
             e->wwarned = true;
@@ -407,7 +409,7 @@ static void commit_one_by_one(panel_engine *e, witem **items, size_t n)
         store_write one;
         store_write_of(w, &one);
         ap_err err = {0};
-        ap_status rc = store_write_batch(e->st, w->tenant_id, &one, 1, &err);
+        ap_status rc = store_write_batch_trusted(e->st, w->tenant_id, &one, 1, &err);
         if (rc == AP_OK && one.result == AP_CONFLICT && w->kind == W_TRANS)
             log_skipped_transition(w);
         else if (rc != AP_OK)
@@ -423,7 +425,9 @@ static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write 
     for (size_t i = 0; i < n; i++)
         store_write_of(items[i], &ws[i]);
     ap_err err = {0};
-    if (store_write_batch(e->st, items[0]->tenant_id, ws, n, &err) != AP_OK) {
+    /* Trusted: every JSON text here was encoded by the engine (cJSON, the script host's
+     * encoder or the journal's own escaping), so the store does not parse it again. */
+    if (store_write_batch_trusted(e->st, items[0]->tenant_id, ws, n, &err) != AP_OK) {
         log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = items[0]->tenant_id},
                 "event writer: batch of %zu writes refused (%s); writing them one by one", n,
                 err.msg);
@@ -490,20 +494,36 @@ typedef struct delta_acc {
     buf text;
 } delta_acc;
 
-static void delta_flush_one(panel_engine *e, delta_acc *a)
+static ap_status json_str(buf *b, const char *s);
+
+/* Publishes {"expert":..,"delta":..} on a panel. */
+static void delta_publish(panel_engine *e, const char *tenant_id, const char *panel_id,
+                          const char *expert, const char *text)
 {
-    cJSON *d = cJSON_CreateObject();
-    cJSON_AddStringToObject(d, "expert", a->expert);
-    cJSON_AddStringToObject(d, "delta", a->text.data != NULL ? a->text.data : "");
-    char *data = jsonx_print(d);
-    cJSON_Delete(d);
-    if (data != NULL) {
-        witem w = {.kind = W_EVENT, .seq = 0, .type = "expert.delta", .data = data};
-        memcpy(w.panel_id, a->panel_id, sizeof w.panel_id);
-        memcpy(w.tenant_id, a->tenant_id, sizeof w.tenant_id);
+    buf b;
+    buf_init(&b, JOURNAL_MAX);
+    ap_status rc = buf_puts(&b, "{\"expert\":");
+    if (rc == AP_OK)
+        rc = json_str(&b, expert);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, ",\"delta\":");
+    if (rc == AP_OK)
+        rc = json_str(&b, text);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}");
+    if (rc == AP_OK) {
+        witem w = {.kind = W_EVENT, .seq = 0, .type = "expert.delta", .data = b.data};
+        memcpy(w.panel_id, panel_id, sizeof w.panel_id);
+        memcpy(w.tenant_id, tenant_id, sizeof w.tenant_id);
         publish(e, &w);
     }
-    free(data);
+    buf_free(&b);
+}
+
+static void delta_flush_one(panel_engine *e, delta_acc *a)
+{
+    delta_publish(e, a->tenant_id, a->panel_id, a->expert,
+                  a->text.data != NULL ? a->text.data : "");
     free(a->expert);
     buf_free(&a->text);
 }
@@ -525,11 +545,8 @@ static void delta_flush(panel_engine *e, delta_acc *acc, size_t *n, const char *
 /* Adds a delta event to its accumulator; false when it cannot be merged (publish it as is). */
 static bool delta_merge(panel_engine *e, delta_acc *acc, size_t *n, const witem *w)
 {
-    cJSON *d = jsonx_parse(w->data, strlen(w->data), 4, NULL);
-    const char *expert = jsonx_string(d, "expert"), *text = jsonx_string(d, "delta");
+    const char *expert = w->expert, *text = w->data;
     bool merged = false;
-    if (expert == NULL || text == NULL)
-        goto out;
     size_t i = 0;
     while (i < *n &&
            (strcmp(acc[i].panel_id, w->panel_id) != 0 || strcmp(acc[i].expert, expert) != 0))
@@ -561,7 +578,6 @@ static bool delta_merge(panel_engine *e, delta_acc *acc, size_t *n, const witem 
     }
     merged = true;
 out:
-    cJSON_Delete(d);
     return merged;
 }
 
@@ -570,9 +586,14 @@ static void publish_batch(panel_engine *e, witem *list)
     delta_acc acc[DELTA_ACCS];
     size_t n = 0;
     for (witem *w = list; w != NULL; w = w->next) {
-        if (w->kind != W_EVENT)
+        if (w->kind == W_DELTA) {
+            if (!delta_merge(e, acc, &n, w)) {
+                delta_flush(e, acc, &n, w->panel_id);
+                delta_publish(e, w->tenant_id, w->panel_id, w->expert, w->data);
+            }
             continue;
-        if (w->seq == 0 && strcmp(w->type, "expert.delta") == 0 && delta_merge(e, acc, &n, w))
+        }
+        if (w->kind != W_EVENT)
             continue;
         delta_flush(e, acc, &n, w->panel_id);
         publish(e, w);
@@ -1310,22 +1331,21 @@ static void on_delta(void *ud, const char *text, size_t len)
     ask_slot *s = ud;
     if (!has_subscribers(s->p->e, s->p->panel_id))
         return;
-    char *piece = strndup(text, len);
-    buf b;
-    buf_init(&b, JOURNAL_MAX);
-    ap_status rc = piece != NULL ? buf_puts(&b, "{\"expert\":") : AP_NOMEM;
-    if (rc == AP_OK)
-        rc = json_str(&b, s->expert_id);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, ",\"delta\":");
-    if (rc == AP_OK)
-        rc = json_str(&b, piece);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, "}");
-    if (rc == AP_OK)
-        prun_emit(s->p, "expert.delta", b.data, false, NULL);
-    buf_free(&b);
-    free(piece);
+    /* Raw text, one allocation for both strings: the writer merges a panel's deltas per
+     * expert and builds the JSON once per merged run. */
+    size_t el = strlen(s->expert_id);
+    witem *w = witem_new(s->p, W_DELTA);
+    char *mem = w != NULL ? malloc(el + len + 2) : NULL;
+    if (mem == NULL) {
+        free(w);
+        return;
+    }
+    memcpy(mem, text, len);
+    mem[len] = '\0';
+    memcpy(mem + len + 1, s->expert_id, el + 1);
+    w->data = mem;
+    w->expert = mem + len + 1;
+    writer_push(s->p->e, w);
 }
 
 /* Records one answer (journal entry, usage, delivery) without resuming the node. */

@@ -21,10 +21,28 @@
 
 enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
 
+/* Small blocks of a state come from its own pool: Lua makes thousands of small allocations
+ * per panel, and malloc/free for each (with the arenas growing and shrinking under two
+ * runner threads) was ~10 % of the engine's CPU. A pool belongs to one state only and is
+ * released whole when the state closes. */
+#define POOL_STEP 16 /* size classes are multiples of 16: every block stays 16-aligned */
+#define POOL_CLASSES 16
+#define POOL_SMALL_MAX (POOL_STEP * POOL_CLASSES)
+#define POOL_CHUNK (16 * 1024)
+#define POOL_HEADER 16 /* the chunk list link, padded to keep blocks aligned */
+
+typedef struct pool_block {
+    struct pool_block *next;
+} pool_block;
+
 struct script_vm {
     lua_State *L;
-    size_t mem_used;
-    size_t mem_limit;
+    size_t mem_used;   /* bytes the state asked for, small blocks rounded to their class */
+    size_t mem_limit;  /* bounds mem_used, and separately the pool's chunks */
+    size_t pool_bytes; /* chunks taken from malloc */
+    void *chunks;      /* chunk list, linked through each chunk's first word */
+    char *bump, *bump_end;
+    pool_block *free_list[POOL_CLASSES];
     int64_t instr_used;
     int64_t instr_limit;
     int64_t timeout_us;
@@ -50,24 +68,106 @@ static const char lib_key = 'l';      /* the library table, once loaded */
 
 /* ---- limits --------------------------------------------------------------------------- */
 
+static size_t pool_class(size_t size)
+{
+    return (size - 1) / POOL_STEP;
+}
+
+/* A block of class c, or NULL when the pool may not grow: its chunks count against the
+ * limit too, so freed blocks kept for reuse cannot add up past it. A shrinking block (Lua
+ * expects shrinks to succeed) may take one chunk past the limit. */
+static void *pool_get(script_vm *vm, size_t c, bool shrink)
+{
+    pool_block *b = vm->free_list[c];
+    if (b != NULL) {
+        vm->free_list[c] = b->next;
+        return b;
+    }
+    size_t size = (c + 1) * POOL_STEP;
+    if ((size_t)(vm->bump_end - vm->bump) < size) {
+        if (!shrink && vm->pool_bytes + POOL_CHUNK > vm->mem_limit)
+            return NULL;
+        char *chunk = malloc(POOL_CHUNK);
+        if (chunk == NULL)
+            return NULL;
+        *(void **)chunk = vm->chunks;
+        vm->chunks = chunk;
+        vm->pool_bytes += POOL_CHUNK;
+        vm->bump = chunk + POOL_HEADER;
+        vm->bump_end = chunk + POOL_CHUNK;
+    }
+    void *p = vm->bump;
+    vm->bump += size;
+    return p;
+}
+
+static void pool_put(script_vm *vm, void *p, size_t c)
+{
+    pool_block *b = p;
+    b->next = vm->free_list[c];
+    vm->free_list[c] = b;
+}
+
+/* Frees the chunks; only once the state is closed. */
+static void pool_release(script_vm *vm)
+{
+    while (vm->chunks != NULL) {
+        void *next = *(void **)vm->chunks;
+        free(vm->chunks);
+        vm->chunks = next;
+    }
+}
+
+/* Blocks up to POOL_SMALL_MAX live in the pool, larger ones in malloc; Lua always passes a
+ * block's real size as osize, which tells where it lives. */
+static void *vm_realloc(script_vm *vm, void *ptr, size_t old, size_t nsize, bool shrink)
+{
+    bool was_small = ptr != NULL && old <= POOL_SMALL_MAX;
+    if (nsize > POOL_SMALL_MAX && (ptr == NULL || !was_small))
+        return realloc(ptr, nsize);
+    if (was_small && nsize <= POOL_SMALL_MAX && pool_class(nsize) == pool_class(old))
+        return ptr;
+    void *p = nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize), shrink) : malloc(nsize);
+    if (p == NULL || ptr == NULL)
+        return p;
+    memcpy(p, ptr, old < nsize ? old : nsize);
+    if (was_small)
+        pool_put(vm, ptr, pool_class(old));
+    else
+        free(ptr);
+    return p;
+}
+
+static size_t charged(size_t size)
+{
+    return size <= POOL_SMALL_MAX ? (pool_class(size) + 1) * POOL_STEP : size;
+}
+
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     script_vm *vm = ud;
     size_t old = ptr != NULL ? osize : 0;
+    size_t old_charge = ptr != NULL ? charged(osize) : 0;
     if (nsize == 0) {
-        vm->mem_used -= old;
-        free(ptr);
+        vm->mem_used -= old_charge;
+        if (ptr != NULL && old <= POOL_SMALL_MAX)
+            pool_put(vm, ptr, pool_class(old));
+        else
+            free(ptr);
         return NULL;
     }
-    if (nsize > old && vm->mem_used - old + nsize > vm->mem_limit) {
+    size_t new_charge = charged(nsize);
+    bool grows = new_charge > old_charge;
+    void *p = NULL;
+    if (!grows || vm->mem_used - old_charge + new_charge <= vm->mem_limit)
+        p = vm_realloc(vm, ptr, old, nsize, !grows);
+    if (p == NULL) {
         /* Only a state that is fully built can trip; building it must simply fail. */
-        if (vm->trip_ref[TRIP_MEMORY] != 0 && vm->tripped == TRIP_NONE)
+        if (grows && vm->trip_ref[TRIP_MEMORY] != 0 && vm->tripped == TRIP_NONE)
             vm->tripped = TRIP_MEMORY;
         return NULL;
     }
-    void *p = realloc(ptr, nsize);
-    if (p != NULL)
-        vm->mem_used = vm->mem_used - old + nsize;
+    vm->mem_used = vm->mem_used - old_charge + new_charge;
     return p;
 }
 
@@ -581,7 +681,15 @@ static const char *const base_names[] = {
 static void copy_table(lua_State *L, int src)
 {
     src = lua_absindex(L, src);
-    lua_newtable(L);
+    /* Sized up front: filling an empty table rehashes it at every power of two, which was
+     * most of the cost of a chunk's environment. */
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, src) != 0) {
+        lua_pop(L, 1);
+        n++;
+    }
+    lua_createtable(L, 0, n + 2);
     lua_pushnil(L);
     while (lua_next(L, src) != 0) {
         lua_pushvalue(L, -2);
@@ -999,6 +1107,7 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
              "time budget exceeded: a node may run at most %lld ms", (long long)lim->timeout_ms);
     vm->L = lua_newstate(vm_alloc, vm);
     if (vm->L == NULL) {
+        pool_release(vm);
         free(vm);
         return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
     }
@@ -1008,6 +1117,7 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
     lua_pushlightuserdata(vm->L, vm);
     if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
         lua_close(vm->L);
+        pool_release(vm);
         free(vm);
         return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
     }
@@ -1027,5 +1137,6 @@ void script_vm_free(script_vm *vm)
             vm->tripped = TRIP_INSTRUCTIONS;
         lua_close(vm->L);
     }
+    pool_release(vm);
     free(vm);
 }

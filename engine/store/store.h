@@ -355,6 +355,12 @@ typedef struct store_write {
 ap_status store_write_batch(store *s, const char *tenant_id, store_write *items, size_t n,
                             ap_err *err);
 
+/* store_write_batch for JSON the engine encoded itself (event data, checkpoint state and
+ * journal): checked for size, UTF-8, nesting depth and top-level kind, not parsed again. Never
+ * for outside input; everything else is validated as in store_write_batch. Items borrowed. */
+ap_status store_write_batch_trusted(store *s, const char *tenant_id, store_write *items, size_t n,
+                                    ap_err *err);
+
 /* Aggregated usage in [from_ms, to_ms) grouped by "expert", "model" or "day".
  * Returns a JSON array text of {key, calls, prompt_tokens, completion_tokens, cost_usd} ordered
  * by key; key is null for calls without an expert, "YYYY-MM-DD" (UTC) by day.
