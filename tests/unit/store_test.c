@@ -991,6 +991,36 @@ static void assert_last_seq(const char *panel, int64_t want)
     assert_int_equal(seq, want);
 }
 
+/* The writer's variant: the engine's own JSON is checked (size, UTF-8, depth, kind), not
+ * parsed; tenancy and everything else are enforced exactly as in store_write_batch. */
+static void test_write_batch_trusted(void **state)
+{
+    (void)state;
+    store_panel p = {0};
+    make_panel(A, NULL, NULL, &p);
+    store_write w[] = {w_event(p.id, 1), w_ckpt(p.id, 1), w_usage(p.id),
+                       w_trans(p.id, FROM_CREATED, "running")};
+    OK(store_write_batch_trusted(S, A, w, 4, E));
+    assert_last_seq(p.id, 1);
+    assert_status(A, p.id, "running");
+    store_write bad_utf8[] = {w_event(p.id, 2)};
+    bad_utf8[0].u.event.data = "{\"s\":\"\xff\"}";
+    IS(AP_INVALID, store_write_batch_trusted(S, A, bad_utf8, 1, E));
+    char deep[301];
+    memset(deep, '[', 150);
+    memset(deep + 150, ']', 150);
+    deep[300] = '\0';
+    store_write too_deep[] = {w_event(p.id, 2)};
+    too_deep[0].u.event.data = deep;
+    IS(AP_INVALID, store_write_batch_trusted(S, A, too_deep, 1, E));
+    assert_last_seq(p.id, 1);
+    /* Another tenant's panel is refused as with the validating call. */
+    store_write cross[] = {w_event(p.id, 2)};
+    IS(AP_NOTFOUND, store_write_batch_trusted(S, B, cross, 1, E));
+    assert_last_seq(p.id, 1);
+    store_panel_free(&p);
+}
+
 static void test_write_batch(void **state)
 {
     (void)state;
@@ -1273,7 +1303,7 @@ int main(int argc, char **argv)
         CONTRACT(test_keys),        CONTRACT(test_experts_crud), CONTRACT(test_experts_pagination),
         CONTRACT(test_panels),      CONTRACT(test_panel_lists),  CONTRACT(test_events),
         CONTRACT(test_checkpoints), CONTRACT(test_scripts),      CONTRACT(test_usage),
-        CONTRACT(test_threads),     CONTRACT(test_write_batch),
+        CONTRACT(test_threads),     CONTRACT(test_write_batch),  CONTRACT(test_write_batch_trusted),
     };
     const struct CMUnitTest sqlite_tests[] = {
         CONTRACT(test_sqlite_row_verification),
