@@ -38,18 +38,13 @@ static void test_multiline_data_is_split(void **state)
     buf_free(&b);
 }
 
-static void test_queue_dedupes_and_overflows(void **state)
+static void test_limit_is_reported(void **state)
 {
     (void)state;
-    sse_conn *c = sse_conn_new(64);
-    assert_int_equal(sse_conn_push(c, 1, "a", "{}"), AP_OK);
-    assert_int_equal(sse_conn_push(c, 1, "a", "{}"), AP_OK); /* duplicate: dropped */
-    assert_int_equal(sse_conn_last_seq(c), 1);
-    assert_int_equal(sse_conn_push(c, 2, "b", "{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}"),
-                     AP_LIMIT);
-    assert_true(sse_conn_closed(c));
-    assert_int_equal(sse_conn_last_seq(c), 1);
-    sse_conn_release(c);
+    buf b;
+    buf_init(&b, 16);
+    assert_int_equal(sse_format(&b, 1, "expert.message", "{\"long\":true}"), AP_LIMIT);
+    buf_free(&b);
 }
 
 int main(void)
@@ -58,7 +53,7 @@ int main(void)
         cmocka_unit_test(test_durable_frame_has_id),
         cmocka_unit_test(test_ephemeral_frame_has_no_id),
         cmocka_unit_test(test_multiline_data_is_split),
-        cmocka_unit_test(test_queue_dedupes_and_overflows),
+        cmocka_unit_test(test_limit_is_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
