@@ -8,16 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define JSON_MAX_DEPTH 64
 #define DEFAULT_MAX_TOKENS 1024
 
 struct llm_anthropic_stream {
-    llm_sse_parser *sse;
+    llm_wire_stream w; /* first: the shared decoder core */
     llm_wire_on_delta on_delta;
     void *ctx;
-    llm_wire_reply reply;
-    ap_status failed;
-    ap_err *err; /* the caller's err during a feed */
 };
 
 char *llm_anthropic_build_request(const llm_wire_request *r, ap_err *err)
@@ -155,7 +151,7 @@ static ap_status text_delta(llm_anthropic_stream *s, const char *text, ap_err *e
     ap_status rc = AP_OK;
     if (n == 0)
         return AP_OK;
-    if ((rc = llm_wire_reply_append(&s->reply, text, n, err)) != AP_OK)
+    if ((rc = llm_wire_reply_append(&s->w.reply, text, n, err)) != AP_OK)
         return rc;
     if (s->on_delta != NULL && (rc = s->on_delta(s->ctx, text, n)) != AP_OK) {
         if (err != NULL && err->status == AP_OK)
@@ -167,14 +163,14 @@ static ap_status text_delta(llm_anthropic_stream *s, const char *text, ap_err *e
 static ap_status on_event(void *ctx, const llm_sse_event *ev)
 {
     llm_anthropic_stream *s = ctx;
-    ap_err *err = s->err;
+    ap_err *err = s->w.err;
     ap_status rc = AP_OK;
     cJSON *root = NULL;
-    if (s->reply.done || ev->data_len == 0)
+    if (s->w.reply.done || ev->data_len == 0)
         return AP_OK;
     if (!jsonx_utf8_valid(ev->data, ev->data_len))
         return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
-    root = jsonx_parse(ev->data, ev->data_len, JSON_MAX_DEPTH, NULL);
+    root = jsonx_parse(ev->data, ev->data_len, LLM_WIRE_JSON_DEPTH, NULL);
     if (!cJSON_IsObject(root)) {
         rc = ap_err_set(err, AP_INVALID, "malformed stream event");
         goto out;
@@ -183,11 +179,11 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
     if (type == NULL)
         type = ev->event;
     if (strcmp(type, "error") == 0) {
-        rc = provider_error(root, &s->reply, err);
+        rc = provider_error(root, &s->w.reply, err);
     } else if (strcmp(type, "message_start") == 0) {
         const cJSON *msg = cJSON_GetObjectItemCaseSensitive(root, "message");
-        read_id(msg, &s->reply);
-        read_usage(cJSON_GetObjectItemCaseSensitive(msg, "usage"), &s->reply);
+        read_id(msg, &s->w.reply);
+        read_usage(cJSON_GetObjectItemCaseSensitive(msg, "usage"), &s->w.reply);
     } else if (strcmp(type, "content_block_start") == 0) {
         const cJSON *block = cJSON_GetObjectItemCaseSensitive(root, "content_block");
         const char *bt = jsonx_string(block, "type");
@@ -201,10 +197,10 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
             rc = text_delta(s, jsonx_string(delta, "text"), err);
     } else if (strcmp(type, "message_delta") == 0) {
         const cJSON *delta = cJSON_GetObjectItemCaseSensitive(root, "delta");
-        read_stop(jsonx_string(delta, "stop_reason"), &s->reply);
-        read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), &s->reply);
+        read_stop(jsonx_string(delta, "stop_reason"), &s->w.reply);
+        read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), &s->w.reply);
     } else if (strcmp(type, "message_stop") == 0) {
-        s->reply.done = true;
+        s->w.reply.done = true;
     }
 out:
     cJSON_Delete(root);
@@ -219,9 +215,9 @@ llm_anthropic_stream *llm_anthropic_stream_new(const llm_wire_limits *limits,
         return NULL;
     s->on_delta = on_delta;
     s->ctx = ctx;
-    llm_wire_reply_init(&s->reply, limits->max_text);
-    s->sse = llm_sse_new(limits->max_line, limits->max_event, on_event, s);
-    if (s->sse == NULL) {
+    llm_wire_reply_init(&s->w.reply, limits->max_text);
+    s->w.sse = llm_sse_new(limits->max_line, limits->max_event, on_event, s);
+    if (s->w.sse == NULL) {
         llm_anthropic_stream_free(s);
         return NULL;
     }
@@ -232,43 +228,25 @@ void llm_anthropic_stream_free(llm_anthropic_stream *s)
 {
     if (s == NULL)
         return;
-    llm_sse_free(s->sse);
-    llm_wire_reply_free(&s->reply);
+    llm_sse_free(s->w.sse);
+    llm_wire_reply_free(&s->w.reply);
     free(s);
 }
 
 llm_wire_reply *llm_anthropic_stream_reply(llm_anthropic_stream *s)
 {
-    return &s->reply;
+    return &s->w.reply;
 }
 
 ap_status llm_anthropic_stream_feed(llm_anthropic_stream *s, const char *data, size_t len,
                                     ap_err *err)
 {
-    ap_err local;
-    if (s->failed != AP_OK)
-        return ap_err_set(err, s->failed, "stream already failed");
-    ap_err_clear(&local);
-    s->err = &local;
-    ap_status rc = llm_sse_feed(s->sse, data, len, &local);
-    s->err = NULL;
-    if (rc != AP_OK) {
-        s->failed = rc;
-        ap_err_set(err, rc, "%s", local.msg);
-    }
-    return rc;
+    return llm_wire_stream_feed(&s->w, data, len, err);
 }
 
 ap_status llm_anthropic_stream_finish(llm_anthropic_stream *s, ap_err *err)
 {
-    if (s->failed != AP_OK)
-        return ap_err_set(err, s->failed, "stream failed");
-    ap_status rc = llm_sse_finish(s->sse, NULL, err);
-    if (rc != AP_OK)
-        return rc;
-    if (!s->reply.done && s->reply.finish_reason[0] == '\0')
-        return ap_err_set(err, AP_IO, "stream ended before the answer was complete");
-    return AP_OK;
+    return llm_wire_stream_finish(&s->w, err);
 }
 
 ap_status llm_anthropic_parse_response(const char *body, size_t len, const llm_wire_limits *limits,
@@ -276,15 +254,9 @@ ap_status llm_anthropic_parse_response(const char *body, size_t len, const llm_w
 {
     ap_status rc = AP_OK;
     cJSON *root = NULL;
-    if (len > limits->max_event)
-        return ap_err_set(err, AP_LIMIT, "response body longer than %zu bytes", limits->max_event);
-    if (!jsonx_utf8_valid(body, len))
-        return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
-    root = jsonx_parse(body, len, JSON_MAX_DEPTH, NULL);
-    if (!cJSON_IsObject(root)) {
-        rc = ap_err_set(err, AP_INVALID, "malformed response body");
-        goto out;
-    }
+    rc = llm_wire_body_json(body, len, limits, &root, err);
+    if (rc != AP_OK)
+        return rc;
     const char *type = jsonx_string(root, "type");
     if (type != NULL && strcmp(type, "error") == 0) {
         rc = provider_error(root, out, err);

@@ -206,3 +206,48 @@ int64_t llm_wire_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint32
         wait = retry_after_ms;
     return wait;
 }
+
+ap_status llm_wire_stream_feed(llm_wire_stream *s, const char *data, size_t len, ap_err *err)
+{
+    ap_err local;
+    if (s->failed != AP_OK)
+        return ap_err_set(err, s->failed, "stream already failed");
+    ap_err_clear(&local);
+    s->err = &local;
+    ap_status rc = llm_sse_feed(s->sse, data, len, &local);
+    s->err = NULL;
+    if (rc != AP_OK) {
+        s->failed = rc;
+        ap_err_set(err, rc, "%s", local.msg);
+    }
+    return rc;
+}
+
+ap_status llm_wire_stream_finish(llm_wire_stream *s, ap_err *err)
+{
+    if (s->failed != AP_OK)
+        return ap_err_set(err, s->failed, "stream failed");
+    ap_status rc = llm_sse_finish(s->sse, NULL, err);
+    if (rc != AP_OK)
+        return rc;
+    if (!s->reply.done && s->reply.finish_reason[0] == '\0')
+        return ap_err_set(err, AP_IO, "stream ended before the answer was complete");
+    return AP_OK;
+}
+
+ap_status llm_wire_body_json(const char *body, size_t len, const llm_wire_limits *limits,
+                             cJSON **out, ap_err *err)
+{
+    *out = NULL;
+    if (len > limits->max_event)
+        return ap_err_set(err, AP_LIMIT, "response body longer than %zu bytes", limits->max_event);
+    if (!jsonx_utf8_valid(body, len))
+        return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
+    cJSON *root = jsonx_parse(body, len, LLM_WIRE_JSON_DEPTH, NULL);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return ap_err_set(err, AP_INVALID, "malformed response body");
+    }
+    *out = root;
+    return AP_OK;
+}

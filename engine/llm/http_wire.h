@@ -8,6 +8,7 @@
 
 #include "core/buf.h"
 #include "core/status.h"
+#include "llm/sse.h"
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
@@ -17,6 +18,9 @@
 /* Text that precedes the JSON Schema when a schema is asked for by instruction rather than by
  * the provider's native structured output; mockllm looks for it too. */
 #define LLM_WIRE_SCHEMA_MARKER "JSON Schema:"
+
+/* Deepest nesting accepted in a provider's JSON (events and bodies). */
+#define LLM_WIRE_JSON_DEPTH 64
 
 /* Hard limits on one reply. */
 typedef struct llm_wire_limits {
@@ -121,5 +125,25 @@ int64_t llm_wire_retry_after_ms(const char *value, int64_t now_ms);
  * value); at least retry_after_ms when that is >= 0. */
 int64_t llm_wire_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint32_t rnd,
                             int64_t retry_after_ms);
+
+/* What every provider's stream decoder shares, embedded in each: the SSE parser, the reply
+ * being built and the first failure, which sticks. */
+typedef struct llm_wire_stream {
+    llm_sse_parser *sse;
+    llm_wire_reply reply;
+    ap_status failed;
+    ap_err *err; /* the caller's err during a feed, so event handlers can explain themselves */
+} llm_wire_stream;
+
+/* Feeds bytes to the stream's SSE parser; after a failure every call fails the same way. */
+ap_status llm_wire_stream_feed(llm_wire_stream *s, const char *data, size_t len, ap_err *err);
+
+/* Ends the stream: AP_IO when it stopped before the answer was complete. */
+ap_status llm_wire_stream_finish(llm_wire_stream *s, ap_err *err);
+
+/* Checks a non-streaming body (size against limits->max_event, UTF-8) and parses it as a JSON
+ * object into *out (caller frees); AP_LIMIT or AP_INVALID otherwise. */
+ap_status llm_wire_body_json(const char *body, size_t len, const llm_wire_limits *limits,
+                             cJSON **out, ap_err *err);
 
 #endif

@@ -8,16 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define JSON_MAX_DEPTH 64
-
 struct llm_openai_stream {
-    llm_sse_parser *sse;
+    llm_wire_stream w; /* first: the shared decoder core */
     llm_wire_limits limits;
     llm_wire_on_delta on_delta;
     void *ctx;
-    llm_wire_reply reply;
-    ap_status failed;
-    ap_err *err; /* the caller's err during a feed, so event handlers can explain themselves */
 };
 
 static cJSON *add_messages(cJSON *root, const llm_wire_request *r, ap_err *err)
@@ -192,35 +187,35 @@ static const cJSON *first_choice(const cJSON *root)
 static ap_status on_event(void *ctx, const llm_sse_event *ev)
 {
     llm_openai_stream *s = ctx;
-    ap_err *err = s->err;
+    ap_err *err = s->w.err;
     ap_status rc = AP_OK;
     cJSON *root = NULL;
-    if (s->reply.done || ev->data_len == 0)
+    if (s->w.reply.done || ev->data_len == 0)
         return AP_OK;
     if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
-        s->reply.done = true;
+        s->w.reply.done = true;
         return AP_OK;
     }
     if (!jsonx_utf8_valid(ev->data, ev->data_len))
         return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
-    root = jsonx_parse(ev->data, ev->data_len, JSON_MAX_DEPTH, NULL);
+    root = jsonx_parse(ev->data, ev->data_len, LLM_WIRE_JSON_DEPTH, NULL);
     if (!cJSON_IsObject(root)) {
         rc = ap_err_set(err, AP_INVALID, "malformed stream chunk");
         goto out;
     }
     const cJSON *eobj = cJSON_GetObjectItemCaseSensitive(root, "error");
     if (eobj != NULL && !cJSON_IsNull(eobj)) {
-        rc = provider_error(eobj, &s->reply, err);
+        rc = provider_error(eobj, &s->w.reply, err);
         goto out;
     }
-    read_id(root, &s->reply);
+    read_id(root, &s->w.reply);
     const cJSON *choice = first_choice(root);
     if (choice != NULL) {
         const cJSON *delta = cJSON_GetObjectItemCaseSensitive(choice, "delta");
         const char *text = jsonx_string(delta, "content");
         size_t n = text != NULL ? strlen(text) : 0;
         if (n > 0) {
-            if ((rc = llm_wire_reply_append(&s->reply, text, n, err)) != AP_OK)
+            if ((rc = llm_wire_reply_append(&s->w.reply, text, n, err)) != AP_OK)
                 goto out;
             if (s->on_delta != NULL && (rc = s->on_delta(s->ctx, text, n)) != AP_OK) {
                 if (err != NULL && err->status == AP_OK)
@@ -228,9 +223,9 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
                 goto out;
             }
         }
-        read_finish(choice, &s->reply);
+        read_finish(choice, &s->w.reply);
     }
-    read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), &s->reply);
+    read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), &s->w.reply);
 out:
     cJSON_Delete(root);
     return rc;
@@ -245,9 +240,9 @@ llm_openai_stream *llm_openai_stream_new(const llm_wire_limits *limits, llm_wire
     s->limits = *limits;
     s->on_delta = on_delta;
     s->ctx = ctx;
-    llm_wire_reply_init(&s->reply, limits->max_text);
-    s->sse = llm_sse_new(limits->max_line, limits->max_event, on_event, s);
-    if (s->sse == NULL) {
+    llm_wire_reply_init(&s->w.reply, limits->max_text);
+    s->w.sse = llm_sse_new(limits->max_line, limits->max_event, on_event, s);
+    if (s->w.sse == NULL) {
         llm_openai_stream_free(s);
         return NULL;
     }
@@ -258,42 +253,24 @@ void llm_openai_stream_free(llm_openai_stream *s)
 {
     if (s == NULL)
         return;
-    llm_sse_free(s->sse);
-    llm_wire_reply_free(&s->reply);
+    llm_sse_free(s->w.sse);
+    llm_wire_reply_free(&s->w.reply);
     free(s);
 }
 
 llm_wire_reply *llm_openai_stream_reply(llm_openai_stream *s)
 {
-    return &s->reply;
+    return &s->w.reply;
 }
 
 ap_status llm_openai_stream_feed(llm_openai_stream *s, const char *data, size_t len, ap_err *err)
 {
-    ap_err local;
-    if (s->failed != AP_OK)
-        return ap_err_set(err, s->failed, "stream already failed");
-    ap_err_clear(&local);
-    s->err = &local;
-    ap_status rc = llm_sse_feed(s->sse, data, len, &local);
-    s->err = NULL;
-    if (rc != AP_OK) {
-        s->failed = rc;
-        ap_err_set(err, rc, "%s", local.msg);
-    }
-    return rc;
+    return llm_wire_stream_feed(&s->w, data, len, err);
 }
 
 ap_status llm_openai_stream_finish(llm_openai_stream *s, ap_err *err)
 {
-    if (s->failed != AP_OK)
-        return ap_err_set(err, s->failed, "stream failed");
-    ap_status rc = llm_sse_finish(s->sse, NULL, err);
-    if (rc != AP_OK)
-        return rc;
-    if (!s->reply.done && s->reply.finish_reason[0] == '\0')
-        return ap_err_set(err, AP_IO, "stream ended before the answer was complete");
-    return AP_OK;
+    return llm_wire_stream_finish(&s->w, err);
 }
 
 ap_status llm_openai_parse_response(const char *body, size_t len, const llm_wire_limits *limits,
@@ -301,15 +278,9 @@ ap_status llm_openai_parse_response(const char *body, size_t len, const llm_wire
 {
     ap_status rc = AP_OK;
     cJSON *root = NULL;
-    if (len > limits->max_event)
-        return ap_err_set(err, AP_LIMIT, "response body longer than %zu bytes", limits->max_event);
-    if (!jsonx_utf8_valid(body, len))
-        return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
-    root = jsonx_parse(body, len, JSON_MAX_DEPTH, NULL);
-    if (!cJSON_IsObject(root)) {
-        rc = ap_err_set(err, AP_INVALID, "malformed response body");
-        goto out;
-    }
+    rc = llm_wire_body_json(body, len, limits, &root, err);
+    if (rc != AP_OK)
+        return rc;
     const cJSON *eobj = cJSON_GetObjectItemCaseSensitive(root, "error");
     if (eobj != NULL && !cJSON_IsNull(eobj)) {
         rc = provider_error(eobj, out, err);
