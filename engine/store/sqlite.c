@@ -812,6 +812,45 @@ static ap_status sq_expert_delete(void *impl, const char *tenant_id, const char 
     return rc;
 }
 
+/* Readers of one row type for sq_collect (a void * row, so one loop serves them all). */
+static bool read_expert_row(sqlite3_stmt *st, void *row)
+{
+    return read_expert(st, row);
+}
+
+static bool read_panel_row(sqlite3_stmt *st, void *row)
+{
+    return read_panel(st, row);
+}
+
+static bool read_event_row(sqlite3_stmt *st, void *row)
+{
+    return read_event(st, row);
+}
+
+/* Steps a bound list statement, reading up to limit rows of elem bytes each into out after
+ * checking each row's tenant (column tenant_col); *got counts the rows read, also on failure,
+ * so the caller can free them. Resets the statement. */
+static ap_status sq_collect(sq *q, sqlite3_stmt *st, int tenant_col, const char *tenant_id,
+                            int limit, void *out, size_t elem,
+                            bool (*read)(sqlite3_stmt *st, void *row), size_t *got, ap_err *err)
+{
+    ap_status rc = AP_OK;
+    int s = SQLITE_DONE;
+    while (rc == AP_OK && *got < (size_t)limit && (s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!row_tenant_ok(st, tenant_col, tenant_id))
+            rc = store_row_denied(err);
+        else if (!read(st, (char *)out + *got * elem))
+            rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        else
+            (*got)++;
+    }
+    if (rc == AP_OK && *got < (size_t)limit && s != SQLITE_DONE)
+        rc = sq_error(q, s, err);
+    sqlite3_reset(st);
+    return rc;
+}
+
 static ap_status sq_expert_list(void *impl, const char *tenant_id, const store_pos *after,
                                 int limit, store_expert **rows, size_t *n, ap_err *err)
 {
@@ -831,18 +870,7 @@ static ap_status sq_expert_list(void *impl, const char *tenant_id, const store_p
             bind_text(st, i++, after->id);
         }
         sqlite3_bind_int(st, i, limit);
-        int s;
-        while (rc == AP_OK && got < (size_t)limit && (s = sqlite3_step(st)) == SQLITE_ROW) {
-            if (!row_tenant_ok(st, 1, tenant_id))
-                rc = store_row_denied(err);
-            else if (!read_expert(st, &out[got]))
-                rc = ap_err_set(err, AP_NOMEM, "out of memory");
-            else
-                got++;
-        }
-        if (rc == AP_OK && got < (size_t)limit && s != SQLITE_DONE)
-            rc = sq_error(q, s, err);
-        sqlite3_reset(st);
+        rc = sq_collect(q, st, 1, tenant_id, limit, out, sizeof *out, read_expert_row, &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
@@ -1009,18 +1037,7 @@ static ap_status sq_panel_list(void *impl, const char *tenant_id, const char *st
             sqlite3_bind_int64(st, 4, before->created_at);
             bind_text(st, 5, before->id);
         }
-        int s;
-        while (rc == AP_OK && got < (size_t)limit && (s = sqlite3_step(st)) == SQLITE_ROW) {
-            if (!row_tenant_ok(st, 1, tenant_id))
-                rc = store_row_denied(err);
-            else if (!read_panel(st, &out[got]))
-                rc = ap_err_set(err, AP_NOMEM, "out of memory");
-            else
-                got++;
-        }
-        if (rc == AP_OK && got < (size_t)limit && s != SQLITE_DONE)
-            rc = sq_error(q, s, err);
-        sqlite3_reset(st);
+        rc = sq_collect(q, st, 1, tenant_id, limit, out, sizeof *out, read_panel_row, &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
@@ -1121,18 +1138,7 @@ static ap_status sq_events_list(void *impl, const char *tenant_id, const char *p
         bind_text(st, 2, panel_id);
         sqlite3_bind_int64(st, 3, after_seq);
         sqlite3_bind_int(st, 4, limit);
-        int s;
-        while (rc == AP_OK && got < (size_t)limit && (s = sqlite3_step(st)) == SQLITE_ROW) {
-            if (!row_tenant_ok(st, 0, tenant_id))
-                rc = store_row_denied(err);
-            else if (!read_event(st, &out[got]))
-                rc = ap_err_set(err, AP_NOMEM, "out of memory");
-            else
-                got++;
-        }
-        if (rc == AP_OK && got < (size_t)limit && s != SQLITE_DONE)
-            rc = sq_error(q, s, err);
-        sqlite3_reset(st);
+        rc = sq_collect(q, st, 0, tenant_id, limit, out, sizeof *out, read_event_row, &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
