@@ -640,6 +640,43 @@ static bool read_script(const PGresult *r, int i, store_script *sc)
     return !failed;
 }
 
+static bool read_event_row(const PGresult *r, int i, void *row)
+{
+    return read_event(r, i, row);
+}
+
+static bool read_expert_row(const PGresult *r, int i, void *row)
+{
+    return read_expert(r, i, row);
+}
+
+static bool read_panel_row(const PGresult *r, int i, void *row)
+{
+    return read_panel(r, i, row);
+}
+
+static bool read_script_row(const PGresult *r, int i, void *row)
+{
+    return read_script(r, i, row);
+}
+
+/* Reads every row of r (elem bytes each) into out after checking its tenant (column
+ * tenant_col); *got counts the rows read, also on failure, so the caller can free them. */
+static ap_status pg_collect(const PGresult *r, int tenant_col, const char *tenant_id, void *out,
+                            size_t elem, bool (*read)(const PGresult *r, int i, void *row),
+                            size_t *got, ap_err *err)
+{
+    int nt = PQntuples(r);
+    for (int i = 0; i < nt; i++) {
+        if (!row_tenant_ok(r, i, tenant_col, tenant_id))
+            return store_row_denied(err);
+        if (!read(r, i, (char *)out + *got * elem))
+            return ap_err_set(err, AP_NOMEM, "out of memory");
+        (*got)++;
+    }
+    return AP_OK;
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
 static void pg_close(void *impl)
@@ -1028,14 +1065,8 @@ static ap_status pg_expert_list(void *impl, const char *tenant_id, const store_p
     size_t got = 0;
     if (out == NULL)
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
-    for (int i = 0; i < nt && rc == AP_OK; i++) {
-        if (!row_tenant_ok(r, i, 1, tenant_id))
-            rc = store_row_denied(err);
-        else if (!read_expert(r, i, &out[got]))
-            rc = ap_err_set(err, AP_NOMEM, "out of memory");
-        else
-            got++;
-    }
+    if (rc == AP_OK)
+        rc = pg_collect(r, 1, tenant_id, out, sizeof *out, read_expert_row, &got, err);
     PQclear(r);
     if (rc != AP_OK) {
         store_experts_free(out, got);
@@ -1170,14 +1201,8 @@ static ap_status pg_panel_list(void *impl, const char *tenant_id, const char *st
     size_t got = 0;
     if (out == NULL)
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
-    for (int i = 0; i < nt && rc == AP_OK; i++) {
-        if (!row_tenant_ok(r, i, 1, tenant_id))
-            rc = store_row_denied(err);
-        else if (!read_panel(r, i, &out[got]))
-            rc = ap_err_set(err, AP_NOMEM, "out of memory");
-        else
-            got++;
-    }
+    if (rc == AP_OK)
+        rc = pg_collect(r, 1, tenant_id, out, sizeof *out, read_panel_row, &got, err);
     PQclear(r);
     if (rc != AP_OK) {
         store_panels_free(out, got);
@@ -1292,14 +1317,8 @@ static ap_status pg_events_list(void *impl, const char *tenant_id, const char *p
     size_t got = 0;
     if (out == NULL)
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
-    for (int i = 0; i < nt && rc == AP_OK; i++) {
-        if (!row_tenant_ok(r, i, 0, tenant_id))
-            rc = store_row_denied(err);
-        else if (!read_event(r, i, &out[got]))
-            rc = ap_err_set(err, AP_NOMEM, "out of memory");
-        else
-            got++;
-    }
+    if (rc == AP_OK)
+        rc = pg_collect(r, 0, tenant_id, out, sizeof *out, read_event_row, &got, err);
     PQclear(r);
     if (rc != AP_OK) {
         store_events_free(out, got);
@@ -1395,14 +1414,8 @@ static ap_status script_rows(PGresult *r, const char *tenant_id, store_script **
     ap_status rc = AP_OK;
     if (out == NULL)
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
-    for (int i = 0; i < nt && rc == AP_OK; i++) {
-        if (!row_tenant_ok(r, i, 0, tenant_id))
-            rc = store_row_denied(err);
-        else if (!read_script(r, i, &out[got]))
-            rc = ap_err_set(err, AP_NOMEM, "out of memory");
-        else
-            got++;
-    }
+    if (rc == AP_OK)
+        rc = pg_collect(r, 0, tenant_id, out, sizeof *out, read_script_row, &got, err);
     if (rc != AP_OK) {
         store_scripts_free(out, got);
         return rc;
