@@ -62,16 +62,12 @@ void api_panels_cancel(http_request *req, void *app);
 void api_panels_input(http_request *req, void *app);
 void api_panels_stream_token(http_request *req, void *app);
 void api_panels_events(http_request *req, void *app);
-void api_strategies_list(http_request *req, void *app);
-void api_strategies_get(http_request *req, void *app);
-void api_strategies_put(http_request *req, void *app);
-void api_strategies_delete(http_request *req, void *app);
-void api_strategies_versions(http_request *req, void *app);
-void api_consensus_list(http_request *req, void *app);
-void api_consensus_get(http_request *req, void *app);
-void api_consensus_put(http_request *req, void *app);
-void api_consensus_delete(http_request *req, void *app);
-void api_consensus_versions(http_request *req, void *app);
+/* /v1/strategies and /v1/consensus-algorithms (the path selects the kind of script). */
+void api_scripts_list(http_request *req, void *app);
+void api_scripts_get(http_request *req, void *app);
+void api_scripts_put(http_request *req, void *app);
+void api_scripts_delete(http_request *req, void *app);
+void api_scripts_versions(http_request *req, void *app);
 void api_admin_reload(http_request *req, void *app);
 
 struct store_panel;

@@ -303,45 +303,36 @@ static void versions(http_request *req, void *app, script_kind kind)
     http_reply_json(req, 200, body);
 }
 
-void api_strategies_list(http_request *req, void *app)
+/* Both resources share these handlers; the path says which kind of script it is about. */
+static script_kind kind_of(const http_request *req)
 {
-    list(req, app, SCRIPT_STRATEGY);
+    return strncmp(http_path(req), "/v1/consensus-algorithms", 24) == 0 ? SCRIPT_CONSENSUS
+                                                                        : SCRIPT_STRATEGY;
 }
-void api_strategies_get(http_request *req, void *app)
+
+void api_scripts_list(http_request *req, void *app)
 {
-    get(req, app, SCRIPT_STRATEGY);
+    list(req, app, kind_of(req));
 }
-void api_strategies_put(http_request *req, void *app)
+
+void api_scripts_get(http_request *req, void *app)
 {
-    put(req, app, SCRIPT_STRATEGY);
+    get(req, app, kind_of(req));
 }
-void api_strategies_delete(http_request *req, void *app)
+
+void api_scripts_put(http_request *req, void *app)
 {
-    delete (req, app, SCRIPT_STRATEGY);
+    put(req, app, kind_of(req));
 }
-void api_strategies_versions(http_request *req, void *app)
+
+void api_scripts_delete(http_request *req, void *app)
 {
-    versions(req, app, SCRIPT_STRATEGY);
+    delete (req, app, kind_of(req));
 }
-void api_consensus_list(http_request *req, void *app)
+
+void api_scripts_versions(http_request *req, void *app)
 {
-    list(req, app, SCRIPT_CONSENSUS);
-}
-void api_consensus_get(http_request *req, void *app)
-{
-    get(req, app, SCRIPT_CONSENSUS);
-}
-void api_consensus_put(http_request *req, void *app)
-{
-    put(req, app, SCRIPT_CONSENSUS);
-}
-void api_consensus_delete(http_request *req, void *app)
-{
-    delete (req, app, SCRIPT_CONSENSUS);
-}
-void api_consensus_versions(http_request *req, void *app)
-{
-    versions(req, app, SCRIPT_CONSENSUS);
+    versions(req, app, kind_of(req));
 }
 
 void api_admin_reload(http_request *req, void *app)
