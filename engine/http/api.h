@@ -77,6 +77,12 @@ cJSON *api_panel_json(const struct store_panel *p);
 /* True when the caller's tenant has a panel of this (canonical) id, with *final (may be NULL)
  * telling whether it has ended; else replies 404 (or the store's error) and returns false. */
 bool api_panel_visible(http_request *req, api_deps *d, const char *id, bool *final);
+/* True when the tenant's config sets the feature flag to false. */
+bool api_tenant_flag_off(const struct store_tenant *t, const char *flag);
+/* False when the flag "strategy.<name>" disables the strategy for the tenant. */
+bool api_tenant_strategy_enabled(const struct store_tenant *t, const char *strategy);
+/* A number from the tenant's config "limits" (0: no limit, also on any error). */
+int64_t api_tenant_limit(api_deps *d, const char *tenant_id, const char *name);
 /* False (after replying 403) when the tenant's flags disable the strategy. */
 bool api_strategy_allowed(http_request *req, const struct store_tenant *t, const char *strategy);
 

@@ -81,12 +81,7 @@ static bool valid_name(const char *s)
 /* Replies 403 when the tenant's flags disable this strategy ("strategy.<name>": false). */
 bool api_strategy_allowed(http_request *req, const store_tenant *t, const char *strategy)
 {
-    cJSON *cfg = t->config != NULL ? cJSON_Parse(t->config) : NULL;
-    char flag[96];
-    snprintf(flag, sizeof flag, "strategy.%s", strategy);
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItem(cfg, "flags"), flag);
-    bool allowed = !cJSON_IsFalse(v);
-    cJSON_Delete(cfg);
+    bool allowed = api_tenant_strategy_enabled(t, strategy);
     if (!allowed)
         http_reply_error(req, 403, "strategy_disabled",
                          "the strategy \"%s\" is disabled for this tenant", strategy);
@@ -420,20 +415,6 @@ static void panel_action(http_request *req, void *app,
     reply_panel(req, d, id, ok_status);
 }
 
-/* A number from the tenant's config "limits" (0: none). */
-static int64_t tenant_limit(api_deps *d, const char *tenant, const char *name)
-{
-    store_tenant t = {0};
-    int64_t v = 0;
-    if (store_tenant_get(d->store, tenant, &t, NULL) == AP_OK && t.config != NULL) {
-        cJSON *cfg = cJSON_Parse(t.config);
-        v = (int64_t)jsonx_number(cJSON_GetObjectItem(cfg, "limits"), name, 0);
-        cJSON_Delete(cfg);
-    }
-    store_tenant_free(&t);
-    return v;
-}
-
 /* Epoch ms of the first day of the current month (UTC). */
 static int64_t month_start_ms(void)
 {
@@ -449,7 +430,7 @@ static int64_t month_start_ms(void)
  * a panel starts; a panel already running may finish past the budget. */
 static bool within_budget(http_request *req, api_deps *d, const char *tenant)
 {
-    int64_t budget = tenant_limit(d, tenant, "monthly_token_budget");
+    int64_t budget = api_tenant_limit(d, tenant, "monthly_token_budget");
     if (budget <= 0)
         return true;
     char *json = NULL;
@@ -476,7 +457,7 @@ static bool within_budget(http_request *req, api_deps *d, const char *tenant)
  * check and the start are not atomic, so two racing executes may overshoot by one. */
 static bool below_concurrency(http_request *req, api_deps *d, const char *tenant)
 {
-    int64_t max = tenant_limit(d, tenant, "concurrent_panels");
+    int64_t max = api_tenant_limit(d, tenant, "concurrent_panels");
     if (max <= 0)
         return true;
     static const char *const live[] = {"queued", "running", "awaiting_input"};

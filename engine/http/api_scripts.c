@@ -94,20 +94,9 @@ static ap_status resolve(api_deps *d, const store_tenant *t, script_kind kind, c
     return rc;
 }
 
-static bool flag_off(const store_tenant *t, const char *flag)
-{
-    cJSON *cfg = t->config != NULL ? cJSON_Parse(t->config) : NULL;
-    bool off =
-        cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItem(cfg, "flags"), flag));
-    cJSON_Delete(cfg);
-    return off;
-}
-
 static bool strategy_disabled(const store_tenant *t, script_kind kind, const char *name)
 {
-    char flag[96];
-    snprintf(flag, sizeof flag, "strategy.%s", name);
-    return kind == SCRIPT_STRATEGY && flag_off(t, flag);
+    return kind == SCRIPT_STRATEGY && !api_tenant_strategy_enabled(t, name);
 }
 
 static void list(http_request *req, void *app, script_kind kind)
@@ -230,7 +219,7 @@ static void put(http_request *req, void *app, script_kind kind)
     size_t len = 0;
     if (!valid_name(req, name) || !load_tenant(req, d, &t))
         goto out;
-    if (flag_off(&t, "custom_strategies")) {
+    if (api_tenant_flag_off(&t, "custom_strategies")) {
         http_reply_error(req, 403, "forbidden", "custom scripts are disabled for this tenant");
         goto out;
     }

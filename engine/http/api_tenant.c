@@ -1,6 +1,10 @@
 /* api_tenant.c - GET /v1/tenant: the caller's tenant as a frontend shows it. */
 #include "http/api.h"
+#include "core/jsonx.h"
 #include "store/store.h"
+
+#include <math.h>
+#include <stdio.h>
 
 void api_tenant_get(http_request *req, void *app)
 {
@@ -29,4 +33,34 @@ void api_tenant_get(http_request *req, void *app)
     cJSON_Delete(cfg);
     store_tenant_free(&t);
     http_reply_json(req, 200, body);
+}
+
+bool api_tenant_flag_off(const store_tenant *t, const char *flag)
+{
+    cJSON *cfg = t->config != NULL ? cJSON_Parse(t->config) : NULL;
+    bool off =
+        cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItem(cfg, "flags"), flag));
+    cJSON_Delete(cfg);
+    return off;
+}
+
+bool api_tenant_strategy_enabled(const store_tenant *t, const char *strategy)
+{
+    char flag[96];
+    snprintf(flag, sizeof flag, "strategy.%s", strategy);
+    return !api_tenant_flag_off(t, flag);
+}
+
+int64_t api_tenant_limit(api_deps *d, const char *tenant_id, const char *name)
+{
+    store_tenant t = {0};
+    double v = 0;
+    if (store_tenant_get(d->store, tenant_id, &t, NULL) == AP_OK && t.config != NULL) {
+        cJSON *cfg = cJSON_Parse(t.config);
+        v = jsonx_number(cJSON_GetObjectItem(cfg, "limits"), name, 0);
+        cJSON_Delete(cfg);
+    }
+    store_tenant_free(&t);
+    /* Operators write these numbers: anything not a sane positive count means no limit. */
+    return isfinite(v) && v >= 1 && v < 1e15 ? (int64_t)v : 0;
 }

@@ -10,7 +10,6 @@
 #include "http/token.h"
 #include "cache/cache.h"
 #include "core/clock.h"
-#include "core/jsonx.h"
 #include "store/store.h"
 
 #include <stdio.h>
@@ -59,14 +58,7 @@ static int64_t tenant_rpm(api_deps *d, const char *tenant)
         free(cached);
         return v;
     }
-    store_tenant t = {0};
-    int64_t rpm = 0;
-    if (store_tenant_get(d->store, tenant, &t, NULL) == AP_OK && t.config != NULL) {
-        cJSON *cfg = cJSON_Parse(t.config);
-        rpm = (int64_t)jsonx_number(cJSON_GetObjectItem(cfg, "limits"), "requests_per_minute", 0);
-        cJSON_Delete(cfg);
-    }
-    store_tenant_free(&t);
+    int64_t rpm = api_tenant_limit(d, tenant, "requests_per_minute");
     if (d->cache != NULL) {
         char text[32];
         int n = snprintf(text, sizeof text, "%lld", (long long)rpm);
