@@ -2,6 +2,7 @@
  *
  *   bench_llm_fanout [--calls 5000] [--latency-ms 200] [--token-ms 10] [--tokens 50]
  *                    [--provider openai|anthropic] [--rounds 2] [--mockllm PATH]
+ *                    [--http-version auto|1.1|2] [--tls 0|1]
  *
  * Starts mockllm, submits every call at once through the public llm.h API on one llm_loop
  * (this thread), and runs the loop until all are done. Per round it reports wall time, the
@@ -34,7 +35,9 @@ typedef struct call_stat {
 
 typedef struct opts {
     long calls, latency_ms, token_ms, tokens, rounds;
-    const char *provider, *mockllm;
+    const char *provider, *mockllm, *http_version;
+    long tls;      /* HTTPS to mockllm: HTTP/2 through ALPN, as with the real providers */
+    char cert[64]; /* mockllm writes its self-signed certificate here */
 } opts;
 
 static int64_t now_us(void)
@@ -137,8 +140,12 @@ static pid_t start_mock(const opts *o, int *port)
     if (pid == 0) {
         dup2(fds[1], 1);
         close(fds[0]);
-        execl(o->mockllm, o->mockllm, "--port", "0", "--latency-ms", lat, "--token-ms", tok,
-              "--tokens", n, (char *)NULL);
+        if (o->tls)
+            execl(o->mockllm, o->mockllm, "--port", "0", "--latency-ms", lat, "--token-ms", tok,
+                  "--tokens", n, "--tls-cert-out", o->cert, (char *)NULL);
+        else
+            execl(o->mockllm, o->mockllm, "--port", "0", "--latency-ms", lat, "--token-ms", tok,
+                  "--tokens", n, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -164,7 +171,14 @@ static pid_t start_mock(const opts *o, int *port)
 static bool parse(int argc, char **argv, opts *o)
 {
     const char *env = getenv("MOCKLLM_BIN");
-    *o = (opts){5000, 200, 10, 50, 2, "openai", env != NULL ? env : "build/mockllm"};
+    *o = (opts){.calls = 5000,
+                .latency_ms = 200,
+                .token_ms = 10,
+                .tokens = 50,
+                .rounds = 2,
+                .provider = "openai",
+                .mockllm = env != NULL ? env : "build/mockllm",
+                .http_version = "auto"};
     for (int i = 1; i + 1 < argc; i += 2) {
         char *end = NULL;
         long v = strtol(argv[i + 1], &end, 10);
@@ -173,6 +187,8 @@ static bool parse(int argc, char **argv, opts *o)
             o->provider = argv[i + 1];
         else if (strcmp(argv[i], "--mockllm") == 0)
             o->mockllm = argv[i + 1];
+        else if (strcmp(argv[i], "--http-version") == 0)
+            o->http_version = argv[i + 1];
         else if (num && strcmp(argv[i], "--calls") == 0)
             o->calls = v > 0 ? v : 1;
         else if (num && strcmp(argv[i], "--latency-ms") == 0)
@@ -183,6 +199,8 @@ static bool parse(int argc, char **argv, opts *o)
             o->tokens = v > 0 ? v : 1;
         else if (num && strcmp(argv[i], "--rounds") == 0)
             o->rounds = v > 0 ? v : 1;
+        else if (num && strcmp(argv[i], "--tls") == 0)
+            o->tls = v != 0;
         else
             return false;
     }
@@ -271,7 +289,8 @@ int main(int argc, char **argv)
     ap_err err;
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: bench_llm_fanout [--calls N] [--latency-ms N] [--token-ms N] "
-                        "[--tokens N] [--provider openai|anthropic] [--rounds N] [--mockllm P]\n");
+                        "[--tokens N] [--provider openai|anthropic] [--rounds N] [--mockllm P] "
+                        "[--http-version auto|1.1|2] [--tls 0|1]\n");
         return 2;
     }
     struct rlimit rl;
@@ -279,6 +298,7 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    snprintf(o.cert, sizeof o.cert, "/tmp/bench_llm_fanout_%ld.pem", (long)getpid());
     signal(SIGPIPE, SIG_IGN);
     pid_t mock = start_mock(&o, &port);
     if (mock < 0) {
@@ -287,9 +307,11 @@ int main(int argc, char **argv)
     }
     char text[1024];
     snprintf(text, sizeof text,
-             "{\"providers\":{\"%s\":{\"base_url\":\"http://127.0.0.1:%d%s\",\"api_key\":\"b\","
-             "\"max_concurrency\":%ld}}}",
-             o.provider, port, strcmp(o.provider, "openai") == 0 ? "/v1" : "", o.calls);
+             "{\"providers\":{\"%s\":{\"base_url\":\"%s://127.0.0.1:%d%s\",\"api_key\":\"b\","
+             "\"max_concurrency\":%ld,\"http_version\":\"%s\"%s%s%s}}}",
+             o.provider, o.tls ? "https" : "http", port,
+             strcmp(o.provider, "openai") == 0 ? "/v1" : "", o.calls, o.http_version,
+             o.tls ? ",\"ca_file\":\"" : "", o.tls ? o.cert : "", o.tls ? "\"" : "");
     cfg = cJSON_Parse(text);
     if (cfg == NULL || llm_loop_new(&loop, &err) != AP_OK ||
         llm_client_new(loop, cfg, &client, &err) != AP_OK) {
@@ -301,8 +323,8 @@ int main(int argc, char **argv)
         goto out;
     }
     printf("%ld concurrent streaming calls, %ld ms latency, %ld tokens x %ld ms, provider %s, "
-           "one loop thread\n",
-           o.calls, o.latency_ms, o.tokens, o.token_ms, o.provider);
+           "HTTP version %s, one loop thread\n",
+           o.calls, o.latency_ms, o.tokens, o.token_ms, o.provider, o.http_version);
     rc = 0;
     for (int r = 1; r <= o.rounds; r++)
         rc |= run_round(loop, client, &o, mock, port, r);
@@ -312,5 +334,7 @@ out:
     cJSON_Delete(cfg);
     kill(mock, SIGTERM);
     waitpid(mock, NULL, 0);
+    if (o.tls)
+        unlink(o.cert);
     return rc;
 }

@@ -6,7 +6,7 @@ here=$(dirname "$0")
 need="cmake pkg-config gcc lua5.4 busted redis-server pg_virtualenv python3 node npm chromium"
 ok=1
 for c in $need; do command -v "$c" >/dev/null 2>&1 || ok=0; done
-for m in lua5.4 libmicrohttpd libcurl libpq hiredis libcjson sqlite3 libcrypto cmocka; do
+for m in lua5.4 libmicrohttpd libcurl libpq hiredis libcjson sqlite3 libcrypto libssl libnghttp2 cmocka; do
   pkg-config --exists "$m" 2>/dev/null || ok=0
 done
 [ "$ok" -eq 1 ] && exit 0

@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="build-essential cmake pkg-config
   liblua5.4-dev lua5.4 libmicrohttpd-dev libcurl4-openssl-dev libpq-dev libhiredis-dev
-  libcjson-dev libsqlite3-dev libssl-dev libcmocka-dev
+  libcjson-dev libsqlite3-dev libssl-dev libcmocka-dev libnghttp2-dev
   lua-busted postgresql postgresql-common redis-server
   python3 curl wrk clang clang-format inotify-tools chromium"
 

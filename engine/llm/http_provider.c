@@ -44,11 +44,14 @@ struct hp {
     int n_shards;
     char *base_url, *url, *api_key;
     const char *default_model;
+    const char *ca_file; /* trusted certificates (PEM) instead of the system store; borrowed */
     int max_concurrency, active, max_attempts;
     int64_t backoff_base_ms, backoff_cap_ms, connect_ms, first_token_ms, idle_ms, total_ms;
     size_t max_body, max_stream;
     llm_wire_limits limits;
     bool native_schema;
+    long http_version;        /* CURL_HTTP_VERSION_* */
+    bool pipewait;            /* wait for a new connection to learn whether it multiplexes */
     int depth;                /* > 0 while curl is calling us back */
     xfer *queue, *queue_tail; /* waiting for a transfer slot */
     xfer *dead;               /* cancelled inside a curl callback: freed after it returns */
@@ -488,11 +491,10 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_err);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    /* Over TLS, wait for a connection being set up to learn whether it multiplexes (HTTP/2)
-     * instead of opening one connection per transfer. Cleartext is HTTP/1.1: waiting would
-     * serialise a burst behind the first transfer. */
-    if (strncmp(p->url, "https://", 8) == 0)
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, p->http_version);
+    if (p->ca_file != NULL)
+        curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
+    if (p->pipewait)
         curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_ms);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->total_ms);
@@ -854,6 +856,37 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
     p->limits.max_text = (size_t)cfg_int(cfg, "max_answer_bytes", 256 << 10, 16, 1 << 28);
     if (p->limits.max_event > p->max_body)
         p->limits.max_event = p->max_body;
+    /* auto: HTTP/2 where TLS negotiates it, else HTTP/1.1; "2" also speaks HTTP/2 in clear
+     * text (prior knowledge), as servers behind an h2c proxy do. Where HTTP/2 is possible a
+     * new transfer waits for the connection being set up instead of opening its own, so a
+     * burst multiplexes over few connections; over HTTP/1.1 waiting would serialise it. */
+    const char *version = jsonx_string(cfg, "http_version");
+    bool https = strncmp(p->url, "https://", 8) == 0;
+    if (version == NULL || strcmp(version, "auto") == 0) {
+        p->http_version = CURL_HTTP_VERSION_2TLS;
+        p->pipewait = https;
+    } else if (strcmp(version, "2") == 0) {
+        /* libcurl 7.88 breaks a clear-text HTTP/2 connection when it reuses it (curl issue
+         * 10634, fixed in 7.89): refuse rather than fail every call after the first */
+        unsigned v = curl_version_info(CURLVERSION_NOW)->version_num;
+        if (!https && v >= 0x075800 && v < 0x075900) {
+            llm_http_destroy(p);
+            return ap_err_set(err, AP_INVALID,
+                              "%s: http_version \"2\" over http:// needs libcurl 7.89 or newer "
+                              "(this is %s); use https:// or \"1.1\"",
+                              d->name, curl_version_info(CURLVERSION_NOW)->version);
+        }
+        p->http_version = https ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+        p->pipewait = true;
+    } else if (strcmp(version, "1.1") == 0) {
+        p->http_version = CURL_HTTP_VERSION_1_1;
+    } else {
+        llm_http_destroy(p);
+        return ap_err_set(err, AP_INVALID, "%s: http_version must be \"auto\", \"1.1\" or \"2\"",
+                          d->name);
+    }
+    long streams = (long)cfg_int(cfg, "max_streams_per_connection", 100, 1, 1000);
+    p->ca_file = jsonx_string(cfg, "ca_file");
     const char *mode = jsonx_string(cfg, "schema_mode");
     p->native_schema = d->native_schema && (mode == NULL || strcmp(mode, "instruct") != 0);
     p->n_shards = (p->max_concurrency + SHARD_TRANSFERS - 1) / SHARD_TRANSFERS;
@@ -878,6 +911,7 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
         curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
         curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
         curl_multi_setopt(sh->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+        curl_multi_setopt(sh->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, streams);
         /* keep as many idle connections as transfers may run, so bursts reuse them */
         curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, per_shard);
     }

@@ -23,6 +23,9 @@
  *   (256 KiB), headers { "Name": "value" } (sent with every request), max_tokens_field
  *   ("max_tokens"; "max_completion_tokens" for OpenAI reasoning models), schema_mode
  *   ("native"|"instruct"; openai default native, anthropic always instruct),
+ *   http_version ("auto": HTTP/2 where TLS negotiates it, else HTTP/1.1; "2": HTTP/2 also in
+ *   clear text, with prior knowledge; "1.1"), max_streams_per_connection (100, HTTP/2),
+ *   ca_file (PEM file of the certificates to trust instead of the system store),
  *   prices { "<model>": { "prompt": USD per million tokens, "completion": USD per million } }.
  * An expert object may carry "model" and "fallback_models". Token usage comes from the
  * provider; a server that reports none is estimated at about 4 bytes a token. */

@@ -180,20 +180,27 @@ typedef struct rig {
     cJSON *cfg;
 } rig;
 
-static rig rig_new(const llm_provider_ops *ops, mock m, const char *extra_cfg)
+static rig rig_scheme(const llm_provider_ops *ops, mock m, const char *scheme,
+                      const char *extra_cfg)
 {
     rig r = {.ops = ops};
     char cfgtext[2048];
     snprintf(cfgtext, sizeof cfgtext,
-             "{\"base_url\":\"http://127.0.0.1:%d%s\",\"api_key\":\"sk-test\","
+             "{\"base_url\":\"%s://127.0.0.1:%d%s\",\"api_key\":\"sk-test\","
              "\"backoff_base_ms\":10,\"backoff_cap_ms\":50%s%s}",
-             m.port, ops == &llm_openai_ops ? "/v1" : "", extra_cfg[0] ? "," : "", extra_cfg);
+             scheme, m.port, ops == &llm_openai_ops ? "/v1" : "", extra_cfg[0] ? "," : "",
+             extra_cfg);
     r.cfg = cJSON_Parse(cfgtext);
     assert_non_null(r.cfg);
     ap_err err;
     assert_int_equal(llm_loop_new(&r.loop, &err), AP_OK);
     assert_int_equal(ops->create(r.loop, r.cfg, &r.self, &err), AP_OK);
     return r;
+}
+
+static rig rig_new(const llm_provider_ops *ops, mock m, const char *extra_cfg)
+{
+    return rig_scheme(ops, m, "http", extra_cfg);
 }
 
 static void rig_free(rig *r)
@@ -526,6 +533,85 @@ static void test_concurrency_cap(void **state)
     mock_stop(m);
 }
 
+/* HTTPS as the real providers serve it: HTTP/2 through ALPN, many streams per connection,
+ * connections reused by the next burst, and stream-level faults retried like connection
+ * faults. */
+static void test_http2_over_tls(void **state)
+{
+    (void)state;
+    char pem[64];
+    snprintf(pem, sizeof pem, "/tmp/llm_http_test_%ld.pem", (long)getpid());
+    const char *args[] = {"--latency-ms",   "5", "--token-ms", "1", "--tokens", "12",
+                          "--tls-cert-out", pem, NULL};
+    mock m = mock_start(args);
+    char extra[160];
+    snprintf(extra, sizeof extra, "\"ca_file\":\"%s\",\"model\":\"mock-1\"", pem);
+    const llm_provider_ops *ops[2] = {&llm_openai_ops, &llm_anthropic_ops};
+    enum { N = 24 };
+    for (int i = 0; i < 2; i++) {
+        rig r = rig_scheme(ops[i], m, "https", extra);
+        for (int burst = 0; burst < 2; burst++) {
+            llm_call *calls[N];
+            ap_err err;
+            for (int k = 0; k < N; k++) {
+                calls[k] = call_new(&r, k % 2 ? "Should we file now?" : "Wait a year?", NULL, true);
+                assert_int_equal(r.ops->start(r.self, calls[k], &err), AP_OK);
+            }
+            run_until(&r, calls, N, 20000);
+            for (int k = 0; k < N; k++) {
+                assert_int_equal(calls[k]->done, 1);
+                assert_int_equal(calls[k]->resp.status, AP_OK);
+                assert_string_equal(calls[k]->deltas.data, calls[k]->text);
+                assert_int_equal(calls[k]->resp.completion_tokens, 12);
+                call_free(calls[k]);
+            }
+        }
+        rig_free(&r);
+    }
+    assert_int_equal((int)stat_num(m, NULL, "http2_requests"), 4 * N);
+    /* a reset stream and a truncated answer are retried like a dropped connection */
+    const char *faults[] = {"reset", "truncate"};
+    for (int f = 0; f < 2; f++) {
+        char cfg[320];
+        snprintf(cfg, sizeof cfg, "%s,\"max_attempts\":2,\"headers\":{\"X-Mock-Fault\":\"%s\"}",
+                 extra, faults[f]);
+        rig r = rig_scheme(&llm_openai_ops, m, "https", cfg);
+        llm_call *c = ask(&r, "Should we file now?", NULL, true);
+        assert_int_not_equal(c->resp.status, AP_OK);
+        assert_int_equal(c->resp.attempts, 2);
+        call_free(c);
+        rig_free(&r);
+    }
+    mock_stop(m);
+    unlink(pem);
+}
+
+static void test_http_version_option(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    ap_err err;
+    void *self = NULL;
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    cJSON *cfg = cJSON_Parse("{\"base_url\":\"http://127.0.0.1:1\",\"http_version\":\"3\"}");
+    assert_int_equal(llm_openai_ops.create(loop, cfg, &self, &err), AP_INVALID);
+    assert_non_null(strstr(err.msg, "http_version"));
+    cJSON_Delete(cfg);
+    cfg = cJSON_Parse("{\"base_url\":\"https://127.0.0.1:1\",\"http_version\":\"1.1\"}");
+    assert_int_equal(llm_openai_ops.create(loop, cfg, &self, &err), AP_OK);
+    llm_openai_ops.destroy(self);
+    cJSON_Delete(cfg);
+    /* clear-text HTTP/2 is refused where libcurl cannot reuse such connections */
+    cfg = cJSON_Parse("{\"base_url\":\"http://127.0.0.1:1\",\"http_version\":\"2\"}");
+    unsigned v = curl_version_info(CURLVERSION_NOW)->version_num;
+    ap_status want = v >= 0x075800 && v < 0x075900 ? AP_INVALID : AP_OK;
+    self = NULL;
+    assert_int_equal(llm_openai_ops.create(loop, cfg, &self, &err), want);
+    llm_openai_ops.destroy(self);
+    cJSON_Delete(cfg);
+    llm_loop_free(loop);
+}
+
 static void test_schema_extract_and_check(void **state)
 {
     (void)state;
@@ -593,6 +679,8 @@ int main(void)
         cmocka_unit_test_teardown(test_stall_times_out, stop_leftovers),
         cmocka_unit_test_teardown(test_cancel_disconnects, stop_leftovers),
         cmocka_unit_test_teardown(test_concurrency_cap, stop_leftovers),
+        cmocka_unit_test_teardown(test_http2_over_tls, stop_leftovers),
+        cmocka_unit_test(test_http_version_option),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
