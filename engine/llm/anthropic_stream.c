@@ -12,6 +12,7 @@
 
 struct llm_anthropic_stream {
     llm_wire_stream w; /* first: the shared decoder core */
+    llm_wire_limits limits;
     llm_wire_on_delta on_delta;
     void *ctx;
 };
@@ -76,88 +77,74 @@ out:
     return out;
 }
 
-static bool read_count(const cJSON *obj, const char *key, int64_t *out)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 0 ||
-        v->valuedouble > 1e12)
-        return false;
-    *out = (int64_t)v->valuedouble;
-    return true;
-}
-
 /* Prompt tokens include the cached ones: they are part of what the model read. */
-static void read_usage(const cJSON *usage, llm_wire_reply *r)
+static void read_usage(const jview *v, int usage, llm_wire_reply *r)
 {
-    int64_t v = 0;
+    int64_t n = 0;
     bool any = false;
-    if (!cJSON_IsObject(usage))
+    if (jview_type_of(v, usage) != JVIEW_OBJECT)
         return;
-    if (read_count(usage, "input_tokens", &v)) {
-        int64_t total = v, extra = 0;
-        if (read_count(usage, "cache_creation_input_tokens", &extra))
+    if (llm_wire_count(v, usage, "input_tokens", &n)) {
+        int64_t total = n, extra = 0;
+        if (llm_wire_count(v, usage, "cache_creation_input_tokens", &extra))
             total += extra;
-        if (read_count(usage, "cache_read_input_tokens", &extra))
+        if (llm_wire_count(v, usage, "cache_read_input_tokens", &extra))
             total += extra;
         r->usage.prompt_tokens = total;
         any = true;
     }
     /* output_tokens is cumulative in message_delta, so the last value wins. */
-    if (read_count(usage, "output_tokens", &v)) {
-        r->usage.completion_tokens = v;
+    if (llm_wire_count(v, usage, "output_tokens", &n)) {
+        r->usage.completion_tokens = n;
         any = true;
     }
     if (any)
         r->usage.present = true;
 }
 
-static void read_stop(const char *reason, llm_wire_reply *r)
+static void read_stop(const jview *v, int reason, llm_wire_reply *r)
 {
     static const struct {
         const char *anthropic, *norm;
     } map[] = {{"end_turn", "stop"},       {"stop_sequence", "stop"},     {"max_tokens", "length"},
                {"tool_use", "tool_calls"}, {"refusal", "content_filter"}, {"pause_turn", "pause"}};
-    if (reason == NULL || reason[0] == '\0')
+    char text[sizeof r->finish_reason];
+    if (jview_string(v, reason, text, sizeof text) == 0)
         return;
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
-        if (strcmp(reason, map[i].anthropic) == 0) {
+        if (strcmp(text, map[i].anthropic) == 0) {
             snprintf(r->finish_reason, sizeof r->finish_reason, "%s", map[i].norm);
             return;
         }
     }
-    snprintf(r->finish_reason, sizeof r->finish_reason, "%s", reason);
+    memcpy(r->finish_reason, text, sizeof text);
 }
 
-static void read_id(const cJSON *msg, llm_wire_reply *r)
+static void read_id(const jview *v, int msg, llm_wire_reply *r)
 {
-    const char *id = jsonx_string(msg, "id");
-    if (id != NULL && r->id[0] == '\0')
-        snprintf(r->id, sizeof r->id, "%s", id);
+    if (r->id[0] == '\0')
+        jview_string(v, jview_get(v, msg, "id"), r->id, sizeof r->id);
 }
 
-static ap_status provider_error(const cJSON *root, llm_wire_reply *r, ap_err *err)
+static ap_status provider_error(const jview *v, llm_wire_reply *r, ap_err *err)
 {
-    const cJSON *eobj = cJSON_GetObjectItemCaseSensitive(root, "error");
-    llm_wire_classify_stream_error(jsonx_string(eobj, "type"), jsonx_string(eobj, "message"),
-                                   &r->error);
+    char type[128], msg[512];
+    int eobj = jview_get(v, 0, "error");
+    jview_string(v, jview_get(v, eobj, "type"), type, sizeof type);
+    jview_string(v, jview_get(v, eobj, "message"), msg, sizeof msg);
+    llm_wire_classify_stream_error(type[0] ? type : NULL, msg[0] ? msg : NULL, &r->error);
     r->failed = true;
     return ap_err_set(err, AP_ERROR, "provider error %s: %s",
                       r->error.type[0] ? r->error.type : "unknown", r->error.message);
 }
 
-static ap_status text_delta(llm_anthropic_stream *s, const char *text, ap_err *err)
+/* Appends string member key of obj when member "type" of obj is want. */
+static ap_status typed_text(llm_anthropic_stream *s, const jview *v, int obj, const char *want,
+                            const char *key, ap_err *err)
 {
-    size_t n = text != NULL ? strlen(text) : 0;
-    ap_status rc = AP_OK;
-    if (n == 0)
+    if (!jview_string_is(v, jview_get(v, obj, "type"), want))
         return AP_OK;
-    if ((rc = llm_wire_reply_append(&s->w.reply, text, n, err)) != AP_OK)
-        return rc;
-    if (s->on_delta != NULL && (rc = s->on_delta(s->ctx, text, n)) != AP_OK) {
-        if (err != NULL && err->status == AP_OK)
-            ap_err_set(err, rc, "delta handler stopped the stream");
-    }
-    return rc;
+    return llm_wire_append_string(&s->w.reply, v, jview_get(v, obj, key), s->on_delta, s->ctx, err);
 }
 
 static ap_status on_event(void *ctx, const llm_sse_event *ev)
@@ -165,45 +152,36 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
     llm_anthropic_stream *s = ctx;
     ap_err *err = s->w.err;
     ap_status rc = AP_OK;
-    cJSON *root = NULL;
+    jview v;
     if (s->w.reply.done || ev->data_len == 0)
         return AP_OK;
-    if (!jsonx_utf8_valid(ev->data, ev->data_len))
-        return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
-    root = jsonx_parse(ev->data, ev->data_len, LLM_WIRE_JSON_DEPTH, NULL);
-    if (!cJSON_IsObject(root)) {
-        rc = ap_err_set(err, AP_INVALID, "malformed stream event");
+    if ((rc = llm_wire_json(ev->data, ev->data_len, &s->limits, "stream event", &v, err)) != AP_OK)
         goto out;
-    }
-    const char *type = jsonx_string(root, "type");
-    if (type == NULL)
-        type = ev->event;
+    char type[32];
+    int t = jview_get(&v, 0, "type");
+    if (jview_type_of(&v, t) == JVIEW_STRING)
+        jview_string(&v, t, type, sizeof type);
+    else
+        snprintf(type, sizeof type, "%s", ev->event);
     if (strcmp(type, "error") == 0) {
-        rc = provider_error(root, &s->w.reply, err);
+        rc = provider_error(&v, &s->w.reply, err);
     } else if (strcmp(type, "message_start") == 0) {
-        const cJSON *msg = cJSON_GetObjectItemCaseSensitive(root, "message");
-        read_id(msg, &s->w.reply);
-        read_usage(cJSON_GetObjectItemCaseSensitive(msg, "usage"), &s->w.reply);
+        int msg = jview_get(&v, 0, "message");
+        read_id(&v, msg, &s->w.reply);
+        read_usage(&v, jview_get(&v, msg, "usage"), &s->w.reply);
     } else if (strcmp(type, "content_block_start") == 0) {
-        const cJSON *block = cJSON_GetObjectItemCaseSensitive(root, "content_block");
-        const char *bt = jsonx_string(block, "type");
-        if (bt != NULL && strcmp(bt, "text") == 0)
-            rc = text_delta(s, jsonx_string(block, "text"), err);
+        rc = typed_text(s, &v, jview_get(&v, 0, "content_block"), "text", "text", err);
     } else if (strcmp(type, "content_block_delta") == 0) {
-        const cJSON *delta = cJSON_GetObjectItemCaseSensitive(root, "delta");
-        const char *dt = jsonx_string(delta, "type");
         /* thinking, signature and tool-input deltas are not part of the answer text */
-        if (dt != NULL && strcmp(dt, "text_delta") == 0)
-            rc = text_delta(s, jsonx_string(delta, "text"), err);
+        rc = typed_text(s, &v, jview_get(&v, 0, "delta"), "text_delta", "text", err);
     } else if (strcmp(type, "message_delta") == 0) {
-        const cJSON *delta = cJSON_GetObjectItemCaseSensitive(root, "delta");
-        read_stop(jsonx_string(delta, "stop_reason"), &s->w.reply);
-        read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), &s->w.reply);
+        read_stop(&v, jview_get(&v, jview_get(&v, 0, "delta"), "stop_reason"), &s->w.reply);
+        read_usage(&v, jview_get(&v, 0, "usage"), &s->w.reply);
     } else if (strcmp(type, "message_stop") == 0) {
         s->w.reply.done = true;
     }
 out:
-    cJSON_Delete(root);
+    jview_free(&v);
     return rc;
 }
 
@@ -213,6 +191,7 @@ llm_anthropic_stream *llm_anthropic_stream_new(const llm_wire_limits *limits,
     llm_anthropic_stream *s = calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
+    s->limits = *limits;
     s->on_delta = on_delta;
     s->ctx = ctx;
     llm_wire_reply_init(&s->w.reply, limits->max_text);
@@ -252,36 +231,32 @@ ap_status llm_anthropic_stream_finish(llm_anthropic_stream *s, ap_err *err)
 ap_status llm_anthropic_parse_response(const char *body, size_t len, const llm_wire_limits *limits,
                                        llm_wire_reply *out, ap_err *err)
 {
-    ap_status rc = AP_OK;
-    cJSON *root = NULL;
-    rc = llm_wire_body_json(body, len, limits, &root, err);
+    jview v;
+    ap_status rc = llm_wire_json(body, len, limits, "response body", &v, err);
     if (rc != AP_OK)
-        return rc;
-    const char *type = jsonx_string(root, "type");
-    if (type != NULL && strcmp(type, "error") == 0) {
-        rc = provider_error(root, out, err);
+        goto out;
+    if (jview_string_is(&v, jview_get(&v, 0, "type"), "error")) {
+        rc = provider_error(&v, out, err);
         goto out;
     }
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(root, "content");
-    if (!cJSON_IsArray(content)) {
+    int content = jview_get(&v, 0, "content");
+    if (jview_type_of(&v, content) != JVIEW_ARRAY) {
         rc = ap_err_set(err, AP_INVALID, "response has no content");
         goto out;
     }
-    read_id(root, out);
-    const cJSON *block = NULL;
-    cJSON_ArrayForEach(block, content)
-    {
-        const char *bt = jsonx_string(block, "type");
-        const char *text = jsonx_string(block, "text");
-        if (bt == NULL || strcmp(bt, "text") != 0 || text == NULL)
+    read_id(&v, 0, out);
+    for (uint32_t k = 0; k < jview_count(&v, content); k++) {
+        int block = jview_index(&v, content, k);
+        if (!jview_string_is(&v, jview_get(&v, block, "type"), "text"))
             continue;
-        if ((rc = llm_wire_reply_append(out, text, strlen(text), err)) != AP_OK)
+        if ((rc = llm_wire_append_string(out, &v, jview_get(&v, block, "text"), NULL, NULL, err)) !=
+            AP_OK)
             goto out;
     }
-    read_stop(jsonx_string(root, "stop_reason"), out);
-    read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), out);
+    read_stop(&v, jview_get(&v, 0, "stop_reason"), out);
+    read_usage(&v, jview_get(&v, 0, "usage"), out);
     out->done = true;
 out:
-    cJSON_Delete(root);
+    jview_free(&v);
     return rc;
 }

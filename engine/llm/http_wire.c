@@ -235,19 +235,53 @@ ap_status llm_wire_stream_finish(llm_wire_stream *s, ap_err *err)
     return AP_OK;
 }
 
-ap_status llm_wire_body_json(const char *body, size_t len, const llm_wire_limits *limits,
-                             cJSON **out, ap_err *err)
+ap_status llm_wire_json(const char *text, size_t len, const llm_wire_limits *limits,
+                        const char *what, jview *out, ap_err *err)
 {
-    *out = NULL;
+    jview_init(out);
     if (len > limits->max_event)
-        return ap_err_set(err, AP_LIMIT, "response body longer than %zu bytes", limits->max_event);
-    if (!jsonx_utf8_valid(body, len))
-        return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
-    cJSON *root = jsonx_parse(body, len, LLM_WIRE_JSON_DEPTH, NULL);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return ap_err_set(err, AP_INVALID, "malformed response body");
-    }
-    *out = root;
+        return ap_err_set(err, AP_LIMIT, "%s longer than %zu bytes", what, limits->max_event);
+    ap_status rc = jview_parse(out, text, len, LLM_WIRE_JSON_DEPTH, NULL);
+    if (rc == AP_NOMEM)
+        return ap_err_set(err, rc, "out of memory");
+    if (rc != AP_OK || jview_type_of(out, 0) != JVIEW_OBJECT)
+        return ap_err_set(err, AP_INVALID, "malformed %s", what);
     return AP_OK;
+}
+
+ap_status llm_wire_append_string(llm_wire_reply *r, const jview *v, int i,
+                                 llm_wire_on_delta on_delta, void *ctx, ap_err *err)
+{
+    char small[1024];
+    char *text = small;
+    size_t n = jview_string(v, i, small, sizeof small);
+    ap_status rc = AP_OK;
+    if (n == 0)
+        return AP_OK;
+    if (n >= sizeof small) {
+        if (n > r->text.max)
+            return ap_err_set(err, AP_LIMIT, "answer longer than %zu bytes", r->text.max);
+        if ((text = malloc(n + 1)) == NULL)
+            return ap_err_set(err, AP_NOMEM, "out of memory");
+        jview_string(v, i, text, n + 1);
+    }
+    if ((rc = llm_wire_reply_append(r, text, n, err)) != AP_OK)
+        goto out;
+    if (on_delta != NULL && (rc = on_delta(ctx, text, n)) != AP_OK) {
+        if (err != NULL && err->status == AP_OK)
+            ap_err_set(err, rc, "delta handler stopped the stream");
+    }
+out:
+    if (text != small)
+        free(text);
+    return rc;
+}
+
+bool llm_wire_count(const jview *v, int obj, const char *key, int64_t *out)
+{
+    double d = jview_number(v, jview_get(v, obj, key), -1);
+    if (!isfinite(d) || d < 0 || d > 1e12)
+        return false;
+    *out = (int64_t)d;
+    return true;
 }

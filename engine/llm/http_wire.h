@@ -7,6 +7,7 @@
 #define AP_LLM_HTTP_WIRE_H
 
 #include "core/buf.h"
+#include "core/jview.h"
 #include "core/status.h"
 #include "llm/sse.h"
 
@@ -141,9 +142,19 @@ ap_status llm_wire_stream_feed(llm_wire_stream *s, const char *data, size_t len,
 /* Ends the stream: AP_IO when it stopped before the answer was complete. */
 ap_status llm_wire_stream_finish(llm_wire_stream *s, ap_err *err);
 
-/* Checks a non-streaming body (size against limits->max_event, UTF-8) and parses it as a JSON
- * object into *out (caller frees); AP_LIMIT or AP_INVALID otherwise. */
-ap_status llm_wire_body_json(const char *body, size_t len, const llm_wire_limits *limits,
-                             cJSON **out, ap_err *err);
+/* Checks a provider's JSON object (a response body or one stream event: size against
+ * limits->max_event, grammar, UTF-8, depth) and opens a view of it in *out, which the caller
+ * releases with jview_free whatever the result; AP_LIMIT, AP_INVALID (what names the
+ * document in the message) or AP_NOMEM otherwise. */
+ap_status llm_wire_json(const char *text, size_t len, const llm_wire_limits *limits,
+                        const char *what, jview *out, ap_err *err);
+
+/* Decodes string value i of v, appends it to r's text and hands it to on_delta (NULL: none).
+ * A missing or empty string does nothing. */
+ap_status llm_wire_append_string(llm_wire_reply *r, const jview *v, int i,
+                                 llm_wire_on_delta on_delta, void *ctx, ap_err *err);
+
+/* A token count (a number from 0 to 1e12) at key of object obj. */
+bool llm_wire_count(const jview *v, int obj, const char *key, int64_t *out);
 
 #endif

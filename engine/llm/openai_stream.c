@@ -111,23 +111,11 @@ out:
     return out;
 }
 
-static bool read_count(const cJSON *obj, const char *key, int64_t *out)
+static void read_usage(const jview *v, int usage, llm_wire_reply *r)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < 0 ||
-        v->valuedouble > 1e12)
-        return false;
-    *out = (int64_t)v->valuedouble;
-    return true;
-}
-
-static void read_usage(const cJSON *usage, llm_wire_reply *r)
-{
-    if (!cJSON_IsObject(usage))
-        return;
     int64_t p = 0, c = 0;
-    bool hp = read_count(usage, "prompt_tokens", &p);
-    bool hc = read_count(usage, "completion_tokens", &c);
+    bool hp = llm_wire_count(v, usage, "prompt_tokens", &p);
+    bool hc = llm_wire_count(v, usage, "completion_tokens", &c);
     if (!hp && !hc)
         return;
     r->usage.present = true;
@@ -135,53 +123,57 @@ static void read_usage(const cJSON *usage, llm_wire_reply *r)
     r->usage.completion_tokens = c;
 }
 
-static void read_finish(const cJSON *choice, llm_wire_reply *r)
+static void read_finish(const jview *v, int choice, llm_wire_reply *r)
 {
-    const char *fr = jsonx_string(choice, "finish_reason");
-    if (fr != NULL && fr[0] != '\0')
-        snprintf(r->finish_reason, sizeof r->finish_reason, "%s", fr);
+    char fr[sizeof r->finish_reason];
+    if (jview_string(v, jview_get(v, choice, "finish_reason"), fr, sizeof fr) > 0)
+        memcpy(r->finish_reason, fr, sizeof fr);
 }
 
-static void read_id(const cJSON *root, llm_wire_reply *r)
+static void read_id(const jview *v, llm_wire_reply *r)
 {
-    const char *id = jsonx_string(root, "id");
-    if (id != NULL && r->id[0] == '\0')
-        snprintf(r->id, sizeof r->id, "%s", id);
+    if (r->id[0] == '\0')
+        jview_string(v, jview_get(v, 0, "id"), r->id, sizeof r->id);
 }
 
-static ap_status provider_error(const cJSON *eobj, llm_wire_reply *r, ap_err *err)
+static ap_status provider_error(const jview *v, int eobj, llm_wire_reply *r, ap_err *err)
 {
-    const char *type = NULL, *msg = NULL;
-    if (cJSON_IsObject(eobj)) {
-        type = jsonx_string(eobj, "code");
-        if (type == NULL)
-            type = jsonx_string(eobj, "type");
-        msg = jsonx_string(eobj, "message");
-    } else if (cJSON_IsString(eobj)) {
-        msg = eobj->valuestring;
+    char type[128] = "", msg[512] = "";
+    if (jview_type_of(v, eobj) == JVIEW_OBJECT) {
+        int code = jview_get(v, eobj, "code");
+        jview_string(v, jview_type_of(v, code) == JVIEW_STRING ? code : jview_get(v, eobj, "type"),
+                     type, sizeof type);
+        jview_string(v, jview_get(v, eobj, "message"), msg, sizeof msg);
+    } else {
+        jview_string(v, eobj, msg, sizeof msg);
     }
-    llm_wire_classify_stream_error(type, msg, &r->error);
+    llm_wire_classify_stream_error(type[0] ? type : NULL, msg[0] ? msg : NULL, &r->error);
     r->failed = true;
-    return ap_err_set(err, AP_ERROR, "provider error%s%s: %s", type ? " " : "", type ? type : "",
+    return ap_err_set(err, AP_ERROR, "provider error%s%s: %s", type[0] ? " " : "", type,
                       r->error.message);
 }
 
 /* The choice with index 0, or the first one when indexes are missing. */
-static const cJSON *first_choice(const cJSON *root)
+static int first_choice(const jview *v)
 {
-    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
-    const cJSON *c = NULL;
-    if (!cJSON_IsArray(choices))
-        return NULL;
-    cJSON_ArrayForEach(c, choices)
-    {
-        if (!cJSON_IsObject(c))
+    int choices = jview_get(v, 0, "choices");
+    uint32_t n = jview_count(v, choices);
+    for (uint32_t k = 0; k < n && jview_type_of(v, choices) == JVIEW_ARRAY; k++) {
+        int c = jview_index(v, choices, k);
+        if (jview_type_of(v, c) != JVIEW_OBJECT)
             continue;
-        const cJSON *idx = cJSON_GetObjectItemCaseSensitive(c, "index");
-        if (!cJSON_IsNumber(idx) || idx->valuedouble == 0)
+        int idx = jview_get(v, c, "index");
+        if (jview_type_of(v, idx) != JVIEW_NUMBER || jview_number(v, idx, 1) == 0)
             return c;
     }
-    return NULL;
+    return -1;
+}
+
+/* The error member, when there is one that is not null. */
+static int error_of(const jview *v)
+{
+    int e = jview_get(v, 0, "error");
+    return jview_type_of(v, e) == JVIEW_NONE || jview_type_of(v, e) == JVIEW_NULL ? -1 : e;
 }
 
 static ap_status on_event(void *ctx, const llm_sse_event *ev)
@@ -189,45 +181,32 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
     llm_openai_stream *s = ctx;
     ap_err *err = s->w.err;
     ap_status rc = AP_OK;
-    cJSON *root = NULL;
+    jview v;
     if (s->w.reply.done || ev->data_len == 0)
         return AP_OK;
     if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
         s->w.reply.done = true;
         return AP_OK;
     }
-    if (!jsonx_utf8_valid(ev->data, ev->data_len))
-        return ap_err_set(err, AP_INVALID, "provider sent invalid UTF-8");
-    root = jsonx_parse(ev->data, ev->data_len, LLM_WIRE_JSON_DEPTH, NULL);
-    if (!cJSON_IsObject(root)) {
-        rc = ap_err_set(err, AP_INVALID, "malformed stream chunk");
+    if ((rc = llm_wire_json(ev->data, ev->data_len, &s->limits, "stream chunk", &v, err)) != AP_OK)
+        goto out;
+    int eobj = error_of(&v);
+    if (eobj >= 0) {
+        rc = provider_error(&v, eobj, &s->w.reply, err);
         goto out;
     }
-    const cJSON *eobj = cJSON_GetObjectItemCaseSensitive(root, "error");
-    if (eobj != NULL && !cJSON_IsNull(eobj)) {
-        rc = provider_error(eobj, &s->w.reply, err);
-        goto out;
+    read_id(&v, &s->w.reply);
+    int choice = first_choice(&v);
+    if (choice >= 0) {
+        int text = jview_get(&v, jview_get(&v, choice, "delta"), "content");
+        rc = llm_wire_append_string(&s->w.reply, &v, text, s->on_delta, s->ctx, err);
+        if (rc != AP_OK)
+            goto out;
+        read_finish(&v, choice, &s->w.reply);
     }
-    read_id(root, &s->w.reply);
-    const cJSON *choice = first_choice(root);
-    if (choice != NULL) {
-        const cJSON *delta = cJSON_GetObjectItemCaseSensitive(choice, "delta");
-        const char *text = jsonx_string(delta, "content");
-        size_t n = text != NULL ? strlen(text) : 0;
-        if (n > 0) {
-            if ((rc = llm_wire_reply_append(&s->w.reply, text, n, err)) != AP_OK)
-                goto out;
-            if (s->on_delta != NULL && (rc = s->on_delta(s->ctx, text, n)) != AP_OK) {
-                if (err != NULL && err->status == AP_OK)
-                    ap_err_set(err, rc, "delta handler stopped the stream");
-                goto out;
-            }
-        }
-        read_finish(choice, &s->w.reply);
-    }
-    read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), &s->w.reply);
+    read_usage(&v, jview_get(&v, 0, "usage"), &s->w.reply);
 out:
-    cJSON_Delete(root);
+    jview_free(&v);
     return rc;
 }
 
@@ -276,30 +255,28 @@ ap_status llm_openai_stream_finish(llm_openai_stream *s, ap_err *err)
 ap_status llm_openai_parse_response(const char *body, size_t len, const llm_wire_limits *limits,
                                     llm_wire_reply *out, ap_err *err)
 {
-    ap_status rc = AP_OK;
-    cJSON *root = NULL;
-    rc = llm_wire_body_json(body, len, limits, &root, err);
+    jview v;
+    ap_status rc = llm_wire_json(body, len, limits, "response body", &v, err);
     if (rc != AP_OK)
-        return rc;
-    const cJSON *eobj = cJSON_GetObjectItemCaseSensitive(root, "error");
-    if (eobj != NULL && !cJSON_IsNull(eobj)) {
-        rc = provider_error(eobj, out, err);
+        goto out;
+    int eobj = error_of(&v);
+    if (eobj >= 0) {
+        rc = provider_error(&v, eobj, out, err);
         goto out;
     }
-    read_id(root, out);
-    const cJSON *choice = first_choice(root);
-    if (choice == NULL) {
+    read_id(&v, out);
+    int choice = first_choice(&v);
+    if (choice < 0) {
         rc = ap_err_set(err, AP_INVALID, "response has no choices");
         goto out;
     }
-    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(choice, "message");
-    const char *text = jsonx_string(msg, "content");
-    if (text != NULL && (rc = llm_wire_reply_append(out, text, strlen(text), err)) != AP_OK)
+    int text = jview_get(&v, jview_get(&v, choice, "message"), "content");
+    if ((rc = llm_wire_append_string(out, &v, text, NULL, NULL, err)) != AP_OK)
         goto out;
-    read_finish(choice, out);
-    read_usage(cJSON_GetObjectItemCaseSensitive(root, "usage"), out);
+    read_finish(&v, choice, out);
+    read_usage(&v, jview_get(&v, 0, "usage"), out);
     out->done = true;
 out:
-    cJSON_Delete(root);
+    jview_free(&v);
     return rc;
 }

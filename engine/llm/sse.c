@@ -143,9 +143,12 @@ ap_status llm_sse_feed(llm_sse_parser *p, const char *data, size_t len, ap_err *
                 continue;
             }
         }
-        size_t j = i;
-        while (j < len && data[j] != '\n' && data[j] != '\r')
-            j++;
+        /* memchr scans a chunk's bytes many at a time; a bare CR ends a line too */
+        const char *nl = memchr(data + i, '\n', len - i);
+        size_t j = nl != NULL ? (size_t)(nl - data) : len;
+        const char *cr = memchr(data + i, '\r', j - i);
+        if (cr != NULL)
+            j = (size_t)(cr - data);
         if (j == len) {
             if ((rc = buf_append(&p->line, data + i, len - i)) != AP_OK) {
                 ap_err_set(err, rc, "SSE line longer than %zu bytes", p->line.max);
