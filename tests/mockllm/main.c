@@ -22,17 +22,6 @@
 #include <string.h>
 #include <sys/resource.h>
 
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
 static void usage(void)
 {
     fprintf(stderr,
@@ -60,19 +49,19 @@ static bool parse_args(int argc, char **argv, mock_opts *o)
         if (v == NULL)
             return false;
         i++;
-        if (strcmp(a, "--port") == 0 && parse_long(v, 0, 65535, &x))
+        if (strcmp(a, "--port") == 0 && mock_parse_long(v, 0, 65535, &x))
             o->port = x;
         else if (strcmp(a, "--host") == 0)
             o->host = v;
-        else if (strcmp(a, "--latency-ms") == 0 && parse_long(v, 0, 3600000, &x))
+        else if (strcmp(a, "--latency-ms") == 0 && mock_parse_long(v, 0, 3600000, &x))
             o->latency_ms = x;
-        else if (strcmp(a, "--token-ms") == 0 && parse_long(v, 0, 60000, &x))
+        else if (strcmp(a, "--token-ms") == 0 && mock_parse_long(v, 0, 60000, &x))
             o->token_ms = x;
-        else if (strcmp(a, "--tokens") == 0 && parse_long(v, 1, MAX_TOKENS_PER_ANSWER, &x))
+        else if (strcmp(a, "--tokens") == 0 && mock_parse_long(v, 1, MAX_TOKENS_PER_ANSWER, &x))
             o->tokens = x;
-        else if (strcmp(a, "--threads") == 0 && parse_long(v, 1, 64, &x))
+        else if (strcmp(a, "--threads") == 0 && mock_parse_long(v, 1, 64, &x))
             o->threads = x;
-        else if (strcmp(a, "--seed") == 0 && parse_long(v, 0, 0x7fffffff, &x))
+        else if (strcmp(a, "--seed") == 0 && mock_parse_long(v, 0, 0x7fffffff, &x))
             o->seed = (uint64_t)x;
         else if (strcmp(a, "--faults") == 0 && mock_parse_faults(v, o))
             continue;

@@ -483,17 +483,22 @@ static void reply_fault(mock_reply *rep, mock_req *r, const char *ra)
 
 /* ---- request handling ------------------------------------------------------------------ */
 
+bool mock_parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
 static long header_long(const mock_hdrs *h, const char *name, long dflt, long lo, long hi)
 {
     const char *v = h->get(h->ctx, name);
-    if (v == NULL)
-        return dflt;
-    char *end = NULL;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno != 0 || end == v || *end != '\0' || x < lo || x > hi)
-        return dflt;
-    return x;
+    long x = dflt;
+    return v != NULL && mock_parse_long(v, lo, hi, &x) ? x : dflt;
 }
 
 static enum mock_fault parse_fault(const char *s)

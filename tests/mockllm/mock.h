@@ -117,6 +117,9 @@ int64_t mock_now_us(void);
 /* Sets the options (borrowed for the process's life) and the fault sequence. */
 void mock_init(const mock_opts *o);
 
+/* A decimal integer in [lo, hi], the whole of s. */
+bool mock_parse_long(const char *s, long lo, long hi, long *out);
+
 /* Parses a --faults list into o; false when a name is unknown. */
 bool mock_parse_faults(const char *list, mock_opts *o);
 
