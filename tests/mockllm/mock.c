@@ -125,6 +125,7 @@ mock_req *mock_req_new(void *conn, int fd)
     r->start_us = mock_now_us();
     buf_init(&r->body, MOCK_MAX_BODY);
     buf_init(&r->out, MOCK_MAX_BODY * 2);
+    buf_init(&r->head, 1024);
     pthread_mutex_lock(&mock_lock);
     M.in_flight++;
     pthread_mutex_unlock(&mock_lock);
@@ -138,6 +139,7 @@ void mock_req_unref(mock_req *r)
     mock_heap_remove(r);
     buf_free(&r->body);
     buf_free(&r->out);
+    buf_free(&r->head);
     free(r->content);
     free(r->ends);
     free(r);
@@ -166,17 +168,20 @@ void mock_note_disconnect(mock_req *r)
 static ap_status put_json_str(buf *b, const char *s, size_t n)
 {
     ap_status rc = buf_append(b, "\"", 1);
+    size_t run = 0; /* start of the bytes not yet written, which need no escape */
     for (size_t i = 0; i < n && rc == AP_OK; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            rc = buf_append(b, esc, 2);
-        } else if (c < 0x20) {
+        if (c != '"' && c != '\\' && c >= 0x20)
+            continue;
+        rc = buf_append(b, s + run, i - run);
+        if (rc == AP_OK && c < 0x20)
             rc = buf_printf(b, "\\u%04x", c);
-        } else {
-            rc = buf_append(b, s + i, 1);
-        }
+        else if (rc == AP_OK)
+            rc = buf_append(b, (char[2]){'\\', (char)c}, 2);
+        run = i + 1;
     }
+    if (rc == AP_OK)
+        rc = buf_append(b, s + run, n - run);
     return rc == AP_OK ? buf_append(b, "\"", 1) : rc;
 }
 
@@ -249,15 +254,20 @@ static ap_status whole_body(mock_req *r, buf *b)
     return rc;
 }
 
+/* The start of every OpenAI chunk of r, made once per answer: frames are the hot path. */
 static ap_status openai_chunk_head(mock_req *r, buf *b)
 {
-    ap_status rc = buf_printf(b,
-                              "data: {\"id\":\"%s\",\"object\":\"chat.completion.chunk\","
-                              "\"created\":%lld,\"model\":",
-                              r->id, (long long)time(NULL));
-    if (rc == AP_OK)
-        rc = put_json_str(b, r->model, strlen(r->model));
-    return rc;
+    if (r->head.len == 0) {
+        ap_status rc = buf_printf(&r->head,
+                                  "data: {\"id\":\"%s\",\"object\":\"chat.completion.chunk\","
+                                  "\"created\":%lld,\"model\":",
+                                  r->id, (long long)time(NULL));
+        if (rc == AP_OK)
+            rc = put_json_str(&r->head, r->model, strlen(r->model));
+        if (rc != AP_OK)
+            return rc;
+    }
+    return buf_append(b, r->head.data, r->head.len);
 }
 
 static ap_status frame(mock_req *r, size_t k, buf *b)

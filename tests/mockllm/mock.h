@@ -96,6 +96,7 @@ typedef struct mock_req {
     size_t next; /* next frame: 0 head, 1..n tokens, n+1 tail, n+2 past the end */
     buf out;
     size_t out_off;
+    buf head; /* the start of each OpenAI chunk, made once */
     bool suspended, gone, ended_by_us, truncate_now, stalled, counted;
     struct mock_heap *heap;
     int heap_idx;
