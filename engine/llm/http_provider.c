@@ -27,7 +27,9 @@ typedef struct xfer xfer;
 /* curl looks for a reusable connection by scanning every connection to the host, so one
  * multi handle with thousands of HTTP/1.1 connections turns a burst into O(n^2) work. The
  * transfers are therefore spread over several multi handles of about SHARD_TRANSFERS each,
- * each with its own connection cache, all driven by the same loop. */
+ * each with its own connection cache, all driven by the same loop. Over HTTP/2 a shard holds
+ * as many transfers as one connection carries streams: past that, curl opens a connection
+ * per waiting transfer instead of one more shared one. */
 typedef struct shard {
     hp *p;
     CURLM *multi;
@@ -889,7 +891,8 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
     p->ca_file = jsonx_string(cfg, "ca_file");
     const char *mode = jsonx_string(cfg, "schema_mode");
     p->native_schema = d->native_schema && (mode == NULL || strcmp(mode, "instruct") != 0);
-    p->n_shards = (p->max_concurrency + SHARD_TRANSFERS - 1) / SHARD_TRANSFERS;
+    int shard_size = p->pipewait && streams < SHARD_TRANSFERS ? (int)streams : SHARD_TRANSFERS;
+    p->n_shards = (p->max_concurrency + shard_size - 1) / shard_size;
     if (p->n_shards > MAX_SHARDS)
         p->n_shards = MAX_SHARDS;
     p->shards = calloc((size_t)p->n_shards, sizeof *p->shards);
