@@ -264,9 +264,11 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
            (double)added[p99] / 1e3, (double)first[p50] / 1e3, (double)first[p99] / 1e3);
     cJSON *ms = mock_get(port, "GET", "/stats");
     printf("  submitting all calls took %.1f ms on the loop thread\n", (double)submitted / 1e3);
-    printf("  mockllm: %.0f requests arriving over %.1f ms, frames sent late by %.2f ms on "
-           "average, %.2f ms at most\n",
-           jsonx_number(ms, "requests_total", -1), jsonx_number(ms, "arrival_spread_ms", -1),
+    printf("  mockllm: %.0f requests (%.0f over HTTP/2) arriving over %.1f ms on %.0f new "
+           "connections (this query's included), frames sent late by %.2f ms on average, "
+           "%.2f ms at most\n",
+           jsonx_number(ms, "requests_total", -1), jsonx_number(ms, "http2_requests", -1),
+           jsonx_number(ms, "arrival_spread_ms", -1), jsonx_number(ms, "connections_total", -1),
            jsonx_number(ms, "frame_lag_ms_avg", -1), jsonx_number(ms, "frame_lag_ms_max", -1));
     cJSON_Delete(ms);
     fflush(stdout);

@@ -488,6 +488,7 @@ static void accept_all(void)
             return;
         }
         c->kind = K_SNIFF;
+        mock_note_connection();
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (epoll_ctl(S.ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
             close(c->fd);

@@ -24,7 +24,7 @@ mock_opts mock_o;
 static struct {
     uint64_t rng;
     uint64_t requests, by_ep[EP_COUNT], other, by_fault[F_COUNT], disconnects, completed, in_flight,
-        streams, frames, lag_us_sum, lag_us_max, http2;
+        streams, frames, lag_us_sum, lag_us_max, http2, connections;
     int64_t first_arrival_us, last_arrival_us; /* of LLM requests since the last reset */
 } M;
 
@@ -149,6 +149,13 @@ void mock_req_done(mock_req *r)
 {
     (void)r;
     M.in_flight--;
+}
+
+void mock_note_connection(void)
+{
+    pthread_mutex_lock(&mock_lock);
+    M.connections++;
+    pthread_mutex_unlock(&mock_lock);
 }
 
 void mock_req_body(mock_req *r, const char *data, size_t len)
@@ -734,14 +741,15 @@ static void stats(mock_reply *rep)
     buf_printf(&b,
                "},\"disconnects\":%llu,\"completed\":%llu,\"in_flight\":%llu,"
                "\"streams_open\":%llu,\"frames\":%llu,\"frame_lag_ms_avg\":%.3f,"
-               "\"frame_lag_ms_max\":%.3f,\"arrival_spread_ms\":%.3f,\"http2_requests\":%llu}",
+               "\"frame_lag_ms_max\":%.3f,\"arrival_spread_ms\":%.3f,\"http2_requests\":%llu,"
+               "\"connections_total\":%llu}",
                (unsigned long long)M.disconnects, (unsigned long long)M.completed,
                (unsigned long long)(M.in_flight - 1) /* not this request */,
                (unsigned long long)M.streams, (unsigned long long)M.frames,
                M.frames ? (double)M.lag_us_sum / (double)M.frames / 1000.0 : 0.0,
                (double)M.lag_us_max / 1000.0,
                (double)(M.last_arrival_us - M.first_arrival_us) / 1000.0,
-               (unsigned long long)M.http2);
+               (unsigned long long)M.http2, (unsigned long long)M.connections);
     pthread_mutex_unlock(&mock_lock);
     set_reply(rep, 200, "application/json", b.data ? b.data : "{}", NULL);
     buf_free(&b);
@@ -750,7 +758,7 @@ static void stats(mock_reply *rep)
 static void reset_counters(void)
 {
     pthread_mutex_lock(&mock_lock);
-    M.requests = M.other = M.disconnects = M.completed = M.http2 = 0;
+    M.requests = M.other = M.disconnects = M.completed = M.http2 = M.connections = 0;
     M.frames = M.lag_us_sum = M.lag_us_max = 0;
     M.first_arrival_us = M.last_arrival_us = 0;
     memset(M.by_ep, 0, sizeof M.by_ep);

@@ -136,6 +136,9 @@ void mock_note_disconnect(mock_req *r);
 /* The request is over: not in flight any more (mock_lock held). */
 void mock_req_done(mock_req *r);
 
+/* Counts an accepted connection (locks). */
+void mock_note_connection(void);
+
 /* Appends upload bytes to the request body (bounded). */
 void mock_req_body(mock_req *r, const char *data, size_t len);
 
