@@ -12,6 +12,7 @@
 #include "core/clock.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/memtune.h"
 #include "panel/engine.h"
 
 #include <stdio.h>
@@ -320,6 +321,7 @@ int main(int argc, char **argv)
     int nb = argc > 2 ? arg_int(argv[2], 2000) : 2000;
     in_memory = argc > 3 && strcmp(argv[3], "memory") == 0;
     log_set_level(LOG_LEVEL_ERROR);
+    memtune_server(); /* the allocator settings of `askpanel serve` */
     setup();
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     printf("bench_runtime: %ld cores, %ld runner threads, SQLite store %s\n", cores, cores,
