@@ -466,11 +466,12 @@ static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth)
     return gen_string(s, sc, field);
 }
 
-ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char **data_json,
-                       ap_err *err)
+/* The answer to req; schema is req->schema_json parsed (NULL without one). */
+static ap_status simulate(const llm_request *req, const cJSON *schema, uint64_t seed, char **text,
+                          char **data_json, ap_err *err)
 {
     ap_status rc = AP_OK;
-    cJSON *expert = NULL, *schema = NULL, *value = NULL;
+    cJSON *expert = NULL, *value = NULL;
     *text = NULL;
     *data_json = NULL;
     if (req->expert_json != NULL)
@@ -498,12 +499,6 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
             rc = ap_err_set(err, AP_NOMEM, "out of memory");
         goto out;
     }
-    ap_err inner = {0};
-    schema = jsonx_parse(req->schema_json, strlen(req->schema_json), 32, &inner);
-    if (schema == NULL) {
-        rc = ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
-        goto out;
-    }
     value = gen(&s, schema, NULL, 0);
     *data_json = value != NULL ? jsonx_print(value) : NULL;
     *text = *data_json != NULL ? strdup(*data_json) : NULL;
@@ -514,8 +509,29 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
     }
 out:
     cJSON_Delete(value);
-    cJSON_Delete(schema);
     cJSON_Delete(expert);
+    return rc;
+}
+
+static ap_status parse_schema(const char *text, cJSON **out, ap_err *err)
+{
+    ap_err inner = {0};
+    *out = jsonx_parse(text, strlen(text), 32, &inner);
+    if (*out == NULL)
+        return ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
+    return AP_OK;
+}
+
+ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char **data_json,
+                       ap_err *err)
+{
+    *text = NULL;
+    *data_json = NULL;
+    cJSON *schema = NULL;
+    ap_status rc = req->schema_json != NULL ? parse_schema(req->schema_json, &schema, err) : AP_OK;
+    if (rc == AP_OK)
+        rc = simulate(req, schema, seed, text, data_json, err);
+    cJSON_Delete(schema);
     return rc;
 }
 
@@ -527,6 +543,10 @@ typedef struct sim_provider {
     int64_t token_ms;
     uint64_t seed;
     char *call_log; /* path: one line per completed call, for tests; NULL: off */
+    /* The last schema parsed: the calls of one ask_all share their schema, so one entry saves
+     * all but the first parse of each batch. */
+    char *schema_text;
+    cJSON *schema;
 } sim_provider;
 
 typedef struct sim_call {
@@ -570,6 +590,8 @@ static void sim_destroy(void *self)
     if (p == NULL)
         return;
     free(p->call_log);
+    free(p->schema_text);
+    cJSON_Delete(p->schema);
     free(p);
 }
 
@@ -642,6 +664,25 @@ static void sim_tick(llm_loop *loop, void *ud)
     sim_finish(sc);
 }
 
+/* text parsed into *out, through the provider's one-entry cache (a provider lives on one loop
+ * thread). The tree stays valid until the next call. */
+static ap_status cached_schema(sim_provider *p, const char *text, const cJSON **out, ap_err *err)
+{
+    if (p->schema != NULL && p->schema_text != NULL && strcmp(p->schema_text, text) == 0) {
+        *out = p->schema;
+        return AP_OK;
+    }
+    free(p->schema_text);
+    cJSON_Delete(p->schema);
+    p->schema_text = NULL;
+    ap_status rc = parse_schema(text, &p->schema, err);
+    /* Without the copy the tree still serves this call; the next one parses again. */
+    if (rc == AP_OK)
+        p->schema_text = strdup(text);
+    *out = p->schema;
+    return rc;
+}
+
 static ap_status sim_start(void *self, llm_call *call, ap_err *err)
 {
     sim_provider *p = self;
@@ -651,7 +692,12 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
     sc->p = p;
     sc->call = call;
     sc->started = llm_loop_now_ms();
-    ap_status rc = llm_simulate(llm_call_request(call), p->seed, &sc->text, &sc->data, err);
+    const llm_request *req = llm_call_request(call);
+    const cJSON *schema = NULL;
+    ap_status rc =
+        req->schema_json != NULL ? cached_schema(p, req->schema_json, &schema, err) : AP_OK;
+    if (rc == AP_OK)
+        rc = simulate(req, schema, p->seed, &sc->text, &sc->data, err);
     if (rc != AP_OK) {
         sim_call_free(sc);
         return rc;
