@@ -79,6 +79,8 @@ typedef struct ask_slot {
     prun *p;
     size_t idx;
     char *expert_id;
+    char *name;  /* the expert's display name, for expert.message */
+    char *model; /* the expert's own model, NULL: the provider's default */
     llm_call *call;
     bool done;
     char key[JOURNAL_KEY_LEN + 1];
@@ -825,6 +827,8 @@ static void prun_free(prun *p)
         llm_cancel(p->slots[i].call);
         free(p->slots[i].entry);
         free(p->slots[i].expert_id);
+        free(p->slots[i].name);
+        free(p->slots[i].model);
     }
     free(p->slots);
     if (p->timer != NULL && p->r != NULL)
@@ -1223,19 +1227,9 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
     a->ct = (int64_t)jsonx_number(entry, "ct", 0);
 }
 
-static const char *expert_name(const script_ask *a, char *out, size_t cap)
-{
-    cJSON *ex = jsonx_parse(a->expert_json, strlen(a->expert_json), 32, NULL);
-    const char *n = jsonx_string(ex, "name");
-    snprintf(out, cap, "%s", n != NULL ? n : a->expert_id);
-    cJSON_Delete(ex);
-    return out;
-}
-
 /* Emits expert.message; built as text because it runs for every answer. */
-static void emit_message(prun *p, const script_ask *ask, const answer *a)
+static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a)
 {
-    char name[256];
     buf b;
     buf_init(&b, JOURNAL_MAX);
     ap_status rc = buf_puts(&b, "{\"expert\":");
@@ -1244,7 +1238,7 @@ static void emit_message(prun *p, const script_ask *ask, const answer *a)
     if (rc == AP_OK)
         rc = buf_puts(&b, ",\"name\":");
     if (rc == AP_OK)
-        rc = json_str(&b, expert_name(ask, name, sizeof name));
+        rc = json_str(&b, name);
     if (rc == AP_OK && ask->round > 0)
         rc = buf_printf(&b, ",\"round\":%lld", (long long)ask->round);
     if (a->error != NULL) {
@@ -1289,6 +1283,8 @@ static void clear_slots(prun *p)
     for (size_t i = 0; i < p->nslots; i++) {
         free(p->slots[i].entry);
         free(p->slots[i].expert_id);
+        free(p->slots[i].name);
+        free(p->slots[i].model);
     }
     free(p->slots);
     p->slots = NULL;
@@ -1389,7 +1385,7 @@ static void answer_slot(ask_slot *s, const llm_response *r)
         }
     }
     deliver_answer(p, s->idx, &a);
-    emit_message(p, &p->asks[s->idx], &a);
+    emit_message(p, &p->asks[s->idx], s->name, &a);
     p->pending--;
 }
 
@@ -1427,12 +1423,19 @@ static void start_asks(prun *p, const script_step *step)
         ask_slot *s = &p->slots[i];
         s->p = p;
         s->idx = i;
-        s->expert_id = strdup(step->asks[i].expert_id);
-        if (s->expert_id == NULL) {
+        /* The expert's JSON is read once per ask, for its name and model. */
+        const script_ask *ask = &step->asks[i];
+        cJSON *ex = jsonx_parse(ask->expert_json, strlen(ask->expert_json), 32, NULL);
+        const char *name = jsonx_string(ex, "name"), *model = jsonx_string(ex, "model");
+        s->expert_id = strdup(ask->expert_id);
+        s->name = strdup(name != NULL ? name : ask->expert_id);
+        s->model = dup_or_null(model);
+        cJSON_Delete(ex);
+        if (s->expert_id == NULL || s->name == NULL || (model != NULL && s->model == NULL)) {
             prun_fail(p, "out of memory");
             return;
         }
-        journal_key(&step->asks[i], s->key);
+        journal_key(ask, s->key);
         const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key) : NULL;
         if (old != NULL) {
             answer a;
@@ -1441,7 +1444,7 @@ static void start_asks(prun *p, const script_step *step)
             s->entry = jsonx_print(old);
             s->done = true;
             deliver_answer(p, i, &a);
-            emit_message(p, &step->asks[i], &a);
+            emit_message(p, ask, s->name, &a);
             free(data);
             p->pending--;
         }
@@ -1451,8 +1454,7 @@ static void start_asks(prun *p, const script_step *step)
         if (s->done)
             continue;
         const script_ask *a = &step->asks[i];
-        cJSON *ex = jsonx_parse(a->expert_json, strlen(a->expert_json), 32, NULL);
-        const char *model = p->e->model != NULL ? p->e->model : jsonx_string(ex, "model");
+        const char *model = p->e->model != NULL ? p->e->model : s->model;
         llm_request req = {
             .tenant_id = p->tenant_id,
             .panel_id = p->panel_id,
@@ -1470,7 +1472,6 @@ static void start_asks(prun *p, const script_step *step)
         llm_callbacks cb = {on_delta, on_done, s};
         ap_err err = {0};
         ap_status rc = llm_submit(p->r->llm, p->e->provider, &req, &cb, &s->call, &err);
-        cJSON_Delete(ex);
         if (rc != AP_OK) {
             /* A call that cannot even start is an answer with an error. */
             llm_response r = {.status = rc, .error = err.msg, .provider = p->e->provider};
