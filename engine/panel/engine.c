@@ -443,6 +443,35 @@ static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write 
 
 _Static_assert(WRITER_BATCH <= STORE_WRITE_MAX, "a writer batch must fit one store_write_batch");
 
+/* Drops (sets to NULL) the checkpoints of all[0..n) that a later checkpoint of the same panel in
+ * the batch replaces. The store keeps only a panel's last checkpoint and a tenant's writes of a
+ * batch commit in one transaction, so a replaced one could never be read: a node's journal
+ * checkpoint and the next node's checkpoint usually land in the same batch, and the first is
+ * the larger. Without memory for the set nothing is dropped. */
+static void drop_replaced_checkpoints(witem **all, size_t n)
+{
+    size_t cap = 64;
+    while (cap < 2 * n)
+        cap *= 2;
+    const witem **seen = calloc(cap, sizeof *seen);
+    if (seen == NULL)
+        return;
+    for (size_t i = n; i-- > 0;) {
+        const witem *w = all[i];
+        if (w->kind != W_CKPT)
+            continue;
+        size_t h = bucket_hash(w->panel_id) & (cap - 1);
+        while (seen[h] != NULL && (strcmp(seen[h]->panel_id, w->panel_id) != 0 ||
+                                   strcmp(seen[h]->tenant_id, w->tenant_id) != 0))
+            h = (h + 1) & (cap - 1);
+        if (seen[h] != NULL)
+            all[i] = NULL;
+        else
+            seen[h] = w;
+    }
+    free(seen);
+}
+
 /* Groups the durable items of a batch per tenant (almost always one) and commits each group in
  * one store transaction: events, checkpoints (the store keeps only a panel's last), status
  * changes and usage together, so a status change is durable before its event is published. */
@@ -464,6 +493,7 @@ static void commit_writes(panel_engine *e, witem *list)
     for (witem *w = list; w != NULL; w = w->next)
         if (batch_item(w))
             all[k++] = w;
+    drop_replaced_checkpoints(all, n);
     for (size_t i = 0; i < n; i++) {
         if (all[i] == NULL)
             continue;
