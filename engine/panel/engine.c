@@ -33,8 +33,8 @@ typedef struct witem {
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
     /* W_EVENT; a W_DELTA (an ephemeral token delta, seq 0) keeps its raw text in data and
-     * points expert into the same allocation: the writer builds the JSON once per merged
-     * run of deltas, not once per delta. */
+     * its expert id in expert: the writer builds the JSON once per merged run of deltas, not
+     * once per delta. */
     int64_t seq;
     char *type, *data;
     const char *expert;
@@ -49,6 +49,9 @@ typedef struct witem {
     store_usage usage;
     /* W_SCRIPT */
     store_script script;
+    /* The texts of a W_EVENT, W_DELTA or W_USAGE, in the item's own allocation: one malloc
+     * and one free (on another thread, the writer's) per item instead of up to five. */
+    char text[];
 } witem;
 
 /* ---- subscriptions -------------------------------------------------------------------- */
@@ -233,22 +236,20 @@ static ap_status pin_script(panel_engine *e, const char *tenant_id, const script
 
 static void witem_free(witem *w)
 {
-    free(w->type);
-    free(w->data);
-    free(w->ck.next_node);
-    free(w->ck.state);
-    free(w->ck.script_version);
-    free(w->ck.journal);
-    free(w->result);
-    free(w->error);
-    free(w->usage.expert_id);
-    free(w->usage.provider);
-    free(w->usage.model);
-    free(w->usage.outcome);
-    free(w->script.name);
-    free(w->script.version);
-    free(w->script.source);
-    free(w->script.origin);
+    if (w->kind == W_CKPT) {
+        free(w->ck.next_node);
+        free(w->ck.state);
+        free(w->ck.script_version);
+        free(w->ck.journal);
+    } else if (w->kind == W_TRANS) {
+        free(w->result);
+        free(w->error);
+    } else if (w->kind == W_SCRIPT) {
+        free(w->script.name);
+        free(w->script.version);
+        free(w->script.source);
+        free(w->script.origin);
+    }
     free(w);
 }
 
@@ -888,15 +889,26 @@ static void prun_release(prun *p)
     prun_free(p);
 }
 
-static witem *witem_new(const prun *p, wkind kind)
+/* A new item with room for text_cap bytes of texts (see witem_text). */
+static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
 {
-    witem *w = calloc(1, sizeof *w);
+    witem *w = calloc(1, sizeof *w + text_cap);
     if (w == NULL)
         return NULL;
     w->kind = kind;
     memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
     memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
     return w;
+}
+
+/* Copies s (len bytes) into w's text space at *used, which the caller sized at witem_new. */
+static char *witem_text(witem *w, size_t *used, const char *s, size_t len)
+{
+    char *t = w->text + *used;
+    memcpy(t, s, len);
+    t[len] = '\0';
+    *used += len + 1;
+    return t;
 }
 
 /* Queues an event; durable ones get the next seq. During a replay, events whose seq is
@@ -909,16 +921,13 @@ static ap_status prun_emit(prun *p, const char *type, const char *data, bool dur
         *seq_out = seq;
     if (durable && seq <= p->stored_seq)
         return AP_OK;
-    witem *w = witem_new(p, W_EVENT);
+    size_t tl = strlen(type), dl = strlen(data), used = 0;
+    witem *w = witem_new(p, W_EVENT, tl + dl + 2);
     if (w == NULL)
         return AP_NOMEM;
     w->seq = seq;
-    w->type = strdup(type);
-    w->data = strdup(data);
-    if (w->type == NULL || w->data == NULL) {
-        witem_free(w);
-        return AP_NOMEM;
-    }
+    w->type = witem_text(w, &used, type, tl);
+    w->data = witem_text(w, &used, data, dl);
     writer_push(p->e, w);
     return AP_OK;
 }
@@ -933,7 +942,7 @@ static void prun_emit_status(prun *p, const char *status)
 static void prun_transition(prun *p, const char *const *from, size_t nfrom, const char *to,
                             const char *result, const char *error)
 {
-    witem *w = witem_new(p, W_TRANS);
+    witem *w = witem_new(p, W_TRANS, 0);
     if (w == NULL)
         return;
     for (size_t i = 0; i < nfrom && i < 4; i++)
@@ -1006,7 +1015,7 @@ static char *envelope(const prun *p, const char *state)
 
 static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
 {
-    witem *w = witem_new(p, W_CKPT);
+    witem *w = witem_new(p, W_CKPT, 0);
     if (w == NULL)
         return;
     memcpy(w->ck.panel_id, p->panel_id, sizeof w->ck.panel_id);
@@ -1104,7 +1113,7 @@ static void queue_script_pin(prun *p, const script_entry *en)
 {
     if (p->e->st == NULL)
         return;
-    witem *w = witem_new(p, W_SCRIPT);
+    witem *w = witem_new(p, W_SCRIPT, 0);
     if (w == NULL)
         return;
     memcpy(w->script.tenant_id, p->tenant_id, sizeof w->script.tenant_id);
@@ -1357,20 +1366,14 @@ static void on_delta(void *ud, const char *text, size_t len)
     ask_slot *s = ud;
     if (!has_subscribers(s->p->e, s->p->panel_id))
         return;
-    /* Raw text, one allocation for both strings: the writer merges a panel's deltas per
-     * expert and builds the JSON once per merged run. */
-    size_t el = strlen(s->expert_id);
-    witem *w = witem_new(s->p, W_DELTA);
-    char *mem = w != NULL ? malloc(el + len + 2) : NULL;
-    if (mem == NULL) {
-        free(w);
+    /* Raw text: the writer merges a panel's deltas per expert and builds the JSON once per
+     * merged run. */
+    size_t el = strlen(s->expert_id), used = 0;
+    witem *w = witem_new(s->p, W_DELTA, len + el + 2);
+    if (w == NULL)
         return;
-    }
-    memcpy(mem, text, len);
-    mem[len] = '\0';
-    memcpy(mem + len + 1, s->expert_id, el + 1);
-    w->data = mem;
-    w->expert = mem + len + 1;
+    w->data = witem_text(w, &used, text, len);
+    w->expert = witem_text(w, &used, s->expert_id, el);
     writer_push(s->p->e, w);
 }
 
@@ -1399,18 +1402,23 @@ static void answer_slot(ask_slot *s, const llm_response *r)
     s->entry = entry_json(s->key, &a);
     /* usage */
     if (p->e->st != NULL) {
-        witem *w = witem_new(p, W_USAGE);
+        const char *provider = r->provider != NULL ? r->provider : "unknown";
+        const char *model = r->model != NULL ? r->model : "unknown";
+        const char *outcome = r->status == AP_OK ? "ok" : "error";
+        size_t el = strlen(s->expert_id), pl = strlen(provider), ml = strlen(model),
+               ol = strlen(outcome), used = 0;
+        witem *w = witem_new(p, W_USAGE, el + pl + ml + ol + 4);
         if (w != NULL) {
             memcpy(w->usage.panel_id, p->panel_id, sizeof w->usage.panel_id);
-            w->usage.expert_id = dup_or_null(s->expert_id);
-            w->usage.provider = strdup(r->provider != NULL ? r->provider : "unknown");
-            w->usage.model = strdup(r->model != NULL ? r->model : "unknown");
+            w->usage.expert_id = witem_text(w, &used, s->expert_id, el);
+            w->usage.provider = witem_text(w, &used, provider, pl);
+            w->usage.model = witem_text(w, &used, model, ml);
+            w->usage.outcome = witem_text(w, &used, outcome, ol);
             w->usage.prompt_tokens = r->prompt_tokens;
             w->usage.completion_tokens = r->completion_tokens;
             w->usage.cost_usd = r->cost_usd;
             w->usage.latency_ms = r->latency_ms;
             w->usage.attempts = r->attempts;
-            w->usage.outcome = strdup(r->status == AP_OK ? "ok" : "error");
             writer_push(p->e, w);
         }
     }
