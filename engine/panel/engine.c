@@ -1833,7 +1833,11 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     snprintf(p->tenant_id, sizeof p->tenant_id, "%s", row.tenant_id);
     snprintf(p->panel_id, sizeof p->panel_id, "%s", row.id);
     ap_err ckerr = {0};
-    ap_status ckrc = store_checkpoint_get(e->st, tenant_id, panel_id, &ck, &ckerr);
+    /* A created panel never ran (nothing moves a panel back to created), so it has no
+     * checkpoint: one read less on every execute. */
+    ap_status ckrc = strcmp(row.status, "created") == 0
+                         ? AP_NOTFOUND
+                         : store_checkpoint_get(e->st, tenant_id, panel_id, &ck, &ckerr);
     if (ckrc == AP_OK)
         has_ck = true;
     else if (ckrc != AP_NOTFOUND) {
