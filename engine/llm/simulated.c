@@ -19,6 +19,7 @@
 #define SIM_MAX_ITEMS 8
 #define SIM_TEXT_MAX (256 * 1024)
 #define SIM_CHUNK 24 /* bytes per streamed delta */
+#define SIM_PARSED 8 /* parsed JSON texts a provider keeps */
 
 /* ---- deterministic randomness ----------------------------------------------------------- */
 
@@ -466,16 +467,15 @@ static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth)
     return gen_string(s, sc, field);
 }
 
-/* The answer to req; schema is req->schema_json parsed (NULL without one). */
-static ap_status simulate(const llm_request *req, const cJSON *schema, uint64_t seed, char **text,
-                          char **data_json, ap_err *err)
+/* The answer to req; expert and schema are req->expert_json and req->schema_json parsed (NULL
+ * without one, or for an unreadable expert). */
+static ap_status simulate(const llm_request *req, const cJSON *expert, const cJSON *schema,
+                          uint64_t seed, char **text, char **data_json, ap_err *err)
 {
     ap_status rc = AP_OK;
-    cJSON *expert = NULL, *value = NULL;
+    cJSON *value = NULL;
     *text = NULL;
     *data_json = NULL;
-    if (req->expert_json != NULL)
-        expert = jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL);
     sim s = {0};
     s.prompt = req->prompt;
     s.name = jsonx_string(expert, "name");
@@ -509,7 +509,6 @@ static ap_status simulate(const llm_request *req, const cJSON *schema, uint64_t 
     }
 out:
     cJSON_Delete(value);
-    cJSON_Delete(expert);
     return rc;
 }
 
@@ -529,8 +528,12 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
     *data_json = NULL;
     cJSON *schema = NULL;
     ap_status rc = req->schema_json != NULL ? parse_schema(req->schema_json, &schema, err) : AP_OK;
+    cJSON *expert = req->expert_json != NULL
+                        ? jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL)
+                        : NULL;
     if (rc == AP_OK)
-        rc = simulate(req, schema, seed, text, data_json, err);
+        rc = simulate(req, expert, schema, seed, text, data_json, err);
+    cJSON_Delete(expert);
     cJSON_Delete(schema);
     return rc;
 }
@@ -543,10 +546,11 @@ typedef struct sim_provider {
     int64_t token_ms;
     uint64_t seed;
     char *call_log; /* path: one line per completed call, for tests; NULL: off */
-    /* The last schema parsed: the calls of one ask_all share their schema, so one entry saves
-     * all but the first parse of each batch. */
-    char *schema_text;
-    cJSON *schema;
+    /* The last schemas and experts parsed (texts and trees, replaced oldest first): the calls
+     * of one ask_all share their schema, and panels often share their experts. */
+    char *parsed_text[SIM_PARSED];
+    cJSON *parsed[SIM_PARSED];
+    size_t parsed_next;
 } sim_provider;
 
 typedef struct sim_call {
@@ -590,8 +594,10 @@ static void sim_destroy(void *self)
     if (p == NULL)
         return;
     free(p->call_log);
-    free(p->schema_text);
-    cJSON_Delete(p->schema);
+    for (size_t i = 0; i < SIM_PARSED; i++) {
+        free(p->parsed_text[i]);
+        cJSON_Delete(p->parsed[i]);
+    }
     free(p);
 }
 
@@ -664,23 +670,31 @@ static void sim_tick(llm_loop *loop, void *ud)
     sim_finish(sc);
 }
 
-/* text parsed into *out, through the provider's one-entry cache (a provider lives on one loop
- * thread). The tree stays valid until the next call. */
-static ap_status cached_schema(sim_provider *p, const char *text, const cJSON **out, ap_err *err)
+/* text parsed as JSON into *out (NULL when it does not parse), through the provider's cache (a
+ * provider lives on one loop thread). The tree stays valid until the next call that does not
+ * name it as keep. */
+static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, const cJSON **out,
+                         ap_err *err)
 {
-    if (p->schema != NULL && p->schema_text != NULL && strcmp(p->schema_text, text) == 0) {
-        *out = p->schema;
-        return AP_OK;
+    for (size_t i = 0; i < SIM_PARSED; i++) {
+        if (p->parsed_text[i] != NULL && strcmp(p->parsed_text[i], text) == 0) {
+            *out = p->parsed[i];
+            return;
+        }
     }
-    free(p->schema_text);
-    cJSON_Delete(p->schema);
-    p->schema_text = NULL;
-    ap_status rc = parse_schema(text, &p->schema, err);
-    /* Without the copy the tree still serves this call; the next one parses again. */
-    if (rc == AP_OK)
-        p->schema_text = strdup(text);
-    *out = p->schema;
-    return rc;
+    size_t slot = p->parsed_next;
+    if (keep != NULL && p->parsed[slot] == keep)
+        slot = (slot + 1) % SIM_PARSED;
+    p->parsed_next = (slot + 1) % SIM_PARSED;
+    free(p->parsed_text[slot]);
+    cJSON_Delete(p->parsed[slot]);
+    ap_err inner = {0};
+    p->parsed[slot] = jsonx_parse(text, strlen(text), 32, &inner);
+    /* Without the copy (or the tree) the slot stays unmatched; the tree still serves now. */
+    p->parsed_text[slot] = p->parsed[slot] != NULL ? strdup(text) : NULL;
+    if (p->parsed[slot] == NULL)
+        ap_err_set(err, AP_INVALID, "%s", inner.msg);
+    *out = p->parsed[slot];
 }
 
 static ap_status sim_start(void *self, llm_call *call, ap_err *err)
@@ -693,11 +707,19 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
     sc->call = call;
     sc->started = llm_loop_now_ms();
     const llm_request *req = llm_call_request(call);
-    const cJSON *schema = NULL;
-    ap_status rc =
-        req->schema_json != NULL ? cached_schema(p, req->schema_json, &schema, err) : AP_OK;
+    const cJSON *schema = NULL, *expert = NULL;
+    ap_status rc = AP_OK;
+    if (req->schema_json != NULL) {
+        ap_err inner = {0};
+        cached_parse(p, req->schema_json, NULL, &schema, &inner);
+        if (schema == NULL)
+            rc = ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
+    }
+    /* An unreadable expert answers with defaults, as it always did. */
+    if (rc == AP_OK && req->expert_json != NULL)
+        cached_parse(p, req->expert_json, schema, &expert, NULL);
     if (rc == AP_OK)
-        rc = simulate(req, schema, p->seed, &sc->text, &sc->data, err);
+        rc = simulate(req, expert, schema, p->seed, &sc->text, &sc->data, err);
     if (rc != AP_OK) {
         sim_call_free(sc);
         return rc;
