@@ -32,23 +32,31 @@ typedef struct witem {
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
-    /* W_EVENT; a W_DELTA (an ephemeral token delta, seq 0) keeps its raw text in data and
-     * its expert id in expert: the writer builds the JSON once per merged run of deltas, not
-     * once per delta. */
-    int64_t seq;
-    char *type, *data;
-    const char *expert;
-    /* W_CKPT */
-    store_checkpoint ck;
-    /* W_TRANS */
-    const char *from[4];
-    size_t nfrom;
-    const char *to;
-    char *result, *error;
-    /* W_USAGE */
-    store_usage usage;
-    /* W_SCRIPT */
-    store_script script;
+    /* The fields of the item's kind only: an item is as large as its largest kind, not as all
+     * of them together (a hundred items per panel cross from the runners to the writer). */
+    union {
+        /* W_EVENT; a W_DELTA (an ephemeral token delta, seq 0) keeps its raw text in data and
+         * its expert id in expert: the writer builds the JSON once per merged run of deltas,
+         * not once per delta. */
+        struct {
+            int64_t seq;
+            char *type, *data;
+            const char *expert;
+        };
+        /* W_CKPT */
+        store_checkpoint ck;
+        /* W_TRANS */
+        struct {
+            const char *from[4];
+            size_t nfrom;
+            const char *to;
+            char *result, *error;
+        };
+        /* W_USAGE */
+        store_usage usage;
+        /* W_SCRIPT */
+        store_script script;
+    };
     /* The texts of a W_EVENT, W_DELTA or W_USAGE, in the item's own allocation: one malloc
      * and one free (on another thread, the writer's) per item instead of up to five. */
     char text[];
