@@ -421,6 +421,16 @@ static void sq_close(void *impl)
     free(q);
 }
 
+/* Process-wide settings, before SQLite initialises: without memory statistics (nothing reads
+ * them) every SQLite allocation skips a global mutex, ~3 % of the engine's instructions under
+ * load. Refused harmlessly when SQLite was already initialised. */
+static pthread_once_t sq_config_once = PTHREAD_ONCE_INIT;
+
+static void sq_config(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 ap_status store_sqlite_open(const char *path, void **impl, ap_err *err)
 {
     *impl = NULL;
@@ -432,6 +442,7 @@ ap_status store_sqlite_open(const char *path, void **impl, ap_err *err)
     pthread_mutex_init(&q->mu, NULL);
     ap_status rc = AP_OK;
     bool memory = strcmp(path, ":memory:") == 0;
+    pthread_once(&sq_config_once, sq_config);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, &q->db, flags, NULL) != SQLITE_OK) {
         rc = ap_err_set(err, AP_IO, "cannot open SQLite database '%s': %s", path,
