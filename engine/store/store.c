@@ -198,9 +198,13 @@ static ap_status check_json_trusted(const char *s, const char *what, char kind, 
     for (; i < len; i++) {
         char c = s[i];
         if (in_str) {
-            if (c == '\\')
+            /* Skip to the next quote or escape: strings are most of the text. */
+            i += strcspn(s + i, "\"\\");
+            if (i >= len)
+                break;
+            if (s[i] == '\\')
                 i++;
-            else if (c == '"')
+            else
                 in_str = false;
         } else if (c == '"') {
             in_str = true;
