@@ -12,6 +12,7 @@
 #include "core/clock.h"
 #include "core/config.h"
 #include "core/log.h"
+#include "core/memtune.h"
 #include "panel/engine.h"
 
 #include <stdio.h>
@@ -320,6 +321,7 @@ int main(int argc, char **argv)
     int nb = argc > 2 ? arg_int(argv[2], 2000) : 2000;
     in_memory = argc > 3 && strcmp(argv[3], "memory") == 0;
     log_set_level(LOG_LEVEL_ERROR);
+    memtune_server(); /* the allocator settings of `askpanel serve` */
     setup();
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     printf("bench_runtime: %ld cores, %ld runner threads, SQLite store %s\n", cores, cores,
@@ -380,6 +382,7 @@ int main(int argc, char **argv)
         lat[i] = done > 0 ? done - w[i].started_us : INT64_MAX / 2;
         panel_engine_unsubscribe(e, w[i].sub);
     }
+    double runners_b = thread_cpu("ap-runner"), writer_b = thread_cpu("ap-writer");
     panel_engine_stop(e);
     double cpu_b = cpu_seconds() - c1;
     qsort(lat, (size_t)nb, sizeof *lat, cmp_i64);
@@ -394,7 +397,10 @@ int main(int argc, char **argv)
            "%.0f ms, max %.0f ms\n",
            lat[nb / 2] / 1000.0, lat[nb / 2] / 600000.0, lat[(nb * 99) / 100] / 1000.0,
            lat[nb - 1] / 1000.0);
-    printf("    CPU %.2f s = %.0f us per panel\n", cpu_b, cpu_b * 1e6 / nb);
+    printf("    CPU %.2f s = %.0f us per panel: runner threads %.0f us, writer %.0f us, the rest "
+           "(execute) %.0f us\n",
+           cpu_b, cpu_b * 1e6 / nb, runners_b * 1e6 / nb, writer_b * 1e6 / nb,
+           (cpu_b - runners_b - writer_b) * 1e6 / nb);
     free(w);
     free(lat);
     free(ids);

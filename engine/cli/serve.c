@@ -8,6 +8,7 @@
 #include "cache/cache.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/memtune.h"
 #include "http/api.h"
 #include "http/ratelimit.h"
 #include "http/server.h"
@@ -105,6 +106,7 @@ int cli_serve(int argc, char **argv)
     http_server *srv = NULL;
     api_deps deps = {.cfg = &cfg, .started_ms = clock_wall_ms()};
 
+    memtune_server();
     /* Block the signals before any thread starts so every thread inherits the mask. */
     sigset_t set;
     sigemptyset(&set);

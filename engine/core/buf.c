@@ -50,12 +50,16 @@ ap_status buf_puts(buf *b, const char *s)
 
 ap_status buf_printf(buf *b, const char *fmt, ...)
 {
+    /* Most texts are short: format once into the stack, not once to measure and again. */
+    char small[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
     if (n < 0)
         return AP_INVALID;
+    if ((size_t)n < sizeof small)
+        return buf_append(b, small, (size_t)n);
     ap_status rc = reserve(b, (size_t)n);
     if (rc != AP_OK)
         return rc;

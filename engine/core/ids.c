@@ -49,6 +49,21 @@ ap_status ids_uuid_v4(char out[IDS_UUID_LEN + 1])
     return AP_OK;
 }
 
+ap_status ids_uuid_v7(int64_t unix_ms, char out[IDS_UUID_LEN + 1])
+{
+    unsigned char b[16];
+    ap_status rc = ids_random(b + 6, sizeof b - 6);
+    if (rc != AP_OK)
+        return rc;
+    uint64_t ms = unix_ms > 0 ? (uint64_t)unix_ms : 0;
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)(ms >> (8 * (5 - i)));
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x70);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    format_uuid(b, out);
+    return AP_OK;
+}
+
 bool ids_uuid_normalize(const char *in, char out[IDS_UUID_LEN + 1])
 {
     if (in == NULL || strlen(in) != IDS_UUID_LEN)

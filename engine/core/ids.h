@@ -17,6 +17,11 @@ ap_status ids_random(void *buf, size_t n);
 /* Writes a new random (v4) UUID in canonical lower-case form into out[37]. */
 ap_status ids_uuid_v4(char out[IDS_UUID_LEN + 1]);
 
+/* Writes a new time-ordered (v7) UUID for the Unix time unix_ms into out[37]: ids made in
+ * order sort in order, so a table keyed by them grows at one end of its index instead of
+ * touching a random page per insert. The creation time can be read from the id. */
+ap_status ids_uuid_v7(int64_t unix_ms, char out[IDS_UUID_LEN + 1]);
+
 /* Validates a UUID in any case (with hyphens, 36 chars) and writes its lower-case canonical
  * form into out[37]; false (out untouched) when in is not a UUID. */
 bool ids_uuid_normalize(const char *in, char out[IDS_UUID_LEN + 1]);

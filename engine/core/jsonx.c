@@ -1,5 +1,6 @@
 #include "core/jsonx.h"
 
+#include <stdint.h>
 #include <string.h>
 
 int jsonx_depth(const cJSON *item)
@@ -63,6 +64,15 @@ bool jsonx_utf8_valid(const char *s, size_t n)
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
     while (i < n) {
+        /* Plain ASCII, most of any text, eight bytes at a time. */
+        uint64_t word;
+        if (n - i >= sizeof word) {
+            memcpy(&word, p + i, sizeof word);
+            if ((word & 0x8080808080808080ULL) == 0) {
+                i += sizeof word;
+                continue;
+            }
+        }
         unsigned char c = p[i];
         size_t need;
         unsigned int cp;

@@ -19,6 +19,7 @@
 #define SIM_MAX_ITEMS 8
 #define SIM_TEXT_MAX (256 * 1024)
 #define SIM_CHUNK 24 /* bytes per streamed delta */
+#define SIM_PARSED 8 /* parsed JSON texts a provider keeps */
 
 /* ---- deterministic randomness ----------------------------------------------------------- */
 
@@ -466,15 +467,15 @@ static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth)
     return gen_string(s, sc, field);
 }
 
-ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char **data_json,
-                       ap_err *err)
+/* The answer to req; expert and schema are req->expert_json and req->schema_json parsed (NULL
+ * without one, or for an unreadable expert). */
+static ap_status simulate(const llm_request *req, const cJSON *expert, const cJSON *schema,
+                          uint64_t seed, char **text, char **data_json, ap_err *err)
 {
     ap_status rc = AP_OK;
-    cJSON *expert = NULL, *schema = NULL, *value = NULL;
+    cJSON *value = NULL;
     *text = NULL;
     *data_json = NULL;
-    if (req->expert_json != NULL)
-        expert = jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL);
     sim s = {0};
     s.prompt = req->prompt;
     s.name = jsonx_string(expert, "name");
@@ -498,12 +499,6 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
             rc = ap_err_set(err, AP_NOMEM, "out of memory");
         goto out;
     }
-    ap_err inner = {0};
-    schema = jsonx_parse(req->schema_json, strlen(req->schema_json), 32, &inner);
-    if (schema == NULL) {
-        rc = ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
-        goto out;
-    }
     value = gen(&s, schema, NULL, 0);
     *data_json = value != NULL ? jsonx_print(value) : NULL;
     *text = *data_json != NULL ? strdup(*data_json) : NULL;
@@ -514,8 +509,32 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
     }
 out:
     cJSON_Delete(value);
-    cJSON_Delete(schema);
+    return rc;
+}
+
+static ap_status parse_schema(const char *text, cJSON **out, ap_err *err)
+{
+    ap_err inner = {0};
+    *out = jsonx_parse(text, strlen(text), 32, &inner);
+    if (*out == NULL)
+        return ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
+    return AP_OK;
+}
+
+ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char **data_json,
+                       ap_err *err)
+{
+    *text = NULL;
+    *data_json = NULL;
+    cJSON *schema = NULL;
+    ap_status rc = req->schema_json != NULL ? parse_schema(req->schema_json, &schema, err) : AP_OK;
+    cJSON *expert = req->expert_json != NULL
+                        ? jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL)
+                        : NULL;
+    if (rc == AP_OK)
+        rc = simulate(req, expert, schema, seed, text, data_json, err);
     cJSON_Delete(expert);
+    cJSON_Delete(schema);
     return rc;
 }
 
@@ -527,6 +546,11 @@ typedef struct sim_provider {
     int64_t token_ms;
     uint64_t seed;
     char *call_log; /* path: one line per completed call, for tests; NULL: off */
+    /* The last schemas and experts parsed (texts and trees, replaced oldest first): the calls
+     * of one ask_all share their schema, and panels often share their experts. */
+    char *parsed_text[SIM_PARSED];
+    cJSON *parsed[SIM_PARSED];
+    size_t parsed_next;
 } sim_provider;
 
 typedef struct sim_call {
@@ -570,6 +594,10 @@ static void sim_destroy(void *self)
     if (p == NULL)
         return;
     free(p->call_log);
+    for (size_t i = 0; i < SIM_PARSED; i++) {
+        free(p->parsed_text[i]);
+        cJSON_Delete(p->parsed[i]);
+    }
     free(p);
 }
 
@@ -642,6 +670,33 @@ static void sim_tick(llm_loop *loop, void *ud)
     sim_finish(sc);
 }
 
+/* text parsed as JSON into *out (NULL when it does not parse), through the provider's cache (a
+ * provider lives on one loop thread). The tree stays valid until the next call that does not
+ * name it as keep. */
+static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, const cJSON **out,
+                         ap_err *err)
+{
+    for (size_t i = 0; i < SIM_PARSED; i++) {
+        if (p->parsed_text[i] != NULL && strcmp(p->parsed_text[i], text) == 0) {
+            *out = p->parsed[i];
+            return;
+        }
+    }
+    size_t slot = p->parsed_next;
+    if (keep != NULL && p->parsed[slot] == keep)
+        slot = (slot + 1) % SIM_PARSED;
+    p->parsed_next = (slot + 1) % SIM_PARSED;
+    free(p->parsed_text[slot]);
+    cJSON_Delete(p->parsed[slot]);
+    ap_err inner = {0};
+    p->parsed[slot] = jsonx_parse(text, strlen(text), 32, &inner);
+    /* Without the copy (or the tree) the slot stays unmatched; the tree still serves now. */
+    p->parsed_text[slot] = p->parsed[slot] != NULL ? strdup(text) : NULL;
+    if (p->parsed[slot] == NULL)
+        ap_err_set(err, AP_INVALID, "%s", inner.msg);
+    *out = p->parsed[slot];
+}
+
 static ap_status sim_start(void *self, llm_call *call, ap_err *err)
 {
     sim_provider *p = self;
@@ -651,7 +706,20 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
     sc->p = p;
     sc->call = call;
     sc->started = llm_loop_now_ms();
-    ap_status rc = llm_simulate(llm_call_request(call), p->seed, &sc->text, &sc->data, err);
+    const llm_request *req = llm_call_request(call);
+    const cJSON *schema = NULL, *expert = NULL;
+    ap_status rc = AP_OK;
+    if (req->schema_json != NULL) {
+        ap_err inner = {0};
+        cached_parse(p, req->schema_json, NULL, &schema, &inner);
+        if (schema == NULL)
+            rc = ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
+    }
+    /* An unreadable expert answers with defaults, as it always did. */
+    if (rc == AP_OK && req->expert_json != NULL)
+        cached_parse(p, req->expert_json, schema, &expert, NULL);
+    if (rc == AP_OK)
+        rc = simulate(req, expert, schema, p->seed, &sc->text, &sc->data, err);
     if (rc != AP_OK) {
         sim_call_free(sc);
         return rc;

@@ -32,23 +32,34 @@ typedef struct witem {
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
-    /* W_EVENT; a W_DELTA (an ephemeral token delta, seq 0) keeps its raw text in data and
-     * points expert into the same allocation: the writer builds the JSON once per merged
-     * run of deltas, not once per delta. */
-    int64_t seq;
-    char *type, *data;
-    const char *expert;
-    /* W_CKPT */
-    store_checkpoint ck;
-    /* W_TRANS */
-    const char *from[4];
-    size_t nfrom;
-    const char *to;
-    char *result, *error;
-    /* W_USAGE */
-    store_usage usage;
-    /* W_SCRIPT */
-    store_script script;
+    /* The fields of the item's kind only: an item is as large as its largest kind, not as all
+     * of them together (a hundred items per panel cross from the runners to the writer). */
+    union {
+        /* W_EVENT; a W_DELTA (an ephemeral token delta, seq 0) keeps its raw text in data and
+         * its expert id in expert: the writer builds the JSON once per merged run of deltas,
+         * not once per delta. */
+        struct {
+            int64_t seq;
+            char *type, *data;
+            const char *expert;
+        };
+        /* W_CKPT */
+        store_checkpoint ck;
+        /* W_TRANS */
+        struct {
+            const char *from[4];
+            size_t nfrom;
+            const char *to;
+            char *result, *error;
+        };
+        /* W_USAGE */
+        store_usage usage;
+        /* W_SCRIPT */
+        store_script script;
+    };
+    /* The texts of a W_EVENT, W_DELTA or W_USAGE, in the item's own allocation: one malloc
+     * and one free (on another thread, the writer's) per item instead of up to five. */
+    char text[];
 } witem;
 
 /* ---- subscriptions -------------------------------------------------------------------- */
@@ -79,6 +90,8 @@ typedef struct ask_slot {
     prun *p;
     size_t idx;
     char *expert_id;
+    char *name;  /* the expert's display name, for expert.message */
+    char *model; /* the expert's own model, NULL: the provider's default */
     llm_call *call;
     bool done;
     char key[JOURNAL_KEY_LEN + 1];
@@ -231,22 +244,20 @@ static ap_status pin_script(panel_engine *e, const char *tenant_id, const script
 
 static void witem_free(witem *w)
 {
-    free(w->type);
-    free(w->data);
-    free(w->ck.next_node);
-    free(w->ck.state);
-    free(w->ck.script_version);
-    free(w->ck.journal);
-    free(w->result);
-    free(w->error);
-    free(w->usage.expert_id);
-    free(w->usage.provider);
-    free(w->usage.model);
-    free(w->usage.outcome);
-    free(w->script.name);
-    free(w->script.version);
-    free(w->script.source);
-    free(w->script.origin);
+    if (w->kind == W_CKPT) {
+        free(w->ck.next_node);
+        free(w->ck.state);
+        free(w->ck.script_version);
+        free(w->ck.journal);
+    } else if (w->kind == W_TRANS) {
+        free(w->result);
+        free(w->error);
+    } else if (w->kind == W_SCRIPT) {
+        free(w->script.name);
+        free(w->script.version);
+        free(w->script.source);
+        free(w->script.origin);
+    }
     free(w);
 }
 
@@ -441,6 +452,35 @@ static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write 
 
 _Static_assert(WRITER_BATCH <= STORE_WRITE_MAX, "a writer batch must fit one store_write_batch");
 
+/* Drops (sets to NULL) the checkpoints of all[0..n) that a later checkpoint of the same panel in
+ * the batch replaces. The store keeps only a panel's last checkpoint and a tenant's writes of a
+ * batch commit in one transaction, so a replaced one could never be read: a node's journal
+ * checkpoint and the next node's checkpoint usually land in the same batch, and the first is
+ * the larger. Without memory for the set nothing is dropped. */
+static void drop_replaced_checkpoints(witem **all, size_t n)
+{
+    size_t cap = 64;
+    while (cap < 2 * n)
+        cap *= 2;
+    const witem **seen = calloc(cap, sizeof *seen);
+    if (seen == NULL)
+        return;
+    for (size_t i = n; i-- > 0;) {
+        const witem *w = all[i];
+        if (w->kind != W_CKPT)
+            continue;
+        size_t h = bucket_hash(w->panel_id) & (cap - 1);
+        while (seen[h] != NULL && (strcmp(seen[h]->panel_id, w->panel_id) != 0 ||
+                                   strcmp(seen[h]->tenant_id, w->tenant_id) != 0))
+            h = (h + 1) & (cap - 1);
+        if (seen[h] != NULL)
+            all[i] = NULL;
+        else
+            seen[h] = w;
+    }
+    free(seen);
+}
+
 /* Groups the durable items of a batch per tenant (almost always one) and commits each group in
  * one store transaction: events, checkpoints (the store keeps only a panel's last), status
  * changes and usage together, so a status change is durable before its event is published. */
@@ -462,6 +502,7 @@ static void commit_writes(panel_engine *e, witem *list)
     for (witem *w = list; w != NULL; w = w->next)
         if (batch_item(w))
             all[k++] = w;
+    drop_replaced_checkpoints(all, n);
     for (size_t i = 0; i < n; i++) {
         if (all[i] == NULL)
             continue;
@@ -825,6 +866,8 @@ static void prun_free(prun *p)
         llm_cancel(p->slots[i].call);
         free(p->slots[i].entry);
         free(p->slots[i].expert_id);
+        free(p->slots[i].name);
+        free(p->slots[i].model);
     }
     free(p->slots);
     if (p->timer != NULL && p->r != NULL)
@@ -854,15 +897,26 @@ static void prun_release(prun *p)
     prun_free(p);
 }
 
-static witem *witem_new(const prun *p, wkind kind)
+/* A new item with room for text_cap bytes of texts (see witem_text). */
+static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
 {
-    witem *w = calloc(1, sizeof *w);
+    witem *w = calloc(1, sizeof *w + text_cap);
     if (w == NULL)
         return NULL;
     w->kind = kind;
     memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
     memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
     return w;
+}
+
+/* Copies s (len bytes) into w's text space at *used, which the caller sized at witem_new. */
+static char *witem_text(witem *w, size_t *used, const char *s, size_t len)
+{
+    char *t = w->text + *used;
+    memcpy(t, s, len);
+    t[len] = '\0';
+    *used += len + 1;
+    return t;
 }
 
 /* Queues an event; durable ones get the next seq. During a replay, events whose seq is
@@ -875,16 +929,13 @@ static ap_status prun_emit(prun *p, const char *type, const char *data, bool dur
         *seq_out = seq;
     if (durable && seq <= p->stored_seq)
         return AP_OK;
-    witem *w = witem_new(p, W_EVENT);
+    size_t tl = strlen(type), dl = strlen(data), used = 0;
+    witem *w = witem_new(p, W_EVENT, tl + dl + 2);
     if (w == NULL)
         return AP_NOMEM;
     w->seq = seq;
-    w->type = strdup(type);
-    w->data = strdup(data);
-    if (w->type == NULL || w->data == NULL) {
-        witem_free(w);
-        return AP_NOMEM;
-    }
+    w->type = witem_text(w, &used, type, tl);
+    w->data = witem_text(w, &used, data, dl);
     writer_push(p->e, w);
     return AP_OK;
 }
@@ -899,7 +950,7 @@ static void prun_emit_status(prun *p, const char *status)
 static void prun_transition(prun *p, const char *const *from, size_t nfrom, const char *to,
                             const char *result, const char *error)
 {
-    witem *w = witem_new(p, W_TRANS);
+    witem *w = witem_new(p, W_TRANS, 0);
     if (w == NULL)
         return;
     for (size_t i = 0; i < nfrom && i < 4; i++)
@@ -972,7 +1023,7 @@ static char *envelope(const prun *p, const char *state)
 
 static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
 {
-    witem *w = witem_new(p, W_CKPT);
+    witem *w = witem_new(p, W_CKPT, 0);
     if (w == NULL)
         return;
     memcpy(w->ck.panel_id, p->panel_id, sizeof w->ck.panel_id);
@@ -1070,7 +1121,7 @@ static void queue_script_pin(prun *p, const script_entry *en)
 {
     if (p->e->st == NULL)
         return;
-    witem *w = witem_new(p, W_SCRIPT);
+    witem *w = witem_new(p, W_SCRIPT, 0);
     if (w == NULL)
         return;
     memcpy(w->script.tenant_id, p->tenant_id, sizeof w->script.tenant_id);
@@ -1223,19 +1274,9 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
     a->ct = (int64_t)jsonx_number(entry, "ct", 0);
 }
 
-static const char *expert_name(const script_ask *a, char *out, size_t cap)
-{
-    cJSON *ex = jsonx_parse(a->expert_json, strlen(a->expert_json), 32, NULL);
-    const char *n = jsonx_string(ex, "name");
-    snprintf(out, cap, "%s", n != NULL ? n : a->expert_id);
-    cJSON_Delete(ex);
-    return out;
-}
-
 /* Emits expert.message; built as text because it runs for every answer. */
-static void emit_message(prun *p, const script_ask *ask, const answer *a)
+static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a)
 {
-    char name[256];
     buf b;
     buf_init(&b, JOURNAL_MAX);
     ap_status rc = buf_puts(&b, "{\"expert\":");
@@ -1244,7 +1285,7 @@ static void emit_message(prun *p, const script_ask *ask, const answer *a)
     if (rc == AP_OK)
         rc = buf_puts(&b, ",\"name\":");
     if (rc == AP_OK)
-        rc = json_str(&b, expert_name(ask, name, sizeof name));
+        rc = json_str(&b, name);
     if (rc == AP_OK && ask->round > 0)
         rc = buf_printf(&b, ",\"round\":%lld", (long long)ask->round);
     if (a->error != NULL) {
@@ -1289,6 +1330,8 @@ static void clear_slots(prun *p)
     for (size_t i = 0; i < p->nslots; i++) {
         free(p->slots[i].entry);
         free(p->slots[i].expert_id);
+        free(p->slots[i].name);
+        free(p->slots[i].model);
     }
     free(p->slots);
     p->slots = NULL;
@@ -1331,20 +1374,14 @@ static void on_delta(void *ud, const char *text, size_t len)
     ask_slot *s = ud;
     if (!has_subscribers(s->p->e, s->p->panel_id))
         return;
-    /* Raw text, one allocation for both strings: the writer merges a panel's deltas per
-     * expert and builds the JSON once per merged run. */
-    size_t el = strlen(s->expert_id);
-    witem *w = witem_new(s->p, W_DELTA);
-    char *mem = w != NULL ? malloc(el + len + 2) : NULL;
-    if (mem == NULL) {
-        free(w);
+    /* Raw text: the writer merges a panel's deltas per expert and builds the JSON once per
+     * merged run. */
+    size_t el = strlen(s->expert_id), used = 0;
+    witem *w = witem_new(s->p, W_DELTA, len + el + 2);
+    if (w == NULL)
         return;
-    }
-    memcpy(mem, text, len);
-    mem[len] = '\0';
-    memcpy(mem + len + 1, s->expert_id, el + 1);
-    w->data = mem;
-    w->expert = mem + len + 1;
+    w->data = witem_text(w, &used, text, len);
+    w->expert = witem_text(w, &used, s->expert_id, el);
     writer_push(s->p->e, w);
 }
 
@@ -1373,23 +1410,28 @@ static void answer_slot(ask_slot *s, const llm_response *r)
     s->entry = entry_json(s->key, &a);
     /* usage */
     if (p->e->st != NULL) {
-        witem *w = witem_new(p, W_USAGE);
+        const char *provider = r->provider != NULL ? r->provider : "unknown";
+        const char *model = r->model != NULL ? r->model : "unknown";
+        const char *outcome = r->status == AP_OK ? "ok" : "error";
+        size_t el = strlen(s->expert_id), pl = strlen(provider), ml = strlen(model),
+               ol = strlen(outcome), used = 0;
+        witem *w = witem_new(p, W_USAGE, el + pl + ml + ol + 4);
         if (w != NULL) {
             memcpy(w->usage.panel_id, p->panel_id, sizeof w->usage.panel_id);
-            w->usage.expert_id = dup_or_null(s->expert_id);
-            w->usage.provider = strdup(r->provider != NULL ? r->provider : "unknown");
-            w->usage.model = strdup(r->model != NULL ? r->model : "unknown");
+            w->usage.expert_id = witem_text(w, &used, s->expert_id, el);
+            w->usage.provider = witem_text(w, &used, provider, pl);
+            w->usage.model = witem_text(w, &used, model, ml);
+            w->usage.outcome = witem_text(w, &used, outcome, ol);
             w->usage.prompt_tokens = r->prompt_tokens;
             w->usage.completion_tokens = r->completion_tokens;
             w->usage.cost_usd = r->cost_usd;
             w->usage.latency_ms = r->latency_ms;
             w->usage.attempts = r->attempts;
-            w->usage.outcome = strdup(r->status == AP_OK ? "ok" : "error");
             writer_push(p->e, w);
         }
     }
     deliver_answer(p, s->idx, &a);
-    emit_message(p, &p->asks[s->idx], &a);
+    emit_message(p, &p->asks[s->idx], s->name, &a);
     p->pending--;
 }
 
@@ -1427,12 +1469,19 @@ static void start_asks(prun *p, const script_step *step)
         ask_slot *s = &p->slots[i];
         s->p = p;
         s->idx = i;
-        s->expert_id = strdup(step->asks[i].expert_id);
-        if (s->expert_id == NULL) {
+        /* The expert's JSON is read once per ask, for its name and model. */
+        const script_ask *ask = &step->asks[i];
+        cJSON *ex = jsonx_parse(ask->expert_json, strlen(ask->expert_json), 32, NULL);
+        const char *name = jsonx_string(ex, "name"), *model = jsonx_string(ex, "model");
+        s->expert_id = strdup(ask->expert_id);
+        s->name = strdup(name != NULL ? name : ask->expert_id);
+        s->model = dup_or_null(model);
+        cJSON_Delete(ex);
+        if (s->expert_id == NULL || s->name == NULL || (model != NULL && s->model == NULL)) {
             prun_fail(p, "out of memory");
             return;
         }
-        journal_key(&step->asks[i], s->key);
+        journal_key(ask, s->key);
         const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key) : NULL;
         if (old != NULL) {
             answer a;
@@ -1441,7 +1490,7 @@ static void start_asks(prun *p, const script_step *step)
             s->entry = jsonx_print(old);
             s->done = true;
             deliver_answer(p, i, &a);
-            emit_message(p, &step->asks[i], &a);
+            emit_message(p, ask, s->name, &a);
             free(data);
             p->pending--;
         }
@@ -1451,8 +1500,7 @@ static void start_asks(prun *p, const script_step *step)
         if (s->done)
             continue;
         const script_ask *a = &step->asks[i];
-        cJSON *ex = jsonx_parse(a->expert_json, strlen(a->expert_json), 32, NULL);
-        const char *model = p->e->model != NULL ? p->e->model : jsonx_string(ex, "model");
+        const char *model = p->e->model != NULL ? p->e->model : s->model;
         llm_request req = {
             .tenant_id = p->tenant_id,
             .panel_id = p->panel_id,
@@ -1470,7 +1518,6 @@ static void start_asks(prun *p, const script_step *step)
         llm_callbacks cb = {on_delta, on_done, s};
         ap_err err = {0};
         ap_status rc = llm_submit(p->r->llm, p->e->provider, &req, &cb, &s->call, &err);
-        cJSON_Delete(ex);
         if (rc != AP_OK) {
             /* A call that cannot even start is an answer with an error. */
             llm_response r = {.status = rc, .error = err.msg, .provider = p->e->provider};
@@ -1794,7 +1841,11 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     snprintf(p->tenant_id, sizeof p->tenant_id, "%s", row.tenant_id);
     snprintf(p->panel_id, sizeof p->panel_id, "%s", row.id);
     ap_err ckerr = {0};
-    ap_status ckrc = store_checkpoint_get(e->st, tenant_id, panel_id, &ck, &ckerr);
+    /* A created panel never ran (nothing moves a panel back to created), so it has no
+     * checkpoint: one read less on every execute. */
+    ap_status ckrc = strcmp(row.status, "created") == 0
+                         ? AP_NOTFOUND
+                         : store_checkpoint_get(e->st, tenant_id, panel_id, &ck, &ckerr);
     if (ckrc == AP_OK)
         has_ck = true;
     else if (ckrc != AP_NOTFOUND) {

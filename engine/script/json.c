@@ -23,21 +23,31 @@ typedef struct enc {
     char path[128]; /* the key being encoded, for messages */
 } enc;
 
+/* Whether byte c goes into a JSON string as it is. */
+static bool plain_ascii(unsigned char c)
+{
+    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
 static ap_status enc_string(enc *e, const char *s, size_t n)
 {
     ap_status rc = buf_puts(&e->out, "\"");
     size_t i = 0;
     while (rc == AP_OK && i < n) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
+        if (plain_ascii(c)) {
+            /* Runs of plain ASCII, most of any text, go in with one copy. */
+            size_t j = i + 1;
+            while (j < n && plain_ascii((unsigned char)s[j]))
+                j++;
+            rc = buf_append(&e->out, s + i, j - i);
+            i = j;
+        } else if (c == '"' || c == '\\') {
             char esc[2] = {'\\', (char)c};
             rc = buf_append(&e->out, esc, 2);
             i++;
         } else if (c < 0x20) {
             rc = buf_printf(&e->out, "\\u%04x", c);
-            i++;
-        } else if (c < 0x80) {
-            rc = buf_append(&e->out, s + i, 1);
             i++;
         } else {
             /* Find the length of a valid UTF-8 sequence here; invalid bytes become U+FFFD so
@@ -62,12 +72,14 @@ static ap_status enc_string(enc *e, const char *s, size_t n)
 
 static ap_status enc_number(enc *e, int idx)
 {
-    if (lua_isinteger(e->L, idx))
-        return buf_printf(&e->out, "%lld", (long long)lua_tointeger(e->L, idx));
+    char tmp[64];
+    if (lua_isinteger(e->L, idx)) {
+        snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(e->L, idx));
+        return buf_puts(&e->out, tmp);
+    }
     double d = lua_tonumber(e->L, idx);
     if (!isfinite(d))
         return buf_puts(&e->out, "null");
-    char tmp[64];
     snprintf(tmp, sizeof tmp, "%.15g", d);
     if (strtod(tmp, NULL) != d)
         snprintf(tmp, sizeof tmp, "%.17g", d);
@@ -180,8 +192,10 @@ static ap_status enc_table(enc *e, int idx, int depth)
             rc = buf_puts(&e->out, ":");
         if (rc != AP_OK)
             break;
-        snprintf(e->path, sizeof e->path, "%.*s", (int)(keys[i].n < 100 ? keys[i].n : 100),
-                 keys[i].s);
+        /* Copied, not formatted: this runs for every key. */
+        size_t pl = keys[i].n < 100 ? keys[i].n : 100;
+        memcpy(e->path, keys[i].s, pl);
+        e->path[pl] = '\0';
         rc = enc_value(e, keys[i].slot, depth + 1);
     }
     if (rc == AP_OK)

@@ -198,9 +198,13 @@ static ap_status check_json_trusted(const char *s, const char *what, char kind, 
     for (; i < len; i++) {
         char c = s[i];
         if (in_str) {
-            if (c == '\\')
+            /* Skip to the next quote or escape: strings are most of the text. */
+            i += strcspn(s + i, "\"\\");
+            if (i >= len)
+                break;
+            if (s[i] == '\\')
                 i++;
-            else if (c == '"')
+            else
                 in_str = false;
         } else if (c == '"') {
             in_str = true;
@@ -1157,7 +1161,7 @@ static ap_status usage_prepare(const store_usage *u, int64_t now, store_usage *o
     *out = *u;
     if (u->id[0] != '\0')
         rc = norm_uuid(u->id, out->id, "usage id", err);
-    else if (ids_uuid_v4(out->id) != AP_OK)
+    else if (ids_uuid_v7(now, out->id) != AP_OK) /* appended: usage is written in time order */
         rc = ap_err_set(err, AP_IO, "no randomness for a usage id");
     if (rc == AP_OK && u->panel_id[0] != '\0')
         rc = norm_uuid(u->panel_id, out->panel_id, "usage panel id", err);

@@ -58,6 +58,14 @@ static void test_uuid(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_false(ids_uuid_normalize(bad[i], norm));
     assert_false(ids_uuid_normalize(NULL, norm));
+    /* v7: the time in the first 48 bits, so ids of later milliseconds sort after. */
+    char a[IDS_UUID_LEN + 1], b[IDS_UUID_LEN + 1];
+    assert_int_equal(ids_uuid_v7(0x0123456789abLL, a), AP_OK);
+    assert_int_equal(ids_uuid_v7(0x0123456789acLL, b), AP_OK);
+    assert_memory_equal(a, "01234567-89ab-7", 15);
+    assert_true(strchr("89ab", a[19]) != NULL);
+    assert_true(ids_uuid_normalize(a, norm));
+    assert_true(strcmp(a, b) < 0);
 }
 
 static void test_hashes_match_known_vectors(void **state)
