@@ -40,8 +40,11 @@ typedef struct event_stream {
     char tenant[IDS_UUID_LEN + 1];
     char panel[IDS_UUID_LEN + 1];
     panel_sub *sub;
-    buf pending;
+    buf pending; /* the retry line, heartbeats and replayed frames: sent before live frames */
     size_t sent;
+    panel_event cur; /* the live event being sent; its frame is shared by every stream */
+    const struct frame *cur_frame;
+    size_t cur_off;
     int64_t last_seq;
     bool replaying;
     bool finished;
@@ -118,42 +121,114 @@ static void replay_page(event_stream *es)
     store_events_free(rows, n);
 }
 
-static void take_live(event_stream *es)
+/* A live event's SSE frame, built once per event and shared by every stream that sends it:
+ * thousands of streams on one panel then cost a copy each, not a format and a buffer each. */
+typedef struct frame {
+    bool final;
+    size_t len;
+    char bytes[];
+} frame;
+
+static void *make_frame(const panel_event *ev)
+{
+    frame *f = NULL;
+    buf b;
+    buf_init(&b, PENDING_MAX);
+    if (sse_format(&b, ev->seq, ev->type, ev->data) != AP_OK)
+        goto out;
+    f = malloc(sizeof *f + b.len);
+    if (f == NULL)
+        goto out;
+    f->final = is_final_event(ev->type, ev->data);
+    f->len = b.len;
+    memcpy(f->bytes, b.data, b.len);
+out:
+    buf_free(&b);
+    return f;
+}
+
+/* Holds the next new live event in es->cur; false when there is none to send now. */
+static bool take_live(event_stream *es)
 {
     panel_event ev;
-    while (!es->finished && !es->replaying && es->pending.len < FILL_TARGET) {
+    while (!es->finished && !es->replaying) {
         int r = panel_sub_next(es->sub, &ev, 0);
         if (r == 0)
-            break;
+            return false;
         if (r < 0) {
             es->replaying = true;
-            break;
+            return false;
         }
-        append_event(es, ev.seq, ev.type, ev.data);
-        panel_event_clear(&ev);
+        int64_t seq = ev.seq;
+        if (seq > 0 && seq <= es->last_seq) {
+            panel_event_clear(&ev);
+            continue;
+        }
+        const frame *f = panel_event_memo(&ev, make_frame);
+        if (f == NULL) {
+            panel_event_clear(&ev);
+            es->replaying = true; /* over the hard cap: resume from the store */
+            return false;
+        }
+        es->cur = ev;
+        es->cur_frame = f;
+        es->cur_off = 0;
+        if (seq > 0)
+            es->last_seq = seq;
+        if (f->final)
+            es->finished = true;
+        return true;
     }
+    return false;
+}
+
+/* Queues what comes next once everything before it went out: a due heartbeat, replayed
+ * frames, or the next live event. false when there is nothing to send now. */
+static bool refill(event_stream *es)
+{
+    buf_reset(&es->pending);
+    es->sent = 0;
+    if (atomic_exchange(&es->heartbeat_due, false))
+        buf_puts(&es->pending, ": heartbeat\n\n");
+    while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
+        replay_page(es);
+    if (!es->replaying && es->final_panel)
+        es->finished = true;
+    return es->pending.len > 0 || take_live(es);
+}
+
+static size_t copy_out(char *out, size_t room, const char *from, size_t avail)
+{
+    size_t n = avail < room ? avail : room;
+    memcpy(out, from, n);
+    return n;
 }
 
 static ssize_t stream_read(void *ctx, char *out, size_t max)
 {
     event_stream *es = ctx;
-    if (es->sent == es->pending.len) {
-        buf_reset(&es->pending);
-        es->sent = 0;
-        if (atomic_exchange(&es->heartbeat_due, false))
-            buf_puts(&es->pending, ": heartbeat\n\n");
-        while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
-            replay_page(es);
-        if (!es->replaying && es->final_panel)
-            es->finished = true;
-        take_live(es);
+    size_t n = 0;
+    while (n < max) {
+        if (es->sent < es->pending.len) {
+            size_t k =
+                copy_out(out + n, max - n, es->pending.data + es->sent, es->pending.len - es->sent);
+            es->sent += k;
+            n += k;
+        } else if (es->cur_frame != NULL) {
+            size_t k = copy_out(out + n, max - n, es->cur_frame->bytes + es->cur_off,
+                                es->cur_frame->len - es->cur_off);
+            es->cur_off += k;
+            n += k;
+            if (es->cur_off == es->cur_frame->len) {
+                panel_event_clear(&es->cur);
+                es->cur_frame = NULL;
+            }
+        } else if (!refill(es)) {
+            break;
+        }
     }
-    size_t avail = es->pending.len - es->sent;
-    if (avail == 0)
+    if (n == 0)
         return es->finished ? -1 : 0;
-    size_t n = avail < max ? avail : max;
-    memcpy(out, es->pending.data + es->sent, n);
-    es->sent += n;
     atomic_store(&es->last_write_ms, clock_mono_ms());
     return (ssize_t)n;
 }
@@ -203,6 +278,7 @@ static void stream_done(void *ctx)
     event_stream *es = ctx;
     struct api_streams *all = es->deps->streams;
     panel_engine_unsubscribe(es->deps->engine, es->sub);
+    panel_event_clear(&es->cur);
     pthread_mutex_lock(&all->lock);
     if (es->prev != NULL)
         es->prev->next = es->next;
@@ -420,6 +496,7 @@ void api_panels_events(http_request *req, void *app)
     pthread_mutex_unlock(&all->lock);
     http_add_header(req, "Cache-Control", "no-cache");
     http_add_header(req, "X-Accel-Buffering", "no");
+    http_add_header(req, "Connection", "close");
     http_stream *st = http_reply_stream(req, 200, "text/event-stream; charset=utf-8", stream_read,
                                         stream_done, es);
     if (st == NULL)
