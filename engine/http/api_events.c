@@ -28,6 +28,12 @@
 #define PENDING_MAX (16 * 1024 * 1024) /* hard cap on a stream's buffer */
 #define SUB_QUEUE_MAX 4096
 #define HEARTBEAT_MS 15000
+#define TICK_MS 1000
+/* A finished stream closes this long after its last frame went out. When a panel ends, all its
+ * subscribers finish together: closing each connection at once (a FIN, a close) would put that
+ * work between the last frames of the streams after it; this way every subscriber gets the
+ * result first and the connections go afterwards. */
+#define END_DELAY_MS 200
 #define JSON_PAGE_MAX 1000
 #define JSON_PAGE_DEFAULT 500
 #define JSON_PAGE_BYTES (8 * 1024 * 1024) /* a JSON page of events stops growing here */
@@ -48,7 +54,9 @@ typedef struct event_stream {
     int64_t last_seq;
     bool replaying;
     bool finished;
-    bool final_panel; /* the panel had ended when the stream opened: end after the replay */
+    bool final_panel;       /* the panel had ended when the stream opened: end after the replay */
+    bool ending;            /* everything went out: the next read ends the stream */
+    atomic_llong end_at_ms; /* when the ticker wakes an ending stream; 0: not set, -1: woken */
     atomic_bool heartbeat_due;
     atomic_llong last_write_ms;
     _Atomic(http_stream *) st;
@@ -67,7 +75,8 @@ struct api_streams {
     size_t ntenants;
     pthread_t ticker;
     bool running;
-    pthread_cond_t stop;
+    int64_t next_end_ms; /* the earliest end_at_ms of a stream the ticker has yet to wake */
+    pthread_cond_t tick; /* wakes the ticker early: shutdown, or an earlier stream end */
 };
 
 /* The last event of a panel's stream: its result, its failure, or its cancellation (which
@@ -197,6 +206,25 @@ static bool refill(event_stream *es)
     return es->pending.len > 0 || take_live(es);
 }
 
+/* Parks a stream that sent everything until the ticker wakes it END_DELAY_MS later; -1 (end
+ * now) on that wake. */
+static ssize_t end_later(event_stream *es)
+{
+    if (es->ending)
+        return -1;
+    es->ending = true;
+    struct api_streams *all = es->deps->streams;
+    int64_t at = clock_mono_ms() + END_DELAY_MS;
+    pthread_mutex_lock(&all->lock);
+    atomic_store(&es->end_at_ms, at);
+    if (all->next_end_ms == 0 || at < all->next_end_ms) {
+        all->next_end_ms = at;
+        pthread_cond_signal(&all->tick);
+    }
+    pthread_mutex_unlock(&all->lock);
+    return 0;
+}
+
 static size_t copy_out(char *out, size_t room, const char *from, size_t avail)
 {
     size_t n = avail < room ? avail : room;
@@ -227,9 +255,10 @@ static ssize_t stream_read(void *ctx, char *out, size_t max)
             break;
         }
     }
-    if (n == 0)
-        return es->finished ? -1 : 0;
-    atomic_store(&es->last_write_ms, clock_mono_ms());
+    if (n == 0 && es->finished)
+        return end_later(es);
+    if (n > 0)
+        atomic_store(&es->last_write_ms, clock_mono_ms());
     return (ssize_t)n;
 }
 
@@ -292,25 +321,45 @@ static void stream_done(void *ctx)
     free(es);
 }
 
+/* Heartbeats for silent streams (checked every TICK_MS) and the delayed end of finished ones. */
 static void *ticker(void *arg)
 {
     struct api_streams *all = arg;
     pthread_mutex_lock(&all->lock);
     while (all->running) {
+        int64_t wait_ms = TICK_MS;
+        if (all->next_end_ms != 0) {
+            int64_t to_end = all->next_end_ms - clock_mono_ms();
+            wait_ms = to_end < 0 ? 0 : to_end < TICK_MS ? to_end : TICK_MS;
+        }
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        pthread_cond_timedwait(&all->stop, &all->lock, &until);
-        int64_t now = clock_mono_ms();
+        until.tv_sec += wait_ms / 1000;
+        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&all->tick, &all->lock, &until);
+        int64_t now = clock_mono_ms(), next_end = 0;
         /* A listed stream is alive: stream_done unlinks it under this lock first. */
         for (event_stream *es = all->head; es != NULL; es = es->next) {
             http_stream *st = atomic_load(&es->st);
-            if (st != NULL && now - atomic_load(&es->last_write_ms) >= HEARTBEAT_MS) {
+            if (st == NULL)
+                continue;
+            int64_t end = atomic_load(&es->end_at_ms);
+            if (end > 0 && now >= end) {
+                atomic_store(&es->end_at_ms, -1);
+                http_stream_wake(st);
+            } else if (end > 0 && (next_end == 0 || end < next_end)) {
+                next_end = end;
+            } else if (end == 0 && now - atomic_load(&es->last_write_ms) >= HEARTBEAT_MS) {
                 atomic_store(&es->heartbeat_due, true);
                 atomic_store(&es->last_write_ms, now);
                 http_stream_wake(st);
             }
         }
+        all->next_end_ms = next_end;
     }
     pthread_mutex_unlock(&all->lock);
     return NULL;
@@ -322,10 +371,10 @@ ap_status api_streams_start(api_deps *d, ap_err *err)
     if (all == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     pthread_mutex_init(&all->lock, NULL);
-    pthread_cond_init(&all->stop, NULL);
+    pthread_cond_init(&all->tick, NULL);
     all->running = true;
     if (pthread_create(&all->ticker, NULL, ticker, all) != 0) {
-        pthread_cond_destroy(&all->stop);
+        pthread_cond_destroy(&all->tick);
         pthread_mutex_destroy(&all->lock);
         free(all);
         return ap_err_set(err, AP_ERROR, "cannot start the heartbeat thread");
@@ -341,10 +390,10 @@ void api_streams_stop(api_deps *d)
         return;
     pthread_mutex_lock(&all->lock);
     all->running = false;
-    pthread_cond_signal(&all->stop);
+    pthread_cond_signal(&all->tick);
     pthread_mutex_unlock(&all->lock);
     pthread_join(all->ticker, NULL);
-    pthread_cond_destroy(&all->stop);
+    pthread_cond_destroy(&all->tick);
     pthread_mutex_destroy(&all->lock);
     free(all);
     d->streams = NULL;
@@ -474,6 +523,7 @@ void api_panels_events(http_request *req, void *app)
     es->last_seq = after;
     es->replaying = true;
     es->final_panel = final;
+    atomic_init(&es->end_at_ms, 0);
     atomic_init(&es->heartbeat_due, false);
     atomic_init(&es->last_write_ms, clock_mono_ms());
     atomic_init(&es->st, NULL);
@@ -496,7 +546,6 @@ void api_panels_events(http_request *req, void *app)
     pthread_mutex_unlock(&all->lock);
     http_add_header(req, "Cache-Control", "no-cache");
     http_add_header(req, "X-Accel-Buffering", "no");
-    http_add_header(req, "Connection", "close");
     http_stream *st = http_reply_stream(req, 200, "text/event-stream; charset=utf-8", stream_read,
                                         stream_done, es);
     if (st == NULL)
