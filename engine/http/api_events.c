@@ -34,6 +34,7 @@
  * work between the last frames of the streams after it; this way every subscriber gets the
  * result first and the connections go afterwards. */
 #define END_DELAY_MS 200
+#define END_BATCH_MS 50 /* the ticker ends the streams due within this window in one pass */
 #define JSON_PAGE_MAX 1000
 #define JSON_PAGE_DEFAULT 500
 #define JSON_PAGE_BYTES (8 * 1024 * 1024) /* a JSON page of events stops growing here */
@@ -329,7 +330,7 @@ static void *ticker(void *arg)
     while (all->running) {
         int64_t wait_ms = TICK_MS;
         if (all->next_end_ms != 0) {
-            int64_t to_end = all->next_end_ms - clock_mono_ms();
+            int64_t to_end = all->next_end_ms + END_BATCH_MS - clock_mono_ms();
             wait_ms = to_end < 0 ? 0 : to_end < TICK_MS ? to_end : TICK_MS;
         }
         struct timespec until;

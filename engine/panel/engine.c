@@ -64,17 +64,22 @@ typedef struct staged_event {
 
 #define STAGED_MAX 256
 
-typedef struct qevent {
-    panel_event ev;
-    struct qevent *next;
-} qevent;
+/* A queued event: the shared copy it reads and its sequence number. */
+typedef struct qslot {
+    shared_event *sh;
+    int64_t seq;
+} qslot;
+
+#define SUB_RING_MIN 16
 
 struct panel_sub {
     char panel_id[STORE_ID_MAX];
     pthread_mutex_t mu;
     pthread_cond_t cond;
-    qevent *head, *tail;
-    size_t count, max;
+    /* A circular queue (count slots from first) that doubles up to max: queueing an event for
+     * thousands of subscribers allocates nothing. */
+    qslot *ring;
+    size_t cap, first, count, max;
     bool lagged;
     void (*notify)(void *ud);
     void *ud;
@@ -328,30 +333,34 @@ static void shared_event_unref(shared_event *sh)
 
 /* Queues one event for s (its lock held); true when s needs a wake: its queue was empty, or a
  * durable event did not fit and s just became lagged. */
+/* Doubles s's ring (up to max) keeping the queue's order; false when out of memory. */
+static bool sub_grow(panel_sub *s)
+{
+    size_t cap = s->cap * 2 < s->max ? s->cap * 2 : s->max;
+    qslot *ring = malloc(cap * sizeof *ring);
+    if (ring == NULL)
+        return false;
+    for (size_t i = 0; i < s->count; i++)
+        ring[i] = s->ring[(s->first + i) % s->cap];
+    free(s->ring);
+    s->ring = ring;
+    s->cap = cap;
+    s->first = 0;
+    return true;
+}
+
 static bool sub_push(panel_sub *s, const staged_event *st)
 {
     if (s->lagged)
         return false;
-    qevent *q = NULL;
-    if (s->count < s->max && st->sh != NULL)
-        q = calloc(1, sizeof *q);
-    if (q == NULL) {
+    if (st->sh == NULL || s->count == s->max || (s->count == s->cap && !sub_grow(s))) {
         if (st->seq <= 0)
             return false; /* an ephemeral event is dropped, never replayed */
         s->lagged = true;
         return true;
     }
-    memcpy(q->ev.panel_id, st->panel_id, sizeof q->ev.panel_id);
-    q->ev.seq = st->seq;
-    q->ev.type = st->sh->text;
-    q->ev.data = st->sh->data;
-    q->ev.shared = st->sh;
+    s->ring[(s->first + s->count) % s->cap] = (qslot){st->sh, st->seq};
     atomic_fetch_add(&st->sh->refs, 1);
-    if (s->tail != NULL)
-        s->tail->next = q;
-    else
-        s->head = q;
-    s->tail = q;
     /* A consumer drains its whole queue once woken, so only the first event into an empty
      * queue needs a wake. */
     return s->count++ == 0;
@@ -759,6 +768,14 @@ ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const c
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->max = max_queued > 0 ? max_queued : 1;
+    s->cap = s->max < SUB_RING_MIN ? s->max : SUB_RING_MIN;
+    s->ring = malloc(s->cap * sizeof *s->ring);
+    if (s->ring == NULL) {
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cond);
+        free(s);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
     s->notify = notify;
     s->ud = ud;
     unsigned b = bucket_of(s->panel_id);
@@ -774,14 +791,9 @@ ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const c
 
 static void sub_drain(panel_sub *s)
 {
-    while (s->head != NULL) {
-        qevent *q = s->head;
-        s->head = q->next;
-        panel_event_clear(&q->ev);
-        free(q);
-    }
-    s->tail = NULL;
-    s->count = 0;
+    for (size_t i = 0; i < s->count; i++)
+        shared_event_unref(s->ring[(s->first + i) % s->cap].sh);
+    s->first = s->count = 0;
 }
 
 void panel_engine_unsubscribe(panel_engine *e, panel_sub *s)
@@ -797,6 +809,7 @@ void panel_engine_unsubscribe(panel_engine *e, panel_sub *s)
         s->next->prev = s->prev;
     pthread_mutex_unlock(&e->smu);
     sub_drain(s);
+    free(s->ring);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
     free(s);
@@ -806,9 +819,9 @@ int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
 {
     memset(ev, 0, sizeof *ev);
     pthread_mutex_lock(&s->mu);
-    if (s->head == NULL && !s->lagged && timeout_ms != 0) {
+    if (s->count == 0 && !s->lagged && timeout_ms != 0) {
         if (timeout_ms < 0) {
-            while (s->head == NULL && !s->lagged)
+            while (s->count == 0 && !s->lagged)
                 pthread_cond_wait(&s->cond, &s->mu);
         } else {
             struct timespec ts;
@@ -819,7 +832,7 @@ int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000L;
             }
-            while (s->head == NULL && !s->lagged &&
+            while (s->count == 0 && !s->lagged &&
                    pthread_cond_timedwait(&s->cond, &s->mu, &ts) == 0) {
             }
         }
@@ -829,14 +842,15 @@ int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
         sub_drain(s);
         s->lagged = false;
         r = -1;
-    } else if (s->head != NULL) {
-        qevent *q = s->head;
-        s->head = q->next;
-        if (s->head == NULL)
-            s->tail = NULL;
+    } else if (s->count > 0) {
+        qslot q = s->ring[s->first];
+        s->first = (s->first + 1) % s->cap;
         s->count--;
-        *ev = q->ev;
-        free(q);
+        memcpy(ev->panel_id, s->panel_id, sizeof ev->panel_id);
+        ev->seq = q.seq;
+        ev->type = q.sh->text;
+        ev->data = q.sh->data;
+        ev->shared = q.sh;
         r = 1;
     }
     pthread_mutex_unlock(&s->mu);
