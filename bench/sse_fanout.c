@@ -165,9 +165,11 @@ int main(int argc, char **argv)
                 if (c->done)
                     break;
             }
+            /* Closed only after the measurement: a close here (a FIN through loopback) would
+             * delay this one thread's reads of the streams still being delivered to, which
+             * on separate client machines would not wait for each other. */
             if (c->done || got == 0) {
                 epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-                close(c->fd);
                 c->done = true;
                 done++;
             }
@@ -178,6 +180,8 @@ int main(int argc, char **argv)
             announced = true;
         }
     }
+    for (int i = 0; i < nconns; i++)
+        close(cs[i].fd);
     size_t cap = (size_t)nconns * 64, nd = 0;
     double *delays = malloc(cap * sizeof *delays);
     int events = 0, seen_by_all = 0;

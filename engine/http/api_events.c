@@ -28,6 +28,13 @@
 #define PENDING_MAX (16 * 1024 * 1024) /* hard cap on a stream's buffer */
 #define SUB_QUEUE_MAX 4096
 #define HEARTBEAT_MS 15000
+#define TICK_MS 1000
+/* A finished stream closes this long after its last frame went out. When a panel ends, all its
+ * subscribers finish together: closing each connection at once (a FIN, a close) would put that
+ * work between the last frames of the streams after it; this way every subscriber gets the
+ * result first and the connections go afterwards. */
+#define END_DELAY_MS 200
+#define END_BATCH_MS 50 /* the ticker ends the streams due within this window in one pass */
 #define JSON_PAGE_MAX 1000
 #define JSON_PAGE_DEFAULT 500
 #define JSON_PAGE_BYTES (8 * 1024 * 1024) /* a JSON page of events stops growing here */
@@ -40,12 +47,17 @@ typedef struct event_stream {
     char tenant[IDS_UUID_LEN + 1];
     char panel[IDS_UUID_LEN + 1];
     panel_sub *sub;
-    buf pending;
+    buf pending; /* the retry line, heartbeats and replayed frames: sent before live frames */
     size_t sent;
+    panel_event cur; /* the live event being sent; its frame is shared by every stream */
+    const struct frame *cur_frame;
+    size_t cur_off;
     int64_t last_seq;
     bool replaying;
     bool finished;
-    bool final_panel; /* the panel had ended when the stream opened: end after the replay */
+    bool final_panel;       /* the panel had ended when the stream opened: end after the replay */
+    bool ending;            /* everything went out: the next read ends the stream */
+    atomic_llong end_at_ms; /* when the ticker wakes an ending stream; 0: not set, -1: woken */
     atomic_bool heartbeat_due;
     atomic_llong last_write_ms;
     _Atomic(http_stream *) st;
@@ -64,7 +76,8 @@ struct api_streams {
     size_t ntenants;
     pthread_t ticker;
     bool running;
-    pthread_cond_t stop;
+    int64_t next_end_ms; /* the earliest end_at_ms of a stream the ticker has yet to wake */
+    pthread_cond_t tick; /* wakes the ticker early: shutdown, or an earlier stream end */
 };
 
 /* The last event of a panel's stream: its result, its failure, or its cancellation (which
@@ -118,43 +131,135 @@ static void replay_page(event_stream *es)
     store_events_free(rows, n);
 }
 
-static void take_live(event_stream *es)
+/* A live event's SSE frame, built once per event and shared by every stream that sends it:
+ * thousands of streams on one panel then cost a copy each, not a format and a buffer each. */
+typedef struct frame {
+    bool final;
+    size_t len;
+    char bytes[];
+} frame;
+
+static void *make_frame(const panel_event *ev)
+{
+    frame *f = NULL;
+    buf b;
+    buf_init(&b, PENDING_MAX);
+    if (sse_format(&b, ev->seq, ev->type, ev->data) != AP_OK)
+        goto out;
+    f = malloc(sizeof *f + b.len);
+    if (f == NULL)
+        goto out;
+    f->final = is_final_event(ev->type, ev->data);
+    f->len = b.len;
+    memcpy(f->bytes, b.data, b.len);
+out:
+    buf_free(&b);
+    return f;
+}
+
+/* Holds the next new live event in es->cur; false when there is none to send now. */
+static bool take_live(event_stream *es)
 {
     panel_event ev;
-    while (!es->finished && !es->replaying && es->pending.len < FILL_TARGET) {
+    while (!es->finished && !es->replaying) {
         int r = panel_sub_next(es->sub, &ev, 0);
         if (r == 0)
-            break;
+            return false;
         if (r < 0) {
             es->replaying = true;
-            break;
+            return false;
         }
-        append_event(es, ev.seq, ev.type, ev.data);
-        panel_event_clear(&ev);
+        int64_t seq = ev.seq;
+        if (seq > 0 && seq <= es->last_seq) {
+            panel_event_clear(&ev);
+            continue;
+        }
+        const frame *f = panel_event_memo(&ev, make_frame);
+        if (f == NULL) {
+            panel_event_clear(&ev);
+            es->replaying = true; /* over the hard cap: resume from the store */
+            return false;
+        }
+        es->cur = ev;
+        es->cur_frame = f;
+        es->cur_off = 0;
+        if (seq > 0)
+            es->last_seq = seq;
+        if (f->final)
+            es->finished = true;
+        return true;
     }
+    return false;
+}
+
+/* Queues what comes next once everything before it went out: a due heartbeat, replayed
+ * frames, or the next live event. false when there is nothing to send now. */
+static bool refill(event_stream *es)
+{
+    buf_reset(&es->pending);
+    es->sent = 0;
+    if (atomic_exchange(&es->heartbeat_due, false))
+        buf_puts(&es->pending, ": heartbeat\n\n");
+    while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
+        replay_page(es);
+    if (!es->replaying && es->final_panel)
+        es->finished = true;
+    return es->pending.len > 0 || take_live(es);
+}
+
+/* Parks a stream that sent everything until the ticker wakes it END_DELAY_MS later; -1 (end
+ * now) on that wake. */
+static ssize_t end_later(event_stream *es)
+{
+    if (es->ending)
+        return -1;
+    es->ending = true;
+    struct api_streams *all = es->deps->streams;
+    int64_t at = clock_mono_ms() + END_DELAY_MS;
+    pthread_mutex_lock(&all->lock);
+    atomic_store(&es->end_at_ms, at);
+    if (all->next_end_ms == 0 || at < all->next_end_ms) {
+        all->next_end_ms = at;
+        pthread_cond_signal(&all->tick);
+    }
+    pthread_mutex_unlock(&all->lock);
+    return 0;
+}
+
+static size_t copy_out(char *out, size_t room, const char *from, size_t avail)
+{
+    size_t n = avail < room ? avail : room;
+    memcpy(out, from, n);
+    return n;
 }
 
 static ssize_t stream_read(void *ctx, char *out, size_t max)
 {
     event_stream *es = ctx;
-    if (es->sent == es->pending.len) {
-        buf_reset(&es->pending);
-        es->sent = 0;
-        if (atomic_exchange(&es->heartbeat_due, false))
-            buf_puts(&es->pending, ": heartbeat\n\n");
-        while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
-            replay_page(es);
-        if (!es->replaying && es->final_panel)
-            es->finished = true;
-        take_live(es);
+    size_t n = 0;
+    while (n < max) {
+        if (es->sent < es->pending.len) {
+            size_t k =
+                copy_out(out + n, max - n, es->pending.data + es->sent, es->pending.len - es->sent);
+            es->sent += k;
+            n += k;
+        } else if (es->cur_frame != NULL) {
+            size_t k = copy_out(out + n, max - n, es->cur_frame->bytes + es->cur_off,
+                                es->cur_frame->len - es->cur_off);
+            es->cur_off += k;
+            n += k;
+            if (es->cur_off == es->cur_frame->len) {
+                panel_event_clear(&es->cur);
+                es->cur_frame = NULL;
+            }
+        } else if (!refill(es)) {
+            break;
+        }
     }
-    size_t avail = es->pending.len - es->sent;
-    if (avail == 0)
-        return es->finished ? -1 : 0;
-    size_t n = avail < max ? avail : max;
-    memcpy(out, es->pending.data + es->sent, n);
-    es->sent += n;
-    atomic_store(&es->last_write_ms, clock_mono_ms());
+    if (n == 0 && es->finished)
+        return end_later(es);
+    if (n > 0)
+        atomic_store(&es->last_write_ms, clock_mono_ms());
     return (ssize_t)n;
 }
 
@@ -203,6 +308,7 @@ static void stream_done(void *ctx)
     event_stream *es = ctx;
     struct api_streams *all = es->deps->streams;
     panel_engine_unsubscribe(es->deps->engine, es->sub);
+    panel_event_clear(&es->cur);
     pthread_mutex_lock(&all->lock);
     if (es->prev != NULL)
         es->prev->next = es->next;
@@ -216,25 +322,45 @@ static void stream_done(void *ctx)
     free(es);
 }
 
+/* Heartbeats for silent streams (checked every TICK_MS) and the delayed end of finished ones. */
 static void *ticker(void *arg)
 {
     struct api_streams *all = arg;
     pthread_mutex_lock(&all->lock);
     while (all->running) {
+        int64_t wait_ms = TICK_MS;
+        if (all->next_end_ms != 0) {
+            int64_t to_end = all->next_end_ms + END_BATCH_MS - clock_mono_ms();
+            wait_ms = to_end < 0 ? 0 : to_end < TICK_MS ? to_end : TICK_MS;
+        }
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
-        pthread_cond_timedwait(&all->stop, &all->lock, &until);
-        int64_t now = clock_mono_ms();
+        until.tv_sec += wait_ms / 1000;
+        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&all->tick, &all->lock, &until);
+        int64_t now = clock_mono_ms(), next_end = 0;
         /* A listed stream is alive: stream_done unlinks it under this lock first. */
         for (event_stream *es = all->head; es != NULL; es = es->next) {
             http_stream *st = atomic_load(&es->st);
-            if (st != NULL && now - atomic_load(&es->last_write_ms) >= HEARTBEAT_MS) {
+            if (st == NULL)
+                continue;
+            int64_t end = atomic_load(&es->end_at_ms);
+            if (end > 0 && now >= end) {
+                atomic_store(&es->end_at_ms, -1);
+                http_stream_wake(st);
+            } else if (end > 0 && (next_end == 0 || end < next_end)) {
+                next_end = end;
+            } else if (end == 0 && now - atomic_load(&es->last_write_ms) >= HEARTBEAT_MS) {
                 atomic_store(&es->heartbeat_due, true);
                 atomic_store(&es->last_write_ms, now);
                 http_stream_wake(st);
             }
         }
+        all->next_end_ms = next_end;
     }
     pthread_mutex_unlock(&all->lock);
     return NULL;
@@ -246,10 +372,10 @@ ap_status api_streams_start(api_deps *d, ap_err *err)
     if (all == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     pthread_mutex_init(&all->lock, NULL);
-    pthread_cond_init(&all->stop, NULL);
+    pthread_cond_init(&all->tick, NULL);
     all->running = true;
     if (pthread_create(&all->ticker, NULL, ticker, all) != 0) {
-        pthread_cond_destroy(&all->stop);
+        pthread_cond_destroy(&all->tick);
         pthread_mutex_destroy(&all->lock);
         free(all);
         return ap_err_set(err, AP_ERROR, "cannot start the heartbeat thread");
@@ -265,10 +391,10 @@ void api_streams_stop(api_deps *d)
         return;
     pthread_mutex_lock(&all->lock);
     all->running = false;
-    pthread_cond_signal(&all->stop);
+    pthread_cond_signal(&all->tick);
     pthread_mutex_unlock(&all->lock);
     pthread_join(all->ticker, NULL);
-    pthread_cond_destroy(&all->stop);
+    pthread_cond_destroy(&all->tick);
     pthread_mutex_destroy(&all->lock);
     free(all);
     d->streams = NULL;
@@ -398,6 +524,7 @@ void api_panels_events(http_request *req, void *app)
     es->last_seq = after;
     es->replaying = true;
     es->final_panel = final;
+    atomic_init(&es->end_at_ms, 0);
     atomic_init(&es->heartbeat_due, false);
     atomic_init(&es->last_write_ms, clock_mono_ms());
     atomic_init(&es->st, NULL);

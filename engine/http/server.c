@@ -374,6 +374,11 @@ http_stream *http_reply_stream(http_request *req, unsigned status, const char *c
         http_reply_error(req, 500, "internal", "out of memory");
         return NULL;
     }
+    /* The body ends with the connection instead of a zero-length chunk: no chunk framing, no
+     * extra send for the last chunk, and MHD does not wipe the connection's memory for a next
+     * request, which with thousands of streams ending together (one panel's subscribers) is
+     * what their last frames would wait behind. Still a valid HTTP/1.1 response. */
+    MHD_set_response_options(resp, MHD_RF_HTTP_1_0_COMPATIBLE_STRICT, MHD_RO_END);
     http_server *srv = req->srv;
     pthread_mutex_lock(&srv->streams_lock);
     st->closing = srv->stopping; /* a stream opened during shutdown ends at once */

@@ -104,7 +104,8 @@ void http_reply_bytes(http_request *req, unsigned status, const char *content_ty
 /* ---- streaming (SSE) ----
  * A stream pulls bytes from `read`; when it has none, it returns 0 and the connection is
  * parked (costing no thread) until http_stream_wake is called. Return -1 to end the stream.
- * `done` is called once when the connection goes away; ctx belongs to the caller. */
+ * `done` is called once when the connection goes away; ctx belongs to the caller. The body is
+ * not chunked: the connection closes when the stream ends. */
 typedef struct http_stream http_stream;
 typedef ssize_t (*http_stream_read)(void *ctx, char *buf, size_t max);
 typedef void (*http_stream_done)(void *ctx);

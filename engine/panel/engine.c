@@ -64,17 +64,33 @@ typedef struct witem {
 
 /* ---- subscriptions -------------------------------------------------------------------- */
 
-typedef struct qevent {
-    panel_event ev;
-    struct qevent *next;
-} qevent;
+typedef struct shared_event shared_event;
+
+/* An event of the writer's current batch, waiting to be queued for its panel's subscribers. */
+typedef struct staged_event {
+    char panel_id[STORE_ID_MAX];
+    int64_t seq;
+    shared_event *sh; /* NULL when it could not be allocated */
+} staged_event;
+
+#define STAGED_MAX 256
+
+/* A queued event: the shared copy it reads and its sequence number. */
+typedef struct qslot {
+    shared_event *sh;
+    int64_t seq;
+} qslot;
+
+#define SUB_RING_MIN 16
 
 struct panel_sub {
     char panel_id[STORE_ID_MAX];
     pthread_mutex_t mu;
     pthread_cond_t cond;
-    qevent *head, *tail;
-    size_t count, max;
+    /* A circular queue (count slots from first) that doubles up to max: queueing an event for
+     * thousands of subscribers allocates nothing. */
+    qslot *ring;
+    size_t cap, first, count, max;
     bool lagged;
     void (*notify)(void *ud);
     void *ud;
@@ -167,6 +183,8 @@ struct panel_engine {
     /* subscriptions */
     pthread_mutex_t smu;
     panel_sub *subs[MAP_BUCKETS];
+    staged_event staged[STAGED_MAX]; /* the writer thread's only */
+    size_t nstaged;
     /* script versions already kept in the store by this process: "tenant/kind/name/version" */
     pthread_mutex_t pmu;
     char **pinned;
@@ -295,11 +313,12 @@ static void writer_push(panel_engine *e, witem *w)
 
 /* One published event, shared by every subscriber queue it sits in: thousands of SSE
  * streams on one panel cost one copy of each event, not one each. */
-typedef struct shared_event {
+struct shared_event {
     atomic_int refs;
-    char *data; /* points into text, after the type */
+    _Atomic(void *) memo; /* what a consumer derived once for all (panel_event_memo) */
+    char *data;           /* points into text, after the type */
     char text[];
-} shared_event;
+};
 
 static shared_event *shared_event_new(const char *type, const char *data)
 {
@@ -308,6 +327,7 @@ static shared_event *shared_event_new(const char *type, const char *data)
     if (sh == NULL)
         return NULL;
     atomic_init(&sh->refs, 1);
+    atomic_init(&sh->memo, NULL);
     memcpy(sh->text, type, tl + 1);
     sh->data = sh->text + tl + 1;
     memcpy(sh->data, data, dl + 1);
@@ -316,57 +336,100 @@ static shared_event *shared_event_new(const char *type, const char *data)
 
 static void shared_event_unref(shared_event *sh)
 {
-    if (sh != NULL && atomic_fetch_sub(&sh->refs, 1) == 1)
+    if (sh != NULL && atomic_fetch_sub(&sh->refs, 1) == 1) {
+        free(atomic_load(&sh->memo));
         free(sh);
+    }
 }
 
-static void publish(panel_engine *e, const witem *w)
+/* Queues one event for s (its lock held); true when s needs a wake: its queue was empty, or a
+ * durable event did not fit and s just became lagged. */
+/* Doubles s's ring (up to max) keeping the queue's order; false when out of memory. */
+static bool sub_grow(panel_sub *s)
 {
-    shared_event *sh = NULL;
+    size_t cap = s->cap * 2 < s->max ? s->cap * 2 : s->max;
+    qslot *ring = malloc(cap * sizeof *ring);
+    if (ring == NULL)
+        return false;
+    for (size_t i = 0; i < s->count; i++)
+        ring[i] = s->ring[(s->first + i) % s->cap];
+    free(s->ring);
+    s->ring = ring;
+    s->cap = cap;
+    s->first = 0;
+    return true;
+}
+
+static bool sub_push(panel_sub *s, const staged_event *st)
+{
+    if (s->lagged)
+        return false;
+    if (st->sh == NULL || s->count == s->max || (s->count == s->cap && !sub_grow(s))) {
+        if (st->seq <= 0)
+            return false; /* an ephemeral event is dropped, never replayed */
+        s->lagged = true;
+        return true;
+    }
+    s->ring[(s->first + s->count) % s->cap] = (qslot){st->sh, st->seq};
+    atomic_fetch_add(&st->sh->refs, 1);
+    /* A consumer drains its whole queue once woken, so only the first event into an empty
+     * queue needs a wake. */
+    return s->count++ == 0;
+}
+
+/* Hands the staged events to their subscribers. Each subscriber takes all of the batch's events
+ * of its panel under one lock and with at most one wake: with thousands of SSE streams on a
+ * panel, a stream that drained its queue between two events of a batch would otherwise be
+ * woken, and send, once per event. */
+static void publish_flush(panel_engine *e)
+{
+    staged_event *st = e->staged;
+    size_t n = e->nstaged, group[STAGED_MAX];
+    bool done[STAGED_MAX] = {false};
     pthread_mutex_lock(&e->smu);
-    for (panel_sub *s = e->subs[bucket_of(w->panel_id)]; s != NULL; s = s->next) {
-        if (strcmp(s->panel_id, w->panel_id) != 0)
+    for (size_t i = 0; i < n; i++) {
+        if (done[i])
             continue;
-        bool wake = false;
-        pthread_mutex_lock(&s->mu);
-        if (s->count >= s->max) {
-            if (w->seq > 0 && !s->lagged)
-                s->lagged = wake = true;
-        } else if (!s->lagged) {
-            qevent *q = calloc(1, sizeof *q);
-            if (sh == NULL)
-                sh = shared_event_new(w->type, w->data);
-            if (q != NULL && sh != NULL) {
-                memcpy(q->ev.panel_id, w->panel_id, sizeof q->ev.panel_id);
-                q->ev.seq = w->seq;
-                q->ev.type = sh->text;
-                q->ev.data = sh->data;
-                q->ev.shared = sh;
-                atomic_fetch_add(&sh->refs, 1);
-            }
-            if (q == NULL || sh == NULL) {
-                free(q);
-                if (w->seq > 0 && !s->lagged)
-                    s->lagged = wake = true;
-            } else {
-                if (s->tail != NULL)
-                    s->tail->next = q;
-                else
-                    s->head = q;
-                s->tail = q;
-                /* A consumer drains its whole queue once woken, so only the first event
-                 * into an empty queue needs a wake: bursts cost one wake per subscriber,
-                 * not one per event. */
-                wake = s->count++ == 0;
+        size_t m = 0;
+        for (size_t j = i; j < n; j++) {
+            if (!done[j] && strcmp(st[j].panel_id, st[i].panel_id) == 0) {
+                group[m++] = j;
+                done[j] = true;
             }
         }
-        pthread_cond_signal(&s->cond);
-        pthread_mutex_unlock(&s->mu);
-        if (s->notify != NULL && wake)
-            s->notify(s->ud);
+        for (panel_sub *s = e->subs[bucket_of(st[i].panel_id)]; s != NULL; s = s->next) {
+            if (strcmp(s->panel_id, st[i].panel_id) != 0)
+                continue;
+            bool wake = false;
+            pthread_mutex_lock(&s->mu);
+            for (size_t k = 0; k < m; k++)
+                wake |= sub_push(s, &st[group[k]]);
+            pthread_cond_signal(&s->cond);
+            pthread_mutex_unlock(&s->mu);
+            if (s->notify != NULL && wake)
+                s->notify(s->ud);
+        }
     }
     pthread_mutex_unlock(&e->smu);
-    shared_event_unref(sh); /* publish's own reference */
+    for (size_t i = 0; i < n; i++)
+        shared_event_unref(st[i].sh); /* the stage's own reference */
+    e->nstaged = 0;
+}
+
+static bool has_subscribers(panel_engine *e, const char *panel_id);
+
+/* Stages an event of the writer's batch for the panel's subscribers (publish_flush delivers).
+ * Writer thread only. */
+static void publish(panel_engine *e, const witem *w)
+{
+    if (!has_subscribers(e, w->panel_id))
+        return;
+    if (e->nstaged == STAGED_MAX)
+        publish_flush(e);
+    staged_event *st = &e->staged[e->nstaged++];
+    memcpy(st->panel_id, w->panel_id, sizeof st->panel_id);
+    st->seq = w->seq;
+    st->sh = shared_event_new(w->type, w->data);
 }
 
 /* Whether the writer stores w through store_write_batch (deltas, seq 0, are never stored). */
@@ -640,6 +703,7 @@ static void publish_batch(panel_engine *e, witem *list)
         publish(e, w);
     }
     delta_flush(e, acc, &n, NULL);
+    publish_flush(e);
 }
 
 static void process_batch(panel_engine *e, witem *list)
@@ -707,6 +771,25 @@ void panel_event_clear(panel_event *ev)
     ev->type = ev->data = NULL;
 }
 
+const void *panel_event_memo(const panel_event *ev, void *(*make)(const panel_event *ev))
+{
+    shared_event *sh = ev->shared;
+    if (sh == NULL)
+        return NULL;
+    void *have = atomic_load_explicit(&sh->memo, memory_order_acquire);
+    if (have != NULL)
+        return have;
+    /* Streams on several threads may race to build it: one wins, the others drop theirs. */
+    void *mine = make(ev);
+    if (mine == NULL)
+        return NULL;
+    if (atomic_compare_exchange_strong_explicit(&sh->memo, &have, mine, memory_order_acq_rel,
+                                                memory_order_acquire))
+        return mine;
+    free(mine);
+    return have;
+}
+
 ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const char *panel_id,
                                  size_t max_queued, void (*notify)(void *ud), void *ud,
                                  panel_sub **out, ap_err *err)
@@ -726,6 +809,14 @@ ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const c
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cond, NULL);
     s->max = max_queued > 0 ? max_queued : 1;
+    s->cap = s->max < SUB_RING_MIN ? s->max : SUB_RING_MIN;
+    s->ring = malloc(s->cap * sizeof *s->ring);
+    if (s->ring == NULL) {
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cond);
+        free(s);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
     s->notify = notify;
     s->ud = ud;
     unsigned b = bucket_of(s->panel_id);
@@ -741,14 +832,9 @@ ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const c
 
 static void sub_drain(panel_sub *s)
 {
-    while (s->head != NULL) {
-        qevent *q = s->head;
-        s->head = q->next;
-        panel_event_clear(&q->ev);
-        free(q);
-    }
-    s->tail = NULL;
-    s->count = 0;
+    for (size_t i = 0; i < s->count; i++)
+        shared_event_unref(s->ring[(s->first + i) % s->cap].sh);
+    s->first = s->count = 0;
 }
 
 void panel_engine_unsubscribe(panel_engine *e, panel_sub *s)
@@ -764,6 +850,7 @@ void panel_engine_unsubscribe(panel_engine *e, panel_sub *s)
         s->next->prev = s->prev;
     pthread_mutex_unlock(&e->smu);
     sub_drain(s);
+    free(s->ring);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
     free(s);
@@ -773,9 +860,9 @@ int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
 {
     memset(ev, 0, sizeof *ev);
     pthread_mutex_lock(&s->mu);
-    if (s->head == NULL && !s->lagged && timeout_ms != 0) {
+    if (s->count == 0 && !s->lagged && timeout_ms != 0) {
         if (timeout_ms < 0) {
-            while (s->head == NULL && !s->lagged)
+            while (s->count == 0 && !s->lagged)
                 pthread_cond_wait(&s->cond, &s->mu);
         } else {
             struct timespec ts;
@@ -786,7 +873,7 @@ int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000L;
             }
-            while (s->head == NULL && !s->lagged &&
+            while (s->count == 0 && !s->lagged &&
                    pthread_cond_timedwait(&s->cond, &s->mu, &ts) == 0) {
             }
         }
@@ -796,14 +883,15 @@ int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
         sub_drain(s);
         s->lagged = false;
         r = -1;
-    } else if (s->head != NULL) {
-        qevent *q = s->head;
-        s->head = q->next;
-        if (s->head == NULL)
-            s->tail = NULL;
+    } else if (s->count > 0) {
+        qslot q = s->ring[s->first];
+        s->first = (s->first + 1) % s->cap;
         s->count--;
-        *ev = q->ev;
-        free(q);
+        memcpy(ev->panel_id, s->panel_id, sizeof ev->panel_id);
+        ev->seq = q.seq;
+        ev->type = q.sh->text;
+        ev->data = q.sh->data;
+        ev->shared = q.sh;
         r = 1;
     }
     pthread_mutex_unlock(&s->mu);

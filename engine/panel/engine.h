@@ -118,6 +118,13 @@ typedef struct panel_event {
 /* Releases ev's reference to its strings (not ev itself). */
 void panel_event_clear(panel_event *ev);
 
+/* Something derived from the event once for all its subscribers (the SSE layer's wire frame:
+ * thousands of streams on one panel then format each event once). The first call builds it
+ * with make, which returns one malloc'd block (freed with the event) or NULL on failure; later
+ * calls from any subscription return that block. Every caller must pass the same make. NULL
+ * when make failed. Valid until panel_event_clear. */
+const void *panel_event_memo(const panel_event *ev, void *(*make)(const panel_event *ev));
+
 typedef struct panel_sub panel_sub;
 
 /* Subscribes to a panel's live events. At most max_queued events wait in the queue; past

@@ -342,6 +342,9 @@ static void test_stream_resumes_on_wake(void **state)
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
     assert_true(has_header(&r, "Content-Type: text/event-stream"));
+    /* The body ends with the connection, not with a zero-length chunk. */
+    assert_false(has_header(&r, "Transfer-Encoding: chunked"));
+    assert_true(has_header(&r, "Connection: close"));
     for (int i = 0; i < 100 && !atomic_load(&stream_state.done); i++) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);

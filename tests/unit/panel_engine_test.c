@@ -240,6 +240,53 @@ static void test_params_validation(void **state)
     panel_engine_stop(e);
 }
 
+/* Two subscribers that read only after the panel ended: one with room gets every event in
+ * order (its queue grew past its first allocation); one with room for three is told it lagged,
+ * once, so it knows to read the store. */
+static void test_subscriber_queue_order_and_lag(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", "{\"rounds\":3}", id);
+    panel_sub *big = NULL, *small = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &big, &err), AP_OK);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 3, NULL, NULL, &small, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    int64_t deadline = clock_mono_ms() + 5000;
+    bool ended = false;
+    while (!ended && clock_mono_ms() < deadline) {
+        store_panel row = {0};
+        assert_int_equal(store_panel_get(st, tenant, id, &row, &err), AP_OK);
+        ended = strcmp(row.status, "completed") == 0;
+        store_panel_free(&row);
+        usleep(10 * 1000);
+    }
+    assert_true(ended);
+    int64_t want = 1;
+    int durable = 0;
+    bool completed = false;
+    panel_event ev;
+    while (!completed && panel_sub_next(big, &ev, 1000) == 1) {
+        if (ev.seq > 0) {
+            assert_int_equal(ev.seq, want);
+            want++;
+            durable++;
+        }
+        completed = strcmp(ev.type, "panel.completed") == 0;
+        panel_event_clear(&ev);
+    }
+    assert_true(completed);
+    assert_true(durable > 16);
+    assert_int_equal(panel_sub_next(small, &ev, 0), -1);
+    assert_int_equal(panel_sub_next(small, &ev, 0), 0);
+    panel_engine_unsubscribe(e, big);
+    panel_engine_unsubscribe(e, small);
+    panel_engine_stop(e);
+}
+
 static const char hot_v1[] =
     "return { name = 'hot', start = 'a', nodes = {\n"
     "  a = function(ctx) ctx:ask(ctx.experts[1], 'one') ctx:ask(ctx.experts[1], 'two')\n"
@@ -537,6 +584,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ask_all_is_concurrent),
         cmocka_unit_test(test_params_validation),
+        cmocka_unit_test(test_subscriber_queue_order_and_lag),
         cmocka_unit_test(test_hot_reload),
         cmocka_unit_test(test_inotify_reload),
         cmocka_unit_test(test_cancel_aborts_at_once),
