@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* Milliseconds since the Unix epoch. */
 int64_t clock_wall_ms(void);
@@ -11,6 +12,9 @@ int64_t clock_wall_ms(void);
 /* Monotonic milliseconds and microseconds, for deadlines and durations. */
 int64_t clock_mono_ms(void);
 int64_t clock_mono_us(void);
+
+/* The CLOCK_REALTIME instant ms milliseconds from now, for pthread_cond_timedwait. */
+struct timespec clock_deadline_ms(int64_t ms);
 
 /* Formats epoch milliseconds as "2026-11-28T12:00:00.123Z" into buf (>= 25 bytes). */
 void clock_format_rfc3339(int64_t ms, char *buf, size_t cap);

@@ -21,7 +21,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define REPLAY_PAGE 64
 #define FILL_TARGET (256 * 1024)       /* stop filling a stream's buffer past this */
@@ -333,14 +332,7 @@ static void *ticker(void *arg)
             int64_t to_end = all->next_end_ms + END_BATCH_MS - clock_mono_ms();
             wait_ms = to_end < 0 ? 0 : to_end < TICK_MS ? to_end : TICK_MS;
         }
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += wait_ms / 1000;
-        until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = clock_deadline_ms(wait_ms);
         pthread_cond_timedwait(&all->tick, &all->lock, &until);
         int64_t now = clock_mono_ms(), next_end = 0;
         /* A listed stream is alive: stream_done unlinks it under this lock first. */

@@ -1,6 +1,7 @@
 #include "panel/engine.h"
 
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
 #include "core/log.h"
@@ -865,14 +866,7 @@ int panel_sub_next(panel_sub *s, panel_event *ev, int timeout_ms)
             while (s->count == 0 && !s->lagged)
                 pthread_cond_wait(&s->cond, &s->mu);
         } else {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += timeout_ms / 1000;
-            ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            struct timespec ts = clock_deadline_ms(timeout_ms);
             while (s->count == 0 && !s->lagged &&
                    pthread_cond_timedwait(&s->cond, &s->mu, &ts) == 0) {
             }

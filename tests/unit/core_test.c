@@ -1,5 +1,6 @@
 /* core/: buffers, ids and hashes, JSON helpers, the log line format. */
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
 #include "core/log.h"
@@ -145,6 +146,17 @@ static void test_log_lines_are_json(void **state)
     cJSON_Delete(j);
 }
 
+static void test_clock_deadline(void **state)
+{
+    (void)state;
+    for (int64_t ms = 0; ms <= 2500; ms += 250) {
+        struct timespec d = clock_deadline_ms(ms);
+        int64_t at = (int64_t)d.tv_sec * 1000 + d.tv_nsec / 1000000, now = clock_wall_ms();
+        assert_true(d.tv_nsec >= 0 && d.tv_nsec < 1000000000L);
+        assert_true(at - now >= ms - 5 && at - now <= ms + 5);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -154,6 +166,7 @@ int main(void)
         cmocka_unit_test(test_jsonx_limits),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_log_lines_are_json),
+        cmocka_unit_test(test_clock_deadline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
