@@ -142,9 +142,9 @@ static size_t skip_plain(const unsigned char *s, size_t i, size_t len)
         uint64_t x;
         memcpy(&x, s + i, 8);
         uint64_t quote = x ^ (ONES * '"'), slash = x ^ (ONES * '\\');
-        uint64_t special = (x | ((x - ONES * 0x20) & ~x) | ((quote - ONES) & ~quote) |
-                            ((slash - ONES) & ~slash)) &
-                           HIGHS;
+        uint64_t special =
+            (x | ((x - ONES * 0x20) & ~x) | ((quote - ONES) & ~quote) | ((slash - ONES) & ~slash)) &
+            HIGHS;
         /* the lowest flagged byte is always a real one (borrows only run upwards) */
         if (special != 0)
             return i + (size_t)(__builtin_ctzll(special) >> 3);
