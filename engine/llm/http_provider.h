@@ -9,8 +9,9 @@
  * says a spend or quota limit was reached. After the retries of a model it moves to the
  * expert's fallback models. JSON answers are validated against the schema with one repair
  * attempt that shows the model its error. At most max_concurrency transfers run at once per
- * instance; the rest wait in a FIFO queue. Cancelling a call removes its transfer, which closes
- * its connection at once. Deltas are passed on as they arrive; once an attempt that already
+ * instance; the rest wait in a FIFO queue. Cancelling a call removes its transfer: over HTTP/1.1
+ * that closes its connection at once; over HTTP/2 it resets only its stream, which libcurl 7.88
+ * sends when it next services that shared connection (at once while other calls use it). Deltas are passed on as they arrive; once an attempt that already
  * streamed some fails (or is repaired), later attempts stream nothing, so the caller never
  * sees text twice: the final response carries the whole answer.
  *

@@ -282,12 +282,14 @@ static int on_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud)
     return 0;
 }
 
+/* A stream that closes with an error code before its answer ended is a client that went away
+ * (a reset of our own, for a fault, marks the answer ended first). */
 static int on_close(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
 {
-    (void)code, (void)ud;
+    (void)ud;
     stream *st = nghttp2_session_get_stream_user_data(s, id);
     if (st != NULL)
-        stream_free(st, true);
+        stream_free(st, code != NGHTTP2_NO_ERROR);
     return 0;
 }
 

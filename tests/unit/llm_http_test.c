@@ -582,6 +582,42 @@ static void test_http2_over_tls(void **state)
         call_free(c);
         rig_free(&r);
     }
+    /* an error reply is no disconnect */
+    char cfg[320];
+    snprintf(cfg, sizeof cfg, "%s,\"max_attempts\":1,\"headers\":{\"X-Mock-Fault\":\"500\"}",
+             extra);
+    rig r = rig_scheme(&llm_openai_ops, m, "https", cfg);
+    llm_call *c = ask(&r, "Should we file now?", NULL, true);
+    assert_int_not_equal(c->resp.status, AP_OK);
+    call_free(c);
+    rig_free(&r);
+    assert_int_equal((int)stat_num(m, NULL, "disconnects"), 0);
+    /* a cancelled stream is reset, not its connection (other calls share it): libcurl 7.88
+     * sends the RST_STREAM when it next services the connection, here with the next call */
+    snprintf(cfg, sizeof cfg,
+             "%s,\"headers\":{\"X-Mock-Token-Ms\":\"50\",\"X-Mock-Tokens\":\"100\"}", extra);
+    r = rig_scheme(&llm_openai_ops, m, "https", cfg);
+    c = call_new(&r, "x", NULL, true);
+    ap_err err;
+    assert_int_equal(r.ops->start(r.self, c, &err), AP_OK);
+    int64_t end = llm_loop_now_ms() + 5000;
+    while (c->deltas.len == 0 && llm_loop_now_ms() < end)
+        llm_loop_run_once(r.loop, 20);
+    assert_true(c->deltas.len > 0); /* mid-stream */
+    r.ops->cancel(r.self, c);
+    assert_int_equal(c->done, 0);
+    call_free(c);
+    cJSON_ReplaceItemInObject(r.cfg, "headers", cJSON_CreateObject());
+    c = ask(&r, "y", NULL, true);
+    assert_int_equal(c->resp.status, AP_OK);
+    call_free(c);
+    double gone = 0;
+    for (int i = 0; i < 100 && gone < 1; i++) {
+        llm_loop_run_once(r.loop, 20);
+        gone = stat_num(m, NULL, "disconnects");
+    }
+    assert_int_equal((int)gone, 1);
+    rig_free(&r);
     mock_stop(m);
     unlink(pem);
 }
