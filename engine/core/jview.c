@@ -492,7 +492,8 @@ size_t jview_string(const jview *v, int i, char *out, size_t cap)
                         cp = e;
                         break;
                     }
-                    if (cp == 0)
+                    /* \u0000 ends the string; adv is never 0 for a parsed view */
+                    if (cp == 0 || adv == 0)
                         break;
                     len += put_utf8(out, cap, len, cp);
                 } else {
