@@ -11,10 +11,7 @@
 #define DEFAULT_MAX_TOKENS 1024
 
 struct llm_anthropic_stream {
-    llm_wire_stream w; /* first: the shared decoder core */
-    llm_wire_limits limits;
-    llm_wire_on_delta on_delta;
-    void *ctx;
+    llm_wire_stream w; /* the shared decoder core; the dialect adds nothing */
 };
 
 char *llm_anthropic_build_request(const llm_wire_request *r, ap_err *err)
@@ -144,7 +141,8 @@ static ap_status typed_text(llm_anthropic_stream *s, const jview *v, int obj, co
 {
     if (!jview_string_is(v, jview_get(v, obj, "type"), want))
         return AP_OK;
-    return llm_wire_append_string(&s->w.reply, v, jview_get(v, obj, key), s->on_delta, s->ctx, err);
+    return llm_wire_append_string(&s->w.reply, v, jview_get(v, obj, key), s->w.on_delta, s->w.ctx,
+                                  err);
 }
 
 static ap_status on_event(void *ctx, const llm_sse_event *ev)
@@ -155,7 +153,8 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
     jview v;
     if (s->w.reply.done || ev->data_len == 0)
         return AP_OK;
-    if ((rc = llm_wire_json(ev->data, ev->data_len, &s->limits, "stream event", &v, err)) != AP_OK)
+    if ((rc = llm_wire_json(ev->data, ev->data_len, &s->w.limits, "stream event", &v, err)) !=
+        AP_OK)
         goto out;
     char type[32];
     int t = jview_get(&v, 0, "type");
@@ -189,14 +188,7 @@ llm_anthropic_stream *llm_anthropic_stream_new(const llm_wire_limits *limits,
                                                llm_wire_on_delta on_delta, void *ctx)
 {
     llm_anthropic_stream *s = calloc(1, sizeof *s);
-    if (s == NULL)
-        return NULL;
-    s->limits = *limits;
-    s->on_delta = on_delta;
-    s->ctx = ctx;
-    llm_wire_reply_init(&s->w.reply, limits->max_text);
-    s->w.sse = llm_sse_new(limits->max_line, limits->max_event, on_event, s);
-    if (s->w.sse == NULL) {
+    if (s == NULL || llm_wire_stream_init(&s->w, limits, on_delta, ctx, on_event, s) != AP_OK) {
         llm_anthropic_stream_free(s);
         return NULL;
     }
@@ -207,8 +199,7 @@ void llm_anthropic_stream_free(llm_anthropic_stream *s)
 {
     if (s == NULL)
         return;
-    llm_sse_free(s->w.sse);
-    llm_wire_reply_free(&s->w.reply);
+    llm_wire_stream_cleanup(&s->w);
     free(s);
 }
 

@@ -11,9 +11,10 @@
  * attempt that shows the model its error. At most max_concurrency transfers run at once per
  * instance; the rest wait in a FIFO queue. Cancelling a call removes its transfer: over HTTP/1.1
  * that closes its connection at once; over HTTP/2 it resets only its stream, which libcurl 7.88
- * sends when it next services that shared connection (at once while other calls use it). Deltas are passed on as they arrive; once an attempt that already
- * streamed some fails (or is repaired), later attempts stream nothing, so the caller never
- * sees text twice: the final response carries the whole answer.
+ * sends when it next services that shared connection (at once while other calls use it). Deltas are
+ * passed on as they arrive; once an attempt that already streamed some fails (or is repaired),
+ * later attempts stream nothing, so the caller never sees text twice: the final response carries
+ * the whole answer.
  *
  * Provider config (llm.providers.<name>, every key optional):
  *   base_url, api_key (else the SDK environment variables), model (default model),

@@ -207,6 +207,27 @@ int64_t llm_wire_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint32
     return wait;
 }
 
+ap_status llm_wire_stream_init(llm_wire_stream *s, const llm_wire_limits *limits,
+                               llm_wire_on_delta on_delta, void *ctx, llm_sse_on_event on_event,
+                               void *self)
+{
+    s->limits = *limits;
+    s->on_delta = on_delta;
+    s->ctx = ctx;
+    llm_wire_reply_init(&s->reply, limits->max_text);
+    s->sse = llm_sse_new(limits->max_line, limits->max_event, on_event, self);
+    return s->sse != NULL ? AP_OK : AP_NOMEM;
+}
+
+void llm_wire_stream_cleanup(llm_wire_stream *s)
+{
+    if (s == NULL)
+        return;
+    llm_sse_free(s->sse);
+    s->sse = NULL;
+    llm_wire_reply_free(&s->reply);
+}
+
 ap_status llm_wire_stream_feed(llm_wire_stream *s, const char *data, size_t len, ap_err *err)
 {
     ap_err local;

@@ -128,13 +128,25 @@ int64_t llm_wire_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint32
                             int64_t retry_after_ms);
 
 /* What every provider's stream decoder shares, embedded in each: the SSE parser, the reply
- * being built and the first failure, which sticks. */
+ * being built, the first failure (which sticks), the limits and the delta callback. */
 typedef struct llm_wire_stream {
     llm_sse_parser *sse;
     llm_wire_reply reply;
     ap_status failed;
     ap_err *err; /* the caller's err during a feed, so event handlers can explain themselves */
+    llm_wire_limits limits;
+    llm_wire_on_delta on_delta; /* may be NULL */
+    void *ctx;                  /* on_delta's */
 } llm_wire_stream;
+
+/* Sets up the shared core of a decoder; on_event gets every SSE event with self (the
+ * decoder) as its context. AP_NOMEM; llm_wire_stream_cleanup frees a half-made core too. */
+ap_status llm_wire_stream_init(llm_wire_stream *s, const llm_wire_limits *limits,
+                               llm_wire_on_delta on_delta, void *ctx, llm_sse_on_event on_event,
+                               void *self);
+
+/* Frees what llm_wire_stream_init allocated. Accepts NULL. */
+void llm_wire_stream_cleanup(llm_wire_stream *s);
 
 /* Feeds bytes to the stream's SSE parser; after a failure every call fails the same way. */
 ap_status llm_wire_stream_feed(llm_wire_stream *s, const char *data, size_t len, ap_err *err);

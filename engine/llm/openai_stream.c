@@ -9,10 +9,7 @@
 #include <string.h>
 
 struct llm_openai_stream {
-    llm_wire_stream w; /* first: the shared decoder core */
-    llm_wire_limits limits;
-    llm_wire_on_delta on_delta;
-    void *ctx;
+    llm_wire_stream w; /* the shared decoder core; the dialect adds nothing */
 };
 
 static cJSON *add_messages(cJSON *root, const llm_wire_request *r, ap_err *err)
@@ -188,7 +185,8 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
         s->w.reply.done = true;
         return AP_OK;
     }
-    if ((rc = llm_wire_json(ev->data, ev->data_len, &s->limits, "stream chunk", &v, err)) != AP_OK)
+    if ((rc = llm_wire_json(ev->data, ev->data_len, &s->w.limits, "stream chunk", &v, err)) !=
+        AP_OK)
         goto out;
     int eobj = error_of(&v);
     if (eobj >= 0) {
@@ -199,7 +197,7 @@ static ap_status on_event(void *ctx, const llm_sse_event *ev)
     int choice = first_choice(&v);
     if (choice >= 0) {
         int text = jview_get(&v, jview_get(&v, choice, "delta"), "content");
-        rc = llm_wire_append_string(&s->w.reply, &v, text, s->on_delta, s->ctx, err);
+        rc = llm_wire_append_string(&s->w.reply, &v, text, s->w.on_delta, s->w.ctx, err);
         if (rc != AP_OK)
             goto out;
         read_finish(&v, choice, &s->w.reply);
@@ -214,14 +212,7 @@ llm_openai_stream *llm_openai_stream_new(const llm_wire_limits *limits, llm_wire
                                          void *ctx)
 {
     llm_openai_stream *s = calloc(1, sizeof *s);
-    if (s == NULL)
-        return NULL;
-    s->limits = *limits;
-    s->on_delta = on_delta;
-    s->ctx = ctx;
-    llm_wire_reply_init(&s->w.reply, limits->max_text);
-    s->w.sse = llm_sse_new(limits->max_line, limits->max_event, on_event, s);
-    if (s->w.sse == NULL) {
+    if (s == NULL || llm_wire_stream_init(&s->w, limits, on_delta, ctx, on_event, s) != AP_OK) {
         llm_openai_stream_free(s);
         return NULL;
     }
@@ -232,8 +223,7 @@ void llm_openai_stream_free(llm_openai_stream *s)
 {
     if (s == NULL)
         return;
-    llm_sse_free(s->w.sse);
-    llm_wire_reply_free(&s->w.reply);
+    llm_wire_stream_cleanup(&s->w);
     free(s);
 }
 
