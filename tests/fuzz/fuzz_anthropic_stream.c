@@ -1,71 +1,36 @@
-/* Fuzz target: the Anthropic stream decoder must never crash, leak or exceed its limits, and
- * must decode the same input identically whether it arrives whole or in pieces. The first
- * byte chooses the split points and limits, the rest is the body. */
-#include "core/buf.h"
+/* Fuzz target: the Anthropic stream decoder, for the property in stream_fuzz.h. */
 #include "llm/anthropic_stream.h"
-
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "stream_fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static ap_status count(void *ctx, const char *text, size_t len)
+static void *create(const llm_wire_limits *lim, llm_wire_on_delta on_delta, void *ctx)
 {
-    buf *t = ctx;
-    return buf_append(t, text, len);
+    return llm_anthropic_stream_new(lim, on_delta, ctx);
 }
 
-static ap_status decode(const char *in, size_t len, size_t step, const llm_wire_limits *lim,
-                        buf *deltas, llm_wire_reply *out)
+static ap_status feed(void *s, const char *data, size_t len)
 {
-    llm_anthropic_stream *s = llm_anthropic_stream_new(lim, count, deltas);
-    if (s == NULL)
-        abort();
-    ap_status rc = AP_OK;
-    for (size_t i = 0; i < len && rc == AP_OK; i += step) {
-        size_t n = len - i < step ? len - i : step;
-        rc = llm_anthropic_stream_feed(s, in + i, n, NULL);
-    }
-    if (rc == AP_OK)
-        rc = llm_anthropic_stream_finish(s, NULL);
-    llm_wire_reply *r = llm_anthropic_stream_reply(s);
-    if (r->text.len > lim->max_text)
-        abort();
-    *out = *r;
-    /* a private copy: the decoder's buffer dies with it */
-    buf_init(&out->text, lim->max_text);
-    if (buf_append(&out->text, r->text.data != NULL ? r->text.data : "", r->text.len) != AP_OK)
-        abort();
+    return llm_anthropic_stream_feed(s, data, len, NULL);
+}
+
+static ap_status finish(void *s)
+{
+    return llm_anthropic_stream_finish(s, NULL);
+}
+
+static llm_wire_reply *reply(void *s)
+{
+    return llm_anthropic_stream_reply(s);
+}
+
+static void destroy(void *s)
+{
     llm_anthropic_stream_free(s);
-    return rc;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1)
-        return 0;
-    uint8_t knob = data[0];
-    const char *in = (const char *)data + 1;
-    size_t len = size - 1;
-    llm_wire_limits lim = llm_wire_default_limits();
-    if (knob & 0x80) {
-        lim.max_line = 64 + (knob & 0x0f) * 16;
-        lim.max_text = 8 + (knob & 0x30);
-    }
-    buf d1, d2;
-    buf_init(&d1, 1 << 24);
-    buf_init(&d2, 1 << 24);
-    llm_wire_reply r1, r2;
-    ap_status a = decode(in, len, len > 0 ? len : 1, &lim, &d1, &r1);
-    ap_status b = decode(in, len, 1 + (knob & 0x07), &lim, &d2, &r2);
-    if (a != b || d1.len != d2.len || (d1.len > 0 && memcmp(d1.data, d2.data, d1.len) != 0) ||
-        strcmp(r1.text.data, r2.text.data) != 0 || strcmp(r1.finish_reason, r2.finish_reason) ||
-        r1.usage.completion_tokens != r2.usage.completion_tokens || r1.done != r2.done)
-        abort();
-    buf_free(&d1);
-    buf_free(&d2);
-    buf_free(&r1.text);
-    buf_free(&r2.text);
-    return 0;
+    static const stream_api api = {create, feed, finish, reply, destroy};
+    return stream_fuzz_one(&api, data, size);
 }
