@@ -1,25 +1,16 @@
 /* stream_fuzz.h - the property both provider stream decoders are fuzzed for: they never
  * crash, leak or exceed their limits, and decode the same input identically whether it
  * arrives whole or in pieces. The first input byte chooses the split points and limits, the
- * rest is the body. Included by one fuzz target per decoder, which supplies its stream_api. */
+ * rest is the body. Included by one fuzz target per decoder. */
 #ifndef AP_FUZZ_STREAM_FUZZ_H
 #define AP_FUZZ_STREAM_FUZZ_H
 
+#include "../support/stream_api.h"
 #include "core/buf.h"
-#include "llm/http_wire.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* One decoder's API with its stream type erased. */
-typedef struct stream_api {
-    void *(*create)(const llm_wire_limits *lim, llm_wire_on_delta on_delta, void *ctx);
-    ap_status (*feed)(void *s, const char *data, size_t len);
-    ap_status (*finish)(void *s);
-    llm_wire_reply *(*reply)(void *s);
-    void (*destroy)(void *s);
-} stream_api;
 
 static ap_status count(void *ctx, const char *text, size_t len)
 {

@@ -1,6 +1,5 @@
 #include "core/buf.h"
 #include "core/jsonx.h"
-#include "llm/anthropic_stream.h"
 #include "llm/http_wire.h"
 
 #include <setjmp.h>
@@ -13,47 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static ap_status on_delta(void *ctx, const char *text, size_t len)
-{
-    buf *t = ctx;
-    ap_status rc = buf_puts(t, "{");
-    if (rc == AP_OK)
-        rc = buf_append(t, text, len);
-    return rc == AP_OK ? buf_puts(t, "}") : rc;
-}
-
-static void decode(const char *in, size_t len, size_t split, const llm_wire_limits *lim, buf *t)
-{
-    llm_anthropic_stream *s = llm_anthropic_stream_new(lim, on_delta, t);
-    assert_non_null(s);
-    ap_status rc = llm_anthropic_stream_feed(s, in, split, NULL);
-    if (rc == AP_OK)
-        rc = llm_anthropic_stream_feed(s, in + split, len - split, NULL);
-    if (rc == AP_OK)
-        rc = llm_anthropic_stream_finish(s, NULL);
-    llm_wire_reply *r = llm_anthropic_stream_reply(s);
-    buf_printf(t, " rc=%s text=%s finish=%s id=%s done=%d", ap_status_name(rc),
-               r->text.data ? r->text.data : "", r->finish_reason, r->id, r->done);
-    if (r->usage.present)
-        buf_printf(t, " usage=%" PRId64 "/%" PRId64, r->usage.prompt_tokens,
-                   r->usage.completion_tokens);
-    if (r->failed)
-        buf_printf(t, " error=%s retry=%d", r->error.type, r->error.retryable);
-    llm_anthropic_stream_free(s);
-}
-
-static void check_all_splits(const char *in, const llm_wire_limits *lim, const char *want)
-{
-    size_t len = strlen(in);
-    for (size_t k = 0; k <= len; k++) {
-        buf t;
-        buf_init(&t, 1 << 20);
-        decode(in, len, k, lim, &t);
-        if (strcmp(t.data, want) != 0)
-            fail_msg("split at %zu:\n got  %s\n want %s", k, t.data, want);
-        buf_free(&t);
-    }
-}
+/* after cmocka.h: it asserts */
+#include "../support/stream_splits.h"
 
 #define START                                                                                      \
     "event: message_start\n"                                                                       \
@@ -81,6 +41,7 @@ static void test_stream_every_split(void **state)
     (void)state;
     llm_wire_limits lim = llm_wire_default_limits();
     check_all_splits(
+        &stream_api_anthropic,
         START BLOCK_START PING DELTA("Hello") DELTA(
             ", w\\u00f6rld") "event: content_block_delta\n"
                              "data: "
@@ -97,10 +58,10 @@ static void test_stop_reasons(void **state)
 {
     (void)state;
     llm_wire_limits lim = llm_wire_default_limits();
-    check_all_splits(START DELTA("ab") END("max_tokens", "2") STOP, &lim,
+    check_all_splits(&stream_api_anthropic, START DELTA("ab") END("max_tokens", "2") STOP, &lim,
                      "{ab} rc=ok text=ab finish=length id=msg_01 done=1 usage=30/2");
     /* a stop reason without message_stop still counts as complete */
-    check_all_splits(START DELTA("ab") END("tool_use", "2"), &lim,
+    check_all_splits(&stream_api_anthropic, START DELTA("ab") END("tool_use", "2"), &lim,
                      "{ab} rc=ok text=ab finish=tool_calls id=msg_01 done=0 usage=30/2");
 }
 
@@ -108,33 +69,38 @@ static void test_stream_errors(void **state)
 {
     (void)state;
     llm_wire_limits lim = llm_wire_default_limits();
-    check_all_splits(START DELTA("par") "event: error\n"
+    check_all_splits(&stream_api_anthropic,
+                     START DELTA("par") "event: error\n"
                                         "data: {\"type\":\"error\",\"error\":{\"type\":"
                                         "\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
                      &lim,
                      "{par} rc=error text=par finish= id=msg_01 done=0 usage=30/1 "
                      "error=overloaded_error retry=1");
-    check_all_splits("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":"
+    check_all_splits(&stream_api_anthropic,
+                     "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":"
                      "\"invalid_request_error\",\"message\":\"bad\"}}\n\n",
                      &lim,
                      " rc=error text= finish= id= done=0 error=invalid_request_error retry=0");
     /* truncated */
-    check_all_splits(START BLOCK_START DELTA("Hel"), &lim,
+    check_all_splits(&stream_api_anthropic, START BLOCK_START DELTA("Hel"), &lim,
                      "{Hel} rc=io text=Hel finish= id=msg_01 done=0 usage=30/1");
     /* malformed */
-    check_all_splits(START "event: content_block_delta\ndata: {\"type\":\"content_block_d\n\n",
+    check_all_splits(&stream_api_anthropic,
+                     START "event: content_block_delta\ndata: {\"type\":\"content_block_d\n\n",
                      &lim, " rc=invalid text= finish= id=msg_01 done=0 usage=30/1");
     /* invalid UTF-8 */
-    check_all_splits(DELTA("\xF0\x28\x8C\x28"), &lim, " rc=invalid text= finish= id= done=0");
+    check_all_splits(&stream_api_anthropic, DELTA("\xF0\x28\x8C\x28"), &lim,
+                     " rc=invalid text= finish= id= done=0");
 }
 
 static void test_limits(void **state)
 {
     (void)state;
     llm_wire_limits lim = {.max_line = 4096, .max_event = 4096, .max_text = 4};
-    check_all_splits(DELTA("abc") DELTA("de"), &lim, "{abc} rc=limit text=abc finish= id= done=0");
+    check_all_splits(&stream_api_anthropic, DELTA("abc") DELTA("de"), &lim,
+                     "{abc} rc=limit text=abc finish= id= done=0");
     llm_wire_limits small = {.max_line = 4096, .max_event = 64, .max_text = 4096};
-    check_all_splits(START, &small, " rc=limit text= finish= id= done=0");
+    check_all_splits(&stream_api_anthropic, START, &small, " rc=limit text= finish= id= done=0");
 }
 
 static void test_parse_response(void **state)

@@ -1,7 +1,6 @@
 #include "core/buf.h"
 #include "core/jsonx.h"
 #include "llm/http_wire.h"
-#include "llm/openai_stream.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,48 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static ap_status on_delta(void *ctx, const char *text, size_t len)
-{
-    buf *t = ctx;
-    ap_status rc = buf_puts(t, "{");
-    if (rc == AP_OK)
-        rc = buf_append(t, text, len);
-    return rc == AP_OK ? buf_puts(t, "}") : rc;
-}
-
-/* Decodes in (fed as in[0..split) then the rest) and writes everything observable into t. */
-static void decode(const char *in, size_t len, size_t split, const llm_wire_limits *lim, buf *t)
-{
-    llm_openai_stream *s = llm_openai_stream_new(lim, on_delta, t);
-    assert_non_null(s);
-    ap_status rc = llm_openai_stream_feed(s, in, split, NULL);
-    if (rc == AP_OK)
-        rc = llm_openai_stream_feed(s, in + split, len - split, NULL);
-    if (rc == AP_OK)
-        rc = llm_openai_stream_finish(s, NULL);
-    llm_wire_reply *r = llm_openai_stream_reply(s);
-    buf_printf(t, " rc=%s text=%s finish=%s id=%s done=%d", ap_status_name(rc),
-               r->text.data ? r->text.data : "", r->finish_reason, r->id, r->done);
-    if (r->usage.present)
-        buf_printf(t, " usage=%" PRId64 "/%" PRId64, r->usage.prompt_tokens,
-                   r->usage.completion_tokens);
-    if (r->failed)
-        buf_printf(t, " error=%s retry=%d", r->error.type, r->error.retryable);
-    llm_openai_stream_free(s);
-}
-
-static void check_all_splits(const char *in, const llm_wire_limits *lim, const char *want)
-{
-    size_t len = strlen(in);
-    for (size_t k = 0; k <= len; k++) {
-        buf t;
-        buf_init(&t, 1 << 20);
-        decode(in, len, k, lim, &t);
-        if (strcmp(t.data, want) != 0)
-            fail_msg("split at %zu:\n got  %s\n want %s", k, t.data, want);
-        buf_free(&t);
-    }
-}
+/* after cmocka.h: it asserts */
+#include "../support/stream_splits.h"
 
 #define CHUNK(delta, finish)                                                                       \
     "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"m\","           \
@@ -73,7 +32,7 @@ static void test_stream_every_split(void **state)
     (void)state;
     llm_wire_limits lim = llm_wire_default_limits();
     check_all_splits(
-        STREAM, &lim,
+        &stream_api_openai, STREAM, &lim,
         "{Hello}{ w\xC3\xB6rld \xE2\x9C\x93} rc=ok text=Hello w\xC3\xB6rld \xE2\x9C\x93"
         " finish=stop id=chatcmpl-1 done=1 usage=12/3");
 }
@@ -82,7 +41,8 @@ static void test_stream_crlf_and_no_usage(void **state)
 {
     (void)state;
     llm_wire_limits lim = llm_wire_default_limits();
-    check_all_splits("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n"
+    check_all_splits(&stream_api_openai,
+                     "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\r\n\r\n"
                      "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\r\n\r\n",
                      &lim, "{a} rc=ok text=a finish=length id= done=0");
 }
@@ -91,13 +51,15 @@ static void test_stream_error_object(void **state)
 {
     (void)state;
     llm_wire_limits lim = llm_wire_default_limits();
-    check_all_splits(CHUNK("{\"content\":\"par\"}",
+    check_all_splits(&stream_api_openai,
+                     CHUNK("{\"content\":\"par\"}",
                            "null") "data: {\"error\":{\"message\":\"The server had an error\","
                                    "\"type\":\"server_error\",\"code\":null}}\n\n",
                      &lim,
                      "{par} rc=error text=par finish= id=chatcmpl-1 done=0 error=server_error "
                      "retry=1");
-    check_all_splits("data: {\"error\":{\"message\":\"You exceeded your current quota\","
+    check_all_splits(&stream_api_openai,
+                     "data: {\"error\":{\"message\":\"You exceeded your current quota\","
                      "\"type\":\"insufficient_quota\",\"code\":\"insufficient_quota\"}}\n\n",
                      &lim, " rc=error text= finish= id= done=0 error=insufficient_quota retry=0");
 }
@@ -107,19 +69,22 @@ static void test_stream_faults(void **state)
     (void)state;
     llm_wire_limits lim = llm_wire_default_limits();
     /* truncated: no finish reason, no [DONE] */
-    check_all_splits(CHUNK("{\"content\":\"Hel\"}", "null"), &lim,
+    check_all_splits(&stream_api_openai, CHUNK("{\"content\":\"Hel\"}", "null"), &lim,
                      "{Hel} rc=io text=Hel finish= id=chatcmpl-1 done=0");
     /* malformed chunk */
-    check_all_splits(CHUNK("{\"content\":\"a\"}", "null") "data: {\"choices\":[{\"delta\":\n\n",
+    check_all_splits(&stream_api_openai,
+                     CHUNK("{\"content\":\"a\"}", "null") "data: {\"choices\":[{\"delta\":\n\n",
                      &lim, "{a} rc=invalid text=a finish= id=chatcmpl-1 done=0");
     /* invalid UTF-8 inside a JSON string */
-    check_all_splits("data: {\"choices\":[{\"delta\":{\"content\":\"\xC3\x28\"}}]}\n\n", &lim,
+    check_all_splits(&stream_api_openai,
+                     "data: {\"choices\":[{\"delta\":{\"content\":\"\xC3\x28\"}}]}\n\n", &lim,
                      " rc=invalid text= finish= id= done=0");
     /* a lone surrogate escape is not text */
-    check_all_splits("data: {\"choices\":[{\"delta\":{\"content\":\"\\ud800\"}}]}\n\n", &lim,
+    check_all_splits(&stream_api_openai,
+                     "data: {\"choices\":[{\"delta\":{\"content\":\"\\ud800\"}}]}\n\n", &lim,
                      " rc=invalid text= finish= id= done=0");
     /* anything after [DONE] is ignored */
-    check_all_splits("data: [DONE]\n\ndata: {nonsense\n\n", &lim,
+    check_all_splits(&stream_api_openai, "data: [DONE]\n\ndata: {nonsense\n\n", &lim,
                      " rc=ok text= finish= id= done=1");
 }
 
@@ -127,10 +92,11 @@ static void test_stream_limits(void **state)
 {
     (void)state;
     llm_wire_limits lim = {.max_line = 4096, .max_event = 4096, .max_text = 5};
-    check_all_splits(CHUNK("{\"content\":\"abc\"}", "null") CHUNK("{\"content\":\"def\"}", "null"),
+    check_all_splits(&stream_api_openai,
+                     CHUNK("{\"content\":\"abc\"}", "null") CHUNK("{\"content\":\"def\"}", "null"),
                      &lim, "{abc} rc=limit text=abc finish= id=chatcmpl-1 done=0");
     llm_wire_limits tiny = {.max_line = 40, .max_event = 4096, .max_text = 4096};
-    check_all_splits(CHUNK("{\"content\":\"abc\"}", "null"), &tiny,
+    check_all_splits(&stream_api_openai, CHUNK("{\"content\":\"abc\"}", "null"), &tiny,
                      " rc=limit text= finish= id= done=0");
 }
 
