@@ -16,60 +16,32 @@ typedef struct stream_api {
     void (*destroy)(void *s);
 } stream_api;
 
-static inline void *openai_create(const llm_wire_limits *lim, llm_wire_on_delta cb, void *ctx)
-{
-    return llm_openai_stream_new(lim, cb, ctx);
-}
+/* The five adapters of one dialect d (openai, anthropic) and its stream_api_d. */
+#define STREAM_API(d)                                                                              \
+    static inline void *d##_create(const llm_wire_limits *lim, llm_wire_on_delta cb, void *ctx)    \
+    {                                                                                              \
+        return llm_##d##_stream_new(lim, cb, ctx);                                                 \
+    }                                                                                              \
+    static inline ap_status d##_feed(void *s, const char *data, size_t len)                        \
+    {                                                                                              \
+        return llm_##d##_stream_feed(s, data, len, NULL);                                          \
+    }                                                                                              \
+    static inline ap_status d##_finish(void *s)                                                    \
+    {                                                                                              \
+        return llm_##d##_stream_finish(s, NULL);                                                   \
+    }                                                                                              \
+    static inline llm_wire_reply *d##_reply(void *s)                                               \
+    {                                                                                              \
+        return llm_##d##_stream_reply(s);                                                          \
+    }                                                                                              \
+    static inline void d##_destroy(void *s)                                                        \
+    {                                                                                              \
+        llm_##d##_stream_free(s);                                                                  \
+    }                                                                                              \
+    static const stream_api stream_api_##d = {#d,         d##_create, d##_feed,                    \
+                                              d##_finish, d##_reply,  d##_destroy}
 
-static inline ap_status openai_feed(void *s, const char *data, size_t len)
-{
-    return llm_openai_stream_feed(s, data, len, NULL);
-}
-
-static inline ap_status openai_finish(void *s)
-{
-    return llm_openai_stream_finish(s, NULL);
-}
-
-static inline llm_wire_reply *openai_reply(void *s)
-{
-    return llm_openai_stream_reply(s);
-}
-
-static inline void openai_destroy(void *s)
-{
-    llm_openai_stream_free(s);
-}
-
-static inline void *anthropic_create(const llm_wire_limits *lim, llm_wire_on_delta cb, void *ctx)
-{
-    return llm_anthropic_stream_new(lim, cb, ctx);
-}
-
-static inline ap_status anthropic_feed(void *s, const char *data, size_t len)
-{
-    return llm_anthropic_stream_feed(s, data, len, NULL);
-}
-
-static inline ap_status anthropic_finish(void *s)
-{
-    return llm_anthropic_stream_finish(s, NULL);
-}
-
-static inline llm_wire_reply *anthropic_reply(void *s)
-{
-    return llm_anthropic_stream_reply(s);
-}
-
-static inline void anthropic_destroy(void *s)
-{
-    llm_anthropic_stream_free(s);
-}
-
-static const stream_api stream_api_openai = {"openai",      openai_create, openai_feed,
-                                             openai_finish, openai_reply,  openai_destroy};
-static const stream_api stream_api_anthropic = {"anthropic",     anthropic_create,
-                                                anthropic_feed,  anthropic_finish,
-                                                anthropic_reply, anthropic_destroy};
+STREAM_API(openai);
+STREAM_API(anthropic);
 
 #endif
