@@ -9,6 +9,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/memtune.h"
+#include "http/token.h"
 #include "http/api.h"
 #include "http/ratelimit.h"
 #include "http/server.h"
@@ -119,6 +120,8 @@ int cli_serve(int argc, char **argv)
     char host[256];
     uint16_t port;
     if (config_listen_addr(&cfg, host, sizeof host, &port, &err) != AP_OK)
+        goto out;
+    if (token_init(cfg.http_stream_token_secret, &err) != AP_OK)
         goto out;
     if (open_store(&cfg, &st, &err) != AP_OK)
         goto out;

@@ -46,6 +46,7 @@ static const cfg_key keys[] = {
     INT("http.connection_timeout_s", http_connection_timeout_s, 1, 86400, "60"),
     INT("http.shutdown_grace_ms", http_shutdown_grace_ms, 0, 600000, "4000"),
     INT("http.max_streams_per_tenant", http_max_streams_per_tenant, 1, 1000000, "10000"),
+    STR("http.stream_token_secret", http_stream_token_secret, 0, 512, ""),
     INT("cache_entries", cache_memory_entries, 0, 100000000, "65536"),
     INT("runtime.runners", runtime_runners, 0, 256, "0"),
     INT("runtime.lua_memory_mb", runtime_lua_memory_mb, 1, 65536, "64"),

@@ -29,6 +29,7 @@ typedef struct config {
     int64_t http_connection_timeout_s;
     int64_t http_shutdown_grace_ms;
     int64_t http_max_streams_per_tenant;
+    char *http_stream_token_secret; /* "": drawn per process */
     int64_t cache_memory_entries;
     int64_t runtime_runners; /* 0: one per core */
     int64_t runtime_lua_memory_mb;

@@ -7,18 +7,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-static unsigned char secret[32];
+static unsigned char secret[TOKEN_SECRET_MAX];
+static size_t secret_len = 32;
 static pthread_once_t secret_once = PTHREAD_ONCE_INIT;
 static bool secret_ok;
 
 static void init_secret(void)
 {
-    secret_ok = ids_random(secret, sizeof secret) == AP_OK;
+    secret_ok = ids_random(secret, secret_len) == AP_OK;
+}
+
+ap_status token_init(const char *configured, ap_err *err)
+{
+    pthread_once(&secret_once, init_secret);
+    size_t n = configured != NULL ? strlen(configured) : 0;
+    if (n == 0)
+        return secret_ok ? AP_OK : ap_err_set(err, AP_IO, "cannot draw a stream-token secret");
+    if (n < TOKEN_SECRET_MIN || n > TOKEN_SECRET_MAX)
+        return ap_err_set(err, AP_INVALID,
+                          "http.stream_token_secret must have %d to %d characters, not %zu",
+                          TOKEN_SECRET_MIN, TOKEN_SECRET_MAX, n);
+    memcpy(secret, configured, n);
+    secret_len = n;
+    secret_ok = true;
+    return AP_OK;
 }
 
 static void sign(const char *payload, size_t n, char out[IDS_SHA256_HEX_LEN + 1])
 {
-    ids_hmac_sha256_hex(secret, sizeof secret, payload, n, out);
+    ids_hmac_sha256_hex(secret, secret_len, payload, n, out);
 }
 
 ap_status token_issue(const char *tenant_id, const char *panel_id, int64_t ttl_ms,

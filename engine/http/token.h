@@ -1,8 +1,10 @@
 /* token.h - short-lived, single-panel stream tokens for browsers (EventSource cannot send an
  * Authorization header, so GET /v1/panels/{id}/events also takes ?token=).
  *
- * A token is "<expiry-ms>.<tenant>.<panel>.<hmac>" signed with a secret drawn at start-up: it
- * names the one panel it opens, expires, and cannot be forged. Tokens do not outlive the
+ * A token is "<expiry-ms>.<tenant>.<panel>.<hmac>": it names the one panel it opens, expires,
+ * and cannot be forged. The HMAC key is `http.stream_token_secret` when configured, so every
+ * engine node behind a load balancer (and the next process after a restart) accepts the
+ * tokens of the others; otherwise a secret drawn at start-up, and tokens do not outlive the
  * process that issued them. */
 #ifndef AP_HTTP_TOKEN_H
 #define AP_HTTP_TOKEN_H
@@ -15,6 +17,13 @@
 #include <stdint.h>
 
 #define TOKEN_MAX 192
+#define TOKEN_SECRET_MIN 32 /* characters of a configured secret */
+#define TOKEN_SECRET_MAX 512
+
+/* Sets the signing key from a configured secret (borrowed; "" or NULL keeps the drawn one).
+ * AP_INVALID for a secret shorter than TOKEN_SECRET_MIN or longer than TOKEN_SECRET_MAX, AP_IO
+ * when no secret could be drawn. Call before any thread issues or verifies tokens. */
+ap_status token_init(const char *secret, ap_err *err);
 
 /* Writes a token for (tenant, panel) valid for ttl_ms into out[TOKEN_MAX]; *expires_ms gets
  * its expiry (epoch ms). */
