@@ -11,6 +11,18 @@
 
 #define DRY_ANSWERS 16
 
+/* A dry run runs on the thread that asked for it (an HTTP worker for an upload), so it gets a
+ * small share of a real panel's limits: a script cannot hold that thread for more than about
+ * a second of CPU. Every built-in strategy finishes its dry run in under 10 nodes. */
+#define DRY_MAX_STEPS 32
+#define DRY_NODE_INSTRUCTIONS 20000000
+#define DRY_NODE_TIMEOUT_MS 1000
+
+static int64_t at_most(int64_t v, int64_t cap)
+{
+    return v < cap ? v : cap;
+}
+
 static void remove_scratch(const char *dir, const char *db)
 {
     char side[160];
@@ -34,6 +46,9 @@ ap_status panel_dry_run(const config *base, const script_entry *en, panel_dry_re
     snprintf(url, sizeof url, "sqlite:%s", db);
     config cfg = *base;
     cfg.store = url;
+    cfg.runtime_max_steps = at_most(cfg.runtime_max_steps, DRY_MAX_STEPS);
+    cfg.runtime_node_instructions = at_most(cfg.runtime_node_instructions, DRY_NODE_INSTRUCTIONS);
+    cfg.runtime_node_timeout_ms = at_most(cfg.runtime_node_timeout_ms, DRY_NODE_TIMEOUT_MS);
     panel_session s = {0};
     char *params = NULL;
     store_panel row = {0};

@@ -16,7 +16,8 @@ typedef struct panel_dry_result {
 
 /* Runs `strategy` (already validated) on a fixed question with the default roster and
  * default params; human input requests get canned answers. Consensus scripts resolve through
- * cfg's directories. AP_OK when the panel completed (or stopped at input); AP_INVALID with
+ * cfg's directories. The run gets at most 32 nodes, 20 M instructions and 1 s per node (or
+ * cfg's limits when smaller). AP_OK when the panel completed (or stopped at input); AP_INVALID with
  * the failure ("<name>.lua:12: ...") in err otherwise. */
 ap_status panel_dry_run(const config *cfg, const script_entry *strategy, panel_dry_result *out,
                         ap_err *err);

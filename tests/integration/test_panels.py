@@ -357,6 +357,13 @@ def test_strategy_override(w):
     nostart = w.s.request("PUT", "/v1/strategies/council", key=w.a,
                           body={"source": "return { name = 'council', nodes = { a = function() end } }"})
     expect_error(nostart, 422, "invalid_script")
+    # The upload's dry run runs on the request thread with small limits: a strategy that spins
+    # forever is refused after the dry run's 32 nodes, not a real panel's 500.
+    spin = ("return { name = 'council', start = 'a', nodes = { a = function(ctx)\n"
+            "  local x = 0 for i = 1, 100000 do x = x + i end return 'a' end } }")
+    body = expect_error(w.s.request("PUT", "/v1/strategies/council", key=w.a, body={"source": spin}),
+                        422, "invalid_script")
+    assert "32 nodes" in body["error"]["message"], body
     assert w.create()["strategy_version"] == v2
     # Members cannot upload; back to the built-in on DELETE.
     _, member = key_create(w.admin, "alpha-health", "member")
