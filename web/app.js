@@ -6,8 +6,8 @@ const KEY_STORAGE = 'askpanel.apiKey';
 const HISTORY_PAGE = 20;
 
 // Every event type the engine or the built-in strategies emit. EventSource only delivers named
-// events to listeners registered by name, so unknown custom types are picked up after the fact
-// from the stored event list (see fillMissedEvents).
+// events to listeners registered by name, so a custom type a tenant's strategy emits leaves a
+// gap in the seqs; the gap is filled from the stored event list (see PanelView.fillGap).
 const EVENT_TYPES = [
   'panel.status', 'panel.completed', 'panel.failed', 'expert.delta', 'expert.message', 'consensus',
   'input.requested', 'input.received', 'round.started', 'message',
@@ -552,6 +552,8 @@ class PanelView {
     this.streaming = new Map(); // expert id -> card being streamed
     this.pendingInput = null;
     this.expertsById = new Map();
+    this.queue = []; // events in arrival order, applied one at a time (gap fills are async)
+    this.draining = false;
   }
 
   async open() {
@@ -723,12 +725,10 @@ class PanelView {
     const type = e.type;
     // Only expert.delta is ephemeral (no id: lastEventId still holds the previous seq). Every
     // other event carries its seq; anything at or below the last one seen is a replay.
+    let seq = 0;
     if (type !== 'expert.delta') {
-      const seq = Number(e.lastEventId);
-      if (Number.isFinite(seq) && seq > 0) {
-        if (seq <= this.lastSeq) return;
-        this.lastSeq = seq;
-      }
+      const n = Number(e.lastEventId);
+      if (Number.isFinite(n) && n > 0) seq = n;
     }
     let data;
     try {
@@ -736,7 +736,43 @@ class PanelView {
     } catch {
       data = e.data;
     }
-    this.apply(type, data);
+    this.queue.push({ type, seq, data });
+    if (!this.draining) this.drain();
+  }
+
+  async drain() {
+    this.draining = true;
+    while (this.queue.length > 0 && !this.closed) {
+      const ev = this.queue.shift();
+      if (ev.seq > 0) {
+        if (ev.seq <= this.lastSeq) continue;
+        if (ev.seq > this.lastSeq + 1) await this.fillGap(ev.seq);
+        if (this.closed || ev.seq <= this.lastSeq) continue;
+        this.lastSeq = ev.seq;
+      }
+      this.apply(ev.type, ev.data);
+    }
+    this.draining = false;
+  }
+
+  // Applies the stored events between the last one seen and `before` (custom types that the
+  // EventSource did not hand over). A failure leaves the gap: the live stream goes on.
+  async fillGap(before) {
+    try {
+      for (let pages = 0; pages < 20 && this.lastSeq < before - 1 && !this.closed; pages++) {
+        const page = await api('GET', `/v1/panels/${encodeURIComponent(this.id)}/events?after=${this.lastSeq}&limit=100`);
+        const list = page && Array.isArray(page.data) ? page.data : [];
+        for (const ev of list) {
+          if (this.closed || !isPlainObject(ev) || typeof ev.seq !== 'number') continue;
+          if (ev.seq <= this.lastSeq || ev.seq >= before) continue;
+          this.lastSeq = ev.seq;
+          this.apply(String(ev.type), ev.data);
+        }
+        if (!page || !page.has_more || list.length === 0) break;
+      }
+    } catch {
+      /* keep streaming; the stored list shows the rest on the next visit */
+    }
   }
 
   apply(type, data) {

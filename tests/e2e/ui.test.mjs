@@ -50,6 +50,15 @@ async function apiPost(path, body) {
   return res.json();
 }
 
+async function apiPut(path, body) {
+  const res = await fetch(BASE + path, {
+    method: 'PUT',
+    headers: { Authorization: `Bearer ${KEY}`, Accept: 'application/json', 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  check(res.ok, `PUT ${path} answered ${res.status}: ${await res.text()}`);
+}
+
 async function apiJson(path) {
   const res = await fetch(BASE + path, { headers: { Authorization: `Bearer ${KEY}`, Accept: 'application/json' } });
   check(res.ok, `GET ${path} answered ${res.status}`);
@@ -104,6 +113,9 @@ await context.addInitScript(() => {
     if (document.querySelector('.expert-card.streaming .ec-body:not(:empty)')) window.__seen.streaming = true;
     if (document.querySelector('#conn.live:not([hidden])')) window.__seen.live = true;
     if (document.querySelector('#conn.retry:not([hidden])')) window.__seen.retry = true;
+    if (!document.querySelector('#result') &&
+        [...document.querySelectorAll('#timeline .note b')].some((b) => b.textContent === 'Northwind flag'))
+      window.__seen.customLive = true;
   }).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
 });
 
@@ -351,6 +363,40 @@ try {
     await page.click('#cancel-btn');
     await page.waitForSelector('#cancelled');
     check((await page.textContent('#panel-status')).includes('Cancelled'), 'status is not cancelled');
+  });
+
+  await step("a tenant strategy's own event types show live, each once", async () => {
+    // EventSource delivers only the types the page listens for; the page fills the gap a
+    // custom type leaves from the stored list as soon as the next known event arrives.
+    const source = [
+      'local SCHEMA = { type = "object", required = { "position" },',
+      '  properties = { position = { type = "string", enum = { "yes", "no" } } } }',
+      'return {',
+      '  name = "flagged", description = "Asks twice and flags each round", start = "first",',
+      '  nodes = {',
+      '    first = function(ctx)',
+      '      ctx:ask_all(ctx.experts, function(e) return ctx.question end, { schema = SCHEMA })',
+      '      ctx:emit("northwind.flag", { note = "first round done" })',
+      '      return "second"',
+      '    end,',
+      '    second = function(ctx)',
+      '      ctx:ask_all(ctx.experts, function(e) return "And now? " .. ctx.question end, { schema = SCHEMA })',
+      '      ctx:emit("northwind.flag", { note = "second round done" })',
+      '      ctx:done({ summary = "Flagged twice", recommendation = "yes" })',
+      '    end,',
+      '  },',
+      '}',
+    ].join('\n');
+    await apiPut('/v1/strategies/flagged', { source });
+    const id = (await apiPost('/v1/panels', { question: 'Flag the rounds?', strategy: 'flagged' })).id;
+    await page.evaluate((pid) => { location.hash = `#/panel/${pid}`; }, id);
+    await page.locator('#waiting button').click();
+    await waitForResult();
+    const stored = (await storedEvents(id)).filter((e) => e.type === 'northwind.flag').length;
+    const shown = await page.$$eval('#timeline .note b', (bs) => bs.filter((b) => b.textContent === 'Northwind flag').length);
+    check(stored === 2, `${stored} northwind.flag events stored`);
+    check(shown === stored, `${shown} custom notes shown for ${stored} stored events`);
+    check(await page.evaluate(() => window.__seen.customLive), 'the custom events only showed after the result');
   });
 
   await step('history pages with Load more; an unstarted panel can be started from its page', async () => {
