@@ -4,6 +4,7 @@
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
+#include "core/jview.h"
 #include "core/log.h"
 #include "llm/llm.h"
 #include "panel/dryrun.h"
@@ -1475,7 +1476,6 @@ static void answer_slot(ask_slot *s, const llm_response *r)
     s->done = true;
     char msg[300];
     answer a = {.pt = r->prompt_tokens, .ct = r->completion_tokens};
-    cJSON *check = NULL;
     if (r->status != AP_OK) {
         snprintf(msg, sizeof msg, "%s: %s", r->provider != NULL ? r->provider : "llm",
                  r->error != NULL ? r->error : ap_status_name(r->status));
@@ -1483,11 +1483,13 @@ static void answer_slot(ask_slot *s, const llm_response *r)
     } else {
         a.text = r->text != NULL ? r->text : "";
         /* Provider output is untrusted: data goes into the journal and events verbatim, so it
-         * must parse (the provider validated it against the schema). */
+         * must parse (the provider validated it against the schema); checked without a tree */
+        jview v;
+        jview_init(&v);
         if (r->data_json != NULL &&
-            (check = jsonx_parse(r->data_json, strlen(r->data_json), 64, NULL)) != NULL)
+            jview_parse(&v, r->data_json, strlen(r->data_json), 64, NULL) == AP_OK)
             a.data_json = r->data_json;
-        cJSON_Delete(check);
+        jview_free(&v);
     }
     s->entry = entry_json(s->key, &a);
     /* usage */
