@@ -75,18 +75,27 @@ static double field_common(const sim *s, const char *field)
     return (double)(hash_str(s->common, field) >> 11) / 9007199254740992.0;
 }
 
-/* Words of a prompt that say nothing about its topic. */
-static const char *const stop_words[] = {
-    "should",   "would",    "answer",  "question",  "please",     "between",   "respond",
-    "format",   "expert",   "experts", "estimate",  "confidence", "schema",    "options",
-    "median",   "previous", "reason",  "reasons",   "position",   "provide",   "return",
-    "consider", "explain",  "briefly", "anonymous", "panel",      "panellist", "round",
+/* Words of a prompt that say nothing about its topic (lengths kept: checked per prompt word). */
+#define W(s)                                                                                       \
+    {                                                                                              \
+        s, sizeof s - 1                                                                            \
+    }
+static const struct {
+    const char *w;
+    size_t n;
+} stop_words[] = {
+    W("should"),    W("would"),   W("answer"),    W("question"), W("please"),   W("between"),
+    W("respond"),   W("format"),  W("expert"),    W("experts"),  W("estimate"), W("confidence"),
+    W("schema"),    W("options"), W("median"),    W("previous"), W("reason"),   W("reasons"),
+    W("position"),  W("provide"), W("return"),    W("consider"), W("explain"),  W("briefly"),
+    W("anonymous"), W("panel"),   W("panellist"), W("round"),
 };
+#undef W
 
 static bool is_stop_word(const char *w, size_t n)
 {
     for (size_t i = 0; i < sizeof stop_words / sizeof stop_words[0]; i++)
-        if (strlen(stop_words[i]) == n && strncasecmp(stop_words[i], w, n) == 0)
+        if (stop_words[i].n == n && strncasecmp(stop_words[i].w, w, n) == 0)
             return true;
     return false;
 }
