@@ -34,6 +34,10 @@
  * result first and the connections go afterwards. */
 #define END_DELAY_MS 200
 #define END_BATCH_MS 50 /* the ticker ends the streams due within this window in one pass */
+/* A panel's status row can say it ended a moment before the writer has stored its final event
+ * (a cancel sets the status at once): a stream on an ended panel whose replay has no final
+ * event yet waits this long for it live. */
+#define FINAL_WAIT_MS 2000
 #define JSON_PAGE_MAX 1000
 #define JSON_PAGE_DEFAULT 500
 #define JSON_PAGE_BYTES (8 * 1024 * 1024) /* a JSON page of events stops growing here */
@@ -55,6 +59,7 @@ typedef struct event_stream {
     bool replaying;
     bool finished;
     bool final_panel;       /* the panel had ended when the stream opened: end after the replay */
+    int64_t final_wait_ms;  /* final_panel without its final event stored: wait until then */
     bool ending;            /* everything went out: the next read ends the stream */
     atomic_llong end_at_ms; /* when the ticker wakes an ending stream; 0: not set, -1: woken */
     atomic_bool heartbeat_due;
@@ -191,6 +196,19 @@ static bool take_live(event_stream *es)
     return false;
 }
 
+/* Has the ticker wake the stream at mono time at. */
+static void wake_at(event_stream *es, int64_t at)
+{
+    struct api_streams *all = es->deps->streams;
+    pthread_mutex_lock(&all->lock);
+    atomic_store(&es->end_at_ms, at);
+    if (all->next_end_ms == 0 || at < all->next_end_ms) {
+        all->next_end_ms = at;
+        pthread_cond_signal(&all->tick);
+    }
+    pthread_mutex_unlock(&all->lock);
+}
+
 /* Queues what comes next once everything before it went out: a due heartbeat, replayed
  * frames, or the next live event. false when there is nothing to send now. */
 static bool refill(event_stream *es)
@@ -201,8 +219,15 @@ static bool refill(event_stream *es)
         buf_puts(&es->pending, ": heartbeat\n\n");
     while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
         replay_page(es);
-    if (!es->replaying && es->final_panel)
-        es->finished = true;
+    if (!es->replaying && es->final_panel && !es->finished) {
+        int64_t now = clock_mono_ms();
+        if (es->final_wait_ms == 0) {
+            es->final_wait_ms = now + FINAL_WAIT_MS;
+            wake_at(es, es->final_wait_ms);
+        } else if (now >= es->final_wait_ms) {
+            es->finished = true; /* it did not come: end with what is stored */
+        }
+    }
     return es->pending.len > 0 || take_live(es);
 }
 
@@ -213,15 +238,7 @@ static ssize_t end_later(event_stream *es)
     if (es->ending)
         return -1;
     es->ending = true;
-    struct api_streams *all = es->deps->streams;
-    int64_t at = clock_mono_ms() + END_DELAY_MS;
-    pthread_mutex_lock(&all->lock);
-    atomic_store(&es->end_at_ms, at);
-    if (all->next_end_ms == 0 || at < all->next_end_ms) {
-        all->next_end_ms = at;
-        pthread_cond_signal(&all->tick);
-    }
-    pthread_mutex_unlock(&all->lock);
+    wake_at(es, clock_mono_ms() + END_DELAY_MS);
     return 0;
 }
 
@@ -464,6 +481,20 @@ static void reply_json_page(http_request *req, api_deps *d, const char *tenant, 
     http_reply_json(req, 200, body);
 }
 
+/* Whether the event at seq `last` of the panel is its final one (its status row can say it
+ * ended a moment before the writer stores that event). */
+static bool final_event_stored(api_deps *d, const char *tenant, const char *panel, int64_t last)
+{
+    store_event *rows = NULL;
+    size_t n = 0;
+    bool final = false;
+    if (last > 0 &&
+        store_events_list(d->store, tenant, panel, last - 1, 1, &rows, &n, NULL) == AP_OK && n == 1)
+        final = is_final_event(rows[0].type, rows[0].data);
+    store_events_free(rows, n);
+    return final;
+}
+
 void api_panels_events(http_request *req, void *app)
 {
     api_deps *d = app;
@@ -483,10 +514,11 @@ void api_panels_events(http_request *req, void *app)
         http_reply_error(req, 503, "unavailable", "live streams are not available here");
         return;
     }
-    /* An ended panel with nothing after the client's position: 204 tells EventSource to stop
-     * reconnecting (it would otherwise come back every retry interval forever). */
+    /* An ended panel with nothing after the client's position, its final event included: 204
+     * tells EventSource to stop reconnecting (it would otherwise come back every retry
+     * interval forever). */
     if (final && store_events_last_seq(d->store, tenant, id, &last, &err) == AP_OK &&
-        last <= after) {
+        last <= after && final_event_stored(d, tenant, id, last)) {
         http_reply_bytes(req, 204, "text/event-stream", "", 0);
         return;
     }

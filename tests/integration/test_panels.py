@@ -316,7 +316,7 @@ def test_cancel(w):
     c = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a)
     frames = [f for f in c.frames() if f[0] is not None]
     c.close()
-    assert frames[-1][1] == "panel.status" and frames[-1][2]["status"] == "cancelled"
+    assert frames[-1][1] == "panel.status" and frames[-1][2]["status"] == "cancelled", frames[-4:]
 
 
 OVERRIDE = """
