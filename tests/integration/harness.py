@@ -50,6 +50,7 @@ class Server:
         self.env["ASKPANEL_OPERATOR_KEY"] = OPERATOR_KEY
         self.env.update(env or {})
         self.proc = None
+        self.started = False  # set once a start succeeded: restarts keep the port
         self.log_path = os.path.join(self.tmp, "server.log")
 
     def cli(self, *args, check=True, input=None):
@@ -62,15 +63,27 @@ class Server:
         return p
 
     def start(self, wait=True):
-        args = [BIN, "serve", "--listen", "127.0.0.1:%d" % self.port, "--store", self.store]
-        if self.cache:
-            args += ["--cache", self.cache]
-        args += self.extra_args
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=SOURCE_DIR, env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_ready()
+        # The free port can be taken between free_port() and the server's bind: a first start
+        # that fails on it moves to another port (a restart keeps its port: clients reconnect).
+        for attempt in range(5):
+            args = [BIN, "serve", "--listen", "127.0.0.1:%d" % self.port, "--store", self.store]
+            if self.cache:
+                args += ["--cache", self.cache]
+            args += self.extra_args
+            self.log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(args, cwd=SOURCE_DIR, env=self.env, stdout=self.log,
+                                         stderr=subprocess.STDOUT)
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except AssertionError:
+                if self.started or "cannot listen" not in self.logs() or attempt == 4:
+                    raise
+                self.proc.wait()
+                self.log.close()
+                self.port = free_port()
         return self
 
     def wait_ready(self, timeout=10.0):
@@ -80,6 +93,7 @@ class Server:
                 raise AssertionError("server exited early (%d):\n%s" % (self.proc.returncode, self.logs()))
             try:
                 if self.request("GET", "/health").status == 200:
+                    self.started = True
                     return
             except OSError:
                 pass
