@@ -43,20 +43,27 @@ STORE="sqlite:$TMP/db"
 KEY=$(awk '$1 == "northwind-pharma" { for (i = 1; i <= NF; i++) if ($i ~ /^ap_/) { print $i; exit } }' "$TMP/seed.txt")
 [ -n "$KEY" ] || fail "no northwind admin key in the seed-demo output"
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # The simulated LLM answers after 150 ms and streams a piece every 15 ms, so text visibly
 # streams. The test restarts the server once (to check that the UI resumes its stream), so
 # the pid lives in a file both sides update.
 export ASKPANEL_SIM_LATENCY_MS=150 ASKPANEL_SIM_TOKEN_MS=15 ASKPANEL_WEB_DIR="$SRC/web"
 PIDFILE="$TMP/server.pid"
-"$BIN" serve --listen "127.0.0.1:$PORT" --store "$STORE" >>"$TMP/server.log" 2>&1 &
-echo $! >"$PIDFILE"
-i=0
-until curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
-  i=$((i + 1))
-  [ "$i" -lt 100 ] || fail "server did not start: $(tail -5 "$TMP/server.log")"
-  kill -0 "$(cat "$PIDFILE")" 2>/dev/null || fail "server exited: $(tail -5 "$TMP/server.log")"
-  sleep 0.1
+# A free port can be taken between the probe and the server's bind: then try another.
+for attempt in 1 2 3 4 5; do
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$BIN" serve --listen "127.0.0.1:$PORT" --store "$STORE" >>"$TMP/server.log" 2>&1 &
+  echo $! >"$PIDFILE"
+  i=0
+  up=0
+  while [ "$i" -lt 100 ]; do
+    if curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then up=1; break; fi
+    kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break
+    i=$((i + 1))
+    sleep 0.1
+  done
+  [ "$up" -eq 1 ] && break
+  grep -q "cannot listen" "$TMP/server.log" && [ "$attempt" -lt 5 ] && continue
+  fail "server did not start: $(tail -5 "$TMP/server.log")"
 done
 
 ASKPANEL_URL="http://127.0.0.1:$PORT" ASKPANEL_KEY="$KEY" ASKPANEL_E2E_OUT="$TMP" CHROMIUM="$CHROMIUM" \
