@@ -1316,25 +1316,30 @@ typedef struct answer {
     int64_t pt, ct;
 } answer;
 
+/* Appends an answer's outcome: ,"error":... or ,"text":...,"data":... (data null or left
+ * out when there is none, as null_data says). */
+static ap_status put_outcome(buf *b, const answer *a, bool null_data)
+{
+    if (a->error != NULL) {
+        ap_status rc = buf_puts(b, ",\"error\":");
+        return rc == AP_OK ? json_str(b, a->error) : rc;
+    }
+    ap_status rc = buf_puts(b, ",\"text\":");
+    if (rc == AP_OK)
+        rc = json_str(b, a->text != NULL ? a->text : "");
+    if (rc == AP_OK && (a->data_json != NULL || null_data))
+        rc = buf_printf(b, ",\"data\":%s", a->data_json != NULL ? a->data_json : "null");
+    return rc;
+}
+
 /* The journal entry of an answer (caller frees). */
 static char *entry_json(const char *key, const answer *a)
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
     ap_status rc = buf_printf(&b, "{\"k\":\"ask\",\"key\":\"%s\"", key);
-    if (a->error != NULL) {
-        if (rc == AP_OK)
-            rc = buf_puts(&b, ",\"error\":");
-        if (rc == AP_OK)
-            rc = json_str(&b, a->error);
-    } else {
-        if (rc == AP_OK)
-            rc = buf_puts(&b, ",\"text\":");
-        if (rc == AP_OK)
-            rc = json_str(&b, a->text != NULL ? a->text : "");
-        if (rc == AP_OK && a->data_json != NULL)
-            rc = buf_printf(&b, ",\"data\":%s", a->data_json);
-    }
+    if (rc == AP_OK)
+        rc = put_outcome(&b, a, false);
     if (rc == AP_OK)
         rc = buf_printf(&b, ",\"pt\":%lld,\"ct\":%lld}", (long long)a->pt, (long long)a->ct);
     char *out = rc == AP_OK ? buf_steal(&b) : NULL;
@@ -1371,19 +1376,8 @@ static void emit_message(prun *p, const script_ask *ask, const char *name, const
         rc = json_str(&b, name);
     if (rc == AP_OK && ask->round > 0)
         rc = buf_printf(&b, ",\"round\":%lld", (long long)ask->round);
-    if (a->error != NULL) {
-        if (rc == AP_OK)
-            rc = buf_puts(&b, ",\"error\":");
-        if (rc == AP_OK)
-            rc = json_str(&b, a->error);
-    } else {
-        if (rc == AP_OK)
-            rc = buf_puts(&b, ",\"text\":");
-        if (rc == AP_OK)
-            rc = json_str(&b, a->text != NULL ? a->text : "");
-        if (rc == AP_OK)
-            rc = buf_printf(&b, ",\"data\":%s", a->data_json != NULL ? a->data_json : "null");
-    }
+    if (rc == AP_OK)
+        rc = put_outcome(&b, a, true);
     if (rc == AP_OK)
         rc = buf_printf(&b, ",\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld}}",
                         (long long)a->pt, (long long)a->ct);
