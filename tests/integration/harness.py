@@ -166,6 +166,39 @@ def expect_error(resp, status, code=None):
     return body
 
 
+MOCKLLM = os.environ.get("MOCKLLM_BIN", os.path.join(SOURCE_DIR, "build", "mockllm"))
+
+
+def start_mockllm(*args):
+    """mockllm on a free port with the given options: (process, port)."""
+    p = subprocess.Popen([MOCKLLM, "--port", "0", *args], stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if not line.startswith("listening on "):
+        p.kill()
+        raise RuntimeError("mockllm did not start: %r" % line)
+    return p, int(line.split()[2])
+
+
+PASSED, FAILED = [], []
+
+
+def check(name, fn):
+    """Runs one named check, reports it and carries on; see summary()."""
+    try:
+        fn()
+        PASSED.append(name)
+        print("ok   ", name)
+    except Exception as e:  # noqa: BLE001 - report every failure and carry on
+        FAILED.append(name)
+        print("FAIL ", name, "-", repr(e))
+
+
+def summary():
+    """Prints 'N passed, M failed' for the checks so far; the exit status."""
+    print("%d passed, %d failed" % (len(PASSED), len(FAILED)))
+    return 1 if FAILED else 0
+
+
 def run(tests):
     """Runs test functions; prints one line each and 'N passed, M failed' last."""
     passed = failed = 0

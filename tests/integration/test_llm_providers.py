@@ -15,17 +15,14 @@ import sys
 import tempfile
 import time
 
+from harness import check, start_mockllm, summary
+
 ASKPANEL = os.environ.get("ASKPANEL_BIN", "build/askpanel")
-MOCK = os.environ.get("MOCKLLM_BIN", "build/mockllm")
-PASSED, FAILED = [], []
 
 
 class Mock:
     def __init__(self, *args):
-        self.p = subprocess.Popen([MOCK, "--port", "0", *args], stdout=subprocess.PIPE, text=True)
-        line = self.p.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.port = int(line.split()[2])
+        self.p, self.port = start_mockllm(*args)
 
     def stats(self):
         import http.client
@@ -64,15 +61,6 @@ def usage_rows(db):
     con.close()
     return rows
 
-
-def check(name, fn):
-    try:
-        fn()
-        PASSED.append(name)
-        print("ok   ", name)
-    except Exception as e:  # noqa: BLE001 - report every failure and carry on
-        FAILED.append(name)
-        print("FAIL ", name, "-", repr(e))
 
 
 def main():
@@ -240,8 +228,7 @@ def main():
             mock.stop()
     check("named providers of a built-in type and model aliases route calls", named_providers_and_model_aliases)
 
-    print("%d passed, %d failed" % (len(PASSED), len(FAILED)))
-    return 1 if FAILED else 0
+    return summary()
 
 
 if __name__ == "__main__":

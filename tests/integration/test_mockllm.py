@@ -3,24 +3,11 @@
 import asyncio
 import http.client
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
 
-MOCK = os.environ.get("MOCKLLM_BIN", "build/mockllm")
-FAILED = []
-PASSED = []
-
-
-def start(*args):
-    p = subprocess.Popen([MOCK, "--port", "0", *args], stdout=subprocess.PIPE, text=True)
-    line = p.stdout.readline()
-    if not line.startswith("listening on "):
-        p.kill()
-        raise RuntimeError("mockllm did not start: %r" % line)
-    return p, int(line.split()[2])
+from harness import check, start_mockllm as start, summary
 
 
 def request(port, path, body=None, headers=None, method="POST", timeout=10):
@@ -62,15 +49,6 @@ def openai_text(raw):
     return text, usage, done, finish
 
 
-def check(name, fn):
-    try:
-        fn()
-        PASSED.append(name)
-        print("ok   ", name)
-    except Exception as e:  # noqa: BLE001 - report every failure and carry on
-        FAILED.append(name)
-        print("FAIL ", name, "-", repr(e))
-
 
 def wait_idle(port):
     """Waits until earlier tests' connections are gone, so counters start clean."""
@@ -97,8 +75,7 @@ def main():
     finally:
         proc.terminate()
         proc.wait(5)
-    print("%d passed, %d failed" % (len(PASSED), len(FAILED)))
-    return 1 if FAILED else 0
+    return summary()
 
 
 def run_all(port):
