@@ -12,6 +12,7 @@
  * pays for the TCP connects; later rounds reuse the kept-alive connections. */
 #include "core/jsonx.h"
 #include "llm/llm.h"
+#include "../tests/support/mockllm_spawn.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -129,43 +130,14 @@ static cJSON *mock_get(int port, const char *method, const char *path)
 
 static pid_t start_mock(const opts *o, int *port)
 {
-    int fds[2];
     char lat[32], tok[32], n[32];
     snprintf(lat, sizeof lat, "%ld", o->latency_ms);
     snprintf(tok, sizeof tok, "%ld", o->token_ms);
     snprintf(n, sizeof n, "%ld", o->tokens);
-    if (pipe(fds) != 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        if (o->tls)
-            execl(o->mockllm, o->mockllm, "--port", "0", "--latency-ms", lat, "--token-ms", tok,
-                  "--tokens", n, "--tls-cert-out", o->cert, (char *)NULL);
-        else
-            execl(o->mockllm, o->mockllm, "--port", "0", "--latency-ms", lat, "--token-ms", tok,
-                  "--tokens", n, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[64] = {0};
-    size_t used = 0;
-    while (used < sizeof line - 1 && strchr(line, '\n') == NULL) {
-        ssize_t r = read(fds[0], line + used, sizeof line - 1 - used);
-        if (r <= 0)
-            break;
-        used += (size_t)r;
-    }
-    close(fds[0]);
-    if (pid < 0 || sscanf(line, "listening on %d", port) != 1) {
-        if (pid > 0) {
-            kill(pid, SIGTERM);
-            waitpid(pid, NULL, 0);
-        }
-        return -1;
-    }
-    return pid;
+    const char *args[] = {
+        "--latency-ms", lat, "--token-ms", tok, "--tokens", n, o->tls ? "--tls-cert-out" : NULL,
+        o->cert,        NULL};
+    return mockllm_spawn(o->mockllm, args, port);
 }
 
 static bool parse(int argc, char **argv, opts *o)

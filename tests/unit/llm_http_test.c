@@ -23,6 +23,8 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include "../support/mockllm_spawn.h"
+
 /* ---- the llm_call half of provider.h ---------------------------------------------------- */
 
 struct llm_call {
@@ -84,40 +86,16 @@ static pid_t live[8];
 static mock mock_start(const char *const *args)
 {
     const char *bin = getenv("MOCKLLM_BIN");
-    int fds[2];
     assert_non_null(bin);
-    assert_int_equal(pipe(fds), 0);
-    const char *argv[32] = {bin, "--port", "0"};
-    int n = 3;
-    for (; args[n - 3] != NULL && n < 31; n++)
-        argv[n] = args[n - 3];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[64] = {0};
-    size_t used = 0;
-    while (used < sizeof line - 1 && strchr(line, '\n') == NULL) {
-        ssize_t r = read(fds[0], line + used, sizeof line - 1 - used);
-        if (r <= 0)
-            break;
-        used += (size_t)r;
-    }
-    close(fds[0]);
+    int port = 0;
+    pid_t pid = mockllm_spawn(bin, args, &port);
+    assert_true(pid > 0);
     for (size_t i = 0; i < sizeof live / sizeof live[0]; i++) {
         if (live[i] == 0) {
             live[i] = pid;
             break;
         }
     }
-    int port = 0;
-    assert_int_equal(sscanf(line, "listening on %d", &port), 1);
     return (mock){pid, port};
 }
 
