@@ -58,6 +58,7 @@ struct conn {
     buf out;
     size_t out_off;
     bool dirty, closing;
+    uint32_t events; /* what the epoll set watches for this connection */
     conn *next_dirty;
     conn *prev_all, *next_all; /* every accepted connection, for shutdown */
     stream *streams;
@@ -351,6 +352,17 @@ static void conn_close(conn *c)
     free(c);
 }
 
+/* Has the epoll set watch c for events, with a syscall only when they change (a flush runs
+ * for every connection that had frames due). */
+static void watch(conn *c, uint32_t events)
+{
+    if (c->events == events)
+        return;
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    if (epoll_ctl(S.ep, EPOLL_CTL_MOD, c->fd, &ev) == 0)
+        c->events = events;
+}
+
 /* Produces what nghttp2 has to send and writes as much as the socket takes. */
 static bool conn_flush(conn *c)
 {
@@ -379,8 +391,7 @@ static bool conn_flush(conn *c)
         }
     }
     bool pending = c->out_off < c->out.len;
-    struct epoll_event ev = {.events = EPOLLIN | (pending ? EPOLLOUT : 0u), .data.ptr = c};
-    epoll_ctl(S.ep, EPOLL_CTL_MOD, c->fd, &ev);
+    watch(c, EPOLLIN | (pending ? EPOLLOUT : 0u));
     return pending || nghttp2_session_want_read(c->s) || nghttp2_session_want_write(c->s);
 }
 
@@ -420,9 +431,7 @@ static void handshake(conn *c)
     if (r != 1) {
         int e = SSL_get_error(c->ssl, r);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            struct epoll_event ev = {.events = e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT,
-                                     .data.ptr = c};
-            epoll_ctl(S.ep, EPOLL_CTL_MOD, c->fd, &ev);
+            watch(c, e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT);
             return;
         }
         ERR_clear_error();
@@ -490,6 +499,7 @@ static void accept_all(void)
             return;
         }
         c->kind = K_SNIFF;
+        c->events = EPOLLIN;
         mock_note_connection();
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (epoll_ctl(S.ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
