@@ -114,7 +114,7 @@ static void stream_free(stream *st, bool client_closed)
     if (client_closed)
         mock_note_disconnect(st->r);
     mock_heap_remove(st->r);
-    mock_req_done(st->r);
+    mock_req_done();
     if (st->streaming)
         mock_stream_done(st->r);
     mock_req_unref(st->r);

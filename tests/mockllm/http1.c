@@ -203,7 +203,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r == NULL)
         return;
     pthread_mutex_lock(&mock_lock);
-    mock_req_done(r);
+    mock_req_done();
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && toe != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN)
         mock_note_disconnect(r);
     mock_req_unref(r);

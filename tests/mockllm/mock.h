@@ -134,7 +134,7 @@ void mock_req_unref(mock_req *r);
 void mock_note_disconnect(mock_req *r);
 
 /* The request is over: not in flight any more (mock_lock held). */
-void mock_req_done(mock_req *r);
+void mock_req_done(void);
 
 /* Counts an accepted connection (locks). */
 void mock_note_connection(void);
