@@ -36,6 +36,11 @@ typedef struct shard {
     llm_timer *timer;
     int64_t timer_due;
     int active;
+    /* Finished easy handles kept for the next transfers (at most cap_idle): a handle carries
+     * the provider's fixed options and curl's buffers, so a burst does not allocate, zero and
+     * configure a fresh one per call. */
+    CURL **idle;
+    int n_idle, alloc_idle, cap_idle;
 } shard;
 
 struct hp {
@@ -47,6 +52,8 @@ struct hp {
     char *base_url, *url, *api_key;
     const char *default_model;
     const char *ca_file; /* trusted certificates (PEM) instead of the system store; borrowed */
+    /* the request headers, the same for every call: [0] for whole replies, [1] for streams */
+    struct curl_slist *headers[2];
     int max_concurrency, active, max_attempts;
     int64_t backoff_base_ms, backoff_cap_ms, connect_ms, first_token_ms, idle_ms, total_ms;
     size_t max_body, max_stream;
@@ -80,7 +87,6 @@ struct xfer {
     /* the current attempt */
     shard *sh;
     CURL *easy;
-    struct curl_slist *headers;
     char *body;
     void *dec;
     buf resp; /* error body, or the whole body of a non-streaming reply */
@@ -135,6 +141,67 @@ static void xfer_free(xfer *x)
     free(x);
 }
 
+/* Unhooks a finished handle from its transfer and keeps it for the next one, or frees it when
+ * the shard already keeps enough. */
+static void handle_put(shard *sh, CURL *e)
+{
+    if (sh->n_idle == sh->alloc_idle) {
+        int want = sh->alloc_idle > 0 ? sh->alloc_idle * 2 : 16;
+        if (want > sh->cap_idle)
+            want = sh->cap_idle;
+        CURL **grown =
+            want > sh->alloc_idle ? realloc(sh->idle, (size_t)want * sizeof *grown) : NULL;
+        if (grown == NULL) {
+            curl_easy_cleanup(e);
+            return;
+        }
+        sh->idle = grown;
+        sh->alloc_idle = want;
+    }
+    /* nothing of the old transfer may stay reachable from a handle that outlives it */
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+    sh->idle[sh->n_idle++] = e;
+}
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud);
+static size_t on_header(char *line, size_t size, size_t nitems, void *ud);
+
+/* A handle with the provider's fixed options set: a kept one, or a new one. NULL when out of
+ * memory. */
+static CURL *handle_get(shard *sh)
+{
+    if (sh->n_idle > 0)
+        return sh->idle[--sh->n_idle];
+    hp *p = sh->p;
+    CURL *e = curl_easy_init();
+    if (e == NULL)
+        return NULL;
+    curl_easy_setopt(e, CURLOPT_URL, p->url);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, p->http_version);
+    if (p->ca_file != NULL)
+        curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
+    if (p->pipewait)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->total_ms);
+    /* a stream that stops moving for idle_ms is as good as dead */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((p->idle_ms + 999) / 1000));
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* stream chunks are a few hundred bytes: curl's default 16 KiB receive buffer per transfer
+     * only made thousands of concurrent streams touch more memory (peak RSS -30 % at 5,000) */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
+    return e;
+}
+
 /* Releases everything of the current attempt; the transfer slot too. */
 static void detach(xfer *x)
 {
@@ -143,13 +210,11 @@ static void detach(xfer *x)
     x->timer = NULL;
     if (x->easy != NULL) {
         curl_multi_remove_handle(x->sh->multi, x->easy);
-        curl_easy_cleanup(x->easy);
+        handle_put(x->sh, x->easy);
         x->easy = NULL;
         x->sh->active--;
         p->active--;
     }
-    curl_slist_free_all(x->headers);
-    x->headers = NULL;
     free(x->body);
     x->body = NULL;
     if (x->dec != NULL)
@@ -441,27 +506,6 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
     x->body = p->d->build(&wr, err);
     if (x->body == NULL)
         return err != NULL ? err->status : AP_ERROR;
-    x->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    if (x->headers != NULL)
-        x->headers = curl_slist_append(x->headers, "Expect:");
-    if (x->headers != NULL && req->stream)
-        x->headers = curl_slist_append(x->headers, "Accept: text/event-stream");
-    if (x->headers != NULL)
-        x->headers = p->d->auth_headers(x->headers, p->api_key != NULL ? p->api_key : "");
-    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(p->cfg, "headers");
-    const cJSON *h = NULL;
-    cJSON_ArrayForEach(h, extra)
-    {
-        char line[1024];
-        if (x->headers == NULL || !cJSON_IsString(h) || h->string == NULL)
-            continue;
-        snprintf(line, sizeof line, "%.200s: %.800s", h->string, h->valuestring);
-        x->headers = curl_slist_append(x->headers, line);
-    }
-    if (x->headers == NULL) {
-        rc = ap_err_set(err, AP_NOMEM, "out of memory");
-        goto fail;
-    }
     if (req->stream) {
         x->dec = p->d->dec_new(&p->limits, on_delta, x);
         if (x->dec == NULL) {
@@ -469,44 +513,25 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
             goto fail;
         }
     }
-    x->easy = curl_easy_init();
-    if (x->easy == NULL) {
-        rc = ap_err_set(err, AP_NOMEM, "cannot create a transfer");
-        goto fail;
-    }
     x->sh = &p->shards[0];
     for (int i = 1; i < p->n_shards; i++)
         if (p->shards[i].active < x->sh->active)
             x->sh = &p->shards[i];
+    x->easy = handle_get(x->sh);
+    if (x->easy == NULL) {
+        rc = ap_err_set(err, AP_NOMEM, "cannot create a transfer");
+        goto fail;
+    }
     x->sh->active++;
     p->active++;
     CURL *e = x->easy;
-    curl_easy_setopt(e, CURLOPT_URL, p->url);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(x->body));
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, p->headers[req->stream ? 1 : 0]);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_err);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, p->http_version);
-    if (p->ca_file != NULL)
-        curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
-    if (p->pipewait)
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)p->total_ms);
-    /* a stream that stops moving for idle_ms is as good as dead */
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((p->idle_ms + 999) / 1000));
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    /* stream chunks are a few hundred bytes: curl's default 16 KiB receive buffer per transfer
-     * only made thousands of concurrent streams touch more memory (peak RSS -30 % at 5,000) */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
     x->timer = llm_loop_timer_add(p->loop, p->first_token_ms, on_first_token_timeout, x);
     if (x->timer == NULL || curl_multi_add_handle(x->sh->multi, e) != CURLM_OK) {
         rc = ap_err_set(err, AP_NOMEM, "cannot start a transfer");
@@ -807,6 +832,30 @@ static void curl_init(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+/* The request headers of every call: JSON in, the dialect's authentication, the configured
+ * extra headers, and for streams the event-stream Accept. NULL when out of memory. */
+static struct curl_slist *build_headers(const hp *p, bool stream)
+{
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h != NULL)
+        h = curl_slist_append(h, "Expect:");
+    if (h != NULL && stream)
+        h = curl_slist_append(h, "Accept: text/event-stream");
+    if (h != NULL)
+        h = p->d->auth_headers(h, p->api_key != NULL ? p->api_key : "");
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(p->cfg, "headers");
+    const cJSON *e = NULL;
+    cJSON_ArrayForEach(e, extra)
+    {
+        char line[1024];
+        if (h == NULL || !cJSON_IsString(e) || e->string == NULL)
+            continue;
+        snprintf(line, sizeof line, "%.200s: %.800s", e->string, e->valuestring);
+        h = curl_slist_append(h, line);
+    }
+    return h;
+}
+
 ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON *cfg, void **self,
                           ap_err *err)
 {
@@ -892,6 +941,12 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
     }
     long streams = (long)cfg_int(cfg, "max_streams_per_connection", 100, 1, 1000);
     p->ca_file = jsonx_string(cfg, "ca_file");
+    p->headers[0] = build_headers(p, false);
+    p->headers[1] = build_headers(p, true);
+    if (p->headers[0] == NULL || p->headers[1] == NULL) {
+        llm_http_destroy(p);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
     const char *mode = jsonx_string(cfg, "schema_mode");
     p->native_schema = d->native_schema && (mode == NULL || strcmp(mode, "instruct") != 0);
     int shard_size = p->pipewait && streams < SHARD_TRANSFERS ? (int)streams : SHARD_TRANSFERS;
@@ -908,6 +963,7 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
         shard *sh = &p->shards[i];
         sh->p = p;
         sh->multi = curl_multi_init();
+        sh->cap_idle = (int)per_shard;
         if (sh->multi == NULL) {
             llm_http_destroy(p);
             return ap_err_set(err, AP_NOMEM, "%s: cannot create a curl multi handle", d->name);
@@ -937,11 +993,17 @@ void llm_http_destroy(void *self)
         xfer_free(x);
     }
     for (int i = 0; p->shards != NULL && i < p->n_shards; i++) {
-        llm_loop_timer_cancel(p->loop, p->shards[i].timer);
-        if (p->shards[i].multi != NULL)
-            curl_multi_cleanup(p->shards[i].multi);
+        shard *sh = &p->shards[i];
+        llm_loop_timer_cancel(p->loop, sh->timer);
+        for (int k = 0; k < sh->n_idle; k++)
+            curl_easy_cleanup(sh->idle[k]);
+        free(sh->idle);
+        if (sh->multi != NULL)
+            curl_multi_cleanup(sh->multi);
     }
     free(p->shards);
+    curl_slist_free_all(p->headers[0]);
+    curl_slist_free_all(p->headers[1]);
     free(p->base_url);
     free(p->url);
     free(p->api_key);

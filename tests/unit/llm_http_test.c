@@ -478,6 +478,38 @@ static void test_cancel_disconnects(void **state)
     mock_stop(m);
 }
 
+/* Finished and cancelled transfers hand their curl handle to the next call: the next call
+ * must get a clean transfer and the cancelled one must never hear of it again. */
+static void test_handles_reused_after_cancel(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms", "10", "--token-ms", "5", "--tokens", "40", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_openai_ops, m, "\"max_concurrency\":1");
+    llm_call *a = call_new(&r, "first", NULL, true);
+    ap_err err;
+    assert_int_equal(r.ops->start(r.self, a, &err), AP_OK);
+    int64_t end = llm_loop_now_ms() + 5000;
+    while (a->deltas.len == 0 && llm_loop_now_ms() < end)
+        llm_loop_run_once(r.loop, 20);
+    assert_true(a->deltas.len > 0);
+    r.ops->cancel(r.self, a);
+    size_t a_len = a->deltas.len;
+    for (int i = 0; i < 3; i++) {
+        llm_call *b = ask(&r, i == 1 ? "second" : "third", i == 2 ? SCHEMA : NULL, true);
+        assert_int_equal(b->resp.status, AP_OK);
+        assert_true(b->deltas.len > 0);
+        assert_int_equal(b->resp.attempts, 1);
+        call_free(b);
+    }
+    assert_int_equal(a->done, 0);
+    assert_int_equal(a->deltas.len, a_len);
+    assert_int_equal((int)stat_num(m, NULL, "requests_total"), 4);
+    call_free(a);
+    rig_free(&r);
+    mock_stop(m);
+}
+
 static void test_concurrency_cap(void **state)
 {
     (void)state;
@@ -692,6 +724,7 @@ int main(void)
         cmocka_unit_test_teardown(test_no_repeated_deltas, stop_leftovers),
         cmocka_unit_test_teardown(test_stall_times_out, stop_leftovers),
         cmocka_unit_test_teardown(test_cancel_disconnects, stop_leftovers),
+        cmocka_unit_test_teardown(test_handles_reused_after_cancel, stop_leftovers),
         cmocka_unit_test_teardown(test_concurrency_cap, stop_leftovers),
         cmocka_unit_test_teardown(test_http2_over_tls, stop_leftovers),
         cmocka_unit_test(test_http_version_option),
