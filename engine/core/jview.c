@@ -7,51 +7,8 @@
  * that large: such input is refused rather than silently wrapped. */
 #define MAX_TEXT UINT32_MAX
 
-typedef struct parser {
-    jview *v;
-    const unsigned char *s;
-    size_t len, pos;
-    int depth, max_depth;
-    ap_status rc;
-} parser;
-
-static int fail(parser *p, ap_status rc)
-{
-    if (p->rc == AP_OK)
-        p->rc = rc;
-    return -1;
-}
-
-static int push(parser *p, jview_type type, size_t start)
-{
-    jview *v = p->v;
-    if (v->n == v->cap) {
-        /* every token covers at least one byte, so the text bounds the array */
-        size_t cap = (size_t)v->cap * 2;
-        if (cap > p->len + 1)
-            cap = p->len + 1;
-        jview_tok *t =
-            v->tok == v->inline_tok ? malloc(cap * sizeof *t) : realloc(v->tok, cap * sizeof *t);
-        if (t == NULL)
-            return fail(p, AP_NOMEM);
-        if (v->tok == v->inline_tok)
-            memcpy(t, v->inline_tok, v->n * sizeof *t);
-        v->tok = t;
-        v->cap = (uint32_t)cap;
-    }
-    v->tok[v->n] = (jview_tok){.type = (uint8_t)type, .start = (uint32_t)start};
-    return (int)v->n++;
-}
-
-static void skip_ws(parser *p)
-{
-    while (p->pos < p->len) {
-        unsigned char c = p->s[p->pos];
-        if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
-            return;
-        p->pos++;
-    }
-}
+/* No enclosing container. */
+#define NO_TOKEN UINT32_MAX
 
 static int hex(unsigned char c)
 {
@@ -156,173 +113,115 @@ static size_t skip_plain(const unsigned char *s, size_t i, size_t len)
     return i;
 }
 
-static int string(parser *p)
+static size_t skip_ws(const unsigned char *s, size_t len, size_t i)
 {
-    int t = push(p, JVIEW_STRING, p->pos);
-    if (t < 0)
-        return -1;
-    const unsigned char *s = p->s;
-    size_t i = p->pos + 1;
-    while (i < p->len) {
-        i = skip_plain(s, i, p->len);
-        if (i >= p->len)
+    while (i < len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
+        i++;
+    return i;
+}
+
+/* Makes room for one more token. Every token covers at least one byte, so the text bounds
+ * the array. */
+static bool tok_room(jview *v, size_t len)
+{
+    if (v->n < v->cap)
+        return true;
+    size_t cap = (size_t)v->cap * 2;
+    if (cap > len + 1)
+        cap = len + 1;
+    jview_tok *t =
+        v->tok == v->inline_tok ? malloc(cap * sizeof *t) : realloc(v->tok, cap * sizeof *t);
+    if (t == NULL)
+        return false;
+    if (v->tok == v->inline_tok)
+        memcpy(t, v->inline_tok, v->n * sizeof *t);
+    v->tok = t;
+    v->cap = (uint32_t)cap;
+    return true;
+}
+
+/* Scans the string whose opening quote is at s[*pos] and leaves *pos one past its closing
+ * quote; false (with *pos at the offending byte) when it is not a well-formed string. */
+static bool scan_string(const unsigned char *s, size_t len, size_t *pos, uint8_t *escaped)
+{
+    size_t i = *pos + 1;
+    bool ok = false;
+    for (;;) {
+        i = skip_plain(s, i, len);
+        if (i >= len)
             break;
         unsigned char c = s[i];
         if (c == '"') {
-            p->pos = i + 1;
-            p->v->tok[t].end = (uint32_t)p->pos;
-            p->v->tok[t].next = p->v->n;
-            return t;
-        }
-        if (c < 0x20)
-            break;
-        if (c == '\\') {
-            p->v->tok[t].escaped = 1;
-            if (i + 1 >= p->len)
-                break;
-            unsigned char e = s[i + 1];
-            uint32_t cp;
-            size_t n = 2;
-            if (e == 'u')
-                n = unicode_escape(s, p->len, i, &cp);
-            else if (strchr("\"\\/bfnrt", e) == NULL || e == '\0')
-                n = 0;
-            if (n == 0)
-                break;
-            i += n;
-        } else if (c >= 0x80) {
-            size_t n = utf8_seq(s, p->len, i);
-            if (n == 0)
-                break;
-            i += n;
-        } else {
             i++;
+            ok = true;
+            break;
         }
-    }
-    p->pos = i;
-    return fail(p, AP_INVALID);
-}
-
-static bool digits(parser *p)
-{
-    size_t from = p->pos;
-    while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9')
-        p->pos++;
-    return p->pos > from;
-}
-
-static int number(parser *p)
-{
-    int t = push(p, JVIEW_NUMBER, p->pos);
-    if (t < 0)
-        return -1;
-    if (p->s[p->pos] == '-')
-        p->pos++;
-    if (p->pos < p->len && p->s[p->pos] == '0')
-        p->pos++;
-    else if (!digits(p))
-        return fail(p, AP_INVALID);
-    if (p->pos < p->len && p->s[p->pos] == '.') {
-        p->pos++;
-        if (!digits(p))
-            return fail(p, AP_INVALID);
-    }
-    if (p->pos < p->len && (p->s[p->pos] == 'e' || p->s[p->pos] == 'E')) {
-        p->pos++;
-        if (p->pos < p->len && (p->s[p->pos] == '+' || p->s[p->pos] == '-'))
-            p->pos++;
-        if (!digits(p))
-            return fail(p, AP_INVALID);
-    }
-    p->v->tok[t].end = (uint32_t)p->pos;
-    p->v->tok[t].next = p->v->n;
-    return t;
-}
-
-static int literal(parser *p, const char *word, jview_type type)
-{
-    size_t n = strlen(word);
-    if (p->len - p->pos < n || memcmp(p->s + p->pos, word, n) != 0)
-        return fail(p, AP_INVALID);
-    int t = push(p, type, p->pos);
-    if (t < 0)
-        return -1;
-    p->pos += n;
-    p->v->tok[t].end = (uint32_t)p->pos;
-    p->v->tok[t].next = p->v->n;
-    return t;
-}
-
-static int value(parser *p);
-
-/* An object or array: members are "key": value pairs (the key a string token of its own). */
-static int container(parser *p, bool object)
-{
-    if (++p->depth > p->max_depth)
-        return fail(p, AP_INVALID);
-    int t = push(p, object ? JVIEW_OBJECT : JVIEW_ARRAY, p->pos);
-    if (t < 0)
-        return -1;
-    unsigned char close = object ? '}' : ']';
-    uint32_t count = 0;
-    p->pos++;
-    skip_ws(p);
-    if (p->pos < p->len && p->s[p->pos] == close) {
-        p->pos++;
-    } else {
-        for (;;) {
-            if (object) {
-                skip_ws(p);
-                if (p->pos >= p->len || p->s[p->pos] != '"' || string(p) < 0)
-                    return fail(p, AP_INVALID);
-                skip_ws(p);
-                if (p->pos >= p->len || p->s[p->pos] != ':')
-                    return fail(p, AP_INVALID);
-                p->pos++;
-            }
-            if (value(p) < 0)
-                return -1;
-            count++;
-            skip_ws(p);
-            if (p->pos >= p->len)
-                return fail(p, AP_INVALID);
-            unsigned char c = p->s[p->pos++];
-            if (c == close)
-                break;
-            if (c != ',')
-                return fail(p, AP_INVALID);
+        size_t n = 0;
+        if (c == '\\') {
+            *escaped = 1;
+            unsigned char e = i + 1 < len ? s[i + 1] : '\0';
+            uint32_t cp;
+            if (e == 'u')
+                n = unicode_escape(s, len, i, &cp);
+            else if (e != '\0' && strchr("\"\\/bfnrt", e) != NULL)
+                n = 2;
+        } else if (c >= 0x80) {
+            n = utf8_seq(s, len, i);
         }
+        if (n == 0)
+            break; /* a control character or a broken escape or sequence */
+        i += n;
     }
-    p->depth--;
-    p->v->tok[t].end = (uint32_t)p->pos;
-    p->v->tok[t].next = p->v->n;
-    p->v->tok[t].count = count;
-    return t;
+    *pos = i;
+    return ok;
 }
 
-static int value(parser *p)
+static size_t digits(const unsigned char *s, size_t len, size_t i)
 {
-    skip_ws(p);
-    if (p->pos >= p->len)
-        return fail(p, AP_INVALID);
-    switch (p->s[p->pos]) {
-    case '{':
-        return container(p, true);
-    case '[':
-        return container(p, false);
-    case '"':
-        return string(p);
-    case 't':
-        return literal(p, "true", JVIEW_TRUE);
-    case 'f':
-        return literal(p, "false", JVIEW_FALSE);
-    case 'n':
-        return literal(p, "null", JVIEW_NULL);
-    default:
-        if (p->s[p->pos] == '-' || (p->s[p->pos] >= '0' && p->s[p->pos] <= '9'))
-            return number(p);
-        return fail(p, AP_INVALID);
+    while (i < len && s[i] >= '0' && s[i] <= '9')
+        i++;
+    return i;
+}
+
+/* Scans the number at s[*pos] (RFC 8259: no leading zeros, no bare dot or exponent). */
+static bool scan_number(const unsigned char *s, size_t len, size_t *pos)
+{
+    size_t i = *pos, d;
+    bool ok = false;
+    if (s[i] == '-')
+        i++;
+    if (i < len && s[i] == '0')
+        i++;
+    else if ((d = digits(s, len, i)) > i)
+        i = d;
+    else
+        goto out;
+    if (i < len && s[i] == '.') {
+        if ((d = digits(s, len, i + 1)) == i + 1)
+            goto out;
+        i = d;
     }
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < len && (s[i] == '+' || s[i] == '-'))
+            i++;
+        if ((d = digits(s, len, i)) == i)
+            goto out;
+        i = d;
+    }
+    ok = true;
+out:
+    *pos = i;
+    return ok;
+}
+
+static bool scan_literal(const unsigned char *s, size_t len, size_t *pos, const char *word,
+                         size_t n)
+{
+    if (len - *pos < n || memcmp(s + *pos, word, n) != 0)
+        return false;
+    *pos += n;
+    return true;
 }
 
 void jview_init(jview *v)
@@ -333,26 +232,111 @@ void jview_init(jview *v)
     v->cap = JVIEW_INLINE;
 }
 
+/* One pass, no recursion: `open` is the innermost open container, and while a container is
+ * open its `next` field links to the one around it (it gets its real value at the close). */
 ap_status jview_parse(jview *v, const char *text, size_t len, int max_depth, ap_err *err)
 {
+    enum { VALUE, KEY, AFTER } state = VALUE;
+    const unsigned char *s = (const unsigned char *)text;
+    size_t pos = 0;
+    int depth = 0;
+    uint32_t open = NO_TOKEN;
+    ap_status rc = AP_INVALID;
     jview_init(v);
     v->src = text;
     if (len >= MAX_TEXT)
         return ap_err_set(err, AP_INVALID, "JSON text too large");
-    parser p = {.v = v, .s = (const unsigned char *)text, .len = len, .max_depth = max_depth};
-    if (value(&p) >= 0) {
-        skip_ws(&p);
-        if (p.pos < p.len)
-            fail(&p, AP_INVALID);
+    for (;;) {
+        if (state == VALUE || state == KEY) {
+            pos = skip_ws(s, len, pos);
+            if (pos >= len || (state == KEY && s[pos] != '"'))
+                goto out;
+            if (!tok_room(v, len)) {
+                rc = AP_NOMEM;
+                goto out;
+            }
+            uint32_t t = v->n++;
+            jview_tok *tk = &v->tok[t];
+            *tk = (jview_tok){.start = (uint32_t)pos};
+            unsigned char c = s[pos];
+            bool ok;
+            if (c == '{' || c == '[') {
+                if (++depth > max_depth)
+                    goto out;
+                tk->type = c == '{' ? JVIEW_OBJECT : JVIEW_ARRAY;
+                tk->next = open;
+                open = t;
+                pos = skip_ws(s, len, pos + 1);
+                if (pos < len && s[pos] == (c == '{' ? '}' : ']')) {
+                    pos++;
+                    goto close;
+                }
+                state = c == '{' ? KEY : VALUE;
+                continue;
+            }
+            if (c == '"') {
+                tk->type = JVIEW_STRING;
+                ok = scan_string(s, len, &pos, &tk->escaped);
+            } else if (c == 't') {
+                tk->type = JVIEW_TRUE;
+                ok = scan_literal(s, len, &pos, "true", 4);
+            } else if (c == 'f') {
+                tk->type = JVIEW_FALSE;
+                ok = scan_literal(s, len, &pos, "false", 5);
+            } else if (c == 'n') {
+                tk->type = JVIEW_NULL;
+                ok = scan_literal(s, len, &pos, "null", 4);
+            } else {
+                tk->type = JVIEW_NUMBER;
+                ok = (c == '-' || (c >= '0' && c <= '9')) && scan_number(s, len, &pos);
+            }
+            if (!ok)
+                goto out;
+            tk->end = (uint32_t)pos;
+            tk->next = v->n;
+            if (state == KEY) {
+                pos = skip_ws(s, len, pos);
+                if (pos >= len || s[pos] != ':')
+                    goto out;
+                pos++;
+                state = VALUE;
+                continue;
+            }
+        }
+        /* a value just ended */
+        if (open == NO_TOKEN)
+            break;
+        jview_tok *ct = &v->tok[open];
+        ct->count++;
+        pos = skip_ws(s, len, pos);
+        if (pos >= len)
+            goto out;
+        unsigned char c = s[pos];
+        if (c == ',') {
+            pos++;
+            state = ct->type == JVIEW_OBJECT ? KEY : VALUE;
+            continue;
+        }
+        if (c != (ct->type == JVIEW_OBJECT ? '}' : ']'))
+            goto out;
+        pos++;
+    close:
+        ct = &v->tok[open];
+        open = ct->next;
+        ct->end = (uint32_t)pos;
+        ct->next = v->n;
+        depth--;
+        state = AFTER;
     }
-    if (p.rc == AP_NOMEM)
+    pos = skip_ws(s, len, pos);
+    if (pos == len)
+        return AP_OK;
+out:
+    if (rc == AP_NOMEM)
         return ap_err_set(err, AP_NOMEM, "out of memory");
-    if (p.rc != AP_OK) {
-        if (p.depth > max_depth)
-            return ap_err_set(err, AP_INVALID, "JSON nested deeper than %d levels", max_depth);
-        return ap_err_set(err, AP_INVALID, "malformed JSON near byte %zu", p.pos);
-    }
-    return AP_OK;
+    if (depth > max_depth)
+        return ap_err_set(err, AP_INVALID, "JSON nested deeper than %d levels", max_depth);
+    return ap_err_set(err, AP_INVALID, "malformed JSON near byte %zu", pos);
 }
 
 void jview_free(jview *v)
@@ -409,6 +393,17 @@ bool jview_string_is(const jview *v, int i, const char *s)
     return eq;
 }
 
+static bool key_is(const jview *v, uint32_t i, const char *key, size_t n)
+{
+    const jview_tok *kt = &v->tok[i];
+    if (kt->escaped)
+        return jview_string_is(v, (int)i, key);
+    /* keys of one object often share a length (model, usage, error): the first byte settles
+     * most of those without a memcmp call */
+    const char *k = v->src + kt->start + 1;
+    return kt->end - kt->start - 2 == n && (n == 0 || (k[0] == key[0] && memcmp(k, key, n) == 0));
+}
+
 int jview_get(const jview *v, int obj, const char *key)
 {
     const jview_tok *t = at(v, obj);
@@ -417,11 +412,7 @@ int jview_get(const jview *v, int obj, const char *key)
     size_t n = strlen(key);
     uint32_t i = (uint32_t)obj + 1;
     for (uint32_t k = 0; k < t->count; k++) {
-        const jview_tok *kt = &v->tok[i];
-        bool match = kt->escaped ? jview_string_is(v, (int)i, key)
-                                 : kt->end - kt->start - 2 == n &&
-                                       memcmp(v->src + kt->start + 1, key, n) == 0;
-        if (match)
+        if (key_is(v, i, key, n))
             return (int)i + 1;
         i = v->tok[i + 1].next;
     }
@@ -516,7 +507,18 @@ double jview_number(const jview *v, int i, double dflt)
     char tmp[64];
     if (t == NULL || t->type != JVIEW_NUMBER || t->end - t->start >= sizeof tmp)
         return dflt;
-    memcpy(tmp, v->src + t->start, t->end - t->start);
+    /* counts and indexes are small integers: no need for strtod and a copy */
+    const char *p = v->src + t->start, *end = v->src + t->end;
+    bool neg = *p == '-';
+    if (end - p - neg <= 15) {
+        int64_t n = 0;
+        const char *q = p + neg;
+        while (q < end && *q >= '0' && *q <= '9')
+            n = n * 10 + (*q++ - '0');
+        if (q == end)
+            return (double)(neg ? -n : n);
+    }
+    memcpy(tmp, p, t->end - t->start);
     tmp[t->end - t->start] = '\0';
     return strtod(tmp, NULL);
 }
