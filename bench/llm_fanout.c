@@ -2,14 +2,17 @@
  *
  *   bench_llm_fanout [--calls 5000] [--latency-ms 200] [--token-ms 10] [--tokens 50]
  *                    [--provider openai|anthropic] [--rounds 2] [--mockllm PATH]
- *                    [--http-version auto|1.1|2] [--tls 0|1]
+ *                    [--http-version auto|1.1|2] [--tls 0|1] [--rate N]
  *
  * Starts mockllm, submits every call at once through the public llm.h API on one llm_loop
- * (this thread), and runs the loop until all are done. Per round it reports wall time, the
- * engine's CPU seconds per 1,000 calls (this process only; mockllm's CPU is reported apart),
- * peak RSS, and the latency the engine adds to each call: observed time minus the time the
- * server schedule takes (latency + (tokens - 1) x token time), at the median and p99. Round 1
- * pays for the TCP connects; later rounds reuse the kept-alive connections. */
+ * (this thread), and runs the loop until all are done. With --rate N the calls arrive at N per
+ * second instead, submitted from the loop, as a gateway sees traffic (and as gateways publish
+ * their overhead): the added latency is then the engine's own, not queueing behind a burst. Per
+ * round it reports wall time, the engine's CPU seconds per 1,000 calls (this process only;
+ * mockllm's CPU is reported apart), peak RSS, and the latency the engine adds to each call:
+ * observed time minus the time the server schedule takes (latency + (tokens - 1) x token time), at
+ * the median and p99. Round 1 pays for the TCP connects; later rounds reuse the kept-alive
+ * connections. */
 #include "core/jsonx.h"
 #include "llm/llm.h"
 #include "../tests/support/mockllm_spawn.h"
@@ -36,6 +39,7 @@ typedef struct call_stat {
 
 typedef struct opts {
     long calls, latency_ms, token_ms, tokens, rounds;
+    long rate; /* calls per second; 0 submits them all at once */
     const char *provider, *mockllm, *http_version;
     long tls;      /* HTTPS to mockllm: HTTP/2 through ALPN, as with the real providers */
     char cert[64]; /* mockllm writes its self-signed certificate here */
@@ -173,6 +177,8 @@ static bool parse(int argc, char **argv, opts *o)
             o->rounds = v > 0 ? v : 1;
         else if (num && strcmp(argv[i], "--tls") == 0)
             o->tls = v != 0;
+        else if (num && strcmp(argv[i], "--rate") == 0)
+            o->rate = v;
         else
             return false;
     }
@@ -194,6 +200,12 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
     double cpu0 = cpu_s(), mcpu0 = proc_cpu_s(mock);
     int64_t t0 = now_us();
     for (long i = 0; i < o->calls; i++) {
+        if (o->rate > 0) {
+            /* call i is due i / rate seconds in; the loop runs until then */
+            int64_t due = t0 + i * 1000000 / o->rate, wait;
+            while ((wait = due - now_us()) > 0)
+                llm_loop_run_once(loop, (int)((wait + 999) / 1000));
+        }
         llm_request req = {.expert_id = "bench",
                            .expert_json = "{\"name\":\"Bench Expert\",\"role\":\"tester\"}",
                            .prompt = "Give me your view.",
@@ -235,7 +247,11 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
            cpu * 1000.0 / (double)o->calls, mcpu, ru.ru_maxrss / 1024, (double)added[p50] / 1e3,
            (double)added[p99] / 1e3, (double)first[p50] / 1e3, (double)first[p99] / 1e3);
     cJSON *ms = mock_get(port, "GET", "/stats");
-    printf("  submitting all calls took %.1f ms on the loop thread\n", (double)submitted / 1e3);
+    if (o->rate > 0)
+        printf("  calls arrived at %ld/s over %.1f ms (the wall target is for a burst)\n", o->rate,
+               (double)submitted / 1e3);
+    else
+        printf("  submitting all calls took %.1f ms on the loop thread\n", (double)submitted / 1e3);
     printf("  mockllm: %.0f requests (%.0f over HTTP/2) arriving over %.1f ms on %.0f new "
            "connections (this query's included), frames sent late by %.2f ms on average, "
            "%.2f ms at most\n",
@@ -264,7 +280,7 @@ int main(int argc, char **argv)
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: bench_llm_fanout [--calls N] [--latency-ms N] [--token-ms N] "
                         "[--tokens N] [--provider openai|anthropic] [--rounds N] [--mockllm P] "
-                        "[--http-version auto|1.1|2] [--tls 0|1]\n");
+                        "[--http-version auto|1.1|2] [--tls 0|1] [--rate N]\n");
         return 2;
     }
     struct rlimit rl;
@@ -296,9 +312,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "unknown provider %s\n", o.provider);
         goto out;
     }
-    printf("%ld concurrent streaming calls, %ld ms latency, %ld tokens x %ld ms, provider %s, "
+    printf("%ld %s streaming calls, %ld ms latency, %ld tokens x %ld ms, provider %s, "
            "HTTP version %s, one loop thread\n",
-           o.calls, o.latency_ms, o.tokens, o.token_ms, o.provider, o.http_version);
+           o.calls, o.rate > 0 ? "paced" : "concurrent", o.latency_ms, o.tokens, o.token_ms,
+           o.provider, o.http_version);
     rc = 0;
     for (int r = 1; r <= o.rounds; r++)
         rc |= run_round(loop, client, &o, mock, port, r);
