@@ -1,6 +1,11 @@
 #include "core/jsonx.h"
 
+#include "core/buf.h"
+
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int jsonx_depth(const cJSON *item)
@@ -101,4 +106,66 @@ bool jsonx_utf8_valid(const char *s, size_t n)
         i += need + 1;
     }
     return true;
+}
+
+/* Whether byte c goes into a JSON string as it is. */
+static bool plain_ascii(unsigned char c)
+{
+    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+ap_status jsonx_append_string(buf *b, const char *s, size_t n)
+{
+    ap_status rc = buf_append(b, "\"", 1);
+    size_t i = 0;
+    while (rc == AP_OK && i < n) {
+        unsigned char c = (unsigned char)s[i];
+        if (plain_ascii(c)) {
+            /* runs of plain ASCII, most of any text, go in with one copy */
+            size_t j = i + 1;
+            while (j < n && plain_ascii((unsigned char)s[j]))
+                j++;
+            rc = buf_append(b, s + i, j - i);
+            i = j;
+        } else if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            rc = buf_append(b, esc, 2);
+            i++;
+        } else if (c < 0x20) {
+            static const char hex[] = "0123456789abcdef";
+            static const char shortcut[0x20] = {
+                ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't'};
+            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            if (shortcut[c] != '\0')
+                esc[1] = shortcut[c];
+            rc = buf_append(b, esc, shortcut[c] != '\0' ? 2 : sizeof esc);
+            i++;
+        } else {
+            size_t len = (c & 0xe0) == 0xc0   ? 2
+                         : (c & 0xf0) == 0xe0 ? 3
+                         : (c & 0xf8) == 0xf0 ? 4
+                                              : 0;
+            if (len != 0 && i + len <= n && jsonx_utf8_valid(s + i, len)) {
+                rc = buf_append(b, s + i, len);
+                i += len;
+            } else {
+                rc = buf_append(b, "\xef\xbf\xbd", 3);
+                i++;
+            }
+        }
+    }
+    return rc == AP_OK ? buf_append(b, "\"", 1) : rc;
+}
+
+ap_status jsonx_append_number(buf *b, double d)
+{
+    if (!isfinite(d))
+        return AP_INVALID;
+    if (d == floor(d) && fabs(d) < 9007199254740992.0)
+        return buf_printf(b, "%lld", (long long)d);
+    char tmp[32];
+    snprintf(tmp, sizeof tmp, "%.15g", d);
+    if (strtod(tmp, NULL) != d)
+        snprintf(tmp, sizeof tmp, "%.17g", d);
+    return buf_puts(b, tmp);
 }

@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+struct buf;
+
 /* Parses len bytes of text; rejects trailing garbage and nesting deeper than max_depth.
  * Returns a tree the caller frees with cJSON_Delete, or NULL with err set (AP_INVALID). */
 cJSON *jsonx_parse(const char *text, size_t len, int max_depth, ap_err *err);
@@ -21,6 +23,14 @@ double jsonx_number(const cJSON *obj, const char *key, double dflt);
 
 /* Compact text of a tree; caller frees. NULL on allocation failure. */
 char *jsonx_print(const cJSON *item);
+
+/* Appends s[0..n) (borrowed) to b as a JSON string literal, quoted and escaped. Bytes that are
+ * not valid UTF-8 become U+FFFD, so the text is always valid JSON. AP_LIMIT past b's max. */
+ap_status jsonx_append_string(struct buf *b, const char *s, size_t n);
+
+/* Appends a finite number as JSON: integers without a fraction, others in the fewest digits
+ * that read back as the same double. AP_INVALID for NaN and infinities. */
+ap_status jsonx_append_number(struct buf *b, double d);
 
 /* True when s is valid UTF-8 of n bytes (no overlongs, no surrogates). */
 bool jsonx_utf8_valid(const char *s, size_t n);

@@ -19,58 +19,51 @@ char *llm_anthropic_build_request(const llm_wire_request *r, ap_err *err)
     char *out = NULL;
     buf sys;
     buf_init(&sys, 4 * 1024 * 1024);
+    llm_wire_body w;
+    llm_wire_body_init(&w);
     ap_err_clear(err);
-    cJSON *root = NULL;
     if (r->model == NULL || r->model[0] == '\0' || r->n_messages == 0) {
         ap_err_set(err, AP_INVALID, "a request needs a model and at least one message");
         goto out;
     }
-    root = cJSON_CreateObject();
-    if (root == NULL || cJSON_AddStringToObject(root, "model", r->model) == NULL ||
-        cJSON_AddNumberToObject(root, "max_tokens",
-                                r->max_tokens > 0 ? r->max_tokens : DEFAULT_MAX_TOKENS) == NULL)
-        goto out;
-    ap_status rc = AP_OK;
-    if (r->system != NULL)
-        rc = buf_puts(&sys, r->system);
-    if (rc == AP_OK && r->schema != NULL) {
-        if (sys.len > 0)
-            rc = buf_puts(&sys, "\n\n");
-        if (rc == AP_OK)
-            rc = llm_wire_schema_instruction(r->schema, &sys);
+    for (size_t i = 0; i < r->n_messages; i++) {
+        if (r->messages[i].role == NULL || r->messages[i].content == NULL) {
+            ap_err_set(err, AP_INVALID, "message %zu has no role or content", i);
+            goto out;
+        }
     }
+    ap_status rc = llm_wire_system_text(r, true, &sys);
     if (rc != AP_OK) {
         ap_err_set(err, rc, "system prompt too large");
         goto out;
     }
-    if (sys.len > 0 && cJSON_AddStringToObject(root, "system", sys.data) == NULL)
-        goto out;
-    cJSON *msgs = cJSON_AddArrayToObject(root, "messages");
-    if (msgs == NULL)
-        goto out;
-    for (size_t i = 0; i < r->n_messages; i++) {
-        const llm_wire_message *in = &r->messages[i];
-        if (in->role == NULL || in->content == NULL) {
-            ap_err_set(err, AP_INVALID, "message %zu has no role or content", i);
-            goto out;
-        }
-        cJSON *m = cJSON_CreateObject();
-        if (m == NULL || !cJSON_AddItemToArray(msgs, m) ||
-            cJSON_AddStringToObject(m, "role", in->role) == NULL ||
-            cJSON_AddStringToObject(m, "content", in->content) == NULL)
-            goto out;
+    llm_wire_raw(&w, "{\"model\":");
+    llm_wire_str(&w, r->model);
+    llm_wire_raw(&w, ",\"max_tokens\":");
+    llm_wire_num(&w, r->max_tokens > 0 ? r->max_tokens : DEFAULT_MAX_TOKENS);
+    if (sys.len > 0) {
+        llm_wire_raw(&w, ",\"system\":");
+        llm_wire_str(&w, sys.data);
     }
-    if (r->temperature >= 0 && isfinite(r->temperature) &&
-        cJSON_AddNumberToObject(root, "temperature", r->temperature) == NULL)
-        goto out;
-    if (cJSON_AddBoolToObject(root, "stream", r->stream) == NULL)
-        goto out;
-    out = jsonx_print(root);
+    llm_wire_raw(&w, ",\"messages\":[");
+    for (size_t i = 0; i < r->n_messages; i++) {
+        llm_wire_raw(&w, i > 0 ? ",{\"role\":" : "{\"role\":");
+        llm_wire_str(&w, r->messages[i].role);
+        llm_wire_raw(&w, ",\"content\":");
+        llm_wire_str(&w, r->messages[i].content);
+        llm_wire_raw(&w, "}");
+    }
+    llm_wire_raw(&w, "]");
+    if (r->temperature >= 0 && isfinite(r->temperature)) {
+        llm_wire_raw(&w, ",\"temperature\":");
+        llm_wire_num(&w, r->temperature);
+    }
+    llm_wire_raw(&w, r->stream ? ",\"stream\":true}" : ",\"stream\":false}");
+    out = llm_wire_body_finish(&w, err);
 out:
-    if (out == NULL && (err == NULL || err->status == AP_OK))
-        ap_err_set(err, AP_NOMEM, "out of memory building the request");
+    if (out == NULL)
+        buf_free(&w.b);
     buf_free(&sys);
-    cJSON_Delete(root);
     return out;
 }
 

@@ -57,6 +57,64 @@ ap_status llm_wire_schema_instruction(const cJSON *schema, buf *out)
     return rc;
 }
 
+ap_status llm_wire_system_text(const llm_wire_request *r, bool with_schema, buf *out)
+{
+    ap_status rc = AP_OK;
+    if (r->system != NULL)
+        rc = buf_puts(out, r->system);
+    if (rc == AP_OK && with_schema && r->schema != NULL) {
+        if (out->len > 0)
+            rc = buf_puts(out, "\n\n");
+        if (rc == AP_OK)
+            rc = llm_wire_schema_instruction(r->schema, out);
+    }
+    return rc;
+}
+
+void llm_wire_body_init(llm_wire_body *w)
+{
+    buf_init(&w->b, LLM_WIRE_MAX_REQUEST);
+    w->rc = AP_OK;
+}
+
+void llm_wire_raw(llm_wire_body *w, const char *text)
+{
+    if (w->rc == AP_OK)
+        w->rc = buf_puts(&w->b, text);
+}
+
+void llm_wire_str(llm_wire_body *w, const char *s)
+{
+    if (w->rc == AP_OK)
+        w->rc = jsonx_append_string(&w->b, s, strlen(s));
+}
+
+void llm_wire_num(llm_wire_body *w, double d)
+{
+    if (w->rc == AP_OK)
+        w->rc = jsonx_append_number(&w->b, d);
+}
+
+void llm_wire_tree(llm_wire_body *w, const cJSON *item)
+{
+    if (w->rc != AP_OK)
+        return;
+    char *text = jsonx_print(item);
+    w->rc = text != NULL ? buf_puts(&w->b, text) : AP_NOMEM;
+    free(text);
+}
+
+char *llm_wire_body_finish(llm_wire_body *w, ap_err *err)
+{
+    char *out = w->rc == AP_OK ? buf_steal(&w->b) : NULL;
+    if (w->rc == AP_LIMIT)
+        ap_err_set(err, AP_LIMIT, "request larger than %u bytes", LLM_WIRE_MAX_REQUEST);
+    else if (out == NULL)
+        ap_err_set(err, AP_NOMEM, "out of memory building the request");
+    buf_free(&w->b);
+    return out;
+}
+
 static void copy_str(char *dst, size_t cap, const char *src)
 {
     if (src == NULL) {

@@ -20,6 +20,9 @@
  * the provider's native structured output; mockllm looks for it too. */
 #define LLM_WIRE_SCHEMA_MARKER "JSON Schema:"
 
+/* Largest request body the engine writes: prompts, schemas and a repair round together. */
+#define LLM_WIRE_MAX_REQUEST (16u << 20)
+
 /* Deepest nesting accepted in a provider's JSON (events and bodies). */
 #define LLM_WIRE_JSON_DEPTH 64
 
@@ -102,6 +105,36 @@ ap_status llm_wire_reply_append(llm_wire_reply *r, const char *text, size_t len,
 /* Writes the instruction that asks for a JSON answer valid for schema (ends with the marker
  * and the compact schema) into out. */
 ap_status llm_wire_schema_instruction(const cJSON *schema, buf *out);
+
+/* The system prompt of a request: r->system, then when with_schema and r has a schema the
+ * instruction that asks for it. AP_LIMIT when it passes out's max. */
+ap_status llm_wire_system_text(const llm_wire_request *r, bool with_schema, buf *out);
+
+/* A request body being written. Appends stop at the first failure, which
+ * llm_wire_body_finish reports, so a builder can write its whole document without checking
+ * each step. */
+typedef struct llm_wire_body {
+    buf b;
+    ap_status rc;
+} llm_wire_body;
+
+/* Starts an empty body (bounded by LLM_WIRE_MAX_REQUEST). */
+void llm_wire_body_init(llm_wire_body *w);
+
+/* Appends JSON syntax as it is (borrowed, trusted text of the builder's own). */
+void llm_wire_raw(llm_wire_body *w, const char *text);
+
+/* Appends s (borrowed) as a JSON string literal. */
+void llm_wire_str(llm_wire_body *w, const char *s);
+
+/* Appends a finite number. */
+void llm_wire_num(llm_wire_body *w, double d);
+
+/* Appends the compact text of a tree (borrowed). */
+void llm_wire_tree(llm_wire_body *w, const cJSON *item);
+
+/* The finished body (caller frees), or NULL with err set. Frees what was written on failure. */
+char *llm_wire_body_finish(llm_wire_body *w, ap_err *err);
 
 /* Classifies an HTTP error reply: fills e (type and message from an OpenAI or Anthropic error
  * body when it parses) and decides retryable: 408, 409, 429, 5xx and 529 retry; other 4xx

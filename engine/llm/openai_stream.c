@@ -12,99 +12,77 @@ struct llm_openai_stream {
     llm_wire_stream w; /* the shared decoder core; the dialect adds nothing */
 };
 
-static cJSON *add_messages(cJSON *root, const llm_wire_request *r, ap_err *err)
+/* Each message once; NULL-free by the caller's check. */
+static void put_messages(llm_wire_body *w, const char *system, const llm_wire_request *r)
 {
-    cJSON *msgs = cJSON_AddArrayToObject(root, "messages");
-    if (msgs == NULL)
-        return NULL;
-    buf sys;
-    buf_init(&sys, 4 * 1024 * 1024);
-    ap_status rc = AP_OK;
-    if (r->system != NULL)
-        rc = buf_puts(&sys, r->system);
-    if (rc == AP_OK && r->schema != NULL && r->schema_mode == LLM_WIRE_SCHEMA_INSTRUCT) {
-        if (sys.len > 0)
-            rc = buf_puts(&sys, "\n\n");
-        if (rc == AP_OK)
-            rc = llm_wire_schema_instruction(r->schema, &sys);
+    llm_wire_raw(w, "\"messages\":[");
+    if (system[0] != '\0') {
+        llm_wire_raw(w, "{\"role\":\"system\",\"content\":");
+        llm_wire_str(w, system);
+        llm_wire_raw(w, "}");
     }
-    if (rc != AP_OK) {
-        buf_free(&sys);
-        ap_err_set(err, rc, "system prompt too large");
-        return NULL;
-    }
-    if (sys.len > 0) {
-        cJSON *m = cJSON_CreateObject();
-        if (m == NULL || !cJSON_AddItemToArray(msgs, m) ||
-            cJSON_AddStringToObject(m, "role", "system") == NULL ||
-            cJSON_AddStringToObject(m, "content", sys.data) == NULL) {
-            buf_free(&sys);
-            return NULL;
-        }
-    }
-    buf_free(&sys);
     for (size_t i = 0; i < r->n_messages; i++) {
-        const llm_wire_message *in = &r->messages[i];
-        if (in->role == NULL || in->content == NULL) {
-            ap_err_set(err, AP_INVALID, "message %zu has no role or content", i);
-            return NULL;
-        }
-        cJSON *m = cJSON_CreateObject();
-        if (m == NULL || !cJSON_AddItemToArray(msgs, m) ||
-            cJSON_AddStringToObject(m, "role", in->role) == NULL ||
-            cJSON_AddStringToObject(m, "content", in->content) == NULL)
-            return NULL;
+        llm_wire_raw(w, i > 0 || system[0] != '\0' ? ",{\"role\":" : "{\"role\":");
+        llm_wire_str(w, r->messages[i].role);
+        llm_wire_raw(w, ",\"content\":");
+        llm_wire_str(w, r->messages[i].content);
+        llm_wire_raw(w, "}");
     }
-    return msgs;
+    llm_wire_raw(w, "]");
 }
 
 char *llm_openai_build_request(const llm_wire_request *r, ap_err *err)
 {
     char *out = NULL;
+    buf sys;
+    buf_init(&sys, 4 * 1024 * 1024);
+    llm_wire_body w;
+    llm_wire_body_init(&w);
     ap_err_clear(err);
     if (r->model == NULL || r->model[0] == '\0' || r->n_messages == 0) {
         ap_err_set(err, AP_INVALID, "a request needs a model and at least one message");
-        return NULL;
+        goto out;
     }
-    cJSON *root = cJSON_CreateObject();
-    if (root == NULL || cJSON_AddStringToObject(root, "model", r->model) == NULL)
-        goto out;
-    if (add_messages(root, r, err) == NULL)
-        goto out;
-    const char *mt = r->max_tokens_key != NULL ? r->max_tokens_key : "max_tokens";
-    if (r->max_tokens > 0 && cJSON_AddNumberToObject(root, mt, r->max_tokens) == NULL)
-        goto out;
-    if (r->temperature >= 0 && isfinite(r->temperature) &&
-        cJSON_AddNumberToObject(root, "temperature", r->temperature) == NULL)
-        goto out;
-    if (cJSON_AddBoolToObject(root, "stream", r->stream) == NULL)
-        goto out;
-    if (r->stream) {
-        cJSON *so = cJSON_AddObjectToObject(root, "stream_options");
-        if (so == NULL || cJSON_AddTrueToObject(so, "include_usage") == NULL)
-            goto out;
-    }
-    if (r->schema != NULL && r->schema_mode == LLM_WIRE_SCHEMA_NATIVE) {
-        cJSON *rf = cJSON_AddObjectToObject(root, "response_format");
-        if (rf == NULL || cJSON_AddStringToObject(rf, "type", "json_schema") == NULL)
-            goto out;
-        cJSON *js = cJSON_AddObjectToObject(rf, "json_schema");
-        if (js == NULL || cJSON_AddStringToObject(js, "name", "answer") == NULL)
-            goto out;
-        cJSON *copy = cJSON_Duplicate(r->schema, true);
-        if (copy == NULL || !cJSON_AddItemToObject(js, "schema", copy)) {
-            cJSON_Delete(copy);
+    for (size_t i = 0; i < r->n_messages; i++) {
+        if (r->messages[i].role == NULL || r->messages[i].content == NULL) {
+            ap_err_set(err, AP_INVALID, "message %zu has no role or content", i);
             goto out;
         }
-        /* strict mode rejects schemas with optional properties, which strategies use. */
-        if (cJSON_AddFalseToObject(js, "strict") == NULL)
-            goto out;
     }
-    out = jsonx_print(root);
+    ap_status rc = llm_wire_system_text(r, r->schema_mode == LLM_WIRE_SCHEMA_INSTRUCT, &sys);
+    if (rc != AP_OK) {
+        ap_err_set(err, rc, "system prompt too large");
+        goto out;
+    }
+    llm_wire_raw(&w, "{\"model\":");
+    llm_wire_str(&w, r->model);
+    llm_wire_raw(&w, ",");
+    put_messages(&w, sys.data != NULL ? sys.data : "", r);
+    if (r->max_tokens > 0) {
+        llm_wire_raw(&w, ",");
+        llm_wire_str(&w, r->max_tokens_key != NULL ? r->max_tokens_key : "max_tokens");
+        llm_wire_raw(&w, ":");
+        llm_wire_num(&w, r->max_tokens);
+    }
+    if (r->temperature >= 0 && isfinite(r->temperature)) {
+        llm_wire_raw(&w, ",\"temperature\":");
+        llm_wire_num(&w, r->temperature);
+    }
+    llm_wire_raw(&w, r->stream ? ",\"stream\":true,\"stream_options\":{\"include_usage\":true}"
+                               : ",\"stream\":false");
+    if (r->schema != NULL && r->schema_mode == LLM_WIRE_SCHEMA_NATIVE) {
+        /* strict mode rejects schemas with optional properties, which strategies use. */
+        llm_wire_raw(&w, ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{"
+                         "\"name\":\"answer\",\"strict\":false,\"schema\":");
+        llm_wire_tree(&w, r->schema);
+        llm_wire_raw(&w, "}}");
+    }
+    llm_wire_raw(&w, "}");
+    out = llm_wire_body_finish(&w, err);
 out:
-    if (out == NULL && (err == NULL || err->status == AP_OK))
-        ap_err_set(err, AP_NOMEM, "out of memory building the request");
-    cJSON_Delete(root);
+    if (out == NULL)
+        buf_free(&w.b);
+    buf_free(&sys);
     return out;
 }
 

@@ -5,6 +5,7 @@
 #include "core/jsonx.h"
 #include "core/log.h"
 
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -103,6 +104,49 @@ static void test_jsonx_limits(void **state)
     cJSON_Delete(j);
 }
 
+/* What jsonx writes reads back as what went in: cJSON is the judge. */
+static void test_jsonx_writes_strings_and_numbers(void **state)
+{
+    (void)state;
+    static const char in[] = "q\" b\\ nl\n tab\t \x01 caf\xc3\xa9 \xe2\x82\xac";
+    buf b;
+    buf_init(&b, 1024);
+    assert_int_equal(jsonx_append_string(&b, in, sizeof in - 1), AP_OK);
+    cJSON *j = cJSON_Parse(b.data);
+    assert_true(cJSON_IsString(j));
+    assert_string_equal(j->valuestring, in);
+    assert_non_null(strstr(b.data, "\\n"));
+    assert_non_null(strstr(b.data, "\\u0001"));
+    cJSON_Delete(j);
+    /* bytes that are not UTF-8 become U+FFFD: the text stays valid JSON */
+    buf_reset(&b);
+    assert_int_equal(jsonx_append_string(&b, "a\xff\xc3", 3), AP_OK);
+    j = cJSON_Parse(b.data);
+    assert_true(cJSON_IsString(j));
+    assert_string_equal(j->valuestring, "a\xef\xbf\xbd\xef\xbf\xbd");
+    cJSON_Delete(j);
+    const double nums[] = {0, 3, -42, 0.7, 1e-10, -2.5e300, 9007199254740993.0, 123456.789};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        buf_reset(&b);
+        assert_int_equal(jsonx_append_number(&b, nums[i]), AP_OK);
+        j = cJSON_Parse(b.data);
+        assert_true(cJSON_IsNumber(j));
+        assert_true(j->valuedouble == nums[i]);
+        cJSON_Delete(j);
+    }
+    buf_reset(&b);
+    assert_int_equal(jsonx_append_number(&b, 3), AP_OK);
+    assert_string_equal(b.data, "3");
+    assert_int_equal(jsonx_append_number(&b, NAN), AP_INVALID);
+    assert_int_equal(jsonx_append_number(&b, INFINITY), AP_INVALID);
+    buf_free(&b);
+    /* a full buffer refuses and keeps what it had */
+    buf_init(&b, 4);
+    assert_int_equal(jsonx_append_string(&b, "long text", 9), AP_LIMIT);
+    assert_true(b.len <= 4);
+    buf_free(&b);
+}
+
 static void test_utf8(void **state)
 {
     (void)state;
@@ -164,6 +208,7 @@ int main(void)
         cmocka_unit_test(test_uuid),
         cmocka_unit_test(test_hashes_match_known_vectors),
         cmocka_unit_test(test_jsonx_limits),
+        cmocka_unit_test(test_jsonx_writes_strings_and_numbers),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_log_lines_are_json),
         cmocka_unit_test(test_clock_deadline),
