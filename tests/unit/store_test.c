@@ -1015,6 +1015,10 @@ static void test_write_batch_trusted(void **state)
     too_deep[0].u.event.data = deep;
     IS(AP_INVALID, store_write_batch_trusted(S, A, too_deep, 1, E));
     assert_last_seq(p.id, 1);
+    store_write bad_result[] = {w_trans(p.id, FROM_RUNNING, "completed")};
+    bad_result[0].u.transition.result = "{\"r\":\"\xff\"}";
+    IS(AP_INVALID, store_write_batch_trusted(S, A, bad_result, 1, E));
+    assert_status(A, p.id, "running");
     /* Another tenant's panel is refused as with the validating call. */
     store_write cross[] = {w_event(p.id, 2)};
     IS(AP_NOTFOUND, store_write_batch_trusted(S, B, cross, 1, E));
