@@ -210,6 +210,17 @@ static ap_status sq_stmt(sq *q, int id, sqlite3_stmt **out, ap_err *err)
     return AP_OK;
 }
 
+/* sq_stmt for the batch's per-row statements, whose callers bind every parameter: sq_done left
+ * the statement reset, and clearing bindings that are all replaced is work per row. */
+static ap_status sq_stmt_rebind(sq *q, int id, sqlite3_stmt **out, ap_err *err)
+{
+    if (q->st[id] == NULL)
+        return sq_stmt(q, id, out, err);
+    sqlite3_reset(q->st[id]);
+    *out = q->st[id];
+    return AP_OK;
+}
+
 static int bind_text(sqlite3_stmt *st, int i, const char *s)
 {
     if (s == NULL)
@@ -1213,7 +1224,7 @@ static ap_status sq_checkpoint_one(sq *q, const char *tenant_id, const store_che
                                    ap_err *err)
 {
     sqlite3_stmt *st = NULL;
-    ap_status rc = sq_stmt(q, ST_CHECKPOINT_PUT, &st, err);
+    ap_status rc = sq_stmt_rebind(q, ST_CHECKPOINT_PUT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
         bind_text(st, 2, c->panel_id);
@@ -1413,7 +1424,7 @@ static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_
 static ap_status sq_usage_one(sq *q, const char *tenant_id, const store_usage *u, ap_err *err)
 {
     sqlite3_stmt *st = NULL;
-    ap_status rc = sq_stmt(q, ST_USAGE_INSERT, &st, err);
+    ap_status rc = sq_stmt_rebind(q, ST_USAGE_INSERT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, u->id);
         bind_text(st, 2, tenant_id);
@@ -1512,7 +1523,7 @@ static ap_status sq_event_new(sq *q, const char *tenant_id, store_write *w, ap_e
 {
     const store_event *ev = &w->u.event;
     sqlite3_stmt *st = NULL;
-    ap_status rc = sq_stmt(q, ST_EVENT_INSERT_NEW, &st, err);
+    ap_status rc = sq_stmt_rebind(q, ST_EVENT_INSERT_NEW, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
         bind_text(st, 2, ev->panel_id);
