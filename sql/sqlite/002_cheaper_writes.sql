@@ -14,6 +14,15 @@
 --   every put, ~5 % of the writer's instructions.
 -- - usage_records: WITHOUT ROWID, keyed by its (time-ordered) id: two b-trees per row instead
 --   of three (rowid table, id index, time index).
+-- - Keys that hold a panel id and its tenant id list the panel id first: the unique
+--   (id, tenant_id) that events and checkpoints refer to, the events' primary key
+--   (panel_id, tenant_id, seq) and the checkpoints' (panel_id, tenant_id). The same columns
+--   and the same rules; but every key comparison of a b-tree seek began with the tenant id,
+--   which is equal in most rows (one tenant's panels), so SQLite compared the whole records.
+--   A (mostly) distinct first column ends most comparisons at their first field, SQLite's
+--   fast path: each event insert (its primary key and its foreign key) and each checkpoint
+--   put seeks twice. Lookups bind both columns, so every query finds the same rows by the
+--   same index.
 
 CREATE TABLE panels_002 (
     id               TEXT PRIMARY KEY,
@@ -34,7 +43,7 @@ CREATE TABLE panels_002 (
     request_hash     TEXT,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
-    UNIQUE (tenant_id, id)
+    UNIQUE (id, tenant_id)
 );
 INSERT INTO panels_002 (id, tenant_id, title, question, strategy, strategy_version, consensus,
                         params, experts, status, result, error, idempotency_key, request_hash,
@@ -60,7 +69,7 @@ CREATE TABLE checkpoints_002 (
     journal        TEXT NOT NULL DEFAULT '[]',
     last_seq       INTEGER NOT NULL,
     created_at     INTEGER NOT NULL,
-    PRIMARY KEY (tenant_id, panel_id),
+    PRIMARY KEY (panel_id, tenant_id),
     FOREIGN KEY (tenant_id, panel_id) REFERENCES panels (tenant_id, id) ON DELETE CASCADE
 );
 INSERT INTO checkpoints_002 (tenant_id, panel_id, step, next_node, state, script_version, journal,
@@ -70,6 +79,21 @@ INSERT INTO checkpoints_002 (tenant_id, panel_id, step, next_node, state, script
     FROM checkpoints ORDER BY rowid;
 DROP TABLE checkpoints;
 ALTER TABLE checkpoints_002 RENAME TO checkpoints;
+
+CREATE TABLE panel_events_002 (
+    tenant_id  TEXT NOT NULL,
+    panel_id   TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    type       TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (panel_id, tenant_id, seq),
+    FOREIGN KEY (tenant_id, panel_id) REFERENCES panels (tenant_id, id) ON DELETE CASCADE
+) WITHOUT ROWID;
+INSERT INTO panel_events_002 (tenant_id, panel_id, seq, type, data, created_at)
+    SELECT tenant_id, panel_id, seq, type, data, created_at FROM panel_events;
+DROP TABLE panel_events;
+ALTER TABLE panel_events_002 RENAME TO panel_events;
 
 CREATE TABLE usage_records_002 (
     id                TEXT PRIMARY KEY,
@@ -86,8 +110,11 @@ CREATE TABLE usage_records_002 (
     outcome           TEXT NOT NULL,
     created_at        INTEGER NOT NULL
 ) WITHOUT ROWID;
-INSERT INTO usage_records_002 SELECT id, tenant_id, panel_id, expert_id, provider, model,
-    prompt_tokens, completion_tokens, cost_usd, latency_ms, attempts, outcome, created_at
+INSERT INTO usage_records_002 (id, tenant_id, panel_id, expert_id, provider, model,
+                               prompt_tokens, completion_tokens, cost_usd, latency_ms, attempts,
+                               outcome, created_at)
+    SELECT id, tenant_id, panel_id, expert_id, provider, model, prompt_tokens,
+           completion_tokens, cost_usd, latency_ms, attempts, outcome, created_at
     FROM usage_records;
 DROP TABLE usage_records;
 ALTER TABLE usage_records_002 RENAME TO usage_records;
