@@ -12,8 +12,6 @@
 --   The store validates both before every write (store_checkpoint_put parses them, the
 --   engine's batch path checks its own JSON), and the CHECKs parsed each checkpoint again on
 --   every put, ~5 % of the writer's instructions.
--- - usage_records: WITHOUT ROWID, keyed by its (time-ordered) id: two b-trees per row instead
---   of three (rowid table, id index, time index).
 -- - Keys that hold a panel id and its tenant id list the panel id first: the unique
 --   (id, tenant_id) that events and checkpoints refer to, the events' primary key
 --   (panel_id, tenant_id, seq) and the checkpoints' (panel_id, tenant_id). The same columns
@@ -94,28 +92,3 @@ INSERT INTO panel_events_002 (tenant_id, panel_id, seq, type, data, created_at)
     SELECT tenant_id, panel_id, seq, type, data, created_at FROM panel_events;
 DROP TABLE panel_events;
 ALTER TABLE panel_events_002 RENAME TO panel_events;
-
-CREATE TABLE usage_records_002 (
-    id                TEXT PRIMARY KEY,
-    tenant_id         TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
-    panel_id          TEXT,
-    expert_id         TEXT,
-    provider          TEXT NOT NULL,
-    model             TEXT NOT NULL,
-    prompt_tokens     INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cost_usd          REAL NOT NULL,
-    latency_ms        INTEGER NOT NULL,
-    attempts          INTEGER NOT NULL,
-    outcome           TEXT NOT NULL,
-    created_at        INTEGER NOT NULL
-) WITHOUT ROWID;
-INSERT INTO usage_records_002 (id, tenant_id, panel_id, expert_id, provider, model,
-                               prompt_tokens, completion_tokens, cost_usd, latency_ms, attempts,
-                               outcome, created_at)
-    SELECT id, tenant_id, panel_id, expert_id, provider, model, prompt_tokens,
-           completion_tokens, cost_usd, latency_ms, attempts, outcome, created_at
-    FROM usage_records;
-DROP TABLE usage_records;
-ALTER TABLE usage_records_002 RENAME TO usage_records;
-CREATE INDEX usage_records_time ON usage_records (tenant_id, created_at);
