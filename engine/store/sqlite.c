@@ -107,7 +107,8 @@ static const char *const sql_text[ST__COUNT] = {
     [ST_PANEL_TRANSITION] = "UPDATE panels SET status = ?1, result = COALESCE(?2, result), "
                             "error = COALESCE(?3, error), updated_at = ?4 "
                             "WHERE tenant_id = ?5 AND id = ?6 "
-                            "AND status IN (?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                            "AND (status = ?7 OR status = ?8 OR status = ?9 OR status = ?10 "
+                            "OR status = ?11 OR status = ?12 OR status = ?13)",
     [ST_PANEL_EXISTS] = "SELECT 1 FROM panels WHERE tenant_id = ? AND id = ?",
     [ST_PANEL_LIST_FIRST] = "SELECT " PANEL_COLS " FROM panels WHERE tenant_id = ?1 "
                             "AND (?2 IS NULL OR status = ?2) "
@@ -205,6 +206,17 @@ static ap_status sq_stmt(sq *q, int id, sqlite3_stmt **out, ap_err *err)
         sqlite3_reset(q->st[id]);
         sqlite3_clear_bindings(q->st[id]);
     }
+    *out = q->st[id];
+    return AP_OK;
+}
+
+/* sq_stmt for the batch's per-row statements, whose callers bind every parameter: sq_done left
+ * the statement reset, and clearing bindings that are all replaced is work per row. */
+static ap_status sq_stmt_rebind(sq *q, int id, sqlite3_stmt **out, ap_err *err)
+{
+    if (q->st[id] == NULL)
+        return sq_stmt(q, id, out, err);
+    sqlite3_reset(q->st[id]);
     *out = q->st[id];
     return AP_OK;
 }
@@ -511,6 +523,27 @@ static ap_status sq_is_applied(sq *q, const char *version, bool *applied, ap_err
     return rc;
 }
 
+/* AP_OK when no row of the database lacks the parent its foreign key names. */
+static ap_status sq_foreign_keys_hold(sq *q, const char *version, ap_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    ap_status rc = AP_OK;
+    int s = sqlite3_prepare_v2(q->db, "PRAGMA foreign_key_check", -1, &st, NULL);
+    if (s == SQLITE_OK)
+        s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        rc = ap_err_set(err, AP_IO, "migration %s failed: a row of %s lacks its parent", version,
+                        (const char *)sqlite3_column_text(st, 0));
+    else if (s != SQLITE_DONE)
+        rc = sq_error(q, s, err);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Migrations run with foreign keys off, as SQLite's procedure for rebuilding a table requires:
+ * dropping a rebuilt parent table must not cascade into its children, which then refer to the
+ * new table by name. Each migration checks every key before it commits instead. The pragma
+ * has no effect inside a transaction, so it is set around them. */
 static ap_status sq_migrate(void *impl, int *applied, ap_err *err)
 {
     sq *q = impl;
@@ -519,6 +552,8 @@ static ap_status sq_migrate(void *impl, int *applied, ap_err *err)
     *applied = 0;
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_bootstrap(q, err);
+    if (rc == AP_OK)
+        rc = sq_exec(q, "PRAGMA foreign_keys = OFF", err);
     for (size_t i = 0; i < n && rc == AP_OK; i++) {
         rc = sq_begin(q, err);
         if (rc != AP_OK)
@@ -532,6 +567,8 @@ static ap_status sq_migrate(void *impl, int *applied, ap_err *err)
                 snprintf(msg, sizeof msg, "%s", err->msg);
                 ap_err_set(err, rc, "migration %s failed: %s", m[i].version, msg);
             }
+            if (rc == AP_OK)
+                rc = sq_foreign_keys_hold(q, m[i].version, err);
             sqlite3_stmt *st = NULL;
             if (rc == AP_OK)
                 rc = sq_stmt(q, ST_MIGRATION_RECORD, &st, err);
@@ -544,6 +581,9 @@ static ap_status sq_migrate(void *impl, int *applied, ap_err *err)
         }
         rc = sq_end(q, rc, err);
     }
+    ap_status on = sq_exec(q, "PRAGMA foreign_keys = ON", rc == AP_OK ? err : NULL);
+    if (rc == AP_OK)
+        rc = on;
     pthread_mutex_unlock(&q->mu);
     return rc;
 }
@@ -990,8 +1030,8 @@ static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
         bind_text(st, 5, tenant_id);
         bind_text(st, 6, id);
         /* One parameter per source status (the store allows up to TRANSITION_FROM_MAX); unused
-         * ones stay NULL, which IN never matches. A json_each list cost a virtual table per
-         * call. */
+         * ones stay NULL, which no comparison matches. Compared one by one: a json_each list
+         * cost a virtual table per call, an IN list a temporary b-tree of its values. */
         for (size_t i = 0; i < n_from && i < TRANSITION_FROM_MAX; i++)
             bind_text(st, 7 + (int)i, from[i]);
         rc = sq_done(q, st, err);
@@ -1184,7 +1224,7 @@ static ap_status sq_checkpoint_one(sq *q, const char *tenant_id, const store_che
                                    ap_err *err)
 {
     sqlite3_stmt *st = NULL;
-    ap_status rc = sq_stmt(q, ST_CHECKPOINT_PUT, &st, err);
+    ap_status rc = sq_stmt_rebind(q, ST_CHECKPOINT_PUT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
         bind_text(st, 2, c->panel_id);
@@ -1384,7 +1424,7 @@ static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_
 static ap_status sq_usage_one(sq *q, const char *tenant_id, const store_usage *u, ap_err *err)
 {
     sqlite3_stmt *st = NULL;
-    ap_status rc = sq_stmt(q, ST_USAGE_INSERT, &st, err);
+    ap_status rc = sq_stmt_rebind(q, ST_USAGE_INSERT, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, u->id);
         bind_text(st, 2, tenant_id);
@@ -1483,7 +1523,7 @@ static ap_status sq_event_new(sq *q, const char *tenant_id, store_write *w, ap_e
 {
     const store_event *ev = &w->u.event;
     sqlite3_stmt *st = NULL;
-    ap_status rc = sq_stmt(q, ST_EVENT_INSERT_NEW, &st, err);
+    ap_status rc = sq_stmt_rebind(q, ST_EVENT_INSERT_NEW, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
         bind_text(st, 2, ev->panel_id);

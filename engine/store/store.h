@@ -356,8 +356,9 @@ ap_status store_write_batch(store *s, const char *tenant_id, store_write *items,
                             ap_err *err);
 
 /* store_write_batch for JSON the engine encoded itself (event data, checkpoint state and
- * journal): checked for size, UTF-8, nesting depth and top-level kind, not parsed again. Never
- * for outside input; everything else is validated as in store_write_batch. Items borrowed. */
+ * journal, a transition's result): checked for size, UTF-8, nesting depth and top-level kind,
+ * not parsed again. Never for outside input; everything else is validated as in
+ * store_write_batch. Items borrowed. */
 ap_status store_write_batch_trusted(store *s, const char *tenant_id, store_write *items, size_t n,
                                     ap_err *err);
 

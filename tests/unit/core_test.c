@@ -50,11 +50,15 @@ static void test_uuid(void **state)
     assert_string_equal(norm, id);
     assert_true(ids_uuid_normalize("AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE", norm));
     assert_string_equal(norm, "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee");
+    assert_true(ids_uuid_normalize("0189aF09-bBbB-4cCc-8DdD-eEeEeEeE9f0A", norm));
+    assert_string_equal(norm, "0189af09-bbbb-4ccc-8ddd-eeeeeeee9f0a");
     const char *bad[] = {"",
                          "x",
                          "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeee",
                          "aaaaaaaaabbbb-4ccc-8ddd-eeeeeeeeeeee",
                          "gaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
+                         "Gaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
+                         "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeee@",
                          "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee0",
                          "' OR 1=1 --                         "};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)

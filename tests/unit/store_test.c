@@ -7,6 +7,7 @@
 #include "core/ids.h"
 #include "core/jsonx.h"
 #include "core/log.h"
+#include "store/backend.h"
 #include "store/store.h"
 
 #include <setjmp.h>
@@ -1014,6 +1015,10 @@ static void test_write_batch_trusted(void **state)
     too_deep[0].u.event.data = deep;
     IS(AP_INVALID, store_write_batch_trusted(S, A, too_deep, 1, E));
     assert_last_seq(p.id, 1);
+    store_write bad_result[] = {w_trans(p.id, FROM_RUNNING, "completed")};
+    bad_result[0].u.transition.result = "{\"r\":\"\xff\"}";
+    IS(AP_INVALID, store_write_batch_trusted(S, A, bad_result, 1, E));
+    assert_status(A, p.id, "running");
     /* Another tenant's panel is refused as with the validating call. */
     store_write cross[] = {w_event(p.id, 2)};
     IS(AP_NOTFOUND, store_write_batch_trusted(S, B, cross, 1, E));
@@ -1163,14 +1168,20 @@ static void test_threads(void **state)
 
 /* ---- SQLite only ------------------------------------------------------------------------- */
 
-static void sql_on_file(const char *sql)
+/* Runs sql on the database at path; fails the test on an error. */
+static void sql_on(const char *path, const char *sql)
 {
     sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     char *msg = NULL;
     if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
         fail_msg("%s: %s", sql, msg);
     sqlite3_close(db);
+}
+
+static void sql_on_file(const char *sql)
+{
+    sql_on(db_path, sql);
 }
 
 /* Layer 4: a query that matches rows it should not (simulated by a view whose tenant_id
@@ -1211,6 +1222,109 @@ static void test_sqlite_row_verification(void **state)
     OK(store_expert_get(S, A, e.id, &g, E));
     store_expert_free(&g);
     store_expert_free(&e);
+}
+
+static int64_t count_on(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+#define MT "0b5e8d4a-6d3c-4e0f-9a51-3f2b7c9d1e01"
+#define MP1 "0b5e8d4a-6d3c-4e0f-9a51-3f2b7c9d1e11"
+#define MP2 "0b5e8d4a-6d3c-4e0f-9a51-3f2b7c9d1e12"
+
+/* A database of the first schema, with rows in every table a later migration rebuilds, keeps
+ * its rows, keys and cascades through the later migrations. */
+static void test_sqlite_migration_keeps_rows(void **state)
+{
+    (void)state;
+    char path[300], url[320], p[320];
+    snprintf(path, sizeof path, "/tmp/askpanel-store-mig-%d.db", (int)getpid());
+    snprintf(url, sizeof url, "sqlite:%s", path);
+    unlink(path);
+    store_migration m[STORE_MIGRATIONS_MAX];
+    size_t nm = store_migrations("sql/sqlite/", m, STORE_MIGRATIONS_MAX);
+    assert_true(nm >= 2);
+    assert_string_equal(m[0].version, "001_init");
+    sql_on(path, "CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, "
+                 "applied_at INTEGER NOT NULL);"
+                 "INSERT INTO schema_migrations VALUES ('001_init', 0);");
+    sql_on(path, m[0].sql);
+    sql_on(path,
+           "PRAGMA foreign_keys = ON;"
+           "INSERT INTO tenants (id, slug, name, created_at) VALUES ('" MT "', 'mig', 'M', 1);"
+           "INSERT INTO panels (id, tenant_id, question, strategy, params, status, idempotency_key,"
+           " created_at, updated_at) VALUES ('" MP1 "', '" MT "', 'q1', 'echo', '{\"n\":1}',"
+           " 'running', 'k1', 1, 1), ('" MP2 "', '" MT "', 'q2', 'echo', '{}', 'created', NULL,"
+           " 2, 2);"
+           "INSERT INTO panel_events VALUES ('" MT "', '" MP1 "', 1, 'panel.status', "
+           "'{\"status\":\"running\"}', 1), ('" MT "', '" MP1 "', 2, 'round.started', '{}', 2);"
+           "INSERT INTO checkpoints (tenant_id, panel_id, step, next_node, state, journal, "
+           "last_seq, created_at) VALUES ('" MT "', '" MP1 "', 1, 'b', '{\"x\":1}', '[]', 2, 3);"
+           "INSERT INTO usage_records VALUES ('0190e6a4-1111-7aaa-8bbb-000000000001', '" MT
+           "', '" MP1 "', 'ada', 'simulated', 'sim-1', 10, 20, 0.5, 7, 1, 'ok', 86400000);");
+
+    store *s = NULL;
+    int applied = 0;
+    OK(store_open(url, &s, E));
+    OK(store_migrate(s, &applied, E));
+    assert_int_equal(applied, (int)nm - 1);
+    store_panel pn = {0};
+    OK(store_panel_get(s, MT, MP1, &pn, E));
+    assert_string_equal(pn.status, "running");
+    assert_string_equal(pn.idempotency_key, "k1");
+    assert_string_equal(pn.params, "{\"n\":1}");
+    store_panel_free(&pn);
+    store_event *ev = NULL;
+    size_t ne = 0;
+    OK(store_events_list(s, MT, MP1, 0, 10, &ev, &ne, E));
+    assert_int_equal(ne, 2);
+    assert_string_equal(ev[1].type, "round.started");
+    store_events_free(ev, ne);
+    store_checkpoint ck = {0};
+    OK(store_checkpoint_get(s, MT, MP1, &ck, E));
+    assert_string_equal(ck.state, "{\"x\":1}");
+    assert_int_equal(ck.last_seq, 2);
+    store_checkpoint_free(&ck);
+    char *sum = NULL;
+    OK(store_usage_summary(s, MT, 0, INT64_MAX, "expert", &sum, E));
+    assert_non_null(strstr(sum, "\"calls\":1"));
+    free(sum);
+    /* The rules hold on the rebuilt tables: keys, statuses, the tenant's own panels. */
+    store_event orphan = {.seq = 1, .type = "x", .data = "{}"};
+    memcpy(orphan.panel_id, "0b5e8d4a-6d3c-4e0f-9a51-3f2b7c9d1e99", STORE_ID_MAX);
+    IS(AP_NOTFOUND, store_events_append(s, MT, &orphan, 1, E));
+    const char *running[] = {"running"};
+    OK(store_panel_transition(s, MT, MP1, running, 1, "completed", "{\"ok\":true}", NULL, E));
+    IS(AP_CONFLICT, store_panel_transition(s, MT, MP1, running, 1, "failed", NULL, "x", E));
+    store_close(s);
+    assert_int_equal(count_on(path, "SELECT count(*) FROM panels WHERE status = 'bogus'"), 0);
+    sql_on(path, "PRAGMA foreign_keys = ON; DELETE FROM panels WHERE id = '" MP1 "';");
+    assert_int_equal(count_on(path, "SELECT count(*) FROM panel_events"), 0);
+    assert_int_equal(count_on(path, "SELECT count(*) FROM checkpoints"), 0);
+    assert_int_equal(count_on(path, "SELECT count(*) FROM usage_records"), 1);
+    {
+        sqlite3 *db = NULL;
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_not_equal(sqlite3_exec(db,
+                                          "UPDATE panels SET status = 'bogus' WHERE id = '" MP2 "'",
+                                          NULL, NULL, NULL),
+                             SQLITE_OK);
+        sqlite3_close(db);
+    }
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
 }
 
 /* ---- PostgreSQL only ---------------------------------------------------------------------- */
@@ -1307,6 +1421,7 @@ int main(int argc, char **argv)
     };
     const struct CMUnitTest sqlite_tests[] = {
         CONTRACT(test_sqlite_row_verification),
+        CONTRACT(test_sqlite_migration_keeps_rows),
     };
     int failed = cmocka_run_group_tests_name("store/sqlite", tests, sqlite_group_setup,
                                              sqlite_group_teardown);
