@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -102,6 +103,32 @@ void ids_sha256_hex(const void *data, size_t n, char out[IDS_SHA256_HEX_LEN + 1]
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256(data, n, md);
     ids_hex(md, sizeof md, out);
+}
+
+/* Fetched once: SHA256() and EVP_sha256() look the algorithm up in the provider tables on
+ * every call, which cost more than hashing a short text. */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256_md;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+bool ids_sha256_hex_parts(const ids_part *parts, size_t n, char out[IDS_SHA256_HEX_LEN + 1])
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    EVP_MD_CTX *ctx = sha256_md != NULL ? EVP_MD_CTX_new() : NULL;
+    bool ok = ctx != NULL && EVP_DigestInit_ex2(ctx, sha256_md, NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = EVP_DigestUpdate(ctx, parts[i].data, parts[i].n) == 1;
+    ok = ok && EVP_DigestFinal_ex(ctx, md, &md_len) == 1 && md_len == SHA256_DIGEST_LENGTH;
+    EVP_MD_CTX_free(ctx);
+    if (ok)
+        ids_hex(md, md_len, out);
+    return ok;
 }
 
 void ids_hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t n,

@@ -1273,19 +1273,21 @@ static void run_node(prun *p);
 
 static void journal_key(const script_ask *a, char out[JOURNAL_KEY_LEN + 1])
 {
+    /* The hash of "<expert>\n<prompt>\n<system>\n<schema>", fed piece by piece. */
+    const char *sys = a->system != NULL ? a->system : "";
+    const char *schema = a->schema_json != NULL ? a->schema_json : "";
+    const ids_part parts[] = {
+        {a->expert_id, strlen(a->expert_id)},
+        {"\n", 1},
+        {a->prompt, strlen(a->prompt)},
+        {"\n", 1},
+        {sys, strlen(sys)},
+        {"\n", 1},
+        {schema, strlen(schema)},
+    };
     char hex[IDS_SHA256_HEX_LEN + 1];
-    size_t n = strlen(a->expert_id) + strlen(a->prompt) + (a->system ? strlen(a->system) : 0) +
-               (a->schema_json ? strlen(a->schema_json) : 0) + 8;
-    char *text = malloc(n);
-    if (text == NULL) {
-        memset(out, '0', JOURNAL_KEY_LEN);
-        out[JOURNAL_KEY_LEN] = '\0';
-        return;
-    }
-    snprintf(text, n, "%s\n%s\n%s\n%s", a->expert_id, a->prompt, a->system ? a->system : "",
-             a->schema_json ? a->schema_json : "");
-    ids_sha256_hex(text, strlen(text), hex);
-    free(text);
+    if (!ids_sha256_hex_parts(parts, sizeof parts / sizeof parts[0], hex))
+        memset(hex, '0', JOURNAL_KEY_LEN);
     memcpy(out, hex, JOURNAL_KEY_LEN);
     out[JOURNAL_KEY_LEN] = '\0';
 }
@@ -1328,8 +1330,32 @@ static ap_status put_outcome(buf *b, const answer *a, bool null_data)
     if (rc == AP_OK)
         rc = json_str(b, a->text != NULL ? a->text : "");
     if (rc == AP_OK && (a->data_json != NULL || null_data))
-        rc = buf_printf(b, ",\"data\":%s", a->data_json != NULL ? a->data_json : "null");
+        rc = buf_puts(b, ",\"data\":");
+    if (rc == AP_OK && (a->data_json != NULL || null_data))
+        rc = buf_puts(b, a->data_json != NULL ? a->data_json : "null");
     return rc;
+}
+
+/* Appends v in decimal; these texts are built for every answer, so without printf. */
+static ap_status put_int(buf *b, int64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        tmp[--i] = '-';
+    return buf_append(b, tmp + i, sizeof tmp - i);
+}
+
+/* Appends key and then v, e.g. ",\"pt\":" and 12. */
+static ap_status put_key_int(buf *b, const char *key, int64_t v)
+{
+    ap_status rc = buf_puts(b, key);
+    return rc == AP_OK ? put_int(b, v) : rc;
 }
 
 /* The journal entry of an answer (caller frees). */
@@ -1337,11 +1363,19 @@ static char *entry_json(const char *key, const answer *a)
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_printf(&b, "{\"k\":\"ask\",\"key\":\"%s\"", key);
+    ap_status rc = buf_puts(&b, "{\"k\":\"ask\",\"key\":\"");
+    if (rc == AP_OK)
+        rc = buf_puts(&b, key);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "\"");
     if (rc == AP_OK)
         rc = put_outcome(&b, a, false);
     if (rc == AP_OK)
-        rc = buf_printf(&b, ",\"pt\":%lld,\"ct\":%lld}", (long long)a->pt, (long long)a->ct);
+        rc = put_key_int(&b, ",\"pt\":", a->pt);
+    if (rc == AP_OK)
+        rc = put_key_int(&b, ",\"ct\":", a->ct);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}");
     char *out = rc == AP_OK ? buf_steal(&b) : NULL;
     buf_free(&b);
     return out;
@@ -1375,12 +1409,15 @@ static void emit_message(prun *p, const script_ask *ask, const char *name, const
     if (rc == AP_OK)
         rc = json_str(&b, name);
     if (rc == AP_OK && ask->round > 0)
-        rc = buf_printf(&b, ",\"round\":%lld", (long long)ask->round);
+        rc = put_key_int(&b, ",\"round\":", ask->round);
     if (rc == AP_OK)
         rc = put_outcome(&b, a, true);
     if (rc == AP_OK)
-        rc = buf_printf(&b, ",\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld}}",
-                        (long long)a->pt, (long long)a->ct);
+        rc = put_key_int(&b, ",\"usage\":{\"prompt_tokens\":", a->pt);
+    if (rc == AP_OK)
+        rc = put_key_int(&b, ",\"completion_tokens\":", a->ct);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}}");
     if (rc == AP_OK)
         prun_emit(p, "expert.message", b.data, true, NULL);
     else
@@ -1547,14 +1584,12 @@ static void start_asks(prun *p, const script_step *step)
         ask_slot *s = &p->slots[i];
         s->p = p;
         s->idx = i;
-        /* The expert's JSON is read once per ask, for its name and model. */
+        /* The host read the expert's name and model once per panel. */
         const script_ask *ask = &step->asks[i];
-        cJSON *ex = jsonx_parse(ask->expert_json, strlen(ask->expert_json), 32, NULL);
-        const char *name = jsonx_string(ex, "name"), *model = jsonx_string(ex, "model");
+        const char *name = ask->expert_name, *model = ask->expert_model;
         s->expert_id = strdup(ask->expert_id);
         s->name = strdup(name != NULL ? name : ask->expert_id);
         s->model = dup_or_null(model);
-        cJSON_Delete(ex);
         if (s->expert_id == NULL || s->name == NULL || (model != NULL && s->model == NULL)) {
             prun_fail(p, "out of memory");
             return;

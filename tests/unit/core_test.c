@@ -75,6 +75,11 @@ static void test_hashes_match_known_vectors(void **state)
     char hex[IDS_SHA256_HEX_LEN + 1];
     ids_sha256_hex("abc", 3, hex);
     assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    /* The same text in pieces (an empty one included) hashes the same. */
+    const ids_part parts[] = {{"a", 1}, {"", 0}, {"bc", 2}};
+    memset(hex, 0, sizeof hex);
+    assert_true(ids_sha256_hex_parts(parts, 3, hex));
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     /* RFC 4231 test case 2. */
     ids_hmac_sha256_hex("Jefe", 4, "what do ya want for nothing?", 28, hex);
     assert_string_equal(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
