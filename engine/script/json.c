@@ -2,6 +2,7 @@
 
 #include "core/buf.h"
 #include "core/jsonx.h"
+#include "core/jview.h"
 #include "script/sandbox.h"
 
 #include <lauxlib.h>
@@ -70,12 +71,31 @@ static ap_status enc_string(enc *e, const char *s, size_t n)
     return rc;
 }
 
+/* Writes v in decimal into out (at least 21 bytes), NUL-terminated; returns the length.
+ * Integers are most of the numbers encoded (states, checkpoints), printf is slow for them. */
+static size_t fmt_int(char *out, lua_Integer v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    lua_Unsigned u = v < 0 ? 0 - (lua_Unsigned)v : (lua_Unsigned)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        tmp[--i] = '-';
+    size_t n = sizeof tmp - i;
+    memcpy(out, tmp + i, n);
+    out[n] = '\0';
+    return n;
+}
+
 static ap_status enc_number(enc *e, int idx)
 {
     char tmp[64];
     if (lua_isinteger(e->L, idx)) {
-        snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(e->L, idx));
-        return buf_puts(&e->out, tmp);
+        size_t n = fmt_int(tmp, lua_tointeger(e->L, idx));
+        return buf_append(&e->out, tmp, n);
     }
     double d = lua_tonumber(e->L, idx);
     if (!isfinite(d))
@@ -169,12 +189,13 @@ static ap_status enc_table(enc *e, int idx, int depth)
         if (kt == LUA_TSTRING) {
             kr->s = lua_tolstring(L, -1, &kr->n);
         } else if (kt == LUA_TNUMBER) {
-            if (lua_isinteger(L, -1))
-                snprintf(kr->num, sizeof kr->num, "%lld", (long long)lua_tointeger(L, -1));
-            else
+            if (lua_isinteger(L, -1)) {
+                kr->n = fmt_int(kr->num, lua_tointeger(L, -1));
+            } else {
                 snprintf(kr->num, sizeof kr->num, "%.14g", lua_tonumber(L, -1));
+                kr->n = strlen(kr->num);
+            }
             kr->s = kr->num;
-            kr->n = strlen(kr->num);
         } else {
             rc = ap_err_set(e->err, AP_INVALID, "json.encode: a table key of type %s",
                             lua_typename(L, kt));
@@ -328,6 +349,113 @@ static int decode_build(lua_State *L)
     return 1;
 }
 
+/* ---- decoding without a tree ---------------------------------------------------------------
+ * Most texts pushed are the engine's own or already checked (answers, ctx inputs, states), so
+ * they are read through a token view instead of a cJSON tree: no allocation per value. The
+ * view accepts strict RFC 8259 JSON only, a subset of what cJSON reads, and yields the same
+ * Lua values as push_item; anything it refuses (or a number too long for it) takes the cJSON
+ * path, so results and errors stay those of cJSON. */
+
+/* jview_number reads numbers of up to 63 characters; longer ones take the cJSON path. */
+#define VIEW_NUMBER_MAX 63
+
+static void push_tok_string(lua_State *L, const jview *v, uint32_t i)
+{
+    const jview_tok *t = &v->tok[i];
+    size_t raw = t->end - t->start - 2;
+    if (!t->escaped) {
+        lua_pushlstring(L, v->src + t->start + 1, raw);
+        return;
+    }
+    /* Decoding never makes a string longer; a \u0000 ends it, as in cJSON. */
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, raw + 1);
+    size_t n = jview_string(v, (int)i, out, raw + 1);
+    luaL_pushresultsize(&b, n);
+}
+
+static void push_tok(lua_State *L, const jview *v, uint32_t i)
+{
+    const jview_tok *t = &v->tok[i];
+    luaL_checkstack(L, 4, "json.decode");
+    switch ((jview_type)t->type) {
+    case JVIEW_OBJECT: {
+        lua_createtable(L, 0, (int)t->count);
+        uint32_t k = i + 1;
+        for (uint32_t m = 0; m < t->count; m++) {
+            uint32_t val = k + 1, after = v->tok[val].next;
+            if (v->tok[val].type != JVIEW_NULL) {
+                push_tok_string(L, v, k);
+                push_tok(L, v, val);
+                lua_rawset(L, -3);
+            }
+            k = after;
+        }
+        break;
+    }
+    case JVIEW_ARRAY: {
+        push_marked_array(L, (int)t->count);
+        uint32_t k = i + 1;
+        for (uint32_t m = 0; m < t->count; m++) {
+            if (v->tok[k].type != JVIEW_NULL) {
+                push_tok(L, v, k);
+                lua_rawseti(L, -2, (lua_Integer)m + 1);
+            }
+            k = v->tok[k].next;
+        }
+        break;
+    }
+    case JVIEW_STRING:
+        push_tok_string(L, v, i);
+        break;
+    case JVIEW_NUMBER: {
+        double d = jview_number(v, (int)i, 0);
+        if (d == floor(d) && fabs(d) < 9007199254740992.0)
+            lua_pushinteger(L, (lua_Integer)d);
+        else
+            lua_pushnumber(L, d);
+        break;
+    }
+    case JVIEW_TRUE:
+    case JVIEW_FALSE:
+        lua_pushboolean(L, t->type == JVIEW_TRUE);
+        break;
+    default:
+        lua_pushnil(L);
+        break;
+    }
+}
+
+static int view_build(lua_State *L)
+{
+    const jview *v = lua_touserdata(L, 1);
+    push_tok(L, v, 0);
+    return 1;
+}
+
+/* Pushes text through a view; false (nothing pushed) when the cJSON path must take it. */
+static bool push_viewed(lua_State *L, const char *text, size_t len, ap_status *rc)
+{
+    jview v;
+    bool taken = false;
+    if (jview_parse(&v, text, len, SCRIPT_JSON_MAX_DEPTH, NULL) != AP_OK || v.n == 0)
+        goto out;
+    for (uint32_t i = 0; i < v.n; i++)
+        if (v.tok[i].type == JVIEW_NUMBER && v.tok[i].end - v.tok[i].start > VIEW_NUMBER_MAX)
+            goto out;
+    taken = true;
+    lua_pushcfunction(L, view_build);
+    lua_pushlightuserdata(L, &v);
+    *rc = AP_OK;
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        *rc = AP_NOMEM;
+    }
+out:
+    jview_free(&v);
+    return taken;
+}
+
 ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *err)
 {
     if (len > SCRIPT_JSON_DECODE_MAX)
@@ -335,6 +463,9 @@ ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *e
                           SCRIPT_JSON_DECODE_MAX);
     if (!jsonx_utf8_valid(text, len))
         return ap_err_set(err, AP_INVALID, "json.decode: input is not valid UTF-8");
+    ap_status vrc = AP_OK;
+    if (push_viewed(L, text, len, &vrc))
+        return vrc == AP_OK ? AP_OK : ap_err_set(err, AP_NOMEM, "json.decode: out of memory");
     cJSON *root = jsonx_parse(text, len, SCRIPT_JSON_MAX_DEPTH, err);
     if (root == NULL)
         return AP_INVALID;

@@ -441,6 +441,33 @@ static void test_json_limits(void **state)
                 "assert(json.encode('\\255') == '\"\\u{fffd}\"')");
 }
 
+/* Strict JSON is read through a token view, anything else through cJSON: both give the same
+ * values, and what cJSON refuses stays refused. */
+static void test_json_decode_paths(void **state)
+{
+    (void)state;
+    expect_done(
+        "local v = "
+        "json.decode('{\"k\":\"a\\\\\"b\\\\\\\\c\\\\n\\\\u00e9\\\\ud83d\\\\ude00\",\"n\":[1,null,3]"
+        ",\"e\":[],' ..\n"
+        "  "
+        "'\"o\":{},\"z\":-0,\"big\":9007199254740993,\"f\":0.5,\"x\":1e2,\"t\":true,\"u\":false,"
+        "\"nul\":null,' ..\n"
+        "  '\"d\":1,\"d\":2,\"\\\\u0041\":1}')\n"
+        "assert(v.k == 'a\"b\\\\c\\n\\u{e9}\\u{1f600}' and v.A == 1)\n"
+        "assert(v.n[1] == 1 and v.n[2] == nil and v.n[3] == 3)\n"
+        "assert(getmetatable(v.e) == 'json.array' and next(v.o) == nil and getmetatable(v.o) == "
+        "nil)\n"
+        "assert(math.type(v.z) == 'integer' and v.z == 0 and math.type(v.big) == 'float')\n"
+        "assert(math.type(v.x) == 'integer' and v.x == 100 and v.f == 0.5)\n"
+        "assert(v.t == true and v.u == false and v.nul == nil and v.d == 2)\n"
+        "assert(json.decode('\"a\\\\u0000b\"') == 'a' and json.decode('null') == nil)\n"
+        "assert(json.decode('[01]')[1] == 1 and json.decode('\\f[2]')[1] == 2)\n"
+        "assert(json.decode('[' .. string.rep('1', 70) .. ']')[1] == tonumber(string.rep('1', "
+        "70)))\n"
+        "assert(not pcall(json.decode, '\"\\\\ud800\"') and not pcall(json.decode, '[1,]'))\n");
+}
+
 /* ---- the ctx surface ------------------------------------------------------------------------ */
 
 static void test_ctx_misuse(void **state)
@@ -526,6 +553,7 @@ int main(void)
         cmocka_unit_test(test_recursion),
         cmocka_unit_test(test_pattern_backtracking),
         cmocka_unit_test(test_json_limits),
+        cmocka_unit_test(test_json_decode_paths),
         cmocka_unit_test(test_ctx_misuse),
         cmocka_unit_test(test_contract_errors),
     };
