@@ -21,6 +21,10 @@
 
 enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
 
+/* The library tables each chunk's environment copies, after the prototype itself. */
+static const char *const env_libs[] = {"string", "table", "math", "utf8", "json"};
+#define ENV_TABLES (1 + (int)(sizeof env_libs / sizeof env_libs[0]))
+
 /* Small blocks of a state come from its own pool: Lua makes thousands of small allocations
  * per panel, and malloc/free for each (with the arenas growing and shrinking under two
  * runner threads) was ~10 % of the engine's CPU. A pool belongs to one state only and is
@@ -51,7 +55,8 @@ struct script_vm {
     int64_t deadline_us;    /* 0 outside a slice */
     unsigned calls;
     int tripped;
-    int trip_ref[TRIP_COUNT]; /* registry refs of the prebuilt limit messages */
+    int trip_ref[TRIP_COUNT];  /* registry refs of the prebuilt limit messages */
+    int env_sizes[ENV_TABLES]; /* entries of the prototype and its library tables */
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -678,17 +683,25 @@ static const char *const base_names[] = {
     "rawlen", "rawset", "select", "tonumber", "tostring", "type",     "_VERSION",
 };
 
-static void copy_table(lua_State *L, int src)
+static int count_entries(lua_State *L, int t)
 {
-    src = lua_absindex(L, src);
-    /* Sized up front: filling an empty table rehashes it at every power of two, which was
-     * most of the cost of a chunk's environment. */
+    t = lua_absindex(L, t);
     int n = 0;
     lua_pushnil(L);
-    while (lua_next(L, src) != 0) {
+    while (lua_next(L, t) != 0) {
         lua_pop(L, 1);
         n++;
     }
+    return n;
+}
+
+/* Pushes a copy of the table at src, which has about n entries. */
+static void copy_table(lua_State *L, int src, int n)
+{
+    src = lua_absindex(L, src);
+    /* Sized up front: filling an empty table rehashes it at every power of two, which was
+     * most of the cost of a chunk's environment. n comes from build_proto (nothing changes
+     * these tables later), so they are not counted again per chunk; it only sizes the copy. */
     lua_createtable(L, 0, n + 2);
     lua_pushnil(L);
     while (lua_next(L, src) != 0) {
@@ -756,6 +769,13 @@ static int build_proto(lua_State *L)
     lua_setfield(L, proto, "json");
     lua_pushvalue(L, proto);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &proto_key);
+    script_vm *vm = script_vm_of(L);
+    vm->env_sizes[0] = count_entries(L, proto);
+    for (int i = 1; i < ENV_TABLES; i++) {
+        lua_getfield(L, proto, env_libs[i - 1]);
+        vm->env_sizes[i] = count_entries(L, -1);
+        lua_pop(L, 1);
+    }
 
     /* Nothing keeps the unsafe base functions reachable: empty the real globals and the
      * loaded-modules table. */
@@ -779,15 +799,15 @@ static int build_proto(lua_State *L)
  * chunk changing `string.format` affects only itself. */
 static int push_env(lua_State *L)
 {
+    const script_vm *vm = script_vm_of(L);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &proto_key);
     int proto = lua_gettop(L);
-    copy_table(L, proto);
+    copy_table(L, proto, vm->env_sizes[0]);
     int env = lua_gettop(L);
-    static const char *const libs[] = {"string", "table", "math", "utf8", "json"};
-    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
-        lua_getfield(L, proto, libs[i]);
-        copy_table(L, -1);
-        lua_setfield(L, env, libs[i]);
+    for (int i = 1; i < ENV_TABLES; i++) {
+        lua_getfield(L, proto, env_libs[i - 1]);
+        copy_table(L, -1, vm->env_sizes[i]);
+        lua_setfield(L, env, env_libs[i - 1]);
         lua_pop(L, 1);
     }
     lua_pushvalue(L, env);
@@ -840,7 +860,16 @@ static uint64_t code_hash(const char *name, const char *src, size_t len)
     uint64_t h = 1469598103934665603ULL;
     for (const char *c = name; *c != '\0'; c++)
         h = (h ^ (unsigned char)*c) * 1099511628211ULL;
-    for (size_t i = 0; i < len; i++)
+    /* Eight bytes a step: every panel start hashes its sources, and a hit is verified by
+     * comparing them in full anyway. */
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+        h ^= h >> 29;
+    }
+    for (; i < len; i++)
         h = (h ^ (unsigned char)src[i]) * 1099511628211ULL;
     return h;
 }
