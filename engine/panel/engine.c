@@ -139,6 +139,7 @@ struct prun {
     cJSON *replay; /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
     cJSON *pins;         /* {"<consensus name>": "<version>"} */
+    char *pins_text;     /* pins printed, NULL until a checkpoint needs it or they change */
     uint64_t seed;       /* the provider seed of this panel, kept in its checkpoints */
     char *consensus_src; /* the panel's own algorithm, loaded before the panel starts */
     size_t consensus_len;
@@ -971,6 +972,7 @@ static void prun_free(prun *p)
     buf_free(&p->journal);
     cJSON_Delete(p->replay);
     cJSON_Delete(p->pins);
+    free(p->pins_text);
     free(p);
 }
 
@@ -1089,18 +1091,38 @@ static ap_status json_str(buf *b, const char *s)
     return rc == AP_OK ? buf_puts(b, "\"") : rc;
 }
 
-/* {"pins":{...},"seed":"N","state":<state>} */
-static char *envelope(const prun *p, const char *state)
+/* {"pins":{...},"seed":"N","state":<state>}; built for every checkpoint, so the pins are
+ * printed only when they changed and the rest is copied. */
+static char *envelope(prun *p, const char *state)
 {
-    char *pins = jsonx_print(p->pins);
-    if (pins == NULL)
+    if (p->pins_text == NULL)
+        p->pins_text = jsonx_print(p->pins);
+    if (p->pins_text == NULL)
         return NULL;
-    size_t cap = strlen(pins) + strlen(state) + 64;
-    char *out = malloc(cap);
-    if (out != NULL)
-        snprintf(out, cap, "{\"pins\":%s,\"seed\":\"%llu\",\"state\":%s}", pins,
-                 (unsigned long long)p->seed, state);
-    free(pins);
+    char seed[24];
+    size_t sl = sizeof seed;
+    uint64_t v = p->seed;
+    do {
+        seed[--sl] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    buf b;
+    buf_init(&b, JOURNAL_MAX);
+    ap_status rc = buf_puts(&b, "{\"pins\":");
+    if (rc == AP_OK)
+        rc = buf_puts(&b, p->pins_text);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, ",\"seed\":\"");
+    if (rc == AP_OK)
+        rc = buf_append(&b, seed + sl, sizeof seed - sl);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "\",\"state\":");
+    if (rc == AP_OK)
+        rc = buf_puts(&b, state);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}");
+    char *out = rc == AP_OK ? buf_steal(&b) : NULL;
+    buf_free(&b);
     return out;
 }
 
@@ -1257,6 +1279,8 @@ static ap_status host_consensus_source(void *ud, const char *name, char **source
     if (pinned == NULL) {
         cJSON_DeleteItemFromObjectCaseSensitive(p->pins, name);
         cJSON_AddStringToObject(p->pins, name, en.version);
+        free(p->pins_text);
+        p->pins_text = NULL;
         queue_script_pin(p, &en);
     }
     *source = en.source;

@@ -116,6 +116,8 @@ typedef struct key_ref {
     int slot;     /* stack slot of the value */
 } key_ref;
 
+#define ENC_SMALL_KEYS 8
+
 static int key_cmp(const void *a, const void *b)
 {
     const key_ref *x = a, *y = b;
@@ -141,6 +143,7 @@ static ap_status enc_table(enc *e, int idx, int depth)
     lua_State *L = e->L;
     ap_status rc = AP_OK;
     key_ref *keys = NULL;
+    key_ref small[ENC_SMALL_KEYS]; /* most objects are small: no allocation for them */
     if (depth > SCRIPT_JSON_MAX_DEPTH)
         return ap_err_set(e->err, AP_LIMIT, "json.encode: nested deeper than %d levels (a cycle?)",
                           SCRIPT_JSON_MAX_DEPTH);
@@ -175,7 +178,7 @@ static ap_status enc_table(enc *e, int idx, int depth)
      * key order without looking them up again. */
     if (count > 900000 || !lua_checkstack(L, (int)count + 8))
         return ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
-    keys = calloc(count, sizeof *keys);
+    keys = count <= ENC_SMALL_KEYS ? small : calloc(count, sizeof *keys);
     if (keys == NULL)
         return ap_err_set(e->err, AP_NOMEM, "json.encode: out of memory");
     int base = lua_gettop(L);
@@ -223,7 +226,8 @@ static ap_status enc_table(enc *e, int idx, int depth)
         rc = buf_puts(&e->out, "}");
 out:
     lua_settop(L, base);
-    free(keys);
+    if (keys != small)
+        free(keys);
     return rc;
 }
 
