@@ -680,8 +680,60 @@ static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wr
 
 static const char *const base_names[] = {
     "assert", "error",  "ipairs", "next",     "pairs",    "rawequal", "rawget",
-    "rawlen", "rawset", "select", "tonumber", "tostring", "type",     "_VERSION",
+    "rawlen", "rawset", "select", "tonumber", "tostring", "type",
 };
+#define BASE_COUNT (sizeof base_names / sizeof base_names[0])
+
+/* The safe base functions are plain C functions without upvalues (lbaselib registers them so),
+ * taken once from a scratch state: opening the base library in every state only to empty its
+ * globals again was ~2 % of the runners' work. */
+static pthread_mutex_t base_mu = PTHREAD_MUTEX_INITIALIZER;
+static lua_CFunction base_fns[BASE_COUNT];
+static bool base_ready;
+
+static int capture_base(lua_State *L)
+{
+    lua_CFunction *fns = lua_touserdata(L, 1);
+    luaL_requiref(L, "_G", luaopen_base, 0);
+    for (size_t i = 0; i < BASE_COUNT; i++) {
+        lua_getfield(L, -1, base_names[i]);
+        fns[i] = lua_tocfunction(L, -1);
+        if (fns[i] == NULL || lua_getupvalue(L, -1, 1) != NULL)
+            return luaL_error(L, "base function %s is not a plain C function", base_names[i]);
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Fills base_fns once; false when it could not (out of memory), to be tried again. */
+static bool base_functions(void)
+{
+    pthread_mutex_lock(&base_mu);
+    if (!base_ready) {
+        lua_CFunction fns[BASE_COUNT];
+        lua_State *L = luaL_newstate();
+        if (L != NULL) {
+            lua_pushcfunction(L, capture_base);
+            lua_pushlightuserdata(L, fns);
+            if (lua_pcall(L, 1, 0, 0) == LUA_OK) {
+                memcpy(base_fns, fns, sizeof fns);
+                base_ready = true;
+            }
+            lua_close(L);
+        }
+    }
+    bool ok = base_ready;
+    pthread_mutex_unlock(&base_mu);
+    return ok;
+}
+
+/* Opens a standard library into a table on the stack, without registering it anywhere. */
+static int open_lib(lua_State *L, lua_CFunction open)
+{
+    lua_pushcfunction(L, open);
+    lua_call(L, 0, 1);
+    return lua_gettop(L);
+}
 
 static int count_entries(lua_State *L, int t)
 {
@@ -715,16 +767,10 @@ static void copy_table(lua_State *L, int src, int n)
  * chunk's environment copies. Runs in protected mode. */
 static int build_proto(lua_State *L)
 {
-    luaL_requiref(L, "_G", luaopen_base, 0);
-    int g = lua_gettop(L);
-    luaL_requiref(L, "string", luaopen_string, 0);
-    int str = lua_gettop(L);
-    luaL_requiref(L, "table", luaopen_table, 0);
-    int tab = lua_gettop(L);
-    luaL_requiref(L, "math", luaopen_math, 0);
-    int math = lua_gettop(L);
-    luaL_requiref(L, "utf8", luaopen_utf8, 0);
-    int utf = lua_gettop(L);
+    int str = open_lib(L, luaopen_string);
+    int tab = open_lib(L, luaopen_table);
+    int math = open_lib(L, luaopen_math);
+    int utf = open_lib(L, luaopen_utf8);
 
     /* The real string table is what ("").method reaches through the string metatable, so it
      * is cleaned in place, not only in the copies. */
@@ -743,10 +789,12 @@ static int build_proto(lua_State *L)
 
     lua_createtable(L, 0, 32);
     int proto = lua_gettop(L);
-    for (size_t i = 0; i < sizeof base_names / sizeof base_names[0]; i++) {
-        lua_getfield(L, g, base_names[i]);
+    for (size_t i = 0; i < BASE_COUNT; i++) {
+        lua_pushcfunction(L, base_fns[i]);
         lua_setfield(L, proto, base_names[i]);
     }
+    lua_pushliteral(L, LUA_VERSION);
+    lua_setfield(L, proto, "_VERSION");
     static const luaL_Reg guarded[] = {
         {"pcall", sb_pcall},
         {"xpcall", sb_xpcall},
@@ -776,22 +824,8 @@ static int build_proto(lua_State *L)
         vm->env_sizes[i] = count_entries(L, -1);
         lua_pop(L, 1);
     }
-
-    /* Nothing keeps the unsafe base functions reachable: empty the real globals and the
-     * loaded-modules table. */
-    lua_pushglobaltable(L);
-    int real_g = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, real_g) != 0) {
-        lua_pop(L, 1);
-        lua_pushvalue(L, -1);
-        lua_pushnil(L);
-        lua_rawset(L, real_g);
-    }
-    lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    /* The unsafe base functions never exist in this state, and no library is registered in
+     * the real globals or a loaded-modules table: both stay empty. */
     return 0;
 }
 
@@ -1117,7 +1151,7 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
                         script_vm **out, ap_err *err)
 {
     *out = NULL;
-    script_vm *vm = calloc(1, sizeof *vm);
+    script_vm *vm = base_functions() ? calloc(1, sizeof *vm) : NULL;
     if (vm == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     vm->mem_limit = lim->memory_bytes;
