@@ -23,6 +23,10 @@ void buf_init(buf *b, size_t max);
 /* Appends n bytes; AP_LIMIT past max, AP_NOMEM on allocation failure. */
 ap_status buf_append(buf *b, const void *data, size_t n);
 
+/* Makes room for n more bytes at once (AP_LIMIT past max), for a text whose size is roughly
+ * known, instead of growing step by step. */
+ap_status buf_reserve(buf *b, size_t n);
+
 /* Appends a NUL-terminated string. */
 ap_status buf_puts(buf *b, const char *s);
 

@@ -1108,7 +1108,9 @@ static char *envelope(prun *p, const char *state)
     } while (v != 0);
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_puts(&b, "{\"pins\":");
+    ap_status rc = buf_reserve(&b, strlen(p->pins_text) + strlen(state) + 64);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "{\"pins\":");
     if (rc == AP_OK)
         rc = buf_puts(&b, p->pins_text);
     if (rc == AP_OK)
@@ -1360,6 +1362,16 @@ static ap_status put_outcome(buf *b, const answer *a, bool null_data)
     return rc;
 }
 
+/* About the bytes put_outcome appends (escapes may add more). */
+static size_t outcome_size(const answer *a)
+{
+    size_t n = 32;
+    if (a->error != NULL)
+        return n + strlen(a->error);
+    n += a->text != NULL ? strlen(a->text) : 0;
+    return n + (a->data_json != NULL ? strlen(a->data_json) : 0);
+}
+
 /* Appends v in decimal; these texts are built for every answer, so without printf. */
 static ap_status put_int(buf *b, int64_t v)
 {
@@ -1387,7 +1399,9 @@ static char *entry_json(const char *key, const answer *a)
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_puts(&b, "{\"k\":\"ask\",\"key\":\"");
+    ap_status rc = buf_reserve(&b, outcome_size(a) + 96);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "{\"k\":\"ask\",\"key\":\"");
     if (rc == AP_OK)
         rc = buf_puts(&b, key);
     if (rc == AP_OK)
@@ -1425,7 +1439,9 @@ static void emit_message(prun *p, const script_ask *ask, const char *name, const
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_puts(&b, "{\"expert\":");
+    ap_status rc = buf_reserve(&b, outcome_size(a) + strlen(ask->expert_id) + strlen(name) + 128);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "{\"expert\":");
     if (rc == AP_OK)
         rc = json_str(&b, ask->expert_id);
     if (rc == AP_OK)

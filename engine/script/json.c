@@ -264,6 +264,9 @@ ap_status script_json_encode(lua_State *L, int idx, size_t max, char **out, ap_e
     enc e = {.L = L, .err = err};
     *out = NULL;
     buf_init(&e.out, max);
+    /* Most texts encoded (event data, schemas, states) are a few hundred bytes. */
+    if (buf_reserve(&e.out, max < 512 ? max : 512) != AP_OK)
+        return ap_err_set(err, AP_NOMEM, "json.encode: out of memory");
     idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
     ap_status rc = enc_value(&e, idx, 0);
