@@ -1,6 +1,7 @@
 #include "script/host.h"
 
 #include "core/jsonx.h"
+#include "core/jview.h"
 #include "core/log.h"
 #include "script/json.h"
 #include "script/params.h"
@@ -742,10 +743,8 @@ static int build_ctx(lua_State *L)
     return 0;
 }
 
-static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
+static ap_status experts_of_tree(script_panel *sp, const char *json, ap_err *err)
 {
-    if (json == NULL || json[0] == '\0')
-        return AP_OK;
     ap_err inner = {0};
     cJSON *arr = jsonx_parse(json, strlen(json), 32, &inner);
     ap_status rc = AP_OK;
@@ -782,6 +781,60 @@ static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
     }
 out:
     cJSON_Delete(arr);
+    return rc;
+}
+
+/* A copy of string token i, decoded (never longer than its text); NULL on no memory. */
+static char *view_strdup(const jview *v, int i)
+{
+    size_t cap = v->tok[i].end - v->tok[i].start;
+    char *out = malloc(cap);
+    if (out != NULL)
+        jview_string(v, i, out, cap);
+    return out;
+}
+
+/* The experts read through a token view: no tree, and each expert's JSON is its own text. */
+static ap_status experts_of_view(script_panel *sp, const jview *v, ap_err *err)
+{
+    if (jview_type_of(v, 0) != JVIEW_ARRAY)
+        return ap_err_set(err, AP_INVALID, "experts must be a JSON array");
+    uint32_t n = jview_count(v, 0);
+    sp->experts = calloc(n > 0 ? n : 1, sizeof *sp->experts);
+    if (sp->experts == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    uint32_t e = 1;
+    for (uint32_t k = 0; k < n; k++, e = v->tok[e].next) {
+        int id = jview_get(v, (int)e, "id");
+        int name = jview_get(v, (int)e, "name"), model = jview_get(v, (int)e, "model");
+        if (jview_type_of(v, id) != JVIEW_STRING || v->tok[id].end - v->tok[id].start <= 2)
+            return ap_err_set(err, AP_INVALID, "every expert needs an id");
+        expert_ref *r = &sp->experts[sp->n_experts++];
+        r->id = view_strdup(v, id);
+        r->json = strndup(v->src + v->tok[e].start, v->tok[e].end - v->tok[e].start);
+        r->name = jview_type_of(v, name) == JVIEW_STRING ? view_strdup(v, name) : NULL;
+        r->model = jview_type_of(v, model) == JVIEW_STRING ? view_strdup(v, model) : NULL;
+        if (r->id == NULL || r->json == NULL ||
+            (jview_type_of(v, name) == JVIEW_STRING && r->name == NULL) ||
+            (jview_type_of(v, model) == JVIEW_STRING && r->model == NULL))
+            return ap_err_set(err, AP_NOMEM, "out of memory");
+        if (r->id[0] == '\0')
+            return ap_err_set(err, AP_INVALID, "every expert needs an id");
+    }
+    return AP_OK;
+}
+
+/* Strict JSON (what the engine stores) is read through a view; anything else through cJSON,
+ * which reads more. */
+static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
+{
+    if (json == NULL || json[0] == '\0')
+        return AP_OK;
+    jview v;
+    ap_status rc = jview_parse(&v, json, strlen(json), 32, NULL) == AP_OK
+                       ? experts_of_view(sp, &v, err)
+                       : experts_of_tree(sp, json, err);
+    jview_free(&v);
     return rc;
 }
 

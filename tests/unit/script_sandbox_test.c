@@ -13,6 +13,8 @@
 #include "core/log.h"
 #include "script/host.h"
 
+#include <cjson/cJSON.h>
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -468,6 +470,72 @@ static void test_json_decode_paths(void **state)
         "assert(not pcall(json.decode, '\"\\\\ud800\"') and not pcall(json.decode, '[1,]'))\n");
 }
 
+/* The panel reads its experts once: each ask carries the expert's id, name, model and JSON,
+ * whether the roster is strict JSON (read through a view) or only cJSON reads it. */
+static void check_experts(const char *experts_json)
+{
+    static const char src[] = "return { name = 'sandbox', start = 'main', nodes = { main = "
+                              "function(ctx) ctx:ask_all(ctx.experts, 'q') end } }\n";
+    script_limits lim;
+    limits(&lim);
+    script_host host = {NULL, t_emit, t_log, t_consensus};
+    script_inputs in = {.panel_id = "p1", .question = "q", .experts_json = experts_json};
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    assert_int_equal(script_panel_new(&lim, &host, "sandbox", src, strlen(src), &in, &sp, &err),
+                     AP_OK);
+    script_step step;
+    assert_int_equal(script_panel_run_node(sp, "main", 1, &step), AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_ASK);
+    assert_int_equal(step.n_asks, 2);
+    assert_string_equal(step.asks[0].expert_id, "e\xc3\xa9");
+    assert_string_equal(step.asks[0].expert_name, "Dr \"A\"");
+    assert_null(step.asks[0].expert_model);
+    assert_string_equal(step.asks[1].expert_id, "e2");
+    assert_null(step.asks[1].expert_name);
+    assert_string_equal(step.asks[1].expert_model, "m");
+    for (size_t i = 0; i < 2; i++) {
+        cJSON *e = cJSON_Parse(step.asks[i].expert_json);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        assert_true(cJSON_IsString(id));
+        assert_string_equal(id->valuestring, step.asks[i].expert_id);
+        cJSON_Delete(e);
+    }
+    script_panel_free(sp);
+}
+
+static void test_experts_read_once(void **state)
+{
+    (void)state;
+    check_experts("[ {\"id\": \"e\\u00e9\", \"name\": \"Dr \\\"A\\\"\", \"role\": \"r\"},\n"
+                  "  {\"id\": \"e2\", \"model\": \"m\", \"name\": 7} ]");
+    /* a form feed between tokens: cJSON reads it, the view does not */
+    check_experts(
+        "\f[{\"id\":\"e\\u00e9\",\"name\":\"Dr \\\"A\\\"\"},{\"id\":\"e2\",\"model\":\"m\"}]");
+    static const char *const bad[][2] = {
+        {"{}", "experts must be a JSON array"},
+        {"[{\"id\":\"\"}]", "every expert needs an id"},
+        {"[{\"id\":\"\\u0000x\"}]", "every expert needs an id"},
+        {"[{\"name\":\"n\"}]", "every expert needs an id"},
+        {"[7]", "every expert needs an id"},
+        {"\f[{\"id\":\"\"}]", "every expert needs an id"},
+    };
+    static const char src[] = "return { name = 'sandbox', start = 'main', nodes = { main = "
+                              "function(ctx) end } }\n";
+    script_limits lim;
+    limits(&lim);
+    script_host host = {NULL, t_emit, t_log, t_consensus};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        script_inputs in = {.panel_id = "p1", .question = "q", .experts_json = bad[i][0]};
+        script_panel *sp = NULL;
+        ap_err err = {0};
+        assert_int_not_equal(
+            script_panel_new(&lim, &host, "sandbox", src, strlen(src), &in, &sp, &err), AP_OK);
+        assert_null(sp);
+        assert_non_null(strstr(err.msg, bad[i][1]));
+    }
+}
+
 /* ---- the ctx surface ------------------------------------------------------------------------ */
 
 static void test_ctx_misuse(void **state)
@@ -554,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_pattern_backtracking),
         cmocka_unit_test(test_json_limits),
         cmocka_unit_test(test_json_decode_paths),
+        cmocka_unit_test(test_experts_read_once),
         cmocka_unit_test(test_ctx_misuse),
         cmocka_unit_test(test_contract_errors),
     };
