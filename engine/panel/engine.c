@@ -1344,25 +1344,7 @@ typedef struct answer {
     int64_t pt, ct;
 } answer;
 
-/* Appends an answer's outcome: ,"error":... or ,"text":...,"data":... (data null or left
- * out when there is none, as null_data says). */
-static ap_status put_outcome(buf *b, const answer *a, bool null_data)
-{
-    if (a->error != NULL) {
-        ap_status rc = buf_puts(b, ",\"error\":");
-        return rc == AP_OK ? json_str(b, a->error) : rc;
-    }
-    ap_status rc = buf_puts(b, ",\"text\":");
-    if (rc == AP_OK)
-        rc = json_str(b, a->text != NULL ? a->text : "");
-    if (rc == AP_OK && (a->data_json != NULL || null_data))
-        rc = buf_puts(b, ",\"data\":");
-    if (rc == AP_OK && (a->data_json != NULL || null_data))
-        rc = buf_puts(b, a->data_json != NULL ? a->data_json : "null");
-    return rc;
-}
-
-/* About the bytes put_outcome appends (escapes may add more). */
+/* About the bytes of an answer's outcome (escapes may add more). */
 static size_t outcome_size(const answer *a)
 {
     size_t n = 32;
@@ -1370,6 +1352,28 @@ static size_t outcome_size(const answer *a)
         return n + strlen(a->error);
     n += a->text != NULL ? strlen(a->text) : 0;
     return n + (a->data_json != NULL ? strlen(a->data_json) : 0);
+}
+
+/* An answer's outcome as JSON members, ,"error":... or ,"text":...,"data":... (data left out
+ * when there is none), into b (initialised here, caller frees). Built once per answer for
+ * both its journal entry and its expert.message. */
+static ap_status put_outcome(buf *b, const answer *a)
+{
+    buf_init(b, JOURNAL_MAX);
+    ap_status rc = buf_reserve(b, outcome_size(a));
+    if (rc == AP_OK && a->error != NULL) {
+        rc = buf_puts(b, ",\"error\":");
+        return rc == AP_OK ? json_str(b, a->error) : rc;
+    }
+    if (rc == AP_OK)
+        rc = buf_puts(b, ",\"text\":");
+    if (rc == AP_OK)
+        rc = json_str(b, a->text != NULL ? a->text : "");
+    if (rc == AP_OK && a->data_json != NULL)
+        rc = buf_puts(b, ",\"data\":");
+    if (rc == AP_OK && a->data_json != NULL)
+        rc = buf_puts(b, a->data_json);
+    return rc;
 }
 
 /* Appends v in decimal; these texts are built for every answer, so without printf. */
@@ -1394,12 +1398,12 @@ static ap_status put_key_int(buf *b, const char *key, int64_t v)
     return rc == AP_OK ? put_int(b, v) : rc;
 }
 
-/* The journal entry of an answer (caller frees). */
-static char *entry_json(const char *key, const answer *a)
+/* The journal entry of an answer whose outcome (put_outcome) is given (caller frees). */
+static char *entry_json(const char *key, const answer *a, const buf *outcome)
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_reserve(&b, outcome_size(a) + 96);
+    ap_status rc = buf_reserve(&b, outcome->len + 96);
     if (rc == AP_OK)
         rc = buf_puts(&b, "{\"k\":\"ask\",\"key\":\"");
     if (rc == AP_OK)
@@ -1407,7 +1411,7 @@ static char *entry_json(const char *key, const answer *a)
     if (rc == AP_OK)
         rc = buf_puts(&b, "\"");
     if (rc == AP_OK)
-        rc = put_outcome(&b, a, false);
+        rc = buf_append(&b, outcome->data, outcome->len);
     if (rc == AP_OK)
         rc = put_key_int(&b, ",\"pt\":", a->pt);
     if (rc == AP_OK)
@@ -1434,12 +1438,16 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
     a->ct = (int64_t)jsonx_number(entry, "ct", 0);
 }
 
-/* Emits expert.message; built as text because it runs for every answer. */
-static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a)
+/* Emits expert.message for an answer whose outcome (put_outcome) is given, NULL when it
+ * could not be built; built as text because it runs for every answer. */
+static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a,
+                         const buf *outcome)
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_reserve(&b, outcome_size(a) + strlen(ask->expert_id) + strlen(name) + 128);
+    ap_status rc = outcome != NULL
+                       ? buf_reserve(&b, outcome->len + strlen(ask->expert_id) + strlen(name) + 128)
+                       : AP_NOMEM;
     if (rc == AP_OK)
         rc = buf_puts(&b, "{\"expert\":");
     if (rc == AP_OK)
@@ -1451,7 +1459,10 @@ static void emit_message(prun *p, const script_ask *ask, const char *name, const
     if (rc == AP_OK && ask->round > 0)
         rc = put_key_int(&b, ",\"round\":", ask->round);
     if (rc == AP_OK)
-        rc = put_outcome(&b, a, true);
+        rc = buf_append(&b, outcome->data, outcome->len);
+    /* the event always says data, null when the answer has none */
+    if (rc == AP_OK && a->error == NULL && a->data_json == NULL)
+        rc = buf_puts(&b, ",\"data\":null");
     if (rc == AP_OK)
         rc = put_key_int(&b, ",\"usage\":{\"prompt_tokens\":", a->pt);
     if (rc == AP_OK)
@@ -1562,7 +1573,9 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             a.data_json = r->data_json;
         jview_free(&v);
     }
-    s->entry = entry_json(s->key, &a);
+    buf oc;
+    bool oc_ok = put_outcome(&oc, &a) == AP_OK;
+    s->entry = oc_ok ? entry_json(s->key, &a, &oc) : NULL;
     /* usage */
     if (p->e->st != NULL) {
         const char *provider = r->provider != NULL ? r->provider : "unknown";
@@ -1586,7 +1599,8 @@ static void answer_slot(ask_slot *s, const llm_response *r)
         }
     }
     deliver_answer(p, s->idx, &a);
-    emit_message(p, &p->asks[s->idx], s->name, &a);
+    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? &oc : NULL);
+    buf_free(&oc);
     p->pending--;
 }
 
@@ -1643,7 +1657,10 @@ static void start_asks(prun *p, const script_step *step)
             s->entry = jsonx_print(old);
             s->done = true;
             deliver_answer(p, i, &a);
-            emit_message(p, ask, s->name, &a);
+            buf oc;
+            bool oc_ok = put_outcome(&oc, &a) == AP_OK;
+            emit_message(p, ask, s->name, &a, oc_ok ? &oc : NULL);
+            buf_free(&oc);
             free(data);
             p->pending--;
         }
