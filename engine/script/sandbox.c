@@ -55,8 +55,7 @@ struct script_vm {
     int64_t deadline_us;    /* 0 outside a slice */
     unsigned calls;
     int tripped;
-    int trip_ref[TRIP_COUNT];  /* registry refs of the prebuilt limit messages */
-    int env_sizes[ENV_TABLES]; /* entries of the prototype and its library tables */
+    int trip_ref[TRIP_COUNT]; /* registry refs of the prebuilt limit messages */
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -691,6 +690,11 @@ static pthread_mutex_t base_mu = PTHREAD_MUTEX_INITIALIZER;
 static lua_CFunction base_fns[BASE_COUNT];
 static bool base_ready;
 
+/* Entries of the prototype and of its library tables: the same in every state (nothing
+ * changes them after build_proto), so counted in the first state only. */
+static int env_sizes[ENV_TABLES];
+static bool env_sizes_ready;
+
 static int capture_base(lua_State *L)
 {
     lua_CFunction *fns = lua_touserdata(L, 1);
@@ -752,8 +756,7 @@ static void copy_table(lua_State *L, int src, int n)
 {
     src = lua_absindex(L, src);
     /* Sized up front: filling an empty table rehashes it at every power of two, which was
-     * most of the cost of a chunk's environment. n comes from build_proto (nothing changes
-     * these tables later), so they are not counted again per chunk; it only sizes the copy. */
+     * most of the cost of a chunk's environment. n is counted once (env_sizes). */
     lua_createtable(L, 0, n + 2);
     lua_pushnil(L);
     while (lua_next(L, src) != 0) {
@@ -817,12 +820,21 @@ static int build_proto(lua_State *L)
     lua_setfield(L, proto, "json");
     lua_pushvalue(L, proto);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &proto_key);
-    script_vm *vm = script_vm_of(L);
-    vm->env_sizes[0] = count_entries(L, proto);
-    for (int i = 1; i < ENV_TABLES; i++) {
-        lua_getfield(L, proto, env_libs[i - 1]);
-        vm->env_sizes[i] = count_entries(L, -1);
-        lua_pop(L, 1);
+    pthread_mutex_lock(&base_mu);
+    bool counted = env_sizes_ready;
+    pthread_mutex_unlock(&base_mu);
+    if (!counted) {
+        int sizes[ENV_TABLES];
+        sizes[0] = count_entries(L, proto);
+        for (int i = 1; i < ENV_TABLES; i++) {
+            lua_getfield(L, proto, env_libs[i - 1]);
+            sizes[i] = count_entries(L, -1);
+            lua_pop(L, 1);
+        }
+        pthread_mutex_lock(&base_mu);
+        memcpy(env_sizes, sizes, sizeof sizes);
+        env_sizes_ready = true;
+        pthread_mutex_unlock(&base_mu);
     }
     /* The unsafe base functions never exist in this state, and no library is registered in
      * the real globals or a loaded-modules table: both stay empty. */
@@ -833,14 +845,13 @@ static int build_proto(lua_State *L)
  * chunk changing `string.format` affects only itself. */
 static int push_env(lua_State *L)
 {
-    const script_vm *vm = script_vm_of(L);
     lua_rawgetp(L, LUA_REGISTRYINDEX, &proto_key);
     int proto = lua_gettop(L);
-    copy_table(L, proto, vm->env_sizes[0]);
+    copy_table(L, proto, env_sizes[0]);
     int env = lua_gettop(L);
     for (int i = 1; i < ENV_TABLES; i++) {
         lua_getfield(L, proto, env_libs[i - 1]);
-        copy_table(L, -1, vm->env_sizes[i]);
+        copy_table(L, -1, env_sizes[i]);
         lua_setfield(L, env, env_libs[i - 1]);
         lua_pop(L, 1);
     }
