@@ -117,6 +117,7 @@ typedef struct key_ref {
 } key_ref;
 
 #define ENC_SMALL_KEYS 8
+#define ENC_MAX_KEYS 900000
 
 static int key_cmp(const void *a, const void *b)
 {
@@ -138,53 +139,91 @@ static bool is_marked_array(lua_State *L, int idx)
     return marked;
 }
 
+/* Sorts the keys of an object; small ones by insertion (stable, like glibc's merge sort). */
+static void sort_keys(key_ref *keys, size_t k)
+{
+    if (k > ENC_SMALL_KEYS) {
+        qsort(keys, k, sizeof *keys, key_cmp);
+        return;
+    }
+    for (size_t i = 1; i < k; i++) {
+        key_ref cur = keys[i];
+        size_t j = i;
+        for (; j > 0 && key_cmp(&keys[j - 1], &cur) > 0; j--)
+            keys[j] = keys[j - 1];
+        keys[j] = cur;
+    }
+}
+
+/* Writes the sequence at idx (n elements) as an array. */
+static ap_status enc_array(enc *e, int idx, size_t n, int depth)
+{
+    ap_status rc = buf_puts(&e->out, "[");
+    for (size_t i = 1; rc == AP_OK && i <= n; i++) {
+        if (i > 1)
+            rc = buf_puts(&e->out, ",");
+        lua_rawgeti(e->L, idx, (lua_Integer)i);
+        if (rc == AP_OK)
+            rc = enc_value(e, -1, depth + 1);
+        lua_pop(e->L, 1);
+    }
+    return rc == AP_OK ? buf_puts(&e->out, "]") : rc;
+}
+
 static ap_status enc_table(enc *e, int idx, int depth)
 {
     lua_State *L = e->L;
     ap_status rc = AP_OK;
-    key_ref *keys = NULL;
     key_ref small[ENC_SMALL_KEYS]; /* most objects are small: no allocation for them */
+    key_ref *keys = small;
+    size_t cap = ENC_SMALL_KEYS;
     if (depth > SCRIPT_JSON_MAX_DEPTH)
         return ap_err_set(e->err, AP_LIMIT, "json.encode: nested deeper than %d levels (a cycle?)",
                           SCRIPT_JSON_MAX_DEPTH);
     if (!lua_checkstack(L, 8))
         return ap_err_set(e->err, AP_NOMEM, "json.encode: out of stack");
     idx = lua_absindex(L, idx);
-    size_t count = 0;
-    bool all_int = true;
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {
-        if (!lua_isinteger(L, -2))
-            all_int = false;
-        count++;
-        lua_pop(L, 1);
-    }
     size_t n = (size_t)lua_rawlen(L, idx);
-    if ((count == 0 && is_marked_array(L, idx)) || (count > 0 && all_int && n == count)) {
-        rc = buf_puts(&e->out, "[");
-        for (size_t i = 1; rc == AP_OK && i <= n; i++) {
-            if (i > 1)
-                rc = buf_puts(&e->out, ",");
-            lua_rawgeti(L, idx, (lua_Integer)i);
-            if (rc == AP_OK)
-                rc = enc_value(e, -1, depth + 1);
+    if (n > 0) {
+        /* Likely a sequence: counted first, and written by index when it is one. */
+        size_t count = 0;
+        bool all_int = true;
+        lua_pushnil(L);
+        while (lua_next(L, idx) != 0) {
+            if (!lua_isinteger(L, -2))
+                all_int = false;
+            count++;
             lua_pop(L, 1);
         }
-        return rc == AP_OK ? buf_puts(&e->out, "]") : rc;
+        if (all_int && n == count)
+            return enc_array(e, idx, n, depth);
     }
-    if (count == 0)
-        return buf_puts(&e->out, "{}");
     /* Values are parked on the stack (below the iteration key) so they can be written in
-     * key order without looking them up again. */
-    if (count > 900000 || !lua_checkstack(L, (int)count + 8))
-        return ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
-    keys = count <= ENC_SMALL_KEYS ? small : calloc(count, sizeof *keys);
-    if (keys == NULL)
-        return ap_err_set(e->err, AP_NOMEM, "json.encode: out of memory");
+     * key order without looking them up again; one pass collects them. */
     int base = lua_gettop(L);
     size_t k = 0;
     lua_pushnil(L);
-    while (k < count && lua_next(L, idx) != 0) {
+    while (lua_next(L, idx) != 0) {
+        if (k == ENC_MAX_KEYS) {
+            rc = ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
+            goto out;
+        }
+        if (k == cap) {
+            key_ref *grown = malloc(2 * cap * sizeof *keys);
+            if (grown == NULL) {
+                rc = ap_err_set(e->err, AP_NOMEM, "json.encode: out of memory");
+                goto out;
+            }
+            memcpy(grown, keys, k * sizeof *keys);
+            if (keys != small)
+                free(keys);
+            keys = grown;
+            cap *= 2;
+        }
+        if (!lua_checkstack(L, 8)) {
+            rc = ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
+            goto out;
+        }
         lua_insert(L, -2);
         key_ref *kr = &keys[k++];
         kr->slot = lua_gettop(L) - 1;
@@ -205,7 +244,11 @@ static ap_status enc_table(enc *e, int idx, int depth)
             goto out;
         }
     }
-    qsort(keys, k, sizeof *keys, key_cmp);
+    if (k == 0) {
+        rc = buf_puts(&e->out, is_marked_array(L, idx) ? "[]" : "{}");
+        goto out;
+    }
+    sort_keys(keys, k);
     rc = buf_puts(&e->out, "{");
     for (size_t i = 0; rc == AP_OK && i < k; i++) {
         if (i > 0)

@@ -443,6 +443,25 @@ static void test_json_limits(void **state)
                 "assert(json.encode('\\255') == '\"\\u{fffd}\"')");
 }
 
+/* Sequences become arrays, everything else objects with sorted keys. */
+static void test_json_encode_shapes(void **state)
+{
+    (void)state;
+    expect_done(
+        "assert(json.encode({ [2] = 'x' }) == '{\"2\":\"x\"}')\n"
+        "assert(json.encode({ 1, 2, 3 }) == '[1,2,3]' and json.encode({ 1, a = 2 }) == "
+        "'{\"1\":1,\"a\":2}')\n"
+        "assert(json.encode({ [1] = 1, [2] = 2, [4] = 4 }) == '{\"1\":1,\"2\":2,\"4\":4}')\n"
+        "assert(json.encode({}) == '{}' and json.encode(json.array({})) == '[]')\n"
+        "assert(json.encode({ [1.5] = true }) == '{\"1.5\":true}')\n"
+        "local t = {} for i = 1, 20 do t['k' .. (21 - i)] = i end\n"
+        "local s = json.encode(t)\n"
+        "assert(s:sub(1, 24) == '{\"k1\":20,\"k10\":11,\"k11\":' and s:sub(-8) == '\"k9\":12}')\n"
+        "assert(json.encode({ b = { 3, { z = 1, y = { } } }, a = 0.25 }) == "
+        "'{\"a\":0.25,\"b\":[3,{\"y\":{},\"z\":1}]}')\n"
+        "assert(not pcall(json.encode, { [true] = 1 }))\n");
+}
+
 /* Strict JSON is read through a token view, anything else through cJSON: both give the same
  * values, and what cJSON refuses stays refused. */
 static void test_json_decode_paths(void **state)
@@ -622,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_pattern_backtracking),
         cmocka_unit_test(test_json_limits),
         cmocka_unit_test(test_json_decode_paths),
+        cmocka_unit_test(test_json_encode_shapes),
         cmocka_unit_test(test_experts_read_once),
         cmocka_unit_test(test_ctx_misuse),
         cmocka_unit_test(test_contract_errors),
