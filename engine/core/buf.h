@@ -27,6 +27,17 @@ ap_status buf_append(buf *b, const void *data, size_t n);
  * known, instead of growing step by step. */
 ap_status buf_reserve(buf *b, size_t n);
 
+/* Appends one byte; inline because encoders append punctuation byte by byte. */
+static inline ap_status buf_putc(buf *b, char c)
+{
+    if (b->len + 2 <= b->cap && b->len < b->max) {
+        b->data[b->len++] = c;
+        b->data[b->len] = '\0';
+        return AP_OK;
+    }
+    return buf_append(b, &c, 1);
+}
+
 /* Appends a NUL-terminated string. */
 ap_status buf_puts(buf *b, const char *s);
 

@@ -1072,7 +1072,7 @@ static ap_status journal_add(prun *p, const char *entry)
 /* Appends s as a JSON string (quoted, escaped). */
 static ap_status json_str(buf *b, const char *s)
 {
-    ap_status rc = buf_puts(b, "\"");
+    ap_status rc = buf_putc(b, '"');
     const char *run = s;
     for (const char *c = s; rc == AP_OK && *c != '\0'; c++) {
         unsigned char u = (unsigned char)*c;
@@ -1088,7 +1088,7 @@ static ap_status json_str(buf *b, const char *s)
     }
     if (rc == AP_OK)
         rc = buf_puts(b, run);
-    return rc == AP_OK ? buf_puts(b, "\"") : rc;
+    return rc == AP_OK ? buf_putc(b, '"') : rc;
 }
 
 /* {"pins":{...},"seed":"N","state":<state>}; built for every checkpoint, so the pins are

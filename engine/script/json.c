@@ -32,7 +32,7 @@ static bool plain_ascii(unsigned char c)
 
 static ap_status enc_string(enc *e, const char *s, size_t n)
 {
-    ap_status rc = buf_puts(&e->out, "\"");
+    ap_status rc = buf_putc(&e->out, '"');
     size_t i = 0;
     while (rc == AP_OK && i < n) {
         unsigned char c = (unsigned char)s[i];
@@ -67,7 +67,7 @@ static ap_status enc_string(enc *e, const char *s, size_t n)
         }
     }
     if (rc == AP_OK)
-        rc = buf_puts(&e->out, "\"");
+        rc = buf_putc(&e->out, '"');
     return rc;
 }
 
@@ -158,16 +158,16 @@ static void sort_keys(key_ref *keys, size_t k)
 /* Writes the sequence at idx (n elements) as an array. */
 static ap_status enc_array(enc *e, int idx, size_t n, int depth)
 {
-    ap_status rc = buf_puts(&e->out, "[");
+    ap_status rc = buf_putc(&e->out, '[');
     for (size_t i = 1; rc == AP_OK && i <= n; i++) {
         if (i > 1)
-            rc = buf_puts(&e->out, ",");
+            rc = buf_putc(&e->out, ',');
         lua_rawgeti(e->L, idx, (lua_Integer)i);
         if (rc == AP_OK)
             rc = enc_value(e, -1, depth + 1);
         lua_pop(e->L, 1);
     }
-    return rc == AP_OK ? buf_puts(&e->out, "]") : rc;
+    return rc == AP_OK ? buf_putc(&e->out, ']') : rc;
 }
 
 static ap_status enc_table(enc *e, int idx, int depth)
@@ -249,14 +249,14 @@ static ap_status enc_table(enc *e, int idx, int depth)
         goto out;
     }
     sort_keys(keys, k);
-    rc = buf_puts(&e->out, "{");
+    rc = buf_putc(&e->out, '{');
     for (size_t i = 0; rc == AP_OK && i < k; i++) {
         if (i > 0)
-            rc = buf_puts(&e->out, ",");
+            rc = buf_putc(&e->out, ',');
         if (rc == AP_OK)
             rc = enc_string(e, keys[i].s, keys[i].n);
         if (rc == AP_OK)
-            rc = buf_puts(&e->out, ":");
+            rc = buf_putc(&e->out, ':');
         if (rc != AP_OK)
             break;
         /* Copied, not formatted: this runs for every key. */
@@ -266,7 +266,7 @@ static ap_status enc_table(enc *e, int idx, int depth)
         rc = enc_value(e, keys[i].slot, depth + 1);
     }
     if (rc == AP_OK)
-        rc = buf_puts(&e->out, "}");
+        rc = buf_putc(&e->out, '}');
 out:
     lua_settop(L, base);
     if (keys != small)

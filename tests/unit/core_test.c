@@ -36,6 +36,23 @@ static void test_buf_limit_leaves_buffer_unchanged(void **state)
     free(empty);
     buf_free(&b);
     buf_free(NULL);
+    /* buf_putc and buf_reserve keep the same limit */
+    buf_init(&b, 3);
+    assert_int_equal(buf_reserve(&b, 4), AP_LIMIT);
+    assert_int_equal(buf_reserve(&b, 3), AP_OK);
+    assert_int_equal(buf_putc(&b, 'a'), AP_OK);
+    assert_int_equal(buf_puts(&b, "bc"), AP_OK);
+    assert_int_equal(buf_putc(&b, 'd'), AP_LIMIT);
+    assert_string_equal(b.data, "abc");
+    buf_free(&b);
+    buf_init(&b, 100);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(buf_putc(&b, (char)('a' + i % 26)), AP_OK);
+    assert_int_equal(buf_putc(&b, 'x'), AP_LIMIT);
+    assert_int_equal(b.len, 100);
+    assert_int_equal(b.data[100], '\0');
+    assert_int_equal(b.data[99], 'a' + 99 % 26);
+    buf_free(&b);
 }
 
 static void test_uuid(void **state)
