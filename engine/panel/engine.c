@@ -107,9 +107,10 @@ typedef struct prun prun;
 typedef struct ask_slot {
     prun *p;
     size_t idx;
-    char *expert_id;
-    char *name;  /* the expert's display name, for expert.message */
-    char *model; /* the expert's own model, NULL: the provider's default */
+    /* borrowed from the panel's script host, which keeps its experts as long as it lives */
+    const char *expert_id;
+    const char *name;  /* the expert's display name, for expert.message */
+    const char *model; /* the expert's own model, NULL: the provider's default */
     llm_call *call;
     bool done;
     char key[JOURNAL_KEY_LEN + 1];
@@ -949,9 +950,6 @@ static void prun_free(prun *p)
     for (size_t i = 0; i < p->nslots; i++) {
         llm_cancel(p->slots[i].call);
         free(p->slots[i].entry);
-        free(p->slots[i].expert_id);
-        free(p->slots[i].name);
-        free(p->slots[i].model);
     }
     free(p->slots);
     if (p->timer != NULL && p->r != NULL)
@@ -1492,12 +1490,8 @@ static void deliver_answer(prun *p, size_t idx, const answer *a)
 
 static void clear_slots(prun *p)
 {
-    for (size_t i = 0; i < p->nslots; i++) {
+    for (size_t i = 0; i < p->nslots; i++)
         free(p->slots[i].entry);
-        free(p->slots[i].expert_id);
-        free(p->slots[i].name);
-        free(p->slots[i].model);
-    }
     free(p->slots);
     p->slots = NULL;
     p->nslots = p->pending = 0;
@@ -1640,14 +1634,9 @@ static void start_asks(prun *p, const script_step *step)
         s->idx = i;
         /* The host read the expert's name and model once per panel. */
         const script_ask *ask = &step->asks[i];
-        const char *name = ask->expert_name, *model = ask->expert_model;
-        s->expert_id = strdup(ask->expert_id);
-        s->name = strdup(name != NULL ? name : ask->expert_id);
-        s->model = dup_or_null(model);
-        if (s->expert_id == NULL || s->name == NULL || (model != NULL && s->model == NULL)) {
-            prun_fail(p, "out of memory");
-            return;
-        }
+        s->expert_id = ask->expert_id;
+        s->name = ask->expert_name != NULL ? ask->expert_name : ask->expert_id;
+        s->model = ask->expert_model;
         journal_key(ask, s->key);
         const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key) : NULL;
         if (old != NULL) {
