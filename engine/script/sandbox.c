@@ -44,6 +44,14 @@ typedef struct pool_block {
     struct pool_block *next;
 } pool_block;
 
+/* Larger blocks come from malloc with a header that links them into their state's list, so
+ * a state is released by freeing its list and its pool, without walking its objects. */
+typedef struct big_block {
+    struct big_block *prev, *next;
+} big_block;
+#define BIG_HEADER 16 /* sizeof (big_block), and keeps blocks 16-aligned */
+_Static_assert(sizeof(big_block) <= BIG_HEADER, "big_block header too large");
+
 struct script_vm {
     lua_State *L;
     size_t mem_used;   /* bytes the state asked for, small blocks rounded to their class */
@@ -52,6 +60,7 @@ struct script_vm {
     void *chunks;      /* chunk list, linked through each chunk's first word */
     char *bump, *bump_end;
     pool_block *free_list[POOL_CLASSES];
+    big_block big; /* the list of large blocks (a ring through this sentinel) */
     int64_t instr_used;
     int64_t instr_limit;
     int64_t timeout_us;
@@ -117,7 +126,7 @@ static void pool_put(script_vm *vm, void *p, size_t c)
     vm->free_list[c] = b;
 }
 
-/* Frees the chunks; only once the state is closed. */
+/* Frees the chunks; only once the state is dropped. */
 static void pool_release(script_vm *vm)
 {
     while (vm->chunks != NULL) {
@@ -127,23 +136,72 @@ static void pool_release(script_vm *vm)
     }
 }
 
-/* Blocks up to POOL_SMALL_MAX live in the pool, larger ones in malloc; Lua always passes a
+static big_block *big_of(void *p)
+{
+    return (big_block *)(void *)((char *)p - BIG_HEADER);
+}
+
+static void *big_alloc(script_vm *vm, size_t n)
+{
+    big_block *b = malloc(BIG_HEADER + n);
+    if (b == NULL)
+        return NULL;
+    b->prev = &vm->big;
+    b->next = vm->big.next;
+    vm->big.next->prev = b;
+    vm->big.next = b;
+    return (char *)b + BIG_HEADER;
+}
+
+static void big_free(void *p)
+{
+    big_block *b = big_of(p);
+    b->prev->next = b->next;
+    b->next->prev = b->prev;
+    free(b);
+}
+
+static void *big_realloc(void *p, size_t n)
+{
+    big_block *b = big_of(p);
+    big_block *prev = b->prev, *next = b->next;
+    big_block *moved = realloc(b, BIG_HEADER + n);
+    if (moved == NULL)
+        return NULL; /* b stays as it was, linked */
+    prev->next = moved;
+    next->prev = moved;
+    return (char *)moved + BIG_HEADER;
+}
+
+/* Frees every large block; only once the state is dropped. */
+static void big_release(script_vm *vm)
+{
+    while (vm->big.next != &vm->big) {
+        big_block *b = vm->big.next;
+        vm->big.next = b->next;
+        free(b);
+    }
+    vm->big.prev = &vm->big;
+}
+
+/* Blocks up to POOL_SMALL_MAX live in the pool, larger ones in the list; Lua always passes a
  * block's real size as osize, which tells where it lives. */
 static void *vm_realloc(script_vm *vm, void *ptr, size_t old, size_t nsize, bool shrink)
 {
     bool was_small = ptr != NULL && old <= POOL_SMALL_MAX;
-    if (nsize > POOL_SMALL_MAX && (ptr == NULL || !was_small))
-        return realloc(ptr, nsize);
+    if (nsize > POOL_SMALL_MAX && ptr != NULL && !was_small)
+        return big_realloc(ptr, nsize);
     if (was_small && nsize <= POOL_SMALL_MAX && pool_class(nsize) == pool_class(old))
         return ptr;
-    void *p = nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize), shrink) : malloc(nsize);
+    void *p =
+        nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize), shrink) : big_alloc(vm, nsize);
     if (p == NULL || ptr == NULL)
         return p;
     memcpy(p, ptr, old < nsize ? old : nsize);
     if (was_small)
         pool_put(vm, ptr, pool_class(old));
     else
-        free(ptr);
+        big_free(ptr);
     return p;
 }
 
@@ -161,8 +219,8 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         vm->mem_used -= old_charge;
         if (ptr != NULL && old <= POOL_SMALL_MAX)
             pool_put(vm, ptr, pool_class(old));
-        else
-            free(ptr);
+        else if (ptr != NULL)
+            big_free(ptr);
         return NULL;
     }
     size_t new_charge = charged(nsize);
@@ -1184,8 +1242,10 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
              (long long)lim->instructions);
     snprintf(vm->trip_msg[TRIP_TIME], sizeof vm->trip_msg[0],
              "time budget exceeded: a node may run at most %lld ms", (long long)lim->timeout_ms);
+    vm->big.prev = vm->big.next = &vm->big;
     vm->L = lua_newstate(vm_alloc, vm);
     if (vm->L == NULL) {
+        big_release(vm);
         pool_release(vm);
         free(vm);
         return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
@@ -1195,7 +1255,7 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
     lua_pushcfunction(vm->L, vm_init);
     lua_pushlightuserdata(vm->L, vm);
     if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
-        lua_close(vm->L);
+        big_release(vm);
         pool_release(vm);
         free(vm);
         return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
@@ -1210,13 +1270,11 @@ void script_vm_free(script_vm *vm)
 {
     if (vm == NULL)
         return;
-    if (vm->L != NULL) {
-        /* No finalizers can exist (__gc is refused); a pending __close could still run, so
-         * the budget is spent first and the hooks stop it at once. */
-        if (vm->tripped == TRIP_NONE)
-            vm->tripped = TRIP_INSTRUCTIONS;
-        lua_close(vm->L);
-    }
+    /* The state is dropped, not closed: every block it holds is in its pool or its list of
+     * large blocks, and nothing outside them belongs to it (no io, no C resources behind
+     * userdata). lua_close would walk every object only to free it one by one, and would
+     * run pending __close handlers (script code) at the end; no script code runs here. */
+    big_release(vm);
     pool_release(vm);
     free(vm);
 }
