@@ -19,7 +19,7 @@
 #define PATTERN_MAX_COST 2e7 /* worst-case backtracking steps a pattern call may risk */
 #define TABLE_MOVE_MAX (1 << 24)
 /* The collector's pause (percent of the heap live after a cycle that it waits for). A panel's
- * state is short-lived and mostly its setup, which stays live until the state closes, so at
+ * state is short-lived and mostly its setup, which stays live until the panel ends, so at
  * Lua's 200 the collector traced the same setup objects cycle after cycle. The memory limit
  * is unchanged: an allocation past it still runs a full collection before it fails. */
 #define GC_PAUSE 400
@@ -33,7 +33,7 @@ static const char *const env_libs[] = {"string", "table", "math", "utf8", "json"
 /* Small blocks of a state come from its own pool: Lua makes thousands of small allocations
  * per panel, and malloc/free for each (with the arenas growing and shrinking under two
  * runner threads) was ~10 % of the engine's CPU. A pool belongs to one state only and is
- * released whole when the state closes. */
+ * released whole when the state is dropped. */
 #define POOL_STEP 16 /* size classes are multiples of 16: every block stays 16-aligned */
 #define POOL_CLASSES 16
 #define POOL_SMALL_MAX (POOL_STEP * POOL_CLASSES)
