@@ -43,6 +43,11 @@ ap_status buf_append(buf *b, const void *data, size_t n)
     return AP_OK;
 }
 
+ap_status buf_reserve(buf *b, size_t n)
+{
+    return reserve(b, n);
+}
+
 ap_status buf_puts(buf *b, const char *s)
 {
     return buf_append(b, s, strlen(s));

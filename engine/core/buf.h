@@ -23,6 +23,21 @@ void buf_init(buf *b, size_t max);
 /* Appends n bytes; AP_LIMIT past max, AP_NOMEM on allocation failure. */
 ap_status buf_append(buf *b, const void *data, size_t n);
 
+/* Makes room for n more bytes at once (AP_LIMIT past max), for a text whose size is roughly
+ * known, instead of growing step by step. */
+ap_status buf_reserve(buf *b, size_t n);
+
+/* Appends one byte; inline because encoders append punctuation byte by byte. */
+static inline ap_status buf_putc(buf *b, char c)
+{
+    if (b->len + 2 <= b->cap && b->len < b->max) {
+        b->data[b->len++] = c;
+        b->data[b->len] = '\0';
+        return AP_OK;
+    }
+    return buf_append(b, &c, 1);
+}
+
 /* Appends a NUL-terminated string. */
 ap_status buf_puts(buf *b, const char *s);
 

@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -106,6 +107,38 @@ void ids_sha256_hex(const void *data, size_t n, char out[IDS_SHA256_HEX_LEN + 1]
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256(data, n, md);
     ids_hex(md, sizeof md, out);
+}
+
+/* Fetched once: SHA256() and EVP_sha256() look the algorithm up in the provider tables on
+ * every call, which cost more than hashing a short text. */
+static pthread_mutex_t sha256_mu = PTHREAD_MUTEX_INITIALIZER;
+static EVP_MD *sha256_md;
+
+/* The fetched SHA-256, fetched again after a failure (out of memory) rather than never. */
+static EVP_MD *sha256(void)
+{
+    pthread_mutex_lock(&sha256_mu);
+    if (sha256_md == NULL)
+        sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    EVP_MD *md = sha256_md;
+    pthread_mutex_unlock(&sha256_mu);
+    return md;
+}
+
+bool ids_sha256_hex_parts(const ids_part *parts, size_t n, char out[IDS_SHA256_HEX_LEN + 1])
+{
+    EVP_MD *alg = sha256();
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    EVP_MD_CTX *ctx = alg != NULL ? EVP_MD_CTX_new() : NULL;
+    bool ok = ctx != NULL && EVP_DigestInit_ex2(ctx, alg, NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = EVP_DigestUpdate(ctx, parts[i].data, parts[i].n) == 1;
+    ok = ok && EVP_DigestFinal_ex(ctx, md, &md_len) == 1 && md_len == SHA256_DIGEST_LENGTH;
+    EVP_MD_CTX_free(ctx);
+    if (ok)
+        ids_hex(md, md_len, out);
+    return ok;
 }
 
 void ids_hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t n,

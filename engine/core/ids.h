@@ -32,6 +32,16 @@ void ids_hex(const void *data, size_t n, char *out);
 /* SHA-256 of data as lower-case hex into out[65]. */
 void ids_sha256_hex(const void *data, size_t n, char out[IDS_SHA256_HEX_LEN + 1]);
 
+/* One piece of the text that ids_sha256_hex_parts hashes. */
+typedef struct ids_part {
+    const void *data;
+    size_t n;
+} ids_part;
+
+/* ids_sha256_hex of the n parts concatenated, without building the text; false when the
+ * digest could not be computed (out of memory). */
+bool ids_sha256_hex_parts(const ids_part *parts, size_t n, char out[IDS_SHA256_HEX_LEN + 1]);
+
 /* HMAC-SHA-256 of data under key as lower-case hex into out[65]. */
 void ids_hmac_sha256_hex(const void *key, size_t key_len, const void *data, size_t n,
                          char out[IDS_SHA256_HEX_LEN + 1]);

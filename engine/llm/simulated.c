@@ -94,8 +94,11 @@ static const struct {
 
 static bool is_stop_word(const char *w, size_t n)
 {
+    /* The first letter rules out most words before a whole comparison. */
+    int first = tolower((unsigned char)w[0]);
     for (size_t i = 0; i < sizeof stop_words / sizeof stop_words[0]; i++)
-        if (stop_words[i].n == n && strncasecmp(stop_words[i].w, w, n) == 0)
+        if (stop_words[i].n == n && stop_words[i].w[0] == first &&
+            strncasecmp(stop_words[i].w, w, n) == 0)
             return true;
     return false;
 }

@@ -107,9 +107,10 @@ typedef struct prun prun;
 typedef struct ask_slot {
     prun *p;
     size_t idx;
-    char *expert_id;
-    char *name;  /* the expert's display name, for expert.message */
-    char *model; /* the expert's own model, NULL: the provider's default */
+    /* borrowed from the panel's script host, which keeps its experts as long as it lives */
+    const char *expert_id;
+    const char *name;  /* the expert's display name, for expert.message */
+    const char *model; /* the expert's own model, NULL: the provider's default */
     llm_call *call;
     bool done;
     char key[JOURNAL_KEY_LEN + 1];
@@ -139,6 +140,7 @@ struct prun {
     cJSON *replay; /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
     cJSON *pins;         /* {"<consensus name>": "<version>"} */
+    char *pins_text;     /* pins printed, NULL until a checkpoint needs it or they change */
     uint64_t seed;       /* the provider seed of this panel, kept in its checkpoints */
     char *consensus_src; /* the panel's own algorithm, loaded before the panel starts */
     size_t consensus_len;
@@ -948,9 +950,6 @@ static void prun_free(prun *p)
     for (size_t i = 0; i < p->nslots; i++) {
         llm_cancel(p->slots[i].call);
         free(p->slots[i].entry);
-        free(p->slots[i].expert_id);
-        free(p->slots[i].name);
-        free(p->slots[i].model);
     }
     free(p->slots);
     if (p->timer != NULL && p->r != NULL)
@@ -971,6 +970,7 @@ static void prun_free(prun *p)
     buf_free(&p->journal);
     cJSON_Delete(p->replay);
     cJSON_Delete(p->pins);
+    free(p->pins_text);
     free(p);
 }
 
@@ -1070,7 +1070,7 @@ static ap_status journal_add(prun *p, const char *entry)
 /* Appends s as a JSON string (quoted, escaped). */
 static ap_status json_str(buf *b, const char *s)
 {
-    ap_status rc = buf_puts(b, "\"");
+    ap_status rc = buf_putc(b, '"');
     const char *run = s;
     for (const char *c = s; rc == AP_OK && *c != '\0'; c++) {
         unsigned char u = (unsigned char)*c;
@@ -1086,21 +1086,43 @@ static ap_status json_str(buf *b, const char *s)
     }
     if (rc == AP_OK)
         rc = buf_puts(b, run);
-    return rc == AP_OK ? buf_puts(b, "\"") : rc;
+    return rc == AP_OK ? buf_putc(b, '"') : rc;
 }
 
-/* {"pins":{...},"seed":"N","state":<state>} */
-static char *envelope(const prun *p, const char *state)
+/* {"pins":{...},"seed":"N","state":<state>}; built for every checkpoint, so the pins are
+ * printed only when they changed and the rest is copied. */
+static char *envelope(prun *p, const char *state)
 {
-    char *pins = jsonx_print(p->pins);
-    if (pins == NULL)
+    if (p->pins_text == NULL)
+        p->pins_text = jsonx_print(p->pins);
+    if (p->pins_text == NULL)
         return NULL;
-    size_t cap = strlen(pins) + strlen(state) + 64;
-    char *out = malloc(cap);
-    if (out != NULL)
-        snprintf(out, cap, "{\"pins\":%s,\"seed\":\"%llu\",\"state\":%s}", pins,
-                 (unsigned long long)p->seed, state);
-    free(pins);
+    char seed[24];
+    size_t sl = sizeof seed;
+    uint64_t v = p->seed;
+    do {
+        seed[--sl] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    buf b;
+    buf_init(&b, JOURNAL_MAX);
+    ap_status rc = buf_reserve(&b, strlen(p->pins_text) + strlen(state) + 64);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "{\"pins\":");
+    if (rc == AP_OK)
+        rc = buf_puts(&b, p->pins_text);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, ",\"seed\":\"");
+    if (rc == AP_OK)
+        rc = buf_append(&b, seed + sl, sizeof seed - sl);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "\",\"state\":");
+    if (rc == AP_OK)
+        rc = buf_puts(&b, state);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}");
+    char *out = rc == AP_OK ? buf_steal(&b) : NULL;
+    buf_free(&b);
     return out;
 }
 
@@ -1257,6 +1279,8 @@ static ap_status host_consensus_source(void *ud, const char *name, char **source
     if (pinned == NULL) {
         cJSON_DeleteItemFromObjectCaseSensitive(p->pins, name);
         cJSON_AddStringToObject(p->pins, name, en.version);
+        free(p->pins_text);
+        p->pins_text = NULL;
         queue_script_pin(p, &en);
     }
     *source = en.source;
@@ -1273,19 +1297,21 @@ static void run_node(prun *p);
 
 static void journal_key(const script_ask *a, char out[JOURNAL_KEY_LEN + 1])
 {
+    /* The hash of "<expert>\n<prompt>\n<system>\n<schema>", fed piece by piece. */
+    const char *sys = a->system != NULL ? a->system : "";
+    const char *schema = a->schema_json != NULL ? a->schema_json : "";
+    const ids_part parts[] = {
+        {a->expert_id, strlen(a->expert_id)},
+        {"\n", 1},
+        {a->prompt, strlen(a->prompt)},
+        {"\n", 1},
+        {sys, strlen(sys)},
+        {"\n", 1},
+        {schema, strlen(schema)},
+    };
     char hex[IDS_SHA256_HEX_LEN + 1];
-    size_t n = strlen(a->expert_id) + strlen(a->prompt) + (a->system ? strlen(a->system) : 0) +
-               (a->schema_json ? strlen(a->schema_json) : 0) + 8;
-    char *text = malloc(n);
-    if (text == NULL) {
-        memset(out, '0', JOURNAL_KEY_LEN);
-        out[JOURNAL_KEY_LEN] = '\0';
-        return;
-    }
-    snprintf(text, n, "%s\n%s\n%s\n%s", a->expert_id, a->prompt, a->system ? a->system : "",
-             a->schema_json ? a->schema_json : "");
-    ids_sha256_hex(text, strlen(text), hex);
-    free(text);
+    if (!ids_sha256_hex_parts(parts, sizeof parts / sizeof parts[0], hex))
+        memset(hex, '0', JOURNAL_KEY_LEN);
     memcpy(out, hex, JOURNAL_KEY_LEN);
     out[JOURNAL_KEY_LEN] = '\0';
 }
@@ -1316,32 +1342,80 @@ typedef struct answer {
     int64_t pt, ct;
 } answer;
 
-/* Appends an answer's outcome: ,"error":... or ,"text":...,"data":... (data null or left
- * out when there is none, as null_data says). */
-static ap_status put_outcome(buf *b, const answer *a, bool null_data)
+/* About the bytes of an answer's outcome (escapes may add more). */
+static size_t outcome_size(const answer *a)
 {
-    if (a->error != NULL) {
-        ap_status rc = buf_puts(b, ",\"error\":");
+    size_t n = 32;
+    if (a->error != NULL)
+        return n + strlen(a->error);
+    n += a->text != NULL ? strlen(a->text) : 0;
+    return n + (a->data_json != NULL ? strlen(a->data_json) : 0);
+}
+
+/* An answer's outcome as JSON members, ,"error":... or ,"text":...,"data":... (data left out
+ * when there is none), into b (initialised here, caller frees). Built once per answer for
+ * both its journal entry and its expert.message. */
+static ap_status put_outcome(buf *b, const answer *a)
+{
+    buf_init(b, JOURNAL_MAX);
+    ap_status rc = buf_reserve(b, outcome_size(a));
+    if (rc == AP_OK && a->error != NULL) {
+        rc = buf_puts(b, ",\"error\":");
         return rc == AP_OK ? json_str(b, a->error) : rc;
     }
-    ap_status rc = buf_puts(b, ",\"text\":");
+    if (rc == AP_OK)
+        rc = buf_puts(b, ",\"text\":");
     if (rc == AP_OK)
         rc = json_str(b, a->text != NULL ? a->text : "");
-    if (rc == AP_OK && (a->data_json != NULL || null_data))
-        rc = buf_printf(b, ",\"data\":%s", a->data_json != NULL ? a->data_json : "null");
+    if (rc == AP_OK && a->data_json != NULL)
+        rc = buf_puts(b, ",\"data\":");
+    if (rc == AP_OK && a->data_json != NULL)
+        rc = buf_puts(b, a->data_json);
     return rc;
 }
 
-/* The journal entry of an answer (caller frees). */
-static char *entry_json(const char *key, const answer *a)
+/* Appends v in decimal; these texts are built for every answer, so without printf. */
+static ap_status put_int(buf *b, int64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        tmp[--i] = '-';
+    return buf_append(b, tmp + i, sizeof tmp - i);
+}
+
+/* Appends key and then v, e.g. ",\"pt\":" and 12. */
+static ap_status put_key_int(buf *b, const char *key, int64_t v)
+{
+    ap_status rc = buf_puts(b, key);
+    return rc == AP_OK ? put_int(b, v) : rc;
+}
+
+/* The journal entry of an answer whose outcome (put_outcome) is given (caller frees). */
+static char *entry_json(const char *key, const answer *a, const buf *outcome)
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_printf(&b, "{\"k\":\"ask\",\"key\":\"%s\"", key);
+    ap_status rc = buf_reserve(&b, outcome->len + 96);
     if (rc == AP_OK)
-        rc = put_outcome(&b, a, false);
+        rc = buf_puts(&b, "{\"k\":\"ask\",\"key\":\"");
     if (rc == AP_OK)
-        rc = buf_printf(&b, ",\"pt\":%lld,\"ct\":%lld}", (long long)a->pt, (long long)a->ct);
+        rc = buf_puts(&b, key);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "\"");
+    if (rc == AP_OK)
+        rc = buf_append(&b, outcome->data, outcome->len);
+    if (rc == AP_OK)
+        rc = put_key_int(&b, ",\"pt\":", a->pt);
+    if (rc == AP_OK)
+        rc = put_key_int(&b, ",\"ct\":", a->ct);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}");
     char *out = rc == AP_OK ? buf_steal(&b) : NULL;
     buf_free(&b);
     return out;
@@ -1362,12 +1436,18 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
     a->ct = (int64_t)jsonx_number(entry, "ct", 0);
 }
 
-/* Emits expert.message; built as text because it runs for every answer. */
-static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a)
+/* Emits expert.message for an answer whose outcome (put_outcome) is given, NULL when it
+ * could not be built; built as text because it runs for every answer. */
+static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a,
+                         const buf *outcome)
 {
     buf b;
     buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_puts(&b, "{\"expert\":");
+    ap_status rc = outcome != NULL
+                       ? buf_reserve(&b, outcome->len + strlen(ask->expert_id) + strlen(name) + 128)
+                       : AP_NOMEM;
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "{\"expert\":");
     if (rc == AP_OK)
         rc = json_str(&b, ask->expert_id);
     if (rc == AP_OK)
@@ -1375,12 +1455,18 @@ static void emit_message(prun *p, const script_ask *ask, const char *name, const
     if (rc == AP_OK)
         rc = json_str(&b, name);
     if (rc == AP_OK && ask->round > 0)
-        rc = buf_printf(&b, ",\"round\":%lld", (long long)ask->round);
+        rc = put_key_int(&b, ",\"round\":", ask->round);
     if (rc == AP_OK)
-        rc = put_outcome(&b, a, true);
+        rc = buf_append(&b, outcome->data, outcome->len);
+    /* the event always says data, null when the answer has none */
+    if (rc == AP_OK && a->error == NULL && a->data_json == NULL)
+        rc = buf_puts(&b, ",\"data\":null");
     if (rc == AP_OK)
-        rc = buf_printf(&b, ",\"usage\":{\"prompt_tokens\":%lld,\"completion_tokens\":%lld}}",
-                        (long long)a->pt, (long long)a->ct);
+        rc = put_key_int(&b, ",\"usage\":{\"prompt_tokens\":", a->pt);
+    if (rc == AP_OK)
+        rc = put_key_int(&b, ",\"completion_tokens\":", a->ct);
+    if (rc == AP_OK)
+        rc = buf_puts(&b, "}}");
     if (rc == AP_OK)
         prun_emit(p, "expert.message", b.data, true, NULL);
     else
@@ -1404,12 +1490,8 @@ static void deliver_answer(prun *p, size_t idx, const answer *a)
 
 static void clear_slots(prun *p)
 {
-    for (size_t i = 0; i < p->nslots; i++) {
+    for (size_t i = 0; i < p->nslots; i++)
         free(p->slots[i].entry);
-        free(p->slots[i].expert_id);
-        free(p->slots[i].name);
-        free(p->slots[i].model);
-    }
     free(p->slots);
     p->slots = NULL;
     p->nslots = p->pending = 0;
@@ -1485,7 +1567,9 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             a.data_json = r->data_json;
         jview_free(&v);
     }
-    s->entry = entry_json(s->key, &a);
+    buf oc;
+    bool oc_ok = put_outcome(&oc, &a) == AP_OK;
+    s->entry = oc_ok ? entry_json(s->key, &a, &oc) : NULL;
     /* usage */
     if (p->e->st != NULL) {
         const char *provider = r->provider != NULL ? r->provider : "unknown";
@@ -1509,7 +1593,8 @@ static void answer_slot(ask_slot *s, const llm_response *r)
         }
     }
     deliver_answer(p, s->idx, &a);
-    emit_message(p, &p->asks[s->idx], s->name, &a);
+    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? &oc : NULL);
+    buf_free(&oc);
     p->pending--;
 }
 
@@ -1547,18 +1632,11 @@ static void start_asks(prun *p, const script_step *step)
         ask_slot *s = &p->slots[i];
         s->p = p;
         s->idx = i;
-        /* The expert's JSON is read once per ask, for its name and model. */
+        /* The host read the expert's name and model once per panel. */
         const script_ask *ask = &step->asks[i];
-        cJSON *ex = jsonx_parse(ask->expert_json, strlen(ask->expert_json), 32, NULL);
-        const char *name = jsonx_string(ex, "name"), *model = jsonx_string(ex, "model");
-        s->expert_id = strdup(ask->expert_id);
-        s->name = strdup(name != NULL ? name : ask->expert_id);
-        s->model = dup_or_null(model);
-        cJSON_Delete(ex);
-        if (s->expert_id == NULL || s->name == NULL || (model != NULL && s->model == NULL)) {
-            prun_fail(p, "out of memory");
-            return;
-        }
+        s->expert_id = ask->expert_id;
+        s->name = ask->expert_name != NULL ? ask->expert_name : ask->expert_id;
+        s->model = ask->expert_model;
         journal_key(ask, s->key);
         const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key) : NULL;
         if (old != NULL) {
@@ -1568,7 +1646,10 @@ static void start_asks(prun *p, const script_step *step)
             s->entry = jsonx_print(old);
             s->done = true;
             deliver_answer(p, i, &a);
-            emit_message(p, ask, s->name, &a);
+            buf oc;
+            bool oc_ok = put_outcome(&oc, &a) == AP_OK;
+            emit_message(p, ask, s->name, &a, oc_ok ? &oc : NULL);
+            buf_free(&oc);
             free(data);
             p->pending--;
         }

@@ -1,6 +1,7 @@
 #include "script/host.h"
 
 #include "core/jsonx.h"
+#include "core/jview.h"
 #include "core/log.h"
 #include "script/json.h"
 #include "script/params.h"
@@ -29,19 +30,24 @@
 
 enum pending { PEND_NONE = 0, PEND_ASK, PEND_ASK_ALL, PEND_INPUT };
 
+typedef struct expert_ref {
+    char *id;
+    char *json;
+    char *name;  /* NULL when the expert has none */
+    char *model; /* NULL when the expert has none */
+} expert_ref;
+
+/* The strings of a pending ask: the expert is borrowed from the panel (it lives as long as the
+ * panel), the schema from the batch, which encodes it once for all its asks. */
 typedef struct pending_ask {
-    char *expert_id, *expert_json, *prompt, *system, *schema_json;
+    const expert_ref *expert;
+    char *prompt, *system;
     int64_t round, max_tokens;
     double temperature;
     bool delivered;
     char *text, *data_json, *error;
     int64_t prompt_tokens, completion_tokens;
 } pending_ask;
-
-typedef struct expert_ref {
-    char *id;
-    char *json;
-} expert_ref;
 
 struct script_panel {
     script_vm *vm;
@@ -56,6 +62,7 @@ struct script_panel {
     int pending;
     pending_ask *asks;
     size_t n_asks;
+    char *batch_schema; /* the schema of the pending asks, NULL without one */
     script_ask *ask_view;
     char *input_request;
     char *input_json;
@@ -109,19 +116,18 @@ static void free_asks(script_panel *sp)
 {
     for (size_t i = 0; i < sp->n_asks; i++) {
         pending_ask *a = &sp->asks[i];
-        free(a->expert_id);
-        free(a->expert_json);
         free(a->prompt);
         free(a->system);
-        free(a->schema_json);
         free(a->text);
         free(a->data_json);
         free(a->error);
     }
     free(sp->asks);
     free(sp->ask_view);
+    free(sp->batch_schema);
     sp->asks = NULL;
     sp->ask_view = NULL;
+    sp->batch_schema = NULL;
     sp->n_asks = 0;
 }
 
@@ -298,7 +304,7 @@ static void ensure_yieldable(lua_State *L, script_panel *sp, const char *what)
 static void push_answer(lua_State *L, const pending_ask *a)
 {
     lua_createtable(L, 0, 4);
-    lua_pushstring(L, a->expert_id);
+    lua_pushstring(L, a->expert->id);
     lua_setfield(L, -2, "expert");
     if (a->error != NULL) {
         lua_pushstring(L, a->error);
@@ -343,19 +349,15 @@ static int ask_cont(lua_State *L, int status, lua_KContext kctx)
 
 /* Fills one pending ask from Lua values that are already checked; no Lua error may happen
  * between the allocation of the batch and the yield, so nothing leaks. */
-static bool fill_ask(pending_ask *a, const expert_ref *e, const char *prompt, const ask_opts *o,
-                     char *schema_json)
+static bool fill_ask(pending_ask *a, const expert_ref *e, const char *prompt, const ask_opts *o)
 {
-    a->expert_id = strdup(e->id);
-    a->expert_json = strdup(e->json);
+    a->expert = e;
     a->prompt = strdup(prompt);
     a->system = dup_or_null(o->system);
-    a->schema_json = schema_json;
     a->round = o->round;
     a->max_tokens = o->max_tokens;
     a->temperature = o->temperature;
-    return a->expert_id != NULL && a->expert_json != NULL && a->prompt != NULL &&
-           (o->system == NULL || a->system != NULL);
+    return a->prompt != NULL && (o->system == NULL || a->system != NULL);
 }
 
 static int finish_batch(lua_State *L, script_panel *sp, int kind)
@@ -367,9 +369,9 @@ static int finish_batch(lua_State *L, script_panel *sp, int kind)
     }
     for (size_t i = 0; i < sp->n_asks; i++) {
         const pending_ask *a = &sp->asks[i];
-        sp->ask_view[i] =
-            (script_ask){a->expert_id,   a->expert_json, a->prompt,     a->system,
-                         a->schema_json, a->round,       a->max_tokens, a->temperature};
+        sp->ask_view[i] = (script_ask){
+            a->expert->id, a->expert->json,  a->expert->name, a->expert->model, a->prompt,
+            a->system,     sp->batch_schema, a->round,        a->max_tokens,    a->temperature};
     }
     sp->pending = kind;
     return lua_yieldk(L, 0, 0, ask_cont);
@@ -405,7 +407,8 @@ static int ctx_ask(lua_State *L)
         return luaL_error(L, "out of memory");
     }
     sp->n_asks = 1;
-    if (!fill_ask(&sp->asks[0], e, prompt, &o, schema)) {
+    sp->batch_schema = schema;
+    if (!fill_ask(&sp->asks[0], e, prompt, &o)) {
         clear_pending(sp);
         return luaL_error(L, "out of memory");
     }
@@ -458,16 +461,10 @@ static int ctx_ask_all(lua_State *L)
         return luaL_error(L, "out of memory");
     }
     sp->n_asks = (size_t)n;
+    sp->batch_schema = schema;
     bool ok = true;
-    for (lua_Integer i = 0; i < n && ok; i++) {
-        char *sc = NULL;
-        if (schema != NULL) {
-            sc = strdup(schema);
-            ok = sc != NULL;
-        }
-        ok = ok && fill_ask(&sp->asks[i], refs[i], lua_tostring(L, base + 1 + (int)i), &o, sc);
-    }
-    free(schema);
+    for (lua_Integer i = 0; i < n && ok; i++)
+        ok = fill_ask(&sp->asks[i], refs[i], lua_tostring(L, base + 1 + (int)i), &o);
     if (!ok) {
         clear_pending(sp);
         return luaL_error(L, "out of memory");
@@ -746,10 +743,8 @@ static int build_ctx(lua_State *L)
     return 0;
 }
 
-static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
+static ap_status experts_of_tree(script_panel *sp, const char *json, ap_err *err)
 {
-    if (json == NULL || json[0] == '\0')
-        return AP_OK;
     ap_err inner = {0};
     cJSON *arr = jsonx_parse(json, strlen(json), 32, &inner);
     ap_status rc = AP_OK;
@@ -772,16 +767,74 @@ static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
             goto out;
         }
         expert_ref *r = &sp->experts[sp->n_experts];
+        const char *name = jsonx_string(e, "name"), *model = jsonx_string(e, "model");
         r->id = strdup(id);
         r->json = jsonx_print(e);
+        r->name = dup_or_null(name);
+        r->model = dup_or_null(model);
         sp->n_experts++;
-        if (r->id == NULL || r->json == NULL) {
+        if (r->id == NULL || r->json == NULL || (name != NULL && r->name == NULL) ||
+            (model != NULL && r->model == NULL)) {
             rc = ap_err_set(err, AP_NOMEM, "out of memory");
             goto out;
         }
     }
 out:
     cJSON_Delete(arr);
+    return rc;
+}
+
+/* A copy of string token i, decoded (never longer than its text); NULL on no memory. */
+static char *view_strdup(const jview *v, int i)
+{
+    size_t cap = v->tok[i].end - v->tok[i].start;
+    char *out = malloc(cap);
+    if (out != NULL)
+        jview_string(v, i, out, cap);
+    return out;
+}
+
+/* The experts read through a token view: no tree, and each expert's JSON is its own text. */
+static ap_status experts_of_view(script_panel *sp, const jview *v, ap_err *err)
+{
+    if (jview_type_of(v, 0) != JVIEW_ARRAY)
+        return ap_err_set(err, AP_INVALID, "experts must be a JSON array");
+    uint32_t n = jview_count(v, 0);
+    sp->experts = calloc(n > 0 ? n : 1, sizeof *sp->experts);
+    if (sp->experts == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    uint32_t e = 1;
+    for (uint32_t k = 0; k < n; k++, e = v->tok[e].next) {
+        int id = jview_get(v, (int)e, "id");
+        int name = jview_get(v, (int)e, "name"), model = jview_get(v, (int)e, "model");
+        if (jview_type_of(v, id) != JVIEW_STRING || v->tok[id].end - v->tok[id].start <= 2)
+            return ap_err_set(err, AP_INVALID, "every expert needs an id");
+        expert_ref *r = &sp->experts[sp->n_experts++];
+        r->id = view_strdup(v, id);
+        r->json = strndup(v->src + v->tok[e].start, v->tok[e].end - v->tok[e].start);
+        r->name = jview_type_of(v, name) == JVIEW_STRING ? view_strdup(v, name) : NULL;
+        r->model = jview_type_of(v, model) == JVIEW_STRING ? view_strdup(v, model) : NULL;
+        if (r->id == NULL || r->json == NULL ||
+            (jview_type_of(v, name) == JVIEW_STRING && r->name == NULL) ||
+            (jview_type_of(v, model) == JVIEW_STRING && r->model == NULL))
+            return ap_err_set(err, AP_NOMEM, "out of memory");
+        if (r->id[0] == '\0')
+            return ap_err_set(err, AP_INVALID, "every expert needs an id");
+    }
+    return AP_OK;
+}
+
+/* Strict JSON (what the engine stores) is read through a view; anything else through cJSON,
+ * which reads more. */
+static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
+{
+    if (json == NULL || json[0] == '\0')
+        return AP_OK;
+    jview v;
+    ap_status rc = jview_parse(&v, json, strlen(json), 32, NULL) == AP_OK
+                       ? experts_of_view(sp, &v, err)
+                       : experts_of_tree(sp, json, err);
+    jview_free(&v);
     return rc;
 }
 
@@ -1187,6 +1240,8 @@ void script_panel_free(script_panel *sp)
     for (size_t i = 0; i < sp->n_experts; i++) {
         free(sp->experts[i].id);
         free(sp->experts[i].json);
+        free(sp->experts[i].name);
+        free(sp->experts[i].model);
     }
     free(sp->experts);
     free(sp->name);

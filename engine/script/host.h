@@ -92,10 +92,13 @@ void script_panel_free(script_panel *sp);
 /* The strategy's start node (borrowed, valid while sp lives). */
 const char *script_panel_start_node(const script_panel *sp);
 
-/* One LLM turn requested by ctx:ask / ctx:ask_all; strings borrowed until the next run. */
+/* One LLM turn requested by ctx:ask / ctx:ask_all; strings borrowed until the next run, except
+ * the expert's (expert_*), which live as long as the panel. */
 typedef struct script_ask {
     const char *expert_id;
-    const char *expert_json; /* the whole expert object */
+    const char *expert_json;  /* the whole expert object */
+    const char *expert_name;  /* its "name", NULL when it has none */
+    const char *expert_model; /* its "model", NULL when it has none */
     const char *prompt;
     const char *system;      /* may be NULL */
     const char *schema_json; /* may be NULL */

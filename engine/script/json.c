@@ -2,6 +2,7 @@
 
 #include "core/buf.h"
 #include "core/jsonx.h"
+#include "core/jview.h"
 #include "script/sandbox.h"
 
 #include <lauxlib.h>
@@ -31,7 +32,7 @@ static bool plain_ascii(unsigned char c)
 
 static ap_status enc_string(enc *e, const char *s, size_t n)
 {
-    ap_status rc = buf_puts(&e->out, "\"");
+    ap_status rc = buf_putc(&e->out, '"');
     size_t i = 0;
     while (rc == AP_OK && i < n) {
         unsigned char c = (unsigned char)s[i];
@@ -66,16 +67,35 @@ static ap_status enc_string(enc *e, const char *s, size_t n)
         }
     }
     if (rc == AP_OK)
-        rc = buf_puts(&e->out, "\"");
+        rc = buf_putc(&e->out, '"');
     return rc;
+}
+
+/* Writes v in decimal into out (at least 21 bytes), NUL-terminated; returns the length.
+ * Integers are most of the numbers encoded (states, checkpoints), printf is slow for them. */
+static size_t fmt_int(char *out, lua_Integer v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    lua_Unsigned u = v < 0 ? 0 - (lua_Unsigned)v : (lua_Unsigned)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        tmp[--i] = '-';
+    size_t n = sizeof tmp - i;
+    memcpy(out, tmp + i, n);
+    out[n] = '\0';
+    return n;
 }
 
 static ap_status enc_number(enc *e, int idx)
 {
     char tmp[64];
     if (lua_isinteger(e->L, idx)) {
-        snprintf(tmp, sizeof tmp, "%lld", (long long)lua_tointeger(e->L, idx));
-        return buf_puts(&e->out, tmp);
+        size_t n = fmt_int(tmp, lua_tointeger(e->L, idx));
+        return buf_append(&e->out, tmp, n);
     }
     double d = lua_tonumber(e->L, idx);
     if (!isfinite(d))
@@ -95,6 +115,9 @@ typedef struct key_ref {
     char num[48]; /* text of a numeric key */
     int slot;     /* stack slot of the value */
 } key_ref;
+
+#define ENC_SMALL_KEYS 8
+#define ENC_MAX_KEYS 900000
 
 static int key_cmp(const void *a, const void *b)
 {
@@ -116,52 +139,91 @@ static bool is_marked_array(lua_State *L, int idx)
     return marked;
 }
 
+/* Sorts the keys of an object; small ones by insertion (stable, like glibc's merge sort). */
+static void sort_keys(key_ref *keys, size_t k)
+{
+    if (k > ENC_SMALL_KEYS) {
+        qsort(keys, k, sizeof *keys, key_cmp);
+        return;
+    }
+    for (size_t i = 1; i < k; i++) {
+        key_ref cur = keys[i];
+        size_t j = i;
+        for (; j > 0 && key_cmp(&keys[j - 1], &cur) > 0; j--)
+            keys[j] = keys[j - 1];
+        keys[j] = cur;
+    }
+}
+
+/* Writes the sequence at idx (n elements) as an array. */
+static ap_status enc_array(enc *e, int idx, size_t n, int depth)
+{
+    ap_status rc = buf_putc(&e->out, '[');
+    for (size_t i = 1; rc == AP_OK && i <= n; i++) {
+        if (i > 1)
+            rc = buf_putc(&e->out, ',');
+        lua_rawgeti(e->L, idx, (lua_Integer)i);
+        if (rc == AP_OK)
+            rc = enc_value(e, -1, depth + 1);
+        lua_pop(e->L, 1);
+    }
+    return rc == AP_OK ? buf_putc(&e->out, ']') : rc;
+}
+
 static ap_status enc_table(enc *e, int idx, int depth)
 {
     lua_State *L = e->L;
     ap_status rc = AP_OK;
-    key_ref *keys = NULL;
+    key_ref small[ENC_SMALL_KEYS]; /* most objects are small: no allocation for them */
+    key_ref *keys = small;
+    size_t cap = ENC_SMALL_KEYS;
     if (depth > SCRIPT_JSON_MAX_DEPTH)
         return ap_err_set(e->err, AP_LIMIT, "json.encode: nested deeper than %d levels (a cycle?)",
                           SCRIPT_JSON_MAX_DEPTH);
     if (!lua_checkstack(L, 8))
         return ap_err_set(e->err, AP_NOMEM, "json.encode: out of stack");
     idx = lua_absindex(L, idx);
-    size_t count = 0;
-    bool all_int = true;
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {
-        if (!lua_isinteger(L, -2))
-            all_int = false;
-        count++;
-        lua_pop(L, 1);
-    }
     size_t n = (size_t)lua_rawlen(L, idx);
-    if ((count == 0 && is_marked_array(L, idx)) || (count > 0 && all_int && n == count)) {
-        rc = buf_puts(&e->out, "[");
-        for (size_t i = 1; rc == AP_OK && i <= n; i++) {
-            if (i > 1)
-                rc = buf_puts(&e->out, ",");
-            lua_rawgeti(L, idx, (lua_Integer)i);
-            if (rc == AP_OK)
-                rc = enc_value(e, -1, depth + 1);
+    if (n > 0) {
+        /* Likely a sequence: counted first, and written by index when it is one. */
+        size_t count = 0;
+        bool all_int = true;
+        lua_pushnil(L);
+        while (lua_next(L, idx) != 0) {
+            if (!lua_isinteger(L, -2))
+                all_int = false;
+            count++;
             lua_pop(L, 1);
         }
-        return rc == AP_OK ? buf_puts(&e->out, "]") : rc;
+        if (all_int && n == count)
+            return enc_array(e, idx, n, depth);
     }
-    if (count == 0)
-        return buf_puts(&e->out, "{}");
     /* Values are parked on the stack (below the iteration key) so they can be written in
-     * key order without looking them up again. */
-    if (count > 900000 || !lua_checkstack(L, (int)count + 8))
-        return ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
-    keys = calloc(count, sizeof *keys);
-    if (keys == NULL)
-        return ap_err_set(e->err, AP_NOMEM, "json.encode: out of memory");
+     * key order without looking them up again; one pass collects them. */
     int base = lua_gettop(L);
     size_t k = 0;
     lua_pushnil(L);
-    while (k < count && lua_next(L, idx) != 0) {
+    while (lua_next(L, idx) != 0) {
+        if (k == ENC_MAX_KEYS) {
+            rc = ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
+            goto out;
+        }
+        if (k == cap) {
+            key_ref *grown = malloc(2 * cap * sizeof *keys);
+            if (grown == NULL) {
+                rc = ap_err_set(e->err, AP_NOMEM, "json.encode: out of memory");
+                goto out;
+            }
+            memcpy(grown, keys, k * sizeof *keys);
+            if (keys != small)
+                free(keys);
+            keys = grown;
+            cap *= 2;
+        }
+        if (!lua_checkstack(L, 8)) {
+            rc = ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
+            goto out;
+        }
         lua_insert(L, -2);
         key_ref *kr = &keys[k++];
         kr->slot = lua_gettop(L) - 1;
@@ -169,27 +231,32 @@ static ap_status enc_table(enc *e, int idx, int depth)
         if (kt == LUA_TSTRING) {
             kr->s = lua_tolstring(L, -1, &kr->n);
         } else if (kt == LUA_TNUMBER) {
-            if (lua_isinteger(L, -1))
-                snprintf(kr->num, sizeof kr->num, "%lld", (long long)lua_tointeger(L, -1));
-            else
+            if (lua_isinteger(L, -1)) {
+                kr->n = fmt_int(kr->num, lua_tointeger(L, -1));
+            } else {
                 snprintf(kr->num, sizeof kr->num, "%.14g", lua_tonumber(L, -1));
+                kr->n = strlen(kr->num);
+            }
             kr->s = kr->num;
-            kr->n = strlen(kr->num);
         } else {
             rc = ap_err_set(e->err, AP_INVALID, "json.encode: a table key of type %s",
                             lua_typename(L, kt));
             goto out;
         }
     }
-    qsort(keys, k, sizeof *keys, key_cmp);
-    rc = buf_puts(&e->out, "{");
+    if (k == 0) {
+        rc = buf_puts(&e->out, is_marked_array(L, idx) ? "[]" : "{}");
+        goto out;
+    }
+    sort_keys(keys, k);
+    rc = buf_putc(&e->out, '{');
     for (size_t i = 0; rc == AP_OK && i < k; i++) {
         if (i > 0)
-            rc = buf_puts(&e->out, ",");
+            rc = buf_putc(&e->out, ',');
         if (rc == AP_OK)
             rc = enc_string(e, keys[i].s, keys[i].n);
         if (rc == AP_OK)
-            rc = buf_puts(&e->out, ":");
+            rc = buf_putc(&e->out, ':');
         if (rc != AP_OK)
             break;
         /* Copied, not formatted: this runs for every key. */
@@ -199,10 +266,11 @@ static ap_status enc_table(enc *e, int idx, int depth)
         rc = enc_value(e, keys[i].slot, depth + 1);
     }
     if (rc == AP_OK)
-        rc = buf_puts(&e->out, "}");
+        rc = buf_putc(&e->out, '}');
 out:
     lua_settop(L, base);
-    free(keys);
+    if (keys != small)
+        free(keys);
     return rc;
 }
 
@@ -239,6 +307,9 @@ ap_status script_json_encode(lua_State *L, int idx, size_t max, char **out, ap_e
     enc e = {.L = L, .err = err};
     *out = NULL;
     buf_init(&e.out, max);
+    /* Most texts encoded (event data, schemas, states) are a few hundred bytes. */
+    if (buf_reserve(&e.out, max < 512 ? max : 512) != AP_OK)
+        return ap_err_set(err, AP_NOMEM, "json.encode: out of memory");
     idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
     ap_status rc = enc_value(&e, idx, 0);
@@ -328,6 +399,113 @@ static int decode_build(lua_State *L)
     return 1;
 }
 
+/* ---- decoding without a tree ---------------------------------------------------------------
+ * Most texts pushed are the engine's own or already checked (answers, ctx inputs, states), so
+ * they are read through a token view instead of a cJSON tree: no allocation per value. The
+ * view accepts strict RFC 8259 JSON only, a subset of what cJSON reads, and yields the same
+ * Lua values as push_item; anything it refuses (or a number too long for it) takes the cJSON
+ * path, so results and errors stay those of cJSON. */
+
+/* jview_number reads numbers of up to 63 characters; longer ones take the cJSON path. */
+#define VIEW_NUMBER_MAX 63
+
+static void push_tok_string(lua_State *L, const jview *v, uint32_t i)
+{
+    const jview_tok *t = &v->tok[i];
+    size_t raw = t->end - t->start - 2;
+    if (!t->escaped) {
+        lua_pushlstring(L, v->src + t->start + 1, raw);
+        return;
+    }
+    /* Decoding never makes a string longer; a \u0000 ends it, as in cJSON. */
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, raw + 1);
+    size_t n = jview_string(v, (int)i, out, raw + 1);
+    luaL_pushresultsize(&b, n);
+}
+
+static void push_tok(lua_State *L, const jview *v, uint32_t i)
+{
+    const jview_tok *t = &v->tok[i];
+    luaL_checkstack(L, 4, "json.decode");
+    switch ((jview_type)t->type) {
+    case JVIEW_OBJECT: {
+        lua_createtable(L, 0, (int)t->count);
+        uint32_t k = i + 1;
+        for (uint32_t m = 0; m < t->count; m++) {
+            uint32_t val = k + 1, after = v->tok[val].next;
+            if (v->tok[val].type != JVIEW_NULL) {
+                push_tok_string(L, v, k);
+                push_tok(L, v, val);
+                lua_rawset(L, -3);
+            }
+            k = after;
+        }
+        break;
+    }
+    case JVIEW_ARRAY: {
+        push_marked_array(L, (int)t->count);
+        uint32_t k = i + 1;
+        for (uint32_t m = 0; m < t->count; m++) {
+            if (v->tok[k].type != JVIEW_NULL) {
+                push_tok(L, v, k);
+                lua_rawseti(L, -2, (lua_Integer)m + 1);
+            }
+            k = v->tok[k].next;
+        }
+        break;
+    }
+    case JVIEW_STRING:
+        push_tok_string(L, v, i);
+        break;
+    case JVIEW_NUMBER: {
+        double d = jview_number(v, (int)i, 0);
+        if (d == floor(d) && fabs(d) < 9007199254740992.0)
+            lua_pushinteger(L, (lua_Integer)d);
+        else
+            lua_pushnumber(L, d);
+        break;
+    }
+    case JVIEW_TRUE:
+    case JVIEW_FALSE:
+        lua_pushboolean(L, t->type == JVIEW_TRUE);
+        break;
+    default:
+        lua_pushnil(L);
+        break;
+    }
+}
+
+static int view_build(lua_State *L)
+{
+    const jview *v = lua_touserdata(L, 1);
+    push_tok(L, v, 0);
+    return 1;
+}
+
+/* Pushes text through a view; false (nothing pushed) when the cJSON path must take it. */
+static bool push_viewed(lua_State *L, const char *text, size_t len, ap_status *rc)
+{
+    jview v;
+    bool taken = false;
+    if (jview_parse(&v, text, len, SCRIPT_JSON_MAX_DEPTH, NULL) != AP_OK || v.n == 0)
+        goto out;
+    for (uint32_t i = 0; i < v.n; i++)
+        if (v.tok[i].type == JVIEW_NUMBER && v.tok[i].end - v.tok[i].start > VIEW_NUMBER_MAX)
+            goto out;
+    taken = true;
+    lua_pushcfunction(L, view_build);
+    lua_pushlightuserdata(L, &v);
+    *rc = AP_OK;
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        *rc = AP_NOMEM;
+    }
+out:
+    jview_free(&v);
+    return taken;
+}
+
 ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *err)
 {
     if (len > SCRIPT_JSON_DECODE_MAX)
@@ -335,6 +513,9 @@ ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *e
                           SCRIPT_JSON_DECODE_MAX);
     if (!jsonx_utf8_valid(text, len))
         return ap_err_set(err, AP_INVALID, "json.decode: input is not valid UTF-8");
+    ap_status vrc = AP_OK;
+    if (push_viewed(L, text, len, &vrc))
+        return vrc == AP_OK ? AP_OK : ap_err_set(err, AP_NOMEM, "json.decode: out of memory");
     cJSON *root = jsonx_parse(text, len, SCRIPT_JSON_MAX_DEPTH, err);
     if (root == NULL)
         return AP_INVALID;

@@ -18,13 +18,22 @@
 #define CALLS_PER_CLOCK 256  /* function calls between clock reads */
 #define PATTERN_MAX_COST 2e7 /* worst-case backtracking steps a pattern call may risk */
 #define TABLE_MOVE_MAX (1 << 24)
+/* The collector's pause (percent of the heap live after a cycle that it waits for). A panel's
+ * state is short-lived and mostly its setup, which stays live until the panel ends, so at
+ * Lua's 200 the collector traced the same setup objects cycle after cycle. The memory limit
+ * is unchanged: an allocation past it still runs a full collection before it fails. */
+#define GC_PAUSE 400
 
 enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
+
+/* The library tables each chunk's environment copies, after the prototype itself. */
+static const char *const env_libs[] = {"string", "table", "math", "utf8", "json"};
+#define ENV_TABLES (1 + (int)(sizeof env_libs / sizeof env_libs[0]))
 
 /* Small blocks of a state come from its own pool: Lua makes thousands of small allocations
  * per panel, and malloc/free for each (with the arenas growing and shrinking under two
  * runner threads) was ~10 % of the engine's CPU. A pool belongs to one state only and is
- * released whole when the state closes. */
+ * released whole when the state is dropped. */
 #define POOL_STEP 16 /* size classes are multiples of 16: every block stays 16-aligned */
 #define POOL_CLASSES 16
 #define POOL_SMALL_MAX (POOL_STEP * POOL_CLASSES)
@@ -35,6 +44,14 @@ typedef struct pool_block {
     struct pool_block *next;
 } pool_block;
 
+/* Larger blocks come from malloc with a header that links them into their state's list, so
+ * a state is released by freeing its list and its pool, without walking its objects. */
+typedef struct big_block {
+    struct big_block *prev, *next;
+} big_block;
+#define BIG_HEADER 16 /* sizeof (big_block), and keeps blocks 16-aligned */
+_Static_assert(sizeof(big_block) <= BIG_HEADER, "big_block header too large");
+
 struct script_vm {
     lua_State *L;
     size_t mem_used;   /* bytes the state asked for, small blocks rounded to their class */
@@ -43,6 +60,7 @@ struct script_vm {
     void *chunks;      /* chunk list, linked through each chunk's first word */
     char *bump, *bump_end;
     pool_block *free_list[POOL_CLASSES];
+    big_block big; /* the list of large blocks (a ring through this sentinel) */
     int64_t instr_used;
     int64_t instr_limit;
     int64_t timeout_us;
@@ -108,7 +126,7 @@ static void pool_put(script_vm *vm, void *p, size_t c)
     vm->free_list[c] = b;
 }
 
-/* Frees the chunks; only once the state is closed. */
+/* Frees the chunks; only once the state is dropped. */
 static void pool_release(script_vm *vm)
 {
     while (vm->chunks != NULL) {
@@ -118,23 +136,72 @@ static void pool_release(script_vm *vm)
     }
 }
 
-/* Blocks up to POOL_SMALL_MAX live in the pool, larger ones in malloc; Lua always passes a
+static big_block *big_of(void *p)
+{
+    return (big_block *)(void *)((char *)p - BIG_HEADER);
+}
+
+static void *big_alloc(script_vm *vm, size_t n)
+{
+    big_block *b = malloc(BIG_HEADER + n);
+    if (b == NULL)
+        return NULL;
+    b->prev = &vm->big;
+    b->next = vm->big.next;
+    vm->big.next->prev = b;
+    vm->big.next = b;
+    return (char *)b + BIG_HEADER;
+}
+
+static void big_free(void *p)
+{
+    big_block *b = big_of(p);
+    b->prev->next = b->next;
+    b->next->prev = b->prev;
+    free(b);
+}
+
+static void *big_realloc(void *p, size_t n)
+{
+    big_block *b = big_of(p);
+    big_block *prev = b->prev, *next = b->next;
+    big_block *moved = realloc(b, BIG_HEADER + n);
+    if (moved == NULL)
+        return NULL; /* b stays as it was, linked */
+    prev->next = moved;
+    next->prev = moved;
+    return (char *)moved + BIG_HEADER;
+}
+
+/* Frees every large block; only once the state is dropped. */
+static void big_release(script_vm *vm)
+{
+    while (vm->big.next != &vm->big) {
+        big_block *b = vm->big.next;
+        vm->big.next = b->next;
+        free(b);
+    }
+    vm->big.prev = &vm->big;
+}
+
+/* Blocks up to POOL_SMALL_MAX live in the pool, larger ones in the list; Lua always passes a
  * block's real size as osize, which tells where it lives. */
 static void *vm_realloc(script_vm *vm, void *ptr, size_t old, size_t nsize, bool shrink)
 {
     bool was_small = ptr != NULL && old <= POOL_SMALL_MAX;
-    if (nsize > POOL_SMALL_MAX && (ptr == NULL || !was_small))
-        return realloc(ptr, nsize);
+    if (nsize > POOL_SMALL_MAX && ptr != NULL && !was_small)
+        return big_realloc(ptr, nsize);
     if (was_small && nsize <= POOL_SMALL_MAX && pool_class(nsize) == pool_class(old))
         return ptr;
-    void *p = nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize), shrink) : malloc(nsize);
+    void *p =
+        nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize), shrink) : big_alloc(vm, nsize);
     if (p == NULL || ptr == NULL)
         return p;
     memcpy(p, ptr, old < nsize ? old : nsize);
     if (was_small)
         pool_put(vm, ptr, pool_class(old));
     else
-        free(ptr);
+        big_free(ptr);
     return p;
 }
 
@@ -152,8 +219,8 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         vm->mem_used -= old_charge;
         if (ptr != NULL && old <= POOL_SMALL_MAX)
             pool_put(vm, ptr, pool_class(old));
-        else
-            free(ptr);
+        else if (ptr != NULL)
+            big_free(ptr);
         return NULL;
     }
     size_t new_charge = charged(nsize);
@@ -675,20 +742,84 @@ static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wr
 
 static const char *const base_names[] = {
     "assert", "error",  "ipairs", "next",     "pairs",    "rawequal", "rawget",
-    "rawlen", "rawset", "select", "tonumber", "tostring", "type",     "_VERSION",
+    "rawlen", "rawset", "select", "tonumber", "tostring", "type",
 };
+#define BASE_COUNT (sizeof base_names / sizeof base_names[0])
 
-static void copy_table(lua_State *L, int src)
+/* The safe base functions are plain C functions without upvalues (lbaselib registers them so),
+ * taken once from a scratch state: opening the base library in every state only to empty its
+ * globals again was ~2 % of the runners' work. */
+static pthread_mutex_t base_mu = PTHREAD_MUTEX_INITIALIZER;
+static lua_CFunction base_fns[BASE_COUNT];
+static bool base_ready;
+
+/* Entries of the prototype and of its library tables: the same in every state (nothing
+ * changes them after build_proto), so counted in the first state only. */
+static int env_sizes[ENV_TABLES];
+static bool env_sizes_ready;
+
+static int capture_base(lua_State *L)
 {
-    src = lua_absindex(L, src);
-    /* Sized up front: filling an empty table rehashes it at every power of two, which was
-     * most of the cost of a chunk's environment. */
+    lua_CFunction *fns = lua_touserdata(L, 1);
+    luaL_requiref(L, "_G", luaopen_base, 0);
+    for (size_t i = 0; i < BASE_COUNT; i++) {
+        lua_getfield(L, -1, base_names[i]);
+        fns[i] = lua_tocfunction(L, -1);
+        if (fns[i] == NULL || lua_getupvalue(L, -1, 1) != NULL)
+            return luaL_error(L, "base function %s is not a plain C function", base_names[i]);
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Fills base_fns once; false when it could not (out of memory), to be tried again. */
+static bool base_functions(void)
+{
+    pthread_mutex_lock(&base_mu);
+    if (!base_ready) {
+        lua_CFunction fns[BASE_COUNT];
+        lua_State *L = luaL_newstate();
+        if (L != NULL) {
+            lua_pushcfunction(L, capture_base);
+            lua_pushlightuserdata(L, fns);
+            if (lua_pcall(L, 1, 0, 0) == LUA_OK) {
+                memcpy(base_fns, fns, sizeof fns);
+                base_ready = true;
+            }
+            lua_close(L);
+        }
+    }
+    bool ok = base_ready;
+    pthread_mutex_unlock(&base_mu);
+    return ok;
+}
+
+/* Opens a standard library into a table on the stack, without registering it anywhere. */
+static int open_lib(lua_State *L, lua_CFunction open)
+{
+    lua_pushcfunction(L, open);
+    lua_call(L, 0, 1);
+    return lua_gettop(L);
+}
+
+static int count_entries(lua_State *L, int t)
+{
+    t = lua_absindex(L, t);
     int n = 0;
     lua_pushnil(L);
-    while (lua_next(L, src) != 0) {
+    while (lua_next(L, t) != 0) {
         lua_pop(L, 1);
         n++;
     }
+    return n;
+}
+
+/* Pushes a copy of the table at src, which has about n entries. */
+static void copy_table(lua_State *L, int src, int n)
+{
+    src = lua_absindex(L, src);
+    /* Sized up front: filling an empty table rehashes it at every power of two, which was
+     * most of the cost of a chunk's environment. n is counted once (env_sizes). */
     lua_createtable(L, 0, n + 2);
     lua_pushnil(L);
     while (lua_next(L, src) != 0) {
@@ -702,16 +833,10 @@ static void copy_table(lua_State *L, int src)
  * chunk's environment copies. Runs in protected mode. */
 static int build_proto(lua_State *L)
 {
-    luaL_requiref(L, "_G", luaopen_base, 0);
-    int g = lua_gettop(L);
-    luaL_requiref(L, "string", luaopen_string, 0);
-    int str = lua_gettop(L);
-    luaL_requiref(L, "table", luaopen_table, 0);
-    int tab = lua_gettop(L);
-    luaL_requiref(L, "math", luaopen_math, 0);
-    int math = lua_gettop(L);
-    luaL_requiref(L, "utf8", luaopen_utf8, 0);
-    int utf = lua_gettop(L);
+    int str = open_lib(L, luaopen_string);
+    int tab = open_lib(L, luaopen_table);
+    int math = open_lib(L, luaopen_math);
+    int utf = open_lib(L, luaopen_utf8);
 
     /* The real string table is what ("").method reaches through the string metatable, so it
      * is cleaned in place, not only in the copies. */
@@ -730,10 +855,12 @@ static int build_proto(lua_State *L)
 
     lua_createtable(L, 0, 32);
     int proto = lua_gettop(L);
-    for (size_t i = 0; i < sizeof base_names / sizeof base_names[0]; i++) {
-        lua_getfield(L, g, base_names[i]);
+    for (size_t i = 0; i < BASE_COUNT; i++) {
+        lua_pushcfunction(L, base_fns[i]);
         lua_setfield(L, proto, base_names[i]);
     }
+    lua_pushliteral(L, LUA_VERSION);
+    lua_setfield(L, proto, "_VERSION");
     static const luaL_Reg guarded[] = {
         {"pcall", sb_pcall},
         {"xpcall", sb_xpcall},
@@ -756,22 +883,24 @@ static int build_proto(lua_State *L)
     lua_setfield(L, proto, "json");
     lua_pushvalue(L, proto);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &proto_key);
-
-    /* Nothing keeps the unsafe base functions reachable: empty the real globals and the
-     * loaded-modules table. */
-    lua_pushglobaltable(L);
-    int real_g = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, real_g) != 0) {
-        lua_pop(L, 1);
-        lua_pushvalue(L, -1);
-        lua_pushnil(L);
-        lua_rawset(L, real_g);
+    pthread_mutex_lock(&base_mu);
+    bool counted = env_sizes_ready;
+    pthread_mutex_unlock(&base_mu);
+    if (!counted) {
+        int sizes[ENV_TABLES];
+        sizes[0] = count_entries(L, proto);
+        for (int i = 1; i < ENV_TABLES; i++) {
+            lua_getfield(L, proto, env_libs[i - 1]);
+            sizes[i] = count_entries(L, -1);
+            lua_pop(L, 1);
+        }
+        pthread_mutex_lock(&base_mu);
+        memcpy(env_sizes, sizes, sizeof sizes);
+        env_sizes_ready = true;
+        pthread_mutex_unlock(&base_mu);
     }
-    lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_pushnil(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    /* The unsafe base functions never exist in this state, and no library is registered in
+     * the real globals or a loaded-modules table: both stay empty. */
     return 0;
 }
 
@@ -781,13 +910,12 @@ static int push_env(lua_State *L)
 {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &proto_key);
     int proto = lua_gettop(L);
-    copy_table(L, proto);
+    copy_table(L, proto, env_sizes[0]);
     int env = lua_gettop(L);
-    static const char *const libs[] = {"string", "table", "math", "utf8", "json"};
-    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
-        lua_getfield(L, proto, libs[i]);
-        copy_table(L, -1);
-        lua_setfield(L, env, libs[i]);
+    for (int i = 1; i < ENV_TABLES; i++) {
+        lua_getfield(L, proto, env_libs[i - 1]);
+        copy_table(L, -1, env_sizes[i]);
+        lua_setfield(L, env, env_libs[i - 1]);
         lua_pop(L, 1);
     }
     lua_pushvalue(L, env);
@@ -840,7 +968,16 @@ static uint64_t code_hash(const char *name, const char *src, size_t len)
     uint64_t h = 1469598103934665603ULL;
     for (const char *c = name; *c != '\0'; c++)
         h = (h ^ (unsigned char)*c) * 1099511628211ULL;
-    for (size_t i = 0; i < len; i++)
+    /* Eight bytes a step: every panel start hashes its sources, and a hit is verified by
+     * comparing them in full anyway. */
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+        h ^= h >> 29;
+    }
+    for (; i < len; i++)
         h = (h ^ (unsigned char)src[i]) * 1099511628211ULL;
     return h;
 }
@@ -1088,7 +1225,7 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
                         script_vm **out, ap_err *err)
 {
     *out = NULL;
-    script_vm *vm = calloc(1, sizeof *vm);
+    script_vm *vm = base_functions() ? calloc(1, sizeof *vm) : NULL;
     if (vm == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     vm->mem_limit = lim->memory_bytes;
@@ -1105,8 +1242,10 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
              (long long)lim->instructions);
     snprintf(vm->trip_msg[TRIP_TIME], sizeof vm->trip_msg[0],
              "time budget exceeded: a node may run at most %lld ms", (long long)lim->timeout_ms);
+    vm->big.prev = vm->big.next = &vm->big;
     vm->L = lua_newstate(vm_alloc, vm);
     if (vm->L == NULL) {
+        big_release(vm);
         pool_release(vm);
         free(vm);
         return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
@@ -1116,11 +1255,12 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
     lua_pushcfunction(vm->L, vm_init);
     lua_pushlightuserdata(vm->L, vm);
     if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
-        lua_close(vm->L);
+        big_release(vm);
         pool_release(vm);
         free(vm);
         return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
     }
+    lua_gc(vm->L, LUA_GCINC, GC_PAUSE, 0, 0);
     lua_sethook(vm->L, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, HOOK_COUNT);
     *out = vm;
     return AP_OK;
@@ -1130,13 +1270,11 @@ void script_vm_free(script_vm *vm)
 {
     if (vm == NULL)
         return;
-    if (vm->L != NULL) {
-        /* No finalizers can exist (__gc is refused); a pending __close could still run, so
-         * the budget is spent first and the hooks stop it at once. */
-        if (vm->tripped == TRIP_NONE)
-            vm->tripped = TRIP_INSTRUCTIONS;
-        lua_close(vm->L);
-    }
+    /* The state is dropped, not closed: every block it holds is in its pool or its list of
+     * large blocks, and nothing outside them belongs to it (no io, no C resources behind
+     * userdata). lua_close would walk every object only to free it one by one, and would
+     * run pending __close handlers (script code) at the end; no script code runs here. */
+    big_release(vm);
     pool_release(vm);
     free(vm);
 }

@@ -29,7 +29,7 @@ typedef void (*script_vm_log_fn)(void *ud, int level, const char *msg);
 ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *log_ud,
                         script_vm **out, ap_err *err);
 
-/* Closes the state; vm may be NULL. */
+/* Drops the state and all its memory, running no script code; vm may be NULL. */
 void script_vm_free(script_vm *vm);
 
 /* The main thread of the state (borrowed). */

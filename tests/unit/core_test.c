@@ -37,6 +37,23 @@ static void test_buf_limit_leaves_buffer_unchanged(void **state)
     free(empty);
     buf_free(&b);
     buf_free(NULL);
+    /* buf_putc and buf_reserve keep the same limit */
+    buf_init(&b, 3);
+    assert_int_equal(buf_reserve(&b, 4), AP_LIMIT);
+    assert_int_equal(buf_reserve(&b, 3), AP_OK);
+    assert_int_equal(buf_putc(&b, 'a'), AP_OK);
+    assert_int_equal(buf_puts(&b, "bc"), AP_OK);
+    assert_int_equal(buf_putc(&b, 'd'), AP_LIMIT);
+    assert_string_equal(b.data, "abc");
+    buf_free(&b);
+    buf_init(&b, 100);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(buf_putc(&b, (char)('a' + i % 26)), AP_OK);
+    assert_int_equal(buf_putc(&b, 'x'), AP_LIMIT);
+    assert_int_equal(b.len, 100);
+    assert_int_equal(b.data[100], '\0');
+    assert_int_equal(b.data[99], 'a' + 99 % 26);
+    buf_free(&b);
 }
 
 static void test_uuid(void **state)
@@ -79,6 +96,11 @@ static void test_hashes_match_known_vectors(void **state)
     (void)state;
     char hex[IDS_SHA256_HEX_LEN + 1];
     ids_sha256_hex("abc", 3, hex);
+    assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    /* The same text in pieces (an empty one included) hashes the same. */
+    const ids_part parts[] = {{"a", 1}, {"", 0}, {"bc", 2}};
+    memset(hex, 0, sizeof hex);
+    assert_true(ids_sha256_hex_parts(parts, 3, hex));
     assert_string_equal(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     /* RFC 4231 test case 2. */
     ids_hmac_sha256_hex("Jefe", 4, "what do ya want for nothing?", 28, hex);

@@ -13,6 +13,8 @@
 #include "core/log.h"
 #include "script/host.h"
 
+#include <cjson/cJSON.h>
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -441,6 +443,118 @@ static void test_json_limits(void **state)
                 "assert(json.encode('\\255') == '\"\\u{fffd}\"')");
 }
 
+/* Sequences become arrays, everything else objects with sorted keys. */
+static void test_json_encode_shapes(void **state)
+{
+    (void)state;
+    expect_done(
+        "assert(json.encode({ [2] = 'x' }) == '{\"2\":\"x\"}')\n"
+        "assert(json.encode({ 1, 2, 3 }) == '[1,2,3]' and json.encode({ 1, a = 2 }) == "
+        "'{\"1\":1,\"a\":2}')\n"
+        "assert(json.encode({ [1] = 1, [2] = 2, [4] = 4 }) == '{\"1\":1,\"2\":2,\"4\":4}')\n"
+        "assert(json.encode({}) == '{}' and json.encode(json.array({})) == '[]')\n"
+        "assert(json.encode({ [1.5] = true }) == '{\"1.5\":true}')\n"
+        "local t = {} for i = 1, 20 do t['k' .. (21 - i)] = i end\n"
+        "local s = json.encode(t)\n"
+        "assert(s:sub(1, 24) == '{\"k1\":20,\"k10\":11,\"k11\":' and s:sub(-8) == '\"k9\":12}')\n"
+        "assert(json.encode({ b = { 3, { z = 1, y = { } } }, a = 0.25 }) == "
+        "'{\"a\":0.25,\"b\":[3,{\"y\":{},\"z\":1}]}')\n"
+        "assert(not pcall(json.encode, { [true] = 1 }))\n");
+}
+
+/* Strict JSON is read through a token view, anything else through cJSON: both give the same
+ * values, and what cJSON refuses stays refused. */
+static void test_json_decode_paths(void **state)
+{
+    (void)state;
+    expect_done(
+        "local v = "
+        "json.decode('{\"k\":\"a\\\\\"b\\\\\\\\c\\\\n\\\\u00e9\\\\ud83d\\\\ude00\",\"n\":[1,null,3]"
+        ",\"e\":[],' ..\n"
+        "  "
+        "'\"o\":{},\"z\":-0,\"big\":9007199254740993,\"f\":0.5,\"x\":1e2,\"t\":true,\"u\":false,"
+        "\"nul\":null,' ..\n"
+        "  '\"d\":1,\"d\":2,\"\\\\u0041\":1}')\n"
+        "assert(v.k == 'a\"b\\\\c\\n\\u{e9}\\u{1f600}' and v.A == 1)\n"
+        "assert(v.n[1] == 1 and v.n[2] == nil and v.n[3] == 3)\n"
+        "assert(getmetatable(v.e) == 'json.array' and next(v.o) == nil and getmetatable(v.o) == "
+        "nil)\n"
+        "assert(math.type(v.z) == 'integer' and v.z == 0 and math.type(v.big) == 'float')\n"
+        "assert(math.type(v.x) == 'integer' and v.x == 100 and v.f == 0.5)\n"
+        "assert(v.t == true and v.u == false and v.nul == nil and v.d == 2)\n"
+        "assert(json.decode('\"a\\\\u0000b\"') == 'a' and json.decode('null') == nil)\n"
+        "assert(json.decode('[01]')[1] == 1 and json.decode('\\f[2]')[1] == 2)\n"
+        "assert(json.decode('[' .. string.rep('1', 70) .. ']')[1] == tonumber(string.rep('1', "
+        "70)))\n"
+        "assert(not pcall(json.decode, '\"\\\\ud800\"') and not pcall(json.decode, '[1,]'))\n");
+}
+
+/* The panel reads its experts once: each ask carries the expert's id, name, model and JSON,
+ * whether the roster is strict JSON (read through a view) or only cJSON reads it. */
+static void check_experts(const char *experts_json)
+{
+    static const char src[] = "return { name = 'sandbox', start = 'main', nodes = { main = "
+                              "function(ctx) ctx:ask_all(ctx.experts, 'q') end } }\n";
+    script_limits lim;
+    limits(&lim);
+    script_host host = {NULL, t_emit, t_log, t_consensus};
+    script_inputs in = {.panel_id = "p1", .question = "q", .experts_json = experts_json};
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    assert_int_equal(script_panel_new(&lim, &host, "sandbox", src, strlen(src), &in, &sp, &err),
+                     AP_OK);
+    script_step step;
+    assert_int_equal(script_panel_run_node(sp, "main", 1, &step), AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_ASK);
+    assert_int_equal(step.n_asks, 2);
+    assert_string_equal(step.asks[0].expert_id, "e\xc3\xa9");
+    assert_string_equal(step.asks[0].expert_name, "Dr \"A\"");
+    assert_null(step.asks[0].expert_model);
+    assert_string_equal(step.asks[1].expert_id, "e2");
+    assert_null(step.asks[1].expert_name);
+    assert_string_equal(step.asks[1].expert_model, "m");
+    for (size_t i = 0; i < 2; i++) {
+        cJSON *e = cJSON_Parse(step.asks[i].expert_json);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        assert_true(cJSON_IsString(id));
+        assert_string_equal(id->valuestring, step.asks[i].expert_id);
+        cJSON_Delete(e);
+    }
+    script_panel_free(sp);
+}
+
+static void test_experts_read_once(void **state)
+{
+    (void)state;
+    check_experts("[ {\"id\": \"e\\u00e9\", \"name\": \"Dr \\\"A\\\"\", \"role\": \"r\"},\n"
+                  "  {\"id\": \"e2\", \"model\": \"m\", \"name\": 7} ]");
+    /* a form feed between tokens: cJSON reads it, the view does not */
+    check_experts(
+        "\f[{\"id\":\"e\\u00e9\",\"name\":\"Dr \\\"A\\\"\"},{\"id\":\"e2\",\"model\":\"m\"}]");
+    static const char *const bad[][2] = {
+        {"{}", "experts must be a JSON array"},
+        {"[{\"id\":\"\"}]", "every expert needs an id"},
+        {"[{\"id\":\"\\u0000x\"}]", "every expert needs an id"},
+        {"[{\"name\":\"n\"}]", "every expert needs an id"},
+        {"[7]", "every expert needs an id"},
+        {"\f[{\"id\":\"\"}]", "every expert needs an id"},
+    };
+    static const char src[] = "return { name = 'sandbox', start = 'main', nodes = { main = "
+                              "function(ctx) end } }\n";
+    script_limits lim;
+    limits(&lim);
+    script_host host = {NULL, t_emit, t_log, t_consensus};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        script_inputs in = {.panel_id = "p1", .question = "q", .experts_json = bad[i][0]};
+        script_panel *sp = NULL;
+        ap_err err = {0};
+        assert_int_not_equal(
+            script_panel_new(&lim, &host, "sandbox", src, strlen(src), &in, &sp, &err), AP_OK);
+        assert_null(sp);
+        assert_non_null(strstr(err.msg, bad[i][1]));
+    }
+}
+
 /* ---- the ctx surface ------------------------------------------------------------------------ */
 
 static void test_ctx_misuse(void **state)
@@ -526,6 +640,9 @@ int main(void)
         cmocka_unit_test(test_recursion),
         cmocka_unit_test(test_pattern_backtracking),
         cmocka_unit_test(test_json_limits),
+        cmocka_unit_test(test_json_decode_paths),
+        cmocka_unit_test(test_json_encode_shapes),
+        cmocka_unit_test(test_experts_read_once),
         cmocka_unit_test(test_ctx_misuse),
         cmocka_unit_test(test_contract_errors),
     };
