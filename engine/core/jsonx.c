@@ -116,7 +116,7 @@ static bool plain_ascii(unsigned char c)
 
 ap_status jsonx_append_string(buf *b, const char *s, size_t n)
 {
-    ap_status rc = buf_append(b, "\"", 1);
+    ap_status rc = buf_putc(b, '"');
     size_t i = 0;
     while (rc == AP_OK && i < n) {
         unsigned char c = (unsigned char)s[i];
@@ -154,7 +154,7 @@ ap_status jsonx_append_string(buf *b, const char *s, size_t n)
             }
         }
     }
-    return rc == AP_OK ? buf_append(b, "\"", 1) : rc;
+    return rc == AP_OK ? buf_putc(b, '"') : rc;
 }
 
 ap_status jsonx_append_number(buf *b, double d)

@@ -1070,23 +1070,7 @@ static ap_status journal_add(prun *p, const char *entry)
 /* Appends s as a JSON string (quoted, escaped). */
 static ap_status json_str(buf *b, const char *s)
 {
-    ap_status rc = buf_putc(b, '"');
-    const char *run = s;
-    for (const char *c = s; rc == AP_OK && *c != '\0'; c++) {
-        unsigned char u = (unsigned char)*c;
-        if (u >= 0x20 && u != '"' && u != '\\')
-            continue;
-        rc = buf_append(b, run, (size_t)(c - run));
-        if (rc == AP_OK)
-            rc = u == '"'    ? buf_puts(b, "\\\"")
-                 : u == '\\' ? buf_puts(b, "\\\\")
-                 : u == '\n' ? buf_puts(b, "\\n")
-                             : buf_printf(b, "\\u%04x", u);
-        run = c + 1;
-    }
-    if (rc == AP_OK)
-        rc = buf_puts(b, run);
-    return rc == AP_OK ? buf_putc(b, '"') : rc;
+    return jsonx_append_string(b, s, strlen(s));
 }
 
 /* {"pins":{...},"seed":"N","state":<state>}; built for every checkpoint, so the pins are

@@ -24,53 +24,6 @@ typedef struct enc {
     char path[128]; /* the key being encoded, for messages */
 } enc;
 
-/* Whether byte c goes into a JSON string as it is. */
-static bool plain_ascii(unsigned char c)
-{
-    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
-}
-
-static ap_status enc_string(enc *e, const char *s, size_t n)
-{
-    ap_status rc = buf_putc(&e->out, '"');
-    size_t i = 0;
-    while (rc == AP_OK && i < n) {
-        unsigned char c = (unsigned char)s[i];
-        if (plain_ascii(c)) {
-            /* Runs of plain ASCII, most of any text, go in with one copy. */
-            size_t j = i + 1;
-            while (j < n && plain_ascii((unsigned char)s[j]))
-                j++;
-            rc = buf_append(&e->out, s + i, j - i);
-            i = j;
-        } else if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            rc = buf_append(&e->out, esc, 2);
-            i++;
-        } else if (c < 0x20) {
-            rc = buf_printf(&e->out, "\\u%04x", c);
-            i++;
-        } else {
-            /* Find the length of a valid UTF-8 sequence here; invalid bytes become U+FFFD so
-             * the output is always valid JSON text. */
-            size_t len = (c & 0xe0) == 0xc0   ? 2
-                         : (c & 0xf0) == 0xe0 ? 3
-                         : (c & 0xf8) == 0xf0 ? 4
-                                              : 0;
-            if (len != 0 && i + len <= n && jsonx_utf8_valid(s + i, len)) {
-                rc = buf_append(&e->out, s + i, len);
-                i += len;
-            } else {
-                rc = buf_puts(&e->out, "\xef\xbf\xbd");
-                i++;
-            }
-        }
-    }
-    if (rc == AP_OK)
-        rc = buf_putc(&e->out, '"');
-    return rc;
-}
-
 /* Writes v in decimal into out (at least 21 bytes), NUL-terminated; returns the length.
  * Integers are most of the numbers encoded (states, checkpoints), printf is slow for them. */
 static size_t fmt_int(char *out, lua_Integer v)
@@ -254,7 +207,7 @@ static ap_status enc_table(enc *e, int idx, int depth)
         if (i > 0)
             rc = buf_putc(&e->out, ',');
         if (rc == AP_OK)
-            rc = enc_string(e, keys[i].s, keys[i].n);
+            rc = jsonx_append_string(&e->out, keys[i].s, keys[i].n);
         if (rc == AP_OK)
             rc = buf_putc(&e->out, ':');
         if (rc != AP_OK)
@@ -287,7 +240,7 @@ static ap_status enc_value(enc *e, int idx, int depth)
     case LUA_TSTRING: {
         size_t n;
         const char *s = lua_tolstring(L, idx, &n);
-        return enc_string(e, s, n);
+        return jsonx_append_string(&e->out, s, n); /* invalid UTF-8 becomes U+FFFD */
     }
     case LUA_TTABLE:
         return enc_table(e, idx, depth);
