@@ -157,13 +157,30 @@ ap_status jsonx_append_string(buf *b, const char *s, size_t n)
     return rc == AP_OK ? buf_putc(b, '"') : rc;
 }
 
+size_t jsonx_int_text(char *out, int64_t v)
+{
+    char tmp[JSONX_INT_MAX];
+    size_t i = sizeof tmp;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        tmp[--i] = '-';
+    size_t n = sizeof tmp - i;
+    memcpy(out, tmp + i, n);
+    out[n] = '\0';
+    return n;
+}
+
 ap_status jsonx_append_number(buf *b, double d)
 {
     if (!isfinite(d))
         return AP_INVALID;
-    if (d == floor(d) && fabs(d) < 9007199254740992.0)
-        return buf_printf(b, "%lld", (long long)d);
     char tmp[32];
+    if (d == floor(d) && fabs(d) < 9007199254740992.0)
+        return buf_append(b, tmp, jsonx_int_text(tmp, (int64_t)d));
     snprintf(tmp, sizeof tmp, "%.15g", d);
     if (strtod(tmp, NULL) != d)
         snprintf(tmp, sizeof tmp, "%.17g", d);

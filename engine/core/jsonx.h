@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct buf;
 
@@ -27,6 +28,13 @@ char *jsonx_print(const cJSON *item);
 /* Appends s[0..n) (borrowed) to b as a JSON string literal, quoted and escaped. Bytes that are
  * not valid UTF-8 become U+FFFD, so the text is always valid JSON. AP_LIMIT past b's max. */
 ap_status jsonx_append_string(struct buf *b, const char *s, size_t n);
+
+/* Room jsonx_int_text needs: a sign, 19 digits and the NUL. */
+#define JSONX_INT_MAX 24
+
+/* Writes v in decimal into out (JSONX_INT_MAX bytes), NUL-terminated; returns the length.
+ * Integers are most of the numbers the engine writes, and printf is slow for them. */
+size_t jsonx_int_text(char *out, int64_t v);
 
 /* Appends a finite number as JSON: integers without a fraction, others in the fewest digits
  * that read back as the same double. AP_INVALID for NaN and infinities. */

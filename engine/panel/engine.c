@@ -1361,16 +1361,8 @@ static ap_status put_outcome(buf *b, const answer *a)
 /* Appends v in decimal; these texts are built for every answer, so without printf. */
 static ap_status put_int(buf *b, int64_t v)
 {
-    char tmp[24];
-    size_t i = sizeof tmp;
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        tmp[--i] = '-';
-    return buf_append(b, tmp + i, sizeof tmp - i);
+    char tmp[JSONX_INT_MAX];
+    return buf_append(b, tmp, jsonx_int_text(tmp, v));
 }
 
 /* Appends key and then v, e.g. ",\"pt\":" and 12. */

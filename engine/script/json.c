@@ -24,30 +24,11 @@ typedef struct enc {
     char path[128]; /* the key being encoded, for messages */
 } enc;
 
-/* Writes v in decimal into out (at least 21 bytes), NUL-terminated; returns the length.
- * Integers are most of the numbers encoded (states, checkpoints), printf is slow for them. */
-static size_t fmt_int(char *out, lua_Integer v)
-{
-    char tmp[24];
-    size_t i = sizeof tmp;
-    lua_Unsigned u = v < 0 ? 0 - (lua_Unsigned)v : (lua_Unsigned)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        tmp[--i] = '-';
-    size_t n = sizeof tmp - i;
-    memcpy(out, tmp + i, n);
-    out[n] = '\0';
-    return n;
-}
-
 static ap_status enc_number(enc *e, int idx)
 {
     char tmp[64];
     if (lua_isinteger(e->L, idx)) {
-        size_t n = fmt_int(tmp, lua_tointeger(e->L, idx));
+        size_t n = jsonx_int_text(tmp, lua_tointeger(e->L, idx));
         return buf_append(&e->out, tmp, n);
     }
     double d = lua_tonumber(e->L, idx);
@@ -185,7 +166,7 @@ static ap_status enc_table(enc *e, int idx, int depth)
             kr->s = lua_tolstring(L, -1, &kr->n);
         } else if (kt == LUA_TNUMBER) {
             if (lua_isinteger(L, -1)) {
-                kr->n = fmt_int(kr->num, lua_tointeger(L, -1));
+                kr->n = jsonx_int_text(kr->num, lua_tointeger(L, -1));
             } else {
                 snprintf(kr->num, sizeof kr->num, "%.14g", lua_tonumber(L, -1));
                 kr->n = strlen(kr->num);

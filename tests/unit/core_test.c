@@ -160,6 +160,15 @@ static void test_jsonx_writes_strings_and_numbers(void **state)
         assert_true(j->valuedouble == nums[i]);
         cJSON_Delete(j);
     }
+    char t[JSONX_INT_MAX];
+    assert_int_equal(jsonx_int_text(t, 0), 1);
+    assert_string_equal(t, "0");
+    assert_int_equal(jsonx_int_text(t, -7), 2);
+    assert_string_equal(t, "-7");
+    assert_int_equal(jsonx_int_text(t, INT64_MIN), 20);
+    assert_string_equal(t, "-9223372036854775808");
+    assert_int_equal(jsonx_int_text(t, INT64_MAX), 19);
+    assert_string_equal(t, "9223372036854775807");
     buf_reset(&b);
     assert_int_equal(jsonx_append_number(&b, 3), AP_OK);
     assert_string_equal(b.data, "3");
