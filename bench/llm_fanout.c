@@ -7,7 +7,10 @@
  * Starts mockllm, submits every call at once through the public llm.h API on one llm_loop
  * (this thread), and runs the loop until all are done. With --rate N the calls arrive at N per
  * second instead, submitted from the loop, as a gateway sees traffic (and as gateways publish
- * their overhead): the added latency is then the engine's own, not queueing behind a burst. Per
+ * their overhead): the added latency is then the engine's own, not queueing behind a burst.
+ * Paced rounds first run the same calls without the engine (plain sockets on the same loop,
+ * the bytes scanned only for the stream's end) and report the engine's latency over that
+ * baseline, which takes mockllm's own lateness and the loopback out of the figure. Per
  * round it reports wall time, the engine's CPU seconds per 1,000 calls (this process only;
  * mockllm's CPU is reported apart), peak RSS, and the latency the engine adds to each call:
  * observed time minus the time the server schedule takes (latency + (tokens - 1) x token time), at
@@ -18,12 +21,14 @@
 #include "../tests/support/mockllm_spawn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -185,8 +190,164 @@ static bool parse(int argc, char **argv, opts *o)
     return argc % 2 == 1;
 }
 
+/* ---- the baseline: the same calls over plain sockets, without the engine -------------- */
+
+typedef struct direct {
+    llm_loop *loop;
+    int port;
+    char req[512];
+    size_t req_len;
+    int idle[4096]; /* kept-alive connections */
+    size_t n_idle;
+} direct;
+
+typedef struct dcall {
+    direct *d;
+    call_stat *st;
+    int fd;
+    bool saw_done; /* the [DONE] event went by: only the chunked body's end is left */
+    char tail[8];  /* the last bytes of the previous read, for markers split across reads */
+    size_t tail_len;
+} dcall;
+
+static void direct_init(direct *d, llm_loop *loop, int port)
+{
+    static const char body[] = "{\"model\":\"m\",\"stream\":true,\"stream_options\":"
+                               "{\"include_usage\":true},\"messages\":[{\"role\":\"user\","
+                               "\"content\":\"Give me your view.\"}]}";
+    d->loop = loop;
+    d->port = port;
+    d->n_idle = 0;
+    int n = snprintf(d->req, sizeof d->req,
+                     "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     "application/json\r\nAccept: text/event-stream\r\nAuthorization: Bearer "
+                     "b\r\nContent-Length: %zu\r\n\r\n%s",
+                     sizeof body - 1, body);
+    d->req_len = (size_t)n;
+}
+
+static void direct_free(direct *d)
+{
+    for (size_t i = 0; i < d->n_idle; i++)
+        close(d->idle[i]);
+    d->n_idle = 0;
+}
+
+static void direct_end(dcall *c, ap_status status)
+{
+    c->st->done_us = now_us();
+    c->st->status = status;
+    c->st->deltas = status == AP_OK;
+    llm_loop_unwatch(c->d->loop, c->fd);
+    if (status == AP_OK && c->d->n_idle < sizeof c->d->idle / sizeof c->d->idle[0])
+        c->d->idle[c->d->n_idle++] = c->fd;
+    else
+        close(c->fd);
+    done_count++;
+    free(c);
+}
+
+/* Reads what arrived; the call ends at the chunked body's end after its [DONE] event. */
+static void direct_readable(llm_loop *loop, int fd, unsigned events, void *ud)
+{
+    (void)loop, (void)fd, (void)events;
+    dcall *c = ud;
+    char buf[4096 + sizeof c->tail];
+    for (;;) {
+        memcpy(buf, c->tail, c->tail_len);
+        ssize_t r = recv(c->fd, buf + c->tail_len, 4096, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (r <= 0) {
+            direct_end(c, AP_IO);
+            return;
+        }
+        size_t n = c->tail_len + (size_t)r;
+        const char *at = buf;
+        if (!c->saw_done) {
+            const char *done = memmem(buf, n, "[DONE]", 6);
+            if (done != NULL) {
+                c->saw_done = true;
+                at = done + 6;
+            }
+        }
+        if (c->saw_done && memmem(at, n - (size_t)(at - buf), "\r\n0\r\n\r\n", 7) != NULL) {
+            direct_end(c, AP_OK);
+            return;
+        }
+        c->tail_len = n < sizeof c->tail ? n : sizeof c->tail;
+        memcpy(c->tail, buf + n - c->tail_len, c->tail_len);
+    }
+}
+
+static bool direct_start(direct *d, call_stat *st)
+{
+    int fd = d->n_idle > 0 ? d->idle[--d->n_idle] : -1;
+    if (fd < 0) {
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d->port)};
+        inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            if (fd >= 0)
+                close(fd);
+            return false;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    }
+    dcall *c = calloc(1, sizeof *c);
+    if (c == NULL || send(fd, d->req, d->req_len, MSG_NOSIGNAL) != (ssize_t)d->req_len ||
+        llm_loop_watch(d->loop, fd, LLM_LOOP_READ, direct_readable, c) != AP_OK) {
+        free(c);
+        close(fd);
+        return false;
+    }
+    *c = (dcall){.d = d, .st = st, .fd = fd};
+    st->submit_us = now_us();
+    return true;
+}
+
+/* Runs calls paced at o->rate without the engine; the added latency's p50 and p99 in *p50,
+ * *p99 (us). */
+static int run_direct(llm_loop *loop, const opts *o, direct *d, int64_t *p50, int64_t *p99)
+{
+    int rc = 1;
+    call_stat *st = calloc((size_t)o->calls, sizeof *st);
+    int64_t *added = calloc((size_t)o->calls, sizeof *added);
+    if (st == NULL || added == NULL)
+        goto out;
+    done_count = 0;
+    int64_t t0 = now_us();
+    for (long i = 0; i < o->calls; i++) {
+        int64_t due = t0 + i * 1000000 / o->rate, wait;
+        while ((wait = due - now_us()) > 0)
+            llm_loop_run_once(loop, (int)((wait + 999) / 1000));
+        if (!direct_start(d, &st[i])) {
+            fprintf(stderr, "direct call %ld could not start\n", i);
+            goto out;
+        }
+    }
+    while (done_count < o->calls)
+        llm_loop_run_once(loop, 100);
+    int64_t server_us = (o->latency_ms + (o->tokens - 1) * o->token_ms) * 1000;
+    long ok = 0;
+    for (long i = 0; i < o->calls; i++) {
+        ok += st[i].status == AP_OK;
+        added[i] = st[i].done_us - st[i].submit_us - server_us;
+    }
+    qsort(added, (size_t)o->calls, sizeof *added, cmp_i64);
+    *p50 = added[(size_t)o->calls / 2];
+    *p99 = added[(size_t)((double)(o->calls - 1) * 0.99)];
+    rc = ok == o->calls ? 0 : 1;
+out:
+    free(st);
+    free(added);
+    return rc;
+}
+
 static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mock, int port,
-                     int round)
+                     int round, direct *d)
 {
     int rc = 1;
     call_stat *st = calloc((size_t)o->calls, sizeof *st);
@@ -195,6 +356,11 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
     int64_t *first = calloc((size_t)o->calls, sizeof *first);
     if (st == NULL || calls == NULL || added == NULL || first == NULL)
         goto out;
+    int64_t base50 = 0, base99 = 0;
+    if (o->rate > 0 && run_direct(loop, o, d, &base50, &base99) != 0) {
+        fprintf(stderr, "the baseline round failed\n");
+        goto out;
+    }
     done_count = 0;
     cJSON_Delete(mock_get(port, "POST", "/reset"));
     double cpu0 = cpu_s(), mcpu0 = proc_cpu_s(mock);
@@ -247,10 +413,14 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
            cpu * 1000.0 / (double)o->calls, mcpu, ru.ru_maxrss / 1024, (double)added[p50] / 1e3,
            (double)added[p99] / 1e3, (double)first[p50] / 1e3, (double)first[p99] / 1e3);
     cJSON *ms = mock_get(port, "GET", "/stats");
-    if (o->rate > 0)
+    if (o->rate > 0) {
         printf("  calls arrived at %ld/s over %.1f ms (the wall target is for a burst)\n", o->rate,
                (double)submitted / 1e3);
-    else
+        printf("  without the engine (plain sockets, same pacing): added p50 %.2f ms p99 %.2f ms; "
+               "the engine over that: p50 %+.2f ms, p99 %+.2f ms\n",
+               (double)base50 / 1e3, (double)base99 / 1e3, (double)(added[p50] - base50) / 1e3,
+               (double)(added[p99] - base99) / 1e3);
+    } else
         printf("  submitting all calls took %.1f ms on the loop thread\n", (double)submitted / 1e3);
     printf("  mockllm: %.0f requests (%.0f over HTTP/2) arriving over %.1f ms on %.0f new "
            "connections (this query's included), frames sent late by %.2f ms on average, "
@@ -276,6 +446,7 @@ int main(int argc, char **argv)
     llm_loop *loop = NULL;
     llm_client *client = NULL;
     cJSON *cfg = NULL;
+    direct d = {.n_idle = 0};
     ap_err err;
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: bench_llm_fanout [--calls N] [--latency-ms N] [--token-ms N] "
@@ -317,9 +488,11 @@ int main(int argc, char **argv)
            o.calls, o.rate > 0 ? "paced" : "concurrent", o.latency_ms, o.tokens, o.token_ms,
            o.provider, o.http_version);
     rc = 0;
+    direct_init(&d, loop, port);
     for (int r = 1; r <= o.rounds; r++)
-        rc |= run_round(loop, client, &o, mock, port, r);
+        rc |= run_round(loop, client, &o, mock, port, r, &d);
 out:
+    direct_free(&d);
     llm_client_free(client);
     llm_loop_free(loop);
     cJSON_Delete(cfg);
