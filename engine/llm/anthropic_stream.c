@@ -22,21 +22,8 @@ char *llm_anthropic_build_request(const llm_wire_request *r, ap_err *err)
     llm_wire_body w;
     llm_wire_body_init(&w);
     ap_err_clear(err);
-    if (r->model == NULL || r->model[0] == '\0' || r->n_messages == 0) {
-        ap_err_set(err, AP_INVALID, "a request needs a model and at least one message");
+    if (llm_wire_request_begin(r, true, &sys, err) != AP_OK)
         goto out;
-    }
-    for (size_t i = 0; i < r->n_messages; i++) {
-        if (r->messages[i].role == NULL || r->messages[i].content == NULL) {
-            ap_err_set(err, AP_INVALID, "message %zu has no role or content", i);
-            goto out;
-        }
-    }
-    ap_status rc = llm_wire_system_text(r, true, &sys);
-    if (rc != AP_OK) {
-        ap_err_set(err, rc, "system prompt too large");
-        goto out;
-    }
     llm_wire_raw(&w, "{\"model\":");
     llm_wire_str(&w, r->model);
     llm_wire_raw(&w, ",\"max_tokens\":");
@@ -45,15 +32,8 @@ char *llm_anthropic_build_request(const llm_wire_request *r, ap_err *err)
         llm_wire_raw(&w, ",\"system\":");
         llm_wire_str(&w, sys.data);
     }
-    llm_wire_raw(&w, ",\"messages\":[");
-    for (size_t i = 0; i < r->n_messages; i++) {
-        llm_wire_raw(&w, i > 0 ? ",{\"role\":" : "{\"role\":");
-        llm_wire_str(&w, r->messages[i].role);
-        llm_wire_raw(&w, ",\"content\":");
-        llm_wire_str(&w, r->messages[i].content);
-        llm_wire_raw(&w, "}");
-    }
-    llm_wire_raw(&w, "]");
+    llm_wire_raw(&w, ",");
+    llm_wire_messages(&w, NULL, r);
     if (r->temperature >= 0 && isfinite(r->temperature)) {
         llm_wire_raw(&w, ",\"temperature\":");
         llm_wire_num(&w, r->temperature);

@@ -57,8 +57,14 @@ ap_status llm_wire_schema_instruction(const cJSON *schema, buf *out)
     return rc;
 }
 
-ap_status llm_wire_system_text(const llm_wire_request *r, bool with_schema, buf *out)
+ap_status llm_wire_request_begin(const llm_wire_request *r, bool with_schema, buf *out, ap_err *err)
 {
+    if (r->model == NULL || r->model[0] == '\0' || r->n_messages == 0)
+        return ap_err_set(err, AP_INVALID, "a request needs a model and at least one message");
+    for (size_t i = 0; i < r->n_messages; i++) {
+        if (r->messages[i].role == NULL || r->messages[i].content == NULL)
+            return ap_err_set(err, AP_INVALID, "message %zu has no role or content", i);
+    }
     ap_status rc = AP_OK;
     if (r->system != NULL)
         rc = buf_puts(out, r->system);
@@ -68,7 +74,7 @@ ap_status llm_wire_system_text(const llm_wire_request *r, bool with_schema, buf 
         if (rc == AP_OK)
             rc = llm_wire_schema_instruction(r->schema, out);
     }
-    return rc;
+    return rc == AP_OK ? AP_OK : ap_err_set(err, rc, "system prompt too large");
 }
 
 void llm_wire_body_init(llm_wire_body *w)
@@ -102,6 +108,24 @@ void llm_wire_tree(llm_wire_body *w, const cJSON *item)
     char *text = jsonx_print(item);
     w->rc = text != NULL ? buf_puts(&w->b, text) : AP_NOMEM;
     free(text);
+}
+
+void llm_wire_messages(llm_wire_body *w, const char *system, const llm_wire_request *r)
+{
+    llm_wire_raw(w, "\"messages\":[");
+    if (system != NULL) {
+        llm_wire_raw(w, "{\"role\":\"system\",\"content\":");
+        llm_wire_str(w, system);
+        llm_wire_raw(w, "},");
+    }
+    for (size_t i = 0; i < r->n_messages; i++) {
+        llm_wire_raw(w, i > 0 ? ",{\"role\":" : "{\"role\":");
+        llm_wire_str(w, r->messages[i].role);
+        llm_wire_raw(w, ",\"content\":");
+        llm_wire_str(w, r->messages[i].content);
+        llm_wire_raw(w, "}");
+    }
+    llm_wire_raw(w, "]");
 }
 
 char *llm_wire_body_finish(llm_wire_body *w, ap_err *err)

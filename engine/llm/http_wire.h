@@ -106,9 +106,11 @@ ap_status llm_wire_reply_append(llm_wire_reply *r, const char *text, size_t len,
  * and the compact schema) into out. */
 ap_status llm_wire_schema_instruction(const cJSON *schema, buf *out);
 
-/* The system prompt of a request: r->system, then when with_schema and r has a schema the
- * instruction that asks for it. AP_LIMIT when it passes out's max. */
-ap_status llm_wire_system_text(const llm_wire_request *r, bool with_schema, buf *out);
+/* Checks that r has a model and messages with roles and contents, then writes its system
+ * prompt into out: r->system, then when with_schema and r has a schema the instruction that
+ * asks for it. AP_INVALID or AP_LIMIT with err set. */
+ap_status llm_wire_request_begin(const llm_wire_request *r, bool with_schema, buf *out,
+                                 ap_err *err);
 
 /* A request body being written. Appends stop at the first failure, which
  * llm_wire_body_finish reports, so a builder can write its whole document without checking
@@ -132,6 +134,10 @@ void llm_wire_num(llm_wire_body *w, double d);
 
 /* Appends the compact text of a tree (borrowed). */
 void llm_wire_tree(llm_wire_body *w, const cJSON *item);
+
+/* Appends "messages":[...] with r's messages as role/content objects, after a system message
+ * when system (borrowed) is not NULL. */
+void llm_wire_messages(llm_wire_body *w, const char *system, const llm_wire_request *r);
 
 /* The finished body (caller frees), or NULL with err set. Frees what was written on failure. */
 char *llm_wire_body_finish(llm_wire_body *w, ap_err *err);

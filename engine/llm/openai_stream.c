@@ -12,25 +12,6 @@ struct llm_openai_stream {
     llm_wire_stream w; /* the shared decoder core; the dialect adds nothing */
 };
 
-/* Each message once; NULL-free by the caller's check. */
-static void put_messages(llm_wire_body *w, const char *system, const llm_wire_request *r)
-{
-    llm_wire_raw(w, "\"messages\":[");
-    if (system[0] != '\0') {
-        llm_wire_raw(w, "{\"role\":\"system\",\"content\":");
-        llm_wire_str(w, system);
-        llm_wire_raw(w, "}");
-    }
-    for (size_t i = 0; i < r->n_messages; i++) {
-        llm_wire_raw(w, i > 0 || system[0] != '\0' ? ",{\"role\":" : "{\"role\":");
-        llm_wire_str(w, r->messages[i].role);
-        llm_wire_raw(w, ",\"content\":");
-        llm_wire_str(w, r->messages[i].content);
-        llm_wire_raw(w, "}");
-    }
-    llm_wire_raw(w, "]");
-}
-
 char *llm_openai_build_request(const llm_wire_request *r, ap_err *err)
 {
     char *out = NULL;
@@ -39,25 +20,12 @@ char *llm_openai_build_request(const llm_wire_request *r, ap_err *err)
     llm_wire_body w;
     llm_wire_body_init(&w);
     ap_err_clear(err);
-    if (r->model == NULL || r->model[0] == '\0' || r->n_messages == 0) {
-        ap_err_set(err, AP_INVALID, "a request needs a model and at least one message");
+    if (llm_wire_request_begin(r, r->schema_mode == LLM_WIRE_SCHEMA_INSTRUCT, &sys, err) != AP_OK)
         goto out;
-    }
-    for (size_t i = 0; i < r->n_messages; i++) {
-        if (r->messages[i].role == NULL || r->messages[i].content == NULL) {
-            ap_err_set(err, AP_INVALID, "message %zu has no role or content", i);
-            goto out;
-        }
-    }
-    ap_status rc = llm_wire_system_text(r, r->schema_mode == LLM_WIRE_SCHEMA_INSTRUCT, &sys);
-    if (rc != AP_OK) {
-        ap_err_set(err, rc, "system prompt too large");
-        goto out;
-    }
     llm_wire_raw(&w, "{\"model\":");
     llm_wire_str(&w, r->model);
     llm_wire_raw(&w, ",");
-    put_messages(&w, sys.data != NULL ? sys.data : "", r);
+    llm_wire_messages(&w, sys.len > 0 ? sys.data : NULL, r);
     if (r->max_tokens > 0) {
         llm_wire_raw(&w, ",");
         llm_wire_str(&w, r->max_tokens_key != NULL ? r->max_tokens_key : "max_tokens");
