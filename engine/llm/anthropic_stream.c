@@ -41,8 +41,6 @@ char *llm_anthropic_build_request(const llm_wire_request *r, ap_err *err)
     llm_wire_raw(&w, r->stream ? ",\"stream\":true}" : ",\"stream\":false}");
     out = llm_wire_body_finish(&w, err);
 out:
-    if (out == NULL)
-        buf_free(&w.b);
     buf_free(&sys);
     return out;
 }

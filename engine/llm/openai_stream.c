@@ -48,8 +48,6 @@ char *llm_openai_build_request(const llm_wire_request *r, ap_err *err)
     llm_wire_raw(&w, "}");
     out = llm_wire_body_finish(&w, err);
 out:
-    if (out == NULL)
-        buf_free(&w.b);
     buf_free(&sys);
     return out;
 }

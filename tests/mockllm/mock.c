@@ -171,26 +171,6 @@ void mock_note_disconnect(mock_req *r)
     M.disconnects++;
 }
 
-static ap_status put_json_str(buf *b, const char *s, size_t n)
-{
-    ap_status rc = buf_append(b, "\"", 1);
-    size_t run = 0; /* start of the bytes not yet written, which need no escape */
-    for (size_t i = 0; i < n && rc == AP_OK; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c != '"' && c != '\\' && c >= 0x20)
-            continue;
-        rc = buf_append(b, s + run, i - run);
-        if (rc == AP_OK && c < 0x20)
-            rc = buf_printf(b, "\\u%04x", c);
-        else if (rc == AP_OK)
-            rc = buf_append(b, (char[2]){'\\', (char)c}, 2);
-        run = i + 1;
-    }
-    if (rc == AP_OK)
-        rc = buf_append(b, s + run, n - run);
-    return rc == AP_OK ? buf_append(b, "\"", 1) : rc;
-}
-
 static size_t tok_start(const mock_req *r, size_t k)
 {
     return k == 0 ? 0 : r->ends[k - 1];
@@ -228,12 +208,12 @@ static ap_status whole_body(mock_req *r, buf *b)
                         "\"model\":",
                         r->id, (long long)time(NULL));
         if (rc == AP_OK)
-            rc = put_json_str(b, r->model, strlen(r->model));
+            rc = jsonx_append_string(b, r->model, strlen(r->model));
         if (rc == AP_OK)
             rc = buf_puts(b, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
                              "\"content\":");
         if (rc == AP_OK)
-            rc = put_json_str(b, r->content, len);
+            rc = jsonx_append_string(b, r->content, len);
         if (rc == AP_OK)
             rc = buf_printf(b,
                             "},\"finish_reason\":\"%s\"}],\"usage\":{\"prompt_tokens\":%lld,"
@@ -246,11 +226,11 @@ static ap_status whole_body(mock_req *r, buf *b)
     rc = buf_printf(b,
                     "{\"id\":\"%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":", r->id);
     if (rc == AP_OK)
-        rc = put_json_str(b, r->model, strlen(r->model));
+        rc = jsonx_append_string(b, r->model, strlen(r->model));
     if (rc == AP_OK)
         rc = buf_puts(b, ",\"content\":[{\"type\":\"text\",\"text\":");
     if (rc == AP_OK)
-        rc = put_json_str(b, r->content, len);
+        rc = jsonx_append_string(b, r->content, len);
     if (rc == AP_OK)
         rc = buf_printf(b,
                         "}],\"stop_reason\":\"%s\",\"stop_sequence\":null,\"usage\":{"
@@ -269,7 +249,7 @@ static ap_status openai_chunk_head(mock_req *r, buf *b)
                                   "\"created\":%lld,\"model\":",
                                   r->id, (long long)time(NULL));
         if (rc == AP_OK)
-            rc = put_json_str(&r->head, r->model, strlen(r->model));
+            rc = jsonx_append_string(&r->head, r->model, strlen(r->model));
         if (rc != AP_OK)
             return rc;
     }
@@ -293,8 +273,8 @@ static ap_status frame(mock_req *r, size_t k, buf *b)
         if (k <= n) {
             rc = buf_puts(b, ",\"choices\":[{\"index\":0,\"delta\":{\"content\":");
             if (rc == AP_OK)
-                rc = put_json_str(b, r->content + tok_start(r, k - 1),
-                                  r->ends[k - 1] - tok_start(r, k - 1));
+                rc = jsonx_append_string(b, r->content + tok_start(r, k - 1),
+                                         r->ends[k - 1] - tok_start(r, k - 1));
             return rc == AP_OK ? buf_puts(b, "},\"finish_reason\":null}]}\n\n") : rc;
         }
         rc =
@@ -318,7 +298,7 @@ static ap_status frame(mock_req *r, size_t k, buf *b)
                         "\"model\":",
                         r->id);
         if (rc == AP_OK)
-            rc = put_json_str(b, r->model, strlen(r->model));
+            rc = jsonx_append_string(b, r->model, strlen(r->model));
         if (rc == AP_OK)
             rc = buf_printf(b,
                             ",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{"
@@ -333,8 +313,8 @@ static ap_status frame(mock_req *r, size_t k, buf *b)
         rc = buf_puts(b, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\","
                          "\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":");
         if (rc == AP_OK)
-            rc = put_json_str(b, r->content + tok_start(r, k - 1),
-                              r->ends[k - 1] - tok_start(r, k - 1));
+            rc = jsonx_append_string(b, r->content + tok_start(r, k - 1),
+                                     r->ends[k - 1] - tok_start(r, k - 1));
         return rc == AP_OK ? buf_puts(b, "}}\n\n") : rc;
     }
     if (k > n + 1)

@@ -235,6 +235,17 @@ static llm_call *ask(rig *r, const char *prompt, const char *schema, bool stream
     return c;
 }
 
+/* Starts c and runs the loop until its first delta: the stream is then mid-way. */
+static void start_mid_stream(rig *r, llm_call *c)
+{
+    ap_err err;
+    assert_int_equal(r->ops->start(r->self, c, &err), AP_OK);
+    int64_t end = llm_loop_now_ms() + 5000;
+    while (c->deltas.len == 0 && llm_loop_now_ms() < end)
+        llm_loop_run_once(r->loop, 20);
+    assert_true(c->deltas.len > 0);
+}
+
 static const char *const FAST[] = {"--latency-ms", "5", "--token-ms", "1", "--tokens", "12", NULL};
 
 static void test_streaming_both(void **state)
@@ -457,12 +468,7 @@ static void test_cancel_disconnects(void **state)
     mock m = mock_start(args);
     rig r = rig_new(&llm_anthropic_ops, m, "");
     llm_call *c = call_new(&r, "x", NULL, true);
-    ap_err err;
-    assert_int_equal(r.ops->start(r.self, c, &err), AP_OK);
-    int64_t end = llm_loop_now_ms() + 5000;
-    while (c->deltas.len == 0 && llm_loop_now_ms() < end)
-        llm_loop_run_once(r.loop, 20);
-    assert_true(c->deltas.len > 0); /* mid-stream */
+    start_mid_stream(&r, c);
     r.ops->cancel(r.self, c);
     for (int i = 0; i < 5; i++)
         llm_loop_run_once(r.loop, 20);
@@ -487,12 +493,7 @@ static void test_handles_reused_after_cancel(void **state)
     mock m = mock_start(args);
     rig r = rig_new(&llm_openai_ops, m, "\"max_concurrency\":1");
     llm_call *a = call_new(&r, "first", NULL, true);
-    ap_err err;
-    assert_int_equal(r.ops->start(r.self, a, &err), AP_OK);
-    int64_t end = llm_loop_now_ms() + 5000;
-    while (a->deltas.len == 0 && llm_loop_now_ms() < end)
-        llm_loop_run_once(r.loop, 20);
-    assert_true(a->deltas.len > 0);
+    start_mid_stream(&r, a);
     r.ops->cancel(r.self, a);
     size_t a_len = a->deltas.len;
     for (int i = 0; i < 3; i++) {
@@ -608,12 +609,7 @@ static void test_http2_over_tls(void **state)
              "%s,\"headers\":{\"X-Mock-Token-Ms\":\"50\",\"X-Mock-Tokens\":\"100\"}", extra);
     r = rig_scheme(&llm_openai_ops, m, "https", cfg);
     c = call_new(&r, "x", NULL, true);
-    ap_err err;
-    assert_int_equal(r.ops->start(r.self, c, &err), AP_OK);
-    int64_t end = llm_loop_now_ms() + 5000;
-    while (c->deltas.len == 0 && llm_loop_now_ms() < end)
-        llm_loop_run_once(r.loop, 20);
-    assert_true(c->deltas.len > 0); /* mid-stream */
+    start_mid_stream(&r, c);
     r.ops->cancel(r.self, c);
     assert_int_equal(c->done, 0);
     call_free(c);
