@@ -8,9 +8,10 @@
  * (this thread), and runs the loop until all are done. With --rate N the calls arrive at N per
  * second instead, submitted from the loop, as a gateway sees traffic (and as gateways publish
  * their overhead): the added latency is then the engine's own, not queueing behind a burst.
- * Paced rounds first run the same calls without the engine (plain sockets on the same loop,
- * the bytes scanned only for the stream's end) and report the engine's latency over that
- * baseline, which takes mockllm's own lateness and the loopback out of the figure. Per
+ * Every round over clear text first runs the same calls without the engine (plain sockets on
+ * the same loop, the bytes scanned only for the stream's end, paced the same way) and reports
+ * the engine's wall and latency over that baseline: the floor that mockllm and the loopback
+ * set on this machine, which no client can go below. Per
  * round it reports wall time, the engine's CPU seconds per 1,000 calls (this process only;
  * mockllm's CPU is reported apart), peak RSS, and the latency the engine adds to each call:
  * observed time minus the time the server schedule takes (latency + (tokens - 1) x token time), at
@@ -197,8 +198,8 @@ typedef struct direct {
     int port;
     char req[512];
     size_t req_len;
-    int idle[4096]; /* kept-alive connections */
-    size_t n_idle;
+    int *idle; /* kept-alive connections, room for one per call */
+    size_t n_idle, cap_idle;
 } direct;
 
 typedef struct dcall {
@@ -210,7 +211,7 @@ typedef struct dcall {
     size_t tail_len;
 } dcall;
 
-static void direct_init(direct *d, llm_loop *loop, int port)
+static bool direct_init(direct *d, llm_loop *loop, int port, long calls)
 {
     static const char body[] = "{\"model\":\"m\",\"stream\":true,\"stream_options\":"
                                "{\"include_usage\":true},\"messages\":[{\"role\":\"user\","
@@ -218,12 +219,15 @@ static void direct_init(direct *d, llm_loop *loop, int port)
     d->loop = loop;
     d->port = port;
     d->n_idle = 0;
+    d->cap_idle = (size_t)calls;
+    d->idle = calloc(d->cap_idle, sizeof *d->idle);
     int n = snprintf(d->req, sizeof d->req,
                      "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      "application/json\r\nAccept: text/event-stream\r\nAuthorization: Bearer "
                      "b\r\nContent-Length: %zu\r\n\r\n%s",
                      sizeof body - 1, body);
     d->req_len = (size_t)n;
+    return d->idle != NULL;
 }
 
 static void direct_free(direct *d)
@@ -231,6 +235,8 @@ static void direct_free(direct *d)
     for (size_t i = 0; i < d->n_idle; i++)
         close(d->idle[i]);
     d->n_idle = 0;
+    free(d->idle);
+    d->idle = NULL;
 }
 
 static void direct_end(dcall *c, ap_status status)
@@ -239,7 +245,7 @@ static void direct_end(dcall *c, ap_status status)
     c->st->status = status;
     c->st->deltas = status == AP_OK;
     llm_loop_unwatch(c->d->loop, c->fd);
-    if (status == AP_OK && c->d->n_idle < sizeof c->d->idle / sizeof c->d->idle[0])
+    if (status == AP_OK && c->d->n_idle < c->d->cap_idle)
         c->d->idle[c->d->n_idle++] = c->fd;
     else
         close(c->fd);
@@ -308,9 +314,24 @@ static bool direct_start(direct *d, call_stat *st)
     return true;
 }
 
-/* Runs calls paced at o->rate without the engine; the added latency's p50 and p99 in *p50,
- * *p99 (us). */
-static int run_direct(llm_loop *loop, const opts *o, direct *d, int64_t *p50, int64_t *p99)
+/* What the same calls cost without the engine: the floor the engine is measured against. */
+typedef struct baseline {
+    int64_t wall_us, p50_us, p99_us;
+    double mock_cpu_s, lag_avg_ms, lag_max_ms;
+} baseline;
+
+/* Calls issued i / rate seconds in from t0 (rate 0: all at once) are due now. */
+static void wait_turn(llm_loop *loop, const opts *o, int64_t t0, long i)
+{
+    if (o->rate <= 0)
+        return;
+    int64_t due = t0 + i * 1000000 / o->rate, wait;
+    while ((wait = due - now_us()) > 0)
+        llm_loop_run_once(loop, (int)((wait + 999) / 1000));
+}
+
+/* Runs the round's calls without the engine, paced as the round is. */
+static int run_direct(llm_loop *loop, const opts *o, direct *d, pid_t mock, int port, baseline *b)
 {
     int rc = 1;
     call_stat *st = calloc((size_t)o->calls, sizeof *st);
@@ -318,11 +339,11 @@ static int run_direct(llm_loop *loop, const opts *o, direct *d, int64_t *p50, in
     if (st == NULL || added == NULL)
         goto out;
     done_count = 0;
+    cJSON_Delete(mock_get(port, "POST", "/reset"));
+    double mcpu0 = proc_cpu_s(mock);
     int64_t t0 = now_us();
     for (long i = 0; i < o->calls; i++) {
-        int64_t due = t0 + i * 1000000 / o->rate, wait;
-        while ((wait = due - now_us()) > 0)
-            llm_loop_run_once(loop, (int)((wait + 999) / 1000));
+        wait_turn(loop, o, t0, i);
         if (!direct_start(d, &st[i])) {
             fprintf(stderr, "direct call %ld could not start\n", i);
             goto out;
@@ -330,6 +351,8 @@ static int run_direct(llm_loop *loop, const opts *o, direct *d, int64_t *p50, in
     }
     while (done_count < o->calls)
         llm_loop_run_once(loop, 100);
+    b->wall_us = now_us() - t0;
+    b->mock_cpu_s = proc_cpu_s(mock) - mcpu0;
     int64_t server_us = (o->latency_ms + (o->tokens - 1) * o->token_ms) * 1000;
     long ok = 0;
     for (long i = 0; i < o->calls; i++) {
@@ -337,8 +360,12 @@ static int run_direct(llm_loop *loop, const opts *o, direct *d, int64_t *p50, in
         added[i] = st[i].done_us - st[i].submit_us - server_us;
     }
     qsort(added, (size_t)o->calls, sizeof *added, cmp_i64);
-    *p50 = added[(size_t)o->calls / 2];
-    *p99 = added[(size_t)((double)(o->calls - 1) * 0.99)];
+    b->p50_us = added[(size_t)o->calls / 2];
+    b->p99_us = added[(size_t)((double)(o->calls - 1) * 0.99)];
+    cJSON *ms = mock_get(port, "GET", "/stats");
+    b->lag_avg_ms = jsonx_number(ms, "frame_lag_ms_avg", -1);
+    b->lag_max_ms = jsonx_number(ms, "frame_lag_ms_max", -1);
+    cJSON_Delete(ms);
     rc = ok == o->calls ? 0 : 1;
 out:
     free(st);
@@ -356,8 +383,8 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
     int64_t *first = calloc((size_t)o->calls, sizeof *first);
     if (st == NULL || calls == NULL || added == NULL || first == NULL)
         goto out;
-    int64_t base50 = 0, base99 = 0;
-    if (o->rate > 0 && run_direct(loop, o, d, &base50, &base99) != 0) {
+    baseline base = {0};
+    if (!o->tls && run_direct(loop, o, d, mock, port, &base) != 0) {
         fprintf(stderr, "the baseline round failed\n");
         goto out;
     }
@@ -366,12 +393,7 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
     double cpu0 = cpu_s(), mcpu0 = proc_cpu_s(mock);
     int64_t t0 = now_us();
     for (long i = 0; i < o->calls; i++) {
-        if (o->rate > 0) {
-            /* call i is due i / rate seconds in; the loop runs until then */
-            int64_t due = t0 + i * 1000000 / o->rate, wait;
-            while ((wait = due - now_us()) > 0)
-                llm_loop_run_once(loop, (int)((wait + 999) / 1000));
-        }
+        wait_turn(loop, o, t0, i);
         llm_request req = {.expert_id = "bench",
                            .expert_json = "{\"name\":\"Bench Expert\",\"role\":\"tester\"}",
                            .prompt = "Give me your view.",
@@ -413,15 +435,20 @@ static int run_round(llm_loop *loop, llm_client *client, const opts *o, pid_t mo
            cpu * 1000.0 / (double)o->calls, mcpu, ru.ru_maxrss / 1024, (double)added[p50] / 1e3,
            (double)added[p99] / 1e3, (double)first[p50] / 1e3, (double)first[p99] / 1e3);
     cJSON *ms = mock_get(port, "GET", "/stats");
-    if (o->rate > 0) {
+    if (o->rate > 0)
         printf("  calls arrived at %ld/s over %.1f ms (the wall target is for a burst)\n", o->rate,
                (double)submitted / 1e3);
-        printf("  without the engine (plain sockets, same pacing): added p50 %.2f ms p99 %.2f ms; "
-               "the engine over that: p50 %+.2f ms, p99 %+.2f ms\n",
-               (double)base50 / 1e3, (double)base99 / 1e3, (double)(added[p50] - base50) / 1e3,
-               (double)(added[p99] - base99) / 1e3);
-    } else
+    else
         printf("  submitting all calls took %.1f ms on the loop thread\n", (double)submitted / 1e3);
+    if (!o->tls)
+        printf("  without the engine (plain sockets, same calls, same pacing, just before): wall "
+               "%.0f ms, added p50 %.2f ms p99 %.2f ms, mockllm CPU %.2f s, frames late by %.2f "
+               "ms on average, %.2f ms at most\n"
+               "  the engine over that: wall %+.0f ms, p50 %+.2f ms, p99 %+.2f ms\n",
+               (double)base.wall_us / 1e3, (double)base.p50_us / 1e3, (double)base.p99_us / 1e3,
+               base.mock_cpu_s, base.lag_avg_ms, base.lag_max_ms,
+               (double)(wall - base.wall_us) / 1e3, (double)(added[p50] - base.p50_us) / 1e3,
+               (double)(added[p99] - base.p99_us) / 1e3);
     printf("  mockllm: %.0f requests (%.0f over HTTP/2) arriving over %.1f ms on %.0f new "
            "connections (this query's included), frames sent late by %.2f ms on average, "
            "%.2f ms at most\n",
@@ -488,7 +515,11 @@ int main(int argc, char **argv)
            o.calls, o.rate > 0 ? "paced" : "concurrent", o.latency_ms, o.tokens, o.token_ms,
            o.provider, o.http_version);
     rc = 0;
-    direct_init(&d, loop, port);
+    if (!direct_init(&d, loop, port, o.calls)) {
+        fprintf(stderr, "out of memory\n");
+        rc = 1;
+        goto out;
+    }
     for (int r = 1; r <= o.rounds; r++)
         rc |= run_round(loop, client, &o, mock, port, r, &d);
 out:
