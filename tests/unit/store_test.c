@@ -1305,6 +1305,12 @@ static void test_sqlite_migration_keeps_rows(void **state)
     const char *running[] = {"running"};
     OK(store_panel_transition(s, MT, MP1, running, 1, "completed", "{\"ok\":true}", NULL, E));
     IS(AP_CONFLICT, store_panel_transition(s, MT, MP1, running, 1, "failed", NULL, "x", E));
+    store_usage again = {.id = "0190e6a4-1111-7aaa-8bbb-000000000001",
+                         .provider = "simulated",
+                         .model = "sim-1",
+                         .outcome = "ok",
+                         .created_at = 2};
+    IS(AP_CONFLICT, store_usage_record(s, MT, &again, E));
     store_close(s);
     assert_int_equal(count_on(path, "SELECT count(*) FROM panels WHERE status = 'bogus'"), 0);
     sql_on(path, "PRAGMA foreign_keys = ON; DELETE FROM panels WHERE id = '" MP1 "';");
@@ -1320,6 +1326,8 @@ static void test_sqlite_migration_keeps_rows(void **state)
                              SQLITE_OK);
         sqlite3_close(db);
     }
+    sql_on(path, "PRAGMA foreign_keys = ON; DELETE FROM tenants WHERE id = '" MT "';");
+    assert_int_equal(count_on(path, "SELECT count(*) FROM usage_records"), 0);
     unlink(path);
     snprintf(p, sizeof p, "%s-wal", path);
     unlink(p);
