@@ -18,6 +18,9 @@
 #define SIM_MAX_DEPTH 8
 #define SIM_MAX_ITEMS 8
 #define SIM_TEXT_MAX (256 * 1024)
+#define SIM_PROSE_MAX 4096 /* one prose answer or string; longer (a huge role) fails */
+/* The JSON answer: the cJSON print it replaces had no bound, so this one is only a backstop. */
+#define SIM_JSON_MAX ((size_t)64 << 20)
 #define SIM_CHUNK 24 /* bytes per streamed delta */
 #define SIM_PARSED 8 /* parsed JSON texts a provider keeps */
 
@@ -57,6 +60,7 @@ typedef struct sim {
     int noptions;
     char topic[6][32];
     int ntopic;
+    buf scratch; /* one string's text before it is cut and escaped */
 } sim;
 
 static uint64_t next(sim *s)
@@ -217,6 +221,15 @@ static const char *const closes[] = {
     "The team should document dissent so it can be revisited.",
 };
 
+/* Appends the pieces in order: what buf_printf("%s%s...") wrote, without formatting. */
+static ap_status put_all(buf *b, const char *const *parts, size_t n)
+{
+    ap_status rc = AP_OK;
+    for (size_t i = 0; i < n && rc == AP_OK; i++)
+        rc = buf_puts(b, parts[i]);
+    return rc;
+}
+
 static ap_status prose(sim *s, buf *b)
 {
     const char *t1 = s->ntopic > 0 ? s->topic[next(s) % (uint64_t)s->ntopic] : "the question";
@@ -224,24 +237,137 @@ static ap_status prose(sim *s, buf *b)
     if (s->ntopic > 1 && strcmp(t1, t2) == 0)
         t2 = strcmp(t1, s->topic[0]) == 0 ? s->topic[1] : s->topic[0];
     const char *open = s->stance < 0.5 ? cautious_open[next(s) % 3] : bold_open[next(s) % 3];
-    ap_status rc = buf_printf(b, "Speaking as %s: %s. ", s->role, open);
     const char *const *m = middles[next(s) % 4];
-    if (rc == AP_OK)
-        rc = buf_printf(b, "%s%s%s%s%s", m[0], t1, m[1], t2, m[2]);
-    if (rc == AP_OK)
-        rc = buf_printf(b, ". %s", closes[next(s) % 4]);
-    return rc;
+    const char *close = closes[next(s) % 4];
+    const char *parts[] = {"Speaking as ", s->role, ": ", open, ". ", m[0], t1,
+                           m[1],           t2,      m[2], ". ", close};
+    return put_all(b, parts, sizeof parts / sizeof parts[0]);
 }
 
 static char *prose_string(sim *s)
 {
     buf b;
-    buf_init(&b, 4096);
+    buf_init(&b, SIM_PROSE_MAX);
     if (prose(s, &b) != AP_OK) {
         buf_free(&b);
         return NULL;
     }
     return buf_steal(&b);
+}
+
+/* ---- writing the answer as cJSON_PrintUnformatted would ------------------------------------- */
+
+/* s[0..n) as cJSON prints a string: '"', '\\' and control bytes escaped, every other byte as
+ * it is. Not jsonx_append_string, which replaces invalid UTF-8: a name, an option or a
+ * maxLength cut can hold a partial sequence, and the answer must stay what it was. */
+static ap_status put_string(buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    ap_status rc = buf_putc(b, '"');
+    size_t i = 0;
+    while (rc == AP_OK && i < n) {
+        size_t j = i;
+        while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\')
+            j++;
+        rc = buf_append(b, s + i, j - i);
+        if (rc != AP_OK || j == n)
+            break;
+        unsigned char c = (unsigned char)s[j];
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t len = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            esc[1] = 'u', esc[2] = '0', esc[3] = '0', esc[4] = hex[c >> 4], esc[5] = hex[c & 15];
+            len = 6;
+        }
+        rc = buf_append(b, esc, len);
+        i = j + 1;
+    }
+    return rc == AP_OK ? buf_putc(b, '"') : rc;
+}
+
+static ap_status put_cstring(buf *b, const char *s)
+{
+    return put_string(b, s != NULL ? s : "", s != NULL ? strlen(s) : 0);
+}
+
+/* A number through cJSON itself, into the stack: the exact text for every case below. */
+static ap_status put_number_cjson(buf *b, double d)
+{
+    cJSON item;
+    memset(&item, 0, sizeof item);
+    item.type = cJSON_Number;
+    cJSON_SetNumberHelper(&item, d);
+    char tmp[64];
+    if (!cJSON_PrintPreallocated(&item, tmp, (int)sizeof tmp, false))
+        return AP_NOMEM;
+    return buf_puts(b, tmp);
+}
+
+/* A whole number below 1e15 prints as its digits whichever way cJSON takes (%d, or %1.15g,
+ * which stays in fixed notation below 1e15); -0 prints as "-0" and goes through cJSON. */
+static ap_status put_number(buf *b, double d)
+{
+    char tmp[JSONX_INT_MAX];
+    if (d == floor(d) && fabs(d) < 1e15 && !(d == 0 && signbit(d)))
+        return buf_append(b, tmp, jsonx_int_text(tmp, (int64_t)d));
+    return put_number_cjson(b, d);
+}
+
+/* k / 1000 for a whole k, the numbers gen_number answers. For 1 <= |k| < 1e12 and k / 1000 not
+ * whole, the double nearest k / 1000 is within 2^-53 of it while 15 significant digits step
+ * by at least 1e-15, so %1.15g shows exactly k / 1000 in fixed notation (0.001 <= |d| <
+ * 1e9), which reads back as the same double: cJSON prints these digits, written here without
+ * printf and sscanf. */
+static ap_status put_thousandths(buf *b, double k)
+{
+    if (!(fabs(k) >= 1 && fabs(k) < 1e12) || fmod(k, 1000) == 0)
+        return put_number(b, k / 1000);
+    uint64_t m = (uint64_t)fabs(k);
+    char tmp[JSONX_INT_MAX + 8];
+    size_t n = 0;
+    if (k < 0)
+        tmp[n++] = '-';
+    n += jsonx_int_text(tmp + n, (int64_t)(m / 1000));
+    unsigned frac = (unsigned)(m % 1000);
+    tmp[n++] = '.';
+    tmp[n++] = (char)('0' + frac / 100);
+    tmp[n++] = (char)('0' + frac / 10 % 10);
+    tmp[n++] = (char)('0' + frac % 10);
+    while (tmp[n - 1] == '0') /* frac != 0: a digit stays */
+        n--;
+    return buf_append(b, tmp, n);
+}
+
+/* A value of the schema (a const or an enum member) as cJSON prints it. */
+static ap_status put_item(buf *b, const cJSON *item)
+{
+    if (cJSON_IsString(item))
+        return put_cstring(b, item->valuestring);
+    char *text = cJSON_PrintUnformatted(item);
+    if (text == NULL)
+        return AP_NOMEM;
+    ap_status rc = buf_puts(b, text);
+    free(text);
+    return rc;
 }
 
 /* ---- schema-driven values ----------------------------------------------------------------- */
@@ -263,9 +389,68 @@ static int biased_pick(sim *s, const char *field, int n)
     return (next(s) % 100) < 60 ? common : own;
 }
 
-static const char *schema_type(const cJSON *sc)
+/* The members of a schema object the generator reads, found in one pass over it instead of a
+ * lookup each: for each name the first member, as cJSON_GetObjectItemCaseSensitive finds. */
+typedef struct schema_keys {
+    const cJSON *type, *konst, *any_of, *one_of, *en, *properties, *items, *required;
+    const cJSON *minimum, *exclusive_minimum, *maximum, *exclusive_maximum;
+    const cJSON *min_items, *max_items, *max_length;
+} schema_keys;
+
+static void take(const cJSON **slot, const cJSON *member, const char *name)
 {
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(sc, "type");
+    if (*slot == NULL && strcmp(member->string, name) == 0)
+        *slot = member;
+}
+
+static void schema_keys_of(const cJSON *sc, schema_keys *k)
+{
+    memset(k, 0, sizeof *k);
+    /* like the lookup, stop at a member without a name (only arrays have those) */
+    for (const cJSON *m = sc->child; m != NULL && m->string != NULL; m = m->next) {
+        switch (m->string[0]) {
+        case 't':
+            take(&k->type, m, "type");
+            break;
+        case 'c':
+            take(&k->konst, m, "const");
+            break;
+        case 'a':
+            take(&k->any_of, m, "anyOf");
+            break;
+        case 'o':
+            take(&k->one_of, m, "oneOf");
+            break;
+        case 'e':
+            take(&k->en, m, "enum");
+            take(&k->exclusive_minimum, m, "exclusiveMinimum");
+            take(&k->exclusive_maximum, m, "exclusiveMaximum");
+            break;
+        case 'p':
+            take(&k->properties, m, "properties");
+            break;
+        case 'i':
+            take(&k->items, m, "items");
+            break;
+        case 'r':
+            take(&k->required, m, "required");
+            break;
+        case 'm':
+            take(&k->minimum, m, "minimum");
+            take(&k->maximum, m, "maximum");
+            take(&k->min_items, m, "minItems");
+            take(&k->max_items, m, "maxItems");
+            take(&k->max_length, m, "maxLength");
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static const char *schema_type(const schema_keys *k)
+{
+    const cJSON *t = k->type;
     if (cJSON_IsString(t))
         return t->valuestring;
     if (cJSON_IsArray(t)) {
@@ -276,33 +461,31 @@ static const char *schema_type(const cJSON *sc)
                 return e->valuestring;
         }
     }
-    if (cJSON_GetObjectItemCaseSensitive(sc, "properties") != NULL)
+    if (k->properties != NULL)
         return "object";
-    if (cJSON_GetObjectItemCaseSensitive(sc, "items") != NULL)
+    if (k->items != NULL)
         return "array";
     return "string";
 }
 
-static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth);
+static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf *b);
 
-static double num_bound(const cJSON *sc, const char *key, const char *xkey, double dflt,
-                        double nudge)
+/* The bound v, else the exclusive bound x nudged inward, else dflt. */
+static double num_bound(const cJSON *v, const cJSON *x, double dflt, double nudge)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(sc, key);
     if (cJSON_IsNumber(v))
         return v->valuedouble;
-    v = cJSON_GetObjectItemCaseSensitive(sc, xkey);
-    if (cJSON_IsNumber(v))
-        return v->valuedouble + nudge;
+    if (cJSON_IsNumber(x))
+        return x->valuedouble + nudge;
     return dflt;
 }
 
-static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool integer)
+static ap_status gen_number(sim *s, const schema_keys *k, const char *field, bool integer, buf *b)
 {
     bool unitish = name_has(field, "confidence") || name_has(field, "probability") ||
                    name_has(field, "likelihood") || name_has(field, "agreement");
-    double lo = num_bound(sc, "minimum", "exclusiveMinimum", unitish ? 0 : 0, integer ? 1 : 1e-9);
-    double hi = num_bound(sc, "maximum", "exclusiveMaximum", unitish ? 1 : (integer ? 100 : 1000),
+    double lo = num_bound(k->minimum, k->exclusive_minimum, unitish ? 0 : 0, integer ? 1 : 1e-9);
+    double hi = num_bound(k->maximum, k->exclusive_maximum, unitish ? 1 : (integer ? 100 : 1000),
                           integer ? -1 : -1e-9);
     if (hi < lo)
         hi = lo;
@@ -334,161 +517,188 @@ static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool intege
     if (v > hi)
         v = hi;
     if (integer)
-        return cJSON_CreateNumber(floor(v + 0.5) > hi ? floor(v) : floor(v + 0.5));
-    return cJSON_CreateNumber(round(v * 1000) / 1000);
+        return put_number(b, floor(v + 0.5) > hi ? floor(v) : floor(v + 0.5));
+    return put_thousandths(b, round(v * 1000));
 }
 
-static cJSON *gen_string(sim *s, const cJSON *sc, const char *field)
+static ap_status gen_string(sim *s, const schema_keys *k, const char *field, buf *b)
 {
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(sc, "enum");
+    const cJSON *en = k->en;
     if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0) {
         int i = biased_pick(s, field != NULL ? field : "enum", cJSON_GetArraySize(en));
-        return cJSON_Duplicate(cJSON_GetArrayItem(en, i), true);
+        return put_item(b, cJSON_GetArrayItem(en, i));
     }
     if (field != NULL && strcmp(field, "position") == 0 && s->noptions > 0)
-        return cJSON_CreateString(s->options[biased_pick(s, "position", s->noptions)]);
-    char *text = NULL;
-    if (name_has(field, "name") && s->name != NULL)
-        text = strdup(s->name);
-    else
-        text = prose_string(s);
-    if (text == NULL)
-        return NULL;
-    const cJSON *ml = cJSON_GetObjectItemCaseSensitive(sc, "maxLength");
-    if (cJSON_IsNumber(ml) && ml->valuedouble >= 0 && strlen(text) > (size_t)ml->valuedouble)
-        text[(size_t)ml->valuedouble] = '\0';
-    cJSON *r = cJSON_CreateString(text);
-    free(text);
-    return r;
+        return put_cstring(b, s->options[biased_pick(s, "position", s->noptions)]);
+    /* The text goes to the scratch buffer first: maxLength cuts it before it is escaped. */
+    const char *text = s->name;
+    if (!name_has(field, "name") || s->name == NULL) {
+        buf_reset(&s->scratch);
+        if (prose(s, &s->scratch) != AP_OK)
+            return AP_NOMEM;
+        text = s->scratch.data;
+    }
+    size_t len = strlen(text);
+    const cJSON *ml = k->max_length;
+    if (cJSON_IsNumber(ml) && ml->valuedouble >= 0 && len > (size_t)ml->valuedouble)
+        len = (size_t)ml->valuedouble;
+    return put_string(b, text, len);
 }
 
-static cJSON *gen_array(sim *s, const cJSON *sc, const char *field, int depth)
+/* The enum members of a ranking, best first: a shared preference plus the persona's own. */
+static ap_status gen_ranking(sim *s, const cJSON *en, int lo, int hi, buf *b)
 {
-    const cJSON *items = cJSON_GetObjectItemCaseSensitive(sc, "items");
-    int lo = (int)num_bound(sc, "minItems", "minItems", 1, 0);
-    int hi = (int)num_bound(sc, "maxItems", "maxItems", lo + 3, 0);
+    int n = cJSON_GetArraySize(en);
+    double score[64];
+    const cJSON *member[64];
+    int order[64];
+    if (n > 64)
+        n = 64;
+    const cJSON *o = en->child;
+    for (int i = 0; i < n; i++, o = o->next) {
+        const char *os = cJSON_IsString(o) ? o->valuestring : "";
+        double shared = (double)(hash_str(s->common, os) >> 11) / 9007199254740992.0;
+        double own = (double)(hash_str((uint64_t)(s->stance * 1e9), os) >> 11) / 9007199254740992.0;
+        score[i] = 0.6 * shared + 0.4 * own;
+        member[i] = o;
+        order[i] = i;
+    }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && score[order[j]] > score[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    int count = n < hi ? n : hi;
+    if (count < lo)
+        count = lo < n ? lo : n;
+    ap_status rc = buf_putc(b, '[');
+    for (int i = 0; i < count && rc == AP_OK; i++) {
+        if (i > 0)
+            rc = buf_putc(b, ',');
+        if (rc == AP_OK)
+            rc = put_item(b, member[order[i]]);
+    }
+    return rc == AP_OK ? buf_putc(b, ']') : rc;
+}
+
+static ap_status gen_array(sim *s, const schema_keys *k, const char *field, int depth, buf *b)
+{
+    const cJSON *items = k->items;
+    int lo = (int)num_bound(k->min_items, k->min_items, 1, 0);
+    int hi = (int)num_bound(k->max_items, k->max_items, lo + 3, 0);
     if (lo < 0)
         lo = 0;
     if (hi > SIM_MAX_ITEMS)
         hi = SIM_MAX_ITEMS;
     if (hi < lo)
         hi = lo;
-    cJSON *arr = cJSON_CreateArray();
-    if (arr == NULL)
-        return NULL;
     const cJSON *en = cJSON_GetObjectItemCaseSensitive(items, "enum");
-    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0) {
-        /* A ranking: a permutation ordered by a shared preference plus the persona's own. */
-        int n = cJSON_GetArraySize(en);
-        double score[64];
-        int order[64];
-        if (n > 64)
-            n = 64;
-        for (int i = 0; i < n; i++) {
-            const cJSON *o = cJSON_GetArrayItem(en, i);
-            const char *os = cJSON_IsString(o) ? o->valuestring : "";
-            double shared = (double)(hash_str(s->common, os) >> 11) / 9007199254740992.0;
-            double own =
-                (double)(hash_str((uint64_t)(s->stance * 1e9), os) >> 11) / 9007199254740992.0;
-            score[i] = 0.6 * shared + 0.4 * own;
-            order[i] = i;
-        }
-        for (int i = 1; i < n; i++)
-            for (int j = i; j > 0 && score[order[j]] > score[order[j - 1]]; j--) {
-                int t = order[j];
-                order[j] = order[j - 1];
-                order[j - 1] = t;
-            }
-        int count = n < hi ? n : hi;
-        if (count < lo)
-            count = lo < n ? lo : n;
-        for (int i = 0; i < count; i++)
-            cJSON_AddItemToArray(arr, cJSON_Duplicate(cJSON_GetArrayItem(en, order[i]), true));
-        return arr;
-    }
+    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0)
+        return gen_ranking(s, en, lo, hi, b);
     int count = lo + (hi > lo ? (int)(next(s) % (uint64_t)(hi - lo + 1)) : 0);
-    for (int i = 0; i < count; i++) {
-        cJSON *v = gen(s, items, field, depth + 1);
-        if (v == NULL) {
-            cJSON_Delete(arr);
-            return NULL;
-        }
-        cJSON_AddItemToArray(arr, v);
+    ap_status rc = buf_putc(b, '[');
+    for (int i = 0; i < count && rc == AP_OK; i++) {
+        if (i > 0)
+            rc = buf_putc(b, ',');
+        if (rc == AP_OK)
+            rc = gen(s, items, field, depth + 1, b);
     }
-    return arr;
+    return rc == AP_OK ? buf_putc(b, ']') : rc;
 }
 
-static bool is_required(const cJSON *sc, const char *name)
+static bool is_required(const cJSON *required, const char *name)
 {
-    const cJSON *req = cJSON_GetObjectItemCaseSensitive(sc, "required");
     const cJSON *e;
-    cJSON_ArrayForEach(e, req)
+    cJSON_ArrayForEach(e, required)
     {
-        if (cJSON_IsString(e) && strcmp(e->valuestring, name) == 0)
+        if (cJSON_IsString(e) && name != NULL && strcmp(e->valuestring, name) == 0)
             return true;
     }
     return false;
 }
 
-static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth)
+static ap_status gen_object(sim *s, const schema_keys *k, int depth, buf *b)
+{
+    ap_status rc = buf_putc(b, '{');
+    bool first = true;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, k->properties)
+    {
+        if (rc != AP_OK)
+            break;
+        if (!is_required(k->required, p->string) && next(s) % 100 >= 85)
+            continue;
+        if (p->string == NULL) {
+            /* a member of "properties" given as an array: the tree dropped its value (a
+             * member needs a name), but it was generated all the same */
+            buf junk;
+            buf_init(&junk, SIM_JSON_MAX);
+            rc = gen(s, p, NULL, depth + 1, &junk);
+            buf_free(&junk);
+            continue;
+        }
+        if (!first)
+            rc = buf_putc(b, ',');
+        first = false;
+        if (rc == AP_OK)
+            rc = put_cstring(b, p->string);
+        if (rc == AP_OK)
+            rc = buf_putc(b, ':');
+        if (rc == AP_OK)
+            rc = gen(s, p, p->string, depth + 1, b);
+    }
+    return rc == AP_OK ? buf_putc(b, '}') : rc;
+}
+
+/* Appends to b a value for schema sc, in the bytes cJSON_PrintUnformatted gave for the tree
+ * this once built (the answers of the simulated provider are part of what tests pin). */
+static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf *b)
 {
     if (!cJSON_IsObject(sc) || depth > SIM_MAX_DEPTH)
-        return cJSON_CreateNull();
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(sc, "const");
-    if (c != NULL)
-        return cJSON_Duplicate(c, true);
-    const cJSON *any = cJSON_GetObjectItemCaseSensitive(sc, "anyOf");
+        return buf_puts(b, "null");
+    schema_keys k;
+    schema_keys_of(sc, &k);
+    if (k.konst != NULL)
+        return put_item(b, k.konst);
+    const cJSON *any = k.any_of;
     if (!cJSON_IsArray(any))
-        any = cJSON_GetObjectItemCaseSensitive(sc, "oneOf");
+        any = k.one_of;
     if (cJSON_IsArray(any) && cJSON_GetArraySize(any) > 0)
-        return gen(s, cJSON_GetArrayItem(any, 0), field, depth + 1);
-    const char *t = schema_type(sc);
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(sc, "enum");
+        return gen(s, any->child, field, depth + 1, b);
+    const char *t = schema_type(&k);
+    const cJSON *en = k.en;
     if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0 && strcmp(t, "string") != 0)
-        return cJSON_Duplicate(
-            cJSON_GetArrayItem(en, biased_pick(s, field ? field : "enum", cJSON_GetArraySize(en))),
-            true);
-    if (strcmp(t, "object") == 0) {
-        cJSON *obj = cJSON_CreateObject();
-        const cJSON *props = cJSON_GetObjectItemCaseSensitive(sc, "properties");
-        const cJSON *p;
-        cJSON_ArrayForEach(p, props)
-        {
-            if (!is_required(sc, p->string) && next(s) % 100 >= 85)
-                continue;
-            cJSON *v = gen(s, p, p->string, depth + 1);
-            if (v == NULL || obj == NULL) {
-                cJSON_Delete(v);
-                cJSON_Delete(obj);
-                return NULL;
-            }
-            cJSON_AddItemToObject(obj, p->string, v);
-        }
-        return obj;
-    }
+        return put_item(b, cJSON_GetArrayItem(
+                               en, biased_pick(s, field ? field : "enum", cJSON_GetArraySize(en))));
+    if (strcmp(t, "object") == 0)
+        return gen_object(s, &k, depth, b);
     if (strcmp(t, "array") == 0)
-        return gen_array(s, sc, field, depth);
+        return gen_array(s, &k, field, depth, b);
     if (strcmp(t, "integer") == 0)
-        return gen_number(s, sc, field, true);
+        return gen_number(s, &k, field, true, b);
     if (strcmp(t, "number") == 0)
-        return gen_number(s, sc, field, false);
+        return gen_number(s, &k, field, false, b);
     if (strcmp(t, "boolean") == 0)
-        return cJSON_CreateBool((0.4 + 0.4 * s->stance) > unit(s));
+        return buf_puts(b, (0.4 + 0.4 * s->stance) > unit(s) ? "true" : "false");
     if (strcmp(t, "null") == 0)
-        return cJSON_CreateNull();
-    return gen_string(s, sc, field);
+        return buf_puts(b, "null");
+    return gen_string(s, &k, field, b);
 }
 
 /* The answer to req; expert and schema are req->expert_json and req->schema_json parsed (NULL
- * without one, or for an unreadable expert). */
+ * without one, or for an unreadable expert). *text is the prose, or with a schema the JSON
+ * value, which is then also the data (*is_data). */
 static ap_status simulate(const llm_request *req, const cJSON *expert, const cJSON *schema,
-                          uint64_t seed, char **text, char **data_json, ap_err *err)
+                          uint64_t seed, char **text, bool *is_data, ap_err *err)
 {
     ap_status rc = AP_OK;
-    cJSON *value = NULL;
+    buf out;
+    buf_init(&out, SIM_JSON_MAX);
     *text = NULL;
-    *data_json = NULL;
+    *is_data = false;
     sim s = {0};
+    buf_init(&s.scratch, SIM_PROSE_MAX);
     s.prompt = req->prompt;
     s.name = jsonx_string(expert, "name");
     s.role = jsonx_string(expert, "role");
@@ -511,16 +721,15 @@ static ap_status simulate(const llm_request *req, const cJSON *expert, const cJS
             rc = ap_err_set(err, AP_NOMEM, "out of memory");
         goto out;
     }
-    value = gen(&s, schema, NULL, 0);
-    *data_json = value != NULL ? jsonx_print(value) : NULL;
-    *text = *data_json != NULL ? strdup(*data_json) : NULL;
-    if (*text == NULL) {
-        free(*data_json);
-        *data_json = NULL;
+    /* Any failure was a NULL tree or text before, which the caller saw as out of memory. */
+    if (gen(&s, schema, NULL, 0, &out) != AP_OK || (*text = buf_steal(&out)) == NULL) {
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
     }
+    *is_data = true;
 out:
-    cJSON_Delete(value);
+    buf_free(&out);
+    buf_free(&s.scratch);
     return rc;
 }
 
@@ -539,12 +748,19 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
     *text = NULL;
     *data_json = NULL;
     cJSON *schema = NULL;
+    bool is_data = false;
     ap_status rc = req->schema_json != NULL ? parse_schema(req->schema_json, &schema, err) : AP_OK;
     cJSON *expert = req->expert_json != NULL
                         ? jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL)
                         : NULL;
     if (rc == AP_OK)
-        rc = simulate(req, expert, schema, seed, text, data_json, err);
+        rc = simulate(req, expert, schema, seed, text, &is_data, err);
+    /* the provider shares one text between both; this API hands out two */
+    if (rc == AP_OK && is_data && (*data_json = strdup(*text)) == NULL) {
+        free(*text);
+        *text = NULL;
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+    }
     cJSON_Delete(expert);
     cJSON_Delete(schema);
     return rc;
@@ -569,7 +785,9 @@ typedef struct sim_call {
     sim_provider *p;
     llm_call *call;
     llm_timer *timer;
-    char *text, *data;
+    char *text;   /* the answer */
+    size_t len;   /* of text */
+    bool is_data; /* text is also the answer's JSON data */
     size_t sent;
     int64_t started;
 } sim_call;
@@ -616,7 +834,6 @@ static void sim_destroy(void *self)
 static void sim_call_free(sim_call *sc)
 {
     free(sc->text);
-    free(sc->data);
     free(sc);
 }
 
@@ -643,10 +860,10 @@ static void sim_finish(sim_call *sc)
     llm_response r = {
         .status = AP_OK,
         .text = sc->text,
-        .data_json = sc->data,
+        .data_json = sc->is_data ? sc->text : NULL,
         .prompt_tokens =
             (int64_t)((strlen(req->prompt) + (req->system ? strlen(req->system) : 0)) / 4 + 1),
-        .completion_tokens = (int64_t)(strlen(sc->text) / 4 + 1),
+        .completion_tokens = (int64_t)(sc->len / 4 + 1),
         .provider = "simulated",
         .model = model,
         .attempts = 1,
@@ -661,7 +878,7 @@ static void sim_tick(llm_loop *loop, void *ud)
     sim_call *sc = ud;
     sc->timer = NULL;
     const llm_request *req = llm_call_request(sc->call);
-    size_t len = strlen(sc->text);
+    size_t len = sc->len;
     if (req->stream) {
         /* Without a token delay every piece goes out in this tick; with one, a piece per tick. */
         do {
@@ -731,11 +948,12 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
     if (rc == AP_OK && req->expert_json != NULL)
         cached_parse(p, req->expert_json, schema, &expert, NULL);
     if (rc == AP_OK)
-        rc = simulate(req, expert, schema, p->seed, &sc->text, &sc->data, err);
+        rc = simulate(req, expert, schema, p->seed, &sc->text, &sc->is_data, err);
     if (rc != AP_OK) {
         sim_call_free(sc);
         return rc;
     }
+    sc->len = strlen(sc->text);
     sc->timer = llm_loop_timer_add(p->loop, p->latency_ms, sim_tick, sc);
     if (sc->timer == NULL) {
         sim_call_free(sc);
