@@ -34,24 +34,33 @@ static uint64_t mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
+/* FNV-1a steps over s[0..n), four bytes per loop test: the prompt and the schema text are
+ * hashed on every call. */
+static uint64_t fnv(uint64_t h, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+        h = (h ^ p[i + 1]) * 0x100000001b3ULL;
+        h = (h ^ p[i + 2]) * 0x100000001b3ULL;
+        h = (h ^ p[i + 3]) * 0x100000001b3ULL;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
 static uint64_t hash_str(uint64_t h, const char *s)
 {
     h ^= 0xcbf29ce484222325ULL;
-    for (; s != NULL && *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
+    if (s != NULL)
+        h = fnv(h, s, strlen(s));
     return mix(h);
 }
 
-typedef struct sim {
-    uint64_t rng;
-    uint64_t common; /* shared by all experts: the "truth" of this prompt */
-    uint64_t who;    /* the expert: id, persona and role */
-    double stance;   /* 0 cautious .. 1 bold, from the persona */
-    double pull;     /* how far this expert moves toward a group median */
-    const char *name, *role, *persona;
-    const char *prompt;
+/* What a prompt says, read once per prompt text: an ask_all sends one prompt to every expert. */
+typedef struct prompt_facts {
     bool has_median;
     double median;
     bool has_previous; /* "Previous estimate: N": the expert's own last answer */
@@ -60,7 +69,17 @@ typedef struct sim {
     int noptions;
     char topic[6][32];
     int ntopic;
-    buf scratch; /* one string's text before it is cut and escaped */
+} prompt_facts;
+
+typedef struct sim {
+    uint64_t rng;
+    uint64_t common; /* shared by all experts: the "truth" of this prompt */
+    uint64_t who;    /* the expert: id, persona and role */
+    double stance;   /* 0 cautious .. 1 bold, from the persona */
+    double pull;     /* how far this expert moves toward a group median */
+    const char *name, *role, *persona;
+    const prompt_facts *f; /* of the prompt */
+    buf scratch;           /* one string's text before it is cut and escaped */
 } sim;
 
 static uint64_t next(sim *s)
@@ -109,30 +128,31 @@ static bool is_stop_word(const char *w, size_t n)
 
 /* ---- reading the prompt ------------------------------------------------------------------ */
 
-static void read_prompt(sim *s)
+static void read_prompt(const char *prompt, prompt_facts *f)
 {
-    const char *m = strstr(s->prompt, "Group median:");
+    memset(f, 0, sizeof *f);
+    const char *m = strstr(prompt, "Group median:");
     if (m != NULL) {
         char *end = NULL;
         double v = strtod(m + strlen("Group median:"), &end);
         if (end != m + strlen("Group median:") && isfinite(v)) {
-            s->has_median = true;
-            s->median = v;
+            f->has_median = true;
+            f->median = v;
         }
     }
-    const char *pe = strstr(s->prompt, "Previous estimate:");
+    const char *pe = strstr(prompt, "Previous estimate:");
     if (pe != NULL) {
         char *end = NULL;
         double v = strtod(pe + strlen("Previous estimate:"), &end);
         if (end != pe + strlen("Previous estimate:") && isfinite(v)) {
-            s->has_previous = true;
-            s->previous = v;
+            f->has_previous = true;
+            f->previous = v;
         }
     }
-    const char *o = strstr(s->prompt, "Options:");
+    const char *o = strstr(prompt, "Options:");
     if (o != NULL) {
         o += strlen("Options:");
-        while (s->noptions < 8 && *o != '\0' && *o != '\n') {
+        while (f->noptions < 8 && *o != '\0' && *o != '\n') {
             while (*o == ' ' || *o == '|')
                 o++;
             const char *e = o;
@@ -143,33 +163,33 @@ static void read_prompt(sim *s)
                 t--;
             if (t > o) {
                 size_t n = (size_t)(t - o);
-                if (n >= sizeof s->options[0])
-                    n = sizeof s->options[0] - 1;
-                memcpy(s->options[s->noptions], o, n);
-                s->options[s->noptions][n] = '\0';
-                s->noptions++;
+                if (n >= sizeof f->options[0])
+                    n = sizeof f->options[0] - 1;
+                memcpy(f->options[f->noptions], o, n);
+                f->options[f->noptions][n] = '\0';
+                f->noptions++;
             }
             o = e;
         }
     }
     /* topic words: the first few long words of the prompt */
-    const char *p = s->prompt;
-    while (*p != '\0' && s->ntopic < 6) {
+    const char *p = prompt;
+    while (*p != '\0' && f->ntopic < 6) {
         while (*p != '\0' && !isalpha((unsigned char)*p))
             p++;
         const char *w = p;
         while (isalpha((unsigned char)*p) || *p == '-')
             p++;
         size_t n = (size_t)(p - w);
-        if (n >= 6 && n < sizeof s->topic[0] && !is_stop_word(w, n)) {
+        if (n >= 6 && n < sizeof f->topic[0] && !is_stop_word(w, n)) {
             bool dup = false;
-            for (int i = 0; i < s->ntopic; i++)
-                dup = dup || (strncasecmp(s->topic[i], w, n) == 0 && s->topic[i][n] == '\0');
+            for (int i = 0; i < f->ntopic; i++)
+                dup = dup || (strncasecmp(f->topic[i], w, n) == 0 && f->topic[i][n] == '\0');
             if (!dup) {
                 for (size_t i = 0; i < n; i++)
-                    s->topic[s->ntopic][i] = (char)tolower((unsigned char)w[i]);
-                s->topic[s->ntopic][n] = '\0';
-                s->ntopic++;
+                    f->topic[f->ntopic][i] = (char)tolower((unsigned char)w[i]);
+                f->topic[f->ntopic][n] = '\0';
+                f->ntopic++;
             }
         }
     }
@@ -184,12 +204,8 @@ static uint64_t stable_hash(uint64_t seed, const char *prompt)
         const char *end = strchr(line, '\n');
         size_t n = end != NULL ? (size_t)(end - line) : strlen(line);
         if (strncmp(line, "Group median:", 13) != 0 && strncmp(line, "Previous", 8) != 0 &&
-            strncmp(line, "Round", 5) != 0) {
-            for (size_t i = 0; i < n; i++) {
-                h ^= (unsigned char)line[i];
-                h *= 0x100000001b3ULL;
-            }
-        }
+            strncmp(line, "Round", 5) != 0)
+            h = fnv(h, line, n);
         line += n + (end != NULL ? 1 : 0);
     }
     return mix(h);
@@ -232,10 +248,11 @@ static ap_status put_all(buf *b, const char *const *parts, size_t n)
 
 static ap_status prose(sim *s, buf *b)
 {
-    const char *t1 = s->ntopic > 0 ? s->topic[next(s) % (uint64_t)s->ntopic] : "the question";
-    const char *t2 = s->ntopic > 1 ? s->topic[next(s) % (uint64_t)s->ntopic] : "execution";
-    if (s->ntopic > 1 && strcmp(t1, t2) == 0)
-        t2 = strcmp(t1, s->topic[0]) == 0 ? s->topic[1] : s->topic[0];
+    const prompt_facts *f = s->f;
+    const char *t1 = f->ntopic > 0 ? f->topic[next(s) % (uint64_t)f->ntopic] : "the question";
+    const char *t2 = f->ntopic > 1 ? f->topic[next(s) % (uint64_t)f->ntopic] : "execution";
+    if (f->ntopic > 1 && strcmp(t1, t2) == 0)
+        t2 = strcmp(t1, f->topic[0]) == 0 ? f->topic[1] : f->topic[0];
     const char *open = s->stance < 0.5 ? cautious_open[next(s) % 3] : bold_open[next(s) % 3];
     const char *const *m = middles[next(s) % 4];
     const char *close = closes[next(s) % 4];
@@ -492,7 +509,7 @@ static ap_status gen_number(sim *s, const schema_keys *k, const char *field, boo
     double v;
     if (name_has(field, "confidence")) {
         v = 0.55 + 0.35 * s->stance + 0.05 * unit(s);
-        if (s->has_median)
+        if (s->f->has_median)
             v += 0.1;
         if (v > 0.98)
             v = 0.98;
@@ -505,10 +522,10 @@ static ap_status gen_number(sim *s, const schema_keys *k, const char *field, boo
         double noise = (double)(hash_str(s->common ^ s->who, field) >> 11) / 9007199254740992.0;
         v = truth + (s->stance - 0.5) * 0.3 * (hi - lo) + (noise - 0.5) * 0.02 * (hi - lo);
         /* Later rounds start from the expert's previous answer, so they keep converging. */
-        if (s->has_previous)
-            v = s->previous;
-        if (s->has_median)
-            v = s->median + (1 - s->pull) * (v - s->median);
+        if (s->f->has_previous)
+            v = s->f->previous;
+        if (s->f->has_median)
+            v = s->f->median + (1 - s->pull) * (v - s->f->median);
     } else {
         v = lo + (0.2 + 0.6 * (0.5 * s->stance + 0.5 * unit(s))) * (hi - lo);
     }
@@ -528,8 +545,8 @@ static ap_status gen_string(sim *s, const schema_keys *k, const char *field, buf
         int i = biased_pick(s, field != NULL ? field : "enum", cJSON_GetArraySize(en));
         return put_item(b, cJSON_GetArrayItem(en, i));
     }
-    if (field != NULL && strcmp(field, "position") == 0 && s->noptions > 0)
-        return put_cstring(b, s->options[biased_pick(s, "position", s->noptions)]);
+    if (field != NULL && strcmp(field, "position") == 0 && s->f->noptions > 0)
+        return put_cstring(b, s->f->options[biased_pick(s, "position", s->f->noptions)]);
     /* The text goes to the scratch buffer first: maxLength cuts it before it is escaped. */
     const char *text = s->name;
     if (!name_has(field, "name") || s->name == NULL) {
@@ -686,11 +703,45 @@ static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf 
     return gen_string(s, &k, field, b);
 }
 
+/* The last prompt a provider read, with its facts and its stable hash under seeds: the calls
+ * of one ask_all share their prompt, so most calls skip reading it. */
+typedef struct prompt_memo {
+    char *prompt; /* owned; NULL: nothing remembered */
+    prompt_facts facts;
+    uint64_t seeds, common;
+} prompt_memo;
+
+/* The facts of prompt and its stable hash under seeds (*common), through memo when there is
+ * one (else read into *local). Both are pure functions of their inputs, so a remembered
+ * answer is the answer. */
+static const prompt_facts *facts_of(prompt_memo *memo, prompt_facts *local, const char *prompt,
+                                    uint64_t seeds, uint64_t *common)
+{
+    if (memo == NULL) {
+        read_prompt(prompt, local);
+        *common = stable_hash(seeds, prompt);
+        return local;
+    }
+    if (memo->prompt == NULL || strcmp(memo->prompt, prompt) != 0) {
+        free(memo->prompt);
+        read_prompt(prompt, &memo->facts);
+        /* without the copy nothing is remembered; the facts still serve this call */
+        memo->prompt = strdup(prompt);
+        memo->seeds = seeds;
+        memo->common = stable_hash(seeds, prompt);
+    } else if (memo->seeds != seeds) {
+        memo->seeds = seeds;
+        memo->common = stable_hash(seeds, prompt);
+    }
+    *common = memo->common;
+    return &memo->facts;
+}
+
 /* The answer to req; expert and schema are req->expert_json and req->schema_json parsed (NULL
  * without one, or for an unreadable expert). *text is the prose, or with a schema the JSON
  * value, which is then also the data (*is_data). */
 static ap_status simulate(const llm_request *req, const cJSON *expert, const cJSON *schema,
-                          uint64_t seed, char **text, bool *is_data, ap_err *err)
+                          uint64_t seed, prompt_memo *memo, char **text, bool *is_data, ap_err *err)
 {
     ap_status rc = AP_OK;
     buf out;
@@ -698,8 +749,8 @@ static ap_status simulate(const llm_request *req, const cJSON *expert, const cJS
     *text = NULL;
     *is_data = false;
     sim s = {0};
+    prompt_facts local;
     buf_init(&s.scratch, SIM_PROSE_MAX);
-    s.prompt = req->prompt;
     s.name = jsonx_string(expert, "name");
     s.role = jsonx_string(expert, "role");
     s.persona = jsonx_string(expert, "persona");
@@ -712,9 +763,8 @@ static ap_status simulate(const llm_request *req, const cJSON *expert, const cJS
     s.stance = (double)(who >> 11) / 9007199254740992.0;
     s.pull = 0.5 + 0.3 * (double)(mix(who) >> 11) / 9007199254740992.0;
     uint64_t seeds = mix(seed ^ req->seed);
-    s.common = stable_hash(seeds, req->prompt);
+    s.f = facts_of(memo, &local, req->prompt, seeds, &s.common);
     s.rng = hash_str(hash_str(hash_str(seeds ^ who, req->prompt), req->schema_json), req->system);
-    read_prompt(&s);
     if (req->schema_json == NULL) {
         *text = prose_string(&s);
         if (*text == NULL)
@@ -754,7 +804,7 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
                         ? jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL)
                         : NULL;
     if (rc == AP_OK)
-        rc = simulate(req, expert, schema, seed, text, &is_data, err);
+        rc = simulate(req, expert, schema, seed, NULL, text, &is_data, err);
     /* the provider shares one text between both; this API hands out two */
     if (rc == AP_OK && is_data && (*data_json = strdup(*text)) == NULL) {
         free(*text);
@@ -779,6 +829,7 @@ typedef struct sim_provider {
     char *parsed_text[SIM_PARSED];
     cJSON *parsed[SIM_PARSED];
     size_t parsed_next;
+    prompt_memo memo;
 } sim_provider;
 
 typedef struct sim_call {
@@ -824,6 +875,7 @@ static void sim_destroy(void *self)
     if (p == NULL)
         return;
     free(p->call_log);
+    free(p->memo.prompt);
     for (size_t i = 0; i < SIM_PARSED; i++) {
         free(p->parsed_text[i]);
         cJSON_Delete(p->parsed[i]);
@@ -948,7 +1000,7 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
     if (rc == AP_OK && req->expert_json != NULL)
         cached_parse(p, req->expert_json, schema, &expert, NULL);
     if (rc == AP_OK)
-        rc = simulate(req, expert, schema, p->seed, &sc->text, &sc->is_data, err);
+        rc = simulate(req, expert, schema, p->seed, &p->memo, &sc->text, &sc->is_data, err);
     if (rc != AP_OK) {
         sim_call_free(sc);
         return rc;
