@@ -414,10 +414,15 @@ typedef struct schema_keys {
     const cJSON *min_items, *max_items, *max_length;
 } schema_keys;
 
-static void take(const cJSON **slot, const cJSON *member, const char *name)
+/* Points *slot at member when the member is called name and *slot is still unset; true when
+ * the name matched, so a chain of takes stops at the first match. */
+static bool take(const cJSON **slot, const cJSON *member, const char *name)
 {
-    if (*slot == NULL && strcmp(member->string, name) == 0)
+    if (strcmp(member->string, name) != 0)
+        return false;
+    if (*slot == NULL)
         *slot = member;
+    return true;
 }
 
 static void schema_keys_of(const cJSON *sc, schema_keys *k)
@@ -439,9 +444,8 @@ static void schema_keys_of(const cJSON *sc, schema_keys *k)
             take(&k->one_of, m, "oneOf");
             break;
         case 'e':
-            take(&k->en, m, "enum");
-            take(&k->exclusive_minimum, m, "exclusiveMinimum");
-            take(&k->exclusive_maximum, m, "exclusiveMaximum");
+            (void)(take(&k->en, m, "enum") || take(&k->exclusive_minimum, m, "exclusiveMinimum") ||
+                   take(&k->exclusive_maximum, m, "exclusiveMaximum"));
             break;
         case 'p':
             take(&k->properties, m, "properties");
@@ -453,11 +457,9 @@ static void schema_keys_of(const cJSON *sc, schema_keys *k)
             take(&k->required, m, "required");
             break;
         case 'm':
-            take(&k->minimum, m, "minimum");
-            take(&k->maximum, m, "maximum");
-            take(&k->min_items, m, "minItems");
-            take(&k->max_items, m, "maxItems");
-            take(&k->max_length, m, "maxLength");
+            (void)(take(&k->minimum, m, "minimum") || take(&k->maximum, m, "maximum") ||
+                   take(&k->min_items, m, "minItems") || take(&k->max_items, m, "maxItems") ||
+                   take(&k->max_length, m, "maxLength"));
             break;
         default:
             break;
@@ -465,24 +467,70 @@ static void schema_keys_of(const cJSON *sc, schema_keys *k)
     }
 }
 
-static const char *schema_type(const schema_keys *k)
+/* The expert's name, role and persona as jsonx_string finds them (the first member of the
+ * name, NULL unless a string), in one pass over the members instead of a lookup each. */
+static void expert_fields(const cJSON *expert, sim *s)
+{
+    const cJSON *name = NULL, *role = NULL, *persona = NULL;
+    const cJSON *m = expert != NULL ? expert->child : NULL;
+    for (; m != NULL && m->string != NULL; m = m->next) {
+        if (m->string[0] == 'n')
+            (void)take(&name, m, "name");
+        else if (m->string[0] == 'r')
+            (void)take(&role, m, "role");
+        else if (m->string[0] == 'p')
+            (void)take(&persona, m, "persona");
+    }
+    s->name = cJSON_IsString(name) ? name->valuestring : NULL;
+    s->role = cJSON_IsString(role) ? role->valuestring : NULL;
+    s->persona = cJSON_IsString(persona) ? persona->valuestring : NULL;
+}
+
+/* What gen makes of a schema's type. OTHER (an unknown type) is generated as a string but,
+ * unlike STRING, takes a member of the enum as it is. */
+typedef enum {
+    T_STRING,
+    T_OTHER,
+    T_OBJECT,
+    T_ARRAY,
+    T_INTEGER,
+    T_NUMBER,
+    T_BOOLEAN,
+    T_NULL
+} type_kind;
+
+static type_kind kind_of(const char *t)
+{
+    static const struct {
+        const char *name;
+        type_kind kind;
+    } kinds[] = {{"string", T_STRING},   {"object", T_OBJECT}, {"array", T_ARRAY},
+                 {"integer", T_INTEGER}, {"number", T_NUMBER}, {"boolean", T_BOOLEAN},
+                 {"null", T_NULL}};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (t[0] == kinds[i].name[0] && strcmp(t, kinds[i].name) == 0)
+            return kinds[i].kind;
+    return T_OTHER;
+}
+
+static type_kind schema_type(const schema_keys *k)
 {
     const cJSON *t = k->type;
     if (cJSON_IsString(t))
-        return t->valuestring;
+        return kind_of(t->valuestring);
     if (cJSON_IsArray(t)) {
         const cJSON *e;
         cJSON_ArrayForEach(e, t)
         {
             if (cJSON_IsString(e) && strcmp(e->valuestring, "null") != 0)
-                return e->valuestring;
+                return kind_of(e->valuestring);
         }
     }
     if (k->properties != NULL)
-        return "object";
+        return T_OBJECT;
     if (k->items != NULL)
-        return "array";
-    return "string";
+        return T_ARRAY;
+    return T_STRING;
 }
 
 static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf *b);
@@ -683,23 +731,28 @@ static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf 
         any = k.one_of;
     if (cJSON_IsArray(any) && cJSON_GetArraySize(any) > 0)
         return gen(s, any->child, field, depth + 1, b);
-    const char *t = schema_type(&k);
+    type_kind t = schema_type(&k);
     const cJSON *en = k.en;
-    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0 && strcmp(t, "string") != 0)
+    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0 && t != T_STRING)
         return put_item(b, cJSON_GetArrayItem(
                                en, biased_pick(s, field ? field : "enum", cJSON_GetArraySize(en))));
-    if (strcmp(t, "object") == 0)
+    switch (t) {
+    case T_OBJECT:
         return gen_object(s, &k, depth, b);
-    if (strcmp(t, "array") == 0)
+    case T_ARRAY:
         return gen_array(s, &k, field, depth, b);
-    if (strcmp(t, "integer") == 0)
+    case T_INTEGER:
         return gen_number(s, &k, field, true, b);
-    if (strcmp(t, "number") == 0)
+    case T_NUMBER:
         return gen_number(s, &k, field, false, b);
-    if (strcmp(t, "boolean") == 0)
+    case T_BOOLEAN:
         return buf_puts(b, (0.4 + 0.4 * s->stance) > unit(s) ? "true" : "false");
-    if (strcmp(t, "null") == 0)
+    case T_NULL:
         return buf_puts(b, "null");
+    case T_STRING:
+    case T_OTHER:
+        break;
+    }
     return gen_string(s, &k, field, b);
 }
 
@@ -751,9 +804,7 @@ static ap_status simulate(const llm_request *req, const cJSON *expert, const cJS
     sim s = {0};
     prompt_facts local;
     buf_init(&s.scratch, SIM_PROSE_MAX);
-    s.name = jsonx_string(expert, "name");
-    s.role = jsonx_string(expert, "role");
-    s.persona = jsonx_string(expert, "persona");
+    expert_fields(expert, &s);
     if (s.name == NULL)
         s.name = req->expert_id;
     if (s.role == NULL)
@@ -828,6 +879,7 @@ typedef struct sim_provider {
      * of one ask_all share their schema, and panels often share their experts. */
     char *parsed_text[SIM_PARSED];
     cJSON *parsed[SIM_PARSED];
+    size_t parsed_len[SIM_PARSED];
     size_t parsed_next;
     prompt_memo memo;
 } sim_provider;
@@ -957,8 +1009,11 @@ static void sim_tick(llm_loop *loop, void *ud)
 static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, const cJSON **out,
                          ap_err *err)
 {
+    /* lengths first: the texts of one panel's experts mostly differ in length */
+    size_t len = strlen(text);
     for (size_t i = 0; i < SIM_PARSED; i++) {
-        if (p->parsed_text[i] != NULL && strcmp(p->parsed_text[i], text) == 0) {
+        if (p->parsed_text[i] != NULL && p->parsed_len[i] == len &&
+            memcmp(p->parsed_text[i], text, len) == 0) {
             *out = p->parsed[i];
             return;
         }
@@ -970,9 +1025,10 @@ static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, c
     free(p->parsed_text[slot]);
     cJSON_Delete(p->parsed[slot]);
     ap_err inner = {0};
-    p->parsed[slot] = jsonx_parse(text, strlen(text), 32, &inner);
+    p->parsed[slot] = jsonx_parse(text, len, 32, &inner);
     /* Without the copy (or the tree) the slot stays unmatched; the tree still serves now. */
     p->parsed_text[slot] = p->parsed[slot] != NULL ? strdup(text) : NULL;
+    p->parsed_len[slot] = len;
     if (p->parsed[slot] == NULL)
         ap_err_set(err, AP_INVALID, "%s", inner.msg);
     *out = p->parsed[slot];
