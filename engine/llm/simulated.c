@@ -340,7 +340,8 @@ static ap_status put_number_cjson(buf *b, double d)
 }
 
 /* A whole number below 1e15 prints as its digits whichever way cJSON takes (%d, or %1.15g,
- * which stays in fixed notation below 1e15); -0 prints as "-0" and goes through cJSON. */
+ * which stays in fixed notation below 1e15). -0 (which cJSON prints as "-0") and everything
+ * else goes through cJSON. */
 static ap_status put_number(buf *b, double d)
 {
     char tmp[JSONX_INT_MAX];
@@ -350,10 +351,10 @@ static ap_status put_number(buf *b, double d)
 }
 
 /* k / 1000 for a whole k, the numbers gen_number answers. For 1 <= |k| < 1e12 and k / 1000 not
- * whole, the double nearest k / 1000 is within 2^-53 of it while 15 significant digits step
- * by at least 1e-15, so %1.15g shows exactly k / 1000 in fixed notation (0.001 <= |d| <
- * 1e9), which reads back as the same double: cJSON prints these digits, written here without
- * printf and sscanf. */
+ * whole, the double nearest k / 1000 is within a relative 2^-53 of it while 15 significant
+ * digits step by a relative 1e-15 or more, so %1.15g shows exactly the digits of k / 1000 in
+ * fixed notation (0.001 <= |d| < 1e9), and they read back as the same double: that is what
+ * cJSON prints, written here without printf and sscanf. */
 static ap_status put_thousandths(buf *b, double k)
 {
     if (!(fabs(k) >= 1 && fabs(k) < 1e12) || fmod(k, 1000) == 0)
