@@ -18,6 +18,9 @@
 #define SIM_MAX_DEPTH 8
 #define SIM_MAX_ITEMS 8
 #define SIM_TEXT_MAX (256 * 1024)
+#define SIM_PROSE_MAX 4096 /* one prose answer or string; longer (a huge role) fails */
+/* The JSON answer: the cJSON print it replaces had no bound, so this one is only a backstop. */
+#define SIM_JSON_MAX ((size_t)64 << 20)
 #define SIM_CHUNK 24 /* bytes per streamed delta */
 #define SIM_PARSED 8 /* parsed JSON texts a provider keeps */
 
@@ -31,24 +34,33 @@ static uint64_t mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
+/* FNV-1a steps over s[0..n), four bytes per loop test: the prompt and the schema text are
+ * hashed on every call. */
+static uint64_t fnv(uint64_t h, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+        h = (h ^ p[i + 1]) * 0x100000001b3ULL;
+        h = (h ^ p[i + 2]) * 0x100000001b3ULL;
+        h = (h ^ p[i + 3]) * 0x100000001b3ULL;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
 static uint64_t hash_str(uint64_t h, const char *s)
 {
     h ^= 0xcbf29ce484222325ULL;
-    for (; s != NULL && *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ULL;
-    }
+    if (s != NULL)
+        h = fnv(h, s, strlen(s));
     return mix(h);
 }
 
-typedef struct sim {
-    uint64_t rng;
-    uint64_t common; /* shared by all experts: the "truth" of this prompt */
-    uint64_t who;    /* the expert: id, persona and role */
-    double stance;   /* 0 cautious .. 1 bold, from the persona */
-    double pull;     /* how far this expert moves toward a group median */
-    const char *name, *role, *persona;
-    const char *prompt;
+/* What a prompt says, read once per prompt text: an ask_all sends one prompt to every expert. */
+typedef struct prompt_facts {
     bool has_median;
     double median;
     bool has_previous; /* "Previous estimate: N": the expert's own last answer */
@@ -57,6 +69,17 @@ typedef struct sim {
     int noptions;
     char topic[6][32];
     int ntopic;
+} prompt_facts;
+
+typedef struct sim {
+    uint64_t rng;
+    uint64_t common; /* shared by all experts: the "truth" of this prompt */
+    uint64_t who;    /* the expert: id, persona and role */
+    double stance;   /* 0 cautious .. 1 bold, from the persona */
+    double pull;     /* how far this expert moves toward a group median */
+    const char *name, *role, *persona;
+    const prompt_facts *f; /* of the prompt */
+    buf scratch;           /* one string's text before it is cut and escaped */
 } sim;
 
 static uint64_t next(sim *s)
@@ -105,30 +128,31 @@ static bool is_stop_word(const char *w, size_t n)
 
 /* ---- reading the prompt ------------------------------------------------------------------ */
 
-static void read_prompt(sim *s)
+static void read_prompt(const char *prompt, prompt_facts *f)
 {
-    const char *m = strstr(s->prompt, "Group median:");
+    memset(f, 0, sizeof *f);
+    const char *m = strstr(prompt, "Group median:");
     if (m != NULL) {
         char *end = NULL;
         double v = strtod(m + strlen("Group median:"), &end);
         if (end != m + strlen("Group median:") && isfinite(v)) {
-            s->has_median = true;
-            s->median = v;
+            f->has_median = true;
+            f->median = v;
         }
     }
-    const char *pe = strstr(s->prompt, "Previous estimate:");
+    const char *pe = strstr(prompt, "Previous estimate:");
     if (pe != NULL) {
         char *end = NULL;
         double v = strtod(pe + strlen("Previous estimate:"), &end);
         if (end != pe + strlen("Previous estimate:") && isfinite(v)) {
-            s->has_previous = true;
-            s->previous = v;
+            f->has_previous = true;
+            f->previous = v;
         }
     }
-    const char *o = strstr(s->prompt, "Options:");
+    const char *o = strstr(prompt, "Options:");
     if (o != NULL) {
         o += strlen("Options:");
-        while (s->noptions < 8 && *o != '\0' && *o != '\n') {
+        while (f->noptions < 8 && *o != '\0' && *o != '\n') {
             while (*o == ' ' || *o == '|')
                 o++;
             const char *e = o;
@@ -139,33 +163,33 @@ static void read_prompt(sim *s)
                 t--;
             if (t > o) {
                 size_t n = (size_t)(t - o);
-                if (n >= sizeof s->options[0])
-                    n = sizeof s->options[0] - 1;
-                memcpy(s->options[s->noptions], o, n);
-                s->options[s->noptions][n] = '\0';
-                s->noptions++;
+                if (n >= sizeof f->options[0])
+                    n = sizeof f->options[0] - 1;
+                memcpy(f->options[f->noptions], o, n);
+                f->options[f->noptions][n] = '\0';
+                f->noptions++;
             }
             o = e;
         }
     }
     /* topic words: the first few long words of the prompt */
-    const char *p = s->prompt;
-    while (*p != '\0' && s->ntopic < 6) {
+    const char *p = prompt;
+    while (*p != '\0' && f->ntopic < 6) {
         while (*p != '\0' && !isalpha((unsigned char)*p))
             p++;
         const char *w = p;
         while (isalpha((unsigned char)*p) || *p == '-')
             p++;
         size_t n = (size_t)(p - w);
-        if (n >= 6 && n < sizeof s->topic[0] && !is_stop_word(w, n)) {
+        if (n >= 6 && n < sizeof f->topic[0] && !is_stop_word(w, n)) {
             bool dup = false;
-            for (int i = 0; i < s->ntopic; i++)
-                dup = dup || (strncasecmp(s->topic[i], w, n) == 0 && s->topic[i][n] == '\0');
+            for (int i = 0; i < f->ntopic; i++)
+                dup = dup || (strncasecmp(f->topic[i], w, n) == 0 && f->topic[i][n] == '\0');
             if (!dup) {
                 for (size_t i = 0; i < n; i++)
-                    s->topic[s->ntopic][i] = (char)tolower((unsigned char)w[i]);
-                s->topic[s->ntopic][n] = '\0';
-                s->ntopic++;
+                    f->topic[f->ntopic][i] = (char)tolower((unsigned char)w[i]);
+                f->topic[f->ntopic][n] = '\0';
+                f->ntopic++;
             }
         }
     }
@@ -180,12 +204,8 @@ static uint64_t stable_hash(uint64_t seed, const char *prompt)
         const char *end = strchr(line, '\n');
         size_t n = end != NULL ? (size_t)(end - line) : strlen(line);
         if (strncmp(line, "Group median:", 13) != 0 && strncmp(line, "Previous", 8) != 0 &&
-            strncmp(line, "Round", 5) != 0) {
-            for (size_t i = 0; i < n; i++) {
-                h ^= (unsigned char)line[i];
-                h *= 0x100000001b3ULL;
-            }
-        }
+            strncmp(line, "Round", 5) != 0)
+            h = fnv(h, line, n);
         line += n + (end != NULL ? 1 : 0);
     }
     return mix(h);
@@ -217,31 +237,155 @@ static const char *const closes[] = {
     "The team should document dissent so it can be revisited.",
 };
 
+/* Appends the pieces in order: what buf_printf("%s%s...") wrote, without formatting. */
+static ap_status put_all(buf *b, const char *const *parts, size_t n)
+{
+    ap_status rc = AP_OK;
+    for (size_t i = 0; i < n && rc == AP_OK; i++)
+        rc = buf_puts(b, parts[i]);
+    return rc;
+}
+
 static ap_status prose(sim *s, buf *b)
 {
-    const char *t1 = s->ntopic > 0 ? s->topic[next(s) % (uint64_t)s->ntopic] : "the question";
-    const char *t2 = s->ntopic > 1 ? s->topic[next(s) % (uint64_t)s->ntopic] : "execution";
-    if (s->ntopic > 1 && strcmp(t1, t2) == 0)
-        t2 = strcmp(t1, s->topic[0]) == 0 ? s->topic[1] : s->topic[0];
+    const prompt_facts *f = s->f;
+    const char *t1 = f->ntopic > 0 ? f->topic[next(s) % (uint64_t)f->ntopic] : "the question";
+    const char *t2 = f->ntopic > 1 ? f->topic[next(s) % (uint64_t)f->ntopic] : "execution";
+    if (f->ntopic > 1 && strcmp(t1, t2) == 0)
+        t2 = strcmp(t1, f->topic[0]) == 0 ? f->topic[1] : f->topic[0];
     const char *open = s->stance < 0.5 ? cautious_open[next(s) % 3] : bold_open[next(s) % 3];
-    ap_status rc = buf_printf(b, "Speaking as %s: %s. ", s->role, open);
     const char *const *m = middles[next(s) % 4];
-    if (rc == AP_OK)
-        rc = buf_printf(b, "%s%s%s%s%s", m[0], t1, m[1], t2, m[2]);
-    if (rc == AP_OK)
-        rc = buf_printf(b, ". %s", closes[next(s) % 4]);
-    return rc;
+    const char *close = closes[next(s) % 4];
+    const char *parts[] = {"Speaking as ", s->role, ": ", open, ". ", m[0], t1,
+                           m[1],           t2,      m[2], ". ", close};
+    return put_all(b, parts, sizeof parts / sizeof parts[0]);
 }
 
 static char *prose_string(sim *s)
 {
     buf b;
-    buf_init(&b, 4096);
+    buf_init(&b, SIM_PROSE_MAX);
     if (prose(s, &b) != AP_OK) {
         buf_free(&b);
         return NULL;
     }
     return buf_steal(&b);
+}
+
+/* ---- writing the answer as cJSON_PrintUnformatted would ------------------------------------- */
+
+/* s[0..n) as cJSON prints a string: '"', '\\' and control bytes escaped, every other byte as
+ * it is. Not jsonx_append_string, which replaces invalid UTF-8: a name, an option or a
+ * maxLength cut can hold a partial sequence, and the answer must stay what it was. */
+static ap_status put_string(buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    ap_status rc = buf_putc(b, '"');
+    size_t i = 0;
+    while (rc == AP_OK && i < n) {
+        size_t j = i;
+        while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\')
+            j++;
+        rc = buf_append(b, s + i, j - i);
+        if (rc != AP_OK || j == n)
+            break;
+        unsigned char c = (unsigned char)s[j];
+        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+        size_t len = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            esc[1] = 'u', esc[2] = '0', esc[3] = '0', esc[4] = hex[c >> 4], esc[5] = hex[c & 15];
+            len = 6;
+        }
+        rc = buf_append(b, esc, len);
+        i = j + 1;
+    }
+    return rc == AP_OK ? buf_putc(b, '"') : rc;
+}
+
+static ap_status put_cstring(buf *b, const char *s)
+{
+    return put_string(b, s != NULL ? s : "", s != NULL ? strlen(s) : 0);
+}
+
+/* A number through cJSON itself, into the stack: the exact text for every case below. */
+static ap_status put_number_cjson(buf *b, double d)
+{
+    cJSON item;
+    memset(&item, 0, sizeof item);
+    item.type = cJSON_Number;
+    cJSON_SetNumberHelper(&item, d);
+    char tmp[64];
+    if (!cJSON_PrintPreallocated(&item, tmp, (int)sizeof tmp, false))
+        return AP_NOMEM;
+    return buf_puts(b, tmp);
+}
+
+/* A whole number below 1e15 prints as its digits whichever way cJSON takes (%d, or %1.15g,
+ * which stays in fixed notation below 1e15). -0 (which cJSON prints as "-0") and everything
+ * else goes through cJSON. */
+static ap_status put_number(buf *b, double d)
+{
+    char tmp[JSONX_INT_MAX];
+    if (d == floor(d) && fabs(d) < 1e15 && !(d == 0 && signbit(d)))
+        return buf_append(b, tmp, jsonx_int_text(tmp, (int64_t)d));
+    return put_number_cjson(b, d);
+}
+
+/* k / 1000 for a whole k, the numbers gen_number answers. For 1 <= |k| < 1e12 and k / 1000 not
+ * whole, the double nearest k / 1000 is within a relative 2^-53 of it while 15 significant
+ * digits step by a relative 1e-15 or more, so %1.15g shows exactly the digits of k / 1000 in
+ * fixed notation (0.001 <= |d| < 1e9), and they read back as the same double: that is what
+ * cJSON prints, written here without printf and sscanf. */
+static ap_status put_thousandths(buf *b, double k)
+{
+    if (!(fabs(k) >= 1 && fabs(k) < 1e12) || fmod(k, 1000) == 0)
+        return put_number(b, k / 1000);
+    uint64_t m = (uint64_t)fabs(k);
+    char tmp[JSONX_INT_MAX + 8];
+    size_t n = 0;
+    if (k < 0)
+        tmp[n++] = '-';
+    n += jsonx_int_text(tmp + n, (int64_t)(m / 1000));
+    unsigned frac = (unsigned)(m % 1000);
+    tmp[n++] = '.';
+    tmp[n++] = (char)('0' + frac / 100);
+    tmp[n++] = (char)('0' + frac / 10 % 10);
+    tmp[n++] = (char)('0' + frac % 10);
+    while (tmp[n - 1] == '0') /* frac != 0: a digit stays */
+        n--;
+    return buf_append(b, tmp, n);
+}
+
+/* A value of the schema (a const or an enum member) as cJSON prints it. */
+static ap_status put_item(buf *b, const cJSON *item)
+{
+    if (cJSON_IsString(item))
+        return put_cstring(b, item->valuestring);
+    char *text = cJSON_PrintUnformatted(item);
+    if (text == NULL)
+        return AP_NOMEM;
+    ap_status rc = buf_puts(b, text);
+    free(text);
+    return rc;
 }
 
 /* ---- schema-driven values ----------------------------------------------------------------- */
@@ -263,53 +407,158 @@ static int biased_pick(sim *s, const char *field, int n)
     return (next(s) % 100) < 60 ? common : own;
 }
 
-static const char *schema_type(const cJSON *sc)
+/* The members of a schema object the generator reads, found in one pass over it instead of a
+ * lookup each: for each name the first member, as cJSON_GetObjectItemCaseSensitive finds. */
+typedef struct schema_keys {
+    const cJSON *type, *konst, *any_of, *one_of, *en, *properties, *items, *required;
+    const cJSON *minimum, *exclusive_minimum, *maximum, *exclusive_maximum;
+    const cJSON *min_items, *max_items, *max_length;
+} schema_keys;
+
+/* Points *slot at member when the member is called name and *slot is still unset; true when
+ * the name matched, so a chain of takes stops at the first match. */
+static bool take(const cJSON **slot, const cJSON *member, const char *name)
 {
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(sc, "type");
+    if (strcmp(member->string, name) != 0)
+        return false;
+    if (*slot == NULL)
+        *slot = member;
+    return true;
+}
+
+static void schema_keys_of(const cJSON *sc, schema_keys *k)
+{
+    memset(k, 0, sizeof *k);
+    /* like the lookup, stop at a member without a name (only arrays have those) */
+    for (const cJSON *m = sc->child; m != NULL && m->string != NULL; m = m->next) {
+        switch (m->string[0]) {
+        case 't':
+            take(&k->type, m, "type");
+            break;
+        case 'c':
+            take(&k->konst, m, "const");
+            break;
+        case 'a':
+            take(&k->any_of, m, "anyOf");
+            break;
+        case 'o':
+            take(&k->one_of, m, "oneOf");
+            break;
+        case 'e':
+            (void)(take(&k->en, m, "enum") || take(&k->exclusive_minimum, m, "exclusiveMinimum") ||
+                   take(&k->exclusive_maximum, m, "exclusiveMaximum"));
+            break;
+        case 'p':
+            take(&k->properties, m, "properties");
+            break;
+        case 'i':
+            take(&k->items, m, "items");
+            break;
+        case 'r':
+            take(&k->required, m, "required");
+            break;
+        case 'm':
+            (void)(take(&k->minimum, m, "minimum") || take(&k->maximum, m, "maximum") ||
+                   take(&k->min_items, m, "minItems") || take(&k->max_items, m, "maxItems") ||
+                   take(&k->max_length, m, "maxLength"));
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* The expert's name, role and persona as jsonx_string finds them (the first member of the
+ * name, NULL unless a string), in one pass over the members instead of a lookup each. */
+static void expert_fields(const cJSON *expert, sim *s)
+{
+    const cJSON *name = NULL, *role = NULL, *persona = NULL;
+    const cJSON *m = expert != NULL ? expert->child : NULL;
+    for (; m != NULL && m->string != NULL; m = m->next) {
+        if (m->string[0] == 'n')
+            (void)take(&name, m, "name");
+        else if (m->string[0] == 'r')
+            (void)take(&role, m, "role");
+        else if (m->string[0] == 'p')
+            (void)take(&persona, m, "persona");
+    }
+    s->name = cJSON_IsString(name) ? name->valuestring : NULL;
+    s->role = cJSON_IsString(role) ? role->valuestring : NULL;
+    s->persona = cJSON_IsString(persona) ? persona->valuestring : NULL;
+}
+
+/* What gen makes of a schema's type. OTHER (an unknown type) is generated as a string but,
+ * unlike STRING, takes a member of the enum as it is. */
+typedef enum {
+    T_STRING,
+    T_OTHER,
+    T_OBJECT,
+    T_ARRAY,
+    T_INTEGER,
+    T_NUMBER,
+    T_BOOLEAN,
+    T_NULL
+} type_kind;
+
+static type_kind kind_of(const char *t)
+{
+    static const struct {
+        const char *name;
+        type_kind kind;
+    } kinds[] = {{"string", T_STRING},   {"object", T_OBJECT}, {"array", T_ARRAY},
+                 {"integer", T_INTEGER}, {"number", T_NUMBER}, {"boolean", T_BOOLEAN},
+                 {"null", T_NULL}};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (t[0] == kinds[i].name[0] && strcmp(t, kinds[i].name) == 0)
+            return kinds[i].kind;
+    return T_OTHER;
+}
+
+static type_kind schema_type(const schema_keys *k)
+{
+    const cJSON *t = k->type;
     if (cJSON_IsString(t))
-        return t->valuestring;
+        return kind_of(t->valuestring);
     if (cJSON_IsArray(t)) {
         const cJSON *e;
         cJSON_ArrayForEach(e, t)
         {
             if (cJSON_IsString(e) && strcmp(e->valuestring, "null") != 0)
-                return e->valuestring;
+                return kind_of(e->valuestring);
         }
     }
-    if (cJSON_GetObjectItemCaseSensitive(sc, "properties") != NULL)
-        return "object";
-    if (cJSON_GetObjectItemCaseSensitive(sc, "items") != NULL)
-        return "array";
-    return "string";
+    if (k->properties != NULL)
+        return T_OBJECT;
+    if (k->items != NULL)
+        return T_ARRAY;
+    return T_STRING;
 }
 
-static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth);
+static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf *b);
 
-static double num_bound(const cJSON *sc, const char *key, const char *xkey, double dflt,
-                        double nudge)
+/* The bound v, else the exclusive bound x nudged inward, else dflt. */
+static double num_bound(const cJSON *v, const cJSON *x, double dflt, double nudge)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(sc, key);
     if (cJSON_IsNumber(v))
         return v->valuedouble;
-    v = cJSON_GetObjectItemCaseSensitive(sc, xkey);
-    if (cJSON_IsNumber(v))
-        return v->valuedouble + nudge;
+    if (cJSON_IsNumber(x))
+        return x->valuedouble + nudge;
     return dflt;
 }
 
-static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool integer)
+static ap_status gen_number(sim *s, const schema_keys *k, const char *field, bool integer, buf *b)
 {
     bool unitish = name_has(field, "confidence") || name_has(field, "probability") ||
                    name_has(field, "likelihood") || name_has(field, "agreement");
-    double lo = num_bound(sc, "minimum", "exclusiveMinimum", unitish ? 0 : 0, integer ? 1 : 1e-9);
-    double hi = num_bound(sc, "maximum", "exclusiveMaximum", unitish ? 1 : (integer ? 100 : 1000),
+    double lo = num_bound(k->minimum, k->exclusive_minimum, unitish ? 0 : 0, integer ? 1 : 1e-9);
+    double hi = num_bound(k->maximum, k->exclusive_maximum, unitish ? 1 : (integer ? 100 : 1000),
                           integer ? -1 : -1e-9);
     if (hi < lo)
         hi = lo;
     double v;
     if (name_has(field, "confidence")) {
         v = 0.55 + 0.35 * s->stance + 0.05 * unit(s);
-        if (s->has_median)
+        if (s->f->has_median)
             v += 0.1;
         if (v > 0.98)
             v = 0.98;
@@ -322,10 +571,10 @@ static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool intege
         double noise = (double)(hash_str(s->common ^ s->who, field) >> 11) / 9007199254740992.0;
         v = truth + (s->stance - 0.5) * 0.3 * (hi - lo) + (noise - 0.5) * 0.02 * (hi - lo);
         /* Later rounds start from the expert's previous answer, so they keep converging. */
-        if (s->has_previous)
-            v = s->previous;
-        if (s->has_median)
-            v = s->median + (1 - s->pull) * (v - s->median);
+        if (s->f->has_previous)
+            v = s->f->previous;
+        if (s->f->has_median)
+            v = s->f->median + (1 - s->pull) * (v - s->f->median);
     } else {
         v = lo + (0.2 + 0.6 * (0.5 * s->stance + 0.5 * unit(s))) * (hi - lo);
     }
@@ -334,165 +583,229 @@ static cJSON *gen_number(sim *s, const cJSON *sc, const char *field, bool intege
     if (v > hi)
         v = hi;
     if (integer)
-        return cJSON_CreateNumber(floor(v + 0.5) > hi ? floor(v) : floor(v + 0.5));
-    return cJSON_CreateNumber(round(v * 1000) / 1000);
+        return put_number(b, floor(v + 0.5) > hi ? floor(v) : floor(v + 0.5));
+    return put_thousandths(b, round(v * 1000));
 }
 
-static cJSON *gen_string(sim *s, const cJSON *sc, const char *field)
+static ap_status gen_string(sim *s, const schema_keys *k, const char *field, buf *b)
 {
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(sc, "enum");
+    const cJSON *en = k->en;
     if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0) {
         int i = biased_pick(s, field != NULL ? field : "enum", cJSON_GetArraySize(en));
-        return cJSON_Duplicate(cJSON_GetArrayItem(en, i), true);
+        return put_item(b, cJSON_GetArrayItem(en, i));
     }
-    if (field != NULL && strcmp(field, "position") == 0 && s->noptions > 0)
-        return cJSON_CreateString(s->options[biased_pick(s, "position", s->noptions)]);
-    char *text = NULL;
-    if (name_has(field, "name") && s->name != NULL)
-        text = strdup(s->name);
-    else
-        text = prose_string(s);
-    if (text == NULL)
-        return NULL;
-    const cJSON *ml = cJSON_GetObjectItemCaseSensitive(sc, "maxLength");
-    if (cJSON_IsNumber(ml) && ml->valuedouble >= 0 && strlen(text) > (size_t)ml->valuedouble)
-        text[(size_t)ml->valuedouble] = '\0';
-    cJSON *r = cJSON_CreateString(text);
-    free(text);
-    return r;
+    if (field != NULL && strcmp(field, "position") == 0 && s->f->noptions > 0)
+        return put_cstring(b, s->f->options[biased_pick(s, "position", s->f->noptions)]);
+    /* The text goes to the scratch buffer first: maxLength cuts it before it is escaped. */
+    const char *text = s->name;
+    if (!name_has(field, "name") || s->name == NULL) {
+        buf_reset(&s->scratch);
+        if (prose(s, &s->scratch) != AP_OK)
+            return AP_NOMEM;
+        text = s->scratch.data;
+    }
+    size_t len = strlen(text);
+    const cJSON *ml = k->max_length;
+    if (cJSON_IsNumber(ml) && ml->valuedouble >= 0 && len > (size_t)ml->valuedouble)
+        len = (size_t)ml->valuedouble;
+    return put_string(b, text, len);
 }
 
-static cJSON *gen_array(sim *s, const cJSON *sc, const char *field, int depth)
+/* The enum members of a ranking, best first: a shared preference plus the persona's own. */
+static ap_status gen_ranking(sim *s, const cJSON *en, int lo, int hi, buf *b)
 {
-    const cJSON *items = cJSON_GetObjectItemCaseSensitive(sc, "items");
-    int lo = (int)num_bound(sc, "minItems", "minItems", 1, 0);
-    int hi = (int)num_bound(sc, "maxItems", "maxItems", lo + 3, 0);
+    int n = cJSON_GetArraySize(en);
+    double score[64];
+    const cJSON *member[64];
+    int order[64];
+    if (n > 64)
+        n = 64;
+    const cJSON *o = en->child;
+    for (int i = 0; i < n; i++, o = o->next) {
+        const char *os = cJSON_IsString(o) ? o->valuestring : "";
+        double shared = (double)(hash_str(s->common, os) >> 11) / 9007199254740992.0;
+        double own = (double)(hash_str((uint64_t)(s->stance * 1e9), os) >> 11) / 9007199254740992.0;
+        score[i] = 0.6 * shared + 0.4 * own;
+        member[i] = o;
+        order[i] = i;
+    }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && score[order[j]] > score[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    int count = n < hi ? n : hi;
+    if (count < lo)
+        count = lo < n ? lo : n;
+    ap_status rc = buf_putc(b, '[');
+    for (int i = 0; i < count && rc == AP_OK; i++) {
+        if (i > 0)
+            rc = buf_putc(b, ',');
+        if (rc == AP_OK)
+            rc = put_item(b, member[order[i]]);
+    }
+    return rc == AP_OK ? buf_putc(b, ']') : rc;
+}
+
+static ap_status gen_array(sim *s, const schema_keys *k, const char *field, int depth, buf *b)
+{
+    const cJSON *items = k->items;
+    int lo = (int)num_bound(k->min_items, k->min_items, 1, 0);
+    int hi = (int)num_bound(k->max_items, k->max_items, lo + 3, 0);
     if (lo < 0)
         lo = 0;
     if (hi > SIM_MAX_ITEMS)
         hi = SIM_MAX_ITEMS;
     if (hi < lo)
         hi = lo;
-    cJSON *arr = cJSON_CreateArray();
-    if (arr == NULL)
-        return NULL;
     const cJSON *en = cJSON_GetObjectItemCaseSensitive(items, "enum");
-    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0) {
-        /* A ranking: a permutation ordered by a shared preference plus the persona's own. */
-        int n = cJSON_GetArraySize(en);
-        double score[64];
-        int order[64];
-        if (n > 64)
-            n = 64;
-        for (int i = 0; i < n; i++) {
-            const cJSON *o = cJSON_GetArrayItem(en, i);
-            const char *os = cJSON_IsString(o) ? o->valuestring : "";
-            double shared = (double)(hash_str(s->common, os) >> 11) / 9007199254740992.0;
-            double own =
-                (double)(hash_str((uint64_t)(s->stance * 1e9), os) >> 11) / 9007199254740992.0;
-            score[i] = 0.6 * shared + 0.4 * own;
-            order[i] = i;
-        }
-        for (int i = 1; i < n; i++)
-            for (int j = i; j > 0 && score[order[j]] > score[order[j - 1]]; j--) {
-                int t = order[j];
-                order[j] = order[j - 1];
-                order[j - 1] = t;
-            }
-        int count = n < hi ? n : hi;
-        if (count < lo)
-            count = lo < n ? lo : n;
-        for (int i = 0; i < count; i++)
-            cJSON_AddItemToArray(arr, cJSON_Duplicate(cJSON_GetArrayItem(en, order[i]), true));
-        return arr;
-    }
+    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0)
+        return gen_ranking(s, en, lo, hi, b);
     int count = lo + (hi > lo ? (int)(next(s) % (uint64_t)(hi - lo + 1)) : 0);
-    for (int i = 0; i < count; i++) {
-        cJSON *v = gen(s, items, field, depth + 1);
-        if (v == NULL) {
-            cJSON_Delete(arr);
-            return NULL;
-        }
-        cJSON_AddItemToArray(arr, v);
+    ap_status rc = buf_putc(b, '[');
+    for (int i = 0; i < count && rc == AP_OK; i++) {
+        if (i > 0)
+            rc = buf_putc(b, ',');
+        if (rc == AP_OK)
+            rc = gen(s, items, field, depth + 1, b);
     }
-    return arr;
+    return rc == AP_OK ? buf_putc(b, ']') : rc;
 }
 
-static bool is_required(const cJSON *sc, const char *name)
+static bool is_required(const cJSON *required, const char *name)
 {
-    const cJSON *req = cJSON_GetObjectItemCaseSensitive(sc, "required");
     const cJSON *e;
-    cJSON_ArrayForEach(e, req)
+    cJSON_ArrayForEach(e, required)
     {
-        if (cJSON_IsString(e) && strcmp(e->valuestring, name) == 0)
+        if (cJSON_IsString(e) && name != NULL && strcmp(e->valuestring, name) == 0)
             return true;
     }
     return false;
 }
 
-static cJSON *gen(sim *s, const cJSON *sc, const char *field, int depth)
+static ap_status gen_object(sim *s, const schema_keys *k, int depth, buf *b)
+{
+    ap_status rc = buf_putc(b, '{');
+    bool first = true;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, k->properties)
+    {
+        if (rc != AP_OK)
+            break;
+        if (!is_required(k->required, p->string) && next(s) % 100 >= 85)
+            continue;
+        if (p->string == NULL) {
+            /* a member of "properties" given as an array: the tree dropped its value (a
+             * member needs a name), but it was generated all the same */
+            buf junk;
+            buf_init(&junk, SIM_JSON_MAX);
+            rc = gen(s, p, NULL, depth + 1, &junk);
+            buf_free(&junk);
+            continue;
+        }
+        if (!first)
+            rc = buf_putc(b, ',');
+        first = false;
+        if (rc == AP_OK)
+            rc = put_cstring(b, p->string);
+        if (rc == AP_OK)
+            rc = buf_putc(b, ':');
+        if (rc == AP_OK)
+            rc = gen(s, p, p->string, depth + 1, b);
+    }
+    return rc == AP_OK ? buf_putc(b, '}') : rc;
+}
+
+/* Appends to b a value for schema sc, in the bytes cJSON_PrintUnformatted gave for the tree
+ * this once built (the answers of the simulated provider are part of what tests pin). */
+static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf *b)
 {
     if (!cJSON_IsObject(sc) || depth > SIM_MAX_DEPTH)
-        return cJSON_CreateNull();
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(sc, "const");
-    if (c != NULL)
-        return cJSON_Duplicate(c, true);
-    const cJSON *any = cJSON_GetObjectItemCaseSensitive(sc, "anyOf");
+        return buf_puts(b, "null");
+    schema_keys k;
+    schema_keys_of(sc, &k);
+    if (k.konst != NULL)
+        return put_item(b, k.konst);
+    const cJSON *any = k.any_of;
     if (!cJSON_IsArray(any))
-        any = cJSON_GetObjectItemCaseSensitive(sc, "oneOf");
+        any = k.one_of;
     if (cJSON_IsArray(any) && cJSON_GetArraySize(any) > 0)
-        return gen(s, cJSON_GetArrayItem(any, 0), field, depth + 1);
-    const char *t = schema_type(sc);
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(sc, "enum");
-    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0 && strcmp(t, "string") != 0)
-        return cJSON_Duplicate(
-            cJSON_GetArrayItem(en, biased_pick(s, field ? field : "enum", cJSON_GetArraySize(en))),
-            true);
-    if (strcmp(t, "object") == 0) {
-        cJSON *obj = cJSON_CreateObject();
-        const cJSON *props = cJSON_GetObjectItemCaseSensitive(sc, "properties");
-        const cJSON *p;
-        cJSON_ArrayForEach(p, props)
-        {
-            if (!is_required(sc, p->string) && next(s) % 100 >= 85)
-                continue;
-            cJSON *v = gen(s, p, p->string, depth + 1);
-            if (v == NULL || obj == NULL) {
-                cJSON_Delete(v);
-                cJSON_Delete(obj);
-                return NULL;
-            }
-            cJSON_AddItemToObject(obj, p->string, v);
-        }
-        return obj;
+        return gen(s, any->child, field, depth + 1, b);
+    type_kind t = schema_type(&k);
+    const cJSON *en = k.en;
+    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0 && t != T_STRING)
+        return put_item(b, cJSON_GetArrayItem(
+                               en, biased_pick(s, field ? field : "enum", cJSON_GetArraySize(en))));
+    switch (t) {
+    case T_OBJECT:
+        return gen_object(s, &k, depth, b);
+    case T_ARRAY:
+        return gen_array(s, &k, field, depth, b);
+    case T_INTEGER:
+        return gen_number(s, &k, field, true, b);
+    case T_NUMBER:
+        return gen_number(s, &k, field, false, b);
+    case T_BOOLEAN:
+        return buf_puts(b, (0.4 + 0.4 * s->stance) > unit(s) ? "true" : "false");
+    case T_NULL:
+        return buf_puts(b, "null");
+    case T_STRING:
+    case T_OTHER:
+        break;
     }
-    if (strcmp(t, "array") == 0)
-        return gen_array(s, sc, field, depth);
-    if (strcmp(t, "integer") == 0)
-        return gen_number(s, sc, field, true);
-    if (strcmp(t, "number") == 0)
-        return gen_number(s, sc, field, false);
-    if (strcmp(t, "boolean") == 0)
-        return cJSON_CreateBool((0.4 + 0.4 * s->stance) > unit(s));
-    if (strcmp(t, "null") == 0)
-        return cJSON_CreateNull();
-    return gen_string(s, sc, field);
+    return gen_string(s, &k, field, b);
+}
+
+/* The last prompt a provider read, with its facts and its stable hash under seeds: the calls
+ * of one ask_all share their prompt, so most calls skip reading it. */
+typedef struct prompt_memo {
+    char *prompt; /* owned; NULL: nothing remembered */
+    prompt_facts facts;
+    uint64_t seeds, common;
+} prompt_memo;
+
+/* The facts of prompt and its stable hash under seeds (*common), through memo when there is
+ * one (else read into *local). Both are pure functions of their inputs, so a remembered
+ * answer is the answer. */
+static const prompt_facts *facts_of(prompt_memo *memo, prompt_facts *local, const char *prompt,
+                                    uint64_t seeds, uint64_t *common)
+{
+    if (memo == NULL) {
+        read_prompt(prompt, local);
+        *common = stable_hash(seeds, prompt);
+        return local;
+    }
+    if (memo->prompt == NULL || strcmp(memo->prompt, prompt) != 0) {
+        free(memo->prompt);
+        read_prompt(prompt, &memo->facts);
+        /* without the copy nothing is remembered; the facts still serve this call */
+        memo->prompt = strdup(prompt);
+        memo->seeds = seeds;
+        memo->common = stable_hash(seeds, prompt);
+    } else if (memo->seeds != seeds) {
+        memo->seeds = seeds;
+        memo->common = stable_hash(seeds, prompt);
+    }
+    *common = memo->common;
+    return &memo->facts;
 }
 
 /* The answer to req; expert and schema are req->expert_json and req->schema_json parsed (NULL
- * without one, or for an unreadable expert). */
+ * without one, or for an unreadable expert). *text is the prose, or with a schema the JSON
+ * value, which is then also the data (*is_data). */
 static ap_status simulate(const llm_request *req, const cJSON *expert, const cJSON *schema,
-                          uint64_t seed, char **text, char **data_json, ap_err *err)
+                          uint64_t seed, prompt_memo *memo, char **text, bool *is_data, ap_err *err)
 {
     ap_status rc = AP_OK;
-    cJSON *value = NULL;
+    buf out;
+    buf_init(&out, SIM_JSON_MAX);
     *text = NULL;
-    *data_json = NULL;
+    *is_data = false;
     sim s = {0};
-    s.prompt = req->prompt;
-    s.name = jsonx_string(expert, "name");
-    s.role = jsonx_string(expert, "role");
-    s.persona = jsonx_string(expert, "persona");
+    prompt_facts local;
+    buf_init(&s.scratch, SIM_PROSE_MAX);
+    expert_fields(expert, &s);
     if (s.name == NULL)
         s.name = req->expert_id;
     if (s.role == NULL)
@@ -502,25 +815,23 @@ static ap_status simulate(const llm_request *req, const cJSON *expert, const cJS
     s.stance = (double)(who >> 11) / 9007199254740992.0;
     s.pull = 0.5 + 0.3 * (double)(mix(who) >> 11) / 9007199254740992.0;
     uint64_t seeds = mix(seed ^ req->seed);
-    s.common = stable_hash(seeds, req->prompt);
+    s.f = facts_of(memo, &local, req->prompt, seeds, &s.common);
     s.rng = hash_str(hash_str(hash_str(seeds ^ who, req->prompt), req->schema_json), req->system);
-    read_prompt(&s);
     if (req->schema_json == NULL) {
         *text = prose_string(&s);
         if (*text == NULL)
             rc = ap_err_set(err, AP_NOMEM, "out of memory");
         goto out;
     }
-    value = gen(&s, schema, NULL, 0);
-    *data_json = value != NULL ? jsonx_print(value) : NULL;
-    *text = *data_json != NULL ? strdup(*data_json) : NULL;
-    if (*text == NULL) {
-        free(*data_json);
-        *data_json = NULL;
+    /* Any failure was a NULL tree or text before, which the caller saw as out of memory. */
+    if (gen(&s, schema, NULL, 0, &out) != AP_OK || (*text = buf_steal(&out)) == NULL) {
         rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
     }
+    *is_data = true;
 out:
-    cJSON_Delete(value);
+    buf_free(&out);
+    buf_free(&s.scratch);
     return rc;
 }
 
@@ -539,12 +850,19 @@ ap_status llm_simulate(const llm_request *req, uint64_t seed, char **text, char 
     *text = NULL;
     *data_json = NULL;
     cJSON *schema = NULL;
+    bool is_data = false;
     ap_status rc = req->schema_json != NULL ? parse_schema(req->schema_json, &schema, err) : AP_OK;
     cJSON *expert = req->expert_json != NULL
                         ? jsonx_parse(req->expert_json, strlen(req->expert_json), 32, NULL)
                         : NULL;
     if (rc == AP_OK)
-        rc = simulate(req, expert, schema, seed, text, data_json, err);
+        rc = simulate(req, expert, schema, seed, NULL, text, &is_data, err);
+    /* the provider shares one text between both; this API hands out two */
+    if (rc == AP_OK && is_data && (*data_json = strdup(*text)) == NULL) {
+        free(*text);
+        *text = NULL;
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+    }
     cJSON_Delete(expert);
     cJSON_Delete(schema);
     return rc;
@@ -562,14 +880,18 @@ typedef struct sim_provider {
      * of one ask_all share their schema, and panels often share their experts. */
     char *parsed_text[SIM_PARSED];
     cJSON *parsed[SIM_PARSED];
+    size_t parsed_len[SIM_PARSED];
     size_t parsed_next;
+    prompt_memo memo;
 } sim_provider;
 
 typedef struct sim_call {
     sim_provider *p;
     llm_call *call;
     llm_timer *timer;
-    char *text, *data;
+    char *text;   /* the answer */
+    size_t len;   /* of text */
+    bool is_data; /* text is also the answer's JSON data */
     size_t sent;
     int64_t started;
 } sim_call;
@@ -606,6 +928,7 @@ static void sim_destroy(void *self)
     if (p == NULL)
         return;
     free(p->call_log);
+    free(p->memo.prompt);
     for (size_t i = 0; i < SIM_PARSED; i++) {
         free(p->parsed_text[i]);
         cJSON_Delete(p->parsed[i]);
@@ -616,7 +939,6 @@ static void sim_destroy(void *self)
 static void sim_call_free(sim_call *sc)
 {
     free(sc->text);
-    free(sc->data);
     free(sc);
 }
 
@@ -643,10 +965,10 @@ static void sim_finish(sim_call *sc)
     llm_response r = {
         .status = AP_OK,
         .text = sc->text,
-        .data_json = sc->data,
+        .data_json = sc->is_data ? sc->text : NULL,
         .prompt_tokens =
             (int64_t)((strlen(req->prompt) + (req->system ? strlen(req->system) : 0)) / 4 + 1),
-        .completion_tokens = (int64_t)(strlen(sc->text) / 4 + 1),
+        .completion_tokens = (int64_t)(sc->len / 4 + 1),
         .provider = "simulated",
         .model = model,
         .attempts = 1,
@@ -661,7 +983,7 @@ static void sim_tick(llm_loop *loop, void *ud)
     sim_call *sc = ud;
     sc->timer = NULL;
     const llm_request *req = llm_call_request(sc->call);
-    size_t len = strlen(sc->text);
+    size_t len = sc->len;
     if (req->stream) {
         /* Without a token delay every piece goes out in this tick; with one, a piece per tick. */
         do {
@@ -688,8 +1010,11 @@ static void sim_tick(llm_loop *loop, void *ud)
 static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, const cJSON **out,
                          ap_err *err)
 {
+    /* lengths first: the texts of one panel's experts mostly differ in length */
+    size_t len = strlen(text);
     for (size_t i = 0; i < SIM_PARSED; i++) {
-        if (p->parsed_text[i] != NULL && strcmp(p->parsed_text[i], text) == 0) {
+        if (p->parsed_text[i] != NULL && p->parsed_len[i] == len &&
+            memcmp(p->parsed_text[i], text, len) == 0) {
             *out = p->parsed[i];
             return;
         }
@@ -701,9 +1026,10 @@ static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, c
     free(p->parsed_text[slot]);
     cJSON_Delete(p->parsed[slot]);
     ap_err inner = {0};
-    p->parsed[slot] = jsonx_parse(text, strlen(text), 32, &inner);
+    p->parsed[slot] = jsonx_parse(text, len, 32, &inner);
     /* Without the copy (or the tree) the slot stays unmatched; the tree still serves now. */
     p->parsed_text[slot] = p->parsed[slot] != NULL ? strdup(text) : NULL;
+    p->parsed_len[slot] = len;
     if (p->parsed[slot] == NULL)
         ap_err_set(err, AP_INVALID, "%s", inner.msg);
     *out = p->parsed[slot];
@@ -731,11 +1057,12 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
     if (rc == AP_OK && req->expert_json != NULL)
         cached_parse(p, req->expert_json, schema, &expert, NULL);
     if (rc == AP_OK)
-        rc = simulate(req, expert, schema, p->seed, &sc->text, &sc->data, err);
+        rc = simulate(req, expert, schema, p->seed, &p->memo, &sc->text, &sc->is_data, err);
     if (rc != AP_OK) {
         sim_call_free(sc);
         return rc;
     }
+    sc->len = strlen(sc->text);
     sc->timer = llm_loop_timer_add(p->loop, p->latency_ms, sim_tick, sc);
     if (sc->timer == NULL) {
         sim_call_free(sc);

@@ -180,6 +180,94 @@ static void test_options_line(void **state)
     }
 }
 
+/* Exact answers, captured from the generator when it still built a cJSON tree and printed it:
+ * the bytes are part of what strategies and recorded panels see, so they must not drift. */
+static void test_exact_answers(void **state)
+{
+    (void)state;
+    char *ex = expert_json(0);
+    llm_request req = {.expert_id = "a",
+                       .expert_json = ex,
+                       .prompt = "Decide on the launch.\nOptions: go | wait",
+                       .schema_json = ballot_schema,
+                       .seed = 3};
+    char *text = NULL, *data = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_simulate(&req, 0, &text, &data, &err), AP_OK);
+    const char *want =
+        "{\"position\":\"yes\",\"confidence\":0.65,\"ranking\":[\"x\",\"y\",\"z\"],\"estimate\":"
+        "595.738,\"count\":3,\"ok\":false,\"tags\":[\"Speaking as regulatory strategist: I would "
+        "move carefully here. The key question is how launch interacts with decide. I would want "
+        "a clear checkpoint before the next commitment.\",\"Speaking as regulatory strategist: My "
+        "reading is that the evidence is thinner than it looks. Experience with decide suggests "
+        "that launch will decide the outcome. On balance I recommend proceeding, with explicit "
+        "exit criteria.\",\"Speaking as regulatory strategist: My reading is that the evidence is "
+        "thinner than it looks. A staged plan around launch keeps options open on decide. I would "
+        "ask for one more piece of evidence before deciding.\"],\"nested\":{\"why\":\"Speaking as "
+        "regulato\"}}";
+    assert_string_equal(data, want);
+    assert_string_equal(text, want);
+    free(text);
+    free(data);
+    free(ex);
+
+    ex = expert_json(1);
+    req = (llm_request){.expert_id = "b",
+                        .expert_json = ex,
+                        .prompt = "Decide on the launch.\nOptions: go | wait",
+                        .seed = 3};
+    assert_int_equal(llm_simulate(&req, 0, &text, &data, &err), AP_OK);
+    assert_null(data);
+    assert_string_equal(text, "Speaking as market access lead: I would move carefully here. "
+                              "Experience with decide suggests that launch will decide the "
+                              "outcome. I would want a clear checkpoint before the next "
+                              "commitment.");
+    free(text);
+    free(ex);
+}
+
+/* Numbers as cJSON prints them (null past the range of a double, -0, %1.15g and whole numbers
+ * beyond int), and strings with their bytes kept: escapes for quotes and control characters
+ * only, invalid UTF-8 left as it is, a maxLength cut inside a character. */
+static void test_exact_numbers_and_strings(void **state)
+{
+    (void)state;
+    const char *numbers =
+        "{\"type\":\"object\",\"required\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\"],"
+        "\"properties\":{\"a\":{\"type\":\"number\",\"minimum\":1e300,\"maximum\":1e308},"
+        "\"b\":{\"type\":\"integer\",\"minimum\":-1e12,\"maximum\":1e12},\"c\":{\"type\":"
+        "\"number\",\"minimum\":-1e-7,\"maximum\":1e-7},\"d\":{\"type\":\"number\",\"minimum\":"
+        "-0.5,\"maximum\":0.5},\"e\":{\"type\":\"integer\",\"minimum\":3e9,\"maximum\":5e9},"
+        "\"f\":{\"type\":\"number\",\"minimum\":-5e6,\"maximum\":-1},\"g\":{\"type\":\"number\","
+        "\"minimum\":1e13,\"maximum\":1e16}}}";
+    const char *strings =
+        "{\"type\":\"object\",\"required\":[\"name\",\"why\",\"position\",\"k\"],\"properties\":"
+        "{\"name\":{\"type\":\"string\"},\"why\":{\"type\":\"string\",\"maxLength\":16},"
+        "\"position\":{\"type\":\"string\"},\"k\":{\"const\":[1.5,\"t\\u0001\",{\"x\":null}]}}}";
+    const char *ex = "{\"id\":\"z\",\"name\":\"Zo\\u00e9 \\\"Q\\\"\\n\\u001f\",\"role\":\"caf"
+                     "\\u00e9 owner\",\"persona\":\"bold\"}";
+    const char *want[] = {
+        "{\"a\":null,\"b\":-71685884582,\"c\":-0,\"d\":0.064,\"e\":4228334870,\"f\":-1824067.721,"
+        "\"g\":6510508587013315}",
+        "{\"name\":\"Zo\xc3\xa9 \\\"Q\\\"\\n\\u001f\",\"why\":\"Speaking as caf\xc3\",\"position\":"
+        "\"\xff later\",\"k\":[1.5,\"t\\u0001\",{\"x\":null}]}",
+    };
+    const char *schemas[] = {numbers, strings};
+    for (int i = 0; i < 2; i++) {
+        llm_request req = {.expert_id = "z",
+                           .expert_json = ex,
+                           .prompt = "Pick one.\nOptions: caf\xc3\xa9 now | \xff later",
+                           .schema_json = schemas[i],
+                           .seed = 11};
+        char *text = NULL, *data = NULL;
+        ap_err err = {0};
+        assert_int_equal(llm_simulate(&req, 5, &text, &data, &err), AP_OK);
+        assert_string_equal(data, want[i]);
+        free(text);
+        free(data);
+    }
+}
+
 /* ---- on the loop ----------------------------------------------------------------------- */
 
 typedef struct sink {
@@ -188,6 +276,7 @@ typedef struct sink {
     int done;
     int64_t done_at;
     char text[4096];
+    char data[4096]; /* "(null)" without data */
 } sink;
 
 static void on_delta(void *ud, const char *text, size_t len)
@@ -205,6 +294,52 @@ static void on_done(void *ud, const llm_response *r)
     s->done_at = clock_mono_ms();
     assert_int_equal(r->status, AP_OK);
     snprintf(s->text, sizeof s->text, "%s", r->text);
+    snprintf(s->data, sizeof s->data, "%s", r->data_json != NULL ? r->data_json : "(null)");
+}
+
+/* The provider on the loop answers what llm_simulate answers, also when calls share a prompt
+ * (the provider remembers the last prompt it read) and when they do not. */
+static void test_provider_matches_llm_simulate(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    llm_client *c = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    const char *prompts[] = {"Decide on the launch.", "Decide on the launch.",
+                             "Decide on the launch.\nGroup median: 400", "Decide on the launch.",
+                             "Other question entirely"};
+    sink s[5] = {0};
+    char *ex[5];
+    llm_request req[5];
+    for (int i = 0; i < 5; i++) {
+        ex[i] = expert_json(i);
+        req[i] = (llm_request){.expert_id = personas[i][0],
+                               .expert_json = ex[i],
+                               .prompt = prompts[i],
+                               .schema_json = i == 4 ? NULL : ballot_schema,
+                               .seed = 3};
+        llm_callbacks cb = {on_delta, on_done, &s[i]};
+        llm_call *call = NULL;
+        assert_int_equal(llm_submit(c, NULL, &req[i], &cb, &call, &err), AP_OK);
+    }
+    int64_t t0 = clock_mono_ms();
+    while (s[0].done + s[1].done + s[2].done + s[3].done + s[4].done < 5 &&
+           clock_mono_ms() - t0 < 2000)
+        llm_loop_run_once(loop, 50);
+    for (int i = 0; i < 5; i++) {
+        char *text = NULL, *data = NULL;
+        assert_int_equal(s[i].done, 1);
+        assert_int_equal(llm_simulate(&req[i], 0, &text, &data, &err), AP_OK);
+        assert_string_equal(s[i].text, text);
+        assert_string_equal(s[i].data, data != NULL ? data : "(null)");
+        free(text);
+        free(data);
+        free(ex[i]);
+    }
+    llm_client_free(c);
+    llm_loop_free(loop);
 }
 
 static void test_async_latency_stream_cancel(void **state)
@@ -261,6 +396,9 @@ int main(void)
         cmocka_unit_test(test_schema_valid_answers),
         cmocka_unit_test(test_feedback_converges),
         cmocka_unit_test(test_options_line),
+        cmocka_unit_test(test_exact_answers),
+        cmocka_unit_test(test_exact_numbers_and_strings),
+        cmocka_unit_test(test_provider_matches_llm_simulate),
         cmocka_unit_test(test_async_latency_stream_cancel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
