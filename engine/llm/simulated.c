@@ -984,17 +984,21 @@ static void sim_tick(llm_loop *loop, void *ud)
     sc->timer = NULL;
     const llm_request *req = llm_call_request(sc->call);
     size_t len = sc->len;
-    if (req->stream) {
-        /* Without a token delay every piece goes out in this tick; with one, a piece per tick. */
-        do {
-            size_t n = len - sc->sent < SIM_CHUNK ? len - sc->sent : SIM_CHUNK;
-            /* never split a UTF-8 sequence between two deltas */
-            while (sc->sent + n < len && ((unsigned char)sc->text[sc->sent + n] & 0xc0) == 0x80)
-                n++;
-            if (n > 0)
-                llm_call_delta(sc->call, sc->text + sc->sent, n);
-            sc->sent += n;
-        } while (sc->p->token_ms == 0 && sc->sent < len);
+    if (req->stream && sc->p->token_ms == 0) {
+        /* Without a token delay the whole answer is there at once, and goes out as one delta,
+         * as a provider sends what it has in one chunk: pieces of the same instant would only
+         * be merged again on their way to the subscribers. */
+        if (len > 0)
+            llm_call_delta(sc->call, sc->text, len);
+        sc->sent = len;
+    } else if (req->stream) {
+        size_t n = len - sc->sent < SIM_CHUNK ? len - sc->sent : SIM_CHUNK;
+        /* never split a UTF-8 sequence between two deltas */
+        while (sc->sent + n < len && ((unsigned char)sc->text[sc->sent + n] & 0xc0) == 0x80)
+            n++;
+        if (n > 0)
+            llm_call_delta(sc->call, sc->text + sc->sent, n);
+        sc->sent += n;
         if (sc->sent < len) {
             sc->timer = llm_loop_timer_add(loop, sc->p->token_ms, sim_tick, sc);
             if (sc->timer != NULL)

@@ -371,10 +371,13 @@ static void test_async_latency_stream_cancel(void **state)
     for (int i = 0; i < 4; i++) {
         assert_int_equal(s[i].done, 1);
         assert_true(s[i].done_at - t0 >= 95 && s[i].done_at - t0 < 400);
-        if (i % 2 == 0)
+        if (i % 2 == 0) {
+            /* no token delay: the answer is there at once and goes out whole */
+            assert_int_equal(s[i].deltas, 1);
             assert_int_equal(s[i].delta_bytes, strlen(s[i].text));
-        else
+        } else {
             assert_int_equal(s[i].deltas, 0);
+        }
     }
     llm_loop_run_once(loop, 150);
     assert_int_equal(s[4].done, 0);
@@ -389,6 +392,39 @@ static void test_async_latency_stream_cancel(void **state)
     unsetenv("ASKPANEL_SIM_LATENCY_MS");
 }
 
+/* With a token delay an answer streams in pieces, one per tick, that add up to the answer. */
+static void test_token_delay_streams_pieces(void **state)
+{
+    (void)state;
+    setenv("ASKPANEL_SIM_TOKEN_MS", "2", 1);
+    llm_loop *loop = NULL;
+    llm_client *c = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    sink s = {0};
+    char *ex = expert_json(0);
+    llm_request req = {.expert_id = personas[0][0],
+                       .expert_json = ex,
+                       .prompt = "Should the product launch in Europe first?",
+                       .stream = true};
+    llm_callbacks cb = {on_delta, on_done, &s};
+    llm_call *call = NULL;
+    assert_int_equal(llm_submit(c, NULL, &req, &cb, &call, &err), AP_OK);
+    int64_t t0 = clock_mono_ms();
+    while (!s.done && clock_mono_ms() - t0 < 5000)
+        llm_loop_run_once(loop, 50);
+    assert_int_equal(s.done, 1);
+    size_t len = strlen(s.text);
+    assert_true(len > 48);
+    assert_int_equal(s.delta_bytes, len);
+    assert_true(s.deltas >= (int)(len / 48));
+    unsetenv("ASKPANEL_SIM_TOKEN_MS");
+    free(ex);
+    llm_client_free(c);
+    llm_loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -400,6 +436,7 @@ int main(void)
         cmocka_unit_test(test_exact_numbers_and_strings),
         cmocka_unit_test(test_provider_matches_llm_simulate),
         cmocka_unit_test(test_async_latency_stream_cancel),
+        cmocka_unit_test(test_token_delay_streams_pieces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
