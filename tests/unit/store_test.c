@@ -522,6 +522,54 @@ static void test_panels(void **state)
     store_panel_free(&p);
 }
 
+/* Strings equal, or both NULL. */
+static void assert_same_text(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        assert_ptr_equal(a, b);
+    else
+        assert_string_equal(a, b);
+}
+
+/* What store_panel_create returns is the stored row, as store_panel_get reads it. */
+static void test_panel_create_returns_stored_row(void **state)
+{
+    (void)state;
+    store_panel full = {.title = "Title",
+                        .question = "Q?",
+                        .strategy = "debate",
+                        .strategy_version = "v1",
+                        .consensus = "majority",
+                        .params = "{\"rounds\":3}",
+                        .experts = "[{\"name\":\"y\"}]",
+                        .status = "queued",
+                        .result = "{\"answer\":1}",
+                        .error = "none",
+                        .idempotency_key = "idem-row",
+                        .request_hash = "hash-row"};
+    store_panel bare = {.question = "Q2", .strategy = "debate", .idempotency_key = ""};
+    store_panel *ins[] = {&full, &bare};
+    for (size_t i = 0; i < 2; i++) {
+        store_panel c = {0}, g = {0};
+        OK(store_panel_create(S, A, ins[i], &c, E));
+        OK(store_panel_get(S, A, c.id, &g, E));
+        assert_string_equal(c.id, g.id);
+        assert_string_equal(c.tenant_id, g.tenant_id);
+        const char *cs[] = {c.title,     c.question, c.strategy,        c.strategy_version,
+                            c.consensus, c.params,   c.experts,         c.status,
+                            c.result,    c.error,    c.idempotency_key, c.request_hash};
+        const char *gs[] = {g.title,     g.question, g.strategy,        g.strategy_version,
+                            g.consensus, g.params,   g.experts,         g.status,
+                            g.result,    g.error,    g.idempotency_key, g.request_hash};
+        for (size_t k = 0; k < sizeof cs / sizeof cs[0]; k++)
+            assert_same_text(cs[k], gs[k]);
+        assert_int_equal(c.created_at, g.created_at);
+        assert_int_equal(c.updated_at, g.updated_at);
+        store_panel_free(&c);
+        store_panel_free(&g);
+    }
+}
+
 static void test_panel_lists(void **state)
 {
     (void)state;
@@ -1421,11 +1469,14 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "--migrate") == 0)
         return migrate_only(argv[2]);
     const struct CMUnitTest tests[] = {
-        CONTRACT(test_lifecycle),   CONTRACT(test_bad_urls),     CONTRACT(test_tenants),
-        CONTRACT(test_keys),        CONTRACT(test_experts_crud), CONTRACT(test_experts_pagination),
-        CONTRACT(test_panels),      CONTRACT(test_panel_lists),  CONTRACT(test_events),
-        CONTRACT(test_checkpoints), CONTRACT(test_scripts),      CONTRACT(test_usage),
-        CONTRACT(test_threads),     CONTRACT(test_write_batch),  CONTRACT(test_write_batch_trusted),
+        CONTRACT(test_lifecycle),    CONTRACT(test_bad_urls),
+        CONTRACT(test_tenants),      CONTRACT(test_keys),
+        CONTRACT(test_experts_crud), CONTRACT(test_experts_pagination),
+        CONTRACT(test_panels),       CONTRACT(test_panel_create_returns_stored_row),
+        CONTRACT(test_panel_lists),  CONTRACT(test_events),
+        CONTRACT(test_checkpoints),  CONTRACT(test_scripts),
+        CONTRACT(test_usage),        CONTRACT(test_threads),
+        CONTRACT(test_write_batch),  CONTRACT(test_write_batch_trusted),
     };
     const struct CMUnitTest sqlite_tests[] = {
         CONTRACT(test_sqlite_row_verification),
