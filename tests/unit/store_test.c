@@ -1175,6 +1175,28 @@ static void test_write_batch(void **state)
     assert_non_null(many);
     IS(AP_LIMIT, store_write_batch(S, A, many, STORE_WRITE_MAX + 1, E));
     free(many);
+
+    /* A panel id repeated in another spelling normalises alike, and a malformed id right after
+     * a valid one is still refused: the batch reuses the normalisation of a repeated id. */
+    char upper[STORE_ID_MAX];
+    for (size_t i = 0; i < STORE_ID_MAX; i++)
+        upper[i] = (p2.id[i] >= 'a' && p2.id[i] <= 'f') ? (char)(p2.id[i] - 'a' + 'A') : p2.id[i];
+    store_write again[] = {w_event(p2.id, 2), w_usage(upper), w_event(upper, 3), w_ckpt(upper, 7),
+                           w_trans(upper, FROM_CREATED, "running")};
+    OK(store_write_batch(S, A, again, 5, E));
+    assert_last_seq(p2.id, 3);
+    assert_status(A, p2.id, "running");
+    OK(store_checkpoint_get(S, A, p2.id, &g, E));
+    assert_int_equal(g.step, 7);
+    store_checkpoint_free(&g);
+    store_write broken[] = {w_event(p2.id, 4), w_event(p2.id, 5)};
+    broken[1].u.event.panel_id[STORE_ID_MAX - 2] = 'g';
+    IS(AP_INVALID, store_write_batch(S, A, broken, 2, E));
+    assert_int_equal(broken[1].result, AP_INVALID);
+    broken[1] = w_usage(p2.id);
+    broken[1].u.usage.panel_id[STORE_ID_MAX - 2] = '\0';
+    IS(AP_INVALID, store_write_batch(S, A, broken, 2, E));
+    assert_last_seq(p2.id, 3);
     store_panel_free(&p1);
     store_panel_free(&p2);
 }
