@@ -69,7 +69,7 @@ struct script_vm {
     int64_t deadline_us;    /* 0 outside a slice */
     unsigned calls;
     int tripped;
-    int trip_ref[TRIP_COUNT]; /* registry refs of the prebuilt limit messages */
+    bool built; /* the state is complete: from now on a refused allocation trips */
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -79,6 +79,9 @@ struct script_vm {
 static const char proto_key = 'p';
 static const char lib_meta_key = 'm'; /* metatable of the per-chunk `panel` proxies */
 static const char lib_key = 'l';      /* the library table, once loaded */
+/* The limit messages, prebuilt (a trip must not need memory), indexed by enum trip. One
+ * table, not a reference each: every luaL_ref grew and rehashed the registry. */
+static const char trip_key = 't';
 
 /* The helper library every chunk sees as `panel`, compiled into the binary. */
 #define PANEL_LIB_PATH "strategies/lib/panel.lua"
@@ -230,7 +233,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         p = vm_realloc(vm, ptr, old, nsize, !grows);
     if (p == NULL) {
         /* Only a state that is fully built can trip; building it must simply fail. */
-        if (grows && vm->trip_ref[TRIP_MEMORY] != 0 && vm->tripped == TRIP_NONE)
+        if (grows && vm->built && vm->tripped == TRIP_NONE)
             vm->tripped = TRIP_MEMORY;
         return NULL;
     }
@@ -247,7 +250,8 @@ script_vm *script_vm_of(lua_State *L)
 
 __attribute__((noreturn)) static void raise_trip(lua_State *L, script_vm *vm)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->trip_ref[vm->tripped]);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &trip_key);
+    lua_rawgeti(L, -1, vm->tripped);
     lua_error(L);
     abort(); /* lua_error does not return */
 }
@@ -1207,10 +1211,13 @@ static int vm_init(lua_State *L)
     build_proto(L);
     lib_proxy_meta(L);
     lua_settop(L, 1);
+    lua_createtable(L, TRIP_COUNT, 0);
     for (int t = TRIP_MEMORY; t < TRIP_COUNT; t++) {
         lua_pushstring(L, vm->trip_msg[t]);
-        vm->trip_ref[t] = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_rawseti(L, -2, t);
     }
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &trip_key);
+    vm->built = true;
     return 0;
 }
 
@@ -1252,6 +1259,9 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
     }
     lua_atpanic(vm->L, vm_panic);
     lua_setwarnf(vm->L, vm_warn, NULL);
+    /* Everything vm_init builds stays live as long as the state: collecting meanwhile only
+     * traces it, again and again while the heap is small. */
+    lua_gc(vm->L, LUA_GCSTOP);
     lua_pushcfunction(vm->L, vm_init);
     lua_pushlightuserdata(vm->L, vm);
     if (lua_pcall(vm->L, 1, 0, 0) != LUA_OK) {
@@ -1260,6 +1270,7 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
         free(vm);
         return ap_err_set(err, AP_NOMEM, "cannot create a Lua state within the memory limit");
     }
+    lua_gc(vm->L, LUA_GCRESTART);
     lua_gc(vm->L, LUA_GCINC, GC_PAUSE, 0, 0);
     lua_sethook(vm->L, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, HOOK_COUNT);
     *out = vm;
