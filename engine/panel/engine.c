@@ -34,6 +34,7 @@ typedef struct witem {
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
+    size_t hash; /* bucket_hash(panel_id), hashed once per panel rather than per item */
     /* The fields of the item's kind only: an item is as large as its largest kind, not as all
      * of them together (a hundred items per panel cross from the runners to the writer). */
     union {
@@ -68,11 +69,16 @@ typedef struct witem {
 
 typedef struct shared_event shared_event;
 
-/* An event of the writer's current batch, waiting to be queued for its panel's subscribers. */
+/* An event of the writer's current batch, waiting to be queued for its panel's subscribers.
+ * Its texts are borrowed from the batch's items, which outlive the stage: the shared copy is
+ * made only once a subscriber of the panel is found. */
 typedef struct staged_event {
-    char panel_id[STORE_ID_MAX];
+    const char *panel_id;
+    size_t hash;
     int64_t seq;
-    shared_event *sh; /* NULL when it could not be allocated */
+    const char *type, *data;
+    shared_event *sh; /* NULL when it could not be allocated (made) or is not made yet */
+    bool made;
 } staged_event;
 
 #define STAGED_MAX 256
@@ -122,6 +128,7 @@ struct prun {
     runner *r;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
+    size_t hash; /* bucket_hash(panel_id) */
     char *tenant_slug;
     char *tenant_json;
     char *question;
@@ -324,9 +331,9 @@ struct shared_event {
     char text[];
 };
 
-static shared_event *shared_event_new(const char *type, const char *data)
+static shared_event *shared_event_new(const char *type, const char *data, size_t dl)
 {
-    size_t tl = strlen(type), dl = strlen(data);
+    size_t tl = strlen(type);
     shared_event *sh = malloc(sizeof *sh + tl + dl + 2);
     if (sh == NULL)
         return NULL;
@@ -381,6 +388,45 @@ static bool sub_push(panel_sub *s, const staged_event *st)
     return s->count++ == 0;
 }
 
+/* Makes st's shared copy, once, for its first subscriber. */
+static void staged_make(staged_event *st)
+{
+    if (!st->made) {
+        st->sh = shared_event_new(st->type, st->data, strlen(st->data));
+        st->made = true;
+    }
+}
+
+#define STAGED_SLOTS (2 * STAGED_MAX)
+#define STAGED_END UINT16_MAX
+
+_Static_assert(STAGED_MAX < STAGED_END, "staged indexes must fit a uint16_t");
+_Static_assert((STAGED_SLOTS & (STAGED_SLOTS - 1)) == 0, "STAGED_SLOTS must be a power of 2");
+
+/* Links the staged events of each panel in staging order (next[]) with one hash probe per
+ * event, instead of comparing every event with every other; head[i] marks the first of its
+ * panel. */
+static void staged_group(const staged_event *st, size_t n, uint16_t *next, bool *head)
+{
+    uint16_t slot[STAGED_SLOTS], tail[STAGED_MAX];
+    memset(slot, 0xff, sizeof slot);
+    for (size_t i = 0; i < n; i++) {
+        size_t h = st[i].hash & (STAGED_SLOTS - 1);
+        while (slot[h] != STAGED_END && (st[slot[h]].hash != st[i].hash ||
+                                         strcmp(st[slot[h]].panel_id, st[i].panel_id) != 0))
+            h = (h + 1) & (STAGED_SLOTS - 1);
+        next[i] = STAGED_END;
+        head[i] = slot[h] == STAGED_END;
+        if (head[i]) {
+            slot[h] = (uint16_t)i;
+            tail[i] = (uint16_t)i;
+        } else {
+            next[tail[slot[h]]] = (uint16_t)i;
+            tail[slot[h]] = (uint16_t)i;
+        }
+    }
+}
+
 /* Hands the staged events to their subscribers. Each subscriber takes all of the batch's events
  * of its panel under one lock and with at most one wake: with thousands of SSE streams on a
  * panel, a stream that drained its queue between two events of a batch would otherwise be
@@ -388,27 +434,29 @@ static bool sub_push(panel_sub *s, const staged_event *st)
 static void publish_flush(panel_engine *e)
 {
     staged_event *st = e->staged;
-    size_t n = e->nstaged, group[STAGED_MAX];
-    bool done[STAGED_MAX] = {false};
+    size_t n = e->nstaged;
+    uint16_t next[STAGED_MAX];
+    bool head[STAGED_MAX];
+    staged_group(st, n, next, head);
     pthread_mutex_lock(&e->smu);
     for (size_t i = 0; i < n; i++) {
-        if (done[i])
+        if (!head[i])
             continue;
-        size_t m = 0;
-        for (size_t j = i; j < n; j++) {
-            if (!done[j] && strcmp(st[j].panel_id, st[i].panel_id) == 0) {
-                group[m++] = j;
-                done[j] = true;
-            }
-        }
-        for (panel_sub *s = e->subs[bucket_of(st[i].panel_id)]; s != NULL; s = s->next) {
+        bool made = false;
+        for (panel_sub *s = e->subs[st[i].hash % MAP_BUCKETS]; s != NULL; s = s->next) {
             if (strcmp(s->panel_id, st[i].panel_id) != 0)
                 continue;
+            for (size_t k = i; k != STAGED_END && !made; k = next[k])
+                staged_make(&st[k]);
+            made = true;
             bool wake = false;
             pthread_mutex_lock(&s->mu);
-            for (size_t k = 0; k < m; k++)
-                wake |= sub_push(s, &st[group[k]]);
-            pthread_cond_signal(&s->cond);
+            for (size_t k = i; k != STAGED_END; k = next[k])
+                wake |= sub_push(s, &st[k]);
+            /* a waiting consumer waits for an empty queue to fill or to lag: only a push that
+             * did either can have one to wake */
+            if (wake)
+                pthread_cond_signal(&s->cond);
             pthread_mutex_unlock(&s->mu);
             if (s->notify != NULL && wake)
                 s->notify(s->ud);
@@ -420,20 +468,13 @@ static void publish_flush(panel_engine *e)
     e->nstaged = 0;
 }
 
-static bool has_subscribers(panel_engine *e, const char *panel_id);
-
-/* Stages an event of the writer's batch for the panel's subscribers (publish_flush delivers).
- * Writer thread only. */
-static void publish(panel_engine *e, const witem *w)
+/* Stages an event of the writer's batch for the panel's subscribers (publish_flush delivers,
+ * to the subscribers the panel has then). Writer thread only. */
+static void publish(panel_engine *e, const staged_event *ev)
 {
-    if (!has_subscribers(e, w->panel_id))
-        return;
     if (e->nstaged == STAGED_MAX)
         publish_flush(e);
-    staged_event *st = &e->staged[e->nstaged++];
-    memcpy(st->panel_id, w->panel_id, sizeof st->panel_id);
-    st->seq = w->seq;
-    st->sh = shared_event_new(w->type, w->data);
+    e->staged[e->nstaged++] = *ev;
 }
 
 /* Whether the writer stores w through store_write_batch (deltas, seq 0, are never stored). */
@@ -536,7 +577,7 @@ static void drop_replaced_checkpoints(witem **all, size_t n)
         const witem *w = all[i];
         if (w->kind != W_CKPT)
             continue;
-        size_t h = bucket_hash(w->panel_id) & (cap - 1);
+        size_t h = w->hash & (cap - 1);
         while (seen[h] != NULL && (strcmp(seen[h]->panel_id, w->panel_id) != 0 ||
                                    strcmp(seen[h]->tenant_id, w->tenant_id) != 0))
             h = (h + 1) & (cap - 1);
@@ -594,120 +635,132 @@ out:
 
 /* The token deltas of one expert of one panel within a writer batch, merged into one event:
  * a subscriber that is behind gets one frame instead of dozens, which is what keeps thousands
- * of SSE subscribers on one panel cheap. Durable events are never merged or reordered. */
+ * of SSE subscribers on one panel cheap. Durable events are never merged or reordered. The
+ * batch's items outlive it, so a run of one delta (the usual case) copies nothing. */
 typedef struct delta_acc {
-    char panel_id[STORE_ID_MAX];
-    char tenant_id[STORE_ID_MAX];
-    char *expert;
-    buf text;
+    const witem *w;   /* a delta of the run: its panel, tenant and expert */
+    const char *only; /* the run's text while it is one piece, else NULL */
+    buf text;         /* the run's text once a second piece joined */
 } delta_acc;
 
 static ap_status json_str(buf *b, const char *s);
 
-/* Publishes {"expert":..,"delta":..} on a panel. */
-static void delta_publish(panel_engine *e, const char *tenant_id, const char *panel_id,
-                          const char *expert, const char *text)
+/* Publishes {"expert":..,"delta":..} on w's panel; json is the batch's scratch space. */
+static void delta_publish(panel_engine *e, buf *json, const witem *w, const char *text)
 {
-    buf b;
-    buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_puts(&b, "{\"expert\":");
+    buf_reset(json);
+    ap_status rc = buf_puts(json, "{\"expert\":");
     if (rc == AP_OK)
-        rc = json_str(&b, expert);
+        rc = json_str(json, w->expert);
     if (rc == AP_OK)
-        rc = buf_puts(&b, ",\"delta\":");
+        rc = buf_puts(json, ",\"delta\":");
     if (rc == AP_OK)
-        rc = json_str(&b, text);
+        rc = json_str(json, text);
     if (rc == AP_OK)
-        rc = buf_puts(&b, "}");
-    if (rc == AP_OK) {
-        witem w = {.kind = W_EVENT, .seq = 0, .type = "expert.delta", .data = b.data};
-        memcpy(w.panel_id, panel_id, sizeof w.panel_id);
-        memcpy(w.tenant_id, tenant_id, sizeof w.tenant_id);
-        publish(e, &w);
-    }
-    buf_free(&b);
+        rc = buf_puts(json, "}");
+    if (rc == AP_OK)
+        publish(e, &(staged_event){.panel_id = w->panel_id,
+                                   .hash = w->hash,
+                                   .sh = shared_event_new("expert.delta", json->data, json->len),
+                                   .made = true});
 }
 
-static void delta_flush_one(panel_engine *e, delta_acc *a)
+static void delta_flush_one(panel_engine *e, buf *json, delta_acc *a)
 {
-    delta_publish(e, a->tenant_id, a->panel_id, a->expert,
-                  a->text.data != NULL ? a->text.data : "");
-    free(a->expert);
+    const char *text = a->only != NULL ? a->only : a->text.data;
+    delta_publish(e, json, a->w, text != NULL ? text : "");
+    a->only = NULL;
     buf_free(&a->text);
 }
 
 /* Publishes (in order) and drops the merged deltas of one panel, or of all when panel_id is
  * NULL. */
-static void delta_flush(panel_engine *e, delta_acc *acc, size_t *n, const char *panel_id)
+static void delta_flush(panel_engine *e, buf *json, delta_acc *acc, size_t *n, const char *panel_id)
 {
     size_t kept = 0;
     for (size_t i = 0; i < *n; i++) {
-        if (panel_id == NULL || strcmp(acc[i].panel_id, panel_id) == 0)
-            delta_flush_one(e, &acc[i]);
+        if (panel_id == NULL || strcmp(acc[i].w->panel_id, panel_id) == 0)
+            delta_flush_one(e, json, &acc[i]);
         else
             acc[kept++] = acc[i];
     }
     *n = kept;
 }
 
-/* Adds a delta event to its accumulator; false when it cannot be merged (publish it as is). */
-static bool delta_merge(panel_engine *e, delta_acc *acc, size_t *n, const witem *w)
+/* Adds a piece to a's run; AP_LIMIT (a unchanged) past DELTA_MERGE_MAX. */
+static ap_status delta_add(delta_acc *a, const char *piece)
 {
-    const char *expert = w->expert, *text = w->data;
-    bool merged = false;
+    ap_status rc = AP_OK;
+    if (a->only == NULL && a->text.data == NULL) {
+        if (strlen(piece) > DELTA_MERGE_MAX)
+            return AP_LIMIT;
+        a->only = piece;
+        return AP_OK;
+    }
+    if (a->only != NULL) {
+        rc = buf_reserve(&a->text, strlen(a->only) + strlen(piece));
+        if (rc == AP_OK)
+            rc = buf_puts(&a->text, a->only);
+        if (rc != AP_OK)
+            return rc;
+        a->only = NULL;
+    }
+    return buf_puts(&a->text, piece);
+}
+
+/* Adds a delta event to its accumulator; false when it cannot be merged (publish it as is). */
+static bool delta_merge(panel_engine *e, buf *json, delta_acc *acc, size_t *n, const witem *w)
+{
     size_t i = 0;
-    while (i < *n &&
-           (strcmp(acc[i].panel_id, w->panel_id) != 0 || strcmp(acc[i].expert, expert) != 0))
+    while (i < *n && (acc[i].w->hash != w->hash || strcmp(acc[i].w->panel_id, w->panel_id) != 0 ||
+                      strcmp(acc[i].w->expert, w->expert) != 0))
         i++;
     if (i == *n) {
         if (*n == DELTA_ACCS)
-            delta_flush(e, acc, n, NULL);
+            delta_flush(e, json, acc, n, NULL);
         i = *n;
-        acc[i].expert = strdup(expert);
-        if (acc[i].expert == NULL)
-            goto out;
-        memcpy(acc[i].panel_id, w->panel_id, sizeof acc[i].panel_id);
-        memcpy(acc[i].tenant_id, w->tenant_id, sizeof acc[i].tenant_id);
+        acc[i] = (delta_acc){.w = w};
         buf_init(&acc[i].text, DELTA_MERGE_MAX);
         (*n)++;
     }
-    if (buf_puts(&acc[i].text, text) != AP_OK) {
-        /* Full: send what is there, start again with this piece. */
-        char *expert_copy = strdup(expert);
-        delta_flush_one(e, &acc[i]);
-        acc[i].expert = expert_copy;
-        buf_init(&acc[i].text, DELTA_MERGE_MAX);
-        if (expert_copy == NULL || buf_puts(&acc[i].text, text) != AP_OK) {
-            free(expert_copy);
-            buf_free(&acc[i].text);
-            acc[i] = acc[--*n];
-            goto out;
-        }
-    }
-    merged = true;
-out:
-    return merged;
+    if (delta_add(&acc[i], w->data) == AP_OK)
+        return true;
+    /* Full: send what is there, start again with this piece. */
+    delta_flush_one(e, json, &acc[i]);
+    acc[i].w = w;
+    if (delta_add(&acc[i], w->data) == AP_OK)
+        return true;
+    buf_free(&acc[i].text);
+    acc[i] = acc[--*n];
+    return false;
 }
 
 static void publish_batch(panel_engine *e, witem *list)
 {
     delta_acc acc[DELTA_ACCS];
     size_t n = 0;
+    buf json;
+    buf_init(&json, JOURNAL_MAX);
     for (witem *w = list; w != NULL; w = w->next) {
         if (w->kind == W_DELTA) {
-            if (!delta_merge(e, acc, &n, w)) {
-                delta_flush(e, acc, &n, w->panel_id);
-                delta_publish(e, w->tenant_id, w->panel_id, w->expert, w->data);
+            if (!delta_merge(e, &json, acc, &n, w)) {
+                delta_flush(e, &json, acc, &n, w->panel_id);
+                delta_publish(e, &json, w, w->data);
             }
             continue;
         }
         if (w->kind != W_EVENT)
             continue;
-        delta_flush(e, acc, &n, w->panel_id);
-        publish(e, w);
+        delta_flush(e, &json, acc, &n, w->panel_id);
+        publish(e, &(staged_event){.panel_id = w->panel_id,
+                                   .hash = w->hash,
+                                   .seq = w->seq,
+                                   .type = w->type,
+                                   .data = w->data});
     }
-    delta_flush(e, acc, &n, NULL);
+    delta_flush(e, &json, acc, &n, NULL);
     publish_flush(e);
+    buf_free(&json);
 }
 
 static void process_batch(panel_engine *e, witem *list)
@@ -989,6 +1042,7 @@ static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
     w->kind = kind;
     memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
     memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
+    w->hash = p->hash;
     return w;
 }
 
@@ -1493,12 +1547,12 @@ static void batch_complete(prun *p)
     handle_step(p, &step);
 }
 
-static bool has_subscribers(panel_engine *e, const char *panel_id)
+static bool has_subscribers(panel_engine *e, const prun *p)
 {
     bool found = false;
     pthread_mutex_lock(&e->smu);
-    for (panel_sub *x = e->subs[bucket_of(panel_id)]; x != NULL && !found; x = x->next)
-        found = strcmp(x->panel_id, panel_id) == 0;
+    for (panel_sub *x = e->subs[p->hash % MAP_BUCKETS]; x != NULL && !found; x = x->next)
+        found = strcmp(x->panel_id, p->panel_id) == 0;
     pthread_mutex_unlock(&e->smu);
     return found;
 }
@@ -1507,7 +1561,7 @@ static bool has_subscribers(panel_engine *e, const char *panel_id)
 static void on_delta(void *ud, const char *text, size_t len)
 {
     ask_slot *s = ud;
-    if (!has_subscribers(s->p->e, s->p->panel_id))
+    if (!has_subscribers(s->p->e, s->p))
         return;
     /* Raw text: the writer merges a panel's deltas per expert and builds the JSON once per
      * merged run. */
@@ -1975,6 +2029,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         goto out;
     snprintf(p->tenant_id, sizeof p->tenant_id, "%s", row.tenant_id);
     snprintf(p->panel_id, sizeof p->panel_id, "%s", row.id);
+    p->hash = bucket_hash(p->panel_id);
     ap_err ckerr = {0};
     /* A created panel never ran (nothing moves a panel back to created), so it has no
      * checkpoint: one read less on every execute. */
