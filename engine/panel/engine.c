@@ -768,9 +768,10 @@ static void process_batch(panel_engine *e, witem *list)
     if (e->st != NULL) {
         /* Scripts first: a durable checkpoint never pins a version the store lacks. */
         for (witem *w = list; w != NULL; w = w->next) {
+            if (w->kind != W_SCRIPT)
+                continue;
             ap_err err = {0};
-            if (w->kind == W_SCRIPT &&
-                store_script_put(e->st, w->tenant_id, &w->script, false, &err) != AP_OK)
+            if (store_script_put(e->st, w->tenant_id, &w->script, false, &err) != AP_OK)
                 log_msg(LOG_LEVEL_ERROR,
                         &(log_fields){.tenant_id = w->tenant_id, .panel_id = w->panel_id},
                         "event writer: %s", err.msg);
@@ -1036,9 +1037,11 @@ static void prun_release(prun *p)
 /* A new item with room for text_cap bytes of texts (see witem_text). */
 static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
 {
-    witem *w = calloc(1, sizeof *w + text_cap);
+    /* the text space is written whole by witem_text: only the fields need zeroing */
+    witem *w = malloc(sizeof *w + text_cap);
     if (w == NULL)
         return NULL;
+    memset(w, 0, sizeof *w);
     w->kind = kind;
     memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
     memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
