@@ -27,6 +27,8 @@
 
 /* ---- writer items --------------------------------------------------------------------- */
 
+typedef struct shared_event shared_event;
+
 typedef enum wkind { W_EVENT = 1, W_DELTA, W_CKPT, W_TRANS, W_USAGE, W_SCRIPT } wkind;
 
 typedef struct witem {
@@ -45,6 +47,9 @@ typedef struct witem {
             int64_t seq;
             char *type, *data;
             const char *expert;
+            /* A W_EVENT's texts, where its subscribers read them: the item is the event's
+             * allocation, freed with its last reference. */
+            shared_event *sh;
         };
         /* W_CKPT */
         store_checkpoint ck;
@@ -67,18 +72,12 @@ typedef struct witem {
 
 /* ---- subscriptions -------------------------------------------------------------------- */
 
-typedef struct shared_event shared_event;
-
-/* An event of the writer's current batch, waiting to be queued for its panel's subscribers.
- * Its texts are borrowed from the batch's items, which outlive the stage: the shared copy is
- * made only once a subscriber of the panel is found. */
+/* An event of the writer's current batch, waiting to be queued for its panel's subscribers. */
 typedef struct staged_event {
-    const char *panel_id;
+    const char *panel_id; /* the batch's item's, which outlives the stage */
     size_t hash;
     int64_t seq;
-    const char *type, *data;
-    shared_event *sh; /* NULL when it could not be allocated (made) or is not made yet */
-    bool made;
+    shared_event *sh; /* NULL when it could not be allocated */
 } staged_event;
 
 #define STAGED_MAX 256
@@ -271,6 +270,8 @@ static ap_status pin_script(panel_engine *e, const char *tenant_id, const script
 
 /* ---- writer --------------------------------------------------------------------------- */
 
+static void shared_event_unref(shared_event *sh);
+
 static void witem_free(witem *w)
 {
     if (w->kind == W_CKPT) {
@@ -287,7 +288,10 @@ static void witem_free(witem *w)
         free(w->script.source);
         free(w->script.origin);
     }
-    free(w);
+    if (w->kind == W_EVENT)
+        shared_event_unref(w->sh);
+    else
+        free(w);
 }
 
 /* The writer queue is bounded: past WRITER_SOFT_MAX items (the store is slower than the
@@ -328,28 +332,39 @@ struct shared_event {
     atomic_int refs;
     _Atomic(void *) memo; /* what a consumer derived once for all (panel_event_memo) */
     char *data;           /* points into text, after the type */
+    void *block;          /* the allocation to free: the event's own, or its writer item */
     char text[];
 };
 
-static shared_event *shared_event_new(const char *type, const char *data, size_t dl)
+_Static_assert(offsetof(witem, text) % _Alignof(shared_event) == 0,
+               "a writer item's text space must be able to hold an event");
+
+/* An event with one reference at `at`, which has room for it and its texts, inside block. */
+static shared_event *shared_event_init(void *at, void *block, const char *type, size_t tl,
+                                       const char *data, size_t dl)
 {
-    size_t tl = strlen(type);
-    shared_event *sh = malloc(sizeof *sh + tl + dl + 2);
-    if (sh == NULL)
-        return NULL;
+    shared_event *sh = at;
     atomic_init(&sh->refs, 1);
     atomic_init(&sh->memo, NULL);
+    sh->block = block;
     memcpy(sh->text, type, tl + 1);
     sh->data = sh->text + tl + 1;
     memcpy(sh->data, data, dl + 1);
     return sh;
 }
 
+static shared_event *shared_event_new(const char *type, const char *data, size_t dl)
+{
+    size_t tl = strlen(type);
+    void *at = malloc(sizeof(shared_event) + tl + dl + 2);
+    return at != NULL ? shared_event_init(at, at, type, tl, data, dl) : NULL;
+}
+
 static void shared_event_unref(shared_event *sh)
 {
     if (sh != NULL && atomic_fetch_sub(&sh->refs, 1) == 1) {
         free(atomic_load(&sh->memo));
-        free(sh);
+        free(sh->block);
     }
 }
 
@@ -386,15 +401,6 @@ static bool sub_push(panel_sub *s, const staged_event *st)
     /* A consumer drains its whole queue once woken, so only the first event into an empty
      * queue needs a wake. */
     return s->count++ == 0;
-}
-
-/* Makes st's shared copy, once, for its first subscriber. */
-static void staged_make(staged_event *st)
-{
-    if (!st->made) {
-        st->sh = shared_event_new(st->type, st->data, strlen(st->data));
-        st->made = true;
-    }
 }
 
 #define STAGED_SLOTS (2 * STAGED_MAX)
@@ -442,13 +448,9 @@ static void publish_flush(panel_engine *e)
     for (size_t i = 0; i < n; i++) {
         if (!head[i])
             continue;
-        bool made = false;
         for (panel_sub *s = e->subs[st[i].hash % MAP_BUCKETS]; s != NULL; s = s->next) {
             if (strcmp(s->panel_id, st[i].panel_id) != 0)
                 continue;
-            for (size_t k = i; k != STAGED_END && !made; k = next[k])
-                staged_make(&st[k]);
-            made = true;
             bool wake = false;
             pthread_mutex_lock(&s->mu);
             for (size_t k = i; k != STAGED_END; k = next[k])
@@ -661,8 +663,7 @@ static void delta_publish(panel_engine *e, buf *json, const witem *w, const char
     if (rc == AP_OK)
         publish(e, &(staged_event){.panel_id = w->panel_id,
                                    .hash = w->hash,
-                                   .sh = shared_event_new("expert.delta", json->data, json->len),
-                                   .made = true});
+                                   .sh = shared_event_new("expert.delta", json->data, json->len)});
 }
 
 static void delta_flush_one(panel_engine *e, buf *json, delta_acc *a)
@@ -752,11 +753,9 @@ static void publish_batch(panel_engine *e, witem *list)
         if (w->kind != W_EVENT)
             continue;
         delta_flush(e, &json, acc, &n, w->panel_id);
-        publish(e, &(staged_event){.panel_id = w->panel_id,
-                                   .hash = w->hash,
-                                   .seq = w->seq,
-                                   .type = w->type,
-                                   .data = w->data});
+        atomic_fetch_add(&w->sh->refs, 1); /* the stage's */
+        publish(e, &(staged_event){
+                       .panel_id = w->panel_id, .hash = w->hash, .seq = w->seq, .sh = w->sh});
     }
     delta_flush(e, &json, acc, &n, NULL);
     publish_flush(e);
@@ -1069,13 +1068,14 @@ static ap_status prun_emit(prun *p, const char *type, const char *data, bool dur
         *seq_out = seq;
     if (durable && seq <= p->stored_seq)
         return AP_OK;
-    size_t tl = strlen(type), dl = strlen(data), used = 0;
-    witem *w = witem_new(p, W_EVENT, tl + dl + 2);
+    size_t tl = strlen(type), dl = strlen(data);
+    witem *w = witem_new(p, W_EVENT, sizeof(shared_event) + tl + dl + 2);
     if (w == NULL)
         return AP_NOMEM;
     w->seq = seq;
-    w->type = witem_text(w, &used, type, tl);
-    w->data = witem_text(w, &used, data, dl);
+    w->sh = shared_event_init(w->text, w, type, tl, data, dl);
+    w->type = w->sh->text;
+    w->data = w->sh->data;
     writer_push(p->e, w);
     return AP_OK;
 }
