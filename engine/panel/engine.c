@@ -65,8 +65,8 @@ typedef struct witem {
         /* W_SCRIPT */
         store_script script;
     };
-    /* The texts of a W_EVENT, W_DELTA or W_USAGE, in the item's own allocation: one malloc
-     * and one free (on another thread, the writer's) per item instead of up to five. */
+    /* The texts of a W_EVENT (with its shared event), W_DELTA or W_USAGE, in the item's own
+     * allocation: one malloc and one free (on another thread) per item instead of up to five. */
     char text[];
 } witem;
 
