@@ -65,8 +65,9 @@ typedef struct witem {
         /* W_SCRIPT */
         store_script script;
     };
-    /* The texts of a W_EVENT (with its shared event), W_DELTA or W_USAGE, in the item's own
-     * allocation: one malloc and one free (on another thread) per item instead of up to five. */
+    /* The texts of a W_EVENT (with its shared event), W_DELTA, W_CKPT or W_USAGE, in the item's
+     * own allocation: one malloc and one free (on another thread) per item instead of up to
+     * five. */
     char text[];
 } witem;
 
@@ -274,12 +275,7 @@ static void shared_event_unref(shared_event *sh);
 
 static void witem_free(witem *w)
 {
-    if (w->kind == W_CKPT) {
-        free(w->ck.next_node);
-        free(w->ck.state);
-        free(w->ck.script_version);
-        free(w->ck.journal);
-    } else if (w->kind == W_TRANS) {
+    if (w->kind == W_TRANS) {
         free(w->result);
         free(w->error);
     } else if (w->kind == W_SCRIPT) {
@@ -1102,21 +1098,6 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     writer_push(p->e, w);
 }
 
-/* The node's journal as a JSON array (caller frees). */
-static char *journal_text(const prun *p)
-{
-    size_t n = p->journal.len;
-    char *out = malloc(n + 3);
-    if (out == NULL)
-        return NULL;
-    out[0] = '[';
-    if (n > 0)
-        memcpy(out + 1, p->journal.data, n);
-    out[n + 1] = ']';
-    out[n + 2] = '\0';
-    return out;
-}
-
 /* Appends one entry (JSON text) to the node's journal. */
 static ap_status journal_add(prun *p, const char *entry)
 {
@@ -1130,14 +1111,32 @@ static ap_status json_str(buf *b, const char *s)
     return jsonx_append_string(b, s, strlen(s));
 }
 
-/* {"pins":{...},"seed":"N","state":<state>}; built for every checkpoint, so the pins are
- * printed only when they changed and the rest is copied. */
-static char *envelope(prun *p, const char *state)
+/* Copies n bytes to at; returns where they end. */
+static char *put_bytes(char *at, const char *s, size_t n)
 {
+    if (n > 0)
+        memcpy(at, s, n);
+    return at + n;
+}
+
+/* Queues a checkpoint: the state in its envelope {"pins":{...},"seed":"N","state":<state>} and
+ * the node's journal as a JSON array. Built for every checkpoint, so the pins are printed only
+ * when they changed, and all its texts go in the item's own allocation (one malloc and one free
+ * instead of five each). */
+static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
+{
+    static const char pins_key[] = "{\"pins\":", seed_key[] = ",\"seed\":\"",
+                      state_key[] = "\",\"state\":";
+    if (state == NULL)
+        state = "{}";
     if (p->pins_text == NULL)
         p->pins_text = jsonx_print(p->pins);
-    if (p->pins_text == NULL)
-        return NULL;
+    size_t pl = p->pins_text != NULL ? strlen(p->pins_text) : 0, stl = strlen(state);
+    /* the bound the envelope always had */
+    if (p->pins_text == NULL || pl + stl + 64 > JOURNAL_MAX) {
+        log_error("checkpoint of panel %s: out of memory", p->panel_id);
+        return;
+    }
     char seed[24];
     size_t sl = sizeof seed;
     uint64_t v = p->seed;
@@ -1145,45 +1144,31 @@ static char *envelope(prun *p, const char *state)
         seed[--sl] = (char)('0' + v % 10);
         v /= 10;
     } while (v != 0);
-    buf b;
-    buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_reserve(&b, strlen(p->pins_text) + strlen(state) + 64);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, "{\"pins\":");
-    if (rc == AP_OK)
-        rc = buf_puts(&b, p->pins_text);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, ",\"seed\":\"");
-    if (rc == AP_OK)
-        rc = buf_append(&b, seed + sl, sizeof seed - sl);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, "\",\"state\":");
-    if (rc == AP_OK)
-        rc = buf_puts(&b, state);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, "}");
-    char *out = rc == AP_OK ? buf_steal(&b) : NULL;
-    buf_free(&b);
-    return out;
-}
-
-static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
-{
-    witem *w = witem_new(p, W_CKPT, 0);
+    size_t nl = next_node != NULL ? strlen(next_node) : 0, vl = strlen(p->script.version),
+           jl = p->journal.len;
+    size_t el = sizeof pins_key - 1 + pl + sizeof seed_key - 1 + sizeof seed - sl +
+                sizeof state_key - 1 + stl + 2;
+    witem *w = witem_new(p, W_CKPT, nl + 1 + vl + 1 + el + jl + 3);
     if (w == NULL)
         return;
     memcpy(w->ck.panel_id, p->panel_id, sizeof w->ck.panel_id);
     w->ck.step = p->step;
-    w->ck.next_node = dup_or_null(next_node);
-    w->ck.state = envelope(p, state != NULL ? state : "{}");
-    w->ck.script_version = strdup(p->script.version);
-    w->ck.journal = journal_text(p);
+    size_t used = 0;
+    w->ck.next_node = next_node != NULL ? witem_text(w, &used, next_node, nl) : NULL;
+    w->ck.script_version = witem_text(w, &used, p->script.version, vl);
+    char *c = w->ck.state = w->text + used;
+    c = put_bytes(c, pins_key, sizeof pins_key - 1);
+    c = put_bytes(c, p->pins_text, pl);
+    c = put_bytes(c, seed_key, sizeof seed_key - 1);
+    c = put_bytes(c, seed + sl, sizeof seed - sl);
+    c = put_bytes(c, state_key, sizeof state_key - 1);
+    c = put_bytes(c, state, stl);
+    c = put_bytes(c, "}", 2);
+    w->ck.journal = c;
+    c = put_bytes(c, "[", 1);
+    c = put_bytes(c, p->journal.data, jl);
+    put_bytes(c, "]", 2);
     w->ck.last_seq = last_seq;
-    if (w->ck.state == NULL || w->ck.script_version == NULL || w->ck.journal == NULL) {
-        log_error("checkpoint of panel %s: out of memory", p->panel_id);
-        witem_free(w);
-        return;
-    }
     writer_push(p->e, w);
 }
 
