@@ -168,6 +168,9 @@ struct runner {
     llm_loop *loop;
     llm_client *llm;
     bool started;
+    /* Scratch space of the runner's thread for an answer's outcome and its expert.message:
+     * built for every answer, kept between answers instead of allocated for each. */
+    buf outcome, message;
 };
 
 struct panel_engine {
@@ -1381,9 +1384,18 @@ static size_t outcome_size(const answer *a)
 /* An answer's outcome as JSON members, ,"error":... or ,"text":...,"data":... (data left out
  * when there is none), into b (initialised here, caller frees). Built once per answer for
  * both its journal entry and its expert.message. */
+#define SCRATCH_KEEP (64 * 1024)
+
+/* Done with a runner's scratch buffer for now: an unusually large one is not kept. */
+static void scratch_done(buf *b)
+{
+    if (b->cap > SCRATCH_KEEP)
+        buf_free(b);
+}
+
 static ap_status put_outcome(buf *b, const answer *a)
 {
-    buf_init(b, JOURNAL_MAX);
+    buf_reset(b);
     ap_status rc = buf_reserve(b, outcome_size(a));
     if (rc == AP_OK && a->error != NULL) {
         rc = buf_puts(b, ",\"error\":");
@@ -1459,37 +1471,37 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
 static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a,
                          const buf *outcome)
 {
-    buf b;
-    buf_init(&b, JOURNAL_MAX);
+    buf *b = &p->r->message;
+    buf_reset(b);
     ap_status rc = outcome != NULL
-                       ? buf_reserve(&b, outcome->len + strlen(ask->expert_id) + strlen(name) + 128)
+                       ? buf_reserve(b, outcome->len + strlen(ask->expert_id) + strlen(name) + 128)
                        : AP_NOMEM;
     if (rc == AP_OK)
-        rc = buf_puts(&b, "{\"expert\":");
+        rc = buf_puts(b, "{\"expert\":");
     if (rc == AP_OK)
-        rc = json_str(&b, ask->expert_id);
+        rc = json_str(b, ask->expert_id);
     if (rc == AP_OK)
-        rc = buf_puts(&b, ",\"name\":");
+        rc = buf_puts(b, ",\"name\":");
     if (rc == AP_OK)
-        rc = json_str(&b, name);
+        rc = json_str(b, name);
     if (rc == AP_OK && ask->round > 0)
-        rc = put_key_int(&b, ",\"round\":", ask->round);
+        rc = put_key_int(b, ",\"round\":", ask->round);
     if (rc == AP_OK)
-        rc = buf_append(&b, outcome->data, outcome->len);
+        rc = buf_append(b, outcome->data, outcome->len);
     /* the event always says data, null when the answer has none */
     if (rc == AP_OK && a->error == NULL && a->data_json == NULL)
-        rc = buf_puts(&b, ",\"data\":null");
+        rc = buf_puts(b, ",\"data\":null");
     if (rc == AP_OK)
-        rc = put_key_int(&b, ",\"usage\":{\"prompt_tokens\":", a->pt);
+        rc = put_key_int(b, ",\"usage\":{\"prompt_tokens\":", a->pt);
     if (rc == AP_OK)
-        rc = put_key_int(&b, ",\"completion_tokens\":", a->ct);
+        rc = put_key_int(b, ",\"completion_tokens\":", a->ct);
     if (rc == AP_OK)
-        rc = buf_puts(&b, "}}");
+        rc = buf_puts(b, "}}");
     if (rc == AP_OK)
-        prun_emit(p, "expert.message", b.data, true, NULL);
+        prun_emit(p, "expert.message", b->data, true, NULL);
     else
         log_error("panel %s: expert.message not emitted: %s", p->panel_id, ap_status_name(rc));
-    buf_free(&b);
+    scratch_done(b);
 }
 
 static void deliver_answer(prun *p, size_t idx, const answer *a)
@@ -1585,9 +1597,9 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             a.data_json = r->data_json;
         jview_free(&v);
     }
-    buf oc;
-    bool oc_ok = put_outcome(&oc, &a) == AP_OK;
-    s->entry = oc_ok ? entry_json(s->key, &a, &oc) : NULL;
+    buf *oc = &p->r->outcome;
+    bool oc_ok = put_outcome(oc, &a) == AP_OK;
+    s->entry = oc_ok ? entry_json(s->key, &a, oc) : NULL;
     /* usage */
     if (p->e->st != NULL) {
         const char *provider = r->provider != NULL ? r->provider : "unknown";
@@ -1611,8 +1623,8 @@ static void answer_slot(ask_slot *s, const llm_response *r)
         }
     }
     deliver_answer(p, s->idx, &a);
-    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? &oc : NULL);
-    buf_free(&oc);
+    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? oc : NULL);
+    scratch_done(oc);
     p->pending--;
 }
 
@@ -1664,10 +1676,10 @@ static void start_asks(prun *p, const script_step *step)
             s->entry = jsonx_print(old);
             s->done = true;
             deliver_answer(p, i, &a);
-            buf oc;
-            bool oc_ok = put_outcome(&oc, &a) == AP_OK;
-            emit_message(p, ask, s->name, &a, oc_ok ? &oc : NULL);
-            buf_free(&oc);
+            buf *oc = &p->r->outcome;
+            bool oc_ok = put_outcome(oc, &a) == AP_OK;
+            emit_message(p, ask, s->name, &a, oc_ok ? oc : NULL);
+            scratch_done(oc);
             free(data);
             p->pending--;
         }
@@ -2225,6 +2237,8 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         runner *r = &e->runners[i];
         r->e = e;
         r->idx = i;
+        buf_init(&r->outcome, JOURNAL_MAX);
+        buf_init(&r->message, JOURNAL_MAX);
         ap_status rc = llm_loop_new(&r->loop, err);
         if (rc == AP_OK)
             rc = llm_client_new(r->loop, o->cfg != NULL ? o->cfg->llm : NULL, &r->llm, err);
@@ -2253,6 +2267,8 @@ void panel_engine_stop(panel_engine *e)
         }
         llm_client_free(r->llm);
         llm_loop_free(r->loop);
+        buf_free(&r->outcome);
+        buf_free(&r->message);
     }
     if (e->writer_started) {
         pthread_mutex_lock(&e->wmu);
