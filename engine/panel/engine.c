@@ -312,13 +312,16 @@ static void writer_push(panel_engine *e, witem *w)
                       WRITER_HARD_MAX);
         }
     } else {
-        if (e->wtail != NULL)
+        /* The writer waits only for an empty queue: only the item that ends one can have it
+         * to wake. */
+        if (e->wtail != NULL) {
             e->wtail->next = w;
-        else
+        } else {
             e->whead = w;
+            pthread_cond_signal(&e->wcond);
+        }
         e->wtail = w;
         e->wcount++;
-        pthread_cond_signal(&e->wcond);
     }
     pthread_mutex_unlock(&e->wmu);
     if (drop)
