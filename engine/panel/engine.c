@@ -287,8 +287,8 @@ static void witem_free(witem *w)
         free(w->script.source);
         free(w->script.origin);
     }
-    if (w->kind == W_EVENT)
-        shared_event_unref(w->sh);
+    if (w->kind == W_EVENT && w->sh != NULL)
+        shared_event_unref(w->sh); /* w is the event's block */
     else
         free(w);
 }
@@ -642,7 +642,7 @@ out:
  * of SSE subscribers on one panel cheap. Durable events are never merged or reordered. The
  * batch's items outlive it, so a run of one delta (the usual case) copies nothing. */
 typedef struct delta_acc {
-    const witem *w;   /* a delta of the run: its panel, tenant and expert */
+    const witem *w;   /* a delta of the run: its panel and expert */
     const char *only; /* the run's text while it is one piece, else NULL */
     buf text;         /* the run's text once a second piece joined */
 } delta_acc;
