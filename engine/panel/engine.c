@@ -27,6 +27,8 @@
 
 /* ---- writer items --------------------------------------------------------------------- */
 
+typedef struct shared_event shared_event;
+
 typedef enum wkind { W_EVENT = 1, W_DELTA, W_CKPT, W_TRANS, W_USAGE, W_SCRIPT } wkind;
 
 typedef struct witem {
@@ -34,6 +36,7 @@ typedef struct witem {
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
+    size_t hash; /* bucket_hash(panel_id), hashed once per panel rather than per item */
     /* The fields of the item's kind only: an item is as large as its largest kind, not as all
      * of them together (a hundred items per panel cross from the runners to the writer). */
     union {
@@ -44,6 +47,9 @@ typedef struct witem {
             int64_t seq;
             char *type, *data;
             const char *expert;
+            /* A W_EVENT's texts, where its subscribers read them: the item is the event's
+             * allocation, freed with its last reference. */
+            shared_event *sh;
         };
         /* W_CKPT */
         store_checkpoint ck;
@@ -59,18 +65,18 @@ typedef struct witem {
         /* W_SCRIPT */
         store_script script;
     };
-    /* The texts of a W_EVENT, W_DELTA or W_USAGE, in the item's own allocation: one malloc
-     * and one free (on another thread, the writer's) per item instead of up to five. */
+    /* The texts of a W_EVENT (with its shared event), W_DELTA, W_CKPT or W_USAGE, in the item's
+     * own allocation: one malloc and one free (on another thread) per item instead of up to
+     * five. */
     char text[];
 } witem;
 
 /* ---- subscriptions -------------------------------------------------------------------- */
 
-typedef struct shared_event shared_event;
-
 /* An event of the writer's current batch, waiting to be queued for its panel's subscribers. */
 typedef struct staged_event {
-    char panel_id[STORE_ID_MAX];
+    const char *panel_id; /* the batch's item's, which outlives the stage */
+    size_t hash;
     int64_t seq;
     shared_event *sh; /* NULL when it could not be allocated */
 } staged_event;
@@ -122,6 +128,7 @@ struct prun {
     runner *r;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
+    size_t hash; /* bucket_hash(panel_id) */
     char *tenant_slug;
     char *tenant_json;
     char *question;
@@ -161,6 +168,9 @@ struct runner {
     llm_loop *loop;
     llm_client *llm;
     bool started;
+    /* Scratch space of the runner's thread for an answer's outcome and its expert.message:
+     * built for every answer, kept between answers instead of allocated for each. */
+    buf outcome, message;
 };
 
 struct panel_engine {
@@ -264,14 +274,11 @@ static ap_status pin_script(panel_engine *e, const char *tenant_id, const script
 
 /* ---- writer --------------------------------------------------------------------------- */
 
+static void shared_event_unref(shared_event *sh);
+
 static void witem_free(witem *w)
 {
-    if (w->kind == W_CKPT) {
-        free(w->ck.next_node);
-        free(w->ck.state);
-        free(w->ck.script_version);
-        free(w->ck.journal);
-    } else if (w->kind == W_TRANS) {
+    if (w->kind == W_TRANS) {
         free(w->result);
         free(w->error);
     } else if (w->kind == W_SCRIPT) {
@@ -280,7 +287,10 @@ static void witem_free(witem *w)
         free(w->script.source);
         free(w->script.origin);
     }
-    free(w);
+    if (w->kind == W_EVENT && w->sh != NULL)
+        shared_event_unref(w->sh); /* w is the event's block */
+    else
+        free(w);
 }
 
 /* The writer queue is bounded: past WRITER_SOFT_MAX items (the store is slower than the
@@ -302,13 +312,16 @@ static void writer_push(panel_engine *e, witem *w)
                       WRITER_HARD_MAX);
         }
     } else {
-        if (e->wtail != NULL)
+        /* The writer waits only for an empty queue: only the item that ends one can have it
+         * to wake. */
+        if (e->wtail != NULL) {
             e->wtail->next = w;
-        else
+        } else {
             e->whead = w;
+            pthread_cond_signal(&e->wcond);
+        }
         e->wtail = w;
         e->wcount++;
-        pthread_cond_signal(&e->wcond);
     }
     pthread_mutex_unlock(&e->wmu);
     if (drop)
@@ -321,28 +334,39 @@ struct shared_event {
     atomic_int refs;
     _Atomic(void *) memo; /* what a consumer derived once for all (panel_event_memo) */
     char *data;           /* points into text, after the type */
+    void *block;          /* the allocation to free: the event's own, or its writer item */
     char text[];
 };
 
-static shared_event *shared_event_new(const char *type, const char *data)
+_Static_assert(offsetof(witem, text) % _Alignof(shared_event) == 0,
+               "a writer item's text space must be able to hold an event");
+
+/* An event with one reference at `at`, which has room for it and its texts, inside block. */
+static shared_event *shared_event_init(void *at, void *block, const char *type, size_t tl,
+                                       const char *data, size_t dl)
 {
-    size_t tl = strlen(type), dl = strlen(data);
-    shared_event *sh = malloc(sizeof *sh + tl + dl + 2);
-    if (sh == NULL)
-        return NULL;
+    shared_event *sh = at;
     atomic_init(&sh->refs, 1);
     atomic_init(&sh->memo, NULL);
+    sh->block = block;
     memcpy(sh->text, type, tl + 1);
     sh->data = sh->text + tl + 1;
     memcpy(sh->data, data, dl + 1);
     return sh;
 }
 
+static shared_event *shared_event_new(const char *type, const char *data, size_t dl)
+{
+    size_t tl = strlen(type);
+    void *at = malloc(sizeof(shared_event) + tl + dl + 2);
+    return at != NULL ? shared_event_init(at, at, type, tl, data, dl) : NULL;
+}
+
 static void shared_event_unref(shared_event *sh)
 {
     if (sh != NULL && atomic_fetch_sub(&sh->refs, 1) == 1) {
         free(atomic_load(&sh->memo));
-        free(sh);
+        free(sh->block);
     }
 }
 
@@ -381,6 +405,36 @@ static bool sub_push(panel_sub *s, const staged_event *st)
     return s->count++ == 0;
 }
 
+#define STAGED_SLOTS (2 * STAGED_MAX)
+#define STAGED_END UINT16_MAX
+
+_Static_assert(STAGED_MAX < STAGED_END, "staged indexes must fit a uint16_t");
+_Static_assert((STAGED_SLOTS & (STAGED_SLOTS - 1)) == 0, "STAGED_SLOTS must be a power of 2");
+
+/* Links the staged events of each panel in staging order (next[]) with one hash probe per
+ * event, instead of comparing every event with every other; head[i] marks the first of its
+ * panel. */
+static void staged_group(const staged_event *st, size_t n, uint16_t *next, bool *head)
+{
+    uint16_t slot[STAGED_SLOTS], tail[STAGED_MAX];
+    memset(slot, 0xff, sizeof slot);
+    for (size_t i = 0; i < n; i++) {
+        size_t h = st[i].hash & (STAGED_SLOTS - 1);
+        while (slot[h] != STAGED_END && (st[slot[h]].hash != st[i].hash ||
+                                         strcmp(st[slot[h]].panel_id, st[i].panel_id) != 0))
+            h = (h + 1) & (STAGED_SLOTS - 1);
+        next[i] = STAGED_END;
+        head[i] = slot[h] == STAGED_END;
+        if (head[i]) {
+            slot[h] = (uint16_t)i;
+            tail[i] = (uint16_t)i;
+        } else {
+            next[tail[slot[h]]] = (uint16_t)i;
+            tail[slot[h]] = (uint16_t)i;
+        }
+    }
+}
+
 /* Hands the staged events to their subscribers. Each subscriber takes all of the batch's events
  * of its panel under one lock and with at most one wake: with thousands of SSE streams on a
  * panel, a stream that drained its queue between two events of a batch would otherwise be
@@ -388,27 +442,25 @@ static bool sub_push(panel_sub *s, const staged_event *st)
 static void publish_flush(panel_engine *e)
 {
     staged_event *st = e->staged;
-    size_t n = e->nstaged, group[STAGED_MAX];
-    bool done[STAGED_MAX] = {false};
+    size_t n = e->nstaged;
+    uint16_t next[STAGED_MAX];
+    bool head[STAGED_MAX];
+    staged_group(st, n, next, head);
     pthread_mutex_lock(&e->smu);
     for (size_t i = 0; i < n; i++) {
-        if (done[i])
+        if (!head[i])
             continue;
-        size_t m = 0;
-        for (size_t j = i; j < n; j++) {
-            if (!done[j] && strcmp(st[j].panel_id, st[i].panel_id) == 0) {
-                group[m++] = j;
-                done[j] = true;
-            }
-        }
-        for (panel_sub *s = e->subs[bucket_of(st[i].panel_id)]; s != NULL; s = s->next) {
+        for (panel_sub *s = e->subs[st[i].hash % MAP_BUCKETS]; s != NULL; s = s->next) {
             if (strcmp(s->panel_id, st[i].panel_id) != 0)
                 continue;
             bool wake = false;
             pthread_mutex_lock(&s->mu);
-            for (size_t k = 0; k < m; k++)
-                wake |= sub_push(s, &st[group[k]]);
-            pthread_cond_signal(&s->cond);
+            for (size_t k = i; k != STAGED_END; k = next[k])
+                wake |= sub_push(s, &st[k]);
+            /* a waiting consumer waits for an empty queue to fill or to lag: only a push that
+             * did either can have one to wake */
+            if (wake)
+                pthread_cond_signal(&s->cond);
             pthread_mutex_unlock(&s->mu);
             if (s->notify != NULL && wake)
                 s->notify(s->ud);
@@ -420,20 +472,13 @@ static void publish_flush(panel_engine *e)
     e->nstaged = 0;
 }
 
-static bool has_subscribers(panel_engine *e, const char *panel_id);
-
-/* Stages an event of the writer's batch for the panel's subscribers (publish_flush delivers).
- * Writer thread only. */
-static void publish(panel_engine *e, const witem *w)
+/* Stages an event of the writer's batch for the panel's subscribers (publish_flush delivers,
+ * to the subscribers the panel has then). Writer thread only. */
+static void publish(panel_engine *e, const staged_event *ev)
 {
-    if (!has_subscribers(e, w->panel_id))
-        return;
     if (e->nstaged == STAGED_MAX)
         publish_flush(e);
-    staged_event *st = &e->staged[e->nstaged++];
-    memcpy(st->panel_id, w->panel_id, sizeof st->panel_id);
-    st->seq = w->seq;
-    st->sh = shared_event_new(w->type, w->data);
+    e->staged[e->nstaged++] = *ev;
 }
 
 /* Whether the writer stores w through store_write_batch (deltas, seq 0, are never stored). */
@@ -536,7 +581,7 @@ static void drop_replaced_checkpoints(witem **all, size_t n)
         const witem *w = all[i];
         if (w->kind != W_CKPT)
             continue;
-        size_t h = bucket_hash(w->panel_id) & (cap - 1);
+        size_t h = w->hash & (cap - 1);
         while (seen[h] != NULL && (strcmp(seen[h]->panel_id, w->panel_id) != 0 ||
                                    strcmp(seen[h]->tenant_id, w->tenant_id) != 0))
             h = (h + 1) & (cap - 1);
@@ -594,120 +639,129 @@ out:
 
 /* The token deltas of one expert of one panel within a writer batch, merged into one event:
  * a subscriber that is behind gets one frame instead of dozens, which is what keeps thousands
- * of SSE subscribers on one panel cheap. Durable events are never merged or reordered. */
+ * of SSE subscribers on one panel cheap. Durable events are never merged or reordered. The
+ * batch's items outlive it, so a run of one delta (the usual case) copies nothing. */
 typedef struct delta_acc {
-    char panel_id[STORE_ID_MAX];
-    char tenant_id[STORE_ID_MAX];
-    char *expert;
-    buf text;
+    const witem *w;   /* a delta of the run: its panel and expert */
+    const char *only; /* the run's text while it is one piece, else NULL */
+    buf text;         /* the run's text once a second piece joined */
 } delta_acc;
 
 static ap_status json_str(buf *b, const char *s);
 
-/* Publishes {"expert":..,"delta":..} on a panel. */
-static void delta_publish(panel_engine *e, const char *tenant_id, const char *panel_id,
-                          const char *expert, const char *text)
+/* Publishes {"expert":..,"delta":..} on w's panel; json is the batch's scratch space. */
+static void delta_publish(panel_engine *e, buf *json, const witem *w, const char *text)
 {
-    buf b;
-    buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_puts(&b, "{\"expert\":");
+    buf_reset(json);
+    ap_status rc = buf_puts(json, "{\"expert\":");
     if (rc == AP_OK)
-        rc = json_str(&b, expert);
+        rc = json_str(json, w->expert);
     if (rc == AP_OK)
-        rc = buf_puts(&b, ",\"delta\":");
+        rc = buf_puts(json, ",\"delta\":");
     if (rc == AP_OK)
-        rc = json_str(&b, text);
+        rc = json_str(json, text);
     if (rc == AP_OK)
-        rc = buf_puts(&b, "}");
-    if (rc == AP_OK) {
-        witem w = {.kind = W_EVENT, .seq = 0, .type = "expert.delta", .data = b.data};
-        memcpy(w.panel_id, panel_id, sizeof w.panel_id);
-        memcpy(w.tenant_id, tenant_id, sizeof w.tenant_id);
-        publish(e, &w);
-    }
-    buf_free(&b);
+        rc = buf_puts(json, "}");
+    if (rc == AP_OK)
+        publish(e, &(staged_event){.panel_id = w->panel_id,
+                                   .hash = w->hash,
+                                   .sh = shared_event_new("expert.delta", json->data, json->len)});
 }
 
-static void delta_flush_one(panel_engine *e, delta_acc *a)
+static void delta_flush_one(panel_engine *e, buf *json, delta_acc *a)
 {
-    delta_publish(e, a->tenant_id, a->panel_id, a->expert,
-                  a->text.data != NULL ? a->text.data : "");
-    free(a->expert);
+    const char *text = a->only != NULL ? a->only : a->text.data;
+    delta_publish(e, json, a->w, text != NULL ? text : "");
+    a->only = NULL;
     buf_free(&a->text);
 }
 
 /* Publishes (in order) and drops the merged deltas of one panel, or of all when panel_id is
  * NULL. */
-static void delta_flush(panel_engine *e, delta_acc *acc, size_t *n, const char *panel_id)
+static void delta_flush(panel_engine *e, buf *json, delta_acc *acc, size_t *n, const char *panel_id)
 {
     size_t kept = 0;
     for (size_t i = 0; i < *n; i++) {
-        if (panel_id == NULL || strcmp(acc[i].panel_id, panel_id) == 0)
-            delta_flush_one(e, &acc[i]);
+        if (panel_id == NULL || strcmp(acc[i].w->panel_id, panel_id) == 0)
+            delta_flush_one(e, json, &acc[i]);
         else
             acc[kept++] = acc[i];
     }
     *n = kept;
 }
 
-/* Adds a delta event to its accumulator; false when it cannot be merged (publish it as is). */
-static bool delta_merge(panel_engine *e, delta_acc *acc, size_t *n, const witem *w)
+/* Adds a piece to a's run; AP_LIMIT (a unchanged) past DELTA_MERGE_MAX. */
+static ap_status delta_add(delta_acc *a, const char *piece)
 {
-    const char *expert = w->expert, *text = w->data;
-    bool merged = false;
+    ap_status rc = AP_OK;
+    if (a->only == NULL && a->text.data == NULL) {
+        if (strlen(piece) > DELTA_MERGE_MAX)
+            return AP_LIMIT;
+        a->only = piece;
+        return AP_OK;
+    }
+    if (a->only != NULL) {
+        rc = buf_reserve(&a->text, strlen(a->only) + strlen(piece));
+        if (rc == AP_OK)
+            rc = buf_puts(&a->text, a->only);
+        if (rc != AP_OK)
+            return rc;
+        a->only = NULL;
+    }
+    return buf_puts(&a->text, piece);
+}
+
+/* Adds a delta event to its accumulator; false when it cannot be merged (publish it as is). */
+static bool delta_merge(panel_engine *e, buf *json, delta_acc *acc, size_t *n, const witem *w)
+{
     size_t i = 0;
-    while (i < *n &&
-           (strcmp(acc[i].panel_id, w->panel_id) != 0 || strcmp(acc[i].expert, expert) != 0))
+    while (i < *n && (acc[i].w->hash != w->hash || strcmp(acc[i].w->panel_id, w->panel_id) != 0 ||
+                      strcmp(acc[i].w->expert, w->expert) != 0))
         i++;
     if (i == *n) {
         if (*n == DELTA_ACCS)
-            delta_flush(e, acc, n, NULL);
+            delta_flush(e, json, acc, n, NULL);
         i = *n;
-        acc[i].expert = strdup(expert);
-        if (acc[i].expert == NULL)
-            goto out;
-        memcpy(acc[i].panel_id, w->panel_id, sizeof acc[i].panel_id);
-        memcpy(acc[i].tenant_id, w->tenant_id, sizeof acc[i].tenant_id);
+        acc[i] = (delta_acc){.w = w};
         buf_init(&acc[i].text, DELTA_MERGE_MAX);
         (*n)++;
     }
-    if (buf_puts(&acc[i].text, text) != AP_OK) {
-        /* Full: send what is there, start again with this piece. */
-        char *expert_copy = strdup(expert);
-        delta_flush_one(e, &acc[i]);
-        acc[i].expert = expert_copy;
-        buf_init(&acc[i].text, DELTA_MERGE_MAX);
-        if (expert_copy == NULL || buf_puts(&acc[i].text, text) != AP_OK) {
-            free(expert_copy);
-            buf_free(&acc[i].text);
-            acc[i] = acc[--*n];
-            goto out;
-        }
-    }
-    merged = true;
-out:
-    return merged;
+    if (delta_add(&acc[i], w->data) == AP_OK)
+        return true;
+    /* Full: send what is there, start again with this piece. */
+    delta_flush_one(e, json, &acc[i]);
+    acc[i].w = w;
+    if (delta_add(&acc[i], w->data) == AP_OK)
+        return true;
+    buf_free(&acc[i].text);
+    acc[i] = acc[--*n];
+    return false;
 }
 
 static void publish_batch(panel_engine *e, witem *list)
 {
     delta_acc acc[DELTA_ACCS];
     size_t n = 0;
+    buf json;
+    buf_init(&json, JOURNAL_MAX);
     for (witem *w = list; w != NULL; w = w->next) {
         if (w->kind == W_DELTA) {
-            if (!delta_merge(e, acc, &n, w)) {
-                delta_flush(e, acc, &n, w->panel_id);
-                delta_publish(e, w->tenant_id, w->panel_id, w->expert, w->data);
+            if (!delta_merge(e, &json, acc, &n, w)) {
+                delta_flush(e, &json, acc, &n, w->panel_id);
+                delta_publish(e, &json, w, w->data);
             }
             continue;
         }
         if (w->kind != W_EVENT)
             continue;
-        delta_flush(e, acc, &n, w->panel_id);
-        publish(e, w);
+        delta_flush(e, &json, acc, &n, w->panel_id);
+        atomic_fetch_add(&w->sh->refs, 1); /* the stage's */
+        publish(e, &(staged_event){
+                       .panel_id = w->panel_id, .hash = w->hash, .seq = w->seq, .sh = w->sh});
     }
-    delta_flush(e, acc, &n, NULL);
+    delta_flush(e, &json, acc, &n, NULL);
     publish_flush(e);
+    buf_free(&json);
 }
 
 static void process_batch(panel_engine *e, witem *list)
@@ -715,9 +769,10 @@ static void process_batch(panel_engine *e, witem *list)
     if (e->st != NULL) {
         /* Scripts first: a durable checkpoint never pins a version the store lacks. */
         for (witem *w = list; w != NULL; w = w->next) {
+            if (w->kind != W_SCRIPT)
+                continue;
             ap_err err = {0};
-            if (w->kind == W_SCRIPT &&
-                store_script_put(e->st, w->tenant_id, &w->script, false, &err) != AP_OK)
+            if (store_script_put(e->st, w->tenant_id, &w->script, false, &err) != AP_OK)
                 log_msg(LOG_LEVEL_ERROR,
                         &(log_fields){.tenant_id = w->tenant_id, .panel_id = w->panel_id},
                         "event writer: %s", err.msg);
@@ -983,12 +1038,15 @@ static void prun_release(prun *p)
 /* A new item with room for text_cap bytes of texts (see witem_text). */
 static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
 {
-    witem *w = calloc(1, sizeof *w + text_cap);
+    /* the text space is written whole by witem_text: only the fields need zeroing */
+    witem *w = malloc(sizeof *w + text_cap);
     if (w == NULL)
         return NULL;
+    memset(w, 0, sizeof *w);
     w->kind = kind;
     memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
     memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
+    w->hash = p->hash;
     return w;
 }
 
@@ -1012,13 +1070,14 @@ static ap_status prun_emit(prun *p, const char *type, const char *data, bool dur
         *seq_out = seq;
     if (durable && seq <= p->stored_seq)
         return AP_OK;
-    size_t tl = strlen(type), dl = strlen(data), used = 0;
-    witem *w = witem_new(p, W_EVENT, tl + dl + 2);
+    size_t tl = strlen(type), dl = strlen(data);
+    witem *w = witem_new(p, W_EVENT, sizeof(shared_event) + tl + dl + 2);
     if (w == NULL)
         return AP_NOMEM;
     w->seq = seq;
-    w->type = witem_text(w, &used, type, tl);
-    w->data = witem_text(w, &used, data, dl);
+    w->sh = shared_event_init(w->text, w, type, tl, data, dl);
+    w->type = w->sh->text;
+    w->data = w->sh->data;
     writer_push(p->e, w);
     return AP_OK;
 }
@@ -1045,21 +1104,6 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     writer_push(p->e, w);
 }
 
-/* The node's journal as a JSON array (caller frees). */
-static char *journal_text(const prun *p)
-{
-    size_t n = p->journal.len;
-    char *out = malloc(n + 3);
-    if (out == NULL)
-        return NULL;
-    out[0] = '[';
-    if (n > 0)
-        memcpy(out + 1, p->journal.data, n);
-    out[n + 1] = ']';
-    out[n + 2] = '\0';
-    return out;
-}
-
 /* Appends one entry (JSON text) to the node's journal. */
 static ap_status journal_add(prun *p, const char *entry)
 {
@@ -1073,14 +1117,32 @@ static ap_status json_str(buf *b, const char *s)
     return jsonx_append_string(b, s, strlen(s));
 }
 
-/* {"pins":{...},"seed":"N","state":<state>}; built for every checkpoint, so the pins are
- * printed only when they changed and the rest is copied. */
-static char *envelope(prun *p, const char *state)
+/* Copies n bytes to at; returns where they end. */
+static char *put_bytes(char *at, const char *s, size_t n)
 {
+    if (n > 0)
+        memcpy(at, s, n);
+    return at + n;
+}
+
+/* Queues a checkpoint: the state in its envelope {"pins":{...},"seed":"N","state":<state>} and
+ * the node's journal as a JSON array. Built for every checkpoint, so the pins are printed only
+ * when they changed, and all its texts go in the item's own allocation (one malloc and one free
+ * instead of five each). */
+static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
+{
+    static const char pins_key[] = "{\"pins\":", seed_key[] = ",\"seed\":\"",
+                      state_key[] = "\",\"state\":";
+    if (state == NULL)
+        state = "{}";
     if (p->pins_text == NULL)
         p->pins_text = jsonx_print(p->pins);
-    if (p->pins_text == NULL)
-        return NULL;
+    size_t pl = p->pins_text != NULL ? strlen(p->pins_text) : 0, stl = strlen(state);
+    /* the bound the envelope always had */
+    if (p->pins_text == NULL || pl + stl + 64 > JOURNAL_MAX) {
+        log_error("checkpoint of panel %s: out of memory", p->panel_id);
+        return;
+    }
     char seed[24];
     size_t sl = sizeof seed;
     uint64_t v = p->seed;
@@ -1088,45 +1150,31 @@ static char *envelope(prun *p, const char *state)
         seed[--sl] = (char)('0' + v % 10);
         v /= 10;
     } while (v != 0);
-    buf b;
-    buf_init(&b, JOURNAL_MAX);
-    ap_status rc = buf_reserve(&b, strlen(p->pins_text) + strlen(state) + 64);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, "{\"pins\":");
-    if (rc == AP_OK)
-        rc = buf_puts(&b, p->pins_text);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, ",\"seed\":\"");
-    if (rc == AP_OK)
-        rc = buf_append(&b, seed + sl, sizeof seed - sl);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, "\",\"state\":");
-    if (rc == AP_OK)
-        rc = buf_puts(&b, state);
-    if (rc == AP_OK)
-        rc = buf_puts(&b, "}");
-    char *out = rc == AP_OK ? buf_steal(&b) : NULL;
-    buf_free(&b);
-    return out;
-}
-
-static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
-{
-    witem *w = witem_new(p, W_CKPT, 0);
+    size_t nl = next_node != NULL ? strlen(next_node) : 0, vl = strlen(p->script.version),
+           jl = p->journal.len;
+    size_t el = sizeof pins_key - 1 + pl + sizeof seed_key - 1 + sizeof seed - sl +
+                sizeof state_key - 1 + stl + 2;
+    witem *w = witem_new(p, W_CKPT, nl + 1 + vl + 1 + el + jl + 3);
     if (w == NULL)
         return;
     memcpy(w->ck.panel_id, p->panel_id, sizeof w->ck.panel_id);
     w->ck.step = p->step;
-    w->ck.next_node = dup_or_null(next_node);
-    w->ck.state = envelope(p, state != NULL ? state : "{}");
-    w->ck.script_version = strdup(p->script.version);
-    w->ck.journal = journal_text(p);
+    size_t used = 0;
+    w->ck.next_node = next_node != NULL ? witem_text(w, &used, next_node, nl) : NULL;
+    w->ck.script_version = witem_text(w, &used, p->script.version, vl);
+    char *c = w->ck.state = w->text + used;
+    c = put_bytes(c, pins_key, sizeof pins_key - 1);
+    c = put_bytes(c, p->pins_text, pl);
+    c = put_bytes(c, seed_key, sizeof seed_key - 1);
+    c = put_bytes(c, seed + sl, sizeof seed - sl);
+    c = put_bytes(c, state_key, sizeof state_key - 1);
+    c = put_bytes(c, state, stl);
+    c = put_bytes(c, "}", 2);
+    w->ck.journal = c;
+    c = put_bytes(c, "[", 1);
+    c = put_bytes(c, p->journal.data, jl);
+    put_bytes(c, "]", 2);
     w->ck.last_seq = last_seq;
-    if (w->ck.state == NULL || w->ck.script_version == NULL || w->ck.journal == NULL) {
-        log_error("checkpoint of panel %s: out of memory", p->panel_id);
-        witem_free(w);
-        return;
-    }
     writer_push(p->e, w);
 }
 
@@ -1339,9 +1387,18 @@ static size_t outcome_size(const answer *a)
 /* An answer's outcome as JSON members, ,"error":... or ,"text":...,"data":... (data left out
  * when there is none), into b (initialised here, caller frees). Built once per answer for
  * both its journal entry and its expert.message. */
+#define SCRATCH_KEEP (64 * 1024)
+
+/* Done with a runner's scratch buffer for now: an unusually large one is not kept. */
+static void scratch_done(buf *b)
+{
+    if (b->cap > SCRATCH_KEEP)
+        buf_free(b);
+}
+
 static ap_status put_outcome(buf *b, const answer *a)
 {
-    buf_init(b, JOURNAL_MAX);
+    buf_reset(b);
     ap_status rc = buf_reserve(b, outcome_size(a));
     if (rc == AP_OK && a->error != NULL) {
         rc = buf_puts(b, ",\"error\":");
@@ -1417,37 +1474,37 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
 static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a,
                          const buf *outcome)
 {
-    buf b;
-    buf_init(&b, JOURNAL_MAX);
+    buf *b = &p->r->message;
+    buf_reset(b);
     ap_status rc = outcome != NULL
-                       ? buf_reserve(&b, outcome->len + strlen(ask->expert_id) + strlen(name) + 128)
+                       ? buf_reserve(b, outcome->len + strlen(ask->expert_id) + strlen(name) + 128)
                        : AP_NOMEM;
     if (rc == AP_OK)
-        rc = buf_puts(&b, "{\"expert\":");
+        rc = buf_puts(b, "{\"expert\":");
     if (rc == AP_OK)
-        rc = json_str(&b, ask->expert_id);
+        rc = json_str(b, ask->expert_id);
     if (rc == AP_OK)
-        rc = buf_puts(&b, ",\"name\":");
+        rc = buf_puts(b, ",\"name\":");
     if (rc == AP_OK)
-        rc = json_str(&b, name);
+        rc = json_str(b, name);
     if (rc == AP_OK && ask->round > 0)
-        rc = put_key_int(&b, ",\"round\":", ask->round);
+        rc = put_key_int(b, ",\"round\":", ask->round);
     if (rc == AP_OK)
-        rc = buf_append(&b, outcome->data, outcome->len);
+        rc = buf_append(b, outcome->data, outcome->len);
     /* the event always says data, null when the answer has none */
     if (rc == AP_OK && a->error == NULL && a->data_json == NULL)
-        rc = buf_puts(&b, ",\"data\":null");
+        rc = buf_puts(b, ",\"data\":null");
     if (rc == AP_OK)
-        rc = put_key_int(&b, ",\"usage\":{\"prompt_tokens\":", a->pt);
+        rc = put_key_int(b, ",\"usage\":{\"prompt_tokens\":", a->pt);
     if (rc == AP_OK)
-        rc = put_key_int(&b, ",\"completion_tokens\":", a->ct);
+        rc = put_key_int(b, ",\"completion_tokens\":", a->ct);
     if (rc == AP_OK)
-        rc = buf_puts(&b, "}}");
+        rc = buf_puts(b, "}}");
     if (rc == AP_OK)
-        prun_emit(p, "expert.message", b.data, true, NULL);
+        prun_emit(p, "expert.message", b->data, true, NULL);
     else
         log_error("panel %s: expert.message not emitted: %s", p->panel_id, ap_status_name(rc));
-    buf_free(&b);
+    scratch_done(b);
 }
 
 static void deliver_answer(prun *p, size_t idx, const answer *a)
@@ -1493,12 +1550,12 @@ static void batch_complete(prun *p)
     handle_step(p, &step);
 }
 
-static bool has_subscribers(panel_engine *e, const char *panel_id)
+static bool has_subscribers(panel_engine *e, const prun *p)
 {
     bool found = false;
     pthread_mutex_lock(&e->smu);
-    for (panel_sub *x = e->subs[bucket_of(panel_id)]; x != NULL && !found; x = x->next)
-        found = strcmp(x->panel_id, panel_id) == 0;
+    for (panel_sub *x = e->subs[p->hash % MAP_BUCKETS]; x != NULL && !found; x = x->next)
+        found = strcmp(x->panel_id, p->panel_id) == 0;
     pthread_mutex_unlock(&e->smu);
     return found;
 }
@@ -1507,7 +1564,7 @@ static bool has_subscribers(panel_engine *e, const char *panel_id)
 static void on_delta(void *ud, const char *text, size_t len)
 {
     ask_slot *s = ud;
-    if (!has_subscribers(s->p->e, s->p->panel_id))
+    if (!has_subscribers(s->p->e, s->p))
         return;
     /* Raw text: the writer merges a panel's deltas per expert and builds the JSON once per
      * merged run. */
@@ -1543,9 +1600,9 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             a.data_json = r->data_json;
         jview_free(&v);
     }
-    buf oc;
-    bool oc_ok = put_outcome(&oc, &a) == AP_OK;
-    s->entry = oc_ok ? entry_json(s->key, &a, &oc) : NULL;
+    buf *oc = &p->r->outcome;
+    bool oc_ok = put_outcome(oc, &a) == AP_OK;
+    s->entry = oc_ok ? entry_json(s->key, &a, oc) : NULL;
     /* usage */
     if (p->e->st != NULL) {
         const char *provider = r->provider != NULL ? r->provider : "unknown";
@@ -1569,8 +1626,8 @@ static void answer_slot(ask_slot *s, const llm_response *r)
         }
     }
     deliver_answer(p, s->idx, &a);
-    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? &oc : NULL);
-    buf_free(&oc);
+    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? oc : NULL);
+    scratch_done(oc);
     p->pending--;
 }
 
@@ -1622,10 +1679,10 @@ static void start_asks(prun *p, const script_step *step)
             s->entry = jsonx_print(old);
             s->done = true;
             deliver_answer(p, i, &a);
-            buf oc;
-            bool oc_ok = put_outcome(&oc, &a) == AP_OK;
-            emit_message(p, ask, s->name, &a, oc_ok ? &oc : NULL);
-            buf_free(&oc);
+            buf *oc = &p->r->outcome;
+            bool oc_ok = put_outcome(oc, &a) == AP_OK;
+            emit_message(p, ask, s->name, &a, oc_ok ? oc : NULL);
+            scratch_done(oc);
             free(data);
             p->pending--;
         }
@@ -1975,6 +2032,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         goto out;
     snprintf(p->tenant_id, sizeof p->tenant_id, "%s", row.tenant_id);
     snprintf(p->panel_id, sizeof p->panel_id, "%s", row.id);
+    p->hash = bucket_hash(p->panel_id);
     ap_err ckerr = {0};
     /* A created panel never ran (nothing moves a panel back to created), so it has no
      * checkpoint: one read less on every execute. */
@@ -2182,6 +2240,8 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         runner *r = &e->runners[i];
         r->e = e;
         r->idx = i;
+        buf_init(&r->outcome, JOURNAL_MAX);
+        buf_init(&r->message, JOURNAL_MAX);
         ap_status rc = llm_loop_new(&r->loop, err);
         if (rc == AP_OK)
             rc = llm_client_new(r->loop, o->cfg != NULL ? o->cfg->llm : NULL, &r->llm, err);
@@ -2210,6 +2270,8 @@ void panel_engine_stop(panel_engine *e)
         }
         llm_client_free(r->llm);
         llm_loop_free(r->loop);
+        buf_free(&r->outcome);
+        buf_free(&r->message);
     }
     if (e->writer_started) {
         pthread_mutex_lock(&e->wmu);

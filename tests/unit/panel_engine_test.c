@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <sqlite3.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,6 +286,78 @@ static void test_subscriber_queue_order_and_lag(void **state)
     assert_int_equal(panel_sub_next(small, &ev, 0), 0);
     panel_engine_unsubscribe(e, big);
     panel_engine_unsubscribe(e, small);
+    panel_engine_stop(e);
+}
+
+/* Streamed answers reach a subscriber whole and in order: per expert, the delta texts joined
+ * are the text of its expert.message, and no delta is durable. A second connection holds the
+ * store's write lock while the answers stream, so the writer waits on a durable item while the
+ * deltas pile up behind it and then merges pieces of each answer (usually: how many depends on
+ * the timing, so the test does not count them). */
+static void test_deltas_join_to_the_answer(void **state)
+{
+    (void)state;
+    write_file("prose.lua",
+               "return { name = 'prose', start = 'ask', nodes = {\n"
+               "  ask = function(ctx)\n"
+               "    ctx:ask_all(ctx.experts, function(e) return 'Q for ' .. e.role end)\n"
+               "    return ctx:done({}) end } }\n");
+    setenv("ASKPANEL_SIM_TOKEN_MS", "5", 1);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "prose", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 65536, NULL, NULL, &sub, &err), AP_OK);
+    char path[128];
+    snprintf(path, sizeof path, "%s/test.db", dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000); /* the writer may be committing the panel's creation */
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    usleep(300 * 1000);
+    assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    char joined[5][4096] = {{0}}, message[5][4096] = {{0}};
+    size_t deltas = 0;
+    bool completed = false;
+    int64_t deadline = clock_mono_ms() + 10000;
+    while (!completed && clock_mono_ms() < deadline) {
+        panel_event ev;
+        if (panel_sub_next(sub, &ev, 100) != 1)
+            continue;
+        bool delta = strcmp(ev.type, "expert.delta") == 0;
+        bool msg = strcmp(ev.type, "expert.message") == 0;
+        completed = strcmp(ev.type, "panel.completed") == 0;
+        if (delta || msg) {
+            cJSON *j = jsonx_parse(ev.data, strlen(ev.data), 8, &err);
+            assert_non_null(j);
+            const char *expert = jsonx_string(j, "expert");
+            const char *text = jsonx_string(j, delta ? "delta" : "text");
+            assert_non_null(expert);
+            assert_non_null(text);
+            int k = expert[0] - 'a';
+            assert_true(k >= 0 && k < 5 && expert[1] == '\0');
+            char *to = delta ? joined[k] : message[k];
+            assert_true(strlen(to) + strlen(text) < sizeof joined[k]);
+            memcpy(to + strlen(to), text, strlen(text) + 1);
+            if (delta) {
+                assert_int_equal(ev.seq, 0);
+                deltas++;
+            }
+            cJSON_Delete(j);
+        }
+        panel_event_clear(&ev);
+    }
+    unsetenv("ASKPANEL_SIM_TOKEN_MS");
+    assert_true(completed);
+    for (int k = 0; k < 5; k++) {
+        assert_true(message[k][0] != '\0');
+        assert_string_equal(joined[k], message[k]);
+    }
+    assert_true(deltas >= 5);
+    panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
 }
 
@@ -585,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_ask_all_is_concurrent),
         cmocka_unit_test(test_params_validation),
         cmocka_unit_test(test_subscriber_queue_order_and_lag),
+        cmocka_unit_test(test_deltas_join_to_the_answer),
         cmocka_unit_test(test_hot_reload),
         cmocka_unit_test(test_inotify_reload),
         cmocka_unit_test(test_cancel_aborts_at_once),
