@@ -114,6 +114,30 @@ static bool plain_ascii(unsigned char c)
     return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
 }
 
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+size_t jsonx_plain_end(const char *s, size_t i, size_t n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    while (n - i >= 8) {
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        uint64_t quote = x ^ (ONES * '"'), slash = x ^ (ONES * '\\');
+        uint64_t special =
+            (x | ((x - ONES * 0x20) & ~x) | ((quote - ONES) & ~quote) | ((slash - ONES) & ~slash)) &
+            HIGHS;
+        /* the lowest flagged byte is always a real one (borrows only run upwards) */
+        if (special != 0)
+            return i + (size_t)(__builtin_ctzll(special) >> 3);
+        i += 8;
+    }
+#endif
+    while (i < n && plain_ascii((unsigned char)s[i]))
+        i++;
+    return i;
+}
+
 ap_status jsonx_append_string(buf *b, const char *s, size_t n)
 {
     ap_status rc = buf_putc(b, '"');
@@ -122,9 +146,7 @@ ap_status jsonx_append_string(buf *b, const char *s, size_t n)
         unsigned char c = (unsigned char)s[i];
         if (plain_ascii(c)) {
             /* runs of plain ASCII, most of any text, go in with one copy */
-            size_t j = i + 1;
-            while (j < n && plain_ascii((unsigned char)s[j]))
-                j++;
+            size_t j = jsonx_plain_end(s, i + 1, n);
             rc = buf_append(b, s + i, j - i);
             i = j;
         } else if (c == '"' || c == '\\') {

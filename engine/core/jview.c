@@ -1,5 +1,7 @@
 #include "core/jview.h"
 
+#include "core/jsonx.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,37 +84,6 @@ static size_t unicode_escape(const unsigned char *s, size_t len, size_t at, uint
     return 12;
 }
 
-/* Bytes that stand for themselves inside a string: not a quote, backslash, control character
- * or part of a multi-byte sequence. Most of a document is runs of them, skipped 8 at a time. */
-static bool plain(unsigned char c)
-{
-    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
-}
-
-#define ONES UINT64_C(0x0101010101010101)
-#define HIGHS UINT64_C(0x8080808080808080)
-
-static size_t skip_plain(const unsigned char *s, size_t i, size_t len)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    while (len - i >= 8) {
-        uint64_t x;
-        memcpy(&x, s + i, 8);
-        uint64_t quote = x ^ (ONES * '"'), slash = x ^ (ONES * '\\');
-        uint64_t special =
-            (x | ((x - ONES * 0x20) & ~x) | ((quote - ONES) & ~quote) | ((slash - ONES) & ~slash)) &
-            HIGHS;
-        /* the lowest flagged byte is always a real one (borrows only run upwards) */
-        if (special != 0)
-            return i + (size_t)(__builtin_ctzll(special) >> 3);
-        i += 8;
-    }
-#endif
-    while (i < len && plain(s[i]))
-        i++;
-    return i;
-}
-
 static size_t skip_ws(const unsigned char *s, size_t len, size_t i)
 {
     while (i < len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
@@ -147,7 +118,7 @@ static bool scan_string(const unsigned char *s, size_t len, size_t *pos, uint8_t
     size_t i = *pos + 1;
     bool ok = false;
     for (;;) {
-        i = skip_plain(s, i, len);
+        i = jsonx_plain_end((const char *)s, i, len);
         if (i >= len)
             break;
         unsigned char c = s[i];

@@ -131,6 +131,34 @@ static void test_jsonx_limits(void **state)
 }
 
 /* What jsonx writes reads back as what went in: cJSON is the judge. */
+/* jsonx_plain_end finds the first byte a JSON string must escape or check, at every offset
+ * and for every byte value placed anywhere in and around an eight-byte step. */
+static void test_jsonx_plain_end(void **state)
+{
+    (void)state;
+    char s[40];
+    for (int v = 0; v < 256; v++) {
+        for (size_t at = 0; at < 24; at++) {
+            memset(s, 'a', sizeof s);
+            s[at] = (char)v;
+            bool plain = v >= 0x20 && v < 0x80 && v != '"' && v != '\\';
+            for (size_t from = 0; from <= at; from++) {
+                size_t end = jsonx_plain_end(s, from, sizeof s);
+                assert_int_equal(end, plain ? sizeof s : at);
+                assert_int_equal(jsonx_plain_end(s, from, at), at);
+            }
+        }
+    }
+    /* the run stops at the first of several specials, even with others after it in its step */
+    memcpy(s,
+           "abc\"\x01\\de\xc3\xa9"
+           "fghijklmnopqrstuvwxyz0123456789",
+           sizeof s);
+    assert_int_equal(jsonx_plain_end(s, 0, sizeof s), 3);
+    assert_int_equal(jsonx_plain_end(s, 4, sizeof s), 4);
+    assert_int_equal(jsonx_plain_end(s, 6, sizeof s), 8);
+}
+
 static void test_jsonx_writes_strings_and_numbers(void **state)
 {
     (void)state;
@@ -243,6 +271,7 @@ int main(void)
         cmocka_unit_test(test_uuid),
         cmocka_unit_test(test_hashes_match_known_vectors),
         cmocka_unit_test(test_jsonx_limits),
+        cmocka_unit_test(test_jsonx_plain_end),
         cmocka_unit_test(test_jsonx_writes_strings_and_numbers),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_log_lines_are_json),
