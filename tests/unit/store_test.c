@@ -465,6 +465,16 @@ static void test_panels(void **state)
     make_panel(A, "idem-1", "h1", &p);
     assert_string_equal(p.tenant_id, A);
     assert_string_equal(p.status, "created");
+    /* ids are time-ordered (v7): a later panel's id sorts after an earlier one's */
+    assert_int_equal(p.id[14], '7');
+    {
+        store_panel later = {0};
+        usleep(2000);
+        make_panel(A, NULL, NULL, &later);
+        assert_int_equal(later.id[14], '7');
+        assert_true(strcmp(p.id, later.id) < 0);
+        store_panel_free(&later);
+    }
     assert_string_equal(p.params, "{\"rounds\":2}");
     assert_null(p.result);
     assert_null(p.consensus);
