@@ -179,21 +179,26 @@ ap_status jsonx_append_string(buf *b, const char *s, size_t n)
     return rc == AP_OK ? buf_putc(b, '"') : rc;
 }
 
-size_t jsonx_int_text(char *out, int64_t v)
+size_t jsonx_uint_text(char *out, uint64_t v)
 {
     char tmp[JSONX_INT_MAX];
     size_t i = sizeof tmp;
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
     do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        tmp[--i] = '-';
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
     size_t n = sizeof tmp - i;
     memcpy(out, tmp + i, n);
     out[n] = '\0';
     return n;
+}
+
+size_t jsonx_int_text(char *out, int64_t v)
+{
+    if (v >= 0)
+        return jsonx_uint_text(out, (uint64_t)v);
+    out[0] = '-';
+    return 1 + jsonx_uint_text(out + 1, 0 - (uint64_t)v);
 }
 
 ap_status jsonx_append_number(buf *b, double d)

@@ -36,6 +36,9 @@ ap_status jsonx_append_string(struct buf *b, const char *s, size_t n);
  * Integers are most of the numbers the engine writes, and printf is slow for them. */
 size_t jsonx_int_text(char *out, int64_t v);
 
+/* jsonx_int_text for an unsigned value (20 digits at most). */
+size_t jsonx_uint_text(char *out, uint64_t v);
+
 /* Appends a finite number as JSON: integers without a fraction, others in the fewest digits
  * that read back as the same double. AP_INVALID for NaN and infinities. */
 ap_status jsonx_append_number(struct buf *b, double d);

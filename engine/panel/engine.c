@@ -1143,17 +1143,12 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
         log_error("checkpoint of panel %s: out of memory", p->panel_id);
         return;
     }
-    char seed[24];
-    size_t sl = sizeof seed;
-    uint64_t v = p->seed;
-    do {
-        seed[--sl] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
+    char seed[JSONX_INT_MAX];
+    size_t sl = jsonx_uint_text(seed, p->seed);
     size_t nl = next_node != NULL ? strlen(next_node) : 0, vl = strlen(p->script.version),
            jl = p->journal.len;
-    size_t el = sizeof pins_key - 1 + pl + sizeof seed_key - 1 + sizeof seed - sl +
-                sizeof state_key - 1 + stl + 2;
+    size_t el =
+        sizeof pins_key - 1 + pl + sizeof seed_key - 1 + sl + sizeof state_key - 1 + stl + 2;
     witem *w = witem_new(p, W_CKPT, nl + 1 + vl + 1 + el + jl + 3);
     if (w == NULL)
         return;
@@ -1166,7 +1161,7 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
     c = put_bytes(c, pins_key, sizeof pins_key - 1);
     c = put_bytes(c, p->pins_text, pl);
     c = put_bytes(c, seed_key, sizeof seed_key - 1);
-    c = put_bytes(c, seed + sl, sizeof seed - sl);
+    c = put_bytes(c, seed, sl);
     c = put_bytes(c, state_key, sizeof state_key - 1);
     c = put_bytes(c, state, stl);
     c = put_bytes(c, "}", 2);
@@ -1384,9 +1379,6 @@ static size_t outcome_size(const answer *a)
     return n + (a->data_json != NULL ? strlen(a->data_json) : 0);
 }
 
-/* An answer's outcome as JSON members, ,"error":... or ,"text":...,"data":... (data left out
- * when there is none), into b (initialised here, caller frees). Built once per answer for
- * both its journal entry and its expert.message. */
 #define SCRATCH_KEEP (64 * 1024)
 
 /* Done with a runner's scratch buffer for now: an unusually large one is not kept. */
@@ -1396,6 +1388,9 @@ static void scratch_done(buf *b)
         buf_free(b);
 }
 
+/* An answer's outcome as JSON members, ,"error":... or ,"text":...,"data":... (data left out
+ * when there is none), into the scratch buffer b (reset here). Built once per answer for
+ * both its journal entry and its expert.message. */
 static ap_status put_outcome(buf *b, const answer *a)
 {
     buf_reset(b);

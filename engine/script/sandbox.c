@@ -117,32 +117,42 @@ static size_t class_size(size_t c)
     return POOL_MID_MAX + (c - POOL_WIDE_FIRST + 1) * POOL_WIDE_STEP;
 }
 
-/* A block of class c, or NULL when the pool may not grow: its chunks count against the
- * limit too, so freed blocks kept for reuse cannot add up past it. A shrinking block (Lua
- * expects shrinks to succeed) may take one chunk past the limit. */
-static void *pool_get(script_vm *vm, size_t c, bool shrink)
+/* A block of class c (size bytes) from what the pool already holds: a freed one, or the rest
+ * of the current chunk; NULL when neither has one. */
+static inline void *pool_take(script_vm *vm, size_t c, size_t size)
 {
     pool_block *b = vm->free_list[c];
     if (b != NULL) {
         vm->free_list[c] = b->next;
         return b;
     }
-    size_t size = class_size(c);
-    if ((size_t)(vm->bump_end - vm->bump) < size) {
-        if (!shrink && vm->pool_bytes + POOL_CHUNK > vm->mem_limit)
-            return NULL;
-        char *chunk = malloc(POOL_CHUNK);
-        if (chunk == NULL)
-            return NULL;
-        *(void **)chunk = vm->chunks;
-        vm->chunks = chunk;
-        vm->pool_bytes += POOL_CHUNK;
-        vm->bump = chunk + POOL_HEADER;
-        vm->bump_end = chunk + POOL_CHUNK;
-    }
+    if ((size_t)(vm->bump_end - vm->bump) < size)
+        return NULL;
     void *p = vm->bump;
     vm->bump += size;
     return p;
+}
+
+/* A block of class c, or NULL when the pool may not grow: its chunks count against the
+ * limit too, so freed blocks kept for reuse cannot add up past it. A shrinking block (Lua
+ * expects shrinks to succeed) may take one chunk past the limit. */
+static void *pool_get(script_vm *vm, size_t c, bool shrink)
+{
+    size_t size = class_size(c);
+    void *p = pool_take(vm, c, size);
+    if (p != NULL)
+        return p;
+    if (!shrink && vm->pool_bytes + POOL_CHUNK > vm->mem_limit)
+        return NULL;
+    char *chunk = malloc(POOL_CHUNK);
+    if (chunk == NULL)
+        return NULL;
+    *(void **)chunk = vm->chunks;
+    vm->chunks = chunk;
+    vm->pool_bytes += POOL_CHUNK;
+    vm->bump = chunk + POOL_HEADER;
+    vm->bump_end = chunk + POOL_CHUNK;
+    return pool_take(vm, c, size);
 }
 
 static void pool_put(script_vm *vm, void *p, size_t c)
@@ -274,19 +284,10 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     script_vm *vm = ud;
     if (ptr == NULL && nsize - 1 < POOL_FINE_MAX) {
         size_t c = (nsize - 1) / POOL_STEP, size = (c + 1) * POOL_STEP;
-        if (vm->mem_used + size <= vm->mem_limit) {
-            pool_block *b = vm->free_list[c];
-            if (b != NULL) {
-                vm->free_list[c] = b->next;
-                vm->mem_used += size;
-                return b;
-            }
-            if ((size_t)(vm->bump_end - vm->bump) >= size) {
-                void *p = vm->bump;
-                vm->bump += size;
-                vm->mem_used += size;
-                return p;
-            }
+        void *p = vm->mem_used + size <= vm->mem_limit ? pool_take(vm, c, size) : NULL;
+        if (p != NULL) {
+            vm->mem_used += size;
+            return p;
         }
     }
     return vm_alloc_any(vm, ptr, osize, nsize);

@@ -197,6 +197,8 @@ static void test_jsonx_writes_strings_and_numbers(void **state)
     assert_string_equal(t, "-9223372036854775808");
     assert_int_equal(jsonx_int_text(t, INT64_MAX), 19);
     assert_string_equal(t, "9223372036854775807");
+    assert_int_equal(jsonx_uint_text(t, UINT64_MAX), 20);
+    assert_string_equal(t, "18446744073709551615");
     buf_reset(&b);
     assert_int_equal(jsonx_append_number(&b, 3), AP_OK);
     assert_string_equal(b.data, "3");
