@@ -13,6 +13,10 @@ int64_t clock_wall_ms(void);
 int64_t clock_mono_ms(void);
 int64_t clock_mono_us(void);
 
+/* Monotonic microseconds as of the last timer tick: up to a tick (a few ms) behind
+ * clock_mono_us, and several times cheaper to read, for checks on hot paths. */
+int64_t clock_coarse_us(void);
+
 /* The CLOCK_REALTIME instant ms milliseconds from now, for pthread_cond_timedwait. */
 struct timespec clock_deadline_ms(int64_t ms);
 

@@ -15,7 +15,6 @@
 #include <string.h>
 
 #define HOOK_COUNT 1000      /* VM instructions between count hooks */
-#define CALLS_PER_CLOCK 256  /* function calls between clock reads */
 #define PATTERN_MAX_COST 2e7 /* worst-case backtracking steps a pattern call may risk */
 #define TABLE_MOVE_MAX (1 << 24)
 /* The collector's pause (percent of the heap live after a cycle that it waits for). A panel's
@@ -77,7 +76,6 @@ struct script_vm {
     int64_t slice_start_us; /* 0 outside a slice */
     int64_t run_us;         /* running time of the node before this slice */
     int64_t deadline_us;    /* 0 outside a slice */
-    unsigned calls;
     int tripped;
     bool built; /* the state is complete: from now on a refused allocation trips */
     char trip_msg[TRIP_COUNT][160];
@@ -315,12 +313,16 @@ void script_vm_check(lua_State *L)
         raise_trip(L, vm);
 }
 
-static void check_budget(lua_State *L, script_vm *vm, bool read_clock)
+/* The clock is read at every hook, calls included: one C call (a sort, a scan of a long
+ * string) can take a good part of a second, and a loop of them between two clock reads
+ * once kept a runner thread several times past the node's time budget. The coarse clock
+ * costs a few ns, and a tick of lateness does not matter against budgets in seconds. */
+static void check_budget(lua_State *L, script_vm *vm)
 {
     if (vm->tripped == TRIP_NONE) {
         if (vm->instr_used > vm->instr_limit)
             vm->tripped = TRIP_INSTRUCTIONS;
-        else if (read_clock && vm->deadline_us != 0 && clock_mono_us() > vm->deadline_us)
+        else if (vm->deadline_us != 0 && clock_coarse_us() > vm->deadline_us)
             vm->tripped = TRIP_TIME;
     }
     if (vm->tripped != TRIP_NONE)
@@ -331,7 +333,7 @@ void script_vm_charge(lua_State *L, int64_t units)
 {
     script_vm *vm = script_vm_of(L);
     vm->instr_used += units;
-    check_budget(L, vm, units > HOOK_COUNT);
+    check_budget(L, vm);
 }
 
 static void vm_hook(lua_State *L, lua_Debug *ar)
@@ -339,13 +341,13 @@ static void vm_hook(lua_State *L, lua_Debug *ar)
     script_vm *vm = script_vm_of(L);
     if (ar->event == LUA_HOOKCOUNT) {
         vm->instr_used += HOOK_COUNT;
-        check_budget(L, vm, true);
+        check_budget(L, vm);
         return;
     }
     /* Calls, C functions and metamethods called from C loops included: a loop inside a C
      * function that only calls other C functions still pays here. */
     vm->instr_used += 1;
-    check_budget(L, vm, (++vm->calls % CALLS_PER_CLOCK) == 0);
+    check_budget(L, vm);
 }
 
 void script_vm_budget_reset(script_vm *vm)
