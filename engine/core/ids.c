@@ -24,6 +24,40 @@ ap_status ids_random(void *buf, size_t n)
     return AP_OK;
 }
 
+/* Random bits for ids come from a per-thread block of the kernel's generator: the store makes
+ * ~16 ids per panel (usage records), and a getrandom call for each was ~0.8 % of a loaded
+ * engine's CPU. Secrets (ids_random) still read the kernel directly. A forked child starts
+ * with an empty block, so it never hands out its parent's ids. */
+#define ID_BITS_BLOCK 512
+
+static _Thread_local unsigned char id_bits[ID_BITS_BLOCK];
+static _Thread_local size_t id_bits_left;
+static pthread_once_t id_bits_once = PTHREAD_ONCE_INIT;
+
+static void id_bits_forget(void)
+{
+    id_bits_left = 0;
+}
+
+static void id_bits_init(void)
+{
+    pthread_atfork(NULL, NULL, id_bits_forget);
+}
+
+static ap_status id_random(unsigned char *out, size_t n)
+{
+    if (id_bits_left < n) {
+        pthread_once(&id_bits_once, id_bits_init);
+        ap_status rc = ids_random(id_bits, sizeof id_bits);
+        if (rc != AP_OK)
+            return rc;
+        id_bits_left = sizeof id_bits;
+    }
+    id_bits_left -= n;
+    memcpy(out, id_bits + id_bits_left, n);
+    return AP_OK;
+}
+
 static void format_uuid(const unsigned char b[16], char out[IDS_UUID_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
@@ -40,7 +74,7 @@ static void format_uuid(const unsigned char b[16], char out[IDS_UUID_LEN + 1])
 ap_status ids_uuid_v4(char out[IDS_UUID_LEN + 1])
 {
     unsigned char b[16];
-    ap_status rc = ids_random(b, sizeof b);
+    ap_status rc = id_random(b, sizeof b);
     if (rc != AP_OK)
         return rc;
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
@@ -52,7 +86,7 @@ ap_status ids_uuid_v4(char out[IDS_UUID_LEN + 1])
 ap_status ids_uuid_v7(int64_t unix_ms, char out[IDS_UUID_LEN + 1])
 {
     unsigned char b[16];
-    ap_status rc = ids_random(b + 6, sizeof b - 6);
+    ap_status rc = id_random(b + 6, sizeof b - 6);
     if (rc != AP_OK)
         return rc;
     uint64_t ms = unix_ms > 0 ? (uint64_t)unix_ms : 0;

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static void test_buf_limit_leaves_buffer_unchanged(void **state)
@@ -89,6 +90,44 @@ static void test_uuid(void **state)
     assert_true(strchr("89ab", a[19]) != NULL);
     assert_true(ids_uuid_normalize(a, norm));
     assert_true(strcmp(a, b) < 0);
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Ids draw their random bits from a per-thread block: across many refills no two are equal,
+ * and a forked child does not hand out the ids its parent will. */
+static void test_uuid_random_bits(void **state)
+{
+    (void)state;
+    enum { N = 2000 };
+    static char ids[N][IDS_UUID_LEN + 1];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(i % 2 ? ids_uuid_v4(ids[i]) : ids_uuid_v7(42, ids[i]), AP_OK);
+    qsort(ids, N, sizeof ids[0], cmp_id);
+    for (int i = 1; i < N; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
+
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    char child[IDS_UUID_LEN + 1] = "", parent[IDS_UUID_LEN + 1];
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char id[IDS_UUID_LEN + 1];
+        ssize_t w = ids_uuid_v4(id) == AP_OK ? write(fds[1], id, sizeof id) : -1;
+        _exit(w == (ssize_t)sizeof id ? 0 : 1);
+    }
+    assert_int_equal(read(fds[0], child, sizeof child), (ssize_t)sizeof child);
+    assert_int_equal(ids_uuid_v4(parent), AP_OK);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_string_not_equal(child, parent);
+    close(fds[0]);
+    close(fds[1]);
 }
 
 static void test_hashes_match_known_vectors(void **state)
@@ -271,6 +310,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_limit_leaves_buffer_unchanged),
         cmocka_unit_test(test_uuid),
+        cmocka_unit_test(test_uuid_random_bits),
         cmocka_unit_test(test_hashes_match_known_vectors),
         cmocka_unit_test(test_jsonx_limits),
         cmocka_unit_test(test_jsonx_plain_end),
