@@ -21,6 +21,7 @@
 #define MAX_STATE (8 * 1024 * 1024)
 #define MAX_TYPE_LEN 64
 #define MAX_NAME_LEN 64
+#define MAX_NODE_NAME_LEN 128
 /* Per-node quotas: a loop that emits, logs or asks without end would otherwise grow the event
  * queue, the log or the LLM bill for as long as the instruction budget lasts. */
 #define NODE_MAX_EVENTS 1000
@@ -941,9 +942,16 @@ static int check_strategy(lua_State *L)
                        "every node must have a name (nodes = { name = function(ctx) ... end })");
             return check_failed(L);
         }
+        size_t nl = 0;
+        const char *node = lua_tolstring(L, -2, &nl);
+        if (nl == 0 || nl > MAX_NODE_NAME_LEN || memchr(node, '\0', nl) != NULL) {
+            ap_err_set(err, AP_INVALID, "node names must be 1 to %d characters ('%.60s')",
+                       MAX_NODE_NAME_LEN, node);
+            return check_failed(L);
+        }
         if (lua_type(L, -1) != LUA_TFUNCTION) {
-            ap_err_set(err, AP_INVALID, "node '%.60s' must be a function(ctx), not a %s",
-                       lua_tostring(L, -2), luaL_typename(L, -1));
+            ap_err_set(err, AP_INVALID, "node '%.60s' must be a function(ctx), not a %s", node,
+                       luaL_typename(L, -1));
             return check_failed(L);
         }
         count++;
@@ -1336,19 +1344,29 @@ static ap_status run_slice(script_panel *sp, int nargs, script_step *step)
                          "or nothing (after ctx:done)",
                          sp->node, tn);
     }
-    char next[MAX_NAME_LEN * 2];
-    snprintf(next, sizeof next, "%s", lua_tostring(co, -nres));
+    /* Looked up raw and by the returned string itself, as the check listed the nodes: this
+     * runs outside any protected call, where a metamethod of the nodes table (script code)
+     * or an allocation failing at the memory limit would abort the process. */
+    size_t nl = 0;
+    const char *next = lua_tolstring(co, -nres, &nl);
+    lua_rawgeti(sp->L, LUA_REGISTRYINDEX, sp->nodes_ref);
+    lua_pushvalue(co, -nres);
+    lua_xmove(co, sp->L, 1);
+    bool known = lua_rawget(sp->L, -2) == LUA_TFUNCTION && nl <= MAX_NODE_NAME_LEN &&
+                 memchr(next, '\0', nl) == NULL;
+    lua_pop(sp->L, 2);
+    char *copy = known ? strndup(next, nl) : NULL;
+    char shown[MAX_NODE_NAME_LEN + 1];
+    snprintf(shown, sizeof shown, "%.*s", (int)(nl < MAX_NODE_NAME_LEN ? nl : MAX_NODE_NAME_LEN),
+             next);
     lua_pop(co, nres);
     release_coroutine(sp);
-    lua_rawgeti(sp->L, LUA_REGISTRYINDEX, sp->nodes_ref);
-    int ft = lua_getfield(sp->L, -1, next);
-    lua_pop(sp->L, 2);
-    if (ft != LUA_TFUNCTION)
-        return fail_step(sp, step, "node '%s' returned unknown node '%s'", sp->node, next);
-    free(sp->next_node);
-    sp->next_node = strdup(next);
-    if (sp->next_node == NULL)
+    if (!known)
+        return fail_step(sp, step, "node '%s' returned unknown node '%s'", sp->node, shown);
+    if (copy == NULL)
         return AP_NOMEM;
+    free(sp->next_node);
+    sp->next_node = copy;
     step->outcome = SCRIPT_NEXT;
     step->next_node = sp->next_node;
     return AP_OK;

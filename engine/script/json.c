@@ -44,11 +44,17 @@ static ap_status enc_number(enc *e, int idx)
 static ap_status enc_value(enc *e, int idx, int depth);
 
 typedef struct key_ref {
-    const char *s; /* text of a string key: alive as long as the table is */
+    const char *s; /* text of a string key (alive as long as the table is); NULL for a number */
     size_t n;
-    char num[48]; /* text of a numeric key */
+    char num[48]; /* text of a numeric key: refs move as they are sorted and grown, so never
+                     pointed to, only read through key_text */
     int slot;     /* stack slot of the value */
 } key_ref;
+
+static const char *key_text(const key_ref *k)
+{
+    return k->s != NULL ? k->s : k->num;
+}
 
 #define ENC_SMALL_KEYS 8
 #define ENC_MAX_KEYS 900000
@@ -57,7 +63,7 @@ static int key_cmp(const void *a, const void *b)
 {
     const key_ref *x = a, *y = b;
     size_t n = x->n < y->n ? x->n : y->n;
-    int c = memcmp(x->s, y->s, n);
+    int c = memcmp(key_text(x), key_text(y), n);
     if (c != 0)
         return c;
     return x->n < y->n ? -1 : x->n > y->n ? 1 : 0;
@@ -171,7 +177,7 @@ static ap_status enc_table(enc *e, int idx, int depth)
                 snprintf(kr->num, sizeof kr->num, "%.14g", lua_tonumber(L, -1));
                 kr->n = strlen(kr->num);
             }
-            kr->s = kr->num;
+            kr->s = NULL;
         } else {
             rc = ap_err_set(e->err, AP_INVALID, "json.encode: a table key of type %s",
                             lua_typename(L, kt));
@@ -188,14 +194,14 @@ static ap_status enc_table(enc *e, int idx, int depth)
         if (i > 0)
             rc = buf_putc(&e->out, ',');
         if (rc == AP_OK)
-            rc = jsonx_append_string(&e->out, keys[i].s, keys[i].n);
+            rc = jsonx_append_string(&e->out, key_text(&keys[i]), keys[i].n);
         if (rc == AP_OK)
             rc = buf_putc(&e->out, ':');
         if (rc != AP_OK)
             break;
         /* Copied, not formatted: this runs for every key. */
         size_t pl = keys[i].n < 100 ? keys[i].n : 100;
-        memcpy(e->path, keys[i].s, pl);
+        memcpy(e->path, key_text(&keys[i]), pl);
         e->path[pl] = '\0';
         rc = enc_value(e, keys[i].slot, depth + 1);
     }

@@ -87,14 +87,9 @@ static void limits(script_limits *l)
     l->timeout_ms = 30000;
 }
 
-/* Runs `body` as the node of a strategy and reports how the node ended. */
-static void run_body_lim(const script_limits *lim, const char *body, outcome *o)
+/* Runs node `main` of the strategy in src (named "sandbox") and reports how it ended. */
+static void run_source(const script_limits *lim, const char *src, outcome *o)
 {
-    char src[16384];
-    snprintf(src, sizeof src,
-             "return { name = 'sandbox', start = 'main', consensus = 'test', nodes = { main = "
-             "function(ctx) do\n%s\nend\nreturn ctx:done({ ok = true })\nend } }\n",
-             body);
     script_host host = {NULL, t_emit, t_log, t_consensus};
     script_inputs in = {.panel_id = "p1",
                         .question = "q",
@@ -125,6 +120,17 @@ static void run_body_lim(const script_limits *lim, const char *body, outcome *o)
     o->kind = step.outcome;
     snprintf(o->error, sizeof o->error, "%s", step.error);
     script_panel_free(sp);
+}
+
+/* Runs `body` as the node of a strategy and reports how the node ended. */
+static void run_body_lim(const script_limits *lim, const char *body, outcome *o)
+{
+    char src[16384];
+    snprintf(src, sizeof src,
+             "return { name = 'sandbox', start = 'main', consensus = 'test', nodes = { main = "
+             "function(ctx) do\n%s\nend\nreturn ctx:done({ ok = true })\nend } }\n",
+             body);
+    run_source(lim, src, o);
 }
 
 static void run_body(const char *body, outcome *o)
@@ -470,6 +476,13 @@ static void test_json_encode_shapes(void **state)
         "assert(json.encode({ b = { 3, { z = 1, y = { } } }, a = 0.25 }) == "
         "'{\"a\":0.25,\"b\":[3,{\"y\":{},\"z\":1}]}')\n"
         "assert(not pcall(json.encode, { [true] = 1 }))\n");
+    /* Number keys sorted and grown past the small array: each key keeps its own value. */
+    expect_done("assert(json.encode({ [3] = 'three', [2] = 'two' }) == "
+                "'{\"2\":\"two\",\"3\":\"three\"}')\n"
+                "local t = {} for i = 1, 5000 do t[i * 2] = i end\n"
+                "local n = 0 for k, v in pairs(json.decode(json.encode(t))) do\n"
+                "  assert(tonumber(k) == v * 2) n = n + 1 end\n"
+                "assert(n == 5000)");
 }
 
 /* Strict JSON is read through a token view, anything else through cJSON: both give the same
@@ -595,6 +608,46 @@ static void test_ctx_misuse(void **state)
     assert_non_null(strstr(o.error, "node 'main': sandbox.lua:3: boom"));
 }
 
+/* The nodes table is the script's own: its metatable must never run while the host looks a
+ * node up (outside any protected call), and odd names are refused, not cut. */
+static void test_hostile_nodes_table(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    outcome o;
+    run_source(&lim,
+               "local nodes = { main = function(ctx) return 'nope' end }\n"
+               "setmetatable(nodes, { __index = function(t, k) error('boom') end })\n"
+               "return { name = 'sandbox', start = 'main', nodes = nodes }\n",
+               &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "returned unknown node 'nope'"));
+    run_source(&lim,
+               "local nodes = { main = function(ctx) return 'nope' end }\n"
+               "setmetatable(nodes, { __index = function() while true do end end })\n"
+               "return { name = 'sandbox', start = 'main', nodes = nodes }\n",
+               &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "returned unknown node 'nope'"));
+    run_source(&lim,
+               "return { name = 'sandbox', start = 'main', nodes = {\n"
+               "  main = function(ctx) return 'next\\0hidden' end,\n"
+               "  next = function(ctx) return ctx:done({}) end } }\n",
+               &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "returned unknown node 'next'"));
+    run_source(&lim,
+               "local long = ('n'):rep(200)\n"
+               "return { name = 'sandbox', start = 'main', nodes = {\n"
+               "  main = function(ctx) return long .. 'x' end,\n"
+               "  [long] = function(ctx) return ctx:done({}) end } }\n",
+               &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "node names must be 1 to 128 characters"));
+    healthy();
+}
+
 static void test_contract_errors(void **state)
 {
     (void)state;
@@ -654,6 +707,7 @@ int main(void)
         cmocka_unit_test(test_json_encode_shapes),
         cmocka_unit_test(test_experts_read_once),
         cmocka_unit_test(test_ctx_misuse),
+        cmocka_unit_test(test_hostile_nodes_table),
         cmocka_unit_test(test_contract_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
