@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,9 @@
 #define HOOK_COUNT 1000      /* VM instructions between count hooks */
 #define PATTERN_MAX_COST 2e7 /* worst-case backtracking steps a pattern call may risk */
 #define TABLE_MOVE_MAX (1 << 24)
+#define PATTERN_MAX_REPEATS 32 /* repeated items (*, -, +, %b, back-references) per pattern */
+#define PATTERN_MAX_SET 1024   /* bytes of one [set] */
+#define PATTERN_FREE_ITEMS 32  /* items a start position may try at no extra cost */
 /* The collector's pause (percent of the heap live after a cycle that it waits for). A panel's
  * state is short-lived and mostly its setup, which stays live until the panel ends, so at
  * Lua's 200 the collector traced the same setup objects cycle after cycle. The memory limit
@@ -462,6 +466,99 @@ static int sb_xpcall(lua_State *L)
 
 /* load(chunk [, chunkname [, mode [, env]]]): text chunks only, given as a string; the
  * environment defaults to the caller's sandbox environment (upvalue 1). */
+/* ---- chunks the compiler would take quadratic time over --------------------------------
+ * Lua's parser links the jumps of an and/or chain, of an if/elseif chain and of pending
+ * gotos and breaks in lists that it walks to the end at every addition, in C where no hook
+ * runs: `return a or a or ... a` with 100,000 terms took 17 s to compile, 400,000 over a
+ * minute. Chunks are scanned (comments and strings skipped) and refused past CHUNK_MAX_JUMPS
+ * of those words in all, where the worst case compiles in well under a second. */
+#define CHUNK_MAX_JUMPS 20000
+
+static bool word_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+/* The level of a long bracket opening at p ("[", "=" * level, "["), or -1. */
+static long long_open(const char *p, const char *end)
+{
+    if (p >= end || *p != '[')
+        return -1;
+    const char *q = p + 1;
+    while (q < end && *q == '=')
+        q++;
+    return q < end && *q == '[' ? (long)(q - p - 1) : -1;
+}
+
+/* Past the long bracket of the given level opening at p (or the end of the text). */
+static const char *long_skip(const char *p, const char *end, long level)
+{
+    for (p += level + 2; p < end; p++) {
+        if (*p != ']')
+            continue;
+        const char *q = p + 1;
+        while (q < end && *q == '=')
+            q++;
+        if (q < end && *q == ']' && q - p - 1 == level)
+            return q + 1;
+    }
+    return end;
+}
+
+static bool is_jump_word(const char *w, size_t n)
+{
+    return (n == 2 && memcmp(w, "or", 2) == 0) || (n == 3 && memcmp(w, "and", 3) == 0) ||
+           (n == 4 && memcmp(w, "goto", 4) == 0) || (n == 5 && memcmp(w, "break", 5) == 0) ||
+           (n == 6 && memcmp(w, "elseif", 6) == 0);
+}
+
+static size_t count_jump_words(const char *s, size_t len)
+{
+    const char *p = s, *end = s + len;
+    size_t k = 0;
+    while (p < end) {
+        char c = *p;
+        long level;
+        if (c == '-' && p + 1 < end && p[1] == '-') {
+            p += 2;
+            if ((level = long_open(p, end)) >= 0)
+                p = long_skip(p, end, level);
+            else
+                while (p < end && *p != '\n')
+                    p++;
+        } else if ((level = long_open(p, end)) >= 0) {
+            p = long_skip(p, end, level);
+        } else if (c == '"' || c == '\'') {
+            for (p++; p < end && *p != c && *p != '\n'; p++)
+                if (*p == '\\' && p + 1 < end)
+                    p++;
+            p++;
+        } else if (word_char(c)) {
+            const char *w = p;
+            while (p < end && word_char(*p))
+                p++;
+            k += is_jump_word(w, (size_t)(p - w));
+        } else {
+            p++;
+        }
+    }
+    return k;
+}
+
+/* Pushes the message and returns LUA_ERRSYNTAX when the chunk is one of those. */
+static int refuse_quadratic(lua_State *L, const char *name, const char *src, size_t len)
+{
+    if (count_jump_words(src, len) <= CHUNK_MAX_JUMPS)
+        return LUA_OK;
+    if (name[0] == '=' || name[0] == '@')
+        name++; /* as Lua shows chunk names */
+    lua_pushfstring(L,
+                    "%s: more than %d 'and', 'or', 'elseif', 'goto' and 'break' in one chunk; "
+                    "split it (long chains of them compile in quadratic time)",
+                    name, CHUNK_MAX_JUMPS);
+    return LUA_ERRSYNTAX;
+}
+
 static int sb_load(lua_State *L)
 {
     size_t len;
@@ -471,7 +568,9 @@ static int sb_load(lua_State *L)
     if (env == 4)
         luaL_checktype(L, 4, LUA_TTABLE);
     script_vm_charge(L, (int64_t)(len / 16));
-    int status = luaL_loadbufferx(L, s, len, name, "t");
+    int status = refuse_quadratic(L, name, s, len);
+    if (status == LUA_OK)
+        status = luaL_loadbufferx(L, s, len, name, "t");
     script_vm_check(L);
     if (status != LUA_OK) {
         luaL_pushfail(L);
@@ -681,16 +780,24 @@ static double count_char(const char *s, size_t n, char c)
     return (double)k;
 }
 
+/* The worst case of matching p against s: start positions times, for each, the product of
+ * what every repeated item may try (its longest run in s) and the length of the pattern
+ * beyond PATTERN_FREE_ITEMS items (a long literal is compared again at every start). The
+ * guard's own work (a scan of s per repeated item) is bounded by PATTERN_MAX_REPEATS, and a
+ * [set], which every character test reads whole, by PATTERN_MAX_SET. */
 static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bool scan_all,
                            int64_t *scanned)
 {
     const char *pend = p + pl;
-    double cost = 1;
+    double cost = 1, items = 0;
+    int repeats = 0;
     if (p < pend && *p == '^' && !scan_all)
         p++;
     else
         cost = (double)n + 1;
     while (p < pend && cost <= PATTERN_MAX_COST) {
+        if (repeats > PATTERN_MAX_REPEATS)
+            return INFINITY;
         if (*p == '(' || *p == ')') {
             p++;
             continue;
@@ -701,6 +808,7 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
             if (p + 3 < pend)
                 cost *= count_char(s, n, p[2]) + 1;
             *scanned += (int64_t)n;
+            repeats++;
             p += 4;
             continue;
         }
@@ -714,24 +822,29 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         }
         if (*p == '%' && p + 1 < pend && p[1] >= '0' && p[1] <= '9') {
             cost *= (double)n + 1;
+            repeats++;
             p += 2;
             continue;
         }
         pitem it = {p, class_end(p, pend)};
         if (it.ep == NULL)
             return 0;
+        if (it.ep - it.p > PATTERN_MAX_SET)
+            return INFINITY;
+        items += (double)(it.ep - it.p);
         p = it.ep;
         if (p < pend && (*p == '*' || *p == '-' || *p == '+')) {
             double run = longest_run(&it, s, n);
             *scanned += *it.p == '.' ? 0 : (int64_t)n;
             cost *= (*p == '+' ? (run > 1 ? run : 1) : run + 1);
+            repeats++;
             p++;
         } else if (p < pend && *p == '?') {
             cost *= 2;
             p++;
         }
     }
-    return cost;
+    return items > PATTERN_FREE_ITEMS ? cost * (items / PATTERN_FREE_ITEMS) : cost;
 }
 
 static int pattern_guard(lua_State *L, bool scan_all)
@@ -739,9 +852,6 @@ static int pattern_guard(lua_State *L, bool scan_all)
     size_t n, pl;
     const char *s = luaL_checklstring(L, 1, &n);
     const char *p = luaL_checklstring(L, 2, &pl);
-    /* Plain finds never backtrack. */
-    if (lua_toboolean(L, 4) && lua_tocfunction(L, lua_upvalueindex(2)) != NULL)
-        return 0;
     int64_t scanned = 0;
     double cost = pattern_cost(p, pl, s, n, scan_all, &scanned);
     script_vm_charge(L, scanned / 16 + 1);
@@ -753,7 +863,52 @@ static int pattern_guard(lua_State *L, bool scan_all)
     return 0;
 }
 
-/* Upvalue 1: the original function; upvalue 2: non-nil when arg 4 means "plain" (find). */
+/* The characters that make a pattern more than plain text (lstrlib's SPECIALS). */
+static bool has_specials(const char *p, size_t pl)
+{
+    for (size_t i = 0; i < pl; i++)
+        if (p[i] != '\0' && strchr("^$*+?.([%-", p[i]) != NULL)
+            return true;
+    return false;
+}
+
+/* string.find. A plain search (asked for, or a pattern without specials) is memmem, which is
+ * linear: Lua's own compares the whole needle at every place its first byte occurs, so a
+ * long needle of repeated bytes in a long text of them took hours in one call. Positions
+ * and results as lstrlib's. Upvalue 1: the original function. */
+static int guarded_find(lua_State *L)
+{
+    size_t ls, lp;
+    const char *s = luaL_checklstring(L, 1, &ls);
+    const char *p = luaL_checklstring(L, 2, &lp);
+    lua_Integer init = luaL_optinteger(L, 3, 1);
+    if (lua_toboolean(L, 4) || !has_specials(p, lp)) {
+        size_t from = init > 0                   ? (size_t)init - 1
+                      : init == 0                ? 0
+                      : (lua_Unsigned)-init > ls ? 0
+                                                 : ls - (size_t)(-init);
+        if (from > ls) {
+            luaL_pushfail(L);
+            return 1;
+        }
+        script_vm_charge(L, (int64_t)((ls - from) / 16 + lp / 16));
+        const char *at = memmem(s + from, ls - from, p, lp);
+        if (at == NULL) {
+            luaL_pushfail(L);
+            return 1;
+        }
+        lua_pushinteger(L, (lua_Integer)(at - s) + 1);
+        lua_pushinteger(L, (lua_Integer)(at - s) + (lua_Integer)lp);
+        return 2;
+    }
+    pattern_guard(L, false);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Upvalue 1: the original function. */
 static int guarded_match(lua_State *L)
 {
     pattern_guard(L, false);
@@ -772,6 +927,97 @@ static int guarded_scan(lua_State *L)
     return lua_gettop(L);
 }
 
+/* string.rep of an empty string (and separator) loops n times in C making nothing, which
+ * no memory limit stops and no hook interrupts: n = math.maxinteger ran for centuries. */
+static int guarded_rep(lua_State *L)
+{
+    size_t l, lsep;
+    luaL_checklstring(L, 1, &l);
+    luaL_checkinteger(L, 2);
+    luaL_optlstring(L, 3, "", &lsep);
+    if (l + lsep == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* table.insert and table.remove, as ltablib's, with the shift charged to the instruction
+ * budget before it starts: the shift runs in C between #t (a __len can claim any length)
+ * and the position, where no hook fires, and took 2^63 steps for a table claiming
+ * math.maxinteger elements. Calling the originals after a check would not do: __len could
+ * answer differently the second time. */
+/* ltablib's checktab for reading and writing: a table, or a value whose metatable has
+ * __index, __newindex and __len. */
+static void check_rw_table(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TTABLE)
+        return;
+    int top = lua_gettop(L);
+    bool ok = lua_getmetatable(L, 1) && lua_getfield(L, -1, "__index") != LUA_TNIL &&
+              lua_getfield(L, -2, "__newindex") != LUA_TNIL &&
+              lua_getfield(L, -3, "__len") != LUA_TNIL;
+    lua_settop(L, top);
+    if (!ok)
+        luaL_checktype(L, 1, LUA_TTABLE);
+}
+
+static void charge_shift(lua_State *L, lua_Unsigned steps)
+{
+    /* More than any budget, and far from overflowing the count it is added to. */
+    const lua_Unsigned most = (lua_Unsigned)(INT64_MAX / 4);
+    script_vm_charge(L, (int64_t)(steps < most ? steps : most));
+}
+
+static int sb_table_insert(lua_State *L)
+{
+    int nargs = lua_gettop(L);
+    check_rw_table(L);
+    lua_Integer e = luaL_len(L, 1);
+    e = (lua_Integer)((lua_Unsigned)e + 1u); /* the first empty element */
+    lua_Integer pos;
+    switch (nargs) {
+    case 2:
+        pos = e;
+        break;
+    case 3:
+        pos = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+        charge_shift(L, (lua_Unsigned)e - (lua_Unsigned)pos);
+        for (lua_Integer i = e; i > pos; i--) {
+            lua_geti(L, 1, i - 1);
+            lua_seti(L, 1, i);
+        }
+        break;
+    default:
+        return luaL_error(L, "wrong number of arguments to 'insert'");
+    }
+    lua_seti(L, 1, pos);
+    return 0;
+}
+
+static int sb_table_remove(lua_State *L)
+{
+    check_rw_table(L);
+    lua_Integer size = luaL_len(L, 1);
+    lua_Integer pos = luaL_optinteger(L, 2, size);
+    if (pos != size)
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
+    if (pos < size)
+        charge_shift(L, (lua_Unsigned)size - (lua_Unsigned)pos);
+    lua_geti(L, 1, pos);
+    for (; pos < size; pos++) {
+        lua_geti(L, 1, pos + 1);
+        lua_seti(L, 1, pos);
+    }
+    lua_pushnil(L);
+    lua_seti(L, 1, pos);
+    return 1;
+}
+
 static int guarded_table_move(lua_State *L)
 {
     lua_Integer f = luaL_checkinteger(L, 2);
@@ -784,15 +1030,11 @@ static int guarded_table_move(lua_State *L)
     return lua_gettop(L);
 }
 
-static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wrapper,
-                       bool plain_flag)
+/* Replaces lib[name] by wrapper, which has the original as its upvalue 1. */
+static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wrapper)
 {
     lua_getfield(L, lib, name);
-    if (plain_flag)
-        lua_pushcfunction(L, guarded_match); /* any C function marks "arg 4 is plain" */
-    else
-        lua_pushnil(L);
-    lua_pushcclosure(L, wrapper, 2);
+    lua_pushcclosure(L, wrapper, 1);
     lua_setfield(L, lib, name);
 }
 
@@ -900,16 +1142,21 @@ static int build_proto(lua_State *L)
      * is cleaned in place, not only in the copies. */
     lua_pushnil(L);
     lua_setfield(L, str, "dump");
-    wrap_field(L, str, "find", guarded_match, true);
-    wrap_field(L, str, "match", guarded_match, false);
-    wrap_field(L, str, "gmatch", guarded_scan, false);
-    wrap_field(L, str, "gsub", guarded_scan, false);
+    wrap_field(L, str, "find", guarded_find);
+    wrap_field(L, str, "match", guarded_match);
+    wrap_field(L, str, "gmatch", guarded_scan);
+    wrap_field(L, str, "gsub", guarded_scan);
+    wrap_field(L, str, "rep", guarded_rep);
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
     lua_pushliteral(L, "string");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
-    wrap_field(L, tab, "move", guarded_table_move, false);
+    wrap_field(L, tab, "move", guarded_table_move);
+    lua_pushcfunction(L, sb_table_insert);
+    lua_setfield(L, tab, "insert");
+    lua_pushcfunction(L, sb_table_remove);
+    lua_setfield(L, tab, "remove");
 
     lua_createtable(L, 0, 32);
     int proto = lua_gettop(L);
@@ -1118,7 +1365,9 @@ static int compile_chunk(lua_State *L, const char *name, const char *src, size_t
         status = luaL_loadbufferx(L, code, code_len, name, "b");
         free(code);
     } else {
-        status = luaL_loadbufferx(L, src, len, name, "t");
+        status = refuse_quadratic(L, name, src, len);
+        if (status == LUA_OK)
+            status = luaL_loadbufferx(L, src, len, name, "t");
         if (status == LUA_OK) {
             buf b;
             buf_init(&b, CODE_CACHE_MAX_BYTES);

@@ -425,6 +425,55 @@ static void test_recursion(void **state)
 
 /* ---- patterns and json --------------------------------------------------------------------- */
 
+/* Library calls that loop in C, where no hook runs, for as long as their arguments say. */
+static void test_long_c_loops(void **state)
+{
+    (void)state;
+    expect_done("assert(string.rep('', math.maxinteger) == '' and ('x'):rep(0) == '')\n"
+                "assert(('ab'):rep(3, ',') == 'ab,ab,ab' and (''):rep(3, '-') == '--')");
+    expect_fail("table.remove(setmetatable({}, { __len = function() return math.maxinteger "
+                "end }), 1)",
+                "instruction budget exceeded");
+    expect_fail("table.insert(setmetatable({}, { __len = function() return math.maxinteger - 1 "
+                "end }), 1, 'x')",
+                "instruction budget exceeded");
+    expect_done("local t = { 1, 2, 3 }\n"
+                "table.insert(t, 4) table.insert(t, 1, 0)\n"
+                "assert(table.concat(t, ',') == '0,1,2,3,4')\n"
+                "assert(table.remove(t) == 4 and table.remove(t, 1) == 0)\n"
+                "assert(table.concat(t, ',') == '1,2,3' and table.remove({}) == nil)\n"
+                "assert(table.remove(t, 4) == nil and #t == 3)\n"
+                "assert(not pcall(table.insert, t, 9, 'x') and not pcall(table.insert, t))\n"
+                "local store = {}\n"
+                "local p = setmetatable({}, { __index = store, __newindex = store,\n"
+                "  __len = function() return #store end })\n"
+                "table.insert(p, 'a') table.insert(p, 1, 'b')\n"
+                "assert(store[1] == 'b' and store[2] == 'a' and table.remove(p, 1) == 'b')\n"
+                "assert(select(2, pcall(table.insert, 1, 2)):find('table expected'))");
+    /* Plain searches are linear, whatever the needle repeats. */
+    expect_done("local s = ('a'):rep(3000000)\n"
+                "assert(s:find(('a'):rep(1000000) .. 'b', 1, true) == nil)\n"
+                "assert(s:find(('a'):rep(1000000) .. 'b') == nil)\n"
+                "assert(select(2, s:find(('a'):rep(10), 5, true)) == 14)\n"
+                "assert(('hello world'):find('o w') == 5 and ('x.y'):find('.', 1, true) == 2)\n"
+                "assert(('abc'):find('', 4) == 4 and ('abc'):find('', 5) == nil)\n"
+                "assert(('abcabc'):find('c', -2) == 6 and ('abc'):find('a', -10) == 1)\n"
+                "assert(('a\\0b'):find('\\0b', 1, true) == 2)");
+    /* Patterns: a long literal is compared again at every start, a [set] is read whole at
+     * every test, and the guard itself scans the text once per repeated item. */
+    expect_fail("string.find(('a'):rep(1500000), ('a'):rep(700000) .. '.b')",
+                "pattern too complex");
+    expect_fail("string.find(('a'):rep(200000), '[' .. ('b'):rep(100000) .. ']')",
+                "pattern too complex");
+    expect_fail("string.find(('b'):rep(1000000), ('a*'):rep(5000))", "pattern too complex");
+    /* The compiler links and/or chains in quadratic time. */
+    expect_fail("local f, e = load('return ' .. ('a or '):rep(100000) .. 'a') error(e)",
+                "more than 20000 'and', 'or'");
+    expect_done("local f = load('return ' .. ('a or '):rep(1000) .. 'true -- or or\\n'\n"
+                "  .. '--[[ and and ]] or \"or\" or [==[ or ]==]')\n"
+                "assert(f() == true)");
+}
+
 static void test_pattern_backtracking(void **state)
 {
     (void)state;
@@ -701,6 +750,7 @@ int main(void)
         cmocka_unit_test(test_limit_not_catchable),
         cmocka_unit_test(test_memory_bombs),
         cmocka_unit_test(test_recursion),
+        cmocka_unit_test(test_long_c_loops),
         cmocka_unit_test(test_pattern_backtracking),
         cmocka_unit_test(test_json_limits),
         cmocka_unit_test(test_json_decode_paths),
