@@ -16,6 +16,7 @@
 
 #define MAX_ASKS 256
 #define MAX_PROMPT (512 * 1024)
+#define MAX_BATCH_TEXT (16 * 1024 * 1024)
 #define MAX_EVENT_DATA (256 * 1024)
 #define MAX_RESULT (4 * 1024 * 1024)
 #define MAX_STATE (8 * 1024 * 1024)
@@ -205,15 +206,23 @@ static char *encode_or_raise(lua_State *L, int idx, size_t max, const char *what
 
 /* A C string that must survive a possible Lua error: parked in a to-be-freed userdata would
  * be heavy, so callers copy into C memory only after all Lua checks passed. */
-static const char *opt_string_field(lua_State *L, int t, const char *key, const char *what)
+/* opts[key]: NULL when absent; a string of at most MAX_PROMPT bytes without NUL (it is
+ * copied out as a C string), its length in *len. */
+static const char *opt_string_field(lua_State *L, int t, const char *key, const char *what,
+                                    size_t *len)
 {
     lua_pushstring(L, key);
     int ty = lua_rawget(L, t);
     const char *s = NULL;
+    *len = 0;
     if (ty == LUA_TSTRING)
-        s = lua_tostring(L, -1);
+        s = lua_tolstring(L, -1, len);
     else if (ty != LUA_TNIL)
         luaL_error(L, "%s: opts.%s must be a string", what, key);
+    if (*len > MAX_PROMPT)
+        luaL_error(L, "%s: opts.%s is longer than %d bytes", what, key, MAX_PROMPT);
+    if (s != NULL && memchr(s, '\0', *len) != NULL)
+        luaL_error(L, "%s: opts.%s contains a NUL byte", what, key);
     lua_pop(L, 1); /* the string stays alive: it is referenced by the opts table */
     return s;
 }
@@ -245,6 +254,7 @@ static const expert_ref *resolve_expert(lua_State *L, script_panel *sp, int idx,
 
 typedef struct ask_opts {
     const char *system;
+    size_t system_len;
     int schema_idx; /* 0: none */
     lua_Integer round, max_tokens;
     lua_Number temperature;
@@ -259,7 +269,7 @@ static void read_opts(lua_State *L, int idx, ask_opts *o, const char *what)
     if (lua_type(L, idx) != LUA_TTABLE)
         luaL_error(L, "%s: opts must be a table", what);
     idx = lua_absindex(L, idx);
-    o->system = opt_string_field(L, idx, "system", what);
+    o->system = opt_string_field(L, idx, "system", what, &o->system_len);
     lua_pushliteral(L, "schema");
     int t = lua_rawget(L, idx);
     if (t == LUA_TTABLE) {
@@ -386,7 +396,18 @@ static const char *check_prompt(lua_State *L, int idx, const char *what)
     const char *p = lua_tolstring(L, idx, &n);
     if (n > MAX_PROMPT)
         luaL_error(L, "%s: the prompt is longer than %d bytes", what, MAX_PROMPT);
+    if (memchr(p, '\0', n) != NULL)
+        luaL_error(L, "%s: the prompt contains a NUL byte", what);
     return p;
+}
+
+/* The prompts and system texts of one call are copied out of the Lua heap (once per expert),
+ * where the panel's memory limit does not count them: their sum is bounded instead. */
+static void check_batch_text(lua_State *L, size_t total, const char *what)
+{
+    if (total > MAX_BATCH_TEXT)
+        luaL_error(L, "%s: the prompts and system texts of one call add up to more than %d MiB",
+                   what, MAX_BATCH_TEXT / (1024 * 1024));
 }
 
 static int ctx_ask(lua_State *L)
@@ -399,6 +420,7 @@ static int ctx_ask(lua_State *L)
     charge_turns(L, sp, 1);
     ask_opts o;
     read_opts(L, 4, &o, "ctx:ask");
+    check_batch_text(L, strlen(prompt) + o.system_len, "ctx:ask");
     char *schema =
         o.schema_idx ? encode_or_raise(L, o.schema_idx, MAX_EVENT_DATA, "opts.schema") : NULL;
     clear_pending(sp);
@@ -435,6 +457,7 @@ static int ctx_ask_all(lua_State *L)
      * prompts on the stack, then copy into C memory in one go. */
     luaL_checkstack(L, (int)n * 2 + 8, "ctx:ask_all");
     int base = lua_gettop(L);
+    size_t total = 0;
     const expert_ref **refs = NULL;
     if (n > 0) {
         refs = lua_newuserdatauv(L, sizeof *refs * (size_t)n, 0);
@@ -452,6 +475,8 @@ static int ctx_ask_all(lua_State *L)
             lua_pushvalue(L, 3);
         }
         check_prompt(L, -1, "ctx:ask_all");
+        total += lua_rawlen(L, -1) + o.system_len;
+        check_batch_text(L, total, "ctx:ask_all");
     }
     char *schema =
         o.schema_idx ? encode_or_raise(L, o.schema_idx, MAX_EVENT_DATA, "opts.schema") : NULL;
@@ -484,8 +509,9 @@ static int ctx_emit(lua_State *L)
 {
     script_panel *sp = self(L);
     check_self(L, sp, "emit");
-    const char *type = luaL_checkstring(L, 2);
-    if (!valid_event_type(type))
+    size_t tl = 0;
+    const char *type = luaL_checklstring(L, 2, &tl);
+    if (strlen(type) != tl || !valid_event_type(type))
         return luaL_error(L, "ctx:emit: bad event type (use lower-case words separated by dots, "
                              "e.g. \"round.started\")");
     for (size_t i = 0; i < sizeof reserved_types / sizeof reserved_types[0]; i++)

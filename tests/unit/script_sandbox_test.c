@@ -651,6 +651,19 @@ static void test_ctx_misuse(void **state)
                 "for i = 1, 5 do ctx:ask_all(all, 'q') end",
                 "at most 1000 LLM turns");
     expect_done("local r = ctx:ask(ctx.experts[1], 'q') assert(r.text == 'ok' and r.usage)");
+    /* Texts copied out of the Lua heap are bounded (the memory limit does not see them) and
+     * are never cut at a NUL. */
+    expect_fail("local all = {} for i = 1, 256 do all[i] = ctx.experts[1] end\n"
+                "ctx:ask_all(all, 'q', { system = string.rep('y', 4 * 1024 * 1024) })",
+                "opts.system is longer than");
+    expect_fail("local all = {} for i = 1, 256 do all[i] = ctx.experts[1] end\n"
+                "ctx:ask_all(all, string.rep('p', 100000), { system = string.rep('y', 100000) })",
+                "add up to more than 16 MiB");
+    expect_fail("ctx:ask(ctx.experts[1], 'q\\0hidden')", "the prompt contains a NUL byte");
+    expect_fail("ctx:ask(ctx.experts[1], 'q', { system = 's\\0' })", "contains a NUL byte");
+    expect_fail("ctx:emit('ok\\0panel.failed', {})", "bad event type");
+    expect_done("local all = {} for i = 1, 20 do all[i] = ctx.experts[1] end\n"
+                "ctx:ask_all(all, string.rep('p', 100000), { system = string.rep('y', 100000) })");
     outcome o;
     run_body("local x = 1\nerror('boom')", &o);
     assert_int_equal(o.kind, SCRIPT_FAILED);
