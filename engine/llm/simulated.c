@@ -16,11 +16,22 @@
 #include <unistd.h>
 
 #define SIM_MAX_DEPTH 8
+/* An array's length: at most SIM_MAX_ITEMS where the schema allows more, and a minItems above
+ * SIM_MIN_ITEMS_MAX is taken as that (the schema is the script's: 1e9 would be gigabytes). */
 #define SIM_MAX_ITEMS 8
+#define SIM_MIN_ITEMS_MAX 64
 #define SIM_TEXT_MAX (256 * 1024)
 #define SIM_PROSE_MAX 4096 /* one prose answer or string; longer (a huge role) fails */
-/* The JSON answer: the cJSON print it replaces had no bound, so this one is only a backstop. */
-#define SIM_JSON_MAX ((size_t)64 << 20)
+/* What one JSON answer may cost: a unit is a value generated or a schema member looked at.
+ * Nested arrays multiply (8 levels of 64 items), so the schema alone does not bound the work;
+ * past either limit the answer is cut (see gen). Normal schemas use a few hundred units and
+ * a few KiB. */
+#define SIM_WORK_MAX ((size_t)1 << 18)
+#define SIM_PRINT_WORK 32 /* a const or enum member printed by cJSON: allocated, walked, freed */
+#define SIM_OUT_MAX ((size_t)1 << 20)
+/* The JSON answer's buffer: past SIM_OUT_MAX only one value (a const or enum member of the
+ * schema, which is at most as large as the schema text) and the closing brackets follow. */
+#define SIM_JSON_MAX ((size_t)16 << 20)
 #define SIM_CHUNK 24 /* bytes per streamed delta */
 #define SIM_PARSED 8 /* parsed JSON texts a provider keeps */
 
@@ -80,6 +91,8 @@ typedef struct sim {
     const char *name, *role, *persona;
     const prompt_facts *f; /* of the prompt */
     buf scratch;           /* one string's text before it is cut and escaped */
+    size_t work;           /* units of SIM_WORK_MAX spent on this answer */
+    bool cut;              /* the answer ran out of budget: no more values are generated */
 } sim;
 
 static uint64_t next(sim *s)
@@ -375,11 +388,19 @@ static ap_status put_thousandths(buf *b, double k)
     return buf_append(b, tmp, n);
 }
 
-/* A value of the schema (a const or an enum member) as cJSON prints it. */
-static ap_status put_item(buf *b, const cJSON *item)
+/* A value of the schema (a const or an enum member) as cJSON prints it. Scalars are written
+ * here, without the allocation of a print (a schema can ask for thousands of them): a parsed
+ * number has the valuedouble and valueint of put_number's item. An array or an object adds
+ * SIM_PRINT_WORK to *work. */
+static ap_status put_item(buf *b, const cJSON *item, size_t *work)
 {
     if (cJSON_IsString(item))
         return put_cstring(b, item->valuestring);
+    if (cJSON_IsNumber(item))
+        return put_number(b, item->valuedouble);
+    if (cJSON_IsBool(item) || cJSON_IsNull(item))
+        return buf_puts(b, cJSON_IsTrue(item) ? "true" : cJSON_IsFalse(item) ? "false" : "null");
+    *work += SIM_PRINT_WORK;
     char *text = cJSON_PrintUnformatted(item);
     if (text == NULL)
         return AP_NOMEM;
@@ -426,11 +447,13 @@ static bool take(const cJSON **slot, const cJSON *member, const char *name)
     return true;
 }
 
-static void schema_keys_of(const cJSON *sc, schema_keys *k)
+/* Returns the number of members looked at, for the work budget. */
+static size_t schema_keys_of(const cJSON *sc, schema_keys *k)
 {
     memset(k, 0, sizeof *k);
+    size_t n = 0;
     /* like the lookup, stop at a member without a name (only arrays have those) */
-    for (const cJSON *m = sc->child; m != NULL && m->string != NULL; m = m->next) {
+    for (const cJSON *m = sc->child; m != NULL && m->string != NULL; m = m->next, n++) {
         switch (m->string[0]) {
         case 't':
             take(&k->type, m, "type");
@@ -466,6 +489,7 @@ static void schema_keys_of(const cJSON *sc, schema_keys *k)
             break;
         }
     }
+    return n;
 }
 
 /* The expert's name, role and persona as jsonx_string finds them (the first member of the
@@ -514,7 +538,8 @@ static type_kind kind_of(const char *t)
     return T_OTHER;
 }
 
-static type_kind schema_type(const schema_keys *k)
+/* Adds the members of a "type" array it looks at to *work. */
+static type_kind schema_type(const schema_keys *k, size_t *work)
 {
     const cJSON *t = k->type;
     if (cJSON_IsString(t))
@@ -523,6 +548,7 @@ static type_kind schema_type(const schema_keys *k)
         const cJSON *e;
         cJSON_ArrayForEach(e, t)
         {
+            ++*work;
             if (cJSON_IsString(e) && strcmp(e->valuestring, "null") != 0)
                 return kind_of(e->valuestring);
         }
@@ -535,6 +561,14 @@ static type_kind schema_type(const schema_keys *k)
 }
 
 static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf *b);
+
+/* True once the answer is over its budget, and from then on: the answer is cut there. */
+static bool spent(sim *s, const buf *b)
+{
+    if (s->work >= SIM_WORK_MAX || b->len >= SIM_OUT_MAX)
+        s->cut = true;
+    return s->cut;
+}
 
 /* The bound v, else the exclusive bound x nudged inward, else dflt. */
 static double num_bound(const cJSON *v, const cJSON *x, double dflt, double nudge)
@@ -590,9 +624,11 @@ static ap_status gen_number(sim *s, const schema_keys *k, const char *field, boo
 static ap_status gen_string(sim *s, const schema_keys *k, const char *field, buf *b)
 {
     const cJSON *en = k->en;
-    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0) {
-        int i = biased_pick(s, field != NULL ? field : "enum", cJSON_GetArraySize(en));
-        return put_item(b, cJSON_GetArrayItem(en, i));
+    if (cJSON_IsArray(en) && en->child != NULL) {
+        int n = cJSON_GetArraySize(en);
+        s->work += (size_t)n;
+        int i = biased_pick(s, field != NULL ? field : "enum", n);
+        return put_item(b, cJSON_GetArrayItem(en, i), &s->work);
     }
     if (field != NULL && strcmp(field, "position") == 0 && s->f->noptions > 0)
         return put_cstring(b, s->f->options[biased_pick(s, "position", s->f->noptions)]);
@@ -606,7 +642,8 @@ static ap_status gen_string(sim *s, const schema_keys *k, const char *field, buf
     }
     size_t len = strlen(text);
     const cJSON *ml = k->max_length;
-    if (cJSON_IsNumber(ml) && ml->valuedouble >= 0 && len > (size_t)ml->valuedouble)
+    /* compared as doubles: a maxLength past SIZE_MAX does not fit a size_t */
+    if (cJSON_IsNumber(ml) && ml->valuedouble >= 0 && (double)len > ml->valuedouble)
         len = (size_t)ml->valuedouble;
     return put_string(b, text, len);
 }
@@ -614,12 +651,12 @@ static ap_status gen_string(sim *s, const schema_keys *k, const char *field, buf
 /* The enum members of a ranking, best first: a shared preference plus the persona's own. */
 static ap_status gen_ranking(sim *s, const cJSON *en, int lo, int hi, buf *b)
 {
-    int n = cJSON_GetArraySize(en);
     double score[64];
     const cJSON *member[64];
     int order[64];
-    if (n > 64)
-        n = 64;
+    int n = 0; /* the first 64 members, without walking a longer enum to its end */
+    for (const cJSON *o = en->child; o != NULL && n < 64; o = o->next)
+        n++;
     const cJSON *o = en->child;
     for (int i = 0; i < n; i++, o = o->next) {
         const char *os = cJSON_IsString(o) ? o->valuestring : "";
@@ -629,8 +666,12 @@ static ap_status gen_ranking(sim *s, const cJSON *en, int lo, int hi, buf *b)
         member[i] = o;
         order[i] = i;
     }
+    s->work += (size_t)n;
     for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && score[order[j]] > score[order[j - 1]]; j--) {
+        for (int j = i; j > 0; j--) {
+            s->work++; /* up to 2016 comparisons for 64 members */
+            if (!(score[order[j]] > score[order[j - 1]]))
+                break;
             int t = order[j];
             order[j] = order[j - 1];
             order[j - 1] = t;
@@ -643,28 +684,41 @@ static ap_status gen_ranking(sim *s, const cJSON *en, int lo, int hi, buf *b)
         if (i > 0)
             rc = buf_putc(b, ',');
         if (rc == AP_OK)
-            rc = put_item(b, member[order[i]]);
+            rc = put_item(b, member[order[i]], &s->work);
     }
     return rc == AP_OK ? buf_putc(b, ']') : rc;
+}
+
+/* v as an int within [lo, hi]: truncated as a cast would, but never cast out of range (a
+ * minItems of 1e300 is valid JSON). */
+static int clamp_count(double v, int lo, int hi)
+{
+    if (!(v >= lo))
+        return lo;
+    return v > hi ? hi : (int)v;
 }
 
 static ap_status gen_array(sim *s, const schema_keys *k, const char *field, int depth, buf *b)
 {
     const cJSON *items = k->items;
-    int lo = (int)num_bound(k->min_items, k->min_items, 1, 0);
-    int hi = (int)num_bound(k->max_items, k->max_items, lo + 3, 0);
-    if (lo < 0)
-        lo = 0;
-    if (hi > SIM_MAX_ITEMS)
-        hi = SIM_MAX_ITEMS;
+    double min = num_bound(k->min_items, k->min_items, 1, 0);
+    int lo = clamp_count(min, 0, SIM_MIN_ITEMS_MAX);
+    /* without maxItems, minItems + 3 as it is (a negative minItems, taken as 0, makes it less) */
+    int hi =
+        clamp_count(num_bound(k->max_items, k->max_items, trunc(min) + 3, 0), 0, SIM_MAX_ITEMS);
     if (hi < lo)
         hi = lo;
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(items, "enum");
-    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0)
+    /* the "enum" of items, as cJSON_GetObjectItemCaseSensitive finds it */
+    schema_keys ik = {0};
+    if (items != NULL)
+        s->work += schema_keys_of(items, &ik);
+    const cJSON *en = ik.en;
+    if (cJSON_IsArray(en) && en->child != NULL)
         return gen_ranking(s, en, lo, hi, b);
     int count = lo + (hi > lo ? (int)(next(s) % (uint64_t)(hi - lo + 1)) : 0);
     ap_status rc = buf_putc(b, '[');
-    for (int i = 0; i < count && rc == AP_OK; i++) {
+    for (int i = 0; i < count && rc == AP_OK && !spent(s, b); i++) {
+        s->work++;
         if (i > 0)
             rc = buf_putc(b, ',');
         if (rc == AP_OK)
@@ -673,11 +727,13 @@ static ap_status gen_array(sim *s, const schema_keys *k, const char *field, int 
     return rc == AP_OK ? buf_putc(b, ']') : rc;
 }
 
-static bool is_required(const cJSON *required, const char *name)
+/* Adds the entries it compares to *work: a long "required" is read once per property. */
+static bool is_required(const cJSON *required, const char *name, size_t *work)
 {
     const cJSON *e;
     cJSON_ArrayForEach(e, required)
     {
+        ++*work;
         if (cJSON_IsString(e) && name != NULL && strcmp(e->valuestring, name) == 0)
             return true;
     }
@@ -688,22 +744,18 @@ static ap_status gen_object(sim *s, const schema_keys *k, int depth, buf *b)
 {
     ap_status rc = buf_putc(b, '{');
     bool first = true;
+    /* "properties" that is not an object (a Lua sequence arrives as an array) names no
+     * property, as a "properties" of another type always did; its members are not generated,
+     * which could be any number of copies of a shared subtable. */
+    const cJSON *props = cJSON_IsObject(k->properties) ? k->properties : NULL;
     const cJSON *p;
-    cJSON_ArrayForEach(p, k->properties)
+    cJSON_ArrayForEach(p, props)
     {
-        if (rc != AP_OK)
+        if (rc != AP_OK || spent(s, b))
             break;
-        if (!is_required(k->required, p->string) && next(s) % 100 >= 85)
+        s->work++;
+        if (!is_required(k->required, p->string, &s->work) && next(s) % 100 >= 85)
             continue;
-        if (p->string == NULL) {
-            /* a member of "properties" given as an array: the tree dropped its value (a
-             * member needs a name), but it was generated all the same */
-            buf junk;
-            buf_init(&junk, SIM_JSON_MAX);
-            rc = gen(s, p, NULL, depth + 1, &junk);
-            buf_free(&junk);
-            continue;
-        }
         if (!first)
             rc = buf_putc(b, ',');
         first = false;
@@ -718,25 +770,32 @@ static ap_status gen_object(sim *s, const schema_keys *k, int depth, buf *b)
 }
 
 /* Appends to b a value for schema sc, in the bytes cJSON_PrintUnformatted gave for the tree
- * this once built (the answers of the simulated provider are part of what tests pin). */
+ * this once built (the answers of the simulated provider are part of what tests pin).
+ * Past the answer's budget (SIM_WORK_MAX, SIM_OUT_MAX) no value is generated: the arrays and
+ * objects being written end there (a property whose name is written gets null). A schema is
+ * the script's, and however it nests or repeats, the answer stays bounded; a cut answer, like
+ * one past SIM_MAX_DEPTH, may not validate. */
 static ap_status gen(sim *s, const cJSON *sc, const char *field, int depth, buf *b)
 {
-    if (!cJSON_IsObject(sc) || depth > SIM_MAX_DEPTH)
+    if (spent(s, b) || !cJSON_IsObject(sc) || depth > SIM_MAX_DEPTH)
         return buf_puts(b, "null");
     schema_keys k;
-    schema_keys_of(sc, &k);
+    s->work += 1 + schema_keys_of(sc, &k);
     if (k.konst != NULL)
-        return put_item(b, k.konst);
+        return put_item(b, k.konst, &s->work);
     const cJSON *any = k.any_of;
     if (!cJSON_IsArray(any))
         any = k.one_of;
-    if (cJSON_IsArray(any) && cJSON_GetArraySize(any) > 0)
+    if (cJSON_IsArray(any) && any->child != NULL)
         return gen(s, any->child, field, depth + 1, b);
-    type_kind t = schema_type(&k);
+    type_kind t = schema_type(&k, &s->work);
     const cJSON *en = k.en;
-    if (cJSON_IsArray(en) && cJSON_GetArraySize(en) > 0 && t != T_STRING)
-        return put_item(b, cJSON_GetArrayItem(
-                               en, biased_pick(s, field ? field : "enum", cJSON_GetArraySize(en))));
+    if (cJSON_IsArray(en) && en->child != NULL && t != T_STRING) {
+        int n = cJSON_GetArraySize(en);
+        s->work += (size_t)n;
+        return put_item(b, cJSON_GetArrayItem(en, biased_pick(s, field ? field : "enum", n)),
+                        &s->work);
+    }
     switch (t) {
     case T_OBJECT:
         return gen_object(s, &k, depth, b);

@@ -268,6 +268,160 @@ static void test_exact_numbers_and_strings(void **state)
     }
 }
 
+/* ---- hostile schemas ---------------------------------------------------------------------- */
+
+/* The schema comes from the script, so no schema may make an answer large or slow: each of
+ * these hung the generator or failed it after 64 MiB. Sizes are asserted, not times. */
+
+/* pre, then inner three times separated by commas, then post (caller frees). */
+static char *thrice(const char *pre, const char *inner, const char *post)
+{
+    size_t n = strlen(pre) + 3 * strlen(inner) + 2 + strlen(post) + 1;
+    char *out = malloc(n);
+    assert_non_null(out);
+    snprintf(out, n, "%s%s,%s,%s%s", pre, inner, inner, inner, post);
+    return out;
+}
+
+/* The red team's schema: a Lua sequence as "properties" arrives as an array, here 3^7 copies
+ * of an array with minItems 12e6. */
+static char *sequence_bomb(void)
+{
+    char *s = strdup("{\"type\":\"array\",\"minItems\":12000000}");
+    for (int d = 0; d < 7; d++) {
+        char *t = thrice("{\"type\":\"object\",\"properties\":[", s, "]}");
+        free(s);
+        s = t;
+    }
+    return s;
+}
+
+/* The answer to schema by expert 0, which must be AP_OK, as text (caller frees). */
+static char *answer(const char *schema)
+{
+    char *ex = expert_json(0);
+    llm_request req = {.expert_id = "a",
+                       .expert_json = ex,
+                       .prompt = "Decide on the launch.",
+                       .schema_json = schema,
+                       .seed = 3};
+    char *text = NULL, *data = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_simulate(&req, 0, &text, &data, &err), AP_OK);
+    assert_non_null(data);
+    assert_string_equal(text, data);
+    free(data);
+    free(ex);
+    return text;
+}
+
+/* A "properties" that is not an object names no property: none of its members is generated. */
+static void test_array_properties_name_nothing(void **state)
+{
+    (void)state;
+    char *bomb = sequence_bomb();
+    char *text = answer(bomb);
+    assert_string_equal(text, "{}");
+    free(text);
+    free(bomb);
+    text =
+        answer("{\"type\":\"object\",\"required\":[\"a\"],\"properties\":[{\"type\":\"string\"}]}");
+    assert_string_equal(text, "{}");
+    free(text);
+    /* other values already named nothing */
+    text = answer("{\"type\":\"object\",\"properties\":\"a\"}");
+    assert_string_equal(text, "{}");
+    free(text);
+}
+
+/* minItems up to 64 is honoured (past the cap of 8 on maxItems, as before); above, 64 items. A
+ * count beyond int is not cast (UB), and neither is a maxLength beyond size_t. */
+static void test_min_items_clamped(void **state)
+{
+    (void)state;
+    char *text = answer("{\"type\":\"array\",\"minItems\":20,\"items\":{\"type\":\"integer\"}}");
+    cJSON *v = jsonx_parse(text, strlen(text), 64, NULL);
+    assert_int_equal(cJSON_GetArraySize(v), 20);
+    cJSON_Delete(v);
+    free(text);
+    const char *huge[] = {"{\"type\":\"array\",\"minItems\":1e9}",
+                          "{\"type\":\"array\",\"minItems\":1e300,\"maxItems\":-1e300}",
+                          "{\"type\":\"array\",\"minItems\":1e300,\"items\":{\"type\":\"string\","
+                          "\"maxLength\":1e300}}"};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        text = answer(huge[i]);
+        assert_true(strlen(text) < 64 * 1024);
+        v = jsonx_parse(text, strlen(text), 64, NULL);
+        assert_true(cJSON_IsArray(v));
+        assert_int_equal(cJSON_GetArraySize(v), 64);
+        cJSON_Delete(v);
+        free(text);
+    }
+    text = answer("{\"type\":\"array\",\"minItems\":-1e300}");
+    assert_string_equal(text, "[]");
+    free(text);
+}
+
+/* Schemas whose answers multiply (arrays in arrays, objects of many members in arrays, the red
+ * team's schema with "properties" objects) stay bounded: a deterministic, parseable answer of
+ * about a MiB at most, cut where the budget ran out. */
+static void test_multiplying_schemas_are_cut(void **state)
+{
+    (void)state;
+    char *schemas[3];
+    /* 64^8 strings */
+    char *s = strdup("{\"type\":\"string\"}");
+    for (int d = 0; d < 8; d++) {
+        size_t n = strlen(s) + 64;
+        char *t = malloc(n);
+        assert_non_null(t);
+        snprintf(t, n, "{\"type\":\"array\",\"minItems\":64,\"items\":%s}", s);
+        free(s);
+        s = t;
+    }
+    schemas[0] = s;
+    /* 3^6 arrays of minItems 12e6, under objects with all properties required */
+    s = strdup("{\"type\":\"array\",\"minItems\":12000000}");
+    for (int d = 0; d < 6; d++) {
+        char *t = malloc(3 * strlen(s) + 128);
+        assert_non_null(t);
+        snprintf(t, 3 * strlen(s) + 128,
+                 "{\"type\":\"object\",\"required\":[\"a\",\"b\",\"c\"],\"properties\":{\"a\":%s,"
+                 "\"b\":%s,\"c\":%s}}",
+                 s, s, s);
+        free(s);
+        s = t;
+    }
+    schemas[1] = s;
+    /* 64 * 64 objects of 4000 members */
+    size_t cap = 4000 * 16 + 256, len = 0;
+    s = malloc(cap);
+    assert_non_null(s);
+    len += (size_t)snprintf(s + len, cap - len,
+                            "{\"type\":\"array\",\"minItems\":64,\"items\":{\"type\":\"array\","
+                            "\"minItems\":64,\"items\":{\"type\":\"object\",\"properties\":{");
+    for (int i = 0; i < 4000; i++)
+        len += (size_t)snprintf(s + len, cap - len, "%s\"p%d\":0", i > 0 ? "," : "", i);
+    snprintf(s + len, cap - len, "}}}}");
+    schemas[2] = s;
+    for (int i = 0; i < 3; i++) {
+        char *text = answer(schemas[i]);
+        size_t n = strlen(text);
+        assert_true(n <= 2u << 20);
+        cJSON *v = jsonx_parse(text, n, 64, NULL);
+        assert_non_null(v);
+        assert_true(cJSON_IsArray(v) || cJSON_IsObject(v));
+        if (i == 0) /* cut inside its first item */
+            assert_int_equal(cJSON_GetArraySize(v), 1);
+        cJSON_Delete(v);
+        char *again = answer(schemas[i]);
+        assert_string_equal(text, again);
+        free(again);
+        free(text);
+        free(schemas[i]);
+    }
+}
+
 /* ---- on the loop ----------------------------------------------------------------------- */
 
 typedef struct sink {
@@ -338,6 +492,35 @@ static void test_provider_matches_llm_simulate(void **state)
         free(data);
         free(ex[i]);
     }
+    llm_client_free(c);
+    llm_loop_free(loop);
+}
+
+/* On the loop too (the path a script's ctx:ask takes): the red team's schema is answered at
+ * once, with "{}". */
+static void test_provider_answers_sequence_bomb(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    llm_client *c = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    char *bomb = sequence_bomb();
+    char *ex = expert_json(0);
+    llm_request req = {
+        .expert_id = "a", .expert_json = ex, .prompt = "q", .schema_json = bomb, .seed = 3};
+    sink s = {0};
+    llm_callbacks cb = {on_delta, on_done, &s};
+    llm_call *call = NULL;
+    assert_int_equal(llm_submit(c, NULL, &req, &cb, &call, &err), AP_OK);
+    int64_t t0 = clock_mono_ms();
+    while (!s.done && clock_mono_ms() - t0 < 30000)
+        llm_loop_run_once(loop, 50);
+    assert_int_equal(s.done, 1);
+    assert_string_equal(s.data, "{}");
+    free(ex);
+    free(bomb);
     llm_client_free(c);
     llm_loop_free(loop);
 }
@@ -436,7 +619,11 @@ int main(void)
         cmocka_unit_test(test_options_line),
         cmocka_unit_test(test_exact_answers),
         cmocka_unit_test(test_exact_numbers_and_strings),
+        cmocka_unit_test(test_array_properties_name_nothing),
+        cmocka_unit_test(test_min_items_clamped),
+        cmocka_unit_test(test_multiplying_schemas_are_cut),
         cmocka_unit_test(test_provider_matches_llm_simulate),
+        cmocka_unit_test(test_provider_answers_sequence_bomb),
         cmocka_unit_test(test_async_latency_stream_cancel),
         cmocka_unit_test(test_token_delay_streams_pieces),
     };
