@@ -883,10 +883,10 @@ static int guarded_find(lua_State *L)
     const char *p = luaL_checklstring(L, 2, &lp);
     lua_Integer init = luaL_optinteger(L, 3, 1);
     if (lua_toboolean(L, 4) || !has_specials(p, lp)) {
-        size_t from = init > 0                   ? (size_t)init - 1
-                      : init == 0                ? 0
-                      : (lua_Unsigned)-init > ls ? 0
-                                                 : ls - (size_t)(-init);
+        size_t from = init > 0                       ? (size_t)init - 1
+                      : init == 0                    ? 0
+                      : 0u - (lua_Unsigned)init > ls ? 0
+                                                     : ls - (size_t)(0u - (lua_Unsigned)init);
         if (from > ls) {
             luaL_pushfail(L);
             return 1;

@@ -458,6 +458,8 @@ static void test_long_c_loops(void **state)
                 "assert(('hello world'):find('o w') == 5 and ('x.y'):find('.', 1, true) == 2)\n"
                 "assert(('abc'):find('', 4) == 4 and ('abc'):find('', 5) == nil)\n"
                 "assert(('abcabc'):find('c', -2) == 6 and ('abc'):find('a', -10) == 1)\n"
+                "assert(('abc'):find('a', math.mininteger) == 1)\n"
+                "assert(('abc'):find('c', math.maxinteger) == nil)\n"
                 "assert(('a\\0b'):find('\\0b', 1, true) == 2)");
     /* Patterns: a long literal is compared again at every start, a [set] is read whole at
      * every test, and the guard itself scans the text once per repeated item. */
