@@ -677,39 +677,37 @@ static void test_ctx_misuse(void **state)
 static void test_hostile_nodes_table(void **state)
 {
     (void)state;
+    static const struct {
+        const char *src, *needle;
+    } cases[] = {
+        {"local nodes = { main = function(ctx) return 'nope' end }\n"
+         "setmetatable(nodes, { __index = function(t, k) error('boom') end })\n"
+         "return { name = 'sandbox', start = 'main', nodes = nodes }\n",
+         "returned unknown node 'nope'"},
+        {"local nodes = { main = function(ctx) return 'nope' end }\n"
+         "setmetatable(nodes, { __index = function() while true do end end })\n"
+         "return { name = 'sandbox', start = 'main', nodes = nodes }\n",
+         "returned unknown node 'nope'"},
+        {"return { name = 'sandbox', start = 'main', nodes = {\n"
+         "  main = function(ctx) return 'next\\0hidden' end,\n"
+         "  next = function(ctx) return ctx:done({}) end } }\n",
+         "returned unknown node 'next'"},
+        {"local long = ('n'):rep(200)\n"
+         "return { name = 'sandbox', start = 'main', nodes = {\n"
+         "  main = function(ctx) return long .. 'x' end,\n"
+         "  [long] = function(ctx) return ctx:done({}) end } }\n",
+         "node names must be 1 to 128 characters"},
+    };
     script_limits lim;
     limits(&lim);
-    outcome o;
-    run_source(&lim,
-               "local nodes = { main = function(ctx) return 'nope' end }\n"
-               "setmetatable(nodes, { __index = function(t, k) error('boom') end })\n"
-               "return { name = 'sandbox', start = 'main', nodes = nodes }\n",
-               &o);
-    assert_int_equal(o.kind, SCRIPT_FAILED);
-    assert_non_null(strstr(o.error, "returned unknown node 'nope'"));
-    run_source(&lim,
-               "local nodes = { main = function(ctx) return 'nope' end }\n"
-               "setmetatable(nodes, { __index = function() while true do end end })\n"
-               "return { name = 'sandbox', start = 'main', nodes = nodes }\n",
-               &o);
-    assert_int_equal(o.kind, SCRIPT_FAILED);
-    assert_non_null(strstr(o.error, "returned unknown node 'nope'"));
-    run_source(&lim,
-               "return { name = 'sandbox', start = 'main', nodes = {\n"
-               "  main = function(ctx) return 'next\\0hidden' end,\n"
-               "  next = function(ctx) return ctx:done({}) end } }\n",
-               &o);
-    assert_int_equal(o.kind, SCRIPT_FAILED);
-    assert_non_null(strstr(o.error, "returned unknown node 'next'"));
-    run_source(&lim,
-               "local long = ('n'):rep(200)\n"
-               "return { name = 'sandbox', start = 'main', nodes = {\n"
-               "  main = function(ctx) return long .. 'x' end,\n"
-               "  [long] = function(ctx) return ctx:done({}) end } }\n",
-               &o);
-    assert_int_equal(o.kind, SCRIPT_FAILED);
-    assert_non_null(strstr(o.error, "node names must be 1 to 128 characters"));
-    healthy();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        outcome o;
+        run_source(&lim, cases[i].src, &o);
+        if (o.kind != SCRIPT_FAILED || strstr(o.error, cases[i].needle) == NULL)
+            fail_msg("case %zu: expected failure with \"%s\", got %d: %s", i, cases[i].needle,
+                     (int)o.kind, o.error);
+        healthy();
+    }
 }
 
 static void test_contract_errors(void **state)
