@@ -470,39 +470,15 @@ static int sb_xpcall(lua_State *L)
  * Lua's parser links the jumps of an and/or chain, of an if/elseif chain and of pending
  * gotos and breaks in lists that it walks to the end at every addition, in C where no hook
  * runs: `return a or a or ... a` with 100,000 terms took 17 s to compile, 400,000 over a
- * minute. Chunks are scanned (comments and strings skipped) and refused past CHUNK_MAX_JUMPS
- * of those words in all, where the worst case compiles in well under a second. */
+ * minute. Chunks with more than CHUNK_MAX_JUMPS of those words are refused, where the worst
+ * case compiles in well under a second. The words are counted in the raw text, comments and
+ * strings included: a count can only come out high, never low, which a scanner that must
+ * agree with Lua's lexer on every line ending and escape cannot promise. */
 #define CHUNK_MAX_JUMPS 20000
 
 static bool word_char(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
-}
-
-/* The level of a long bracket opening at p ("[", "=" * level, "["), or -1. */
-static long long_open(const char *p, const char *end)
-{
-    if (p >= end || *p != '[')
-        return -1;
-    const char *q = p + 1;
-    while (q < end && *q == '=')
-        q++;
-    return q < end && *q == '[' ? (long)(q - p - 1) : -1;
-}
-
-/* Past the long bracket of the given level opening at p (or the end of the text). */
-static const char *long_skip(const char *p, const char *end, long level)
-{
-    for (p += level + 2; p < end; p++) {
-        if (*p != ']')
-            continue;
-        const char *q = p + 1;
-        while (q < end && *q == '=')
-            q++;
-        if (q < end && *q == ']' && q - p - 1 == level)
-            return q + 1;
-    }
-    return end;
 }
 
 static bool is_jump_word(const char *w, size_t n)
@@ -514,33 +490,16 @@ static bool is_jump_word(const char *w, size_t n)
 
 static size_t count_jump_words(const char *s, size_t len)
 {
-    const char *p = s, *end = s + len;
     size_t k = 0;
-    while (p < end) {
-        char c = *p;
-        long level;
-        if (c == '-' && p + 1 < end && p[1] == '-') {
-            p += 2;
-            if ((level = long_open(p, end)) >= 0)
-                p = long_skip(p, end, level);
-            else
-                while (p < end && *p != '\n')
-                    p++;
-        } else if ((level = long_open(p, end)) >= 0) {
-            p = long_skip(p, end, level);
-        } else if (c == '"' || c == '\'') {
-            for (p++; p < end && *p != c && *p != '\n'; p++)
-                if (*p == '\\' && p + 1 < end)
-                    p++;
-            p++;
-        } else if (word_char(c)) {
-            const char *w = p;
-            while (p < end && word_char(*p))
-                p++;
-            k += is_jump_word(w, (size_t)(p - w));
-        } else {
-            p++;
+    for (size_t i = 0; i < len;) {
+        if (!word_char(s[i])) {
+            i++;
+            continue;
         }
+        size_t w = i;
+        while (i < len && word_char(s[i]))
+            i++;
+        k += is_jump_word(s + w, i - w);
     }
     return k;
 }
