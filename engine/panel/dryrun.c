@@ -1,5 +1,7 @@
 #include "panel/dryrun.h"
 
+#include "core/clock.h"
+
 #include "panel/roster.h"
 #include "panel/session.h"
 #include "script/params.h"
@@ -11,12 +13,14 @@
 
 #define DRY_ANSWERS 16
 
-/* A dry run runs on the thread that asked for it (an HTTP worker for an upload), so it gets a
- * small share of a real panel's limits: a script cannot hold that thread for more than about
- * a second of CPU. Every built-in strategy finishes its dry run in under 10 nodes. */
+/* A dry run holds the thread that asked for it (an HTTP worker for an upload), so it gets a
+ * small share of a real panel's limits, and all its nodes together DRY_TOTAL_MS: past that
+ * the panel is cancelled (within the node running then, at most DRY_NODE_TIMEOUT_MS). Every
+ * built-in strategy finishes its dry run in under 10 nodes and 100 ms. */
 #define DRY_MAX_STEPS 32
 #define DRY_NODE_INSTRUCTIONS 20000000
 #define DRY_NODE_TIMEOUT_MS 1000
+#define DRY_TOTAL_MS 3000
 
 static int64_t at_most(int64_t v, int64_t cap)
 {
@@ -88,7 +92,9 @@ ap_status panel_dry_run(const config *base, const script_entry *en, panel_dry_re
                                      err)) != AP_OK ||
         (rc = panel_engine_execute(s.engine, s.tenant_id, row.id, err)) != AP_OK)
         goto out;
+    s.deadline_ms = clock_mono_ms() + DRY_TOTAL_MS;
     int status = panel_session_follow(&s, sub, row.id, 0, true, answers, sink, NULL);
+    bool late = status == PANEL_EXIT_FAILED && clock_mono_ms() >= s.deadline_ms;
     store_checkpoint ck = {0};
     ap_err ignore = {0};
     if (store_checkpoint_get(s.st, s.tenant_id, row.id, &ck, &ignore) == AP_OK)
@@ -100,6 +106,10 @@ ap_status panel_dry_run(const config *base, const script_entry *en, panel_dry_re
     } else if (status == PANEL_EXIT_AWAITING_INPUT) {
         out->stopped_at_input = true;
         rc = AP_OK;
+    } else if (late) {
+        rc = ap_err_set(err, AP_INVALID,
+                        "the dry run took longer than %d ms in all (at most %d nodes of %d ms)",
+                        DRY_TOTAL_MS, DRY_MAX_STEPS, DRY_NODE_TIMEOUT_MS);
     } else {
         store_panel after = {0};
         if (store_panel_get(s.st, s.tenant_id, row.id, &after, &ignore) == AP_OK &&

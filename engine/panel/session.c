@@ -1,5 +1,7 @@
 #include "panel/session.h"
 
+#include "core/clock.h"
+
 #include "core/jsonx.h"
 
 #include <errno.h>
@@ -279,7 +281,20 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
     }
     for (;;) {
         panel_event ev;
-        int r = panel_sub_next(sub, &ev, 1000);
+        int wait_ms = 1000;
+        if (s->deadline_ms != 0) {
+            int64_t left = s->deadline_ms - clock_mono_ms();
+            if (left <= 0) {
+                ap_err err = {0};
+                panel_engine_cancel(s->engine, s->tenant_id, panel_id, &err);
+                if (diag != NULL)
+                    fprintf(diag, "the panel ran out of time and was cancelled\n");
+                return PANEL_EXIT_FAILED;
+            }
+            if (left < wait_ms)
+                wait_ms = (int)left;
+        }
+        int r = panel_sub_next(sub, &ev, wait_ms);
         if (r < 0) {
             outcome = print_stored(s, panel_id, &last, json, out, &input_pending, diag);
             if (outcome != FOLLOW_GO_ON)

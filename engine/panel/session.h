@@ -16,6 +16,7 @@ typedef struct panel_session {
     script_registry *reg;
     panel_engine *engine;
     char tenant_id[STORE_ID_MAX];
+    int64_t deadline_ms; /* monotonic; non-zero: follow cancels the panel once it passes */
 } panel_session;
 
 /* Opens cfg->store (creating the directory of a relative sqlite path), migrates it, finds or
@@ -36,8 +37,9 @@ void panel_session_close(panel_session *s);
  * text or as JSON lines {"panel_id","seq","type","data"}; answers input requests with lines
  * read from in (a JSON object, or text sent as {"text": line}). sub must have been made
  * before the panel was started or resumed. Returns a PANEL_EXIT_* status; at EOF of in while
- * input is requested it returns PANEL_EXIT_AWAITING_INPUT. Failure reasons and notices go to
- * diag (may be NULL). */
+ * input is requested it returns PANEL_EXIT_AWAITING_INPUT. Past s->deadline_ms (when set) it
+ * cancels the panel and returns PANEL_EXIT_FAILED. Failure reasons and notices go to diag
+ * (may be NULL). */
 int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id, int64_t after_seq,
                          bool json, FILE *in, FILE *out, FILE *diag);
 
