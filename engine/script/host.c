@@ -70,6 +70,7 @@ struct script_panel {
     char *input_json;
     bool input_delivered;
     char *result_json;
+    int in_consensus; /* consensus scripts running (ctx is off limits to them) */
     char *next_node;
     expert_ref *experts;
     size_t n_experts;
@@ -157,6 +158,9 @@ static void check_self(lua_State *L, script_panel *sp, const char *method)
     lua_pop(L, 1);
     if (!ok)
         luaL_error(L, "call it as ctx:%s(...) (with a colon)", method);
+    /* A strategy can hand ctx to a consensus script in its ballots or opts. */
+    if (sp->in_consensus > 0)
+        luaL_error(L, "ctx:%s cannot be called from a consensus script", method);
 }
 
 static bool valid_name(const char *s)
@@ -643,7 +647,11 @@ static int ctx_consensus(lua_State *L)
     push_consensus_fn(L, sp, name);
     lua_pushvalue(L, 3);
     lua_pushvalue(L, 4);
-    lua_call(L, 2, 1);
+    sp->in_consensus++;
+    int st = lua_pcall(L, 2, 1, 0);
+    sp->in_consensus--;
+    if (st != LUA_OK)
+        return lua_error(L);
     int res = lua_gettop(L);
     check_consensus_result(L, res, name);
     char *json = encode_or_raise(L, res, MAX_EVENT_DATA, "consensus result");
@@ -1361,10 +1369,15 @@ static ap_status run_slice(script_panel *sp, int nargs, script_step *step)
         step->result_json = sp->result_json;
         return AP_OK;
     }
-    if (t != LUA_TSTRING) {
+    if (t != LUA_TSTRING || sp->result_json != NULL) {
         const char *tn = lua_typename(co, t);
         lua_pop(co, nres);
         release_coroutine(sp);
+        if (t == LUA_TSTRING)
+            return fail_step(sp, step,
+                             "node '%s' called ctx:done and then named a next node; after "
+                             "ctx:done a node returns nothing (return ctx:done(result))",
+                             sp->node);
         return fail_step(sp, step,
                          "node '%s' returned a %s; a node returns the name of the next node "
                          "or nothing (after ctx:done)",

@@ -58,12 +58,23 @@ static const char lib_consensus_src[] =
     "  return { level = 1, position = 'INTACT', dissent = {}, details = {} }\n"
     "end\n";
 
+/* Calls ballots[1]:<opts.method>(...), the ctx its strategy handed it. */
+static const char ctx_consensus_src[] =
+    "return function(ballots, opts)\n"
+    "  local ctx = ballots[1]\n"
+    "  if opts.method == 'emit' then ctx:emit('x.y', {}) end\n"
+    "  if opts.method == 'done' then ctx:done({ hijacked = true }) end\n"
+    "  if opts.method == 'consensus' then ctx:consensus('test', {}, {}) end\n"
+    "  return { level = 1, position = 'p', dissent = {}, details = {} }\n"
+    "end\n";
+
 static ap_status t_consensus(void *ud, const char *name, char **source, size_t *len, ap_err *err)
 {
     (void)ud;
-    const char *src = strcmp(name, "test") == 0  ? consensus_src
-                      : strcmp(name, "lib") == 0 ? lib_consensus_src
-                                                 : NULL;
+    const char *src = strcmp(name, "test") == 0      ? consensus_src
+                      : strcmp(name, "lib") == 0     ? lib_consensus_src
+                      : strcmp(name, "ctxuser") == 0 ? ctx_consensus_src
+                                                     : NULL;
     if (src == NULL)
         return ap_err_set(err, AP_NOTFOUND, "no consensus named %s", name);
     *source = strdup(src);
@@ -648,6 +659,15 @@ static void test_ctx_misuse(void **state)
                 "can only be called from a node");
     expect_fail("ctx:ask('nobody', 'q')", "unknown expert 'nobody'");
     expect_fail("ctx:consensus('missing', {}, {})", "no consensus named missing");
+    /* ctx handed to a consensus script in the ballots or opts stays out of its reach */
+    expect_fail("ctx:consensus('ctxuser', { ctx }, { method = 'emit' })",
+                "ctx:emit cannot be called from a consensus script");
+    expect_fail("ctx:consensus('ctxuser', { ctx }, { method = 'done' })",
+                "ctx:done cannot be called from a consensus script");
+    expect_fail("ctx:consensus('ctxuser', { ctx }, { method = 'consensus' })",
+                "ctx:consensus cannot be called from a consensus script");
+    expect_done("local ok = pcall(ctx.consensus, ctx, 'ctxuser', { ctx }, { method = 'emit' })\n"
+                "assert(not ok) ctx:emit('after.consensus', {})");
     expect_fail("ctx:done({ f = print })", "cannot encode a function");
     /* quotas per node: a loop cannot flood the event stream, the log or the LLM bill */
     expect_fail("while true do ctx:emit('spam', { x = 1 }) end", "at most 1000 events");
@@ -673,6 +693,14 @@ static void test_ctx_misuse(void **state)
     expect_done("local all = {} for i = 1, 20 do all[i] = ctx.experts[1] end\n"
                 "ctx:ask_all(all, string.rep('p', 100000), { system = string.rep('y', 100000) })");
     outcome o;
+    script_limits lim;
+    limits(&lim);
+    run_source(&lim,
+               "return { name = 'sandbox', start = 'main', nodes = {\n"
+               "  main = function(ctx) ctx:done({ a = 1 }) return 'main' end } }\n",
+               &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "called ctx:done and then named a next node"));
     run_body("local x = 1\nerror('boom')", &o);
     assert_int_equal(o.kind, SCRIPT_FAILED);
     assert_non_null(strstr(o.error, "node 'main': sandbox.lua:3: boom"));
