@@ -1767,7 +1767,7 @@ static void handle_step(prun *p, script_step *step)
         p->step++;
         char *state = NULL;
         ap_err err = {0};
-        if (script_panel_state_json(p->sp, &state, &err) != AP_OK) {
+        if (script_panel_state_save(p->sp, &state, &err) != AP_OK) {
             prun_fail(p, err.msg);
             return;
         }

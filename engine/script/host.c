@@ -1524,6 +1524,43 @@ static int state_get(lua_State *L)
     return 1;
 }
 
+typedef struct state_job {
+    script_panel *sp;
+    const char *json;
+    ap_err *err;
+} state_job;
+
+static int state_set(lua_State *L)
+{
+    state_job *job = lua_touserdata(L, 1);
+    push_json_or_empty(L, job->json, job->err, "ctx.state");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, job->sp->ctx_ref);
+    lua_pushliteral(L, "state");
+    lua_pushvalue(L, -3);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+ap_status script_panel_state_save(script_panel *sp, char **out, ap_err *err)
+{
+    ap_status rc = script_panel_state_json(sp, out, err);
+    if (rc != AP_OK)
+        return rc;
+    ap_err inner = {0};
+    state_job job = {sp, *out, &inner};
+    lua_pushcfunction(sp->L, state_set);
+    lua_pushlightuserdata(sp->L, &job);
+    if (lua_pcall(sp->L, 1, 0, 0) != LUA_OK) {
+        char msg[AP_ERR_MSG_MAX];
+        script_vm_error_text(sp->L, -1, msg, sizeof msg);
+        lua_pop(sp->L, 1);
+        free(*out);
+        *out = NULL;
+        return ap_err_set(err, AP_LIMIT, "ctx.state cannot be restored: %s", msg);
+    }
+    return AP_OK;
+}
+
 ap_status script_panel_state_json(script_panel *sp, char **out, ap_err *err)
 {
     *out = NULL;

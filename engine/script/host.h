@@ -151,6 +151,12 @@ ap_status script_panel_resume(script_panel *sp, script_step *step);
 /* ctx.state as compact JSON with sorted keys; caller frees. */
 ap_status script_panel_state_json(script_panel *sp, char **out, ap_err *err);
 
+/* script_panel_state_json for a checkpoint between nodes, and ctx.state replaced by what that
+ * JSON reads back as: the next node sees exactly the state a resume from the checkpoint would
+ * give it (number keys as strings, no NaN, no metatables, no shared tables), so a panel's
+ * result does not depend on whether it was interrupted. Caller frees *out. */
+ap_status script_panel_state_save(script_panel *sp, char **out, ap_err *err);
+
 /* Bytes of Lua heap in use. */
 size_t script_panel_memory(const script_panel *sp);
 

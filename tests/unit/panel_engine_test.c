@@ -557,6 +557,36 @@ static void test_node_budget(void **state)
     panel_engine_stop(e);
 }
 
+/* The next node sees ctx.state as a resume from the checkpoint would give it, not the live
+ * table: number keys read back as strings, NaN is gone and shared tables are copies. */
+static void test_state_between_nodes_is_the_checkpoint(void **state)
+{
+    (void)state;
+    write_file("stateful.lua",
+               "return { name = 'stateful', start = 'a', nodes = {\n"
+               "  a = function(ctx)\n"
+               "    local shared = {}\n"
+               "    ctx.state.x = { [2] = 'two' } ctx.state.n = 0/0\n"
+               "    ctx.state.p = shared ctx.state.q = shared\n"
+               "    return 'b'\n"
+               "  end,\n"
+               "  b = function(ctx)\n"
+               "    ctx.state.p.v = 1\n"
+               "    return ctx:done({ x2 = ctx.state.x[2] or 'missing', xs = ctx.state.x['2'],\n"
+               "      nan = ctx.state.n == nil, qv = ctx.state.q.v or 'none' })\n"
+               "  end } }\n");
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "stateful", NULL, id);
+    char *done = run_to_end(e, id, "panel.completed", 3000);
+    assert_non_null(strstr(done, "\"x2\":\"missing\""));
+    assert_non_null(strstr(done, "\"xs\":\"two\""));
+    assert_non_null(strstr(done, "\"nan\":true"));
+    assert_non_null(strstr(done, "\"qv\":\"none\""));
+    free(done);
+    panel_engine_stop(e);
+}
+
 /* Stopping the engine mid-panel leaves it "running" with its checkpoint, like a crash; a new
  * engine resumes it, replays the journaled turns and reaches the same result. */
 static void test_resume_replays_journal(void **state)
@@ -666,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_human_input),
         cmocka_unit_test(test_input_after_restart),
         cmocka_unit_test(test_node_budget),
+        cmocka_unit_test(test_state_between_nodes_is_the_checkpoint),
         cmocka_unit_test(test_resume_replays_journal),
         cmocka_unit_test(test_overrides),
     };
