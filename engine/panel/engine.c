@@ -12,6 +12,7 @@
 #include "script/host.h"
 #include "script/params.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 
 #define MAP_BUCKETS 4096
 #define WRITER_BATCH 8192
+#define GROUP_MAX 8 /* items of one atomic group: a transition, its events, a checkpoint */
 #define JOURNAL_KEY_LEN 32
 #define MAX_INPUT_BYTES (256 * 1024)
 #define JOURNAL_MAX (64 * 1024 * 1024)
@@ -33,6 +35,7 @@ typedef enum wkind { W_EVENT = 1, W_DELTA, W_CKPT, W_TRANS, W_USAGE, W_SCRIPT } 
 
 typedef struct witem {
     wkind kind;
+    bool glued; /* commits in the same transaction as the item after it */
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
@@ -155,6 +158,9 @@ struct prun {
     const script_ask *asks; /* the batch in flight (owned by sp until the node resumes) */
     size_t nslots, pending;
     char *pending_input;
+    witem *group, *group_tail; /* items held back by prun_group_begin */
+    size_t group_n;
+    bool grouping;
     bool awaiting;
     bool fresh;
     llm_timer *timer;
@@ -299,11 +305,13 @@ static void witem_free(witem *w)
 #define WRITER_SOFT_MAX 200000
 #define WRITER_HARD_MAX 2000000
 
-static void writer_push(panel_engine *e, witem *w)
+/* Queues the n items from head to tail (linked through next) together. */
+static void writer_push_list(panel_engine *e, witem *head, witem *tail, size_t n)
 {
     bool drop = false;
     pthread_mutex_lock(&e->wmu);
-    if (e->wcount >= WRITER_HARD_MAX || (e->wcount >= WRITER_SOFT_MAX && w->kind == W_DELTA)) {
+    if (e->wcount >= WRITER_HARD_MAX ||
+        (e->wcount >= WRITER_SOFT_MAX && n == 1 && head->kind == W_DELTA)) {
         drop = true;
         if (e->wcount >= WRITER_HARD_MAX && !e->wwarned) {
             e->wwarned = true;
@@ -315,17 +323,25 @@ static void writer_push(panel_engine *e, witem *w)
         /* The writer waits only for an empty queue: only the item that ends one can have it
          * to wake. */
         if (e->wtail != NULL) {
-            e->wtail->next = w;
+            e->wtail->next = head;
         } else {
-            e->whead = w;
+            e->whead = head;
             pthread_cond_signal(&e->wcond);
         }
-        e->wtail = w;
-        e->wcount++;
+        e->wtail = tail;
+        e->wcount += n;
     }
     pthread_mutex_unlock(&e->wmu);
-    if (drop)
-        witem_free(w);
+    while (drop && head != NULL) {
+        witem *next = head->next;
+        witem_free(head);
+        head = next;
+    }
+}
+
+static void writer_push(panel_engine *e, witem *w)
+{
+    writer_push_list(e, w, w, 1);
 }
 
 /* One published event, shared by every subscriber queue it sits in: thousands of SSE
@@ -562,7 +578,8 @@ static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write 
             log_skipped_transition(items[i]);
 }
 
-_Static_assert(WRITER_BATCH <= STORE_WRITE_MAX, "a writer batch must fit one store_write_batch");
+_Static_assert(WRITER_BATCH + GROUP_MAX <= STORE_WRITE_MAX,
+               "a writer batch (and a group that ends it) must fit one store_write_batch");
 
 /* Drops (sets to NULL) the checkpoints of all[0..n) that a later checkpoint of the same panel in
  * the batch replaces. The store keeps only a panel's last checkpoint and a tenant's writes of a
@@ -802,7 +819,7 @@ static void *writer_main(void *arg)
         /* Take up to WRITER_BATCH items: one group commit. */
         witem *list = e->whead, *last = list;
         size_t n = 1;
-        while (last->next != NULL && n < WRITER_BATCH) {
+        while (last->next != NULL && (n < WRITER_BATCH || last->glued)) {
             last = last->next;
             n++;
         }
@@ -1002,6 +1019,7 @@ static void prun_free(prun *p)
 {
     if (p == NULL)
         return;
+    assert(!p->grouping);
     for (size_t i = 0; i < p->nslots; i++) {
         llm_cancel(p->slots[i].call);
         free(p->slots[i].entry);
@@ -1062,6 +1080,42 @@ static char *witem_text(witem *w, size_t *used, const char *s, size_t len)
 
 /* Queues an event; durable ones get the next seq. During a replay, events whose seq is
  * already stored are not written again. */
+/* Queues w, or holds it in the panel's open group (prun_group_begin) to go with the rest. */
+static void prun_push(prun *p, witem *w)
+{
+    if (!p->grouping) {
+        writer_push(p->e, w);
+        return;
+    }
+    assert(p->group_n < GROUP_MAX);
+    if (p->group_tail != NULL) {
+        p->group_tail->glued = true;
+        p->group_tail->next = w;
+    } else {
+        p->group = w;
+    }
+    p->group_tail = w;
+    p->group_n++;
+}
+
+/* Between begin and end the panel's writes are held and then queued as one group, which the
+ * writer commits in one transaction: a status change is never stored without the events and
+ * checkpoint that go with it (awaiting_input without its input.requested could never be
+ * answered from the command line after a crash). */
+static void prun_group_begin(prun *p)
+{
+    p->grouping = true;
+}
+
+static void prun_group_end(prun *p)
+{
+    p->grouping = false;
+    if (p->group != NULL)
+        writer_push_list(p->e, p->group, p->group_tail, p->group_n);
+    p->group = p->group_tail = NULL;
+    p->group_n = 0;
+}
+
 static ap_status prun_emit(prun *p, const char *type, const char *data, bool durable,
                            int64_t *seq_out)
 {
@@ -1078,7 +1132,7 @@ static ap_status prun_emit(prun *p, const char *type, const char *data, bool dur
     w->sh = shared_event_init(w->text, w, type, tl, data, dl);
     w->type = w->sh->text;
     w->data = w->sh->data;
-    writer_push(p->e, w);
+    prun_push(p, w);
     return AP_OK;
 }
 
@@ -1101,7 +1155,7 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     w->to = to;
     w->result = dup_or_null(result);
     w->error = dup_or_null(error);
-    writer_push(p->e, w);
+    prun_push(p, w);
 }
 
 /* Appends one entry (JSON text) to the node's journal. */
@@ -1170,7 +1224,7 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
     c = put_bytes(c, p->journal.data, jl);
     put_bytes(c, "]", 2);
     w->ck.last_seq = last_seq;
-    writer_push(p->e, w);
+    prun_push(p, w);
 }
 
 static const char *const live_statuses[] = {"running", "awaiting_input", "queued", "created"};
@@ -1183,10 +1237,12 @@ static void prun_fail(prun *p, const char *msg)
     cJSON_AddStringToObject(d, "error", msg);
     char *data = jsonx_print(d);
     cJSON_Delete(d);
+    prun_group_begin(p);
     prun_transition(p, live_statuses, 2, "failed", NULL, msg);
     prun_emit_status(p, "failed");
     if (data != NULL)
         prun_emit(p, "panel.failed", data, true, NULL);
+    prun_group_end(p);
     free(data);
     prun_release(p);
 }
@@ -1200,6 +1256,7 @@ static void prun_complete(prun *p, const char *result)
     ap_err err = {0};
     if (script_panel_state_json(p->sp, &state, &err) != AP_OK)
         state = NULL;
+    prun_group_begin(p);
     prun_transition(p, live_statuses, 1, "completed", res, NULL);
     prun_emit_status(p, "completed");
     if (data != NULL) {
@@ -1208,6 +1265,7 @@ static void prun_complete(prun *p, const char *result)
     }
     free(data);
     prun_checkpoint(p, NULL, state != NULL ? state : p->node_state, p->next_seq - 1);
+    prun_group_end(p);
     free(state);
     prun_release(p);
 }
@@ -1814,17 +1872,20 @@ static void handle_step(prun *p, script_step *step)
         /* Only a real wait changes the status; it lands before the event is published, so a
          * client reacting to the event can answer at once. A replayed or already given input
          * still emits the request (suppressed when stored) so seqs stay aligned. */
+        prun_group_begin(p);
         if (old == NULL && in == NULL)
             prun_transition(p, live_statuses, 1, "awaiting_input", NULL, NULL);
         prun_emit_status(p, "awaiting_input");
         prun_emit(p, "input.requested", data, true, NULL);
         free(data);
         if (old != NULL || in != NULL) {
+            prun_group_end(p);
             deliver_input(p, in != NULL ? in : "{}", old != NULL);
             free(in);
             return;
         }
         prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+        prun_group_end(p);
         p->awaiting = true;
         return;
     }

@@ -230,9 +230,9 @@ static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *
 }
 
 /* Prints stored events after *last; returns an exit status when one of them ends the panel,
- * else FOLLOW_GO_ON. *input_pending tracks an unanswered input.requested. */
+ * else FOLLOW_GO_ON. */
 static int print_stored(panel_session *s, const char *panel_id, int64_t *last, bool json, FILE *out,
-                        bool *input_pending, FILE *diag)
+                        FILE *diag)
 {
     for (;;) {
         store_event *rows = NULL;
@@ -248,10 +248,6 @@ static int print_stored(panel_session *s, const char *panel_id, int64_t *last, b
         for (size_t i = 0; i < n; i++) {
             print_event(out, json, panel_id, rows[i].seq, rows[i].type, rows[i].data);
             *last = rows[i].seq;
-            if (strcmp(rows[i].type, "input.requested") == 0)
-                *input_pending = true;
-            else if (strcmp(rows[i].type, "input.received") == 0)
-                *input_pending = false;
             int o = event_outcome(rows[i].type, rows[i].data, diag);
             if (o != FOLLOW_GO_ON)
                 outcome = o;
@@ -262,23 +258,29 @@ static int print_stored(panel_session *s, const char *panel_id, int64_t *last, b
     }
 }
 
+/* Answers the panel from in when it waits for input. Decided by its status, not by the
+ * input.requested events: a store written before the two were committed together may lack
+ * the event, and a node re-run with its input already given emits the request again. */
+static int answer_if_waiting(panel_session *s, const char *panel_id, FILE *in, FILE *out, bool json,
+                             FILE *diag)
+{
+    store_panel row = {0};
+    ap_err err = {0};
+    bool waiting = store_panel_get(s->st, s->tenant_id, panel_id, &row, &err) == AP_OK &&
+                   strcmp(row.status, "awaiting_input") == 0;
+    store_panel_free(&row);
+    return waiting ? answer_input(s, panel_id, in, out, json, diag) : FOLLOW_GO_ON;
+}
+
 int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id, int64_t after_seq,
                          bool json, FILE *in, FILE *out, FILE *diag)
 {
     int64_t last = after_seq;
-    bool input_pending = false;
-    int outcome = print_stored(s, panel_id, &last, json, out, &input_pending, diag);
+    int outcome = print_stored(s, panel_id, &last, json, out, diag);
+    if (outcome == FOLLOW_GO_ON)
+        outcome = answer_if_waiting(s, panel_id, in, out, json, diag);
     if (outcome != FOLLOW_GO_ON)
         return outcome;
-    if (input_pending) {
-        store_panel row = {0};
-        ap_err err = {0};
-        bool waiting = store_panel_get(s->st, s->tenant_id, panel_id, &row, &err) == AP_OK &&
-                       strcmp(row.status, "awaiting_input") == 0;
-        store_panel_free(&row);
-        if (waiting && (outcome = answer_input(s, panel_id, in, out, json, diag)) != FOLLOW_GO_ON)
-            return outcome;
-    }
     for (;;) {
         panel_event ev;
         int wait_ms = 1000;
@@ -296,7 +298,10 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
         }
         int r = panel_sub_next(sub, &ev, wait_ms);
         if (r < 0) {
-            outcome = print_stored(s, panel_id, &last, json, out, &input_pending, diag);
+            /* lagged: what was missed is in the store, a request among it too */
+            outcome = print_stored(s, panel_id, &last, json, out, diag);
+            if (outcome == FOLLOW_GO_ON)
+                outcome = answer_if_waiting(s, panel_id, in, out, json, diag);
             if (outcome != FOLLOW_GO_ON)
                 return outcome;
             continue;
@@ -316,7 +321,7 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
         panel_event_clear(&ev);
         if (outcome != FOLLOW_GO_ON)
             return outcome;
-        if (ask && (outcome = answer_input(s, panel_id, in, out, json, diag)) != FOLLOW_GO_ON)
+        if (ask && (outcome = answer_if_waiting(s, panel_id, in, out, json, diag)) != FOLLOW_GO_ON)
             return outcome;
     }
 }
