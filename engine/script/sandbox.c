@@ -3,6 +3,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/embed.h"
+#include "core/ids.h"
 #include "core/log.h"
 #include "script/json.h"
 
@@ -581,6 +582,101 @@ static int sb_collectgarbage(lua_State *L)
     return 1;
 }
 
+/* ---- no heap addresses ----------------------------------------------------------------
+ * Lua names a table, function or userdata by its address ("table: 0x55d0c2a41f30"), which
+ * would tell a script where the engine's heap lies. Scripts see a keyed 64-bit mix of it
+ * instead: as unique and as stable as the address, and nothing about where it points. */
+static uint64_t ptr_key[2];
+static pthread_once_t ptr_key_once = PTHREAD_ONCE_INIT;
+
+static void ptr_key_init(void)
+{
+    if (ids_random(ptr_key, sizeof ptr_key) != AP_OK) {
+        /* no kernel randomness: still hide the address, with a key no script can read */
+        ptr_key[0] = (uint64_t)(uintptr_t)&ptr_key ^ 0x9e3779b97f4a7c15ULL;
+        ptr_key[1] = (uint64_t)clock_mono_us() * 0xbf58476d1ce4e5b9ULL;
+    }
+}
+
+static uint64_t hide_ptr(const void *p)
+{
+    pthread_once(&ptr_key_once, ptr_key_init);
+    uint64_t x = (uint64_t)(uintptr_t)p ^ ptr_key[0]; /* a bijection: names stay unique */
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return (x ^ (x >> 31)) ^ ptr_key[1];
+}
+
+/* True for a value luaL_tolstring would print as "<type or __name>: <address>". */
+static bool named_by_address(lua_State *L, int idx)
+{
+    int t = lua_type(L, idx);
+    if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING)
+        return false;
+    if (luaL_getmetafield(L, idx, "__tostring") != LUA_TNIL) {
+        lua_pop(L, 1);
+        return false;
+    }
+    return true;
+}
+
+/* Pushes what tostring gives for the value at idx. */
+static void push_tostring(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    if (!named_by_address(L, idx)) {
+        luaL_tolstring(L, idx, NULL);
+        return;
+    }
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)hide_ptr(lua_topointer(L, idx)));
+    int nt = luaL_getmetafield(L, idx, "__name");
+    if (nt != LUA_TNIL && nt != LUA_TSTRING) {
+        lua_pop(L, 1);
+        nt = LUA_TNIL;
+    }
+    lua_pushfstring(L, "%s: 0x%s", nt == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, idx),
+                    hex);
+    if (nt == LUA_TSTRING)
+        lua_remove(L, -2);
+}
+
+static int sb_tostring(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    push_tostring(L, 1);
+    return 1;
+}
+
+/* string.format: %p prints an address and is refused; a value that %s would name by its
+ * address is named as tostring names it. Upvalue 1: the original function. */
+static int guarded_format(lua_State *L)
+{
+    size_t fl;
+    const char *f = luaL_checklstring(L, 1, &fl);
+    for (size_t i = 0; i < fl; i++) {
+        if (f[i] != '%')
+            continue;
+        if (++i < fl && f[i] == '%')
+            continue;
+        while (i < fl && strchr("-+ #0123456789.", f[i]) != NULL)
+            i++;
+        if (i < fl && f[i] == 'p')
+            return luaL_error(L, "string.format: '%%p' is not available to scripts");
+    }
+    int n = lua_gettop(L);
+    for (int i = 2; i <= n; i++) {
+        if (named_by_address(L, i)) {
+            push_tostring(L, i);
+            lua_replace(L, i);
+        }
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static int sb_print(lua_State *L)
 {
     script_vm *vm = script_vm_of(L);
@@ -1000,8 +1096,8 @@ static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wr
 /* ---- the environment ------------------------------------------------------------------ */
 
 static const char *const base_names[] = {
-    "assert", "error",  "ipairs", "next",     "pairs",    "rawequal", "rawget",
-    "rawlen", "rawset", "select", "tonumber", "tostring", "type",
+    "assert", "error",  "ipairs", "next",   "pairs",    "rawequal",
+    "rawget", "rawlen", "rawset", "select", "tonumber", "type",
 };
 #define BASE_COUNT (sizeof base_names / sizeof base_names[0])
 
@@ -1106,6 +1202,7 @@ static int build_proto(lua_State *L)
     wrap_field(L, str, "gmatch", guarded_scan);
     wrap_field(L, str, "gsub", guarded_scan);
     wrap_field(L, str, "rep", guarded_rep);
+    wrap_field(L, str, "format", guarded_format);
     lua_pushliteral(L, "");
     lua_getmetatable(L, -1);
     lua_pushliteral(L, "string");
@@ -1132,6 +1229,7 @@ static int build_proto(lua_State *L)
         {"getmetatable", sb_getmetatable},
         {"collectgarbage", sb_collectgarbage},
         {"print", sb_print},
+        {"tostring", sb_tostring},
         {NULL, NULL},
     };
     luaL_setfuncs(L, guarded, 0);

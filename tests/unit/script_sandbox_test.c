@@ -252,6 +252,27 @@ static void test_metatable_and_env_tricks(void **state)
  * fails, check the edit only adds functions, bump panel.version, then update the hash. */
 #define PANEL_LIB_SHA256 "fda8cc1ccdb26f1aa82a5ba9a497abe543d721ec99fac00e029e39817a9c25fe"
 
+/* Values named by their address show a keyed mix of it, never the address itself. */
+static void test_no_heap_addresses(void **state)
+{
+    (void)state;
+    expect_done(
+        "local t, u = {}, {}\n"
+        "local hex16 = '^table: 0x' .. ('%x'):rep(16) .. '$'\n"
+        "assert(tostring(t):match(hex16) and tostring(t) == tostring(t))\n"
+        "assert(tostring(t) ~= tostring(u))\n"
+        "assert(string.format('%s|%s', t, 7) == tostring(t) .. '|7')\n"
+        "assert(tostring(print):match('^function: 0x' .. ('%x'):rep(16) .. '$'))\n"
+        "local named = setmetatable({}, { __name = 'Thing' })\n"
+        "assert(tostring(named):match('^Thing: 0x'))\n"
+        "local shown = setmetatable({}, { __tostring = function() return 'mine' end })\n"
+        "assert(tostring(shown) == 'mine' and ('%s'):format(shown) == 'mine')\n"
+        "assert(tostring(nil) == 'nil' and tostring(1.5) == '1.5' and tostring('x') == 'x')\n"
+        "assert(('%5.1f%%'):format(2.25) == '  2.2%' or ('%5.1f%%'):format(2.25) == '  2.3%')");
+    expect_fail("string.format('%p', {})", "'%p' is not available");
+    expect_fail("string.format('%-20p', print)", "'%p' is not available");
+}
+
 static void test_panel_library(void **state)
 {
     (void)state;
@@ -790,6 +811,7 @@ int main(void)
         cmocka_unit_test(test_no_os_io_debug_require),
         cmocka_unit_test(test_no_bytecode),
         cmocka_unit_test(test_metatable_and_env_tricks),
+        cmocka_unit_test(test_no_heap_addresses),
         cmocka_unit_test(test_panel_library),
         cmocka_unit_test(test_finalizers_and_close),
         cmocka_unit_test(test_endless_loops),
