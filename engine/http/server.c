@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -158,10 +159,29 @@ const char *http_body(const http_request *req, size_t *len)
     return req->body.data != NULL ? req->body.data : "";
 }
 
+/* application/json or a +json type, parameters (charset) aside; no header at all is taken as
+ * JSON too, for hand-written requests. */
+static bool json_media_type(const char *ctype)
+{
+    if (ctype == NULL)
+        return true;
+    size_t n = strcspn(ctype, ";");
+    while (n > 0 && (ctype[n - 1] == ' ' || ctype[n - 1] == '\t'))
+        n--;
+    return (n == 16 && strncasecmp(ctype, "application/json", 16) == 0) ||
+           (n > 17 && strncasecmp(ctype, "application/", 12) == 0 &&
+            strncasecmp(ctype + n - 5, "+json", 5) == 0);
+}
+
 cJSON *http_json_body(http_request *req)
 {
     if (req->json != NULL)
         return req->json;
+    if (!json_media_type(http_header(req, "Content-Type"))) {
+        http_reply_error(req, 415, "unsupported_media_type",
+                         "the body must be JSON (Content-Type: application/json)");
+        return NULL;
+    }
     if (req->body.len == 0) {
         http_reply_error(req, 400, "invalid_json", "a JSON object body is required");
         return NULL;

@@ -80,8 +80,9 @@ const char *http_query(const http_request *req, const char *name);
 const char *http_header(const http_request *req, const char *name);
 /* The raw body (NUL-terminated) and its length; "" when there is none. */
 const char *http_body(const http_request *req, size_t *len);
-/* The body parsed as a JSON object; on failure replies 400 itself and returns NULL.
- * Borrowed: freed with the request. */
+/* The body parsed as a JSON object; on failure replies itself (415 for a Content-Type that
+ * is not JSON, 400 for a body that is not a JSON object) and returns NULL. Borrowed: freed
+ * with the request. */
 cJSON *http_json_body(http_request *req);
 /* The authenticated principal (writable by the auth hook). */
 http_principal *http_principal_of(http_request *req);

@@ -108,6 +108,12 @@ def test_create_validation(w):
     s, a = w.s, w.a
     expect_error(s.request("POST", "/v1/panels", raw=b"{nope", key=a,
                            headers={"Content-Type": "application/json"}), 400, "invalid_json")
+    # a body declared as something else than JSON is refused, whatever it holds
+    good = json.dumps({"question": Q, "strategy": "council"}).encode()
+    expect_error(s.request("POST", "/v1/panels", raw=good, key=a,
+                           headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")
+    assert s.request("POST", "/v1/panels", raw=good, key=a,
+                     headers={"Content-Type": "Application/JSON; charset=utf-8"}).status == 201
     expect_error(s.request("POST", "/v1/panels", {"question": Q}, key=a), 400, "missing_field")
     expect_error(s.request("POST", "/v1/panels", {"question": 5, "strategy": "council"}, key=a), 400)
     expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council", "x": 1}, key=a),

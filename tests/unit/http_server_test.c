@@ -269,21 +269,40 @@ static void test_json_bodies(void **state)
 {
     (void)state;
     reply r;
-    request("POST", "/echo", "{\"a\":[1,2]}", -1, NULL, &r);
+    struct curl_slist *json = curl_slist_append(NULL, "Content-Type: application/json");
+    request("POST", "/echo", "{\"a\":[1,2]}", -1, json, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "{\"a\":[1,2]}");
-    request("POST", "/echo", "{\"a\":", -1, NULL, &r);
+    request("POST", "/echo", "{\"a\":", -1, json, &r);
     assert_int_equal(r.status, 400);
     assert_envelope(&r, "invalid_json");
-    request("POST", "/echo", "[1]", -1, NULL, &r);
+    request("POST", "/echo", "[1]", -1, json, &r);
     assert_int_equal(r.status, 400);
-    request("POST", "/echo", "", 0, NULL, &r);
+    request("POST", "/echo", "", 0, json, &r);
     assert_int_equal(r.status, 400);
     char deep[200];
     memset(deep, '[', 100);
     memset(deep + 100, ']', 100);
-    request("POST", "/echo", deep, sizeof deep, NULL, &r);
+    request("POST", "/echo", deep, sizeof deep, json, &r);
     assert_int_equal(r.status, 400);
+    curl_slist_free_all(json);
+    /* The media type decides, not the bytes: curl -d sends a form type unless told. */
+    request("POST", "/echo", "{\"a\":1}", -1, NULL, &r);
+    assert_int_equal(r.status, 415);
+    assert_envelope(&r, "unsupported_media_type");
+    static const char *const accepted[] = {"Content-Type: application/json; charset=utf-8",
+                                           "Content-Type: APPLICATION/JSON",
+                                           "Content-Type: application/merge-patch+json"};
+    for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++) {
+        struct curl_slist *h = curl_slist_append(NULL, accepted[i]);
+        request("POST", "/echo", "{\"a\":1}", -1, h, &r);
+        curl_slist_free_all(h);
+        assert_int_equal(r.status, 200);
+    }
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: text/plain");
+    request("POST", "/echo", "{\"a\":1}", -1, h, &r);
+    curl_slist_free_all(h);
+    assert_int_equal(r.status, 415);
 }
 
 static void test_request_ids(void **state)
