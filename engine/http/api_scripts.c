@@ -163,7 +163,7 @@ out:
 static const char *upload_source(http_request *req, size_t *len)
 {
     const char *ctype = http_header(req, "Content-Type");
-    if (ctype != NULL && strncmp(ctype, "application/json", 16) == 0) {
+    if (http_is_json_type(ctype)) {
         cJSON *body = http_json_body(req);
         static const char *const fields[] = {"source", NULL};
         const char *src;

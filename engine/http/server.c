@@ -159,12 +159,10 @@ const char *http_body(const http_request *req, size_t *len)
     return req->body.data != NULL ? req->body.data : "";
 }
 
-/* application/json or a +json type, parameters (charset) aside; no header at all is taken as
- * JSON too, for hand-written requests. */
-static bool json_media_type(const char *ctype)
+bool http_is_json_type(const char *ctype)
 {
     if (ctype == NULL)
-        return true;
+        return false;
     size_t n = strcspn(ctype, ";");
     while (n > 0 && (ctype[n - 1] == ' ' || ctype[n - 1] == '\t'))
         n--;
@@ -177,7 +175,9 @@ cJSON *http_json_body(http_request *req)
 {
     if (req->json != NULL)
         return req->json;
-    if (!json_media_type(http_header(req, "Content-Type"))) {
+    /* no header at all is taken as JSON, for hand-written requests */
+    const char *ctype = http_header(req, "Content-Type");
+    if (ctype != NULL && !http_is_json_type(ctype)) {
         http_reply_error(req, 415, "unsupported_media_type",
                          "the body must be JSON (Content-Type: application/json)");
         return NULL;

@@ -84,6 +84,9 @@ const char *http_body(const http_request *req, size_t *len);
  * is not JSON, 400 for a body that is not a JSON object) and returns NULL. Borrowed: freed
  * with the request. */
 cJSON *http_json_body(http_request *req);
+/* True for application/json or an application/...+json type, in any case, parameters
+ * (charset) aside; false for NULL. */
+bool http_is_json_type(const char *ctype);
 /* The authenticated principal (writable by the auth hook). */
 http_principal *http_principal_of(http_request *req);
 

@@ -70,6 +70,7 @@ struct script_panel {
     char *input_json;
     bool input_delivered;
     char *result_json;
+    bool done;        /* ctx:done was called: the panel ends with this node */
     int in_consensus; /* consensus scripts running (ctx is off limits to them) */
     char *next_node;
     expert_ref *experts;
@@ -553,7 +554,8 @@ static int ctx_log(lua_State *L)
         return 0;
     }
     size_t n;
-    const char *msg = luaL_tolstring(L, 3, &n);
+    script_vm_tostring(L, 3);
+    const char *msg = lua_tolstring(L, -1, &n);
     char line[2048];
     snprintf(line, sizeof line, "%.*s", (int)(n < sizeof line - 1 ? n : sizeof line - 1), msg);
     sp->host.log(sp->host.ud, level, line);
@@ -570,6 +572,7 @@ static int ctx_done(lua_State *L)
         lua_isnoneornil(L, 2) ? NULL : encode_or_raise(L, 2, MAX_RESULT, "ctx:done result");
     free(sp->result_json);
     sp->result_json = result;
+    sp->done = true;
     return 0;
 }
 
@@ -722,13 +725,15 @@ typedef struct build_job {
     ap_err *err;
 } build_job;
 
-static void push_json_or_empty(lua_State *L, const char *json, ap_err *err, const char *what)
+/* max: the most bytes json may have (the bound it was encoded with). */
+static void push_json_or_empty(lua_State *L, const char *json, size_t max, ap_err *err,
+                               const char *what)
 {
     if (json == NULL || json[0] == '\0') {
         lua_newtable(L);
         return;
     }
-    if (script_json_push(L, json, strlen(json), err) != AP_OK)
+    if (script_json_push_max(L, json, strlen(json), max, err) != AP_OK)
         luaL_error(L, "%s: %s", what, err->msg);
     if (lua_type(L, -1) != LUA_TTABLE) {
         lua_pop(L, 1);
@@ -747,13 +752,13 @@ static int build_ctx(lua_State *L)
     lua_setfield(L, ctx, "question");
     lua_pushstring(L, in->panel_id != NULL ? in->panel_id : "");
     lua_setfield(L, ctx, "panel_id");
-    push_json_or_empty(L, in->params_json, job->err, "params");
+    push_json_or_empty(L, in->params_json, SCRIPT_JSON_DECODE_MAX, job->err, "params");
     lua_setfield(L, ctx, "params");
-    push_json_or_empty(L, in->experts_json, job->err, "experts");
+    push_json_or_empty(L, in->experts_json, SCRIPT_JSON_DECODE_MAX, job->err, "experts");
     lua_setfield(L, ctx, "experts");
-    push_json_or_empty(L, in->tenant_json, job->err, "tenant");
+    push_json_or_empty(L, in->tenant_json, SCRIPT_JSON_DECODE_MAX, job->err, "tenant");
     lua_setfield(L, ctx, "tenant");
-    push_json_or_empty(L, in->state_json, job->err, "state");
+    push_json_or_empty(L, in->state_json, MAX_STATE, job->err, "state");
     lua_setfield(L, ctx, "state");
     if (sp->consensus != NULL) {
         lua_pushstring(L, sp->consensus);
@@ -1369,7 +1374,7 @@ static ap_status run_slice(script_panel *sp, int nargs, script_step *step)
         step->result_json = sp->result_json;
         return AP_OK;
     }
-    if (t != LUA_TSTRING || sp->result_json != NULL) {
+    if (t != LUA_TSTRING || sp->done) {
         const char *tn = lua_typename(co, t);
         lua_pop(co, nres);
         release_coroutine(sp);
@@ -1533,7 +1538,7 @@ typedef struct state_job {
 static int state_set(lua_State *L)
 {
     state_job *job = lua_touserdata(L, 1);
-    push_json_or_empty(L, job->json, job->err, "ctx.state");
+    push_json_or_empty(L, job->json, MAX_STATE, job->err, "ctx.state");
     lua_rawgeti(L, LUA_REGISTRYINDEX, job->sp->ctx_ref);
     lua_pushliteral(L, "state");
     lua_pushvalue(L, -3);

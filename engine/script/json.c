@@ -117,7 +117,8 @@ static ap_status enc_table(enc *e, int idx, int depth)
     key_ref small[ENC_SMALL_KEYS]; /* most objects are small: no allocation for them */
     key_ref *keys = small;
     size_t cap = ENC_SMALL_KEYS;
-    if (depth > SCRIPT_JSON_MAX_DEPTH)
+    /* at most as deep as the decoder reads back: depth counts from 0 */
+    if (depth >= SCRIPT_JSON_MAX_DEPTH)
         return ap_err_set(e->err, AP_LIMIT, "json.encode: nested deeper than %d levels (a cycle?)",
                           SCRIPT_JSON_MAX_DEPTH);
     if (!lua_checkstack(L, 8))
@@ -448,9 +449,14 @@ out:
 
 ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *err)
 {
-    if (len > SCRIPT_JSON_DECODE_MAX)
-        return ap_err_set(err, AP_LIMIT, "json.decode: input larger than %d bytes",
-                          SCRIPT_JSON_DECODE_MAX);
+    return script_json_push_max(L, text, len, SCRIPT_JSON_DECODE_MAX, err);
+}
+
+ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_t max,
+                               ap_err *err)
+{
+    if (len > max)
+        return ap_err_set(err, AP_LIMIT, "json.decode: input larger than %zu bytes", max);
     if (!jsonx_utf8_valid(text, len))
         return ap_err_set(err, AP_INVALID, "json.decode: input is not valid UTF-8");
     ap_status vrc = AP_OK;

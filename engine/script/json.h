@@ -26,4 +26,9 @@ ap_status script_json_encode(lua_State *L, int idx, size_t max, char **out, ap_e
  * from protected code. */
 ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *err);
 
+/* script_json_push for texts the host encoded itself with a larger bound (ctx.state): at
+ * most max bytes. */
+ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_t max,
+                               ap_err *err);
+
 #endif

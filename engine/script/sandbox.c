@@ -611,7 +611,8 @@ static uint64_t hide_ptr(const void *p)
 static bool named_by_address(lua_State *L, int idx)
 {
     int t = lua_type(L, idx);
-    if (t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER || t == LUA_TSTRING)
+    if (t == LUA_TNONE || t == LUA_TNIL || t == LUA_TBOOLEAN || t == LUA_TNUMBER ||
+        t == LUA_TSTRING)
         return false;
     if (luaL_getmetafield(L, idx, "__tostring") != LUA_TNIL) {
         lua_pop(L, 1);
@@ -620,8 +621,7 @@ static bool named_by_address(lua_State *L, int idx)
     return true;
 }
 
-/* Pushes what tostring gives for the value at idx. */
-static void push_tostring(lua_State *L, int idx)
+void script_vm_tostring(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
     if (!named_by_address(L, idx)) {
@@ -644,7 +644,7 @@ static void push_tostring(lua_State *L, int idx)
 static int sb_tostring(lua_State *L)
 {
     luaL_checkany(L, 1);
-    push_tostring(L, 1);
+    script_vm_tostring(L, 1);
     return 1;
 }
 
@@ -667,7 +667,7 @@ static int guarded_format(lua_State *L)
     int n = lua_gettop(L);
     for (int i = 2; i <= n; i++) {
         if (named_by_address(L, i)) {
-            push_tostring(L, i);
+            script_vm_tostring(L, i);
             lua_replace(L, i);
         }
     }
@@ -685,7 +685,8 @@ static int sb_print(lua_State *L)
     luaL_buffinit(L, &b);
     for (int i = 1; i <= n; i++) {
         size_t l;
-        const char *s = luaL_tolstring(L, i, &l);
+        script_vm_tostring(L, i);
+        const char *s = lua_tolstring(L, -1, &l);
         if (i > 1)
             luaL_addchar(&b, '\t');
         luaL_addlstring(&b, s, l < 4096 ? l : 4096);
@@ -1041,7 +1042,8 @@ static int sb_table_insert(lua_State *L)
     case 3:
         pos = luaL_checkinteger(L, 2);
         luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
-        charge_shift(L, (lua_Unsigned)e - (lua_Unsigned)pos);
+        if (e > pos) /* a negative #t passes the check above and shifts nothing */
+            charge_shift(L, (lua_Unsigned)e - (lua_Unsigned)pos);
         for (lua_Integer i = e; i > pos; i--) {
             lua_geti(L, 1, i - 1);
             lua_seti(L, 1, i);

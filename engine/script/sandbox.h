@@ -71,4 +71,9 @@ void script_vm_error_text(lua_State *L, int idx, char *out, size_t cap);
 /* Bytes of heap in use. */
 size_t script_vm_memory(const script_vm *vm);
 
+/* Pushes the text tostring gives scripts for the value at idx: Lua's, except that tables,
+ * functions and userdata are named by a keyed mix of their address, never the address. May
+ * raise (a __tostring runs); call it from Lua or protected code. */
+void script_vm_tostring(lua_State *L, int idx);
+
 #endif

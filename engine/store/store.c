@@ -24,7 +24,9 @@ struct store {
 
 /* Largest text or JSON value the store accepts in one column. */
 #define STORE_VALUE_MAX (8u * 1024u * 1024u)
-#define STORE_JSON_DEPTH 64
+/* The deepest JSON the engine writes: a ctx.state of 64 levels (as deep as scripts may nest)
+ * inside a checkpoint's envelope, an answer's data inside expert.message. */
+#define STORE_JSON_DEPTH 66
 #define STORE_EVENTS_MAX 10000
 #define STORE_KEY_LEN 76 /* "ap_" + 8 hex + "_" + 64 hex */
 #define STORE_KEY_PREFIX_LEN 11

@@ -347,6 +347,10 @@ def test_strategy_override(w):
     assert r.status == 200, r.body
     v2 = r.json()["version"]
     assert v2 != builtin["version"] and r.json()["origin"] == "override"
+    # the same source as JSON, whatever the case of its media type: the same version
+    r = w.s.request("PUT", "/v1/strategies/council", raw=json.dumps({"source": OVERRIDE}).encode(),
+                    key=w.a, headers={"Content-Type": "Application/JSON; charset=UTF-8"})
+    assert r.status == 200 and r.json()["version"] == v2, r.body
     pa = w.create()
     pb = w.create(key=w.b)
     assert pa["strategy_version"] == v2

@@ -584,6 +584,28 @@ static void test_state_between_nodes_is_the_checkpoint(void **state)
     assert_non_null(strstr(done, "\"nan\":true"));
     assert_non_null(strstr(done, "\"qv\":\"none\""));
     free(done);
+    /* as large and as deep as ctx.state may be saved, it is read back */
+    write_file("bigstate.lua", "return { name = 'bigstate', start = 'a', nodes = {\n"
+                               "  a = function(ctx)\n"
+                               "    ctx.state.big = ('x'):rep(3 * 1024 * 1024)\n"
+                               "    local t = ctx.state for i = 1, 63 do t.d = {} t = t.d end\n"
+                               "    return 'b'\n"
+                               "  end,\n"
+                               "  b = function(ctx)\n"
+                               "    local n, t = 0, ctx.state while t.d do t = t.d n = n + 1 end\n"
+                               "    return ctx:done({ size = #ctx.state.big, depth = n })\n"
+                               "  end } }\n");
+    create(e, "bigstate", NULL, id);
+    done = run_to_end(e, id, "panel.completed", 10000);
+    assert_non_null(strstr(done, "\"size\":3145728"));
+    assert_non_null(strstr(done, "\"depth\":63"));
+    free(done);
+    store_checkpoint ck = {0};
+    ap_err err = {0};
+    assert_int_equal(store_checkpoint_get(st, tenant, id, &ck, &err), AP_OK);
+    assert_int_equal(ck.step, 2); /* the last checkpoint landed: the store took the state */
+    assert_null(ck.next_node);
+    store_checkpoint_free(&ck);
     panel_engine_stop(e);
 }
 

@@ -41,11 +41,13 @@ static ap_status t_emit(void *ud, const char *type, const char *data, int64_t *s
     return AP_OK;
 }
 
+static char last_log[512]; /* the last line a script logged */
+
 static void t_log(void *ud, int level, const char *msg)
 {
     (void)ud;
     (void)level;
-    (void)msg;
+    snprintf(last_log, sizeof last_log, "%s", msg);
 }
 
 /* A second chunk of the same state: sees the panel library whole whatever the strategy did. */
@@ -269,6 +271,11 @@ static void test_no_heap_addresses(void **state)
         "assert(tostring(shown) == 'mine' and ('%s'):format(shown) == 'mine')\n"
         "assert(tostring(nil) == 'nil' and tostring(1.5) == '1.5' and tostring('x') == 'x')\n"
         "assert(('%5.1f%%'):format(2.25) == '  2.2%' or ('%5.1f%%'):format(2.25) == '  2.3%')");
+    /* nor in what a script logs */
+    expect_done("print({})");
+    assert_true(strncmp(last_log, "table: 0x", 9) == 0 && strlen(last_log) == 9 + 16);
+    expect_done("ctx:log('info', print)");
+    assert_true(strncmp(last_log, "function: 0x", 12) == 0 && strlen(last_log) == 12 + 16);
     expect_fail("string.format('%p', {})", "'%p' is not available");
     expect_fail("string.format('%-20p', print)", "'%p' is not available");
 }
@@ -481,7 +488,9 @@ static void test_long_c_loops(void **state)
                 "  __len = function() return #store end })\n"
                 "table.insert(p, 'a') table.insert(p, 1, 'b')\n"
                 "assert(store[1] == 'b' and store[2] == 'a' and table.remove(p, 1) == 'b')\n"
-                "assert(select(2, pcall(table.insert, 1, 2)):find('table expected'))");
+                "assert(select(2, pcall(table.insert, 1, 2)):find('table expected'))\n"
+                "local neg = setmetatable({}, { __len = function() return -5 end })\n"
+                "table.insert(neg, 1, 'x') assert(rawget(neg, 1) == 'x')");
     /* Plain searches are linear, whatever the needle repeats. */
     expect_done("local s = ('a'):rep(3000000)\n"
                 "assert(s:find(('a'):rep(1000000) .. 'b', 1, true) == nil)\n"
@@ -719,6 +728,12 @@ static void test_ctx_misuse(void **state)
     run_source(&lim,
                "return { name = 'sandbox', start = 'main', nodes = {\n"
                "  main = function(ctx) ctx:done({ a = 1 }) return 'main' end } }\n",
+               &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "called ctx:done and then named a next node"));
+    run_source(&lim,
+               "return { name = 'sandbox', start = 'main', nodes = {\n"
+               "  main = function(ctx) ctx:done() return 'main' end } }\n",
                &o);
     assert_int_equal(o.kind, SCRIPT_FAILED);
     assert_non_null(strstr(o.error, "called ctx:done and then named a next node"));
