@@ -17,7 +17,7 @@
 #include <string.h>
 
 #define HOOK_COUNT 1000      /* VM instructions between count hooks */
-#define PATTERN_MAX_COST 2e7 /* worst-case backtracking steps a pattern call may risk */
+#define PATTERN_MAX_COST 1e8 /* worst-case backtracking steps a pattern call may risk */
 #define TABLE_MOVE_MAX (1 << 24)
 #define PATTERN_MAX_REPEATS 32 /* repeated items (*, -, +, %b, back-references) per pattern */
 #define PATTERN_MAX_SET 1024   /* bytes of one [set] */
@@ -703,8 +703,9 @@ static int sb_print(lua_State *L)
  * could hold the runner for hours. Before each call we bound the worst case: every item that
  * repeats (*, +, -) multiplies the work by the longest run of subject characters its class
  * can match (+1), '?' by 2, %b and back-references by the subject length, and an unanchored
- * search by the number of start positions. Calls whose bound exceeds PATTERN_MAX_COST are
- * refused with a clear error; ordinary patterns on ordinary text stay far below it. */
+ * search by the number of start positions (details at pattern_cost). Calls whose bound
+ * exceeds PATTERN_MAX_COST are refused with a clear error; ordinary patterns on ordinary text
+ * stay far below it. */
 
 static bool class_match(int c, int cl)
 {
@@ -841,13 +842,40 @@ static double count_char(const char *s, size_t n, char c)
  * beyond PATTERN_FREE_ITEMS items (a long literal is compared again at every start). The
  * guard's own work (a scan of s per repeated item) is bounded by PATTERN_MAX_REPEATS, and a
  * [set], which every character test reads whole, by PATTERN_MAX_SET. */
+/* The run of the item's class at the start of s. */
+static double run_at_start(const pitem *it, const char *s, size_t n)
+{
+    size_t k = 0;
+    while (k < n && (*it->p == '.' || item_match(it, (unsigned char)s[k])))
+        k++;
+    return (double)k;
+}
+
+/* How a repeated item, whose quantifier ends at q, can give back what it took: 'l' when
+ * nothing but captures follows it (it is the last thing tried, so it never gives back), 'f'
+ * when a literal character that it cannot match follows (a shorter run fails that test at
+ * once: its run is tried once per start, added, not multiplied), else 'm' (multiplies). */
+static char repeat_kind(const pitem *it, const char *q, const char *pend)
+{
+    while (q < pend && (*q == '(' || *q == ')'))
+        q++;
+    if (q == pend)
+        return 'l';
+    if (strchr("^$*+?.([%-", *q) != NULL)
+        return 'm';
+    if (q + 1 < pend && strchr("*?-", q[1]) != NULL)
+        return 'm'; /* the literal is optional itself */
+    return item_match(it, (unsigned char)*q) ? 'm' : 'f';
+}
+
 static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bool scan_all,
                            int64_t *scanned)
 {
     const char *pend = p + pl;
-    double cost = 1, items = 0;
+    double cost = 1, items = 0, added = 0;
     int repeats = 0;
-    if (p < pend && *p == '^' && !scan_all)
+    bool anchored = p < pend && *p == '^' && !scan_all, first = true;
+    if (anchored)
         p++;
     else
         cost = (double)n + 1;
@@ -865,6 +893,7 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
                 cost *= count_char(s, n, p[2]) + 1;
             *scanned += (int64_t)n;
             repeats++;
+            first = false;
             p += 4;
             continue;
         }
@@ -879,6 +908,7 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         if (*p == '%' && p + 1 < pend && p[1] >= '0' && p[1] <= '9') {
             cost *= (double)n + 1;
             repeats++;
+            first = false;
             p += 2;
             continue;
         }
@@ -890,16 +920,25 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         items += (double)(it.ep - it.p);
         p = it.ep;
         if (p < pend && (*p == '*' || *p == '-' || *p == '+')) {
-            double run = longest_run(&it, s, n);
-            *scanned += *it.p == '.' ? 0 : (int64_t)n;
-            cost *= (*p == '+' ? (run > 1 ? run : 1) : run + 1);
-            repeats++;
+            char kind = repeat_kind(&it, p + 1, pend);
+            if (kind != 'l') {
+                /* anchored, the first item can only match where the subject starts */
+                double run = anchored && first ? run_at_start(&it, s, n) : longest_run(&it, s, n);
+                *scanned += *it.p == '.' || (anchored && first) ? 0 : (int64_t)n;
+                if (kind == 'f')
+                    added += run;
+                else
+                    cost *= (*p == '+' ? (run > 1 ? run : 1) : run + 1);
+                repeats++;
+            }
             p++;
         } else if (p < pend && *p == '?') {
             cost *= 2;
             p++;
         }
+        first = false;
     }
+    cost *= 1 + added;
     return items > PATTERN_FREE_ITEMS ? cost * (items / PATTERN_FREE_ITEMS) : cost;
 }
 

@@ -509,6 +509,14 @@ static void test_long_c_loops(void **state)
     expect_fail("string.find(('a'):rep(200000), '[' .. ('b'):rep(100000) .. ']')",
                 "pattern too complex");
     expect_fail("string.find(('b'):rep(1000000), ('a*'):rep(5000))", "pattern too complex");
+    /* and ordinary patterns on ordinary text of a few hundred KiB are not refused */
+    expect_done("local text = (('x'):rep(100) .. '\\n'):rep(2500)\n"
+                "local n = 0 for l in text:gmatch('[^\\n]+') do n = n + 1 end assert(n == 2500)\n"
+                "local code = ('        ' .. ('y'):rep(100) .. '\\n'):rep(2400)\n"
+                "assert(#code:match('^%s*(.-)%s*$') == #code - 9)\n"
+                "local line = ('field,'):rep(20)\n"
+                "assert(select(20, line:match(('([^,]*),'):rep(20))) == 'field')");
+    expect_done("local s = ('a'):rep(9000) assert(s:find('a*b') == nil)");
     /* The compiler links and/or chains in quadratic time. */
     expect_fail("local f, e = load('return ' .. ('a or '):rep(100000) .. 'a') error(e)",
                 "more than 20000 'and', 'or'");
