@@ -113,7 +113,9 @@ int cli_check(int argc, char **argv)
     }
     if (consensus) {
         char *result = NULL;
-        rc = script_consensus_dry_run(&lim, name, src, len, sample_ballots, NULL, &result, &err);
+        script_limits dry;
+        panel_dry_limits(&lim, &dry);
+        rc = script_consensus_dry_run(&dry, name, src, len, sample_ballots, NULL, &result, &err);
         if (rc != AP_OK) {
             print_error(path, name, err.msg);
             goto out;

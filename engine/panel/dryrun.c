@@ -27,6 +27,13 @@ static int64_t at_most(int64_t v, int64_t cap)
     return v < cap ? v : cap;
 }
 
+void panel_dry_limits(const script_limits *base, script_limits *out)
+{
+    *out = *base;
+    out->instructions = at_most(out->instructions, DRY_NODE_INSTRUCTIONS);
+    out->timeout_ms = at_most(out->timeout_ms, DRY_NODE_TIMEOUT_MS);
+}
+
 static void remove_scratch(const char *dir, const char *db)
 {
     char side[160];

@@ -2705,8 +2705,10 @@ ap_status panel_engine_put_script(panel_engine *e, const char *tenant_id, script
     if (e->st == NULL)
         return ap_err_set(err, AP_INVALID, "no store");
     ap_status rc = script_registry_validate(e->reg, kind, name, source, len, "override", &en, err);
+    script_limits dry_lim;
+    panel_dry_limits(&e->lim, &dry_lim);
     if (rc == AP_OK && kind == SCRIPT_CONSENSUS)
-        rc = script_consensus_dry_run(&e->lim, name, source, len, sample_ballots, NULL, &result,
+        rc = script_consensus_dry_run(&dry_lim, name, source, len, sample_ballots, NULL, &result,
                                       err);
     if (rc == AP_OK && kind == SCRIPT_STRATEGY && e->cfg != NULL) {
         panel_dry_result dry;

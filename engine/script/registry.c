@@ -14,6 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define INSPECT_TIMEOUT_MS 1000
+#define INSPECT_INSTRUCTIONS 20000000
+
 #define SCRIPT_MAX_BYTES (1024 * 1024)
 #define REGISTRY_MAX_ENTRIES 4096
 #define REGISTRY_MAX_NAMES 1024
@@ -167,7 +170,14 @@ static ap_status make_entry(const script_registry *r, script_kind kind, const ch
                             ap_err *err)
 {
     memset(out, 0, sizeof *out);
-    ap_status rc = script_inspect(&r->lim, kind, name, source, len, &out->info, err);
+    /* A script's top level only builds its tables: checking it (on an upload's request thread
+     * too) gets a second and 20 M instructions, not a node's budgets. */
+    script_limits lim = r->lim;
+    if (lim.timeout_ms > INSPECT_TIMEOUT_MS)
+        lim.timeout_ms = INSPECT_TIMEOUT_MS;
+    if (lim.instructions > INSPECT_INSTRUCTIONS)
+        lim.instructions = INSPECT_INSTRUCTIONS;
+    ap_status rc = script_inspect(&lim, kind, name, source, len, &out->info, err);
     if (rc != AP_OK) {
         free(source);
         return rc;
