@@ -2521,6 +2521,8 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
     size_t len = input_json != NULL ? strlen(input_json) : 0;
     if (len == 0 || len > MAX_INPUT_BYTES)
         return ap_err_set(err, AP_INVALID, "input must be 1 byte to 256 KiB");
+    if (!jsonx_utf8_valid(input_json, len))
+        return ap_err_set(err, AP_INVALID, "input is not valid UTF-8");
     cJSON *in = jsonx_parse(input_json, len, 32, NULL);
     if (!cJSON_IsObject(in)) {
         /* Plain text becomes {"text": ...}. */

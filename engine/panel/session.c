@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define INPUT_LINE_MAX (64 * 1024)
+#define INPUT_LINE_MAX (256 * 1024) /* as much as panel_engine_input takes */
 
 static void make_parent_dir(const char *url)
 {
@@ -198,18 +198,44 @@ static int event_outcome(const char *type, const char *data, FILE *diag)
 }
 
 /* Reads one answer from in and submits it. Returns FOLLOW_GO_ON, or an exit status. */
+/* One line of in without its line end, at most INPUT_LINE_MAX bytes (the rest of a longer
+ * line is read and dropped, and *too_long set); NULL at the end of in. Caller frees. */
+static char *read_line(FILE *in, size_t *len, bool *too_long)
+{
+    char *line = malloc(INPUT_LINE_MAX + 1);
+    if (line == NULL)
+        return NULL;
+    size_t n = 0;
+    int c;
+    *too_long = false;
+    while ((c = getc(in)) != EOF && c != '\n') {
+        if (n < INPUT_LINE_MAX)
+            line[n++] = (char)c;
+        else
+            *too_long = true;
+    }
+    if (c == EOF && n == 0 && !*too_long) {
+        free(line);
+        return NULL;
+    }
+    if (n > 0 && line[n - 1] == '\r')
+        n--;
+    line[n] = '\0';
+    *len = n;
+    return line;
+}
+
 static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *out, bool json,
                         FILE *diag)
 {
-    char *line = malloc(INPUT_LINE_MAX);
-    if (line == NULL)
-        return PANEL_EXIT_FAILED;
     if (!json) {
         fprintf(out, "> ");
         fflush(out);
     }
-    if (fgets(line, INPUT_LINE_MAX, in) == NULL) {
-        free(line);
+    size_t n = 0;
+    bool too_long = false;
+    char *line = read_line(in, &n, &too_long);
+    if (line == NULL) {
         if (diag != NULL)
             fprintf(diag,
                     "askpanel: panel %s is awaiting input and stdin ended; answer later with "
@@ -217,13 +243,21 @@ static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *
                     panel_id, panel_id);
         return PANEL_EXIT_AWAITING_INPUT;
     }
-    line[strcspn(line, "\r\n")] = '\0';
     ap_err err = {0};
-    ap_status rc = panel_engine_input(s->engine, s->tenant_id, panel_id, line, &err);
+    ap_status rc;
+    if (too_long)
+        rc =
+            ap_err_set(&err, AP_LIMIT, "a line of input may have at most %d bytes", INPUT_LINE_MAX);
+    else if (memchr(line, '\0', n) != NULL)
+        rc = ap_err_set(&err, AP_INVALID, "the line of input contains a NUL byte");
+    else
+        rc = panel_engine_input(s->engine, s->tenant_id, panel_id, line, &err);
     free(line);
     if (rc != AP_OK) {
         if (diag != NULL)
-            fprintf(diag, "askpanel: input refused: %s\n", err.msg);
+            fprintf(diag,
+                    "askpanel: input refused: %s; the panel still waits (`askpanel resume %s`)\n",
+                    err.msg, panel_id);
         return PANEL_EXIT_FAILED;
     }
     return FOLLOW_GO_ON;
