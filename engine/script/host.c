@@ -618,7 +618,8 @@ static void check_consensus_result(lua_State *L, int idx, const char *name)
     lua_pushliteral(L, "level");
     lua_rawget(L, idx);
     int isnum = 0;
-    lua_Number level = lua_tonumberx(L, -1, &isnum);
+    /* a number, not a string Lua would convert ("0x0.8" was stored as given) */
+    lua_Number level = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumberx(L, -1, &isnum) : 0;
     if (!isnum || !isfinite(level) || level < 0 || level > 1)
         luaL_error(L, "consensus '%s' returned a level that is not a number from 0 to 1", name);
     lua_pop(L, 1);
