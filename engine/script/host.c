@@ -15,6 +15,8 @@
 #include <string.h>
 
 #define MAX_ASKS 256
+#define MAX_EXPERTS 256 /* in a panel's roster, as many as one ask_all reaches */
+#define MAX_EXPERT_ID 128
 #define MAX_PROMPT (512 * 1024)
 #define MAX_BATCH_TEXT (16 * 1024 * 1024)
 #define MAX_EVENT_DATA (256 * 1024)
@@ -865,6 +867,26 @@ static ap_status experts_of_view(script_panel *sp, const jview *v, ap_err *err)
     return AP_OK;
 }
 
+/* Answers, ballots and events name their expert by id: two experts must never share one
+ * (an id cut at a NUL byte could equal another). */
+static ap_status check_roster(const script_panel *sp, ap_err *err)
+{
+    if (sp->n_experts > MAX_EXPERTS)
+        return ap_err_set(err, AP_INVALID, "a panel has at most %d experts, not %zu", MAX_EXPERTS,
+                          sp->n_experts);
+    for (size_t i = 0; i < sp->n_experts; i++) {
+        const char *id = sp->experts[i].id;
+        if (strlen(id) > MAX_EXPERT_ID)
+            return ap_err_set(err, AP_INVALID, "expert id '%.40s...' is longer than %d bytes", id,
+                              MAX_EXPERT_ID);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(sp->experts[j].id, id) == 0)
+                return ap_err_set(err, AP_INVALID, "expert id '%s' appears twice in the roster",
+                                  id);
+    }
+    return AP_OK;
+}
+
 /* Strict JSON (what the engine stores) is read through a view; anything else through cJSON,
  * which reads more. */
 static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
@@ -876,7 +898,7 @@ static ap_status load_experts(script_panel *sp, const char *json, ap_err *err)
                        ? experts_of_view(sp, &v, err)
                        : experts_of_tree(sp, json, err);
     jview_free(&v);
-    return rc;
+    return rc == AP_OK ? check_roster(sp, err) : rc;
 }
 
 /* ---- loading and checking a strategy --------------------------------------------------- */
