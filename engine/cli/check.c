@@ -41,18 +41,16 @@ static char *read_file(const char *path, size_t *len)
 static void print_error(const char *path, const char *name, const char *msg)
 {
     char chunk[160];
-    snprintf(chunk, sizeof chunk, "%s.lua:", name);
     const char *m = msg;
-    const char *hit = strstr(msg, chunk);
-    if (hit != NULL) {
-        fprintf(stderr, "%.*s%s:%s\n", (int)(hit - msg), msg, path, hit + strlen(chunk));
-        return;
-    }
-    snprintf(chunk, sizeof chunk, "consensus/%s.lua:", name);
-    hit = strstr(msg, chunk);
-    if (hit != NULL) {
-        fprintf(stderr, "%.*s%s:%s\n", (int)(hit - msg), msg, path, hit + strlen(chunk));
-        return;
+    /* the longer chunk name first: "bad.lua:" is inside "consensus/bad.lua:" */
+    static const char *const dirs[] = {"consensus/", ""};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        snprintf(chunk, sizeof chunk, "%s%s.lua:", dirs[i], name);
+        const char *hit = strstr(msg, chunk);
+        if (hit != NULL) {
+            fprintf(stderr, "%.*s%s:%s\n", (int)(hit - msg), msg, path, hit + strlen(chunk));
+            return;
+        }
     }
     fprintf(stderr, "%s: %s\n", path, m);
 }
