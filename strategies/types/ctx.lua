@@ -94,6 +94,7 @@ function Ctx:ask_all(experts, prompt, opts) end
 function Ctx:emit(type, data) end
 
 --- Runs a consensus script (nil: ctx.consensus_algorithm) and emits a `consensus` event.
+--- The consensus script cannot call ctx (not even one handed to it in ballots or opts).
 ---@param algorithm string|nil
 ---@param ballots Ballot[]
 ---@param opts table|nil
@@ -110,7 +111,8 @@ function Ctx:await_input(request) end
 ---@param msg any
 function Ctx:log(level, msg) end
 
---- Records the panel result; returns nothing (`return ctx:done({...})`).
+--- Records the panel result; returns nothing (`return ctx:done({...})`). The node that calls it
+--- ends the panel: naming a next node afterwards fails it.
 ---@param result table|nil
 ---@return nil
 function Ctx:done(result) end
