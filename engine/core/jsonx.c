@@ -213,3 +213,18 @@ ap_status jsonx_append_number(buf *b, double d)
         snprintf(tmp, sizeof tmp, "%.17g", d);
     return buf_puts(b, tmp);
 }
+
+bool jsonx_escapes_nul(const char *s, size_t n)
+{
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            in_str = !in_str;
+        } else if (in_str && s[i] == '\\') {
+            if (i + 5 < n && memcmp(s + i + 1, "u0000", 5) == 0)
+                return true;
+            i++; /* the escaped character, a quote or a backslash included */
+        }
+    }
+    return false;
+}

@@ -46,6 +46,10 @@ ap_status jsonx_append_number(struct buf *b, double d);
 /* True when s is valid UTF-8 of n bytes (no overlongs, no surrogates). */
 bool jsonx_utf8_valid(const char *s, size_t n);
 
+/* True when the JSON text s (n bytes) has a string with a \u0000 escape: the engine's strings
+ * are C strings, which would end there and drop the rest without a word. */
+bool jsonx_escapes_nul(const char *s, size_t n);
+
 /* The end of the run of plain bytes in s[i..n) (printable ASCII other than '"' and '\\': what
  * a JSON string holds as it is), eight at a time; n when the run reaches the end. */
 size_t jsonx_plain_end(const char *s, size_t i, size_t n);

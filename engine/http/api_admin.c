@@ -39,6 +39,29 @@ static char *tenant_config_from(http_request *req, const cJSON *body)
         }
         cJSON_AddItemToObject(cfg, sections[i], cJSON_Duplicate(v, true));
     }
+    /* A limit that is not read as one would mean no limit at all: known names, whole numbers. */
+    static const char *const limit_names[] = {"requests_per_minute", "concurrent_panels",
+                                              "monthly_token_budget"};
+    const cJSON *l;
+    cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(body, "limits"))
+    {
+        bool known = false;
+        for (size_t i = 0; i < sizeof limit_names / sizeof limit_names[0]; i++)
+            known = known || strcmp(l->string, limit_names[i]) == 0;
+        if (!known) {
+            http_reply_error(req, 400, "invalid_field",
+                             "unknown limit \"%.64s\" (requests_per_minute, concurrent_panels, "
+                             "monthly_token_budget)",
+                             l->string);
+            goto out;
+        }
+        if (!cJSON_IsNumber(l) || l->valuedouble < 0 || l->valuedouble > 1e15 ||
+            l->valuedouble != (double)(int64_t)l->valuedouble) {
+            http_reply_error(req, 400, "invalid_field",
+                             "limit \"%s\" must be a whole number from 0 (no limit)", l->string);
+            goto out;
+        }
+    }
     const cJSON *f;
     cJSON_ArrayForEach(f, cJSON_GetObjectItemCaseSensitive(body, "flags"))
     {

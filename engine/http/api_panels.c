@@ -151,6 +151,9 @@ static bool resolve_experts(http_request *req, api_deps *d, const char *tenant, 
         }
         int i = 0;
         const cJSON *e;
+        /* a registry expert listed twice would answer twice under one id */
+        char seen[MAX_PANEL_EXPERTS][IDS_UUID_LEN + 1];
+        int nseen = 0;
         cJSON_ArrayForEach(e, given)
         {
             if (!ok)
@@ -164,9 +167,21 @@ static bool resolve_experts(http_request *req, api_deps *d, const char *tenant, 
                 char id[IDS_UUID_LEN + 1];
                 store_expert ex = {0};
                 ap_err err = {0};
-                ap_status rc = ids_uuid_normalize(e->valuestring, id)
-                                   ? store_expert_get(d->store, tenant, id, &ex, &err)
-                                   : AP_NOTFOUND;
+                bool valid = ids_uuid_normalize(e->valuestring, id);
+                for (int k = 0; valid && k < nseen; k++) {
+                    if (strcmp(seen[k], id) == 0) {
+                        http_reply_error(req, 400, "invalid_field",
+                                         "expert \"%s\" is listed twice in \"experts\"", id);
+                        ok = false;
+                        break;
+                    }
+                }
+                if (!ok)
+                    break;
+                if (valid && nseen < MAX_PANEL_EXPERTS)
+                    memcpy(seen[nseen++], id, sizeof seen[0]);
+                ap_status rc =
+                    valid ? store_expert_get(d->store, tenant, id, &ex, &err) : AP_NOTFOUND;
                 if (rc == AP_NOTFOUND) {
                     http_reply_error(req, 422, "unknown_expert",
                                      "expert \"%.64s\" is not in this tenant's registry",

@@ -192,6 +192,11 @@ cJSON *http_json_body(http_request *req)
         http_reply_error(req, 400, "invalid_json", "%s", err.msg);
         return NULL;
     }
+    if (jsonx_escapes_nul(req->body.data, req->body.len)) {
+        cJSON_Delete(j);
+        http_reply_error(req, 400, "invalid_json", "strings may not contain NUL (\\u0000)");
+        return NULL;
+    }
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
         http_reply_error(req, 400, "invalid_json", "the body must be a JSON object");

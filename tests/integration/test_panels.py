@@ -148,6 +148,19 @@ def test_experts_by_id_and_inline(w):
     # Another tenant's expert id is not usable.
     expect_error(w.s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
                                                     "experts": [e["id"]]}, key=w.b), 422)
+    # The same expert twice would answer twice under one id.
+    expect_error(w.s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
+                                                    "experts": [e["id"], e["id"]]}, key=w.a),
+                 400, "invalid_field")
+    # A NUL in any string would cut it short where the engine reads it as C text.
+    js = {"Content-Type": "application/json"}
+    expect_error(w.s.request("POST", "/v1/panels", raw=b'{"question":"Approve?\\u0000 no",'
+                             b'"strategy":"council"}', key=w.a, headers=js), 400, "invalid_json")
+    expect_error(w.s.request("POST", "/v1/experts", raw=b'{"name":"A\\u0000B"}', key=w.a,
+                             headers=js), 400, "invalid_json")
+    r = w.s.request("POST", "/v1/experts", raw=b'{"name":"A\\\\u0000B","role":"R"}', key=w.a,
+                    headers=js)
+    assert r.status == 201 and r.json()["name"] == "A\\u0000B", r.body  # a backslash, then text
 
 
 @for_each_backend()
@@ -465,6 +478,11 @@ def test_tenant_limits():
         key = r.json()["api_key"]
         expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "tiny", "name": "Again"},
                                key=OPERATOR_KEY), 409)
+        # a limit that would not be read as one (and so mean none) is refused
+        for limits in ({"requests_per_minute": "3"}, {"requests_per_minute": 0.5},
+                       {"requests_per_minute": -1}, {"request_per_minute": 3}):
+            expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "lim", "name": "L",
+                                   "limits": limits}, key=OPERATOR_KEY), 400, "invalid_field")
         expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "x2", "name": "T"}, key=key), 403)
         p1 = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()
         p2 = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()

@@ -172,6 +172,26 @@ static void test_jsonx_limits(void **state)
 /* What jsonx writes reads back as what went in: cJSON is the judge. */
 /* jsonx_plain_end finds the first byte a JSON string must escape or check, at every offset
  * and for every byte value placed anywhere in and around an eight-byte step. */
+static void test_jsonx_escapes_nul(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json;
+        bool nul;
+    } cases[] = {
+        {"{\"a\":\"x\\u0000y\"}", true},
+        {"[\"\\\"\\u0000\"]", true},
+        {"{\"a\":\"x\\\\u0000\"}", false},
+        {"{\"a\":\"\\u00001\"}", true},
+        {"{\"a\":\"\\u0001\\u00a0\"}", false},
+        {"[1,2,{\"u0000\":true}]", false},
+        {"\"\\u000", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (jsonx_escapes_nul(cases[i].json, strlen(cases[i].json)) != cases[i].nul)
+            fail_msg("case %zu: %s", i, cases[i].json);
+}
+
 static void test_jsonx_plain_end(void **state)
 {
     (void)state;
@@ -313,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_uuid_random_bits),
         cmocka_unit_test(test_hashes_match_known_vectors),
         cmocka_unit_test(test_jsonx_limits),
+        cmocka_unit_test(test_jsonx_escapes_nul),
         cmocka_unit_test(test_jsonx_plain_end),
         cmocka_unit_test(test_jsonx_writes_strings_and_numbers),
         cmocka_unit_test(test_utf8),
