@@ -439,6 +439,18 @@ void http_stream_wake(http_stream *st)
 
 /* ---- dispatch ------------------------------------------------------------------------- */
 
+/* Stops at a query parameter whose decoded name or value holds a NUL (%00): handlers read
+ * them as C strings, which would end there ("?from=1%002" read as 1). */
+static enum MHD_Result query_nul(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    bool cut = strlen(key) != key_size || (value != NULL && strlen(value) != value_size);
+    if (cut)
+        *(const char **)cls = key;
+    return cut ? MHD_NO : MHD_YES;
+}
+
 static void dispatch(http_request *req)
 {
     char allow[128];
@@ -457,6 +469,13 @@ static void dispatch(http_request *req)
     if (req->match.flags != HTTP_PUBLIC && req->srv->auth != NULL &&
         !req->srv->auth(req, req->match.flags, req->srv->app))
         return;
+    const char *bad = NULL;
+    MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, query_nul, &bad);
+    if (bad != NULL) {
+        http_reply_error(req, 400, "invalid_parameter",
+                         "query parameter \"%.64s\" may not contain NUL (%%00)", bad);
+        return;
+    }
     ((http_handler)req->match.handler)(req, req->srv->app);
     if (!req->replied)
         http_reply_error(req, 500, "internal", "the handler produced no response");

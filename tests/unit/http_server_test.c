@@ -248,6 +248,20 @@ static void test_wrong_method_is_405_with_allow(void **state)
     assert_true(has_header(&r, "Allow: GET, POST"));
 }
 
+/* A query parameter that decodes to a NUL would be cut where a handler reads it. */
+static void test_query_nul_is_400(void **state)
+{
+    (void)state;
+    reply r;
+    request("GET", "/hello/1?from=1%002", NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 400);
+    assert_envelope(&r, "invalid_parameter");
+    request("GET", "/hello/1?fr%00om=1", NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 400);
+    request("GET", "/hello/1?from=1%202&x", NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 200);
+}
+
 static void test_body_limit_is_413(void **state)
 {
     (void)state;
@@ -418,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_route_with_params_and_query),
         cmocka_unit_test(test_unknown_path_is_404_envelope),
         cmocka_unit_test(test_wrong_method_is_405_with_allow),
+        cmocka_unit_test(test_query_nul_is_400),
         cmocka_unit_test(test_body_limit_is_413),
         cmocka_unit_test(test_json_bodies),
         cmocka_unit_test(test_request_ids),
