@@ -47,6 +47,15 @@ static bool read_expert(http_request *req, const cJSON *body, bool creating, sto
     const char *name, *role, *persona, *model;
     const cJSON *expertise;
     double weight = creating ? 1.0 : e->weight;
+    /* An update's null would read as "not given" and change nothing while answering 200;
+     * only the model can be cleared. */
+    static const char *const not_nullable[] = {"name", "role", "persona", "weight", "expertise"};
+    for (size_t i = 0; !creating && i < sizeof not_nullable / sizeof not_nullable[0]; i++) {
+        if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(body, not_nullable[i]))) {
+            http_reply_error(req, 400, "invalid_field", "\"%s\" cannot be null", not_nullable[i]);
+            return false;
+        }
+    }
     if (!validate_known_fields(req, body, expert_fields) ||
         !validate_string(req, body, "name", creating, NAME_MAX_LEN, &name) ||
         !validate_string(req, body, "role", creating, NAME_MAX_LEN, &role) ||

@@ -89,6 +89,9 @@ def test_other_tenants_experts_are_invisible(w):
 def test_expert_crud_and_validation(w):
     r = w.s.request("POST", "/v1/experts", EXPERT, key=w.a)
     eid = r.json()["id"]
+    for field in ("name", "role", "weight"):  # a null would have changed nothing, with a 200
+        expect_error(w.s.request("PATCH", "/v1/experts/" + eid, {field: None}, key=w.a), 400,
+                     "invalid_field")
     r = w.s.request("PATCH", "/v1/experts/" + eid, {"weight": 2, "model": "gpt-x"}, key=w.a)
     assert r.status == 200, r.body
     assert r.json()["weight"] == 2 and r.json()["model"] == "gpt-x" and r.json()["name"] == "Dr. Ada"
