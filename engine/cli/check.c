@@ -112,7 +112,7 @@ int cli_check(int argc, char **argv)
     if (consensus) {
         char *result = NULL;
         script_limits dry;
-        panel_dry_limits(&lim, &dry);
+        script_limits_for_check(&lim, &dry);
         rc = script_consensus_dry_run(&dry, name, src, len, sample_ballots, NULL, &result, &err);
         if (rc != AP_OK) {
             print_error(path, name, err.msg);

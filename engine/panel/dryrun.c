@@ -13,25 +13,16 @@
 
 #define DRY_ANSWERS 16
 
-/* A dry run holds the thread that asked for it (an HTTP worker for an upload), so it gets a
- * small share of a real panel's limits, and all its nodes together DRY_TOTAL_MS: past that
- * the panel is cancelled (within the node running then, at most DRY_NODE_TIMEOUT_MS). Every
- * built-in strategy finishes its dry run in under 10 nodes and 100 ms. */
+/* A dry run holds the thread that asked for it (an HTTP worker for an upload), so its nodes
+ * get a check's budgets (script_limits_for_check), and all of them together DRY_TOTAL_MS:
+ * past that the panel is cancelled (within the node running then). Every built-in strategy
+ * finishes its dry run in under 10 nodes and 100 ms. */
 #define DRY_MAX_STEPS 32
-#define DRY_NODE_INSTRUCTIONS 20000000
-#define DRY_NODE_TIMEOUT_MS 1000
 #define DRY_TOTAL_MS 3000
 
 static int64_t at_most(int64_t v, int64_t cap)
 {
     return v < cap ? v : cap;
-}
-
-void panel_dry_limits(const script_limits *base, script_limits *out)
-{
-    *out = *base;
-    out->instructions = at_most(out->instructions, DRY_NODE_INSTRUCTIONS);
-    out->timeout_ms = at_most(out->timeout_ms, DRY_NODE_TIMEOUT_MS);
 }
 
 static void remove_scratch(const char *dir, const char *db)
@@ -58,8 +49,11 @@ ap_status panel_dry_run(const config *base, const script_entry *en, panel_dry_re
     config cfg = *base;
     cfg.store = url;
     cfg.runtime_max_steps = at_most(cfg.runtime_max_steps, DRY_MAX_STEPS);
-    cfg.runtime_node_instructions = at_most(cfg.runtime_node_instructions, DRY_NODE_INSTRUCTIONS);
-    cfg.runtime_node_timeout_ms = at_most(cfg.runtime_node_timeout_ms, DRY_NODE_TIMEOUT_MS);
+    script_limits node = {.instructions = cfg.runtime_node_instructions,
+                          .timeout_ms = cfg.runtime_node_timeout_ms};
+    script_limits_for_check(&node, &node);
+    cfg.runtime_node_instructions = node.instructions;
+    cfg.runtime_node_timeout_ms = node.timeout_ms;
     panel_session s = {0};
     char *params = NULL;
     store_panel row = {0};
@@ -115,8 +109,8 @@ ap_status panel_dry_run(const config *base, const script_entry *en, panel_dry_re
         rc = AP_OK;
     } else if (late) {
         rc = ap_err_set(err, AP_INVALID,
-                        "the dry run took longer than %d ms in all (at most %d nodes of %d ms)",
-                        DRY_TOTAL_MS, DRY_MAX_STEPS, DRY_NODE_TIMEOUT_MS);
+                        "the dry run took longer than %d ms in all (at most %d nodes of %lld ms)",
+                        DRY_TOTAL_MS, DRY_MAX_STEPS, (long long)node.timeout_ms);
     } else {
         store_panel after = {0};
         if (store_panel_get(s.st, s.tenant_id, row.id, &after, &ignore) == AP_OK &&

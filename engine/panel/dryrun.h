@@ -22,8 +22,4 @@ typedef struct panel_dry_result {
 ap_status panel_dry_run(const config *cfg, const script_entry *strategy, panel_dry_result *out,
                         ap_err *err);
 
-/* The limits of a dry run's node, from base (a real panel's): what a consensus script's dry
- * run on sample ballots gets too. */
-void panel_dry_limits(const script_limits *base, script_limits *out);
-
 #endif

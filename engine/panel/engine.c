@@ -2708,7 +2708,7 @@ ap_status panel_engine_put_script(panel_engine *e, const char *tenant_id, script
         return ap_err_set(err, AP_INVALID, "no store");
     ap_status rc = script_registry_validate(e->reg, kind, name, source, len, "override", &en, err);
     script_limits dry_lim;
-    panel_dry_limits(&e->lim, &dry_lim);
+    script_limits_for_check(&e->lim, &dry_lim);
     if (rc == AP_OK && kind == SCRIPT_CONSENSUS)
         rc = script_consensus_dry_run(&dry_lim, name, source, len, sample_ballots, NULL, &result,
                                       err);

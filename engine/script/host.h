@@ -25,6 +25,11 @@ typedef struct script_limits {
 /* Fills l with the defaults (64 MiB, 200M instructions, 30 s). */
 void script_limits_default(script_limits *l);
 
+/* The limits of base while a script is checked rather than run (its top level at load, a
+ * consensus script on sample ballots, a dry run's nodes): at most 20 M instructions and 1 s,
+ * as the check may hold the thread of an upload. */
+void script_limits_for_check(const script_limits *base, script_limits *out);
+
 typedef struct script_panel script_panel;
 
 typedef enum script_kind { SCRIPT_STRATEGY = 1, SCRIPT_CONSENSUS = 2 } script_kind;

@@ -14,9 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define INSPECT_TIMEOUT_MS 1000
-#define INSPECT_INSTRUCTIONS 20000000
-
 #define SCRIPT_MAX_BYTES (1024 * 1024)
 #define REGISTRY_MAX_ENTRIES 4096
 #define REGISTRY_MAX_NAMES 1024
@@ -171,12 +168,9 @@ static ap_status make_entry(const script_registry *r, script_kind kind, const ch
 {
     memset(out, 0, sizeof *out);
     /* A script's top level only builds its tables: checking it (on an upload's request thread
-     * too) gets a second and 20 M instructions, not a node's budgets. */
-    script_limits lim = r->lim;
-    if (lim.timeout_ms > INSPECT_TIMEOUT_MS)
-        lim.timeout_ms = INSPECT_TIMEOUT_MS;
-    if (lim.instructions > INSPECT_INSTRUCTIONS)
-        lim.instructions = INSPECT_INSTRUCTIONS;
+     * too) gets a check's budgets, not a node's. */
+    script_limits lim;
+    script_limits_for_check(&r->lim, &lim);
     ap_status rc = script_inspect(&lim, kind, name, source, len, &out->info, err);
     if (rc != AP_OK) {
         free(source);

@@ -27,6 +27,8 @@
  * Lua's 200 the collector traced the same setup objects cycle after cycle. The memory limit
  * is unchanged: an allocation past it still runs a full collection before it fails. */
 #define GC_PAUSE 400
+#define CHECK_INSTRUCTIONS 20000000 /* per node while a script is checked */
+#define CHECK_TIMEOUT_MS 1000
 
 enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
 
@@ -434,6 +436,16 @@ static int sb_pcall(lua_State *L)
     return finish_pcall(L, status, 0);
 }
 
+/* The wrappers' last step: calls upvalue 1 (the wrapped function) with the arguments on the
+ * stack and returns all its results. */
+static int call_original(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 /* The message handler of xpcall. An error raised by a hook runs the handler while Lua has
  * hooks disabled, so a handler that loops would never be stopped: once a limit tripped, the
  * script's handler is not called at all. */
@@ -444,11 +456,7 @@ static int guarded_handler(lua_State *L)
         lua_settop(L, 1);
         return 1;
     }
-    int n = lua_gettop(L);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, n, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 static int sb_xpcall(lua_State *L)
@@ -671,10 +679,7 @@ static int guarded_format(lua_State *L)
             lua_replace(L, i);
         }
     }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, n, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 static int sb_print(lua_State *L)
@@ -997,29 +1002,20 @@ static int guarded_find(lua_State *L)
         return 2;
     }
     pattern_guard(L, false);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 /* Upvalue 1: the original function. */
 static int guarded_match(lua_State *L)
 {
     pattern_guard(L, false);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 static int guarded_scan(lua_State *L)
 {
     pattern_guard(L, true);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 /* string.rep of an empty string (and separator) loops n times in C making nothing, which
@@ -1034,10 +1030,7 @@ static int guarded_rep(lua_State *L)
         lua_pushliteral(L, "");
         return 1;
     }
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 /* table.insert and table.remove, as ltablib's, with the shift charged to the instruction
@@ -1120,10 +1113,7 @@ static int guarded_table_move(lua_State *L)
     lua_Integer e = luaL_checkinteger(L, 3);
     if (e >= f && (e - f) >= TABLE_MOVE_MAX)
         return luaL_error(L, "table.move: range of more than %d elements", TABLE_MOVE_MAX);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    return call_original(L);
 }
 
 /* Replaces lib[name] by wrapper, which has the original as its upvalue 1. */
@@ -1627,6 +1617,15 @@ void script_limits_default(script_limits *l)
     l->memory_bytes = (size_t)64 * 1024 * 1024;
     l->instructions = 200000000;
     l->timeout_ms = 30000;
+}
+
+void script_limits_for_check(const script_limits *base, script_limits *out)
+{
+    *out = *base;
+    if (out->instructions > CHECK_INSTRUCTIONS)
+        out->instructions = CHECK_INSTRUCTIONS;
+    if (out->timeout_ms > CHECK_TIMEOUT_MS)
+        out->timeout_ms = CHECK_TIMEOUT_MS;
 }
 
 ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *log_ud,
