@@ -689,13 +689,18 @@ static int sb_print(lua_State *L)
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (int i = 1; i <= n; i++) {
+        if (i > 1)
+            luaL_addchar(&b, '\t');
+        /* Only luaL_addvalue may find a value above the buffer: the others take the top of
+         * the stack for the buffer's own box once it grows. */
         size_t l;
         script_vm_tostring(L, i);
         const char *s = lua_tolstring(L, -1, &l);
-        if (i > 1)
-            luaL_addchar(&b, '\t');
-        luaL_addlstring(&b, s, l < 4096 ? l : 4096);
-        lua_pop(L, 1);
+        if (l > 4096) {
+            lua_pushlstring(L, s, 4096);
+            lua_replace(L, -2);
+        }
+        luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
     if (vm->log != NULL)

@@ -41,7 +41,7 @@ static ap_status t_emit(void *ud, const char *type, const char *data, int64_t *s
     return AP_OK;
 }
 
-static char last_log[512]; /* the last line a script logged */
+static char last_log[16384]; /* the last line a script logged */
 
 static void t_log(void *ud, int level, const char *msg)
 {
@@ -274,6 +274,10 @@ static void test_no_heap_addresses(void **state)
     /* nor in what a script logs */
     expect_done("print({})");
     assert_true(strncmp(last_log, "table: 0x", 9) == 0 && strlen(last_log) == 9 + 16);
+    expect_done("print(('x'):rep(5000), ('y'):rep(3000), 7)"); /* the buffer grows */
+    assert_int_equal(strlen(last_log), 4096 + 1 + 3000 + 2);
+    assert_true(last_log[4095] == 'x' && last_log[4096] == '\t' && last_log[4097] == 'y');
+    assert_string_equal(last_log + 4096 + 1 + 3000, "\t7");
     expect_done("ctx:log('info', print)");
     assert_true(strncmp(last_log, "function: 0x", 12) == 0 && strlen(last_log) == 12 + 16);
     expect_fail("string.format('%p', {})", "'%p' is not available");
