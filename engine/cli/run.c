@@ -4,6 +4,7 @@
 #include "core/jsonx.h"
 #include "panel/roster.h"
 #include "panel/session.h"
+#include "script/host.h"
 #include "script/params.h"
 
 #include <stdlib.h>
@@ -203,9 +204,17 @@ int cli_run(int argc, char **argv)
         cJSON *arr = experts != NULL ? jsonx_parse(experts, strlen(experts), 32, NULL) : NULL;
         bool ok = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) > 0;
         cJSON_Delete(arr);
+        ap_err rerr = {0};
         if (!ok) {
             fprintf(stderr, "askpanel: %s must hold a non-empty JSON array of experts\n",
                     a.experts);
+            status = 2;
+            goto out;
+        }
+        /* A roster the panel would refuse at its start is a usage error, caught before any
+         * panel exists. */
+        if (script_roster_check(experts, &rerr) != AP_OK) {
+            fprintf(stderr, "askpanel: %s: %s\n", a.experts, rerr.msg);
             status = 2;
             goto out;
         }

@@ -1301,12 +1301,8 @@ fail:
     return rc;
 }
 
-void script_panel_free(script_panel *sp)
+static void free_experts(script_panel *sp)
 {
-    if (sp == NULL)
-        return;
-    clear_pending(sp);
-    script_vm_free(sp->vm);
     for (size_t i = 0; i < sp->n_experts; i++) {
         free(sp->experts[i].id);
         free(sp->experts[i].json);
@@ -1314,6 +1310,23 @@ void script_panel_free(script_panel *sp)
         free(sp->experts[i].model);
     }
     free(sp->experts);
+}
+
+ap_status script_roster_check(const char *experts_json, ap_err *err)
+{
+    script_panel sp = {0};
+    ap_status rc = load_experts(&sp, experts_json, err);
+    free_experts(&sp);
+    return rc;
+}
+
+void script_panel_free(script_panel *sp)
+{
+    if (sp == NULL)
+        return;
+    clear_pending(sp);
+    script_vm_free(sp->vm);
+    free_experts(sp);
     free(sp->name);
     free(sp->start);
     free(sp->consensus);

@@ -91,6 +91,10 @@ ap_status script_panel_new(const script_limits *lim, const script_host *host, co
                            const char *source, size_t len, const script_inputs *in,
                            script_panel **out, ap_err *err);
 
+/* Checks a roster (a JSON array of experts) as a panel's start would: every expert has an
+ * id, ids are unique and short, at most the maximum of experts. Borrowed. */
+ap_status script_roster_check(const char *experts_json, ap_err *err);
+
 /* Frees the state; sp may be NULL. */
 void script_panel_free(script_panel *sp);
 
