@@ -12,21 +12,46 @@
 
 #define DAY_MS (24LL * 3600 * 1000)
 
-/* Accepts epoch milliseconds or a date "YYYY-MM-DD" (UTC midnight). */
+static int digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* A calendar date "YYYY-MM-DD" as UTC midnight; false for anything else, a day the month
+ * does not have (2026-02-30) included, which timegm would roll over into the next month. */
+static bool parse_date(const char *s, int64_t *out)
+{
+    if (strlen(s) != 10 || s[4] != '-' || s[7] != '-')
+        return false;
+    int y = digits(s, 4), m = digits(s + 5, 2), d = digits(s + 8, 2);
+    if (y < 1970 || m < 1 || m > 12 || d < 1 || d > 31)
+        return false;
+    struct tm tm = {.tm_year = y - 1900, .tm_mon = m - 1, .tm_mday = d};
+    time_t t = timegm(&tm);
+    struct tm back;
+    if (t == (time_t)-1 || gmtime_r(&t, &back) == NULL || back.tm_mday != d || back.tm_mon != m - 1)
+        return false;
+    *out = (int64_t)t * 1000;
+    return true;
+}
+
+/* Accepts epoch milliseconds (digits only) or a date "YYYY-MM-DD" (UTC midnight). */
 static bool parse_time(const char *s, int64_t *out)
 {
-    int y, m, d;
-    char tail;
-    if (sscanf(s, "%4d-%2d-%2d%c", &y, &m, &d, &tail) == 3 && m >= 1 && m <= 12 && d >= 1 &&
-        d <= 31 && y >= 1970 && y < 3000) {
-        struct tm tm = {.tm_year = y - 1900, .tm_mon = m - 1, .tm_mday = d};
-        *out = (int64_t)timegm(&tm) * 1000;
-        return true;
-    }
+    if (strchr(s, '-') != NULL)
+        return parse_date(s, out);
+    if (s[0] < '0' || s[0] > '9')
+        return false;
     char *end = NULL;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < 0)
+    if (errno != 0 || *end != '\0')
         return false;
     *out = v;
     return true;

@@ -465,6 +465,11 @@ def test_usage_and_expert_counts(w):
         assert w.s.request("GET", "/v1/usage?group_by=" + g, key=w.a).status == 200
     expect_error(w.s.request("GET", "/v1/usage?group_by=moon", key=w.a), 400)
     expect_error(w.s.request("GET", "/v1/usage?from=yesterday", key=w.a), 400)
+    # a day the month does not have is refused, not rolled over (2026-02-30 is not March 2)
+    for bad in ("2026-02-30", "2026-04-31", "2026-2-03", "2026-02-03x", "%2B5", "%205", "-5"):
+        expect_error(w.s.request("GET", "/v1/usage?from=" + bad, key=w.a), 400)
+    day = w.s.request("GET", "/v1/usage?from=2024-02-29&to=2024-03-01", key=w.a).json()
+    assert day["from"] == 1709164800000 and day["to"] == 1709251200000, day
 
 
 def test_tenant_limits():
