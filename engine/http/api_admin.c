@@ -2,6 +2,7 @@
 #include "core/jsonx.h"
 #include "http/api.h"
 #include "http/validate.h"
+#include "script/registry.h"
 #include "store/store.h"
 
 #include <string.h>
@@ -74,6 +75,11 @@ static char *tenant_config_from(http_request *req, const cJSON *body)
     const char *ds;
     if (!validate_string(req, body, "default_strategy", false, 64, &ds))
         goto out;
+    if (ds != NULL && !validate_script_name(ds)) {
+        http_reply_error(req, 400, "invalid_field",
+                         "\"default_strategy\" names a strategy: a-z, 0-9, '_' and '-'");
+        goto out;
+    }
     if (ds != NULL)
         cJSON_AddStringToObject(cfg, "default_strategy", ds);
     text = cJSON_PrintUnformatted(cfg);
@@ -88,6 +94,26 @@ out:
     return text;
 }
 
+/* A new tenant has no scripts of its own yet: its default strategy must be one the registry
+ * finds for it (built in, or in config/tenants/<slug>/strategies/), or panels created from a
+ * frontend's default would all fail. Replies 422 when it is not. */
+static bool default_strategy_exists(http_request *req, const api_deps *d, const cJSON *body,
+                                    const char *slug)
+{
+    const char *ds = jsonx_string(body, "default_strategy");
+    if (ds == NULL || d->registry == NULL)
+        return true;
+    script_entry en = {0};
+    ap_err err = {0};
+    ap_status rc = script_registry_resolve(d->registry, slug, SCRIPT_STRATEGY, ds, &en, &err);
+    script_entry_free(&en);
+    if (rc == AP_NOTFOUND) {
+        http_reply_error(req, 422, "unknown_strategy", "no strategy named \"%s\"", ds);
+        return false;
+    }
+    return true;
+}
+
 void api_admin_tenants_create(http_request *req, void *app)
 {
     api_deps *d = app;
@@ -100,8 +126,10 @@ void api_admin_tenants_create(http_request *req, void *app)
         !validate_string(req, body, "name", true, 200, &name))
         return;
     char *cfg = tenant_config_from(req, body);
-    if (cfg == NULL)
+    if (cfg == NULL || !default_strategy_exists(req, d, body, slug)) {
+        cJSON_free(cfg);
         return;
+    }
     store_tenant t = {0};
     store_key k;
     char key[128];

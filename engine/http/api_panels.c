@@ -70,14 +70,6 @@ cJSON *api_panel_json(const store_panel *p)
     return o;
 }
 
-static bool valid_name(const char *s)
-{
-    for (const char *p = s; *p != '\0'; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
-            return false;
-    return s[0] != '\0';
-}
-
 /* Replies 403 when the tenant's flags disable this strategy ("strategy.<name>": false). */
 bool api_strategy_allowed(http_request *req, const store_tenant *t, const char *strategy)
 {
@@ -254,7 +246,8 @@ void api_panels_create(http_request *req, void *app)
         !validate_string(req, body, "consensus", false, NAME_MAX_LEN, &consensus) ||
         !validate_string(req, body, "title", false, TITLE_MAX, &title))
         return;
-    if (!valid_name(strategy) || (consensus != NULL && !valid_name(consensus))) {
+    if (!validate_script_name(strategy) ||
+        (consensus != NULL && !validate_script_name(consensus))) {
         http_reply_error(req, 400, "invalid_field",
                          "strategy and consensus names use a-z, 0-9, '_' and '-'");
         return;

@@ -18,13 +18,10 @@ static store_script_kind store_kind(script_kind k)
     return k == SCRIPT_STRATEGY ? STORE_SCRIPT_STRATEGY : STORE_SCRIPT_CONSENSUS;
 }
 
+/* A malformed name cannot name a script: 404 like any other missing one. */
 static bool valid_name(http_request *req, const char *name)
 {
-    size_t n = strlen(name);
-    bool ok = n >= 1 && n <= 64;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
-             name[i] == '_' || name[i] == '-';
+    bool ok = validate_script_name(name);
     if (!ok)
         http_reply_error(req, 404, "not_found", "no such script");
     return ok;

@@ -131,3 +131,13 @@ bool validate_id_param(http_request *req, const char *name, char out[IDS_UUID_LE
     }
     return true;
 }
+
+bool validate_script_name(const char *s)
+{
+    size_t n = strlen(s);
+    bool ok = n >= 1 && n <= 64;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' ||
+             s[i] == '-';
+    return ok;
+}

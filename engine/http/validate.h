@@ -28,6 +28,9 @@ bool validate_number(http_request *req, const cJSON *obj, const char *key, bool 
 bool validate_string_array(http_request *req, const cJSON *obj, const char *key, bool required,
                            int max_items, size_t max_len, const cJSON **out);
 
+/* Whether s is a script name: 1 to 64 bytes of a-z, 0-9, '_' and '-'. Replies nothing. */
+bool validate_script_name(const char *s);
+
 /* ?limit= (1..max, default dflt) and ?cursor= (opaque, bounded). */
 bool validate_page(http_request *req, int dflt, int max, int *limit, const char **cursor);
 

@@ -488,6 +488,18 @@ def test_tenant_limits():
                        {"requests_per_minute": -1}, {"request_per_minute": 3}):
             expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "lim", "name": "L",
                                    "limits": limits}, key=OPERATOR_KEY), 400, "invalid_field")
+        # a default strategy must name one the tenant can run
+        expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "ds1", "name": "D",
+                               "default_strategy": "no-such-strategy"}, key=OPERATOR_KEY), 422,
+                     "unknown_strategy")
+        expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "ds2", "name": "D",
+                               "default_strategy": "../council"}, key=OPERATOR_KEY), 400,
+                     "invalid_field")
+        r = s.request("POST", "/v1/admin/tenants", {"slug": "ds3", "name": "D",
+                      "default_strategy": "delphi"}, key=OPERATOR_KEY)
+        assert r.status == 201, r.body
+        t = s.request("GET", "/v1/tenant", key=r.json()["api_key"]).json()
+        assert t["default_strategy"] == "delphi", t
         expect_error(s.request("POST", "/v1/admin/tenants", {"slug": "x2", "name": "T"}, key=key), 403)
         p1 = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()
         p2 = s.request("POST", "/v1/panels", {"question": Q, "strategy": "council"}, key=key).json()
