@@ -309,12 +309,17 @@ static ap_status check_limit(int limit, int *out, ap_err *err)
     return AP_OK;
 }
 
-/* ---- cursors: hex of "<created_at>:<id>", opaque to clients ------------------------------ */
+/* ---- cursors: hex of "<list>:<created_at>:<id>", opaque to clients -------------------------
+ * The list letter binds a cursor to the list that issued it: a panels cursor handed to the
+ * experts list is refused rather than read as a position in another table. */
 
-static void cursor_encode(int64_t created_at, const char *id, char out[STORE_CURSOR_MAX])
+#define CURSOR_EXPERTS 'e'
+#define CURSOR_PANELS 'p'
+
+static void cursor_encode(char list, int64_t created_at, const char *id, char out[STORE_CURSOR_MAX])
 {
     char plain[64];
-    int len = snprintf(plain, sizeof plain, "%lld:%s", (long long)created_at, id);
+    int len = snprintf(plain, sizeof plain, "%c:%lld:%s", list, (long long)created_at, id);
     ids_hex(plain, (size_t)len, out);
 }
 
@@ -327,7 +332,7 @@ static int hexval(char c)
     return -1;
 }
 
-static ap_status cursor_decode(const char *cursor, store_pos *pos, ap_err *err)
+static ap_status cursor_decode(const char *cursor, char list, store_pos *pos, ap_err *err)
 {
     memset(pos, 0, sizeof *pos);
     if (cursor == NULL || cursor[0] == '\0')
@@ -344,13 +349,16 @@ static ap_status cursor_decode(const char *cursor, store_pos *pos, ap_err *err)
         plain[i] = (char)(hi * 16 + lo);
     }
     plain[len / 2] = '\0';
-    char *colon = strchr(plain, ':');
-    if (colon == NULL)
+    if (len < 4 || plain[0] != list || plain[1] != ':')
+        goto bad;
+    char *at_text = plain + 2;
+    char *colon = strchr(at_text, ':');
+    if (colon == NULL || at_text[0] < '0' || at_text[0] > '9')
         goto bad;
     *colon = '\0';
     char *end = NULL;
-    long long at = strtoll(plain, &end, 10);
-    if (end == plain || *end != '\0' || at < 0)
+    long long at = strtoll(at_text, &end, 10);
+    if (end == at_text || *end != '\0' || at < 0)
         goto bad;
     if (!ids_uuid_normalize(colon + 1, pos->id))
         goto bad;
@@ -701,7 +709,7 @@ ap_status store_expert_list(store *s, const char *tenant_id, const char *cursor,
     if (rc == AP_OK)
         rc = check_limit(limit, &limit, err);
     if (rc == AP_OK)
-        rc = cursor_decode(cursor, &pos, err);
+        rc = cursor_decode(cursor, CURSOR_EXPERTS, &pos, err);
     if (rc != AP_OK)
         return rc;
     /* One extra row tells whether another page follows. */
@@ -712,7 +720,8 @@ ap_status store_expert_list(store *s, const char *tenant_id, const char *cursor,
     if (got > (size_t)limit) {
         store_expert_free(&(*rows)[limit]);
         got = (size_t)limit;
-        cursor_encode((*rows)[got - 1].created_at, (*rows)[got - 1].id, next_cursor);
+        cursor_encode(CURSOR_EXPERTS, (*rows)[got - 1].created_at, (*rows)[got - 1].id,
+                      next_cursor);
     }
     *n = got;
     return AP_OK;
@@ -875,7 +884,7 @@ ap_status store_panel_list(store *s, const char *tenant_id, const char *status, 
     if (rc == AP_OK)
         rc = check_limit(limit, &limit, err);
     if (rc == AP_OK)
-        rc = cursor_decode(cursor, &pos, err);
+        rc = cursor_decode(cursor, CURSOR_PANELS, &pos, err);
     if (rc != AP_OK)
         return rc;
     if (status != NULL && !status_valid(status))
@@ -887,7 +896,7 @@ ap_status store_panel_list(store *s, const char *tenant_id, const char *status, 
     if (got > (size_t)limit) {
         store_panel_free(&(*rows)[limit]);
         got = (size_t)limit;
-        cursor_encode((*rows)[got - 1].created_at, (*rows)[got - 1].id, next_cursor);
+        cursor_encode(CURSOR_PANELS, (*rows)[got - 1].created_at, (*rows)[got - 1].id, next_cursor);
     }
     *n = got;
     return AP_OK;

@@ -144,6 +144,9 @@ def test_pagination(w):
     expect_error(w.s.request("GET", "/v1/experts?limit=0", key=w.a), 400)
     expect_error(w.s.request("GET", "/v1/experts?limit=abc", key=w.a), 400)
     expect_error(w.s.request("GET", "/v1/experts?cursor=%27%3B--", key=w.a), 400)
+    # a cursor belongs to the list that issued it
+    first = w.s.request("GET", "/v1/experts?limit=2", key=w.a).json()["next_cursor"]
+    expect_error(w.s.request("GET", "/v1/panels?cursor=" + first, key=w.a), 400)
 
 
 @for_each_backend

@@ -400,7 +400,7 @@ static void test_experts_pagination(void **state)
     }
     make_expert(B, "other", NULL);
     /* Walk pages of 2: 2 + 2 + 1, each expert exactly once, oldest first with id tiebreak. */
-    char cursor[STORE_CURSOR_MAX] = "";
+    char cursor[STORE_CURSOR_MAX] = "", first[STORE_CURSOR_MAX] = "";
     int seen = 0, pages = 0;
     char prev_id[STORE_ID_MAX] = "";
     int64_t prev_at = 0;
@@ -425,6 +425,8 @@ static void test_experts_pagination(void **state)
         }
         store_experts_free(rows, n);
         memcpy(cursor, next, sizeof cursor);
+        if (pages == 1)
+            memcpy(first, next, sizeof first);
         assert_true(pages <= 3);
     } while (cursor[0] != '\0');
     assert_int_equal(seen, 5);
@@ -433,6 +435,12 @@ static void test_experts_pagination(void **state)
     store_expert *rows = NULL;
     size_t n = 0;
     char next[STORE_CURSOR_MAX];
+    /* A cursor belongs to the list that issued it. */
+    store_panel *prows = NULL;
+    IS(AP_INVALID, store_panel_list(S, A, NULL, first, 2, &prows, &n, next, E));
+    OK(store_expert_list(S, A, first, 2, &rows, &n, next, E));
+    assert_int_equal(n, 2);
+    store_experts_free(rows, n);
     IS(AP_INVALID, store_expert_list(S, A, "zz", 2, &rows, &n, next, E));
     IS(AP_INVALID, store_expert_list(S, A, "3a", 2, &rows, &n, next, E));
     IS(AP_INVALID, store_expert_list(S, A, "", 0, &rows, &n, next, E));
