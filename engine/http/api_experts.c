@@ -14,6 +14,9 @@
 #define EXPERTISE_MAX_ITEMS 32
 #define EXPERTISE_ITEM_MAX 120
 #define MODEL_MAX_LEN 200
+/* The same bounds as an inline expert's: a weight of 1e-300 would silence an expert in a
+ * weighted consensus without saying so. */
+#define WEIGHT_MIN 0.001
 #define WEIGHT_MAX 100.0
 
 static const char *const expert_fields[] = {"name",  "role",   "expertise", "persona",
@@ -63,12 +66,8 @@ static bool read_expert(http_request *req, const cJSON *body, bool creating, sto
         !validate_string(req, body, "model", false, MODEL_MAX_LEN, &model) ||
         !validate_string_array(req, body, "expertise", false, EXPERTISE_MAX_ITEMS,
                                EXPERTISE_ITEM_MAX, &expertise) ||
-        !validate_number(req, body, "weight", false, 0.0, WEIGHT_MAX, &weight))
+        !validate_number(req, body, "weight", false, WEIGHT_MIN, WEIGHT_MAX, &weight))
         return false;
-    if (weight <= 0.0) {
-        http_reply_error(req, 400, "invalid_field", "\"weight\" must be greater than 0");
-        return false;
-    }
     if (name != NULL)
         e->name = (char *)name;
     if (role != NULL)

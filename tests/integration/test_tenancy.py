@@ -100,6 +100,11 @@ def test_expert_crud_and_validation(w):
                  "unknown_field")
     expect_error(w.s.request("POST", "/v1/experts", dict(EXPERT, weight="heavy"), key=w.a), 400)
     expect_error(w.s.request("POST", "/v1/experts", dict(EXPERT, weight=-1), key=w.a), 400)
+    # the bounds of an inline expert's weight: 0.001 to 100
+    for weight in (0, 1e-300, 0.0009, 100.5):
+        expect_error(w.s.request("POST", "/v1/experts", dict(EXPERT, weight=weight), key=w.a), 400)
+        expect_error(w.s.request("PATCH", "/v1/experts/" + eid, {"weight": weight}, key=w.a), 400)
+    assert w.s.request("POST", "/v1/experts", dict(EXPERT, weight=0.001), key=w.a).status == 201
     expect_error(w.s.request("POST", "/v1/experts", dict(EXPERT, expertise="x"), key=w.a), 400)
     expect_error(w.s.request("POST", "/v1/experts", dict(EXPERT, name="n" * 500), key=w.a), 400)
     expect_error(w.s.request("POST", "/v1/experts", raw=b"{bad json", key=w.a,
