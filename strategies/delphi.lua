@@ -43,7 +43,7 @@ local M = {
     iqr_stop = { type = "number", default = 0.05, min = 0, max = 1, description = "Stop when IQR/(high-low) is below this" },
     tolerance = { type = "number", default = 0.01, min = 0, max = 1, description = "Relative change counted as no change" },
     low = { type = "number", default = 0, min = -1e12, max = 1e12, description = "Lowest admissible estimate" },
-    high = { type = "number", default = 100, min = -1e12, max = 1e12, description = "Highest admissible estimate" },
+    high = { type = "number", default = 100, min = -1e12, max = 1e12, above = "low", description = "Highest admissible estimate" },
     unit = { type = "string", default = "", description = "Unit of the estimate" },
     max_reasons = { type = "integer", default = 6, min = 0, max = 20, description = "Anonymised reasons fed back per round" },
   },

@@ -13,8 +13,9 @@
 #define PARAMS_MAX_TEXT (256 * 1024)
 
 static const char *const known_types[] = {"integer", "number", "string", "boolean", "array"};
-static const char *const known_fields[] = {
-    "type", "default", "min", "max", "enum", "min_items", "max_items", "required", "description"};
+static const char *const known_fields[] = {"type",        "default",   "min",       "max",
+                                           "enum",        "min_items", "max_items", "required",
+                                           "description", "above"};
 
 static bool is_integral(const cJSON *v)
 {
@@ -167,6 +168,26 @@ static ap_status check_decl_tree(const cJSON *decl, ap_err *err)
         const cJSON *desc = cJSON_GetObjectItemCaseSensitive(d, "description");
         if (desc != NULL && !cJSON_IsString(desc))
             return ap_err_set(err, AP_INVALID, "param '%s': description must be a string", name);
+        const cJSON *above = cJSON_GetObjectItemCaseSensitive(d, "above");
+        if (above != NULL) {
+            const cJSON *other = cJSON_IsString(above)
+                                     ? cJSON_GetObjectItemCaseSensitive(decl, above->valuestring)
+                                     : NULL;
+            const char *ot = other != NULL ? type_of(other) : NULL;
+            bool numeric = strcmp(t, "integer") == 0 || strcmp(t, "number") == 0;
+            if (!numeric || other == NULL || other == d || ot == NULL ||
+                (strcmp(ot, "integer") != 0 && strcmp(ot, "number") != 0))
+                return ap_err_set(err, AP_INVALID,
+                                  "param '%s': above must name another integer or number param",
+                                  name);
+            const cJSON *dv = cJSON_GetObjectItemCaseSensitive(d, "default");
+            const cJSON *ov = cJSON_GetObjectItemCaseSensitive(other, "default");
+            if (cJSON_IsNumber(dv) && cJSON_IsNumber(ov) && !(dv->valuedouble > ov->valuedouble))
+                return ap_err_set(err, AP_INVALID,
+                                  "param '%s': its default (%g) must be greater than the default "
+                                  "of '%s' (%g)",
+                                  name, dv->valuedouble, above->valuestring, ov->valuedouble);
+        }
         const cJSON *def = cJSON_GetObjectItemCaseSensitive(d, "default");
         if (def != NULL) {
             ap_err inner = {0};
@@ -208,6 +229,24 @@ ap_status script_params_check_decl(const char *decl_json, ap_err *err)
     ap_status rc = check_decl_tree(decl, err);
     cJSON_Delete(decl);
     return rc;
+}
+
+/* The `above` rules between the resolved values (given or default): a param with
+ * above = "low" must be greater than low when both have a value. */
+static ap_status check_order(const cJSON *decl, const cJSON *values, ap_err *err)
+{
+    const cJSON *d;
+    cJSON_ArrayForEach(d, decl)
+    {
+        const char *other = jsonx_string(d, "above");
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(values, d->string);
+        const cJSON *o = other != NULL ? cJSON_GetObjectItemCaseSensitive(values, other) : NULL;
+        if (cJSON_IsNumber(v) && cJSON_IsNumber(o) && !(v->valuedouble > o->valuedouble))
+            return ap_err_set(err, AP_INVALID,
+                              "param '%s' (%g) must be greater than param '%s' (%g)", d->string,
+                              v->valuedouble, other, o->valuedouble);
+    }
+    return AP_OK;
 }
 
 ap_status script_params_apply(const char *decl_json, const char *given_json, char **out,
@@ -257,6 +296,8 @@ ap_status script_params_apply(const char *decl_json, const char *given_json, cha
             goto out;
         }
     }
+    if (check_order(decl, result, err) != AP_OK)
+        goto out;
     *out = jsonx_print(result);
     rc = *out != NULL ? AP_OK : ap_err_set(err, AP_NOMEM, "out of memory");
 out:

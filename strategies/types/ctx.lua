@@ -129,6 +129,7 @@ function Ctx:done(result) end
 ---@field max_items integer|nil
 ---@field required boolean|nil
 ---@field description string|nil
+---@field above string|nil name of another integer or number param this one must be greater than
 
 ---@class Strategy
 ---@field name string must equal the file name

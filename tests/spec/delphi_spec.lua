@@ -45,6 +45,13 @@ describe("delphi", function()
     end
   end)
 
+  it("refuses a scale whose high is not above its low before any round", function()
+    local r = fakectx.run({ strategy = "delphi", params = { low = 100, high = 0 } })
+    assert.are.equal("failed", r.status)
+    assert.matches("param 'high' %(0%) must be greater than param 'low' %(100%)", r.error)
+    assert.are.equal(0, #r.calls)
+  end)
+
   it("stops at the round limit", function()
     local r = run({ params = { rounds = 2, iqr_stop = 0 } })
     assert.are.equal(2, r.result.rounds)

@@ -175,7 +175,9 @@ static int count_lines(const char *path)
 static const char fanout_lua[] =
     "return { name = 'fanout', start = 'ask', consensus = 'count',\n"
     "  params = { rounds = { type = 'integer', default = 1, min = 1, max = 3 },\n"
-    "             style = { type = 'string', default = 'plain', enum = { 'plain', 'formal' } } },\n"
+    "             style = { type = 'string', default = 'plain', enum = { 'plain', 'formal' } },\n"
+    "             floor = { type = 'number', default = 2 },\n"
+    "             ceiling = { type = 'number', default = 10, above = 'floor' } },\n"
     "  nodes = {\n"
     "    ask = function(ctx)\n"
     "      local r = ctx:ask_all(ctx.experts, function(e) return 'Q for ' .. e.role end,\n"
@@ -222,6 +224,8 @@ static void test_params_validation(void **state)
         {"{\"rounds\":\"two\"}", "param 'rounds' must be a whole number"},
         {"{\"style\":\"loud\"}", "param 'style' must be one of: plain, formal"},
         {"{\"colour\":\"red\"}", "unknown param 'colour'"},
+        {"{\"ceiling\":1}", "param 'ceiling' (1) must be greater than param 'floor' (2)"},
+        {"{\"floor\":20}", "param 'ceiling' (10) must be greater than param 'floor' (20)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         panel_create_req req = {.question = "q",

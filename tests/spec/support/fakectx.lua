@@ -413,6 +413,12 @@ function M.validate_params(strategy, given)
     end
     out[name] = v
   end
+  for name, spec in pairs(strategy.params or {}) do
+    local other = spec.above
+    if other and type(out[name]) == "number" and type(out[other]) == "number" and not (out[name] > out[other]) then
+      return nil, string.format("param '%s' (%g) must be greater than param '%s' (%g)", name, out[name], other, out[other])
+    end
+  end
   return out
 end
 
