@@ -15,7 +15,8 @@
 --
 -- Params
 --   options         positions each opinion must take (2..8)
---   chair           expert id of the chair ("" = role mentions chair, else first)
+--   chair           expert id of the chair ("" = role mentions chair, else first;
+--                   an id not on the panel fails it before the first round)
 --   fallback_chair  expert id of the fallback ("" = best peer-ranked other expert)
 --   peer_review     run the anonymised review (false skips it)
 --   aggregation     "borda" | "kendall": how the review orders the answers
@@ -98,7 +99,19 @@ local function anonymised(ctx)
   return table.concat(lines, "\n\n")
 end
 
+-- A chair named by id must sit on this panel: found out before the first
+-- round, not by quietly seating someone else at the end.
+local function check_named_chairs(ctx)
+  for _, param in ipairs({ "chair", "fallback_chair" }) do
+    local id = ctx.params[param]
+    if id ~= "" and not panel.expert_by_id(ctx.experts, id) then
+      error(string.format("param '%s' names '%s', who is not an expert of this panel", param, id), 0)
+    end
+  end
+end
+
 function M.nodes.opinions(ctx)
+  check_named_chairs(ctx)
   ctx:emit("round.started", { round = 1, stage = "opinions" })
   local options = ctx.params.options
   local prompt = string.format("Question: %s\nAnswer it as an independent expert: your answer, the position you take, your confidence (0-1) and your main reason.\nOptions: %s",

@@ -68,6 +68,15 @@ describe("council", function()
     assert.are.equal(1, #r:events_of("council.chair_fallback"))
   end)
 
+  it("refuses a chair or fallback chair who is not on the panel before any round", function()
+    for _, param in ipairs({ "chair", "fallback_chair" }) do
+      local r = fakectx.run({ strategy = "council", experts = fakectx.roster(4), params = { [param] = "someone-else" } })
+      assert.are.equal("failed", r.status)
+      assert.matches("param '" .. param .. "' names 'someone%-else', who is not an expert of this panel", r.error)
+      assert.are.equal(0, #r.calls)
+    end
+  end)
+
   it("picks the best peer-ranked other expert as the default fallback", function()
     local r = run({ experts = fakectx.roster(4), fail = chair_fails({ "e1" }) })
     local best = r.result.peer_review.order[1] ~= "e1" and r.result.peer_review.order[1] or r.result.peer_review.order[2]
