@@ -206,8 +206,10 @@ static char *encode_or_raise(lua_State *L, int idx, size_t max, const char *what
 {
     char *out = NULL;
     ap_err err = {0};
-    if (script_json_encode(L, idx, max, &out, &err) != AP_OK)
+    if (script_json_encode(L, idx, max, &out, &err) != AP_OK) {
+        script_vm_check(L);
         luaL_error(L, "%s: %s", what, err.msg);
+    }
     return out;
 }
 
@@ -656,6 +658,7 @@ static int ctx_consensus(lua_State *L)
     sp->in_consensus++;
     int st = lua_pcall(L, 2, 1, 0);
     sp->in_consensus--;
+    script_vm_note(L, st);
     if (st != LUA_OK)
         return lua_error(L);
     int res = lua_gettop(L);
@@ -1107,6 +1110,7 @@ static ap_status load_and_check(script_vm *vm, script_kind kind, const char *nam
     script_vm_budget_reset(vm);
     script_vm_slice_begin(vm);
     int status = lua_pcall(L, 0, 1, 0);
+    script_vm_note(L, status);
     script_vm_slice_end(vm);
     char msg[AP_ERR_MSG_MAX];
     if (script_vm_tripped(vm, msg, sizeof msg)) {
@@ -1221,6 +1225,7 @@ ap_status script_consensus_dry_run(const script_limits *lim, const char *name, c
         lua_insert(L, -2);
         status = lua_pcall(L, 2, 0, 0);
     }
+    script_vm_note(L, status);
     script_vm_slice_end(vm);
     char msg[AP_ERR_MSG_MAX];
     if (script_vm_tripped(vm, msg, sizeof msg)) {
@@ -1371,10 +1376,20 @@ static ap_status run_slice(script_panel *sp, int nargs, script_step *step)
 {
     lua_State *co = sp->co;
     int nres = 0;
+    char msg[768];
     script_vm_slice_begin(sp->vm);
     int status = lua_resume(co, sp->L, nargs, &nres);
+    script_vm_note(co, status);
+    bool failed = status != LUA_OK && status != LUA_YIELD;
+    if (failed) {
+        script_vm_error_text(co, -1, msg, sizeof msg);
+        /* Pending __close handlers run now, inside the slice: after it no clock stops them.
+         * A limit raised from the hook leaves the coroutine with hooks off, where nothing
+         * would stop them at all: then they do not run. */
+        if (!script_vm_tripped(sp->vm, NULL, 0))
+            lua_resetthread(co);
+    }
     script_vm_slice_end(sp->vm);
-    char msg[768];
     if (script_vm_tripped(sp->vm, msg, sizeof msg)) {
         release_coroutine(sp);
         return fail_step(sp, step, "node '%s': %s", sp->node, msg);
@@ -1395,11 +1410,8 @@ static ap_status run_slice(script_panel *sp, int nargs, script_step *step)
         release_coroutine(sp);
         return fail_step(sp, step, "node '%s' yielded unexpectedly", sp->node);
     }
-    if (status != LUA_OK) {
-        script_vm_error_text(co, -1, msg, sizeof msg);
-        lua_resetthread(co);
+    if (failed) {
         release_coroutine(sp);
-        script_vm_tripped(sp->vm, msg, sizeof msg);
         return fail_step(sp, step, "node '%s': %s", sp->node, msg);
     }
     int t = nres > 0 ? lua_type(co, -nres) : LUA_TNIL;
@@ -1616,8 +1628,12 @@ ap_status script_panel_state_json(script_panel *sp, char **out, ap_err *err)
         *out = strdup("{}");
         rc = *out != NULL ? AP_OK : ap_err_set(err, AP_NOMEM, "out of memory");
     } else {
+        /* Saving the state is part of its node: encoding a table shared many times takes
+         * time the output size does not bound, so it runs on what is left of the node's. */
         ap_err inner = {0};
+        script_vm_slice_begin(sp->vm);
         rc = script_json_encode(sp->L, -1, MAX_STATE, out, &inner);
+        script_vm_slice_end(sp->vm);
         if (rc != AP_OK)
             ap_err_set(err, rc, "ctx.state cannot be saved: %s", inner.msg);
     }

@@ -46,8 +46,8 @@ static ap_status enc_value(enc *e, int idx, int depth);
 typedef struct key_ref {
     const char *s; /* text of a string key (alive as long as the table is); NULL for a number */
     size_t n;
-    char num[48]; /* text of a numeric key: refs move as they are sorted and grown, so never
-                     pointed to, only read through key_text */
+    char num[24]; /* text of a numeric key (at most 21 bytes: "%.14g" or an int64): refs move as
+                     they are sorted and grown, so never pointed to, only read through key_text */
     int slot;     /* stack slot of the value */
 } key_ref;
 
@@ -123,6 +123,14 @@ static ap_status enc_table(enc *e, int idx, int depth)
                           SCRIPT_JSON_MAX_DEPTH);
     if (!lua_checkstack(L, 8))
         return ap_err_set(e->err, AP_NOMEM, "json.encode: out of stack");
+    /* Walking a table costs its allocated size, not its entries (a table emptied of a million
+     * keys), and a table shared a million times is walked a million times: the small output
+     * bounds neither, the time budget does. */
+    if (script_vm_over_budget(L)) {
+        char msg[AP_ERR_MSG_MAX];
+        script_vm_tripped(script_vm_of(L), msg, sizeof msg);
+        return ap_err_set(e->err, AP_LIMIT, "json.encode: %s", msg);
+    }
     idx = lua_absindex(L, idx);
     size_t n = (size_t)lua_rawlen(L, idx);
     if (n > 0) {
@@ -150,14 +158,24 @@ static ap_status enc_table(enc *e, int idx, int depth)
             goto out;
         }
         if (k == cap) {
-            key_ref *grown = malloc(2 * cap * sizeof *keys);
+            /* Outside the Lua heap, but within the panel's memory limit: 900,000 keys are
+             * ~65 MB of refs, and every nested object holds its own array meanwhile. */
+            size_t want = 2 * cap * sizeof *keys;
+            if (!script_vm_reserve(L, want)) {
+                rc = ap_err_set(e->err, AP_LIMIT, "json.encode: memory limit exceeded");
+                goto out;
+            }
+            key_ref *grown = malloc(want);
             if (grown == NULL) {
+                script_vm_release(L, want);
                 rc = ap_err_set(e->err, AP_NOMEM, "json.encode: out of memory");
                 goto out;
             }
             memcpy(grown, keys, k * sizeof *keys);
-            if (keys != small)
+            if (keys != small) {
                 free(keys);
+                script_vm_release(L, cap * sizeof *keys);
+            }
             keys = grown;
             cap *= 2;
         }
@@ -190,6 +208,17 @@ static ap_status enc_table(enc *e, int idx, int depth)
         goto out;
     }
     sort_keys(keys, k);
+    /* Number keys are written as text: 1 and "1", or 0.3 and 0.30000000000000004, would be
+     * one key twice, and reading it back keeps only one value. */
+    for (size_t i = 1; i < k; i++) {
+        if (key_cmp(&keys[i - 1], &keys[i]) == 0) {
+            rc = ap_err_set(e->err, AP_INVALID,
+                            "json.encode: two keys are both written \"%.60s\" (a number key and "
+                            "a string key, or two numbers with the same text)",
+                            key_text(&keys[i]));
+            goto out;
+        }
+    }
     rc = buf_putc(&e->out, '{');
     for (size_t i = 0; rc == AP_OK && i < k; i++) {
         if (i > 0)
@@ -210,8 +239,10 @@ static ap_status enc_table(enc *e, int idx, int depth)
         rc = buf_putc(&e->out, '}');
 out:
     lua_settop(L, base);
-    if (keys != small)
+    if (keys != small) {
         free(keys);
+        script_vm_release(L, cap * sizeof *keys);
+    }
     return rc;
 }
 
@@ -314,16 +345,37 @@ static void push_item(lua_State *L, const cJSON *it)
 
 /* ---- the script-facing library -------------------------------------------------------- */
 
+typedef struct encoded {
+    const char *text;
+    size_t len;
+} encoded;
+
+static int push_encoded(lua_State *L)
+{
+    const encoded *en = lua_touserdata(L, 1);
+    script_vm_charge(L, (int64_t)(en->len / 16));
+    lua_pushlstring(L, en->text, en->len);
+    return 1;
+}
+
 static int l_encode(lua_State *L)
 {
     luaL_checkany(L, 1);
     char *out = NULL;
     ap_err err = {0};
-    if (script_json_encode(L, 1, SCRIPT_JSON_ENCODE_MAX, &out, &err) != AP_OK)
+    if (script_json_encode(L, 1, SCRIPT_JSON_ENCODE_MAX, &out, &err) != AP_OK) {
+        script_vm_check(L);
         return luaL_error(L, "%s", err.msg);
-    script_vm_charge(L, (int64_t)(strlen(out) / 16));
-    lua_pushstring(L, out);
+    }
+    /* The charge and the copy may raise (a limit): protected, so the text is always freed. */
+    encoded en = {out, strlen(out)};
+    lua_pushcfunction(L, push_encoded);
+    lua_pushlightuserdata(L, &en);
+    int status = lua_pcall(L, 1, 1, 0);
     free(out);
+    script_vm_note(L, status);
+    if (status != LUA_OK)
+        return lua_error(L);
     return 1;
 }
 
@@ -452,8 +504,7 @@ ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *e
     return script_json_push_max(L, text, len, SCRIPT_JSON_DECODE_MAX, err);
 }
 
-ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_t max,
-                               ap_err *err)
+ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_t max, ap_err *err)
 {
     if (len > max)
         return ap_err_set(err, AP_LIMIT, "json.decode: input larger than %zu bytes", max);

@@ -28,7 +28,6 @@ ap_status script_json_push(lua_State *L, const char *text, size_t len, ap_err *e
 
 /* script_json_push for texts the host encoded itself with a larger bound (ctx.state): at
  * most max bytes. */
-ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_t max,
-                               ap_err *err);
+ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_t max, ap_err *err);
 
 #endif

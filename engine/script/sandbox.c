@@ -270,12 +270,11 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
     void *p = NULL;
     if (!grows || vm->mem_used - old_charge + new_charge <= vm->mem_limit)
         p = vm_realloc(vm, ptr, old, nsize, !grows);
-    if (p == NULL) {
-        /* Only a state that is fully built can trip; building it must simply fail. */
-        if (grows && vm->built && vm->tripped == TRIP_NONE)
-            vm->tripped = TRIP_MEMORY;
+    /* A refusal is not yet a trip: Lua answers it with a full collection and asks again, or
+     * does without (a string table that stays small). The limit trips when Lua raises the
+     * error (script_vm_note), which a script then cannot catch. */
+    if (p == NULL)
         return NULL;
-    }
     vm->mem_used = vm->mem_used - old_charge + new_charge;
     return p;
 }
@@ -334,6 +333,40 @@ static void check_budget(lua_State *L, script_vm *vm)
     }
     if (vm->tripped != TRIP_NONE)
         raise_trip(L, vm);
+}
+
+void script_vm_note(lua_State *L, int status)
+{
+    script_vm *vm = script_vm_of(L);
+    if (status == LUA_ERRMEM && vm->built && vm->tripped == TRIP_NONE)
+        vm->tripped = TRIP_MEMORY;
+}
+
+bool script_vm_over_budget(lua_State *L)
+{
+    script_vm *vm = script_vm_of(L);
+    if (vm->tripped == TRIP_NONE && vm->deadline_us != 0 && clock_coarse_us() > vm->deadline_us)
+        vm->tripped = TRIP_TIME;
+    return vm->tripped != TRIP_NONE;
+}
+
+bool script_vm_reserve(lua_State *L, size_t bytes)
+{
+    script_vm *vm = script_vm_of(L);
+    if (vm->mem_used + bytes > vm->mem_limit)
+        lua_gc(L, LUA_GCCOLLECT);
+    if (vm->mem_used + bytes > vm->mem_limit) {
+        if (vm->tripped == TRIP_NONE)
+            vm->tripped = TRIP_MEMORY;
+        return false;
+    }
+    vm->mem_used += bytes;
+    return true;
+}
+
+void script_vm_release(lua_State *L, size_t bytes)
+{
+    script_vm_of(L)->mem_used -= bytes;
 }
 
 void script_vm_charge(lua_State *L, int64_t units)
@@ -418,6 +451,7 @@ void script_vm_error_text(lua_State *L, int idx, char *out, size_t cap)
 
 static int finish_pcall(lua_State *L, int status, lua_KContext extra)
 {
+    script_vm_note(L, status);
     script_vm_check(L); /* a tripped limit is never caught */
     if (status != LUA_OK && status != LUA_YIELD) {
         lua_pushboolean(L, 0);
@@ -477,12 +511,13 @@ static int sb_xpcall(lua_State *L)
  * environment defaults to the caller's sandbox environment (upvalue 1). */
 /* ---- chunks the compiler would take quadratic time over --------------------------------
  * Lua's parser links the jumps of an and/or chain, of an if/elseif chain and of pending
- * gotos and breaks in lists that it walks to the end at every addition, in C where no hook
- * runs: `return a or a or ... a` with 100,000 terms took 17 s to compile, 400,000 over a
- * minute. Chunks with more than CHUNK_MAX_JUMPS of those words are refused, where the worst
- * case compiles in well under a second. The words are counted in the raw text, comments and
- * strings included: a count can only come out high, never low, which a scanner that must
- * agree with Lua's lexer on every line ending and escape cannot promise. */
+ * gotos and breaks in lists that it walks to the end at every addition, and compares each new
+ * label with every label of its function, in C where no hook runs: `return a or a or ... a`
+ * with 100,000 terms took 17 s to compile, 400,000 over a minute; 70 functions of 32,000
+ * `::l::` labels took 50 s. Chunks with more than CHUNK_MAX_JUMPS of those words and labels
+ * are refused, where the worst case compiles in well under a second. The words are counted in the
+ * raw text, comments and strings included: a count can only come out high, never low, which a
+ * scanner that must agree with Lua's lexer on every line ending and escape cannot promise. */
 #define CHUNK_MAX_JUMPS 20000
 
 static bool word_char(char c)
@@ -497,10 +532,16 @@ static bool is_jump_word(const char *w, size_t n)
            (n == 6 && memcmp(w, "elseif", 6) == 0);
 }
 
+/* The jump words, and every "::" (a label has two). */
 static size_t count_jump_words(const char *s, size_t len)
 {
     size_t k = 0;
     for (size_t i = 0; i < len;) {
+        if (s[i] == ':' && i + 1 < len && s[i + 1] == ':') {
+            k++;
+            i += 2;
+            continue;
+        }
         if (!word_char(s[i])) {
             i++;
             continue;
@@ -521,8 +562,8 @@ static int refuse_quadratic(lua_State *L, const char *name, const char *src, siz
     if (name[0] == '=' || name[0] == '@')
         name++; /* as Lua shows chunk names */
     lua_pushfstring(L,
-                    "%s: more than %d 'and', 'or', 'elseif', 'goto' and 'break' in one chunk; "
-                    "split it (long chains of them compile in quadratic time)",
+                    "%s: more than %d 'and', 'or', 'elseif', 'goto', 'break' and '::' in one "
+                    "chunk; split it (long chains of them compile in quadratic time)",
                     name, CHUNK_MAX_JUMPS);
     return LUA_ERRSYNTAX;
 }
@@ -539,6 +580,7 @@ static int sb_load(lua_State *L)
     int status = refuse_quadratic(L, name, s, len);
     if (status == LUA_OK)
         status = luaL_loadbufferx(L, s, len, name, "t");
+    script_vm_note(L, status);
     script_vm_check(L);
     if (status != LUA_OK) {
         luaL_pushfail(L);
@@ -1347,6 +1389,9 @@ typedef struct load_job {
 
 #define CODE_CACHE_SLOTS 256
 #define CODE_CACHE_MAX_BYTES (4 * 1024 * 1024) /* per chunk */
+/* Sources and bytecode of all slots: chunks are cached as soon as they compile, uploads that
+ * are then refused included, so the slots alone would let 256 large ones pin ~1 GB. */
+#define CODE_CACHE_TOTAL_BYTES (32 * 1024 * 1024)
 
 typedef struct code_slot {
     uint64_t hash;
@@ -1359,7 +1404,8 @@ typedef struct code_slot {
 
 static pthread_mutex_t code_mu = PTHREAD_MUTEX_INITIALIZER;
 static code_slot code_cache[CODE_CACHE_SLOTS];
-static size_t code_next; /* round-robin eviction */
+static size_t code_next;  /* round-robin eviction */
+static size_t code_bytes; /* of all slots, at most CODE_CACHE_TOTAL_BYTES */
 
 static uint64_t code_hash(const char *name, const char *src, size_t len)
 {
@@ -1423,21 +1469,43 @@ static void code_store(uint64_t h, const char *name, const char *src, size_t len
     memcpy(fresh.src, src, len);
     fresh.src[len] = '\0';
     memcpy(fresh.code, code, code_len);
+    code_slot dropped[CODE_CACHE_SLOTS];
+    size_t nd = 0;
     pthread_mutex_lock(&code_mu);
     bool present = false;
     for (size_t i = 0; i < CODE_CACHE_SLOTS && !present; i++)
         present = code_matches(&code_cache[i], h, name, src, len);
-    code_slot old = {0};
-    if (!present) {
-        old = code_cache[code_next];
-        code_cache[code_next] = fresh;
-        code_next = (code_next + 1) % CODE_CACHE_SLOTS;
+    if (present) {
+        dropped[nd++] = fresh;
+    } else {
+        size_t at = code_next;
+        dropped[nd++] = code_cache[at];
+        code_bytes -= dropped[0].len + dropped[0].code_len;
+        code_cache[at] = fresh;
+        code_bytes += len + code_len;
+        code_next = (at + 1) % CODE_CACHE_SLOTS;
+        /* Over the budget, the oldest slots go too. */
+        for (size_t i = 1; i < CODE_CACHE_SLOTS && code_bytes > CODE_CACHE_TOTAL_BYTES; i++) {
+            code_slot *sl = &code_cache[(at + i) % CODE_CACHE_SLOTS];
+            code_bytes -= sl->len + sl->code_len;
+            dropped[nd++] = *sl;
+            *sl = (code_slot){0};
+        }
     }
     pthread_mutex_unlock(&code_mu);
-    code_slot *drop = present ? &fresh : &old;
-    free(drop->name);
-    free(drop->src);
-    free(drop->code);
+    for (size_t i = 0; i < nd; i++) {
+        free(dropped[i].name);
+        free(dropped[i].src);
+        free(dropped[i].code);
+    }
+}
+
+size_t script_vm_code_cache_bytes(void)
+{
+    pthread_mutex_lock(&code_mu);
+    size_t n = code_bytes;
+    pthread_mutex_unlock(&code_mu);
+    return n;
 }
 
 static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud)

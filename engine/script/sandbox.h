@@ -56,6 +56,20 @@ bool script_vm_tripped(const script_vm *vm, char *msg, size_t cap);
 /* Raises the tripped limit's error if one tripped (does not return then). */
 void script_vm_check(lua_State *L);
 
+/* Records that a protected call or resume on L ended with status: a memory error raised by
+ * Lua (after its emergency collection) trips the memory limit. */
+void script_vm_note(lua_State *L, int status);
+
+/* Whether a limit tripped, the time budget checked now; never raises, for C code that holds
+ * memory a Lua error would leak (it frees, then calls script_vm_check). */
+bool script_vm_over_budget(lua_State *L);
+
+/* Counts bytes the host allocates for the script outside the Lua heap against its memory
+ * limit; false (after one full collection, and the limit then tripped) when they do not fit.
+ * Never raises. script_vm_release gives them back. */
+bool script_vm_reserve(lua_State *L, size_t bytes);
+void script_vm_release(lua_State *L, size_t bytes);
+
 /* Adds work done by C code (e.g. bytes scanned) to the budget; raises when exhausted. */
 void script_vm_charge(lua_State *L, int64_t units);
 
@@ -64,6 +78,9 @@ void script_vm_charge(lua_State *L, int64_t units);
  * nothing and writes "<chunkname>:<line>: <message>" to err. */
 ap_status script_vm_load(script_vm *vm, lua_State *L, const char *chunkname, const char *src,
                          size_t len, ap_err *err);
+
+/* Bytes of source and bytecode the process-wide cache of compiled chunks holds (bounded). */
+size_t script_vm_code_cache_bytes(void);
 
 /* Writes the error value at idx as text without running metamethods. */
 void script_vm_error_text(lua_State *L, int idx, char *out, size_t cap);

@@ -12,6 +12,7 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "script/host.h"
+#include "script/sandbox.h"
 
 #include <cjson/cJSON.h>
 
@@ -831,6 +832,149 @@ static void test_contract_errors(void **state)
     script_info_free(&info);
 }
 
+/* ---- sixth red-team round ----------------------------------------------------------------- */
+
+/* A table emptied of 2^18 keys keeps its slots (walking it costs them) yet encodes as "{}";
+ * shared a million times, one encode would walk it a million times. */
+#define DAG_BODY                                                                                   \
+    "local x = {} for i = 1, 1 << 18 do x[i * 2] = true end\n"                                     \
+    "for i = 1, 1 << 18 do x[i * 2] = nil end\n"                                                   \
+    "local p = {} for i = 1, 1000 do p[i] = x end\n"                                               \
+    "local dag = {} for i = 1, 1000 do dag[i] = p end\n"
+
+static void test_json_encode_work_is_budgeted(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.instructions = (int64_t)1 << 40;
+    lim.timeout_ms = 300;
+    outcome o;
+    run_body_lim(&lim, DAG_BODY "local s = json.encode(dag)", &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    if (strstr(o.error, "time budget exceeded") == NULL || o.ms > 3000)
+        fail_msg("encode of a shared table: %s after %lld ms", o.error, (long long)o.ms);
+    /* The same table in ctx.state: saving it after the node runs on the node's budget. */
+    static const char src[] =
+        "return { name = 'sandbox', start = 'main', nodes = { main = function(ctx)\n" DAG_BODY
+        "ctx.state.dag = dag return 'main' end } }\n";
+    script_host host = {NULL, t_emit, t_log, t_consensus};
+    script_inputs in = {.panel_id = "p1",
+                        .question = "q",
+                        .params_json = "{}",
+                        .experts_json = "[{\"id\":\"e1\",\"name\":\"E\"}]",
+                        .tenant_json = "{\"slug\":\"t\",\"flags\":{}}"};
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    assert_int_equal(script_panel_new(&lim, &host, "sandbox", src, strlen(src), &in, &sp, &err),
+                     AP_OK);
+    script_step step;
+    assert_int_equal(script_panel_run_node(sp, "main", 1, &step), AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_NEXT);
+    char *saved = NULL;
+    int64_t t0 = clock_mono_ms();
+    assert_int_not_equal(script_panel_state_save(sp, &saved, &err), AP_OK);
+    assert_null(saved);
+    assert_non_null(strstr(err.msg, "time budget exceeded"));
+    assert_true(clock_mono_ms() - t0 < 3000);
+    script_panel_free(sp);
+    healthy();
+}
+
+static void test_json_encode_edges(void **state)
+{
+    (void)state;
+    /* The text is freed when copying it into Lua fails at the memory limit (the sanitized
+     * copy of this test reports the leak otherwise). */
+    expect_fail("local s = string.rep('a', 1 << 20) local t = { s, s, s }\n"
+                "local fill = {} while collectgarbage('count') < 13 * 1024 do\n"
+                "  fill[#fill + 1] = string.rep(tostring(#fill), 1 << 16) end\n"
+                "local out = json.encode(t)",
+                "memory limit exceeded");
+    /* The encoder's key lists count against the panel's memory limit. */
+    expect_fail("local t = {} for i = 1, 150000 do t[i * 2] = true end\n"
+                "local s = json.encode(t)",
+                "memory limit exceeded");
+    /* Two keys with one text would be one key twice in JSON. */
+    expect_fail("json.encode({ [1] = 'int', ['1'] = 'str' })", "two keys are both written \"1\"");
+    expect_fail("json.encode({ x = { [0.1 + 0.2] = 'f', ['0.3'] = 's' } })",
+                "two keys are both written \"0.3\"");
+    expect_done("assert(json.encode({ [1] = 'a', ['2'] = 'b', [3.5] = 'c' }) == "
+                "'{\"1\":\"a\",\"2\":\"b\",\"3.5\":\"c\"}')");
+}
+
+static void test_compile_time_labels(void **state)
+{
+    (void)state;
+    expect_fail("local f, e = load(string.rep('do ::a:: end ', 10001)) error(e, 0)",
+                "more than 20000 'and', 'or', 'elseif', 'goto', 'break' and '::'");
+    expect_done("assert(load(string.rep('do ::a:: end ', 9000)))");
+}
+
+static void test_close_after_error_is_timed(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.instructions = (int64_t)1 << 40;
+    lim.timeout_ms = 300;
+    outcome o;
+    run_body_lim(&lim,
+                 "local big = string.rep('a', 1 << 20)\n"
+                 "local guard <close> = setmetatable({}, { __close = function()\n"
+                 "  while true do local u = big:upper() end end })\n"
+                 "error('boom')",
+                 &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    if (strstr(o.error, "time budget exceeded") == NULL || o.ms > 3000)
+        fail_msg("__close after an error: %s after %lld ms", o.error, (long long)o.ms);
+    healthy();
+}
+
+/* Garbage that outgrows the collector's pause is collected at the limit, not mistaken for
+ * live memory: 4 MiB live and 1 MiB of garbage at a time fit 16 MiB. */
+static void test_garbage_at_the_limit(void **state)
+{
+    (void)state;
+    expect_done("local keep = string.rep('k', 4 << 20)\n"
+                "for i = 1, 200 do local g = string.rep('g', 1 << 20) .. i end\n"
+                "assert(#keep == 4 << 20)");
+    expect_fail("local keep = {} for i = 1, 200 do keep[i] = string.rep('g', 1 << 20) .. i end",
+                "memory limit exceeded");
+}
+
+/* Chunks are cached as soon as they compile, uploads that are then refused included: the
+ * cache stays within its byte budget however many large ones come. */
+static void test_code_cache_is_bounded(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.memory_bytes = (size_t)64 * 1024 * 1024;
+    script_vm *vm = NULL;
+    ap_err err = {0};
+    assert_int_equal(script_vm_new(&lim, NULL, NULL, &vm, &err), AP_OK);
+    lua_State *L = script_vm_state(vm);
+    size_t len = 512 * 1024;
+    char *src = malloc(len + 1);
+    assert_non_null(src);
+    for (int i = 0; i < 100; i++) {
+        int head = snprintf(src, len, "return %d --", i);
+        memset(src + head, 'x', len - (size_t)head);
+        src[len] = '\0';
+        char name[32];
+        snprintf(name, sizeof name, "=big%d", i);
+        assert_int_equal(script_vm_load(vm, L, name, src, len, &err), AP_OK);
+        lua_pop(L, 1);
+    }
+    free(src);
+    script_vm_free(vm);
+    size_t held = script_vm_code_cache_bytes();
+    if (held > (size_t)32 * 1024 * 1024)
+        fail_msg("the code cache holds %zu bytes after 100 chunks of 512 KiB", held);
+    assert_true(held > 0);
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_ERROR);
@@ -855,6 +999,12 @@ int main(void)
         cmocka_unit_test(test_ctx_misuse),
         cmocka_unit_test(test_hostile_nodes_table),
         cmocka_unit_test(test_contract_errors),
+        cmocka_unit_test(test_json_encode_work_is_budgeted),
+        cmocka_unit_test(test_json_encode_edges),
+        cmocka_unit_test(test_compile_time_labels),
+        cmocka_unit_test(test_close_after_error_is_timed),
+        cmocka_unit_test(test_garbage_at_the_limit),
+        cmocka_unit_test(test_code_cache_is_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
