@@ -1162,6 +1162,41 @@ static void test_write_batch(void **state)
     assert_last_seq(p2.id, 1);
     assert_int_equal(batch_usage_calls(A), 2);
 
+    /* The first failing item in batch order is the one reported, whichever kind it is (a
+     * backend that reordered writes, e.g. to insert usage rows together, must keep this). */
+    store_write first[] = {w_usage(p2.id), w_event(ghost, 1)};
+    memcpy(first[0].u.usage.id, dup[1].u.usage.id, STORE_ID_MAX);
+    OK(store_write_batch(S, A, first, 1, E));
+    IS(AP_CONFLICT, store_write_batch(S, A, first, 2, E));
+    assert_int_equal(first[0].result, AP_CONFLICT);
+    assert_int_equal(first[1].result, AP_OK);
+    store_write later[] = {w_event(ghost, 1), first[0]};
+    IS(AP_NOTFOUND, store_write_batch(S, A, later, 2, E));
+    assert_int_equal(later[0].result, AP_NOTFOUND);
+    assert_int_equal(later[1].result, AP_OK);
+    assert_int_equal(batch_usage_calls(A), 3);
+
+    /* Many usage rows between events: all land, or none when two of them share an id. */
+    enum { NU = 40 };
+    store_write mixed[2 * NU];
+    for (int i = 0; i < NU; i++) {
+        mixed[2 * i] = w_usage(i % 2 ? p1.id : p2.id);
+        mixed[2 * i].u.usage.prompt_tokens = i;
+        mixed[2 * i + 1] = w_event(p1.id, 100 + i);
+    }
+    assert_int_equal(ids_uuid_v4(mixed[2].u.usage.id), AP_OK);
+    memcpy(mixed[2 * 35].u.usage.id, mixed[2].u.usage.id, STORE_ID_MAX);
+    IS(AP_CONFLICT, store_write_batch(S, A, mixed, 2 * NU, E));
+    assert_int_equal(mixed[2 * 35].result, AP_CONFLICT);
+    assert_int_equal(batch_usage_calls(A), 3);
+    assert_last_seq(p1.id, 3);
+    mixed[2 * 35].u.usage.id[0] = '\0';
+    OK(store_write_batch(S, A, mixed, 2 * NU, E));
+    for (int i = 0; i < 2 * NU; i++)
+        assert_int_equal(mixed[i].result, AP_OK);
+    assert_int_equal(batch_usage_calls(A), 3 + NU);
+    assert_last_seq(p1.id, 100 + NU - 1);
+
     /* Invalid items are refused before anything runs, with the same rules as the single calls. */
     store_write bad[] = {w_event(p2.id, 2), w_event(p2.id, 3)};
     bad[1].u.event.data = "{oops";
