@@ -1,4 +1,4 @@
--- 003_usage_one_tree.sql: usage rows keyed by what the summaries read, one index fewer.
+-- 003_usage_by_time.sql: usage rows keyed by what the summaries read, one index fewer.
 --
 -- usage_records was a rowid table with three b-trees per row: the table, the automatic index
 -- of `id TEXT PRIMARY KEY` and usage_records_time (tenant_id, created_at). Every summary
