@@ -1170,6 +1170,41 @@ static void test_write_batch(void **state)
     assert_last_seq(p2.id, 1);
     assert_int_equal(batch_usage_calls(A), 2);
 
+    /* The first failing item in batch order is the one reported, whichever kind it is (a
+     * backend that reordered writes, e.g. to insert usage rows together, must keep this). */
+    store_write first[] = {w_usage(p2.id), w_event(ghost, 1)};
+    memcpy(first[0].u.usage.id, dup[1].u.usage.id, STORE_ID_MAX);
+    OK(store_write_batch(S, A, first, 1, E));
+    IS(AP_CONFLICT, store_write_batch(S, A, first, 2, E));
+    assert_int_equal(first[0].result, AP_CONFLICT);
+    assert_int_equal(first[1].result, AP_OK);
+    store_write later[] = {w_event(ghost, 1), first[0]};
+    IS(AP_NOTFOUND, store_write_batch(S, A, later, 2, E));
+    assert_int_equal(later[0].result, AP_NOTFOUND);
+    assert_int_equal(later[1].result, AP_OK);
+    assert_int_equal(batch_usage_calls(A), 3);
+
+    /* Many usage rows between events: all land, or none when two of them share an id. */
+    enum { NU = 40 };
+    store_write mixed[2 * NU];
+    for (int i = 0; i < NU; i++) {
+        mixed[2 * i] = w_usage(i % 2 ? p1.id : p2.id);
+        mixed[2 * i].u.usage.prompt_tokens = i;
+        mixed[2 * i + 1] = w_event(p1.id, 100 + i);
+    }
+    assert_int_equal(ids_uuid_v4(mixed[2].u.usage.id), AP_OK);
+    memcpy(mixed[2 * 35].u.usage.id, mixed[2].u.usage.id, STORE_ID_MAX);
+    IS(AP_CONFLICT, store_write_batch(S, A, mixed, 2 * NU, E));
+    assert_int_equal(mixed[2 * 35].result, AP_CONFLICT);
+    assert_int_equal(batch_usage_calls(A), 3);
+    assert_last_seq(p1.id, 3);
+    mixed[2 * 35].u.usage.id[0] = '\0';
+    OK(store_write_batch(S, A, mixed, 2 * NU, E));
+    for (int i = 0; i < 2 * NU; i++)
+        assert_int_equal(mixed[i].result, AP_OK);
+    assert_int_equal(batch_usage_calls(A), 3 + NU);
+    assert_last_seq(p1.id, 100 + NU - 1);
+
     /* Invalid items are refused before anything runs, with the same rules as the single calls. */
     store_write bad[] = {w_event(p2.id, 2), w_event(p2.id, 3)};
     bad[1].u.event.data = "{oops";
@@ -1358,13 +1393,45 @@ static void test_sqlite_migration_keeps_rows(void **state)
            "INSERT INTO checkpoints (tenant_id, panel_id, step, next_node, state, journal, "
            "last_seq, created_at) VALUES ('" MT "', '" MP1 "', 1, 'b', '{\"x\":1}', '[]', 2, 3);"
            "INSERT INTO usage_records VALUES ('0190e6a4-1111-7aaa-8bbb-000000000001', '" MT
-           "', '" MP1 "', 'ada', 'simulated', 'sim-1', 10, 20, 0.5, 7, 1, 'ok', 86400000);");
+           "', '" MP1 "', 'ada', 'simulated', 'sim-1', 10, 20, 0.5, 7, 1, 'ok', 86400000),"
+           " ('0190e6a4-1111-7aaa-8bbb-000000000002', '" MT "', '" MP1 "', 'ada', 'simulated',"
+           " 'sim-2', 1, 2, 0.25, 7, 1, 'ok', 86400001),"
+           " ('0190e6a4-1111-7aaa-8bbb-000000000003', '" MT "', NULL, NULL, 'simulated', 'sim-1',"
+           " 100, 200, 0.125, 9, 2, 'error', 172800005),"
+           " ('0190e6a4-1111-7aaa-8bbb-000000000004', '" MT "', '" MP2 "', 'bob', 'simulated',"
+           " 'sim-1', 1000, 2000, 1, 7, 1, 'ok', 259200000);");
 
     store *s = NULL;
     int applied = 0;
     OK(store_open(url, &s, E));
+    /* The summaries of the first schema's rows, before the usage table is rebuilt: the same
+     * after, and the expected ones (the fourth row lies outside [0, 3 days)). */
+    static const char *const groups[] = {"expert", "model", "day"};
+    static const char *const want[] = {
+        "[{\"key\":null,\"calls\":1,\"prompt_tokens\":100,\"completion_tokens\":200,"
+        "\"cost_usd\":0.125},{\"key\":\"ada\",\"calls\":2,\"prompt_tokens\":11,"
+        "\"completion_tokens\":22,\"cost_usd\":0.75}]",
+        "[{\"key\":\"sim-1\",\"calls\":2,\"prompt_tokens\":110,\"completion_tokens\":220,"
+        "\"cost_usd\":0.625},{\"key\":\"sim-2\",\"calls\":1,\"prompt_tokens\":1,"
+        "\"completion_tokens\":2,\"cost_usd\":0.25}]",
+        "[{\"key\":\"1970-01-02\",\"calls\":2,\"prompt_tokens\":11,\"completion_tokens\":22,"
+        "\"cost_usd\":0.75},{\"key\":\"1970-01-03\",\"calls\":1,\"prompt_tokens\":100,"
+        "\"completion_tokens\":200,\"cost_usd\":0.125}]",
+    };
+    char *before[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3; i++)
+        OK(store_usage_summary(s, MT, 0, 3 * 86400000LL, groups[i], &before[i], E));
     OK(store_migrate(s, &applied, E));
     assert_int_equal(applied, (int)nm - 1);
+    for (int i = 0; i < 3; i++) {
+        char *after = NULL;
+        OK(store_usage_summary(s, MT, 0, 3 * 86400000LL, groups[i], &after, E));
+        assert_string_equal(after, before[i]);
+        assert_string_equal(after, want[i]);
+        free(after);
+        free(before[i]);
+    }
+    assert_int_equal(count_on(path, "SELECT count(*) FROM usage_records"), 4);
     store_panel pn = {0};
     OK(store_panel_get(s, MT, MP1, &pn, E));
     assert_string_equal(pn.status, "running");
@@ -1383,8 +1450,8 @@ static void test_sqlite_migration_keeps_rows(void **state)
     assert_int_equal(ck.last_seq, 2);
     store_checkpoint_free(&ck);
     char *sum = NULL;
-    OK(store_usage_summary(s, MT, 0, INT64_MAX, "expert", &sum, E));
-    assert_non_null(strstr(sum, "\"calls\":1"));
+    OK(store_usage_summary(s, MT, 0, INT64_MAX, "model", &sum, E));
+    assert_non_null(strstr(sum, "{\"key\":\"sim-1\",\"calls\":3,\"prompt_tokens\":1110,"));
     free(sum);
     /* The rules hold on the rebuilt tables: keys, statuses, the tenant's own panels. */
     store_event orphan = {.seq = 1, .type = "x", .data = "{}"};
@@ -1399,12 +1466,21 @@ static void test_sqlite_migration_keeps_rows(void **state)
                          .outcome = "ok",
                          .created_at = 2};
     IS(AP_CONFLICT, store_usage_record(s, MT, &again, E));
+    /* A new row lands among the migrated ones and is summed with them. */
+    again.id[0] = '\0';
+    again.model = "sim-2";
+    again.prompt_tokens = 5;
+    again.created_at = 86400002;
+    OK(store_usage_record(s, MT, &again, E));
+    OK(store_usage_summary(s, MT, 86400000, 86400003, "model", &sum, E));
+    assert_non_null(strstr(sum, "{\"key\":\"sim-2\",\"calls\":2,\"prompt_tokens\":6,"));
+    free(sum);
     store_close(s);
     assert_int_equal(count_on(path, "SELECT count(*) FROM panels WHERE status = 'bogus'"), 0);
     sql_on(path, "PRAGMA foreign_keys = ON; DELETE FROM panels WHERE id = '" MP1 "';");
     assert_int_equal(count_on(path, "SELECT count(*) FROM panel_events"), 0);
     assert_int_equal(count_on(path, "SELECT count(*) FROM checkpoints"), 0);
-    assert_int_equal(count_on(path, "SELECT count(*) FROM usage_records"), 1);
+    assert_int_equal(count_on(path, "SELECT count(*) FROM usage_records"), 5);
     {
         sqlite3 *db = NULL;
         assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
