@@ -10,7 +10,9 @@
 -- id stays UNIQUE on its own, as before (a duplicate id is a conflict whatever its tenant and
 -- time), which is the second and last b-tree of a row. Usage is written in time order (ids
 -- are UUIDv7, created_at is the time of the write), so both trees are appended at their ends.
--- A row costs the writer ~30 % fewer instructions to insert and commit (bench_runtime).
+-- The writer's cost per row stays the same (the key b-tree holds the whole row); the gain is
+-- the summaries' (a month of 480 K rows: 67 -> 57 ms), which every panel start of a tenant
+-- with a monthly budget runs.
 --
 -- The rows are copied over unchanged. A WITHOUT ROWID key cannot hold NULL, and no row could
 -- hold one in these columns: tenant_id and created_at were NOT NULL, and every id the store
