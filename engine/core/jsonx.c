@@ -33,7 +33,11 @@ cJSON *jsonx_parse(const char *text, size_t len, int max_depth, ap_err *err)
     while (end != NULL && (size_t)(end - text) < len &&
            (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t'))
         end++;
-    if (end != NULL && (size_t)(end - text) < len && *end != '\0') {
+    /* Anything left is trailing data, a NUL and what follows it included (a body of
+     * `{...}\0garbage` is not the JSON value it starts with); only a terminator counted in
+     * len may end the text. */
+    size_t at = end != NULL ? (size_t)(end - text) : len;
+    if (at < len && !(at == len - 1 && *end == '\0')) {
         cJSON_Delete(root);
         ap_err_set(err, AP_INVALID, "trailing data after JSON value at byte %zu",
                    (size_t)(end - text));
@@ -227,4 +231,55 @@ bool jsonx_escapes_nul(const char *s, size_t n)
         }
     }
     return false;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Small objects pairwise, large ones sorted: a 1 MiB body can hold one object of 100,000
+ * keys. A large object whose names cannot be sorted (no memory) counts as a duplicate. */
+static const char *object_duplicate(const cJSON *obj)
+{
+    size_t n = 0;
+    for (const cJSON *c = obj->child; c != NULL; c = c->next)
+        n++;
+    if (n <= 16) {
+        for (const cJSON *a = obj->child; a != NULL; a = a->next)
+            for (const cJSON *b = a->next; b != NULL; b = b->next)
+                if (strcmp(a->string, b->string) == 0)
+                    return a->string;
+        return NULL;
+    }
+    const char **names = malloc(n * sizeof *names);
+    if (names == NULL)
+        return obj->child->string;
+    size_t i = 0;
+    for (const cJSON *c = obj->child; c != NULL; c = c->next)
+        names[i++] = c->string;
+    qsort(names, n, sizeof *names, cmp_names);
+    const char *dup = NULL;
+    for (i = 1; i < n && dup == NULL; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            dup = names[i];
+    free(names);
+    return dup;
+}
+
+const char *jsonx_duplicate_key(const cJSON *root)
+{
+    if (root == NULL)
+        return NULL;
+    if (cJSON_IsObject(root)) {
+        const char *dup = object_duplicate(root);
+        if (dup != NULL)
+            return dup;
+    }
+    for (const cJSON *c = root->child; c != NULL; c = c->next) {
+        const char *dup = jsonx_duplicate_key(c);
+        if (dup != NULL)
+            return dup;
+    }
+    return NULL;
 }

@@ -50,6 +50,10 @@ bool jsonx_utf8_valid(const char *s, size_t n);
  * are C strings, which would end there and drop the rest without a word. */
 bool jsonx_escapes_nul(const char *s, size_t n);
 
+/* The first key that appears twice in one object anywhere in root (borrowed), or NULL.
+ * O(n log n) per object. */
+const char *jsonx_duplicate_key(const cJSON *root);
+
 /* The end of the run of plain bytes in s[i..n) (printable ASCII other than '"' and '\\': what
  * a JSON string holds as it is), eight at a time; n when the run reaches the end. */
 size_t jsonx_plain_end(const char *s, size_t i, size_t n);

@@ -102,8 +102,14 @@ static bool is_final_event(const char *type, const char *data)
 /* Appends one event if it is new; marks the stream finished on the final event. */
 static void append_event(event_stream *es, int64_t seq, const char *type, const char *data)
 {
-    if (es->finished || (seq > 0 && seq <= es->last_seq))
+    if (es->finished)
         return;
+    if (seq > 0 && seq <= es->last_seq) {
+        /* Not sent again, but the last event still ends the stream: a client that asked to
+         * start past it (after=, Last-Event-ID) would otherwise wait for ever. */
+        es->finished = is_final_event(type, data);
+        return;
+    }
     size_t before = es->pending.len;
     if (sse_format(&es->pending, seq, type, data) != AP_OK) {
         es->pending.len = before; /* over the hard cap: resume from the store later */
@@ -175,6 +181,7 @@ static bool take_live(event_stream *es)
         }
         int64_t seq = ev.seq;
         if (seq > 0 && seq <= es->last_seq) {
+            es->finished = is_final_event(ev.type, ev.data); /* as in append_event */
             panel_event_clear(&ev);
             continue;
         }

@@ -10,6 +10,7 @@
 #include "panel/engine.h"
 #include "store/store.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #define QUESTION_MAX 8000
 #define TITLE_MAX 200
 #define NAME_MAX_LEN 64
+#define LIST_PAGE_BYTES (1024 * 1024) /* a panels page ends past this */
 #define MAX_PANEL_EXPERTS 12
 #define PARAMS_MAX_BYTES 16384
 #define IDEMPOTENCY_KEY_MAX 128
@@ -316,6 +318,18 @@ out:
     store_tenant_free(&t);
 }
 
+static size_t len_or_0(const char *s)
+{
+    return s != NULL ? strlen(s) : 0;
+}
+
+/* About the size of a panel's JSON: its long texts. */
+static size_t panel_bytes(const store_panel *p)
+{
+    return 512 + len_or_0(p->title) + len_or_0(p->question) + len_or_0(p->params) +
+           len_or_0(p->experts) + len_or_0(p->result) + len_or_0(p->error);
+}
+
 void api_panels_list(http_request *req, void *app)
 {
     api_deps *d = app;
@@ -348,8 +362,18 @@ void api_panels_list(http_request *req, void *app)
     }
     cJSON *body = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(body, "data");
-    for (size_t i = 0; i < n; i++)
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* A panel can carry megabytes (its result, a roster of long personas): a page ends
+         * past LIST_PAGE_BYTES, so one request never builds (and one slow reader never
+         * holds) hundreds of them. */
+        if (i > 0 && bytes > LIST_PAGE_BYTES) {
+            store_panel_cursor(&rows[i - 1], next);
+            break;
+        }
         cJSON_AddItemToArray(data, api_panel_json(&rows[i]));
+        bytes += panel_bytes(&rows[i]);
+    }
     add_str_or_null(body, "next_cursor", next[0] ? next : NULL);
     store_panels_free(rows, n);
     http_reply_json(req, 200, body);
@@ -461,25 +485,21 @@ static bool within_budget(http_request *req, api_deps *d, const char *tenant)
     return false;
 }
 
-/* False (after replying 429) when the tenant already has its maximum of live panels. The
- * check and the start are not atomic, so two racing executes may overshoot by one. */
-static bool below_concurrency(http_request *req, api_deps *d, const char *tenant)
+/* Executes of tenants with a concurrency limit: their count and their start are one step in
+ * this process, or racing executes would each see room for one more. Processes sharing a
+ * store may still overshoot by one each. */
+static pthread_mutex_t limited_start_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* False (after replying 429) when the tenant already has max (> 0) live panels. */
+static bool below_concurrency(http_request *req, api_deps *d, const char *tenant, int64_t max)
 {
-    int64_t max = api_tenant_limit(d, tenant, "concurrent_panels");
-    if (max <= 0)
-        return true;
-    static const char *const live[] = {"queued", "running", "awaiting_input"};
-    size_t active = 0;
-    for (size_t i = 0; i < 3 && (int64_t)active < max; i++) {
-        store_panel *rows = NULL;
-        size_t n = 0;
-        char next[STORE_CURSOR_MAX];
-        int page = max < STORE_LIST_MAX ? (int)max : STORE_LIST_MAX;
-        if (store_panel_list(d->store, tenant, live[i], "", page, &rows, &n, next, NULL) == AP_OK)
-            active += n;
-        store_panels_free(rows, n);
+    int64_t active = 0;
+    ap_err err = {0};
+    if (store_panel_count_live(d->store, tenant, &active, &err) != AP_OK) {
+        http_reply_ap_err(req, &err);
+        return false;
     }
-    if ((int64_t)active < max)
+    if (active < max)
         return true;
     http_add_header(req, "Retry-After", "5");
     http_reply_error(req, 429, "too_many_panels",
@@ -493,10 +513,15 @@ void api_panels_execute(http_request *req, void *app)
     api_deps *d = app;
     const char *tenant = http_principal_of(req)->tenant_id;
     char id[IDS_UUID_LEN + 1];
-    if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id, NULL) ||
-        !below_concurrency(req, d, tenant) || !within_budget(req, d, tenant))
+    if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id, NULL))
         return;
-    panel_action(req, app, panel_engine_execute, 202);
+    int64_t max = api_tenant_limit(d, tenant, "concurrent_panels");
+    if (max > 0)
+        pthread_mutex_lock(&limited_start_mu);
+    if ((max <= 0 || below_concurrency(req, d, tenant, max)) && within_budget(req, d, tenant))
+        panel_action(req, app, panel_engine_execute, 202);
+    if (max > 0)
+        pthread_mutex_unlock(&limited_start_mu);
 }
 
 void api_panels_cancel(http_request *req, void *app)

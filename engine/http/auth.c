@@ -89,9 +89,12 @@ bool api_authenticate(http_request *req, unsigned flags, void *app)
     const char *token = bearer_token(req);
     const char *stream_token = http_query(req, "token");
     if (token == NULL && stream_token != NULL && (flags & HTTP_STREAM_TOKEN)) {
-        const char *panel = http_param(req, "id");
-        char tenant[IDS_UUID_LEN + 1];
-        if (panel == NULL || !token_verify(stream_token, panel, tenant)) {
+        const char *given = http_param(req, "id");
+        char panel[IDS_UUID_LEN + 1], tenant[IDS_UUID_LEN + 1];
+        /* The token names the id as the API wrote it; the path may spell it another way
+         * the API accepts (upper case). */
+        if (given == NULL || !ids_uuid_normalize(given, panel) ||
+            !token_verify(stream_token, panel, tenant)) {
             deny(req, 401, "unauthenticated", "the stream token is invalid or has expired");
             return false;
         }

@@ -66,6 +66,7 @@ struct http_request {
     bool too_large;
     bool replied;
     bool counted;
+    bool nul_in_path; /* the raw path holds %00, which decodes to a NUL that cuts it */
     router_match match;
     http_principal principal;
     cJSON *json;
@@ -200,6 +201,15 @@ cJSON *http_json_body(http_request *req)
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
         http_reply_error(req, 400, "invalid_json", "the body must be a JSON object");
+        return NULL;
+    }
+    /* cJSON keeps both and every lookup finds the first: {"question":{...},"question":"ok"}
+     * would pass a check of one value and mean another to whoever reads the last. */
+    const char *dup = jsonx_duplicate_key(j);
+    if (dup != NULL) {
+        http_reply_error(req, 400, "invalid_json", "the key \"%.64s\" appears twice in one object",
+                         dup);
+        cJSON_Delete(j);
         return NULL;
     }
     req->json = j;
@@ -501,6 +511,58 @@ static void request_free(http_request *req)
     free(req);
 }
 
+/* The raw request line, before MHD decodes it: a %00 in the path decodes to a NUL, and the
+ * path the router then sees ("/v1/tenant" of "/v1/tenant%00.css") is not the one a proxy in
+ * front judged. The request's state starts here (MHD hands it to on_request). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)cls;
+    (void)conn;
+    http_request *req = calloc(1, sizeof *req);
+    if (req != NULL)
+        req->nul_in_path = memmem(uri, strcspn(uri, "?"), "%00", 3) != NULL;
+    return req;
+}
+
+typedef struct header_count {
+    int content_length, authorization, tenant;
+    const char *content_length_value;
+    bool content_lengths_differ;
+} header_count;
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    header_count *c = cls;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (c->content_length++ > 0 && strcmp(c->content_length_value, value) != 0)
+            c->content_lengths_differ = true;
+        c->content_length_value = value;
+    } else if (strcasecmp(key, "Authorization") == 0) {
+        c->authorization++;
+    } else if (strcasecmp(key, "X-Tenant-ID") == 0) {
+        c->tenant++;
+    }
+    return MHD_YES;
+}
+
+/* Headers that must not be repeated: two lengths let a second request hide in the first's
+ * body for whoever reads the other length (a proxy in front), and a second key or tenant is
+ * a value nobody checked. NULL when there is no problem. */
+static const char *repeated_header(struct MHD_Connection *conn)
+{
+    header_count c = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_header, &c);
+    if (c.content_lengths_differ)
+        return "Content-Length";
+    if (c.authorization > 1)
+        return "Authorization";
+    if (c.tenant > 1)
+        return "X-Tenant-ID";
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -508,8 +570,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     http_server *srv = cls;
     http_request *req = *con_cls;
-    if (req == NULL) {
-        req = calloc(1, sizeof *req);
+    if (req == NULL || req->srv == NULL) {
+        if (req == NULL)
+            req = calloc(1, sizeof *req);
         if (req == NULL)
             return MHD_NO;
         req->srv = srv;
@@ -521,15 +584,28 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         buf_init(&req->body, srv->max_body);
         assign_request_id(req);
         *con_cls = req;
+        const char *repeated = repeated_header(conn);
+        if (repeated != NULL || req->nul_in_path) {
+            http_add_header(req, "Connection", "close");
+            if (repeated != NULL)
+                http_reply_error(req, 400, "invalid_header", "the %s header may appear only once",
+                                 repeated);
+            else
+                http_reply_error(req, 400, "invalid_path", "the path may not contain NUL (%%00)");
+            return MHD_YES;
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
         if (cl != NULL) {
             char *end = NULL;
             unsigned long long n = strtoull(cl, &end, 10);
             if (end != cl && *end == '\0' && n > srv->max_body) {
                 req->too_large = true;
                 /* A body we would only drain for long is refused at once; the client may
-                 * then see a reset instead of the 413, which is the price of not reading it. */
-                if (n > DRAIN_FACTOR * (unsigned long long)srv->max_body)
+                 * then see a reset instead of the 413, which is the price of not reading it.
+                 * A client that asked to be told before sending (Expect: 100-continue) is. */
+                if (n > DRAIN_FACTOR * (unsigned long long)srv->max_body ||
+                    (expect != NULL && strcasecmp(expect, "100-continue") == 0))
                     reply_too_large(req);
             }
         }
@@ -618,9 +694,10 @@ ap_status http_server_start(const http_server_opts *opts, const router *r, http_
     srv->daemon = MHD_start_daemon(
         flags, opts->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_CONNECTION_LIMIT, opts->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        opts->connection_timeout_s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_END);
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_CONNECTION_LIMIT,
+        opts->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, opts->connection_timeout_s,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_END);
     if (srv->daemon == NULL) {
         rc = ap_err_set(err, AP_IO, "listen: cannot listen on %s:%u (address in use?)", opts->host,
                         (unsigned)opts->port);

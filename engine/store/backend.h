@@ -77,6 +77,8 @@ typedef struct store_ops {
     ap_status (*panel_transition)(void *impl, const char *tenant_id, const char *id,
                                   const char *const *from, size_t n_from, const char *new_status,
                                   const char *result, const char *error, int64_t now, ap_err *err);
+    /* Panels of the tenant in queued, running or awaiting_input. */
+    ap_status (*panel_count_live)(void *impl, const char *tenant_id, int64_t *n, ap_err *err);
     /* Up to limit rows before pos, newest first; status NULL for any. */
     ap_status (*panel_list)(void *impl, const char *tenant_id, const char *status,
                             const store_pos *before, int limit, store_panel **rows, size_t *n,

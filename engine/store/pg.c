@@ -65,6 +65,7 @@ enum {
     Q_EVENTS_INSERT,
     Q_EVENT_LIST,
     Q_EVENT_LAST,
+    Q_PANEL_COUNT_LIVE,
     Q_CHECKPOINT_PUT,
     Q_CHECKPOINT_GET,
     Q_SCRIPT_INSERT,
@@ -134,6 +135,8 @@ static const char *const sql_text[Q__COUNT] = {
         "$4::text[], $5::json[], $6::bigint[]) AS u(p, s, t, d, c)",
     [Q_EVENT_LIST] = "SELECT tenant_id, panel_id, seq, type, data, created_at FROM panel_events "
                      "WHERE tenant_id = $1 AND panel_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+    [Q_PANEL_COUNT_LIVE] = "SELECT count(*) FROM panels WHERE tenant_id = $1 AND status IN "
+                           "('queued', 'running', 'awaiting_input')",
     [Q_EVENT_LAST] = "SELECT COALESCE(MAX(seq), 0) FROM panel_events "
                      "WHERE tenant_id = $1 AND panel_id = $2",
     [Q_CHECKPOINT_PUT] =
@@ -1329,6 +1332,17 @@ static ap_status pg_events_list(void *impl, const char *tenant_id, const char *p
     return AP_OK;
 }
 
+static ap_status pg_panel_count_live(void *impl, const char *tenant_id, int64_t *n, ap_err *err)
+{
+    PGresult *r;
+    ap_status rc =
+        query1(impl, tenant_id, Q_PANEL_COUNT_LIVE, 1, (const char *const[]){tenant_id}, &r, err);
+    if (rc == AP_OK)
+        *n = int_col(r, 0, 0);
+    PQclear(r);
+    return rc;
+}
+
 static ap_status pg_events_last_seq(void *impl, const char *tenant_id, const char *panel_id,
                                     int64_t *seq, ap_err *err)
 {
@@ -1738,6 +1752,7 @@ const store_ops store_pg_ops = {
     .panel_get = pg_panel_get,
     .panel_transition = pg_panel_transition,
     .panel_list = pg_panel_list,
+    .panel_count_live = pg_panel_count_live,
     .panels_in_status = pg_panels_in_status,
     .events_append = pg_events_append,
     .events_list = pg_events_list,

@@ -55,6 +55,7 @@ enum {
     ST_EVENT_INSERT_NEW,
     ST_EVENT_LIST,
     ST_EVENT_LAST,
+    ST_PANEL_COUNT_LIVE,
     ST_CHECKPOINT_PUT,
     ST_CHECKPOINT_GET,
     ST_SCRIPT_INSERT,
@@ -123,6 +124,8 @@ static const char *const sql_text[ST__COUNT] = {
                             "ON CONFLICT DO NOTHING",
     [ST_EVENT_LIST] = "SELECT " EVENT_COLS " FROM panel_events WHERE tenant_id = ? "
                       "AND panel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+    [ST_PANEL_COUNT_LIVE] = "SELECT count(*) FROM panels WHERE tenant_id = ? AND status IN "
+                            "('queued', 'running', 'awaiting_input')",
     [ST_EVENT_LAST] =
         "SELECT COALESCE(MAX(seq), 0) FROM panel_events WHERE tenant_id = ? AND panel_id = ?",
     [ST_CHECKPOINT_PUT] =
@@ -1227,6 +1230,23 @@ static ap_status sq_events_list(void *impl, const char *tenant_id, const char *p
     return AP_OK;
 }
 
+static ap_status sq_panel_count_live(void *impl, const char *tenant_id, int64_t *n, ap_err *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_stmt(q, ST_PANEL_COUNT_LIVE, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, tenant_id);
+        rc = sq_one(q, st, "no such tenant", err);
+        if (rc == AP_OK)
+            *n = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
 static ap_status sq_events_last_seq(void *impl, const char *tenant_id, const char *panel_id,
                                     int64_t *seq, ap_err *err)
 {
@@ -1627,6 +1647,7 @@ const store_ops store_sqlite_ops = {
     .panel_get = sq_panel_get,
     .panel_transition = sq_panel_transition,
     .panel_list = sq_panel_list,
+    .panel_count_live = sq_panel_count_live,
     .panels_in_status = sq_panels_in_status,
     .events_append = sq_events_append,
     .events_list = sq_events_list,

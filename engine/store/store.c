@@ -993,6 +993,19 @@ ap_status store_events_list(store *s, const char *tenant_id, const char *panel_i
                                err);
 }
 
+void store_panel_cursor(const store_panel *row, char out[STORE_CURSOR_MAX])
+{
+    cursor_encode(CURSOR_PANELS, row->created_at, row->id, out);
+}
+
+ap_status store_panel_count_live(store *s, const char *tenant_id, int64_t *n, ap_err *err)
+{
+    *n = 0;
+    char tid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    return rc == AP_OK ? s->ops->panel_count_live(s->impl, tid, n, err) : rc;
+}
+
 ap_status store_events_last_seq(store *s, const char *tenant_id, const char *panel_id, int64_t *seq,
                                 ap_err *err)
 {

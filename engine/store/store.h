@@ -179,11 +179,17 @@ ap_status store_panel_transition(store *s, const char *tenant_id, const char *id
                                  const char *const *from, size_t n_from, const char *new_status,
                                  const char *result, const char *error, ap_err *err);
 
+/* How many of a tenant's panels are live (queued, running or awaiting input). */
+ap_status store_panel_count_live(store *s, const char *tenant_id, int64_t *n, ap_err *err);
+
 /* One page of panels, newest first; status may be NULL (any). Like store_expert_list. */
 ap_status store_panel_list(store *s, const char *tenant_id, const char *status, const char *cursor,
                            int limit, store_panel **rows, size_t *n,
                            char next_cursor[STORE_CURSOR_MAX], ap_err *err);
 void store_panels_free(store_panel *rows, size_t n);
+
+/* The cursor of a panels list that continues after row (a page cut short by its caller). */
+void store_panel_cursor(const store_panel *row, char out[STORE_CURSOR_MAX]);
 
 /* Panels in one of the given statuses across all tenants, for resume at start-up (operator
  * scope): fills ids as (tenant_id, panel_id) pairs; caller frees *pairs with free(). */

@@ -472,6 +472,82 @@ def test_usage_and_expert_counts(w):
     assert day["from"] == 1709164800000 and day["to"] == 1709251200000, day
 
 
+def test_limits_under_races_and_big_pages():
+    """The concurrency limit holds for racing executes and above 200 panels; a page of big
+    panels ends early with a cursor; a stream token takes the id in any case the API does."""
+    from harness import OPERATOR_KEY
+    s = Server(env={"ASKPANEL_SIM_LATENCY_MS": "60000"}).start()
+    try:
+        def tenant(slug, limit):
+            r = s.request("POST", "/v1/admin/tenants", {"slug": slug, "name": slug,
+                          "limits": {"concurrent_panels": limit}}, key=OPERATOR_KEY)
+            assert r.status == 201, r.body
+            return r.json()["api_key"]
+
+        def create(key, **body):
+            body.setdefault("question", Q)
+            body.setdefault("strategy", "echo")
+            r = s.request("POST", "/v1/panels", body, key=key)
+            assert r.status == 201, r.body
+            return r.json()["id"]
+
+        # twelve executes released at once on a limit of two: two start
+        key = tenant("racer", 2)
+        ids = [create(key) for _ in range(12)]
+        gate, codes = threading.Barrier(12), []
+
+        def go(pid):
+            gate.wait()
+            codes.append(s.request("POST", "/v1/panels/%s/execute" % pid, key=key).status)
+        threads = [threading.Thread(target=go, args=(pid,)) for pid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [202] * 2 + [429] * 10, codes
+        # a limit above a list page (200) is counted, not paged
+        key = tenant("wide", 201)
+        for _ in range(201):
+            assert s.request("POST", "/v1/panels/%s/execute" % create(key), key=key).status == 202
+        expect_error(s.request("POST", "/v1/panels/%s/execute" % create(key), key=key), 429,
+                     "too_many_panels")
+        # sixteen panels of ~100 KB each: the page ends past 1 MiB, the cursor brings the rest
+        key = tenant("bulky", 0)
+        roster = [{"name": "E%d" % i, "role": "r", "persona": "p" * 4000,
+                   "expertise": ["x" * 120] * 32} for i in range(12)]
+        big = {create(key, experts=roster, question="q" * 8000) for _ in range(16)}
+        first = s.request("GET", "/v1/panels?limit=200", key=key).json()
+        assert 1 <= len(first["data"]) < 16 and first["next_cursor"], len(first["data"])
+        seen = [p["id"] for p in first["data"]]
+        cursor = first["next_cursor"]
+        while cursor:
+            page = s.request("GET", "/v1/panels?limit=200&cursor=" + cursor, key=key).json()
+            seen += [p["id"] for p in page["data"]]
+            cursor = page["next_cursor"]
+        assert sorted(seen) == sorted(big), (len(seen), len(big))
+        # a stream token opens the stream whatever the case of the id in its path
+        pid = create(key)
+        url = s.request("POST", "/v1/panels/%s/stream-token" % pid, key=key).json()["url"]
+        r = s.request("GET", url.replace(pid, pid.upper(), 1),
+                      headers={"Accept": "application/json"})
+        assert r.status == 200, r.body
+    finally:
+        s.close()
+
+
+@for_each_backend(env={"ASKPANEL_SIM_LATENCY_MS": "200"})
+def test_stream_after_past_the_end_ends(w):
+    """A client that asks to start past the last event still sees its stream end."""
+    p = w.create(strategy="echo")
+    assert w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a).status == 202
+    t0 = time.time()
+    c = SSEClient(w.s, "/v1/panels/%s/events?after=1000000" % p["id"], key=w.a, timeout=30)
+    assert c.status == 200, c.status
+    frames = [f for f in c.frames() if f[0] is not None]
+    c.close()
+    assert frames == [] and time.time() - t0 < 20, (frames, time.time() - t0)
+
+
 def test_tenant_limits():
     s = Server(env={"ASKPANEL_SIM_LATENCY_MS": "1500"}).start()
     try:
@@ -591,9 +667,11 @@ if __name__ == "__main__":
              test_idempotency, test_isolation, test_execute_and_stream,
              test_live_stream_two_clients_and_reconnect, test_stream_token_for_browsers,
              test_hybrid_waits_for_input, test_cancel, test_strategy_override,
-             test_restart_resumes_without_gaps, test_usage_and_expert_counts]
+             test_restart_resumes_without_gaps, test_usage_and_expert_counts,
+             test_stream_after_past_the_end_ends]
     if len(BACKENDS) == 1:
         tests += [test_feature_flag_blocks_strategy, test_tenant_limits,
+                  test_limits_under_races_and_big_pages,
                   test_sigterm_with_open_streams,
                   test_sigterm_while_a_request_is_in_flight_and_a_stream_opens]
     run(tests)

@@ -1,6 +1,8 @@
 #include "http/server.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,7 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct reply {
     long status;
@@ -70,6 +75,34 @@ static void request(const char *method, const char *path, const char *body, long
     if (rc == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_cleanup(c);
+}
+
+/* Sends raw bytes on a new connection and reads what comes back until the server closes it
+ * or 2 s pass without a byte; for requests curl will not write. */
+static void raw_exchange(const char *bytes, char *out, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t len = strlen(bytes);
+    assert_int_equal(send(fd, bytes, len, 0), (ssize_t)len);
+    size_t got = 0;
+    for (ssize_t n; got + 1 < cap && (n = recv(fd, out + got, cap - 1 - got, 0)) > 0;)
+        got += (size_t)n;
+    out[got] = '\0';
+    close(fd);
+}
+
+static int count_of(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
 }
 
 static bool has_header(const reply *r, const char *line)
@@ -319,6 +352,87 @@ static void test_json_bodies(void **state)
     assert_int_equal(r.status, 415);
 }
 
+/* Two lengths let a second request hide in the first's body for whoever reads the other one:
+ * refused, and nothing behind it runs. */
+static void test_repeated_headers_are_400(void **state)
+{
+    (void)state;
+    static const char smuggle[] = "POST /echo HTTP/1.1\r\nHost: x\r\n"
+                                  "Content-Type: application/json\r\n"
+                                  "Content-Length: 2\r\nContent-Length: 41\r\n\r\n"
+                                  "{}GET /hello/2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    char out[8192];
+    raw_exchange(smuggle, out, sizeof out);
+    assert_non_null(strstr(out, "HTTP/1.1 400"));
+    assert_non_null(strstr(out, "invalid_header"));
+    assert_int_equal(count_of(out, "HTTP/1.1 "), 1);
+    static const char *const twice[] = {"Authorization: Bearer a", "X-Tenant-ID: a"};
+    for (size_t i = 0; i < 2; i++) {
+        struct curl_slist *h = curl_slist_append(NULL, twice[i]);
+        h = curl_slist_append(h, i == 0 ? "Authorization: Bearer b" : "X-Tenant-ID: b");
+        reply r;
+        request("GET", "/hello/1", NULL, 0, h, &r);
+        curl_slist_free_all(h);
+        assert_int_equal(r.status, 400);
+        assert_envelope(&r, "invalid_header");
+    }
+}
+
+/* %00 decodes to a NUL that would cut the path the router sees ("/hello/1" of
+ * "/hello/1%00.css"). */
+static void test_path_nul_is_400(void **state)
+{
+    (void)state;
+    reply r;
+    request("GET", "/hello/1%00.css", NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 400);
+    assert_envelope(&r, "invalid_path");
+    request("GET", "/hello/1%20x?q=%00", NULL, 0, NULL, &r);
+    assert_int_equal(r.status, 400);
+    assert_envelope(&r, "invalid_parameter");
+}
+
+/* A client that asks before sending (Expect: 100-continue) a body over the limit is told at
+ * once, not invited to send it. */
+static void test_expect_continue_over_limit_is_413(void **state)
+{
+    (void)state;
+    char out[4096];
+    raw_exchange("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 2000\r\nExpect: 100-continue\r\n\r\n",
+                 out, sizeof out);
+    assert_null(strstr(out, "100 Continue"));
+    assert_non_null(strstr(out, "HTTP/1.1 413"));
+}
+
+static void test_json_body_edges(void **state)
+{
+    (void)state;
+    struct curl_slist *json = curl_slist_append(NULL, "Content-Type: application/json");
+    reply r;
+    static const char trailing[] = "{\"a\":1}\0garbage{{{";
+    request("POST", "/echo", trailing, sizeof trailing - 1, json, &r);
+    assert_int_equal(r.status, 400);
+    assert_envelope(&r, "invalid_json");
+    request("POST", "/echo", "{\"a\":1,\"b\":{\"c\":1,\"c\":2}}", -1, json, &r);
+    assert_int_equal(r.status, 400);
+    assert_true(strstr(r.body, "\\\"c\\\" appears twice") != NULL);
+    /* An object of many keys is checked sorted, not pairwise. */
+    char big[1000];
+    size_t used = 0;
+    big[used++] = '{';
+    for (int i = 0; i < 60; i++)
+        used += (size_t)snprintf(big + used, sizeof big - used, "%s\"k%d\":%d", i ? "," : "",
+                                 i == 59 ? 7 : i, i);
+    big[used++] = '}';
+    big[used] = '\0';
+    request("POST", "/echo", big, -1, json, &r);
+    assert_int_equal(r.status, 400);
+    request("POST", "/echo", "{\"a\":{\"x\":1},\"b\":{\"x\":1}}", -1, json, &r);
+    assert_int_equal(r.status, 200);
+    curl_slist_free_all(json);
+}
+
 static void test_request_ids(void **state)
 {
     (void)state;
@@ -435,6 +549,10 @@ int main(void)
         cmocka_unit_test(test_query_nul_is_400),
         cmocka_unit_test(test_body_limit_is_413),
         cmocka_unit_test(test_json_bodies),
+        cmocka_unit_test(test_repeated_headers_are_400),
+        cmocka_unit_test(test_path_nul_is_400),
+        cmocka_unit_test(test_expect_continue_over_limit_is_413),
+        cmocka_unit_test(test_json_body_edges),
         cmocka_unit_test(test_request_ids),
         cmocka_unit_test(test_missing_reply_is_500),
         cmocka_unit_test(test_auth_hook_guards_private_routes),
