@@ -315,6 +315,22 @@ static bool tenant_stream_take(struct api_streams *all, const char *tenant, int6
     return true;
 }
 
+/* At the cap, streams whose clients left may still hold slots: a parked connection is not
+ * watched, and MHD notices a closed client only when a write to it fails. A heartbeat now to
+ * each of the tenant's streams frees those within a write or two, so a retry a second later
+ * finds the room, instead of at their next heartbeat, up to HEARTBEAT_MS away. Called with
+ * all->lock held. */
+static void probe_tenant_streams(struct api_streams *all, const char *tenant)
+{
+    for (event_stream *es = all->head; es != NULL; es = es->next) {
+        http_stream *st = atomic_load(&es->st);
+        if (st == NULL || atomic_load(&es->end_at_ms) != 0 || strcmp(es->tenant, tenant) != 0)
+            continue;
+        atomic_store(&es->heartbeat_due, true);
+        http_stream_wake(st);
+    }
+}
+
 static void tenant_stream_release(struct api_streams *all, const char *tenant)
 {
     for (size_t i = 0; i < all->ntenants; i++) {
@@ -532,9 +548,11 @@ void api_panels_events(http_request *req, void *app)
     struct api_streams *all = d->streams;
     pthread_mutex_lock(&all->lock);
     bool room = tenant_stream_take(all, tenant, d->cfg->http_max_streams_per_tenant);
+    if (!room)
+        probe_tenant_streams(all, tenant);
     pthread_mutex_unlock(&all->lock);
     if (!room) {
-        http_add_header(req, "Retry-After", "5");
+        http_add_header(req, "Retry-After", "1");
         http_reply_error(req, 429, "too_many_streams",
                          "this tenant has %lld open event streams, its limit",
                          (long long)d->cfg->http_max_streams_per_tenant);

@@ -476,7 +476,8 @@ def test_limits_under_races_and_big_pages():
     """The concurrency limit holds for racing executes and above 200 panels; a page of big
     panels ends early with a cursor; a stream token takes the id in any case the API does."""
     from harness import OPERATOR_KEY
-    s = Server(env={"ASKPANEL_SIM_LATENCY_MS": "60000"}).start()
+    s = Server(env={"ASKPANEL_SIM_LATENCY_MS": "60000",
+                    "ASKPANEL_HTTP_MAX_STREAMS_PER_TENANT": "2"}).start()
     try:
         def tenant(slug, limit):
             r = s.request("POST", "/v1/admin/tenants", {"slug": slug, "name": slug,
@@ -505,6 +506,24 @@ def test_limits_under_races_and_big_pages():
         for t in threads:
             t.join()
         assert sorted(codes) == [202] * 2 + [429] * 10, codes
+        # streams whose clients left free their slots within a retry or two, not at their
+        # next heartbeat (15 s)
+        running = [pid for pid in ids if s.request("GET", "/v1/panels/" + pid,
+                                                   key=key).json()["status"] == "running"]
+        for _ in range(2):
+            c = SSEClient(s, "/v1/panels/%s/events" % running[0], key=key)
+            assert c.status == 200, c.status
+            c.close()
+        t0, opened = time.time(), None
+        while opened is None and time.time() - t0 < 8:
+            c = SSEClient(s, "/v1/panels/%s/events" % running[0], key=key)
+            if c.status == 200:
+                opened = time.time() - t0
+            else:
+                assert c.status == 429 and c.headers["Retry-After"] == "1", c.status
+                time.sleep(1)
+            c.close()
+        assert opened is not None and opened < 4, opened
         # a limit above a list page (200) is counted, not paged
         key = tenant("wide", 201)
         for _ in range(201):
