@@ -1128,11 +1128,18 @@ static ap_status load_and_check(script_vm *vm, script_kind kind, const char *nam
     lua_insert(L, -2);
     lua_pushlightuserdata(L, &job);
     lua_insert(L, -2);
+    /* The check encodes what the script returned (params, nodes): walking a table shared many
+     * times takes time its small output does not bound, so it runs on the same budget. */
+    script_vm_slice_begin(vm);
     status = lua_pcall(L, 2, 1, 0);
+    script_vm_note(L, status);
+    script_vm_slice_end(vm);
     bool ok = status == LUA_OK && lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (!ok) {
-        if (err == NULL || err->status == AP_OK)
+        if (script_vm_tripped(vm, msg, sizeof msg))
+            ap_err_set(err, AP_LIMIT, "%s.lua: %s", name, msg);
+        else if (err == NULL || err->status == AP_OK)
             ap_err_set(err, AP_NOMEM, "out of memory while checking %s.lua", name);
         return err != NULL ? err->status : AP_INVALID;
     }
