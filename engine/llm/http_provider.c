@@ -56,6 +56,7 @@ struct hp {
     struct curl_slist *headers[2];
     int max_concurrency, active, max_attempts;
     int64_t backoff_base_ms, backoff_cap_ms, connect_ms, first_token_ms, idle_ms, total_ms;
+    int64_t retry_after_max_ms; /* a longer Retry-After is not waited for */
     size_t max_body, max_stream;
     llm_wire_limits limits;
     bool native_schema;
@@ -402,12 +403,13 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
     memcpy(v, line + k, len);
     v[len] = '\0';
     v[strcspn(v, "\r\n")] = '\0';
-    int64_t wait = llm_wire_retry_after_ms(v, (int64_t)time(NULL) * 1000);
+    int64_t wait = ms ? llm_wire_retry_after_ms_of_ms(v)
+                      : llm_wire_retry_after_ms(v, (int64_t)time(NULL) * 1000);
     if (wait < 0)
         return n;
     /* retry-after-ms (OpenAI) is finer than Retry-After: it wins when both are sent */
     if (ms) {
-        x->retry_after_ms = wait / 1000;
+        x->retry_after_ms = wait;
         x->retry_after_exact = true;
     } else if (!x->retry_after_exact) {
         x->retry_after_ms = wait;
@@ -602,6 +604,16 @@ static void failed(xfer *x, bool retryable, bool next_model, ap_status st, const
      * the call streams nothing and the final message carries the whole answer. */
     if (x->delivered > 0)
         x->mute = true;
+    /* A provider that asks for a long wait (rate limited for the hour) is not waited for: the
+     * panel would sit in running meanwhile. The call moves on to a fallback model, or fails. */
+    if (retryable && x->retry_after_ms > p->retry_after_max_ms) {
+        retryable = false;
+        next_model = true;
+        size_t used = strlen(error);
+        snprintf(error + used, sizeof error - used,
+                 "; it asked to retry after %lld s, longer than retry_after_max_ms",
+                 (long long)(x->retry_after_ms / 1000));
+    }
     if (retryable && x->model_attempts < p->max_attempts) {
         log_info("llm call attempt failed, retrying: %s", error);
         int64_t wait = llm_wire_backoff_ms(x->model_attempts, p->backoff_base_ms, p->backoff_cap_ms,
@@ -900,6 +912,7 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
     p->max_attempts = (int)cfg_int(cfg, "max_attempts", 4, 1, 20);
     p->backoff_base_ms = cfg_int(cfg, "backoff_base_ms", 250, 0, 600000);
     p->backoff_cap_ms = cfg_int(cfg, "backoff_cap_ms", 8000, 0, 3600000);
+    p->retry_after_max_ms = cfg_int(cfg, "retry_after_max_ms", 60000, 0, 3600000);
     p->connect_ms = cfg_int(cfg, "connect_timeout_ms", 10000, 1, 600000);
     p->first_token_ms = cfg_int(cfg, "first_token_timeout_ms", 60000, 1, 3600000);
     p->idle_ms = cfg_int(cfg, "idle_timeout_ms", 30000, 1000, 3600000);

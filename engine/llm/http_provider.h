@@ -19,7 +19,8 @@
  * Provider config (llm.providers.<name>, every key optional):
  *   base_url, api_key (else the SDK environment variables), model (default model),
  *   fallback_models [..], max_concurrency (256), max_attempts per model (4),
- *   backoff_base_ms (250), backoff_cap_ms (8000), connect_timeout_ms (10000),
+ *   backoff_base_ms (250), backoff_cap_ms (8000), retry_after_max_ms (60000: a
+ *   longer Retry-After fails the attempt's model instead of waiting), connect_timeout_ms (10000),
  *   first_token_timeout_ms (60000), idle_timeout_ms (30000), total_timeout_ms (300000),
  *   max_response_bytes (4 MiB, non-streaming), max_stream_bytes (64 MiB), max_answer_bytes
  *   (256 KiB), headers { "Name": "value" } (sent with every request), max_tokens_field

@@ -270,6 +270,24 @@ int64_t llm_wire_retry_after_ms(const char *value, int64_t now_ms)
     return delta > RETRY_AFTER_CAP_MS ? RETRY_AFTER_CAP_MS : delta;
 }
 
+int64_t llm_wire_retry_after_ms_of_ms(const char *value)
+{
+    if (value == NULL)
+        return -1;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (!isdigit((unsigned char)*value))
+        return -1;
+    char *end = NULL;
+    errno = 0;
+    double ms = strtod(value, &end);
+    while (end != NULL && (*end == ' ' || *end == '\t'))
+        end++;
+    if (errno != 0 || end == NULL || *end != '\0' || !isfinite(ms) || ms < 0)
+        return -1;
+    return ms >= (double)RETRY_AFTER_CAP_MS ? RETRY_AFTER_CAP_MS : (int64_t)(ms + 0.5);
+}
+
 int64_t llm_wire_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint32_t rnd,
                             int64_t retry_after_ms)
 {

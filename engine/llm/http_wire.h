@@ -160,6 +160,9 @@ void llm_wire_transport_error(const char *message, llm_wire_error *e);
  * hour so a hostile server cannot park a call forever. */
 int64_t llm_wire_retry_after_ms(const char *value, int64_t now_ms);
 
+/* The same for a retry-after-ms value (milliseconds, no dates), with the same cap. */
+int64_t llm_wire_retry_after_ms_of_ms(const char *value);
+
 /* Backoff before retry number attempt (1 = first retry): exponential from base_ms, capped at
  * cap_ms, with "equal jitter" (a wait in [ceiling/2, ceiling] drawn from rnd, any 32-bit
  * value); at least retry_after_ms when that is >= 0. */

@@ -4,6 +4,7 @@
  * The providers are driven through their llm_provider_ops with a small stand-in for the
  * llm_call half of provider.h, so this test does not depend on which providers llm.c lists. */
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/jsonx.h"
 #include "llm/http_provider.h"
 #include "llm/http_schema.h"
@@ -340,6 +341,28 @@ static void test_retry_policy(void **state)
         rig_free(&r);
         mock_stop(m);
     }
+}
+
+/* A provider that asks to wait an hour is not waited for: one attempt, then the call fails
+ * (or moves to a fallback model) at once, saying why. */
+static void test_long_retry_after_is_not_waited_for(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms",  "1",    "--token-ms", "0",
+                          "--fault-rate",  "1",    "--faults",   "429",
+                          "--retry-after", "3600", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_openai_ops, m, "\"max_attempts\":3");
+    int64_t t0 = clock_mono_ms();
+    llm_call *c = ask(&r, "x", NULL, true);
+    if (c->resp.status == AP_OK || c->resp.attempts != 1 ||
+        strstr(c->error, "asked to retry after 3600 s") == NULL || clock_mono_ms() - t0 > 3000)
+        fail_msg("status %d attempts %d after %lld ms: %s", c->resp.status, c->resp.attempts,
+                 (long long)(clock_mono_ms() - t0), c->error);
+    assert_int_equal((int)stat_num(m, NULL, "requests_total"), 1);
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
 }
 
 static void test_transient_faults_recover(void **state)
@@ -713,6 +736,7 @@ int main(void)
         cmocka_unit_test_teardown(test_streaming_both, stop_leftovers),
         cmocka_unit_test_teardown(test_schema_answers, stop_leftovers),
         cmocka_unit_test_teardown(test_retry_policy, stop_leftovers),
+        cmocka_unit_test_teardown(test_long_retry_after_is_not_waited_for, stop_leftovers),
         cmocka_unit_test_teardown(test_transient_faults_recover, stop_leftovers),
         cmocka_unit_test_teardown(test_fallback_model, stop_leftovers),
         cmocka_unit_test_teardown(test_schema_repair, stop_leftovers),

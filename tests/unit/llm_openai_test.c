@@ -306,6 +306,12 @@ static void test_retry_after(void **state)
     assert_int_equal(llm_wire_retry_after_ms("3s", now), -1);
     assert_int_equal(llm_wire_retry_after_ms("nan", now), -1);
     assert_int_equal(llm_wire_retry_after_ms("tomorrow", now), -1);
+    /* retry-after-ms: milliseconds, capped like seconds (60000 ms was read as 3.6 s) */
+    assert_int_equal(llm_wire_retry_after_ms_of_ms("60000"), 60000);
+    assert_int_equal(llm_wire_retry_after_ms_of_ms(" 250.4 "), 250);
+    assert_int_equal(llm_wire_retry_after_ms_of_ms("99999999999"), 3600 * 1000);
+    assert_int_equal(llm_wire_retry_after_ms_of_ms("-5"), -1);
+    assert_int_equal(llm_wire_retry_after_ms_of_ms("Fri, 28 Nov 2025 12:00:30 GMT"), -1);
 }
 
 static void test_backoff(void **state)
