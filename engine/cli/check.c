@@ -1,6 +1,7 @@
 /* askpanel check FILE.lua: compile, check the contract, dry-run on the simulated provider. */
 #include "cli/cli.h"
 
+#include "core/fileio.h"
 #include "core/jsonx.h"
 #include "panel/dryrun.h"
 
@@ -19,23 +20,6 @@ static const char sample_ballots[] =
     "{\"expert\":\"c\",\"name\":\"C\",\"position\":\"yes\",\"confidence\":0.7,\"weight\":2,"
     "\"ranking\":[\"x\",\"z\",\"y\"],\"approvals\":[\"x\",\"z\"],\"estimate\":12,"
     "\"distribution\":{\"x\":0.5,\"y\":0.5},\"reason\":\"r\"}]";
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    char *data = malloc(CHECK_FILE_MAX + 1);
-    size_t n = data != NULL ? fread(data, 1, CHECK_FILE_MAX + 1, f) : 0;
-    fclose(f);
-    if (data == NULL || n > CHECK_FILE_MAX) {
-        free(data);
-        return NULL;
-    }
-    data[n] = '\0';
-    *len = n;
-    return data;
-}
 
 /* Messages name the chunk "<name>.lua:<line>:"; show the path the admin gave instead. */
 static void print_error(const char *path, const char *name, const char *msg)
@@ -86,9 +70,9 @@ int cli_check(int argc, char **argv)
     if (bl > 4 && strcmp(b + bl - 4, ".lua") == 0)
         bl -= 4;
     snprintf(name, sizeof name, "%.*s", (int)bl, b);
-    src = read_file(path, &len);
-    if (src == NULL) {
-        fprintf(stderr, "%s: cannot read the file (missing, unreadable or over 1 MiB)\n", path);
+    ap_err rerr = {0};
+    if (fileio_read(path, CHECK_FILE_MAX, &src, &len, &rerr) != AP_OK) {
+        fprintf(stderr, "%s\n", rerr.msg);
         goto out;
     }
     script_limits lim;

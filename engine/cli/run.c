@@ -1,6 +1,7 @@
 /* askpanel run: one panel in-process, printed as it happens. */
 #include "cli/cli.h"
 
+#include "core/fileio.h"
 #include "core/jsonx.h"
 #include "panel/roster.h"
 #include "panel/session.h"
@@ -12,24 +13,6 @@
 
 #define MAX_PARAMS 64
 #define FILE_MAX (4 * 1024 * 1024)
-
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    char *data = malloc(FILE_MAX + 1);
-    size_t n = data != NULL ? fread(data, 1, FILE_MAX + 1, f) : 0;
-    fclose(f);
-    if (data == NULL || n > FILE_MAX) {
-        free(data);
-        return NULL;
-    }
-    data[n] = '\0';
-    if (len != NULL)
-        *len = n;
-    return data;
-}
 
 static bool is_file_arg(const char *s)
 {
@@ -129,9 +112,9 @@ static ap_status create_panel(panel_session *s, const run_args *a, const char *e
     if (file) {
         size_t len = 0;
         base_name(a->strategy, name, sizeof name);
-        src = read_all(a->strategy, &len);
-        if (src == NULL) {
-            rc = ap_err_set(err, AP_NOTFOUND, "cannot read %s", a->strategy);
+        /* an unreadable file given on the command line is the caller's to fix: exit 2 */
+        if ((rc = fileio_read(a->strategy, FILE_MAX, &src, &len, err)) != AP_OK) {
+            rc = rc == AP_NOMEM ? rc : AP_INVALID;
             goto out;
         }
         rc = script_registry_validate(s->reg, SCRIPT_STRATEGY, name, src, len, "file", &en, err);
@@ -200,11 +183,15 @@ int cli_run(int argc, char **argv)
         goto out;
     status = 1;
     if (a.experts != NULL) {
-        experts = read_all(a.experts, NULL);
-        cJSON *arr = experts != NULL ? jsonx_parse(experts, strlen(experts), 32, NULL) : NULL;
+        ap_err rerr = {0};
+        if (fileio_read(a.experts, FILE_MAX, &experts, NULL, &rerr) != AP_OK) {
+            fprintf(stderr, "askpanel: %s\n", rerr.msg);
+            status = 2;
+            goto out;
+        }
+        cJSON *arr = jsonx_parse(experts, strlen(experts), 32, NULL);
         bool ok = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) > 0;
         cJSON_Delete(arr);
-        ap_err rerr = {0};
         if (!ok) {
             fprintf(stderr, "askpanel: %s must hold a non-empty JSON array of experts\n",
                     a.experts);

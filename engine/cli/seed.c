@@ -2,6 +2,7 @@
  * their branding, feature flags, limits and expert rosters, and an admin key printed once. */
 #include "cli/cli.h"
 
+#include "core/fileio.h"
 #include "core/jsonx.h"
 #include "store/store.h"
 
@@ -14,20 +15,12 @@
 
 static cJSON *read_json(const char *path, ap_err *err)
 {
-    cJSON *root = NULL;
-    char *text = malloc(TENANT_FILE_MAX + 1);
-    FILE *f = fopen(path, "rb");
-    if (text == NULL || f == NULL) {
-        ap_err_set(err, AP_IO, "%s: %s", path, f == NULL ? strerror(errno) : "out of memory");
-        goto out;
-    }
-    size_t n = fread(text, 1, TENANT_FILE_MAX + 1, f);
-    if (n > TENANT_FILE_MAX) {
-        ap_err_set(err, AP_LIMIT, "%s: larger than %d bytes", path, TENANT_FILE_MAX);
-        goto out;
-    }
+    char *text = NULL;
+    size_t n = 0;
+    if (fileio_read(path, TENANT_FILE_MAX, &text, &n, err) != AP_OK)
+        return NULL;
     ap_err perr;
-    root = jsonx_parse(text, n, 16, &perr);
+    cJSON *root = jsonx_parse(text, n, 16, &perr);
     if (root == NULL)
         ap_err_set(err, AP_INVALID, "%s: %s", path, perr.msg);
     else if (!cJSON_IsObject(root)) {
@@ -35,9 +28,6 @@ static cJSON *read_json(const char *path, ap_err *err)
         cJSON_Delete(root);
         root = NULL;
     }
-out:
-    if (f != NULL)
-        fclose(f);
     free(text);
     return root;
 }

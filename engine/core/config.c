@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include "core/fileio.h"
 #include "core/jsonx.h"
 
 #include <ctype.h>
@@ -214,45 +215,12 @@ static ap_status apply_member(config *c, const char *path, const cJSON *v, const
     return AP_ERROR;
 }
 
-static ap_status read_file(const char *path, char **out, size_t *len, ap_err *err)
-{
-    ap_status rc = AP_OK;
-    char *data = NULL;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return ap_err_set(err, AP_NOTFOUND, "%s: cannot read config file: %s", path,
-                          strerror(errno));
-    data = malloc(CONFIG_FILE_MAX + 1);
-    if (data == NULL) {
-        rc = ap_err_set(err, AP_NOMEM, "out of memory");
-        goto out;
-    }
-    size_t n = fread(data, 1, CONFIG_FILE_MAX + 1, f);
-    if (ferror(f)) {
-        rc = ap_err_set(err, AP_IO, "%s: read error", path);
-        goto out;
-    }
-    if (n > CONFIG_FILE_MAX) {
-        rc = ap_err_set(err, AP_LIMIT, "%s: config file larger than %d bytes", path,
-                        CONFIG_FILE_MAX);
-        goto out;
-    }
-    data[n] = '\0';
-    *out = data;
-    *len = n;
-    data = NULL;
-out:
-    free(data);
-    fclose(f);
-    return rc;
-}
-
 ap_status config_load_file(config *c, const char *path, ap_err *err)
 {
     char *text = NULL;
     size_t len = 0;
     cJSON *root = NULL;
-    ap_status rc = read_file(path, &text, &len, err);
+    ap_status rc = fileio_read(path, CONFIG_FILE_MAX, &text, &len, err);
     if (rc != AP_OK)
         goto out;
     ap_err perr;

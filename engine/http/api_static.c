@@ -2,9 +2,9 @@
  *
  * Only plain file names directly in web_dir are served ("/", "/ui/app.js"); a name with a
  * path separator or a leading dot cannot be asked for, so nothing outside web_dir leaks. */
+#include "core/fileio.h"
 #include "http/api.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,16 +53,13 @@ static void serve_file(http_request *req, const api_deps *d, const char *name)
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", d->cfg->web_dir, name);
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
+    char *data = NULL;
+    size_t n = 0;
+    ap_err err = {0};
+    ap_status rc = fileio_read(path, STATIC_MAX, &data, &n, &err);
+    if (rc == AP_NOTFOUND || rc == AP_INVALID) {
         http_reply_error(req, 404, "not_found", "no such file");
-        return;
-    }
-    char *data = malloc(STATIC_MAX + 1);
-    size_t n = data != NULL ? fread(data, 1, STATIC_MAX + 1, f) : 0;
-    bool bad = data == NULL || ferror(f) || n > STATIC_MAX;
-    fclose(f);
-    if (bad) {
+    } else if (rc != AP_OK) {
         http_reply_error(req, 500, "internal", "cannot read %s", name);
     } else {
         http_add_header(req, "Cache-Control", "no-cache");

@@ -1,5 +1,6 @@
 #include "script/registry.h"
 
+#include "core/fileio.h"
 #include "core/log.h"
 
 #include <dirent.h>
@@ -139,27 +140,9 @@ void script_registry_free(script_registry *r)
 /* Reads a whole script file; AP_NOTFOUND when it does not exist. */
 static ap_status read_file(const char *path, char **out, size_t *len, ap_err *err)
 {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return errno == ENOENT
-                   ? AP_NOTFOUND
-                   : ap_err_set(err, AP_IO, "cannot read %s: %s", path, strerror(errno));
-    char *data = malloc(SCRIPT_MAX_BYTES + 1);
-    size_t n = data != NULL ? fread(data, 1, SCRIPT_MAX_BYTES + 1, f) : 0;
-    bool bad = ferror(f) != 0;
-    fclose(f);
-    if (data == NULL)
-        return ap_err_set(err, AP_NOMEM, "out of memory");
-    if (bad || n > SCRIPT_MAX_BYTES) {
-        free(data);
-        return ap_err_set(err, bad ? AP_IO : AP_LIMIT, "%s: %s", path,
-                          bad ? "read error" : "larger than 1 MiB");
-    }
-    data[n] = '\0';
-    *out = data;
-    *len = n;
-    return AP_OK;
+    ap_err inner = {0};
+    ap_status rc = fileio_read(path, SCRIPT_MAX_BYTES, out, len, &inner);
+    return rc == AP_OK || rc == AP_NOTFOUND ? rc : ap_err_set(err, rc, "%s", inner.msg);
 }
 
 static ap_status make_entry(const script_registry *r, script_kind kind, const char *name,

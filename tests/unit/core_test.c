@@ -1,6 +1,7 @@
 /* core/: buffers, ids and hashes, JSON helpers, the log line format. */
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/fileio.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
 #include "core/log.h"
@@ -12,7 +13,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -325,6 +328,43 @@ static void test_clock_deadline(void **state)
     }
 }
 
+/* Whole files: regular ones within their bound; a FIFO (which would block the reader) and a
+ * device (which streams without end) are refused at once. */
+static void test_fileio_read(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/ap-fileio-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[128], fifo[128];
+    snprintf(path, sizeof path, "%s/f.json", dir);
+    snprintf(fifo, sizeof fifo, "%s/trap.lua", dir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("{\"a\":1}", f);
+    fclose(f);
+    char *out = NULL;
+    size_t len = 0;
+    ap_err err = {0};
+    assert_int_equal(fileio_read(path, 64, &out, &len, &err), AP_OK);
+    assert_int_equal(len, 7);
+    assert_string_equal(out, "{\"a\":1}");
+    free(out);
+    assert_int_equal(fileio_read(path, 6, &out, &len, &err), AP_LIMIT);
+    assert_null(out);
+    assert_non_null(strstr(err.msg, "larger than 6 bytes"));
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    int64_t t0 = clock_mono_ms();
+    assert_int_equal(fileio_read(fifo, 64, &out, &len, &err), AP_INVALID);
+    assert_non_null(strstr(err.msg, "not a regular file"));
+    assert_int_equal(fileio_read("/dev/zero", 64, &out, &len, &err), AP_INVALID);
+    assert_int_equal(fileio_read(dir, 64, &out, &len, &err), AP_INVALID);
+    assert_true(clock_mono_ms() - t0 < 1000);
+    unlink(fifo);
+    unlink(path);
+    assert_int_equal(fileio_read(path, 64, &out, &len, &err), AP_NOTFOUND);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +379,7 @@ int main(void)
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_log_lines_are_json),
         cmocka_unit_test(test_clock_deadline),
+        cmocka_unit_test(test_fileio_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
