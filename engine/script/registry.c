@@ -343,6 +343,13 @@ ap_status script_registry_cached_version(script_registry *r, script_kind kind, c
     return rc;
 }
 
+/* Whether path is a tenant's override (under tenants_dir) rather than a built-in. */
+static bool is_override(const script_registry *r, const char *path)
+{
+    size_t n = strlen(r->tenants_dir);
+    return strncmp(path, r->tenants_dir, n) == 0 && path[n] == '/';
+}
+
 ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *err)
 {
     size_t count = 0;
@@ -373,6 +380,24 @@ ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *er
         if (keys[i] == NULL || names[i] == NULL || origins[i] == NULL)
             continue;
         ap_status rc = read_file(keys[i], &src, &len, &inner);
+        if (rc == AP_NOTFOUND && is_override(r, keys[i])) {
+            /* A deleted tenant override is taken out, so the tenant falls back to the
+             * built-in. (A built-in that is gone, perhaps for a moment while a deploy swaps
+             * folders, keeps its loaded version, as a broken one does.) Running panels keep
+             * their pinned version in any case. */
+            pthread_mutex_lock(&r->mu);
+            cached *c = find_locked(r, keys[i]);
+            if (c != NULL) {
+                script_entry_free(&c->entry);
+                free(c->key);
+                *c = r->items[--r->n];
+                count++;
+            }
+            pthread_mutex_unlock(&r->mu);
+            log_info("script reload: %s is gone; the tenant's panels fall back to the built-in",
+                     keys[i]);
+            continue;
+        }
         if (rc != AP_OK) {
             log_warn("script reload: %s: %s; keeping the loaded version", keys[i],
                      rc == AP_NOTFOUND ? "file is gone" : inner.msg);
@@ -424,30 +449,69 @@ ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *er
 
 /* ---- inotify watcher -------------------------------------------------------------------- */
 
-static void add_watch(int fd, const char *dir)
+static bool add_watch(int fd, const char *dir)
 {
-    uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM;
-    (void)inotify_add_watch(fd, dir, mask); /* a missing directory simply is not watched */
+    uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM |
+                    IN_DELETE_SELF | IN_MOVE_SELF;
+    return inotify_add_watch(fd, dir, mask) >= 0; /* a missing directory is not watched */
 }
+
+/* Watches every script folder there is now, and the tenants folder for new tenants. Adding a
+ * watch twice is harmless, so this runs again after every change: a folder deleted and
+ * created again (a checkout, a deploy that swaps directories) is watched anew. False while
+ * the strategies folder itself is missing. */
+static bool add_watches(script_registry *r)
+{
+    char path[4096 + 256];
+    bool present = add_watch(r->inotify_fd, r->strategies_dir);
+    snprintf(path, sizeof path, "%s/consensus", r->strategies_dir);
+    add_watch(r->inotify_fd, path);
+    add_watch(r->inotify_fd, r->tenants_dir);
+    DIR *d = opendir(r->tenants_dir);
+    struct dirent *de;
+    while (d != NULL && (de = readdir(d)) != NULL) {
+        if (!safe_component(de->d_name))
+            continue;
+        snprintf(path, sizeof path, "%s/%s/strategies", r->tenants_dir, de->d_name);
+        add_watch(r->inotify_fd, path);
+        snprintf(path, sizeof path, "%s/%s/strategies/consensus", r->tenants_dir, de->d_name);
+        add_watch(r->inotify_fd, path);
+    }
+    if (d != NULL)
+        closedir(d);
+    return present;
+}
+
+/* While the strategies folder is missing (between a deploy's delete and its copy), looks
+ * for it again every second. */
+#define WATCH_RETRY_MS 1000
 
 static void *watch_main(void *arg)
 {
     script_registry *r = arg;
     struct pollfd fds[2] = {{r->inotify_fd, POLLIN, 0}, {r->stop_fd, POLLIN, 0}};
     char buffer[16384];
+    bool present = add_watches(r);
     for (;;) {
-        if (poll(fds, 2, -1) < 0) {
+        int ready = poll(fds, 2, present ? -1 : WATCH_RETRY_MS);
+        if (ready < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
         if (fds[1].revents != 0)
             break;
+        if (ready == 0) {
+            if ((present = add_watches(r)))
+                script_registry_reload(r, NULL, NULL);
+            continue;
+        }
         if (fds[0].revents != 0) {
             /* Editors write in several steps: let them settle, then reload once. */
             usleep(100 * 1000);
             while (read(r->inotify_fd, buffer, sizeof buffer) > 0) {
             }
+            present = add_watches(r);
             script_registry_reload(r, NULL, NULL);
         }
     }
@@ -462,22 +526,7 @@ ap_status script_registry_watch(script_registry *r, ap_err *err)
     r->stop_fd = eventfd(0, EFD_CLOEXEC);
     if (r->inotify_fd < 0 || r->stop_fd < 0)
         return ap_err_set(err, AP_IO, "inotify: %s", strerror(errno));
-    char path[4096 + 256];
-    add_watch(r->inotify_fd, r->strategies_dir);
-    snprintf(path, sizeof path, "%s/consensus", r->strategies_dir);
-    add_watch(r->inotify_fd, path);
-    DIR *d = opendir(r->tenants_dir);
-    struct dirent *de;
-    while (d != NULL && (de = readdir(d)) != NULL) {
-        if (!safe_component(de->d_name))
-            continue;
-        snprintf(path, sizeof path, "%s/%s/strategies", r->tenants_dir, de->d_name);
-        add_watch(r->inotify_fd, path);
-        snprintf(path, sizeof path, "%s/%s/strategies/consensus", r->tenants_dir, de->d_name);
-        add_watch(r->inotify_fd, path);
-    }
-    if (d != NULL)
-        closedir(d);
+    add_watches(r); /* before returning: a change right after start is seen */
     if (pthread_create(&r->watcher, NULL, watch_main, r) != 0)
         return ap_err_set(err, AP_ERROR, "cannot start the script watcher");
     r->watching = true;

@@ -439,6 +439,68 @@ static void test_inotify_reload(void **state)
                      AP_OK);
     assert_non_null(strstr(en.source, "v = 2"));
     script_entry_free(&en);
+    /* The folder swapped for a new one (a deploy, a checkout) is still watched. */
+    char path[256], aside[256];
+    snprintf(path, sizeof path, "%s/strategies", dir);
+    snprintf(aside, sizeof aside, "%s/strategies.old", dir);
+    assert_int_equal(rename(path, aside), 0);
+    usleep(300 * 1000);
+    assert_int_equal(mkdir(path, 0700), 0);
+    write_file("watched.lua", "return { name = 'watched', start = 'a', nodes = { a = "
+                              "function(ctx) return ctx:done({ v = 3 }) end } }\n");
+    usleep(300 * 1000);
+    write_file("watched.lua", "return { name = 'watched', start = 'a', nodes = { a = "
+                              "function(ctx) return ctx:done({ v = 4 }) end } }\n");
+    bool swapped = false;
+    for (int i = 0; i < 60 && !swapped; i++) {
+        usleep(50 * 1000);
+        assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
+                         AP_OK);
+        swapped = strstr(en.source, "v = 4") != NULL;
+        script_entry_free(&en);
+    }
+    assert_true(swapped);
+    /* The other tests' files are in the old folder: put it back. */
+    char fresh[256];
+    snprintf(fresh, sizeof fresh, "%s/strategies.new", dir);
+    assert_int_equal(rename(path, fresh), 0);
+    assert_int_equal(rename(aside, path), 0);
+}
+
+/* A tenant override that is deleted falls back to the built-in at the next reload. */
+static void test_deleted_override_falls_back(void **state)
+{
+    (void)state;
+    write_file("layered.lua", "return { name = 'layered', start = 'a', nodes = { a = "
+                              "function(ctx) return ctx:done({ v = 'builtin' }) end } }\n");
+    char tdir[256], over[300];
+    snprintf(tdir, sizeof tdir, "%s/tenants/acme/strategies", dir);
+    snprintf(over, sizeof over, "%s/layered.lua", tdir);
+    char mk[300];
+    snprintf(mk, sizeof mk, "%s/tenants", dir);
+    mkdir(mk, 0700);
+    snprintf(mk, sizeof mk, "%s/tenants/acme", dir);
+    mkdir(mk, 0700);
+    mkdir(tdir, 0700);
+    FILE *f = fopen(over, "w");
+    assert_non_null(f);
+    fputs("return { name = 'layered', start = 'a', nodes = { a = "
+          "function(ctx) return ctx:done({ v = 'override' }) end } }\n",
+          f);
+    fclose(f);
+    ap_err err = {0};
+    script_entry en = {0};
+    assert_int_equal(script_registry_resolve(reg, "acme", SCRIPT_STRATEGY, "layered", &en, &err),
+                     AP_OK);
+    assert_non_null(strstr(en.source, "override"));
+    script_entry_free(&en);
+    assert_int_equal(unlink(over), 0);
+    size_t changed = 0;
+    assert_int_equal(script_registry_reload(reg, &changed, &err), AP_OK);
+    assert_int_equal(script_registry_resolve(reg, "acme", SCRIPT_STRATEGY, "layered", &en, &err),
+                     AP_OK);
+    assert_non_null(strstr(en.source, "builtin"));
+    script_entry_free(&en);
 }
 
 static void test_cancel_aborts_at_once(void **state)
@@ -718,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_deltas_join_to_the_answer),
         cmocka_unit_test(test_hot_reload),
         cmocka_unit_test(test_inotify_reload),
+        cmocka_unit_test(test_deleted_override_falls_back),
         cmocka_unit_test(test_cancel_aborts_at_once),
         cmocka_unit_test(test_human_input),
         cmocka_unit_test(test_input_after_restart),
