@@ -8,6 +8,7 @@
 #include "script/host.h"
 #include "script/params.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,10 +75,12 @@ static int parse(int argc, char **argv, run_args *a, cli_common *common)
         if (dst != NULL) {
             *dst = value;
         } else if (strcmp(arg, "--seed") == 0) {
+            /* strtoull takes "-1" (as 2^64 - 1) and clamps what overflows: digits only */
             char *end = NULL;
+            errno = 0;
             a->seed = strtoull(value, &end, 10);
-            if (end == value || *end != '\0')
-                return cli_usage_error("run: --seed needs a whole number");
+            if (value[0] < '0' || value[0] > '9' || end == value || *end != '\0' || errno != 0)
+                return cli_usage_error("run: --seed needs a whole number from 0 to 2^64 - 1");
         } else {
             const char *eq = strchr(value, '=');
             if (eq == NULL || eq == value)
@@ -184,12 +187,13 @@ int cli_run(int argc, char **argv)
     status = 1;
     if (a.experts != NULL) {
         ap_err rerr = {0};
-        if (fileio_read(a.experts, FILE_MAX, &experts, NULL, &rerr) != AP_OK) {
+        size_t experts_len = 0;
+        if (fileio_read(a.experts, FILE_MAX, &experts, &experts_len, &rerr) != AP_OK) {
             fprintf(stderr, "askpanel: %s\n", rerr.msg);
             status = 2;
             goto out;
         }
-        cJSON *arr = jsonx_parse(experts, strlen(experts), 32, NULL);
+        cJSON *arr = jsonx_parse(experts, experts_len, 32, NULL);
         bool ok = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) > 0;
         cJSON_Delete(arr);
         if (!ok) {

@@ -17,6 +17,7 @@
 #define MAX_ASKS 256
 #define MAX_EXPERTS 256 /* in a panel's roster, as many as one ask_all reaches */
 #define MAX_EXPERT_ID 128
+#define MAX_MODEL_NAME 200 /* the store's bound on a usage row's model */
 #define MAX_PROMPT (512 * 1024)
 #define MAX_BATCH_TEXT (16 * 1024 * 1024)
 #define MAX_EVENT_DATA (256 * 1024)
@@ -878,10 +879,15 @@ static ap_status check_roster(const script_panel *sp, ap_err *err)
         return ap_err_set(err, AP_INVALID, "a panel has at most %d experts, not %zu", MAX_EXPERTS,
                           sp->n_experts);
     for (size_t i = 0; i < sp->n_experts; i++) {
-        const char *id = sp->experts[i].id;
+        const char *id = sp->experts[i].id, *model = sp->experts[i].model;
         if (strlen(id) > MAX_EXPERT_ID)
             return ap_err_set(err, AP_INVALID, "expert id '%.40s...' is longer than %d bytes", id,
                               MAX_EXPERT_ID);
+        /* The store records usage per model name: a longer one would be run and never
+         * accounted. */
+        if (model != NULL && strlen(model) > MAX_MODEL_NAME)
+            return ap_err_set(err, AP_INVALID, "expert '%s': model name longer than %d bytes", id,
+                              MAX_MODEL_NAME);
         for (size_t j = 0; j < i; j++)
             if (strcmp(sp->experts[j].id, id) == 0)
                 return ap_err_set(err, AP_INVALID, "expert id '%s' appears twice in the roster",
