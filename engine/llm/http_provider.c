@@ -98,6 +98,7 @@ struct xfer {
     size_t delivered; /* bytes of deltas passed to the caller */
     size_t bytes;
     bool got_token, timed_out;
+    bool complete;   /* the stream said it is done: the rest of the connection is not waited for */
     ap_status local; /* a failure we found while receiving (limit, malformed, ...) */
     char local_msg[AP_ERR_MSG_MAX];
     llm_timer *timer; /* first-token timeout while running, backoff while waiting */
@@ -370,6 +371,13 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
             set_local(x, rc, err.msg);
             return 0;
         }
+        /* The answer is whole once the stream says so ([DONE], message_stop): a server that
+         * keeps the connection open after it would otherwise hold the call until the idle
+         * timeout, and the attempt would count as lost. Stopping the transfer here ends it. */
+        if (x->p->d->dec_reply(x->dec)->done) {
+            x->complete = true;
+            return 0;
+        }
         return n;
     }
     if (!x->got_token) {
@@ -474,7 +482,7 @@ static ap_status begin_attempt(xfer *x, ap_err *err)
     x->retry_after_ms = -1;
     x->retry_after_exact = false;
     x->bytes = 0;
-    x->got_token = x->timed_out = false;
+    x->got_token = x->timed_out = x->complete = false;
     x->local = AP_OK;
     x->local_msg[0] = '\0';
     x->curl_err[0] = '\0';
@@ -734,7 +742,8 @@ static void end_attempt(xfer *x, CURLcode cc)
         failed(x, retry, false, retry ? AP_IO : AP_ERROR, msg);
         return;
     }
-    if (cc != CURLE_OK && (status == 0 || status == 200)) {
+    if (cc != CURLE_OK && !(x->complete && cc == CURLE_WRITE_ERROR) &&
+        (status == 0 || status == 200)) {
         if (dec != NULL)
             p->d->dec_free(dec);
         snprintf(msg, sizeof msg, "%s", x->curl_err[0] ? x->curl_err : curl_easy_strerror(cc));

@@ -16,7 +16,7 @@ enum endpoint { EP_OPENAI, EP_ANTHROPIC, EP_COUNT };
 static const char *const EP_NAMES[EP_COUNT] = {"chat_completions", "messages"};
 static const char *const FAULT_NAMES[F_COUNT] = {"none",  "429",         "500",       "529",
                                                  "reset", "stall",       "malformed", "truncate",
-                                                 "401",   "spend_limit", "bad_json"};
+                                                 "401",   "spend_limit", "bad_json",  "linger"};
 
 pthread_mutex_t mock_lock = PTHREAD_MUTEX_INITIALIZER;
 mock_opts mock_o;
@@ -400,6 +400,10 @@ enum mock_pull_result mock_pull(mock_req *r, int64_t now, char *out, size_t max,
         r->ended_by_us = true;
         return PULL_ERROR;
     }
+    if (r->next > r->n_tokens + 1 && r->fault == F_LINGER && r->stream) {
+        r->due_us = INT64_MAX; /* everything said, nothing closed */
+        return PULL_WAIT;
+    }
     if (r->next > r->n_tokens + 1 && !r->stalled) {
         M.completed++;
         r->ended_by_us = true;
@@ -647,7 +651,7 @@ static enum mock_outcome start_answer(mock_req *r, const mock_hdrs *h, mock_repl
         max_tokens = jsonx_number(root, "max_completion_tokens", -1);
 
     if (r->fault != F_NONE && r->fault != F_STALL && r->fault != F_MALFORMED &&
-        r->fault != F_TRUNCATE && r->fault != F_BADJSON) {
+        r->fault != F_TRUNCATE && r->fault != F_BADJSON && r->fault != F_LINGER) {
         reply_fault(rep, r, r->retry_after[0] ? r->retry_after : NULL);
         ret = MOCK_REPLY;
         goto out;

@@ -30,6 +30,7 @@ enum mock_fault {
     F_401,
     F_SPEND,
     F_BADJSON,
+    F_LINGER, /* a stream's last frame goes out, then the connection stays open */
     F_COUNT
 };
 

@@ -365,6 +365,29 @@ static void test_long_retry_after_is_not_waited_for(void **state)
     mock_stop(m);
 }
 
+/* A stream that said it is done is done, even when the server keeps the connection open:
+ * the answer arrives at once, on its first attempt. */
+static void test_done_stream_on_open_connection(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms", "1",      "--token-ms", "0", "--fault-rate", "1",
+                          "--faults",     "linger", NULL};
+    mock m = mock_start(args);
+    const llm_provider_ops *both[] = {&llm_openai_ops, &llm_anthropic_ops};
+    for (size_t i = 0; i < 2; i++) {
+        rig r = rig_new(both[i], m, "\"max_attempts\":2,\"idle_timeout_ms\":20000");
+        int64_t t0 = clock_mono_ms();
+        llm_call *c = ask(&r, "x", NULL, true);
+        if (c->resp.status != AP_OK || c->resp.attempts != 1 || clock_mono_ms() - t0 > 5000)
+            fail_msg("%s: status %d attempts %d after %lld ms: %s", i ? "anthropic" : "openai",
+                     c->resp.status, c->resp.attempts, (long long)(clock_mono_ms() - t0), c->error);
+        assert_true(c->resp.completion_tokens > 0);
+        call_free(c);
+        rig_free(&r);
+    }
+    mock_stop(m);
+}
+
 static void test_transient_faults_recover(void **state)
 {
     (void)state;
@@ -737,6 +760,7 @@ int main(void)
         cmocka_unit_test_teardown(test_schema_answers, stop_leftovers),
         cmocka_unit_test_teardown(test_retry_policy, stop_leftovers),
         cmocka_unit_test_teardown(test_long_retry_after_is_not_waited_for, stop_leftovers),
+        cmocka_unit_test_teardown(test_done_stream_on_open_connection, stop_leftovers),
         cmocka_unit_test_teardown(test_transient_faults_recover, stop_leftovers),
         cmocka_unit_test_teardown(test_fallback_model, stop_leftovers),
         cmocka_unit_test_teardown(test_schema_repair, stop_leftovers),
