@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "llm/http_schema.h"
 
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -110,12 +111,126 @@ static void end_attempt(xfer *x, CURLcode cc);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-static int64_t cfg_int(const cJSON *cfg, const char *key, int64_t dflt, int64_t lo, int64_t hi)
+/* The whole-number keys of a provider's config, with their defaults and bounds: one table
+ * for reading them and for refusing a config that has them wrong. */
+typedef struct int_key {
+    const char *key;
+    int64_t dflt, lo, hi;
+} int_key;
+
+static const int_key int_keys[] = {
+    {"max_concurrency", 256, 1, 1000000},
+    {"max_attempts", 4, 1, 20},
+    {"backoff_base_ms", 250, 0, 600000},
+    {"backoff_cap_ms", 8000, 0, 3600000},
+    {"retry_after_max_ms", 60000, 0, 3600000},
+    {"connect_timeout_ms", 10000, 1, 600000},
+    {"first_token_timeout_ms", 60000, 1, 3600000},
+    {"idle_timeout_ms", 30000, 1000, 3600000},
+    {"total_timeout_ms", 300000, 1, 86400000},
+    {"max_response_bytes", 4 << 20, 1024, 1 << 30},
+    {"max_stream_bytes", 64 << 20, 1024, INT64_C(1) << 34},
+    {"max_answer_bytes", 256 << 10, 16, 1 << 28},
+    {"max_streams_per_connection", 100, 1, 1000},
+};
+
+static const char *const string_keys[] = {"type",         "base_url",         "api_key",
+                                          "model",        "max_tokens_field", "schema_mode",
+                                          "http_version", "ca_file"};
+
+#define PRICE_MAX 1e6 /* USD per million tokens: anything above is a typo */
+
+static const int_key *int_rule(const char *key)
 {
-    double v = jsonx_number(cfg, key, (double)dflt);
-    if (!isfinite(v) || v < (double)lo || v > (double)hi)
-        return dflt;
+    for (size_t i = 0; i < sizeof int_keys / sizeof int_keys[0]; i++)
+        if (strcmp(int_keys[i].key, key) == 0)
+            return &int_keys[i];
+    return NULL;
+}
+
+/* A key of int_keys; its default when absent (llm_http_check refused anything else). */
+static int64_t cfg_int(const cJSON *cfg, const char *key)
+{
+    const int_key *k = int_rule(key);
+    assert(k != NULL);
+    double v = jsonx_number(cfg, key, (double)k->dflt);
+    if (!isfinite(v) || v < (double)k->lo || v > (double)k->hi)
+        return k->dflt;
     return (int64_t)v;
+}
+
+static bool strings_only(const cJSON *v, bool array)
+{
+    if (array ? !cJSON_IsArray(v) : !cJSON_IsObject(v))
+        return false;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v)
+    {
+        if (!cJSON_IsString(e))
+            return false;
+    }
+    return true;
+}
+
+static bool prices_ok(const cJSON *prices)
+{
+    if (!cJSON_IsObject(prices))
+        return false;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, prices)
+    {
+        if (!cJSON_IsObject(m))
+            return false;
+        const cJSON *p;
+        cJSON_ArrayForEach(p, m)
+        {
+            if ((strcmp(p->string, "prompt") != 0 && strcmp(p->string, "completion") != 0) ||
+                !cJSON_IsNumber(p) || !(p->valuedouble >= 0 && p->valuedouble <= PRICE_MAX))
+                return false;
+        }
+    }
+    return true;
+}
+
+ap_status llm_http_check(const cJSON *cfg, const char *name, ap_err *err)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cfg)
+    {
+        const char *k = m->string;
+        const int_key *ik = int_rule(k);
+        if (ik != NULL) {
+            double v = m->valuedouble;
+            if (!cJSON_IsNumber(m) || !isfinite(v) || v != floor(v) || v < (double)ik->lo ||
+                v > (double)ik->hi)
+                return ap_err_set(err, AP_INVALID,
+                                  "llm.providers.%.40s.%s must be a whole number from %lld to %lld",
+                                  name, k, (long long)ik->lo, (long long)ik->hi);
+            continue;
+        }
+        bool is_string = false;
+        for (size_t i = 0; i < sizeof string_keys / sizeof string_keys[0]; i++)
+            is_string = is_string || strcmp(string_keys[i], k) == 0;
+        if (is_string) {
+            if (!cJSON_IsString(m))
+                return ap_err_set(err, AP_INVALID, "llm.providers.%.40s.%s must be a string", name,
+                                  k);
+        } else if (strcmp(k, "headers") == 0 || strcmp(k, "fallback_models") == 0) {
+            bool array = k[0] == 'f';
+            if (!strings_only(m, array))
+                return ap_err_set(err, AP_INVALID, "llm.providers.%.40s.%s must be %s of strings",
+                                  name, k, array ? "an array" : "an object");
+        } else if (strcmp(k, "prices") == 0) {
+            if (!prices_ok(m))
+                return ap_err_set(err, AP_INVALID,
+                                  "llm.providers.%.40s.prices: { \"<model>\": { \"prompt\": "
+                                  "USD, \"completion\": USD } } per million tokens, 0 to %g",
+                                  name, PRICE_MAX);
+        } else {
+            return ap_err_set(err, AP_INVALID, "llm.providers.%.40s: unknown key '%.60s'", name, k);
+        }
+    }
+    return AP_OK;
 }
 
 static char *dup_or_null(const char *s)
@@ -917,19 +1032,19 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
     }
     const char *model = jsonx_string(cfg, "model");
     p->default_model = model != NULL && model[0] != '\0' ? model : d->default_model;
-    p->max_concurrency = (int)cfg_int(cfg, "max_concurrency", 256, 1, 1000000);
-    p->max_attempts = (int)cfg_int(cfg, "max_attempts", 4, 1, 20);
-    p->backoff_base_ms = cfg_int(cfg, "backoff_base_ms", 250, 0, 600000);
-    p->backoff_cap_ms = cfg_int(cfg, "backoff_cap_ms", 8000, 0, 3600000);
-    p->retry_after_max_ms = cfg_int(cfg, "retry_after_max_ms", 60000, 0, 3600000);
-    p->connect_ms = cfg_int(cfg, "connect_timeout_ms", 10000, 1, 600000);
-    p->first_token_ms = cfg_int(cfg, "first_token_timeout_ms", 60000, 1, 3600000);
-    p->idle_ms = cfg_int(cfg, "idle_timeout_ms", 30000, 1000, 3600000);
-    p->total_ms = cfg_int(cfg, "total_timeout_ms", 300000, 1, 86400000);
-    p->max_body = (size_t)cfg_int(cfg, "max_response_bytes", 4 << 20, 1024, 1 << 30);
-    p->max_stream = (size_t)cfg_int(cfg, "max_stream_bytes", 64 << 20, 1024, INT64_C(1) << 34);
+    p->max_concurrency = (int)cfg_int(cfg, "max_concurrency");
+    p->max_attempts = (int)cfg_int(cfg, "max_attempts");
+    p->backoff_base_ms = cfg_int(cfg, "backoff_base_ms");
+    p->backoff_cap_ms = cfg_int(cfg, "backoff_cap_ms");
+    p->retry_after_max_ms = cfg_int(cfg, "retry_after_max_ms");
+    p->connect_ms = cfg_int(cfg, "connect_timeout_ms");
+    p->first_token_ms = cfg_int(cfg, "first_token_timeout_ms");
+    p->idle_ms = cfg_int(cfg, "idle_timeout_ms");
+    p->total_ms = cfg_int(cfg, "total_timeout_ms");
+    p->max_body = (size_t)cfg_int(cfg, "max_response_bytes");
+    p->max_stream = (size_t)cfg_int(cfg, "max_stream_bytes");
     p->limits = llm_wire_default_limits();
-    p->limits.max_text = (size_t)cfg_int(cfg, "max_answer_bytes", 256 << 10, 16, 1 << 28);
+    p->limits.max_text = (size_t)cfg_int(cfg, "max_answer_bytes");
     if (p->limits.max_event > p->max_body)
         p->limits.max_event = p->max_body;
     /* auto: HTTP/2 where TLS negotiates it, else HTTP/1.1; "2" also speaks HTTP/2 in clear
@@ -961,7 +1076,7 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
         return ap_err_set(err, AP_INVALID, "%s: http_version must be \"auto\", \"1.1\" or \"2\"",
                           d->name);
     }
-    long streams = (long)cfg_int(cfg, "max_streams_per_connection", 100, 1, 1000);
+    long streams = (long)cfg_int(cfg, "max_streams_per_connection");
     p->ca_file = jsonx_string(cfg, "ca_file");
     p->headers[0] = build_headers(p, false);
     p->headers[1] = build_headers(p, true);

@@ -62,6 +62,9 @@ typedef struct llm_http_dialect {
 } llm_http_dialect;
 
 /* The provider operations, parameterised by a dialect (borrowed, static storage). */
+/* The provider ops' check for both dialects: the keys above, their types and bounds. */
+ap_status llm_http_check(const cJSON *cfg, const char *name, ap_err *err);
+
 ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON *cfg, void **self,
                           ap_err *err);
 void llm_http_destroy(void *self);

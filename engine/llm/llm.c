@@ -137,6 +137,30 @@ static ap_status add_named(llm_client *c, ap_err *err)
     return AP_OK;
 }
 
+/* The llm section itself: its own keys, and a built-in provider's object under its name. */
+static ap_status check_top(const cJSON *cfg, ap_err *err)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cfg)
+    {
+        const char *k = m->string;
+        bool ok =
+            strcmp(k, "default_provider") == 0 ? cJSON_IsString(m)
+            : strcmp(k, "providers") == 0 || strcmp(k, "models") == 0 || ops_of_type(k) != NULL
+                ? cJSON_IsObject(m)
+                : false;
+        if (!ok)
+            return ap_err_set(err, AP_INVALID,
+                              ops_of_type(k) != NULL || strcmp(k, "providers") == 0 ||
+                                      strcmp(k, "models") == 0 || strcmp(k, "default_provider") == 0
+                                  ? "llm.%.40s has the wrong type"
+                                  : "llm: unknown key '%.60s' (default_provider, providers, "
+                                    "models)",
+                              k);
+    }
+    return AP_OK;
+}
+
 ap_status llm_client_new(llm_loop *loop, const cJSON *cfg, llm_client **out, ap_err *err)
 {
     *out = NULL;
@@ -146,10 +170,14 @@ ap_status llm_client_new(llm_loop *loop, const cJSON *cfg, llm_client **out, ap_
         return ap_err_set(err, AP_NOMEM, "out of memory");
     c->loop = loop;
     c->cfg = cfg;
+    rc = check_top(cfg, err);
     for (size_t i = 0; i < NPROVIDERS && rc == AP_OK; i++)
         rc = add_instance(c, providers[i]->name, providers[i], err);
     if (rc == AP_OK)
         rc = add_named(c, err);
+    for (size_t i = 0; i < c->ninst && rc == AP_OK; i++)
+        if (c->inst[i].cfg != NULL)
+            rc = c->inst[i].ops->check(c->inst[i].cfg, c->inst[i].name, err);
     const char *def = jsonx_string(cfg, "default_provider");
     if (rc == AP_OK && def != NULL && find_instance(c, def) == NULL)
         rc = ap_err_set(err, AP_INVALID, "llm.default_provider: no provider named \"%.40s\"", def);

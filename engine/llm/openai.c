@@ -67,6 +67,7 @@ static ap_status create(llm_loop *loop, const cJSON *cfg, void **self, ap_err *e
 const llm_provider_ops llm_openai_ops = {
     .name = "openai",
     .create = create,
+    .check = llm_http_check,
     .destroy = llm_http_destroy,
     .start = llm_http_start,
     .cancel = llm_http_cancel,

@@ -13,6 +13,10 @@ typedef struct llm_provider_ops {
     const char *name;
     /* cfg: the provider's object of the llm config (may be NULL). */
     ap_status (*create)(llm_loop *loop, const cJSON *cfg, void **self, ap_err *err);
+    /* Refuses unknown keys, wrong types and values out of range in cfg (the provider's config
+     * object, named name in messages), so a typo stops the engine instead of meaning a
+     * default. */
+    ap_status (*check)(const cJSON *cfg, const char *name, ap_err *err);
     void (*destroy)(void *self);
     ap_status (*start)(void *self, llm_call *call, ap_err *err);
     void (*cancel)(void *self, llm_call *call);

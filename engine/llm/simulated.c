@@ -1145,9 +1145,40 @@ static void sim_cancel(void *self, llm_call *call)
     sim_call_free(sc);
 }
 
+static ap_status sim_check(const cJSON *cfg, const char *name, ap_err *err)
+{
+    static const struct {
+        const char *key;
+        double max;
+    } numbers[] = {{"latency_ms", 600000}, {"token_ms", 60000}, {"seed", 9007199254740992.0}};
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cfg)
+    {
+        if (strcmp(m->string, "type") == 0 || strcmp(m->string, "model") == 0) {
+            if (!cJSON_IsString(m))
+                return ap_err_set(err, AP_INVALID, "llm.providers.%.40s.%s must be a string", name,
+                                  m->string);
+            continue;
+        }
+        size_t i = 0;
+        while (i < sizeof numbers / sizeof numbers[0] && strcmp(numbers[i].key, m->string) != 0)
+            i++;
+        if (i == sizeof numbers / sizeof numbers[0])
+            return ap_err_set(err, AP_INVALID, "llm.providers.%.40s: unknown key '%.60s'", name,
+                              m->string);
+        double v = m->valuedouble;
+        if (!cJSON_IsNumber(m) || !(v >= 0 && v <= numbers[i].max) || v != floor(v))
+            return ap_err_set(err, AP_INVALID,
+                              "llm.providers.%.40s.%s must be a whole number from 0 to %.0f", name,
+                              m->string, numbers[i].max);
+    }
+    return AP_OK;
+}
+
 const llm_provider_ops llm_simulated_ops = {
     .name = "simulated",
     .create = sim_create,
+    .check = sim_check,
     .destroy = sim_destroy,
     .start = sim_start,
     .cancel = sim_cancel,

@@ -610,6 +610,47 @@ static void test_token_delay_streams_pieces(void **state)
     llm_loop_free(loop);
 }
 
+/* The llm section is checked when the client is made: a typo or a wrong type stops the engine
+ * instead of meaning a default (a misspelt default_provider ran the simulated provider). */
+static void test_llm_config_is_checked(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json, *says;
+    } cases[] = {
+        {"{\"defualt_provider\":\"openai\"}", "unknown key 'defualt_provider'"},
+        {"{\"providers\":{\"openai\":{\"max_attempts\":\"1\"}}}",
+         "openai.max_attempts must be a whole number from 1 to 20"},
+        {"{\"providers\":{\"openai\":{\"idle_timeout_ms\":500}}}", "idle_timeout_ms"},
+        {"{\"providers\":{\"openai\":{\"max_atempts\":2}}}", "unknown key 'max_atempts'"},
+        {"{\"providers\":{\"anthropic\":{\"prices\":{\"m\":{\"prompt\":1e300}}}}}", "prices"},
+        {"{\"providers\":{\"x\":{\"type\":\"openai\",\"fallback_models\":[1]}}}",
+         "x.fallback_models must be an array of strings"},
+        {"{\"providers\":{\"simulated\":{\"latency_ms\":-1}}}", "simulated.latency_ms"},
+        {"{\"default_provider\":7}", "llm.default_provider has the wrong type"},
+    };
+    llm_loop *loop = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *cfg = cJSON_Parse(cases[i].json);
+        assert_non_null(cfg);
+        llm_client *c = NULL;
+        ap_err e = {0};
+        if (llm_client_new(loop, cfg, &c, &e) != AP_INVALID || strstr(e.msg, cases[i].says) == NULL)
+            fail_msg("%s: expected \"%s\", got \"%s\"", cases[i].json, cases[i].says, e.msg);
+        cJSON_Delete(cfg);
+    }
+    cJSON *good = cJSON_Parse("{\"default_provider\":\"simulated\",\"providers\":{\"openai\":{"
+                              "\"max_attempts\":2,\"prices\":{\"m\":{\"prompt\":0.15,"
+                              "\"completion\":0.6}},\"headers\":{\"X-A\":\"b\"}}}}");
+    llm_client *c = NULL;
+    assert_int_equal(llm_client_new(loop, good, &c, &err), AP_OK);
+    llm_client_free(c);
+    cJSON_Delete(good);
+    llm_loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -626,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_provider_answers_sequence_bomb),
         cmocka_unit_test(test_async_latency_stream_cancel),
         cmocka_unit_test(test_token_delay_streams_pieces),
+        cmocka_unit_test(test_llm_config_is_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
