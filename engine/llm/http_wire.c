@@ -367,6 +367,10 @@ ap_status llm_wire_json(const char *text, size_t len, const llm_wire_limits *lim
         return ap_err_set(err, rc, "out of memory");
     if (rc != AP_OK || jview_type_of(out, 0) != JVIEW_OBJECT)
         return ap_err_set(err, AP_INVALID, "malformed %s", what);
+    /* A \u0000 would end the answer where the engine reads it as C text: refused (the
+     * attempt is retried) rather than cut without a word. */
+    if (jsonx_escapes_nul(text, len))
+        return ap_err_set(err, AP_INVALID, "%s holds a NUL character (\\u0000)", what);
     return AP_OK;
 }
 

@@ -2523,6 +2523,9 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
         return ap_err_set(err, AP_INVALID, "input must be 1 byte to 256 KiB");
     if (!jsonx_utf8_valid(input_json, len))
         return ap_err_set(err, AP_INVALID, "input is not valid UTF-8");
+    /* {"text":"a\u0000b"} would be read as "a" */
+    if (jsonx_escapes_nul(input_json, len))
+        return ap_err_set(err, AP_INVALID, "input may not contain NUL (\\u0000)");
     cJSON *in = jsonx_parse(input_json, len, 32, NULL);
     if (!cJSON_IsObject(in)) {
         /* Plain text becomes {"text": ...}. */

@@ -83,6 +83,12 @@ static void test_stream_faults(void **state)
     check_all_splits(&stream_api_openai,
                      "data: {\"choices\":[{\"delta\":{\"content\":\"\\ud800\"}}]}\n\n", &lim,
                      " rc=invalid text= finish= id= done=0");
+    /* a NUL escape would cut the answer where the engine reads it as C text */
+    check_all_splits(
+        &stream_api_openai,
+        CHUNK("{\"content\":\"a\"}",
+              "null") "data: {\"choices\":[{\"delta\":{\"content\":\"b\\u0000c\"}}]}\n\n",
+        &lim, "{a} rc=invalid text=a finish= id=chatcmpl-1 done=0");
     /* anything after [DONE] is ignored */
     check_all_splits(&stream_api_openai, "data: [DONE]\n\ndata: {nonsense\n\n", &lim,
                      " rc=ok text= finish= id= done=1");
