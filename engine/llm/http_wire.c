@@ -405,8 +405,8 @@ out:
 bool llm_wire_count(const jview *v, int obj, const char *key, int64_t *out)
 {
     double d = jview_number(v, jview_get(v, obj, key), -1);
-    if (!isfinite(d) || d < 0 || d > 1e12)
+    if (!isfinite(d) || d < 0 || d > LLM_WIRE_TOKENS_MAX)
         return false;
     *out = (int64_t)d;
-    return true;
+    return d == floor(d);
 }

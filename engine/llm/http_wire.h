@@ -208,7 +208,12 @@ ap_status llm_wire_json(const char *text, size_t len, const llm_wire_limits *lim
 ap_status llm_wire_append_string(llm_wire_reply *r, const jview *v, int i,
                                  llm_wire_on_delta on_delta, void *ctx, ap_err *err);
 
-/* A token count (a number from 0 to 1e12) at key of object obj. */
+/* No model reads or writes more tokens in one call (its context is millions at most): a
+ * larger count is a provider's bug or a hostile server's, and is treated as absent (then the
+ * usage is estimated) rather than billed. */
+#define LLM_WIRE_TOKENS_MAX 1e8
+
+/* A token count (a whole number from 0 to LLM_WIRE_TOKENS_MAX) at key of object obj. */
 bool llm_wire_count(const jview *v, int obj, const char *key, int64_t *out);
 
 #endif

@@ -63,6 +63,11 @@ static void test_stop_reasons(void **state)
     /* a stop reason without message_stop still counts as complete */
     check_all_splits(&stream_api_anthropic, START DELTA("ab") END("tool_use", "2"), &lim,
                      "{ab} rc=ok text=ab finish=tool_calls id=msg_01 done=0 usage=30/2");
+    /* counts no model can have, or not whole, are not billed: the usage is left to estimate */
+    check_all_splits(&stream_api_anthropic, START DELTA("ab") END("end_turn", "1000000000000") STOP,
+                     &lim, "{ab} rc=ok text=ab finish=stop id=msg_01 done=1 usage=30/1");
+    check_all_splits(&stream_api_anthropic, START DELTA("ab") END("end_turn", "2.5") STOP, &lim,
+                     "{ab} rc=ok text=ab finish=stop id=msg_01 done=1 usage=30/1");
 }
 
 static void test_stream_errors(void **state)
