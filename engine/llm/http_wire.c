@@ -236,26 +236,39 @@ void llm_wire_transport_error(const char *message, llm_wire_error *e)
     e->retryable = true;
 }
 
+/* A non-negative decimal amount (digits first, spaces around); false for anything else. */
+static bool amount(const char *value, double *out)
+{
+    if (!isdigit((unsigned char)*value))
+        return false;
+    char *end = NULL;
+    errno = 0;
+    *out = strtod(value, &end);
+    while (end != NULL && (*end == ' ' || *end == '\t'))
+        end++;
+    return errno == 0 && end != NULL && *end == '\0' && isfinite(*out) && *out >= 0;
+}
+
+static int64_t capped_ms(double ms)
+{
+    return ms >= (double)RETRY_AFTER_CAP_MS ? RETRY_AFTER_CAP_MS : (int64_t)(ms + 0.5);
+}
+
+static const char *skip_blanks(const char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    return s;
+}
+
 int64_t llm_wire_retry_after_ms(const char *value, int64_t now_ms)
 {
     if (value == NULL)
         return -1;
-    while (*value == ' ' || *value == '\t')
-        value++;
-    if (*value == '\0')
-        return -1;
-    if (isdigit((unsigned char)*value)) {
-        char *end = NULL;
-        errno = 0;
-        double secs = strtod(value, &end);
-        while (end != NULL && (*end == ' ' || *end == '\t'))
-            end++;
-        if (errno != 0 || end == NULL || *end != '\0' || !isfinite(secs) || secs < 0)
-            return -1;
-        if (secs * 1000.0 >= (double)RETRY_AFTER_CAP_MS)
-            return RETRY_AFTER_CAP_MS;
-        return (int64_t)(secs * 1000.0 + 0.5);
-    }
+    value = skip_blanks(value);
+    double secs;
+    if (isdigit((unsigned char)*value))
+        return amount(value, &secs) ? capped_ms(secs * 1000.0) : -1;
     struct tm tm;
     memset(&tm, 0, sizeof tm);
     const char *end = strptime(value, "%a, %d %b %Y %H:%M:%S GMT", &tm);
@@ -272,20 +285,8 @@ int64_t llm_wire_retry_after_ms(const char *value, int64_t now_ms)
 
 int64_t llm_wire_retry_after_ms_of_ms(const char *value)
 {
-    if (value == NULL)
-        return -1;
-    while (*value == ' ' || *value == '\t')
-        value++;
-    if (!isdigit((unsigned char)*value))
-        return -1;
-    char *end = NULL;
-    errno = 0;
-    double ms = strtod(value, &end);
-    while (end != NULL && (*end == ' ' || *end == '\t'))
-        end++;
-    if (errno != 0 || end == NULL || *end != '\0' || !isfinite(ms) || ms < 0)
-        return -1;
-    return ms >= (double)RETRY_AFTER_CAP_MS ? RETRY_AFTER_CAP_MS : (int64_t)(ms + 0.5);
+    double ms;
+    return value != NULL && amount(skip_blanks(value), &ms) ? capped_ms(ms) : -1;
 }
 
 int64_t llm_wire_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms, uint32_t rnd,
