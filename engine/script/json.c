@@ -490,7 +490,9 @@ static bool push_viewed(lua_State *L, const char *text, size_t len, ap_status *r
     lua_pushcfunction(L, view_build);
     lua_pushlightuserdata(L, &v);
     *rc = AP_OK;
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    int status = lua_pcall(L, 1, 1, 0);
+    script_vm_note(L, status); /* a memory error here trips the limit like any other */
+    if (status != LUA_OK) {
         lua_pop(L, 1);
         *rc = AP_NOMEM;
     }
@@ -520,6 +522,7 @@ ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_
     lua_pushcfunction(L, decode_build);
     lua_pushlightuserdata(L, &job);
     int status = lua_pcall(L, 1, 1, 0);
+    script_vm_note(L, status);
     cJSON_Delete(root);
     if (status != LUA_OK) {
         lua_pop(L, 1);

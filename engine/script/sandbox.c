@@ -1561,6 +1561,7 @@ ap_status script_vm_load(script_vm *vm, lua_State *L, const char *chunkname, con
     int status = lua_pcall(L, 1, 1, 0);
     if (status == LUA_OK && job.status == LUA_OK)
         return AP_OK;
+    script_vm_note(L, status != LUA_OK ? status : job.status);
     char msg[AP_ERR_MSG_MAX];
     script_vm_error_text(L, -1, msg, sizeof msg);
     lua_pop(L, 1);

@@ -431,6 +431,11 @@ static void test_limit_not_catchable(void **state)
                 "local t2 = {} for i = 1, 10 do t2[i] = i end",
                 "memory limit exceeded");
     expect_fail("local f = load('while true do end'); pcall(f)", "instruction budget exceeded");
+    /* A memory error inside a host call (json.decode building 300,000 tables) trips the limit
+     * too: the script's pcall does not catch it. */
+    expect_fail("local ok = pcall(json.decode, '[' .. string.rep('[],', 300000) .. '0]')\n"
+                "local t = {} for i = 1, 10 do t[i] = i end",
+                "memory limit exceeded");
 }
 
 /* ---- memory ------------------------------------------------------------------------------- */
