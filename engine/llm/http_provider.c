@@ -821,6 +821,23 @@ static void succeeded(xfer *x, llm_wire_reply *reply)
     failed(x, false, false, AP_INVALID, msg);
 }
 
+/* Ends a failed attempt: frees its decoder, bills what the provider reported before it
+ * failed (a stream that broke midway was charged its prompt all the same), then retries,
+ * moves on or fails. A successful attempt is billed in succeeded. */
+static void attempt_failed(xfer *x, void *dec, bool retryable, bool next_model, ap_status st,
+                           const char *msg)
+{
+    if (dec != NULL) {
+        const llm_wire_reply *r = x->p->d->dec_reply(dec);
+        if (r->usage.present) {
+            x->prompt_tokens += r->usage.prompt_tokens;
+            x->completion_tokens += r->usage.completion_tokens;
+        }
+        x->p->d->dec_free(dec);
+    }
+    failed(x, retryable, next_model, st, msg);
+}
+
 static void end_attempt(xfer *x, CURLcode cc)
 {
     hp *p = x->p;
@@ -836,16 +853,12 @@ static void end_attempt(xfer *x, CURLcode cc)
     x->state = X_IDLE;
 
     if (x->timed_out) {
-        if (dec != NULL)
-            p->d->dec_free(dec);
-        failed(x, true, false, AP_TIMEOUT, "no answer before the first-token timeout");
+        attempt_failed(x, dec, true, false, AP_TIMEOUT, "no answer before the first-token timeout");
         return;
     }
     if (x->local != AP_OK) {
-        if (dec != NULL)
-            p->d->dec_free(dec);
         snprintf(msg, sizeof msg, "bad response: %s", x->local_msg);
-        failed(x, true, false, x->local, msg);
+        attempt_failed(x, dec, true, false, x->local, msg);
         return;
     }
     llm_wire_reply *reply = dec != NULL ? p->d->dec_reply(dec) : NULL;
@@ -853,36 +866,31 @@ static void end_attempt(xfer *x, CURLcode cc)
         snprintf(msg, sizeof msg, "provider error %.60s: %.200s", reply->error.type,
                  reply->error.message);
         bool retry = reply->error.retryable;
-        p->d->dec_free(dec);
-        failed(x, retry, false, retry ? AP_IO : AP_ERROR, msg);
+        attempt_failed(x, dec, retry, false, retry ? AP_IO : AP_ERROR, msg);
         return;
     }
     if (cc != CURLE_OK && !(x->complete && cc == CURLE_WRITE_ERROR) &&
         (status == 0 || status == 200)) {
-        if (dec != NULL)
-            p->d->dec_free(dec);
         snprintf(msg, sizeof msg, "%s", x->curl_err[0] ? x->curl_err : curl_easy_strerror(cc));
-        failed(x, true, false, cc == CURLE_OPERATION_TIMEDOUT ? AP_TIMEOUT : AP_IO, msg);
+        attempt_failed(x, dec, true, false, cc == CURLE_OPERATION_TIMEDOUT ? AP_TIMEOUT : AP_IO,
+                       msg);
         return;
     }
     if (status != 200) {
-        if (dec != NULL)
-            p->d->dec_free(dec);
         llm_wire_error e;
         llm_wire_classify_http((int)status, x->resp.data, x->resp.len, &e);
         snprintf(msg, sizeof msg, "HTTP %ld%s%.60s: %.200s", status, e.type[0] ? " " : "", e.type,
                  e.message);
-        failed(x, e.retryable, status == 404, e.retryable ? AP_IO : status_of_http((int)status),
-               msg);
+        attempt_failed(x, dec, e.retryable, status == 404,
+                       e.retryable ? AP_IO : status_of_http((int)status), msg);
         return;
     }
     ap_err err;
     ap_err_clear(&err);
     if (dec != NULL) {
         if (p->d->dec_finish(dec, &err) != AP_OK) {
-            p->d->dec_free(dec);
             snprintf(msg, sizeof msg, "stream: %s", err.msg);
-            failed(x, true, false, AP_IO, msg);
+            attempt_failed(x, dec, true, false, AP_IO, msg);
             return;
         }
         succeeded(x, reply);

@@ -388,6 +388,24 @@ static void test_done_stream_on_open_connection(void **state)
     mock_stop(m);
 }
 
+/* A stream that breaks midway was charged its prompt all the same: the failed call reports
+ * the tokens the provider counted (message_start), not zero. */
+static void test_failed_stream_bills_reported_usage(void **state)
+{
+    (void)state;
+    const char *args[] = {"--latency-ms", "1",        "--token-ms", "0", "--fault-rate", "1",
+                          "--faults",     "truncate", NULL};
+    mock m = mock_start(args);
+    rig r = rig_new(&llm_anthropic_ops, m, "\"max_attempts\":1");
+    llm_call *c = ask(&r, "a question of some length", NULL, true);
+    if (c->resp.status == AP_OK || c->resp.prompt_tokens <= 0)
+        fail_msg("status %d prompt_tokens %lld: %s", c->resp.status,
+                 (long long)c->resp.prompt_tokens, c->error);
+    call_free(c);
+    rig_free(&r);
+    mock_stop(m);
+}
+
 static void test_transient_faults_recover(void **state)
 {
     (void)state;
@@ -761,6 +779,7 @@ int main(void)
         cmocka_unit_test_teardown(test_retry_policy, stop_leftovers),
         cmocka_unit_test_teardown(test_long_retry_after_is_not_waited_for, stop_leftovers),
         cmocka_unit_test_teardown(test_done_stream_on_open_connection, stop_leftovers),
+        cmocka_unit_test_teardown(test_failed_stream_bills_reported_usage, stop_leftovers),
         cmocka_unit_test_teardown(test_transient_faults_recover, stop_leftovers),
         cmocka_unit_test_teardown(test_fallback_model, stop_leftovers),
         cmocka_unit_test_teardown(test_schema_repair, stop_leftovers),
