@@ -3,6 +3,7 @@
 #include "core/buf.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
+#include "llm/cfg.h"
 #include "core/log.h"
 #include "llm/http_schema.h"
 
@@ -113,12 +114,7 @@ static void end_attempt(xfer *x, CURLcode cc);
 
 /* The whole-number keys of a provider's config, with their defaults and bounds: one table
  * for reading them and for refusing a config that has them wrong. */
-typedef struct int_key {
-    const char *key;
-    int64_t dflt, lo, hi;
-} int_key;
-
-static const int_key int_keys[] = {
+static const llm_cfg_int int_keys[] = {
     {"max_concurrency", 256, 1, 1000000},
     {"max_attempts", 4, 1, 20},
     {"backoff_base_ms", 250, 0, 600000},
@@ -133,6 +129,7 @@ static const int_key int_keys[] = {
     {"max_answer_bytes", 256 << 10, 16, 1 << 28},
     {"max_streams_per_connection", 100, 1, 1000},
 };
+#define N_INT_KEYS (sizeof int_keys / sizeof int_keys[0])
 
 static const char *const string_keys[] = {"type",         "base_url",         "api_key",
                                           "model",        "max_tokens_field", "schema_mode",
@@ -140,23 +137,14 @@ static const char *const string_keys[] = {"type",         "base_url",         "a
 
 #define PRICE_MAX 1e6 /* USD per million tokens: anything above is a typo */
 
-static const int_key *int_rule(const char *key)
-{
-    for (size_t i = 0; i < sizeof int_keys / sizeof int_keys[0]; i++)
-        if (strcmp(int_keys[i].key, key) == 0)
-            return &int_keys[i];
-    return NULL;
-}
-
 /* A key of int_keys; its default when absent (llm_http_check refused anything else). */
 static int64_t cfg_int(const cJSON *cfg, const char *key)
 {
-    const int_key *k = int_rule(key);
-    assert(k != NULL);
-    double v = jsonx_number(cfg, key, (double)k->dflt);
-    if (!isfinite(v) || v < (double)k->lo || v > (double)k->hi)
-        return k->dflt;
-    return (int64_t)v;
+    size_t i = 0;
+    while (i < N_INT_KEYS && strcmp(int_keys[i].key, key) != 0)
+        i++;
+    assert(i < N_INT_KEYS);
+    return llm_cfg_int_value(cfg, &int_keys[i]);
 }
 
 static bool strings_only(const cJSON *v, bool array)
@@ -198,23 +186,11 @@ ap_status llm_http_check(const cJSON *cfg, const char *name, ap_err *err)
     cJSON_ArrayForEach(m, cfg)
     {
         const char *k = m->string;
-        const int_key *ik = int_rule(k);
-        if (ik != NULL) {
-            double v = m->valuedouble;
-            if (!cJSON_IsNumber(m) || !isfinite(v) || v != floor(v) || v < (double)ik->lo ||
-                v > (double)ik->hi)
-                return ap_err_set(err, AP_INVALID,
-                                  "llm.providers.%.40s.%s must be a whole number from %lld to %lld",
-                                  name, k, (long long)ik->lo, (long long)ik->hi);
-            continue;
-        }
-        bool is_string = false;
-        for (size_t i = 0; i < sizeof string_keys / sizeof string_keys[0]; i++)
-            is_string = is_string || strcmp(string_keys[i], k) == 0;
-        if (is_string) {
-            if (!cJSON_IsString(m))
-                return ap_err_set(err, AP_INVALID, "llm.providers.%.40s.%s must be a string", name,
-                                  k);
+        ap_status rc = llm_cfg_member(m, name, int_keys, N_INT_KEYS, string_keys,
+                                      sizeof string_keys / sizeof string_keys[0], err);
+        if (rc != AP_NOTFOUND) {
+            if (rc != AP_OK)
+                return rc;
         } else if (strcmp(k, "headers") == 0 || strcmp(k, "fallback_models") == 0) {
             bool array = k[0] == 'f';
             if (!strings_only(m, array))
@@ -227,7 +203,7 @@ ap_status llm_http_check(const cJSON *cfg, const char *name, ap_err *err)
                                   "USD, \"completion\": USD } } per million tokens, 0 to %g",
                                   name, PRICE_MAX);
         } else {
-            return ap_err_set(err, AP_INVALID, "llm.providers.%.40s: unknown key '%.60s'", name, k);
+            return llm_cfg_unknown(m, name, err);
         }
     }
     return AP_OK;

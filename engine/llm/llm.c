@@ -144,19 +144,16 @@ static ap_status check_top(const cJSON *cfg, ap_err *err)
     cJSON_ArrayForEach(m, cfg)
     {
         const char *k = m->string;
-        bool ok =
-            strcmp(k, "default_provider") == 0 ? cJSON_IsString(m)
-            : strcmp(k, "providers") == 0 || strcmp(k, "models") == 0 || ops_of_type(k) != NULL
-                ? cJSON_IsObject(m)
-                : false;
-        if (!ok)
+        bool ok;
+        if (strcmp(k, "default_provider") == 0)
+            ok = cJSON_IsString(m);
+        else if (strcmp(k, "providers") == 0 || strcmp(k, "models") == 0 || ops_of_type(k) != NULL)
+            ok = cJSON_IsObject(m);
+        else
             return ap_err_set(err, AP_INVALID,
-                              ops_of_type(k) != NULL || strcmp(k, "providers") == 0 ||
-                                      strcmp(k, "models") == 0 || strcmp(k, "default_provider") == 0
-                                  ? "llm.%.40s has the wrong type"
-                                  : "llm: unknown key '%.60s' (default_provider, providers, "
-                                    "models)",
-                              k);
+                              "llm: unknown key '%.60s' (default_provider, providers, models)", k);
+        if (!ok)
+            return ap_err_set(err, AP_INVALID, "llm.%.40s has the wrong type", k);
     }
     return AP_OK;
 }

@@ -4,6 +4,7 @@
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
+#include "llm/cfg.h"
 #include "core/log.h"
 #include "llm/provider.h"
 
@@ -965,15 +966,23 @@ static int64_t env_int(const char *name, int64_t dflt)
     return (end != v && *end == '\0' && x >= 0) ? x : dflt;
 }
 
+/* The simulated provider's config keys (sim_check refuses any other). */
+static const llm_cfg_int sim_ints[] = {
+    {"latency_ms", 0, 0, 600000},
+    {"token_ms", 0, 0, 60000},
+    {"seed", 0, 0, INT64_C(9007199254740992)},
+};
+static const char *const sim_strings[] = {"type", "model"};
+
 static ap_status sim_create(llm_loop *loop, const cJSON *cfg, void **self, ap_err *err)
 {
     sim_provider *p = calloc(1, sizeof *p);
     if (p == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     p->loop = loop;
-    p->latency_ms = env_int("ASKPANEL_SIM_LATENCY_MS", (int64_t)jsonx_number(cfg, "latency_ms", 0));
-    p->token_ms = env_int("ASKPANEL_SIM_TOKEN_MS", (int64_t)jsonx_number(cfg, "token_ms", 0));
-    p->seed = (uint64_t)jsonx_number(cfg, "seed", 0);
+    p->latency_ms = env_int("ASKPANEL_SIM_LATENCY_MS", llm_cfg_int_value(cfg, &sim_ints[0]));
+    p->token_ms = env_int("ASKPANEL_SIM_TOKEN_MS", llm_cfg_int_value(cfg, &sim_ints[1]));
+    p->seed = (uint64_t)llm_cfg_int_value(cfg, &sim_ints[2]);
     const char *log_path = getenv("ASKPANEL_SIM_CALL_LOG");
     if (log_path != NULL && *log_path != '\0')
         p->call_log = strdup(log_path);
@@ -1147,30 +1156,15 @@ static void sim_cancel(void *self, llm_call *call)
 
 static ap_status sim_check(const cJSON *cfg, const char *name, ap_err *err)
 {
-    static const struct {
-        const char *key;
-        double max;
-    } numbers[] = {{"latency_ms", 600000}, {"token_ms", 60000}, {"seed", 9007199254740992.0}};
     const cJSON *m;
     cJSON_ArrayForEach(m, cfg)
     {
-        if (strcmp(m->string, "type") == 0 || strcmp(m->string, "model") == 0) {
-            if (!cJSON_IsString(m))
-                return ap_err_set(err, AP_INVALID, "llm.providers.%.40s.%s must be a string", name,
-                                  m->string);
-            continue;
-        }
-        size_t i = 0;
-        while (i < sizeof numbers / sizeof numbers[0] && strcmp(numbers[i].key, m->string) != 0)
-            i++;
-        if (i == sizeof numbers / sizeof numbers[0])
-            return ap_err_set(err, AP_INVALID, "llm.providers.%.40s: unknown key '%.60s'", name,
-                              m->string);
-        double v = m->valuedouble;
-        if (!cJSON_IsNumber(m) || !(v >= 0 && v <= numbers[i].max) || v != floor(v))
-            return ap_err_set(err, AP_INVALID,
-                              "llm.providers.%.40s.%s must be a whole number from 0 to %.0f", name,
-                              m->string, numbers[i].max);
+        ap_status rc = llm_cfg_member(m, name, sim_ints, sizeof sim_ints / sizeof sim_ints[0],
+                                      sim_strings, sizeof sim_strings / sizeof sim_strings[0], err);
+        if (rc == AP_NOTFOUND)
+            return llm_cfg_unknown(m, name, err);
+        if (rc != AP_OK)
+            return rc;
     }
     return AP_OK;
 }
