@@ -33,6 +33,7 @@ struct script_registry {
     size_t n, cap;
     pthread_t watcher;
     bool watching;
+    bool strategies_watched; /* when the watcher starts: the strategies folder was there */
     int inotify_fd;
     int stop_fd;
 };
@@ -491,7 +492,7 @@ static void *watch_main(void *arg)
     script_registry *r = arg;
     struct pollfd fds[2] = {{r->inotify_fd, POLLIN, 0}, {r->stop_fd, POLLIN, 0}};
     char buffer[16384];
-    bool present = add_watches(r);
+    bool present = r->strategies_watched;
     for (;;) {
         int ready = poll(fds, 2, present ? -1 : WATCH_RETRY_MS);
         if (ready < 0) {
@@ -526,7 +527,8 @@ ap_status script_registry_watch(script_registry *r, ap_err *err)
     r->stop_fd = eventfd(0, EFD_CLOEXEC);
     if (r->inotify_fd < 0 || r->stop_fd < 0)
         return ap_err_set(err, AP_IO, "inotify: %s", strerror(errno));
-    add_watches(r); /* before returning: a change right after start is seen */
+    /* before returning: a change right after start is seen */
+    r->strategies_watched = add_watches(r);
     if (pthread_create(&r->watcher, NULL, watch_main, r) != 0)
         return ap_err_set(err, AP_ERROR, "cannot start the script watcher");
     r->watching = true;

@@ -323,7 +323,7 @@ void script_vm_check(lua_State *L)
  * string) can take a good part of a second, and a loop of them between two clock reads
  * once kept a runner thread several times past the node's time budget. The coarse clock
  * costs a few ns, and a tick of lateness does not matter against budgets in seconds. */
-static void check_budget(lua_State *L, script_vm *vm)
+static bool over_budget(script_vm *vm)
 {
     if (vm->tripped == TRIP_NONE) {
         if (vm->instr_used > vm->instr_limit)
@@ -331,7 +331,12 @@ static void check_budget(lua_State *L, script_vm *vm)
         else if (vm->deadline_us != 0 && clock_coarse_us() > vm->deadline_us)
             vm->tripped = TRIP_TIME;
     }
-    if (vm->tripped != TRIP_NONE)
+    return vm->tripped != TRIP_NONE;
+}
+
+static void check_budget(lua_State *L, script_vm *vm)
+{
+    if (over_budget(vm))
         raise_trip(L, vm);
 }
 
@@ -344,10 +349,7 @@ void script_vm_note(lua_State *L, int status)
 
 bool script_vm_over_budget(lua_State *L)
 {
-    script_vm *vm = script_vm_of(L);
-    if (vm->tripped == TRIP_NONE && vm->deadline_us != 0 && clock_coarse_us() > vm->deadline_us)
-        vm->tripped = TRIP_TIME;
-    return vm->tripped != TRIP_NONE;
+    return over_budget(script_vm_of(L));
 }
 
 bool script_vm_reserve(lua_State *L, size_t bytes)

@@ -60,7 +60,7 @@ void script_vm_check(lua_State *L);
  * Lua (after its emergency collection) trips the memory limit. */
 void script_vm_note(lua_State *L, int status);
 
-/* Whether a limit tripped, the time budget checked now; never raises, for C code that holds
+/* Whether a limit tripped, the budgets checked now; never raises, for C code that holds
  * memory a Lua error would leak (it frees, then calls script_vm_check). */
 bool script_vm_over_budget(lua_State *L);
 

@@ -896,7 +896,7 @@ ap_status store_panel_list(store *s, const char *tenant_id, const char *status, 
     if (got > (size_t)limit) {
         store_panel_free(&(*rows)[limit]);
         got = (size_t)limit;
-        cursor_encode(CURSOR_PANELS, (*rows)[got - 1].created_at, (*rows)[got - 1].id, next_cursor);
+        store_panel_cursor(&(*rows)[got - 1], next_cursor);
     }
     *n = got;
     return AP_OK;
