@@ -407,6 +407,25 @@ static void test_hot_reload(void **state)
     panel_engine_stop(e);
 }
 
+/* Polls "watched" every 50 ms, at most tries times, until its source holds needle (when not
+ * NULL) or its version is no longer old_version (when not NULL). */
+static bool watched_becomes(const char *needle, const char *old_version, int tries)
+{
+    for (int i = 0; i < tries; i++) {
+        usleep(50 * 1000);
+        script_entry en = {0};
+        ap_err err = {0};
+        assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
+                         AP_OK);
+        bool done = (needle == NULL || strstr(en.source, needle) != NULL) &&
+                    (old_version == NULL || strcmp(en.version, old_version) != 0);
+        script_entry_free(&en);
+        if (done)
+            return true;
+    }
+    return false;
+}
+
 /* The file watcher reloads without a SIGHUP: a new version is picked up, a broken one is not. */
 static void test_inotify_reload(void **state)
 {
@@ -424,15 +443,7 @@ static void test_inotify_reload(void **state)
     usleep(50 * 1000);
     write_file("watched.lua", "return { name = 'watched', start = 'a', nodes = { a = "
                               "function(ctx) return ctx:done({ v = 2 }) end } }\n");
-    bool changed = false;
-    for (int i = 0; i < 40 && !changed; i++) {
-        usleep(50 * 1000);
-        assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
-                         AP_OK);
-        changed = strcmp(en.version, v1) != 0;
-        script_entry_free(&en);
-    }
-    assert_true(changed);
+    assert_true(watched_becomes(NULL, v1, 40));
     write_file("watched.lua", "return { name = 'watched', start = \n");
     usleep(400 * 1000);
     assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
@@ -451,15 +462,7 @@ static void test_inotify_reload(void **state)
     usleep(300 * 1000);
     write_file("watched.lua", "return { name = 'watched', start = 'a', nodes = { a = "
                               "function(ctx) return ctx:done({ v = 4 }) end } }\n");
-    bool swapped = false;
-    for (int i = 0; i < 60 && !swapped; i++) {
-        usleep(50 * 1000);
-        assert_int_equal(script_registry_resolve(reg, NULL, SCRIPT_STRATEGY, "watched", &en, &err),
-                         AP_OK);
-        swapped = strstr(en.source, "v = 4") != NULL;
-        script_entry_free(&en);
-    }
-    assert_true(swapped);
+    assert_true(watched_becomes("v = 4", NULL, 60));
     /* The other tests' files are in the old folder: put it back. */
     char fresh[256];
     snprintf(fresh, sizeof fresh, "%s/strategies.new", dir);
