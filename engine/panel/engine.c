@@ -25,7 +25,7 @@
 #define GROUP_MAX 8 /* items of one atomic group: a transition, its events, a checkpoint */
 #define JOURNAL_KEY_LEN 32
 #define MAX_INPUT_BYTES (256 * 1024)
-#define JOURNAL_MAX (64 * 1024 * 1024)
+#define SCRATCH_MAX (64 * 1024 * 1024) /* an answer's outcome, an event's data */
 
 /* ---- writer items --------------------------------------------------------------------- */
 
@@ -146,8 +146,9 @@ struct prun {
     int64_t stored_seq;
     char *node_state;
     int64_t node_start_seq;
-    buf journal;   /* entries of the node in flight, JSON texts joined by commas */
-    cJSON *replay; /* the checkpoint's journal, consumed by matching */
+    buf journal;       /* entries of the node in flight, JSON texts joined by commas */
+    bool journal_full; /* an entry of this node did not fit a checkpoint: later ones are dropped */
+    cJSON *replay;     /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
     cJSON *pins;         /* {"<consensus name>": "<version>"} */
     char *pins_text;     /* pins printed, NULL until a checkpoint needs it or they change */
@@ -760,7 +761,7 @@ static void publish_batch(panel_engine *e, witem *list)
     delta_acc acc[DELTA_ACCS];
     size_t n = 0;
     buf json;
-    buf_init(&json, JOURNAL_MAX);
+    buf_init(&json, SCRATCH_MAX);
     for (witem *w = list; w != NULL; w = w->next) {
         if (w->kind == W_DELTA) {
             if (!delta_merge(e, &json, acc, &n, w)) {
@@ -1158,11 +1159,24 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     prun_push(p, w);
 }
 
-/* Appends one entry (JSON text) to the node's journal. */
+/* Appends one entry (JSON text) to the node's journal. A journal that would outgrow what the
+ * store keeps in a checkpoint stops there for the rest of the node: the checkpoints still land
+ * (next node, state and the entries before), and a resume asks the provider again for the
+ * turns that are not journaled, where a checkpoint the store refused would have lost them all. */
 static ap_status journal_add(prun *p, const char *entry)
 {
-    ap_status rc = p->journal.len > 0 ? buf_puts(&p->journal, ",") : AP_OK;
-    return rc == AP_OK ? buf_puts(&p->journal, entry) : rc;
+    size_t n = strlen(entry);
+    if (!p->journal_full && p->journal.len + 1 + n + 2 > STORE_VALUE_MAX) {
+        p->journal_full = true;
+        log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
+                "the journal of node '%s' passed the %u bytes a checkpoint keeps: its later "
+                "results are not journaled, and a resume would ask for them again",
+                p->node != NULL ? p->node : "?", STORE_VALUE_MAX);
+    }
+    if (p->journal_full)
+        return AP_OK;
+    ap_status rc = p->journal.len > 0 ? buf_putc(&p->journal, ',') : AP_OK;
+    return rc == AP_OK ? buf_append(&p->journal, entry, n) : rc;
 }
 
 /* Appends s as a JSON string (quoted, escaped). */
@@ -1179,30 +1193,44 @@ static char *put_bytes(char *at, const char *s, size_t n)
     return at + n;
 }
 
+static const char pins_key[] = "{\"pins\":", seed_key[] = ",\"seed\":\"",
+                  state_key[] = "\",\"state\":";
+
+/* Bytes of a checkpoint's state column holding state: the envelope prun_checkpoint writes;
+ * SIZE_MAX when the pins cannot be printed (out of memory). */
+static size_t envelope_len(prun *p, const char *state)
+{
+    if (p->pins_text == NULL)
+        p->pins_text = jsonx_print(p->pins);
+    if (p->pins_text == NULL)
+        return SIZE_MAX;
+    return sizeof pins_key - 1 + strlen(p->pins_text) + sizeof seed_key - 1 + JSONX_INT_MAX +
+           sizeof state_key - 1 + strlen(state) + 2;
+}
+
 /* Queues a checkpoint: the state in its envelope {"pins":{...},"seed":"N","state":<state>} and
  * the node's journal as a JSON array. Built for every checkpoint, so the pins are printed only
  * when they changed, and all its texts go in the item's own allocation (one malloc and one free
  * instead of five each). */
 static void prun_checkpoint(prun *p, const char *next_node, const char *state, int64_t last_seq)
 {
-    static const char pins_key[] = "{\"pins\":", seed_key[] = ",\"seed\":\"",
-                      state_key[] = "\",\"state\":";
     if (state == NULL)
         state = "{}";
-    if (p->pins_text == NULL)
-        p->pins_text = jsonx_print(p->pins);
-    size_t pl = p->pins_text != NULL ? strlen(p->pins_text) : 0, stl = strlen(state);
-    /* the bound the envelope always had */
-    if (p->pins_text == NULL || pl + stl + 64 > JOURNAL_MAX) {
-        log_error("checkpoint of panel %s: out of memory", p->panel_id);
+    size_t el = envelope_len(p, state);
+    if (el > STORE_VALUE_MAX) {
+        /* handle_step refuses such a state; only pins added since can get here */
+        log_msg(LOG_LEVEL_ERROR, &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
+                el == SIZE_MAX ? "checkpoint not written: out of memory"
+                               : "checkpoint not written: its state is over the %u bytes the "
+                                 "store keeps",
+                STORE_VALUE_MAX);
         return;
     }
     char seed[JSONX_INT_MAX];
     size_t sl = jsonx_uint_text(seed, p->seed);
+    size_t pl = strlen(p->pins_text), stl = strlen(state);
     size_t nl = next_node != NULL ? strlen(next_node) : 0, vl = strlen(p->script.version),
            jl = p->journal.len;
-    size_t el =
-        sizeof pins_key - 1 + pl + sizeof seed_key - 1 + sl + sizeof state_key - 1 + stl + 2;
     witem *w = witem_new(p, W_CKPT, nl + 1 + vl + 1 + el + jl + 3);
     if (w == NULL)
         return;
@@ -1486,7 +1514,7 @@ static ap_status put_key_int(buf *b, const char *key, int64_t v)
 static char *entry_json(const char *key, const answer *a, const buf *outcome)
 {
     buf b;
-    buf_init(&b, JOURNAL_MAX);
+    buf_init(&b, SCRATCH_MAX);
     ap_status rc = buf_reserve(&b, outcome->len + 96);
     if (rc == AP_OK)
         rc = buf_puts(&b, "{\"k\":\"ask\",\"key\":\"");
@@ -1829,11 +1857,24 @@ static void handle_step(prun *p, script_step *step)
             prun_fail(p, err.msg);
             return;
         }
+        size_t el = envelope_len(p, state);
+        if (el > STORE_VALUE_MAX) {
+            char msg[160] = "out of memory";
+            if (el != SIZE_MAX)
+                snprintf(msg, sizeof msg,
+                         "ctx.state cannot be saved: with the checkpoint's own fields it is over "
+                         "the %u bytes a checkpoint keeps",
+                         STORE_VALUE_MAX);
+            free(state);
+            prun_fail(p, msg);
+            return;
+        }
         free(p->node);
         p->node = strdup(step->next_node);
         free(p->node_state);
         p->node_state = state;
         buf_reset(&p->journal);
+        p->journal_full = false;
         cJSON_Delete(p->replay);
         p->replay = NULL;
         prun_checkpoint(p, p->node, p->node_state, p->next_seq - 1);
@@ -2167,7 +2208,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     }
     if (p->pins == NULL)
         p->pins = cJSON_CreateObject();
-    buf_init(&p->journal, JOURNAL_MAX);
+    buf_init(&p->journal, STORE_VALUE_MAX);
     /* A panel that never ran has no events; others may have some past their checkpoint. */
     bool fresh = strcmp(row.status, "created") == 0 || strcmp(row.status, "queued") == 0;
     if (!fresh &&
@@ -2296,8 +2337,8 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         runner *r = &e->runners[i];
         r->e = e;
         r->idx = i;
-        buf_init(&r->outcome, JOURNAL_MAX);
-        buf_init(&r->message, JOURNAL_MAX);
+        buf_init(&r->outcome, SCRATCH_MAX);
+        buf_init(&r->message, SCRATCH_MAX);
         ap_status rc = llm_loop_new(&r->loop, err);
         if (rc == AP_OK)
             rc = llm_client_new(r->loop, o->cfg != NULL ? o->cfg->llm : NULL, &r->llm, err);

@@ -22,7 +22,7 @@
 #define MAX_BATCH_TEXT (16 * 1024 * 1024)
 #define MAX_EVENT_DATA (256 * 1024)
 #define MAX_RESULT (4 * 1024 * 1024)
-#define MAX_STATE (8 * 1024 * 1024)
+#define MAX_STATE (8 * 1024 * 1024 - 64 * 1024) /* a checkpoint keeps 8 MiB, envelope included */
 #define MAX_TYPE_LEN 64
 #define MAX_NAME_LEN 64
 #define MAX_NODE_NAME_LEN 128

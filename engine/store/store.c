@@ -22,8 +22,6 @@ struct store {
     void *impl;
 };
 
-/* Largest text or JSON value the store accepts in one column. */
-#define STORE_VALUE_MAX (8u * 1024u * 1024u)
 /* The deepest JSON the engine writes: a ctx.state of 64 levels (as deep as scripts may nest)
  * inside a checkpoint's envelope, an answer's data inside expert.message. */
 #define STORE_JSON_DEPTH 66

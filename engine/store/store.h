@@ -28,6 +28,9 @@ typedef struct store store;
 #define STORE_ID_MAX (IDS_UUID_LEN + 1)
 #define STORE_CURSOR_MAX 128
 #define STORE_LIST_MAX 200 /* largest page a list call returns */
+/* Largest text or JSON value the store accepts in one column: a question, an event's data, a
+ * checkpoint's state or journal. */
+#define STORE_VALUE_MAX (8u * 1024u * 1024u)
 
 /* ---- lifecycle ---------------------------------------------------------------------- */
 

@@ -3,6 +3,7 @@
  * cancel, human input, the node budget, checkpoints and resume without paying twice. */
 #include "core/clock.h"
 #include "core/config.h"
+#include "core/fileio.h"
 #include "core/jsonx.h"
 #include "core/log.h"
 #include "panel/engine.h"
@@ -14,6 +15,8 @@
 #include <cmocka.h>
 
 #include <sqlite3.h>
+
+#include <fcntl.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -678,6 +681,69 @@ static void test_state_between_nodes_is_the_checkpoint(void **state)
     panel_engine_stop(e);
 }
 
+/* What a checkpoint keeps is bounded by the store (8 MiB a column). A node whose answers add
+ * up to more keeps checkpointing without the later ones (they would be asked for again on a
+ * resume), instead of having every later checkpoint refused; a ctx.state that cannot fit
+ * beside the checkpoint's own fields fails the panel saying so, instead of running on with no
+ * durable checkpoint. */
+static void test_checkpoints_fit_the_store(void **state)
+{
+    (void)state;
+    write_file(
+        "bigjournal.lua",
+        "local big = ('x'):rep(20000)\n"
+        "local schema = { type = 'object', required = { 'v' },\n"
+        "  properties = { v = { type = 'string', enum = { big } } } }\n"
+        "return { name = 'bigjournal', start = 'a', nodes = {\n"
+        "  a = function(ctx)\n"
+        "    local n = 0\n"
+        "    for r = 1, 100 do\n"
+        "      for _, a in ipairs(ctx:ask_all(ctx.experts, 'round ' .. r, { schema = schema }))\n"
+        "      do n = n + (a.data and #a.data.v == 20000 and 1 or 0) end\n"
+        "    end\n"
+        "    ctx.state.n = n\n"
+        "    return 'b'\n"
+        "  end,\n"
+        "  b = function(ctx) return ctx:done({ answers = ctx.state.n }) end } }\n");
+    char log_path[300];
+    snprintf(log_path, sizeof log_path, "%s/engine.log", dir);
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    log_set_fd(fd);
+    log_set_level(LOG_LEVEL_WARN);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "bigjournal", NULL, id);
+    char *done = run_to_end(e, id, "panel.completed", 60000);
+    assert_non_null(strstr(done, "\"answers\":500"));
+    free(done);
+    panel_engine_stop(e);
+    log_set_level(LOG_LEVEL_ERROR);
+    log_set_fd(2);
+    close(fd);
+    char *log = NULL;
+    size_t len = 0;
+    ap_err err = {0};
+    assert_int_equal(fileio_read(log_path, 64 << 20, &log, &len, &err), AP_OK);
+    assert_non_null(strstr(log, "the journal of node 'a' passed the 8388608 bytes"));
+    assert_null(strstr(log, "refused"));
+    assert_null(strstr(log, "larger than"));
+    free(log);
+    /* a state that fits the host's limit but not the checkpoint beside its envelope */
+    write_file("fullstate.lua", "return { name = 'fullstate', start = 'a', nodes = {\n"
+                                "  a = function(ctx)\n"
+                                "    ctx.state.big = ('x'):rep(8 * 1024 * 1024 - 40 * 1024)\n"
+                                "    return 'b'\n"
+                                "  end,\n"
+                                "  b = function(ctx) return ctx:done({}) end } }\n");
+    e = start_engine(0);
+    create(e, "fullstate", NULL, id);
+    char *failed = run_to_end(e, id, "panel.failed", 10000);
+    assert_non_null(strstr(failed, "ctx.state cannot be saved"));
+    free(failed);
+    panel_engine_stop(e);
+}
+
 /* Stopping the engine mid-panel leaves it "running" with its checkpoint, like a crash; a new
  * engine resumes it, replays the journaled turns and reaches the same result. */
 static void test_resume_replays_journal(void **state)
@@ -790,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_node_budget),
         cmocka_unit_test(test_state_between_nodes_is_the_checkpoint),
         cmocka_unit_test(test_resume_replays_journal),
+        cmocka_unit_test(test_checkpoints_fit_the_store),
         cmocka_unit_test(test_overrides),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
