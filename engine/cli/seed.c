@@ -48,7 +48,7 @@ static char *tenant_config(const cJSON *file)
         if (v != NULL)
             cJSON_AddItemToObject(cfg, keep[i], cJSON_Duplicate(v, true));
     }
-    char *text = cJSON_PrintUnformatted(cfg);
+    char *text = jsonx_print(cfg);
     cJSON_Delete(cfg);
     return text;
 }
@@ -58,7 +58,7 @@ static ap_status seed_experts(store *st, const char *tenant_id, const cJSON *exp
     const cJSON *e;
     cJSON_ArrayForEach(e, experts)
     {
-        char *expertise = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(e, "expertise"));
+        char *expertise = jsonx_print(cJSON_GetObjectItemCaseSensitive(e, "expertise"));
         store_expert in = {
             .name = (char *)jsonx_string(e, "name"),
             .role = (char *)jsonx_string(e, "role"),

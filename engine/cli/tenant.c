@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 
 #include "core/ids.h"
+#include "core/jsonx.h"
 #include "store/store.h"
 
 #include <stdio.h>
@@ -70,7 +71,7 @@ static void print_key(const store_tenant *t, const char *key, const store_key *k
         cJSON_AddStringToObject(o, "api_key", key);
         cJSON_AddStringToObject(o, "key_id", k->id);
         cJSON_AddStringToObject(o, "role", k->role == STORE_ROLE_ADMIN ? "admin" : "member");
-        char *text = cJSON_PrintUnformatted(o);
+        char *text = jsonx_print(o);
         if (text != NULL)
             puts(text);
         cJSON_free(text);

@@ -82,7 +82,7 @@ static char *tenant_config_from(http_request *req, const cJSON *body)
     }
     if (ds != NULL)
         cJSON_AddStringToObject(cfg, "default_strategy", ds);
-    text = cJSON_PrintUnformatted(cfg);
+    text = jsonx_print(cfg);
     if (text != NULL && strlen(text) > TENANT_CONFIG_MAX) {
         cJSON_free(text);
         text = NULL;

@@ -78,7 +78,7 @@ static bool read_expert(http_request *req, const cJSON *body, bool creating, sto
         e->model = (char *)model;
     e->weight = weight;
     if (expertise != NULL || creating) {
-        *expertise_text = expertise != NULL ? cJSON_PrintUnformatted(expertise) : strdup("[]");
+        *expertise_text = expertise != NULL ? jsonx_print(expertise) : strdup("[]");
         if (*expertise_text == NULL) {
             http_reply_error(req, 500, "internal", "out of memory");
             return false;

@@ -210,7 +210,7 @@ static bool resolve_experts(http_request *req, api_deps *d, const char *tenant, 
         store_experts_free(rows, n);
     }
     if (ok && cJSON_GetArraySize(roster) > 0) {
-        *out = cJSON_PrintUnformatted(roster);
+        *out = jsonx_print(roster);
         if (*out == NULL) {
             http_reply_error(req, 500, "internal", "out of memory");
             ok = false;
@@ -281,7 +281,7 @@ void api_panels_create(http_request *req, void *app)
         !resolve_experts(req, d, tenant, cJSON_GetObjectItemCaseSensitive(body, "experts"),
                          &experts))
         goto out;
-    params_text = params != NULL ? cJSON_PrintUnformatted(params) : NULL;
+    params_text = params != NULL ? jsonx_print(params) : NULL;
     if (params_text != NULL && strlen(params_text) > PARAMS_MAX_BYTES) {
         http_reply_error(req, 400, "invalid_field", "\"params\" exceeds %d bytes",
                          PARAMS_MAX_BYTES);
@@ -403,7 +403,7 @@ void api_panels_get(http_request *req, void *app)
     }
     cJSON *body = api_panel_json(&p);
     if (d->cache != NULL && is_final(p.status)) {
-        char *text = cJSON_PrintUnformatted(body);
+        char *text = jsonx_print(body);
         if (text != NULL)
             cache_set(d->cache, tenant, key, text, strlen(text), FINISHED_PANEL_TTL_MS);
         cJSON_free(text);
@@ -555,7 +555,7 @@ void api_panels_input(http_request *req, void *app)
         wrapped = cJSON_CreateObject();
         cJSON_AddStringToObject(wrapped, "text", text);
     }
-    char *json = cJSON_PrintUnformatted(input != NULL ? input : wrapped);
+    char *json = jsonx_print(input != NULL ? input : wrapped);
     cJSON_Delete(wrapped);
     if (json == NULL || strlen(json) > INPUT_MAX_BYTES) {
         cJSON_free(json);

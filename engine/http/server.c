@@ -271,7 +271,7 @@ void http_reply_bytes(http_request *req, unsigned status, const char *content_ty
 
 void http_reply_json(http_request *req, unsigned status, cJSON *body)
 {
-    char *text = body != NULL ? cJSON_PrintUnformatted(body) : NULL;
+    char *text = body != NULL ? jsonx_print(body) : NULL;
     cJSON_Delete(body);
     if (text == NULL) {
         http_reply_error(req, 500, "internal", "cannot encode the response");

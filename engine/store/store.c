@@ -1399,7 +1399,7 @@ static ap_status summary_json(const store_usage_group *g, size_t n, store_group 
             cJSON_AddNumberToObject(o, "cost_usd", g[i].cost_usd) == NULL)
             goto nomem;
     }
-    *json = cJSON_PrintUnformatted(arr);
+    *json = jsonx_print(arr);
     cJSON_Delete(arr);
     if (*json == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");

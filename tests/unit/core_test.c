@@ -274,6 +274,33 @@ static void test_jsonx_writes_strings_and_numbers(void **state)
     buf_free(&b);
 }
 
+/* jsonx_print writes a tree as cJSON would, except that every number reads back as the same
+ * double: cJSON's own printer rounds 0.1 + 0.2 to 0.3. */
+static void test_jsonx_print_round_trips(void **state)
+{
+    (void)state;
+    const char *text = "{\"a\":[0.30000000000000004,1,-0.5,1e+300,true,false,null],"
+                       "\"s\":\"q\\\"\\n\\u0001\",\"o\":{},\"e\":[]}";
+    cJSON *j = cJSON_Parse(text);
+    assert_non_null(j);
+    char *out = jsonx_print(j);
+    assert_non_null(out);
+    assert_string_equal(out, text);
+    cJSON *back = cJSON_Parse(out);
+    assert_true(cJSON_GetArrayItem(cJSON_GetObjectItem(back, "a"), 0)->valuedouble == 0.1 + 0.2);
+    cJSON_Delete(back);
+    free(out);
+    cJSON_Delete(j);
+    /* what JSON cannot hold becomes null, as with cJSON */
+    j = cJSON_CreateArray();
+    cJSON_AddItemToArray(j, cJSON_CreateNumber(NAN));
+    out = jsonx_print(j);
+    assert_string_equal(out, "[null]");
+    free(out);
+    cJSON_Delete(j);
+    assert_null(jsonx_print(NULL));
+}
+
 static void test_utf8(void **state)
 {
     (void)state;
@@ -376,6 +403,7 @@ int main(void)
         cmocka_unit_test(test_jsonx_escapes_nul),
         cmocka_unit_test(test_jsonx_plain_end),
         cmocka_unit_test(test_jsonx_writes_strings_and_numbers),
+        cmocka_unit_test(test_jsonx_print_round_trips),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_log_lines_are_json),
         cmocka_unit_test(test_clock_deadline),

@@ -538,11 +538,14 @@ static void test_cancel_aborts_at_once(void **state)
     panel_engine_stop(e);
 }
 
-static const char human_lua[] =
-    "return { name = 'human', start = 'a', nodes = {\n"
-    "  a = function(ctx) local r = ctx:ask(ctx.experts[1], 'first')\n"
-    "    local input = ctx:await_input({ prompt = 'Approve?' })\n"
-    "    return ctx:done({ said = input.text, pos = input.position }) end } }\n";
+/* The state a node starts from comes back from its checkpoint on a resume: its numbers must
+ * read back as the same doubles (0.1 + 0.2 printed in 15 digits reads back as 0.3). */
+static const char human_lua[] = "return { name = 'human', start = 'pre', nodes = {\n"
+                                "  pre = function(ctx) ctx.state.x = 0.1 + 0.2 return 'a' end,\n"
+                                "  a = function(ctx) local r = ctx:ask(ctx.experts[1], 'first')\n"
+                                "    local input = ctx:await_input({ prompt = 'Approve?' })\n"
+                                "    return ctx:done({ said = input.text, pos = input.position,\n"
+                                "      exact = ctx.state.x == 0.1 + 0.2 }) end } }\n";
 
 static void test_human_input(void **state)
 {
@@ -595,6 +598,7 @@ static void test_input_after_restart(void **state)
     assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"later\"}", &err), AP_OK);
     char *done = wait_for(sub, "panel.completed", 3000);
     assert_non_null(strstr(done, "\"said\":\"later\""));
+    assert_non_null(strstr(done, "\"exact\":true"));
     free(done);
     panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
