@@ -123,7 +123,6 @@ typedef struct ask_slot {
     llm_call *call;
     bool done;
     char key[JOURNAL_KEY_LEN + 1];
-    char *entry; /* journal entry (JSON text) once answered */
 } ask_slot;
 
 struct prun {
@@ -148,7 +147,9 @@ struct prun {
     int64_t node_start_seq;
     buf journal;       /* entries of the node in flight, JSON texts joined by commas */
     bool journal_full; /* an entry of this node did not fit a checkpoint: later ones are dropped */
-    cJSON *replay;     /* the checkpoint's journal, consumed by matching */
+    bool journal_lost; /* an entry could not be built or kept (out of memory): the panel fails */
+    int64_t answer_ckpt_ms; /* when an answer last checkpointed the journal (checkpoint_due) */
+    cJSON *replay;          /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
     cJSON *pins;         /* {"<consensus name>": "<version>"} */
     char *pins_text;     /* pins printed, NULL until a checkpoint needs it or they change */
@@ -1021,10 +1022,8 @@ static void prun_free(prun *p)
     if (p == NULL)
         return;
     assert(!p->grouping);
-    for (size_t i = 0; i < p->nslots; i++) {
+    for (size_t i = 0; i < p->nslots; i++)
         llm_cancel(p->slots[i].call);
-        free(p->slots[i].entry);
-    }
     free(p->slots);
     if (p->timer != NULL && p->r != NULL)
         llm_loop_timer_cancel(p->r->loop, p->timer);
@@ -1429,16 +1428,25 @@ static void journal_key(const script_ask *a, char out[JOURNAL_KEY_LEN + 1])
     out[JOURNAL_KEY_LEN] = '\0';
 }
 
-static const cJSON *replay_take(prun *p, const char *kind, const char *key)
+/* Whether journal entry e is an unused `kind` entry for key (any key when NULL) and for the
+ * batch slot idx: answers are journaled as they arrive, so two asks of one batch with the same
+ * key find their own answers by slot. Entries journaled without a slot match any. */
+static bool replay_matches(const cJSON *e, const char *kind, const char *key, int idx)
+{
+    const char *k = jsonx_string(e, "k"), *ek = jsonx_string(e, "key");
+    const cJSON *slot = cJSON_GetObjectItemCaseSensitive(e, "i");
+    return k != NULL && strcmp(k, kind) == 0 &&
+           (key == NULL || (ek != NULL && strcmp(ek, key) == 0)) &&
+           (slot == NULL || (cJSON_IsNumber(slot) && slot->valuedouble == idx));
+}
+
+static const cJSON *replay_take(prun *p, const char *kind, const char *key, int idx)
 {
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, p->replay)
     {
-        if (!p->replay_used[i] &&
-            strcmp(jsonx_string(e, "k") ? jsonx_string(e, "k") : "", kind) == 0 &&
-            (key == NULL ||
-             (jsonx_string(e, "key") != NULL && strcmp(jsonx_string(e, "key"), key) == 0))) {
+        if (!p->replay_used[i] && replay_matches(e, kind, key, idx)) {
             p->replay_used[i] = true;
             return e;
         }
@@ -1511,7 +1519,7 @@ static ap_status put_key_int(buf *b, const char *key, int64_t v)
 }
 
 /* The journal entry of an answer whose outcome (put_outcome) is given (caller frees). */
-static char *entry_json(const char *key, const answer *a, const buf *outcome)
+static char *entry_json(const char *key, size_t slot, const answer *a, const buf *outcome)
 {
     buf b;
     buf_init(&b, SCRATCH_MAX);
@@ -1522,6 +1530,8 @@ static char *entry_json(const char *key, const answer *a, const buf *outcome)
         rc = buf_puts(&b, key);
     if (rc == AP_OK)
         rc = buf_puts(&b, "\"");
+    if (rc == AP_OK)
+        rc = put_key_int(&b, ",\"i\":", (int64_t)slot);
     if (rc == AP_OK)
         rc = buf_append(&b, outcome->data, outcome->len);
     if (rc == AP_OK)
@@ -1604,25 +1614,20 @@ static void deliver_answer(prun *p, size_t idx, const answer *a)
 
 static void clear_slots(prun *p)
 {
-    for (size_t i = 0; i < p->nslots; i++)
-        free(p->slots[i].entry);
     free(p->slots);
     p->slots = NULL;
     p->nslots = p->pending = 0;
 }
 
-/* All answers of a batch are in: journal them in ask order, checkpoint, resume the node. */
+/* All answers of a batch are in (each journaled and checkpointed as it came): resume the
+ * node. */
 static void batch_complete(prun *p)
 {
-    for (size_t i = 0; i < p->nslots; i++) {
-        if (p->slots[i].entry == NULL || journal_add(p, p->slots[i].entry) != AP_OK) {
-            clear_slots(p);
-            prun_fail(p, "the journal of the node could not be kept (out of memory)");
-            return;
-        }
-    }
     clear_slots(p);
-    prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+    if (p->journal_lost) {
+        prun_fail(p, "the journal of the node could not be kept (out of memory)");
+        return;
+    }
     script_step step;
     if (script_panel_resume(p->sp, &step) != AP_OK) {
         prun_fail(p, "internal error: the node could not be resumed");
@@ -1658,6 +1663,23 @@ static void on_delta(void *ud, const char *text, size_t len)
     writer_push(s->p->e, w);
 }
 
+#define ANSWER_CKPT_JOURNAL 65536 /* bytes of journal that every answer checkpoints */
+#define ANSWER_CKPT_MS 100
+
+/* Whether an answer checkpoints the journal with it. Every checkpoint copies the whole
+ * journal, so one per answer would be quadratic in a node of many long answers: past
+ * ANSWER_CKPT_JOURNAL the answers of a batch checkpoint at most every ANSWER_CKPT_MS (a crash
+ * then asks again for what came in since), and the batch's last one always does. */
+static bool checkpoint_due(prun *p)
+{
+    int64_t now = clock_mono_ms();
+    if (p->pending > 0 && p->journal.len > ANSWER_CKPT_JOURNAL &&
+        now - p->answer_ckpt_ms < ANSWER_CKPT_MS)
+        return false;
+    p->answer_ckpt_ms = now;
+    return true;
+}
+
 /* Records one answer (journal entry, usage, delivery) without resuming the node. */
 static void answer_slot(ask_slot *s, const llm_response *r)
 {
@@ -1683,7 +1705,11 @@ static void answer_slot(ask_slot *s, const llm_response *r)
     }
     buf *oc = &p->r->outcome;
     bool oc_ok = put_outcome(oc, &a) == AP_OK;
-    s->entry = oc_ok ? entry_json(s->key, &a, oc) : NULL;
+    char *entry = oc_ok ? entry_json(s->key, s->idx, &a, oc) : NULL;
+    /* The answer, its usage, its message and the checkpoint that journals it commit together:
+     * a crash never leaves an answer paid for and shown but not journaled, which a resume
+     * would ask for (and bill) again. */
+    prun_group_begin(p);
     /* usage */
     if (p->e->st != NULL) {
         const char *provider = r->provider != NULL ? r->provider : "unknown";
@@ -1703,13 +1729,19 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             w->usage.cost_usd = r->cost_usd;
             w->usage.latency_ms = r->latency_ms;
             w->usage.attempts = r->attempts;
-            writer_push(p->e, w);
+            prun_push(p, w);
         }
     }
+    if (entry == NULL || journal_add(p, entry) != AP_OK)
+        p->journal_lost = true;
+    free(entry);
     deliver_answer(p, s->idx, &a);
     emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? oc : NULL);
     scratch_done(oc);
     p->pending--;
+    if (!p->journal_lost && checkpoint_due(p))
+        prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+    prun_group_end(p);
 }
 
 static void on_done(void *ud, const llm_response *r)
@@ -1752,12 +1784,15 @@ static void start_asks(prun *p, const script_step *step)
         s->name = ask->expert_name != NULL ? ask->expert_name : ask->expert_id;
         s->model = ask->expert_model;
         journal_key(ask, s->key);
-        const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key) : NULL;
+        const cJSON *old = p->replay != NULL ? replay_take(p, "ask", s->key, (int)i) : NULL;
         if (old != NULL) {
             answer a;
             char *data = NULL;
             answer_of_entry(old, &a, &data);
-            s->entry = jsonx_print(old);
+            char *entry = jsonx_print(old);
+            if (entry == NULL || journal_add(p, entry) != AP_OK)
+                p->journal_lost = true;
+            free(entry);
             s->done = true;
             deliver_answer(p, i, &a);
             buf *oc = &p->r->outcome;
@@ -1815,6 +1850,9 @@ static void deliver_input(prun *p, const char *input_json, bool replayed)
     free(entry);
     size_t cap = strlen(input_json) + 16;
     char *data = malloc(cap);
+    /* The input's events and the checkpoint that journals it commit together: a stored
+     * input.received always has its input in the checkpoint a resume starts from. */
+    prun_group_begin(p);
     if (data != NULL) {
         snprintf(data, cap, "{\"input\":%s}", input_json);
         prun_emit(p, "input.received", data, true, NULL);
@@ -1825,6 +1863,7 @@ static void deliver_input(prun *p, const char *input_json, bool replayed)
     prun_emit_status(p, "running");
     if (!replayed)
         prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+    prun_group_end(p);
     if (script_panel_deliver_input(p->sp, input_json, &err) != AP_OK) {
         prun_fail(p, err.msg);
         return;
@@ -1894,7 +1933,7 @@ static void handle_step(prun *p, script_step *step)
         start_asks(p, step);
         return;
     case SCRIPT_INPUT: {
-        const cJSON *old = p->replay != NULL ? replay_take(p, "input", NULL) : NULL;
+        const cJSON *old = p->replay != NULL ? replay_take(p, "input", NULL, -1) : NULL;
         char *in = NULL;
         if (old != NULL)
             in = jsonx_print(cJSON_GetObjectItemCaseSensitive(old, "input"));

@@ -803,6 +803,69 @@ static void test_resume_replays_journal(void **state)
     free(got);
 }
 
+/* Answers are journaled as they arrive: stopped (as by a crash) after some answers of a batch
+ * came in, the resumed panel asks only for the others, reaches the same result and bills each
+ * turn once. The simulated experts stream their answers, so they arrive at different times. */
+static void test_resume_mid_batch(void **state)
+{
+    (void)state;
+    write_file(
+        "spread.lua",
+        "return { name = 'spread', start = 'ask', nodes = {\n"
+        "  ask = function(ctx)\n"
+        "    ctx.state.r = (ctx.state.r or 0) + 1\n"
+        "    local r = ctx:ask_all(ctx.experts, 'Round ' .. ctx.state.r .. ': go or wait?')\n"
+        "    for _, a in ipairs(r) do ctx.state.t = (ctx.state.t or '') .. a.text .. '|' end\n"
+        "    if ctx.state.r < 2 then return 'ask' end\n"
+        "    return ctx:done({ t = ctx.state.t })\n"
+        "  end } }\n");
+    int64_t since = clock_wall_ms();
+    panel_engine *e = start_engine(0);
+    char ref[STORE_ID_MAX];
+    create(e, "spread", NULL, ref);
+    char *want = run_to_end(e, ref, "panel.completed", 5000);
+    panel_engine_stop(e);
+    unlink(calls_path);
+    setenv("ASKPANEL_SIM_TOKEN_MS", "15", 1);
+    e = start_engine(50);
+    char id[STORE_ID_MAX];
+    create(e, "spread", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "expert.message", 5000));
+    free(wait_for(sub, "expert.message", 5000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    unsetenv("ASKPANEL_SIM_TOKEN_MS");
+    int answered = count_lines(calls_path);
+    assert_true(answered >= 2 && answered < 5);
+    e = start_engine(0);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    size_t n = 0;
+    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
+    assert_int_equal(n, 1);
+    char *got = wait_for(sub, "panel.completed", 5000);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    assert_string_equal(got, want);
+    free(want);
+    free(got);
+    /* 10 turns, each paid and billed once */
+    assert_int_equal(count_lines(calls_path), 10);
+    char *usage = NULL;
+    assert_int_equal(store_usage_summary(st, tenant, since, INT64_MAX, "model", &usage, &err),
+                     AP_OK);
+    cJSON *groups = cJSON_Parse(usage);
+    free(usage);
+    int64_t calls = 0;
+    const cJSON *grp;
+    cJSON_ArrayForEach(grp, groups) calls += (int64_t)jsonx_number(grp, "calls", 0);
+    cJSON_Delete(groups);
+    assert_int_equal(calls, 20); /* the reference run's 10 and this panel's 10 */
+}
+
 static void test_overrides(void **state)
 {
     (void)state;
@@ -861,6 +924,7 @@ int main(void)
         cmocka_unit_test(test_state_between_nodes_is_the_checkpoint),
         cmocka_unit_test(test_resume_replays_journal),
         cmocka_unit_test(test_checkpoints_fit_the_store),
+        cmocka_unit_test(test_resume_mid_batch),
         cmocka_unit_test(test_overrides),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
