@@ -55,6 +55,7 @@ static const cfg_key keys[] = {
         "200000000"),
     INT("runtime.node_timeout_ms", runtime_node_timeout_ms, 10, 86400000, "30000"),
     INT("runtime.max_steps", runtime_max_steps, 1, 1000000, "500"),
+    INT("runtime.lease_ms", runtime_lease_ms, 1000, 3600000, "30000"),
     {"llm", CFG_JSON, offsetof(config, llm), 0, 0, NULL},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])

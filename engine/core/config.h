@@ -36,6 +36,7 @@ typedef struct config {
     int64_t runtime_node_instructions;
     int64_t runtime_node_timeout_ms;
     int64_t runtime_max_steps;
+    int64_t runtime_lease_ms; /* a running panel's lease; renewed every third of it */
     cJSON *llm; /* providers, models and prices; validated by the llm module. Owned. */
 } config;
 

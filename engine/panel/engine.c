@@ -13,11 +13,15 @@
 #include "script/params.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAP_BUCKETS 4096
@@ -26,6 +30,8 @@
 #define JOURNAL_KEY_LEN 32
 #define MAX_INPUT_BYTES (256 * 1024)
 #define SCRATCH_MAX (64 * 1024 * 1024) /* an answer's outcome, an event's data */
+#define LEASE_HOST_MAX 64
+#define LEASE_MS_DEFAULT 30000 /* runtime.lease_ms's default, for an engine without a config */
 
 /* ---- writer items --------------------------------------------------------------------- */
 
@@ -159,12 +165,12 @@ struct prun {
     ask_slot *slots;
     const script_ask *asks; /* the batch in flight (owned by sp until the node resumes) */
     size_t nslots, pending;
-    char *pending_input;
+    char *pending_input;       /* the answer the panel was resumed with, for its await_input */
     witem *group, *group_tail; /* items held back by prun_group_begin */
     size_t group_n;
     bool grouping;
-    bool awaiting;
     bool fresh;
+    uint64_t serial; /* tells this run from a later one of the same panel in this process */
     llm_timer *timer;
     struct prun *next; /* in the active map */
 };
@@ -215,6 +221,16 @@ struct panel_engine {
     pthread_mutex_t amu;
     prun *active[MAP_BUCKETS];
     size_t nactive;
+    uint64_t serials; /* the last prun serial given out (under amu) */
+    /* the leases of the panels this engine runs (see "leases") */
+    char host[LEASE_HOST_MAX];
+    char owner[STORE_LEASE_OWNER_MAX]; /* "<host>:<pid>:<boot id>" */
+    int64_t lease_ms;
+    pthread_t leaser;
+    bool leaser_started;
+    pthread_mutex_t lmu;
+    pthread_cond_t lcond; /* on CLOCK_MONOTONIC */
+    bool lstop;
 };
 
 static size_t bucket_hash(const char *id)
@@ -985,6 +1001,7 @@ static bool active_add(panel_engine *e, prun *p)
     pthread_mutex_lock(&e->amu);
     bool ok = active_find_locked(e, p->panel_id) == NULL;
     if (ok) {
+        p->serial = ++e->serials;
         unsigned b = bucket_of(p->panel_id);
         p->next = e->active[b];
         e->active[b] = p;
@@ -1868,7 +1885,6 @@ static void deliver_input(prun *p, const char *input_json, bool replayed)
         prun_fail(p, err.msg);
         return;
     }
-    p->awaiting = false;
     script_step step;
     if (script_panel_resume(p->sp, &step) != AP_OK) {
         prun_fail(p, "internal error: the node could not be resumed");
@@ -1965,8 +1981,13 @@ static void handle_step(prun *p, script_step *step)
             return;
         }
         prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+        /* A panel waiting for a human is held by no process (its lease goes with the status):
+         * the answer, whichever process it reaches, claims the panel and resumes it from this
+         * checkpoint. So the panel leaves this process before the wait can be seen in the
+         * store, and an answer never finds it still here. */
+        active_remove(p->e, p);
         prun_group_end(p);
-        p->awaiting = true;
+        prun_free(p);
         return;
     }
     }
@@ -2043,14 +2064,14 @@ static void start_on_runner(llm_loop *loop, void *ud)
 
 /* ---- commands posted to runners ------------------------------------------------------- */
 
-typedef enum cmd_kind { CMD_CANCEL = 1, CMD_INPUT, CMD_STOP } cmd_kind;
+typedef enum cmd_kind { CMD_CANCEL = 1, CMD_LOST, CMD_STOP } cmd_kind;
 
 typedef struct cmd {
     panel_engine *e;
     runner *r;
     cmd_kind kind;
     char panel_id[STORE_ID_MAX];
-    char *input;
+    uint64_t serial; /* CMD_LOST: the run that lost its lease */
 } cmd;
 
 static void run_cmd(llm_loop *loop, void *ud)
@@ -2083,22 +2104,21 @@ static void run_cmd(llm_loop *loop, void *ud)
             prun_transition(p, live_statuses, 4, "cancelled", NULL, NULL);
             prun_emit_status(p, "cancelled");
             prun_release(p);
-        } else if (c->kind == CMD_INPUT) {
-            if (p->awaiting)
-                deliver_input(p, c->input, false);
-            else if (p->pending_input == NULL) {
-                /* Still replaying towards the await_input: deliver it when reached. */
-                p->pending_input = c->input;
-                c->input = NULL;
-            }
+        } else if (c->kind == CMD_LOST && p->serial == c->serial) {
+            /* Nothing is written for it: the store's panel belongs to whoever holds it now. */
+            log_msg(LOG_LEVEL_WARN,
+                    &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
+                    "the panel is no longer this process's to run (another process took it "
+                    "over after its lease ran out, or it was cancelled elsewhere); stopping it "
+                    "here");
+            prun_release(p);
         }
     }
-    free(c->input);
     free(c);
 }
 
 static ap_status post_cmd(panel_engine *e, runner *r, cmd_kind kind, const char *panel_id,
-                          const char *input)
+                          uint64_t serial)
 {
     cmd *c = calloc(1, sizeof *c);
     if (c == NULL)
@@ -2108,9 +2128,8 @@ static ap_status post_cmd(panel_engine *e, runner *r, cmd_kind kind, const char 
     c->kind = kind;
     if (panel_id != NULL)
         snprintf(c->panel_id, sizeof c->panel_id, "%s", panel_id);
-    c->input = dup_or_null(input);
-    if ((input != NULL && c->input == NULL) || llm_loop_post(r->loop, run_cmd, c) != AP_OK) {
-        free(c->input);
+    c->serial = serial;
+    if (llm_loop_post(r->loop, run_cmd, c) != AP_OK) {
         free(c);
         return AP_NOMEM;
     }
@@ -2124,6 +2143,189 @@ static void *runner_main(void *arg)
     snprintf(name, sizeof name, "ap-runner-%d", r->idx);
     pthread_setname_np(pthread_self(), name);
     llm_loop_run(r->loop);
+    return NULL;
+}
+
+/* ---- leases -----------------------------------------------------------------------------
+ *
+ * A running panel is held in the store by the engine instance that runs it, so that a second
+ * process (another `serve` on the same database, `askpanel resume` while `askpanel run` still
+ * runs it) cannot run it too: two provider calls per turn, usage billed twice, events twice.
+ * Execute, resume and an answer to awaiting_input take the lease in the statement that makes
+ * the panel running; the leaser thread renews the leases of the panels active here every
+ * lease_ms / 3 in one statement, and stops here any panel whose lease it finds lost; leaving
+ * running clears the lease, and a stopping engine gives its leases up. A process that died
+ * holds its panels until its lease runs out, or not at all for a process of this host, whose
+ * pid is then gone. */
+
+/* Fills e->host and e->owner: the host name, the pid, and a boot id drawn at random so that a
+ * later process that gets the same pid is not taken for this one. */
+static ap_status lease_owner_init(panel_engine *e, ap_err *err)
+{
+    if (gethostname(e->host, sizeof e->host) != 0)
+        snprintf(e->host, sizeof e->host, "localhost");
+    e->host[sizeof e->host - 1] = '\0';
+    for (char *c = e->host; *c != '\0'; c++)
+        if (*c == ':') /* it separates the owner's fields */
+            *c = '_';
+    unsigned char boot[8];
+    char hex[2 * sizeof boot + 1];
+    if (ids_random(boot, sizeof boot) != AP_OK)
+        return ap_err_set(err, AP_ERROR, "cannot draw the engine's boot id");
+    ids_hex(boot, sizeof boot, hex);
+    snprintf(e->owner, sizeof e->owner, "%s:%ld:%s", e->host, (long)getpid(), hex);
+    return AP_OK;
+}
+
+/* The host and pid of a lease owner of the engine's form; false for any other text. */
+static bool lease_owner_parse(const char *owner, char host[LEASE_HOST_MAX], long *pid)
+{
+    const char *colon = strchr(owner, ':');
+    if (colon == NULL || colon == owner || (size_t)(colon - owner) >= LEASE_HOST_MAX)
+        return false;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(colon + 1, &end, 10);
+    if (errno != 0 || end == colon + 1 || *end != ':' || v <= 0 || v > INT_MAX)
+        return false;
+    snprintf(host, LEASE_HOST_MAX, "%.*s", (int)(colon - owner), owner);
+    *pid = v;
+    return true;
+}
+
+/* Whether owner was a process of this host that no longer exists. (Processes that share a host
+ * name are assumed to share a pid namespace, as they do unless containers share a UTS
+ * namespace but not their pids.) */
+static bool lease_owner_gone(const panel_engine *e, const char *owner)
+{
+    char host[LEASE_HOST_MAX];
+    long pid = 0;
+    if (!lease_owner_parse(owner, host, &pid) || strcmp(host, e->host) != 0)
+        return false;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Whether this engine may claim the running panel of row now: its lease is free, expired or
+ * ours, or held by a process of this host that is gone (then *takeover names that owner). */
+static bool lease_claimable(const panel_engine *e, const store_panel *row, const char **takeover)
+{
+    *takeover = NULL;
+    const char *o = row->lease_owner;
+    if (o == NULL || row->lease_expires_at <= clock_wall_ms() || strcmp(o, e->owner) == 0)
+        return true;
+    if (!lease_owner_gone(e, o))
+        return false;
+    *takeover = o;
+    return true;
+}
+
+/* Why a panel that row shows cannot be resumed here (AP_CONFLICT). */
+static ap_status resume_refused(const store_panel *row, ap_err *err)
+{
+    if (strcmp(row->status, "running") != 0)
+        return ap_err_set(err, AP_CONFLICT, "the panel is %.32s, not running", row->status);
+    if (row->lease_owner == NULL)
+        return ap_err_set(err, AP_CONFLICT,
+                          "another process resumed or let go of the panel meanwhile; try again");
+    char when[32] = "?";
+    time_t t = (time_t)((row->lease_expires_at + 999) / 1000);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char host[LEASE_HOST_MAX];
+    long pid = 0;
+    if (lease_owner_parse(row->lease_owner, host, &pid))
+        return ap_err_set(err, AP_CONFLICT,
+                          "the panel is running in another process (host %s, pid %ld); retry "
+                          "after %s if that process is gone",
+                          host, pid, when);
+    return ap_err_set(err, AP_CONFLICT,
+                      "the panel is running in another process (%.64s); retry after %s if that "
+                      "process is gone",
+                      row->lease_owner, when);
+}
+
+/* A panel active here, as the leaser saw it before renewing. */
+typedef struct lease_seen {
+    store_panel_ref ref;
+    uint64_t serial;
+    runner *r;
+} lease_seen;
+
+/* The panels active here (caller frees); *n their count. */
+static lease_seen *lease_snapshot(panel_engine *e, size_t *n)
+{
+    *n = 0;
+    pthread_mutex_lock(&e->amu);
+    lease_seen *seen = e->nactive > 0 ? malloc(e->nactive * sizeof *seen) : NULL;
+    for (size_t b = 0; b < MAP_BUCKETS && seen != NULL; b++) {
+        for (const prun *p = e->active[b]; p != NULL; p = p->next) {
+            lease_seen *s = &seen[(*n)++];
+            memcpy(s->ref.tenant_id, p->tenant_id, sizeof s->ref.tenant_id);
+            memcpy(s->ref.panel_id, p->panel_id, sizeof s->ref.panel_id);
+            s->serial = p->serial;
+            s->r = p->r;
+        }
+    }
+    pthread_mutex_unlock(&e->amu);
+    return seen;
+}
+
+/* Renews the leases of the panels active here, STORE_WRITE_MAX at a time; a panel whose lease
+ * was not renewed (it left running elsewhere, or another process claimed it after its lease
+ * ran out) is stopped here. */
+static void lease_renew(panel_engine *e)
+{
+    size_t n = 0;
+    lease_seen *seen = lease_snapshot(e, &n);
+    store_panel_ref *refs = n > 0 ? malloc(n * sizeof *refs) : NULL;
+    bool *renewed = n > 0 ? malloc(n * sizeof *renewed) : NULL;
+    if (n > 0 && (refs == NULL || renewed == NULL)) {
+        log_error("lease renewal: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        refs[i] = seen[i].ref;
+    for (size_t at = 0; at < n; at += STORE_WRITE_MAX) {
+        size_t k = n - at < STORE_WRITE_MAX ? n - at : STORE_WRITE_MAX;
+        ap_err err = {0};
+        if (store_panel_leases_renew(e->st, e->owner, refs + at, k, e->lease_ms, renewed + at,
+                                     &err) != AP_OK) {
+            /* the store is away: nothing is known to be lost, so nothing is stopped */
+            log_warn("lease renewal of %zu panels failed: %s", k, err.msg);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!renewed[i] &&
+            post_cmd(e, seen[i].r, CMD_LOST, seen[i].ref.panel_id, seen[i].serial) != AP_OK)
+            log_error("lease renewal: out of memory");
+out:
+    free(renewed);
+    free(refs);
+    free(seen);
+}
+
+static void *leaser_main(void *arg)
+{
+    panel_engine *e = arg;
+    pthread_setname_np(pthread_self(), "ap-leaser");
+    pthread_mutex_lock(&e->lmu);
+    while (!e->lstop) {
+        struct timespec at;
+        clock_gettime(CLOCK_MONOTONIC, &at);
+        int64_t ns = at.tv_nsec + (e->lease_ms / 3) % 1000 * 1000000;
+        at.tv_sec += (time_t)(e->lease_ms / 3 / 1000 + ns / 1000000000);
+        at.tv_nsec = (long)(ns % 1000000000);
+        while (!e->lstop && pthread_cond_timedwait(&e->lcond, &e->lmu, &at) != ETIMEDOUT) {
+        }
+        if (e->lstop)
+            break;
+        pthread_mutex_unlock(&e->lmu);
+        lease_renew(e);
+        pthread_mutex_lock(&e->lmu);
+    }
+    pthread_mutex_unlock(&e->lmu);
     return NULL;
 }
 
@@ -2356,6 +2558,18 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
     pthread_mutex_init(&e->smu, NULL);
     pthread_mutex_init(&e->amu, NULL);
     pthread_mutex_init(&e->pmu, NULL);
+    pthread_mutex_init(&e->lmu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->lcond, &ca);
+    pthread_condattr_destroy(&ca);
+    e->lease_ms = o->cfg != NULL ? o->cfg->runtime_lease_ms : LEASE_MS_DEFAULT;
+    ap_status orc = lease_owner_init(e, err);
+    if (orc != AP_OK) {
+        panel_engine_stop(e);
+        return orc;
+    }
     e->runners = calloc((size_t)n, sizeof *e->runners);
     if (e->runners == NULL || (o->provider != NULL && e->provider == NULL)) {
         panel_engine_stop(e);
@@ -2389,6 +2603,13 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         }
         r->started = true;
     }
+    if (e->st != NULL) {
+        if (pthread_create(&e->leaser, NULL, leaser_main, e) != 0) {
+            panel_engine_stop(e);
+            return ap_err_set(err, AP_ERROR, "cannot start the lease thread");
+        }
+        e->leaser_started = true;
+    }
     *out = e;
     return AP_OK;
 }
@@ -2397,10 +2618,17 @@ void panel_engine_stop(panel_engine *e)
 {
     if (e == NULL)
         return;
+    if (e->leaser_started) {
+        pthread_mutex_lock(&e->lmu);
+        e->lstop = true;
+        pthread_cond_signal(&e->lcond);
+        pthread_mutex_unlock(&e->lmu);
+        pthread_join(e->leaser, NULL);
+    }
     for (int i = 0; i < e->nrunners; i++) {
         runner *r = &e->runners[i];
         if (r->started) {
-            if (post_cmd(e, r, CMD_STOP, NULL, NULL) != AP_OK)
+            if (post_cmd(e, r, CMD_STOP, NULL, 0) != AP_OK)
                 llm_loop_stop(r->loop);
             pthread_join(r->th, NULL);
         }
@@ -2416,6 +2644,13 @@ void panel_engine_stop(panel_engine *e)
         pthread_mutex_unlock(&e->wmu);
         pthread_join(e->writer, NULL);
     }
+    /* The panels stopped here (still running in the store) may be resumed elsewhere at once;
+     * everything they wrote is stored by now. */
+    ap_err lerr = {0};
+    if (e->leaser_started && store_panel_leases_release(e->st, e->owner, &lerr) != AP_OK)
+        log_warn("the leases of this engine's panels were not given up (%s); they can be "
+                 "resumed elsewhere once they run out",
+                 lerr.msg);
     free(e->runners);
     free(e->provider);
     free(e->model);
@@ -2427,6 +2662,8 @@ void panel_engine_stop(panel_engine *e)
         free(e->pinned[i]);
     free(e->pinned);
     pthread_mutex_destroy(&e->pmu);
+    pthread_mutex_destroy(&e->lmu);
+    pthread_cond_destroy(&e->lcond);
     free(e);
 }
 
@@ -2490,7 +2727,8 @@ ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const cha
     ap_status rc = prepare(e, tenant_id, panel_id, &p, err);
     if (rc != AP_OK)
         return rc;
-    rc = store_panel_transition(e->st, tenant_id, panel_id, from, 2, "running", NULL, NULL, err);
+    /* the lease comes with the status: the panel start makes no extra round trip for it */
+    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 2, e->owner, e->lease_ms, NULL, err);
     if (rc != AP_OK) {
         prun_free(p);
         if (rc == AP_CONFLICT)
@@ -2504,25 +2742,38 @@ ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const cha
 ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char *panel_id,
                               ap_err *err)
 {
+    static const char *const from[] = {"running"};
     if (e->st == NULL)
         return ap_err_set(err, AP_INVALID, "no store");
     store_panel row = {0};
+    prun *p = NULL;
+    const char *takeover = NULL;
     ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
     if (rc != AP_OK)
-        return rc;
-    bool running = strcmp(row.status, "running") == 0;
-    bool queued = strcmp(row.status, "queued") == 0 || strcmp(row.status, "created") == 0;
-    char status[32];
-    snprintf(status, sizeof status, "%s", row.status);
+        goto out;
+    if (strcmp(row.status, "queued") == 0 || strcmp(row.status, "created") == 0) {
+        rc = panel_engine_execute(e, tenant_id, panel_id, err);
+        goto out;
+    }
+    if (strcmp(row.status, "running") != 0 || !lease_claimable(e, &row, &takeover)) {
+        rc = resume_refused(&row, err);
+        goto out;
+    }
+    /* Claimed before the checkpoint is read: from here on no other process writes one. */
+    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, takeover,
+                           err);
+    if (rc == AP_CONFLICT) {
+        /* another process was quicker since the read: say who */
+        store_panel_free(&row);
+        if ((rc = store_panel_get(e->st, tenant_id, panel_id, &row, err)) == AP_OK)
+            rc = resume_refused(&row, err);
+        goto out;
+    }
+    if (rc == AP_OK && (rc = prepare(e, tenant_id, panel_id, &p, err)) == AP_OK)
+        rc = launch(e, p, err);
+out:
     store_panel_free(&row);
-    if (queued)
-        return panel_engine_execute(e, tenant_id, panel_id, err);
-    if (!running)
-        return ap_err_set(err, AP_CONFLICT, "the panel is %s, not running", status);
-    prun *p = NULL;
-    if ((rc = prepare(e, tenant_id, panel_id, &p, err)) != AP_OK)
-        return rc;
-    return launch(e, p, err);
+    return rc;
 }
 
 ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
@@ -2538,12 +2789,14 @@ ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
         return rc;
     for (size_t i = 0; i < count; i++) {
         ap_err one = {0};
-        if (panel_engine_resume(e, refs[i].tenant_id, refs[i].panel_id, &one) == AP_OK)
+        ap_status rc1 = panel_engine_resume(e, refs[i].tenant_id, refs[i].panel_id, &one);
+        if (rc1 == AP_OK)
             started++;
         else
-            log_msg(LOG_LEVEL_WARN,
+            /* Another live process running it is the normal case with several nodes. */
+            log_msg(rc1 == AP_CONFLICT ? LOG_LEVEL_INFO : LOG_LEVEL_WARN,
                     &(log_fields){.tenant_id = refs[i].tenant_id, .panel_id = refs[i].panel_id},
-                    "cannot resume panel: %s", one.msg);
+                    "not resuming panel: %s", one.msg);
     }
     free(refs);
     if (n != NULL)
@@ -2571,7 +2824,7 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
     runner *r = p != NULL ? p->r : NULL;
     pthread_mutex_unlock(&e->amu);
     if (r != NULL)
-        return post_cmd(e, r, CMD_CANCEL, panel_id, NULL) == AP_OK
+        return post_cmd(e, r, CMD_CANCEL, panel_id, 0) == AP_OK
                    ? AP_OK
                    : ap_err_set(err, AP_NOMEM, "out of memory");
     if (e->st == NULL)
@@ -2599,6 +2852,8 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
     static const char *const from[] = {"awaiting_input"};
     char *input = NULL;
     size_t len = input_json != NULL ? strlen(input_json) : 0;
+    if (e->st == NULL)
+        return ap_err_set(err, AP_INVALID, "no store");
     if (len == 0 || len > MAX_INPUT_BYTES)
         return ap_err_set(err, AP_INVALID, "input must be 1 byte to 256 KiB");
     if (!jsonx_utf8_valid(input_json, len))
@@ -2617,30 +2872,14 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
     cJSON_Delete(in);
     if (input == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
-    ap_status rc = AP_OK;
-    if (e->st != NULL) {
-        rc =
-            store_panel_transition(e->st, tenant_id, panel_id, from, 1, "running", NULL, NULL, err);
-        if (rc == AP_CONFLICT)
-            ap_err_set(err, AP_CONFLICT, "the panel is not waiting for input");
-        if (rc != AP_OK)
-            goto out;
-    }
-    pthread_mutex_lock(&e->amu);
-    prun *p = active_find_locked(e, panel_id);
-    runner *r = p != NULL ? p->r : NULL;
-    pthread_mutex_unlock(&e->amu);
-    if (r != NULL) {
-        rc = post_cmd(e, r, CMD_INPUT, panel_id, input) == AP_OK
-                 ? AP_OK
-                 : ap_err_set(err, AP_NOMEM, "out of memory");
+    /* A waiting panel is held by no process (see handle_step): the answer claims it, whichever
+     * process it reaches, and resumes it here from its checkpoint with the answer waiting. */
+    ap_status rc =
+        store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, NULL, err);
+    if (rc == AP_CONFLICT)
+        ap_err_set(err, AP_CONFLICT, "the panel is not waiting for input");
+    if (rc != AP_OK)
         goto out;
-    }
-    if (e->st == NULL) {
-        rc = ap_err_set(err, AP_NOTFOUND, "no such panel");
-        goto out;
-    }
-    /* Not active here (the process restarted): resume it with the input waiting. */
     prun *np = NULL;
     if ((rc = prepare(e, tenant_id, panel_id, &np, err)) == AP_OK) {
         np->pending_input = input;

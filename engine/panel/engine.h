@@ -9,6 +9,10 @@
  * script version, the node's journal of LLM results and human input); resuming replays the
  * journal instead of calling the provider again.
  *
+ * A running panel is leased to the engine instance that runs it (store_panel_claim), so no
+ * two processes on one store run it at once; a panel waiting for input is held by no process.
+ * The lease lasts runtime.lease_ms and a thread renews it every third of that.
+ *
  * All functions are thread-safe unless noted. Statuses follow DESIGN §4:
  * created -> queued -> running <-> awaiting_input -> completed | failed | cancelled. */
 #ifndef AP_PANEL_ENGINE_H
@@ -39,8 +43,9 @@ typedef struct panel_engine_opts {
 ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_err *err);
 
 /* Stops gracefully: running panels stop where they are (they stay "running" in the store and
- * resume from their checkpoint on the next start), queued writes are flushed, subscribers
- * get no more events. Frees the engine; NULL is fine. */
+ * resume from their checkpoint on the next start), queued writes are flushed, the engine's
+ * leases are given up (another process may resume its panels at once), subscribers get no
+ * more events. Frees the engine; NULL is fine. */
 void panel_engine_stop(panel_engine *e);
 
 /* What a new panel is made of (see panel_engine_create). */
@@ -62,28 +67,34 @@ typedef struct panel_create_req {
 ap_status panel_engine_create(panel_engine *e, const char *tenant_id, const panel_create_req *req,
                               store_panel *out, ap_err *err);
 
-/* Starts a created or queued panel. AP_CONFLICT when it is in another status. */
+/* Starts a created or queued panel, taking its lease in the same store update. AP_CONFLICT
+ * when it is in another status. */
 ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const char *panel_id,
                                ap_err *err);
 
 /* Continues an interrupted panel (status running, not active in this process) from its
- * checkpoint. AP_CONFLICT when it is not running or already active here. */
+ * checkpoint, after taking its lease: free, expired, this engine's, or held by a process of
+ * this host that no longer exists. AP_CONFLICT when it is not running, already active here,
+ * or another live process holds it ("the panel is running in another process (host H, pid N);
+ * retry after <time> if that process is gone"). A created or queued panel is executed. */
 ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char *panel_id,
                               ap_err *err);
 
-/* Resumes every running panel of the store (at start-up); *n (may be NULL) gets the count. */
+/* Resumes every running panel of the store (at start-up) that no other live process holds
+ * (those are logged and skipped); *n (may be NULL) gets the count. */
 ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err);
 
 /* Cancels a panel: in-flight LLM calls are aborted at once; status cancelled. */
 ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
                               ap_err *err);
 
-/* Answers a panel waiting for human input with a JSON object (text is wrapped as {"text"}).
- * AP_CONFLICT when the panel is not awaiting input. */
+/* Answers a panel waiting for human input with a JSON object (text is wrapped as {"text"}):
+ * claims the panel for this engine and continues it from its checkpoint, whichever process
+ * ran it before. AP_CONFLICT when the panel is not awaiting input. */
 ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
                              const char *input_json, ap_err *err);
 
-/* Number of panels active in this process. */
+/* Number of panels running in this process (panels waiting for input are held by none). */
 size_t panel_engine_active(panel_engine *e);
 
 /* ---- scripts (GET/PUT /v1/strategies) ------------------------------------------------------ */

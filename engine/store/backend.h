@@ -85,6 +85,18 @@ typedef struct store_ops {
                             ap_err *err);
     ap_status (*panels_in_status)(void *impl, const char *status, store_panel_ref **pairs,
                                   size_t *n, ap_err *err);
+    /* Sets status "running", owner and expires_at where the status is in from[] and the lease
+     * is free at now (see store_panel_claim; takeover may be NULL). AP_NOTFOUND when the panel
+     * is not the tenant's, AP_CONFLICT otherwise. */
+    ap_status (*panel_claim)(void *impl, const char *tenant_id, const char *id,
+                             const char *const *from, size_t n_from, const char *owner,
+                             const char *takeover, int64_t now, int64_t expires_at, ap_err *err);
+    /* Sets expires_at on those of ids[0..n) (panel ids) still running under owner; *renewed
+     * receives the (tenant, panel) of each row changed, *n_renewed their count (caller frees). */
+    ap_status (*leases_renew)(void *impl, const char *owner, const char (*ids)[STORE_ID_MAX],
+                              size_t n, int64_t expires_at, store_panel_ref **renewed,
+                              size_t *n_renewed, ap_err *err);
+    ap_status (*leases_release)(void *impl, const char *owner, ap_err *err);
 
     ap_status (*events_append)(void *impl, const char *tenant_id, const store_event *events,
                                size_t n, ap_err *err);

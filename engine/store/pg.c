@@ -27,6 +27,12 @@
 #define PANEL_COLS                                                                                 \
     "id, tenant_id, title, question, strategy, strategy_version, consensus, params, experts, "     \
     "status, result, error, idempotency_key, request_hash, created_at, updated_at"
+/* A panel as it is read: its columns and its lease, which only claims write. */
+#define PANEL_READ_COLS PANEL_COLS ", lease_owner, lease_expires_at"
+/* Leaving running gives the lease up ($1 is the new status). */
+#define LEASE_ON_TRANSITION                                                                        \
+    "lease_owner = CASE WHEN $1 = 'running' THEN lease_owner END, "                                \
+    "lease_expires_at = CASE WHEN $1 = 'running' THEN lease_expires_at ELSE 0 END "
 #define CHECKPOINT_COLS                                                                            \
     "tenant_id, panel_id, step, next_node, state, script_version, journal, last_seq, created_at"
 #define SCRIPT_COLS "tenant_id, kind, name, version, source, origin, active, created_at"
@@ -62,6 +68,9 @@ enum {
     Q_PANEL_LIST_FIRST,
     Q_PANEL_LIST_BEFORE,
     Q_PANELS_IN_STATUS,
+    Q_PANEL_CLAIM,
+    Q_LEASES_RENEW,
+    Q_LEASES_RELEASE,
     Q_EVENTS_INSERT,
     Q_EVENT_LIST,
     Q_EVENT_LAST,
@@ -113,22 +122,33 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_PANEL_INSERT] =
         "INSERT INTO panels (" PANEL_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
         "$11, $12, $13, $14, $15, $16) ON CONFLICT (tenant_id, idempotency_key) "
-        "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING " PANEL_COLS,
-    [Q_PANEL_GET] = "SELECT " PANEL_COLS " FROM panels WHERE tenant_id = $1 AND id = $2",
-    [Q_PANEL_BY_IDEMPOTENCY] = "SELECT " PANEL_COLS " FROM panels "
+        "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING " PANEL_READ_COLS,
+    [Q_PANEL_GET] = "SELECT " PANEL_READ_COLS " FROM panels WHERE tenant_id = $1 AND id = $2",
+    [Q_PANEL_BY_IDEMPOTENCY] = "SELECT " PANEL_READ_COLS " FROM panels "
                                "WHERE tenant_id = $1 AND idempotency_key = $2",
     [Q_PANEL_TRANSITION] = "UPDATE panels SET status = $1, result = COALESCE($2::json, result), "
-                           "error = COALESCE($3, error), updated_at = $4 "
+                           "error = COALESCE($3, error), updated_at = $4, " LEASE_ON_TRANSITION
                            "WHERE tenant_id = $5 AND id = $6 AND status = ANY($7::text[])",
     [Q_PANEL_EXISTS] = "SELECT 1 FROM panels WHERE tenant_id = $1 AND id = $2",
-    [Q_PANEL_LIST_FIRST] = "SELECT " PANEL_COLS " FROM panels WHERE tenant_id = $1 "
+    [Q_PANEL_LIST_FIRST] = "SELECT " PANEL_READ_COLS " FROM panels WHERE tenant_id = $1 "
                            "AND ($2::text IS NULL OR status = $2) "
                            "ORDER BY created_at DESC, id DESC LIMIT $3",
-    [Q_PANEL_LIST_BEFORE] = "SELECT " PANEL_COLS " FROM panels WHERE tenant_id = $1 "
+    [Q_PANEL_LIST_BEFORE] = "SELECT " PANEL_READ_COLS " FROM panels WHERE tenant_id = $1 "
                             "AND ($2::text IS NULL OR status = $2) "
                             "AND (created_at, id) < ($4::bigint, $5::uuid) "
                             "ORDER BY created_at DESC, id DESC LIMIT $3",
     [Q_PANELS_IN_STATUS] = "SELECT tenant_id, id FROM askpanel_panels_in_status($1)",
+    /* The claim and, from the statement's snapshot, whether the panel exists: one round trip,
+     * as the panel start that uses it is on the hot path. */
+    [Q_PANEL_CLAIM] =
+        "WITH u AS (UPDATE panels SET status = 'running', lease_owner = $1, "
+        "lease_expires_at = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5 "
+        "AND status = ANY($6::text[]) AND (lease_owner IS NULL OR lease_expires_at <= $3 "
+        "OR lease_owner = $1 OR lease_owner = $7) RETURNING 1) "
+        "SELECT (SELECT count(*) FROM u), "
+        "EXISTS (SELECT 1 FROM panels WHERE tenant_id = $4 AND id = $5)",
+    [Q_LEASES_RENEW] = "SELECT tenant_id, id FROM askpanel_panel_leases_renew($1, $2, $3)",
+    [Q_LEASES_RELEASE] = "SELECT askpanel_panel_leases_release($1)",
     [Q_EVENTS_INSERT] =
         "INSERT INTO panel_events (tenant_id, panel_id, seq, type, data, created_at) "
         "SELECT $1::uuid, u.p, u.s, u.t, u.d, u.c FROM unnest($2::uuid[], $3::bigint[], "
@@ -178,7 +198,7 @@ static const char *const sql_text[Q__COUNT] = {
      * panel exists at all: a batch needs no second round trip to tell the two failures apart. */
     [Q_TRANSITION_REPORT] =
         "WITH u AS (UPDATE panels SET status = $1, result = COALESCE($2::json, result), "
-        "error = COALESCE($3, error), updated_at = $4 "
+        "error = COALESCE($3, error), updated_at = $4, " LEASE_ON_TRANSITION
         "WHERE tenant_id = $5 AND id = $6 AND status = ANY($7::text[]) RETURNING 1) "
         "SELECT (SELECT count(*) FROM u), "
         "EXISTS (SELECT 1 FROM panels WHERE tenant_id = $5 AND id = $6)",
@@ -502,6 +522,19 @@ static num dbl(double v)
     return n;
 }
 
+#define STATUS_LIST_MAX 256
+
+/* Statuses as a text array literal ("{a,b}"): they are validated names, so none needs quoting,
+ * and at most seven of them fit. */
+static void status_list(const char *const *from, size_t n, char out[STATUS_LIST_MAX])
+{
+    size_t len = 0;
+    out[len++] = '{';
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(out + len, STATUS_LIST_MAX - len, "%s%s", i ? "," : "", from[i]);
+    snprintf(out + len, STATUS_LIST_MAX - len, "}");
+}
+
 static const char *val(const PGresult *r, int row, int col)
 {
     return PQgetisnull(r, row, col) ? NULL : PQgetvalue(r, row, col);
@@ -588,6 +621,8 @@ static bool read_panel(const PGresult *r, int i, store_panel *p)
     p->request_hash = dup_col(r, i, 13, &failed);
     p->created_at = int_col(r, i, 14);
     p->updated_at = int_col(r, i, 15);
+    p->lease_owner = dup_col(r, i, 16, &failed);
+    p->lease_expires_at = int_col(r, i, 17);
     if (failed)
         store_panel_free(p);
     return !failed;
@@ -1152,13 +1187,8 @@ static ap_status pg_panel_transition(void *impl, const char *tenant_id, const ch
                                      ap_err *err)
 {
     pg *db = impl;
-    /* Statuses are validated names: an array literal needs no quoting. */
-    char list[256];
-    size_t len = 0;
-    list[len++] = '{';
-    for (size_t i = 0; i < n_from; i++)
-        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? "," : "", from[i]);
-    snprintf(list + len, sizeof list - len, "}");
+    char list[STATUS_LIST_MAX];
+    status_list(from, n_from, list);
     num at = i64(now);
     pgc *c;
     ap_status rc = checkout(db, &c, err);
@@ -1238,6 +1268,75 @@ static ap_status pg_panels_in_status(void *impl, const char *status, store_panel
     *pairs = out;
     *n = (size_t)nt;
     return AP_OK;
+}
+
+static ap_status pg_panel_claim(void *impl, const char *tenant_id, const char *id,
+                                const char *const *from, size_t n_from, const char *owner,
+                                const char *takeover, int64_t now, int64_t expires_at, ap_err *err)
+{
+    char list[STATUS_LIST_MAX];
+    status_list(from, n_from, list);
+    num at = i64(now), until = i64(expires_at);
+    PGresult *r;
+    ap_status rc =
+        query1(impl, tenant_id, Q_PANEL_CLAIM, 7,
+               (const char *const[]){owner, until.s, at.s, tenant_id, id, list, takeover}, &r, err);
+    if (rc != AP_OK)
+        return rc;
+    if (int_col(r, 0, 0) == 0)
+        rc = val(r, 0, 1) == NULL || val(r, 0, 1)[0] != 't'
+                 ? ap_err_set(err, AP_NOTFOUND, "no such panel")
+                 : ap_err_set(err, AP_CONFLICT,
+                              "the panel's status or another process's lease does not allow it "
+                              "to start here");
+    PQclear(r);
+    return rc;
+}
+
+static ap_status pg_leases_renew(void *impl, const char *owner, const char (*ids)[STORE_ID_MAX],
+                                 size_t n, int64_t expires_at, store_panel_ref **renewed,
+                                 size_t *n_renewed, ap_err *err)
+{
+    *renewed = NULL;
+    *n_renewed = 0;
+    /* the ids as a uuid[] literal: canonical UUIDs need no quoting */
+    size_t cap = n * STORE_ID_MAX + 2;
+    char *list = malloc(cap), *at = list;
+    if (list == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    *at++ = '{';
+    for (size_t i = 0; i < n; i++)
+        at += snprintf(at, cap - (size_t)(at - list), "%s%s", i ? "," : "", ids[i]);
+    snprintf(at, cap - (size_t)(at - list), "}");
+    num until = i64(expires_at);
+    PGresult *r;
+    ap_status rc =
+        query1(impl, NULL, Q_LEASES_RENEW, 3, (const char *const[]){owner, list, until.s}, &r, err);
+    free(list);
+    if (rc != AP_OK)
+        return rc;
+    int nt = PQntuples(r);
+    store_panel_ref *out = calloc(nt > 0 ? (size_t)nt : 1, sizeof *out);
+    if (out == NULL) {
+        PQclear(r);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < nt; i++) {
+        id_col(r, i, 0, out[i].tenant_id);
+        id_col(r, i, 1, out[i].panel_id);
+    }
+    PQclear(r);
+    *renewed = out;
+    *n_renewed = (size_t)nt;
+    return AP_OK;
+}
+
+static ap_status pg_leases_release(void *impl, const char *owner, ap_err *err)
+{
+    PGresult *r;
+    ap_status rc = query1(impl, NULL, Q_LEASES_RELEASE, 1, (const char *const[]){owner}, &r, err);
+    PQclear(r);
+    return rc;
 }
 
 /* ---- events ------------------------------------------------------------------------------- */
@@ -1598,14 +1697,8 @@ static bool batch_send(pgc *c, const char *tenant_id, const store_write *w, int6
     }
     case STORE_WRITE_TRANSITION: {
         const store_transition *t = &w->u.transition;
-        /* Statuses are validated names: an array literal needs no quoting. */
-        char list[256];
-        size_t len = 0;
-        list[len++] = '{';
-        for (size_t i = 0; i < t->n_from; i++)
-            len +=
-                (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? "," : "", t->from[i]);
-        snprintf(list + len, sizeof list - len, "}");
+        char list[STATUS_LIST_MAX];
+        status_list(t->from, t->n_from, list);
         num at = i64(now);
         snprintf(name, sizeof name, "q%d", Q_TRANSITION_REPORT);
         return PQsendQueryPrepared(c->conn, name, 7,
@@ -1754,6 +1847,9 @@ const store_ops store_pg_ops = {
     .panel_list = pg_panel_list,
     .panel_count_live = pg_panel_count_live,
     .panels_in_status = pg_panels_in_status,
+    .panel_claim = pg_panel_claim,
+    .leases_renew = pg_leases_renew,
+    .leases_release = pg_leases_release,
     .events_append = pg_events_append,
     .events_list = pg_events_list,
     .events_last_seq = pg_events_last_seq,

@@ -16,6 +16,8 @@
 #define PANEL_COLS                                                                                 \
     "id, tenant_id, title, question, strategy, strategy_version, consensus, params, experts, "     \
     "status, result, error, idempotency_key, request_hash, created_at, updated_at"
+/* A panel as it is read: its columns and its lease, which only claims write. */
+#define PANEL_READ_COLS PANEL_COLS ", lease_owner, lease_expires_at"
 #define TRANSITION_FROM_MAX 7 /* source statuses of a transition: the store allows each once */
 #define EVENT_COLS "tenant_id, panel_id, seq, type, data, created_at"
 #define CHECKPOINT_COLS                                                                            \
@@ -47,6 +49,9 @@ enum {
     ST_PANEL_GET,
     ST_PANEL_BY_IDEMPOTENCY,
     ST_PANEL_TRANSITION,
+    ST_PANEL_CLAIM,
+    ST_LEASES_RENEW,
+    ST_LEASES_RELEASE,
     ST_PANEL_EXISTS,
     ST_PANEL_LIST_FIRST,
     ST_PANEL_LIST_BEFORE,
@@ -102,19 +107,33 @@ static const char *const sql_text[ST__COUNT] = {
                              "AND (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT ?",
     [ST_PANEL_INSERT] = "INSERT INTO panels (" PANEL_COLS ") "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    [ST_PANEL_GET] = "SELECT " PANEL_COLS " FROM panels WHERE tenant_id = ? AND id = ?",
-    [ST_PANEL_BY_IDEMPOTENCY] = "SELECT " PANEL_COLS " FROM panels "
+    [ST_PANEL_GET] = "SELECT " PANEL_READ_COLS " FROM panels WHERE tenant_id = ? AND id = ?",
+    [ST_PANEL_BY_IDEMPOTENCY] = "SELECT " PANEL_READ_COLS " FROM panels "
                                 "WHERE tenant_id = ? AND idempotency_key = ?",
     [ST_PANEL_TRANSITION] = "UPDATE panels SET status = ?1, result = COALESCE(?2, result), "
-                            "error = COALESCE(?3, error), updated_at = ?4 "
+                            "error = COALESCE(?3, error), updated_at = ?4, "
+                            "lease_owner = CASE WHEN ?1 = 'running' THEN lease_owner END, "
+                            "lease_expires_at = CASE WHEN ?1 = 'running' THEN lease_expires_at "
+                            "ELSE 0 END "
                             "WHERE tenant_id = ?5 AND id = ?6 "
                             "AND (status = ?7 OR status = ?8 OR status = ?9 OR status = ?10 "
                             "OR status = ?11 OR status = ?12 OR status = ?13)",
+    [ST_PANEL_CLAIM] = "UPDATE panels SET status = 'running', lease_owner = ?1, "
+                       "lease_expires_at = ?2, updated_at = ?3 WHERE tenant_id = ?4 AND id = ?5 "
+                       "AND (status = ?6 OR status = ?7 OR status = ?8 OR status = ?9 "
+                       "OR status = ?10 OR status = ?11 OR status = ?12) "
+                       "AND (lease_owner IS NULL OR lease_expires_at <= ?3 OR lease_owner = ?1 "
+                       "OR lease_owner = ?13)",
+    [ST_LEASES_RENEW] = "UPDATE panels SET lease_expires_at = ?1 WHERE lease_owner = ?2 "
+                        "AND status = 'running' AND id IN (SELECT value FROM json_each(?3)) "
+                        "RETURNING tenant_id, id",
+    [ST_LEASES_RELEASE] = "UPDATE panels SET lease_owner = NULL, lease_expires_at = 0 "
+                          "WHERE lease_owner = ?1 AND status = 'running'",
     [ST_PANEL_EXISTS] = "SELECT 1 FROM panels WHERE tenant_id = ? AND id = ?",
-    [ST_PANEL_LIST_FIRST] = "SELECT " PANEL_COLS " FROM panels WHERE tenant_id = ?1 "
+    [ST_PANEL_LIST_FIRST] = "SELECT " PANEL_READ_COLS " FROM panels WHERE tenant_id = ?1 "
                             "AND (?2 IS NULL OR status = ?2) "
                             "ORDER BY created_at DESC, id DESC LIMIT ?3",
-    [ST_PANEL_LIST_BEFORE] = "SELECT " PANEL_COLS " FROM panels WHERE tenant_id = ?1 "
+    [ST_PANEL_LIST_BEFORE] = "SELECT " PANEL_READ_COLS " FROM panels WHERE tenant_id = ?1 "
                              "AND (?2 IS NULL OR status = ?2) AND (created_at, id) < (?4, ?5) "
                              "ORDER BY created_at DESC, id DESC LIMIT ?3",
     [ST_PANELS_IN_STATUS] =
@@ -350,6 +369,8 @@ static bool read_panel(sqlite3_stmt *st, store_panel *p)
     p->request_hash = col_dup(st, 13, &failed);
     p->created_at = sqlite3_column_int64(st, 14);
     p->updated_at = sqlite3_column_int64(st, 15);
+    p->lease_owner = col_dup(st, 16, &failed);
+    p->lease_expires_at = sqlite3_column_int64(st, 17);
     if (failed)
         store_panel_free(p);
     return !failed;
@@ -1097,6 +1118,113 @@ static ap_status sq_panel_transition(void *impl, const char *tenant_id, const ch
     return rc;
 }
 
+static ap_status sq_panel_claim(void *impl, const char *tenant_id, const char *id,
+                                const char *const *from, size_t n_from, const char *owner,
+                                const char *takeover, int64_t now, int64_t expires_at, ap_err *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_begin(q, err);
+    if (rc == AP_OK)
+        rc = sq_stmt(q, ST_PANEL_CLAIM, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, owner);
+        sqlite3_bind_int64(st, 2, expires_at);
+        sqlite3_bind_int64(st, 3, now);
+        bind_text(st, 4, tenant_id);
+        bind_text(st, 5, id);
+        /* as in sq_transition_one: unused source statuses stay NULL and match nothing */
+        for (size_t i = 0; i < n_from && i < TRANSITION_FROM_MAX; i++)
+            bind_text(st, 6 + (int)i, from[i]);
+        bind_text(st, 13, takeover);
+        rc = sq_done(q, st, err);
+    }
+    if (rc == AP_OK && sqlite3_changes(q->db) == 0) {
+        rc = sq_stmt(q, ST_PANEL_EXISTS, &st, err);
+        if (rc == AP_OK) {
+            bind_text(st, 1, tenant_id);
+            bind_text(st, 2, id);
+            rc = sq_one(q, st, "no such panel", err);
+            sqlite3_reset(st);
+        }
+        if (rc == AP_OK)
+            rc = ap_err_set(err, AP_CONFLICT,
+                            "the panel's status or another process's lease does not allow it "
+                            "to start here");
+    }
+    rc = sq_end(q, rc, err);
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+static ap_status sq_leases_renew(void *impl, const char *owner, const char (*ids)[STORE_ID_MAX],
+                                 size_t n, int64_t expires_at, store_panel_ref **renewed,
+                                 size_t *n_renewed, ap_err *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    *renewed = NULL;
+    *n_renewed = 0;
+    /* the ids as a JSON array for json_each: canonical UUIDs need no escaping */
+    size_t cap = n * (STORE_ID_MAX + 2) + 2;
+    char *list = malloc(cap);
+    store_panel_ref *out = calloc(n, sizeof *out);
+    size_t got = 0;
+    if (list == NULL || out == NULL) {
+        free(list);
+        free(out);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    char *at = list;
+    *at++ = '[';
+    for (size_t i = 0; i < n; i++)
+        at += snprintf(at, cap - (size_t)(at - list), "%s\"%s\"", i ? "," : "", ids[i]);
+    snprintf(at, cap - (size_t)(at - list), "]");
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_begin(q, err);
+    if (rc == AP_OK)
+        rc = sq_stmt(q, ST_LEASES_RENEW, &st, err);
+    if (rc == AP_OK) {
+        sqlite3_bind_int64(st, 1, expires_at);
+        bind_text(st, 2, owner);
+        bind_text(st, 3, list);
+        int s;
+        while ((s = sqlite3_step(st)) == SQLITE_ROW && got < n) {
+            col_id(st, 0, out[got].tenant_id);
+            col_id(st, 1, out[got].panel_id);
+            got++;
+        }
+        if (s != SQLITE_ROW && s != SQLITE_DONE)
+            rc = sq_error(q, s, err);
+        sqlite3_reset(st);
+    }
+    rc = sq_end(q, rc, err);
+    pthread_mutex_unlock(&q->mu);
+    free(list);
+    if (rc != AP_OK) {
+        free(out);
+        return rc;
+    }
+    *renewed = out;
+    *n_renewed = got;
+    return AP_OK;
+}
+
+static ap_status sq_leases_release(void *impl, const char *owner, ap_err *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_stmt(q, ST_LEASES_RELEASE, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, owner);
+        rc = sq_done(q, st, err);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
 static ap_status sq_panel_list(void *impl, const char *tenant_id, const char *status,
                                const store_pos *before, int limit, store_panel **rows, size_t *n,
                                ap_err *err)
@@ -1649,6 +1777,9 @@ const store_ops store_sqlite_ops = {
     .panel_list = sq_panel_list,
     .panel_count_live = sq_panel_count_live,
     .panels_in_status = sq_panels_in_status,
+    .panel_claim = sq_panel_claim,
+    .leases_renew = sq_leases_renew,
+    .leases_release = sq_leases_release,
     .events_append = sq_events_append,
     .events_list = sq_events_list,
     .events_last_seq = sq_events_last_seq,

@@ -743,6 +743,7 @@ void store_panel_free(store_panel *p)
     free(p->error);
     free(p->idempotency_key);
     free(p->request_hash);
+    free(p->lease_owner);
     memset(p, 0, sizeof *p);
 }
 
@@ -909,6 +910,101 @@ ap_status store_panels_in_status(store *s, const char *status, store_panel_ref *
         return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'",
                           status != NULL ? status : "");
     return s->ops->panels_in_status(s->impl, status, pairs, n, err);
+}
+
+/* ---- leases ----------------------------------------------------------------------------- */
+
+static ap_status check_owner(const char *owner, const char *what, bool required, ap_err *err)
+{
+    return check_text(owner, what, required, STORE_LEASE_OWNER_MAX - 1, err);
+}
+
+ap_status store_panel_claim(store *s, const char *tenant_id, const char *id,
+                            const char *const *from, size_t n_from, const char *owner,
+                            int64_t lease_ms, const char *takeover, ap_err *err)
+{
+    char tid[STORE_ID_MAX], pid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (!ids_uuid_normalize(id, pid))
+        return ap_err_set(err, AP_NOTFOUND, "no such panel");
+    if ((rc = transition_check(from, n_from, "running", NULL, NULL, false, err)) != AP_OK ||
+        (rc = check_owner(owner, "lease owner", true, err)) != AP_OK ||
+        (rc = check_owner(takeover, "lease takeover", false, err)) != AP_OK)
+        return rc;
+    if (lease_ms < 1 || lease_ms > INT64_C(1) << 40)
+        return ap_err_set(err, AP_INVALID, "a lease lasts 1 ms to 2^40 ms");
+    int64_t now = clock_wall_ms();
+    return s->ops->panel_claim(s->impl, tid, pid, from, n_from, owner, takeover, now,
+                               now + lease_ms, err);
+}
+
+/* A panel id of a renewal and where it stands in the caller's array. */
+typedef struct lease_slot {
+    char id[STORE_ID_MAX];
+    size_t idx;
+} lease_slot;
+
+static int lease_slot_cmp(const void *a, const void *b)
+{
+    return strcmp(((const lease_slot *)a)->id, ((const lease_slot *)b)->id);
+}
+
+ap_status store_panel_leases_renew(store *s, const char *owner, const store_panel_ref *panels,
+                                   size_t n, int64_t lease_ms, bool *renewed, ap_err *err)
+{
+    lease_slot *slots = NULL;
+    char(*ids)[STORE_ID_MAX] = NULL;
+    store_panel_ref *got = NULL;
+    size_t ngot = 0;
+    for (size_t i = 0; i < n; i++)
+        renewed[i] = false;
+    ap_status rc = check_owner(owner, "lease owner", true, err);
+    if (rc != AP_OK || n == 0)
+        return rc;
+    if (n > STORE_WRITE_MAX)
+        return ap_err_set(err, AP_LIMIT, "at most %d leases are renewed at once", STORE_WRITE_MAX);
+    if (lease_ms < 1 || lease_ms > INT64_C(1) << 40)
+        return ap_err_set(err, AP_INVALID, "a lease lasts 1 ms to 2^40 ms");
+    slots = malloc(n * sizeof *slots);
+    ids = malloc(n * sizeof *ids);
+    if (slots == NULL || ids == NULL) {
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!ids_uuid_normalize(panels[i].panel_id, slots[i].id)) {
+            rc = ap_err_set(err, AP_INVALID, "panel id is not a valid UUID");
+            goto out;
+        }
+        slots[i].idx = i;
+        memcpy(ids[i], slots[i].id, STORE_ID_MAX);
+    }
+    rc = s->ops->leases_renew(s->impl, owner, (const char(*)[STORE_ID_MAX])ids, n,
+                              clock_wall_ms() + lease_ms, &got, &ngot, err);
+    if (rc != AP_OK)
+        goto out;
+    /* The rows come back in no particular order: match them by id. */
+    qsort(slots, n, sizeof *slots, lease_slot_cmp);
+    for (size_t i = 0; i < ngot; i++) {
+        lease_slot key;
+        memcpy(key.id, got[i].panel_id, STORE_ID_MAX);
+        const lease_slot *hit = bsearch(&key, slots, n, sizeof *slots, lease_slot_cmp);
+        if (hit != NULL && store_row_tenant_ok(panels[hit->idx].tenant_id, got[i].tenant_id))
+            renewed[hit->idx] = true;
+    }
+out:
+    free(got);
+    free(ids);
+    free(slots);
+    return rc;
+}
+
+ap_status store_panel_leases_release(store *s, const char *owner, ap_err *err)
+{
+    ap_status rc = check_owner(owner, "lease owner", true, err);
+    return rc == AP_OK ? s->ops->leases_release(s->impl, owner, err) : rc;
 }
 
 /* ---- events ----------------------------------------------------------------------------- */

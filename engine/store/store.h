@@ -152,16 +152,18 @@ typedef struct store_panel {
     char tenant_id[STORE_ID_MAX];
     char *title; /* may be NULL */
     char *question;
-    char *strategy;         /* name */
-    char *strategy_version; /* content hash of the pinned script */
-    char *consensus;        /* consensus algorithm name, may be NULL */
-    char *params;           /* JSON object */
-    char *experts;          /* JSON array of expert objects (resolved personas) */
-    char *status;           /* created|queued|running|awaiting_input|completed|failed|cancelled */
-    char *result;           /* JSON, NULL until completed */
-    char *error;            /* NULL unless failed */
-    char *idempotency_key;  /* may be NULL */
-    char *request_hash;     /* hash of the creating request body, with idempotency_key */
+    char *strategy;           /* name */
+    char *strategy_version;   /* content hash of the pinned script */
+    char *consensus;          /* consensus algorithm name, may be NULL */
+    char *params;             /* JSON object */
+    char *experts;            /* JSON array of expert objects (resolved personas) */
+    char *status;             /* created|queued|running|awaiting_input|completed|failed|cancelled */
+    char *result;             /* JSON, NULL until completed */
+    char *error;              /* NULL unless failed */
+    char *idempotency_key;    /* may be NULL */
+    char *request_hash;       /* hash of the creating request body, with idempotency_key */
+    char *lease_owner;        /* the engine instance running it (see leases), NULL when none */
+    int64_t lease_expires_at; /* when that lease runs out; 0 when there is none */
     int64_t created_at;
     int64_t updated_at;
 } store_panel;
@@ -177,7 +179,8 @@ ap_status store_panel_get(store *s, const char *tenant_id, const char *id, store
                           ap_err *err);
 
 /* Moves a panel to new_status only if its status is one of from[] (n_from entries, NULL-free);
- * AP_CONFLICT otherwise. result/error may be NULL (left unchanged). */
+ * AP_CONFLICT otherwise. result/error may be NULL (left unchanged). Leaving "running" gives
+ * the panel's lease up; entering it this way takes none (that is store_panel_claim). */
 ap_status store_panel_transition(store *s, const char *tenant_id, const char *id,
                                  const char *const *from, size_t n_from, const char *new_status,
                                  const char *result, const char *error, ap_err *err);
@@ -202,6 +205,34 @@ typedef struct store_panel_ref {
 } store_panel_ref;
 ap_status store_panels_in_status(store *s, const char *status, store_panel_ref **pairs, size_t *n,
                                  ap_err *err);
+
+/* ---- leases on running panels ---------------------------------------------------------
+ *
+ * A running panel is held by the engine instance that runs it: an owner id (at most
+ * STORE_LEASE_OWNER_MAX - 1 bytes; the engine uses "<host>:<pid>:<boot id>") and an expiry the
+ * owner keeps renewing. Only a claim sets a lease; every transition out of running clears it.
+ * Expiries are compared with the wall clock of the node that asks. */
+
+#define STORE_LEASE_OWNER_MAX 160
+
+/* Moves a panel from one of from[] to "running" under owner's lease until now + lease_ms
+ * (lease_ms >= 1), in one statement, provided the panel's lease is free: none, expired,
+ * owner's own, or held by takeover (an owner the caller found gone; NULL for none).
+ * AP_CONFLICT when the status or the lease does not allow it; the caller reads the panel to
+ * tell which. */
+ap_status store_panel_claim(store *s, const char *tenant_id, const char *id,
+                            const char *const *from, size_t n_from, const char *owner,
+                            int64_t lease_ms, const char *takeover, ap_err *err);
+
+/* Operator scope (all tenants): extends owner's leases on panels[0..n) to now + lease_ms, in
+ * one statement. renewed[i] receives whether panels[i] was still running under owner's lease
+ * (false: it left running, or another owner claimed it). At most STORE_WRITE_MAX panels. */
+ap_status store_panel_leases_renew(store *s, const char *owner, const store_panel_ref *panels,
+                                   size_t n, int64_t lease_ms, bool *renewed, ap_err *err);
+
+/* Operator scope: gives up every lease owner holds on a running panel, so that another process
+ * may resume those panels at once (an engine that stops without finishing them). */
+ap_status store_panel_leases_release(store *s, const char *owner, ap_err *err);
 
 /* ---- events -------------------------------------------------------------------------- */
 

@@ -44,6 +44,7 @@ static void test_defaults_are_embedded(void **state)
     assert_string_equal(c.cache, "memory");
     assert_int_equal(c.http_max_body_bytes, 1048576);
     assert_int_equal(c.runtime_lua_memory_mb, 64);
+    assert_int_equal(c.runtime_lease_ms, 30000);
     config_free(&c);
 }
 
@@ -55,11 +56,13 @@ static void test_file_overrides_defaults(void **state)
     assert_int_equal(config_defaults(&c), AP_OK);
     const char *p = write_config("{\"$comment\":\"doc\",\"listen\":\"0.0.0.0:9000\","
                                  "\"http\":{\"max_body_bytes\":2048,\"threads\":3},"
+                                 "\"runtime\":{\"lease_ms\":5000},"
                                  "\"llm\":{\"default_provider\":\"simulated\"}}");
     assert_int_equal(config_load_file(&c, p, &err), AP_OK);
     assert_string_equal(c.listen, "0.0.0.0:9000");
     assert_int_equal(c.http_max_body_bytes, 2048);
     assert_int_equal(c.http_threads, 3);
+    assert_int_equal(c.runtime_lease_ms, 5000);
     assert_non_null(c.llm);
     assert_string_equal(c.source, p);
     config_free(&c);
@@ -89,6 +92,9 @@ static void test_impossible_values(void **state)
     (void)state;
     expect_error("{\"http\":{\"max_body_bytes\":1}}", "http.max_body_bytes");
     expect_error("{\"runtime\":{\"runners\":-1}}", "runtime.runners");
+    /* a lease shorter than a second would lapse between two renewals on a loaded store */
+    expect_error("{\"runtime\":{\"lease_ms\":999}}", "runtime.lease_ms");
+    expect_error("{\"runtime\":{\"lease_ms\":3600001}}", "runtime.lease_ms");
     expect_error("{\"log_level\":\"loud\"}", "log_level");
     expect_error("{\"store\":\"\"}", "store");
 }

@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static char dir[64];
@@ -866,6 +868,219 @@ static void test_resume_mid_batch(void **state)
     assert_int_equal(calls, 20); /* the reference run's 10 and this panel's 10 */
 }
 
+/* ---- leases ------------------------------------------------------------------------------ */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *host_name(void)
+{
+    static char host[64];
+    if (gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    return host;
+}
+
+/* The stored row of a panel (caller frees). */
+static store_panel row_of(const char *id)
+{
+    store_panel row = {0};
+    ap_err err = {0};
+    if (store_panel_get(st, tenant, id, &row, &err) != AP_OK)
+        fail_msg("get %s: %s", id, err.msg);
+    return row;
+}
+
+/* Sets a running panel's lease as another process would have left it. */
+static void lease_as(const char *id, const char *from, const char *owner, int64_t lease_ms,
+                     const char *takeover)
+{
+    ap_err err = {0};
+    if (store_panel_claim(st, tenant, id, &from, 1, owner, lease_ms, takeover, &err) != AP_OK)
+        fail_msg("claim %s as %s: %s", id, owner, err.msg);
+}
+
+/* Resumes a panel in e and waits for it to complete. */
+static void resume_to_end(panel_engine *e, const char *id)
+{
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    if (panel_engine_resume(e, tenant, id, &err) != AP_OK)
+        fail_msg("resume: %s", err.msg);
+    free(wait_for(sub, "panel.completed", 5000));
+    panel_engine_unsubscribe(e, sub);
+}
+
+/* A panel another live engine runs is not run a second time: resume and resume_all refuse it
+ * and say who holds it; once that engine stops (and gives its leases up) it resumes. */
+static void test_lease_keeps_a_second_engine_out(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e1 = start_engine(300);
+    char id[STORE_ID_MAX];
+    create(e1, "fanout", "{\"rounds\":3}", id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e1, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e1, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "expert.message", 3000));
+    char prefix[128];
+    snprintf(prefix, sizeof prefix, "%s:%d:", host_name(), (int)getpid());
+    store_panel row = row_of(id);
+    assert_non_null(row.lease_owner);
+    assert_int_equal(strncmp(row.lease_owner, prefix, strlen(prefix)), 0);
+    assert_true(row.lease_expires_at > wall_ms() + 20000);
+    store_panel_free(&row);
+
+    panel_engine *e2 = start_engine(0);
+    assert_int_equal(panel_engine_resume(e2, tenant, id, &err), AP_CONFLICT);
+    char want[160];
+    snprintf(want, sizeof want,
+             "the panel is running in another process (host %s, pid %d); retry after ", host_name(),
+             (int)getpid());
+    if (strstr(err.msg, want) == NULL || strstr(err.msg, "if that process is gone") == NULL)
+        fail_msg("unexpected refusal: %s", err.msg);
+    size_t n = 9;
+    assert_int_equal(panel_engine_resume_all(e2, &n, &err), AP_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(panel_engine_active(e2), 0);
+    assert_int_equal(panel_engine_active(e1), 1);
+
+    panel_engine_unsubscribe(e1, sub);
+    panel_engine_stop(e1);
+    row = row_of(id);
+    assert_string_equal(row.status, "running");
+    assert_null(row.lease_owner);
+    store_panel_free(&row);
+    resume_to_end(e2, id);
+    panel_engine_stop(e2);
+    row = row_of(id);
+    assert_string_equal(row.status, "completed");
+    assert_null(row.lease_owner);
+    assert_int_equal(row.lease_expires_at, 0);
+    store_panel_free(&row);
+}
+
+/* A lease held by a live process elsewhere or on this host keeps the panel; an expired one, or
+ * one of a process of this host that is gone, does not. */
+static void test_lease_takeover(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX], id2[STORE_ID_MAX];
+    create(e, "fanout", NULL, id);
+    create(e, "fanout", NULL, id2);
+    ap_err err = {0};
+    lease_as(id, "created", "elsewhere.invalid:1:feedfeed", 60000, NULL);
+    assert_int_equal(panel_engine_resume(e, tenant, id, &err), AP_CONFLICT);
+    assert_non_null(strstr(err.msg, "(host elsewhere.invalid, pid 1)"));
+    /* our parent is alive: its lease holds even on this host */
+    char live[128];
+    snprintf(live, sizeof live, "%s:%d:0001", host_name(), (int)getppid());
+    lease_as(id, "running", live, 60000, "elsewhere.invalid:1:feedfeed");
+    assert_int_equal(panel_engine_resume(e, tenant, id, &err), AP_CONFLICT);
+    char want[96];
+    snprintf(want, sizeof want, "pid %d)", (int)getppid());
+    assert_non_null(strstr(err.msg, want));
+    /* expired */
+    lease_as(id, "running", live, 1, NULL);
+    usleep(20 * 1000);
+    resume_to_end(e, id);
+
+    /* a process of this host that is gone */
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0)
+        _exit(0);
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    char dead[128];
+    snprintf(dead, sizeof dead, "%s:%d:0002", host_name(), (int)child);
+    lease_as(id2, "created", dead, 60000, NULL);
+    resume_to_end(e, id2);
+    panel_engine_stop(e);
+}
+
+/* The engine renews the leases of its panels while it runs them, and stops a panel whose lease
+ * another process took over (after it had run out, say) instead of running it twice. */
+static void test_lease_renewal_and_loss(void **state)
+{
+    (void)state;
+    ap_err err = {0};
+    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "1000", "test", &err), AP_OK);
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(1500);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", "{\"rounds\":3}", id);
+    panel_sub *sub = NULL;
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    int64_t t0 = wall_ms();
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    usleep(1200 * 1000);
+    store_panel row = row_of(id);
+    assert_string_equal(row.status, "running");
+    assert_true(row.lease_expires_at > t0 + 1000); /* renewed since the claim */
+    char *ours = strdup(row.lease_owner);
+    store_panel_free(&row);
+    /* another process claims it as if our lease had run out */
+    lease_as(id, "running", "elsewhere.invalid:1:cafe", 60000, ours);
+    int64_t deadline = clock_mono_ms() + 3000;
+    while (panel_engine_active(e) > 0 && clock_mono_ms() < deadline)
+        usleep(20 * 1000);
+    assert_int_equal(panel_engine_active(e), 0);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    /* the new owner keeps it: the engine gave up only its own leases */
+    row = row_of(id);
+    assert_string_equal(row.status, "running");
+    assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
+    store_panel_free(&row);
+    free(ours);
+    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
+}
+
+/* A panel waiting for input is held by no process: the answer may reach another live engine,
+ * which resumes it from its checkpoint without paying its turn again. */
+static void test_input_reaches_another_engine(void **state)
+{
+    (void)state;
+    write_file("human.lua", human_lua);
+    unlink(calls_path);
+    panel_engine *e1 = start_engine(0);
+    panel_engine *e2 = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e1, "human", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e1, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e1, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "input.requested", 3000));
+    panel_engine_unsubscribe(e1, sub);
+    store_panel row = row_of(id);
+    assert_string_equal(row.status, "awaiting_input");
+    assert_null(row.lease_owner);
+    store_panel_free(&row);
+    assert_int_equal(panel_engine_active(e1), 0);
+    assert_int_equal(count_lines(calls_path), 1);
+    assert_int_equal(panel_engine_subscribe(e2, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_input(e2, tenant, id, "{\"text\":\"from afar\"}", &err), AP_OK);
+    assert_int_equal(panel_engine_input(e1, tenant, id, "{\"text\":\"twice\"}", &err), AP_CONFLICT);
+    char *done = wait_for(sub, "panel.completed", 3000);
+    assert_non_null(strstr(done, "\"said\":\"from afar\""));
+    free(done);
+    panel_engine_unsubscribe(e2, sub);
+    panel_engine_stop(e1);
+    panel_engine_stop(e2);
+    assert_int_equal(count_lines(calls_path), 1);
+}
+
 static void test_overrides(void **state)
 {
     (void)state;
@@ -926,6 +1141,10 @@ int main(void)
         cmocka_unit_test(test_checkpoints_fit_the_store),
         cmocka_unit_test(test_resume_mid_batch),
         cmocka_unit_test(test_overrides),
+        cmocka_unit_test(test_lease_keeps_a_second_engine_out),
+        cmocka_unit_test(test_lease_takeover),
+        cmocka_unit_test(test_lease_renewal_and_loss),
+        cmocka_unit_test(test_input_reaches_another_engine),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static store *S;     /* the store under test (the app role on PostgreSQL) */
@@ -538,6 +539,130 @@ static void test_panels(void **state)
     bad.status = NULL;
     IS(AP_INVALID, store_panel_create(S, "A", &bad, NULL, E));
     store_panel_free(&p);
+}
+
+/* The panel's lease as the store has it: its owner ("" for none) and expiry. */
+static void lease_of(const char *tenant, const char *id, char owner[STORE_LEASE_OWNER_MAX],
+                     int64_t *expires_at)
+{
+    store_panel g = {0};
+    OK(store_panel_get(S, tenant, id, &g, E));
+    snprintf(owner, STORE_LEASE_OWNER_MAX, "%s", g.lease_owner != NULL ? g.lease_owner : "");
+    *expires_at = g.lease_expires_at;
+    store_panel_free(&g);
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Leases: only a claim takes one, and only when it is free, expired, the claimer's own, or held
+ * by the owner the claimer names as gone; renewals extend only the owner's running panels;
+ * leaving running and releasing clear them. */
+static void test_panel_leases(void **state)
+{
+    (void)state;
+    static const char *const created[] = {"created"}, *const running[] = {"running"},
+                             *const awaiting[] = {"awaiting_input"};
+    static const char o1[] = "host-1:101:aaaa", o2[] = "host-2:202:bbbb", o3[] = "host-3:303:cccc";
+    store_panel p = {0}, q = {0};
+    char owner[STORE_LEASE_OWNER_MAX];
+    int64_t until = 0;
+    make_panel(A, NULL, NULL, &p);
+    make_panel(A, NULL, NULL, &q);
+    assert_null(p.lease_owner);
+
+    int64_t before = wall_ms();
+    OK(store_panel_claim(S, A, p.id, created, 1, o1, 60000, NULL, E));
+    lease_of(A, p.id, owner, &until);
+    assert_string_equal(owner, o1);
+    assert_true(until >= before + 60000 && until <= wall_ms() + 60000);
+    {
+        store_panel g = {0};
+        OK(store_panel_get(S, A, p.id, &g, E));
+        assert_string_equal(g.status, "running");
+        store_panel_free(&g);
+    }
+    /* a live lease of someone else */
+    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, running, 1, o2, 60000, NULL, E));
+    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, running, 1, o2, 60000, o3, E));
+    /* the status must match too, even for the owner */
+    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, created, 1, o1, 60000, NULL, E));
+    /* another tenant's panel does not exist */
+    IS(AP_NOTFOUND, store_panel_claim(S, B, p.id, running, 1, o2, 60000, NULL, E));
+    /* the owner renews its own claim; a claimer that found the owner gone takes it over */
+    OK(store_panel_claim(S, A, p.id, running, 1, o1, 60000, NULL, E));
+    OK(store_panel_claim(S, A, p.id, running, 1, o2, 60000, o1, E));
+    lease_of(A, p.id, owner, &until);
+    assert_string_equal(owner, o2);
+    /* an expired lease is free */
+    OK(store_panel_claim(S, A, p.id, running, 1, o2, 1, NULL, E));
+    usleep(20 * 1000);
+    OK(store_panel_claim(S, A, p.id, running, 1, o3, 60000, NULL, E));
+    lease_of(A, p.id, owner, &until);
+    assert_string_equal(owner, o3);
+
+    /* Renewal: only the owner's running panels, each reported. */
+    OK(store_panel_claim(S, A, q.id, created, 1, o1, 60000, NULL, E));
+    store_panel_ref refs[2];
+    memcpy(refs[0].tenant_id, A, STORE_ID_MAX);
+    memcpy(refs[0].panel_id, p.id, STORE_ID_MAX);
+    memcpy(refs[1].tenant_id, A, STORE_ID_MAX);
+    memcpy(refs[1].panel_id, q.id, STORE_ID_MAX);
+    bool renewed[2] = {false, false};
+    OK(store_panel_claim(S, A, p.id, running, 1, o3, 1000, NULL, E));
+    lease_of(A, p.id, owner, &until);
+    int64_t short_until = until;
+    OK(store_panel_leases_renew(S, o3, refs, 2, 120000, renewed, E));
+    assert_true(renewed[0]);
+    assert_false(renewed[1]);
+    lease_of(A, p.id, owner, &until);
+    assert_true(until >= short_until + 100000);
+    int64_t q_until = 0;
+    lease_of(A, q.id, owner, &q_until);
+    assert_string_equal(owner, o1);
+    OK(store_panel_leases_renew(S, o1, refs, 2, 120000, renewed, E));
+    assert_false(renewed[0]);
+    assert_true(renewed[1]);
+    /* a row that comes back for another tenant than the caller named is not counted */
+    memcpy(refs[1].tenant_id, B, STORE_ID_MAX);
+    OK(store_panel_leases_renew(S, o1, refs, 2, 120000, renewed, E));
+    assert_false(renewed[1]);
+    memcpy(refs[1].tenant_id, A, STORE_ID_MAX);
+    IS(AP_INVALID, store_panel_leases_renew(S, "", refs, 2, 120000, renewed, E));
+    IS(AP_INVALID, store_panel_leases_renew(S, o1, refs, 2, 0, renewed, E));
+
+    /* Leaving running clears the lease; a panel waiting for input is held by nobody. */
+    OK(store_panel_transition(S, A, q.id, running, 1, "awaiting_input", NULL, NULL, E));
+    lease_of(A, q.id, owner, &until);
+    assert_string_equal(owner, "");
+    assert_int_equal(until, 0);
+    OK(store_panel_leases_renew(S, o1, refs, 2, 120000, renewed, E));
+    assert_false(renewed[1]);
+    OK(store_panel_claim(S, A, q.id, awaiting, 1, o2, 60000, NULL, E));
+    lease_of(A, q.id, owner, &until);
+    assert_string_equal(owner, o2);
+    OK(store_panel_transition(S, A, q.id, running, 1, "completed", "{}", NULL, E));
+    lease_of(A, q.id, owner, &until);
+    assert_string_equal(owner, "");
+    IS(AP_CONFLICT, store_panel_claim(S, A, q.id, running, 1, o2, 60000, NULL, E));
+
+    /* Release: every running panel of the owner becomes free at once, and stays running. */
+    OK(store_panel_leases_release(S, o3, E));
+    lease_of(A, p.id, owner, &until);
+    assert_string_equal(owner, "");
+    OK(store_panel_claim(S, A, p.id, running, 1, o2, 60000, NULL, E));
+
+    /* Bad input. */
+    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 1, "", 60000, NULL, E));
+    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 1, o2, 0, NULL, E));
+    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 0, o2, 60000, NULL, E));
+    IS(AP_INVALID, store_panel_leases_release(S, NULL, E));
+    store_panel_free(&p);
+    store_panel_free(&q);
 }
 
 /* Strings equal, or both NULL. */
@@ -1437,6 +1562,9 @@ static void test_sqlite_migration_keeps_rows(void **state)
     assert_string_equal(pn.status, "running");
     assert_string_equal(pn.idempotency_key, "k1");
     assert_string_equal(pn.params, "{\"n\":1}");
+    /* a panel that was running before leases existed has none: any process may resume it */
+    assert_null(pn.lease_owner);
+    assert_int_equal(pn.lease_expires_at, 0);
     store_panel_free(&pn);
     store_event *ev = NULL;
     size_t ne = 0;
@@ -1458,6 +1586,7 @@ static void test_sqlite_migration_keeps_rows(void **state)
     memcpy(orphan.panel_id, "0b5e8d4a-6d3c-4e0f-9a51-3f2b7c9d1e99", STORE_ID_MAX);
     IS(AP_NOTFOUND, store_events_append(s, MT, &orphan, 1, E));
     const char *running[] = {"running"};
+    OK(store_panel_claim(s, MT, MP1, running, 1, "host:1:boot", 60000, NULL, E));
     OK(store_panel_transition(s, MT, MP1, running, 1, "completed", "{\"ok\":true}", NULL, E));
     IS(AP_CONFLICT, store_panel_transition(s, MT, MP1, running, 1, "failed", NULL, "x", E));
     store_usage again = {.id = "0190e6a4-1111-7aaa-8bbb-000000000001",
@@ -1593,6 +1722,7 @@ int main(int argc, char **argv)
         CONTRACT(test_checkpoints),  CONTRACT(test_scripts),
         CONTRACT(test_usage),        CONTRACT(test_threads),
         CONTRACT(test_write_batch),  CONTRACT(test_write_batch_trusted),
+        CONTRACT(test_panel_leases),
     };
     const struct CMUnitTest sqlite_tests[] = {
         CONTRACT(test_sqlite_row_verification),
