@@ -157,9 +157,13 @@ struct prun {
     int64_t answer_ckpt_ms; /* when an answer last checkpointed the journal (checkpoint_due) */
     cJSON *replay;          /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
-    cJSON *pins;         /* {"<consensus name>": "<version>"} */
-    char *pins_text;     /* pins printed, NULL until a checkpoint needs it or they change */
-    uint64_t seed;       /* the provider seed of this panel, kept in its checkpoints */
+    cJSON *pins;     /* {"<consensus name>": "<version>"} */
+    char *pins_text; /* pins printed, NULL until a checkpoint needs it or they change */
+    uint64_t seed;   /* the provider seed of this panel, kept in its checkpoints */
+    /* The provider and model every call of the panel uses (NULL: the expert's model on the
+     * default provider), kept in its checkpoints as llm_text (`,"llm":{...}` or ""), so a
+     * panel `askpanel run --provider X` started resumes on X. */
+    char *provider, *model, *llm_text;
     char *consensus_src; /* the panel's own algorithm, loaded before the panel starts */
     size_t consensus_len;
     ask_slot *slots;
@@ -1050,6 +1054,9 @@ static void prun_free(prun *p)
     free(p->tenant_json);
     free(p->question);
     free(p->consensus);
+    free(p->provider);
+    free(p->model);
+    free(p->llm_text);
     free(p->params_json);
     free(p->experts_json);
     free(p->node);
@@ -1210,7 +1217,7 @@ static char *put_bytes(char *at, const char *s, size_t n)
 }
 
 static const char pins_key[] = "{\"pins\":", seed_key[] = ",\"seed\":\"",
-                  state_key[] = "\",\"state\":";
+                  state_key[] = ",\"state\":";
 
 /* Bytes of a checkpoint's state column holding state: the envelope prun_checkpoint writes;
  * SIZE_MAX when the pins cannot be printed (out of memory). */
@@ -1220,11 +1227,12 @@ static size_t envelope_len(prun *p, const char *state)
         p->pins_text = jsonx_print(p->pins);
     if (p->pins_text == NULL)
         return SIZE_MAX;
-    return sizeof pins_key - 1 + strlen(p->pins_text) + sizeof seed_key - 1 + JSONX_INT_MAX +
-           sizeof state_key - 1 + strlen(state) + 2;
+    return sizeof pins_key - 1 + strlen(p->pins_text) + sizeof seed_key - 1 + JSONX_INT_MAX + 1 +
+           strlen(p->llm_text) + sizeof state_key - 1 + strlen(state) + 2;
 }
 
-/* Queues a checkpoint: the state in its envelope {"pins":{...},"seed":"N","state":<state>} and
+/* Queues a checkpoint: the state in its envelope
+ * {"pins":{...},"seed":"N"[,"llm":{...}],"state":<state>} and
  * the node's journal as a JSON array. Built for every checkpoint, so the pins are printed only
  * when they changed, and all its texts go in the item's own allocation (one malloc and one free
  * instead of five each). */
@@ -1244,7 +1252,7 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
     }
     char seed[JSONX_INT_MAX];
     size_t sl = jsonx_uint_text(seed, p->seed);
-    size_t pl = strlen(p->pins_text), stl = strlen(state);
+    size_t pl = strlen(p->pins_text), ll = strlen(p->llm_text), stl = strlen(state);
     size_t nl = next_node != NULL ? strlen(next_node) : 0, vl = strlen(p->script.version),
            jl = p->journal.len;
     witem *w = witem_new(p, W_CKPT, nl + 1 + vl + 1 + el + jl + 3);
@@ -1260,6 +1268,8 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
     c = put_bytes(c, p->pins_text, pl);
     c = put_bytes(c, seed_key, sizeof seed_key - 1);
     c = put_bytes(c, seed, sl);
+    c = put_bytes(c, "\"", 1);
+    c = put_bytes(c, p->llm_text, ll);
     c = put_bytes(c, state_key, sizeof state_key - 1);
     c = put_bytes(c, state, stl);
     c = put_bytes(c, "}", 2);
@@ -1825,7 +1835,7 @@ static void start_asks(prun *p, const script_step *step)
         if (s->done)
             continue;
         const script_ask *a = &step->asks[i];
-        const char *model = p->e->model != NULL ? p->e->model : s->model;
+        const char *model = p->model != NULL ? p->model : s->model;
         llm_request req = {
             .tenant_id = p->tenant_id,
             .panel_id = p->panel_id,
@@ -1842,10 +1852,10 @@ static void start_asks(prun *p, const script_step *step)
         };
         llm_callbacks cb = {on_delta, on_done, s};
         ap_err err = {0};
-        ap_status rc = llm_submit(p->r->llm, p->e->provider, &req, &cb, &s->call, &err);
+        ap_status rc = llm_submit(p->r->llm, p->provider, &req, &cb, &s->call, &err);
         if (rc != AP_OK) {
             /* A call that cannot even start is an answer with an error. */
-            llm_response r = {.status = rc, .error = err.msg, .provider = p->e->provider};
+            llm_response r = {.status = rc, .error = err.msg, .provider = p->provider};
             answer_slot(s, &r);
         }
     }
@@ -2351,6 +2361,36 @@ static char *tenant_json_of(const store_tenant *t)
 }
 
 /* Loads everything a panel needs to run from the store; the runner only builds Lua. */
+/* Sets the panel's provider and model (borrowed, NULL: none) and their checkpoint text. */
+static ap_status set_llm(prun *p, const char *provider, const char *model)
+{
+    buf b;
+    buf_init(&b, 1024);
+    ap_status rc = AP_OK;
+    if (provider != NULL || model != NULL) {
+        rc = buf_puts(&b, ",\"llm\":{");
+        if (rc == AP_OK && provider != NULL) {
+            rc = buf_puts(&b, "\"provider\":");
+            if (rc == AP_OK)
+                rc = json_str(&b, provider);
+        }
+        if (rc == AP_OK && model != NULL)
+            rc = buf_puts(&b, provider != NULL ? ",\"model\":" : "\"model\":");
+        if (rc == AP_OK && model != NULL)
+            rc = json_str(&b, model);
+        if (rc == AP_OK)
+            rc = buf_putc(&b, '}');
+    }
+    p->provider = dup_or_null(provider);
+    p->model = dup_or_null(model);
+    p->llm_text = rc == AP_OK ? buf_steal(&b) : NULL;
+    buf_free(&b);
+    if (p->llm_text == NULL || (provider != NULL && p->provider == NULL) ||
+        (model != NULL && p->model == NULL))
+        return rc == AP_LIMIT ? AP_INVALID : AP_NOMEM;
+    return AP_OK;
+}
+
 static ap_status prepare(panel_engine *e, const char *tenant_id, const char *panel_id, prun **out,
                          ap_err *err)
 {
@@ -2427,7 +2467,14 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         p->node_state = state != NULL ? jsonx_print(state) : strdup("{}");
         const char *seed = jsonx_string(env, "seed");
         p->seed = seed != NULL ? strtoull(seed, NULL, 10) : e->seed;
+        const cJSON *llm = cJSON_GetObjectItemCaseSensitive(env, "llm");
+        rc = set_llm(p, e->provider != NULL ? e->provider : jsonx_string(llm, "provider"),
+                     e->model != NULL ? e->model : jsonx_string(llm, "model"));
         cJSON_Delete(env);
+        if (rc != AP_OK) {
+            ap_err_set(err, rc, "out of memory");
+            goto out;
+        }
         p->step = ck.step;
         p->node = dup_or_null(ck.next_node);
         p->next_seq = ck.last_seq + 1;
@@ -2446,6 +2493,10 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     } else {
         p->next_seq = 1;
         p->seed = e->seed;
+        if ((rc = set_llm(p, e->provider, e->model)) != AP_OK) {
+            ap_err_set(err, rc, "out of memory");
+            goto out;
+        }
     }
     if (p->pins == NULL)
         p->pins = cJSON_CreateObject();

@@ -1081,6 +1081,47 @@ static void test_input_reaches_another_engine(void **state)
     assert_int_equal(count_lines(calls_path), 1);
 }
 
+/* A panel started on an explicit provider and model (`askpanel run --provider --model`)
+ * resumes on them, whatever the resuming process was started with. */
+static void test_resume_keeps_provider_and_model(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    int64_t since = clock_wall_ms();
+    setenv("ASKPANEL_SIM_LATENCY_MS", "300", 1);
+    panel_engine_opts o = {.cfg = &cfg,
+                           .store = st,
+                           .registry = reg,
+                           .seed = 7,
+                           .provider = "simulated",
+                           .model = "sim-special"};
+    panel_engine *e = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_start(&o, &e, &err), AP_OK);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", "{\"rounds\":3}", id);
+    panel_sub *sub = NULL;
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    for (int i = 0; i < 5; i++)
+        free(wait_for(sub, "expert.message", 3000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    e = start_engine(0);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    size_t n = 0;
+    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
+    free(wait_for(sub, "panel.completed", 5000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    char *usage = NULL;
+    assert_int_equal(store_usage_summary(st, tenant, since, INT64_MAX, "model", &usage, &err),
+                     AP_OK);
+    assert_non_null(strstr(usage, "\"key\":\"sim-special\",\"calls\":15"));
+    assert_null(strstr(usage, "simulated-1"));
+    free(usage);
+}
+
 static void test_overrides(void **state)
 {
     (void)state;
@@ -1140,6 +1181,7 @@ int main(void)
         cmocka_unit_test(test_resume_replays_journal),
         cmocka_unit_test(test_checkpoints_fit_the_store),
         cmocka_unit_test(test_resume_mid_batch),
+        cmocka_unit_test(test_resume_keeps_provider_and_model),
         cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_lease_keeps_a_second_engine_out),
         cmocka_unit_test(test_lease_takeover),
