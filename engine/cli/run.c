@@ -123,16 +123,8 @@ static ap_status create_panel(panel_session *s, const run_args *a, const char *e
         rc = script_registry_validate(s->reg, SCRIPT_STRATEGY, name, src, len, "file", &en, err);
     } else {
         snprintf(name, sizeof name, "%s", a->strategy);
-        rc = script_registry_resolve(s->reg, "cli", SCRIPT_STRATEGY, name, &en, err);
-        if (rc == AP_NOTFOUND) {
-            store_script sc = {0};
-            ap_err e2 = {0};
-            if (store_script_get_active(s->st, s->tenant_id, STORE_SCRIPT_STRATEGY, name, &sc,
-                                        &e2) == AP_OK)
-                rc = script_registry_validate(s->reg, SCRIPT_STRATEGY, name, sc.source,
-                                              strlen(sc.source), "override", &en, err);
-            store_script_free(&sc);
-        }
+        rc = panel_engine_resolve_script(s->engine, s->tenant_id, "cli", SCRIPT_STRATEGY, name, &en,
+                                         err);
     }
     if (rc != AP_OK)
         goto out;

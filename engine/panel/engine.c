@@ -1342,8 +1342,9 @@ static void host_log(void *ud, int level, const char *msg)
             "%s", msg);
 }
 
-static ap_status resolve_script(panel_engine *e, const char *tenant_id, const char *slug,
-                                script_kind kind, const char *name, script_entry *out, ap_err *err)
+ap_status panel_engine_resolve_script(panel_engine *e, const char *tenant_id, const char *slug,
+                                      script_kind kind, const char *name, script_entry *out,
+                                      ap_err *err)
 {
     if (e->st != NULL && tenant_id != NULL) {
         store_script sc = {0};
@@ -1411,8 +1412,8 @@ static ap_status host_consensus_source(void *ud, const char *name, char **source
             return rc;
     }
     script_entry en;
-    ap_status rc =
-        resolve_script(p->e, p->tenant_id, p->tenant_slug, SCRIPT_CONSENSUS, name, &en, err);
+    ap_status rc = panel_engine_resolve_script(p->e, p->tenant_id, p->tenant_slug, SCRIPT_CONSENSUS,
+                                               name, &en, err);
     if (rc != AP_OK)
         return rc;
     if (pinned == NULL) {
@@ -2444,8 +2445,8 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
             ap_err_set(err, rc, "out of memory");
         }
     } else {
-        rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, row.strategy, &p->script,
-                            err);
+        rc = panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, row.strategy,
+                                         &p->script, err);
     }
     if (rc != AP_OK)
         goto out;
@@ -2534,8 +2535,8 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
             }
             store_script_free(&sc);
         } else {
-            if (resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS, p->consensus, &c,
-                               &cerr) == AP_OK) {
+            if (panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS,
+                                            p->consensus, &c, &cerr) == AP_OK) {
                 cJSON_AddStringToObject(p->pins, p->consensus, c.version);
                 if (pin_script(e, tenant_id, &c, &cerr) == AP_OK) {
                     p->consensus_src = c.source;
@@ -2732,12 +2733,14 @@ ap_status panel_engine_create(panel_engine *e, const char *tenant_id, const pane
         return ap_err_set(err, AP_INVALID, "a panel needs a strategy");
     ap_status rc = store_tenant_get(e->st, tenant_id, &tenant, err);
     if (rc == AP_OK)
-        rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, req->strategy, &en, err);
+        rc = panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, req->strategy,
+                                         &en, err);
     if (rc == AP_OK)
         rc = script_params_apply(en.info.params_json, req->params_json, &params, err);
     if (rc == AP_OK && req->consensus != NULL && req->consensus[0] != '\0') {
         script_entry c = {0};
-        rc = resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS, req->consensus, &c, err);
+        rc = panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS,
+                                         req->consensus, &c, err);
         script_entry_free(&c);
     }
     if (rc == AP_OK)

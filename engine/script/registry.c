@@ -19,10 +19,34 @@
 #define REGISTRY_MAX_ENTRIES 4096
 #define REGISTRY_MAX_NAMES 1024
 
+/* Newest content wins. Every read of a file takes a ticket (r->seq, under the lock) before it
+ * opens the file, so a read with a later ticket saw the file no earlier than one with an
+ * earlier ticket. What a read found is stored only if no entry with a later ticket is there
+ * (a slow reload cannot put back what a faster, later one replaced) and no reload began after
+ * the ticket: that reload looked only at the paths cached when it began, so it could not
+ * re-read this one if the file changed after this read. Such a read is still returned to its
+ * caller, and the next resolve reads the file again. */
 typedef struct cached {
-    char *key; /* a file path, or "version:<hash>" for validated sources */
+    char *key;    /* a file path, or "version:<hash>" for validated sources */
+    uint64_t seq; /* files: the ticket of the read that found this entry */
     script_entry entry;
 } cached;
+
+/* A file as stat sees it: replaced, rewritten, or turned into something else, it differs. */
+typedef struct file_id {
+    dev_t dev;
+    ino_t ino;
+    mode_t mode;
+    off_t size;
+    struct timespec mtime, ctime;
+} file_id;
+
+/* A file that could not be used, remembered so that it is logged and checked once per
+ * version rather than on every request. */
+typedef struct rejected {
+    char *path;
+    file_id id;
+} rejected;
 
 struct script_registry {
     script_limits lim;
@@ -31,6 +55,10 @@ struct script_registry {
     pthread_mutex_t mu;
     cached *items;
     size_t n, cap;
+    uint64_t seq;        /* the last ticket given to a read */
+    uint64_t reload_seq; /* the ticket the last reload began with */
+    rejected *bad;
+    size_t nbad, badcap;
     pthread_t watcher;
     bool watching;
     bool strategies_watched; /* when the watcher starts: the strategies folder was there */
@@ -132,6 +160,9 @@ void script_registry_free(script_registry *r)
         script_entry_free(&r->items[i].entry);
     }
     free(r->items);
+    for (size_t i = 0; i < r->nbad; i++)
+        free(r->bad[i].path);
+    free(r->bad);
     free(r->strategies_dir);
     free(r->tenants_dir);
     pthread_mutex_destroy(&r->mu);
@@ -182,7 +213,7 @@ static cached *find_locked(script_registry *r, const char *key)
 }
 
 /* Takes ownership of e on success. */
-static ap_status insert_locked(script_registry *r, const char *key, script_entry *e)
+static ap_status insert_locked(script_registry *r, const char *key, uint64_t seq, script_entry *e)
 {
     if (r->n == r->cap) {
         if (r->cap >= REGISTRY_MAX_ENTRIES)
@@ -198,6 +229,7 @@ static ap_status insert_locked(script_registry *r, const char *key, script_entry
     if (k == NULL)
         return AP_NOMEM;
     r->items[r->n].key = k;
+    r->items[r->n].seq = seq;
     r->items[r->n].entry = *e;
     r->n++;
     memset(e, 0, sizeof *e);
@@ -224,56 +256,166 @@ static bool safe_component(const char *s)
     return true;
 }
 
-/* Resolves one path: from the cache, else loads and validates the file. */
+/* False when nothing is at path (a dangling symlink included). A symlink that loops is
+ * described by lstat, so that it too is remembered as rejected. */
+static bool file_id_of(const char *path, file_id *id)
+{
+    struct stat st;
+    memset(id, 0, sizeof *id);
+    if (stat(path, &st) != 0 && (errno == ENOENT || lstat(path, &st) != 0))
+        return false;
+    id->dev = st.st_dev;
+    id->ino = st.st_ino;
+    id->mode = st.st_mode;
+    id->size = st.st_size;
+    id->mtime = st.st_mtim;
+    id->ctime = st.st_ctim;
+    return true;
+}
+
+static bool file_id_equal(const file_id *a, const file_id *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->mode == b->mode && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+           a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+static rejected *find_rejected_locked(script_registry *r, const char *path)
+{
+    for (size_t i = 0; i < r->nbad; i++)
+        if (strcmp(r->bad[i].path, path) == 0)
+            return &r->bad[i];
+    return NULL;
+}
+
+/* Remembers that path, as id describes it, cannot be used. False when that was known already,
+ * so only the first of many requests logs it (a file that cannot be remembered is logged
+ * each time rather than never). */
+static bool reject_locked(script_registry *r, const char *path, const file_id *id)
+{
+    rejected *b = find_rejected_locked(r, path);
+    if (b != NULL) {
+        bool known = file_id_equal(&b->id, id);
+        b->id = *id;
+        return !known;
+    }
+    if (r->nbad == r->badcap) {
+        size_t cap = r->badcap ? r->badcap * 2 : 8;
+        rejected *bad = cap <= REGISTRY_MAX_ENTRIES ? realloc(r->bad, cap * sizeof *bad) : NULL;
+        if (bad == NULL)
+            return true;
+        r->bad = bad;
+        r->badcap = cap;
+    }
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return true;
+    r->bad[r->nbad++] = (rejected){.path = copy, .id = *id};
+    return true;
+}
+
+/* Stores what the read with this ticket found, under the rule at the top of this file. */
+static void store_read_locked(script_registry *r, const char *path, uint64_t seq, script_entry *e)
+{
+    cached *c = find_locked(r, path);
+    if (r->reload_seq > seq || (c != NULL && c->seq > seq))
+        return;
+    if (c == NULL) {
+        if (insert_locked(r, path, seq, e) == AP_OK)
+            log_info("script registry: loaded %s (version %.12s)", path, e->version);
+        return;
+    }
+    script_entry old = c->entry;
+    c->entry = *e;
+    c->seq = seq;
+    memset(e, 0, sizeof *e);
+    script_entry_free(&old);
+}
+
+/* Resolves one path: from the cache, else loads and validates the file. A file that cannot be
+ * used is logged with its path and why, once per version of the file. */
 static ap_status resolve_path(script_registry *r, const char *path, script_kind kind,
                               const char *name, const char *origin, script_entry *out, ap_err *err)
 {
+    script_entry e = {0};
+    ap_err inner = {0};
+    file_id id;
+    char *src = NULL;
+    size_t len = 0;
     pthread_mutex_lock(&r->mu);
     cached *c = find_locked(r, path);
     ap_status rc = c != NULL ? script_entry_copy(&c->entry, out) : AP_NOTFOUND;
+    uint64_t seq = ++r->seq;
     pthread_mutex_unlock(&r->mu);
-    if (c != NULL)
-        return rc == AP_OK ? AP_OK : ap_err_set(err, rc, "out of memory");
-    char *src = NULL;
-    size_t len = 0;
-    rc = read_file(path, &src, &len, err);
-    if (rc != AP_OK)
-        return rc;
-    script_entry e;
-    ap_err inner = {0};
-    rc = make_entry(r, kind, name, src, len, origin, &e, &inner);
-    if (rc != AP_OK)
-        return ap_err_set(err, rc, "%s", inner.msg);
-    if ((rc = script_entry_copy(&e, out)) != AP_OK) {
-        script_entry_free(&e);
-        return ap_err_set(err, rc, "out of memory");
+    if (c != NULL) {
+        if (rc != AP_OK)
+            ap_err_set(err, rc, "out of memory");
+        goto out;
+    }
+    if (!file_id_of(path, &id)) {
+        rc = AP_NOTFOUND;
+        goto out;
     }
     pthread_mutex_lock(&r->mu);
-    if (find_locked(r, path) == NULL && insert_locked(r, path, &e) == AP_OK)
-        log_info("script registry: loaded %s (version %.12s)", path, out->version);
+    rejected *b = find_rejected_locked(r, path);
+    bool known_bad = b != NULL && file_id_equal(&b->id, &id);
     pthread_mutex_unlock(&r->mu);
+    if (known_bad) {
+        rc = ap_err_set(err, AP_INVALID, "rejected before");
+        goto out;
+    }
+    rc = read_file(path, &src, &len, &inner);
+    if (rc == AP_OK)
+        rc = make_entry(r, kind, name, src, len, origin, &e, &inner);
+    if (rc == AP_OK)
+        rc = script_entry_copy(&e, out);
+    if (rc == AP_NOMEM)
+        ap_err_set(err, rc, "out of memory");
+    if (rc == AP_NOMEM || rc == AP_NOTFOUND)
+        goto out;
+    pthread_mutex_lock(&r->mu);
+    bool first = rc != AP_OK && reject_locked(r, path, &id);
+    if (rc == AP_OK)
+        store_read_locked(r, path, seq, &e);
+    pthread_mutex_unlock(&r->mu);
+    if (first)
+        log_warn("script registry: skipping %s until it changes: %s", path, inner.msg);
+    if (rc != AP_OK)
+        ap_err_set(err, rc, "%s", inner.msg);
+out:
     script_entry_free(&e);
-    return AP_OK;
+    return rc;
 }
 
 ap_status script_registry_resolve(script_registry *r, const char *tenant_slug, script_kind kind,
                                   const char *name, script_entry *out, ap_err *err)
 {
     char path[4096 + 256];
+    const char *what = kind == SCRIPT_CONSENSUS ? "consensus algorithm" : "strategy";
+    ap_status skipped = AP_NOTFOUND;
+    ap_status rc;
     memset(out, 0, sizeof *out);
     if (!safe_component(name))
         return ap_err_set(err, AP_INVALID, "bad script name '%.70s'", name);
+    /* A tenant file that cannot be used leaves the tenant what it had without it. */
     if (tenant_slug != NULL && safe_component(tenant_slug)) {
         path_of(r, tenant_slug, kind, name, path, sizeof path);
-        ap_status rc = resolve_path(r, path, kind, name, "tenant-dir", out, err);
-        if (rc != AP_NOTFOUND)
+        rc = resolve_path(r, path, kind, name, "tenant-dir", out, err);
+        if (rc == AP_OK || rc == AP_NOMEM)
             return rc;
+        skipped = rc;
     }
     path_of(r, NULL, kind, name, path, sizeof path);
-    ap_status rc = resolve_path(r, path, kind, name, "builtin", out, err);
+    rc = resolve_path(r, path, kind, name, "builtin", out, err);
     if (rc == AP_NOTFOUND)
-        return ap_err_set(err, AP_NOTFOUND, "no %s named '%s'",
-                          kind == SCRIPT_CONSENSUS ? "consensus algorithm" : "strategy", name);
+        rc = skipped;
+    if (rc == AP_NOTFOUND)
+        return ap_err_set(err, AP_NOTFOUND, "no %s named '%s'", what, name);
+    /* The message may reach a tenant: it names the script, not the server's file (the log
+     * has that). */
+    if (rc != AP_OK && rc != AP_NOMEM)
+        return ap_err_set(err, rc == AP_IO ? AP_IO : AP_INVALID,
+                          "%s '%s' cannot be loaded (the server log says why)", what, name);
     return rc;
 }
 
@@ -318,7 +460,7 @@ ap_status script_registry_validate(script_registry *r, script_kind kind, const c
     }
     pthread_mutex_lock(&r->mu);
     if (find_locked(r, key) == NULL)
-        insert_locked(r, key, &e);
+        insert_locked(r, key, 0, &e);
     pthread_mutex_unlock(&r->mu);
     script_entry_free(&e);
     return AP_OK;
@@ -351,12 +493,84 @@ static bool is_override(const script_registry *r, const char *path)
     return strncmp(path, r->tenants_dir, n) == 0 && path[n] == '/';
 }
 
+/* Re-reads one cached file with the given ticket; counts a change in *count. */
+static void reload_one(script_registry *r, const char *key, script_kind kind, const char *name,
+                       const char *origin, uint64_t seq, size_t *count)
+{
+    char *src = NULL;
+    size_t len = 0;
+    ap_err inner = {0};
+    script_entry e = {0};
+    char version[IDS_SHA256_HEX_LEN + 1];
+    ap_status rc = read_file(key, &src, &len, &inner);
+    if (rc == AP_NOTFOUND && is_override(r, key)) {
+        /* A deleted tenant override is taken out, so the tenant falls back to the built-in.
+         * (A built-in that is gone, perhaps for a moment while a deploy swaps folders, keeps
+         * its loaded version, as a broken one does.) Running panels keep their pinned
+         * version in any case. */
+        pthread_mutex_lock(&r->mu);
+        cached *c = find_locked(r, key);
+        if (c != NULL && c->seq < seq) {
+            script_entry_free(&c->entry);
+            free(c->key);
+            *c = r->items[--r->n];
+            (*count)++;
+        }
+        pthread_mutex_unlock(&r->mu);
+        log_info("script reload: %s is gone; the tenant's panels fall back to the built-in", key);
+        goto out;
+    }
+    if (rc != AP_OK) {
+        log_warn("script reload: %s: %s; keeping the loaded version", key,
+                 rc == AP_NOTFOUND ? "file is gone" : inner.msg);
+        goto out;
+    }
+    ids_sha256_hex(src, len, version);
+    pthread_mutex_lock(&r->mu);
+    cached *c = find_locked(r, key);
+    bool same = c != NULL && strcmp(c->entry.version, version) == 0;
+    /* unchanged, but seen now: a slower reload's older read must not replace it */
+    if (same && c->seq < seq)
+        c->seq = seq;
+    pthread_mutex_unlock(&r->mu);
+    if (same)
+        goto out;
+    rc = make_entry(r, kind, name, src, len, origin, &e, &inner);
+    src = NULL;
+    if (rc != AP_OK) {
+        log_warn("script reload: %s rejected, keeping the loaded version: %s", key, inner.msg);
+        goto out;
+    }
+    pthread_mutex_lock(&r->mu);
+    c = find_locked(r, key);
+    bool newer = c != NULL && c->seq < seq;
+    if (newer) {
+        script_entry old = c->entry;
+        c->entry = e;
+        c->seq = seq;
+        memset(&e, 0, sizeof e);
+        script_entry_free(&old);
+        (*count)++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (newer)
+        log_info("script reload: %s now at version %.12s", key, version);
+out:
+    free(src);
+    script_entry_free(&e);
+}
+
 ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *err)
 {
     size_t count = 0;
     (void)err;
-    /* Snapshot the file keys, then validate outside the lock (validation runs scripts). */
+    /* Snapshot the file keys, then validate outside the lock (validation runs scripts). A
+     * reload also forgets the rejected files, so each is tried (and logged) again. */
     pthread_mutex_lock(&r->mu);
+    r->reload_seq = ++r->seq;
+    for (size_t i = 0; i < r->nbad; i++)
+        free(r->bad[i].path);
+    r->nbad = 0;
     size_t n = r->n;
     char **keys = calloc(n > 0 ? n : 1, sizeof *keys);
     script_kind *kinds = calloc(n > 0 ? n : 1, sizeof *kinds);
@@ -375,64 +589,12 @@ ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *er
     }
     pthread_mutex_unlock(&r->mu);
     for (size_t i = 0; i < k; i++) {
-        char *src = NULL;
-        size_t len = 0;
-        ap_err inner = {0};
         if (keys[i] == NULL || names[i] == NULL || origins[i] == NULL)
             continue;
-        ap_status rc = read_file(keys[i], &src, &len, &inner);
-        if (rc == AP_NOTFOUND && is_override(r, keys[i])) {
-            /* A deleted tenant override is taken out, so the tenant falls back to the
-             * built-in. (A built-in that is gone, perhaps for a moment while a deploy swaps
-             * folders, keeps its loaded version, as a broken one does.) Running panels keep
-             * their pinned version in any case. */
-            pthread_mutex_lock(&r->mu);
-            cached *c = find_locked(r, keys[i]);
-            if (c != NULL) {
-                script_entry_free(&c->entry);
-                free(c->key);
-                *c = r->items[--r->n];
-                count++;
-            }
-            pthread_mutex_unlock(&r->mu);
-            log_info("script reload: %s is gone; the tenant's panels fall back to the built-in",
-                     keys[i]);
-            continue;
-        }
-        if (rc != AP_OK) {
-            log_warn("script reload: %s: %s; keeping the loaded version", keys[i],
-                     rc == AP_NOTFOUND ? "file is gone" : inner.msg);
-            continue;
-        }
-        char version[IDS_SHA256_HEX_LEN + 1];
-        ids_sha256_hex(src, len, version);
         pthread_mutex_lock(&r->mu);
-        cached *c = find_locked(r, keys[i]);
-        bool same = c != NULL && strcmp(c->entry.version, version) == 0;
+        uint64_t seq = ++r->seq;
         pthread_mutex_unlock(&r->mu);
-        if (same) {
-            free(src);
-            continue;
-        }
-        script_entry e;
-        rc = make_entry(r, kinds[i], names[i], src, len, origins[i], &e, &inner);
-        if (rc != AP_OK) {
-            log_warn("script reload: %s rejected, keeping the loaded version: %s", keys[i],
-                     inner.msg);
-            continue;
-        }
-        pthread_mutex_lock(&r->mu);
-        c = find_locked(r, keys[i]);
-        if (c != NULL) {
-            script_entry old = c->entry;
-            c->entry = e;
-            memset(&e, 0, sizeof e);
-            script_entry_free(&old);
-            count++;
-            log_info("script reload: %s now at version %.12s", keys[i], version);
-        }
-        pthread_mutex_unlock(&r->mu);
-        script_entry_free(&e);
+        reload_one(r, keys[i], kinds[i], names[i], origins[i], seq, &count);
     }
     for (size_t i = 0; i < k; i++) {
         free(keys[i]);
@@ -587,18 +749,21 @@ ap_status script_registry_list(script_registry *r, const char *tenant_slug, scri
     script_entry *out = calloc(nn > 0 ? nn : 1, sizeof *out);
     ap_status rc = out != NULL ? AP_OK : ap_err_set(err, AP_NOMEM, "out of memory");
     size_t k = 0;
+    /* The same resolution as a request's, so a name is listed exactly when it can be used;
+     * a file that cannot be was logged by the resolution, once per version. */
     for (size_t i = 0; rc == AP_OK && i < nn; i++) {
         ap_err inner = {0};
-        if (script_registry_resolve(r, tenant_slug, kind, names[i], &out[k], &inner) == AP_OK)
+        ap_status one = script_registry_resolve(r, tenant_slug, kind, names[i], &out[k], &inner);
+        if (one == AP_OK)
             k++;
-        else
-            log_warn("script registry: skipping %s: %s", names[i], inner.msg);
+        else if (one == AP_NOMEM)
+            rc = ap_err_set(err, one, "out of memory");
     }
     for (size_t i = 0; i < nn; i++)
         free(names[i]);
     free(names);
     if (rc != AP_OK) {
-        free(out);
+        script_entries_free(out, k);
         return rc;
     }
     qsort(out, k, sizeof *out, cmp_entry);

@@ -43,9 +43,12 @@ ap_status script_registry_new(const script_limits *lim, const char *strategies_d
 /* Stops the watcher and frees everything; NULL is fine. */
 void script_registry_free(script_registry *r);
 
-/* Resolves a file-based script for a tenant (slug may be NULL: built-ins only). AP_NOTFOUND
- * when no file exists; AP_INVALID (with the line and message) when the first version of a
- * file does not pass. */
+/* Resolves a file-based script for a tenant (slug may be NULL: built-ins only). A tenant file
+ * that cannot be used (it does not pass, is not a regular file, cannot be read) and has no
+ * accepted version cached is skipped, logged once per version of the file with its path and
+ * why, and the built-in resolves instead. AP_NOTFOUND when no file exists; when only unusable
+ * ones do, AP_INVALID (AP_IO for a read error) with a message that names the script, not the
+ * file: it may reach a tenant. */
 ap_status script_registry_resolve(script_registry *r, const char *tenant_slug, script_kind kind,
                                   const char *name, script_entry *out, ap_err *err);
 
@@ -60,7 +63,9 @@ ap_status script_registry_cached_version(script_registry *r, script_kind kind, c
                                          const char *version, script_entry *out);
 
 /* Re-reads every cached file; swaps in versions that pass, keeps the old ones (logging why)
- * for those that do not. *changed (may be NULL) receives how many versions changed. */
+ * for those that do not; forgets which files were rejected, so they are tried again.
+ * Concurrent reloads and first loads leave the newest content cached. *changed (may be NULL)
+ * receives how many versions changed. */
 ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *err);
 
 /* Starts a thread that reloads on inotify changes of the strategy directories. */
