@@ -2900,6 +2900,33 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
     return AP_OK;
 }
 
+#define INPUT_SUB_QUEUE 256
+#define INPUT_DURABLE_MS 10000
+
+/* Waits until the panel's input.received is published, which the writer does only once it is
+ * stored together with the checkpoint that journals the input (deliver_input), or until the
+ * panel ends first. Before that the input lives only in this process: answering the caller
+ * earlier, a crash could lose an input it was told had been accepted. */
+static void wait_input_durable(panel_sub *sub)
+{
+    int64_t deadline = clock_mono_ms() + INPUT_DURABLE_MS;
+    for (int64_t left = INPUT_DURABLE_MS; left > 0; left = deadline - clock_mono_ms()) {
+        panel_event ev;
+        int got = panel_sub_next(sub, &ev, (int)left);
+        if (got < 0)
+            continue;
+        if (got == 0)
+            break;
+        bool settled =
+            strcmp(ev.type, "input.received") == 0 || strcmp(ev.type, "panel.completed") == 0 ||
+            strcmp(ev.type, "panel.failed") == 0 || strcmp(ev.type, "input.requested") == 0;
+        panel_event_clear(&ev);
+        if (settled)
+            return;
+    }
+    log_warn("an input is not stored after %d ms; answering its request anyway", INPUT_DURABLE_MS);
+}
+
 ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
                              const char *input_json, ap_err *err)
 {
@@ -2926,10 +2953,15 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
     cJSON_Delete(in);
     if (input == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
+    /* Subscribed before the claim, so the input's own event cannot pass unseen. */
+    panel_sub *sub = NULL;
+    ap_status rc =
+        panel_engine_subscribe(e, tenant_id, panel_id, INPUT_SUB_QUEUE, NULL, NULL, &sub, err);
+    if (rc != AP_OK)
+        goto out;
     /* A waiting panel is held by no process (see handle_step): the answer claims it, whichever
      * process it reaches, and resumes it here from its checkpoint with the answer waiting. */
-    ap_status rc =
-        store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, NULL, err);
+    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, NULL, err);
     if (rc == AP_CONFLICT)
         ap_err_set(err, AP_CONFLICT, "the panel is not waiting for input");
     if (rc != AP_OK)
@@ -2946,8 +2978,11 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
         ap_err ignore = {0};
         store_panel_transition(e->st, tenant_id, panel_id, running, 1, "awaiting_input", NULL, NULL,
                                &ignore);
+        goto out;
     }
+    wait_input_durable(sub);
 out:
+    panel_engine_unsubscribe(e, sub);
     free(input);
     return rc;
 }

@@ -90,7 +90,9 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
 
 /* Answers a panel waiting for human input with a JSON object (text is wrapped as {"text"}):
  * claims the panel for this engine and continues it from its checkpoint, whichever process
- * ran it before. AP_CONFLICT when the panel is not awaiting input. */
+ * ran it before. Returns once the input is stored (its input.received and the checkpoint that
+ * journals it), or the panel ended first; at most ~10 s. AP_CONFLICT when the panel is not
+ * awaiting input. */
 ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
                              const char *input_json, ap_err *err);
 

@@ -577,6 +577,42 @@ static void test_human_input(void **state)
     panel_engine_stop(e);
 }
 
+/* An input is stored when panel_engine_input returns (its event and the checkpoint that
+ * journals it): the 202 the API answers with means a crash can no longer lose it. */
+static void test_input_is_stored_on_return(void **state)
+{
+    (void)state;
+    write_file("later.lua", "return { name = 'later', start = 'a', nodes = {\n"
+                            "  a = function(ctx)\n"
+                            "    local input = ctx:await_input({ prompt = 'Go?' })\n"
+                            "    local r = ctx:ask(ctx.experts[1], 'after ' .. input.text)\n"
+                            "    return ctx:done({ said = input.text }) end } }\n");
+    panel_engine *e = start_engine(300);
+    char id[STORE_ID_MAX];
+    create(e, "later", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "input.requested", 3000));
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"durable\"}", &err), AP_OK);
+    store_event *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    bool received = false;
+    for (size_t i = 0; i < n; i++)
+        received |= strcmp(rows[i].type, "input.received") == 0;
+    store_events_free(rows, n);
+    assert_true(received);
+    store_checkpoint ck = {0};
+    assert_int_equal(store_checkpoint_get(st, tenant, id, &ck, &err), AP_OK);
+    assert_non_null(strstr(ck.journal, "durable"));
+    store_checkpoint_free(&ck);
+    free(wait_for(sub, "panel.completed", 3000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+}
+
 /* A panel waiting for input survives a restart; the input given to the new process resumes it
  * from its checkpoint, the journaled turn is not paid again, and the event stream has each
  * event exactly once. */
@@ -1175,6 +1211,7 @@ int main(void)
         cmocka_unit_test(test_deleted_override_falls_back),
         cmocka_unit_test(test_cancel_aborts_at_once),
         cmocka_unit_test(test_human_input),
+        cmocka_unit_test(test_input_is_stored_on_return),
         cmocka_unit_test(test_input_after_restart),
         cmocka_unit_test(test_node_budget),
         cmocka_unit_test(test_state_between_nodes_is_the_checkpoint),
