@@ -17,6 +17,11 @@
 
 #define SCRIPT_MAX_BYTES (1024 * 1024)
 #define REGISTRY_MAX_ENTRIES 4096
+/* Sources kept for versions validated by hash (uploads, pinned versions read back from the
+ * store): only a cache, as the store keeps every source, so the oldest go past this. Without
+ * it every version ever uploaded stayed in memory (4096 of up to 1 MiB each), and once the
+ * table was full a file's good version could no longer be kept. */
+#define REGISTRY_VERSION_BYTES (64 * 1024 * 1024)
 #define REGISTRY_MAX_NAMES 1024
 
 /* Newest content wins. Every read of a file takes a ticket (r->seq, under the lock) before it
@@ -27,8 +32,9 @@
  * re-read this one if the file changed after this read. Such a read is still returned to its
  * caller, and the next resolve reads the file again. */
 typedef struct cached {
-    char *key;    /* a file path, or "version:<hash>" for validated sources */
-    uint64_t seq; /* files: the ticket of the read that found this entry */
+    char *key;     /* a file path, or "version:<hash>" for validated sources */
+    uint64_t seq;  /* files: the ticket of the read that found this entry */
+    uint64_t born; /* insertion order, to evict the oldest version first */
     script_entry entry;
 } cached;
 
@@ -55,8 +61,10 @@ struct script_registry {
     pthread_mutex_t mu;
     cached *items;
     size_t n, cap;
-    uint64_t seq;        /* the last ticket given to a read */
-    uint64_t reload_seq; /* the ticket the last reload began with */
+    uint64_t seq;         /* the last ticket given to a read */
+    uint64_t births;      /* entries inserted so far */
+    size_t version_bytes; /* of the "version:" entries' sources */
+    uint64_t reload_seq;  /* the ticket the last reload began with */
     rejected *bad;
     size_t nbad, badcap;
     pthread_t watcher;
@@ -212,9 +220,37 @@ static cached *find_locked(script_registry *r, const char *key)
     return NULL;
 }
 
-/* Takes ownership of e on success. */
+static bool is_version_key(const char *key)
+{
+    return strncmp(key, "version:", 8) == 0;
+}
+
+/* Drops the oldest "version:" entry; false when there is none. */
+static bool evict_version_locked(script_registry *r)
+{
+    size_t at = r->n;
+    for (size_t i = 0; i < r->n; i++)
+        if (is_version_key(r->items[i].key) && (at == r->n || r->items[i].born < r->items[at].born))
+            at = i;
+    if (at == r->n)
+        return false;
+    r->version_bytes -= r->items[at].entry.len;
+    free(r->items[at].key);
+    script_entry_free(&r->items[at].entry);
+    r->items[at] = r->items[--r->n];
+    return true;
+}
+
+/* Takes ownership of e on success. Invalidates pointers into the table. */
 static ap_status insert_locked(script_registry *r, const char *key, uint64_t seq, script_entry *e)
 {
+    bool version = is_version_key(key);
+    while ((r->n >= REGISTRY_MAX_ENTRIES ||
+            (version && r->version_bytes + e->len > REGISTRY_VERSION_BYTES)) &&
+           evict_version_locked(r))
+        ;
+    if (r->n >= REGISTRY_MAX_ENTRIES)
+        return AP_LIMIT;
     if (r->n == r->cap) {
         if (r->cap >= REGISTRY_MAX_ENTRIES)
             return AP_LIMIT;
@@ -230,8 +266,11 @@ static ap_status insert_locked(script_registry *r, const char *key, uint64_t seq
         return AP_NOMEM;
     r->items[r->n].key = k;
     r->items[r->n].seq = seq;
+    r->items[r->n].born = r->births++;
     r->items[r->n].entry = *e;
     r->n++;
+    if (version)
+        r->version_bytes += e->len;
     memset(e, 0, sizeof *e);
     return AP_OK;
 }
@@ -579,7 +618,7 @@ ap_status script_registry_reload(script_registry *r, size_t *changed, ap_err *er
     size_t k = 0;
     for (size_t i = 0; keys != NULL && kinds != NULL && names != NULL && origins != NULL && i < n;
          i++) {
-        if (strncmp(r->items[i].key, "version:", 8) == 0)
+        if (is_version_key(r->items[i].key))
             continue;
         keys[k] = strdup(r->items[i].key);
         names[k] = strdup(r->items[i].entry.name);

@@ -3,6 +3,7 @@
  * cached version outlives a broken edit, and reloads racing a first load or each other leave
  * the newest content cached. */
 #include "core/clock.h"
+#include "core/ids.h"
 #include "core/log.h"
 #include "script/registry.h"
 
@@ -236,6 +237,38 @@ static void test_cached_version_stays(void **state)
     assert_int_equal(unlink(path), 0);
 }
 
+/* Validated versions (uploads, pinned versions read back from the store) are a cache with a
+ * byte budget: past it the oldest are dropped, the newest stay. */
+static void test_version_cache_is_bounded(void **state)
+{
+    (void)state;
+    enum { VERSIONS = 80, SIZE = 1000 * 1000 };
+    char *src = malloc(SIZE + 1);
+    assert_non_null(src);
+    char first[IDS_SHA256_HEX_LEN + 1] = "", last[IDS_SHA256_HEX_LEN + 1] = "";
+    for (int v = 0; v < VERSIONS; v++) {
+        int n = snprintf(src, SIZE + 1,
+                         "return { name = 'big', start = 'a', nodes = { a = function(ctx) "
+                         "return ctx:done({ v = %d }) end } }\n--",
+                         v);
+        memset(src + n, 'x', (size_t)(SIZE - n));
+        src[SIZE] = '\0';
+        script_entry e = {0};
+        ap_err err = {0};
+        assert_int_equal(
+            script_registry_validate(reg, SCRIPT_STRATEGY, "big", src, SIZE, "override", &e, &err),
+            AP_OK);
+        snprintf(v == 0 ? first : last, sizeof first, "%s", e.version);
+        script_entry_free(&e);
+    }
+    free(src);
+    script_entry e = {0};
+    assert_int_equal(script_registry_cached_version(reg, SCRIPT_STRATEGY, "big", last, &e), AP_OK);
+    script_entry_free(&e);
+    assert_int_equal(script_registry_cached_version(reg, SCRIPT_STRATEGY, "big", first, &e),
+                     AP_NOTFOUND);
+}
+
 /* ---- races ------------------------------------------------------------------------------- */
 
 /* A version of "race" whose check takes a while (string work: few instructions, real time). */
@@ -353,6 +386,8 @@ int main(void)
         cmocka_unit_test(test_unusable_tenant_file_falls_back),
         cmocka_unit_test_setup_teardown(test_errors_name_no_path, fresh_registry, free_registry),
         cmocka_unit_test_setup_teardown(test_cached_version_stays, fresh_registry, free_registry),
+        cmocka_unit_test_setup_teardown(test_version_cache_is_bounded, fresh_registry,
+                                        free_registry),
         cmocka_unit_test_setup_teardown(test_reload_during_first_load, fresh_registry,
                                         free_registry),
         cmocka_unit_test_setup_teardown(test_slower_reload_loses, fresh_registry, free_registry),
