@@ -123,8 +123,8 @@ static ap_status create_panel(panel_session *s, const run_args *a, const char *e
         rc = script_registry_validate(s->reg, SCRIPT_STRATEGY, name, src, len, "file", &en, err);
     } else {
         snprintf(name, sizeof name, "%s", a->strategy);
-        rc = panel_engine_resolve_script(s->engine, s->tenant_id, "cli", SCRIPT_STRATEGY, name, &en,
-                                         err);
+        rc = panel_engine_resolve_script(s->st, s->reg, s->tenant_id, "cli", SCRIPT_STRATEGY, name,
+                                         &en, err);
     }
     if (rc != AP_OK)
         goto out;

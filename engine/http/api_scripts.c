@@ -66,28 +66,11 @@ static bool load_tenant(http_request *req, api_deps *d, store_tenant *t)
     return true;
 }
 
-/* The tenant's active override of name as a registry entry (validated again, since the
- * stored source is only text). AP_NOTFOUND when there is none. */
-static ap_status active_override(api_deps *d, const char *tenant, script_kind kind,
-                                 const char *name, script_entry *out, ap_err *err)
-{
-    store_script sc = {0};
-    ap_status rc = store_script_get_active(d->store, tenant, store_kind(kind), name, &sc, err);
-    if (rc == AP_OK)
-        rc = script_registry_validate(d->registry, kind, name, sc.source, strlen(sc.source),
-                                      "override", out, err);
-    store_script_free(&sc);
-    return rc;
-}
-
-/* Resolves name for the tenant: its override first, then the files. */
+/* Resolves name for the tenant as its panels would. */
 static ap_status resolve(api_deps *d, const store_tenant *t, script_kind kind, const char *name,
                          script_entry *out, ap_err *err)
 {
-    ap_status rc = active_override(d, t->id, kind, name, out, err);
-    if (rc == AP_NOTFOUND)
-        rc = script_registry_resolve(d->registry, t->slug, kind, name, out, err);
-    return rc;
+    return panel_engine_resolve_script(d->store, d->registry, t->id, t->slug, kind, name, out, err);
 }
 
 static bool strategy_disabled(const store_tenant *t, script_kind kind, const char *name)

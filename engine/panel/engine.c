@@ -1342,24 +1342,24 @@ static void host_log(void *ud, int level, const char *msg)
             "%s", msg);
 }
 
-ap_status panel_engine_resolve_script(panel_engine *e, const char *tenant_id, const char *slug,
-                                      script_kind kind, const char *name, script_entry *out,
-                                      ap_err *err)
+ap_status panel_engine_resolve_script(store *st, script_registry *reg, const char *tenant_id,
+                                      const char *slug, script_kind kind, const char *name,
+                                      script_entry *out, ap_err *err)
 {
-    if (e->st != NULL && tenant_id != NULL) {
+    if (st != NULL && tenant_id != NULL) {
         store_script sc = {0};
         ap_status rc =
-            store_script_get_active(e->st, tenant_id, (store_script_kind)kind, name, &sc, err);
+            store_script_get_active(st, tenant_id, (store_script_kind)kind, name, &sc, err);
         if (rc == AP_OK) {
-            rc = script_registry_validate(e->reg, kind, name, sc.source, strlen(sc.source),
-                                          "override", out, err);
+            rc = script_registry_validate(reg, kind, name, sc.source, strlen(sc.source), "override",
+                                          out, err);
             store_script_free(&sc);
             return rc;
         }
         if (rc != AP_NOTFOUND)
             return rc;
     }
-    return script_registry_resolve(e->reg, slug, kind, name, out, err);
+    return script_registry_resolve(reg, slug, kind, name, out, err);
 }
 
 static void queue_script_pin(prun *p, const script_entry *en)
@@ -1412,8 +1412,8 @@ static ap_status host_consensus_source(void *ud, const char *name, char **source
             return rc;
     }
     script_entry en;
-    ap_status rc = panel_engine_resolve_script(p->e, p->tenant_id, p->tenant_slug, SCRIPT_CONSENSUS,
-                                               name, &en, err);
+    ap_status rc = panel_engine_resolve_script(p->e->st, p->e->reg, p->tenant_id, p->tenant_slug,
+                                               SCRIPT_CONSENSUS, name, &en, err);
     if (rc != AP_OK)
         return rc;
     if (pinned == NULL) {
@@ -2445,8 +2445,8 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
             ap_err_set(err, rc, "out of memory");
         }
     } else {
-        rc = panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, row.strategy,
-                                         &p->script, err);
+        rc = panel_engine_resolve_script(e->st, e->reg, tenant_id, tenant.slug, SCRIPT_STRATEGY,
+                                         row.strategy, &p->script, err);
     }
     if (rc != AP_OK)
         goto out;
@@ -2535,7 +2535,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
             }
             store_script_free(&sc);
         } else {
-            if (panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS,
+            if (panel_engine_resolve_script(e->st, e->reg, tenant_id, tenant.slug, SCRIPT_CONSENSUS,
                                             p->consensus, &c, &cerr) == AP_OK) {
                 cJSON_AddStringToObject(p->pins, p->consensus, c.version);
                 if (pin_script(e, tenant_id, &c, &cerr) == AP_OK) {
@@ -2733,13 +2733,13 @@ ap_status panel_engine_create(panel_engine *e, const char *tenant_id, const pane
         return ap_err_set(err, AP_INVALID, "a panel needs a strategy");
     ap_status rc = store_tenant_get(e->st, tenant_id, &tenant, err);
     if (rc == AP_OK)
-        rc = panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_STRATEGY, req->strategy,
-                                         &en, err);
+        rc = panel_engine_resolve_script(e->st, e->reg, tenant_id, tenant.slug, SCRIPT_STRATEGY,
+                                         req->strategy, &en, err);
     if (rc == AP_OK)
         rc = script_params_apply(en.info.params_json, req->params_json, &params, err);
     if (rc == AP_OK && req->consensus != NULL && req->consensus[0] != '\0') {
         script_entry c = {0};
-        rc = panel_engine_resolve_script(e, tenant_id, tenant.slug, SCRIPT_CONSENSUS,
+        rc = panel_engine_resolve_script(e->st, e->reg, tenant_id, tenant.slug, SCRIPT_CONSENSUS,
                                          req->consensus, &c, err);
         script_entry_free(&c);
     }

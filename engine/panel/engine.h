@@ -101,12 +101,13 @@ size_t panel_engine_active(panel_engine *e);
 
 /* ---- scripts (GET/PUT /v1/strategies) ------------------------------------------------------ */
 
-/* Resolves a script for a tenant as panels do: its active override in the store first, then
- * the registry's files (config/tenants/<slug>/strategies/, then the built-ins). slug may be
- * NULL (built-ins only). */
-ap_status panel_engine_resolve_script(panel_engine *e, const char *tenant_id, const char *slug,
-                                      script_kind kind, const char *name, script_entry *out,
-                                      ap_err *err);
+/* Resolves a script for a tenant as panels do: its active override in st first (when st is
+ * not NULL), then reg's files (config/tenants/<slug>/strategies/, then the built-ins). slug
+ * may be NULL (built-ins only). All borrowed; out is the caller's to free. Also for callers
+ * without an engine (the HTTP API of a server that cannot run panels). */
+ap_status panel_engine_resolve_script(store *st, script_registry *reg, const char *tenant_id,
+                                      const char *slug, script_kind kind, const char *name,
+                                      script_entry *out, ap_err *err);
 
 /* The scripts a tenant can use as a JSON array, sorted by name: for strategies
  * {name, description, version, origin, consensus, params, nodes}, for consensus scripts
