@@ -318,18 +318,6 @@ out:
     store_tenant_free(&t);
 }
 
-static size_t len_or_0(const char *s)
-{
-    return s != NULL ? strlen(s) : 0;
-}
-
-/* About the size of a panel's JSON: its long texts. */
-static size_t panel_bytes(const store_panel *p)
-{
-    return 512 + len_or_0(p->title) + len_or_0(p->question) + len_or_0(p->params) +
-           len_or_0(p->experts) + len_or_0(p->result) + len_or_0(p->error);
-}
-
 void api_panels_list(http_request *req, void *app)
 {
     api_deps *d = app;
@@ -355,25 +343,18 @@ void api_panels_list(http_request *req, void *app)
     size_t n = 0;
     char next[STORE_CURSOR_MAX];
     ap_err err = {0};
-    if (store_panel_list(d->store, http_principal_of(req)->tenant_id, status, cursor, limit, &rows,
-                         &n, next, &err) != AP_OK) {
+    /* A panel can carry megabytes (its result, a roster of long personas): a page ends past
+     * LIST_PAGE_BYTES, so one request never reads (and one slow reader never holds) hundreds
+     * of them. */
+    if (store_panel_list(d->store, http_principal_of(req)->tenant_id, status, cursor, limit,
+                         LIST_PAGE_BYTES, &rows, &n, next, &err) != AP_OK) {
         http_reply_ap_err(req, &err);
         return;
     }
     cJSON *body = cJSON_CreateObject();
     cJSON *data = cJSON_AddArrayToObject(body, "data");
-    size_t bytes = 0;
-    for (size_t i = 0; i < n; i++) {
-        /* A panel can carry megabytes (its result, a roster of long personas): a page ends
-         * past LIST_PAGE_BYTES, so one request never builds (and one slow reader never
-         * holds) hundreds of them. */
-        if (i > 0 && bytes > LIST_PAGE_BYTES) {
-            store_panel_cursor(&rows[i - 1], next);
-            break;
-        }
+    for (size_t i = 0; i < n; i++)
         cJSON_AddItemToArray(data, api_panel_json(&rows[i]));
-        bytes += panel_bytes(&rows[i]);
-    }
     add_str_or_null(body, "next_cursor", next[0] ? next : NULL);
     store_panels_free(rows, n);
     http_reply_json(req, 200, body);

@@ -80,9 +80,11 @@ typedef struct store_ops {
     /* Panels of the tenant in queued, running or awaiting_input. */
     ap_status (*panel_count_live)(void *impl, const char *tenant_id, int64_t *n, ap_err *err);
     /* Up to limit rows before pos, newest first; status NULL for any. */
+    /* At most limit rows, and none after the first that takes the page past max_bytes
+     * (store_panel_bytes; 0: no bound), which is read no further. */
     ap_status (*panel_list)(void *impl, const char *tenant_id, const char *status,
-                            const store_pos *before, int limit, store_panel **rows, size_t *n,
-                            ap_err *err);
+                            const store_pos *before, int limit, size_t max_bytes,
+                            store_panel **rows, size_t *n, ap_err *err);
     ap_status (*panels_in_status)(void *impl, const char *status, store_panel_ref **pairs,
                                   size_t *n, ap_err *err);
     /* Sets status "running", owner and expires_at where the status is in from[] and the lease

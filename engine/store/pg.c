@@ -425,11 +425,20 @@ static ap_status end(pgc *c, ap_status rc, ap_err *err)
 /* Sends set_config (when tenant_id is set) and statement id as one pipeline: both run in the
  * implicit transaction that ends at the sync, so the tenant setting covers the statement and
  * is gone afterwards, and an error rolls everything back. One round trip instead of three. */
-static ap_status pipelined(pgc *c, const char *tenant_id, int id, int n, const char *const *vals,
-                           PGresult **res, ap_err *err)
+/* Takes row i of r (a query's rows as they arrive); false when it wants no more. */
+typedef bool pg_row_fn(const PGresult *r, int i, void *ud);
+
+/* Runs statement id in the tenant's transaction (tenant_id NULL: operator scope). Without
+ * row_fn its result lands in *res (caller clears); with row_fn the rows are handed over one by
+ * one as they arrive (single-row mode), so a large result is never held whole, and *res stays
+ * NULL. */
+static ap_status pipelined_rows(pgc *c, const char *tenant_id, int id, int n,
+                                const char *const *vals, PGresult **res, pg_row_fn *row_fn,
+                                void *ud, ap_err *err)
 {
     char set_name[16], name[16];
     ap_status rc = AP_OK;
+    bool wants_rows = row_fn != NULL, single = false, at_query = tenant_id == NULL;
     if (tenant_id != NULL)
         rc = prepare(c, Q_SET_TENANT, set_name, err);
     if (rc == AP_OK)
@@ -446,8 +455,13 @@ static ap_status pipelined(pgc *c, const char *tenant_id, int id, int n, const c
         rc = result_error(c, NULL, err);
         goto out;
     }
-    /* Results arrive in order, each followed by NULL, then the sync marker. */
+    /* Results arrive in order, each followed by NULL, then the sync marker. Single-row mode
+     * is chosen for a query of the pipeline just before its results are read. */
     for (int stage = tenant_id != NULL ? 0 : 1;;) {
+        if (row_fn != NULL && stage == 1 && at_query && !single) {
+            single = true;
+            (void)PQsetSingleRowMode(c->conn); /* refused: the rows come as one result */
+        }
         PGresult *r = PQgetResult(c->conn);
         if (r == NULL) {
             if (PQstatus(c->conn) != CONNECTION_OK) {
@@ -455,12 +469,21 @@ static ap_status pipelined(pgc *c, const char *tenant_id, int id, int n, const c
                     rc = unavailable(c->conn, err);
                 break;
             }
+            at_query = stage == 1; /* the end of the statement before it */
             continue;
         }
         ExecStatusType st = PQresultStatus(r);
         if (st == PGRES_PIPELINE_SYNC) {
             PQclear(r);
             break;
+        }
+        if (st == PGRES_SINGLE_TUPLE || (st == PGRES_TUPLES_OK && stage == 1 && row_fn != NULL)) {
+            for (int i = 0; i < PQntuples(r) && wants_rows && rc == AP_OK; i++)
+                wants_rows = row_fn(r, i, ud);
+            PQclear(r);
+            if (st == PGRES_TUPLES_OK)
+                stage++;
+            continue;
         }
         if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
             if (stage == 1)
@@ -479,9 +502,15 @@ out:
     if (PQpipelineStatus(c->conn) != PQ_PIPELINE_OFF && PQexitPipelineMode(c->conn) != 1 &&
         rc == AP_OK)
         rc = result_error(c, NULL, err);
-    if (rc == AP_OK && *res == NULL)
+    if (rc == AP_OK && row_fn == NULL && *res == NULL)
         rc = ap_err_set(err, AP_IO, "database returned no result");
     return rc;
+}
+
+static ap_status pipelined(pgc *c, const char *tenant_id, int id, int n, const char *const *vals,
+                           PGresult **res, ap_err *err)
+{
+    return pipelined_rows(c, tenant_id, id, n, vals, res, NULL, NULL, err);
 }
 
 /* The common shape: one statement in one tenant transaction; *res on AP_OK (caller clears). */
@@ -498,6 +527,21 @@ static ap_status query1(pg *p, const char *tenant_id, int id, int n, const char 
         PQclear(*res);
         *res = NULL;
     }
+    release(p, c);
+    return rc;
+}
+
+/* query1 for a result read row by row (see pipelined_rows). */
+static ap_status query_rows(pg *p, const char *tenant_id, int id, int n, const char *const *vals,
+                            pg_row_fn *row_fn, void *ud, ap_err *err)
+{
+    pgc *c;
+    PGresult *none = NULL;
+    ap_status rc = checkout(p, &c, err);
+    if (rc != AP_OK)
+        return rc;
+    rc = pipelined_rows(c, tenant_id, id, n, vals, &none, row_fn, ud, err);
+    PQclear(none);
     release(p, c);
     return rc;
 }
@@ -686,11 +730,6 @@ static bool read_event_row(const PGresult *r, int i, void *row)
 static bool read_expert_row(const PGresult *r, int i, void *row)
 {
     return read_expert(r, i, row);
-}
-
-static bool read_panel_row(const PGresult *r, int i, void *row)
-{
-    return read_panel(r, i, row);
 }
 
 static bool read_script_row(const PGresult *r, int i, void *row)
@@ -1215,34 +1254,60 @@ static ap_status pg_panel_transition(void *impl, const char *tenant_id, const ch
     return rc;
 }
 
+/* A page of panels being read: rows are taken until the limit, or until one takes the page
+ * past max_bytes. */
+typedef struct panel_page {
+    const char *tenant_id;
+    store_panel *out;
+    size_t got, limit, bytes, max_bytes;
+    ap_status rc;
+    ap_err *err;
+} panel_page;
+
+static bool take_panel(const PGresult *r, int i, void *ud)
+{
+    panel_page *page = ud;
+    if (page->got == page->limit)
+        return false;
+    if (!row_tenant_ok(r, i, 1, page->tenant_id)) {
+        page->rc = store_row_denied(page->err);
+        return false;
+    }
+    if (!read_panel(r, i, &page->out[page->got])) {
+        page->rc = ap_err_set(page->err, AP_NOMEM, "out of memory");
+        return false;
+    }
+    page->bytes += store_panel_bytes(&page->out[page->got++]);
+    return page->max_bytes == 0 || page->bytes <= page->max_bytes;
+}
+
 static ap_status pg_panel_list(void *impl, const char *tenant_id, const char *status,
-                               const store_pos *before, int limit, store_panel **rows, size_t *n,
-                               ap_err *err)
+                               const store_pos *before, int limit, size_t max_bytes,
+                               store_panel **rows, size_t *n, ap_err *err)
 {
     num lim = i64(limit), at = i64(before->created_at);
-    PGresult *r;
+    panel_page page = {.tenant_id = tenant_id,
+                       .out = calloc((size_t)limit, sizeof(store_panel)),
+                       .limit = (size_t)limit,
+                       .max_bytes = max_bytes,
+                       .err = err};
+    if (page.out == NULL)
+        return ap_err_set(err, AP_NOMEM, "out of memory");
     ap_status rc =
         before->set
-            ? query1(impl, tenant_id, Q_PANEL_LIST_BEFORE, 5,
-                     (const char *const[]){tenant_id, status, lim.s, at.s, before->id}, &r, err)
-            : query1(impl, tenant_id, Q_PANEL_LIST_FIRST, 3,
-                     (const char *const[]){tenant_id, status, lim.s}, &r, err);
-    if (rc != AP_OK)
-        return rc;
-    int nt = PQntuples(r);
-    store_panel *out = calloc(nt > 0 ? (size_t)nt : 1, sizeof *out);
-    size_t got = 0;
-    if (out == NULL)
-        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+            ? query_rows(impl, tenant_id, Q_PANEL_LIST_BEFORE, 5,
+                         (const char *const[]){tenant_id, status, lim.s, at.s, before->id},
+                         take_panel, &page, err)
+            : query_rows(impl, tenant_id, Q_PANEL_LIST_FIRST, 3,
+                         (const char *const[]){tenant_id, status, lim.s}, take_panel, &page, err);
     if (rc == AP_OK)
-        rc = pg_collect(r, 1, tenant_id, out, sizeof *out, read_panel_row, &got, err);
-    PQclear(r);
+        rc = page.rc;
     if (rc != AP_OK) {
-        store_panels_free(out, got);
+        store_panels_free(page.out, page.got);
         return rc;
     }
-    *rows = out;
-    *n = got;
+    *rows = page.out;
+    *n = page.got;
     return AP_OK;
 }
 

@@ -1226,13 +1226,13 @@ static ap_status sq_leases_release(void *impl, const char *owner, ap_err *err)
 }
 
 static ap_status sq_panel_list(void *impl, const char *tenant_id, const char *status,
-                               const store_pos *before, int limit, store_panel **rows, size_t *n,
-                               ap_err *err)
+                               const store_pos *before, int limit, size_t max_bytes,
+                               store_panel **rows, size_t *n, ap_err *err)
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
     store_panel *out = calloc((size_t)limit, sizeof *out);
-    size_t got = 0;
+    size_t got = 0, bytes = 0;
     if (out == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     pthread_mutex_lock(&q->mu);
@@ -1245,7 +1245,20 @@ static ap_status sq_panel_list(void *impl, const char *tenant_id, const char *st
             sqlite3_bind_int64(st, 4, before->created_at);
             bind_text(st, 5, before->id);
         }
-        rc = sq_collect(q, st, 1, tenant_id, limit, out, sizeof *out, read_panel_row, &got, err);
+        /* Row by row, so a page of large panels stops being read once it is full. */
+        int s = SQLITE_DONE;
+        while (rc == AP_OK && got < (size_t)limit && (max_bytes == 0 || bytes <= max_bytes) &&
+               (s = sqlite3_step(st)) == SQLITE_ROW) {
+            if (!row_tenant_ok(st, 1, tenant_id))
+                rc = store_row_denied(err);
+            else if (!read_panel_row(st, &out[got]))
+                rc = ap_err_set(err, AP_NOMEM, "out of memory");
+            else
+                bytes += store_panel_bytes(&out[got++]);
+        }
+        if (rc == AP_OK && s != SQLITE_DONE && s != SQLITE_ROW)
+            rc = sq_error(q, s, err);
+        sqlite3_reset(st);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {

@@ -870,8 +870,19 @@ ap_status store_panel_transition(store *s, const char *tenant_id, const char *id
                                     clock_wall_ms(), err);
 }
 
+static size_t len_or_0(const char *s)
+{
+    return s != NULL ? strlen(s) : 0;
+}
+
+size_t store_panel_bytes(const store_panel *p)
+{
+    return 512 + len_or_0(p->title) + len_or_0(p->question) + len_or_0(p->params) +
+           len_or_0(p->experts) + len_or_0(p->result) + len_or_0(p->error);
+}
+
 ap_status store_panel_list(store *s, const char *tenant_id, const char *status, const char *cursor,
-                           int limit, store_panel **rows, size_t *n,
+                           int limit, size_t max_bytes, store_panel **rows, size_t *n,
                            char next_cursor[STORE_CURSOR_MAX], ap_err *err)
 {
     *rows = NULL;
@@ -889,12 +900,17 @@ ap_status store_panel_list(store *s, const char *tenant_id, const char *status, 
     if (status != NULL && !status_valid(status))
         return ap_err_set(err, AP_INVALID, "unknown panel status '%.32s'", status);
     size_t got = 0;
-    rc = s->ops->panel_list(s->impl, tid, status, &pos, limit + 1, rows, &got, err);
+    rc = s->ops->panel_list(s->impl, tid, status, &pos, limit + 1, max_bytes, rows, &got, err);
     if (rc != AP_OK)
         return rc;
+    size_t bytes = 0;
+    for (size_t i = 0; i < got && i < (size_t)limit; i++)
+        bytes += store_panel_bytes(&(*rows)[i]);
     if (got > (size_t)limit) {
         store_panel_free(&(*rows)[limit]);
         got = (size_t)limit;
+        store_panel_cursor(&(*rows)[got - 1], next_cursor);
+    } else if (max_bytes > 0 && bytes > max_bytes) {
         store_panel_cursor(&(*rows)[got - 1], next_cursor);
     }
     *n = got;

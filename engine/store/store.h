@@ -188,9 +188,15 @@ ap_status store_panel_transition(store *s, const char *tenant_id, const char *id
 /* How many of a tenant's panels are live (queued, running or awaiting input). */
 ap_status store_panel_count_live(store *s, const char *tenant_id, int64_t *n, ap_err *err);
 
-/* One page of panels, newest first; status may be NULL (any). Like store_expert_list. */
+/* About the bytes of a panel as JSON: its long texts and 512 for the rest. */
+size_t store_panel_bytes(const store_panel *p);
+
+/* One page of panels, newest first; status may be NULL (any). Like store_expert_list, and the
+ * page also ends with the first panel that takes it past max_bytes of store_panel_bytes (0: no
+ * bound), next_cursor then following it: the rows after it are not even read, so a page of
+ * large panels (a result can take megabytes) holds max_bytes and one panel at most. */
 ap_status store_panel_list(store *s, const char *tenant_id, const char *status, const char *cursor,
-                           int limit, store_panel **rows, size_t *n,
+                           int limit, size_t max_bytes, store_panel **rows, size_t *n,
                            char next_cursor[STORE_CURSOR_MAX], ap_err *err);
 void store_panels_free(store_panel *rows, size_t n);
 

@@ -438,7 +438,7 @@ static void test_experts_pagination(void **state)
     char next[STORE_CURSOR_MAX];
     /* A cursor belongs to the list that issued it. */
     store_panel *prows = NULL;
-    IS(AP_INVALID, store_panel_list(S, A, NULL, first, 2, &prows, &n, next, E));
+    IS(AP_INVALID, store_panel_list(S, A, NULL, first, 2, 0, &prows, &n, next, E));
     OK(store_expert_list(S, A, first, 2, &rows, &n, next, E));
     assert_int_equal(n, 2);
     store_experts_free(rows, n);
@@ -734,7 +734,7 @@ static void test_panel_lists(void **state)
     store_panel *rows = NULL;
     size_t n = 0;
     char next[STORE_CURSOR_MAX], next2[STORE_CURSOR_MAX];
-    OK(store_panel_list(S, A, NULL, "", 3, &rows, &n, next, E));
+    OK(store_panel_list(S, A, NULL, "", 3, 0, &rows, &n, next, E));
     assert_int_equal(n, 3);
     assert_string_not_equal(next, "");
     for (size_t i = 1; i < n; i++)
@@ -742,21 +742,42 @@ static void test_panel_lists(void **state)
                     (rows[i - 1].created_at == rows[i].created_at &&
                      strcmp(rows[i - 1].id, rows[i].id) > 0));
     store_panels_free(rows, n);
-    OK(store_panel_list(S, A, NULL, next, 3, &rows, &n, next2, E));
+    OK(store_panel_list(S, A, NULL, next, 3, 0, &rows, &n, next2, E));
     assert_int_equal(n, 1);
     assert_string_equal(next2, "");
     store_panels_free(rows, n);
 
-    OK(store_panel_list(S, A, "running", "", 50, &rows, &n, next, E));
+    /* A byte bound ends a page with the first panel past it, and the cursor goes on from
+     * there: with the first panel's size, pages of two; with one byte, pages of one. */
+    OK(store_panel_list(S, A, NULL, "", 50, 0, &rows, &n, next, E));
+    size_t first_bytes = store_panel_bytes(&rows[0]);
+    store_panels_free(rows, n);
+    OK(store_panel_list(S, A, NULL, "", 50, first_bytes, &rows, &n, next, E));
+    assert_int_equal(n, 2);
+    assert_string_not_equal(next, "");
+    store_panels_free(rows, n);
+    size_t seen = 0, pages = 0;
+    next[0] = '\0';
+    do {
+        snprintf(next2, sizeof next2, "%s", next);
+        OK(store_panel_list(S, A, NULL, next2, 50, 1, &rows, &n, next, E));
+        assert_true(n <= 1);
+        seen += n;
+        pages++;
+        store_panels_free(rows, n);
+    } while (next[0] != '\0' && pages < 10);
+    assert_int_equal(seen, 4);
+
+    OK(store_panel_list(S, A, "running", "", 50, 0, &rows, &n, next, E));
     assert_int_equal(n, 2);
     for (size_t i = 0; i < n; i++) {
         assert_string_equal(rows[i].status, "running");
         assert_true(strcmp(rows[i].id, ids[1]) == 0 || strcmp(rows[i].id, ids[3]) == 0);
     }
     store_panels_free(rows, n);
-    IS(AP_INVALID, store_panel_list(S, A, "nope", "", 50, &rows, &n, next, E));
+    IS(AP_INVALID, store_panel_list(S, A, "nope", "", 50, 0, &rows, &n, next, E));
 
-    OK(store_panel_list(S, B, NULL, "", 50, &rows, &n, next, E));
+    OK(store_panel_list(S, B, NULL, "", 50, 0, &rows, &n, next, E));
     assert_int_equal(n, 1);
     assert_string_equal(rows[0].id, pb.id);
     store_panels_free(rows, n);
