@@ -137,6 +137,30 @@ static const char *const string_keys[] = {"type",         "base_url",         "a
 
 #define PRICE_MAX 1e6 /* USD per million tokens: anything above is a typo */
 
+/* String keys with a fixed set of values: a typo ("instrct") is refused with the engine's
+ * start instead of quietly meaning the default. */
+static const struct {
+    const char *key, *values[4], *says;
+} enum_keys[] = {
+    {"schema_mode", {"native", "instruct"}, "\"native\" or \"instruct\""},
+    {"http_version", {"auto", "1.1", "2"}, "\"auto\", \"1.1\" or \"2\""},
+};
+
+/* AP_INVALID when m is an enumerated key holding none of its values. */
+static ap_status check_enum(const cJSON *m, const char *name, ap_err *err)
+{
+    for (size_t i = 0; i < sizeof enum_keys / sizeof enum_keys[0]; i++) {
+        if (strcmp(m->string, enum_keys[i].key) != 0)
+            continue;
+        for (size_t v = 0; v < 4 && enum_keys[i].values[v] != NULL; v++)
+            if (strcmp(m->valuestring, enum_keys[i].values[v]) == 0)
+                return AP_OK;
+        return ap_err_set(err, AP_INVALID, "llm.providers.%.40s.%s must be %s", name,
+                          enum_keys[i].key, enum_keys[i].says);
+    }
+    return AP_OK;
+}
+
 /* A key of int_keys; its default when absent (llm_http_check refused anything else). */
 static int64_t cfg_int(const cJSON *cfg, const char *key)
 {
@@ -188,6 +212,8 @@ ap_status llm_http_check(const cJSON *cfg, const char *name, ap_err *err)
         const char *k = m->string;
         ap_status rc = llm_cfg_member(m, name, int_keys, N_INT_KEYS, string_keys,
                                       sizeof string_keys / sizeof string_keys[0], err);
+        if (rc == AP_OK && cJSON_IsString(m))
+            rc = check_enum(m, name, err);
         if (rc != AP_NOTFOUND) {
             if (rc != AP_OK)
                 return rc;
@@ -1053,12 +1079,8 @@ ap_status llm_http_create(const llm_http_dialect *d, llm_loop *loop, const cJSON
         }
         p->http_version = https ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
         p->pipewait = true;
-    } else if (strcmp(version, "1.1") == 0) {
+    } else { /* "1.1", the one value left that llm_http_check allows */
         p->http_version = CURL_HTTP_VERSION_1_1;
-    } else {
-        llm_http_destroy(p);
-        return ap_err_set(err, AP_INVALID, "%s: http_version must be \"auto\", \"1.1\" or \"2\"",
-                          d->name);
     }
     long streams = (long)cfg_int(cfg, "max_streams_per_connection");
     p->ca_file = jsonx_string(cfg, "ca_file");

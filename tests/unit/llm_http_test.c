@@ -700,7 +700,7 @@ static void test_http_version_option(void **state)
     void *self = NULL;
     assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
     cJSON *cfg = cJSON_Parse("{\"base_url\":\"http://127.0.0.1:1\",\"http_version\":\"3\"}");
-    assert_int_equal(llm_openai_ops.create(loop, cfg, &self, &err), AP_INVALID);
+    assert_int_equal(llm_openai_ops.check(cfg, "openai", &err), AP_INVALID);
     assert_non_null(strstr(err.msg, "http_version"));
     cJSON_Delete(cfg);
     cfg = cJSON_Parse("{\"base_url\":\"https://127.0.0.1:1\",\"http_version\":\"1.1\"}");

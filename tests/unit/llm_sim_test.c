@@ -628,6 +628,10 @@ static void test_llm_config_is_checked(void **state)
          "x.fallback_models must be an array of strings"},
         {"{\"providers\":{\"simulated\":{\"latency_ms\":-1}}}", "simulated.latency_ms"},
         {"{\"default_provider\":7}", "llm.default_provider has the wrong type"},
+        {"{\"providers\":{\"openai\":{\"schema_mode\":\"instrct\"}}}",
+         "openai.schema_mode must be \"native\" or \"instruct\""},
+        {"{\"providers\":{\"x\":{\"type\":\"anthropic\",\"http_version\":\"3\"}}}",
+         "x.http_version must be \"auto\", \"1.1\" or \"2\""},
     };
     llm_loop *loop = NULL;
     ap_err err = {0};
