@@ -1311,14 +1311,9 @@ static ap_status pg_panel_list(void *impl, const char *tenant_id, const char *st
     return AP_OK;
 }
 
-static ap_status pg_panels_in_status(void *impl, const char *status, store_panel_ref **pairs,
-                                     size_t *n, ap_err *err)
+/* The (tenant_id, panel_id) rows of r as refs (caller frees); takes r. */
+static ap_status refs_of(PGresult *r, store_panel_ref **refs, size_t *n, ap_err *err)
 {
-    PGresult *r;
-    ap_status rc =
-        query1(impl, NULL, Q_PANELS_IN_STATUS, 1, (const char *const[]){status}, &r, err);
-    if (rc != AP_OK)
-        return rc;
     int nt = PQntuples(r);
     store_panel_ref *out = calloc(nt > 0 ? (size_t)nt : 1, sizeof *out);
     if (out == NULL) {
@@ -1330,9 +1325,18 @@ static ap_status pg_panels_in_status(void *impl, const char *status, store_panel
         id_col(r, i, 1, out[i].panel_id);
     }
     PQclear(r);
-    *pairs = out;
+    *refs = out;
     *n = (size_t)nt;
     return AP_OK;
+}
+
+static ap_status pg_panels_in_status(void *impl, const char *status, store_panel_ref **pairs,
+                                     size_t *n, ap_err *err)
+{
+    PGresult *r;
+    ap_status rc =
+        query1(impl, NULL, Q_PANELS_IN_STATUS, 1, (const char *const[]){status}, &r, err);
+    return rc == AP_OK ? refs_of(r, pairs, n, err) : rc;
 }
 
 static ap_status pg_panel_claim(void *impl, const char *tenant_id, const char *id,
@@ -1378,22 +1382,7 @@ static ap_status pg_leases_renew(void *impl, const char *owner, const char (*ids
     ap_status rc =
         query1(impl, NULL, Q_LEASES_RENEW, 3, (const char *const[]){owner, list, until.s}, &r, err);
     free(list);
-    if (rc != AP_OK)
-        return rc;
-    int nt = PQntuples(r);
-    store_panel_ref *out = calloc(nt > 0 ? (size_t)nt : 1, sizeof *out);
-    if (out == NULL) {
-        PQclear(r);
-        return ap_err_set(err, AP_NOMEM, "out of memory");
-    }
-    for (int i = 0; i < nt; i++) {
-        id_col(r, i, 0, out[i].tenant_id);
-        id_col(r, i, 1, out[i].panel_id);
-    }
-    PQclear(r);
-    *renewed = out;
-    *n_renewed = (size_t)nt;
-    return AP_OK;
+    return rc == AP_OK ? refs_of(r, renewed, n_renewed, err) : rc;
 }
 
 static ap_status pg_leases_release(void *impl, const char *owner, ap_err *err)

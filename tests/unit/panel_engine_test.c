@@ -165,6 +165,23 @@ static char *run_to_end(panel_engine *e, const char *id, const char *type, int t
     return data;
 }
 
+/* As after a restart: a new engine resumes the one interrupted panel id; returns its
+ * panel.completed data (caller frees). */
+static char *restart_to_end(const char *id)
+{
+    panel_engine *e = start_engine(0);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    size_t n = 0;
+    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
+    assert_int_equal(n, 1);
+    char *got = wait_for(sub, "panel.completed", 5000);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    return got;
+}
+
 static int count_lines(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -818,16 +835,9 @@ static void test_resume_replays_journal(void **state)
     assert_int_equal(store_panel_get(st, tenant, id, &row, &err), AP_OK);
     assert_string_equal(row.status, "running");
     store_panel_free(&row);
-    /* resume */
-    e = start_engine(0);
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    size_t n = 0;
-    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
-    assert_int_equal(n, 1);
-    char *got = wait_for(sub, "panel.completed", 5000);
-    panel_engine_unsubscribe(e, sub);
-    panel_engine_stop(e);
+    char *got = restart_to_end(id);
     assert_string_equal(got, want);
+    size_t n = 0;
     /* 15 turns in all; the 5 of round 1 were paid once */
     assert_int_equal(count_lines(calls_path), 15);
     /* the stored events are gapless */
@@ -879,14 +889,7 @@ static void test_resume_mid_batch(void **state)
     unsetenv("ASKPANEL_SIM_TOKEN_MS");
     int answered = count_lines(calls_path);
     assert_true(answered >= 2 && answered < 5);
-    e = start_engine(0);
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    size_t n = 0;
-    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
-    assert_int_equal(n, 1);
-    char *got = wait_for(sub, "panel.completed", 5000);
-    panel_engine_unsubscribe(e, sub);
-    panel_engine_stop(e);
+    char *got = restart_to_end(id);
     assert_string_equal(got, want);
     free(want);
     free(got);
@@ -1143,13 +1146,7 @@ static void test_resume_keeps_provider_and_model(void **state)
         free(wait_for(sub, "expert.message", 3000));
     panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
-    e = start_engine(0);
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    size_t n = 0;
-    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
-    free(wait_for(sub, "panel.completed", 5000));
-    panel_engine_unsubscribe(e, sub);
-    panel_engine_stop(e);
+    free(restart_to_end(id));
     char *usage = NULL;
     assert_int_equal(store_usage_summary(st, tenant, since, INT64_MAX, "model", &usage, &err),
                      AP_OK);
