@@ -2476,6 +2476,15 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
             ap_err_set(err, rc, "out of memory");
             goto out;
         }
+        /* Every later turn would fail on it: the panel waits for a process that has it. */
+        if (p->provider != NULL &&
+            !llm_provider_known(e->cfg != NULL ? e->cfg->llm : NULL, p->provider)) {
+            rc = ap_err_set(err, AP_INVALID,
+                            "the panel runs on LLM provider '%s', which this process does not "
+                            "have configured",
+                            p->provider);
+            goto out;
+        }
         p->step = ck.step;
         p->node = dup_or_null(ck.next_node);
         p->next_seq = ck.last_seq + 1;

@@ -1153,6 +1153,29 @@ static void test_resume_keeps_provider_and_model(void **state)
     assert_non_null(strstr(usage, "\"key\":\"sim-special\",\"calls\":15"));
     assert_null(strstr(usage, "simulated-1"));
     free(usage);
+    /* A process without the panel's provider does not take it: every later turn would fail. */
+    config mine = cfg;
+    mine.llm = cJSON_Parse("{\"providers\":{\"mysim\":{\"type\":\"simulated\"}}}");
+    o.cfg = &mine;
+    o.provider = "mysim";
+    o.model = NULL;
+    setenv("ASKPANEL_SIM_LATENCY_MS", "300", 1);
+    assert_int_equal(panel_engine_start(&o, &e, &err), AP_OK);
+    create(e, "fanout", "{\"rounds\":3}", id);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    for (int i = 0; i < 5; i++)
+        free(wait_for(sub, "expert.message", 3000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    cJSON_Delete(mine.llm);
+    e = start_engine(0);
+    assert_int_equal(panel_engine_resume(e, tenant, id, &err), AP_INVALID);
+    assert_non_null(strstr(err.msg, "provider 'mysim', which this process does not have"));
+    panel_engine_stop(e);
+    assert_int_equal(store_panel_transition(st, tenant, id, (const char *const[]){"running"}, 1,
+                                            "cancelled", NULL, NULL, &err),
+                     AP_OK);
 }
 
 static void test_overrides(void **state)
