@@ -561,6 +561,48 @@ static void log_skipped_transition(const witem *w)
             w->to);
 }
 
+#define STORE_RETRY_FIRST_MS 50
+#define STORE_RETRY_MAX_MS 2000
+#define STORE_RETRY_STOPPING_MS 10000 /* how long a stopping engine still waits for its store */
+
+static bool store_transient(ap_status rc)
+{
+    return rc == AP_IO || rc == AP_AGAIN || rc == AP_TIMEOUT || rc == AP_NOMEM;
+}
+
+/* store_write_batch_trusted, tried again while the store is unavailable (busy, restarting,
+ * unreachable) rather than dropping durable writes: events, usage and checkpoints wait in the
+ * writer until it is back, however long that takes, except for an engine that is stopping,
+ * which gives up after STORE_RETRY_STOPPING_MS. */
+static ap_status write_durably(panel_engine *e, const char *tenant_id, store_write *ws, size_t n,
+                               ap_err *err)
+{
+    int64_t waited = 0, pause = STORE_RETRY_FIRST_MS;
+    bool warned = false;
+    for (;;) {
+        ap_status rc = store_write_batch_trusted(e->st, tenant_id, ws, n, err);
+        pthread_mutex_lock(&e->wmu);
+        bool stopping = e->wstop;
+        pthread_mutex_unlock(&e->wmu);
+        if (!store_transient(rc) || (stopping && waited >= STORE_RETRY_STOPPING_MS)) {
+            if (warned && rc == AP_OK)
+                log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = tenant_id},
+                        "event writer: the store took writes again after %lld ms",
+                        (long long)waited);
+            return rc;
+        }
+        if (!warned)
+            log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = tenant_id},
+                    "event writer: the store is unavailable (%s); holding %zu writes and trying "
+                    "again",
+                    err->msg, n);
+        warned = true;
+        usleep((useconds_t)pause * 1000);
+        waited += pause;
+        pause = pause * 2 < STORE_RETRY_MAX_MS ? pause * 2 : STORE_RETRY_MAX_MS;
+    }
+}
+
 /* One store call per item, for a tenant's batch the store refused as a whole: whatever can land
  * does. A replayed event or a lost transition race is expected, not an error. */
 static void commit_one_by_one(panel_engine *e, witem **items, size_t n)
@@ -570,7 +612,7 @@ static void commit_one_by_one(panel_engine *e, witem **items, size_t n)
         store_write one;
         store_write_of(w, &one);
         ap_err err = {0};
-        ap_status rc = store_write_batch_trusted(e->st, w->tenant_id, &one, 1, &err);
+        ap_status rc = write_durably(e, w->tenant_id, &one, 1, &err);
         if (rc == AP_OK && one.result == AP_CONFLICT && w->kind == W_TRANS)
             log_skipped_transition(w);
         else if (rc != AP_OK)
@@ -588,7 +630,14 @@ static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write 
     ap_err err = {0};
     /* Trusted: every JSON text here was encoded by the engine (cJSON, the script host's
      * encoder or the journal's own escaping), so the store does not parse it again. */
-    if (store_write_batch_trusted(e->st, items[0]->tenant_id, ws, n, &err) != AP_OK) {
+    ap_status rc = write_durably(e, items[0]->tenant_id, ws, n, &err);
+    if (store_transient(rc)) {
+        /* only an engine stopping while its store is down gets here */
+        log_msg(LOG_LEVEL_ERROR, &(log_fields){.tenant_id = items[0]->tenant_id},
+                "event writer: %zu writes lost, the store is unavailable (%s)", n, err.msg);
+        return;
+    }
+    if (rc != AP_OK) {
         log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = items[0]->tenant_id},
                 "event writer: batch of %zu writes refused (%s); writing them one by one", n,
                 err.msg);

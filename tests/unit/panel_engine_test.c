@@ -1178,6 +1178,51 @@ static void test_resume_keeps_provider_and_model(void **state)
                      AP_OK);
 }
 
+/* A store that is unavailable for a while (here: locked by another connection for longer than
+ * the engine's busy timeout, twice over) delays a panel's writes; none is dropped. */
+static void test_store_outage_loses_nothing(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    unlink(calls_path);
+    int64_t since = clock_wall_ms();
+    panel_engine *e = start_engine(200);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", "{\"rounds\":3}", id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    char path[300];
+    snprintf(path, sizeof path, "%s/test.db", dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+    usleep(10500 * 1000);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    free(wait_for(sub, "panel.completed", 20000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    store_event *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    int messages = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(rows[i].seq, (int64_t)i + 1);
+        messages += strcmp(rows[i].type, "expert.message") == 0;
+    }
+    store_events_free(rows, n);
+    assert_int_equal(messages, 15);
+    assert_int_equal(count_lines(calls_path), 15);
+    char *usage = NULL;
+    assert_int_equal(store_usage_summary(st, tenant, since, INT64_MAX, "model", &usage, &err),
+                     AP_OK);
+    assert_non_null(strstr(usage, "\"calls\":15,"));
+    free(usage);
+}
+
 static void test_overrides(void **state)
 {
     (void)state;
@@ -1239,6 +1284,7 @@ int main(void)
         cmocka_unit_test(test_checkpoints_fit_the_store),
         cmocka_unit_test(test_resume_mid_batch),
         cmocka_unit_test(test_resume_keeps_provider_and_model),
+        cmocka_unit_test(test_store_outage_loses_nothing),
         cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_lease_keeps_a_second_engine_out),
         cmocka_unit_test(test_lease_takeover),
