@@ -68,6 +68,7 @@ typedef struct witem {
             size_t nfrom;
             const char *to;
             char *result, *error;
+            const char *owner; /* the engine's lease owner id */
         };
         /* W_USAGE */
         store_usage usage;
@@ -547,6 +548,7 @@ static void store_write_of(const witem *w, store_write *out)
         out->u.transition.to = w->to;
         out->u.transition.result = w->result;
         out->u.transition.error = w->error;
+        out->u.transition.owner = w->owner;
     } else {
         out->kind = STORE_WRITE_USAGE;
         out->u.usage = w->usage;
@@ -1228,6 +1230,7 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     w->to = to;
     w->result = dup_or_null(result);
     w->error = dup_or_null(error);
+    w->owner = p->e->owner;
     prun_push(p, w);
 }
 
@@ -1309,6 +1312,7 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
         return;
     memcpy(w->ck.panel_id, p->panel_id, sizeof w->ck.panel_id);
     w->ck.step = p->step;
+    w->ck.owner = p->e->owner;
     size_t used = 0;
     w->ck.next_node = next_node != NULL ? witem_text(w, &used, next_node, nl) : NULL;
     w->ck.script_version = witem_text(w, &used, p->script.version, vl);
@@ -1360,6 +1364,9 @@ static void prun_complete(prun *p, const char *result)
     if (script_panel_state_json(p->sp, &state, &err) != AP_OK)
         state = NULL;
     prun_group_begin(p);
+    /* the checkpoint before the status change, which gives the lease up (see prun_checkpoint) */
+    prun_checkpoint(p, NULL, state != NULL ? state : p->node_state,
+                    p->next_seq - 1 + (data != NULL ? 2 : 1)); /* with the two events below */
     prun_transition(p, live_statuses, 1, "completed", res, NULL);
     prun_emit_status(p, "completed");
     if (data != NULL) {
@@ -1367,7 +1374,6 @@ static void prun_complete(prun *p, const char *result)
         prun_emit(p, "panel.completed", data, true, NULL);
     }
     free(data);
-    prun_checkpoint(p, NULL, state != NULL ? state : p->node_state, p->next_seq - 1);
     prun_group_end(p);
     free(state);
     prun_release(p);
@@ -2029,8 +2035,12 @@ static void handle_step(prun *p, script_step *step)
          * client reacting to the event can answer at once. A replayed or already given input
          * still emits the request (suppressed when stored) so seqs stay aligned. */
         prun_group_begin(p);
-        if (old == NULL && in == NULL)
+        if (old == NULL && in == NULL) {
+            /* the checkpoint first: the store takes it only from the lease's holder, and the
+             * status change gives the lease up */
+            prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
             prun_transition(p, live_statuses, 1, "awaiting_input", NULL, NULL);
+        }
         prun_emit_status(p, "awaiting_input");
         prun_emit(p, "input.requested", data, true, NULL);
         free(data);
@@ -2040,7 +2050,6 @@ static void handle_step(prun *p, script_step *step)
             free(in);
             return;
         }
-        prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
         /* A panel waiting for a human is held by no process (its lease goes with the status):
          * the answer, whichever process it reaches, claims the panel and resumes it from this
          * checkpoint. So the panel leaves this process before the wait can be seen in the

@@ -159,9 +159,13 @@ static const char *const sql_text[Q__COUNT] = {
                            "('queued', 'running', 'awaiting_input')",
     [Q_EVENT_LAST] = "SELECT COALESCE(MAX(seq), 0) FROM panel_events "
                      "WHERE tenant_id = $1 AND panel_id = $2",
+    /* $10: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
     [Q_CHECKPOINT_PUT] =
-        "INSERT INTO checkpoints (" CHECKPOINT_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-        "$9) ON CONFLICT (tenant_id, panel_id) DO UPDATE SET step = excluded.step, "
+        "INSERT INTO checkpoints (" CHECKPOINT_COLS ") SELECT $1::uuid, $2::uuid, $3::bigint, "
+        "$4::text, $5::json, $6::text, $7::json, $8::bigint, $9::bigint WHERE $10::text IS NULL "
+        "OR EXISTS (SELECT 1 FROM panels WHERE id = $2::uuid AND tenant_id = $1::uuid "
+        "AND lease_owner = $10::text) "
+        "ON CONFLICT (tenant_id, panel_id) DO UPDATE SET step = excluded.step, "
         "next_node = excluded.next_node, state = excluded.state, "
         "script_version = excluded.script_version, journal = excluded.journal, "
         "last_seq = excluded.last_seq, created_at = excluded.created_at",
@@ -199,7 +203,8 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_TRANSITION_REPORT] =
         "WITH u AS (UPDATE panels SET status = $1, result = COALESCE($2::json, result), "
         "error = COALESCE($3, error), updated_at = $4, " LEASE_ON_TRANSITION
-        "WHERE tenant_id = $5 AND id = $6 AND status = ANY($7::text[]) RETURNING 1) "
+        "WHERE tenant_id = $5 AND id = $6 AND status = ANY($7::text[]) "
+        "AND ($8::text IS NULL OR lease_owner = $8) RETURNING 1) "
         "SELECT (SELECT count(*) FROM u), "
         "EXISTS (SELECT 1 FROM panels WHERE tenant_id = $5 AND id = $6)",
 };
@@ -1516,10 +1521,12 @@ static ap_status pg_checkpoint_put(void *impl, const char *tenant_id, const stor
     num step = i64(c->step), last = i64(c->last_seq), at = i64(c->created_at);
     PGresult *r;
     ap_status rc =
-        query1(impl, tenant_id, Q_CHECKPOINT_PUT, 9,
+        query1(impl, tenant_id, Q_CHECKPOINT_PUT, 10,
                (const char *const[]){tenant_id, c->panel_id, step.s, c->next_node, c->state,
-                                     c->script_version, c->journal, last.s, at.s},
+                                     c->script_version, c->journal, last.s, at.s, c->owner},
                &r, err);
+    if (rc == AP_OK && strtol(PQcmdTuples(r), NULL, 10) == 0)
+        rc = ap_err_set(err, AP_CONFLICT, "the panel's lease is not this writer's");
     PQclear(r);
     if (rc == AP_NOTFOUND)
         ap_err_set(err, AP_NOTFOUND, "no such panel");
@@ -1744,9 +1751,9 @@ static bool batch_send(pgc *c, const char *tenant_id, const store_write *w, int6
         num step = i64(ck->step), last = i64(ck->last_seq), at = i64(ck->created_at);
         snprintf(name, sizeof name, "q%d", Q_CHECKPOINT_PUT);
         return PQsendQueryPrepared(
-                   c->conn, name, 9,
+                   c->conn, name, 10,
                    (const char *const[]){tenant_id, ck->panel_id, step.s, ck->next_node, ck->state,
-                                         ck->script_version, ck->journal, last.s, at.s},
+                                         ck->script_version, ck->journal, last.s, at.s, ck->owner},
                    NULL, NULL, 0) == 1;
     }
     case STORE_WRITE_TRANSITION: {
@@ -1755,9 +1762,9 @@ static bool batch_send(pgc *c, const char *tenant_id, const store_write *w, int6
         status_list(t->from, t->n_from, list);
         num at = i64(now);
         snprintf(name, sizeof name, "q%d", Q_TRANSITION_REPORT);
-        return PQsendQueryPrepared(c->conn, name, 7,
+        return PQsendQueryPrepared(c->conn, name, 8,
                                    (const char *const[]){t->to, t->result, t->error, at.s,
-                                                         tenant_id, t->panel_id, list},
+                                                         tenant_id, t->panel_id, list, t->owner},
                                    NULL, NULL, 0) == 1;
     }
     case STORE_WRITE_USAGE: {
@@ -1789,7 +1796,8 @@ static ap_status batch_result(pgc *c, PGresult *r, store_write *w, ap_err *err)
             ap_err_set(err, AP_NOTFOUND, "no such panel");
         else if (rc == AP_CONFLICT && w->kind == STORE_WRITE_USAGE)
             ap_err_set(err, AP_CONFLICT, "usage record %s already exists", w->u.usage.id);
-    } else if (w->kind == STORE_WRITE_EVENT) {
+    } else if (w->kind == STORE_WRITE_EVENT || w->kind == STORE_WRITE_CHECKPOINT) {
+        /* a replayed event; a checkpoint fenced off by another process's lease */
         if (strtol(PQcmdTuples(r), NULL, 10) == 0)
             w->result = AP_CONFLICT;
     } else if (w->kind == STORE_WRITE_TRANSITION) {

@@ -117,7 +117,8 @@ static const char *const sql_text[ST__COUNT] = {
                             "ELSE 0 END "
                             "WHERE tenant_id = ?5 AND id = ?6 "
                             "AND (status = ?7 OR status = ?8 OR status = ?9 OR status = ?10 "
-                            "OR status = ?11 OR status = ?12 OR status = ?13)",
+                            "OR status = ?11 OR status = ?12 OR status = ?13) "
+                            "AND (?14 IS NULL OR lease_owner = ?14)",
     [ST_PANEL_CLAIM] = "UPDATE panels SET status = 'running', lease_owner = ?1, "
                        "lease_expires_at = ?2, updated_at = ?3 WHERE tenant_id = ?4 AND id = ?5 "
                        "AND (status = ?6 OR status = ?7 OR status = ?8 OR status = ?9 "
@@ -147,8 +148,11 @@ static const char *const sql_text[ST__COUNT] = {
                             "('queued', 'running', 'awaiting_input')",
     [ST_EVENT_LAST] =
         "SELECT COALESCE(MAX(seq), 0) FROM panel_events WHERE tenant_id = ? AND panel_id = ?",
+    /* ?10: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
     [ST_CHECKPOINT_PUT] =
-        "INSERT INTO checkpoints (" CHECKPOINT_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "INSERT INTO checkpoints (" CHECKPOINT_COLS ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 "
+        "WHERE ?10 IS NULL OR EXISTS (SELECT 1 FROM panels WHERE id = ?2 AND tenant_id = ?1 "
+        "AND lease_owner = ?10) "
         "ON CONFLICT (tenant_id, panel_id) DO UPDATE SET step = excluded.step, "
         "next_node = excluded.next_node, state = excluded.state, "
         "script_version = excluded.script_version, journal = excluded.journal, "
@@ -1070,7 +1074,8 @@ static ap_status sq_panel_get(void *impl, const char *tenant_id, const char *id,
  * tenant's, AP_CONFLICT when its status is not in from[]. */
 static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
                                    const char *const *from, size_t n_from, const char *new_status,
-                                   const char *result, const char *error, int64_t now, ap_err *err)
+                                   const char *result, const char *error, const char *owner,
+                                   int64_t now, ap_err *err)
 {
     sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, ST_PANEL_TRANSITION, &st, err);
@@ -1086,6 +1091,7 @@ static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
          * cost a virtual table per call, an IN list a temporary b-tree of its values. */
         for (size_t i = 0; i < n_from && i < TRANSITION_FROM_MAX; i++)
             bind_text(st, 7 + (int)i, from[i]);
+        bind_text(st, 14, owner);
         rc = sq_done(q, st, err);
     }
     if (rc == AP_OK && sqlite3_changes(q->db) == 0) {
@@ -1112,7 +1118,8 @@ static ap_status sq_panel_transition(void *impl, const char *tenant_id, const ch
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_begin(q, err);
     if (rc == AP_OK)
-        rc = sq_transition_one(q, tenant_id, id, from, n_from, new_status, result, error, now, err);
+        rc = sq_transition_one(q, tenant_id, id, from, n_from, new_status, result, error, NULL, now,
+                               err);
     rc = sq_end(q, rc, err);
     pthread_mutex_unlock(&q->mu);
     return rc;
@@ -1424,10 +1431,13 @@ static ap_status sq_checkpoint_one(sq *q, const char *tenant_id, const store_che
         bind_text(st, 7, c->journal);
         sqlite3_bind_int64(st, 8, c->last_seq);
         sqlite3_bind_int64(st, 9, c->created_at);
+        bind_text(st, 10, c->owner);
         rc = sq_done(q, st, err);
         if (rc == AP_NOTFOUND)
             ap_err_set(err, AP_NOTFOUND, "no such panel");
     }
+    if (rc == AP_OK && sqlite3_changes(q->db) == 0)
+        rc = ap_err_set(err, AP_CONFLICT, "the panel's lease is not this writer's");
     return rc;
 }
 
@@ -1744,10 +1754,14 @@ static ap_status sq_write_batch(void *impl, const char *tenant_id, store_write *
             break;
         case STORE_WRITE_CHECKPOINT:
             rc = sq_checkpoint_one(q, tenant_id, &w->u.checkpoint, err);
+            if (rc == AP_CONFLICT) { /* fenced: another process holds the panel now */
+                w->result = AP_CONFLICT;
+                rc = AP_OK;
+            }
             break;
         case STORE_WRITE_TRANSITION:
             rc = sq_transition_one(q, tenant_id, t->panel_id, t->from, t->n_from, t->to, t->result,
-                                   t->error, now, err);
+                                   t->error, t->owner, now, err);
             if (rc == AP_CONFLICT) {
                 w->result = AP_CONFLICT;
                 rc = AP_OK;

@@ -281,6 +281,10 @@ typedef struct store_checkpoint {
     char *journal;        /* JSON array of LLM results of the node in flight */
     int64_t last_seq;     /* events emitted up to this checkpoint */
     int64_t created_at;
+    /* Writes only: the lease holder writing it (borrowed). The store takes the checkpoint only
+     * while owner holds the panel's lease, so a process that lost a panel it had stalled on
+     * cannot set the new holder's checkpoint back; NULL writes unfenced. */
+    const char *owner;
 } store_checkpoint;
 
 void store_checkpoint_free(store_checkpoint *c);
@@ -372,6 +376,7 @@ typedef struct store_transition {
     const char *to;
     const char *result; /* may be NULL (left unchanged) */
     const char *error;  /* may be NULL (left unchanged) */
+    const char *owner;  /* only while this owner holds the lease (as store_checkpoint's) */
 } store_transition;
 
 typedef struct store_write {

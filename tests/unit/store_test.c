@@ -650,6 +650,46 @@ static void test_panel_leases(void **state)
     assert_string_equal(owner, "");
     IS(AP_CONFLICT, store_panel_claim(S, A, q.id, running, 1, o2, 60000, NULL, E));
 
+    /* Fencing: writes of a process that lost the panel (stalled past its lease) do not land,
+     * neither its checkpoint nor its status change; the holder's do. */
+    {
+        store_write w[2];
+        memset(w, 0, sizeof w);
+        w[0].kind = STORE_WRITE_CHECKPOINT;
+        memcpy(w[0].u.checkpoint.panel_id, p.id, STORE_ID_MAX);
+        w[0].u.checkpoint.step = 9;
+        w[0].u.checkpoint.next_node = "stale";
+        w[0].u.checkpoint.state = "{}";
+        w[0].u.checkpoint.journal = "[]";
+        w[0].u.checkpoint.owner = o1;
+        w[1].kind = STORE_WRITE_TRANSITION;
+        memcpy(w[1].u.transition.panel_id, p.id, STORE_ID_MAX);
+        w[1].u.transition.from = running;
+        w[1].u.transition.n_from = 1;
+        w[1].u.transition.to = "completed";
+        w[1].u.transition.owner = o1;
+        OK(store_write_batch_trusted(S, A, w, 2, E));
+        assert_int_equal(w[0].result, AP_CONFLICT);
+        assert_int_equal(w[1].result, AP_CONFLICT);
+        store_checkpoint ck = {0};
+        IS(AP_NOTFOUND, store_checkpoint_get(S, A, p.id, &ck, E));
+        store_panel g = {0};
+        OK(store_panel_get(S, A, p.id, &g, E));
+        assert_string_equal(g.status, "running");
+        store_panel_free(&g);
+        w[0].result = w[1].result = AP_OK;
+        w[0].u.checkpoint.owner = o3;
+        w[0].u.checkpoint.next_node = "fresh";
+        w[1].u.transition.to = "running"; /* keeps the lease for what follows */
+        w[1].u.transition.owner = o3;
+        OK(store_write_batch_trusted(S, A, w, 2, E));
+        assert_int_equal(w[0].result, AP_OK);
+        assert_int_equal(w[1].result, AP_OK);
+        OK(store_checkpoint_get(S, A, p.id, &ck, E));
+        assert_string_equal(ck.next_node, "fresh");
+        store_checkpoint_free(&ck);
+    }
+
     /* Release: every running panel of the owner becomes free at once, and stays running. */
     OK(store_panel_leases_release(S, o3, E));
     lease_of(A, p.id, owner, &until);
