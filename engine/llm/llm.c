@@ -328,6 +328,10 @@ void llm_call_delta(llm_call *call, const char *text, size_t len)
 
 void llm_call_finish(llm_call *call, const llm_response *r)
 {
-    call->cb.done(call->cb.ud, r);
+    /* The configured name the call was made on ("azure" of type openai), which usage rows and
+     * error messages report, not the provider's type. */
+    llm_response named = *r;
+    named.provider = call->inst->name;
+    call->cb.done(call->cb.ud, &named);
     free_call(call);
 }

@@ -37,7 +37,7 @@ typedef struct llm_response {
     const char *data_json; /* the validated JSON answer when a schema was given */
     int64_t prompt_tokens;
     int64_t completion_tokens;
-    const char *provider;
+    const char *provider; /* the configured name the call ran on (its type for a built-in) */
     const char *model;
     int attempts;
     int64_t latency_ms;

@@ -431,6 +431,7 @@ typedef struct sink {
     int64_t done_at;
     char text[4096];
     char data[4096]; /* "(null)" without data */
+    char provider[64];
 } sink;
 
 static void on_delta(void *ud, const char *text, size_t len)
@@ -449,6 +450,31 @@ static void on_done(void *ud, const llm_response *r)
     assert_int_equal(r->status, AP_OK);
     snprintf(s->text, sizeof s->text, "%s", r->text);
     snprintf(s->data, sizeof s->data, "%s", r->data_json != NULL ? r->data_json : "(null)");
+    snprintf(s->provider, sizeof s->provider, "%s", r->provider);
+}
+
+/* A call reports the configured provider it ran on, not its type: usage rows and errors name
+ * "mysim", the instance the panel chose. */
+static void test_response_names_the_configured_provider(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    llm_client *c = NULL;
+    ap_err err = {0};
+    cJSON *cfg = cJSON_Parse("{\"providers\":{\"mysim\":{\"type\":\"simulated\"}}}");
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    assert_int_equal(llm_client_new(loop, cfg, &c, &err), AP_OK);
+    sink got = {0};
+    llm_request req = {.expert_id = "e1", .prompt = "Go?", .seed = 1};
+    llm_callbacks cb = {on_delta, on_done, &got};
+    llm_call *call = NULL;
+    assert_int_equal(llm_submit(c, "mysim", &req, &cb, &call, &err), AP_OK);
+    while (got.done == 0)
+        llm_loop_run_once(loop, 100);
+    assert_string_equal(got.provider, "mysim");
+    llm_client_free(c);
+    llm_loop_free(loop);
+    cJSON_Delete(cfg);
 }
 
 /* The provider on the loop answers what llm_simulate answers, also when calls share a prompt
@@ -672,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_async_latency_stream_cancel),
         cmocka_unit_test(test_token_delay_streams_pieces),
         cmocka_unit_test(test_llm_config_is_checked),
+        cmocka_unit_test(test_response_names_the_configured_provider),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
