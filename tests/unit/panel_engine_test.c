@@ -642,10 +642,7 @@ static void test_input_after_restart(void **state)
     create(e, "human", NULL, id);
     panel_sub *sub = NULL;
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
-    free(wait_for(sub, "input.requested", 3000));
-    panel_engine_unsubscribe(e, sub);
+    free(run_to_end(e, id, "input.requested", 3000));
     panel_engine_stop(e);
     unlink(calls_path);
     e = start_engine(0);
@@ -1098,10 +1095,7 @@ static void test_input_reaches_another_engine(void **state)
     create(e1, "human", NULL, id);
     panel_sub *sub = NULL;
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e1, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e1, tenant, id, &err), AP_OK);
-    free(wait_for(sub, "input.requested", 3000));
-    panel_engine_unsubscribe(e1, sub);
+    free(run_to_end(e1, id, "input.requested", 3000));
     store_panel row = row_of(id);
     assert_string_equal(row.status, "awaiting_input");
     assert_null(row.lease_owner);
