@@ -36,6 +36,13 @@ void api_streams_stop(api_deps *d);
 /* The auth hook for http_server_start (app must be an api_deps *). */
 bool api_authenticate(http_request *req, unsigned flags, void *app);
 
+/* Whether key_id is still an active key of tenant: AP_OK when it is, AP_DENIED when it was
+ * revoked or is not one of the tenant's keys, else the store's error (in err). max_age_ms > 0
+ * accepts an "active" answer cached up to that long (a revocation is final, so it is never
+ * cached); 0 asks the store. */
+ap_status api_key_active(api_deps *d, const char *tenant, const char *key_id, int64_t max_age_ms,
+                         ap_err *err);
+
 /* Route handlers, grouped by resource. */
 void api_health(http_request *req, void *app);
 void api_ready(http_request *req, void *app);

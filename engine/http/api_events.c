@@ -6,7 +6,12 @@
  * subscriber that lags is switched back to replaying from the store. Durable frames carry
  * `id: <seq>`; token deltas do not. A heartbeat comment goes out after 15 s of silence. The
  * stream ends after the panel's final event. With Accept: application/json the stored events
- * are returned as a JSON page instead. */
+ * are returned as a JSON page instead.
+ *
+ * Access ends with the key: every KEY_CHECK_MS the stream's API key (the Bearer key, or the key
+ * that issued its stream token) is checked again, and once it is revoked the stream sends
+ * `event: stream.revoked` (data {"code":"key_revoked","message"}, no id) and ends. A client
+ * that reconnects is refused with 401, which stops EventSource. */
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/jsonx.h"
@@ -38,6 +43,12 @@
  * (a cancel sets the status at once): a stream on an ended panel whose replay has no final
  * event yet waits this long for it live. */
 #define FINAL_WAIT_MS 2000
+/* How often an open stream checks that its key is still active, and how long an "active"
+ * answer may be reused (by every stream of that key, so thousands of streams opened with one
+ * key cost a lookup per KEY_CACHE_MS, not one each): a revoked key's streams end within
+ * KEY_CHECK_MS + KEY_CACHE_MS + TICK_MS (6 s). */
+#define KEY_CHECK_MS 3000
+#define KEY_CACHE_MS 2000
 #define JSON_PAGE_MAX 1000
 #define JSON_PAGE_DEFAULT 500
 #define JSON_PAGE_BYTES (8 * 1024 * 1024) /* a JSON page of events stops growing here */
@@ -49,6 +60,7 @@ typedef struct event_stream {
     api_deps *deps;
     char tenant[IDS_UUID_LEN + 1];
     char panel[IDS_UUID_LEN + 1];
+    char key_id[sizeof((http_principal *)0)->key_id]; /* the API key the stream stands for */
     panel_sub *sub;
     buf pending; /* the retry line, heartbeats and replayed frames: sent before live frames */
     size_t sent;
@@ -63,6 +75,8 @@ typedef struct event_stream {
     bool ending;            /* everything went out: the next read ends the stream */
     atomic_llong end_at_ms; /* when the ticker wakes an ending stream; 0: not set, -1: woken */
     atomic_bool heartbeat_due;
+    atomic_bool key_check_due;
+    int64_t key_check_at_ms; /* the ticker's, under the list lock: when to set key_check_due */
     atomic_llong last_write_ms;
     _Atomic(http_stream *) st;
     struct event_stream *prev, *next;
@@ -216,12 +230,34 @@ static void wake_at(event_stream *es, int64_t at)
     pthread_mutex_unlock(&all->lock);
 }
 
-/* Queues what comes next once everything before it went out: a due heartbeat, replayed
- * frames, or the next live event. false when there is nothing to send now. */
+/* Whether the stream's key has been revoked. A store error keeps the stream until the next
+ * check: a store that is briefly unreachable must not cut every open stream. */
+static bool key_revoked(event_stream *es)
+{
+    ap_err err = {0};
+    ap_status rc = api_key_active(es->deps, es->tenant, es->key_id, KEY_CACHE_MS, &err);
+    if (rc != AP_OK && rc != AP_DENIED) {
+        log_fields f = {.tenant_id = es->tenant, .panel_id = es->panel};
+        log_msg(LOG_LEVEL_WARN, &f, "cannot check the stream's API key: %s", err.msg);
+    }
+    return rc == AP_DENIED;
+}
+
+/* Queues what comes next once everything before it went out: the notice that the key was
+ * revoked, a due heartbeat, replayed frames, or the next live event. false when there is
+ * nothing to send now. */
 static bool refill(event_stream *es)
 {
     buf_reset(&es->pending);
     es->sent = 0;
+    if (atomic_exchange(&es->key_check_due, false) && key_revoked(es)) {
+        es->finished = true;
+        if (sse_format(&es->pending, 0, "stream.revoked",
+                       "{\"code\":\"key_revoked\",\"message\":\"the API key of this stream "
+                       "has been revoked\"}") != AP_OK)
+            buf_reset(&es->pending); /* no room for the notice: the stream just ends */
+        return es->pending.len > 0;
+    }
     if (atomic_exchange(&es->heartbeat_due, false))
         buf_puts(&es->pending, ": heartbeat\n\n");
     while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
@@ -361,7 +397,9 @@ static void stream_done(void *ctx)
     free(es);
 }
 
-/* Heartbeats for silent streams (checked every TICK_MS) and the delayed end of finished ones. */
+/* Heartbeats for silent streams and key checks (both looked at every TICK_MS), and the delayed
+ * end of finished ones. The key check itself runs on the stream's own thread (refill), so a
+ * slow store never holds up the ticker. */
 static void *ticker(void *arg)
 {
     struct api_streams *all = arg;
@@ -386,10 +424,20 @@ static void *ticker(void *arg)
                 http_stream_wake(st);
             } else if (end > 0 && (next_end == 0 || end < next_end)) {
                 next_end = end;
-            } else if (end == 0 && now - atomic_load(&es->last_write_ms) >= HEARTBEAT_MS) {
-                atomic_store(&es->heartbeat_due, true);
-                atomic_store(&es->last_write_ms, now);
-                http_stream_wake(st);
+            } else if (end == 0) {
+                bool wake = false;
+                if (now - atomic_load(&es->last_write_ms) >= HEARTBEAT_MS) {
+                    atomic_store(&es->heartbeat_due, true);
+                    atomic_store(&es->last_write_ms, now);
+                    wake = true;
+                }
+                if (now >= es->key_check_at_ms) {
+                    atomic_store(&es->key_check_due, true);
+                    es->key_check_at_ms = now + KEY_CHECK_MS;
+                    wake = true;
+                }
+                if (wake)
+                    http_stream_wake(st);
             }
         }
         all->next_end_ms = next_end;
@@ -569,12 +617,16 @@ void api_panels_events(http_request *req, void *app)
     es->deps = d;
     memcpy(es->tenant, tenant, sizeof es->tenant);
     memcpy(es->panel, id, sizeof es->panel);
+    /* Every stream principal has a key: the operator key is refused on this route. */
+    memcpy(es->key_id, http_principal_of(req)->key_id, sizeof es->key_id);
+    es->key_check_at_ms = clock_mono_ms() + KEY_CHECK_MS;
     buf_init(&es->pending, PENDING_MAX);
     es->last_seq = after;
     es->replaying = true;
     es->final_panel = final;
     atomic_init(&es->end_at_ms, 0);
     atomic_init(&es->heartbeat_due, false);
+    atomic_init(&es->key_check_due, false);
     atomic_init(&es->last_write_ms, clock_mono_ms());
     atomic_init(&es->st, NULL);
     if (buf_puts(&es->pending, "retry: 2000\n\n") != AP_OK ||

@@ -574,13 +574,14 @@ bool api_panel_visible(http_request *req, api_deps *d, const char *id, bool *fin
 void api_panels_stream_token(http_request *req, void *app)
 {
     api_deps *d = app;
-    const char *tenant = http_principal_of(req)->tenant_id;
+    const http_principal *who = http_principal_of(req);
     char id[IDS_UUID_LEN + 1];
     if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id, NULL))
         return;
     char tok[TOKEN_MAX];
     int64_t exp;
-    if (token_issue(tenant, id, STREAM_TOKEN_TTL_MS, tok, &exp) != AP_OK) {
+    /* The token carries the key that asked for it: revoking the key ends the token. */
+    if (token_issue(who->tenant_id, id, who->key_id, STREAM_TOKEN_TTL_MS, tok, &exp) != AP_OK) {
         http_reply_error(req, 500, "internal", "cannot issue a token");
         return;
     }

@@ -2,7 +2,8 @@
  *
  * Tenant routes take `Authorization: Bearer <key>`; the key resolves to a tenant and a role.
  * `X-Tenant-ID`, when sent, must name the key's tenant. The operator key is accepted only on
- * operator routes and never stands in for a tenant. */
+ * operator routes and never stands in for a tenant. A stream token (?token=) stands for the key
+ * that asked for it, and only while that key is active. */
 #include "core/ids.h"
 #include "core/log.h"
 #include "http/api.h"
@@ -82,6 +83,27 @@ static bool within_rate(api_deps *d, http_request *req, const char *tenant)
     return false;
 }
 
+ap_status api_key_active(api_deps *d, const char *tenant, const char *key_id, int64_t max_age_ms,
+                         ap_err *err)
+{
+    char name[64];
+    snprintf(name, sizeof name, "key-active:%s", key_id);
+    char *cached = NULL;
+    size_t len = 0;
+    if (max_age_ms > 0 && d->cache != NULL &&
+        cache_get(d->cache, tenant, name, &cached, &len) == AP_OK) {
+        free(cached);
+        return AP_OK;
+    }
+    store_key key;
+    ap_status rc = store_key_get(d->store, tenant, key_id, &key, err);
+    if (rc == AP_NOTFOUND || (rc == AP_OK && key.revoked_at != 0))
+        return ap_err_set(err, AP_DENIED, "this API key has been revoked");
+    if (rc == AP_OK && max_age_ms > 0 && d->cache != NULL)
+        cache_set(d->cache, tenant, name, "1", 1, max_age_ms);
+    return rc;
+}
+
 bool api_authenticate(http_request *req, unsigned flags, void *app)
 {
     api_deps *d = app;
@@ -90,12 +112,25 @@ bool api_authenticate(http_request *req, unsigned flags, void *app)
     const char *stream_token = http_query(req, "token");
     if (token == NULL && stream_token != NULL && (flags & HTTP_STREAM_TOKEN)) {
         const char *given = http_param(req, "id");
-        char panel[IDS_UUID_LEN + 1], tenant[IDS_UUID_LEN + 1];
+        char panel[IDS_UUID_LEN + 1], tenant[IDS_UUID_LEN + 1], key_id[IDS_UUID_LEN + 1];
         /* The token names the id as the API wrote it; the path may spell it another way
          * the API accepts (upper case). */
         if (given == NULL || !ids_uuid_normalize(given, panel) ||
-            !token_verify(stream_token, panel, tenant)) {
+            !token_verify(stream_token, panel, tenant, key_id)) {
             deny(req, 401, "unauthenticated", "the stream token is invalid or has expired");
+            return false;
+        }
+        /* Asked of the store each time, not cached: a token opens a long stream, so this is
+         * one lookup per stream, and a revoked key's tokens stop at once. */
+        ap_err err = {0};
+        ap_status rc = api_key_active(d, tenant, key_id, 0, &err);
+        if (rc == AP_DENIED) {
+            deny(req, 401, "unauthenticated",
+                 "the API key that issued this stream token has been revoked");
+            return false;
+        }
+        if (rc != AP_OK) {
+            http_reply_ap_err(req, &err);
             return false;
         }
         if (!within_rate(d, req, tenant))
@@ -103,6 +138,7 @@ bool api_authenticate(http_request *req, unsigned flags, void *app)
         p->authenticated = true;
         p->role = STORE_ROLE_MEMBER;
         memcpy(p->tenant_id, tenant, sizeof tenant);
+        memcpy(p->key_id, key_id, sizeof key_id);
         return true;
     }
     if (token == NULL) {

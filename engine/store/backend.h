@@ -54,6 +54,8 @@ typedef struct store_ops {
     ap_status (*key_insert)(void *impl, const store_key *k, ap_err *err);
     /* Operator scope: the key row of a prefix, any tenant. */
     ap_status (*key_by_prefix)(void *impl, const char *prefix, store_key *out, ap_err *err);
+    ap_status (*key_get)(void *impl, const char *tenant_id, const char *key_id, store_key *out,
+                         ap_err *err);
     ap_status (*key_revoke)(void *impl, const char *key_id, int64_t now, ap_err *err);
 
     ap_status (*expert_insert)(void *impl, const store_expert *e, store_expert *out, ap_err *err);

@@ -22,6 +22,7 @@
 #define PG_CHECKOUT_TIMEOUT_S 30
 #define PG_EVENTS_SQL_MAX (64u * 1024u * 1024u)
 
+#define KEY_COLS "id, tenant_id, prefix, hash, role, created_at, COALESCE(revoked_at, 0)"
 #define EXPERT_COLS                                                                                \
     "id, tenant_id, name, role, expertise, persona, model, weight, created_at, updated_at"
 #define PANEL_COLS                                                                                 \
@@ -53,6 +54,7 @@ enum {
     Q_TENANT_SET_CONFIG,
     Q_KEY_INSERT,
     Q_KEY_LOOKUP,
+    Q_KEY_GET,
     Q_KEY_REVOKE,
     Q_EXPERT_INSERT,
     Q_EXPERT_GET,
@@ -104,8 +106,9 @@ static const char *const sql_text[Q__COUNT] = {
     [Q_TENANT_SET_CONFIG] = "UPDATE tenants SET config = $1 WHERE id = $2",
     [Q_KEY_INSERT] = "INSERT INTO api_keys (id, tenant_id, prefix, hash, role, created_at) "
                      "VALUES ($1, $2, $3, $4, $5, $6)",
-    [Q_KEY_LOOKUP] = "SELECT id, tenant_id, prefix, hash, role, created_at, "
-                     "COALESCE(revoked_at, 0) FROM askpanel_key_lookup($1)",
+    [Q_KEY_LOOKUP] = "SELECT " KEY_COLS " FROM askpanel_key_lookup($1)",
+    /* Tenant scope: row-level security (app.tenant_id) shows only the tenant's keys. */
+    [Q_KEY_GET] = "SELECT " KEY_COLS " FROM api_keys WHERE tenant_id = $1 AND id = $2",
     [Q_KEY_REVOKE] = "SELECT askpanel_key_revoke($1, $2)",
     [Q_EXPERT_INSERT] = "INSERT INTO experts (" EXPERT_COLS ") "
                         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING " EXPERT_COLS,
@@ -1029,23 +1032,45 @@ static ap_status pg_key_insert(void *impl, const store_key *k, ap_err *err)
     return rc;
 }
 
+/* Reads the one KEY_COLS row of r into out; tenant_id, when not NULL, is the tenant the row
+ * must belong to (layer 4). */
+static ap_status one_key(PGresult *r, const char *tenant_id, store_key *out, ap_err *err)
+{
+    if (PQntuples(r) == 0)
+        return ap_err_set(err, AP_NOTFOUND,
+                          tenant_id != NULL ? "no such API key" : "unknown API key");
+    if (tenant_id != NULL && !row_tenant_ok(r, 0, 1, tenant_id))
+        return store_row_denied(err);
+    memset(out, 0, sizeof *out);
+    id_col(r, 0, 0, out->id);
+    id_col(r, 0, 1, out->tenant_id);
+    snprintf(out->prefix, sizeof out->prefix, "%s", PQgetvalue(r, 0, 2));
+    snprintf(out->hash, sizeof out->hash, "%s", PQgetvalue(r, 0, 3));
+    if (!store_role_parse(val(r, 0, 4), &out->role))
+        return ap_err_set(err, AP_IO, "API key has an unknown role");
+    out->created_at = int_col(r, 0, 5);
+    out->revoked_at = int_col(r, 0, 6);
+    return AP_OK;
+}
+
 static ap_status pg_key_by_prefix(void *impl, const char *prefix, store_key *out, ap_err *err)
 {
     PGresult *r;
     ap_status rc = query1(impl, NULL, Q_KEY_LOOKUP, 1, (const char *const[]){prefix}, &r, err);
-    if (rc == AP_OK && PQntuples(r) == 0)
-        rc = ap_err_set(err, AP_NOTFOUND, "unknown API key");
-    if (rc == AP_OK) {
-        memset(out, 0, sizeof *out);
-        id_col(r, 0, 0, out->id);
-        id_col(r, 0, 1, out->tenant_id);
-        snprintf(out->prefix, sizeof out->prefix, "%s", PQgetvalue(r, 0, 2));
-        snprintf(out->hash, sizeof out->hash, "%s", PQgetvalue(r, 0, 3));
-        if (!store_role_parse(val(r, 0, 4), &out->role))
-            rc = ap_err_set(err, AP_IO, "API key has an unknown role");
-        out->created_at = int_col(r, 0, 5);
-        out->revoked_at = int_col(r, 0, 6);
-    }
+    if (rc == AP_OK)
+        rc = one_key(r, NULL, out, err);
+    PQclear(r);
+    return rc;
+}
+
+static ap_status pg_key_get(void *impl, const char *tenant_id, const char *key_id, store_key *out,
+                            ap_err *err)
+{
+    PGresult *r;
+    ap_status rc =
+        query1(impl, tenant_id, Q_KEY_GET, 2, (const char *const[]){tenant_id, key_id}, &r, err);
+    if (rc == AP_OK)
+        rc = one_key(r, tenant_id, out, err);
     PQclear(r);
     return rc;
 }
@@ -1897,6 +1922,7 @@ const store_ops store_pg_ops = {
     .tenant_set_config = pg_tenant_set_config,
     .key_insert = pg_key_insert,
     .key_by_prefix = pg_key_by_prefix,
+    .key_get = pg_key_get,
     .key_revoke = pg_key_revoke,
     .expert_insert = pg_expert_insert,
     .expert_get = pg_expert_get,

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define KEY_COLS "id, tenant_id, prefix, hash, role, created_at, COALESCE(revoked_at, 0)"
 #define EXPERT_COLS                                                                                \
     "id, tenant_id, name, role, expertise, persona, model, weight, created_at, updated_at"
 #define PANEL_COLS                                                                                 \
@@ -38,6 +39,7 @@ enum {
     ST_TENANT_SET_CONFIG,
     ST_KEY_INSERT,
     ST_KEY_BY_PREFIX,
+    ST_KEY_GET,
     ST_KEY_REVOKE,
     ST_EXPERT_INSERT,
     ST_EXPERT_GET,
@@ -91,8 +93,8 @@ static const char *const sql_text[ST__COUNT] = {
     [ST_TENANT_SET_CONFIG] = "UPDATE tenants SET config = ? WHERE id = ?",
     [ST_KEY_INSERT] = "INSERT INTO api_keys (id, tenant_id, prefix, hash, role, created_at) "
                       "VALUES (?, ?, ?, ?, ?, ?)",
-    [ST_KEY_BY_PREFIX] = "SELECT id, tenant_id, prefix, hash, role, created_at, "
-                         "COALESCE(revoked_at, 0) FROM api_keys WHERE prefix = ?",
+    [ST_KEY_BY_PREFIX] = "SELECT " KEY_COLS " FROM api_keys WHERE prefix = ?",
+    [ST_KEY_GET] = "SELECT " KEY_COLS " FROM api_keys WHERE tenant_id = ? AND id = ?",
     [ST_KEY_REVOKE] = "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
     [ST_EXPERT_INSERT] = "INSERT INTO experts (" EXPERT_COLS ") "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING " EXPERT_COLS,
@@ -753,16 +755,14 @@ static ap_status sq_key_insert(void *impl, const store_key *k, ap_err *err)
     return rc;
 }
 
-static ap_status sq_key_by_prefix(void *impl, const char *prefix, store_key *out, ap_err *err)
+/* Steps a statement returning one KEY_COLS row into out; tenant_id, when not NULL, is the
+ * tenant the row must belong to (layer 4). */
+static ap_status key_row(sq *q, sqlite3_stmt *st, const char *tenant_id, store_key *out,
+                         ap_err *err)
 {
-    sq *q = impl;
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
-    ap_status rc = sq_stmt(q, ST_KEY_BY_PREFIX, &st, err);
-    if (rc == AP_OK) {
-        bind_text(st, 1, prefix);
-        rc = sq_one(q, st, "unknown API key", err);
-    }
+    ap_status rc = sq_one(q, st, tenant_id != NULL ? "no such API key" : "unknown API key", err);
+    if (rc == AP_OK && tenant_id != NULL && !row_tenant_ok(st, 1, tenant_id))
+        rc = store_row_denied(err);
     if (rc == AP_OK) {
         memset(out, 0, sizeof *out);
         col_id(st, 0, out->id);
@@ -776,8 +776,36 @@ static ap_status sq_key_by_prefix(void *impl, const char *prefix, store_key *out
         out->created_at = sqlite3_column_int64(st, 5);
         out->revoked_at = sqlite3_column_int64(st, 6);
     }
-    if (st != NULL)
-        sqlite3_reset(st);
+    sqlite3_reset(st);
+    return rc;
+}
+
+static ap_status sq_key_by_prefix(void *impl, const char *prefix, store_key *out, ap_err *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_stmt(q, ST_KEY_BY_PREFIX, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, prefix);
+        rc = key_row(q, st, NULL, out, err);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+static ap_status sq_key_get(void *impl, const char *tenant_id, const char *key_id, store_key *out,
+                            ap_err *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&q->mu);
+    ap_status rc = sq_stmt(q, ST_KEY_GET, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, tenant_id);
+        bind_text(st, 2, key_id);
+        rc = key_row(q, st, tenant_id, out, err);
+    }
     pthread_mutex_unlock(&q->mu);
     return rc;
 }
@@ -1792,6 +1820,7 @@ const store_ops store_sqlite_ops = {
     .tenant_set_config = sq_tenant_set_config,
     .key_insert = sq_key_insert,
     .key_by_prefix = sq_key_by_prefix,
+    .key_get = sq_key_get,
     .key_revoke = sq_key_revoke,
     .expert_insert = sq_expert_insert,
     .expert_get = sq_expert_get,

@@ -580,6 +580,18 @@ ap_status store_key_resolve(store *s, const char *plaintext, store_key *out, ap_
     return AP_OK;
 }
 
+ap_status store_key_get(store *s, const char *tenant_id, const char *key_id, store_key *out,
+                        ap_err *err)
+{
+    char tid[STORE_ID_MAX], kid[STORE_ID_MAX];
+    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
+    if (rc != AP_OK)
+        return rc;
+    if (key_id == NULL || !ids_uuid_normalize(key_id, kid))
+        return ap_err_set(err, AP_NOTFOUND, "no such API key");
+    return s->ops->key_get(s->impl, tid, kid, out, err);
+}
+
 ap_status store_key_revoke(store *s, const char *key_id, ap_err *err)
 {
     char kid[STORE_ID_MAX];

@@ -106,6 +106,12 @@ ap_status store_key_create(store *s, const char *tenant_id, store_role role, cha
  * for an unknown or wrong key, AP_DENIED for a revoked one. */
 ap_status store_key_resolve(store *s, const char *plaintext, store_key *out, ap_err *err);
 
+/* The tenant's key with id key_id, revoked or not (revoked_at says): what stream tokens and
+ * open event streams check their key against. AP_NOTFOUND when the tenant has no such key
+ * (another tenant's key included), AP_INVALID for a malformed tenant id. */
+ap_status store_key_get(store *s, const char *tenant_id, const char *key_id, store_key *out,
+                        ap_err *err);
+
 /* Revokes a key by id (operator scope; revoking twice is fine); AP_NOTFOUND if there is none. */
 ap_status store_key_revoke(store *s, const char *key_id, ap_err *err);
 

@@ -294,6 +294,49 @@ def test_stream_token_for_browsers(w):
 
 
 @for_each_backend()
+def test_revoking_a_key_ends_its_tokens_and_streams(w):
+    """A stream token stands for the key that asked for it: revoking the key (here as the
+    operator does, from another process) refuses its tokens at once and ends the streams open
+    with the key or its tokens within the re-check interval; another key's stream goes on."""
+    kid, key = key_create(w.admin, "alpha-health", "member")
+    _, keep = key_create(w.admin, "alpha-health", "member")
+    p = w.create(key=key, strategy="hybrid")  # waits for input: its streams stay open
+    assert w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=key).status == 202
+    wait_status(w.s, key, p["id"], ("awaiting_input",))
+    url = w.s.request("POST", "/v1/panels/%s/stream-token" % p["id"], key=key).json()["url"]
+    kept_url = w.s.request("POST", "/v1/panels/%s/stream-token" % p["id"], key=keep).json()["url"]
+    page = {"Accept": "application/json"}
+    assert w.s.request("GET", url, headers=page).status == 200
+    # Less than a heartbeat's interval: a stream that does not end fails the read.
+    revoked = [SSEClient(w.s, url, timeout=12),
+               SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=key, timeout=12)]
+    kept = SSEClient(w.s, kept_url, timeout=30)
+    assert [c.status for c in revoked + [kept]] == [200] * 3
+    t0 = time.time()
+    w.admin.cli("key", "revoke", kid)
+    expect_error(w.s.request("GET", url, headers=page), 401, "unauthenticated")
+    expect_error(w.s.request("GET", url), 401, "unauthenticated")
+    for c in revoked:
+        frames = [f for f in c.frames() if f[1] is not None]  # until the stream ends
+        c.close()
+        assert frames and frames[-1][1] == "stream.revoked", frames[-3:]
+        assert frames[-1][0] is None and frames[-1][2]["code"] == "key_revoked", frames[-1]
+    assert time.time() - t0 < 10, time.time() - t0
+    # The other key's token and stream still work: the stream delivers what comes next.
+    assert w.s.request("GET", kept_url, headers=page).status == 200
+    r = w.s.request("POST", "/v1/panels/%s/input" % p["id"],
+                    {"input": {"text": "Go", "position": "approve", "confidence": 0.8}}, key=keep)
+    assert r.status == 202, r.body
+    for f in kept.frames():
+        assert f[1] != "stream.revoked", f
+        if f[1] == "input.received":
+            break
+    else:
+        raise AssertionError("the other key's stream ended")
+    kept.close()
+
+
+@for_each_backend()
 def test_hybrid_waits_for_input(w):
     p = w.create(strategy="hybrid")
     expect_error(w.s.request("POST", "/v1/panels/%s/input" % p["id"], {"text": "early"}, key=w.a), 409)
@@ -685,6 +728,7 @@ if __name__ == "__main__":
     tests = [test_create_get_list, test_create_validation, test_experts_by_id_and_inline,
              test_idempotency, test_isolation, test_execute_and_stream,
              test_live_stream_two_clients_and_reconnect, test_stream_token_for_browsers,
+             test_revoking_a_key_ends_its_tokens_and_streams,
              test_hybrid_waits_for_input, test_cancel, test_strategy_override,
              test_restart_resumes_without_gaps, test_usage_and_expert_counts,
              test_stream_after_past_the_end_ends]

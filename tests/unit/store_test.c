@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <libpq-fe.h>
 #include <sqlite3.h>
 
@@ -297,10 +298,31 @@ static void test_keys(void **state)
     IS(AP_NOTFOUND, store_key_create(S, "00000000-0000-4000-8000-000000000000", STORE_ROLE_ADMIN,
                                      wrong, sizeof wrong, NULL, E));
 
+    /* By id, within its tenant only (on PostgreSQL through row-level security). */
+    store_key g = {0};
+    OK(store_key_get(S, A, k.id, &g, E));
+    assert_string_equal(g.id, k.id);
+    assert_string_equal(g.tenant_id, A);
+    assert_string_equal(g.prefix, k.prefix);
+    assert_int_equal(g.role, STORE_ROLE_ADMIN);
+    assert_int_equal(g.revoked_at, 0);
+    char upper[STORE_ID_MAX];
+    for (size_t i = 0; i <= strlen(k.id); i++)
+        upper[i] = (char)toupper((unsigned char)k.id[i]);
+    OK(store_key_get(S, A, upper, &g, E));
+    IS(AP_NOTFOUND, store_key_get(S, B, k.id, &g, E));
+    IS(AP_NOTFOUND, store_key_get(S, A, "00000000-0000-4000-8000-000000000000", &g, E));
+    IS(AP_NOTFOUND, store_key_get(S, A, "bad", &g, E));
+    IS(AP_NOTFOUND, store_key_get(S, A, NULL, &g, E));
+    IS(AP_INVALID, store_key_get(S, "nope", k.id, &g, E));
+
     OK(store_key_revoke(S, k.id, E));
     OK(store_key_revoke(S, k.id, E)); /* revoking twice is harmless */
     IS(AP_DENIED, store_key_resolve(S, key, &r, E));
     OK(store_key_resolve(S, member, &r, E));
+    OK(store_key_get(S, A, k.id, &g, E)); /* still there, now revoked */
+    assert_true(g.revoked_at > 0);
+    IS(AP_NOTFOUND, store_key_get(S, B, k.id, &g, E));
     IS(AP_NOTFOUND, store_key_revoke(S, "00000000-0000-4000-8000-000000000000", E));
     IS(AP_INVALID, store_key_revoke(S, "bad", E));
 }
