@@ -478,6 +478,27 @@ static void staged_group(const staged_event *st, size_t n, uint16_t *next, bool 
  * of its panel under one lock and with at most one wake: with thousands of SSE streams on a
  * panel, a stream that drained its queue between two events of a batch would otherwise be
  * woken, and send, once per event. */
+/* Hands the run of events st[i], st[next[i]], ... (all of one panel) to that panel's
+ * subscribers. Called with e->smu held. */
+static void deliver_run(panel_engine *e, const staged_event *st, const uint16_t *next, size_t i)
+{
+    for (panel_sub *s = e->subs[st[i].hash % MAP_BUCKETS]; s != NULL; s = s->next) {
+        if (strcmp(s->panel_id, st[i].panel_id) != 0)
+            continue;
+        bool wake = false;
+        pthread_mutex_lock(&s->mu);
+        for (size_t k = i; k != STAGED_END; k = next[k])
+            wake |= sub_push(s, &st[k]);
+        /* a waiting consumer waits for an empty queue to fill or to lag: only a push that did
+         * either can have one to wake */
+        if (wake)
+            pthread_cond_signal(&s->cond);
+        pthread_mutex_unlock(&s->mu);
+        if (s->notify != NULL && wake)
+            s->notify(s->ud);
+    }
+}
+
 static void publish_flush(panel_engine *e)
 {
     staged_event *st = e->staged;
@@ -486,25 +507,9 @@ static void publish_flush(panel_engine *e)
     bool head[STAGED_MAX];
     staged_group(st, n, next, head);
     pthread_mutex_lock(&e->smu);
-    for (size_t i = 0; i < n; i++) {
-        if (!head[i])
-            continue;
-        for (panel_sub *s = e->subs[st[i].hash % MAP_BUCKETS]; s != NULL; s = s->next) {
-            if (strcmp(s->panel_id, st[i].panel_id) != 0)
-                continue;
-            bool wake = false;
-            pthread_mutex_lock(&s->mu);
-            for (size_t k = i; k != STAGED_END; k = next[k])
-                wake |= sub_push(s, &st[k]);
-            /* a waiting consumer waits for an empty queue to fill or to lag: only a push that
-             * did either can have one to wake */
-            if (wake)
-                pthread_cond_signal(&s->cond);
-            pthread_mutex_unlock(&s->mu);
-            if (s->notify != NULL && wake)
-                s->notify(s->ud);
-        }
-    }
+    for (size_t i = 0; i < n; i++)
+        if (head[i])
+            deliver_run(e, st, next, i);
     pthread_mutex_unlock(&e->smu);
     for (size_t i = 0; i < n; i++)
         shared_event_unref(st[i].sh); /* the stage's own reference */
@@ -2925,6 +2930,23 @@ ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
     return AP_OK;
 }
 
+/* Hands a stored event that did not go through the writer (a cancel of a panel no runner
+ * holds) to the panel's subscribers here, whose streams would otherwise wait on for it. */
+static void publish_now(panel_engine *e, const store_event *ev)
+{
+    staged_event st = {.panel_id = ev->panel_id,
+                       .hash = bucket_hash(ev->panel_id),
+                       .seq = ev->seq,
+                       .sh = shared_event_new(ev->type, ev->data, strlen(ev->data))};
+    if (st.sh == NULL)
+        return;
+    static const uint16_t end = STAGED_END;
+    pthread_mutex_lock(&e->smu);
+    deliver_run(e, &st, &end, 0);
+    pthread_mutex_unlock(&e->smu);
+    shared_event_unref(st.sh);
+}
+
 ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
                               ap_err *err)
 {
@@ -2963,6 +2985,8 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
         ap_err one = {0};
         if (store_events_append(e->st, tenant_id, &ev, 1, &one) != AP_OK)
             log_warn("cancel of %s: event not stored: %s", panel_id, one.msg);
+        else
+            publish_now(e, &ev);
     }
     return AP_OK;
 }

@@ -528,6 +528,15 @@ static void test_deleted_override_falls_back(void **state)
     script_entry_free(&en);
 }
 
+/* The state a node starts from comes back from its checkpoint on a resume: its numbers must
+ * read back as the same doubles (0.1 + 0.2 printed in 15 digits reads back as 0.3). */
+static const char human_lua[] = "return { name = 'human', start = 'pre', nodes = {\n"
+                                "  pre = function(ctx) ctx.state.x = 0.1 + 0.2 return 'a' end,\n"
+                                "  a = function(ctx) local r = ctx:ask(ctx.experts[1], 'first')\n"
+                                "    local input = ctx:await_input({ prompt = 'Approve?' })\n"
+                                "    return ctx:done({ said = input.text, pos = input.position,\n"
+                                "      exact = ctx.state.x == 0.1 + 0.2 }) end } }\n";
+
 static void test_cancel_aborts_at_once(void **state)
 {
     (void)state;
@@ -555,16 +564,21 @@ static void test_cancel_aborts_at_once(void **state)
     store_panel_free(&row);
     assert_int_equal(panel_engine_active(e = start_engine(0)), 0);
     panel_engine_stop(e);
+    /* A panel waiting for input is held by no runner: its cancel is stored directly, and its
+     * subscribers (open streams) get the event all the same, so they end. */
+    write_file("human.lua", human_lua);
+    e = start_engine(0);
+    create(e, "human", NULL, id);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "input.requested", 3000));
+    assert_int_equal(panel_engine_cancel(e, tenant, id, &err), AP_OK);
+    st_data = wait_for(sub, "panel.status", 1000);
+    assert_non_null(strstr(st_data, "cancelled"));
+    free(st_data);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
 }
-
-/* The state a node starts from comes back from its checkpoint on a resume: its numbers must
- * read back as the same doubles (0.1 + 0.2 printed in 15 digits reads back as 0.3). */
-static const char human_lua[] = "return { name = 'human', start = 'pre', nodes = {\n"
-                                "  pre = function(ctx) ctx.state.x = 0.1 + 0.2 return 'a' end,\n"
-                                "  a = function(ctx) local r = ctx:ask(ctx.experts[1], 'first')\n"
-                                "    local input = ctx:await_input({ prompt = 'Approve?' })\n"
-                                "    return ctx:done({ said = input.text, pos = input.position,\n"
-                                "      exact = ctx.state.x == 0.1 + 0.2 }) end } }\n";
 
 static void test_human_input(void **state)
 {
