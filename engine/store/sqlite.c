@@ -1100,6 +1100,21 @@ static ap_status sq_panel_get(void *impl, const char *tenant_id, const char *id,
 
 /* Runs one transition inside the caller's transaction: AP_NOTFOUND when the panel is not the
  * tenant's, AP_CONFLICT when its status is not in from[]. */
+/* AP_OK when the tenant has the panel, AP_NOTFOUND otherwise: tells a conditional update that
+ * changed nothing apart from one that found no panel. */
+static ap_status sq_panel_exists(sq *q, const char *tenant_id, const char *id, ap_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    ap_status rc = sq_stmt(q, ST_PANEL_EXISTS, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, tenant_id);
+        bind_text(st, 2, id);
+        rc = sq_one(q, st, "no such panel", err);
+        sqlite3_reset(st);
+    }
+    return rc;
+}
+
 static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
                                    const char *const *from, size_t n_from, const char *new_status,
                                    const char *result, const char *error, const char *owner,
@@ -1122,18 +1137,9 @@ static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
         bind_text(st, 14, owner);
         rc = sq_done(q, st, err);
     }
-    if (rc == AP_OK && sqlite3_changes(q->db) == 0) {
-        rc = sq_stmt(q, ST_PANEL_EXISTS, &st, err);
-        if (rc == AP_OK) {
-            bind_text(st, 1, tenant_id);
-            bind_text(st, 2, id);
-            rc = sq_one(q, st, "no such panel", err);
-            sqlite3_reset(st);
-        }
-        if (rc == AP_OK)
-            rc = ap_err_set(err, AP_CONFLICT, "panel is not in a status that allows '%s'",
-                            new_status);
-    }
+    if (rc == AP_OK && sqlite3_changes(q->db) == 0 &&
+        (rc = sq_panel_exists(q, tenant_id, id, err)) == AP_OK)
+        rc = ap_err_set(err, AP_CONFLICT, "panel is not in a status that allows '%s'", new_status);
     return rc;
 }
 
@@ -1175,19 +1181,11 @@ static ap_status sq_panel_claim(void *impl, const char *tenant_id, const char *i
         bind_text(st, 13, takeover);
         rc = sq_done(q, st, err);
     }
-    if (rc == AP_OK && sqlite3_changes(q->db) == 0) {
-        rc = sq_stmt(q, ST_PANEL_EXISTS, &st, err);
-        if (rc == AP_OK) {
-            bind_text(st, 1, tenant_id);
-            bind_text(st, 2, id);
-            rc = sq_one(q, st, "no such panel", err);
-            sqlite3_reset(st);
-        }
-        if (rc == AP_OK)
-            rc = ap_err_set(err, AP_CONFLICT,
-                            "the panel's status or another process's lease does not allow it "
-                            "to start here");
-    }
+    if (rc == AP_OK && sqlite3_changes(q->db) == 0 &&
+        (rc = sq_panel_exists(q, tenant_id, id, err)) == AP_OK)
+        rc = ap_err_set(err, AP_CONFLICT,
+                        "the panel's status or another process's lease does not allow it to "
+                        "start here");
     rc = sq_end(q, rc, err);
     pthread_mutex_unlock(&q->mu);
     return rc;
