@@ -2370,10 +2370,22 @@ static void lease_renew(panel_engine *e)
             goto out;
         }
     }
-    for (size_t i = 0; i < n; i++)
-        if (!renewed[i] &&
-            post_cmd(e, seen[i].r, CMD_LOST, seen[i].ref.panel_id, seen[i].serial) != AP_OK)
+    for (size_t i = 0; i < n; i++) {
+        if (renewed[i])
+            continue;
+        /* Cancelled through another process, which left the event to this one (the panel's
+         * writer, whose seqs it would otherwise collide with); else taken over: nothing more
+         * is written for it here. */
+        store_panel row = {0};
+        ap_err err = {0};
+        bool cancelled = store_panel_get(e->st, seen[i].ref.tenant_id, seen[i].ref.panel_id, &row,
+                                         &err) == AP_OK &&
+                         strcmp(row.status, "cancelled") == 0 && row.lease_owner == NULL;
+        store_panel_free(&row);
+        if (post_cmd(e, seen[i].r, cancelled ? CMD_CANCEL : CMD_LOST, seen[i].ref.panel_id,
+                     seen[i].serial) != AP_OK)
             log_error("lease renewal: out of memory");
+    }
 out:
     free(renewed);
     free(refs);
@@ -2947,32 +2959,13 @@ static void publish_now(panel_engine *e, const store_event *ev)
     shared_event_unref(st.sh);
 }
 
-ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
-                              ap_err *err)
+#define CANCEL_WAIT_MS 2000
+
+/* Cancels the panel in the store, for a panel no process runs: the status and the event that
+ * says so, written here. */
+static ap_status cancel_in_store(panel_engine *e, const char *tenant_id, const char *panel_id,
+                                 ap_err *err)
 {
-    if (e->st != NULL) {
-        store_panel row = {0};
-        ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
-        bool final = rc == AP_OK &&
-                     (strcmp(row.status, "completed") == 0 || strcmp(row.status, "failed") == 0 ||
-                      strcmp(row.status, "cancelled") == 0);
-        store_panel_free(&row);
-        if (rc != AP_OK)
-            return rc;
-        if (final)
-            return ap_err_set(err, AP_CONFLICT, "the panel has already finished");
-    }
-    pthread_mutex_lock(&e->amu);
-    prun *p = active_find_locked(e, panel_id);
-    runner *r = p != NULL ? p->r : NULL;
-    pthread_mutex_unlock(&e->amu);
-    if (r != NULL)
-        return post_cmd(e, r, CMD_CANCEL, panel_id, 0) == AP_OK
-                   ? AP_OK
-                   : ap_err_set(err, AP_NOMEM, "out of memory");
-    if (e->st == NULL)
-        return ap_err_set(err, AP_NOTFOUND, "no such panel");
-    /* Not active here: cancel it in the store directly. */
     ap_status rc = store_panel_transition(e->st, tenant_id, panel_id, live_statuses, 4, "cancelled",
                                           NULL, NULL, err);
     if (rc != AP_OK)
@@ -2989,6 +2982,56 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
             publish_now(e, &ev);
     }
     return AP_OK;
+}
+
+/* A panel is cancelled by whoever runs it, which writes the event with its own next seq: its
+ * runner here, or, for a panel another live process holds, that process, which finds the
+ * status changed when it renews its leases. Only a panel nobody runs (waiting for input,
+ * created, or held by a process that is gone) is cancelled in the store directly. A panel this
+ * process has just claimed (an input, a resume) but not yet started is waited for. */
+ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              ap_err *err)
+{
+    int64_t deadline = clock_mono_ms() + CANCEL_WAIT_MS;
+    for (;;) {
+        store_panel row = {0};
+        if (e->st != NULL) {
+            ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
+            if (rc != AP_OK)
+                return rc;
+            if (strcmp(row.status, "completed") == 0 || strcmp(row.status, "failed") == 0 ||
+                strcmp(row.status, "cancelled") == 0) {
+                store_panel_free(&row);
+                return ap_err_set(err, AP_CONFLICT, "the panel has already finished");
+            }
+        }
+        pthread_mutex_lock(&e->amu);
+        prun *p = active_find_locked(e, panel_id);
+        runner *r = p != NULL ? p->r : NULL;
+        pthread_mutex_unlock(&e->amu);
+        if (r != NULL) {
+            store_panel_free(&row);
+            return post_cmd(e, r, CMD_CANCEL, panel_id, 0) == AP_OK
+                       ? AP_OK
+                       : ap_err_set(err, AP_NOMEM, "out of memory");
+        }
+        if (e->st == NULL)
+            return ap_err_set(err, AP_NOTFOUND, "no such panel");
+        bool running = strcmp(row.status, "running") == 0 && row.lease_owner != NULL;
+        bool ours = running && strcmp(row.lease_owner, e->owner) == 0;
+        const char *takeover = NULL;
+        bool elsewhere = running && !ours && !lease_claimable(e, &row, &takeover);
+        store_panel_free(&row);
+        if (ours && clock_mono_ms() < deadline) {
+            usleep(2000); /* claimed here a moment ago: it is about to start */
+            continue;
+        }
+        if (!elsewhere)
+            return cancel_in_store(e, tenant_id, panel_id, err);
+        static const char *const running_only[] = {"running"};
+        return store_panel_transition(e->st, tenant_id, panel_id, running_only, 1, "cancelled",
+                                      NULL, NULL, err);
+    }
 }
 
 #define INPUT_SUB_QUEUE 256

@@ -1096,6 +1096,49 @@ static void test_lease_renewal_and_loss(void **state)
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
+/* A cancel sent to a process that does not run the panel leaves the writing to the one that
+ * does (it finds the status changed when it renews its lease): one cancel event, at the end
+ * of a gapless log, where the canceller's own event took a seq of the runner's and the runner
+ * went on to finish the panel under a "cancelled" row. */
+static void test_cancel_through_another_engine(void **state)
+{
+    (void)state;
+    ap_err err = {0};
+    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "1000", "test", &err), AP_OK);
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *runs = start_engine(700);
+    panel_engine *other = start_engine(700);
+    char id[STORE_ID_MAX];
+    create(runs, "fanout", "{\"rounds\":3}", id);
+    panel_sub *sub = NULL;
+    assert_int_equal(panel_engine_subscribe(runs, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(runs, tenant, id, &err), AP_OK);
+    for (int i = 0; i < 5; i++)
+        free(wait_for(sub, "expert.message", 3000));
+    assert_int_equal(panel_engine_cancel(other, tenant, id, &err), AP_OK);
+    char *st_data = wait_for(sub, "panel.status", 3000);
+    assert_non_null(strstr(st_data, "cancelled"));
+    free(st_data);
+    panel_engine_unsubscribe(runs, sub);
+    panel_engine_stop(other);
+    panel_engine_stop(runs);
+    store_event *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    int cancels = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(rows[i].seq, (int64_t)i + 1);
+        cancels += strstr(rows[i].data, "cancelled") != NULL;
+    }
+    assert_int_equal(cancels, 1);
+    assert_non_null(strstr(rows[n - 1].data, "cancelled"));
+    store_events_free(rows, n);
+    store_panel row = row_of(id);
+    assert_string_equal(row.status, "cancelled");
+    store_panel_free(&row);
+    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
+}
+
 /* A panel waiting for input is held by no process: the answer may reach another live engine,
  * which resumes it from its checkpoint without paying its turn again. */
 static void test_input_reaches_another_engine(void **state)
@@ -1297,6 +1340,7 @@ int main(void)
         cmocka_unit_test(test_lease_keeps_a_second_engine_out),
         cmocka_unit_test(test_lease_takeover),
         cmocka_unit_test(test_lease_renewal_and_loss),
+        cmocka_unit_test(test_cancel_through_another_engine),
         cmocka_unit_test(test_input_reaches_another_engine),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
