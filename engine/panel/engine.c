@@ -584,10 +584,11 @@ static bool store_transient(ap_status rc)
 static ap_status write_durably(panel_engine *e, const char *tenant_id, store_write *ws, size_t n,
                                ap_err *err)
 {
-    int64_t waited = 0, pause = STORE_RETRY_FIRST_MS;
+    int64_t since = clock_mono_ms(), waited = 0, pause = STORE_RETRY_FIRST_MS;
     bool warned = false;
     for (;;) {
         ap_status rc = store_write_batch_trusted(e->st, tenant_id, ws, n, err);
+        waited = clock_mono_ms() - since; /* the store's own busy waits included */
         pthread_mutex_lock(&e->wmu);
         bool stopping = e->wstop;
         pthread_mutex_unlock(&e->wmu);
@@ -605,7 +606,6 @@ static ap_status write_durably(panel_engine *e, const char *tenant_id, store_wri
                     err->msg, n);
         warned = true;
         usleep((useconds_t)pause * 1000);
-        waited += pause;
         pause = pause * 2 < STORE_RETRY_MAX_MS ? pause * 2 : STORE_RETRY_MAX_MS;
     }
 }
@@ -3053,7 +3053,8 @@ static void wait_input_durable(panel_sub *sub)
             break;
         bool settled =
             strcmp(ev.type, "input.received") == 0 || strcmp(ev.type, "panel.completed") == 0 ||
-            strcmp(ev.type, "panel.failed") == 0 || strcmp(ev.type, "input.requested") == 0;
+            strcmp(ev.type, "panel.failed") == 0 || strcmp(ev.type, "input.requested") == 0 ||
+            (strcmp(ev.type, "panel.status") == 0 && strstr(ev.data, "\"cancelled\"") != NULL);
         panel_event_clear(&ev);
         if (settled)
             return;
