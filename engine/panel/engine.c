@@ -41,11 +41,15 @@ typedef enum wkind { W_EVENT = 1, W_DELTA, W_CKPT, W_TRANS, W_USAGE, W_SCRIPT } 
 
 typedef struct witem {
     wkind kind;
-    bool glued; /* commits in the same transaction as the item after it */
+    bool glued;  /* commits in the same transaction as the item after it */
+    bool fenced; /* an event the store refused: its panel's lease is another process's */
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
     size_t hash; /* bucket_hash(panel_id), hashed once per panel rather than per item */
+    /* The engine's lease owner id: the store takes a panel's events, checkpoints and status
+     * changes only from the holder of its lease. */
+    const char *owner;
     /* The fields of the item's kind only: an item is as large as its largest kind, not as all
      * of them together (a hundred items per panel cross from the runners to the writer). */
     union {
@@ -68,7 +72,6 @@ typedef struct witem {
             size_t nfrom;
             const char *to;
             char *result, *error;
-            const char *owner; /* the engine's lease owner id */
         };
         /* W_USAGE */
         store_usage usage;
@@ -499,6 +502,23 @@ static void deliver_run(panel_engine *e, const staged_event *st, const uint16_t 
     }
 }
 
+/* Hands a stored event that did not go through the writer (a cancel of a panel no runner
+ * holds) to the panel's subscribers here, whose streams would otherwise wait on for it. */
+static void publish_now(panel_engine *e, const store_event *ev)
+{
+    staged_event st = {.panel_id = ev->panel_id,
+                       .hash = bucket_hash(ev->panel_id),
+                       .seq = ev->seq,
+                       .sh = shared_event_new(ev->type, ev->data, strlen(ev->data))};
+    if (st.sh == NULL)
+        return;
+    static const uint16_t end = STAGED_END;
+    pthread_mutex_lock(&e->smu);
+    deliver_run(e, &st, &end, 0);
+    pthread_mutex_unlock(&e->smu);
+    shared_event_unref(st.sh);
+}
+
 static void publish_flush(panel_engine *e)
 {
     staged_event *st = e->staged;
@@ -542,9 +562,11 @@ static void store_write_of(const witem *w, store_write *out)
         out->u.event.seq = w->seq;
         out->u.event.type = w->type;
         out->u.event.data = w->data;
+        out->u.event.owner = w->owner;
     } else if (w->kind == W_CKPT) {
         out->kind = STORE_WRITE_CHECKPOINT;
         out->u.checkpoint = w->ck;
+        out->u.checkpoint.owner = w->owner;
     } else if (w->kind == W_TRANS) {
         out->kind = STORE_WRITE_TRANSITION;
         memcpy(out->u.transition.panel_id, w->panel_id, sizeof out->u.transition.panel_id);
@@ -620,6 +642,7 @@ static void commit_one_by_one(panel_engine *e, witem **items, size_t n)
         store_write_of(w, &one);
         ap_err err = {0};
         ap_status rc = write_durably(e, w->tenant_id, &one, 1, &err);
+        items[i]->fenced = rc == AP_OK && one.result == AP_DENIED;
         if (rc == AP_OK && one.result == AP_CONFLICT && w->kind == W_TRANS)
             log_skipped_transition(w);
         else if (rc != AP_OK)
@@ -651,9 +674,11 @@ static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write 
         commit_one_by_one(e, items, n);
         return;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        items[i]->fenced = ws[i].result == AP_DENIED;
         if (ws[i].result == AP_CONFLICT && items[i]->kind == W_TRANS)
             log_skipped_transition(items[i]);
+    }
 }
 
 _Static_assert(WRITER_BATCH + GROUP_MAX <= STORE_WRITE_MAX,
@@ -847,7 +872,7 @@ static void publish_batch(panel_engine *e, witem *list)
             }
             continue;
         }
-        if (w->kind != W_EVENT)
+        if (w->kind != W_EVENT || w->fenced) /* a fenced event is not the panel's: not shown */
             continue;
         delta_flush(e, &json, acc, &n, w->panel_id);
         atomic_fetch_add(&w->sh->refs, 1); /* the stage's */
@@ -1145,6 +1170,7 @@ static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
     memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
     memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
     w->hash = p->hash;
+    w->owner = p->e->owner;
     return w;
 }
 
@@ -1235,7 +1261,6 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     w->to = to;
     w->result = dup_or_null(result);
     w->error = dup_or_null(error);
-    w->owner = p->e->owner;
     prun_push(p, w);
 }
 
@@ -1317,7 +1342,6 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
         return;
     memcpy(w->ck.panel_id, p->panel_id, sizeof w->ck.panel_id);
     w->ck.step = p->step;
-    w->ck.owner = p->e->owner;
     size_t used = 0;
     w->ck.next_node = next_node != NULL ? witem_text(w, &used, next_node, nl) : NULL;
     w->ck.script_version = witem_text(w, &used, p->script.version, vl);
@@ -1349,11 +1373,13 @@ static void prun_fail(prun *p, const char *msg)
     cJSON_AddStringToObject(d, "error", msg);
     char *data = jsonx_print(d);
     cJSON_Delete(d);
+    /* The events before the status change: it gives the lease up, and the store takes a
+     * panel's writes only from the lease's holder (the group commits as one in any order). */
     prun_group_begin(p);
-    prun_transition(p, live_statuses, 2, "failed", NULL, msg);
     prun_emit_status(p, "failed");
     if (data != NULL)
         prun_emit(p, "panel.failed", data, true, NULL);
+    prun_transition(p, live_statuses, 2, "failed", NULL, msg);
     prun_group_end(p);
     free(data);
     prun_release(p);
@@ -1368,17 +1394,18 @@ static void prun_complete(prun *p, const char *result)
     ap_err err = {0};
     if (script_panel_state_json(p->sp, &state, &err) != AP_OK)
         state = NULL;
+    /* the checkpoint and events before the status change, which gives the lease up (see
+     * prun_fail) */
     prun_group_begin(p);
-    /* the checkpoint before the status change, which gives the lease up (see prun_checkpoint) */
     prun_checkpoint(p, NULL, state != NULL ? state : p->node_state,
                     p->next_seq - 1 + (data != NULL ? 2 : 1)); /* with the two events below */
-    prun_transition(p, live_statuses, 1, "completed", res, NULL);
     prun_emit_status(p, "completed");
     if (data != NULL) {
         snprintf(data, cap, "{\"result\":%s}", res);
         prun_emit(p, "panel.completed", data, true, NULL);
     }
     free(data);
+    prun_transition(p, live_statuses, 1, "completed", res, NULL);
     prun_group_end(p);
     free(state);
     prun_release(p);
@@ -2039,16 +2066,17 @@ static void handle_step(prun *p, script_step *step)
         /* Only a real wait changes the status; it lands before the event is published, so a
          * client reacting to the event can answer at once. A replayed or already given input
          * still emits the request (suppressed when stored) so seqs stay aligned. */
+        bool waits = old == NULL && in == NULL;
+        /* the checkpoint and events before the status change, which gives the lease up (see
+         * prun_fail) */
         prun_group_begin(p);
-        if (old == NULL && in == NULL) {
-            /* the checkpoint first: the store takes it only from the lease's holder, and the
-             * status change gives the lease up */
+        if (waits)
             prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
-            prun_transition(p, live_statuses, 1, "awaiting_input", NULL, NULL);
-        }
         prun_emit_status(p, "awaiting_input");
         prun_emit(p, "input.requested", data, true, NULL);
         free(data);
+        if (waits)
+            prun_transition(p, live_statuses, 1, "awaiting_input", NULL, NULL);
         if (old != NULL || in != NULL) {
             prun_group_end(p);
             deliver_input(p, in != NULL ? in : "{}", old != NULL);
@@ -2175,8 +2203,10 @@ static void run_cmd(llm_loop *loop, void *ud)
     pthread_mutex_unlock(&e->amu);
     if (p != NULL && p->r == c->r) {
         if (c->kind == CMD_CANCEL) {
-            prun_transition(p, live_statuses, 4, "cancelled", NULL, NULL);
+            prun_group_begin(p); /* the event first (see prun_fail) */
             prun_emit_status(p, "cancelled");
+            prun_transition(p, live_statuses, 4, "cancelled", NULL, NULL);
+            prun_group_end(p);
             prun_release(p);
         } else if (c->kind == CMD_LOST && p->serial == c->serial) {
             /* Nothing is written for it: the store's panel belongs to whoever holds it now. */
@@ -2345,6 +2375,28 @@ static lease_seen *lease_snapshot(panel_engine *e, size_t *n)
     return seen;
 }
 
+/* Hands a panel's stored last event to its subscribers here when it ended the panel (a cancel
+ * through another process): they saw the events of this process's runner, not that one, and
+ * would wait on. */
+static void publish_stored_end(panel_engine *e, const store_panel_ref *ref)
+{
+    int64_t last = 0;
+    store_event *rows = NULL;
+    size_t n = 0;
+    ap_err err = {0};
+    if (store_events_last_seq(e->st, ref->tenant_id, ref->panel_id, &last, &err) != AP_OK ||
+        last < 1 ||
+        store_events_list(e->st, ref->tenant_id, ref->panel_id, last - 1, 1, &rows, &n, &err) !=
+            AP_OK)
+        return;
+    if (n == 1 && (strcmp(rows[0].type, "panel.completed") == 0 ||
+                   strcmp(rows[0].type, "panel.failed") == 0 ||
+                   (strcmp(rows[0].type, "panel.status") == 0 &&
+                    strstr(rows[0].data, "\"cancelled\"") != NULL)))
+        publish_now(e, &rows[0]);
+    store_events_free(rows, n);
+}
+
 /* Renews the leases of the panels active here, STORE_WRITE_MAX at a time; a panel whose lease
  * was not renewed (it left running elsewhere, or another process claimed it after its lease
  * ran out) is stopped here. */
@@ -2373,18 +2425,9 @@ static void lease_renew(panel_engine *e)
     for (size_t i = 0; i < n; i++) {
         if (renewed[i])
             continue;
-        /* Cancelled through another process, which left the event to this one (the panel's
-         * writer, whose seqs it would otherwise collide with); else taken over: nothing more
-         * is written for it here. */
-        store_panel row = {0};
-        ap_err err = {0};
-        bool cancelled = store_panel_get(e->st, seen[i].ref.tenant_id, seen[i].ref.panel_id, &row,
-                                         &err) == AP_OK &&
-                         strcmp(row.status, "cancelled") == 0 && row.lease_owner == NULL;
-        store_panel_free(&row);
-        if (post_cmd(e, seen[i].r, cancelled ? CMD_CANCEL : CMD_LOST, seen[i].ref.panel_id,
-                     seen[i].serial) != AP_OK)
+        if (post_cmd(e, seen[i].r, CMD_LOST, seen[i].ref.panel_id, seen[i].serial) != AP_OK)
             log_error("lease renewal: out of memory");
+        publish_stored_end(e, &seen[i].ref);
     }
 out:
     free(renewed);
@@ -2942,27 +2985,14 @@ ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
     return AP_OK;
 }
 
-/* Hands a stored event that did not go through the writer (a cancel of a panel no runner
- * holds) to the panel's subscribers here, whose streams would otherwise wait on for it. */
-static void publish_now(panel_engine *e, const store_event *ev)
-{
-    staged_event st = {.panel_id = ev->panel_id,
-                       .hash = bucket_hash(ev->panel_id),
-                       .seq = ev->seq,
-                       .sh = shared_event_new(ev->type, ev->data, strlen(ev->data))};
-    if (st.sh == NULL)
-        return;
-    static const uint16_t end = STAGED_END;
-    pthread_mutex_lock(&e->smu);
-    deliver_run(e, &st, &end, 0);
-    pthread_mutex_unlock(&e->smu);
-    shared_event_unref(st.sh);
-}
-
 #define CANCEL_WAIT_MS 2000
 
-/* Cancels the panel in the store, for a panel no process runs: the status and the event that
- * says so, written here. */
+#define CANCEL_EVENT_TRIES 5
+
+/* Cancels a panel this process does not run, in the store: the status, then the event that
+ * says so after the panel's last. The status change takes the lease from whoever held it, so
+ * from then on the store refuses that process's writes (it stops at its next renewal); one of
+ * its events still committing meanwhile can take the seq, and the next one is tried. */
 static ap_status cancel_in_store(panel_engine *e, const char *tenant_id, const char *panel_id,
                                  ap_err *err)
 {
@@ -2970,25 +3000,26 @@ static ap_status cancel_in_store(panel_engine *e, const char *tenant_id, const c
                                           NULL, NULL, err);
     if (rc != AP_OK)
         return rc;
-    int64_t last = 0;
-    if (store_events_last_seq(e->st, tenant_id, panel_id, &last, err) == AP_OK) {
+    ap_err one = {0};
+    ap_status stored = AP_CONFLICT;
+    for (int i = 0; i < CANCEL_EVENT_TRIES && stored == AP_CONFLICT; i++) {
+        int64_t last = 0;
+        if ((stored = store_events_last_seq(e->st, tenant_id, panel_id, &last, &one)) != AP_OK)
+            break;
         store_event ev = {
             .seq = last + 1, .type = "panel.status", .data = "{\"status\":\"cancelled\"}"};
         snprintf(ev.panel_id, sizeof ev.panel_id, "%s", panel_id);
-        ap_err one = {0};
-        if (store_events_append(e->st, tenant_id, &ev, 1, &one) != AP_OK)
-            log_warn("cancel of %s: event not stored: %s", panel_id, one.msg);
-        else
+        if ((stored = store_events_append(e->st, tenant_id, &ev, 1, &one)) == AP_OK)
             publish_now(e, &ev);
     }
+    if (stored != AP_OK)
+        log_warn("cancel of %s: event not stored: %s", panel_id, one.msg);
     return AP_OK;
 }
 
-/* A panel is cancelled by whoever runs it, which writes the event with its own next seq: its
- * runner here, or, for a panel another live process holds, that process, which finds the
- * status changed when it renews its leases. Only a panel nobody runs (waiting for input,
- * created, or held by a process that is gone) is cancelled in the store directly. A panel this
- * process has just claimed (an input, a resume) but not yet started is waited for. */
+/* A panel this process runs is cancelled by its runner; any other in the store (see
+ * cancel_in_store), except one this process has just claimed (an input, a resume) and is
+ * about to start, which is waited for so that its runner does it. */
 ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
                               ap_err *err)
 {
@@ -3017,20 +3048,12 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
         }
         if (e->st == NULL)
             return ap_err_set(err, AP_NOTFOUND, "no such panel");
-        bool running = strcmp(row.status, "running") == 0 && row.lease_owner != NULL;
-        bool ours = running && strcmp(row.lease_owner, e->owner) == 0;
-        const char *takeover = NULL;
-        bool elsewhere = running && !ours && !lease_claimable(e, &row, &takeover);
+        bool ours = strcmp(row.status, "running") == 0 && row.lease_owner != NULL &&
+                    strcmp(row.lease_owner, e->owner) == 0;
         store_panel_free(&row);
-        if (ours && clock_mono_ms() < deadline) {
-            usleep(2000); /* claimed here a moment ago: it is about to start */
-            continue;
-        }
-        if (!elsewhere)
+        if (!ours || clock_mono_ms() >= deadline)
             return cancel_in_store(e, tenant_id, panel_id, err);
-        static const char *const running_only[] = {"running"};
-        return store_panel_transition(e->st, tenant_id, panel_id, running_only, 1, "cancelled",
-                                      NULL, NULL, err);
+        usleep(2000); /* claimed here a moment ago: it is about to start */
     }
 }
 

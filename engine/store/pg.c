@@ -198,9 +198,14 @@ static const char *const sql_text[Q__COUNT] = {
         "SELECT tenant_id, model, " USAGE_AGG "GROUP BY tenant_id, model ORDER BY model",
     [Q_USAGE_BY_DAY] = "SELECT tenant_id, (created_at / 86400000)::text, " USAGE_AGG
                        "GROUP BY tenant_id, created_at / 86400000 ORDER BY created_at / 86400000",
+    /* $7: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
     [Q_EVENT_INSERT_NEW] =
-        "INSERT INTO panel_events (tenant_id, panel_id, seq, type, data, created_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, panel_id, seq) DO NOTHING",
+        "WITH owned AS (SELECT $7::text IS NULL OR EXISTS (SELECT 1 FROM panels "
+        "WHERE id = $2::uuid AND tenant_id = $1::uuid AND lease_owner = $7::text) AS ok), "
+        "ins AS (INSERT INTO panel_events (tenant_id, panel_id, seq, type, data, created_at) "
+        "SELECT $1::uuid, $2::uuid, $3::bigint, $4::text, $5::json, $6::bigint "
+        "FROM owned WHERE owned.ok ON CONFLICT (tenant_id, panel_id, seq) DO NOTHING RETURNING 1) "
+        "SELECT (SELECT count(*) FROM ins), (SELECT ok FROM owned)",
     /* The transition and, from the statement's snapshot (before the update), whether the
      * panel exists at all: a batch needs no second round trip to tell the two failures apart. */
     [Q_TRANSITION_REPORT] =
@@ -1766,10 +1771,10 @@ static bool batch_send(pgc *c, const char *tenant_id, const store_write *w, int6
         const store_event *ev = &w->u.event;
         num seq = i64(ev->seq), at = i64(ev->created_at);
         snprintf(name, sizeof name, "q%d", Q_EVENT_INSERT_NEW);
-        return PQsendQueryPrepared(
-                   c->conn, name, 6,
-                   (const char *const[]){tenant_id, ev->panel_id, seq.s, ev->type, ev->data, at.s},
-                   NULL, NULL, 0) == 1;
+        return PQsendQueryPrepared(c->conn, name, 7,
+                                   (const char *const[]){tenant_id, ev->panel_id, seq.s, ev->type,
+                                                         ev->data, at.s, ev->owner},
+                                   NULL, NULL, 0) == 1;
     }
     case STORE_WRITE_CHECKPOINT: {
         const store_checkpoint *ck = &w->u.checkpoint;
@@ -1821,8 +1826,14 @@ static ap_status batch_result(pgc *c, PGresult *r, store_write *w, ap_err *err)
             ap_err_set(err, AP_NOTFOUND, "no such panel");
         else if (rc == AP_CONFLICT && w->kind == STORE_WRITE_USAGE)
             ap_err_set(err, AP_CONFLICT, "usage record %s already exists", w->u.usage.id);
-    } else if (w->kind == STORE_WRITE_EVENT || w->kind == STORE_WRITE_CHECKPOINT) {
-        /* a replayed event; a checkpoint fenced off by another process's lease */
+    } else if (w->kind == STORE_WRITE_EVENT) {
+        /* none inserted: a replayed event, or one fenced off by another process's lease */
+        if (PQntuples(r) != 1)
+            rc = ap_err_set(err, AP_IO, "database returned no result");
+        else if (int_col(r, 0, 0) == 0)
+            w->result = strcmp(val(r, 0, 1), "t") == 0 ? AP_CONFLICT : AP_DENIED;
+    } else if (w->kind == STORE_WRITE_CHECKPOINT) {
+        /* a checkpoint fenced off by another process's lease */
         if (strtol(PQcmdTuples(r), NULL, 10) == 0)
             w->result = AP_CONFLICT;
     } else if (w->kind == STORE_WRITE_TRANSITION) {

@@ -55,6 +55,7 @@ enum {
     ST_LEASES_RENEW,
     ST_LEASES_RELEASE,
     ST_PANEL_EXISTS,
+    ST_PANEL_OWNED,
     ST_PANEL_LIST_FIRST,
     ST_PANEL_LIST_BEFORE,
     ST_PANELS_IN_STATUS,
@@ -133,6 +134,7 @@ static const char *const sql_text[ST__COUNT] = {
     [ST_LEASES_RELEASE] = "UPDATE panels SET lease_owner = NULL, lease_expires_at = 0 "
                           "WHERE lease_owner = ?1 AND status = 'running'",
     [ST_PANEL_EXISTS] = "SELECT 1 FROM panels WHERE tenant_id = ? AND id = ?",
+    [ST_PANEL_OWNED] = "SELECT 1 FROM panels WHERE tenant_id = ? AND id = ? AND lease_owner = ?",
     [ST_PANEL_LIST_FIRST] = "SELECT " PANEL_READ_COLS " FROM panels WHERE tenant_id = ?1 "
                             "AND (?2 IS NULL OR status = ?2) "
                             "ORDER BY created_at DESC, id DESC LIMIT ?3",
@@ -142,8 +144,10 @@ static const char *const sql_text[ST__COUNT] = {
     [ST_PANELS_IN_STATUS] =
         "SELECT tenant_id, id FROM panels WHERE status = ? ORDER BY created_at, id",
     [ST_EVENT_INSERT] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?)",
-    [ST_EVENT_INSERT_NEW] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?) "
-                            "ON CONFLICT DO NOTHING",
+    /* ?7: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
+    [ST_EVENT_INSERT_NEW] = "INSERT INTO panel_events (" EVENT_COLS ") SELECT ?1, ?2, ?3, ?4, ?5, "
+                            "?6 WHERE ?7 IS NULL OR EXISTS (SELECT 1 FROM panels WHERE id = ?2 "
+                            "AND tenant_id = ?1 AND lease_owner = ?7) ON CONFLICT DO NOTHING",
     [ST_EVENT_LIST] = "SELECT " EVENT_COLS " FROM panel_events WHERE tenant_id = ? "
                       "AND panel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     [ST_PANEL_COUNT_LIVE] = "SELECT count(*) FROM panels WHERE tenant_id = ? AND status IN "
@@ -1756,12 +1760,26 @@ static ap_status sq_event_new(sq *q, const char *tenant_id, store_write *w, ap_e
         bind_text(st, 4, ev->type);
         bind_text(st, 5, ev->data);
         sqlite3_bind_int64(st, 6, ev->created_at);
+        bind_text(st, 7, ev->owner);
         rc = sq_done(q, st, err);
         if (rc == AP_NOTFOUND)
             ap_err_set(err, AP_NOTFOUND, "no such panel: %s", ev->panel_id);
     }
-    if (rc == AP_OK && sqlite3_changes(q->db) == 0)
+    if (rc == AP_OK && sqlite3_changes(q->db) == 0) {
+        /* stored already (a replay), or fenced off: another process holds the panel now */
         w->result = AP_CONFLICT;
+        if (ev->owner != NULL && (rc = sq_stmt(q, ST_PANEL_OWNED, &st, err)) == AP_OK) {
+            bind_text(st, 1, tenant_id);
+            bind_text(st, 2, ev->panel_id);
+            bind_text(st, 3, ev->owner);
+            int s = sqlite3_step(st);
+            if (s == SQLITE_DONE)
+                w->result = AP_DENIED;
+            else if (s != SQLITE_ROW)
+                rc = sq_error(q, s, err);
+            sqlite3_reset(st);
+        }
+    }
     return rc;
 }
 

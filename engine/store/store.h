@@ -254,6 +254,7 @@ typedef struct store_event {
     char *type;
     char *data; /* JSON */
     int64_t created_at;
+    const char *owner; /* batch writes only: fenced by the lease, as store_checkpoint's */
 } store_event;
 
 void store_event_free(store_event *e);
@@ -400,8 +401,11 @@ typedef struct store_write {
  * borrowed. Each item is validated like its single call. Per item, result receives:
  *   AP_OK        written (a checkpoint superseded by a later one of the same panel in the
  *                batch is not written, only the last counts, and is AP_OK too);
- *   AP_CONFLICT  skipped, the rest lands: a transition whose panel is not in one of from[],
- *                or an event whose (panel, seq) is already stored (a replay);
+ *   AP_CONFLICT  skipped, the rest lands: a transition whose panel is not in one of from[]
+ *                or whose owner does not hold its lease, a checkpoint of such an owner, or
+ *                an event whose (panel, seq) is already stored (a replay);
+ *   AP_DENIED    skipped, the rest lands: an event of an owner that does not hold the
+ *                panel's lease (fenced off);
  *   other        this item failed the whole batch (e.g. AP_INVALID for a malformed item,
  *                AP_NOTFOUND for a panel that is not this tenant's, AP_CONFLICT for a duplicate
  *                usage id); the call then returns that status with nothing written, and items

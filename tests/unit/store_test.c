@@ -710,6 +710,27 @@ static void test_panel_leases(void **state)
         OK(store_checkpoint_get(S, A, p.id, &ck, E));
         assert_string_equal(ck.next_node, "fresh");
         store_checkpoint_free(&ck);
+        /* events too: a stale process's is refused (AP_DENIED, not a replay), the holder's
+         * lands, and a replay of it is AP_CONFLICT */
+        store_write ev = {.kind = STORE_WRITE_EVENT};
+        memcpy(ev.u.event.panel_id, p.id, STORE_ID_MAX);
+        ev.u.event.seq = 1;
+        ev.u.event.type = "panel.status";
+        ev.u.event.data = "{\"status\":\"running\"}";
+        ev.u.event.owner = o1;
+        OK(store_write_batch_trusted(S, A, &ev, 1, E));
+        assert_int_equal(ev.result, AP_DENIED);
+        int64_t last = -1;
+        OK(store_events_last_seq(S, A, p.id, &last, E));
+        assert_int_equal(last, 0);
+        ev.result = AP_OK;
+        ev.u.event.owner = o3;
+        OK(store_write_batch_trusted(S, A, &ev, 1, E));
+        assert_int_equal(ev.result, AP_OK);
+        OK(store_write_batch_trusted(S, A, &ev, 1, E));
+        assert_int_equal(ev.result, AP_CONFLICT);
+        OK(store_events_last_seq(S, A, p.id, &last, E));
+        assert_int_equal(last, 1);
     }
 
     /* Release: every running panel of the owner becomes free at once, and stays running. */
