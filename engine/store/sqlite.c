@@ -144,21 +144,18 @@ static const char *const sql_text[ST__COUNT] = {
     [ST_PANELS_IN_STATUS] =
         "SELECT tenant_id, id FROM panels WHERE status = ? ORDER BY created_at, id",
     [ST_EVENT_INSERT] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?)",
-    /* ?7: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
-    [ST_EVENT_INSERT_NEW] = "INSERT INTO panel_events (" EVENT_COLS ") SELECT ?1, ?2, ?3, ?4, ?5, "
-                            "?6 WHERE ?7 IS NULL OR EXISTS (SELECT 1 FROM panels WHERE id = ?2 "
-                            "AND tenant_id = ?1 AND lease_owner = ?7) ON CONFLICT DO NOTHING",
+    /* (the batch fences by lease: sq_write_batch) */
+    [ST_EVENT_INSERT_NEW] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT DO NOTHING",
     [ST_EVENT_LIST] = "SELECT " EVENT_COLS " FROM panel_events WHERE tenant_id = ? "
                       "AND panel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     [ST_PANEL_COUNT_LIVE] = "SELECT count(*) FROM panels WHERE tenant_id = ? AND status IN "
                             "('queued', 'running', 'awaiting_input')",
     [ST_EVENT_LAST] =
         "SELECT COALESCE(MAX(seq), 0) FROM panel_events WHERE tenant_id = ? AND panel_id = ?",
-    /* ?10: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
+    /* (fenced by lease in sq_write_batch) */
     [ST_CHECKPOINT_PUT] =
-        "INSERT INTO checkpoints (" CHECKPOINT_COLS ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 "
-        "WHERE ?10 IS NULL OR EXISTS (SELECT 1 FROM panels WHERE id = ?2 AND tenant_id = ?1 "
-        "AND lease_owner = ?10) "
+        "INSERT INTO checkpoints (" CHECKPOINT_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (tenant_id, panel_id) DO UPDATE SET step = excluded.step, "
         "next_node = excluded.next_node, state = excluded.state, "
         "script_version = excluded.script_version, journal = excluded.journal, "
@@ -1461,23 +1458,24 @@ static ap_status sq_checkpoint_one(sq *q, const char *tenant_id, const store_che
         bind_text(st, 7, c->journal);
         sqlite3_bind_int64(st, 8, c->last_seq);
         sqlite3_bind_int64(st, 9, c->created_at);
-        bind_text(st, 10, c->owner);
         rc = sq_done(q, st, err);
         if (rc == AP_NOTFOUND)
             ap_err_set(err, AP_NOTFOUND, "no such panel");
     }
-    if (rc == AP_OK && sqlite3_changes(q->db) == 0)
-        rc = ap_err_set(err, AP_CONFLICT, "the panel's lease is not this writer's");
     return rc;
 }
 
+static ap_status sq_write_batch(void *impl, const char *tenant_id, store_write *items, size_t n,
+                                int64_t now, ap_err *err);
+
+/* As one write of a batch, which fences an owner's checkpoint by its lease. */
 static ap_status sq_checkpoint_put(void *impl, const char *tenant_id, const store_checkpoint *c,
                                    ap_err *err)
 {
-    sq *q = impl;
-    pthread_mutex_lock(&q->mu);
-    ap_status rc = sq_checkpoint_one(q, tenant_id, c, err);
-    pthread_mutex_unlock(&q->mu);
+    store_write w = {.kind = STORE_WRITE_CHECKPOINT, .u.checkpoint = *c};
+    ap_status rc = sq_write_batch(impl, tenant_id, &w, 1, 0, err);
+    if (rc == AP_OK && w.result == AP_CONFLICT)
+        rc = ap_err_set(err, AP_CONFLICT, "the panel's lease is not this writer's");
     return rc;
 }
 
@@ -1760,48 +1758,109 @@ static ap_status sq_event_new(sq *q, const char *tenant_id, store_write *w, ap_e
         bind_text(st, 4, ev->type);
         bind_text(st, 5, ev->data);
         sqlite3_bind_int64(st, 6, ev->created_at);
-        bind_text(st, 7, ev->owner);
         rc = sq_done(q, st, err);
         if (rc == AP_NOTFOUND)
             ap_err_set(err, AP_NOTFOUND, "no such panel: %s", ev->panel_id);
     }
-    if (rc == AP_OK && sqlite3_changes(q->db) == 0) {
-        /* stored already (a replay), or fenced off: another process holds the panel now */
-        w->result = AP_CONFLICT;
-        if (ev->owner != NULL && (rc = sq_stmt(q, ST_PANEL_OWNED, &st, err)) == AP_OK) {
-            bind_text(st, 1, tenant_id);
-            bind_text(st, 2, ev->panel_id);
-            bind_text(st, 3, ev->owner);
-            int s = sqlite3_step(st);
-            if (s == SQLITE_DONE)
-                w->result = AP_DENIED;
-            else if (s != SQLITE_ROW)
-                rc = sq_error(q, s, err);
-            sqlite3_reset(st);
-        }
-    }
+    if (rc == AP_OK && sqlite3_changes(q->db) == 0)
+        w->result = AP_CONFLICT; /* stored already: a replay */
     return rc;
+}
+
+/* Whether owner holds the leases of the batch's panels, asked once per panel: the fence of
+ * each item's statement (an EXISTS per event) cost ~7 K instructions an event. The batch is
+ * one transaction, so what was asked holds for all of it. */
+typedef struct owned_cache {
+    const char **panel; /* borrowed from the items */
+    signed char *owned; /* 1, 0; 0 with panel NULL: a free slot */
+    size_t cap;
+} owned_cache;
+
+/* 1 when owner holds panel's lease, 0 when not, -1 on a store error (*rc set). */
+static int sq_owned(sq *q, owned_cache *c, const char *tenant_id, const char *panel,
+                    const char *owner, ap_status *rc, ap_err *err)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *x = panel; *x != '\0'; x++)
+        h = (h ^ (unsigned char)*x) * 1099511628211ULL;
+    size_t at = (size_t)h & (c->cap - 1);
+    while (c->panel[at] != NULL && strcmp(c->panel[at], panel) != 0)
+        at = (at + 1) & (c->cap - 1);
+    if (c->panel[at] != NULL)
+        return c->owned[at];
+    sqlite3_stmt *st = NULL;
+    if ((*rc = sq_stmt(q, ST_PANEL_OWNED, &st, err)) != AP_OK)
+        return -1;
+    bind_text(st, 1, tenant_id);
+    bind_text(st, 2, panel);
+    bind_text(st, 3, owner);
+    int s = sqlite3_step(st);
+    if (s != SQLITE_ROW && s != SQLITE_DONE)
+        *rc = sq_error(q, s, err);
+    sqlite3_reset(st);
+    if (*rc != AP_OK)
+        return -1;
+    c->panel[at] = panel;
+    c->owned[at] = s == SQLITE_ROW;
+    return c->owned[at];
+}
+
+/* The owner an item is fenced by (NULL: none), and its panel. */
+static const char **item_owner(store_write *w, const char **panel)
+{
+    switch (w->kind) {
+    case STORE_WRITE_EVENT:
+        *panel = w->u.event.panel_id;
+        return &w->u.event.owner;
+    case STORE_WRITE_CHECKPOINT:
+        *panel = w->u.checkpoint.panel_id;
+        return &w->u.checkpoint.owner;
+    case STORE_WRITE_TRANSITION:
+        *panel = w->u.transition.panel_id;
+        return &w->u.transition.owner;
+    case STORE_WRITE_USAGE:
+        break;
+    }
+    return NULL;
 }
 
 static ap_status sq_write_batch(void *impl, const char *tenant_id, store_write *items, size_t n,
                                 int64_t now, ap_err *err)
 {
     sq *q = impl;
+    owned_cache cache = {.cap = 16};
+    while (cache.cap < 2 * n)
+        cache.cap *= 2;
+    cache.panel = calloc(cache.cap, sizeof *cache.panel);
+    cache.owned = calloc(cache.cap, sizeof *cache.owned);
+    if (cache.panel == NULL || cache.owned == NULL) {
+        free(cache.panel);
+        free(cache.owned);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_begin(q, err);
     for (size_t i = 0; i < n && rc == AP_OK; i++) {
         store_write *w = &items[i];
         const store_transition *t = &w->u.transition;
+        const char *panel = NULL, **owner = item_owner(w, &panel);
+        const char *fence = owner != NULL ? *owner : NULL;
+        if (fence != NULL) {
+            int owned = sq_owned(q, &cache, tenant_id, panel, fence, &rc, err);
+            if (owned < 0)
+                break;
+            if (owned == 0) { /* fenced off: another process holds the panel now */
+                w->result = w->kind == STORE_WRITE_EVENT ? AP_DENIED : AP_CONFLICT;
+                continue;
+            }
+            *owner = NULL; /* asked already: the statement need not ask again */
+        }
         switch (w->kind) {
         case STORE_WRITE_EVENT:
             rc = sq_event_new(q, tenant_id, w, err);
             break;
         case STORE_WRITE_CHECKPOINT:
             rc = sq_checkpoint_one(q, tenant_id, &w->u.checkpoint, err);
-            if (rc == AP_CONFLICT) { /* fenced: another process holds the panel now */
-                w->result = AP_CONFLICT;
-                rc = AP_OK;
-            }
             break;
         case STORE_WRITE_TRANSITION:
             rc = sq_transition_one(q, tenant_id, t->panel_id, t->from, t->n_from, t->to, t->result,
@@ -1815,11 +1874,15 @@ static ap_status sq_write_batch(void *impl, const char *tenant_id, store_write *
             rc = sq_usage_one(q, tenant_id, &w->u.usage, err);
             break;
         }
+        if (owner != NULL)
+            *owner = fence;
         if (rc != AP_OK)
             w->result = rc;
     }
     rc = sq_end(q, rc, err);
     pthread_mutex_unlock(&q->mu);
+    free(cache.panel);
+    free(cache.owned);
     return rc;
 }
 
