@@ -294,16 +294,21 @@ static int print_stored(panel_session *s, const char *panel_id, int64_t *last, b
 
 /* Answers the panel from in when it waits for input. Decided by its status, not by the
  * input.requested events: a store written before the two were committed together may lack
- * the event, and a node re-run with its input already given emits the request again. */
-static int answer_if_waiting(panel_session *s, const char *panel_id, FILE *in, FILE *out, bool json,
-                             FILE *diag)
+ * the event, and a node re-run with its input already given emits the request again. The
+ * events stored up to the wait are printed first: the status can be read a moment after they
+ * were committed and before they reach the subscription. */
+static int answer_if_waiting(panel_session *s, const char *panel_id, int64_t *last, FILE *in,
+                             FILE *out, bool json, FILE *diag)
 {
     store_panel row = {0};
     ap_err err = {0};
     bool waiting = store_panel_get(s->st, s->tenant_id, panel_id, &row, &err) == AP_OK &&
                    strcmp(row.status, "awaiting_input") == 0;
     store_panel_free(&row);
-    return waiting ? answer_input(s, panel_id, in, out, json, diag) : FOLLOW_GO_ON;
+    if (!waiting)
+        return FOLLOW_GO_ON;
+    int outcome = print_stored(s, panel_id, last, json, out, diag);
+    return outcome != FOLLOW_GO_ON ? outcome : answer_input(s, panel_id, in, out, json, diag);
 }
 
 int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id, int64_t after_seq,
@@ -312,7 +317,7 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
     int64_t last = after_seq;
     int outcome = print_stored(s, panel_id, &last, json, out, diag);
     if (outcome == FOLLOW_GO_ON)
-        outcome = answer_if_waiting(s, panel_id, in, out, json, diag);
+        outcome = answer_if_waiting(s, panel_id, &last, in, out, json, diag);
     if (outcome != FOLLOW_GO_ON)
         return outcome;
     for (;;) {
@@ -335,7 +340,7 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
             /* lagged: what was missed is in the store, a request among it too */
             outcome = print_stored(s, panel_id, &last, json, out, diag);
             if (outcome == FOLLOW_GO_ON)
-                outcome = answer_if_waiting(s, panel_id, in, out, json, diag);
+                outcome = answer_if_waiting(s, panel_id, &last, in, out, json, diag);
             if (outcome != FOLLOW_GO_ON)
                 return outcome;
             continue;
@@ -355,7 +360,8 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
         panel_event_clear(&ev);
         if (outcome != FOLLOW_GO_ON)
             return outcome;
-        if (ask && (outcome = answer_if_waiting(s, panel_id, in, out, json, diag)) != FOLLOW_GO_ON)
+        if (ask &&
+            (outcome = answer_if_waiting(s, panel_id, &last, in, out, json, diag)) != FOLLOW_GO_ON)
             return outcome;
     }
 }
