@@ -131,6 +131,19 @@ static void create(panel_engine *e, const char *strategy, const char *params, ch
     store_panel_free(&out);
 }
 
+/* Creates a panel of strategy (params may be NULL), subscribes to it and executes it; returns
+ * the subscription (the caller unsubscribes). */
+static panel_sub *start_panel(panel_engine *e, const char *strategy, const char *params, char *id)
+{
+    create(e, strategy, params, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    if (panel_engine_execute(e, tenant, id, &err) != AP_OK)
+        fail_msg("execute: %s", err.msg);
+    return sub;
+}
+
 /* Waits for an event of `type`; returns its data (caller frees) or fails the test. */
 static char *wait_for(panel_sub *sub, const char *type, int timeout_ms)
 {
@@ -400,11 +413,8 @@ static void test_hot_reload(void **state)
     write_file("hot.lua", hot_v1);
     panel_engine *e = start_engine(150);
     char a[STORE_ID_MAX], b[STORE_ID_MAX], c[STORE_ID_MAX];
-    create(e, "hot", NULL, a);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e, "hot", NULL, a);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, a, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, a, &err), AP_OK);
     free(wait_for(sub, "expert.message", 3000)); /* v1 is running */
     write_file("hot.lua", hot_v2);
     size_t changed = 0;
@@ -543,11 +553,8 @@ static void test_cancel_aborts_at_once(void **state)
     write_file("fanout.lua", fanout_lua);
     panel_engine *e = start_engine(2000);
     char id[STORE_ID_MAX];
-    create(e, "fanout", NULL, id);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e, "fanout", NULL, id);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
     free(wait_for(sub, "panel.status", 1000));
     usleep(50 * 1000);
     int64_t t0 = clock_mono_ms();
@@ -586,11 +593,8 @@ static void test_human_input(void **state)
     write_file("human.lua", human_lua);
     panel_engine *e = start_engine(0);
     char id[STORE_ID_MAX];
-    create(e, "human", NULL, id);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e, "human", NULL, id);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
     char *req = wait_for(sub, "input.requested", 3000);
     assert_non_null(strstr(req, "Approve?"));
     free(req);
@@ -620,11 +624,8 @@ static void test_input_is_stored_on_return(void **state)
                             "    return ctx:done({ said = input.text }) end } }\n");
     panel_engine *e = start_engine(300);
     char id[STORE_ID_MAX];
-    create(e, "later", NULL, id);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e, "later", NULL, id);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
     free(wait_for(sub, "input.requested", 3000));
     assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"durable\"}", &err), AP_OK);
     store_event *rows = NULL;
@@ -830,11 +831,8 @@ static void test_resume_replays_journal(void **state)
     /* the interrupted run: stop during round 2 (rounds take 300 ms) */
     e = start_engine(300);
     char id[STORE_ID_MAX];
-    create(e, "fanout", "{\"rounds\":3}", id);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
     for (int i = 0; i < 5; i++)
         free(wait_for(sub, "expert.message", 3000));
     usleep(100 * 1000);
@@ -888,11 +886,8 @@ static void test_resume_mid_batch(void **state)
     setenv("ASKPANEL_SIM_TOKEN_MS", "15", 1);
     e = start_engine(50);
     char id[STORE_ID_MAX];
-    create(e, "spread", NULL, id);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e, "spread", NULL, id);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
     free(wait_for(sub, "expert.message", 5000));
     free(wait_for(sub, "expert.message", 5000));
     panel_engine_unsubscribe(e, sub);
@@ -975,11 +970,8 @@ static void test_lease_keeps_a_second_engine_out(void **state)
     write_file("fanout.lua", fanout_lua);
     panel_engine *e1 = start_engine(300);
     char id[STORE_ID_MAX];
-    create(e1, "fanout", "{\"rounds\":3}", id);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e1, "fanout", "{\"rounds\":3}", id);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e1, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e1, tenant, id, &err), AP_OK);
     free(wait_for(sub, "expert.message", 3000));
     char prefix[128];
     snprintf(prefix, sizeof prefix, "%s:%d:", host_name(), (int)getpid());
@@ -1239,11 +1231,8 @@ static void test_store_outage_loses_nothing(void **state)
     int64_t since = clock_wall_ms();
     panel_engine *e = start_engine(200);
     char id[STORE_ID_MAX];
-    create(e, "fanout", "{\"rounds\":3}", id);
-    panel_sub *sub = NULL;
+    panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
     ap_err err = {0};
-    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
     char path[300];
     snprintf(path, sizeof path, "%s/test.db", dir);
     sqlite3 *db = NULL;
