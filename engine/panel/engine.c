@@ -593,6 +593,7 @@ static void log_skipped_transition(const witem *w)
 #define STORE_RETRY_FIRST_MS 50
 #define STORE_RETRY_MAX_MS 2000
 #define STORE_RETRY_STOPPING_MS 10000 /* how long a stopping engine still waits for its store */
+#define STORE_RETRY_TELL_MS 60000
 
 static bool store_transient(ap_status rc)
 {
@@ -606,8 +607,7 @@ static bool store_transient(ap_status rc)
 static ap_status write_durably(panel_engine *e, const char *tenant_id, store_write *ws, size_t n,
                                ap_err *err)
 {
-    int64_t since = clock_mono_ms(), waited = 0, pause = STORE_RETRY_FIRST_MS;
-    bool warned = false;
+    int64_t since = clock_mono_ms(), waited = 0, pause = STORE_RETRY_FIRST_MS, told = -1;
     for (;;) {
         ap_status rc = store_write_batch_trusted(e->st, tenant_id, ws, n, err);
         waited = clock_mono_ms() - since; /* the store's own busy waits included */
@@ -615,18 +615,20 @@ static ap_status write_durably(panel_engine *e, const char *tenant_id, store_wri
         bool stopping = e->wstop;
         pthread_mutex_unlock(&e->wmu);
         if (!store_transient(rc) || (stopping && waited >= STORE_RETRY_STOPPING_MS)) {
-            if (warned && rc == AP_OK)
+            if (told >= 0 && rc == AP_OK)
                 log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = tenant_id},
                         "event writer: the store took writes again after %lld ms",
                         (long long)waited);
             return rc;
         }
-        if (!warned)
+        /* said at once, then every minute: an outage that does not end must show */
+        if (told < 0 || waited - told >= STORE_RETRY_TELL_MS) {
             log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = tenant_id},
-                    "event writer: the store is unavailable (%s); holding %zu writes and trying "
-                    "again",
-                    err->msg, n);
-        warned = true;
+                    "event writer: the store is unavailable (%s); holding %zu writes for %lld "
+                    "ms now and trying again",
+                    err->msg, n, (long long)waited);
+            told = waited;
+        }
         usleep((useconds_t)pause * 1000);
         pause = pause * 2 < STORE_RETRY_MAX_MS ? pause * 2 : STORE_RETRY_MAX_MS;
     }
