@@ -654,6 +654,8 @@ static void commit_one_by_one(panel_engine *e, witem **items, size_t n)
     }
 }
 
+static void publish_stored_end(panel_engine *e, const store_panel_ref *ref);
+
 /* Stores items (all of one tenant) in one transaction; ws is scratch space for n writes. */
 static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write *ws)
 {
@@ -678,8 +680,15 @@ static void commit_tenant(panel_engine *e, witem **items, size_t n, store_write 
     }
     for (size_t i = 0; i < n; i++) {
         items[i]->fenced = ws[i].result == AP_DENIED;
-        if (ws[i].result == AP_CONFLICT && items[i]->kind == W_TRANS)
+        if (ws[i].result == AP_CONFLICT && items[i]->kind == W_TRANS) {
             log_skipped_transition(items[i]);
+            /* the panel ended elsewhere (a cancel through another process) while this runner
+             * finished it: its subscribers here get the stored end, or would wait on */
+            store_panel_ref ref;
+            memcpy(ref.tenant_id, items[i]->tenant_id, sizeof ref.tenant_id);
+            memcpy(ref.panel_id, items[i]->panel_id, sizeof ref.panel_id);
+            publish_stored_end(e, &ref);
+        }
     }
 }
 
@@ -3042,6 +3051,14 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
         prun *p = active_find_locked(e, panel_id);
         runner *r = p != NULL ? p->r : NULL;
         pthread_mutex_unlock(&e->amu);
+        /* a runner here whose lease another process has taken (it stops at its next renewal)
+         * could write nothing: the cancel goes to the store */
+        bool lost =
+            e->st != NULL && row.lease_owner != NULL && strcmp(row.lease_owner, e->owner) != 0;
+        if (r != NULL && lost) {
+            store_panel_free(&row);
+            return cancel_in_store(e, tenant_id, panel_id, err);
+        }
         if (r != NULL) {
             store_panel_free(&row);
             return post_cmd(e, r, CMD_CANCEL, panel_id, 0) == AP_OK

@@ -1131,6 +1131,34 @@ static void test_cancel_through_another_engine(void **state)
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
+/* A cancel sent to a process whose runner has lost the panel's lease (another process took it
+ * over; this one has not renewed yet) is stored, not handed to that runner, whose writes the
+ * store would refuse. */
+static void test_cancel_after_lease_lost(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(1500);
+    char id[STORE_ID_MAX];
+    panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
+    ap_err err = {0};
+    free(wait_for(sub, "panel.status", 3000));
+    store_panel row = row_of(id);
+    char *ours = strdup(row.lease_owner);
+    store_panel_free(&row);
+    lease_as(id, "running", "elsewhere.invalid:1:cafe", 60000, ours);
+    free(ours);
+    assert_int_equal(panel_engine_cancel(e, tenant, id, &err), AP_OK);
+    row = row_of(id);
+    assert_string_equal(row.status, "cancelled");
+    store_panel_free(&row);
+    char *st_data = wait_for(sub, "panel.status", 1000);
+    assert_non_null(strstr(st_data, "cancelled"));
+    free(st_data);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+}
+
 /* A panel waiting for input is held by no process: the answer may reach another live engine,
  * which resumes it from its checkpoint without paying its turn again. */
 static void test_input_reaches_another_engine(void **state)
@@ -1330,6 +1358,7 @@ int main(void)
         cmocka_unit_test(test_lease_takeover),
         cmocka_unit_test(test_lease_renewal_and_loss),
         cmocka_unit_test(test_cancel_through_another_engine),
+        cmocka_unit_test(test_cancel_after_lease_lost),
         cmocka_unit_test(test_input_reaches_another_engine),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
