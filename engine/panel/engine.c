@@ -2386,6 +2386,13 @@ static lease_seen *lease_snapshot(panel_engine *e, size_t *n)
     return seen;
 }
 
+/* Whether an event ends its panel: its completion, its failure or its cancel. */
+static bool ends_panel(const char *type, const char *data)
+{
+    return strcmp(type, "panel.completed") == 0 || strcmp(type, "panel.failed") == 0 ||
+           (strcmp(type, "panel.status") == 0 && strstr(data, "\"cancelled\"") != NULL);
+}
+
 /* Hands a panel's stored last event to its subscribers here when it ended the panel (a cancel
  * through another process): they saw the events of this process's runner, not that one, and
  * would wait on. */
@@ -2400,10 +2407,7 @@ static void publish_stored_end(panel_engine *e, const store_panel_ref *ref)
         store_events_list(e->st, ref->tenant_id, ref->panel_id, last - 1, 1, &rows, &n, &err) !=
             AP_OK)
         return;
-    if (n == 1 && (strcmp(rows[0].type, "panel.completed") == 0 ||
-                   strcmp(rows[0].type, "panel.failed") == 0 ||
-                   (strcmp(rows[0].type, "panel.status") == 0 &&
-                    strstr(rows[0].data, "\"cancelled\"") != NULL)))
+    if (n == 1 && ends_panel(rows[0].type, rows[0].data))
         publish_now(e, &rows[0]);
     store_events_free(rows, n);
 }
@@ -3093,10 +3097,8 @@ static void wait_input_durable(panel_sub *sub)
             continue;
         if (got == 0)
             break;
-        bool settled =
-            strcmp(ev.type, "input.received") == 0 || strcmp(ev.type, "panel.completed") == 0 ||
-            strcmp(ev.type, "panel.failed") == 0 || strcmp(ev.type, "input.requested") == 0 ||
-            (strcmp(ev.type, "panel.status") == 0 && strstr(ev.data, "\"cancelled\"") != NULL);
+        bool settled = strcmp(ev.type, "input.received") == 0 ||
+                       strcmp(ev.type, "input.requested") == 0 || ends_panel(ev.type, ev.data);
         panel_event_clear(&ev);
         if (settled)
             return;

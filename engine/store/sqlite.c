@@ -120,8 +120,7 @@ static const char *const sql_text[ST__COUNT] = {
                             "ELSE 0 END "
                             "WHERE tenant_id = ?5 AND id = ?6 "
                             "AND (status = ?7 OR status = ?8 OR status = ?9 OR status = ?10 "
-                            "OR status = ?11 OR status = ?12 OR status = ?13) "
-                            "AND (?14 IS NULL OR lease_owner = ?14)",
+                            "OR status = ?11 OR status = ?12 OR status = ?13)",
     [ST_PANEL_CLAIM] = "UPDATE panels SET status = 'running', lease_owner = ?1, "
                        "lease_expires_at = ?2, updated_at = ?3 WHERE tenant_id = ?4 AND id = ?5 "
                        "AND (status = ?6 OR status = ?7 OR status = ?8 OR status = ?9 "
@@ -1118,8 +1117,7 @@ static ap_status sq_panel_exists(sq *q, const char *tenant_id, const char *id, a
 
 static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
                                    const char *const *from, size_t n_from, const char *new_status,
-                                   const char *result, const char *error, const char *owner,
-                                   int64_t now, ap_err *err)
+                                   const char *result, const char *error, int64_t now, ap_err *err)
 {
     sqlite3_stmt *st = NULL;
     ap_status rc = sq_stmt(q, ST_PANEL_TRANSITION, &st, err);
@@ -1135,7 +1133,6 @@ static ap_status sq_transition_one(sq *q, const char *tenant_id, const char *id,
          * cost a virtual table per call, an IN list a temporary b-tree of its values. */
         for (size_t i = 0; i < n_from && i < TRANSITION_FROM_MAX; i++)
             bind_text(st, 7 + (int)i, from[i]);
-        bind_text(st, 14, owner);
         rc = sq_done(q, st, err);
     }
     if (rc == AP_OK && sqlite3_changes(q->db) == 0 &&
@@ -1153,8 +1150,7 @@ static ap_status sq_panel_transition(void *impl, const char *tenant_id, const ch
     pthread_mutex_lock(&q->mu);
     ap_status rc = sq_begin(q, err);
     if (rc == AP_OK)
-        rc = sq_transition_one(q, tenant_id, id, from, n_from, new_status, result, error, NULL, now,
-                               err);
+        rc = sq_transition_one(q, tenant_id, id, from, n_from, new_status, result, error, now, err);
     rc = sq_end(q, rc, err);
     pthread_mutex_unlock(&q->mu);
     return rc;
@@ -1864,7 +1860,7 @@ static ap_status sq_write_batch(void *impl, const char *tenant_id, store_write *
             break;
         case STORE_WRITE_TRANSITION:
             rc = sq_transition_one(q, tenant_id, t->panel_id, t->from, t->n_from, t->to, t->result,
-                                   t->error, t->owner, now, err);
+                                   t->error, now, err);
             if (rc == AP_CONFLICT) {
                 w->result = AP_CONFLICT;
                 rc = AP_OK;

@@ -195,6 +195,14 @@ static char *restart_to_end(const char *id)
     return got;
 }
 
+/* Waits for the panel.status event that says the panel is cancelled. */
+static void wait_cancelled(panel_sub *sub, int timeout_ms)
+{
+    char *data = wait_for(sub, "panel.status", timeout_ms);
+    assert_non_null(strstr(data, "cancelled"));
+    free(data);
+}
+
 static int count_lines(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -559,9 +567,7 @@ static void test_cancel_aborts_at_once(void **state)
     usleep(50 * 1000);
     int64_t t0 = clock_mono_ms();
     assert_int_equal(panel_engine_cancel(e, tenant, id, &err), AP_OK);
-    char *st_data = wait_for(sub, "panel.status", 1000);
-    assert_non_null(strstr(st_data, "cancelled"));
-    free(st_data);
+    wait_cancelled(sub, 1000);
     assert_true(clock_mono_ms() - t0 < 500);
     panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
@@ -580,9 +586,7 @@ static void test_cancel_aborts_at_once(void **state)
     assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
     free(wait_for(sub, "input.requested", 3000));
     assert_int_equal(panel_engine_cancel(e, tenant, id, &err), AP_OK);
-    st_data = wait_for(sub, "panel.status", 1000);
-    assert_non_null(strstr(st_data, "cancelled"));
-    free(st_data);
+    wait_cancelled(sub, 1000);
     panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
 }
@@ -1108,9 +1112,7 @@ static void test_cancel_through_another_engine(void **state)
     for (int i = 0; i < 5; i++)
         free(wait_for(sub, "expert.message", 3000));
     assert_int_equal(panel_engine_cancel(other, tenant, id, &err), AP_OK);
-    char *st_data = wait_for(sub, "panel.status", 3000);
-    assert_non_null(strstr(st_data, "cancelled"));
-    free(st_data);
+    wait_cancelled(sub, 3000);
     panel_engine_unsubscribe(runs, sub);
     panel_engine_stop(other);
     panel_engine_stop(runs);
@@ -1152,9 +1154,7 @@ static void test_cancel_after_lease_lost(void **state)
     row = row_of(id);
     assert_string_equal(row.status, "cancelled");
     store_panel_free(&row);
-    char *st_data = wait_for(sub, "panel.status", 1000);
-    assert_non_null(strstr(st_data, "cancelled"));
-    free(st_data);
+    wait_cancelled(sub, 1000);
     panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
 }
