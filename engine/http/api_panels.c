@@ -10,7 +10,6 @@
 #include "panel/engine.h"
 #include "store/store.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -421,11 +420,14 @@ static void panel_action(http_request *req, void *app,
         return;
     }
     ap_err err = {0};
-    if (act(d->engine, tenant, id, &err) != AP_OK) {
+    if (act(d->engine, tenant, id, &err) == AP_OK) {
+        reply_panel(req, d, id, ok_status);
+    } else if (err.status == AP_LIMIT) { /* the tenant's limit of live panels */
+        http_add_header(req, "Retry-After", "5");
+        http_reply_error(req, 429, "too_many_panels", "%s", err.msg);
+    } else {
         http_reply_ap_err(req, &err);
-        return;
     }
-    reply_panel(req, d, id, ok_status);
 }
 
 /* Epoch ms of the first day of the current month (UTC). */
@@ -466,43 +468,16 @@ static bool within_budget(http_request *req, api_deps *d, const char *tenant)
     return false;
 }
 
-/* Executes of tenants with a concurrency limit: their count and their start are one step in
- * this process, or racing executes would each see room for one more. Processes sharing a
- * store may still overshoot by one each. */
-static pthread_mutex_t limited_start_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* False (after replying 429) when the tenant already has max (> 0) live panels. */
-static bool below_concurrency(http_request *req, api_deps *d, const char *tenant, int64_t max)
-{
-    int64_t active = 0;
-    ap_err err = {0};
-    if (store_panel_count_live(d->store, tenant, &active, &err) != AP_OK) {
-        http_reply_ap_err(req, &err);
-        return false;
-    }
-    if (active < max)
-        return true;
-    http_add_header(req, "Retry-After", "5");
-    http_reply_error(req, 429, "too_many_panels",
-                     "this tenant already runs %lld panels, its limit; retry when one finishes",
-                     (long long)max);
-    return false;
-}
-
 void api_panels_execute(http_request *req, void *app)
 {
     api_deps *d = app;
     const char *tenant = http_principal_of(req)->tenant_id;
     char id[IDS_UUID_LEN + 1];
-    if (!validate_id_param(req, "id", id) || !api_panel_visible(req, d, id, NULL))
-        return;
-    int64_t max = api_tenant_limit(d, tenant, "concurrent_panels");
-    if (max > 0)
-        pthread_mutex_lock(&limited_start_mu);
-    if ((max <= 0 || below_concurrency(req, d, tenant, max)) && within_budget(req, d, tenant))
+    /* The tenant's limit of live panels is the engine's to keep: it counts and claims in one
+     * step of the store, which holds across every process that shares it. */
+    if (validate_id_param(req, "id", id) && api_panel_visible(req, d, id, NULL) &&
+        within_budget(req, d, tenant))
         panel_action(req, app, panel_engine_execute, 202);
-    if (max > 0)
-        pthread_mutex_unlock(&limited_start_mu);
 }
 
 void api_panels_cancel(http_request *req, void *app)

@@ -54,13 +54,8 @@ bool api_tenant_strategy_enabled(const store_tenant *t, const char *strategy)
 int64_t api_tenant_limit(api_deps *d, const char *tenant_id, const char *name)
 {
     store_tenant t = {0};
-    double v = 0;
-    if (store_tenant_get(d->store, tenant_id, &t, NULL) == AP_OK && t.config != NULL) {
-        cJSON *cfg = cJSON_Parse(t.config);
-        v = jsonx_number(cJSON_GetObjectItem(cfg, "limits"), name, 0);
-        cJSON_Delete(cfg);
-    }
+    int64_t v =
+        store_tenant_get(d->store, tenant_id, &t, NULL) == AP_OK ? store_tenant_limit(&t, name) : 0;
     store_tenant_free(&t);
-    /* Operators write these numbers: anything not a sane positive count means no limit. */
-    return isfinite(v) && v >= 1 && v < 1e15 ? (int64_t)v : 0;
+    return v;
 }

@@ -143,6 +143,7 @@ struct prun {
     size_t hash; /* bucket_hash(panel_id) */
     char *tenant_slug;
     char *tenant_json;
+    int64_t max_live; /* the tenant's limit of live panels, 0 for none */
     char *question;
     char *consensus;
     char *params_json;
@@ -2525,6 +2526,12 @@ static ap_status set_llm(prun *p, const char *provider, const char *model)
     return AP_OK;
 }
 
+/* Whether a panel in this status waits for its first execute (it never ran). */
+static bool status_fresh(const char *status)
+{
+    return strcmp(status, "created") == 0 || strcmp(status, "queued") == 0;
+}
+
 static ap_status prepare(panel_engine *e, const char *tenant_id, const char *panel_id, prun **out,
                          ap_err *err)
 {
@@ -2559,6 +2566,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
     }
     p->tenant_slug = dup_or_null(tenant.slug);
     p->tenant_json = tenant_json_of(&tenant);
+    p->max_live = store_tenant_limit(&tenant, "concurrent_panels");
     p->question = dup_or_null(row.question);
     p->consensus = dup_or_null(row.consensus);
     const char *version =
@@ -2645,8 +2653,7 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         p->pins = cJSON_CreateObject();
     buf_init(&p->journal, STORE_VALUE_MAX);
     /* A panel that never ran has no events; others may have some past their checkpoint. */
-    bool fresh = strcmp(row.status, "created") == 0 || strcmp(row.status, "queued") == 0;
-    if (!fresh &&
+    if (!status_fresh(row.status) &&
         (rc = store_events_last_seq(e->st, tenant_id, panel_id, &p->stored_seq, err)) != AP_OK)
         goto out;
     if (!has_ck && p->stored_seq >= p->next_seq)
@@ -2913,6 +2920,16 @@ ap_status panel_engine_create(panel_engine *e, const char *tenant_id, const pane
     return rc;
 }
 
+/* Whether the panel is still waiting for its first execute (created or queued). */
+static bool still_fresh(panel_engine *e, const char *tenant_id, const char *panel_id)
+{
+    store_panel row = {0};
+    bool fresh = store_panel_get(e->st, tenant_id, panel_id, &row, NULL) == AP_OK &&
+                 status_fresh(row.status);
+    store_panel_free(&row);
+    return fresh;
+}
+
 ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const char *panel_id,
                                ap_err *err)
 {
@@ -2924,11 +2941,18 @@ ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const cha
     if (rc != AP_OK)
         return rc;
     /* the lease comes with the status: the panel start makes no extra round trip for it */
-    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 2, e->owner, e->lease_ms, NULL, err);
+    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 2, e->owner, e->lease_ms, NULL,
+                           p->max_live, err);
+    if (rc == AP_LIMIT && !still_fresh(e, tenant_id, panel_id))
+        rc = AP_CONFLICT; /* the limit was counted first, but the panel has moved on anyway */
     if (rc != AP_OK) {
-        prun_free(p);
         if (rc == AP_CONFLICT)
             ap_err_set(err, AP_CONFLICT, "the panel was already started");
+        else if (rc == AP_LIMIT)
+            ap_err_set(err, AP_LIMIT,
+                       "this tenant already runs %lld panels, its limit; retry when one finishes",
+                       (long long)p->max_live);
+        prun_free(p);
         return rc;
     }
     p->fresh = true;
@@ -2947,7 +2971,7 @@ ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char
     ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
     if (rc != AP_OK)
         goto out;
-    if (strcmp(row.status, "queued") == 0 || strcmp(row.status, "created") == 0) {
+    if (status_fresh(row.status)) {
         rc = panel_engine_execute(e, tenant_id, panel_id, err);
         goto out;
     }
@@ -2956,7 +2980,7 @@ ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char
         goto out;
     }
     /* Claimed before the checkpoint is read: from here on no other process writes one. */
-    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, takeover,
+    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, takeover, 0,
                            err);
     if (rc == AP_CONFLICT) {
         /* another process was quicker since the read: say who */
@@ -3140,7 +3164,9 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
         goto out;
     /* A waiting panel is held by no process (see handle_step): the answer claims it, whichever
      * process it reaches, and resumes it here from its checkpoint with the answer waiting. */
-    rc = store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, NULL, err);
+    /* no limit: the panel was live already while it waited */
+    rc =
+        store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, NULL, 0, err);
     if (rc == AP_CONFLICT)
         ap_err_set(err, AP_CONFLICT, "the panel is not waiting for input");
     if (rc != AP_OK)

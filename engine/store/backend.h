@@ -79,8 +79,6 @@ typedef struct store_ops {
     ap_status (*panel_transition)(void *impl, const char *tenant_id, const char *id,
                                   const char *const *from, size_t n_from, const char *new_status,
                                   const char *result, const char *error, int64_t now, ap_err *err);
-    /* Panels of the tenant in queued, running or awaiting_input. */
-    ap_status (*panel_count_live)(void *impl, const char *tenant_id, int64_t *n, ap_err *err);
     /* Up to limit rows before pos, newest first; status NULL for any. */
     /* At most limit rows, and none after the first that takes the page past max_bytes
      * (store_panel_bytes; 0: no bound), which is read no further. */
@@ -91,10 +89,13 @@ typedef struct store_ops {
                                   size_t *n, ap_err *err);
     /* Sets status "running", owner and expires_at where the status is in from[] and the lease
      * is free at now (see store_panel_claim; takeover may be NULL). AP_NOTFOUND when the panel
-     * is not the tenant's, AP_CONFLICT otherwise. */
+     * is not the tenant's, AP_LIMIT when max_live > 0 and the tenant has as many other live
+     * panels (counted under a lock that serialises the tenant's limited claims), AP_CONFLICT
+     * otherwise. */
     ap_status (*panel_claim)(void *impl, const char *tenant_id, const char *id,
                              const char *const *from, size_t n_from, const char *owner,
-                             const char *takeover, int64_t now, int64_t expires_at, ap_err *err);
+                             const char *takeover, int64_t now, int64_t expires_at,
+                             int64_t max_live, ap_err *err);
     /* Sets expires_at on those of ids[0..n) (panel ids) still running under owner; *renewed
      * receives the (tenant, panel) of each row changed, *n_renewed their count (caller frees). */
     ap_status (*leases_renew)(void *impl, const char *owner, const char (*ids)[STORE_ID_MAX],

@@ -71,12 +71,12 @@ enum {
     Q_PANEL_LIST_BEFORE,
     Q_PANELS_IN_STATUS,
     Q_PANEL_CLAIM,
+    Q_PANEL_CLAIM_LIMITED,
     Q_LEASES_RENEW,
     Q_LEASES_RELEASE,
     Q_EVENTS_INSERT,
     Q_EVENT_LIST,
     Q_EVENT_LAST,
-    Q_PANEL_COUNT_LIVE,
     Q_CHECKPOINT_PUT,
     Q_CHECKPOINT_GET,
     Q_SCRIPT_INSERT,
@@ -150,6 +150,9 @@ static const char *const sql_text[Q__COUNT] = {
         "OR lease_owner = $1 OR lease_owner = $7) RETURNING 1) "
         "SELECT (SELECT count(*) FROM u), "
         "EXISTS (SELECT 1 FROM panels WHERE tenant_id = $4 AND id = $5)",
+    /* The same with the tenant's limit of live panels, under its lock (003_live_limit.sql). */
+    [Q_PANEL_CLAIM_LIMITED] = "SELECT n_claimed, panel_exists, n_live FROM "
+                              "askpanel_panel_claim_limited($1, $2, $3, $4, $5, $6, $7, $8)",
     [Q_LEASES_RENEW] = "SELECT tenant_id, id FROM askpanel_panel_leases_renew($1, $2, $3)",
     [Q_LEASES_RELEASE] = "SELECT askpanel_panel_leases_release($1)",
     [Q_EVENTS_INSERT] =
@@ -158,8 +161,6 @@ static const char *const sql_text[Q__COUNT] = {
         "$4::text[], $5::json[], $6::bigint[]) AS u(p, s, t, d, c)",
     [Q_EVENT_LIST] = "SELECT tenant_id, panel_id, seq, type, data, created_at FROM panel_events "
                      "WHERE tenant_id = $1 AND panel_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-    [Q_PANEL_COUNT_LIVE] = "SELECT count(*) FROM panels WHERE tenant_id = $1 AND status IN "
-                           "('queued', 'running', 'awaiting_input')",
     [Q_EVENT_LAST] = "SELECT COALESCE(MAX(seq), 0) FROM panel_events "
                      "WHERE tenant_id = $1 AND panel_id = $2",
     /* $10: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
@@ -1376,23 +1377,29 @@ static ap_status pg_panels_in_status(void *impl, const char *status, store_panel
 
 static ap_status pg_panel_claim(void *impl, const char *tenant_id, const char *id,
                                 const char *const *from, size_t n_from, const char *owner,
-                                const char *takeover, int64_t now, int64_t expires_at, ap_err *err)
+                                const char *takeover, int64_t now, int64_t expires_at,
+                                int64_t max_live, ap_err *err)
 {
     char list[STATUS_LIST_MAX];
     status_list(from, n_from, list);
-    num at = i64(now), until = i64(expires_at);
+    num at = i64(now), until = i64(expires_at), max = i64(max_live);
     PGresult *r;
-    ap_status rc =
-        query1(impl, tenant_id, Q_PANEL_CLAIM, 7,
-               (const char *const[]){owner, until.s, at.s, tenant_id, id, list, takeover}, &r, err);
+    ap_status rc = query1(
+        impl, tenant_id, max_live > 0 ? Q_PANEL_CLAIM_LIMITED : Q_PANEL_CLAIM, max_live > 0 ? 8 : 7,
+        (const char *const[]){owner, until.s, at.s, tenant_id, id, list, takeover, max.s}, &r, err);
     if (rc != AP_OK)
         return rc;
-    if (int_col(r, 0, 0) == 0)
-        rc = val(r, 0, 1) == NULL || val(r, 0, 1)[0] != 't'
-                 ? ap_err_set(err, AP_NOTFOUND, "no such panel")
-                 : ap_err_set(err, AP_CONFLICT,
-                              "the panel's status or another process's lease does not allow it "
-                              "to start here");
+    if (int_col(r, 0, 0) == 0) {
+        if (val(r, 0, 1) == NULL || val(r, 0, 1)[0] != 't')
+            rc = ap_err_set(err, AP_NOTFOUND, "no such panel");
+        else if (max_live > 0 && int_col(r, 0, 2) >= max_live)
+            rc = ap_err_set(err, AP_LIMIT, "the tenant already has %lld live panels, its limit",
+                            (long long)int_col(r, 0, 2));
+        else
+            rc = ap_err_set(err, AP_CONFLICT,
+                            "the panel's status or another process's lease does not allow it "
+                            "to start here");
+    }
     PQclear(r);
     return rc;
 }
@@ -1518,17 +1525,6 @@ static ap_status pg_events_list(void *impl, const char *tenant_id, const char *p
     *rows = out;
     *n = got;
     return AP_OK;
-}
-
-static ap_status pg_panel_count_live(void *impl, const char *tenant_id, int64_t *n, ap_err *err)
-{
-    PGresult *r;
-    ap_status rc =
-        query1(impl, tenant_id, Q_PANEL_COUNT_LIVE, 1, (const char *const[]){tenant_id}, &r, err);
-    if (rc == AP_OK)
-        *n = int_col(r, 0, 0);
-    PQclear(r);
-    return rc;
 }
 
 static ap_status pg_events_last_seq(void *impl, const char *tenant_id, const char *panel_id,
@@ -1944,7 +1940,6 @@ const store_ops store_pg_ops = {
     .panel_get = pg_panel_get,
     .panel_transition = pg_panel_transition,
     .panel_list = pg_panel_list,
-    .panel_count_live = pg_panel_count_live,
     .panels_in_status = pg_panels_in_status,
     .panel_claim = pg_panel_claim,
     .leases_renew = pg_leases_renew,

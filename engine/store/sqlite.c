@@ -63,7 +63,7 @@ enum {
     ST_EVENT_INSERT_NEW,
     ST_EVENT_LIST,
     ST_EVENT_LAST,
-    ST_PANEL_COUNT_LIVE,
+    ST_PANEL_LIVE_OTHERS,
     ST_CHECKPOINT_PUT,
     ST_CHECKPOINT_GET,
     ST_SCRIPT_INSERT,
@@ -148,8 +148,8 @@ static const char *const sql_text[ST__COUNT] = {
                             "ON CONFLICT DO NOTHING",
     [ST_EVENT_LIST] = "SELECT " EVENT_COLS " FROM panel_events WHERE tenant_id = ? "
                       "AND panel_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-    [ST_PANEL_COUNT_LIVE] = "SELECT count(*) FROM panels WHERE tenant_id = ? AND status IN "
-                            "('queued', 'running', 'awaiting_input')",
+    [ST_PANEL_LIVE_OTHERS] = "SELECT count(*) FROM panels WHERE tenant_id = ? AND id <> ? AND "
+                             "status IN ('queued', 'running', 'awaiting_input')",
     [ST_EVENT_LAST] =
         "SELECT COALESCE(MAX(seq), 0) FROM panel_events WHERE tenant_id = ? AND panel_id = ?",
     /* (fenced by lease in sq_write_batch) */
@@ -1156,14 +1156,41 @@ static ap_status sq_panel_transition(void *impl, const char *tenant_id, const ch
     return rc;
 }
 
+/* AP_OK when the tenant has fewer than max live panels besides id; AP_LIMIT when it has as
+ * many (AP_NOTFOUND rather, when id is not the tenant's panel). */
+static ap_status sq_live_below(sq *q, const char *tenant_id, const char *id, int64_t max,
+                               ap_err *err)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t live = 0;
+    ap_status rc = sq_stmt(q, ST_PANEL_LIVE_OTHERS, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, tenant_id);
+        bind_text(st, 2, id);
+        rc = sq_one(q, st, "no such tenant", err);
+        if (rc == AP_OK)
+            live = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    if (rc == AP_OK && live >= max && (rc = sq_panel_exists(q, tenant_id, id, err)) == AP_OK)
+        rc = ap_err_set(err, AP_LIMIT, "the tenant already has %lld live panels, its limit",
+                        (long long)live);
+    return rc;
+}
+
 static ap_status sq_panel_claim(void *impl, const char *tenant_id, const char *id,
                                 const char *const *from, size_t n_from, const char *owner,
-                                const char *takeover, int64_t now, int64_t expires_at, ap_err *err)
+                                const char *takeover, int64_t now, int64_t expires_at,
+                                int64_t max_live, ap_err *err)
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&q->mu);
+    /* BEGIN IMMEDIATE holds the database's one write lock from here: no other process can
+     * start a panel between the count and the claim. */
     ap_status rc = sq_begin(q, err);
+    if (rc == AP_OK && max_live > 0)
+        rc = sq_live_below(q, tenant_id, id, max_live, err);
     if (rc == AP_OK)
         rc = sq_stmt(q, ST_PANEL_CLAIM, &st, err);
     if (rc == AP_OK) {
@@ -1399,23 +1426,6 @@ static ap_status sq_events_list(void *impl, const char *tenant_id, const char *p
     *rows = out;
     *n = got;
     return AP_OK;
-}
-
-static ap_status sq_panel_count_live(void *impl, const char *tenant_id, int64_t *n, ap_err *err)
-{
-    sq *q = impl;
-    sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
-    ap_status rc = sq_stmt(q, ST_PANEL_COUNT_LIVE, &st, err);
-    if (rc == AP_OK) {
-        bind_text(st, 1, tenant_id);
-        rc = sq_one(q, st, "no such tenant", err);
-        if (rc == AP_OK)
-            *n = sqlite3_column_int64(st, 0);
-        sqlite3_reset(st);
-    }
-    pthread_mutex_unlock(&q->mu);
-    return rc;
 }
 
 static ap_status sq_events_last_seq(void *impl, const char *tenant_id, const char *panel_id,
@@ -1906,7 +1916,6 @@ const store_ops store_sqlite_ops = {
     .panel_get = sq_panel_get,
     .panel_transition = sq_panel_transition,
     .panel_list = sq_panel_list,
-    .panel_count_live = sq_panel_count_live,
     .panels_in_status = sq_panels_in_status,
     .panel_claim = sq_panel_claim,
     .leases_renew = sq_leases_renew,

@@ -443,6 +443,17 @@ void store_tenant_free(store_tenant *t)
     memset(t, 0, sizeof *t);
 }
 
+int64_t store_tenant_limit(const store_tenant *t, const char *name)
+{
+    double v = 0;
+    if (t->config != NULL) {
+        cJSON *cfg = cJSON_Parse(t->config);
+        v = jsonx_number(cJSON_GetObjectItemCaseSensitive(cfg, "limits"), name, 0);
+        cJSON_Delete(cfg);
+    }
+    return isfinite(v) && v >= 1 && v < 1e15 ? (int64_t)v : 0;
+}
+
 ap_status store_tenant_create(store *s, const char *slug, const char *name, const char *config,
                               store_tenant *out, ap_err *err)
 {
@@ -949,7 +960,7 @@ static ap_status check_owner(const char *owner, const char *what, bool required,
 
 ap_status store_panel_claim(store *s, const char *tenant_id, const char *id,
                             const char *const *from, size_t n_from, const char *owner,
-                            int64_t lease_ms, const char *takeover, ap_err *err)
+                            int64_t lease_ms, const char *takeover, int64_t max_live, ap_err *err)
 {
     char tid[STORE_ID_MAX], pid[STORE_ID_MAX];
     ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
@@ -963,9 +974,11 @@ ap_status store_panel_claim(store *s, const char *tenant_id, const char *id,
         return rc;
     if (lease_ms < 1 || lease_ms > INT64_C(1) << 40)
         return ap_err_set(err, AP_INVALID, "a lease lasts 1 ms to 2^40 ms");
+    if (max_live < 0)
+        return ap_err_set(err, AP_INVALID, "a limit of live panels is 0 (none) or more");
     int64_t now = clock_wall_ms();
     return s->ops->panel_claim(s->impl, tid, pid, from, n_from, owner, takeover, now,
-                               now + lease_ms, err);
+                               now + lease_ms, max_live, err);
 }
 
 /* A panel id of a renewal and where it stands in the caller's array. */
@@ -1118,14 +1131,6 @@ ap_status store_events_list(store *s, const char *tenant_id, const char *panel_i
 void store_panel_cursor(const store_panel *row, char out[STORE_CURSOR_MAX])
 {
     cursor_encode(CURSOR_PANELS, row->created_at, row->id, out);
-}
-
-ap_status store_panel_count_live(store *s, const char *tenant_id, int64_t *n, ap_err *err)
-{
-    *n = 0;
-    char tid[STORE_ID_MAX];
-    ap_status rc = norm_uuid(tenant_id, tid, "tenant id", err);
-    return rc == AP_OK ? s->ops->panel_count_live(s->impl, tid, n, err) : rc;
 }
 
 ap_status store_events_last_seq(store *s, const char *tenant_id, const char *panel_id, int64_t *seq,

@@ -70,6 +70,10 @@ typedef struct store_tenant {
 
 void store_tenant_free(store_tenant *t);
 
+/* The tenant's limit `name` from its config ("limits": {name: n}): a count >= 1, or 0 (none)
+ * when absent or not a sane positive count, as operators write these. t borrowed. */
+int64_t store_tenant_limit(const store_tenant *t, const char *name);
+
 /* Creates a tenant; AP_CONFLICT when the slug exists, AP_INVALID for a bad slug (must match
  * [a-z0-9][a-z0-9-]{1,62}). config may be NULL ("{}"). out may be NULL. */
 ap_status store_tenant_create(store *s, const char *slug, const char *name, const char *config,
@@ -191,9 +195,6 @@ ap_status store_panel_transition(store *s, const char *tenant_id, const char *id
                                  const char *const *from, size_t n_from, const char *new_status,
                                  const char *result, const char *error, ap_err *err);
 
-/* How many of a tenant's panels are live (queued, running or awaiting input). */
-ap_status store_panel_count_live(store *s, const char *tenant_id, int64_t *n, ap_err *err);
-
 /* About the bytes of a panel as JSON: its long texts and 512 for the rest. */
 size_t store_panel_bytes(const store_panel *p);
 
@@ -231,10 +232,13 @@ ap_status store_panels_in_status(store *s, const char *status, store_panel_ref *
  * (lease_ms >= 1), in one statement, provided the panel's lease is free: none, expired,
  * owner's own, or held by takeover (an owner the caller found gone; NULL for none).
  * AP_CONFLICT when the status or the lease does not allow it; the caller reads the panel to
- * tell which. */
+ * tell which. With max_live > 0, also only while the tenant has fewer than max_live other
+ * live panels (queued, running or awaiting input), else AP_LIMIT: the count and the claim
+ * are one step for every process sharing the store, so racing starts cannot pass a limit
+ * together. */
 ap_status store_panel_claim(store *s, const char *tenant_id, const char *id,
                             const char *const *from, size_t n_from, const char *owner,
-                            int64_t lease_ms, const char *takeover, ap_err *err);
+                            int64_t lease_ms, const char *takeover, int64_t max_live, ap_err *err);
 
 /* Operator scope (all tenants): extends owner's leases on panels[0..n) to now + lease_ms, in
  * one statement. renewed[i] receives whether panels[i] was still running under owner's lease

@@ -555,6 +555,38 @@ static const char human_lua[] = "return { name = 'human', start = 'pre', nodes =
                                 "    return ctx:done({ said = input.text, pos = input.position,\n"
                                 "      exact = ctx.state.x == 0.1 + 0.2 }) end } }\n";
 
+/* The tenant's limit of live panels (limits.concurrent_panels) is kept by execute itself, for
+ * every caller: past it AP_LIMIT says so and the panel stays created; a panel already started
+ * is still a conflict, not a limit; an ended panel makes room. */
+static void test_live_limit(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    ap_err err = {0};
+    assert_int_equal(
+        store_tenant_set_config(st, tenant, "{\"limits\":{\"concurrent_panels\":1}}", &err), AP_OK);
+    panel_engine *e = start_engine(60000);
+    char first[STORE_ID_MAX], second[STORE_ID_MAX];
+    panel_sub *sub = start_panel(e, "fanout", NULL, first);
+    free(wait_for(sub, "panel.status", 1000)); /* running */
+    create(e, "fanout", NULL, second);
+    assert_int_equal(panel_engine_execute(e, tenant, second, &err), AP_LIMIT);
+    assert_non_null(strstr(err.msg, "already runs 1 panels, its limit"));
+    assert_int_equal(panel_engine_execute(e, tenant, first, &err), AP_CONFLICT);
+    assert_non_null(strstr(err.msg, "already started"));
+    store_panel row = {0};
+    assert_int_equal(store_panel_get(st, tenant, second, &row, &err), AP_OK);
+    assert_string_equal(row.status, "created");
+    store_panel_free(&row);
+    assert_int_equal(panel_engine_cancel(e, tenant, first, &err), AP_OK);
+    wait_cancelled(sub, 1000);
+    panel_engine_unsubscribe(e, sub);
+    assert_int_equal(panel_engine_execute(e, tenant, second, &err), AP_OK);
+    assert_int_equal(panel_engine_cancel(e, tenant, second, &err), AP_OK);
+    panel_engine_stop(e);
+    assert_int_equal(store_tenant_set_config(st, tenant, "{}", &err), AP_OK);
+}
+
 static void test_cancel_aborts_at_once(void **state)
 {
     (void)state;
@@ -950,7 +982,7 @@ static void lease_as(const char *id, const char *from, const char *owner, int64_
                      const char *takeover)
 {
     ap_err err = {0};
-    if (store_panel_claim(st, tenant, id, &from, 1, owner, lease_ms, takeover, &err) != AP_OK)
+    if (store_panel_claim(st, tenant, id, &from, 1, owner, lease_ms, takeover, 0, &err) != AP_OK)
         fail_msg("claim %s as %s: %s", id, owner, err.msg);
 }
 
@@ -1337,6 +1369,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ask_all_is_concurrent),
         cmocka_unit_test(test_params_validation),
+        cmocka_unit_test(test_live_limit),
         cmocka_unit_test(test_subscriber_queue_order_and_lag),
         cmocka_unit_test(test_deltas_join_to_the_answer),
         cmocka_unit_test(test_hot_reload),

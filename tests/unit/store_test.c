@@ -584,6 +584,44 @@ static int64_t wall_ms(void)
 /* Leases: only a claim takes one, and only when it is free, expired, the claimer's own, or held
  * by the owner the claimer names as gone; renewals extend only the owner's running panels;
  * leaving running and releasing clear them. */
+/* A claim with a limit of live panels counts the tenant's other live panels (queued, running,
+ * awaiting input), not the claimed one's own row nor another tenant's. */
+static void test_panel_live_limit(void **state)
+{
+    (void)state;
+    static const char *const created[] = {"created"}, *const running[] = {"running"};
+    static const char o1[] = "host-1:101:aaaa";
+    store_panel p[3], b = {0};
+    memset(p, 0, sizeof p);
+    for (int i = 0; i < 3; i++)
+        make_panel(A, NULL, NULL, &p[i]);
+    make_panel(B, NULL, NULL, &b);
+    OK(store_panel_claim(S, A, p[0].id, created, 1, o1, 60000, NULL, 2, E));
+    OK(store_panel_claim(S, A, p[1].id, created, 1, o1, 60000, NULL, 2, E));
+    IS(AP_LIMIT, store_panel_claim(S, A, p[2].id, created, 1, o1, 60000, NULL, 2, E));
+    {
+        store_panel g = {0};
+        OK(store_panel_get(S, A, p[2].id, &g, E));
+        assert_string_equal(g.status, "created"); /* refused: nothing changed */
+        store_panel_free(&g);
+    }
+    /* another tenant's live panels are not this one's */
+    OK(store_panel_claim(S, B, b.id, created, 1, o1, 60000, NULL, 1, E));
+    /* a running panel re-claimed is not counted against itself */
+    OK(store_panel_claim(S, A, p[0].id, running, 1, o1, 60000, NULL, 2, E));
+    /* no such panel (or another tenant's) stays not found, limit or not */
+    IS(AP_NOTFOUND, store_panel_claim(S, A, b.id, created, 1, o1, 60000, NULL, 1, E));
+    IS(AP_INVALID, store_panel_claim(S, A, p[2].id, created, 1, o1, 60000, NULL, -1, E));
+    /* awaiting input is live; a finished panel makes room */
+    OK(store_panel_transition(S, A, p[1].id, running, 1, "awaiting_input", NULL, NULL, E));
+    IS(AP_LIMIT, store_panel_claim(S, A, p[2].id, created, 1, o1, 60000, NULL, 2, E));
+    OK(store_panel_transition(S, A, p[0].id, running, 1, "completed", "{}", NULL, E));
+    OK(store_panel_claim(S, A, p[2].id, created, 1, o1, 60000, NULL, 2, E));
+    for (int i = 0; i < 3; i++)
+        store_panel_free(&p[i]);
+    store_panel_free(&b);
+}
+
 static void test_panel_leases(void **state)
 {
     (void)state;
@@ -598,7 +636,7 @@ static void test_panel_leases(void **state)
     assert_null(p.lease_owner);
 
     int64_t before = wall_ms();
-    OK(store_panel_claim(S, A, p.id, created, 1, o1, 60000, NULL, E));
+    OK(store_panel_claim(S, A, p.id, created, 1, o1, 60000, NULL, 0, E));
     lease_of(A, p.id, owner, &until);
     assert_string_equal(owner, o1);
     assert_true(until >= before + 60000 && until <= wall_ms() + 60000);
@@ -609,33 +647,33 @@ static void test_panel_leases(void **state)
         store_panel_free(&g);
     }
     /* a live lease of someone else */
-    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, running, 1, o2, 60000, NULL, E));
-    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, running, 1, o2, 60000, o3, E));
+    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, running, 1, o2, 60000, NULL, 0, E));
+    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, running, 1, o2, 60000, o3, 0, E));
     /* the status must match too, even for the owner */
-    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, created, 1, o1, 60000, NULL, E));
+    IS(AP_CONFLICT, store_panel_claim(S, A, p.id, created, 1, o1, 60000, NULL, 0, E));
     /* another tenant's panel does not exist */
-    IS(AP_NOTFOUND, store_panel_claim(S, B, p.id, running, 1, o2, 60000, NULL, E));
+    IS(AP_NOTFOUND, store_panel_claim(S, B, p.id, running, 1, o2, 60000, NULL, 0, E));
     /* the owner renews its own claim; a claimer that found the owner gone takes it over */
-    OK(store_panel_claim(S, A, p.id, running, 1, o1, 60000, NULL, E));
-    OK(store_panel_claim(S, A, p.id, running, 1, o2, 60000, o1, E));
+    OK(store_panel_claim(S, A, p.id, running, 1, o1, 60000, NULL, 0, E));
+    OK(store_panel_claim(S, A, p.id, running, 1, o2, 60000, o1, 0, E));
     lease_of(A, p.id, owner, &until);
     assert_string_equal(owner, o2);
     /* an expired lease is free */
-    OK(store_panel_claim(S, A, p.id, running, 1, o2, 1, NULL, E));
+    OK(store_panel_claim(S, A, p.id, running, 1, o2, 1, NULL, 0, E));
     usleep(20 * 1000);
-    OK(store_panel_claim(S, A, p.id, running, 1, o3, 60000, NULL, E));
+    OK(store_panel_claim(S, A, p.id, running, 1, o3, 60000, NULL, 0, E));
     lease_of(A, p.id, owner, &until);
     assert_string_equal(owner, o3);
 
     /* Renewal: only the owner's running panels, each reported. */
-    OK(store_panel_claim(S, A, q.id, created, 1, o1, 60000, NULL, E));
+    OK(store_panel_claim(S, A, q.id, created, 1, o1, 60000, NULL, 0, E));
     store_panel_ref refs[2];
     memcpy(refs[0].tenant_id, A, STORE_ID_MAX);
     memcpy(refs[0].panel_id, p.id, STORE_ID_MAX);
     memcpy(refs[1].tenant_id, A, STORE_ID_MAX);
     memcpy(refs[1].panel_id, q.id, STORE_ID_MAX);
     bool renewed[2] = {false, false};
-    OK(store_panel_claim(S, A, p.id, running, 1, o3, 1000, NULL, E));
+    OK(store_panel_claim(S, A, p.id, running, 1, o3, 1000, NULL, 0, E));
     lease_of(A, p.id, owner, &until);
     int64_t short_until = until;
     OK(store_panel_leases_renew(S, o3, refs, 2, 120000, renewed, E));
@@ -664,13 +702,13 @@ static void test_panel_leases(void **state)
     assert_int_equal(until, 0);
     OK(store_panel_leases_renew(S, o1, refs, 2, 120000, renewed, E));
     assert_false(renewed[1]);
-    OK(store_panel_claim(S, A, q.id, awaiting, 1, o2, 60000, NULL, E));
+    OK(store_panel_claim(S, A, q.id, awaiting, 1, o2, 60000, NULL, 0, E));
     lease_of(A, q.id, owner, &until);
     assert_string_equal(owner, o2);
     OK(store_panel_transition(S, A, q.id, running, 1, "completed", "{}", NULL, E));
     lease_of(A, q.id, owner, &until);
     assert_string_equal(owner, "");
-    IS(AP_CONFLICT, store_panel_claim(S, A, q.id, running, 1, o2, 60000, NULL, E));
+    IS(AP_CONFLICT, store_panel_claim(S, A, q.id, running, 1, o2, 60000, NULL, 0, E));
 
     /* Fencing: writes of a process that lost the panel (stalled past its lease) do not land,
      * neither its checkpoint nor its status change; the holder's do. */
@@ -737,12 +775,12 @@ static void test_panel_leases(void **state)
     OK(store_panel_leases_release(S, o3, E));
     lease_of(A, p.id, owner, &until);
     assert_string_equal(owner, "");
-    OK(store_panel_claim(S, A, p.id, running, 1, o2, 60000, NULL, E));
+    OK(store_panel_claim(S, A, p.id, running, 1, o2, 60000, NULL, 0, E));
 
     /* Bad input. */
-    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 1, "", 60000, NULL, E));
-    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 1, o2, 0, NULL, E));
-    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 0, o2, 60000, NULL, E));
+    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 1, "", 60000, NULL, 0, E));
+    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 1, o2, 0, NULL, 0, E));
+    IS(AP_INVALID, store_panel_claim(S, A, p.id, running, 0, o2, 60000, NULL, 0, E));
     IS(AP_INVALID, store_panel_leases_release(S, NULL, E));
     store_panel_free(&p);
     store_panel_free(&q);
@@ -1502,6 +1540,62 @@ static void *hammer(void *arg)
     return NULL;
 }
 
+/* A tenant's limit of live panels is counted and claimed in one step: of racing claims on one
+ * tenant with room for one more, exactly one wins, round after round (PostgreSQL: across the
+ * pool's connections, as across nodes). */
+typedef struct limit_racer {
+    pthread_barrier_t *gate;
+    char panel[STORE_ID_MAX];
+    ap_status rc;
+} limit_racer;
+
+static void *claim_limited(void *arg)
+{
+    limit_racer *r = arg;
+    static const char *const created[] = {"created"};
+    pthread_barrier_wait(r->gate);
+    r->rc = store_panel_claim(S, A, r->panel, created, 1, "host:1:race", 60000, NULL, 1, NULL);
+    return NULL;
+}
+
+static void test_live_limit_races(void **state)
+{
+    (void)state;
+    enum { RACERS = 8, ROUNDS = 12 };
+    static const char *const running[] = {"running"};
+    pthread_barrier_t gate;
+    pthread_barrier_init(&gate, NULL, RACERS);
+    for (int round = 0; round < ROUNDS; round++) {
+        limit_racer r[RACERS];
+        pthread_t th[RACERS];
+        for (int i = 0; i < RACERS; i++) {
+            store_panel p = {0};
+            make_panel(A, NULL, NULL, &p);
+            r[i] = (limit_racer){.gate = &gate, .rc = AP_ERROR};
+            memcpy(r[i].panel, p.id, STORE_ID_MAX);
+            store_panel_free(&p);
+        }
+        for (int i = 0; i < RACERS; i++)
+            assert_int_equal(pthread_create(&th[i], NULL, claim_limited, &r[i]), 0);
+        int won = -1, limited = 0;
+        for (int i = 0; i < RACERS; i++) {
+            pthread_join(th[i], NULL);
+            if (r[i].rc == AP_OK) {
+                assert_int_equal(won, -1);
+                won = i;
+            } else {
+                assert_int_equal(r[i].rc, AP_LIMIT);
+                limited++;
+            }
+        }
+        assert_int_not_equal(won, -1);
+        assert_int_equal(limited, RACERS - 1);
+        /* the winner ends, which makes room for the next round */
+        OK(store_panel_transition(S, A, r[won].panel, running, 1, "completed", "{}", NULL, E));
+    }
+    pthread_barrier_destroy(&gate);
+}
+
 static void test_threads(void **state)
 {
     (void)state;
@@ -1690,7 +1784,7 @@ static void test_sqlite_migration_keeps_rows(void **state)
     memcpy(orphan.panel_id, "0b5e8d4a-6d3c-4e0f-9a51-3f2b7c9d1e99", STORE_ID_MAX);
     IS(AP_NOTFOUND, store_events_append(s, MT, &orphan, 1, E));
     const char *running[] = {"running"};
-    OK(store_panel_claim(s, MT, MP1, running, 1, "host:1:boot", 60000, NULL, E));
+    OK(store_panel_claim(s, MT, MP1, running, 1, "host:1:boot", 60000, NULL, 0, E));
     OK(store_panel_transition(s, MT, MP1, running, 1, "completed", "{\"ok\":true}", NULL, E));
     IS(AP_CONFLICT, store_panel_transition(s, MT, MP1, running, 1, "failed", NULL, "x", E));
     store_usage again = {.id = "0190e6a4-1111-7aaa-8bbb-000000000001",
@@ -1818,15 +1912,25 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "--migrate") == 0)
         return migrate_only(argv[2]);
     const struct CMUnitTest tests[] = {
-        CONTRACT(test_lifecycle),    CONTRACT(test_bad_urls),
-        CONTRACT(test_tenants),      CONTRACT(test_keys),
-        CONTRACT(test_experts_crud), CONTRACT(test_experts_pagination),
-        CONTRACT(test_panels),       CONTRACT(test_panel_create_returns_stored_row),
-        CONTRACT(test_panel_lists),  CONTRACT(test_events),
-        CONTRACT(test_checkpoints),  CONTRACT(test_scripts),
-        CONTRACT(test_usage),        CONTRACT(test_threads),
-        CONTRACT(test_write_batch),  CONTRACT(test_write_batch_trusted),
+        CONTRACT(test_lifecycle),
+        CONTRACT(test_bad_urls),
+        CONTRACT(test_tenants),
+        CONTRACT(test_keys),
+        CONTRACT(test_experts_crud),
+        CONTRACT(test_experts_pagination),
+        CONTRACT(test_panels),
+        CONTRACT(test_panel_create_returns_stored_row),
+        CONTRACT(test_panel_lists),
+        CONTRACT(test_events),
+        CONTRACT(test_checkpoints),
+        CONTRACT(test_scripts),
+        CONTRACT(test_usage),
+        CONTRACT(test_threads),
+        CONTRACT(test_live_limit_races),
+        CONTRACT(test_write_batch),
+        CONTRACT(test_write_batch_trusted),
         CONTRACT(test_panel_leases),
+        CONTRACT(test_panel_live_limit),
     };
     const struct CMUnitTest sqlite_tests[] = {
         CONTRACT(test_sqlite_row_verification),
