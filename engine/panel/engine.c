@@ -46,7 +46,8 @@ typedef struct witem {
     struct witem *next;
     char tenant_id[STORE_ID_MAX];
     char panel_id[STORE_ID_MAX];
-    size_t hash; /* bucket_hash(panel_id), hashed once per panel rather than per item */
+    size_t hash;     /* bucket_hash(panel_id), hashed once per panel rather than per item */
+    uint64_t serial; /* of the run that wrote it (prun.serial) */
     /* The engine's lease owner id: the store takes a panel's events, checkpoints and status
      * changes only from the holder of its lease. */
     const char *owner;
@@ -896,6 +897,8 @@ static void publish_batch(panel_engine *e, witem *list)
     buf_free(&json);
 }
 
+static void stop_fenced(panel_engine *e, const witem *list);
+
 static void process_batch(panel_engine *e, witem *list)
 {
     if (e->st != NULL) {
@@ -910,6 +913,7 @@ static void process_batch(panel_engine *e, witem *list)
                         "event writer: %s", err.msg);
         }
         commit_writes(e, list);
+        stop_fenced(e, list);
     }
     publish_batch(e, list);
     while (list != NULL) {
@@ -1182,6 +1186,7 @@ static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
     memcpy(w->tenant_id, p->tenant_id, sizeof w->tenant_id);
     memcpy(w->panel_id, p->panel_id, sizeof w->panel_id);
     w->hash = p->hash;
+    w->serial = p->serial;
     w->owner = p->e->owner;
     return w;
 }
@@ -2250,6 +2255,25 @@ static ap_status post_cmd(panel_engine *e, runner *r, cmd_kind kind, const char 
         return AP_NOMEM;
     }
     return AP_OK;
+}
+
+/* A run whose events the store fenced off has lost its panel to another process (which
+ * took it over, or cancelled it): it stops now rather than at the next lease renewal, up to
+ * lease_ms / 3 later, for which it would go on paying provider calls that nobody sees. */
+static void stop_fenced(panel_engine *e, const witem *list)
+{
+    const char *last = NULL;
+    for (const witem *w = list; w != NULL; w = w->next) {
+        if (!w->fenced || (last != NULL && strcmp(last, w->panel_id) == 0))
+            continue;
+        last = w->panel_id;
+        pthread_mutex_lock(&e->amu);
+        prun *p = active_find_locked(e, w->panel_id);
+        runner *r = p != NULL && p->serial == w->serial ? p->r : NULL;
+        pthread_mutex_unlock(&e->amu);
+        if (r != NULL && post_cmd(e, r, CMD_LOST, w->panel_id, w->serial) != AP_OK)
+            log_error("event writer: out of memory while stopping a panel it lost");
+    }
 }
 
 static void *runner_main(void *arg)

@@ -1124,6 +1124,37 @@ static void test_lease_renewal_and_loss(void **state)
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
+/* A run whose writes the store fences off (another process took the panel over) stops at its
+ * first refused write, not at its next lease renewal (10 s away here): of three rounds it
+ * pays for the one in flight, at most one more, where it went on to finish the panel. */
+static void test_fenced_run_stops(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    unlink(calls_path);
+    panel_engine *e = start_engine(300);
+    char id[STORE_ID_MAX];
+    panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
+    free(wait_for(sub, "panel.status", 3000));
+    store_panel row = row_of(id);
+    char *ours = strdup(row.lease_owner);
+    store_panel_free(&row);
+    lease_as(id, "running", "elsewhere.invalid:1:cafe", 60000, ours);
+    free(ours);
+    int64_t deadline = clock_mono_ms() + 3000;
+    while (panel_engine_active(e) > 0 && clock_mono_ms() < deadline)
+        usleep(10 * 1000);
+    assert_int_equal(panel_engine_active(e), 0);
+    usleep(700 * 1000); /* what a run going on would have paid by now */
+    assert_in_range(count_lines(calls_path), 5, 10);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    row = row_of(id);
+    assert_string_equal(row.status, "running");
+    assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
+    store_panel_free(&row);
+}
+
 /* A cancel sent to a process that does not run the panel leaves the writing to the one that
  * does (it finds the status changed when it renews its lease): one cancel event, at the end
  * of a gapless log, where the canceller's own event took a seq of the runner's and the runner
@@ -1370,6 +1401,7 @@ int main(void)
         cmocka_unit_test(test_ask_all_is_concurrent),
         cmocka_unit_test(test_params_validation),
         cmocka_unit_test(test_live_limit),
+        cmocka_unit_test(test_fenced_run_stops),
         cmocka_unit_test(test_subscriber_queue_order_and_lag),
         cmocka_unit_test(test_deltas_join_to_the_answer),
         cmocka_unit_test(test_hot_reload),
