@@ -7,16 +7,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-ap_status fileio_read(const char *path, size_t max, char **out, size_t *len, ap_err *err)
+/* Reads the open fd (taken over: closed here) of the file named path, as fileio_read. */
+static ap_status read_fd(int fd, const char *path, size_t max, char **out, size_t *len, ap_err *err)
 {
-    *out = NULL;
     ap_status rc = AP_OK;
     char *data = NULL;
-    /* Non-blocking, so that opening a FIFO returns at once and fstat can refuse it. */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return ap_err_set(err, errno == ENOENT ? AP_NOTFOUND : AP_IO, "cannot read %s: %s", path,
-                          strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         rc = ap_err_set(err, AP_INVALID, "%s: not a regular file", path);
@@ -51,4 +46,35 @@ out:
     free(data);
     close(fd);
     return rc;
+}
+
+/* Non-blocking opens, so that opening a FIFO returns at once and fstat can refuse it. */
+ap_status fileio_read(const char *path, size_t max, char **out, size_t *len, ap_err *err)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return ap_err_set(err, errno == ENOENT ? AP_NOTFOUND : AP_IO, "cannot read %s: %s", path,
+                          strerror(errno));
+    return read_fd(fd, path, max, out, len, err);
+}
+
+ap_status fileio_read_in(const char *dir, const char *name, size_t max, char **out, size_t *len,
+                         ap_err *err)
+{
+    *out = NULL;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return ap_err_set(err, errno == ENOENT ? AP_NOTFOUND : AP_IO, "cannot read %s: %s", dir,
+                          strerror(errno));
+    int fd = -1, e = ENOENT;
+    if (strchr(name, '/') == NULL) {
+        fd = openat(dfd, name, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+        e = errno;
+    }
+    close(dfd);
+    if (fd < 0) /* ELOOP: a symbolic link */
+        return ap_err_set(err, e == ENOENT || e == ELOOP ? AP_NOTFOUND : AP_IO,
+                          "cannot read %s in %s: %s", name, dir, strerror(e));
+    return read_fd(fd, name, max, out, len, err);
 }

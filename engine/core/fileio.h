@@ -15,4 +15,9 @@
  * when it is not a regular file, AP_LIMIT past max, AP_IO otherwise; err names the path. */
 ap_status fileio_read(const char *path, size_t max, char **out, size_t *len, ap_err *err);
 
+/* fileio_read of the file name (one path component) directly in dir, which must not be a
+ * symbolic link: a link there may lead anywhere, so it reads as AP_NOTFOUND. */
+ap_status fileio_read_in(const char *dir, const char *name, size_t max, char **out, size_t *len,
+                         ap_err *err);
+
 #endif

@@ -86,7 +86,8 @@ static char *tenant_config_from(http_request *req, const cJSON *body)
     if (text != NULL && strlen(text) > TENANT_CONFIG_MAX) {
         cJSON_free(text);
         text = NULL;
-        http_reply_error(req, 413, "too_large", "the tenant config exceeds %d bytes",
+        http_reply_error(req, 400, "invalid_field",
+                         "the tenant config (branding, flags, limits) exceeds %d bytes",
                          TENANT_CONFIG_MAX);
     }
 out:

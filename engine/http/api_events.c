@@ -489,9 +489,8 @@ static bool start_after(http_request *req, int64_t *after)
     *after = 0;
     if (v == NULL)
         return true;
-    char *end = NULL;
-    long long n = strtoll(v, &end, 10);
-    if (end == v || *end != '\0' || n < 0) {
+    int64_t n = 0;
+    if (!validate_decimal(v, INT64_MAX / 10, &n)) {
         http_reply_error(req, 400, "invalid_parameter",
                          "Last-Event-ID / after must be an event sequence number");
         return false;

@@ -220,12 +220,24 @@ static bool resolve_experts(http_request *req, api_deps *d, const char *tenant, 
 }
 
 /* Maps an engine error on create: params and scripts are the request's fault (422). */
+/* 1 to IDEMPOTENCY_KEY_MAX printable ASCII characters, as a structured-field string. */
+static bool idempotency_key_ok(const char *k)
+{
+    size_t n = 0;
+    for (; k[n] != '\0'; n++)
+        if (n == IDEMPOTENCY_KEY_MAX || k[n] < 0x20 || k[n] > 0x7e)
+            return false;
+    return n > 0;
+}
+
 static void reply_create_error(http_request *req, const ap_err *err)
 {
+    /* the registry says "no consensus algorithm named '...'" or "no strategy named '...'":
+     * read by its head, as the name itself may say anything */
     if (err->status == AP_NOTFOUND)
         http_reply_error(req, 422,
-                         strstr(err->msg, "consensus") != NULL ? "unknown_consensus"
-                                                               : "unknown_strategy",
+                         strncmp(err->msg, "no consensus ", 13) == 0 ? "unknown_consensus"
+                                                                     : "unknown_strategy",
                          "%s", err->msg);
     else if (err->status == AP_INVALID)
         http_reply_error(req, 422, "invalid_params", "%s", err->msg);
@@ -259,8 +271,9 @@ void api_panels_create(http_request *req, void *app)
         return;
     }
     const char *idem = http_header(req, "Idempotency-Key");
-    if (idem != NULL && (idem[0] == '\0' || strlen(idem) > IDEMPOTENCY_KEY_MAX)) {
-        http_reply_error(req, 400, "invalid_header", "Idempotency-Key must be 1 to %d bytes",
+    if (idem != NULL && !idempotency_key_ok(idem)) {
+        http_reply_error(req, 400, "invalid_header",
+                         "Idempotency-Key must be 1 to %d printable ASCII characters",
                          IDEMPOTENCY_KEY_MAX);
         return;
     }

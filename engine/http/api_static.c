@@ -51,12 +51,10 @@ static void serve_file(http_request *req, const api_deps *d, const char *name)
         http_reply_error(req, 404, "not_found", "no such file");
         return;
     }
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", d->cfg->web_dir, name);
     char *data = NULL;
     size_t n = 0;
     ap_err err = {0};
-    ap_status rc = fileio_read(path, STATIC_MAX, &data, &n, &err);
+    ap_status rc = fileio_read_in(d->cfg->web_dir, name, STATIC_MAX, &data, &n, &err);
     if (rc == AP_NOTFOUND || rc == AP_INVALID) {
         http_reply_error(req, 404, "not_found", "no such file");
     } else if (rc != AP_OK) {

@@ -2,9 +2,9 @@
 #include "core/clock.h"
 #include "core/jsonx.h"
 #include "http/api.h"
+#include "http/validate.h"
 #include "store/store.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,15 +46,7 @@ static bool parse_time(const char *s, int64_t *out)
 {
     if (strchr(s, '-') != NULL)
         return parse_date(s, out);
-    if (s[0] < '0' || s[0] > '9')
-        return false;
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno != 0 || *end != '\0')
-        return false;
-    *out = v;
-    return true;
+    return validate_decimal(s, INT64_MAX / 10, out);
 }
 
 void api_usage_get(http_request *req, void *app)

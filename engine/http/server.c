@@ -3,6 +3,7 @@
 #include "core/buf.h"
 #include "core/ids.h"
 #include "core/jsonx.h"
+#include "core/jview.h"
 #include "core/log.h"
 
 #include <microhttpd.h>
@@ -66,7 +67,8 @@ struct http_request {
     bool too_large;
     bool replied;
     bool counted;
-    bool nul_in_path; /* the raw path holds %00, which decodes to a NUL that cuts it */
+    const char *bad_path; /* why the raw path is refused (see on_uri), or NULL */
+    const char *uri_end;  /* where the raw request target ends, as a C string */
     router_match match;
     http_principal principal;
     cJSON *json;
@@ -187,7 +189,20 @@ cJSON *http_json_body(http_request *req)
         http_reply_error(req, 400, "invalid_json", "a JSON object body is required");
         return NULL;
     }
+    /* RFC 8259 first, which cJSON is not strict about: it takes raw control characters in
+     * strings (a raw NUL cutting the value short), numbers such as 01 or 1., and invalid
+     * UTF-8 anywhere, which jsonx_print would then rewrite. */
     ap_err err;
+    jview v;
+    ap_status vrc = jview_parse(&v, req->body.data, req->body.len, JSON_MAX_DEPTH, &err);
+    jview_free(&v);
+    if (vrc != AP_OK) {
+        if (vrc == AP_NOMEM)
+            http_reply_ap_err(req, &err);
+        else
+            http_reply_error(req, 400, "invalid_json", "%s", err.msg);
+        return NULL;
+    }
     cJSON *j = jsonx_parse(req->body.data, req->body.len, JSON_MAX_DEPTH, &err);
     if (j == NULL) {
         http_reply_error(req, 400, "invalid_json", "%s", err.msg);
@@ -449,16 +464,38 @@ void http_stream_wake(http_stream *st)
 
 /* ---- dispatch ------------------------------------------------------------------------- */
 
-/* Stops at a query parameter whose decoded name or value holds a NUL (%00): handlers read
- * them as C strings, which would end there ("?from=1%002" read as 1). */
-static enum MHD_Result query_nul(void *cls, enum MHD_ValueKind kind, const char *key,
-                                 size_t key_size, const char *value, size_t value_size)
+#define QUERY_PARAMS_MAX 32
+
+typedef struct query_check {
+    const char *nul, *twice;
+    const char *seen[QUERY_PARAMS_MAX];
+    int n;
+    bool too_many;
+} query_check;
+
+/* Stops at a query parameter whose decoded name or value holds a NUL (%00), which handlers
+ * reading C strings would cut ("?from=1%002" read as 1), or which is given twice (handlers
+ * read the first, whoever is in front may read the last). */
+static enum MHD_Result query_param(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size)
 {
     (void)kind;
-    bool cut = strlen(key) != key_size || (value != NULL && strlen(value) != value_size);
-    if (cut)
-        *(const char **)cls = key;
-    return cut ? MHD_NO : MHD_YES;
+    query_check *q = cls;
+    if (strlen(key) != key_size || (value != NULL && strlen(value) != value_size)) {
+        q->nul = key;
+        return MHD_NO;
+    }
+    for (int i = 0; i < q->n; i++)
+        if (strcmp(q->seen[i], key) == 0) {
+            q->twice = key;
+            return MHD_NO;
+        }
+    if (q->n == QUERY_PARAMS_MAX) {
+        q->too_many = true;
+        return MHD_NO;
+    }
+    q->seen[q->n++] = key;
+    return MHD_YES;
 }
 
 static void dispatch(http_request *req)
@@ -479,11 +516,18 @@ static void dispatch(http_request *req)
     if (req->match.flags != HTTP_PUBLIC && req->srv->auth != NULL &&
         !req->srv->auth(req, req->match.flags, req->srv->app))
         return;
-    const char *bad = NULL;
-    MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, query_nul, &bad);
-    if (bad != NULL) {
-        http_reply_error(req, 400, "invalid_parameter",
-                         "query parameter \"%.64s\" may not contain NUL (%%00)", bad);
+    query_check q = {0};
+    MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, query_param, &q);
+    if (q.nul != NULL || q.twice != NULL || q.too_many) {
+        if (q.nul != NULL)
+            http_reply_error(req, 400, "invalid_parameter",
+                             "query parameter \"%.64s\" may not contain NUL (%%00)", q.nul);
+        else if (q.twice != NULL)
+            http_reply_error(req, 400, "invalid_parameter",
+                             "query parameter \"%.64s\" may appear only once", q.twice);
+        else
+            http_reply_error(req, 400, "invalid_parameter", "at most %d query parameters",
+                             QUERY_PARAMS_MAX);
         return;
     }
     ((http_handler)req->match.handler)(req, req->srv->app);
@@ -511,22 +555,29 @@ static void request_free(http_request *req)
     free(req);
 }
 
-/* The raw request line, before MHD decodes it: a %00 in the path decodes to a NUL, and the
- * path the router then sees ("/v1/tenant" of "/v1/tenant%00.css") is not the one a proxy in
- * front judged. The request's state starts here (MHD hands it to on_request). */
+/* The raw request target, before MHD decodes it. The router sees the decoded path, which must
+ * be the one a proxy in front judged: a %00 decodes to a NUL that cuts it ("/v1/tenant" of
+ * "/v1/tenant%00.css"), and a %2F to a separator ("/v1/panels/ID%2Fexecute" routed as the
+ * execute of ID). The request's state starts here (MHD hands it to on_request). */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     (void)cls;
     (void)conn;
     http_request *req = calloc(1, sizeof *req);
-    if (req != NULL)
-        req->nul_in_path = memmem(uri, strcspn(uri, "?"), "%00", 3) != NULL;
+    if (req == NULL)
+        return NULL;
+    size_t path = strcspn(uri, "?");
+    if (memmem(uri, path, "%00", 3) != NULL)
+        req->bad_path = "the path may not contain NUL (%00)";
+    else if (memmem(uri, path, "%2F", 3) != NULL || memmem(uri, path, "%2f", 3) != NULL)
+        req->bad_path = "the path may not contain an encoded slash (%2F)";
+    req->uri_end = uri + strlen(uri);
     return req;
 }
 
 typedef struct header_count {
-    int content_length, authorization, tenant;
-    const char *content_length_value;
+    int content_length, authorization, tenant, idempotency, transfer_encoding;
+    const char *content_length_value, *transfer_encoding_value;
     bool content_lengths_differ;
 } header_count;
 
@@ -535,6 +586,8 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
 {
     (void)kind;
     header_count *c = cls;
+    if (value == NULL)
+        return MHD_YES;
     if (strcasecmp(key, "Content-Length") == 0) {
         if (c->content_length++ > 0 && strcmp(c->content_length_value, value) != 0)
             c->content_lengths_differ = true;
@@ -543,31 +596,66 @@ static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const ch
         c->authorization++;
     } else if (strcasecmp(key, "X-Tenant-ID") == 0) {
         c->tenant++;
+    } else if (strcasecmp(key, "Idempotency-Key") == 0) {
+        c->idempotency++;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        c->transfer_encoding++;
+        c->transfer_encoding_value = value;
     }
     return MHD_YES;
 }
 
-/* Headers that must not be repeated: two lengths let a second request hide in the first's
- * body for whoever reads the other length (a proxy in front), and a second key or tenant is
- * a value nobody checked. NULL when there is no problem. */
-static const char *repeated_header(struct MHD_Connection *conn)
+/* Whether a Transfer-Encoding value is plain "chunked", the one coding MHD decodes. */
+static bool chunked_only(const char *v)
+{
+    while (*v == ' ' || *v == '\t')
+        v++;
+    size_t n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    return n == 7 && strncasecmp(v, "chunked", 7) == 0;
+}
+
+/* Refuses (400, or 501 for a coding MHD cannot decode, and closes the connection) a request
+ * that a proxy in front may have read otherwise than the engine does: a path refused by
+ * on_uri; two lengths, or a length beside a transfer coding,
+ * which let a second request hide in the first's body for whoever reads the other framing
+ * (RFC 9112 6.3); a second key, tenant or idempotency key, a value nobody checked. A coding
+ * other than chunked would leave MHD waiting for a body it cannot frame. False when it
+ * replied. */
+static bool headers_sane(http_request *req)
 {
     header_count c = {0};
-    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_header, &c);
-    if (c.content_lengths_differ)
-        return "Content-Length";
-    if (c.authorization > 1)
-        return "Authorization";
-    if (c.tenant > 1)
-        return "X-Tenant-ID";
-    return NULL;
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_header, &c);
+    const char *repeated = c.content_lengths_differ  ? "Content-Length"
+                           : c.authorization > 1     ? "Authorization"
+                           : c.tenant > 1            ? "X-Tenant-ID"
+                           : c.idempotency > 1       ? "Idempotency-Key"
+                           : c.transfer_encoding > 1 ? "Transfer-Encoding"
+                                                     : NULL;
+    if (repeated == NULL && req->bad_path == NULL &&
+        (c.transfer_encoding == 0 ||
+         (c.content_length == 0 && chunked_only(c.transfer_encoding_value))))
+        return true;
+    http_add_header(req, "Connection", "close");
+    if (repeated != NULL)
+        http_reply_error(req, 400, "invalid_header", "the %s header may appear only once",
+                         repeated);
+    else if (req->bad_path != NULL)
+        http_reply_error(req, 400, "invalid_path", "%s", req->bad_path);
+    else if (c.content_length > 0)
+        http_reply_error(req, 400, "invalid_header",
+                         "Content-Length and Transfer-Encoding may not both be sent");
+    else
+        http_reply_error(req, 501, "unsupported_transfer_encoding",
+                         "the only transfer coding accepted is chunked");
+    return false;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
-    (void)version;
     http_server *srv = cls;
     http_request *req = *con_cls;
     if (req == NULL || req->srv == NULL) {
@@ -584,16 +672,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         buf_init(&req->body, srv->max_body);
         assign_request_id(req);
         *con_cls = req;
-        const char *repeated = repeated_header(conn);
-        if (repeated != NULL || req->nul_in_path) {
-            http_add_header(req, "Connection", "close");
-            if (repeated != NULL)
-                http_reply_error(req, 400, "invalid_header", "the %s header may appear only once",
-                                 repeated);
-            else
-                http_reply_error(req, 400, "invalid_path", "the path may not contain NUL (%%00)");
+        /* The request target runs up to the space before the version in one buffer; a raw
+         * NUL inside it ends the C string early, cutting the path MHD hands on. */
+        if (req->uri_end != NULL && version != req->uri_end + 1 && req->bad_path == NULL)
+            req->bad_path = "the request target may not contain a raw NUL";
+        if (!headers_sane(req))
             return MHD_YES;
-        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
         if (cl != NULL) {

@@ -99,14 +99,28 @@ bool validate_string_array(http_request *req, const cJSON *obj, const char *key,
     return true;
 }
 
+bool validate_decimal(const char *s, int64_t max, int64_t *out)
+{
+    int64_t v = 0;
+    size_t n = 0;
+    for (; s[n] >= '0' && s[n] <= '9'; n++) {
+        if (n == 18)
+            return false;
+        v = v * 10 + (s[n] - '0');
+    }
+    if (n == 0 || s[n] != '\0' || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
 bool validate_page(http_request *req, int dflt, int max, int *limit, const char **cursor)
 {
     const char *l = http_query(req, "limit");
     *limit = dflt;
     if (l != NULL) {
-        char *end = NULL;
-        long v = strtol(l, &end, 10);
-        if (end == l || *end != '\0' || v < 1 || v > max) {
+        int64_t v = 0;
+        if (!validate_decimal(l, max, &v) || v < 1) {
             http_reply_error(req, 400, "invalid_parameter", "limit must be an integer from 1 to %d",
                              max);
             return false;

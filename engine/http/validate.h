@@ -31,6 +31,9 @@ bool validate_string_array(http_request *req, const cJSON *obj, const char *key,
 /* Whether s is a script name: 1 to 64 bytes of a-z, 0-9, '_' and '-'. Replies nothing. */
 bool validate_script_name(const char *s);
 
+/* Whether s is a plain decimal count from 0 to max: digits only (no sign, space or other
+ * spelling strtol would take), at most 18 of them. *out gets the value. Replies nothing. */
+bool validate_decimal(const char *s, int64_t max, int64_t *out);
 /* ?limit= (1..max, default dflt) and ?cursor= (opaque, bounded). */
 bool validate_page(http_request *req, int dflt, int max, int *limit, const char **cursor);
 

@@ -122,6 +122,12 @@ def test_create_validation(w):
     expect_error(s.request("POST", "/v1/panels", {"question": "q" * 9000, "strategy": "council"}, key=a), 400)
     expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "no_such"}, key=a), 422,
                  "unknown_strategy")
+    # the code follows what is missing, whatever the name says
+    expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "consensus-free"},
+                           key=a), 422, "unknown_strategy")
+    # counts are plain digits: no sign, no space, nothing strtol would also take
+    for q in ("limit=%2B5", "limit=%205", "limit=5%20", "limit=0x5", "limit=1&limit=2"):
+        expect_error(s.request("GET", "/v1/panels?" + q, key=a), 400, "invalid_parameter")
     expect_error(s.request("POST", "/v1/panels", {"question": Q, "strategy": "council",
                                                   "consensus": "no_such"}, key=a), 422,
                  "unknown_consensus")
@@ -172,6 +178,10 @@ def test_idempotency(w):
     assert r1.status == 201 and r2.status in (200, 201), r2.body
     assert r1.json()["id"] == r2.json()["id"]
     expect_error(w.s.request("POST", "/v1/panels", dict(body, title="other"), key=w.a, headers=h), 409)
+    # a key is printable ASCII (a structured-field string), not any bytes
+    for bad in ("caf\u00e9", "a\tb", "k" * 300):
+        expect_error(w.s.request("POST", "/v1/panels", body, key=w.a,
+                                 headers={"Idempotency-Key": bad}), 400, "invalid_header")
     # The same key from another tenant is another panel.
     r3 = w.s.request("POST", "/v1/panels", body, key=w.b, headers=h)
     assert r3.status == 201 and r3.json()["id"] != r1.json()["id"]
@@ -227,8 +237,9 @@ def test_execute_and_stream(w):
         again = [f[0] for f in c2.frames() if f[0] is not None]
         c2.close()
         assert again == seqs[k:], (k, again)
-    expect_error(w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
-                             headers={"Last-Event-ID": "abc"}), 400)
+    for bad in ("abc", "-1", "+3", "99999999999999999999"):
+        expect_error(w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                                 headers={"Last-Event-ID": bad}), 400)
     # Reconnecting after the final event: 204, so an EventSource stops coming back.
     c3 = SSEClient(w.s, "/v1/panels/%s/events" % p["id"], key=w.a,
                    headers={"Last-Event-ID": str(seqs[-1])})

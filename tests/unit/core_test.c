@@ -386,6 +386,19 @@ static void test_fileio_read(void **state)
     assert_int_equal(fileio_read("/dev/zero", 64, &out, &len, &err), AP_INVALID);
     assert_int_equal(fileio_read(dir, 64, &out, &len, &err), AP_INVALID);
     assert_true(clock_mono_ms() - t0 < 1000);
+    /* in a directory: the name's own file only, never through a link, which may lead out */
+    char link[128];
+    snprintf(link, sizeof link, "%s/pw.css", dir);
+    assert_int_equal(symlink("/etc/passwd", link), 0);
+    assert_int_equal(fileio_read_in(dir, "f.json", 64, &out, &len, &err), AP_OK);
+    assert_string_equal(out, "{\"a\":1}");
+    free(out);
+    assert_int_equal(fileio_read_in(dir, "pw.css", 64, &out, &len, &err), AP_NOTFOUND);
+    assert_null(out);
+    assert_int_equal(fileio_read_in("/etc", "../etc/passwd", 64, &out, &len, &err), AP_NOTFOUND);
+    assert_int_equal(fileio_read_in(dir, "trap.lua", 64, &out, &len, &err), AP_INVALID);
+    assert_int_equal(fileio_read_in(dir, "f.json", 6, &out, &len, &err), AP_LIMIT);
+    unlink(link);
     unlink(fifo);
     unlink(path);
     assert_int_equal(fileio_read(path, 64, &out, &len, &err), AP_NOTFOUND);
