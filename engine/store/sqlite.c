@@ -6,6 +6,7 @@
 #include "store/backend.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,13 +192,41 @@ static const char *const sql_text[ST__COUNT] = {
                             "VALUES (?, CAST(strftime('%s', 'now') AS INTEGER) * 1000)",
 };
 
+/* One connection and its statements, used by one thread at a time (mu). The store's handle is
+ * the writer's connection, which every write takes; reads take one of its readers, which WAL
+ * lets run beside the writer's open transaction, so that an API read does not wait behind a
+ * batch of the event writer (an in-memory database has no readers: there the writer reads). */
 typedef struct sq {
     sqlite3 *db;
     pthread_mutex_t mu;
     sqlite3_stmt *st[ST__COUNT];
+    struct sq *readers; /* the writer's only: n_readers connections */
+    unsigned n_readers;
+    atomic_uint next_reader;
 } sq;
 
+#define SQ_READERS 4
+
 /* ---- plumbing ----------------------------------------------------------------------------- */
+
+/* A connection for one read, locked (the caller unlocks its mu): a free reader if there is
+ * one, else the next in turn. */
+static sq *sq_read_lock(sq *w)
+{
+    if (w->n_readers == 0) {
+        pthread_mutex_lock(&w->mu);
+        return w;
+    }
+    unsigned first = atomic_fetch_add(&w->next_reader, 1);
+    for (unsigned i = 0; i < w->n_readers; i++) {
+        sq *r = &w->readers[(first + i) % w->n_readers];
+        if (pthread_mutex_trylock(&r->mu) == 0)
+            return r;
+    }
+    sq *r = &w->readers[first % w->n_readers];
+    pthread_mutex_lock(&r->mu);
+    return r;
+}
 
 static ap_status sq_error(sq *q, int rc, ap_err *err)
 {
@@ -451,15 +480,23 @@ static ap_status sq_one(sq *q, sqlite3_stmt *st, const char *what, ap_err *err)
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
+static void sq_conn_close(sq *c)
+{
+    for (int i = 0; i < ST__COUNT; i++)
+        sqlite3_finalize(c->st[i]);
+    sqlite3_close(c->db);
+    pthread_mutex_destroy(&c->mu);
+}
+
 static void sq_close(void *impl)
 {
     sq *q = impl;
     if (q == NULL)
         return;
-    for (int i = 0; i < ST__COUNT; i++)
-        sqlite3_finalize(q->st[i]);
-    sqlite3_close(q->db);
-    pthread_mutex_destroy(&q->mu);
+    for (unsigned i = 0; i < q->n_readers; i++)
+        sq_conn_close(&q->readers[i]);
+    free(q->readers);
+    sq_conn_close(q);
     free(q);
 }
 
@@ -473,26 +510,44 @@ static void sq_config(void)
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 }
 
+/* Opens connection c (zeroed, its mutex initialised) on path with pragmas. */
+static ap_status sq_conn_open(sq *c, const char *path, const char *pragmas, ap_err *err)
+{
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK)
+        return ap_err_set(err, AP_IO, "cannot open SQLite database '%s': %s", path,
+                          c->db != NULL ? sqlite3_errmsg(c->db) : "out of memory");
+    sqlite3_extended_result_codes(c->db, 1);
+    sqlite3_busy_timeout(c->db, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(c->db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
+        ap_status rc = ap_err_set(err, AP_IO, "cannot open SQLite database '%s': %s", path,
+                                  msg != NULL ? msg : "unknown error");
+        sqlite3_free(msg);
+        return rc;
+    }
+    return AP_OK;
+}
+
 ap_status store_sqlite_open(const char *path, void **impl, ap_err *err)
 {
     *impl = NULL;
     if (path == NULL || path[0] == '\0')
         return ap_err_set(err, AP_INVALID, "sqlite store needs a path (sqlite:PATH)");
-    sq *q = calloc(1, sizeof *q);
-    if (q == NULL)
-        return ap_err_set(err, AP_NOMEM, "out of memory");
-    pthread_mutex_init(&q->mu, NULL);
-    ap_status rc = AP_OK;
     bool memory = strcmp(path, ":memory:") == 0;
-    pthread_once(&sq_config_once, sq_config);
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &q->db, flags, NULL) != SQLITE_OK) {
-        rc = ap_err_set(err, AP_IO, "cannot open SQLite database '%s': %s", path,
-                        q->db != NULL ? sqlite3_errmsg(q->db) : "out of memory");
-        goto out;
+    sq *q = calloc(1, sizeof *q);
+    sq *readers = memory ? NULL : calloc(SQ_READERS, sizeof *readers);
+    if (q == NULL || (!memory && readers == NULL)) {
+        free(q);
+        free(readers);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
     }
-    sqlite3_extended_result_codes(q->db, 1);
-    sqlite3_busy_timeout(q->db, 5000);
+    pthread_mutex_init(&q->mu, NULL);
+    q->readers = readers;
+    for (unsigned i = 0; readers != NULL && i < SQ_READERS; i++)
+        pthread_mutex_init(&readers[i].mu, NULL);
+    q->n_readers = readers != NULL ? SQ_READERS : 0;
+    pthread_once(&sq_config_once, sq_config);
     /* WAL lets readers (other processes, backups) run beside the writer; NORMAL sync in WAL
      * keeps the database consistent across crashes and fsyncs only at checkpoints. Events are
      * keyed by panel id, so the thousands of panels running at once append to as many leaf
@@ -504,14 +559,12 @@ ap_status store_sqlite_open(const char *path, void **impl, ap_err *err)
                                  : "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; "
                                    "PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; "
                                    "PRAGMA wal_autocheckpoint = 8000;";
-    char *msg = NULL;
-    if (sqlite3_exec(q->db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
-        rc = ap_err_set(err, AP_IO, "cannot open SQLite database '%s': %s", path,
-                        msg != NULL ? msg : "unknown error");
-        sqlite3_free(msg);
-        goto out;
-    }
-out:
+    ap_status rc = sq_conn_open(q, path, pragmas, err);
+    /* Readers after the writer, which made the database WAL; query_only keeps them readers,
+     * and each caches 8 MiB at most (reads touch few pages; the writer's are hot anyway). */
+    for (unsigned i = 0; rc == AP_OK && i < q->n_readers; i++)
+        rc = sq_conn_open(&readers[i], path, "PRAGMA query_only = ON; PRAGMA cache_size = -8192;",
+                          err);
     if (rc != AP_OK) {
         sq_close(q);
         return rc;
@@ -692,7 +745,7 @@ static ap_status sq_tenant_lookup(sq *q, int id, const char *value, store_tenant
                                   const char *what, ap_err *err)
 {
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, id, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, value);
@@ -784,7 +837,7 @@ static ap_status sq_key_by_prefix(void *impl, const char *prefix, store_key *out
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_KEY_BY_PREFIX, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, prefix);
@@ -799,7 +852,7 @@ static ap_status sq_key_get(void *impl, const char *tenant_id, const char *key_i
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_KEY_GET, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -872,7 +925,7 @@ static ap_status sq_expert_get(void *impl, const char *tenant_id, const char *id
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_EXPERT_GET, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -969,7 +1022,7 @@ static ap_status sq_expert_list(void *impl, const char *tenant_id, const store_p
     size_t got = 0;
     if (out == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, after->set ? ST_EXPERT_LIST_AFTER : ST_EXPERT_LIST_FIRST, &st, err);
     if (rc == AP_OK) {
         int i = 1;
@@ -1092,7 +1145,7 @@ static ap_status sq_panel_get(void *impl, const char *tenant_id, const char *id,
                               ap_err *err)
 {
     sq *q = impl;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = panel_fetch(q, ST_PANEL_GET, tenant_id, id, out, err);
     pthread_mutex_unlock(&q->mu);
     return rc;
@@ -1292,7 +1345,7 @@ static ap_status sq_panel_list(void *impl, const char *tenant_id, const char *st
     size_t got = 0, bytes = 0;
     if (out == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, before->set ? ST_PANEL_LIST_BEFORE : ST_PANEL_LIST_FIRST, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -1334,7 +1387,7 @@ static ap_status sq_panels_in_status(void *impl, const char *status, store_panel
     sqlite3_stmt *st = NULL;
     store_panel_ref *out = NULL;
     size_t got = 0, cap = 0;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_PANELS_IN_STATUS, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, status);
@@ -1409,7 +1462,7 @@ static ap_status sq_events_list(void *impl, const char *tenant_id, const char *p
     size_t got = 0;
     if (out == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_EVENT_LIST, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -1433,7 +1486,7 @@ static ap_status sq_events_last_seq(void *impl, const char *tenant_id, const cha
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_EVENT_LAST, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -1490,7 +1543,7 @@ static ap_status sq_checkpoint_get(void *impl, const char *tenant_id, const char
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_CHECKPOINT_GET, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
@@ -1559,7 +1612,7 @@ static ap_status script_one(sq *q, int id, const char *tenant_id, store_script_k
                             const char *what, ap_err *err)
 {
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, id, &st, err);
     if (rc == AP_OK) {
         bind_script_key(st, tenant_id, kind, name);
@@ -1615,7 +1668,7 @@ static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_
     sqlite3_stmt *st = NULL;
     store_script *out = NULL;
     size_t got = 0, cap = 0;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, name != NULL ? ST_SCRIPT_LIST_NAME : ST_SCRIPT_LIST_ACTIVE, &st, err);
     if (rc == AP_OK) {
         bind_script_key(st, tenant_id, kind, name);
@@ -1702,7 +1755,7 @@ static ap_status sq_usage_summary(void *impl, const char *tenant_id, int64_t fro
     int id = group == STORE_GROUP_EXPERT  ? ST_USAGE_BY_EXPERT
              : group == STORE_GROUP_MODEL ? ST_USAGE_BY_MODEL
                                           : ST_USAGE_BY_DAY;
-    pthread_mutex_lock(&q->mu);
+    q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, id, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, tenant_id);
