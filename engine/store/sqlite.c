@@ -209,14 +209,17 @@ typedef struct sq {
 
 /* ---- plumbing ----------------------------------------------------------------------------- */
 
-/* A connection for one read, locked (the caller unlocks its mu): a free reader if there is
- * one, else the next in turn. */
+/* A connection for one read, locked (the caller unlocks its mu): the writer's while it is
+ * free, whose page cache is hot (a reader finds its cache stale after every commit and reads
+ * the pages again), else a free reader, else the next reader in turn. */
 static sq *sq_read_lock(sq *w)
 {
     if (w->n_readers == 0) {
         pthread_mutex_lock(&w->mu);
         return w;
     }
+    if (pthread_mutex_trylock(&w->mu) == 0)
+        return w;
     unsigned first = atomic_fetch_add(&w->next_reader, 1);
     for (unsigned i = 0; i < w->n_readers; i++) {
         sq *r = &w->readers[(first + i) % w->n_readers];
