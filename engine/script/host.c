@@ -553,6 +553,7 @@ static int ctx_log(lua_State *L)
     check_self(L, sp, "log");
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     int level = luaL_checkoption(L, 2, "info", levels);
+    luaL_checkany(L, 3);
     if (++sp->node_logs > NODE_MAX_LOGS) {
         if (sp->node_logs == NODE_MAX_LOGS + 1)
             sp->host.log(sp->host.ud, 2, "log quota of the node reached: further lines dropped");

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define CJSON_BYTES_PER_BYTE 40 /* what a cJSON tree can hold per byte of its text, at most */
+
 /* The registry key of the metatable that marks a table as a JSON array. */
 static const char array_marker_key = 'a';
 
@@ -21,7 +23,8 @@ typedef struct enc {
     lua_State *L;
     buf out;
     ap_err *err;
-    char path[128]; /* the key being encoded, for messages */
+    char path[128]; /* the key being encoded in the innermost object, for messages */
+    size_t index;   /* or the element (from 1) in the innermost array, when not 0 */
 } enc;
 
 static ap_status enc_number(enc *e, int idx)
@@ -103,6 +106,7 @@ static ap_status enc_array(enc *e, int idx, size_t n, int depth)
         if (i > 1)
             rc = buf_putc(&e->out, ',');
         lua_rawgeti(e->L, idx, (lua_Integer)i);
+        e->index = i; /* set again after each element, which may have held arrays itself */
         if (rc == AP_OK)
             rc = enc_value(e, -1, depth + 1);
         lua_pop(e->L, 1);
@@ -233,6 +237,7 @@ static ap_status enc_table(enc *e, int idx, int depth)
         size_t pl = keys[i].n < 100 ? keys[i].n : 100;
         memcpy(e->path, key_text(&keys[i]), pl);
         e->path[pl] = '\0';
+        e->index = 0;
         rc = enc_value(e, keys[i].slot, depth + 1);
     }
     if (rc == AP_OK)
@@ -266,6 +271,10 @@ static ap_status enc_value(enc *e, int idx, int depth)
     case LUA_TLIGHTUSERDATA:
         return buf_puts(&e->out, "null");
     default:
+        if (e->index != 0)
+            return ap_err_set(e->err, AP_INVALID,
+                              "json.encode: cannot encode a %s (at array index %zu)",
+                              luaL_typename(L, idx), e->index);
         if (e->path[0] != '\0')
             return ap_err_set(e->err, AP_INVALID, "json.encode: cannot encode a %s (at key '%s')",
                               luaL_typename(L, idx), e->path);
@@ -515,15 +524,23 @@ ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_
     ap_status vrc = AP_OK;
     if (push_viewed(L, text, len, &vrc))
         return vrc == AP_OK ? AP_OK : ap_err_set(err, AP_NOMEM, "json.decode: out of memory");
+    /* The tree is C heap outside the state's allocator: it is charged to the state while it
+     * lives, at what cJSON can take for the text (a node of ~64 bytes per 2 bytes of "0,"). */
+    size_t tree = len * CJSON_BYTES_PER_BYTE;
+    if (!script_vm_reserve(L, tree))
+        return ap_err_set(err, AP_NOMEM, "json.decode: out of memory");
     cJSON *root = jsonx_parse(text, len, SCRIPT_JSON_MAX_DEPTH, err);
-    if (root == NULL)
+    if (root == NULL) {
+        script_vm_release(L, tree);
         return AP_INVALID;
+    }
     decode_job job = {root};
     lua_pushcfunction(L, decode_build);
     lua_pushlightuserdata(L, &job);
     int status = lua_pcall(L, 1, 1, 0);
     script_vm_note(L, status);
     cJSON_Delete(root);
+    script_vm_release(L, tree);
     if (status != LUA_OK) {
         lua_pop(L, 1);
         return ap_err_set(err, AP_NOMEM, "json.decode: out of memory");

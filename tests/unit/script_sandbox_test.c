@@ -946,6 +946,91 @@ static void test_garbage_at_the_limit(void **state)
                 "memory limit exceeded");
 }
 
+/* table.sort without a comparator compared in C, where no hook runs: 100,000 copies of a
+ * 1 MiB string kept a runner for minutes on a 1 s budget. Every comparison is now a call the
+ * hook sees; sorting itself is as before. */
+static void test_sort_is_budgeted(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.timeout_ms = 300;
+    outcome o;
+    run_body_lim(&lim,
+                 "local s = string.rep('a', 1 << 20)\n"
+                 "local t = {} for i = 1, 100000 do t[i] = s end\n"
+                 "table.sort(t)",
+                 &o);
+    if (o.kind != SCRIPT_FAILED || strstr(o.error, "time budget exceeded") == NULL)
+        fail_msg("sort of long strings: outcome %d: %s", (int)o.kind, o.error);
+    assert_true(o.ms < 5000);
+    healthy();
+    expect_done("local t = { 3, 1, 2 } table.sort(t) assert(t[1] == 1 and t[3] == 3)\n"
+                "local w = { 'pear', 'apple', 'fig' } table.sort(w) assert(w[1] == 'apple')\n"
+                "table.sort(w, function(a, b) return a > b end) assert(w[1] == 'pear')\n"
+                "local mt = { __lt = function(a, b) return a.v < b.v end }\n"
+                "local o = { setmetatable({ v = 2 }, mt), setmetatable({ v = 1 }, mt) }\n"
+                "table.sort(o) assert(o[1].v == 1)");
+    expect_fail("table.sort({ 1, 'x', 2 })", "sandbox.lua:2: attempt to compare");
+}
+
+/* A wrapped library function (format, find, gsub, match, rep, table.move, sort) called the
+ * original from C, whose errors then named neither the script's line nor the function
+ * ("bad argument #2 to '?'"). An error of the script's own callback keeps its one position. */
+static void test_library_errors_name_the_line(void **state)
+{
+    (void)state;
+    expect_fail("local score = 0.5\nlocal line = string.format('score %d', score)",
+                "sandbox.lua:3: bad argument #2 to 'format' (number has no integer");
+    expect_fail("local s = ('x'):gsub('x', '%2')", "sandbox.lua:2: invalid capture index %2");
+    expect_fail("local a = ('x'):find('[a')", "sandbox.lua:2: malformed pattern");
+    expect_fail("local a = ('x'):rep({})", "sandbox.lua:2: bad argument #1 to 'rep'");
+    outcome o;
+    run_body("local s = ('x'):gsub('x', function() error('boom') end)", &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "sandbox.lua:2: boom"));
+    assert_null(strstr(o.error, "sandbox.lua:2: sandbox.lua"));
+    /* a range of table.move past math.maxinteger is refused, without overflowing first */
+    expect_fail("table.move({ 1, 2, 3 }, -5, math.maxinteger, 1)", "range of more than");
+    expect_fail("ctx:log('info')", "bad argument #2 to 'log' (value expected)");
+    expect_fail("local ok, e = pcall(json.encode, { { x = 1 }, print }) error(e)",
+                "cannot encode a function (at array index 2)");
+    expect_fail("local ok, e = pcall(json.encode, { a = { 1, { b = print } } }) error(e)",
+                "cannot encode a function (at key 'b')");
+}
+
+/* The memory limit bounds what a state holds: its pool of small blocks (kept for reuse once
+ * freed) and its large blocks together. A script filled the pool, freed it, and filled as
+ * much again in large strings: twice the limit. Within the limit both kinds still fit. */
+static void test_memory_limit_counts_the_pool(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.memory_bytes = (size_t)8 * 1024 * 1024;
+    static const char twice[] =
+        "local keep = {}\n"
+        "for i = 1, 1e7 do keep[i] = { i } if collectgarbage('count') > %d * 1024 then break end "
+        "end\n"
+        "keep = nil collectgarbage()\n"
+        "local big = {} for i = 1, %d do big[i] = string.rep(string.char(65 + i), 1 << 20) end";
+    char body[512];
+    snprintf(body, sizeof body, twice, 6, 6);
+    outcome o;
+    run_body_lim(&lim, body, &o);
+    if (o.kind != SCRIPT_FAILED || strstr(o.error, "memory limit exceeded") == NULL)
+        fail_msg("pool, then large blocks: outcome %d: %s", (int)o.kind, o.error);
+    healthy();
+    snprintf(body, sizeof body, twice, 2, 3);
+    run_body_lim(&lim, body, &o);
+    assert_int_equal(o.kind, SCRIPT_DONE);
+    /* json.decode's lenient path builds a C tree outside the state: it is charged too */
+    run_body_lim(&lim, "local t = json.decode('\\f[' .. ('0,'):rep(150000) .. '0]')", &o);
+    if (o.kind != SCRIPT_FAILED || strstr(o.error, "memory limit exceeded") == NULL)
+        fail_msg("lenient json.decode: outcome %d: %s", (int)o.kind, o.error);
+    healthy();
+}
+
 /* Chunks are cached as soon as they compile, uploads that are then refused included: the
  * cache stays within its byte budget however many large ones come. */
 static void test_code_cache_is_bounded(void **state)
@@ -994,6 +1079,9 @@ int main(void)
         cmocka_unit_test(test_memory_bombs),
         cmocka_unit_test(test_recursion),
         cmocka_unit_test(test_long_c_loops),
+        cmocka_unit_test(test_sort_is_budgeted),
+        cmocka_unit_test(test_library_errors_name_the_line),
+        cmocka_unit_test(test_memory_limit_counts_the_pool),
         cmocka_unit_test(test_pattern_backtracking),
         cmocka_unit_test(test_json_limits),
         cmocka_unit_test(test_json_decode_paths),
