@@ -1000,6 +1000,59 @@ static void test_colliding_keys_are_bounded(void **state)
                 "local c = table.concat({ s, s }) assert(#c == 6 << 20)");
 }
 
+/* Compiling runs on a clock: 180 nested functions of 190 locals each, then 400,000 global
+ * references (each walks every enclosing function's locals), took 29 s to load() on a 1 s
+ * node budget and 22 s as an uploaded file. A load() stops at the node's budget, a file at
+ * the compile budget (2 s). */
+static void test_compiling_is_timed(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.timeout_ms = 500;
+    outcome o;
+    run_body_lim(&lim,
+                 "local l = {} for i = 1, 190 do l[i] = 'v' .. i end\n"
+                 "local decl = 'local ' .. table.concat(l, ',') .. '\\n'\n"
+                 "local src = string.rep('local function f()\\n' .. decl, 180) ..\n"
+                 "  'local x = {' .. string.rep('z,', 400000) .. '}\\n' .. string.rep('end\\n', "
+                 "180)\n"
+                 "local f, e = load(src) error(e or 'compiled')",
+                 &o);
+    if (o.kind != SCRIPT_FAILED || strstr(o.error, "time budget exceeded") == NULL)
+        fail_msg("a slow load(): outcome %d after %lld ms: %s", (int)o.kind, (long long)o.ms,
+                 o.error);
+    assert_true(o.ms < 5000);
+    healthy();
+    /* the same text as the strategy file itself */
+    size_t cap = 1200 * 1024, n = 0;
+    char *src = malloc(cap);
+    assert_non_null(src);
+    for (int f = 0; f < 180; f++) {
+        n += (size_t)snprintf(src + n, cap - n, "local function f%d()\nlocal ", f);
+        for (int v = 1; v <= 190; v++)
+            n += (size_t)snprintf(src + n, cap - n, "%sv%d", v > 1 ? "," : "", v);
+        n += (size_t)snprintf(src + n, cap - n, "\n");
+    }
+    n += (size_t)snprintf(src + n, cap - n, "local x = {");
+    for (int i = 0; i < 400000 && n + 16 < cap; i++)
+        n += (size_t)snprintf(src + n, cap - n, "z,");
+    n += (size_t)snprintf(src + n, cap - n, "}\n");
+    for (int f = 0; f < 180 && n + 16 < cap; f++)
+        n += (size_t)snprintf(src + n, cap - n, "end\n");
+    snprintf(src + n, cap - n, "return {}\n");
+    limits(&lim);
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    int64_t t0 = clock_mono_ms();
+    assert_int_not_equal(new_panel(&lim, src, &sp, &err), AP_OK);
+    int64_t ms = clock_mono_ms() - t0;
+    free(src);
+    if (strstr(err.msg, "compiling it took longer") == NULL || ms > 6000)
+        fail_msg("a slow file: %s after %lld ms", err.msg, (long long)ms);
+    healthy();
+}
+
 /* A wrapped library function (format, find, gsub, match, rep, table.move, sort) called the
  * original from C, whose errors then named neither the script's line nor the function
  * ("bad argument #2 to '?'"). An error of the script's own callback keeps its one position. */
@@ -1107,6 +1160,7 @@ int main(void)
         cmocka_unit_test(test_long_c_loops),
         cmocka_unit_test(test_sort_is_budgeted),
         cmocka_unit_test(test_colliding_keys_are_bounded),
+        cmocka_unit_test(test_compiling_is_timed),
         cmocka_unit_test(test_library_errors_name_the_line),
         cmocka_unit_test(test_memory_limit_counts_the_pool),
         cmocka_unit_test(test_pattern_backtracking),
