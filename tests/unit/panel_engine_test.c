@@ -986,6 +986,17 @@ static void lease_as(const char *id, const char *from, const char *owner, int64_
         fail_msg("claim %s as %s: %s", id, owner, err.msg);
 }
 
+/* Another process (elsewhere.invalid) claims the running panel id over its owner here, as
+ * after this one's lease ran out. */
+static void take_over(const char *id)
+{
+    store_panel row = row_of(id);
+    char *ours = strdup(row.lease_owner);
+    store_panel_free(&row);
+    lease_as(id, "running", "elsewhere.invalid:1:cafe", 60000, ours);
+    free(ours);
+}
+
 /* Resumes a panel in e and waits for it to complete. */
 static void resume_to_end(panel_engine *e, const char *id)
 {
@@ -1136,11 +1147,7 @@ static void test_fenced_run_stops(void **state)
     char id[STORE_ID_MAX];
     panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
     free(wait_for(sub, "panel.status", 3000));
-    store_panel row = row_of(id);
-    char *ours = strdup(row.lease_owner);
-    store_panel_free(&row);
-    lease_as(id, "running", "elsewhere.invalid:1:cafe", 60000, ours);
-    free(ours);
+    take_over(id);
     int64_t deadline = clock_mono_ms() + 3000;
     while (panel_engine_active(e) > 0 && clock_mono_ms() < deadline)
         usleep(10 * 1000);
@@ -1149,7 +1156,7 @@ static void test_fenced_run_stops(void **state)
     assert_in_range(count_lines(calls_path), 5, 10);
     panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
-    row = row_of(id);
+    store_panel row = row_of(id);
     assert_string_equal(row.status, "running");
     assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
     store_panel_free(&row);
@@ -1208,13 +1215,9 @@ static void test_cancel_after_lease_lost(void **state)
     panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
     ap_err err = {0};
     free(wait_for(sub, "panel.status", 3000));
-    store_panel row = row_of(id);
-    char *ours = strdup(row.lease_owner);
-    store_panel_free(&row);
-    lease_as(id, "running", "elsewhere.invalid:1:cafe", 60000, ours);
-    free(ours);
+    take_over(id);
     assert_int_equal(panel_engine_cancel(e, tenant, id, &err), AP_OK);
-    row = row_of(id);
+    store_panel row = row_of(id);
     assert_string_equal(row.status, "cancelled");
     store_panel_free(&row);
     wait_cancelled(sub, 1000);
