@@ -3083,8 +3083,33 @@ static ap_status cancel_in_store(panel_engine *e, const char *tenant_id, const c
 /* A panel this process runs is cancelled by its runner; any other in the store (see
  * cancel_in_store), except one this process has just claimed (an input, a resume) and is
  * about to start, which is waited for so that its runner does it. */
-ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
-                              ap_err *err)
+#define CANCEL_SUB_QUEUE 1024
+#define CANCEL_DURABLE_MS 10000
+
+/* Waits until the end of the panel is published (the writer does so once it is stored): AP_OK
+ * for the cancel this process's runner was handed, AP_CONFLICT when the panel ended otherwise
+ * first (the runner had finished it when the cancel came), AP_TIMEOUT when neither came. */
+static ap_status wait_cancel_durable(panel_sub *sub)
+{
+    int64_t deadline = clock_mono_ms() + CANCEL_DURABLE_MS;
+    for (int64_t left = CANCEL_DURABLE_MS; left > 0; left = deadline - clock_mono_ms()) {
+        panel_event ev;
+        int got = panel_sub_next(sub, &ev, (int)left);
+        if (got < 0)
+            continue;
+        if (got == 0)
+            break;
+        bool end = ends_panel(ev.type, ev.data);
+        bool cancelled = end && strcmp(ev.type, "panel.status") == 0;
+        panel_event_clear(&ev);
+        if (end)
+            return cancelled ? AP_OK : AP_CONFLICT;
+    }
+    return AP_TIMEOUT;
+}
+
+static ap_status cancel_panel(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              panel_sub *sub, ap_err *err)
 {
     int64_t deadline = clock_mono_ms() + CANCEL_WAIT_MS;
     for (;;) {
@@ -3113,9 +3138,18 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
         }
         if (r != NULL) {
             store_panel_free(&row);
-            return post_cmd(e, r, CMD_CANCEL, panel_id, 0) == AP_OK
-                       ? AP_OK
-                       : ap_err_set(err, AP_NOMEM, "out of memory");
+            if (post_cmd(e, r, CMD_CANCEL, panel_id, 0) != AP_OK)
+                return ap_err_set(err, AP_NOMEM, "out of memory");
+            /* Answered once the cancel is stored: the runner may have finished the panel in
+             * the meantime, which a cancel answered at once reported as done. */
+            ap_status rc = wait_cancel_durable(sub);
+            if (rc == AP_CONFLICT)
+                return ap_err_set(err, AP_CONFLICT, "the panel has already finished");
+            if (rc == AP_TIMEOUT)
+                log_warn("a cancel handed to the runner is not stored after %d ms; answering "
+                         "its request anyway",
+                         CANCEL_DURABLE_MS);
+            return AP_OK;
         }
         if (e->st == NULL)
             return ap_err_set(err, AP_NOTFOUND, "no such panel");
@@ -3126,6 +3160,19 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
             return cancel_in_store(e, tenant_id, panel_id, err);
         usleep(2000); /* claimed here a moment ago: it is about to start */
     }
+}
+
+ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              ap_err *err)
+{
+    /* Subscribed before anything is looked at, so that an end published meanwhile is seen. */
+    panel_sub *sub = NULL;
+    ap_status rc =
+        panel_engine_subscribe(e, tenant_id, panel_id, CANCEL_SUB_QUEUE, NULL, NULL, &sub, err);
+    if (rc == AP_OK)
+        rc = cancel_panel(e, tenant_id, panel_id, sub, err);
+    panel_engine_unsubscribe(e, sub);
+    return rc;
 }
 
 #define INPUT_SUB_QUEUE 256

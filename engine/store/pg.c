@@ -168,7 +168,7 @@ static const char *const sql_text[Q__COUNT] = {
         "INSERT INTO checkpoints (" CHECKPOINT_COLS ") SELECT $1::uuid, $2::uuid, $3::bigint, "
         "$4::text, $5::json, $6::text, $7::json, $8::bigint, $9::bigint WHERE $10::text IS NULL "
         "OR EXISTS (SELECT 1 FROM panels WHERE id = $2::uuid AND tenant_id = $1::uuid "
-        "AND lease_owner = $10::text) "
+        "AND lease_owner = $10::text FOR SHARE) "
         "ON CONFLICT (tenant_id, panel_id) DO UPDATE SET step = excluded.step, "
         "next_node = excluded.next_node, state = excluded.state, "
         "script_version = excluded.script_version, journal = excluded.journal, "
@@ -202,7 +202,8 @@ static const char *const sql_text[Q__COUNT] = {
     /* $7: the writer must hold the panel's lease (NULL: anyone; see store_checkpoint) */
     [Q_EVENT_INSERT_NEW] =
         "WITH owned AS (SELECT $7::text IS NULL OR EXISTS (SELECT 1 FROM panels "
-        "WHERE id = $2::uuid AND tenant_id = $1::uuid AND lease_owner = $7::text) AS ok), "
+        "WHERE id = $2::uuid AND tenant_id = $1::uuid AND lease_owner = $7::text FOR SHARE) "
+        "AS ok), "
         "ins AS (INSERT INTO panel_events (tenant_id, panel_id, seq, type, data, created_at) "
         "SELECT $1::uuid, $2::uuid, $3::bigint, $4::text, $5::json, $6::bigint "
         "FROM owned WHERE owned.ok ON CONFLICT (tenant_id, panel_id, seq) DO NOTHING RETURNING 1) "

@@ -1135,6 +1135,39 @@ static void test_lease_renewal_and_loss(void **state)
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
+/* A cancel handed to this process's runner is answered once it is stored, and only if it
+ * came before the panel ended: it was answered at once, while the panel was still running in
+ * the store, and a runner that had just finished the panel dropped it unsaid. */
+static void test_cancel_answers_when_stored(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(100);
+    int cancelled = 0, finished = 0;
+    for (int i = 0; i < 16; i++) {
+        char id[STORE_ID_MAX];
+        panel_sub *sub = start_panel(e, "fanout", NULL, id);
+        free(wait_for(sub, "panel.status", 3000));
+        usleep((useconds_t)(i * 9000)); /* from mid-run to about its end */
+        ap_err err = {0};
+        ap_status rc = panel_engine_cancel(e, tenant, id, &err);
+        store_panel row = row_of(id);
+        if (rc == AP_OK) {
+            assert_string_equal(row.status, "cancelled");
+            cancelled++;
+        } else {
+            assert_int_equal(rc, AP_CONFLICT);
+            assert_true(strcmp(row.status, "completed") == 0);
+            finished++;
+        }
+        store_panel_free(&row);
+        panel_engine_unsubscribe(e, sub);
+    }
+    assert_true(cancelled > 0);
+    assert_int_equal(cancelled + finished, 16);
+    panel_engine_stop(e);
+}
+
 /* A run whose writes the store fences off (another process took the panel over) stops at its
  * first refused write, not at its next lease renewal (10 s away here): of three rounds it
  * pays for the one in flight, at most one more, where it went on to finish the panel. */
@@ -1405,6 +1438,7 @@ int main(void)
         cmocka_unit_test(test_params_validation),
         cmocka_unit_test(test_live_limit),
         cmocka_unit_test(test_fenced_run_stops),
+        cmocka_unit_test(test_cancel_answers_when_stored),
         cmocka_unit_test(test_subscriber_queue_order_and_lag),
         cmocka_unit_test(test_deltas_join_to_the_answer),
         cmocka_unit_test(test_hot_reload),

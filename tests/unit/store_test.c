@@ -1936,6 +1936,58 @@ static void test_pg_connection_loss(void **state)
     store_panel_free(&p);
 }
 
+typedef struct fenced_write {
+    const char *panel, *owner;
+    ap_status rc, result;
+} fenced_write;
+
+static void *write_owned_event(void *arg)
+{
+    fenced_write *f = arg;
+    store_write w = w_event(f->panel, 1);
+    w.u.event.owner = f->owner;
+    f->rc = store_write_batch(S, A, &w, 1, NULL);
+    f->result = w.result;
+    return NULL;
+}
+
+/* PostgreSQL: the fence of a panel's writes waits for a status change in flight (another
+ * node's cancel, which clears the lease) and sees its outcome. It read the lease as it was
+ * before, and let the old holder's completion in after the cancel: two terminal events. */
+static void test_pg_fence_waits_for_a_cancel(void **state)
+{
+    (void)state;
+    static const char *const created[] = {"created"};
+    static const char owner[] = "host:1:owner";
+    store_panel p = {0};
+    make_panel(A, NULL, NULL, &p);
+    OK(store_panel_claim(S, A, p.id, created, 1, owner, 60000, NULL, 0, E));
+    PGconn *other = PQconnectdb(getenv("ASKPANEL_TEST_PG_APP_URL"));
+    assert_int_equal(PQstatus(other), CONNECTION_OK);
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "BEGIN; SELECT set_config('app.tenant_id', '%s', true); UPDATE panels SET status = "
+             "'cancelled', lease_owner = NULL WHERE id = '%s'",
+             A, p.id);
+    PGresult *r = PQexec(other, sql);
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    assert_string_equal(PQcmdTuples(r), "1");
+    PQclear(r);
+    fenced_write f = {p.id, owner, AP_ERROR, AP_ERROR};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, write_owned_event, &f), 0);
+    usleep(300 * 1000); /* the batch is at the fence, behind the cancel's row lock */
+    PQclear(PQexec(other, "COMMIT"));
+    pthread_join(th, NULL);
+    PQfinish(other);
+    assert_int_equal(f.rc, AP_OK);
+    assert_int_equal(f.result, AP_DENIED);
+    int64_t last = -1;
+    OK(store_events_last_seq(S, A, p.id, &last, E));
+    assert_int_equal(last, 0);
+    store_panel_free(&p);
+}
+
 #define CONTRACT(f) cmocka_unit_test_setup(f, tenants_setup)
 
 /* `unit_store_test --migrate URL` applies migrations through store_migrate and exits; the
@@ -1992,6 +2044,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest pg_tests[] = {
         CONTRACT(test_pg_refuses_privileged_roles),
         CONTRACT(test_pg_connection_loss),
+        CONTRACT(test_pg_fence_waits_for_a_cancel),
     };
     if (getenv("ASKPANEL_TEST_PG_URL") != NULL && getenv("ASKPANEL_TEST_PG_APP_URL") != NULL) {
         failed +=
