@@ -30,14 +30,7 @@
 #define CHECK_INSTRUCTIONS 20000000 /* per node while a script is checked */
 #define CHECK_TIMEOUT_MS 1000
 
-enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE, TRIP_COUNT };
-
-/* Keys a table may hold in its hash part (its list 1..n lives apart and is not bounded here).
- * Lua 5.4 hashes integers unseeded (k mod 2^n-1), so keys chosen to share one slot make every
- * store into the table, and the rehash when it grows, walk all of them, inside one VM step that
- * no hook interrupts: half a million such keys kept a runner for minutes. Refusing the hash
- * part past this size bounds that step to about a second. */
-#define TABLE_HASH_MAX (1 << 16)
+enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
 
 /* The library tables each chunk's environment copies, after the prototype itself. */
 static const char *const env_libs[] = {"string", "table", "math", "utf8", "json"};
@@ -92,9 +85,7 @@ struct script_vm {
     int64_t run_us;         /* running time of the node before this slice */
     int64_t deadline_us;    /* 0 outside a slice */
     int tripped;
-    bool built;         /* the state is complete: from now on a refused allocation trips */
-    bool table_refused; /* the refused allocation was a hash part past TABLE_HASH_MAX */
-    size_t last_tag;    /* the type tag of the last new object (0: a plain vector) */
+    bool built; /* the state is complete: from now on a refused allocation trips */
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -266,24 +257,6 @@ static void *vm_realloc(script_vm *vm, void *ptr, size_t old, size_t nsize, bool
     return p;
 }
 
-/* sizeof (Node) of the Lua this process runs (see node_size_probe); 0 while unknown. */
-static size_t node_size;
-
-/* Whether a new vector of n bytes is the hash part of a table past TABLE_HASH_MAX keys: Lua
- * allocates hash parts of a power of two of nodes, as a vector (tag 0). No other vector of
- * the interpreter reaches this size in a node-sized multiple of a power of two within the
- * limits scripts have (a chunk's local variables and labels, of the same size, stay far
- * below it). The auxiliary library's string buffers are vectors of any size the script asks
- * for (string.rep of 3 MiB), but each is allocated right after its box, a userdata (see
- * vm_alloc_any; vm_init makes the boxes' metatable, which the first box made in between). */
-static bool too_large_hash(size_t n)
-{
-    if (node_size == 0 || n < node_size * 2 * TABLE_HASH_MAX || n % node_size != 0)
-        return false;
-    size_t nodes = n / node_size;
-    return (nodes & (nodes - 1)) == 0;
-}
-
 static size_t charged(size_t size)
 {
     return size <= POOL_SMALL_MAX ? class_size(pool_class(size)) : size;
@@ -303,12 +276,6 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
             big_free(vm, ptr, old);
         return NULL;
     }
-    if (ptr == NULL && osize == 0 && vm->last_tag != LUA_TUSERDATA && too_large_hash(nsize)) {
-        vm->table_refused = true;
-        return NULL;
-    }
-    if (ptr == NULL)
-        vm->last_tag = osize;
     size_t new_charge = charged(nsize);
     bool grows = new_charge > old_charge;
     /* a large block adds to what the state holds; a small one, through pool_get */
@@ -339,7 +306,6 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         void *p = vm->mem_used + size <= vm->mem_limit ? pool_take(vm, c, size) : NULL;
         if (p != NULL) {
             vm->mem_used += size;
-            vm->last_tag = osize;
             return p;
         }
     }
@@ -393,7 +359,7 @@ void script_vm_note(lua_State *L, int status)
 {
     script_vm *vm = script_vm_of(L);
     if (status == LUA_ERRMEM && vm->built && vm->tripped == TRIP_NONE)
-        vm->tripped = vm->table_refused ? TRIP_TABLE : TRIP_MEMORY;
+        vm->tripped = TRIP_MEMORY;
 }
 
 bool script_vm_over_budget(lua_State *L)
@@ -1380,44 +1346,10 @@ static int capture_base(lua_State *L)
 }
 
 /* Fills base_fns once; false when it could not (out of memory), to be tried again. */
-/* Measures sizeof (Node), which Lua's public headers do not give: the vector a table of one
- * hashed key allocates is one node. */
-typedef struct alloc_probe {
-    bool on;
-    size_t vector;
-} alloc_probe;
-
-static void *probe_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    alloc_probe *pr = ud;
-    if (nsize == 0) {
-        free(ptr);
-        return NULL;
-    }
-    if (pr->on && ptr == NULL && osize == 0)
-        pr->vector = nsize;
-    return realloc(ptr, nsize);
-}
-
-static size_t node_size_probe(void)
-{
-    alloc_probe pr = {0};
-    lua_State *L = lua_newstate(probe_alloc, &pr);
-    if (L == NULL)
-        return 0;
-    lua_checkstack(L, 4);
-    pr.on = true;
-    lua_createtable(L, 0, 1);
-    pr.on = false;
-    lua_close(L);
-    return pr.vector;
-}
-
 static bool base_functions(void)
 {
     pthread_mutex_lock(&base_mu);
     if (!base_ready) {
-        node_size = node_size_probe();
         lua_CFunction fns[BASE_COUNT];
         lua_State *L = luaL_newstate();
         if (L != NULL) {
@@ -1884,10 +1816,6 @@ static int vm_init(lua_State *L)
     script_vm *vm = lua_touserdata(L, 1);
     build_proto(L);
     lib_proxy_meta(L);
-    /* a first buffer box now, whose metatable is made once (see too_large_hash) */
-    luaL_Buffer b;
-    luaL_buffinitsize(L, &b, LUAL_BUFFERSIZE + 1);
-    luaL_pushresultsize(&b, 0);
     lua_settop(L, 1);
     lua_createtable(L, TRIP_COUNT, 0);
     for (int t = TRIP_MEMORY; t < TRIP_COUNT; t++) {
@@ -1927,9 +1855,6 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
     vm->timeout_us = lim->timeout_ms * 1000;
     vm->log = log;
     vm->log_ud = log_ud;
-    snprintf(vm->trip_msg[TRIP_TABLE], sizeof vm->trip_msg[0],
-             "table too large: a table may hold at most %d keys besides its list (1..n)",
-             TABLE_HASH_MAX);
     snprintf(vm->trip_msg[TRIP_MEMORY], sizeof vm->trip_msg[0],
              "memory limit exceeded: the panel's scripts may use at most %zu MiB",
              lim->memory_bytes / (1024 * 1024));
