@@ -508,11 +508,35 @@ static bool has_position(const char *msg)
     return d > colon + 1 && *d == ':';
 }
 
+/* Whether msg is one the wrapped library functions raise themselves (argument errors, and
+ * the errors of lstrlib, ltablib and sort's comparisons), rather than an error value of a
+ * script's callback (a gsub function, a sort comparator), which goes on untouched. */
+static bool library_message(const char *msg)
+{
+    static const char *const heads[] = {
+        "bad argument",
+        "invalid ",
+        "malformed ",
+        "missing ",
+        "unfinished capture",
+        "too many ",
+        "attempt to ",
+        "wrong number of",
+        "resulting string too large",
+        "array too big",
+        "string slice too long",
+    };
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++)
+        if (strncmp(msg, heads[i], strlen(heads[i])) == 0)
+            return true;
+    return false;
+}
+
 /* The library wrappers' last step: calls upvalue 1 (the wrapped function, named by upvalue
  * 2) with the arguments on the stack and returns all its results. Called from C, the original
  * names neither the script's line nor itself in its errors ("bad argument #2 to '?'"): they
- * are raised again with both, as if the script had called it. A tripped limit goes on as
- * it is. */
+ * are raised again with both, as if the script had called it. A tripped limit, and the error
+ * value of a script's callback, go on as they are. */
 static int call_original(lua_State *L)
 {
     lua_pushvalue(L, lua_upvalueindex(1));
@@ -524,8 +548,8 @@ static int call_original(lua_State *L)
     script_vm_note(L, status);
     if (vm->tripped != TRIP_NONE)
         raise_trip(L, vm);
-    const char *msg = lua_tostring(L, -1);
-    if (lua_type(L, -1) == LUA_TSTRING && !has_position(msg)) {
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (msg != NULL && !has_position(msg) && library_message(msg)) {
         luaL_Buffer b;
         luaL_buffinit(L, &b);
         luaL_where(L, 1);

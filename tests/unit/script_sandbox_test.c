@@ -1043,6 +1043,14 @@ static void test_library_errors_name_the_line(void **state)
     assert_int_equal(o.kind, SCRIPT_FAILED);
     assert_non_null(strstr(o.error, "sandbox.lua:2: boom"));
     assert_null(strstr(o.error, "sandbox.lua:2: sandbox.lua"));
+    /* a callback's own error values go through as they are: a number, a level-0 string */
+    expect_done("local ok, e = pcall(string.gsub, 'abc', '%w', function() error(42) end)\n"
+                "assert(not ok and e == 42 and math.type(e) == 'integer')\n"
+                "ok, e = pcall(function() return ('abc'):gsub('%w', function() error('STOP', 0) "
+                "end) end)\n"
+                "assert(not ok and e == 'STOP')\n"
+                "ok, e = pcall(table.sort, { 3, 1, 2 }, function() error({ tag = 1 }) end)\n"
+                "assert(not ok and type(e) == 'table' and e.tag == 1)");
     /* a range of table.move past math.maxinteger is refused, without overflowing first */
     expect_fail("table.move({ 1, 2, 3 }, -5, math.maxinteger, 1)", "range of more than");
     expect_fail("ctx:log('info')", "bad argument #2 to 'log' (value expected)");
