@@ -33,6 +33,9 @@
 #define SUB_QUEUE_MAX 4096
 #define HEARTBEAT_MS 15000
 #define TICK_MS 1000
+/* A stream on a panel another process runs reads what that process stored this often: its
+ * events are published only there. */
+#define POLL_MS 1000
 /* A finished stream closes this long after its last frame went out. When a panel ends, all its
  * subscribers finish together: closing each connection at once (a FIN, a close) would put that
  * work between the last frames of the streams after it; this way every subscriber gets the
@@ -76,7 +79,9 @@ typedef struct event_stream {
     atomic_llong end_at_ms; /* when the ticker wakes an ending stream; 0: not set, -1: woken */
     atomic_bool heartbeat_due;
     atomic_bool key_check_due;
+    atomic_bool poll_due;    /* read the store for events another process wrote */
     int64_t key_check_at_ms; /* the ticker's, under the list lock: when to set key_check_due */
+    int64_t poll_at_ms;      /* the ticker's, likewise: when to look whether to poll */
     atomic_llong last_write_ms;
     _Atomic(http_stream *) st;
     struct event_stream *prev, *next;
@@ -199,6 +204,13 @@ static bool take_live(event_stream *es)
             panel_event_clear(&ev);
             continue;
         }
+        if (seq > es->last_seq + 1) {
+            /* events before it were written by another process (a cancel through it, a
+             * takeover): they are read from the store, this one with them */
+            panel_event_clear(&ev);
+            es->replaying = true;
+            return false;
+        }
         const frame *f = panel_event_memo(&ev, make_frame);
         if (f == NULL) {
             panel_event_clear(&ev);
@@ -260,6 +272,8 @@ static bool refill(event_stream *es)
     }
     if (atomic_exchange(&es->heartbeat_due, false))
         buf_puts(&es->pending, ": heartbeat\n\n");
+    if (atomic_exchange(&es->poll_due, false))
+        es->replaying = true;
     while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
         replay_page(es);
     if (!es->replaying && es->final_panel && !es->finished) {
@@ -271,6 +285,10 @@ static bool refill(event_stream *es)
             es->finished = true; /* it did not come: end with what is stored */
         }
     }
+    if (es->pending.len > 0 || take_live(es))
+        return true;
+    while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
+        replay_page(es); /* a gap take_live found, or a lagging subscription */
     return es->pending.len > 0 || take_live(es);
 }
 
@@ -435,6 +453,13 @@ static void *ticker(void *arg)
                     atomic_store(&es->key_check_due, true);
                     es->key_check_at_ms = now + KEY_CHECK_MS;
                     wake = true;
+                }
+                if (now >= es->poll_at_ms) {
+                    es->poll_at_ms = now + POLL_MS;
+                    if (!panel_engine_runs(es->deps->engine, es->panel)) {
+                        atomic_store(&es->poll_due, true);
+                        wake = true;
+                    }
                 }
                 if (wake)
                     http_stream_wake(st);
@@ -626,6 +651,7 @@ void api_panels_events(http_request *req, void *app)
     atomic_init(&es->end_at_ms, 0);
     atomic_init(&es->heartbeat_due, false);
     atomic_init(&es->key_check_due, false);
+    atomic_init(&es->poll_due, false);
     atomic_init(&es->last_write_ms, clock_mono_ms());
     atomic_init(&es->st, NULL);
     if (buf_puts(&es->pending, "retry: 2000\n\n") != AP_OK ||

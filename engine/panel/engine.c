@@ -1125,6 +1125,14 @@ static void active_remove(panel_engine *e, prun *p)
     pthread_mutex_unlock(&e->amu);
 }
 
+bool panel_engine_runs(panel_engine *e, const char *panel_id)
+{
+    pthread_mutex_lock(&e->amu);
+    bool runs = active_find_locked(e, panel_id) != NULL;
+    pthread_mutex_unlock(&e->amu);
+    return runs;
+}
+
 size_t panel_engine_active(panel_engine *e)
 {
     pthread_mutex_lock(&e->amu);

@@ -99,6 +99,10 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
 /* Number of panels running in this process (panels waiting for input are held by none). */
 size_t panel_engine_active(panel_engine *e);
 
+/* Whether this process runs panel_id now (borrowed): its events then reach this process's
+ * subscribers as they are stored; another process's do not. */
+bool panel_engine_runs(panel_engine *e, const char *panel_id);
+
 /* ---- scripts (GET/PUT /v1/strategies) ------------------------------------------------------ */
 
 /* Resolves a script for a tenant as panels do: its active override in st first (when st is

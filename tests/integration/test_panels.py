@@ -392,6 +392,43 @@ def test_cancel(w):
     assert frames[-1][1] == "panel.status" and frames[-1][2]["status"] == "cancelled", frames[-4:]
 
 
+@for_each_backend(env={"ASKPANEL_SIM_LATENCY_MS": "300"})
+def test_stream_on_another_node(w):
+    """A stream opened on a node that does not run the panel gets its events all the same, in
+    order and each once, and ends with it: it reads what the running node stores. A cancel
+    through that node, whose own event it publishes at once, does not skip the events
+    before it."""
+    other = Server(store=w.s.store, env={"ASKPANEL_SIM_LATENCY_MS": "300"},
+                   cache=w.s.cache).start()
+    try:
+        for cancel in (False, True):
+            p = w.create()
+            w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+            wait_status(w.s, w.a, p["id"], ("running",))
+            # no event for 5 s (heartbeats come every 15 s) fails the read: a stream that
+            # never gets the running node's events
+            c = SSEClient(other, "/v1/panels/%s/events" % p["id"], key=w.a, timeout=5)
+            assert c.status == 200, c.status
+            if cancel:
+                time.sleep(0.4)
+                r = other.request("POST", "/v1/panels/%s/cancel" % p["id"], key=w.a)
+                assert r.status == 200, r.body
+            frames = [f for f in c.frames() if f[0] is not None]
+            c.close()
+            seqs = [int(f[0]) for f in frames]
+            assert seqs == list(range(1, len(seqs) + 1)), seqs
+            last = frames[-1]
+            if cancel:
+                assert last[1] == "panel.status" and last[2]["status"] == "cancelled", frames[-3:]
+            else:
+                assert last[1] == "panel.completed", frames[-3:]
+            stored = w.s.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                                 headers={"Accept": "application/json"}).json()
+            assert len(stored["data"]) == len(seqs), (len(stored["data"]), len(seqs))
+    finally:
+        other.close()
+
+
 OVERRIDE = """
 local function answer(ctx)
   local r = ctx:ask(ctx.experts[1], "One line on: " .. ctx.question)
@@ -740,7 +777,8 @@ if __name__ == "__main__":
              test_idempotency, test_isolation, test_execute_and_stream,
              test_live_stream_two_clients_and_reconnect, test_stream_token_for_browsers,
              test_revoking_a_key_ends_its_tokens_and_streams,
-             test_hybrid_waits_for_input, test_cancel, test_strategy_override,
+             test_hybrid_waits_for_input, test_cancel, test_stream_on_another_node,
+             test_strategy_override,
              test_restart_resumes_without_gaps, test_usage_and_expert_counts,
              test_stream_after_past_the_end_ends]
     if len(BACKENDS) == 1:
