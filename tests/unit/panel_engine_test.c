@@ -1015,11 +1015,12 @@ static void test_lease_keeps_a_second_engine_out(void **state)
 {
     (void)state;
     write_file("fanout.lua", fanout_lua);
-    panel_engine *e1 = start_engine(300);
+    /* slow enough that e1 still runs it while e2 starts and asks, on a loaded sanitized build */
+    panel_engine *e1 = start_engine(1000);
     char id[STORE_ID_MAX];
     panel_sub *sub = start_panel(e1, "fanout", "{\"rounds\":3}", id);
     ap_err err = {0};
-    free(wait_for(sub, "expert.message", 3000));
+    free(wait_for(sub, "expert.message", 5000));
     char prefix[128];
     snprintf(prefix, sizeof prefix, "%s:%d:", host_name(), (int)getpid());
     store_panel row = row_of(id);
@@ -1132,6 +1133,9 @@ static void test_lease_renewal_and_loss(void **state)
     assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
     store_panel_free(&row);
     free(ours);
+    static const char *const running[] = {"running"}; /* ended, as in test_fenced_run_stops */
+    assert_int_equal(
+        store_panel_transition(st, tenant, id, running, 1, "cancelled", NULL, NULL, &err), AP_OK);
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
@@ -1193,6 +1197,11 @@ static void test_fenced_run_stops(void **state)
     assert_string_equal(row.status, "running");
     assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
     store_panel_free(&row);
+    /* ended, so that no later test's resume finds it once that lease has run out */
+    static const char *const running[] = {"running"};
+    ap_err err = {0};
+    assert_int_equal(
+        store_panel_transition(st, tenant, id, running, 1, "cancelled", NULL, NULL, &err), AP_OK);
 }
 
 /* A cancel sent to a process that does not run the panel leaves the writing to the one that
