@@ -3094,26 +3094,42 @@ static ap_status cancel_in_store(panel_engine *e, const char *tenant_id, const c
 #define CANCEL_SUB_QUEUE 1024
 #define CANCEL_DURABLE_MS 10000
 
-/* Waits until the end of the panel is published (the writer does so once it is stored): AP_OK
- * for the cancel this process's runner was handed, AP_CONFLICT when the panel ended otherwise
- * first (the runner had finished it when the cancel came), AP_TIMEOUT when neither came. */
-static ap_status wait_cancel_durable(panel_sub *sub)
+/* Waits at most ms for the first event published to sub that wanted accepts (the writer
+ * publishes an event once it is stored); true with it in *ev (caller clears), false when
+ * none came in time. */
+static bool wait_published(panel_sub *sub, int64_t ms, bool (*wanted)(const panel_event *ev),
+                           panel_event *ev)
 {
-    int64_t deadline = clock_mono_ms() + CANCEL_DURABLE_MS;
-    for (int64_t left = CANCEL_DURABLE_MS; left > 0; left = deadline - clock_mono_ms()) {
-        panel_event ev;
-        int got = panel_sub_next(sub, &ev, (int)left);
+    int64_t deadline = clock_mono_ms() + ms;
+    for (int64_t left = ms; left > 0; left = deadline - clock_mono_ms()) {
+        int got = panel_sub_next(sub, ev, (int)left);
         if (got < 0)
             continue;
         if (got == 0)
             break;
-        bool end = ends_panel(ev.type, ev.data);
-        bool cancelled = end && strcmp(ev.type, "panel.status") == 0;
-        panel_event_clear(&ev);
-        if (end)
-            return cancelled ? AP_OK : AP_CONFLICT;
+        if (wanted(ev))
+            return true;
+        panel_event_clear(ev);
     }
-    return AP_TIMEOUT;
+    return false;
+}
+
+static bool ends(const panel_event *ev)
+{
+    return ends_panel(ev->type, ev->data);
+}
+
+/* Waits until the end of the panel is stored: AP_OK for the cancel this process's runner was
+ * handed, AP_CONFLICT when the panel ended otherwise first (the runner had finished it when
+ * the cancel came), AP_TIMEOUT when neither came. */
+static ap_status wait_cancel_durable(panel_sub *sub)
+{
+    panel_event ev;
+    if (!wait_published(sub, CANCEL_DURABLE_MS, ends, &ev))
+        return AP_TIMEOUT;
+    bool cancelled = strcmp(ev.type, "panel.status") == 0;
+    panel_event_clear(&ev);
+    return cancelled ? AP_OK : AP_CONFLICT;
 }
 
 static ap_status cancel_panel(panel_engine *e, const char *tenant_id, const char *panel_id,
@@ -3190,23 +3206,20 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
  * stored together with the checkpoint that journals the input (deliver_input), or until the
  * panel ends first. Before that the input lives only in this process: answering the caller
  * earlier, a crash could lose an input it was told had been accepted. */
+static bool input_settled(const panel_event *ev)
+{
+    return strcmp(ev->type, "input.received") == 0 || strcmp(ev->type, "input.requested") == 0 ||
+           ends(ev);
+}
+
 static void wait_input_durable(panel_sub *sub)
 {
-    int64_t deadline = clock_mono_ms() + INPUT_DURABLE_MS;
-    for (int64_t left = INPUT_DURABLE_MS; left > 0; left = deadline - clock_mono_ms()) {
-        panel_event ev;
-        int got = panel_sub_next(sub, &ev, (int)left);
-        if (got < 0)
-            continue;
-        if (got == 0)
-            break;
-        bool settled = strcmp(ev.type, "input.received") == 0 ||
-                       strcmp(ev.type, "input.requested") == 0 || ends_panel(ev.type, ev.data);
+    panel_event ev;
+    if (wait_published(sub, INPUT_DURABLE_MS, input_settled, &ev))
         panel_event_clear(&ev);
-        if (settled)
-            return;
-    }
-    log_warn("an input is not stored after %d ms; answering its request anyway", INPUT_DURABLE_MS);
+    else
+        log_warn("an input is not stored after %d ms; answering its request anyway",
+                 INPUT_DURABLE_MS);
 }
 
 ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
