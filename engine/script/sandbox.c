@@ -425,6 +425,11 @@ void script_vm_slice_end(script_vm *vm)
 {
     if (vm->slice_start_us != 0)
         vm->run_us += clock_mono_us() - vm->slice_start_us;
+    /* Time spent in one long C step right before the slice ended (an ask_all prompt function
+     * that then yields) passed no hook: it still counts, or the node could finish on the next
+     * slice, which starts already past its deadline, within a tick of the coarse clock. */
+    if (vm->run_us > vm->timeout_us && vm->tripped == TRIP_NONE)
+        vm->tripped = TRIP_TIME;
     vm->slice_start_us = 0;
     vm->deadline_us = 0;
 }

@@ -974,6 +974,26 @@ static void test_sort_is_budgeted(void **state)
     expect_fail("table.sort({ 1, 'x', 2 })", "sandbox.lua:2: attempt to compare");
 }
 
+/* Time spent in one C call no hook sees (a pattern search within the guard's bound), right
+ * before an ask_all prompt function returns and the node yields, still counts: the next slice
+ * started past the deadline by less than a tick of the coarse clock, and the node finished. */
+static void test_overrun_before_a_yield_counts(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.timeout_ms = 20;
+    outcome o;
+    run_body_lim(&lim,
+                 "ctx:ask_all({ ctx.experts[1] }, function()\n"
+                 "  local r = ('a'):rep(450):find(('a-'):rep(2) .. 'b') return 'p' end)",
+                 &o);
+    if (o.kind != SCRIPT_FAILED || strstr(o.error, "time budget exceeded") == NULL)
+        fail_msg("an overrun before a yield: outcome %d after %lld ms: %s", (int)o.kind,
+                 (long long)o.ms, o.error);
+    healthy();
+}
+
 /* Compiling runs on a clock: 180 nested functions of 190 locals each, then 400,000 global
  * references (each walks every enclosing function's locals), took 29 s to load() on a 1 s
  * node budget and 22 s as an uploaded file. A load() stops at the node's budget, a file at
@@ -1142,6 +1162,7 @@ int main(void)
         cmocka_unit_test(test_long_c_loops),
         cmocka_unit_test(test_sort_is_budgeted),
         cmocka_unit_test(test_compiling_is_timed),
+        cmocka_unit_test(test_overrun_before_a_yield_counts),
         cmocka_unit_test(test_library_errors_name_the_line),
         cmocka_unit_test(test_memory_limit_counts_the_pool),
         cmocka_unit_test(test_pattern_backtracking),
