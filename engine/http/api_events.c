@@ -160,6 +160,14 @@ static void replay_page(event_stream *es)
     store_events_free(rows, n);
 }
 
+/* Replays stored events into the buffer while the stream is behind the store, up to its fill
+ * target. */
+static void replay_some(event_stream *es)
+{
+    while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
+        replay_page(es);
+}
+
 /* A live event's SSE frame, built once per event and shared by every stream that sends it:
  * thousands of streams on one panel then cost a copy each, not a format and a buffer each. */
 typedef struct frame {
@@ -274,8 +282,7 @@ static bool refill(event_stream *es)
         buf_puts(&es->pending, ": heartbeat\n\n");
     if (atomic_exchange(&es->poll_due, false))
         es->replaying = true;
-    while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
-        replay_page(es);
+    replay_some(es);
     if (!es->replaying && es->final_panel && !es->finished) {
         int64_t now = clock_mono_ms();
         if (es->final_wait_ms == 0) {
@@ -287,8 +294,7 @@ static bool refill(event_stream *es)
     }
     if (es->pending.len > 0 || take_live(es))
         return true;
-    while (es->replaying && !es->finished && es->pending.len < FILL_TARGET)
-        replay_page(es); /* a gap take_live found, or a lagging subscription */
+    replay_some(es); /* a gap take_live found, or a lagging subscription */
     return es->pending.len > 0 || take_live(es);
 }
 

@@ -3056,8 +3056,6 @@ ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
     return AP_OK;
 }
 
-#define CANCEL_WAIT_MS 2000
-
 #define CANCEL_EVENT_TRIES 5
 
 /* Cancels a panel this process does not run, in the store: the status, then the event that
@@ -3088,9 +3086,7 @@ static ap_status cancel_in_store(panel_engine *e, const char *tenant_id, const c
     return AP_OK;
 }
 
-/* A panel this process runs is cancelled by its runner; any other in the store (see
- * cancel_in_store), except one this process has just claimed (an input, a resume) and is
- * about to start, which is waited for so that its runner does it. */
+#define CANCEL_WAIT_MS 2000
 #define CANCEL_SUB_QUEUE 1024
 #define CANCEL_DURABLE_MS 10000
 
@@ -3132,6 +3128,9 @@ static ap_status wait_cancel_durable(panel_sub *sub)
     return cancelled ? AP_OK : AP_CONFLICT;
 }
 
+/* A panel this process runs is cancelled by its runner; any other in the store (see
+ * cancel_in_store), except one this process has just claimed (an input, a resume) and is
+ * about to start, which is waited for (CANCEL_WAIT_MS at most) so that its runner does it. */
 static ap_status cancel_panel(panel_engine *e, const char *tenant_id, const char *panel_id,
                               panel_sub *sub, ap_err *err)
 {
