@@ -537,6 +537,31 @@ static bool library_message(const char *msg)
     return false;
 }
 
+/* True when calling the wrapped function named name with the n arguments on the stack has
+ * no effect but its results (no metamethod or callback can run), so that it may be called
+ * again. */
+static bool plain_call(lua_State *L, const char *name, int n)
+{
+    if (strcmp(name, "rep") == 0)
+        return true;
+    if (strcmp(name, "gsub") == 0)
+        return lua_type(L, 3) == LUA_TSTRING || lua_type(L, 3) == LUA_TNUMBER;
+    if (strcmp(name, "concat") == 0) {
+        if (lua_type(L, 1) != LUA_TTABLE)
+            return false;
+        if (!lua_getmetatable(L, 1))
+            return true;
+        lua_pop(L, 1);
+        return false;
+    }
+    if (strcmp(name, "format") != 0)
+        return false;
+    for (int i = 2; i <= n; i++)
+        if (lua_type(L, i) == LUA_TTABLE || lua_type(L, i) == LUA_TUSERDATA)
+            return false;
+    return true;
+}
+
 /* The library wrappers' last step: calls upvalue 1 (the wrapped function, named by upvalue
  * 2) with the arguments on the stack and returns all its results. Called from C, the original
  * names neither the script's line nor itself in its errors ("bad argument #2 to '?'"): they
@@ -544,11 +569,29 @@ static bool library_message(const char *msg)
  * value of a script's callback, go on as they are. */
 static int call_original(lua_State *L)
 {
+    int n = lua_gettop(L);
+    bool again = plain_call(L, lua_tostring(L, lua_upvalueindex(2)), n);
+    int below = again ? n : 0; /* a plain call's arguments, kept for a second try */
+    luaL_checkstack(L, n + 1, "too many arguments");
+    for (int i = 1; i <= below; i++)
+        lua_pushvalue(L, i);
     lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    lua_insert(L, below + 1);
+    int status = lua_pcall(L, n, LUA_MULTRET, 0);
+    /* The auxiliary library's buffers (luaL_Buffer: rep, format, gsub, concat...) take
+     * memory straight from the allocator, without the full collection by which Lua answers
+     * a refusal elsewhere: garbage would count as live memory. A plain call is made again
+     * after a collection; the limit trips when the memory still is not there. */
+    if (status == LUA_ERRMEM && again) {
+        lua_gc(L, LUA_GCCOLLECT);
+        lua_settop(L, n);
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_insert(L, 1);
+        below = 0;
+        status = lua_pcall(L, n, LUA_MULTRET, 0);
+    }
     if (status == LUA_OK)
-        return lua_gettop(L);
+        return lua_gettop(L) - below;
     script_vm *vm = script_vm_of(L);
     script_vm_note(L, status);
     if (vm->tripped != TRIP_NONE)
@@ -1455,6 +1498,7 @@ static int build_proto(lua_State *L)
     lua_pushliteral(L, "string");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
+    wrap_field(L, tab, "concat", call_original);
     wrap_field(L, tab, "move", guarded_table_move);
     wrap_field(L, tab, "sort", guarded_sort);
     lua_pushcfunction(L, sb_table_insert);
