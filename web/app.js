@@ -750,7 +750,7 @@ class PanelView {
         if (this.closed || ev.seq <= this.lastSeq) continue;
         this.lastSeq = ev.seq;
       }
-      this.apply(ev.type, ev.data);
+      this.apply(ev.type, ev.data, ev.seq);
     }
     this.draining = false;
   }
@@ -766,7 +766,7 @@ class PanelView {
           if (this.closed || !isPlainObject(ev) || typeof ev.seq !== 'number') continue;
           if (ev.seq <= this.lastSeq || ev.seq >= before) continue;
           this.lastSeq = ev.seq;
-          this.apply(String(ev.type), ev.data);
+          this.apply(String(ev.type), ev.data, ev.seq);
         }
         if (!page || !page.has_more || list.length === 0) break;
       }
@@ -775,7 +775,7 @@ class PanelView {
     }
   }
 
-  apply(type, data) {
+  apply(type, data, seq = 0) {
     const d = isPlainObject(data) ? data : {};
     const waiting = $('waiting');
     if (waiting && type !== 'panel.status') waiting.remove();
@@ -800,7 +800,7 @@ class PanelView {
         this.container().append(this.consensusBlock(d));
         break;
       case 'input.requested':
-        this.showInputForm(isPlainObject(d.request) ? d.request : d);
+        this.showInputForm(isPlainObject(d.request) ? d.request : d, seq);
         break;
       case 'input.received':
         clear($('input-area'));
@@ -992,7 +992,10 @@ class PanelView {
     return block;
   }
 
-  showInputForm(req) {
+  // seq is the request's own event: the answer names it (request_seq), so that an answer sent
+  // late, or after another client answered, is refused (409) rather than taken by a later
+  // request this form never showed.
+  showInputForm(req, seq = 0) {
     const area = $('input-area');
     clear(area);
     const options = Array.isArray(req.options) ? req.options.filter((o) => typeof o === 'string') : [];
@@ -1037,6 +1040,7 @@ class PanelView {
         err.hidden = false;
         return;
       }
+      if (seq > 0) body.request_seq = seq;
       btn.disabled = true;
       btn.textContent = 'Sending…';
       try {
@@ -1046,6 +1050,13 @@ class PanelView {
           area.append(el('p', { class: 'note', text: 'Thanks — the panel resumes with your input.' }));
         }
       } catch (e) {
+        if (e instanceof ApiError && e.code === 'stale_input_request' && area.contains(form)) {
+          // Answered elsewhere (or this form is late): sending again could not succeed. The
+          // stream brings the answer given, or the panel's next request, in its own form.
+          clear(area);
+          area.append(el('p', { class: 'note', id: 'input-stale', text: 'This question was already answered (perhaps in another window); the panel has moved on.' }));
+          return;
+        }
         err.textContent = describeError(e);
         err.hidden = false;
         btn.disabled = false;

@@ -23,6 +23,7 @@
 #define PARAMS_MAX_BYTES 16384
 #define IDEMPOTENCY_KEY_MAX 128
 #define INPUT_MAX_BYTES 32768
+#define REQUEST_SEQ_MAX 9007199254740991LL /* 2^53 - 1: every seq up to it is exact in JSON */
 #define STREAM_TOKEN_TTL_MS (5 * 60 * 1000)
 #define FINISHED_PANEL_TTL_MS (5 * 60 * 1000)
 
@@ -508,10 +509,12 @@ void api_panels_input(http_request *req, void *app)
     cJSON *body = http_json_body(req);
     if (body == NULL)
         return;
-    static const char *const fields[] = {"input", "text", NULL};
+    static const char *const fields[] = {"input", "text", "request_seq", NULL};
     const char *text;
+    int64_t request_seq = 0;
     if (!validate_known_fields(req, body, fields) ||
-        !validate_string(req, body, "text", false, INPUT_MAX_BYTES, &text))
+        !validate_string(req, body, "text", false, INPUT_MAX_BYTES, &text) ||
+        !validate_integer(req, body, "request_seq", false, 1, REQUEST_SEQ_MAX, &request_seq))
         return;
     const cJSON *input = cJSON_GetObjectItemCaseSensitive(body, "input");
     if ((input == NULL) == (text == NULL) || (input != NULL && !cJSON_IsObject(input))) {
@@ -532,11 +535,15 @@ void api_panels_input(http_request *req, void *app)
         return;
     }
     ap_err err = {0};
-    ap_status rc = d->engine != NULL ? panel_engine_input(d->engine, tenant, id, json, &err)
-                                     : ap_err_set(&err, AP_IO, "panels cannot run here");
+    ap_status rc = d->engine != NULL
+                       ? panel_engine_input(d->engine, tenant, id, json, request_seq, &err)
+                       : ap_err_set(&err, AP_IO, "panels cannot run here");
     cJSON_free(json);
+    /* A client that named its request learns that this one is answered or superseded, which
+     * is what it must act on whether another is pending or none. */
     if (rc == AP_CONFLICT) {
-        http_reply_error(req, 409, "no_input_pending", "%s", err.msg);
+        http_reply_error(req, 409, request_seq > 0 ? "stale_input_request" : "no_input_pending",
+                         "%s", err.msg);
         return;
     }
     if (rc != AP_OK) {

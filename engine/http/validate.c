@@ -71,6 +71,24 @@ bool validate_number(http_request *req, const cJSON *obj, const char *key, bool 
     return true;
 }
 
+bool validate_integer(http_request *req, const cJSON *obj, const char *key, bool required,
+                      int64_t min, int64_t max, int64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL)
+        return required ? missing(req, key) : true;
+    /* compared as doubles before the cast: a double out of int64_t's range has no cast */
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < (double)min ||
+        v->valuedouble > (double)max || v->valuedouble != trunc(v->valuedouble)) {
+        http_reply_error(req, 400, "invalid_field",
+                         "\"%s\" must be a whole number from %lld to %lld", key, (long long)min,
+                         (long long)max);
+        return false;
+    }
+    *out = (int64_t)v->valuedouble;
+    return true;
+}
+
 bool validate_string_array(http_request *req, const cJSON *obj, const char *key, bool required,
                            int max_items, size_t max_len, const cJSON **out)
 {

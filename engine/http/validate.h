@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 /* Rejects members of obj that are not in allowed (a NULL-terminated list). */
 bool validate_known_fields(http_request *req, const cJSON *obj, const char *const *allowed);
@@ -23,6 +24,13 @@ bool validate_string(http_request *req, const cJSON *obj, const char *key, bool 
 /* A finite number member within [min, max] (absent: *out unchanged unless required). */
 bool validate_number(http_request *req, const cJSON *obj, const char *key, bool required,
                      double min, double max, double *out);
+
+/* A whole-number member within [min, max] (|min|, |max| at most 2^53, where doubles are still
+ * exact); 1.0 counts as whole, 1.5, "1" and null do not. Absent: *out unchanged unless
+ * required. Null is refused rather than read as absent: a client that meant to send a number
+ * and lost it would otherwise get the meaning of leaving it out. */
+bool validate_integer(http_request *req, const cJSON *obj, const char *key, bool required,
+                      int64_t min, int64_t max, int64_t *out);
 
 /* An array member of at most max_items strings of at most max_len bytes each; *out borrowed. */
 bool validate_string_array(http_request *req, const cJSON *obj, const char *key, bool required,

@@ -3221,14 +3221,49 @@ static void wait_input_durable(panel_sub *sub)
                  INPUT_DURABLE_MS);
 }
 
+/* The seq of the request a panel waits for, as its events show it: a wait is stored in one
+ * transaction ending with its input.requested (handle_step), so while the panel waits that is
+ * its last event, and any earlier request was answered already. *seq is 0 when the last event
+ * is another (the panel runs, or its store was written before the two were stored together). */
+static ap_status last_request(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              int64_t *seq, ap_err *err)
+{
+    store_event *rows = NULL;
+    size_t n = 0;
+    int64_t last = 0;
+    *seq = 0;
+    ap_status rc = store_events_last_seq(e->st, tenant_id, panel_id, &last, err);
+    if (rc == AP_OK && last > 0)
+        rc = store_events_list(e->st, tenant_id, panel_id, last - 1, 1, &rows, &n, err);
+    if (rc == AP_OK && n == 1 && rows[0].seq == last &&
+        strcmp(rows[0].type, "input.requested") == 0)
+        *seq = last;
+    store_events_free(rows, n);
+    return rc;
+}
+
+static ap_status stale_request(ap_err *err, int64_t request_seq, int64_t pending)
+{
+    if (pending > 0)
+        return ap_err_set(err, AP_CONFLICT,
+                          "request %lld is not the pending one: the panel's latest request is %lld",
+                          (long long)request_seq, (long long)pending);
+    return ap_err_set(err, AP_CONFLICT,
+                      "request %lld is not pending: the panel's pending request is not on record",
+                      (long long)request_seq);
+}
+
 ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
-                             const char *input_json, ap_err *err)
+                             const char *input_json, int64_t request_seq, ap_err *err)
 {
     static const char *const from[] = {"awaiting_input"};
     char *input = NULL;
+    bool claimed = false;
     size_t len = input_json != NULL ? strlen(input_json) : 0;
     if (e->st == NULL)
         return ap_err_set(err, AP_INVALID, "no store");
+    if (request_seq < 0)
+        return ap_err_set(err, AP_INVALID, "request_seq must be 1 or more (0: not given)");
     if (len == 0 || len > MAX_INPUT_BYTES)
         return ap_err_set(err, AP_INVALID, "input must be 1 byte to 256 KiB");
     if (!jsonx_utf8_valid(input_json, len))
@@ -3253,31 +3288,50 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
         panel_engine_subscribe(e, tenant_id, panel_id, INPUT_SUB_QUEUE, NULL, NULL, &sub, err);
     if (rc != AP_OK)
         goto out;
+    /* An answer to a request already answered is refused before the claim, so that it does not
+     * hold the panel even for a moment: the right answer, arriving then, would find it taken. */
+    int64_t pending = 0;
+    if (request_seq > 0 && (rc = last_request(e, tenant_id, panel_id, &pending, err)) != AP_OK)
+        goto out;
+    if (pending > 0 && pending != request_seq) {
+        rc = stale_request(err, request_seq, pending);
+        goto out;
+    }
     /* A waiting panel is held by no process (see handle_step): the answer claims it, whichever
      * process it reaches, and resumes it here from its checkpoint with the answer waiting. */
     /* no limit: the panel was live already while it waited */
     rc =
         store_panel_claim(e->st, tenant_id, panel_id, from, 1, e->owner, e->lease_ms, NULL, 0, err);
-    if (rc == AP_CONFLICT)
+    if (rc == AP_CONFLICT && request_seq > 0)
+        ap_err_set(err, AP_CONFLICT,
+                   "request %lld is not pending: the panel is not waiting for input",
+                   (long long)request_seq);
+    else if (rc == AP_CONFLICT)
         ap_err_set(err, AP_CONFLICT, "the panel is not waiting for input");
     if (rc != AP_OK)
         goto out;
+    claimed = true;
+    /* Checked again once claimed, when no other answer can come in between: since the look
+     * above, another may have taken the request and the panel may wait for its next one. */
+    if (request_seq > 0 && (rc = last_request(e, tenant_id, panel_id, &pending, err)) == AP_OK &&
+        pending != request_seq)
+        rc = stale_request(err, request_seq, pending);
     prun *np = NULL;
-    if ((rc = prepare(e, tenant_id, panel_id, &np, err)) == AP_OK) {
+    if (rc == AP_OK && (rc = prepare(e, tenant_id, panel_id, &np, err)) == AP_OK) {
         np->pending_input = input;
         input = NULL;
         rc = launch(e, np, err);
     }
-    if (rc != AP_OK) {
+    if (rc == AP_OK)
+        wait_input_durable(sub);
+out:
+    if (claimed && rc != AP_OK) {
         /* give the input back: the panel still waits for it */
         static const char *const running[] = {"running"};
         ap_err ignore = {0};
         store_panel_transition(e->st, tenant_id, panel_id, running, 1, "awaiting_input", NULL, NULL,
                                &ignore);
-        goto out;
     }
-    wait_input_durable(sub);
-out:
     panel_engine_unsubscribe(e, sub);
     free(input);
     return rc;

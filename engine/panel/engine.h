@@ -92,9 +92,12 @@ ap_status panel_engine_cancel(panel_engine *e, const char *tenant_id, const char
  * claims the panel for this engine and continues it from its checkpoint, whichever process
  * ran it before. Returns once the input is stored (its input.received and the checkpoint that
  * journals it), or the panel ended first; at most ~10 s. AP_CONFLICT when the panel is not
- * awaiting input. */
+ * awaiting input. request_seq, when not 0, is the seq of the input.requested event the answer
+ * is for: unless that is the request the panel waits for, AP_CONFLICT (the message names the
+ * pending request, if any) and the panel keeps waiting, unchanged. 0 answers whatever request
+ * is pending. */
 ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char *panel_id,
-                             const char *input_json, ap_err *err);
+                             const char *input_json, int64_t request_seq, ap_err *err);
 
 /* Number of panels running in this process (panels waiting for input are held by none). */
 size_t panel_engine_active(panel_engine *e);

@@ -251,7 +251,9 @@ static int answer_input(panel_session *s, const char *panel_id, FILE *in, FILE *
     else if (memchr(line, '\0', n) != NULL)
         rc = ap_err_set(&err, AP_INVALID, "the line of input contains a NUL byte");
     else
-        rc = panel_engine_input(s->engine, s->tenant_id, panel_id, line, &err);
+        /* 0: the line answers whatever the panel waits for, which this session just read from
+         * the store (the request event itself may be missing from an older store) */
+        rc = panel_engine_input(s->engine, s->tenant_id, panel_id, line, 0, &err);
     free(line);
     if (rc != AP_OK) {
         if (diag != NULL)

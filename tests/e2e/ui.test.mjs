@@ -22,6 +22,7 @@ let failed = 0;
 const consoleErrors = [];
 let restarting = false; // while the server restarts, the browser logs the cut connection
 let refusingStream = false; // likewise for the refused stream of the expired-token step
+let answeringTwice = false; // likewise for the refused (409) answer of the stale-answer step
 
 async function step(name, fn) {
   const t0 = Date.now();
@@ -98,9 +99,15 @@ page.on('console', (m) => {
   if (m.type() !== 'error') return;
   if (restarting && /net::ERR_|ERR_CONNECTION_REFUSED/.test(m.text())) return;
   if (refusingStream && /status of 401|EventSource/.test(m.text())) return;
+  if (answeringTwice && /status of 409/.test(m.text())) return;
   consoleErrors.push(m.text());
 });
 page.on('pageerror', (e) => consoleErrors.push(`uncaught: ${e.message}`));
+// Every answer the UI sends, to check that it names the request it answers.
+const inputBodies = [];
+page.on('request', (r) => {
+  if (r.method() === 'POST' && /\/input$/.test(r.url())) inputBodies.push(r.postDataJSON());
+});
 // Report CSP violations from inside every page load (init scripts are not subject to CSP).
 const cspViolations = [];
 await context.exposeFunction('__askpanelCsp', (s) => cspViolations.push(s));
@@ -300,15 +307,57 @@ try {
   await step('hybrid panel: the human answers through the form until completed', async () => {
     const id = await newPanel('hybrid', 'Should we run a second pivotal trial before filing in the EU?');
     check(id, 'no panel id');
+    inputBodies.length = 0;
     const answered = await answerUntilDone('05-hybrid-input');
     check(answered >= 1, 'no input was requested');
     await page.waitForSelector('#result .consensus-level');
     const events = await storedEvents(id);
     const received = events.filter((e) => e.type === 'input.received').length;
     check(received === answered, `${answered} answers sent, ${received} received`);
+    const asked = events.filter((e) => e.type === 'input.requested').map((e) => e.seq);
+    const named = inputBodies.map((b) => b && b.request_seq);
+    check(JSON.stringify(named) === JSON.stringify(asked), `answers named requests ${named}, the panel asked ${asked}`);
     check((await page.locator('.note', { hasText: 'Human ballot counted' }).count()) >= 1, 'human ballot not shown');
     check((await page.locator('#input-form').count()) === 0, 'input form still shown');
     await shot('06-hybrid-result');
+  });
+
+  await step('an answer to a request answered elsewhere meanwhile is refused, not taken by the next', async () => {
+    const id = await newPanel('hybrid', 'Should the US filing wait for the EU decision?');
+    await page.waitForSelector('#input-form');
+    const events = await storedEvents(id);
+    const pending = events[events.length - 1];
+    check(pending.type === 'input.requested', `the last event is ${pending.type}`);
+    // Another window answers first, while this one's answer is on its way.
+    answeringTwice = true;
+    try {
+      await page.route('**/input', async (route) => {
+        await apiPost(`/v1/panels/${id}/input`, { text: 'from another window', request_seq: pending.seq });
+        await route.continue();
+      });
+      const refused = page.waitForResponse((r) => r.request().method() === 'POST' && /\/input$/.test(r.url()));
+      await page.fill('#input-text', 'from this window');
+      await page.click('#input-submit');
+      const res = await refused;
+      check(res.status() === 409, `the late answer got ${res.status()}`);
+      check((await res.json()).error.code === 'stale_input_request', 'not a stale_input_request');
+      await page.unroute('**/input');
+      // The answered form goes (the stream's input.received or the refusal clears it), and
+      // no error is left for the user to retry.
+      await page.waitForFunction(() => {
+        const t = document.querySelector('#input-text');
+        return (!t || t.value !== 'from this window') && !document.querySelector('#input-area .form-error:not([hidden])');
+      }, null, { timeout: T });
+    } finally {
+      answeringTwice = false;
+      await page.unroute('**/input').catch(() => {});
+    }
+    const after = await storedEvents(id);
+    const inputs = after.filter((e) => e.type === 'input.received').map((e) => JSON.stringify(e.data));
+    check(inputs.length >= 1 && inputs[0].includes('from another window'), `inputs ${inputs}`);
+    check(!inputs.some((t) => t.includes('from this window')), 'the late answer was taken');
+    // not needed any more (it may have ended already, which the cancel then refuses)
+    await fetch(`${BASE}/v1/panels/${id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${KEY}` } });
   });
 
   await step('after a server restart the stream resumes without showing anything twice', async () => {

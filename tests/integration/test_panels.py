@@ -375,6 +375,63 @@ def test_hybrid_waits_for_input(w):
     assert "awaiting_input" in statuses
 
 
+def stored_events(w, panel_id):
+    events, after = [], 0
+    while True:
+        page = w.s.request("GET", "/v1/panels/%s/events?after=%d" % (panel_id, after), key=w.a,
+                           headers={"Accept": "application/json"}).json()
+        events += page["data"]
+        if not page.get("has_more") or not page["data"]:
+            return events
+        after = page["data"][-1]["seq"]
+
+
+@for_each_backend()
+def test_input_names_its_request(w):
+    """An answer that names its request (request_seq, the seq of its input.requested) is taken
+    only while that request is the pending one: an answer to a request already answered, late
+    or racing another client, gets 409 and changes nothing instead of answering a question its
+    client never saw. A malformed request_seq is a 400."""
+    p = w.create(strategy="hybrid")
+    url = "/v1/panels/%s/input" % p["id"]
+    answer = {"input": {"text": "Go, with a confirmatory trial", "position": "approve",
+                        "confidence": 0.8}}
+    expect_error(w.s.request("POST", url, dict(answer, request_seq=1), key=w.a), 409,
+                 "stale_input_request")
+    w.s.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+    accepted = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        cur = wait_status(w.s, w.a, p["id"], ("awaiting_input",) + FINAL)
+        if cur["status"] in FINAL:
+            break
+        before = stored_events(w, p["id"])
+        assert before[-1]["type"] == "input.requested", before[-1]
+        seq = before[-1]["seq"]
+        for bad in ("%d" % seq, seq + 0.5, 0, -1, True, None, [seq], {"seq": seq}, 2 ** 53):
+            body = expect_error(w.s.request("POST", url, dict(answer, request_seq=bad), key=w.a),
+                                400, "invalid_field")
+            assert "request_seq" in body["error"]["message"], body
+        for stale in [seq - 1, seq + 1] + accepted:
+            body = expect_error(w.s.request("POST", url, dict(answer, request_seq=stale), key=w.a),
+                                409, "stale_input_request")
+            assert "latest request is %d" % seq in body["error"]["message"], body
+        # refused answers leave the panel waiting for the same request, with the same events
+        assert w.s.request("GET", "/v1/panels/" + p["id"], key=w.a).json()["status"] == "awaiting_input"
+        assert stored_events(w, p["id"]) == before
+        r = w.s.request("POST", url, dict(answer, request_seq=seq), key=w.a)
+        assert r.status == 202, r.body
+        accepted.append(seq)
+        # the same answer again (a double submit): that request is answered already
+        expect_error(w.s.request("POST", url, dict(answer, request_seq=seq), key=w.a), 409,
+                     "stale_input_request")
+    assert accepted
+    assert cur["status"] == "completed", cur
+    events = stored_events(w, p["id"])
+    assert [e["seq"] for e in events if e["type"] == "input.requested"] == accepted
+    assert sum(e["type"] == "input.received" for e in events) == len(accepted)
+
+
 @for_each_backend(env={"ASKPANEL_SIM_LATENCY_MS": "2000"})
 def test_cancel(w):
     p = w.create()
@@ -777,7 +834,7 @@ if __name__ == "__main__":
              test_idempotency, test_isolation, test_execute_and_stream,
              test_live_stream_two_clients_and_reconnect, test_stream_token_for_browsers,
              test_revoking_a_key_ends_its_tokens_and_streams,
-             test_hybrid_waits_for_input, test_cancel, test_stream_on_another_node,
+             test_hybrid_waits_for_input, test_input_names_its_request, test_cancel, test_stream_on_another_node,
              test_strategy_override,
              test_restart_resumes_without_gaps, test_usage_and_expert_counts,
              test_stream_after_past_the_end_ends]

@@ -166,6 +166,24 @@ static char *wait_for(panel_sub *sub, const char *type, int timeout_ms)
     return NULL;
 }
 
+/* Waits for an event of `type`; returns its seq or fails the test. */
+static int64_t wait_seq(panel_sub *sub, const char *type, int timeout_ms)
+{
+    int64_t deadline = clock_mono_ms() + timeout_ms;
+    while (clock_mono_ms() < deadline) {
+        panel_event ev;
+        if (panel_sub_next(sub, &ev, 100) != 1)
+            continue;
+        bool hit = strcmp(ev.type, type) == 0;
+        int64_t seq = ev.seq;
+        panel_event_clear(&ev);
+        if (hit)
+            return seq;
+    }
+    fail_msg("no %s event within %d ms", type, timeout_ms);
+    return 0;
+}
+
 static char *run_to_end(panel_engine *e, const char *id, const char *type, int timeout_ms)
 {
     panel_sub *sub = NULL;
@@ -639,8 +657,9 @@ static void test_human_input(void **state)
     assert_string_equal(row.status, "awaiting_input");
     store_panel_free(&row);
     assert_int_equal(
-        panel_engine_input(e, tenant, id, "{\"text\":\"yes\",\"position\":\"go\"}", &err), AP_OK);
-    assert_int_equal(panel_engine_input(e, tenant, id, "again", &err), AP_CONFLICT);
+        panel_engine_input(e, tenant, id, "{\"text\":\"yes\",\"position\":\"go\"}", 0, &err),
+        AP_OK);
+    assert_int_equal(panel_engine_input(e, tenant, id, "again", 0, &err), AP_CONFLICT);
     char *done = wait_for(sub, "panel.completed", 3000);
     assert_non_null(strstr(done, "\"said\":\"yes\""));
     free(done);
@@ -663,7 +682,7 @@ static void test_input_is_stored_on_return(void **state)
     panel_sub *sub = start_panel(e, "later", NULL, id);
     ap_err err = {0};
     free(wait_for(sub, "input.requested", 3000));
-    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"durable\"}", &err), AP_OK);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"durable\"}", 0, &err), AP_OK);
     store_event *rows = NULL;
     size_t n = 0;
     assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
@@ -698,7 +717,7 @@ static void test_input_after_restart(void **state)
     unlink(calls_path);
     e = start_engine(0);
     assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"later\"}", &err), AP_OK);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"later\"}", 0, &err), AP_OK);
     char *done = wait_for(sub, "panel.completed", 3000);
     assert_non_null(strstr(done, "\"said\":\"later\""));
     assert_non_null(strstr(done, "\"exact\":true"));
@@ -1288,8 +1307,10 @@ static void test_input_reaches_another_engine(void **state)
     assert_int_equal(panel_engine_active(e1), 0);
     assert_int_equal(count_lines(calls_path), 1);
     assert_int_equal(panel_engine_subscribe(e2, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
-    assert_int_equal(panel_engine_input(e2, tenant, id, "{\"text\":\"from afar\"}", &err), AP_OK);
-    assert_int_equal(panel_engine_input(e1, tenant, id, "{\"text\":\"twice\"}", &err), AP_CONFLICT);
+    assert_int_equal(panel_engine_input(e2, tenant, id, "{\"text\":\"from afar\"}", 0, &err),
+                     AP_OK);
+    assert_int_equal(panel_engine_input(e1, tenant, id, "{\"text\":\"twice\"}", 0, &err),
+                     AP_CONFLICT);
     char *done = wait_for(sub, "panel.completed", 3000);
     assert_non_null(strstr(done, "\"said\":\"from afar\""));
     free(done);
@@ -1297,6 +1318,103 @@ static void test_input_reaches_another_engine(void **state)
     panel_engine_stop(e1);
     panel_engine_stop(e2);
     assert_int_equal(count_lines(calls_path), 1);
+}
+
+static const char three_asks_lua[] =
+    "return { name = 'asks', start = 'a', nodes = {\n"
+    "  a = function(ctx) ctx.state.a = ctx:await_input({ prompt = 'One?' }).text return 'b' end,\n"
+    "  b = function(ctx) ctx.state.b = ctx:await_input({ prompt = 'Two?' }).text return 'c' end,\n"
+    "  c = function(ctx) local c = ctx:await_input({ prompt = 'Three?' }).text\n"
+    "    return ctx:done({ said = ctx.state.a .. ctx.state.b .. c }) end } }\n";
+
+/* A refused answer must leave the panel exactly as waiting as before: its status, its free
+ * lease and its events; and answerable still. */
+static void assert_still_waiting(const char *id, int64_t pending)
+{
+    store_panel row = row_of(id);
+    assert_string_equal(row.status, "awaiting_input");
+    assert_null(row.lease_owner);
+    store_panel_free(&row);
+    int64_t last = 0;
+    ap_err err = {0};
+    assert_int_equal(store_events_last_seq(st, tenant, id, &last, &err), AP_OK);
+    assert_int_equal(last, pending);
+}
+
+/* An answer that names its request (request_seq: the seq of its input.requested) is taken only
+ * while that request is the one pending: an answer to an earlier request, late or racing
+ * another, is refused instead of answering a question its client never saw. 0 names none. */
+static void test_input_names_its_request(void **state)
+{
+    (void)state;
+    write_file("asks.lua", three_asks_lua);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    panel_sub *sub = start_panel(e, "asks", NULL, id);
+    ap_err err = {0};
+    int64_t one = wait_seq(sub, "input.requested", 3000);
+    assert_true(one > 0);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"x\"}", one + 7, &err),
+                     AP_CONFLICT);
+    char want[64];
+    snprintf(want, sizeof want, "latest request is %lld", (long long)one);
+    assert_non_null(strstr(err.msg, want));
+    assert_still_waiting(id, one);
+    assert_int_equal(panel_engine_input(e, tenant, id, "-1", -1, &err), AP_INVALID);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"A\"}", one, &err), AP_OK);
+
+    int64_t two = wait_seq(sub, "input.requested", 3000);
+    assert_true(two > one);
+    /* the first request's second answer, arriving once the panel waits again */
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"late\"}", one, &err),
+                     AP_CONFLICT);
+    snprintf(want, sizeof want, "latest request is %lld", (long long)two);
+    assert_non_null(strstr(err.msg, want));
+    assert_still_waiting(id, two);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"B\"}", two, &err), AP_OK);
+
+    int64_t three = wait_seq(sub, "input.requested", 3000);
+    assert_true(three > two);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"C\"}", 0, &err), AP_OK);
+    char *done = wait_for(sub, "panel.completed", 3000);
+    assert_non_null(strstr(done, "\"said\":\"ABC\""));
+    free(done);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"x\"}", three, &err),
+                     AP_CONFLICT);
+    assert_non_null(strstr(err.msg, "not waiting for input"));
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"x\"}", 0, &err), AP_CONFLICT);
+    store_panel row = row_of(id);
+    assert_string_equal(row.status, "completed");
+    store_panel_free(&row);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+}
+
+/* The request is checked again under the claim, and an answer refused there gives the panel
+ * back as it was. Shown on a waiting panel whose last event is not its request (a store
+ * written before the two were stored together): it passes the look before the claim, which
+ * finds no request to hold against it, and only the check under the claim refuses it. */
+static void test_input_request_checked_under_the_claim(void **state)
+{
+    (void)state;
+    write_file("human.lua", human_lua);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "human", NULL, id);
+    ap_err err = {0};
+    free(run_to_end(e, id, "input.requested", 3000));
+    int64_t asked = 0;
+    assert_int_equal(store_events_last_seq(st, tenant, id, &asked, &err), AP_OK);
+    store_event extra = {.seq = asked + 1, .type = "note", .data = "{}"};
+    memcpy(extra.panel_id, id, STORE_ID_MAX);
+    assert_int_equal(store_events_append(st, tenant, &extra, 1, &err), AP_OK);
+    assert_int_equal(panel_engine_input(e, tenant, id, "{\"text\":\"x\"}", asked, &err),
+                     AP_CONFLICT);
+    assert_non_null(strstr(err.msg, "not on record"));
+    assert_still_waiting(id, asked + 1);
+    assert_int_equal(panel_engine_active(e), 0);
+    assert_int_equal(panel_engine_cancel(e, tenant, id, &err), AP_OK);
+    panel_engine_stop(e);
 }
 
 /* A panel started on an explicit provider and model (`askpanel run --provider --model`)
@@ -1471,6 +1589,8 @@ int main(void)
         cmocka_unit_test(test_cancel_through_another_engine),
         cmocka_unit_test(test_cancel_after_lease_lost),
         cmocka_unit_test(test_input_reaches_another_engine),
+        cmocka_unit_test(test_input_names_its_request),
+        cmocka_unit_test(test_input_request_checked_under_the_claim),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
