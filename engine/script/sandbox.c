@@ -17,11 +17,10 @@
 #include <string.h>
 
 #define HOOK_COUNT 1000      /* VM instructions between count hooks */
-#define PATTERN_MAX_COST 1e8 /* worst-case backtracking steps a pattern call may risk */
+#define PATTERN_MAX_COST 1e8 /* worst-case character tests a pattern call may risk (~1 s) */
 #define TABLE_MOVE_MAX (1 << 24)
 #define PATTERN_MAX_REPEATS 32 /* repeated items (*, -, +, %b, back-references) per pattern */
 #define PATTERN_MAX_SET 1024   /* bytes of one [set] */
-#define PATTERN_FREE_ITEMS 32  /* items a start position may try at no extra cost */
 /* The collector's pause (percent of the heap live after a cycle that it waits for). A panel's
  * state is short-lived and mostly its setup, which stays live until the panel ends, so at
  * Lua's 200 the collector traced the same setup objects cycle after cycle. The memory limit
@@ -946,10 +945,10 @@ static int sb_print(lua_State *L)
  * Lua's matcher backtracks in C where no hook can stop it, so "a.-.-.-.-b" on a long subject
  * could hold the runner for hours. Before each call we bound the worst case: every item that
  * repeats (*, +, -) multiplies the work by the longest run of subject characters its class
- * can match (+1), '?' by 2, %b and back-references by the subject length, and an unanchored
- * search by the number of start positions (details at pattern_cost). Calls whose bound
- * exceeds PATTERN_MAX_COST are refused with a clear error; ordinary patterns on ordinary text
- * stay far below it. */
+ * can match (+1), '?' by 2, %b and back-references by the subject length, an unanchored
+ * search by the number of start positions, and the items after a repeat by as many (details
+ * at pattern_cost). Calls whose bound exceeds PATTERN_MAX_COST are refused with a clear error, as
+ * are malformed patterns; ordinary patterns on ordinary text stay far below it. */
 
 static bool class_match(int c, int cl)
 {
@@ -1052,7 +1051,7 @@ static double longest_run(const pitem *it, const char *s, size_t n)
     return (double)best;
 }
 
-/* End of the class starting at p (exclusive), or NULL when malformed (Lua reports it). */
+/* End of the class starting at p (exclusive), or NULL when malformed. */
 static const char *class_end(const char *p, const char *pend)
 {
     if (*p == '%')
@@ -1081,11 +1080,6 @@ static double count_char(const char *s, size_t n, char c)
     return (double)k;
 }
 
-/* The worst case of matching p against s: start positions times, for each, the product of
- * what every repeated item may try (its longest run in s) and the length of the pattern
- * beyond PATTERN_FREE_ITEMS items (a long literal is compared again at every start). The
- * guard's own work (a scan of s per repeated item) is bounded by PATTERN_MAX_REPEATS, and a
- * [set], which every character test reads whole, by PATTERN_MAX_SET. */
 /* The run of the item's class at the start of s. */
 static double run_at_start(const pitem *it, const char *s, size_t n)
 {
@@ -1112,11 +1106,21 @@ static char repeat_kind(const pitem *it, const char *q, const char *pend)
     return item_match(it, (unsigned char)*q) ? 'm' : 'f';
 }
 
+/* The worst case of matching p against s, in character tests: start positions times, for
+ * each, the product of what every repeated item may try (its longest run in s); or, when
+ * more, the tests of the items, each counted as often as the repeats before it let the
+ * matcher reach it (a long literal after a repeat is compared again at every step of its
+ * backtracking). The guard's own
+ * work (a scan of s per repeated item) is bounded by PATTERN_MAX_REPEATS, and a [set], which
+ * every character test reads whole, by PATTERN_MAX_SET. A malformed pattern costs INFINITY,
+ * with *malformed set to Lua's message. */
 static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bool scan_all,
-                           int64_t *scanned)
+                           int64_t *scanned, const char **malformed)
 {
     const char *pend = p + pl;
-    double cost = 1, items = 0, added = 0;
+    /* cost: the ways to get this far (start positions times the runs tried before); tests:
+     * the character tests of the items so far, each tried once per way to reach it */
+    double cost = 1, tests = 0, added = 0;
     int repeats = 0;
     bool anchored = p < pend && *p == '^' && !scan_all, first = true;
     if (anchored)
@@ -1133,8 +1137,12 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         if (*p == '$' && p + 1 == pend)
             break;
         if (*p == '%' && p + 1 < pend && p[1] == 'b') {
-            if (p + 3 < pend)
-                cost *= count_char(s, n, p[2]) + 1;
+            if (p + 3 >= pend) {
+                *malformed = "malformed pattern (missing arguments to '%b')";
+                return INFINITY;
+            }
+            tests += cost * 4;
+            cost *= count_char(s, n, p[2]) + 1;
             *scanned += (int64_t)n;
             repeats++;
             first = false;
@@ -1143,13 +1151,21 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         }
         if (*p == '%' && p + 1 < pend && p[1] == 'f') {
             p += 2;
-            const char *e = p < pend ? class_end(p, pend) : NULL;
-            if (e == NULL)
-                return 0; /* malformed: let Lua raise its own error */
+            if (p == pend || *p != '[') {
+                *malformed = "missing '[' after '%f' in pattern";
+                return INFINITY;
+            }
+            const char *e = class_end(p, pend);
+            if (e == NULL) {
+                *malformed = "malformed pattern (missing ']')";
+                return INFINITY;
+            }
+            tests += cost * (double)(e - p);
             p = e;
             continue;
         }
         if (*p == '%' && p + 1 < pend && p[1] >= '0' && p[1] <= '9') {
+            tests += cost * 2;
             cost *= (double)n + 1;
             repeats++;
             first = false;
@@ -1157,11 +1173,14 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
             continue;
         }
         pitem it = {p, class_end(p, pend)};
-        if (it.ep == NULL)
-            return 0;
+        if (it.ep == NULL) {
+            *malformed =
+                *p == '%' ? "malformed pattern (ends with '%')" : "malformed pattern (missing ']')";
+            return INFINITY;
+        }
         if (it.ep - it.p > PATTERN_MAX_SET)
             return INFINITY;
-        items += (double)(it.ep - it.p);
+        tests += cost * (double)(it.ep - it.p);
         p = it.ep;
         if (p < pend && (*p == '*' || *p == '-' || *p == '+')) {
             char kind = repeat_kind(&it, p + 1, pend);
@@ -1183,16 +1202,38 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         first = false;
     }
     cost *= 1 + added;
-    return items > PATTERN_FREE_ITEMS ? cost * (items / PATTERN_FREE_ITEMS) : cost;
+    return tests > cost ? tests : cost;
 }
 
-static int pattern_guard(lua_State *L, bool scan_all)
+/* Where a search given init (argument arg) starts in a subject of len bytes, as lstrlib
+ * counts it (negative from the end); past len when nothing can match. */
+static size_t init_offset(lua_State *L, int arg, size_t len)
+{
+    lua_Integer init = luaL_optinteger(L, arg, 1);
+    if (init > 0)
+        return (size_t)init - 1;
+    if (init == 0 || 0u - (lua_Unsigned)init > len)
+        return 0;
+    return len - (size_t)(0u - (lua_Unsigned)init);
+}
+
+/* Refuses the call when matching argument 2 against argument 1 may backtrack past
+ * PATTERN_MAX_COST or the pattern is malformed (Lua would report a malformed item only once
+ * the matcher reached it, after all the backtracking before it). has_init: argument 3 is
+ * where the match starts, which is where an anchored pattern's first item is costed. */
+static int pattern_guard(lua_State *L, bool scan_all, bool has_init)
 {
     size_t n, pl;
     const char *s = luaL_checklstring(L, 1, &n);
     const char *p = luaL_checklstring(L, 2, &pl);
+    size_t from = has_init ? init_offset(L, 3, n) : 0;
+    if (from > n)
+        return 0; /* no match is tried */
     int64_t scanned = 0;
-    double cost = pattern_cost(p, pl, s, n, scan_all, &scanned);
+    const char *malformed = NULL;
+    double cost = pattern_cost(p, pl, s + from, n - from, scan_all, &scanned, &malformed);
+    if (malformed != NULL)
+        return luaL_error(L, "%s", malformed);
     script_vm_charge(L, scanned / 16 + 1);
     if (cost > PATTERN_MAX_COST)
         return luaL_error(L,
@@ -1220,12 +1261,8 @@ static int guarded_find(lua_State *L)
     size_t ls, lp;
     const char *s = luaL_checklstring(L, 1, &ls);
     const char *p = luaL_checklstring(L, 2, &lp);
-    lua_Integer init = luaL_optinteger(L, 3, 1);
     if (lua_toboolean(L, 4) || !has_specials(p, lp)) {
-        size_t from = init > 0                       ? (size_t)init - 1
-                      : init == 0                    ? 0
-                      : 0u - (lua_Unsigned)init > ls ? 0
-                                                     : ls - (size_t)(0u - (lua_Unsigned)init);
+        size_t from = init_offset(L, 3, ls);
         if (from > ls) {
             luaL_pushfail(L);
             return 1;
@@ -1240,20 +1277,26 @@ static int guarded_find(lua_State *L)
         lua_pushinteger(L, (lua_Integer)(at - s) + (lua_Integer)lp);
         return 2;
     }
-    pattern_guard(L, false);
+    pattern_guard(L, false, true);
     return call_original(L);
 }
 
 /* Upvalue 1: the original function. */
 static int guarded_match(lua_State *L)
 {
-    pattern_guard(L, false);
+    pattern_guard(L, false, true);
     return call_original(L);
 }
 
-static int guarded_scan(lua_State *L)
+static int guarded_gmatch(lua_State *L)
 {
-    pattern_guard(L, true);
+    pattern_guard(L, true, true);
+    return call_original(L);
+}
+
+static int guarded_gsub(lua_State *L)
+{
+    pattern_guard(L, true, false);
     return call_original(L);
 }
 
@@ -1489,8 +1532,8 @@ static int build_proto(lua_State *L)
     lua_setfield(L, str, "dump");
     wrap_field(L, str, "find", guarded_find);
     wrap_field(L, str, "match", guarded_match);
-    wrap_field(L, str, "gmatch", guarded_scan);
-    wrap_field(L, str, "gsub", guarded_scan);
+    wrap_field(L, str, "gmatch", guarded_gmatch);
+    wrap_field(L, str, "gsub", guarded_gsub);
     wrap_field(L, str, "rep", guarded_rep);
     wrap_field(L, str, "format", guarded_format);
     lua_pushliteral(L, "");

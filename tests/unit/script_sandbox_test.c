@@ -563,7 +563,27 @@ static void test_pattern_backtracking(void **state)
                 "pattern too complex");
     expect_fail("string.rep('a', 20000):gsub('(a*)*b', '')", "pattern too complex");
     expect_fail("string.match(string.rep('(', 10000), '%b()%b()%b()x')", "pattern too complex");
-    /* Ordinary patterns on ordinary text still work. */
+    /* A malformed item the matcher would reach only after all the backtracking before it
+     * (red team: an hour on a 1 s budget) is refused up front, with Lua's own message. */
+    expect_fail("string.rep('a', 5000):find('a*a*x%')", "malformed pattern (ends with '%')");
+    expect_fail("string.rep('a', 5000):gsub('a*a*x[', '')", "malformed pattern (missing ']')");
+    expect_fail("string.rep('a', 5000):match('a*a*x%f')", "missing '[' after '%f' in pattern");
+    expect_fail("for w in string.rep('a', 5000):gmatch('a*a*x%b') do end",
+                "malformed pattern (missing arguments to '%b')");
+    /* An anchored pattern is costed where init starts it, not at the subject's first byte
+     * (red team: 54 s on a 1 s budget). */
+    expect_fail("local s = 'b' .. string.rep('a', 100000) s:find('^a*a*c', 2)",
+                "pattern too complex");
+    expect_fail("local s = 'b' .. string.rep('a', 100000) s:match('^a*a*c', -20000)",
+                "pattern too complex");
+    /* Every step may test each item of a long pattern again (red team: 12 s in one call). */
+    expect_fail("string.rep('a', 9999):find('a*' .. string.rep('a', 30) .. 'b')",
+                "pattern too complex");
+    /* Ordinary patterns on ordinary text still work, init included. */
+    expect_done(
+        "assert(('xxabc'):find('^abc', 3) == 3 and ('xxabc'):match('^(%a+)', -3) == 'abc')\n"
+        "assert(('abc'):find('b', 10) == nil and ('abc'):match('.', 0) == 'a')\n"
+        "assert(select(2, ('k=v; k2=v2'):gsub('(%w+)=(%w+)', '%2=%1')) == 2)");
     expect_done("local s = ('  hello world  '):rep(200)\n"
                 "assert(s:match('^%s*(.-)%s*$'):sub(1, 5) == 'hello')\n"
                 "local n = 0 for w in s:gmatch('%a+') do n = n + 1 end assert(n == 400)\n"
