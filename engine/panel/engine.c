@@ -157,11 +157,17 @@ struct prun {
     int64_t stored_seq;
     char *node_state;
     int64_t node_start_seq;
-    buf journal;       /* entries of the node in flight, JSON texts joined by commas */
-    bool journal_full; /* an entry of this node did not fit a checkpoint: later ones are dropped */
-    bool journal_lost; /* an entry could not be built or kept (out of memory): the panel fails */
+    buf journal; /* entries of the node in flight, JSON texts joined by commas */
+    /* Why an entry could not be journaled (empty while all were): the panel fails once the
+     * batch is in, since its answers could not survive a crash. */
+    char journal_error[224];
     int64_t answer_ckpt_ms; /* when an answer last checkpointed the journal (checkpoint_due) */
-    cJSON *replay;          /* the checkpoint's journal, consumed by matching */
+    /* The expert.message data of answers journaled since the last checkpoint, in the order
+     * they came: stored only with a checkpoint that journals them (see hold_message). */
+    char **held;
+    size_t nheld, capheld;
+    llm_timer *held_timer; /* checkpoints them ANSWER_CKPT_MS after the last checkpoint */
+    cJSON *replay;         /* the checkpoint's journal, consumed by matching */
     bool *replay_used;
     cJSON *pins;     /* {"<consensus name>": "<version>"} */
     char *pins_text; /* pins printed, NULL until a checkpoint needs it or they change */
@@ -1153,6 +1159,11 @@ static void prun_free(prun *p)
     free(p->slots);
     if (p->timer != NULL && p->r != NULL)
         llm_loop_timer_cancel(p->r->loop, p->timer);
+    if (p->held_timer != NULL && p->r != NULL)
+        llm_loop_timer_cancel(p->r->loop, p->held_timer);
+    for (size_t i = 0; i < p->nheld; i++)
+        free(p->held[i]);
+    free(p->held);
     script_panel_free(p->sp);
     script_entry_free(&p->script);
     free(p->tenant_slug);
@@ -1289,24 +1300,31 @@ static void prun_transition(prun *p, const char *const *from, size_t nfrom, cons
     prun_push(p, w);
 }
 
-/* Appends one entry (JSON text) to the node's journal. A journal that would outgrow what the
- * store keeps in a checkpoint stops there for the rest of the node: the checkpoints still land
- * (next node, state and the entries before), and a resume asks the provider again for the
- * turns that are not journaled, where a checkpoint the store refused would have lost them all. */
-static ap_status journal_add(prun *p, const char *entry)
+/* Appends one entry (JSON text, NULL when it could not be built) to the node's journal; false
+ * (p->journal_error says why) when it could not: past what the store keeps in a checkpoint,
+ * or out of memory. An answer shown but not journaled would be asked for again by a resume,
+ * whose answers, coming in another order, would no longer match the events stored. */
+static bool journal_add(prun *p, const char *entry)
 {
-    size_t n = strlen(entry);
-    if (!p->journal_full && p->journal.len + 1 + n + 2 > STORE_VALUE_MAX) {
-        p->journal_full = true;
-        log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
-                "the journal of node '%s' passed the %u bytes a checkpoint keeps: its later "
-                "results are not journaled, and a resume would ask for them again",
-                p->node != NULL ? p->node : "?", STORE_VALUE_MAX);
-    }
-    if (p->journal_full)
-        return AP_OK;
-    ap_status rc = p->journal.len > 0 ? buf_putc(&p->journal, ',') : AP_OK;
-    return rc == AP_OK ? buf_append(&p->journal, entry, n) : rc;
+    size_t n = entry != NULL ? strlen(entry) : 0;
+    ap_status rc = AP_NOMEM;
+    if (entry != NULL && p->journal.len + 1 + n + 2 > STORE_VALUE_MAX)
+        rc = AP_LIMIT;
+    else if (entry != NULL && (p->journal.len == 0 || buf_putc(&p->journal, ',') == AP_OK))
+        rc = buf_append(&p->journal, entry, n);
+    if (rc == AP_OK)
+        return true;
+    if (p->journal_error[0] != '\0')
+        return false;
+    if (rc == AP_LIMIT)
+        snprintf(p->journal_error, sizeof p->journal_error,
+                 "the answers of node '%.40s' passed the %u bytes a checkpoint keeps of them: "
+                 "ask fewer experts or for shorter answers in one node",
+                 p->node != NULL ? p->node : "?", STORE_VALUE_MAX);
+    else
+        snprintf(p->journal_error, sizeof p->journal_error,
+                 "the journal of the node could not be kept (out of memory)");
+    return false;
 }
 
 /* Appends s as a JSON string (quoted, escaped). */
@@ -1390,6 +1408,8 @@ static void prun_checkpoint(prun *p, const char *next_node, const char *state, i
 
 static const char *const live_statuses[] = {"running", "awaiting_input", "queued", "created"};
 
+static void release_held(prun *p);
+
 static void prun_fail(prun *p, const char *msg)
 {
     log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
@@ -1401,6 +1421,7 @@ static void prun_fail(prun *p, const char *msg)
     /* The events before the status change: it gives the lease up, and the store takes a
      * panel's writes only from the lease's holder (the group commits as one in any order). */
     prun_group_begin(p);
+    release_held(p); /* the answers that came, shown before the end */
     prun_emit_status(p, "failed");
     if (data != NULL)
         prun_emit(p, "panel.failed", data, true, NULL);
@@ -1702,8 +1723,11 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
 
 /* Emits expert.message for an answer whose outcome (put_outcome) is given, NULL when it
  * could not be built; built as text because it runs for every answer. */
+static void hold_message(prun *p, const char *data);
+
+/* The expert.message of an answer: emitted, or held back (hold_message). */
 static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a,
-                         const buf *outcome)
+                         const buf *outcome, bool hold)
 {
     buf *b = &p->r->message;
     buf_reset(b);
@@ -1731,7 +1755,9 @@ static void emit_message(prun *p, const script_ask *ask, const char *name, const
         rc = put_key_int(b, ",\"completion_tokens\":", a->ct);
     if (rc == AP_OK)
         rc = buf_puts(b, "}}");
-    if (rc == AP_OK)
+    if (rc == AP_OK && hold)
+        hold_message(p, b->data);
+    else if (rc == AP_OK)
         prun_emit(p, "expert.message", b->data, true, NULL);
     else
         log_error("panel %s: expert.message not emitted: %s", p->panel_id, ap_status_name(rc));
@@ -1764,8 +1790,8 @@ static void clear_slots(prun *p)
 static void batch_complete(prun *p)
 {
     clear_slots(p);
-    if (p->journal_lost) {
-        prun_fail(p, "the journal of the node could not be kept (out of memory)");
+    if (p->journal_error[0] != '\0') {
+        prun_fail(p, p->journal_error);
         return;
     }
     script_step step;
@@ -1808,8 +1834,8 @@ static void on_delta(void *ud, const char *text, size_t len)
 
 /* Whether an answer checkpoints the journal with it. Every checkpoint copies the whole
  * journal, so one per answer would be quadratic in a node of many long answers: past
- * ANSWER_CKPT_JOURNAL the answers of a batch checkpoint at most every ANSWER_CKPT_MS (a crash
- * then asks again for what came in since), and the batch's last one always does. */
+ * ANSWER_CKPT_JOURNAL the answers of a batch checkpoint at most every ANSWER_CKPT_MS, and the
+ * batch's last one always does. */
 static bool checkpoint_due(prun *p)
 {
     int64_t now = clock_mono_ms();
@@ -1818,6 +1844,67 @@ static bool checkpoint_due(prun *p)
         return false;
     p->answer_ckpt_ms = now;
     return true;
+}
+
+/* Emits the held messages, in the order their answers came. */
+static void release_held(prun *p)
+{
+    for (size_t i = 0; i < p->nheld; i++) {
+        prun_emit(p, "expert.message", p->held[i], true, NULL);
+        free(p->held[i]);
+    }
+    p->nheld = 0;
+    if (p->held_timer != NULL) {
+        llm_loop_timer_cancel(p->r->loop, p->held_timer);
+        p->held_timer = NULL;
+    }
+}
+
+/* Stores the held messages with the checkpoint that journals their answers. */
+static void flush_held(prun *p)
+{
+    if (p->nheld == 0)
+        return;
+    p->answer_ckpt_ms = clock_mono_ms();
+    prun_group_begin(p);
+    release_held(p);
+    prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
+    prun_group_end(p);
+}
+
+static void held_timer_fired(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    prun *p = ud;
+    p->held_timer = NULL;
+    flush_held(p);
+}
+
+/* Holds back the message of an answer whose checkpoint is not due: a message is stored only
+ * with (or after) the checkpoint that journals its answer, so that the events a resume finds
+ * are those of the answers it replays, in seqs it counts again; a resume asks again only for
+ * answers nobody saw. Held at most until ANSWER_CKPT_MS after the last checkpoint. */
+static void hold_message(prun *p, const char *data)
+{
+    char *copy = strdup(data);
+    if (copy != NULL && p->nheld == p->capheld) {
+        size_t cap = p->capheld != 0 ? p->capheld * 2 : 8;
+        char **grown = realloc(p->held, cap * sizeof *grown);
+        if (grown != NULL) {
+            p->held = grown;
+            p->capheld = cap;
+        }
+    }
+    if (copy == NULL || p->nheld == p->capheld) {
+        free(copy);
+        log_error("panel %s: expert.message not emitted: out of memory", p->panel_id);
+        return;
+    }
+    p->held[p->nheld++] = copy;
+    if (p->held_timer == NULL) {
+        int64_t wait = ANSWER_CKPT_MS - (clock_mono_ms() - p->answer_ckpt_ms);
+        p->held_timer = llm_loop_timer_add(p->r->loop, wait > 0 ? wait : 0, held_timer_fired, p);
+    }
 }
 
 /* Records one answer (journal entry, usage, delivery) without resuming the node. */
@@ -1872,14 +1959,18 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             prun_push(p, w);
         }
     }
-    if (entry == NULL || journal_add(p, entry) != AP_OK)
-        p->journal_lost = true;
+    bool journaled = journal_add(p, entry);
     free(entry);
     deliver_answer(p, s->idx, &a);
-    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? oc : NULL);
-    scratch_done(oc);
     p->pending--;
-    if (!p->journal_lost && checkpoint_due(p))
+    /* A journal that failed fails the panel once the batch is in: no checkpoint to wait for */
+    bool ckpt = journaled && p->journal_error[0] == '\0' && checkpoint_due(p);
+    if (ckpt)
+        release_held(p);
+    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? oc : NULL,
+                 !ckpt && p->journal_error[0] == '\0');
+    scratch_done(oc);
+    if (ckpt)
         prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
     prun_group_end(p);
 }
@@ -1930,14 +2021,13 @@ static void start_asks(prun *p, const script_step *step)
             char *data = NULL;
             answer_of_entry(old, &a, &data);
             char *entry = jsonx_print(old);
-            if (entry == NULL || journal_add(p, entry) != AP_OK)
-                p->journal_lost = true;
+            journal_add(p, entry);
             free(entry);
             s->done = true;
             deliver_answer(p, i, &a);
             buf *oc = &p->r->outcome;
             bool oc_ok = put_outcome(oc, &a) == AP_OK;
-            emit_message(p, ask, s->name, &a, oc_ok ? oc : NULL);
+            emit_message(p, ask, s->name, &a, oc_ok ? oc : NULL, false);
             scratch_done(oc);
             free(data);
             p->pending--;
@@ -1981,13 +2071,14 @@ static void deliver_input(prun *p, const char *input_json, bool replayed)
     ap_err err = {0};
     size_t ecap = strlen(input_json) + 32;
     char *entry = malloc(ecap);
-    if (entry == NULL || (snprintf(entry, ecap, "{\"k\":\"input\",\"input\":%s}", input_json),
-                          journal_add(p, entry) != AP_OK)) {
-        free(entry);
-        prun_fail(p, "the journal of the node could not be kept (out of memory)");
+    if (entry != NULL)
+        snprintf(entry, ecap, "{\"k\":\"input\",\"input\":%s}", input_json);
+    bool journaled = journal_add(p, entry);
+    free(entry);
+    if (!journaled) {
+        prun_fail(p, p->journal_error);
         return;
     }
-    free(entry);
     size_t cap = strlen(input_json) + 16;
     char *data = malloc(cap);
     /* The input's events and the checkpoint that journals it commit together: a stored
@@ -2052,7 +2143,7 @@ static void handle_step(prun *p, script_step *step)
         free(p->node_state);
         p->node_state = state;
         buf_reset(&p->journal);
-        p->journal_full = false;
+        p->journal_error[0] = '\0';
         cJSON_Delete(p->replay);
         p->replay = NULL;
         prun_checkpoint(p, p->node, p->node_state, p->next_seq - 1);
@@ -2217,6 +2308,7 @@ static void run_cmd(llm_loop *loop, void *ud)
             pthread_mutex_unlock(&e->amu);
             if (victim == NULL)
                 break;
+            flush_held(victim); /* journaled answers: a resume need not ask for them again */
             prun_release(victim);
         }
         llm_loop_stop(loop);
@@ -2229,6 +2321,7 @@ static void run_cmd(llm_loop *loop, void *ud)
     if (p != NULL && p->r == c->r) {
         if (c->kind == CMD_CANCEL) {
             prun_group_begin(p); /* the event first (see prun_fail) */
+            release_held(p);
             prun_emit_status(p, "cancelled");
             prun_transition(p, live_statuses, 4, "cancelled", NULL, NULL);
             prun_group_end(p);
