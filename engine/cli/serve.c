@@ -137,7 +137,7 @@ int cli_serve(int argc, char **argv)
     if (script_registry_watch(registry, &err) != AP_OK)
         log_warn("scripts will reload on SIGHUP only: %s", err.msg);
     deps.registry = registry;
-    panel_engine_opts eo = {.cfg = &cfg, .store = st, .registry = registry};
+    panel_engine_opts eo = {.cfg = &cfg, .store = st, .registry = registry, .adopt = true};
     if (panel_engine_start(&eo, &engine, &err) != AP_OK)
         goto out;
     deps.engine = engine;

@@ -247,6 +247,7 @@ struct panel_engine {
     pthread_mutex_t lmu;
     pthread_cond_t lcond; /* on CLOCK_MONOTONIC */
     bool lstop;
+    bool adopt; /* see panel_engine_opts */
 };
 
 static size_t bucket_hash(const char *id)
@@ -2576,10 +2577,13 @@ out:
     free(seen);
 }
 
+static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap_err *err);
+
 static void *leaser_main(void *arg)
 {
     panel_engine *e = arg;
     pthread_setname_np(pthread_self(), "ap-leaser");
+    int64_t next_sweep = clock_mono_ms() + e->lease_ms;
     pthread_mutex_lock(&e->lmu);
     while (!e->lstop) {
         struct timespec at;
@@ -2593,6 +2597,18 @@ static void *leaser_main(void *arg)
             break;
         pthread_mutex_unlock(&e->lmu);
         lease_renew(e);
+        /* A panel whose process died keeps its status and its lease in the store: once the
+         * lease has run out, the first node that looks takes it over (resume claims it in one
+         * statement, so two nodes never both do). */
+        if (e->adopt && clock_mono_ms() >= next_sweep) {
+            size_t n = 0;
+            ap_err err = {0};
+            if (resume_running(e, true, &n, &err) != AP_OK)
+                log_warn("looking for panels to take over failed: %s", err.msg);
+            else if (n > 0)
+                log_info("took over %zu running panel(s) whose process no longer held them", n);
+            next_sweep = clock_mono_ms() + e->lease_ms;
+        }
         pthread_mutex_lock(&e->lmu);
     }
     pthread_mutex_unlock(&e->lmu);
@@ -2891,6 +2907,7 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
     pthread_cond_init(&e->lcond, &ca);
     pthread_condattr_destroy(&ca);
     e->lease_ms = o->cfg != NULL ? o->cfg->runtime_lease_ms : LEASE_MS_DEFAULT;
+    e->adopt = o->adopt;
     ap_status orc = lease_owner_init(e, err);
     if (orc != AP_OK) {
         panel_engine_stop(e);
@@ -2946,7 +2963,7 @@ void panel_engine_stop(panel_engine *e)
         return;
     if (e->leaser_started) {
         pthread_mutex_lock(&e->lmu);
-        e->lstop = true;
+        __atomic_store_n(&e->lstop, true, __ATOMIC_RELAXED); /* a sweep reads it unlocked */
         pthread_cond_signal(&e->lcond);
         pthread_mutex_unlock(&e->lmu);
         pthread_join(e->leaser, NULL);
@@ -3121,32 +3138,39 @@ out:
     return rc;
 }
 
-ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
+/* Resumes the store's running panels that no live process holds; *started gets how many. A
+ * sweep skips the panels this engine runs and says nothing of those another process holds
+ * (the normal case with several nodes), and stops with the engine. */
+static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap_err *err)
 {
     store_panel_ref *refs = NULL;
-    size_t count = 0, started = 0;
-    if (n != NULL)
-        *n = 0;
-    if (e->st == NULL)
-        return AP_OK;
+    size_t count = 0;
+    *started = 0;
     ap_status rc = store_panels_in_status(e->st, "running", &refs, &count, err);
-    if (rc != AP_OK)
-        return rc;
-    for (size_t i = 0; i < count; i++) {
+    for (size_t i = 0; rc == AP_OK && i < count; i++) {
+        if (sweep && (__atomic_load_n(&e->lstop, __ATOMIC_RELAXED) ||
+                      panel_engine_runs(e, refs[i].panel_id)))
+            continue;
         ap_err one = {0};
         ap_status rc1 = panel_engine_resume(e, refs[i].tenant_id, refs[i].panel_id, &one);
         if (rc1 == AP_OK)
-            started++;
-        else
-            /* Another live process running it is the normal case with several nodes. */
+            (*started)++;
+        else if (rc1 != AP_CONFLICT || !sweep)
             log_msg(rc1 == AP_CONFLICT ? LOG_LEVEL_INFO : LOG_LEVEL_WARN,
                     &(log_fields){.tenant_id = refs[i].tenant_id, .panel_id = refs[i].panel_id},
                     "not resuming panel: %s", one.msg);
     }
     free(refs);
+    return rc;
+}
+
+ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
+{
+    size_t started = 0;
+    ap_status rc = e->st != NULL ? resume_running(e, false, &started, err) : AP_OK;
     if (n != NULL)
         *n = started;
-    return AP_OK;
+    return rc;
 }
 
 #define CANCEL_EVENT_TRIES 5

@@ -37,6 +37,9 @@ typedef struct panel_engine_opts {
     const char *model;         /* overrides every expert's model; may be NULL */
     uint64_t seed;             /* the simulated provider's seed for this process */
     int runners;               /* > 0 overrides runtime.runners */
+    /* Takes over, every lease_ms, the running panels whose lease ran out (their process died
+     * or hung): a node of a cluster (`serve`); a one-panel run leaves others' panels alone. */
+    bool adopt;
 } panel_engine_opts;
 
 /* Starts the runner and writer threads. Caller stops with panel_engine_stop. */

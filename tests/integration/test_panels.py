@@ -486,6 +486,35 @@ def test_stream_on_another_node(w):
         other.close()
 
 
+@for_each_backend()
+def test_orphaned_panel_is_taken_over(w):
+    """A node that dies mid-panel leaves it running under its lease. Once the lease has run
+    out, another live node takes the panel over and finishes it, each event once: it stayed
+    running for good, since only a node's start looked for such panels (red team)."""
+    env = {"ASKPANEL_SIM_LATENCY_MS": "300", "ASKPANEL_RUNTIME_LEASE_MS": "1500"}
+    dying = Server(store=w.s.store, env=env, cache=w.s.cache).start()
+    taker = Server(store=w.s.store, env=env, cache=w.s.cache).start()
+    try:
+        p = w.create(strategy="echo", params={"rounds": 3})
+        r = dying.request("POST", "/v1/panels/%s/execute" % p["id"], key=w.a)
+        assert r.status == 202, r.body
+        time.sleep(0.5)
+        dying.proc.send_signal(signal.SIGKILL)
+        dying.proc.wait()
+        got = wait_status(taker, w.a, p["id"], FINAL, timeout=20)
+        assert got["status"] == "completed", got
+        events = taker.request("GET", "/v1/panels/%s/events" % p["id"], key=w.a,
+                               headers={"Accept": "application/json"}).json()["data"]
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
+        ends = [e for e in events if e["type"] in ("panel.completed", "panel.failed")]
+        assert len(ends) == 1, ends
+        assert "took over 1 running panel" in taker.logs(), taker.logs()[-2000:]
+    finally:
+        dying.close()
+        taker.close()
+
+
 OVERRIDE = """
 local function answer(ctx)
   local r = ctx:ask(ctx.experts[1], "One line on: " .. ctx.question)
@@ -835,6 +864,7 @@ if __name__ == "__main__":
              test_live_stream_two_clients_and_reconnect, test_stream_token_for_browsers,
              test_revoking_a_key_ends_its_tokens_and_streams,
              test_hybrid_waits_for_input, test_input_names_its_request, test_cancel, test_stream_on_another_node,
+             test_orphaned_panel_is_taken_over,
              test_strategy_override,
              test_restart_resumes_without_gaps, test_usage_and_expert_counts,
              test_stream_after_past_the_end_ends]
