@@ -1556,6 +1556,9 @@ static ap_status host_consensus_source(void *ud, const char *name, char **source
         free(p->pins_text);
         p->pins_text = NULL;
         queue_script_pin(p, &en);
+        /* The pin is stored before the events its algorithm leads to (a checkpoint like the
+         * node's last, with it): a resume after them runs this version, not a newer one. */
+        prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);
     }
     *source = en.source;
     *len = en.len;
@@ -2260,25 +2263,28 @@ static void start_on_runner(llm_loop *loop, void *ud)
         .state_json = state,
     };
     ap_err err = {0};
+    /* A fresh panel's first event and its first checkpoint commit together: a resume always
+     * has a checkpoint, and one without a checkpoint is never past that event. */
+    prun_group_begin(p);
     if (p->fresh)
         prun_emit_status(p, "running");
+    const char *failed = NULL;
     if (script_panel_new(&p->e->lim, &host, p->script.name, p->script.source, p->script.len, &in,
-                         &p->sp, &err) != AP_OK) {
-        prun_fail(p, err.msg);
-        return;
-    }
-    if (p->node == NULL)
+                         &p->sp, &err) != AP_OK)
+        failed = err.msg;
+    if (failed == NULL && p->node == NULL)
         p->node = strdup(script_panel_start_node(p->sp));
-    if (p->node_state == NULL)
+    if (failed == NULL && p->node_state == NULL)
         p->node_state = strdup("{}");
-    if (p->node == NULL || p->node_state == NULL) {
-        prun_fail(p, "out of memory");
-        return;
-    }
-    /* A fresh panel checkpoints before its first node, so a resume always has one. */
-    if (p->fresh)
+    if (failed == NULL && (p->node == NULL || p->node_state == NULL))
+        failed = "out of memory";
+    if (failed == NULL && p->fresh)
         prun_checkpoint(p, p->node, p->node_state, p->next_seq - 1);
-    run_node(p);
+    prun_group_end(p);
+    if (failed != NULL)
+        prun_fail(p, failed);
+    else
+        run_node(p);
 }
 
 /* ---- commands posted to runners ------------------------------------------------------- */

@@ -854,6 +854,36 @@ static void test_checkpoints_fit_the_store(void **state)
     panel_engine_stop(e);
 }
 
+/* A consensus algorithm a node names is pinned in the store before the events it leads to: a
+ * resume after its consensus event runs the same version. The pin waited for the node's end,
+ * so a crash between them and a newer file ran the new version under the old event (red
+ * team). */
+static void test_consensus_pin_is_stored_first(void **state)
+{
+    (void)state;
+    write_file("pinlate.lua", "return { name = 'pinlate', start = 'a', nodes = {\n"
+                              "  a = function(ctx)\n"
+                              "    ctx:consensus('count', { { position = 'yes' } }, {})\n"
+                              "    ctx:ask(ctx.experts[1], 'after the consensus')\n"
+                              "    return ctx:done({})\n"
+                              "  end } }\n");
+    panel_engine *e = start_engine(1500);
+    char id[STORE_ID_MAX];
+    create(e, "pinlate", NULL, id);
+    panel_sub *sub = NULL;
+    ap_err err = {0};
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 1024, NULL, NULL, &sub, &err), AP_OK);
+    assert_int_equal(panel_engine_execute(e, tenant, id, &err), AP_OK);
+    free(wait_for(sub, "consensus", 3000));
+    store_checkpoint ck = {0};
+    assert_int_equal(store_checkpoint_get(st, tenant, id, &ck, &err), AP_OK);
+    assert_non_null(strstr(ck.state, "\"count\":"));
+    store_checkpoint_free(&ck);
+    free(wait_for(sub, "panel.completed", 5000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+}
+
 /* Stopping the engine mid-panel leaves it "running" with its checkpoint, like a crash; a new
  * engine resumes it, replays the journaled turns and reaches the same result. */
 static void test_resume_replays_journal(void **state)
@@ -1563,6 +1593,7 @@ int main(void)
         cmocka_unit_test(test_state_between_nodes_is_the_checkpoint),
         cmocka_unit_test(test_resume_replays_journal),
         cmocka_unit_test(test_checkpoints_fit_the_store),
+        cmocka_unit_test(test_consensus_pin_is_stored_first),
         cmocka_unit_test(test_resume_mid_batch),
         cmocka_unit_test(test_resume_keeps_provider_and_model),
         cmocka_unit_test(test_store_outage_loses_nothing),
