@@ -930,8 +930,8 @@ static void test_resume_replays_journal(void **state)
 }
 
 /* The tenant's usage rows of all time, of one model or (NULL) of all. Tests count them
- * before and after: rows carry the wall clock, which this VM has been seen to step back, so a
- * "since" could count an earlier test's rows. */
+ * before and after: a row carries the millisecond of the writer's batch, which the last row of
+ * the test before can share with a "since" taken just after it (CI counted 21 rows for 20). */
 static int64_t usage_calls(const char *model)
 {
     char *usage = NULL;
