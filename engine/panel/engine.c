@@ -26,7 +26,9 @@
 
 #define MAP_BUCKETS 4096
 #define WRITER_BATCH 8192
-#define GROUP_MAX 8 /* items of one atomic group: a transition, its events, a checkpoint */
+/* Items of one atomic group: a transition, its events, a checkpoint, and the messages of a
+ * batch's answers held back for the checkpoint that journals them (hold_message). */
+#define GROUP_MAX (SCRIPT_MAX_ASKS + 8)
 #define JOURNAL_KEY_LEN 32
 #define MAX_INPUT_BYTES (256 * 1024)
 #define SCRATCH_MAX (64 * 1024 * 1024) /* an answer's outcome, an event's data */
@@ -3107,8 +3109,11 @@ ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const cha
     return launch(e, p, err);
 }
 
-ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char *panel_id,
-                              ap_err *err)
+/* panel_engine_resume; a sweep (see resume_running) leaves alone the panels under this
+ * engine's own lease: one that ends here is still running in the store until the writer has
+ * stored its end, and taking it again would run its node again and pay for its answers twice. */
+static ap_status resume_one(panel_engine *e, const char *tenant_id, const char *panel_id,
+                            bool sweep, ap_err *err)
 {
     static const char *const from[] = {"running"};
     if (e->st == NULL)
@@ -3119,6 +3124,11 @@ ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char
     ap_status rc = store_panel_get(e->st, tenant_id, panel_id, &row, err);
     if (rc != AP_OK)
         goto out;
+    if (sweep && (strcmp(row.status, "running") != 0 ||
+                  (row.lease_owner != NULL && strcmp(row.lease_owner, e->owner) == 0))) {
+        rc = ap_err_set(err, AP_CONFLICT, "not the sweep's to take");
+        goto out;
+    }
     if (status_fresh(row.status)) {
         rc = panel_engine_execute(e, tenant_id, panel_id, err);
         goto out;
@@ -3137,20 +3147,40 @@ ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char
             rc = resume_refused(&row, err);
         goto out;
     }
-    if (rc == AP_OK && (rc = prepare(e, tenant_id, panel_id, &p, err)) == AP_OK)
+    if (rc != AP_OK)
+        goto out;
+    if ((rc = prepare(e, tenant_id, panel_id, &p, err)) == AP_OK)
         rc = launch(e, p, err);
+    if (rc != AP_OK && !panel_engine_runs(e, row.id)) {
+        /* Nothing runs it here: the lease runs out at once, for a process that can. */
+        store_panel_ref ref = {0};
+        snprintf(ref.tenant_id, sizeof ref.tenant_id, "%s", row.tenant_id);
+        snprintf(ref.panel_id, sizeof ref.panel_id, "%s", row.id);
+        bool renewed = false;
+        ap_err ignore = {0};
+        store_panel_leases_renew(e->st, e->owner, &ref, 1, 1, &renewed, &ignore);
+    }
 out:
     store_panel_free(&row);
     return rc;
 }
 
+ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char *panel_id,
+                              ap_err *err)
+{
+    return resume_one(e, tenant_id, panel_id, false, err);
+}
+
 /* Resumes the store's running panels that no live process holds; *started gets how many. A
- * sweep skips the panels this engine runs and says nothing of those another process holds
- * (the normal case with several nodes), and stops with the engine. */
+ * sweep skips the panels this engine runs or holds, says nothing of those another process
+ * holds (the normal case with several nodes), sums up in one line those it could not run (a
+ * provider or script this process lacks: their lease runs out again at once), and stops with
+ * the engine. */
 static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap_err *err)
 {
     store_panel_ref *refs = NULL;
-    size_t count = 0;
+    size_t count = 0, failed = 0;
+    char first[AP_ERR_MSG_MAX + STORE_ID_MAX + 4] = "";
     *started = 0;
     ap_status rc = store_panels_in_status(e->st, "running", &refs, &count, err);
     for (size_t i = 0; rc == AP_OK && i < count; i++) {
@@ -3158,14 +3188,21 @@ static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap
                       panel_engine_runs(e, refs[i].panel_id)))
             continue;
         ap_err one = {0};
-        ap_status rc1 = panel_engine_resume(e, refs[i].tenant_id, refs[i].panel_id, &one);
-        if (rc1 == AP_OK)
+        ap_status rc1 = resume_one(e, refs[i].tenant_id, refs[i].panel_id, sweep, &one);
+        if (rc1 == AP_OK) {
             (*started)++;
-        else if (rc1 != AP_CONFLICT || !sweep)
+        } else if (sweep && rc1 != AP_CONFLICT) {
+            if (failed++ == 0)
+                snprintf(first, sizeof first, "%s: %s", refs[i].panel_id, one.msg);
+        } else if (!sweep) {
             log_msg(rc1 == AP_CONFLICT ? LOG_LEVEL_INFO : LOG_LEVEL_WARN,
                     &(log_fields){.tenant_id = refs[i].tenant_id, .panel_id = refs[i].panel_id},
                     "not resuming panel: %s", one.msg);
+        }
     }
+    if (failed > 0)
+        log_warn("%zu running panel(s) whose lease ran out cannot run here (first: %s)", failed,
+                 first);
     free(refs);
     return rc;
 }

@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_ASKS 256
 #define MAX_EXPERTS 256 /* in a panel's roster, as many as one ask_all reaches */
 #define MAX_EXPERT_ID 128
 #define MAX_MODEL_NAME 200 /* the store's bound on a usage row's model */
@@ -455,8 +454,8 @@ static int ctx_ask_all(lua_State *L)
     ensure_yieldable(L, sp, "ctx:ask_all");
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-    if (n > MAX_ASKS)
-        return luaL_error(L, "ctx:ask_all: at most %d experts per call", MAX_ASKS);
+    if (n > SCRIPT_MAX_ASKS)
+        return luaL_error(L, "ctx:ask_all: at most %d experts per call", SCRIPT_MAX_ASKS);
     charge_turns(L, sp, n);
     int pt = lua_type(L, 3);
     if (pt != LUA_TSTRING && pt != LUA_TFUNCTION)

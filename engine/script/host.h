@@ -101,6 +101,8 @@ void script_panel_free(script_panel *sp);
 /* The strategy's start node (borrowed, valid while sp lives). */
 const char *script_panel_start_node(const script_panel *sp);
 
+#define SCRIPT_MAX_ASKS 256 /* the asks of one step (one ctx:ask_all) */
+
 /* One LLM turn requested by ctx:ask / ctx:ask_all; strings borrowed until the next run, except
  * the expert's (expert_*), which live as long as the panel. */
 typedef struct script_ask {
