@@ -249,7 +249,8 @@ struct panel_engine {
     pthread_mutex_t lmu;
     pthread_cond_t lcond; /* on CLOCK_MONOTONIC */
     bool lstop;
-    bool adopt; /* see panel_engine_opts */
+    bool adopt;      /* see panel_engine_opts */
+    size_t sweep_at; /* where the next sweep starts in the list of running panels */
 };
 
 static size_t bucket_hash(const char *id)
@@ -3183,9 +3184,17 @@ static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap
     char first[AP_ERR_MSG_MAX + STORE_ID_MAX + 4] = "";
     *started = 0;
     ap_status rc = store_panels_in_status(e->st, "running", &refs, &count, err);
-    for (size_t i = 0; rc == AP_OK && i < count; i++) {
-        if (sweep && (__atomic_load_n(&e->lstop, __ATOMIC_RELAXED) ||
-                      panel_engine_runs(e, refs[i].panel_id)))
+    /* A sweep runs on the leaser's thread: it gives way to the next renewal of this engine's
+     * own leases, and the next sweep goes on from where it stopped. */
+    int64_t until = clock_mono_ms() + e->lease_ms / 3;
+    size_t from = sweep && count > 0 ? e->sweep_at % count : 0;
+    for (size_t k = 0; rc == AP_OK && k < count; k++) {
+        size_t i = (from + k) % count;
+        if (sweep && (__atomic_load_n(&e->lstop, __ATOMIC_RELAXED) || clock_mono_ms() > until)) {
+            e->sweep_at = i;
+            break;
+        }
+        if (sweep && panel_engine_runs(e, refs[i].panel_id))
             continue;
         ap_err one = {0};
         ap_status rc1 = resume_one(e, refs[i].tenant_id, refs[i].panel_id, sweep, &one);

@@ -1237,8 +1237,9 @@ static int pattern_guard(lua_State *L, bool scan_all, bool has_init)
     script_vm_charge(L, scanned / 16 + 1);
     if (cost > PATTERN_MAX_COST)
         return luaL_error(L,
-                          "pattern too complex for a subject of %d bytes (too many repetitions "
-                          "that can match the same text); simplify the pattern or split the text",
+                          "pattern too complex for a subject of %d bytes (it could backtrack too "
+                          "long: repetitions that can match the same text, or a long pattern "
+                          "after one); simplify the pattern or split the text",
                           (int)n);
     return 0;
 }
