@@ -1728,11 +1728,11 @@ static void answer_of_entry(const cJSON *entry, answer *a, char **data_buf)
     a->ct = (int64_t)jsonx_number(entry, "ct", 0);
 }
 
-/* Emits expert.message for an answer whose outcome (put_outcome) is given, NULL when it
- * could not be built; built as text because it runs for every answer. */
 static void hold_message(prun *p, const char *data);
 
-/* The expert.message of an answer: emitted, or held back (hold_message). */
+/* Emits expert.message for an answer whose outcome (put_outcome) is given, NULL when it
+ * could not be built; built as text because it runs for every answer. hold: held back
+ * instead (hold_message). */
 static void emit_message(prun *p, const script_ask *ask, const char *name, const answer *a,
                          const buf *outcome, bool hold)
 {
@@ -1966,16 +1966,16 @@ static void answer_slot(ask_slot *s, const llm_response *r)
             prun_push(p, w);
         }
     }
-    bool journaled = journal_add(p, entry);
+    journal_add(p, entry);
     free(entry);
     deliver_answer(p, s->idx, &a);
     p->pending--;
     /* A journal that failed fails the panel once the batch is in: no checkpoint to wait for */
-    bool ckpt = journaled && p->journal_error[0] == '\0' && checkpoint_due(p);
+    bool whole = p->journal_error[0] == '\0';
+    bool ckpt = whole && checkpoint_due(p);
     if (ckpt)
         release_held(p);
-    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? oc : NULL,
-                 !ckpt && p->journal_error[0] == '\0');
+    emit_message(p, &p->asks[s->idx], s->name, &a, oc_ok ? oc : NULL, whole && !ckpt);
     scratch_done(oc);
     if (ckpt)
         prun_checkpoint(p, p->node, p->node_state, p->node_start_seq);

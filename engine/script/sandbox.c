@@ -947,8 +947,8 @@ static int sb_print(lua_State *L)
  * repeats (*, +, -) multiplies the work by the longest run of subject characters its class
  * can match (+1), '?' by 2, %b and back-references by the subject length, an unanchored
  * search by the number of start positions, and the items after a repeat by as many (details
- * at pattern_cost). Calls whose bound exceeds PATTERN_MAX_COST are refused with a clear error, as
- * are malformed patterns; ordinary patterns on ordinary text stay far below it. */
+ * at pattern_cost). Calls whose bound exceeds PATTERN_MAX_COST are refused with a clear
+ * error, as are malformed patterns; ordinary patterns on ordinary text stay far below it. */
 
 static bool class_match(int c, int cl)
 {
@@ -1110,10 +1110,9 @@ static char repeat_kind(const pitem *it, const char *q, const char *pend)
  * each, the product of what every repeated item may try (its longest run in s); or, when
  * more, the tests of the items, each counted as often as the repeats before it let the
  * matcher reach it (a long literal after a repeat is compared again at every step of its
- * backtracking). The guard's own
- * work (a scan of s per repeated item) is bounded by PATTERN_MAX_REPEATS, and a [set], which
- * every character test reads whole, by PATTERN_MAX_SET. A malformed pattern costs INFINITY,
- * with *malformed set to Lua's message. */
+ * backtracking). The guard's own work (a scan of s per repeated item) is bounded by
+ * PATTERN_MAX_REPEATS, and a [set], which every character test reads whole, by
+ * PATTERN_MAX_SET. A malformed pattern costs INFINITY, with *malformed set to Lua's message. */
 static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bool scan_all,
                            int64_t *scanned, const char **malformed)
 {

@@ -221,6 +221,22 @@ static void wait_cancelled(panel_sub *sub, int timeout_ms)
     free(data);
 }
 
+/* The panel's stored events of one type, after checking that their seqs are gapless. */
+static int stored_of_type(const char *id, const char *type)
+{
+    store_event *rows = NULL;
+    size_t n = 0;
+    ap_err err = {0};
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    int found = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(rows[i].seq, (int64_t)i + 1);
+        found += strcmp(rows[i].type, type) == 0;
+    }
+    store_events_free(rows, n);
+    return found;
+}
+
 static int count_lines(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -879,17 +895,7 @@ static void test_held_messages_fit_a_group(void **state)
     create(e, "heldmany", NULL, id);
     free(run_to_end(e, id, "panel.completed", 10000));
     panel_engine_stop(e);
-    store_event *rows = NULL;
-    size_t n = 0;
-    ap_err err = {0};
-    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
-    int messages = 0;
-    for (size_t i = 0; i < n; i++) {
-        assert_int_equal(rows[i].seq, (int64_t)i + 1);
-        messages += strcmp(rows[i].type, "expert.message") == 0;
-    }
-    store_events_free(rows, n);
-    assert_int_equal(messages, 12);
+    assert_int_equal(stored_of_type(id, "expert.message"), 12);
 }
 
 /* A consensus algorithm a node names is pinned in the store before the events it leads to: a
@@ -1588,7 +1594,6 @@ static void test_store_outage_loses_nothing(void **state)
     panel_engine *e = start_engine(200);
     char id[STORE_ID_MAX];
     panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
-    ap_err err = {0};
     char path[300];
     snprintf(path, sizeof path, "%s/test.db", dir);
     sqlite3 *db = NULL;
@@ -1601,16 +1606,7 @@ static void test_store_outage_loses_nothing(void **state)
     free(wait_for(sub, "panel.completed", 20000));
     panel_engine_unsubscribe(e, sub);
     panel_engine_stop(e);
-    store_event *rows = NULL;
-    size_t n = 0;
-    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
-    int messages = 0;
-    for (size_t i = 0; i < n; i++) {
-        assert_int_equal(rows[i].seq, (int64_t)i + 1);
-        messages += strcmp(rows[i].type, "expert.message") == 0;
-    }
-    store_events_free(rows, n);
-    assert_int_equal(messages, 15);
+    assert_int_equal(stored_of_type(id, "expert.message"), 15);
     assert_int_equal(count_lines(calls_path), 15);
     assert_int_equal(usage_calls(NULL) - before, 15);
 }
