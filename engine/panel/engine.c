@@ -200,6 +200,8 @@ struct runner {
     llm_loop *loop;
     llm_client *llm;
     bool started;
+    /* Panels posted to this runner whose start it has not run yet (see launch). */
+    unsigned starting;
     /* Scratch space of the runner's thread for an answer's outcome and its expert.message:
      * built for every answer, kept between answers instead of allocated for each. */
     buf outcome, message;
@@ -2252,6 +2254,7 @@ static void start_on_runner(llm_loop *loop, void *ud)
 {
     (void)loop;
     prun *p = ud;
+    __atomic_sub_fetch(&p->r->starting, 1, __ATOMIC_RELAXED);
     script_host host = {p, host_emit, host_log, host_consensus_source};
     char *state = NULL;
     if (p->node_state != NULL)
@@ -2862,15 +2865,37 @@ out:
     return rc;
 }
 
+/* The runner with the fewest starts waiting, round robin among equals. Runners share the
+ * cores with the threads that start panels and with the writer, so under a burst of starts
+ * one may get less CPU than another (measured: one runner at a third of a core, the other
+ * at three quarters); dealt in turn, the slower one's queue and its panels' start times
+ * grow, while the waiting count steers new panels to the runner that keeps up. */
+static runner *pick_runner(panel_engine *e)
+{
+    unsigned first = __atomic_fetch_add(&e->rr, 1, __ATOMIC_RELAXED) % (unsigned)e->nrunners;
+    runner *best = &e->runners[first];
+    unsigned least = __atomic_load_n(&best->starting, __ATOMIC_RELAXED);
+    for (int k = 1; k < e->nrunners && least > 0; k++) {
+        runner *r = &e->runners[(first + (unsigned)k) % (unsigned)e->nrunners];
+        unsigned n = __atomic_load_n(&r->starting, __ATOMIC_RELAXED);
+        if (n < least) {
+            best = r;
+            least = n;
+        }
+    }
+    return best;
+}
+
 static ap_status launch(panel_engine *e, prun *p, ap_err *err)
 {
-    unsigned i = __atomic_fetch_add(&e->rr, 1, __ATOMIC_RELAXED) % (unsigned)e->nrunners;
-    p->r = &e->runners[i];
+    p->r = pick_runner(e);
     if (!active_add(e, p)) {
         prun_free(p);
         return ap_err_set(err, AP_CONFLICT, "the panel is already running in this process");
     }
+    __atomic_add_fetch(&p->r->starting, 1, __ATOMIC_RELAXED);
     if (llm_loop_post(p->r->loop, start_on_runner, p) != AP_OK) {
+        __atomic_sub_fetch(&p->r->starting, 1, __ATOMIC_RELAXED);
         prun_release(p);
         return ap_err_set(err, AP_NOMEM, "out of memory");
     }

@@ -288,6 +288,70 @@ static void test_ask_all_is_concurrent(void **state)
     panel_engine_stop(e);
 }
 
+/* Waits up to timeout_ms for the panel's completion; whether it came. */
+static bool completes_within(panel_sub *sub, int timeout_ms)
+{
+    int64_t deadline = clock_mono_ms() + timeout_ms;
+    while (clock_mono_ms() < deadline) {
+        panel_event ev;
+        if (panel_sub_next(sub, &ev, 20) != 1)
+            continue;
+        bool done = strcmp(ev.type, "panel.completed") == 0;
+        panel_event_clear(&ev);
+        if (done)
+            return true;
+    }
+    return false;
+}
+
+/* A runner busy with a long node does not hold up the panels started meanwhile: new panels
+ * go to the runner with the fewest starts waiting (dealt in turn, every second one would wait
+ * for the busy node). At most the first can land behind it, while its queue is still empty.
+ * The busy node spins until its time budget (wall clock, so as long in every build) ends it. */
+static void test_busy_runner_does_not_hold_starts(void **state)
+{
+    (void)state;
+    ap_err err = {0};
+    assert_int_equal(config_set(&cfg, "runtime.runners", "2", "test", &err), AP_OK);
+    assert_int_equal(config_set(&cfg, "runtime.node_timeout_ms", "2000", "test", &err), AP_OK);
+    assert_int_equal(config_set(&cfg, "runtime.node_instructions", "1000000000000", "test", &err),
+                     AP_OK);
+    write_file("busy.lua", "return { name = 'busy', start = 'spin', nodes = { spin = function()\n"
+                           "  local n = 0 while true do n = n + 1 end end } }\n");
+    write_file("quick.lua", "return { name = 'quick', start = 'a', nodes = { a = function(ctx)\n"
+                            "  return ctx:done({ ok = true }) end } }\n");
+    panel_engine *e = start_engine(0);
+    char busy[STORE_ID_MAX];
+    panel_sub *bsub = start_panel(e, "busy", NULL, busy);
+    free(wait_for(bsub, "panel.status", 5000)); /* its node is spinning on one runner */
+    int quick = 6, done = 0;
+    for (int i = 0; i < quick; i++) {
+        char id[STORE_ID_MAX];
+        panel_sub *sub = start_panel(e, "quick", NULL, id);
+        done += completes_within(sub, 400);
+        panel_engine_unsubscribe(e, sub);
+    }
+    panel_event ev;
+    bool busy_ended = false;
+    while (panel_sub_next(bsub, &ev, 0) == 1) {
+        busy_ended |= strcmp(ev.type, "panel.failed") == 0;
+        panel_event_clear(&ev);
+    }
+    if (busy_ended)
+        fail_msg("the busy node ended before the quick panels had run: give it more time");
+    if (done < quick - 1)
+        fail_msg("only %d of %d panels started beside a busy runner ran at once", done, quick);
+    char *failed = wait_for(bsub, "panel.failed", 10000);
+    assert_non_null(strstr(failed, "time budget exceeded"));
+    free(failed);
+    panel_engine_unsubscribe(e, bsub);
+    panel_engine_stop(e);
+    assert_int_equal(config_set(&cfg, "runtime.runners", "1", "test", &err), AP_OK);
+    assert_int_equal(config_set(&cfg, "runtime.node_timeout_ms", "30000", "test", &err), AP_OK);
+    assert_int_equal(config_set(&cfg, "runtime.node_instructions", "200000000", "test", &err),
+                     AP_OK);
+}
+
 static void test_params_validation(void **state)
 {
     (void)state;
@@ -1656,6 +1720,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ask_all_is_concurrent),
+        cmocka_unit_test(test_busy_runner_does_not_hold_starts),
         cmocka_unit_test(test_params_validation),
         cmocka_unit_test(test_live_limit),
         cmocka_unit_test(test_fenced_run_stops),
