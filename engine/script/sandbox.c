@@ -31,10 +31,6 @@
 
 enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
 
-/* The library tables each chunk's environment copies, after the prototype itself. */
-static const char *const env_libs[] = {"string", "table", "math", "utf8", "json"};
-#define ENV_TABLES (1 + (int)(sizeof env_libs / sizeof env_libs[0]))
-
 /* Small blocks of a state come from its own pool: Lua makes thousands of small allocations
  * per panel, and malloc/free for each (with the arenas growing and shrinking under two
  * runner threads) was ~10 % of the engine's CPU. A pool belongs to one state only and is
@@ -91,7 +87,12 @@ struct script_vm {
 };
 
 /* Registry keys. */
-static const char proto_key = 'p';
+/* The real string library, what ("").method reaches through the string metatable: cleaned in
+ * place once per state and never handed to a script (each environment gets a copy). */
+static const char strlib_key = 's';
+/* math.random and math.randomseed of the state's first environment, which every later
+ * environment shares: one generator per state, seeded before every node. */
+static const char rand_key = 'r';
 static const char lib_meta_key = 'm'; /* metatable of the per-chunk `panel` proxies */
 static const char lib_key = 'l';      /* the library table, once loaded */
 /* The limit messages, prebuilt (a trip must not need memory), indexed by enum trip. One
@@ -1441,10 +1442,9 @@ static pthread_mutex_t base_mu = PTHREAD_MUTEX_INITIALIZER;
 static lua_CFunction base_fns[BASE_COUNT];
 static bool base_ready;
 
-/* Entries of the prototype and of its library tables: the same in every state (nothing
- * changes them after build_proto), so counted in the first state only. */
-static int env_sizes[ENV_TABLES];
-static bool env_sizes_ready;
+/* Entries of the string library: the same in every state (nothing changes it after
+ * build_strlib), so counted in the first state only. */
+static int strlib_size;
 
 static int capture_base(lua_State *L)
 {
@@ -1506,8 +1506,7 @@ static int count_entries(lua_State *L, int t)
 static void copy_table(lua_State *L, int src, int n)
 {
     src = lua_absindex(L, src);
-    /* Sized up front: filling an empty table rehashes it at every power of two, which was
-     * most of the cost of a chunk's environment. n is counted once (env_sizes). */
+    /* Sized up front: filling an empty table rehashes it at every power of two. */
     lua_createtable(L, 0, n + 2);
     lua_pushnil(L);
     while (lua_next(L, src) != 0) {
@@ -1517,17 +1516,10 @@ static void copy_table(lua_State *L, int src, int n)
     }
 }
 
-/* Builds the prototype environment once per state: library tables and functions that each
- * chunk's environment copies. Runs in protected mode. */
-static int build_proto(lua_State *L)
+/* Builds the state's real string library. Runs in protected mode. */
+static void build_strlib(lua_State *L)
 {
     int str = open_lib(L, luaopen_string);
-    int tab = open_lib(L, luaopen_table);
-    int math = open_lib(L, luaopen_math);
-    int utf = open_lib(L, luaopen_utf8);
-
-    /* The real string table is what ("").method reaches through the string metatable, so it
-     * is cleaned in place, not only in the copies. */
     lua_pushnil(L);
     lua_setfield(L, str, "dump");
     wrap_field(L, str, "find", guarded_find);
@@ -1541,22 +1533,54 @@ static int build_proto(lua_State *L)
     lua_pushliteral(L, "string");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
-    wrap_field(L, tab, "concat", call_original);
-    wrap_field(L, tab, "move", guarded_table_move);
-    wrap_field(L, tab, "sort", guarded_sort);
-    lua_pushcfunction(L, sb_table_insert);
-    lua_setfield(L, tab, "insert");
-    lua_pushcfunction(L, sb_table_remove);
-    lua_setfield(L, tab, "remove");
+    pthread_mutex_lock(&base_mu);
+    bool counted = strlib_size > 0;
+    pthread_mutex_unlock(&base_mu);
+    if (!counted) {
+        int n = count_entries(L, str);
+        pthread_mutex_lock(&base_mu);
+        strlib_size = n;
+        pthread_mutex_unlock(&base_mu);
+    }
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &strlib_key);
+}
 
+/* Makes the math library at lib use the state's one generator: the first environment's
+ * becomes it. */
+static void share_random(lua_State *L, int lib)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &rand_key) == LUA_TTABLE) {
+        lua_getfield(L, -1, "random");
+        lua_setfield(L, lib, "random");
+        lua_getfield(L, -1, "randomseed");
+        lua_setfield(L, lib, "randomseed");
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_getfield(L, lib, "random");
+    lua_setfield(L, -2, "random");
+    lua_getfield(L, lib, "randomseed");
+    lua_setfield(L, -2, "randomseed");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &rand_key);
+}
+
+/* Pushes a fresh environment for one chunk, built from the C libraries (so one chunk changing
+ * `string.format` or `table.insert` affects only itself): the safe base functions, a copy of
+ * the real string library, new table, math, utf8 and json tables, `load` into this
+ * environment, `_G`, and the `panel` proxy. Built rather than copied from a prototype built
+ * once per state: the copy cost as much as the building, and a panel mostly loads one chunk. */
+static int push_env(lua_State *L)
+{
     lua_createtable(L, 0, 32);
-    int proto = lua_gettop(L);
+    int env = lua_gettop(L);
     for (size_t i = 0; i < BASE_COUNT; i++) {
         lua_pushcfunction(L, base_fns[i]);
-        lua_setfield(L, proto, base_names[i]);
+        lua_setfield(L, env, base_names[i]);
     }
     lua_pushliteral(L, LUA_VERSION);
-    lua_setfield(L, proto, "_VERSION");
+    lua_setfield(L, env, "_VERSION");
     static const luaL_Reg guarded[] = {
         {"pcall", sb_pcall},
         {"xpcall", sb_xpcall},
@@ -1568,53 +1592,31 @@ static int build_proto(lua_State *L)
         {NULL, NULL},
     };
     luaL_setfuncs(L, guarded, 0);
-    lua_pushvalue(L, str);
-    lua_setfield(L, proto, "string");
-    lua_pushvalue(L, tab);
-    lua_setfield(L, proto, "table");
-    lua_pushvalue(L, math);
-    lua_setfield(L, proto, "math");
-    lua_pushvalue(L, utf);
-    lua_setfield(L, proto, "utf8");
-    script_json_push_lib(L);
-    lua_setfield(L, proto, "json");
-    lua_pushvalue(L, proto);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &proto_key);
-    pthread_mutex_lock(&base_mu);
-    bool counted = env_sizes_ready;
-    pthread_mutex_unlock(&base_mu);
-    if (!counted) {
-        int sizes[ENV_TABLES];
-        sizes[0] = count_entries(L, proto);
-        for (int i = 1; i < ENV_TABLES; i++) {
-            lua_getfield(L, proto, env_libs[i - 1]);
-            sizes[i] = count_entries(L, -1);
-            lua_pop(L, 1);
-        }
-        pthread_mutex_lock(&base_mu);
-        memcpy(env_sizes, sizes, sizeof sizes);
-        env_sizes_ready = true;
-        pthread_mutex_unlock(&base_mu);
-    }
-    /* The unsafe base functions never exist in this state, and no library is registered in
-     * the real globals or a loaded-modules table: both stay empty. */
-    return 0;
-}
 
-/* Pushes a fresh environment: copies of the prototype and of its library tables, so one
- * chunk changing `string.format` affects only itself. */
-static int push_env(lua_State *L)
-{
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &proto_key);
-    int proto = lua_gettop(L);
-    copy_table(L, proto, env_sizes[0]);
-    int env = lua_gettop(L);
-    for (int i = 1; i < ENV_TABLES; i++) {
-        lua_getfield(L, proto, env_libs[i - 1]);
-        copy_table(L, -1, env_sizes[i]);
-        lua_setfield(L, env, env_libs[i - 1]);
-        lua_pop(L, 1);
-    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &strlib_key);
+    copy_table(L, -1, strlib_size);
+    lua_setfield(L, env, "string");
+    lua_pop(L, 1);
+
+    int tab = open_lib(L, luaopen_table);
+    wrap_field(L, tab, "concat", call_original);
+    wrap_field(L, tab, "move", guarded_table_move);
+    wrap_field(L, tab, "sort", guarded_sort);
+    lua_pushcfunction(L, sb_table_insert);
+    lua_setfield(L, tab, "insert");
+    lua_pushcfunction(L, sb_table_remove);
+    lua_setfield(L, tab, "remove");
+    lua_setfield(L, env, "table");
+
+    int math = open_lib(L, luaopen_math);
+    share_random(L, math);
+    lua_setfield(L, env, "math");
+
+    open_lib(L, luaopen_utf8);
+    lua_setfield(L, env, "utf8");
+    script_json_push_lib(L);
+    lua_setfield(L, env, "json");
+
     lua_pushvalue(L, env);
     lua_pushcclosure(L, sb_load, 1);
     lua_setfield(L, env, "load");
@@ -1627,7 +1629,6 @@ static int push_env(lua_State *L)
     lua_rawgetp(L, LUA_REGISTRYINDEX, &lib_meta_key);
     lua_setmetatable(L, -2);
     lua_setfield(L, env, "panel");
-    lua_remove(L, proto);
     return 1;
 }
 
@@ -1830,8 +1831,8 @@ ap_status script_vm_load(script_vm *vm, lua_State *L, const char *chunkname, con
 static int seed_protected(lua_State *L)
 {
     const uint64_t *seed = lua_touserdata(L, 1);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &proto_key);
-    lua_getfield(L, -1, "math");
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &rand_key) != LUA_TTABLE)
+        return 0; /* no chunk loaded, so no generator to seed */
     lua_getfield(L, -1, "randomseed");
     lua_pushinteger(L, (lua_Integer)(*seed & 0x7fffffffffffffffULL));
     lua_call(L, 1, 0);
@@ -1930,7 +1931,7 @@ static void lib_proxy_meta(lua_State *L)
 static int vm_init(lua_State *L)
 {
     script_vm *vm = lua_touserdata(L, 1);
-    build_proto(L);
+    build_strlib(L);
     lib_proxy_meta(L);
     lua_settop(L, 1);
     lua_createtable(L, TRIP_COUNT, 0);

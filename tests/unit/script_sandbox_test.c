@@ -71,12 +71,20 @@ static const char ctx_consensus_src[] =
     "  return { level = 1, position = 'p', dissent = {}, details = {} }\n"
     "end\n";
 
+/* Draws from math.random, to show which generator a consensus chunk has. */
+static const char rand_consensus_src[] =
+    "return function(ballots, opts)\n"
+    "  return { level = 1, position = tostring(math.random(1000000000)), dissent = {}, "
+    "details = {} }\n"
+    "end\n";
+
 static ap_status t_consensus(void *ud, const char *name, char **source, size_t *len, ap_err *err)
 {
     (void)ud;
     const char *src = strcmp(name, "test") == 0      ? consensus_src
                       : strcmp(name, "lib") == 0     ? lib_consensus_src
                       : strcmp(name, "ctxuser") == 0 ? ctx_consensus_src
+                      : strcmp(name, "rand") == 0    ? rand_consensus_src
                                                      : NULL;
     if (src == NULL)
         return ap_err_set(err, AP_NOTFOUND, "no consensus named %s", name);
@@ -253,6 +261,45 @@ static void test_metatable_and_env_tricks(void **state)
     expect_fail("collectgarbage('collect')", "only \"count\"");
     expect_done("assert(type(collectgarbage('count')) == 'number')");
     expect_done("local a = json.array(); assert(getmetatable(a) == 'json.array')");
+}
+
+/* Runs node `main` of src in a new panel with seed; returns its result (caller frees). */
+static char *run_seeded(const char *src, uint64_t seed)
+{
+    script_limits lim;
+    limits(&lim);
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    if (new_panel(&lim, src, &sp, &err) != AP_OK)
+        fail_msg("%s", err.msg);
+    script_step step;
+    assert_int_equal(script_panel_run_node(sp, "main", seed, &step), AP_OK);
+    if (step.outcome != SCRIPT_DONE)
+        fail_msg("node ended with %d: %s", (int)step.outcome, step.error);
+    char *result = strdup(step.result_json);
+    script_panel_free(sp);
+    return result;
+}
+
+/* math.random is seeded before every node (a replayed node draws the same numbers), and a
+ * consensus script draws from the same generator as the strategy that calls it, whichever
+ * chunk's `math` it reaches it through. */
+static void test_random_is_seeded_per_node(void **state)
+{
+    (void)state;
+    static const char src[] =
+        "return { name = 'sandbox', start = 'main', nodes = { main = function(ctx)\n"
+        "  local a = math.random(1000000000)\n"
+        "  local c = ctx:consensus('rand', {}, {})\n"
+        "  math.random = nil\n"
+        "  local d = ctx:consensus('rand', {}, {})\n"
+        "  return ctx:done({ a = a, c = c.position, d = d.position }) end } }\n";
+    char *r1 = run_seeded(src, 42), *r2 = run_seeded(src, 42), *r3 = run_seeded(src, 43);
+    assert_string_equal(r1, r2);
+    assert_string_not_equal(r1, r3);
+    free(r1);
+    free(r2);
+    free(r3);
 }
 
 /* ---- the panel library ------------------------------------------------------------------ */
@@ -1207,6 +1254,7 @@ int main(void)
         cmocka_unit_test(test_no_os_io_debug_require),
         cmocka_unit_test(test_no_bytecode),
         cmocka_unit_test(test_metatable_and_env_tricks),
+        cmocka_unit_test(test_random_is_seeded_per_node),
         cmocka_unit_test(test_no_heap_addresses),
         cmocka_unit_test(test_panel_library),
         cmocka_unit_test(test_finalizers_and_close),
