@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1443,8 +1444,8 @@ static lua_CFunction base_fns[BASE_COUNT];
 static bool base_ready;
 
 /* Entries of the string library: the same in every state (nothing changes it after
- * build_strlib), so counted in the first state only. */
-static int strlib_size;
+ * build_strlib), so counted in the first state only; read by every environment, unlocked. */
+static _Atomic int strlib_size;
 
 static int capture_base(lua_State *L)
 {
@@ -1533,15 +1534,8 @@ static void build_strlib(lua_State *L)
     lua_pushliteral(L, "string");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
-    pthread_mutex_lock(&base_mu);
-    bool counted = strlib_size > 0;
-    pthread_mutex_unlock(&base_mu);
-    if (!counted) {
-        int n = count_entries(L, str);
-        pthread_mutex_lock(&base_mu);
-        strlib_size = n;
-        pthread_mutex_unlock(&base_mu);
-    }
+    if (atomic_load_explicit(&strlib_size, memory_order_relaxed) == 0)
+        atomic_store_explicit(&strlib_size, count_entries(L, str), memory_order_relaxed);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &strlib_key);
 }
 
@@ -1594,7 +1588,7 @@ static int push_env(lua_State *L)
     luaL_setfuncs(L, guarded, 0);
 
     lua_rawgetp(L, LUA_REGISTRYINDEX, &strlib_key);
-    copy_table(L, -1, strlib_size);
+    copy_table(L, -1, atomic_load_explicit(&strlib_size, memory_order_relaxed));
     lua_setfield(L, env, "string");
     lua_pop(L, 1);
 

@@ -306,7 +306,8 @@ static bool completes_within(panel_sub *sub, int timeout_ms)
 
 /* A runner busy with a long node does not hold up the panels started meanwhile: new panels
  * go to the runner with the fewest starts waiting (dealt in turn, every second one would wait
- * for the busy node). At most the first can land behind it, while its queue is still empty.
+ * for the busy node). At most one can land behind it: the first dealt to it while its queue of
+ * starts is empty.
  * The busy node spins until its time budget (wall clock, so as long in every build) ends it. */
 static void test_busy_runner_does_not_hold_starts(void **state)
 {
