@@ -4,7 +4,7 @@
 # role in askpanel_app so RLS and the per-transaction tenant are part of the cost).
 #
 #   bench/store.sh            # uses build/bench/bench_store_bench
-#   EVENTS=200000 BATCH=256 READS=20000 THREADS=1 bench/store.sh
+#   EVENTS=200000 BATCH=256 READS=20000 THREADS=1 SWEEP=5000 bench/store.sh
 set -eu
 
 if [ "${ASKPANEL_IN_PGVENV:-}" = 1 ]; then
@@ -20,6 +20,7 @@ if [ "${ASKPANEL_IN_PGVENV:-}" = 1 ]; then
     APP="postgresql://askpanel_bench:$PW@127.0.0.1:$PGPORT/$DB"
     "$DRIVER" run "$APP" "$EVENTS" "$BATCH" "$READS" "$THREADS"
     [ "$THREADS" = 1 ] && "$DRIVER" run "$APP" "$EVENTS" "$BATCH" "$READS" 4
+    "$DRIVER" sweep "$APP" "$SWEEP"
     exit 0
 fi
 
@@ -28,6 +29,7 @@ BUILD=${ASKPANEL_BUILD_DIR:-build}
 DRIVER=$(realpath "$BUILD/bench/bench_store_bench")
 [ -x "$DRIVER" ] || { echo "store.sh: build bench_store_bench first (cmake --build $BUILD --target bench_store_bench)" >&2; exit 1; }
 export DRIVER EVENTS=${EVENTS:-200000} BATCH=${BATCH:-256} READS=${READS:-20000} THREADS=${THREADS:-1}
+export SWEEP=${SWEEP:-5000}
 
 echo "== store benchmark: $EVENTS events in batches of $BATCH, $READS panel reads"
 echo "machine: $(nproc) cores, $(uname -sr)"
@@ -36,6 +38,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 "$DRIVER" migrate "sqlite:$TMP/bench.db"
 "$DRIVER" run "sqlite:$TMP/bench.db" "$EVENTS" "$BATCH" "$READS" "$THREADS"
+"$DRIVER" sweep "sqlite:$TMP/bench.db" "$SWEEP"
 
 if command -v pg_virtualenv >/dev/null 2>&1; then
     PGPORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -1,12 +1,15 @@
 /* store_bench.c - store throughput: batched event inserts (the event writer's group commit)
- * and panel reads by id. Driven by bench/store.sh.
+ * and panel reads by id; a sweep for orphaned panels. Driven by bench/store.sh.
  *
  *   bench_store_bench migrate URL
  *   bench_store_bench run URL [EVENTS [BATCH [READS [THREADS]]]]
+ *   bench_store_bench sweep URL [PANELS]
  *
  * `run` creates a tenant with 64 panels, appends EVENTS events in transactions of BATCH rows
  * spread over the panels (THREADS writers, each on its own panels), then reads READS panels by
- * id from THREADS threads. Prints one line per phase with rows/s. */
+ * id from THREADS threads. Prints one line per phase with rows/s. `sweep` makes PANELS panels
+ * run under another host's live lease, then times what a node's sweep costs: reading every
+ * running panel one by one (as sweeps did) against the store's query for panels it may take. */
 #include "core/clock.h"
 #include "core/ids.h"
 #include "store/store.h"
@@ -108,34 +111,49 @@ static int64_t timed(void *(*fn)(void *))
     return ok ? (us > 0 ? us : 1) : -1;
 }
 
-static int run(const char *url)
+/* Opens url and creates a tenant of its own (tenant). */
+static ap_status open_with_tenant(const char *url, ap_err *err)
 {
-    ap_err err = {0};
     char slug[32];
     unsigned char r[4];
     char hex[9];
-    int rc = 1;
-    if (ids_random(r, sizeof r) != AP_OK)
-        return 1;
+    ap_status rc = ids_random(r, sizeof r);
+    if (rc != AP_OK)
+        return ap_err_set(err, rc, "no randomness");
     ids_hex(r, sizeof r, hex);
     snprintf(slug, sizeof slug, "bench-%s", hex);
     store_tenant t = {0};
-    if (store_open(url, &S, &err) != AP_OK ||
-        store_tenant_create(S, slug, "Bench", NULL, &t, &err) != AP_OK)
-        goto fail;
+    if ((rc = store_open(url, &S, err)) != AP_OK ||
+        (rc = store_tenant_create(S, slug, "Bench", NULL, &t, err)) != AP_OK)
+        return rc;
     memcpy(tenant, t.id, sizeof tenant);
     store_tenant_free(&t);
-    for (int i = 0; i < PANELS; i++) {
-        store_panel in = {.question = "How should we price the new device?",
-                          .strategy = "debate",
-                          .params = "{\"rounds\":3}",
-                          .experts = "[{\"name\":\"Dr. Example\",\"role\":\"cardiologist\"}]"},
-                    out = {0};
-        if (store_panel_create(S, tenant, &in, &out, &err) != AP_OK)
+    return AP_OK;
+}
+
+static ap_status make_panel(char id[STORE_ID_MAX], ap_err *err)
+{
+    store_panel in = {.question = "How should we price the new device?",
+                      .strategy = "debate",
+                      .params = "{\"rounds\":3}",
+                      .experts = "[{\"name\":\"Dr. Example\",\"role\":\"cardiologist\"}]"},
+                out = {0};
+    ap_status rc = store_panel_create(S, tenant, &in, &out, err);
+    if (rc == AP_OK)
+        memcpy(id, out.id, STORE_ID_MAX);
+    store_panel_free(&out);
+    return rc;
+}
+
+static int run(const char *url)
+{
+    ap_err err = {0};
+    int rc = 1;
+    if (open_with_tenant(url, &err) != AP_OK)
+        goto fail;
+    for (int i = 0; i < PANELS; i++)
+        if (make_panel(panels[i], &err) != AP_OK)
             goto fail;
-        memcpy(panels[i], out.id, STORE_ID_MAX);
-        store_panel_free(&out);
-    }
     int64_t us = timed(writer);
     if (us < 0)
         goto out;
@@ -154,6 +172,51 @@ static int run(const char *url)
 fail:
     fprintf(stderr, "bench_store_bench: %s\n", err.msg);
 out:
+    store_close(S);
+    return rc;
+}
+
+static int sweep(const char *url, long n)
+{
+    static const char *const created[] = {"created"};
+    ap_err err = {0};
+    store_panel_ref *refs = NULL;
+    store_lease_ref *free_refs = NULL;
+    size_t count = 0, nfree = 0, held = 0;
+    int rc = 1;
+    if (open_with_tenant(url, &err) != AP_OK)
+        goto fail;
+    for (long i = 0; i < n; i++) {
+        char id[STORE_ID_MAX];
+        if (make_panel(id, &err) != AP_OK ||
+            store_panel_claim(S, tenant, id, created, 1, "elsewhere:1:beef", 600000, NULL, 0,
+                              &err) != AP_OK)
+            goto fail;
+    }
+    int64_t t0 = clock_mono_us();
+    if (store_panels_in_status(S, "running", &refs, &count, &err) != AP_OK)
+        goto fail;
+    for (size_t i = 0; i < count; i++) {
+        store_panel row = {0};
+        if (store_panel_get(S, refs[i].tenant_id, refs[i].panel_id, &row, &err) != AP_OK)
+            goto fail;
+        held += row.lease_owner != NULL && row.lease_expires_at > clock_wall_ms();
+        store_panel_free(&row);
+    }
+    int64_t t1 = clock_mono_us();
+    if (store_panels_lease_free(S, "here:2:f00d", "here:", &free_refs, &nfree, &err) != AP_OK)
+        goto fail;
+    int64_t t2 = clock_mono_us();
+    printf("%s sweep of %zu running panels (%zu under a live lease elsewhere): every panel read "
+           "%.1f ms, the lease query %.1f ms (%zu to take)\n",
+           store_backend(S), count, held, (double)(t1 - t0) / 1e3, (double)(t2 - t1) / 1e3, nfree);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "bench_store_bench: %s\n", err.msg);
+out:
+    free(refs);
+    free(free_refs);
     store_close(S);
     return rc;
 }
@@ -184,7 +247,10 @@ int main(int argc, char **argv)
         reads_per_thread = reads / threads;
         return run(argv[2]);
     }
+    if (argc >= 3 && strcmp(argv[1], "sweep") == 0)
+        return sweep(argv[2], arg_long(argc, argv, 3, 5000));
     fprintf(stderr, "usage: bench_store_bench migrate URL\n"
-                    "       bench_store_bench run URL [EVENTS [BATCH [READS [THREADS]]]]\n");
+                    "       bench_store_bench run URL [EVENTS [BATCH [READS [THREADS]]]]\n"
+                    "       bench_store_bench sweep URL [PANELS]\n");
     return 2;
 }

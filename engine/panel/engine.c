@@ -3202,13 +3202,48 @@ ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char
  * holds (the normal case with several nodes), sums up in one line those it could not run (a
  * provider or script this process lacks: their lease runs out again at once), and stops with
  * the engine. */
+/* The running panels a sweep may take over (caller frees *refs): the store's candidates, whose
+ * lease is free or has run out or is held by another process of this host, less those whose
+ * holder here is still alive. Found by one query, not by reading every running panel. */
+static ap_status sweep_candidates(panel_engine *e, store_panel_ref **refs, size_t *n, ap_err *err)
+{
+    store_lease_ref *all = NULL;
+    size_t count = 0, k = 0;
+    char prefix[LEASE_HOST_MAX + 2];
+    snprintf(prefix, sizeof prefix, "%s:", e->host);
+    *refs = NULL;
+    *n = 0;
+    ap_status rc = store_panels_lease_free(e->st, e->owner, prefix, &all, &count, err);
+    if (rc != AP_OK)
+        return rc;
+    store_panel_ref *out = calloc(count > 0 ? count : 1, sizeof *out);
+    if (out == NULL) {
+        free(all);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    int64_t now = clock_wall_ms();
+    for (size_t i = 0; i < count; i++) {
+        const store_lease_ref *l = &all[i];
+        if (l->owner[0] != '\0' && l->expires_at > now && !lease_owner_gone(e, l->owner))
+            continue;
+        memcpy(out[k].tenant_id, l->tenant_id, STORE_ID_MAX);
+        memcpy(out[k].panel_id, l->panel_id, STORE_ID_MAX);
+        k++;
+    }
+    free(all);
+    *refs = out;
+    *n = k;
+    return AP_OK;
+}
+
 static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap_err *err)
 {
     store_panel_ref *refs = NULL;
     size_t count = 0, failed = 0;
     char first[AP_ERR_MSG_MAX + STORE_ID_MAX + 4] = "";
     *started = 0;
-    ap_status rc = store_panels_in_status(e->st, "running", &refs, &count, err);
+    ap_status rc = sweep ? sweep_candidates(e, &refs, &count, err)
+                         : store_panels_in_status(e->st, "running", &refs, &count, err);
     /* A sweep runs on the leaser's thread: it gives way to the next renewal of this engine's
      * own leases, and the next sweep goes on from where it stopped. */
     int64_t until = clock_mono_ms() + e->lease_ms / 3;

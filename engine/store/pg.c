@@ -70,6 +70,7 @@ enum {
     Q_PANEL_LIST_FIRST,
     Q_PANEL_LIST_BEFORE,
     Q_PANELS_IN_STATUS,
+    Q_PANELS_LEASE_FREE,
     Q_PANEL_CLAIM,
     Q_PANEL_CLAIM_LIMITED,
     Q_LEASES_RENEW,
@@ -141,6 +142,9 @@ static const char *const sql_text[Q__COUNT] = {
                             "AND (created_at, id) < ($4::bigint, $5::uuid) "
                             "ORDER BY created_at DESC, id DESC LIMIT $3",
     [Q_PANELS_IN_STATUS] = "SELECT tenant_id, id FROM askpanel_panels_in_status($1)",
+    /* (004_lease_sweep.sql) */
+    [Q_PANELS_LEASE_FREE] = "SELECT tenant_id, id, lease_owner, lease_expires_at "
+                            "FROM askpanel_panels_lease_free($1, $2, $3)",
     /* The claim and, from the statement's snapshot, whether the panel exists: one round trip,
      * as the panel start that uses it is on the hot path. */
     [Q_PANEL_CLAIM] =
@@ -1376,6 +1380,34 @@ static ap_status pg_panels_in_status(void *impl, const char *status, store_panel
     return rc == AP_OK ? refs_of(r, pairs, n, err) : rc;
 }
 
+static ap_status pg_panels_lease_free(void *impl, const char *owner, const char *host_prefix,
+                                      int64_t now, store_lease_ref **refs, size_t *n, ap_err *err)
+{
+    num at = i64(now);
+    PGresult *r;
+    ap_status rc = query1(impl, NULL, Q_PANELS_LEASE_FREE, 3,
+                          (const char *const[]){owner, host_prefix, at.s}, &r, err);
+    if (rc != AP_OK)
+        return rc;
+    int nt = PQntuples(r);
+    store_lease_ref *out = calloc(nt > 0 ? (size_t)nt : 1, sizeof *out);
+    if (out == NULL) {
+        PQclear(r);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < nt; i++) {
+        id_col(r, i, 0, out[i].tenant_id);
+        id_col(r, i, 1, out[i].panel_id);
+        const char *o = val(r, i, 2);
+        snprintf(out[i].owner, sizeof out[i].owner, "%s", o != NULL ? o : "");
+        out[i].expires_at = o != NULL ? int_col(r, i, 3) : 0;
+    }
+    PQclear(r);
+    *refs = out;
+    *n = (size_t)nt;
+    return AP_OK;
+}
+
 static ap_status pg_panel_claim(void *impl, const char *tenant_id, const char *id,
                                 const char *const *from, size_t n_from, const char *owner,
                                 const char *takeover, int64_t now, int64_t expires_at,
@@ -1942,6 +1974,7 @@ const store_ops store_pg_ops = {
     .panel_transition = pg_panel_transition,
     .panel_list = pg_panel_list,
     .panels_in_status = pg_panels_in_status,
+    .panels_lease_free = pg_panels_lease_free,
     .panel_claim = pg_panel_claim,
     .leases_renew = pg_leases_renew,
     .leases_release = pg_leases_release,

@@ -60,6 +60,7 @@ enum {
     ST_PANEL_LIST_FIRST,
     ST_PANEL_LIST_BEFORE,
     ST_PANELS_IN_STATUS,
+    ST_PANELS_LEASE_FREE,
     ST_EVENT_INSERT,
     ST_EVENT_INSERT_NEW,
     ST_EVENT_LIST,
@@ -143,6 +144,10 @@ static const char *const sql_text[ST__COUNT] = {
                              "ORDER BY created_at DESC, id DESC LIMIT ?3",
     [ST_PANELS_IN_STATUS] =
         "SELECT tenant_id, id FROM panels WHERE status = ? ORDER BY created_at, id",
+    [ST_PANELS_LEASE_FREE] =
+        "SELECT tenant_id, id, lease_owner, lease_expires_at FROM panels WHERE status = 'running' "
+        "AND (lease_owner IS NULL OR (lease_owner <> ?1 AND (lease_expires_at <= ?3 "
+        "OR substr(lease_owner, 1, length(?2)) = ?2))) ORDER BY created_at, id",
     [ST_EVENT_INSERT] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?)",
     /* (the batch fences by lease: sq_write_batch) */
     [ST_EVENT_INSERT_NEW] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?) "
@@ -1234,6 +1239,52 @@ static ap_status sq_live_below(sq *q, const char *tenant_id, const char *id, int
     return rc;
 }
 
+static ap_status sq_panels_lease_free(void *impl, const char *owner, const char *host_prefix,
+                                      int64_t now, store_lease_ref **refs, size_t *n, ap_err *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    store_lease_ref *out = NULL;
+    size_t got = 0, cap = 0;
+    q = sq_read_lock(q);
+    ap_status rc = sq_stmt(q, ST_PANELS_LEASE_FREE, &st, err);
+    if (rc == AP_OK) {
+        bind_text(st, 1, owner);
+        bind_text(st, 2, host_prefix);
+        sqlite3_bind_int64(st, 3, now);
+        int s;
+        while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
+            if (got == cap) {
+                size_t ncap = cap ? cap * 2 : 16;
+                store_lease_ref *grown = realloc(out, ncap * sizeof *out);
+                if (grown == NULL) {
+                    rc = ap_err_set(err, AP_NOMEM, "out of memory");
+                    break;
+                }
+                out = grown;
+                cap = ncap;
+            }
+            store_lease_ref *r = &out[got++];
+            col_id(st, 0, r->tenant_id);
+            col_id(st, 1, r->panel_id);
+            const char *o = (const char *)sqlite3_column_text(st, 2);
+            snprintf(r->owner, sizeof r->owner, "%s", o != NULL ? o : "");
+            r->expires_at = o != NULL ? sqlite3_column_int64(st, 3) : 0;
+        }
+        if (rc == AP_OK && s != SQLITE_DONE)
+            rc = sq_error(q, s, err);
+        sqlite3_reset(st);
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (rc != AP_OK) {
+        free(out);
+        return rc;
+    }
+    *refs = out;
+    *n = got;
+    return AP_OK;
+}
+
 static ap_status sq_panel_claim(void *impl, const char *tenant_id, const char *id,
                                 const char *const *from, size_t n_from, const char *owner,
                                 const char *takeover, int64_t now, int64_t expires_at,
@@ -1973,6 +2024,7 @@ const store_ops store_sqlite_ops = {
     .panel_transition = sq_panel_transition,
     .panel_list = sq_panel_list,
     .panels_in_status = sq_panels_in_status,
+    .panels_lease_free = sq_panels_lease_free,
     .panel_claim = sq_panel_claim,
     .leases_renew = sq_leases_renew,
     .leases_release = sq_leases_release,

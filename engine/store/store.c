@@ -1048,6 +1048,19 @@ ap_status store_panel_leases_release(store *s, const char *owner, ap_err *err)
     return rc == AP_OK ? s->ops->leases_release(s->impl, owner, err) : rc;
 }
 
+ap_status store_panels_lease_free(store *s, const char *owner, const char *host_prefix,
+                                  store_lease_ref **refs, size_t *n, ap_err *err)
+{
+    *refs = NULL;
+    *n = 0;
+    ap_status rc = check_owner(owner, "lease owner", true, err);
+    if (rc == AP_OK)
+        rc = check_owner(host_prefix, "lease host prefix", true, err);
+    return rc == AP_OK ? s->ops->panels_lease_free(s->impl, owner, host_prefix, clock_wall_ms(),
+                                                   refs, n, err)
+                       : rc;
+}
+
 /* ---- events ----------------------------------------------------------------------------- */
 
 void store_event_free(store_event *e)

@@ -250,6 +250,22 @@ ap_status store_panel_leases_renew(store *s, const char *owner, const store_pane
  * may resume those panels at once (an engine that stops without finishing them). */
 ap_status store_panel_leases_release(store *s, const char *owner, ap_err *err);
 
+/* A running panel and its lease (owner "" and expires_at 0: none). */
+typedef struct store_lease_ref {
+    char tenant_id[STORE_ID_MAX];
+    char panel_id[STORE_ID_MAX];
+    char owner[STORE_LEASE_OWNER_MAX];
+    int64_t expires_at;
+} store_lease_ref;
+
+/* Operator scope (all tenants): the running panels that owner might take over, oldest first:
+ * those whose lease is free or has run out, and those held by an owner that begins with
+ * host_prefix (another process of owner's host, which may be gone: the caller checks), never
+ * owner's own. A sweep for orphaned panels reads these, not every running panel of the
+ * cluster. Caller frees *refs with free(). */
+ap_status store_panels_lease_free(store *s, const char *owner, const char *host_prefix,
+                                  store_lease_ref **refs, size_t *n, ap_err *err);
+
 /* ---- events -------------------------------------------------------------------------- */
 
 typedef struct store_event {

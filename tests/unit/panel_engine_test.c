@@ -1648,6 +1648,63 @@ static void test_sweep_leaves_its_own_leases(void **state)
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
+/* A sweep takes over a running panel whose holder on this host is gone, even before its lease
+ * runs out, and leaves alone the live leases of this host's other processes (here: another
+ * engine of this process) and of other hosts. */
+static void test_sweep_takes_only_orphans(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    ap_err err = {0};
+    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "1000", "test", &err), AP_OK);
+    setenv("ASKPANEL_SIM_LATENCY_MS", "5000", 1);
+    panel_engine_opts o = {.cfg = &cfg, .store = st, .registry = reg, .seed = 7, .adopt = true};
+    panel_engine *e = NULL;
+    assert_int_equal(panel_engine_start(&o, &e, &err), AP_OK);
+    char mine[STORE_ID_MAX], neighbour[STORE_ID_MAX], orphan[STORE_ID_MAX], remote[STORE_ID_MAX];
+    create(e, "fanout", NULL, mine);
+    assert_int_equal(panel_engine_execute(e, tenant, mine, &err), AP_OK);
+    store_panel row = row_of(mine);
+    char *ours = strdup(row.lease_owner);
+    store_panel_free(&row);
+    char host[128];
+    snprintf(host, sizeof host, "%.*s", (int)(strchr(ours, ':') - ours), ours);
+    pid_t dead = fork();
+    if (dead == 0)
+        _exit(0);
+    assert_true(dead > 0);
+    assert_int_equal(waitpid(dead, NULL, 0), dead);
+    char live_owner[160], dead_owner[160];
+    snprintf(live_owner, sizeof live_owner, "%s:%ld:0ther", host, (long)getpid());
+    snprintf(dead_owner, sizeof dead_owner, "%s:%ld:d3ad", host, (long)dead);
+    create(e, "fanout", NULL, neighbour);
+    lease_as(neighbour, "created", live_owner, 60000, NULL);
+    create(e, "fanout", NULL, orphan);
+    lease_as(orphan, "created", dead_owner, 60000, NULL);
+    create(e, "fanout", NULL, remote);
+    lease_as(remote, "created", "elsewhere.invalid:1:cafe", 60000, NULL);
+    usleep(2500 * 1000); /* two sweeps at least */
+    row = row_of(orphan);
+    assert_string_equal(row.lease_owner, ours);
+    store_panel_free(&row);
+    assert_true(panel_engine_runs(e, orphan));
+    row = row_of(neighbour);
+    assert_string_equal(row.lease_owner, live_owner);
+    store_panel_free(&row);
+    row = row_of(remote);
+    assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
+    store_panel_free(&row);
+    panel_engine_stop(e);
+    const char *ids[] = {mine, neighbour, orphan, remote};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(store_panel_transition(st, tenant, ids[i],
+                                                (const char *const[]){"running"}, 1, "cancelled",
+                                                NULL, NULL, &err),
+                         AP_OK);
+    free(ours);
+    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
+}
+
 /* A store that is unavailable for a while (here: locked by another connection for longer than
  * the engine's busy timeout, twice over) delays a panel's writes; none is dropped. */
 static void test_store_outage_loses_nothing(void **state)
@@ -1744,6 +1801,7 @@ int main(void)
         cmocka_unit_test(test_resume_mid_batch),
         cmocka_unit_test(test_resume_keeps_provider_and_model),
         cmocka_unit_test(test_sweep_leaves_its_own_leases),
+        cmocka_unit_test(test_sweep_takes_only_orphans),
         cmocka_unit_test(test_store_outage_loses_nothing),
         cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_lease_keeps_a_second_engine_out),

@@ -1988,6 +1988,87 @@ static void test_pg_fence_waits_for_a_cancel(void **state)
     store_panel_free(&p);
 }
 
+/* Whether refs[0..n) lists panel id, and if so its lease. */
+static const store_lease_ref *lease_ref_of(const store_lease_ref *refs, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(refs[i].panel_id, id) == 0)
+            return &refs[i];
+    return NULL;
+}
+
+/* What a sweep of "me" on host "here" may take over: the running panels of any tenant whose
+ * lease is free or has run out, or is held by another process of "here"; never its own, never
+ * a live lease of another host, never a panel that is not running. */
+static void test_panels_lease_free(void **state)
+{
+    (void)state;
+    static const char *const created[] = {"created"}, *const running[] = {"running"};
+    static const char me[] = "here:10:aaaa", neighbour[] = "here:11:bbbb",
+                      remote[] = "there:12:cccc";
+    store_panel live = {0}, expired = {0}, mine = {0}, near = {0}, released = {0}, idle = {0},
+                other = {0};
+    make_panel(A, NULL, NULL, &live);
+    make_panel(A, NULL, NULL, &expired);
+    make_panel(A, NULL, NULL, &mine);
+    make_panel(A, NULL, NULL, &near);
+    make_panel(A, NULL, NULL, &released);
+    make_panel(A, NULL, NULL, &idle);
+    make_panel(B, NULL, NULL, &other);
+    OK(store_panel_claim(S, A, live.id, created, 1, remote, 60000, NULL, 0, E));
+    OK(store_panel_claim(S, A, expired.id, created, 1, remote, 1, NULL, 0, E));
+    OK(store_panel_claim(S, A, mine.id, created, 1, me, 1, NULL, 0, E));
+    OK(store_panel_claim(S, A, near.id, created, 1, neighbour, 60000, NULL, 0, E));
+    OK(store_panel_claim(S, A, released.id, created, 1, "gone:13:dddd", 60000, NULL, 0, E));
+    OK(store_panel_leases_release(S, "gone:13:dddd", E));
+    OK(store_panel_claim(S, B, other.id, created, 1, remote, 1, NULL, 0, E));
+    usleep(20 * 1000);
+
+    store_lease_ref *refs = NULL;
+    size_t n = 0;
+    OK(store_panels_lease_free(S, me, "here:", &refs, &n, E));
+    assert_null(lease_ref_of(refs, n, live.id)); /* another host's live lease */
+    assert_null(lease_ref_of(refs, n, mine.id)); /* its own, even run out */
+    assert_null(lease_ref_of(refs, n, idle.id)); /* not running */
+    const store_lease_ref *r = lease_ref_of(refs, n, expired.id);
+    assert_non_null(r);
+    assert_string_equal(r->owner, remote);
+    assert_true(r->expires_at > 0 && r->expires_at <= wall_ms());
+    assert_string_equal(r->tenant_id, A);
+    r = lease_ref_of(refs, n, near.id); /* this host's other process: the caller checks it */
+    assert_non_null(r);
+    assert_string_equal(r->owner, neighbour);
+    assert_true(r->expires_at > wall_ms());
+    r = lease_ref_of(refs, n, released.id);
+    assert_non_null(r);
+    assert_string_equal(r->owner, "");
+    assert_int_equal(r->expires_at, 0);
+    r = lease_ref_of(refs, n, other.id); /* every tenant's */
+    assert_non_null(r);
+    assert_string_equal(r->tenant_id, B);
+    free(refs);
+
+    /* From the other host's side: its own are out, this host's expired one is in. */
+    OK(store_panels_lease_free(S, remote, "there:", &refs, &n, E));
+    assert_null(lease_ref_of(refs, n, live.id));
+    assert_null(lease_ref_of(refs, n, expired.id));
+    assert_null(lease_ref_of(refs, n, near.id));
+    assert_non_null(lease_ref_of(refs, n, mine.id));
+    free(refs);
+
+    IS(AP_INVALID, store_panels_lease_free(S, "", "here:", &refs, &n, E));
+    assert_null(refs);
+    IS(AP_INVALID, store_panels_lease_free(S, me, NULL, &refs, &n, E));
+    OK(store_panel_transition(S, A, live.id, running, 1, "cancelled", NULL, NULL, E));
+    store_panel_free(&live);
+    store_panel_free(&expired);
+    store_panel_free(&mine);
+    store_panel_free(&near);
+    store_panel_free(&released);
+    store_panel_free(&idle);
+    store_panel_free(&other);
+}
+
 #define CONTRACT(f) cmocka_unit_test_setup(f, tenants_setup)
 
 /* `unit_store_test --migrate URL` applies migrations through store_migrate and exits; the
@@ -2030,6 +2111,7 @@ int main(int argc, char **argv)
         CONTRACT(test_write_batch),
         CONTRACT(test_write_batch_trusted),
         CONTRACT(test_panel_leases),
+        CONTRACT(test_panels_lease_free),
         CONTRACT(test_panel_live_limit),
     };
     const struct CMUnitTest sqlite_tests[] = {
