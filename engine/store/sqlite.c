@@ -339,6 +339,17 @@ static ap_status sq_end(sq *q, ap_status rc, ap_err *err)
     return rc;
 }
 
+/* The rows array of a list grown for one more row: doubled, first rows at first; NULL when
+ * out of memory (rows untouched, *cap unchanged). */
+static void *grow_rows(void *rows, size_t *cap, size_t size, size_t first)
+{
+    size_t ncap = *cap > 0 ? *cap * 2 : first;
+    void *grown = realloc(rows, ncap * size);
+    if (grown != NULL)
+        *cap = ncap;
+    return grown;
+}
+
 static char *col_dup(sqlite3_stmt *st, int i, bool *failed)
 {
     if (sqlite3_column_type(st, i) == SQLITE_NULL)
@@ -1255,14 +1266,12 @@ static ap_status sq_panels_lease_free(void *impl, const char *owner, const char 
         int s;
         while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
             if (got == cap) {
-                size_t ncap = cap ? cap * 2 : 16;
-                store_lease_ref *grown = realloc(out, ncap * sizeof *out);
+                store_lease_ref *grown = grow_rows(out, &cap, sizeof *out, 16);
                 if (grown == NULL) {
                     rc = ap_err_set(err, AP_NOMEM, "out of memory");
                     break;
                 }
                 out = grown;
-                cap = ncap;
             }
             store_lease_ref *r = &out[got++];
             col_id(st, 0, r->tenant_id);
@@ -1448,14 +1457,12 @@ static ap_status sq_panels_in_status(void *impl, const char *status, store_panel
         int s;
         while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
             if (got == cap) {
-                size_t ncap = cap ? cap * 2 : 16;
-                store_panel_ref *grown = realloc(out, ncap * sizeof *out);
+                store_panel_ref *grown = grow_rows(out, &cap, sizeof *out, 16);
                 if (grown == NULL) {
                     rc = ap_err_set(err, AP_NOMEM, "out of memory");
                     break;
                 }
                 out = grown;
-                cap = ncap;
             }
             col_id(st, 0, out[got].tenant_id);
             col_id(st, 1, out[got].panel_id);
@@ -1729,14 +1736,12 @@ static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_
         int s;
         while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
             if (got == cap) {
-                size_t ncap = cap ? cap * 2 : 8;
-                store_script *grown = realloc(out, ncap * sizeof *out);
+                store_script *grown = grow_rows(out, &cap, sizeof *out, 8);
                 if (grown == NULL) {
                     rc = ap_err_set(err, AP_NOMEM, "out of memory");
                     break;
                 }
                 out = grown;
-                cap = ncap;
             }
             if (!row_tenant_ok(st, 0, tenant_id))
                 rc = store_row_denied(err);
@@ -1818,14 +1823,12 @@ static ap_status sq_usage_summary(void *impl, const char *tenant_id, int64_t fro
         int s;
         while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
             if (got == cap) {
-                size_t ncap = cap ? cap * 2 : 8;
-                store_usage_group *grown = realloc(out, ncap * sizeof *out);
+                store_usage_group *grown = grow_rows(out, &cap, sizeof *out, 8);
                 if (grown == NULL) {
                     rc = ap_err_set(err, AP_NOMEM, "out of memory");
                     break;
                 }
                 out = grown;
-                cap = ncap;
             }
             if (!row_tenant_ok(st, 0, tenant_id)) {
                 rc = store_row_denied(err);
