@@ -1,10 +1,37 @@
-/* askpanel resume: continue an interrupted panel of the local "cli" tenant. */
+/* askpanel resume: continue an interrupted panel: one of the local "cli" tenant, or a live
+ * panel of any tenant (a panel of a `serve` that died, resumed by an operator). */
 #include "cli/cli.h"
 
 #include "core/ids.h"
 #include "panel/session.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+/* The tenant of the live panel panel_id, looked up across tenants (operator scope); AP_NOTFOUND
+ * when no tenant has it live. */
+static ap_status live_panel_tenant(store *st, const char *panel_id, char tenant_id[STORE_ID_MAX],
+                                   ap_err *err)
+{
+    static const char *const live[] = {"running", "awaiting_input", "queued", "created"};
+    for (size_t k = 0; k < sizeof live / sizeof live[0]; k++) {
+        store_panel_ref *refs = NULL;
+        size_t n = 0;
+        ap_status rc = store_panels_in_status(st, live[k], &refs, &n, err);
+        if (rc != AP_OK)
+            return rc;
+        bool found = false;
+        for (size_t i = 0; i < n && !found; i++) {
+            found = strcmp(refs[i].panel_id, panel_id) == 0;
+            if (found)
+                memcpy(tenant_id, refs[i].tenant_id, STORE_ID_MAX);
+        }
+        free(refs);
+        if (found)
+            return AP_OK;
+    }
+    return ap_err_set(err, AP_NOTFOUND, "no such panel");
+}
 
 int cli_resume(int argc, char **argv)
 {
@@ -40,7 +67,10 @@ int cli_resume(int argc, char **argv)
     }
     session_open = true;
     store_panel row = {0};
-    if (store_panel_get(s.st, s.tenant_id, panel_id, &row, &err) != AP_OK) {
+    ap_status rc = store_panel_get(s.st, s.tenant_id, panel_id, &row, &err);
+    if (rc == AP_NOTFOUND && live_panel_tenant(s.st, panel_id, s.tenant_id, &err) == AP_OK)
+        rc = store_panel_get(s.st, s.tenant_id, panel_id, &row, &err);
+    if (rc != AP_OK) {
         fprintf(stderr, "askpanel: panel %s: %s\n", panel_id, err.msg);
         goto out;
     }

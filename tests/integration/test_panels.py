@@ -802,6 +802,38 @@ def test_tenant_limits():
         s.close()
 
 
+def test_cli_resumes_any_tenants_panel():
+    """`askpanel resume ID` finds a live panel of any tenant, not only the command line's own:
+    the panel of a `serve` that was killed mid-panel resumes from the command line, with each
+    event once (it said "no such panel")."""
+    env = {"ASKPANEL_SIM_LATENCY_MS": "300"}
+    dying = Server(env=env).start()
+    try:
+        _, key = tenant_create(dying, "epsilon")
+        r = dying.request("POST", "/v1/panels",
+                          {"question": Q, "strategy": "echo", "params": {"rounds": 3}}, key=key)
+        assert r.status == 201, r.body
+        pid = r.json()["id"]
+        r = dying.request("POST", "/v1/panels/%s/execute" % pid, key=key)
+        assert r.status == 202, r.body
+        time.sleep(0.5)
+        dying.proc.send_signal(signal.SIGKILL)
+        dying.proc.wait()
+        out = dying.cli("resume", pid, "--json", check=False)
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
+        assert events and all(e["panel_id"] == pid for e in events)
+        events = [e for e in events if e["type"] != "expert.delta"]  # ephemeral, seq 0
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
+        ends = [e["type"] for e in events if e["type"] in ("panel.completed", "panel.failed")]
+        assert ends == ["panel.completed"], ends
+        out = dying.cli("resume", "00000000-0000-4000-8000-000000000000", check=False)
+        assert out.returncode == 1 and "no such panel" in out.stderr, out.stderr
+    finally:
+        dying.close()
+
+
 def test_sigterm_while_a_request_is_in_flight_and_a_stream_opens():
     """A stream opened after shutdown began must not be parked (MHD would abort)."""
     import socket
@@ -872,5 +904,6 @@ if __name__ == "__main__":
         tests += [test_feature_flag_blocks_strategy, test_tenant_limits,
                   test_limits_under_races_and_big_pages,
                   test_sigterm_with_open_streams,
-                  test_sigterm_while_a_request_is_in_flight_and_a_stream_opens]
+                  test_sigterm_while_a_request_is_in_flight_and_a_stream_opens,
+                  test_cli_resumes_any_tenants_panel]
     run(tests)
