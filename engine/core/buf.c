@@ -11,6 +11,14 @@ void buf_init(buf *b, size_t max)
     b->len = 0;
     b->cap = 0;
     b->max = max;
+    b->meter = NULL;
+    b->meter_ud = NULL;
+}
+
+void buf_meter(buf *b, bool (*meter)(void *ud, size_t grow), void *ud)
+{
+    b->meter = meter;
+    b->meter_ud = ud;
 }
 
 static ap_status reserve(buf *b, size_t extra)
@@ -23,6 +31,10 @@ static ap_status reserve(buf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need)
         cap *= 2;
+    if (cap > b->max + 1 && need <= b->max + 1)
+        cap = b->max + 1; /* never more than the most it can hold */
+    if (b->meter != NULL && !b->meter(b->meter_ud, cap - b->cap))
+        return AP_LIMIT;
     char *p = realloc(b->data, cap);
     if (p == NULL)
         return AP_NOMEM;

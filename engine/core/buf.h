@@ -8,17 +8,25 @@
 
 #include "core/status.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct buf {
     char *data; /* owned; NULL until the first append */
     size_t len;
     size_t cap;
-    size_t max; /* hard maximum of len */
+    size_t max;                           /* hard maximum of len */
+    bool (*meter)(void *ud, size_t grow); /* see buf_meter; NULL: none */
+    void *meter_ud;
 } buf;
 
 /* Initialises an empty buffer that may grow to max bytes. */
 void buf_init(buf *b, size_t max);
+
+/* Asks meter(ud, bytes) before every growth of b's memory by bytes; when it answers false the
+ * append fails with AP_LIMIT and b is unchanged. For memory counted against a budget (a
+ * script's limit): the meter adds up what it allowed, the owner gives it back. */
+void buf_meter(buf *b, bool (*meter)(void *ud, size_t grow), void *ud);
 
 /* Appends n bytes; AP_LIMIT past max, AP_NOMEM on allocation failure. */
 ap_status buf_append(buf *b, const void *data, size_t n);

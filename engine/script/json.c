@@ -22,6 +22,7 @@ static const char array_marker_key = 'a';
 typedef struct enc {
     lua_State *L;
     buf out;
+    size_t reserved; /* bytes of out counted against the script's memory limit */
     ap_err *err;
     char path[128]; /* the key being encoded in the innermost object, for messages */
     size_t index;   /* or the element (from 1) in the innermost array, when not 0 */
@@ -283,17 +284,33 @@ static ap_status enc_value(enc *e, int idx, int depth)
     }
 }
 
+/* The output grows inside the script's memory limit: the text is memory the script made. */
+static bool enc_meter(void *ud, size_t grow)
+{
+    enc *e = ud;
+    if (!script_vm_reserve(e->L, grow)) {
+        ap_err_set(e->err, AP_LIMIT, "json.encode: memory limit exceeded");
+        return false;
+    }
+    e->reserved += grow;
+    return true;
+}
+
 ap_status script_json_encode(lua_State *L, int idx, size_t max, char **out, ap_err *err)
 {
     enc e = {.L = L, .err = err};
     *out = NULL;
     buf_init(&e.out, max);
+    buf_meter(&e.out, enc_meter, &e);
     /* Most texts encoded (event data, schemas, states) are a few hundred bytes. */
-    if (buf_reserve(&e.out, max < 512 ? max : 512) != AP_OK)
-        return ap_err_set(err, AP_NOMEM, "json.encode: out of memory");
+    ap_status rc = buf_reserve(&e.out, max < 512 ? max : 512);
+    if (rc != AP_OK) {
+        script_vm_release(L, e.reserved);
+        return rc == AP_LIMIT ? AP_LIMIT : ap_err_set(err, AP_NOMEM, "json.encode: out of memory");
+    }
     idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
-    ap_status rc = enc_value(&e, idx, 0);
+    rc = enc_value(&e, idx, 0);
     lua_settop(L, top);
     if (rc == AP_LIMIT && err != NULL && err->status != AP_LIMIT)
         ap_err_set(err, AP_LIMIT, "json.encode: output larger than %zu bytes", max);
@@ -302,6 +319,7 @@ ap_status script_json_encode(lua_State *L, int idx, size_t max, char **out, ap_e
     if (rc == AP_OK)
         *out = buf_steal(&e.out);
     buf_free(&e.out);
+    script_vm_release(L, e.reserved);
     return rc;
 }
 
@@ -376,12 +394,19 @@ static int l_encode(lua_State *L)
         script_vm_check(L);
         return luaL_error(L, "%s", err.msg);
     }
-    /* The charge and the copy may raise (a limit): protected, so the text is always freed. */
+    /* The text stays counted until it is freed, beside its copy in the Lua heap. The charge
+     * and the copy may raise (a limit): protected, so the text is always freed. */
     encoded en = {out, strlen(out)};
+    if (!script_vm_reserve(L, en.len + 1)) {
+        free(out);
+        script_vm_check(L);
+        return luaL_error(L, "json.encode: memory limit exceeded");
+    }
     lua_pushcfunction(L, push_encoded);
     lua_pushlightuserdata(L, &en);
     int status = lua_pcall(L, 1, 1, 0);
     free(out);
+    script_vm_release(L, en.len + 1);
     script_vm_note(L, status);
     if (status != LUA_OK)
         return lua_error(L);

@@ -647,6 +647,13 @@ static void test_json_limits(void **state)
                 "json.encode(t)",
                 "larger than");
     expect_fail("json.encode({ f = print })", "cannot encode a function");
+    /* The text json.encode builds is memory of the script's, counted while it is built and
+     * until its copy is in the Lua heap: 6 MiB of text from a 6 MiB string is 18 MiB at the
+     * peak, over the 16 MiB limit (the Lua heap alone held 12 MiB). */
+    expect_fail("local t = { s = string.rep('x', 6 * 1024 * 1024) } local j = json.encode(t)",
+                "memory limit exceeded");
+    expect_done("local t = { s = string.rep('x', 3 * 1024 * 1024) } local j = json.encode(t)\n"
+                "assert(#j == 3 * 1024 * 1024 + 8)");
     expect_done("local v = json.decode('{\"a\":[1,2,{\"b\":null}],\"c\":\"\\\\u00e9\"}')\n"
                 "assert(v.a[2] == 2 and v.c == '\\u{e9}')\n"
                 "assert(json.encode({ b = 1, a = { 1, 2 } }) == '{\"a\":[1,2],\"b\":1}')\n"
