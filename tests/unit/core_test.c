@@ -19,6 +19,49 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* A meter that allows growth up to a budget and counts what it allowed. */
+typedef struct meter_budget {
+    size_t left, allowed;
+} meter_budget;
+
+static bool meter_take(void *ud, size_t grow)
+{
+    meter_budget *m = ud;
+    if (grow > m->left)
+        return false;
+    m->left -= grow;
+    m->allowed += grow;
+    return true;
+}
+
+/* Every growth of a metered buffer is asked first; a refusal fails the append (AP_LIMIT) and
+ * leaves the buffer as it was. A buffer never holds more memory than its maximum needs. */
+static void test_buf_meter(void **state)
+{
+    (void)state;
+    buf b;
+    meter_budget m = {.left = 200};
+    buf_init(&b, 1000);
+    buf_meter(&b, meter_take, &m);
+    assert_int_equal(buf_puts(&b, "hello"), AP_OK);
+    assert_int_equal(m.allowed, b.cap);
+    char big[300];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(buf_puts(&b, big), AP_LIMIT);
+    assert_string_equal(b.data, "hello");
+    assert_int_equal(m.allowed, b.cap);
+    m.left = 10000;
+    assert_int_equal(buf_puts(&b, big), AP_OK);
+    assert_int_equal(m.allowed, b.cap);
+    buf_free(&b);
+    /* past the last doubling, the capacity stops at max + 1 */
+    buf_init(&b, 100);
+    assert_int_equal(buf_reserve(&b, 100), AP_OK);
+    assert_int_equal(b.cap, 101);
+    buf_free(&b);
+}
+
 static void test_buf_limit_leaves_buffer_unchanged(void **state)
 {
     (void)state;
@@ -409,6 +452,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_limit_leaves_buffer_unchanged),
+        cmocka_unit_test(test_buf_meter),
         cmocka_unit_test(test_uuid),
         cmocka_unit_test(test_uuid_random_bits),
         cmocka_unit_test(test_hashes_match_known_vectors),
