@@ -538,40 +538,56 @@ static bool library_message(const char *msg)
     return false;
 }
 
-/* True when calling the wrapped function named name with the n arguments on the stack has
- * no effect but its results (no metamethod or callback can run), so that it may be called
- * again. */
-static bool plain_call(lua_State *L, const char *name, int n)
+/* Which wrapped functions may be called again after a collection (see call_original), told
+ * apart by wrap_field once rather than by their names at every call. */
+enum retry { RETRY_NONE = 0, RETRY_REP, RETRY_GSUB, RETRY_CONCAT, RETRY_FORMAT };
+
+static enum retry retry_of(const char *name)
 {
-    if (strcmp(name, "rep") == 0)
+    return strcmp(name, "rep") == 0      ? RETRY_REP
+           : strcmp(name, "gsub") == 0   ? RETRY_GSUB
+           : strcmp(name, "concat") == 0 ? RETRY_CONCAT
+           : strcmp(name, "format") == 0 ? RETRY_FORMAT
+                                         : RETRY_NONE;
+}
+
+/* True when calling the wrapped function (of kind retry) with the n arguments on the stack
+ * has no effect but its results (no metamethod or callback can run), so that it may be called
+ * again. */
+static bool plain_call(lua_State *L, enum retry retry, int n)
+{
+    switch (retry) {
+    case RETRY_REP:
         return true;
-    if (strcmp(name, "gsub") == 0)
+    case RETRY_GSUB:
         return lua_type(L, 3) == LUA_TSTRING || lua_type(L, 3) == LUA_TNUMBER;
-    if (strcmp(name, "concat") == 0) {
+    case RETRY_CONCAT:
         if (lua_type(L, 1) != LUA_TTABLE)
             return false;
         if (!lua_getmetatable(L, 1))
             return true;
         lua_pop(L, 1);
         return false;
+    case RETRY_FORMAT:
+        for (int i = 2; i <= n; i++)
+            if (lua_type(L, i) == LUA_TTABLE || lua_type(L, i) == LUA_TUSERDATA)
+                return false;
+        return true;
+    case RETRY_NONE:
+        break;
     }
-    if (strcmp(name, "format") != 0)
-        return false;
-    for (int i = 2; i <= n; i++)
-        if (lua_type(L, i) == LUA_TTABLE || lua_type(L, i) == LUA_TUSERDATA)
-            return false;
-    return true;
+    return false;
 }
 
 /* The library wrappers' last step: calls upvalue 1 (the wrapped function, named by upvalue
- * 2) with the arguments on the stack and returns all its results. Called from C, the original
- * names neither the script's line nor itself in its errors ("bad argument #2 to '?'"): they
- * are raised again with both, as if the script had called it. A tripped limit, and the error
- * value of a script's callback, go on as they are. */
+ * 2, of enum retry upvalue 3) with the arguments on the stack and returns all its results. Called
+ * from C, the original names neither the script's line nor itself in its errors ("bad argument #2
+ * to '?'"): they are raised again with both, as if the script had called it. A tripped limit, and
+ * the error value of a script's callback, go on as they are. */
 static int call_original(lua_State *L)
 {
     int n = lua_gettop(L);
-    bool again = plain_call(L, lua_tostring(L, lua_upvalueindex(2)), n);
+    bool again = plain_call(L, (enum retry)lua_tointeger(L, lua_upvalueindex(3)), n);
     int below = again ? n : 0; /* a plain call's arguments, kept for a second try */
     luaL_checkstack(L, n + 1, "too many arguments");
     for (int i = 1; i <= below; i++)
@@ -1418,13 +1434,14 @@ static int guarded_sort(lua_State *L)
     return call_original(L);
 }
 
-/* Replaces lib[name] by wrapper, which has the original as its upvalue 1 and the name as its
- * upvalue 2 (for call_original's messages). */
+/* Replaces lib[name] by wrapper, which has the original as its upvalue 1, the name as its
+ * upvalue 2 (for call_original's messages) and its enum retry as upvalue 3. */
 static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wrapper)
 {
     lua_getfield(L, lib, name);
     lua_pushstring(L, name);
-    lua_pushcclosure(L, wrapper, 2);
+    lua_pushinteger(L, retry_of(name));
+    lua_pushcclosure(L, wrapper, 3);
     lua_setfield(L, lib, name);
 }
 
