@@ -1364,6 +1364,11 @@ size_t script_panel_memory(const script_panel *sp)
     return script_vm_memory(sp->vm);
 }
 
+size_t script_panel_held(const script_panel *sp)
+{
+    return script_vm_held(sp->vm);
+}
+
 static void release_coroutine(script_panel *sp)
 {
     if (sp->co_ref != LUA_NOREF) {

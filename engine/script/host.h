@@ -171,4 +171,7 @@ ap_status script_panel_state_save(script_panel *sp, char **out, ap_err *err);
 /* Bytes of Lua heap in use. */
 size_t script_panel_memory(const script_panel *sp);
 
+/* Bytes the panel's state holds from the system allocator (see script_vm_held). */
+size_t script_panel_held(const script_panel *sp);
+
 #endif

@@ -246,6 +246,22 @@ static void *vm_realloc(script_vm *vm, void *ptr, size_t old, size_t nsize, bool
         return big_realloc(vm, ptr, old, nsize);
     if (was_small && nsize <= POOL_SMALL_MAX && pool_class(nsize) == pool_class(old))
         return ptr;
+    /* A small block shrinking into a smaller class stays where it is when that class has no
+     * block free and the pool may not grow: Lua expects shrinks to succeed, and a new chunk
+     * for each would let a live set walked down the classes by shrinks grow the pool past the
+     * limit (each class's chunks stay the pool's). Freed later, the block serves its new,
+     * smaller class. */
+    if (shrink && was_small && nsize <= POOL_SMALL_MAX) {
+        size_t c = pool_class(nsize);
+        void *p = pool_take(vm, c, class_size(c));
+        if (p == NULL && may_hold(vm, POOL_CHUNK))
+            p = pool_get(vm, c, false);
+        if (p == NULL)
+            return ptr;
+        memcpy(p, ptr, nsize);
+        pool_put(vm, ptr, pool_class(old));
+        return p;
+    }
     void *p =
         nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize), shrink) : big_alloc(vm, nsize);
     if (p == NULL || ptr == NULL)
@@ -447,6 +463,11 @@ bool script_vm_tripped(const script_vm *vm, char *msg, size_t cap)
 size_t script_vm_memory(const script_vm *vm)
 {
     return vm->mem_used;
+}
+
+size_t script_vm_held(const script_vm *vm)
+{
+    return vm->pool_bytes + vm->big_bytes;
 }
 
 lua_State *script_vm_state(script_vm *vm)

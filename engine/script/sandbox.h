@@ -88,6 +88,10 @@ void script_vm_error_text(lua_State *L, int idx, char *out, size_t cap);
 /* Bytes of heap in use. */
 size_t script_vm_memory(const script_vm *vm);
 
+/* Bytes the state holds from the system allocator: its pool's chunks (free blocks included)
+ * and its large blocks. At most its memory limit and one pool chunk. */
+size_t script_vm_held(const script_vm *vm);
+
 /* Pushes the text tostring gives scripts for the value at idx: Lua's, except that tables,
  * functions and userdata are named by a keyed mix of their address, never the address. May
  * raise (a __tostring runs); call it from Lua or protected code. */

@@ -1222,6 +1222,42 @@ static void test_memory_limit_counts_the_pool(void **state)
     healthy();
 }
 
+/* Shrinks cannot grow the pool past the limit: a live set walked down the block classes by
+ * shrinking (table arrays of 128, 64, 32... entries) took a new chunk for every class it
+ * reached, and the chunks stay the pool's: a state filled to 6 of its 8 MiB then held ~12
+ * MiB. What a state holds stays within its limit and one chunk, however its node ends. */
+static void test_shrinks_stay_within_the_limit(void **state)
+{
+    (void)state;
+    script_limits lim;
+    limits(&lim);
+    lim.memory_bytes = (size_t)8 * 1024 * 1024;
+    static const char src[] =
+        "return { name = 'sandbox', start = 'main', nodes = { main = function(ctx)\n"
+        "  local ts, n = {}, 0\n"
+        "  for i = 1, 1e6 do\n"
+        "    local t = {} for j = 1, 128 do t[j] = j end ts[i] = t n = i\n"
+        "    if collectgarbage('count') > 6 * 1024 then break end\n"
+        "  end\n"
+        "  for _, keep in ipairs({ 64, 32, 16, 8, 4, 2 }) do\n"
+        "    for i = 1, n do local t = ts[i]\n"
+        "      for j = keep + 1, 2 * keep do t[j] = nil end t['k' .. keep] = 1 end\n"
+        "  end\n"
+        "  return ctx:done({ n = n }) end } }\n";
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    assert_int_equal(new_panel(&lim, src, &sp, &err), AP_OK);
+    script_step step;
+    assert_int_equal(script_panel_run_node(sp, "main", 1, &step), AP_OK);
+    if (step.outcome != SCRIPT_DONE && strstr(step.error, "memory limit exceeded") == NULL)
+        fail_msg("node ended with %d: %s", (int)step.outcome, step.error);
+    size_t held = script_panel_held(sp);
+    if (held > lim.memory_bytes + 16 * 1024)
+        fail_msg("the state holds %zu bytes on a limit of %zu", held, lim.memory_bytes);
+    script_panel_free(sp);
+    healthy();
+}
+
 /* Chunks are cached as soon as they compile, uploads that are then refused included: the
  * cache stays within its byte budget however many large ones come. */
 static void test_code_cache_is_bounded(void **state)
@@ -1276,6 +1312,7 @@ int main(void)
         cmocka_unit_test(test_overrun_before_a_yield_counts),
         cmocka_unit_test(test_library_errors_name_the_line),
         cmocka_unit_test(test_memory_limit_counts_the_pool),
+        cmocka_unit_test(test_shrinks_stay_within_the_limit),
         cmocka_unit_test(test_pattern_backtracking),
         cmocka_unit_test(test_json_limits),
         cmocka_unit_test(test_json_decode_paths),
