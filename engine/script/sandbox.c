@@ -148,15 +148,14 @@ static bool may_hold(const script_vm *vm, size_t grow)
     return vm->pool_bytes + vm->big_bytes + grow <= vm->mem_limit;
 }
 
-/* A block of class c, or NULL when the pool may not grow (may_hold). A shrinking block (Lua
- * expects shrinks to succeed) may take one chunk past the limit. */
-static void *pool_get(script_vm *vm, size_t c, bool shrink)
+/* A block of class c, or NULL when the pool may not grow (may_hold). */
+static void *pool_get(script_vm *vm, size_t c)
 {
     size_t size = class_size(c);
     void *p = pool_take(vm, c, size);
     if (p != NULL)
         return p;
-    if (!shrink && !may_hold(vm, POOL_CHUNK))
+    if (!may_hold(vm, POOL_CHUNK))
         return NULL;
     char *chunk = malloc(POOL_CHUNK);
     if (chunk == NULL)
@@ -237,6 +236,30 @@ static void big_release(script_vm *vm)
     vm->big.prev = &vm->big;
 }
 
+/* A block shrinking to nsize (at most POOL_SMALL_MAX) from old: Lua expects shrinks to
+ * succeed, but a new chunk for each shrink into a class with no free block would let a live set
+ * walked down the classes grow the pool past the limit, chunk after chunk (each class's chunks
+ * stay the pool's). When the pool may not grow, the block itself becomes the smaller one: a
+ * small block stays where it is, a large one is cut down to the class's size and stays on the
+ * large list (released with the state). Freed later, either serves its new class. */
+static void *shrink_to_small(script_vm *vm, void *ptr, size_t old, size_t nsize)
+{
+    size_t c = pool_class(nsize);
+    void *p = pool_get(vm, c);
+    if (p != NULL) {
+        memcpy(p, ptr, nsize);
+        if (old <= POOL_SMALL_MAX)
+            pool_put(vm, ptr, pool_class(old));
+        else
+            big_free(vm, ptr, old);
+        return p;
+    }
+    if (old <= POOL_SMALL_MAX)
+        return ptr;
+    void *cut = big_realloc(vm, ptr, old, class_size(c));
+    return cut != NULL ? cut : ptr;
+}
+
 /* Blocks up to POOL_SMALL_MAX live in the pool, larger ones in the list; Lua always passes a
  * block's real size as osize, which tells where it lives. */
 static void *vm_realloc(script_vm *vm, void *ptr, size_t old, size_t nsize, bool shrink)
@@ -246,24 +269,9 @@ static void *vm_realloc(script_vm *vm, void *ptr, size_t old, size_t nsize, bool
         return big_realloc(vm, ptr, old, nsize);
     if (was_small && nsize <= POOL_SMALL_MAX && pool_class(nsize) == pool_class(old))
         return ptr;
-    /* A small block shrinking into a smaller class stays where it is when that class has no
-     * block free and the pool may not grow: Lua expects shrinks to succeed, and a new chunk
-     * for each would let a live set walked down the classes by shrinks grow the pool past the
-     * limit (each class's chunks stay the pool's). Freed later, the block serves its new,
-     * smaller class. */
-    if (shrink && was_small && nsize <= POOL_SMALL_MAX) {
-        size_t c = pool_class(nsize);
-        void *p = pool_take(vm, c, class_size(c));
-        if (p == NULL && may_hold(vm, POOL_CHUNK))
-            p = pool_get(vm, c, false);
-        if (p == NULL)
-            return ptr;
-        memcpy(p, ptr, nsize);
-        pool_put(vm, ptr, pool_class(old));
-        return p;
-    }
-    void *p =
-        nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize), shrink) : big_alloc(vm, nsize);
+    if (shrink && ptr != NULL && nsize <= POOL_SMALL_MAX)
+        return shrink_to_small(vm, ptr, old, nsize);
+    void *p = nsize <= POOL_SMALL_MAX ? pool_get(vm, pool_class(nsize)) : big_alloc(vm, nsize);
     if (p == NULL || ptr == NULL)
         return p;
     memcpy(p, ptr, old < nsize ? old : nsize);
