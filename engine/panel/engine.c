@@ -3197,11 +3197,6 @@ ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char
     return resume_one(e, tenant_id, panel_id, false, err);
 }
 
-/* Resumes the store's running panels that no live process holds; *started gets how many. A
- * sweep skips the panels this engine runs or holds, says nothing of those another process
- * holds (the normal case with several nodes), sums up in one line those it could not run (a
- * provider or script this process lacks: their lease runs out again at once), and stops with
- * the engine. */
 /* The running panels a sweep may take over (caller frees *refs): the store's candidates, whose
  * lease is free or has run out or is held by another process of this host, less those whose
  * holder here is still alive. Found by one query, not by reading every running panel. */
@@ -3236,6 +3231,11 @@ static ap_status sweep_candidates(panel_engine *e, store_panel_ref **refs, size_
     return AP_OK;
 }
 
+/* Resumes the store's running panels that no live process holds; *started gets how many. A
+ * sweep skips the panels this engine runs or holds, says nothing of those another process
+ * holds (the normal case with several nodes), sums up in one line those it could not run (a
+ * provider or script this process lacks: their lease runs out again at once), and stops with
+ * the engine. */
 static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap_err *err)
 {
     store_panel_ref *refs = NULL;

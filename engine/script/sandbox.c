@@ -1610,7 +1610,9 @@ static void share_random(lua_State *L, int lib)
  * `string.format` or `table.insert` affects only itself): the safe base functions, a copy of
  * the real string library, new table, math, utf8 and json tables, `load` into this
  * environment, `_G`, and the `panel` proxy. Built rather than copied from a prototype built
- * once per state: the copy cost as much as the building, and a panel mostly loads one chunk. */
+ * once per state: the copy cost as much as the building, and a panel mostly loads one chunk.
+ * The unsafe base functions never exist in the state, and no library is registered in its real
+ * globals or a loaded-modules table: both stay empty. */
 static int push_env(lua_State *L)
 {
     lua_createtable(L, 0, 32);

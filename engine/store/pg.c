@@ -1352,15 +1352,26 @@ static ap_status pg_panel_list(void *impl, const char *tenant_id, const char *st
     return AP_OK;
 }
 
+/* An array (caller frees) of one element of size bytes per row of r, zeroed, *nt the rows;
+ * NULL (r cleared, err set) when out of memory. */
+static void *rows_for(PGresult *r, size_t size, int *nt, ap_err *err)
+{
+    *nt = PQntuples(r);
+    void *out = calloc(*nt > 0 ? (size_t)*nt : 1, size);
+    if (out == NULL) {
+        PQclear(r);
+        ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    return out;
+}
+
 /* The (tenant_id, panel_id) rows of r as refs (caller frees); takes r. */
 static ap_status refs_of(PGresult *r, store_panel_ref **refs, size_t *n, ap_err *err)
 {
-    int nt = PQntuples(r);
-    store_panel_ref *out = calloc(nt > 0 ? (size_t)nt : 1, sizeof *out);
-    if (out == NULL) {
-        PQclear(r);
-        return ap_err_set(err, AP_NOMEM, "out of memory");
-    }
+    int nt;
+    store_panel_ref *out = rows_for(r, sizeof *out, &nt, err);
+    if (out == NULL)
+        return AP_NOMEM;
     for (int i = 0; i < nt; i++) {
         id_col(r, i, 0, out[i].tenant_id);
         id_col(r, i, 1, out[i].panel_id);
@@ -1389,12 +1400,10 @@ static ap_status pg_panels_lease_free(void *impl, const char *owner, const char 
                           (const char *const[]){owner, host_prefix, at.s}, &r, err);
     if (rc != AP_OK)
         return rc;
-    int nt = PQntuples(r);
-    store_lease_ref *out = calloc(nt > 0 ? (size_t)nt : 1, sizeof *out);
-    if (out == NULL) {
-        PQclear(r);
-        return ap_err_set(err, AP_NOMEM, "out of memory");
-    }
+    int nt;
+    store_lease_ref *out = rows_for(r, sizeof *out, &nt, err);
+    if (out == NULL)
+        return AP_NOMEM;
     for (int i = 0; i < nt; i++) {
         id_col(r, i, 0, out[i].tenant_id);
         id_col(r, i, 1, out[i].panel_id);

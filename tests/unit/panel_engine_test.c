@@ -144,8 +144,9 @@ static panel_sub *start_panel(panel_engine *e, const char *strategy, const char 
     return sub;
 }
 
-/* Waits for an event of `type`; returns its data (caller frees) or fails the test. */
-static char *wait_for(panel_sub *sub, const char *type, int timeout_ms)
+/* Waits up to timeout_ms for an event of `type`; returns its data (caller frees), NULL when
+ * none came. A panel.failed meanwhile (unless that is the type) fails the test. */
+static char *event_within(panel_sub *sub, const char *type, int timeout_ms)
 {
     int64_t deadline = clock_mono_ms() + timeout_ms;
     while (clock_mono_ms() < deadline) {
@@ -162,8 +163,16 @@ static char *wait_for(panel_sub *sub, const char *type, int timeout_ms)
             free(data);
         }
     }
-    fail_msg("no %s event within %d ms", type, timeout_ms);
     return NULL;
+}
+
+/* Waits for an event of `type`; returns its data (caller frees) or fails the test. */
+static char *wait_for(panel_sub *sub, const char *type, int timeout_ms)
+{
+    char *data = event_within(sub, type, timeout_ms);
+    if (data == NULL)
+        fail_msg("no %s event within %d ms", type, timeout_ms);
+    return data;
 }
 
 /* Waits for an event of `type`; returns its seq or fails the test. */
@@ -288,22 +297,6 @@ static void test_ask_all_is_concurrent(void **state)
     panel_engine_stop(e);
 }
 
-/* Waits up to timeout_ms for the panel's completion; whether it came. */
-static bool completes_within(panel_sub *sub, int timeout_ms)
-{
-    int64_t deadline = clock_mono_ms() + timeout_ms;
-    while (clock_mono_ms() < deadline) {
-        panel_event ev;
-        if (panel_sub_next(sub, &ev, 20) != 1)
-            continue;
-        bool done = strcmp(ev.type, "panel.completed") == 0;
-        panel_event_clear(&ev);
-        if (done)
-            return true;
-    }
-    return false;
-}
-
 /* A runner busy with a long node does not hold up the panels started meanwhile: new panels
  * go to the runner with the fewest starts waiting (dealt in turn, every second one would wait
  * for the busy node). At most one can land behind it: the first dealt to it while its queue of
@@ -329,7 +322,9 @@ static void test_busy_runner_does_not_hold_starts(void **state)
     for (int i = 0; i < quick; i++) {
         char id[STORE_ID_MAX];
         panel_sub *sub = start_panel(e, "quick", NULL, id);
-        done += completes_within(sub, 400);
+        char *completed = event_within(sub, "panel.completed", 400);
+        done += completed != NULL;
+        free(completed);
         panel_engine_unsubscribe(e, sub);
     }
     panel_event ev;
@@ -1610,13 +1605,10 @@ static void test_resume_keeps_provider_and_model(void **state)
                      AP_OK);
 }
 
-/* A sweep (a serve's search for panels whose lease ran out) leaves this engine's own leases
- * alone, expired or not: a panel that ended here is still running in the store until the
- * writer stores its end, and taking it again ran its node again and paid twice (review). Shown
- * with a panel claimed under the engine's owner but not run by it, its lease already out. */
-static void test_sweep_leaves_its_own_leases(void **state)
+/* An engine that sweeps for orphaned panels once a second (lease_ms 1000), its simulated
+ * answers taking 5 s so that the panels it runs stay running. */
+static panel_engine *start_sweeping(void)
 {
-    (void)state;
     write_file("fanout.lua", fanout_lua);
     ap_err err = {0};
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "1000", "test", &err), AP_OK);
@@ -1624,6 +1616,31 @@ static void test_sweep_leaves_its_own_leases(void **state)
     panel_engine_opts o = {.cfg = &cfg, .store = st, .registry = reg, .seed = 7, .adopt = true};
     panel_engine *e = NULL;
     assert_int_equal(panel_engine_start(&o, &e, &err), AP_OK);
+    return e;
+}
+
+/* Stops e and cancels the running panels ids[0..n) it left, restoring the default lease. */
+static void stop_sweeping(panel_engine *e, const char *const *ids, int n)
+{
+    ap_err err = {0};
+    panel_engine_stop(e);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(store_panel_transition(st, tenant, ids[i],
+                                                (const char *const[]){"running"}, 1, "cancelled",
+                                                NULL, NULL, &err),
+                         AP_OK);
+    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
+}
+
+/* A sweep (a serve's search for panels whose lease ran out) leaves this engine's own leases
+ * alone, expired or not: a panel that ended here is still running in the store until the
+ * writer stores its end, and taking it again ran its node again and paid twice (review). Shown
+ * with a panel claimed under the engine's owner but not run by it, its lease already out. */
+static void test_sweep_leaves_its_own_leases(void **state)
+{
+    (void)state;
+    ap_err err = {0};
+    panel_engine *e = start_sweeping();
     char runs[STORE_ID_MAX], ended[STORE_ID_MAX];
     create(e, "fanout", NULL, runs);
     assert_int_equal(panel_engine_execute(e, tenant, runs, &err), AP_OK);
@@ -1639,13 +1656,7 @@ static void test_sweep_leaves_its_own_leases(void **state)
     assert_true(row.lease_expires_at < wall_ms());
     assert_false(panel_engine_runs(e, ended));
     store_panel_free(&row);
-    panel_engine_stop(e);
-    for (int i = 0; i < 2; i++)
-        assert_int_equal(store_panel_transition(st, tenant, i == 0 ? runs : ended,
-                                                (const char *const[]){"running"}, 1, "cancelled",
-                                                NULL, NULL, &err),
-                         AP_OK);
-    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
+    stop_sweeping(e, (const char *[]){runs, ended}, 2);
 }
 
 /* A sweep takes over a running panel whose holder on this host is gone, even before its lease
@@ -1654,13 +1665,8 @@ static void test_sweep_leaves_its_own_leases(void **state)
 static void test_sweep_takes_only_orphans(void **state)
 {
     (void)state;
-    write_file("fanout.lua", fanout_lua);
     ap_err err = {0};
-    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "1000", "test", &err), AP_OK);
-    setenv("ASKPANEL_SIM_LATENCY_MS", "5000", 1);
-    panel_engine_opts o = {.cfg = &cfg, .store = st, .registry = reg, .seed = 7, .adopt = true};
-    panel_engine *e = NULL;
-    assert_int_equal(panel_engine_start(&o, &e, &err), AP_OK);
+    panel_engine *e = start_sweeping();
     char mine[STORE_ID_MAX], neighbour[STORE_ID_MAX], orphan[STORE_ID_MAX], remote[STORE_ID_MAX];
     create(e, "fanout", NULL, mine);
     assert_int_equal(panel_engine_execute(e, tenant, mine, &err), AP_OK);
@@ -1694,15 +1700,8 @@ static void test_sweep_takes_only_orphans(void **state)
     row = row_of(remote);
     assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
     store_panel_free(&row);
-    panel_engine_stop(e);
-    const char *ids[] = {mine, neighbour, orphan, remote};
-    for (int i = 0; i < 4; i++)
-        assert_int_equal(store_panel_transition(st, tenant, ids[i],
-                                                (const char *const[]){"running"}, 1, "cancelled",
-                                                NULL, NULL, &err),
-                         AP_OK);
+    stop_sweeping(e, (const char *[]){mine, neighbour, orphan, remote}, 4);
     free(ours);
-    assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
 /* A store that is unavailable for a while (here: locked by another connection for longer than
