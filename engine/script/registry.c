@@ -129,6 +129,23 @@ const script_limits *script_registry_limits(const script_registry *r)
     return &r->lim;
 }
 
+/* A registry whose strategies directory is missing still serves tenant scripts, but finds no
+ * built-in name at all: say so once, with where a relative path was looked up, since the usual
+ * cause is `askpanel run` or `check` started from another directory. */
+static void warn_if_missing(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+        return;
+    char cwd[4096] = "";
+    if (dir[0] != '/' && getcwd(cwd, sizeof cwd) == NULL)
+        cwd[0] = '\0';
+    log_warn("script registry: the strategies directory '%s'%s%s%s is not a directory, so no "
+             "built-in strategy or consensus algorithm can be found: run from the Ask Panel "
+             "directory or set strategies_dir (ASKPANEL_STRATEGIES_DIR)",
+             dir, cwd[0] != '\0' ? " (relative to " : "", cwd, cwd[0] != '\0' ? ")" : "");
+}
+
 ap_status script_registry_new(const script_limits *lim, const char *strategies_dir,
                               const char *tenants_dir, script_registry **out, ap_err *err)
 {
@@ -145,6 +162,7 @@ ap_status script_registry_new(const script_limits *lim, const char *strategies_d
         script_registry_free(r);
         return ap_err_set(err, AP_NOMEM, "out of memory");
     }
+    warn_if_missing(r->strategies_dir);
     *out = r;
     return AP_OK;
 }

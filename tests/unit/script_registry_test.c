@@ -113,6 +113,31 @@ static int log_lines_with(const char *a, const char *b)
     return n;
 }
 
+/* A missing strategies directory is named in one warning; a present one is not warned of. */
+static void test_missing_strategies_dir_is_named(void **state)
+{
+    (void)state;
+    char missing[256], tenants[256];
+    at("no-such-strategies", missing, sizeof missing);
+    at("tenants", tenants, sizeof tenants);
+    script_limits lim;
+    script_limits_default(&lim);
+    ap_err err = {0};
+    script_registry *r = NULL;
+    assert_int_equal(log_lines_with("is not a directory", "no-such-strategies"), 0);
+    assert_int_equal(script_registry_new(&lim, missing, tenants, &r, &err), AP_OK);
+    assert_int_equal(log_lines_with("is not a directory", "no-such-strategies"), 1);
+    assert_int_equal(log_lines_with("is not a directory", "ASKPANEL_STRATEGIES_DIR"), 1);
+    script_entry en = {0};
+    assert_int_equal(script_registry_resolve(r, NULL, SCRIPT_STRATEGY, "echo", &en, &err),
+                     AP_NOTFOUND);
+    script_registry_free(r);
+    /* the fixture's own directory exists: nothing more is logged */
+    assert_int_equal(fresh_registry(state), 0);
+    assert_int_equal(log_lines_with("is not a directory", ""), 1);
+    free_registry(state);
+}
+
 static void expect_origin(const char *tenant, const char *name, const char *origin,
                           const char *needle)
 {
@@ -384,6 +409,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unusable_tenant_file_falls_back),
+        cmocka_unit_test(test_missing_strategies_dir_is_named),
         cmocka_unit_test_setup_teardown(test_errors_name_no_path, fresh_registry, free_registry),
         cmocka_unit_test_setup_teardown(test_cached_version_stays, fresh_registry, free_registry),
         cmocka_unit_test_setup_teardown(test_version_cache_is_bounded, fresh_registry,
