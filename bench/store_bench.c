@@ -204,7 +204,8 @@ static int sweep(const char *url, long n)
         store_panel_free(&row);
     }
     int64_t t1 = clock_mono_us();
-    if (store_panels_lease_free(S, "here:2:f00d", "here:", &free_refs, &nfree, &err) != AP_OK)
+    if (store_panels_lease_free(S, "here:2:f00d", "here:", NULL, STORE_LEASE_PAGE_MAX, &free_refs,
+                                &nfree, &err) != AP_OK)
         goto fail;
     int64_t t2 = clock_mono_us();
     printf("%s sweep of %zu running panels (%zu under a live lease elsewhere): every panel read "

@@ -26,6 +26,7 @@
 
 #define MAP_BUCKETS 4096
 #define WRITER_BATCH 8192
+#define SWEEP_PAGE 256 /* lease candidates a sweep reads at a time */
 /* Items of one atomic group: a transition, its events, a checkpoint, and the messages of a
  * batch's answers held back for the checkpoint that journals them (hold_message). */
 #define GROUP_MAX (SCRIPT_MAX_ASKS + 8)
@@ -251,8 +252,10 @@ struct panel_engine {
     pthread_mutex_t lmu;
     pthread_cond_t lcond; /* on CLOCK_MONOTONIC */
     bool lstop;
-    bool adopt;      /* see panel_engine_opts */
-    size_t sweep_at; /* where the next sweep starts in the list of running panels */
+    bool adopt; /* see panel_engine_opts */
+    /* where the next sweep starts: after sweep_after when swept, else from the oldest */
+    store_lease_ref sweep_after;
+    bool swept;
 };
 
 static size_t bucket_hash(const char *id)
@@ -2589,7 +2592,7 @@ out:
     free(seen);
 }
 
-static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap_err *err);
+static ap_status sweep(panel_engine *e, size_t *started, ap_err *err);
 
 static void *leaser_main(void *arg)
 {
@@ -2615,7 +2618,7 @@ static void *leaser_main(void *arg)
         if (e->adopt && clock_mono_ms() >= next_sweep) {
             size_t n = 0;
             ap_err err = {0};
-            if (resume_running(e, true, &n, &err) != AP_OK)
+            if (sweep(e, &n, &err) != AP_OK)
                 log_warn("looking for panels to take over failed: %s", err.msg);
             else if (n > 0)
                 log_info("took over %zu running panel(s) whose process no longer held them", n);
@@ -3135,7 +3138,7 @@ ap_status panel_engine_execute(panel_engine *e, const char *tenant_id, const cha
     return launch(e, p, err);
 }
 
-/* panel_engine_resume; a sweep (see resume_running) leaves alone the panels under this
+/* panel_engine_resume; a sweep (see sweep) leaves alone the panels under this
  * engine's own lease: one that ends here is still running in the store until the writer has
  * stored its end, and taking it again would run its node again and pay for its answers twice. */
 static ap_status resume_one(panel_engine *e, const char *tenant_id, const char *panel_id,
@@ -3197,89 +3200,104 @@ ap_status panel_engine_resume(panel_engine *e, const char *tenant_id, const char
     return resume_one(e, tenant_id, panel_id, false, err);
 }
 
-/* The running panels a sweep may take over (caller frees *refs): the store's candidates, whose
- * lease is free or has run out or is held by another process of this host, less those whose
- * holder here is still alive. Found by one query, not by reading every running panel. */
-static ap_status sweep_candidates(panel_engine *e, store_panel_ref **refs, size_t *n, ap_err *err)
+/* Counts of one pass of resumes, for its one summary line. */
+typedef struct resume_tally {
+    size_t started, failed;
+    char first[AP_ERR_MSG_MAX + STORE_ID_MAX + 4]; /* the first failure */
+} resume_tally;
+
+/* Resumes one panel of a pass and counts the outcome. A sweep sums up those it could not run (a
+ * provider or script this process lacks: their lease runs out again at once) and is silent on
+ * those another process holds; the pass at start says why of each. */
+static void resume_counted(panel_engine *e, const char *tenant_id, const char *panel_id, bool sweep,
+                           resume_tally *t)
 {
-    store_lease_ref *all = NULL;
-    size_t count = 0, k = 0;
-    char prefix[LEASE_HOST_MAX + 2];
-    snprintf(prefix, sizeof prefix, "%s:", e->host);
-    *refs = NULL;
-    *n = 0;
-    ap_status rc = store_panels_lease_free(e->st, e->owner, prefix, &all, &count, err);
-    if (rc != AP_OK)
-        return rc;
-    store_panel_ref *out = calloc(count > 0 ? count : 1, sizeof *out);
-    if (out == NULL) {
-        free(all);
-        return ap_err_set(err, AP_NOMEM, "out of memory");
+    ap_err one = {0};
+    ap_status rc = resume_one(e, tenant_id, panel_id, sweep, &one);
+    if (rc == AP_OK) {
+        t->started++;
+    } else if (sweep && rc != AP_CONFLICT) {
+        if (t->failed++ == 0)
+            snprintf(t->first, sizeof t->first, "%s: %s", panel_id, one.msg);
+    } else if (!sweep) {
+        log_msg(rc == AP_CONFLICT ? LOG_LEVEL_INFO : LOG_LEVEL_WARN,
+                &(log_fields){.tenant_id = tenant_id, .panel_id = panel_id},
+                "not resuming panel: %s", one.msg);
     }
-    int64_t now = clock_wall_ms();
-    for (size_t i = 0; i < count; i++) {
-        const store_lease_ref *l = &all[i];
-        if (l->owner[0] != '\0' && l->expires_at > now && !lease_owner_gone(e, l->owner))
-            continue;
-        memcpy(out[k].tenant_id, l->tenant_id, STORE_ID_MAX);
-        memcpy(out[k].panel_id, l->panel_id, STORE_ID_MAX);
-        k++;
-    }
-    free(all);
-    *refs = out;
-    *n = k;
-    return AP_OK;
 }
 
-/* Resumes the store's running panels that no live process holds; *started gets how many. A
- * sweep skips the panels this engine runs or holds, says nothing of those another process
- * holds (the normal case with several nodes), sums up in one line those it could not run (a
- * provider or script this process lacks: their lease runs out again at once), and stops with
- * the engine. */
-static ap_status resume_running(panel_engine *e, bool sweep, size_t *started, ap_err *err)
+static void tally_log(const resume_tally *t)
+{
+    if (t->failed > 0)
+        log_warn("%zu running panel(s) whose lease ran out cannot run here (first: %s)", t->failed,
+                 t->first);
+}
+
+/* Resumes the store's running panels at start (panel_engine_resume_all). */
+static ap_status resume_running(panel_engine *e, size_t *started, ap_err *err)
 {
     store_panel_ref *refs = NULL;
-    size_t count = 0, failed = 0;
-    char first[AP_ERR_MSG_MAX + STORE_ID_MAX + 4] = "";
-    *started = 0;
-    ap_status rc = sweep ? sweep_candidates(e, &refs, &count, err)
-                         : store_panels_in_status(e->st, "running", &refs, &count, err);
-    /* A sweep runs on the leaser's thread: it gives way to the next renewal of this engine's
-     * own leases, and the next sweep goes on from where it stopped. */
-    int64_t until = clock_mono_ms() + e->lease_ms / 3;
-    size_t from = sweep && count > 0 ? e->sweep_at % count : 0;
-    for (size_t k = 0; rc == AP_OK && k < count; k++) {
-        size_t i = (from + k) % count;
-        if (sweep && (__atomic_load_n(&e->lstop, __ATOMIC_RELAXED) || clock_mono_ms() > until)) {
-            e->sweep_at = i;
-            break;
-        }
-        if (sweep && panel_engine_runs(e, refs[i].panel_id))
-            continue;
-        ap_err one = {0};
-        ap_status rc1 = resume_one(e, refs[i].tenant_id, refs[i].panel_id, sweep, &one);
-        if (rc1 == AP_OK) {
-            (*started)++;
-        } else if (sweep && rc1 != AP_CONFLICT) {
-            if (failed++ == 0)
-                snprintf(first, sizeof first, "%s: %s", refs[i].panel_id, one.msg);
-        } else if (!sweep) {
-            log_msg(rc1 == AP_CONFLICT ? LOG_LEVEL_INFO : LOG_LEVEL_WARN,
-                    &(log_fields){.tenant_id = refs[i].tenant_id, .panel_id = refs[i].panel_id},
-                    "not resuming panel: %s", one.msg);
-        }
-    }
-    if (failed > 0)
-        log_warn("%zu running panel(s) whose lease ran out cannot run here (first: %s)", failed,
-                 first);
+    size_t count = 0;
+    resume_tally t = {0};
+    ap_status rc = store_panels_in_status(e->st, "running", &refs, &count, err);
+    for (size_t i = 0; rc == AP_OK && i < count; i++)
+        resume_counted(e, refs[i].tenant_id, refs[i].panel_id, false, &t);
+    tally_log(&t);
     free(refs);
+    *started = t.started;
+    return rc;
+}
+
+/* One sweep: takes over the running panels that no live process holds, from the store's
+ * candidates (lease free, run out, or held by another process of this host whose holder here
+ * is gone), one page at a time after the last sweep's. A sweep runs on the leaser's thread: it
+ * gives way to the next renewal of this engine's own leases after a third of a lease period,
+ * and the next one goes on from where it stopped, so a backlog of orphans is read once, not
+ * once per sweep. It skips the panels this engine runs or holds: one that ends here is still
+ * running in the store until the writer has stored its end. *started gets how many. */
+static ap_status sweep(panel_engine *e, size_t *started, ap_err *err)
+{
+    char prefix[LEASE_HOST_MAX + 2];
+    snprintf(prefix, sizeof prefix, "%s:", e->host);
+    resume_tally t = {0};
+    int64_t until = clock_mono_ms() + e->lease_ms / 3;
+    ap_status rc = AP_OK;
+    bool more = true;
+    while (rc == AP_OK && more) {
+        store_lease_ref *page = NULL;
+        size_t n = 0, i = 0;
+        rc = store_panels_lease_free(e->st, e->owner, prefix, e->swept ? &e->sweep_after : NULL,
+                                     SWEEP_PAGE, &page, &n, err);
+        for (; rc == AP_OK && i < n; i++) {
+            if (__atomic_load_n(&e->lstop, __ATOMIC_RELAXED) || clock_mono_ms() > until)
+                break;
+            const store_lease_ref *l = &page[i];
+            bool held = l->owner[0] != '\0' && l->expires_at > clock_wall_ms() &&
+                        !lease_owner_gone(e, l->owner);
+            if (!held && !panel_engine_runs(e, l->panel_id))
+                resume_counted(e, l->tenant_id, l->panel_id, true, &t);
+        }
+        /* The next page starts after the last candidate looked at, or from the oldest again
+         * once the last page was read to its end. */
+        bool to_end = rc == AP_OK && i == n;
+        if (i > 0) {
+            e->sweep_after = page[i - 1];
+            e->swept = true;
+        }
+        if (to_end && n < SWEEP_PAGE)
+            e->swept = false;
+        more = to_end && n == SWEEP_PAGE;
+        free(page);
+    }
+    tally_log(&t);
+    *started = t.started;
     return rc;
 }
 
 ap_status panel_engine_resume_all(panel_engine *e, size_t *n, ap_err *err)
 {
     size_t started = 0;
-    ap_status rc = e->st != NULL ? resume_running(e, false, &started, err) : AP_OK;
+    ap_status rc = e->st != NULL ? resume_running(e, &started, err) : AP_OK;
     if (n != NULL)
         *n = started;
     return rc;

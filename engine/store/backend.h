@@ -103,9 +103,11 @@ typedef struct store_ops {
                               size_t *n_renewed, ap_err *err);
     ap_status (*leases_release)(void *impl, const char *owner, ap_err *err);
     /* The running panels whose lease is free or expired at now, or held by an owner beginning
-     * with host_prefix, other than owner's (see store_panels_lease_free; caller frees). */
+     * with host_prefix, other than owner's: up to limit after `after` (NULL: from the oldest),
+     * oldest first (see store_panels_lease_free; caller frees). */
     ap_status (*panels_lease_free)(void *impl, const char *owner, const char *host_prefix,
-                                   int64_t now, store_lease_ref **refs, size_t *n, ap_err *err);
+                                   int64_t now, const store_lease_ref *after, size_t limit,
+                                   store_lease_ref **refs, size_t *n, ap_err *err);
 
     ap_status (*events_append)(void *impl, const char *tenant_id, const store_event *events,
                                size_t n, ap_err *err);

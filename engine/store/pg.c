@@ -142,9 +142,9 @@ static const char *const sql_text[Q__COUNT] = {
                             "AND (created_at, id) < ($4::bigint, $5::uuid) "
                             "ORDER BY created_at DESC, id DESC LIMIT $3",
     [Q_PANELS_IN_STATUS] = "SELECT tenant_id, id FROM askpanel_panels_in_status($1)",
-    /* (004_lease_sweep.sql) */
-    [Q_PANELS_LEASE_FREE] = "SELECT tenant_id, id, lease_owner, lease_expires_at "
-                            "FROM askpanel_panels_lease_free($1, $2, $3)",
+    /* (005_lease_sweep_pages.sql) */
+    [Q_PANELS_LEASE_FREE] = "SELECT tenant_id, id, lease_owner, lease_expires_at, created_at "
+                            "FROM askpanel_panels_lease_free($1, $2, $3, $4, $5, $6)",
     /* The claim and, from the statement's snapshot, whether the panel exists: one round trip,
      * as the panel start that uses it is on the hot path. */
     [Q_PANEL_CLAIM] =
@@ -1392,12 +1392,17 @@ static ap_status pg_panels_in_status(void *impl, const char *status, store_panel
 }
 
 static ap_status pg_panels_lease_free(void *impl, const char *owner, const char *host_prefix,
-                                      int64_t now, store_lease_ref **refs, size_t *n, ap_err *err)
+                                      int64_t now, const store_lease_ref *after, size_t limit,
+                                      store_lease_ref **refs, size_t *n, ap_err *err)
 {
-    num at = i64(now);
+    num at = i64(now), max = i64((int64_t)limit);
+    num last = i64(after != NULL ? after->created_at : 0);
     PGresult *r;
-    ap_status rc = query1(impl, NULL, Q_PANELS_LEASE_FREE, 3,
-                          (const char *const[]){owner, host_prefix, at.s}, &r, err);
+    ap_status rc =
+        query1(impl, NULL, Q_PANELS_LEASE_FREE, 6,
+               (const char *const[]){owner, host_prefix, at.s, after != NULL ? last.s : NULL,
+                                     after != NULL ? after->panel_id : NULL, max.s},
+               &r, err);
     if (rc != AP_OK)
         return rc;
     int nt;
@@ -1410,6 +1415,7 @@ static ap_status pg_panels_lease_free(void *impl, const char *owner, const char 
         const char *o = val(r, i, 2);
         snprintf(out[i].owner, sizeof out[i].owner, "%s", o != NULL ? o : "");
         out[i].expires_at = o != NULL ? int_col(r, i, 3) : 0;
+        out[i].created_at = int_col(r, i, 4);
     }
     PQclear(r);
     *refs = out;

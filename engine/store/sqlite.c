@@ -145,9 +145,10 @@ static const char *const sql_text[ST__COUNT] = {
     [ST_PANELS_IN_STATUS] =
         "SELECT tenant_id, id FROM panels WHERE status = ? ORDER BY created_at, id",
     [ST_PANELS_LEASE_FREE] =
-        "SELECT tenant_id, id, lease_owner, lease_expires_at FROM panels WHERE status = 'running' "
-        "AND (lease_owner IS NULL OR (lease_owner <> ?1 AND (lease_expires_at <= ?3 "
-        "OR substr(lease_owner, 1, length(?2)) = ?2))) ORDER BY created_at, id",
+        "SELECT tenant_id, id, lease_owner, lease_expires_at, created_at FROM panels "
+        "WHERE status = 'running' AND (lease_owner IS NULL OR (lease_owner <> ?1 AND "
+        "(lease_expires_at <= ?3 OR substr(lease_owner, 1, length(?2)) = ?2))) "
+        "AND (?4 IS NULL OR (created_at, id) > (?4, ?5)) ORDER BY created_at, id LIMIT ?6",
     [ST_EVENT_INSERT] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?)",
     /* (the batch fences by lease: sq_write_batch) */
     [ST_EVENT_INSERT_NEW] = "INSERT INTO panel_events (" EVENT_COLS ") VALUES (?, ?, ?, ?, ?, ?) "
@@ -1251,7 +1252,8 @@ static ap_status sq_live_below(sq *q, const char *tenant_id, const char *id, int
 }
 
 static ap_status sq_panels_lease_free(void *impl, const char *owner, const char *host_prefix,
-                                      int64_t now, store_lease_ref **refs, size_t *n, ap_err *err)
+                                      int64_t now, const store_lease_ref *after, size_t limit,
+                                      store_lease_ref **refs, size_t *n, ap_err *err)
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
@@ -1263,6 +1265,14 @@ static ap_status sq_panels_lease_free(void *impl, const char *owner, const char 
         bind_text(st, 1, owner);
         bind_text(st, 2, host_prefix);
         sqlite3_bind_int64(st, 3, now);
+        if (after != NULL) {
+            sqlite3_bind_int64(st, 4, after->created_at);
+            bind_text(st, 5, after->panel_id);
+        } else {
+            sqlite3_bind_null(st, 4);
+            sqlite3_bind_null(st, 5);
+        }
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)limit);
         int s;
         while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
             if (got == cap) {
@@ -1279,6 +1289,7 @@ static ap_status sq_panels_lease_free(void *impl, const char *owner, const char 
             const char *o = (const char *)sqlite3_column_text(st, 2);
             snprintf(r->owner, sizeof r->owner, "%s", o != NULL ? o : "");
             r->expires_at = o != NULL ? sqlite3_column_int64(st, 3) : 0;
+            r->created_at = sqlite3_column_int64(st, 4);
         }
         if (rc == AP_OK && s != SQLITE_DONE)
             rc = sq_error(q, s, err);

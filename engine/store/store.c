@@ -1049,6 +1049,7 @@ ap_status store_panel_leases_release(store *s, const char *owner, ap_err *err)
 }
 
 ap_status store_panels_lease_free(store *s, const char *owner, const char *host_prefix,
+                                  const store_lease_ref *after, size_t limit,
                                   store_lease_ref **refs, size_t *n, ap_err *err)
 {
     *refs = NULL;
@@ -1056,9 +1057,18 @@ ap_status store_panels_lease_free(store *s, const char *owner, const char *host_
     ap_status rc = check_owner(owner, "lease owner", true, err);
     if (rc == AP_OK)
         rc = check_owner(host_prefix, "lease host prefix", true, err);
-    return rc == AP_OK ? s->ops->panels_lease_free(s->impl, owner, host_prefix, clock_wall_ms(),
-                                                   refs, n, err)
-                       : rc;
+    if (rc == AP_OK && (limit == 0 || limit > STORE_LEASE_PAGE_MAX))
+        rc = ap_err_set(err, AP_INVALID, "a page of lease candidates holds 1 to %d panels",
+                        STORE_LEASE_PAGE_MAX);
+    store_lease_ref last = {0};
+    if (rc == AP_OK && after != NULL) {
+        rc = norm_uuid(after->panel_id, last.panel_id, "the page's last panel id", err);
+        last.created_at = after->created_at;
+    }
+    return rc == AP_OK
+               ? s->ops->panels_lease_free(s->impl, owner, host_prefix, clock_wall_ms(),
+                                           after != NULL ? &last : NULL, limit, refs, n, err)
+               : rc;
 }
 
 /* ---- events ----------------------------------------------------------------------------- */

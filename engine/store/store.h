@@ -256,14 +256,19 @@ typedef struct store_lease_ref {
     char panel_id[STORE_ID_MAX];
     char owner[STORE_LEASE_OWNER_MAX];
     int64_t expires_at;
+    int64_t created_at; /* the panel's: with panel_id, where the next page starts */
 } store_lease_ref;
+
+#define STORE_LEASE_PAGE_MAX 10000 /* most candidates in one store_panels_lease_free page */
 
 /* Operator scope (all tenants): the running panels that owner might take over, oldest first:
  * those whose lease is free or has run out, and those held by an owner that begins with
  * host_prefix (another process of owner's host, which may be gone: the caller checks), never
- * owner's own. A sweep for orphaned panels reads these, not every running panel of the
- * cluster. Caller frees *refs with free(). */
+ * owner's own. One page of at most limit (1..STORE_LEASE_PAGE_MAX), after the candidate
+ * `after` (borrowed; NULL: from the oldest): a sweep for orphaned panels reads these, a page
+ * at a time, not every running panel of the cluster. Caller frees *refs with free(). */
 ap_status store_panels_lease_free(store *s, const char *owner, const char *host_prefix,
+                                  const store_lease_ref *after, size_t limit,
                                   store_lease_ref **refs, size_t *n, ap_err *err);
 
 /* ---- events -------------------------------------------------------------------------- */

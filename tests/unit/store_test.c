@@ -2026,7 +2026,7 @@ static void test_panels_lease_free(void **state)
 
     store_lease_ref *refs = NULL;
     size_t n = 0;
-    OK(store_panels_lease_free(S, me, "here:", &refs, &n, E));
+    OK(store_panels_lease_free(S, me, "here:", NULL, STORE_LEASE_PAGE_MAX, &refs, &n, E));
     assert_null(lease_ref_of(refs, n, live.id)); /* another host's live lease */
     assert_null(lease_ref_of(refs, n, mine.id)); /* its own, even run out */
     assert_null(lease_ref_of(refs, n, idle.id)); /* not running */
@@ -2049,16 +2049,47 @@ static void test_panels_lease_free(void **state)
     free(refs);
 
     /* From the other host's side: its own are out, this host's expired one is in. */
-    OK(store_panels_lease_free(S, remote, "there:", &refs, &n, E));
+    OK(store_panels_lease_free(S, remote, "there:", NULL, STORE_LEASE_PAGE_MAX, &refs, &n, E));
     assert_null(lease_ref_of(refs, n, live.id));
     assert_null(lease_ref_of(refs, n, expired.id));
     assert_null(lease_ref_of(refs, n, near.id));
     assert_non_null(lease_ref_of(refs, n, mine.id));
     free(refs);
 
-    IS(AP_INVALID, store_panels_lease_free(S, "", "here:", &refs, &n, E));
+    /* Page by page: the same candidates in the same order, each once. */
+    OK(store_panels_lease_free(S, me, "here:", NULL, STORE_LEASE_PAGE_MAX, &refs, &n, E));
+    assert_true(n >= 4);
+    size_t seen = 0;
+    store_lease_ref last = {0};
+    for (bool more = true; more;) {
+        store_lease_ref *page = NULL;
+        size_t got = 0;
+        OK(store_panels_lease_free(S, me, "here:", seen > 0 ? &last : NULL, 2, &page, &got, E));
+        assert_true(got <= 2 && seen + got <= n);
+        for (size_t i = 0; i < got; i++) {
+            assert_string_equal(page[i].panel_id, refs[seen + i].panel_id);
+            assert_int_equal(page[i].created_at, refs[seen + i].created_at);
+        }
+        seen += got;
+        if (got > 0)
+            last = page[got - 1];
+        more = got == 2;
+        free(page);
+    }
+    assert_int_equal(seen, n);
+    for (size_t i = 1; i < n; i++)
+        assert_true(refs[i - 1].created_at <= refs[i].created_at);
+    free(refs);
+
+    IS(AP_INVALID, store_panels_lease_free(S, "", "here:", NULL, 10, &refs, &n, E));
     assert_null(refs);
-    IS(AP_INVALID, store_panels_lease_free(S, me, NULL, &refs, &n, E));
+    IS(AP_INVALID, store_panels_lease_free(S, me, NULL, NULL, 10, &refs, &n, E));
+    IS(AP_INVALID, store_panels_lease_free(S, me, "here:", NULL, 0, &refs, &n, E));
+    IS(AP_INVALID,
+       store_panels_lease_free(S, me, "here:", NULL, STORE_LEASE_PAGE_MAX + 1, &refs, &n, E));
+    snprintf(last.panel_id, sizeof last.panel_id, "%s", "not-a-panel-id");
+    IS(AP_INVALID, store_panels_lease_free(S, me, "here:", &last, 10, &refs, &n, E));
+    assert_null(refs);
     OK(store_panel_transition(S, A, live.id, running, 1, "cancelled", NULL, NULL, E));
     store_panel_free(&live);
     store_panel_free(&expired);
