@@ -1419,6 +1419,17 @@ static const char *const live_statuses[] = {"running", "awaiting_input", "queued
 
 static void release_held(prun *p);
 
+/* Numbers a panel's end after all its stored events. A replay numbers the events of the node
+ * it re-runs as the run before did, and prun_emit drops those the store has; but a panel's end
+ * is never among them (a panel whose end is stored has ended and is not resumed), and a replay
+ * can end sooner than the run it replays (a lower limit, a wall-clock budget): numbered at the
+ * replay's cursor, its end would be taken for a stored event and lost. */
+static void prun_end_after_stored(prun *p)
+{
+    if (p->next_seq <= p->stored_seq)
+        p->next_seq = p->stored_seq + 1;
+}
+
 static void prun_fail(prun *p, const char *msg)
 {
     log_msg(LOG_LEVEL_WARN, &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
@@ -1431,6 +1442,7 @@ static void prun_fail(prun *p, const char *msg)
      * panel's writes only from the lease's holder (the group commits as one in any order). */
     prun_group_begin(p);
     release_held(p); /* the answers that came, shown before the end */
+    prun_end_after_stored(p);
     prun_emit_status(p, "failed");
     if (data != NULL)
         prun_emit(p, "panel.failed", data, true, NULL);
@@ -1452,6 +1464,7 @@ static void prun_complete(prun *p, const char *result)
     /* the checkpoint and events before the status change, which gives the lease up (see
      * prun_fail) */
     prun_group_begin(p);
+    prun_end_after_stored(p);
     prun_checkpoint(p, NULL, state != NULL ? state : p->node_state,
                     p->next_seq - 1 + (data != NULL ? 2 : 1)); /* with the two events below */
     prun_emit_status(p, "completed");
@@ -2338,6 +2351,7 @@ static void run_cmd(llm_loop *loop, void *ud)
         if (c->kind == CMD_CANCEL) {
             prun_group_begin(p); /* the event first (see prun_fail) */
             release_held(p);
+            prun_end_after_stored(p);
             prun_emit_status(p, "cancelled");
             prun_transition(p, live_statuses, 4, "cancelled", NULL, NULL);
             prun_group_end(p);

@@ -313,11 +313,46 @@ static int answer_if_waiting(panel_session *s, const char *panel_id, int64_t *la
     return outcome != FOLLOW_GO_ON ? outcome : answer_input(s, panel_id, in, out, json, diag);
 }
 
+/* The panel's end as the store has it, for an end that does not reach this session's
+ * subscription: the panel was cancelled or finished by another process (whose events are not
+ * published here), or ended in a store whose end events are missing. Prints the stored events
+ * after *last; returns an exit status once the panel has ended, else FOLLOW_GO_ON. */
+static int stored_end(panel_session *s, const char *panel_id, int64_t *last, bool json, FILE *out,
+                      FILE *diag)
+{
+    store_panel row = {0};
+    ap_err err = {0};
+    int outcome = FOLLOW_GO_ON;
+    if (store_panel_get(s->st, s->tenant_id, panel_id, &row, &err) != AP_OK)
+        goto out;
+    bool completed = strcmp(row.status, "completed") == 0;
+    bool failed = strcmp(row.status, "failed") == 0;
+    if (!completed && !failed && strcmp(row.status, "cancelled") != 0)
+        goto out;
+    /* its end events, if any, were committed with the status */
+    outcome = print_stored(s, panel_id, last, json, out, diag);
+    if (outcome != FOLLOW_GO_ON || completed) {
+        outcome = outcome != FOLLOW_GO_ON ? outcome : PANEL_EXIT_COMPLETED;
+        goto out;
+    }
+    if (diag != NULL && failed)
+        fprintf(diag, "askpanel: panel failed: %s\n",
+                row.error != NULL ? row.error : "(no reason stored)");
+    else if (diag != NULL)
+        fprintf(diag, "askpanel: panel cancelled\n");
+    outcome = PANEL_EXIT_FAILED;
+out:
+    store_panel_free(&row);
+    return outcome;
+}
+
 int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id, int64_t after_seq,
                          bool json, FILE *in, FILE *out, FILE *diag)
 {
     int64_t last = after_seq;
     int outcome = print_stored(s, panel_id, &last, json, out, diag);
+    if (outcome == FOLLOW_GO_ON)
+        outcome = stored_end(s, panel_id, &last, json, out, diag);
     if (outcome == FOLLOW_GO_ON)
         outcome = answer_if_waiting(s, panel_id, &last, in, out, json, diag);
     if (outcome != FOLLOW_GO_ON)
@@ -347,8 +382,12 @@ int panel_session_follow(panel_session *s, panel_sub *sub, const char *panel_id,
                 return outcome;
             continue;
         }
-        if (r == 0)
+        if (r == 0) {
+            /* a quiet second: the panel may have ended where this session cannot hear it */
+            if ((outcome = stored_end(s, panel_id, &last, json, out, diag)) != FOLLOW_GO_ON)
+                return outcome;
             continue;
+        }
         if (ev.seq > 0 && ev.seq <= last) {
             panel_event_clear(&ev);
             continue;

@@ -1033,6 +1033,62 @@ static void test_resume_replays_journal(void **state)
     free(got);
 }
 
+/* A replay that ends sooner than the run it replays still stores its end: here the node's
+ * three events were stored before the stop, and the restarted engine's lower instruction
+ * budget fails the node before it emits them again. Numbered at the replay's cursor, the end
+ * took the seqs of the stored events and was dropped as one of them (review: the panel was
+ * failed in its row, its events ended at step.three, and `askpanel resume` waited forever). */
+static void test_replay_that_fails_sooner_stores_its_end(void **state)
+{
+    (void)state;
+    write_file("failre.lua", "return { name = 'failre', start = 'a', nodes = { a = function(ctx)\n"
+                             "  local x = 0\n"
+                             "  for i = 1, 200000 do x = x + i end\n"
+                             "  ctx:emit('step.one', { x = x }); ctx:emit('step.two', {})\n"
+                             "  ctx:emit('step.three', {})\n"
+                             "  ctx:ask(ctx.experts[1], 'a slow question')\n"
+                             "  return ctx:done({ ok = true })\n"
+                             "end } }\n");
+    panel_engine *e = start_engine(5000);
+    char id[STORE_ID_MAX];
+    panel_sub *sub = start_panel(e, "failre", NULL, id);
+    free(wait_for(sub, "step.three", 3000));
+    panel_engine_unsubscribe(e, sub);
+    usleep(200 * 1000); /* the writer stores the three events */
+    panel_engine_stop(e);
+    int stored = stored_of_type(id, "step.three");
+    assert_int_equal(stored, 1);
+    ap_err err = {0};
+    assert_int_equal(config_set(&cfg, "runtime.node_instructions", "100000", "test", &err), AP_OK);
+    e = start_engine(0);
+    assert_int_equal(panel_engine_subscribe(e, tenant, id, 4096, NULL, NULL, &sub, &err), AP_OK);
+    size_t n = 0;
+    assert_int_equal(panel_engine_resume_all(e, &n, &err), AP_OK);
+    assert_int_equal(n, 1);
+    char *why = wait_for(sub, "panel.failed", 5000);
+    assert_non_null(strstr(why, "instruction"));
+    free(why);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    assert_int_equal(config_set(&cfg, "runtime.node_instructions", "200000000", "test", &err),
+                     AP_OK);
+    /* gapless, the node's events once, and the end after them */
+    store_event *rows = NULL;
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    assert_true(n >= 6);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(rows[i].seq, (int64_t)i + 1);
+    assert_string_equal(rows[n - 3].type, "step.three");
+    assert_string_equal(rows[n - 2].type, "panel.status");
+    assert_non_null(strstr(rows[n - 2].data, "failed"));
+    assert_string_equal(rows[n - 1].type, "panel.failed");
+    store_events_free(rows, n);
+    store_panel row = {0};
+    assert_int_equal(store_panel_get(st, tenant, id, &row, &err), AP_OK);
+    assert_string_equal(row.status, "failed");
+    store_panel_free(&row);
+}
+
 /* The tenant's usage rows of all time, of one model or (NULL) of all. Tests count them
  * before and after: a row carries the millisecond of the writer's batch, which the last row of
  * the test before can share with a "since" taken just after it (CI counted 21 rows for 20). */
@@ -1794,6 +1850,7 @@ int main(void)
         cmocka_unit_test(test_node_budget),
         cmocka_unit_test(test_state_between_nodes_is_the_checkpoint),
         cmocka_unit_test(test_resume_replays_journal),
+        cmocka_unit_test(test_replay_that_fails_sooner_stores_its_end),
         cmocka_unit_test(test_checkpoints_fit_the_store),
         cmocka_unit_test(test_consensus_pin_is_stored_first),
         cmocka_unit_test(test_held_messages_fit_a_group),
