@@ -98,6 +98,10 @@ static int parse(int argc, char **argv, run_args *a, cli_common *common)
     }
     if (a->strategy == NULL || a->question == NULL)
         return cli_usage_error("run: --strategy and --question are required");
+    /* the store accounts usage per model name: one it would refuse is run and never billed */
+    if (a->model != NULL && (a->model[0] == '\0' || strlen(a->model) > SCRIPT_MODEL_NAME_MAX))
+        return cli_usage_error("run: --model needs a model name of 1 to %d bytes",
+                               SCRIPT_MODEL_NAME_MAX);
     return 0;
 }
 
@@ -132,6 +136,14 @@ static ap_status create_panel(panel_session *s, const run_args *a, const char *e
                                  err);
     if (rc == AP_OK)
         rc = script_params_apply(en.info.params_json, params, &applied, err);
+    if (rc == AP_OK && a->consensus != NULL) {
+        /* as the API does: an algorithm that does not exist is refused before any panel
+         * exists, not when the strategy first asks for it, after a paid round */
+        script_entry c = {0};
+        rc = panel_engine_resolve_script(s->st, s->reg, s->tenant_id, "cli", SCRIPT_CONSENSUS,
+                                         a->consensus, &c, err);
+        script_entry_free(&c);
+    }
     if (rc != AP_OK)
         goto out;
     store_script sc = {.kind = STORE_SCRIPT_STRATEGY,

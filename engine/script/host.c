@@ -16,7 +16,6 @@
 
 #define MAX_EXPERTS 256 /* in a panel's roster, as many as one ask_all reaches */
 #define MAX_EXPERT_ID 128
-#define MAX_MODEL_NAME 200 /* the store's bound on a usage row's model */
 #define MAX_PROMPT (512 * 1024)
 #define MAX_BATCH_TEXT (16 * 1024 * 1024)
 #define MAX_EVENT_DATA (256 * 1024)
@@ -885,9 +884,14 @@ static ap_status check_roster(const script_panel *sp, ap_err *err)
                               MAX_EXPERT_ID);
         /* The store records usage per model name: a longer one would be run and never
          * accounted. */
-        if (model != NULL && strlen(model) > MAX_MODEL_NAME)
+        if (model != NULL && model[0] == '\0')
+            return ap_err_set(err, AP_INVALID,
+                              "expert '%s': empty model name (leave it out for "
+                              "the panel's model)",
+                              id);
+        if (model != NULL && strlen(model) > SCRIPT_MODEL_NAME_MAX)
             return ap_err_set(err, AP_INVALID, "expert '%s': model name longer than %d bytes", id,
-                              MAX_MODEL_NAME);
+                              SCRIPT_MODEL_NAME_MAX);
         for (size_t j = 0; j < i; j++)
             if (strcmp(sp->experts[j].id, id) == 0)
                 return ap_err_set(err, AP_INVALID, "expert id '%s' appears twice in the roster",

@@ -91,8 +91,11 @@ ap_status script_panel_new(const script_limits *lim, const script_host *host, co
                            const char *source, size_t len, const script_inputs *in,
                            script_panel **out, ap_err *err);
 
+#define SCRIPT_MODEL_NAME_MAX 200 /* the store's bound on a usage row's model name */
+
 /* Checks a roster (a JSON array of experts) as a panel's start would: every expert has an
- * id, ids are unique and short, at most the maximum of experts. Borrowed. */
+ * id, ids are unique and short, model names fit the store, at most the maximum of experts.
+ * Borrowed. */
 ap_status script_roster_check(const char *experts_json, ap_err *err);
 
 /* Frees the state; sp may be NULL. */
