@@ -1157,9 +1157,29 @@ static char repeat_kind(const pitem *it, const char *q, const char *pend)
  * each, the product of what every repeated item may try (its longest run in s); or, when
  * more, the tests of the items, each counted as often as the repeats before it let the
  * matcher reach it (a long literal after a repeat is compared again at every step of its
- * backtracking). The guard's own work (a scan of s per repeated item) is bounded by
- * PATTERN_MAX_REPEATS, and a [set], which every character test reads whole, by
- * PATTERN_MAX_SET. A malformed pattern costs INFINITY, with *malformed set to Lua's message. */
+ * backtracking). The guard's own work, a scan of s per repeated item in which every test reads
+ * the item whole (a [set] of up to PATTERN_MAX_SET bytes), is counted in *scanned before it is
+ * done and stays within PATTERN_MAX_COST: a pattern whose estimate would cost more is refused
+ * unestimated (review: 32 repeated 1,000-byte sets over 1 MiB made the estimate itself run for
+ * 52 s). A malformed pattern costs INFINITY, with *malformed set to Lua's message. */
+/* The subject bytes the guard may still test against an item of width bytes. */
+static size_t scan_left(int64_t scanned, size_t width)
+{
+    double left = (PATTERN_MAX_COST - (double)scanned) / (double)width;
+    return left > 0 ? (size_t)left : 0;
+}
+
+/* Counts a scan of n subject bytes testing an item of width bytes against each into *scanned;
+ * false (nothing counted) when that would take the guard's own work past PATTERN_MAX_COST. */
+static bool scan_allowed(int64_t *scanned, size_t n, size_t width)
+{
+    double work = (double)n * (double)width;
+    if ((double)*scanned + work > PATTERN_MAX_COST)
+        return false;
+    *scanned += (int64_t)work;
+    return true;
+}
+
 static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bool scan_all,
                            int64_t *scanned, const char **malformed)
 {
@@ -1173,7 +1193,7 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         p++;
     else
         cost = (double)n + 1;
-    while (p < pend && cost <= PATTERN_MAX_COST) {
+    while (p < pend && cost <= PATTERN_MAX_COST && tests <= PATTERN_MAX_COST) {
         if (repeats > PATTERN_MAX_REPEATS)
             return INFINITY;
         if (*p == '(' || *p == ')') {
@@ -1188,8 +1208,9 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
                 return INFINITY;
             }
             tests += cost * 4;
+            if (!scan_allowed(scanned, n, 1))
+                return INFINITY;
             cost *= count_char(s, n, p[2]) + 1;
-            *scanned += (int64_t)n;
             repeats++;
             first = false;
             p += 4;
@@ -1231,9 +1252,21 @@ static double pattern_cost(const char *p, size_t pl, const char *s, size_t n, bo
         if (p < pend && (*p == '*' || *p == '-' || *p == '+')) {
             char kind = repeat_kind(&it, p + 1, pend);
             if (kind != 'l') {
-                /* anchored, the first item can only match where the subject starts */
-                double run = anchored && first ? run_at_start(&it, s, n) : longest_run(&it, s, n);
-                *scanned += *it.p == '.' || (anchored && first) ? 0 : (int64_t)n;
+                size_t width = (size_t)(it.ep - it.p);
+                double run;
+                if (anchored && first) {
+                    /* anchored, the first item can only match where the subject starts: its
+                     * run is what the scan reads, at most what the guard may still read */
+                    size_t cap = scan_left(*scanned, width);
+                    run = run_at_start(&it, s, n < cap ? n : cap);
+                    if (run >= (double)cap && cap < n)
+                        return INFINITY;
+                    *scanned += (int64_t)((run + 1) * (double)width);
+                } else if (*it.p != '.' && !scan_allowed(scanned, n, width)) {
+                    return INFINITY;
+                } else {
+                    run = longest_run(&it, s, n);
+                }
                 if (kind == 'f')
                     added += run;
                 else
