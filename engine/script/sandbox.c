@@ -1422,6 +1422,86 @@ static void charge_shift(lua_State *L, lua_Unsigned steps)
     script_vm_charge(L, (int64_t)(steps < most ? steps : most));
 }
 
+#define CHAIN_MAX 2000 /* Lua's own limit on an __index or __newindex chain (MAXTAGLOOP) */
+
+/* The tables one access to the value at idx may pass through: its __index or __newindex chain
+ * of tables, whichever is longer. Lua follows such a chain in C, with no call and so no hook:
+ * a C loop of n accesses (table.move, unpack, concat, sort, the shifts of insert and remove)
+ * costs n times the chain (review: a 1,990-table chain made one table.move run for 8 minutes
+ * on a 1 s budget). A function at the end of a chain is a call, which the hook sees. */
+static lua_Unsigned chain_hops(lua_State *L, int idx)
+{
+    static const char *const fields[] = {"__index", "__newindex"};
+    lua_Unsigned most = 0;
+    idx = lua_absindex(L, idx);
+    for (int f = 0; f < 2; f++) {
+        int top = lua_gettop(L);
+        lua_Unsigned hops = 0;
+        lua_pushvalue(L, idx);
+        while (hops < CHAIN_MAX && lua_getmetatable(L, -1)) {
+            lua_pushstring(L, fields[f]);
+            if (lua_rawget(L, -2) != LUA_TTABLE)
+                break;
+            lua_replace(L, -3);
+            lua_pop(L, 1);
+            hops++;
+        }
+        lua_settop(L, top);
+        if (hops > most)
+            most = hops;
+    }
+    return most;
+}
+
+/* Charges n accesses to tables whose chains are hops long: the hops only, as the accesses
+ * themselves were always free. */
+static void charge_hops(lua_State *L, lua_Unsigned n, lua_Unsigned hops)
+{
+    if (hops == 0 || n == 0)
+        return;
+    lua_Unsigned most = (lua_Unsigned)(INT64_MAX / 4);
+    charge_shift(L, n > most / hops ? most : n * hops);
+}
+
+/* The elements i..j of a range given as optional arguments ai and aj of the table at 1 (j
+ * defaulting to #t), charged at its chain. With a chain, an omitted j is read here once and
+ * handed to the original, so that a __len cannot answer the charge with less than the loop. */
+static void charge_range(lua_State *L, int ai, int aj)
+{
+    lua_Unsigned hops = chain_hops(L, 1);
+    if (hops == 0)
+        return;
+    lua_Integer i = luaL_optinteger(L, ai, 1);
+    lua_Integer j;
+    if (lua_isnoneornil(L, aj)) {
+        j = luaL_len(L, 1);
+        if (lua_gettop(L) < aj)
+            lua_settop(L, aj);
+        lua_pushinteger(L, j);
+        lua_replace(L, aj);
+    } else {
+        j = luaL_checkinteger(L, aj);
+    }
+    if (i <= j)
+        charge_hops(L, (lua_Unsigned)j - (lua_Unsigned)i + 1, hops);
+}
+
+static int guarded_unpack(lua_State *L)
+{
+    charge_range(L, 2, 3);
+    return call_original(L);
+}
+
+static int guarded_concat(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TTABLE) {
+        if (lua_isnone(L, 2))
+            lua_pushliteral(L, "");
+        charge_range(L, 3, 4);
+    }
+    return call_original(L);
+}
+
 static int sb_table_insert(lua_State *L)
 {
     int nargs = lua_gettop(L);
@@ -1436,8 +1516,10 @@ static int sb_table_insert(lua_State *L)
     case 3:
         pos = luaL_checkinteger(L, 2);
         luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
-        if (e > pos) /* a negative #t passes the check above and shifts nothing */
+        if (e > pos) { /* a negative #t passes the check above and shifts nothing */
             charge_shift(L, (lua_Unsigned)e - (lua_Unsigned)pos);
+            charge_hops(L, 2 * ((lua_Unsigned)e - (lua_Unsigned)pos), chain_hops(L, 1));
+        }
         for (lua_Integer i = e; i > pos; i--) {
             lua_geti(L, 1, i - 1);
             lua_seti(L, 1, i);
@@ -1457,8 +1539,10 @@ static int sb_table_remove(lua_State *L)
     lua_Integer pos = luaL_optinteger(L, 2, size);
     if (pos != size)
         luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
-    if (pos < size)
+    if (pos < size) {
         charge_shift(L, (lua_Unsigned)size - (lua_Unsigned)pos);
+        charge_hops(L, 2 * ((lua_Unsigned)size - (lua_Unsigned)pos), chain_hops(L, 1));
+    }
     lua_geti(L, 1, pos);
     for (; pos < size; pos++) {
         lua_geti(L, 1, pos + 1);
@@ -1475,6 +1559,9 @@ static int guarded_table_move(lua_State *L)
     lua_Integer e = luaL_checkinteger(L, 3);
     if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= TABLE_MOVE_MAX)
         return luaL_error(L, "table.move: range of more than %d elements", TABLE_MOVE_MAX);
+    if (e >= f)
+        charge_hops(L, (lua_Unsigned)e - (lua_Unsigned)f + 1,
+                    chain_hops(L, 1) + chain_hops(L, lua_isnoneornil(L, 5) ? 1 : 5));
     return call_original(L);
 }
 
@@ -1489,6 +1576,20 @@ static int sort_less(lua_State *L)
 
 static int guarded_sort(lua_State *L)
 {
+    lua_Unsigned hops = lua_type(L, 1) == LUA_TTABLE ? chain_hops(L, 1) : 0;
+    if (hops > 0) {
+        /* its reads and writes, about 2 n log2 n; counted from the length sort will read,
+         * which a __len could answer differently the second time */
+        if (luaL_getmetafield(L, 1, "__len") != LUA_TNIL)
+            return luaL_error(L, "table.sort: cannot sort a table with both __len and an "
+                                 "__index or __newindex table");
+        lua_Unsigned n = (lua_Unsigned)lua_rawlen(L, 1), log2n = 1;
+        for (lua_Unsigned k = n; k > 1; k >>= 1)
+            log2n++;
+        charge_hops(
+            L, n > (lua_Unsigned)INT64_MAX / (2 * log2n) ? (lua_Unsigned)INT64_MAX : 2 * n * log2n,
+            hops);
+    }
     if (lua_isnoneornil(L, 2)) {
         lua_settop(L, 1);
         lua_pushcfunction(L, sort_less);
@@ -1674,7 +1775,8 @@ static int push_env(lua_State *L)
     lua_pop(L, 1);
 
     int tab = open_lib(L, luaopen_table);
-    wrap_field(L, tab, "concat", call_original);
+    wrap_field(L, tab, "concat", guarded_concat);
+    wrap_field(L, tab, "unpack", guarded_unpack);
     wrap_field(L, tab, "move", guarded_table_move);
     wrap_field(L, tab, "sort", guarded_sort);
     lua_pushcfunction(L, sb_table_insert);

@@ -561,6 +561,37 @@ static void test_long_c_loops(void **state)
                 "assert(select(2, pcall(table.insert, 1, 2)):find('table expected'))\n"
                 "local neg = setmetatable({}, { __len = function() return -5 end })\n"
                 "table.insert(neg, 1, 'x') assert(rawget(neg, 1) == 'x')");
+    /* A table reached through a chain of __index or __newindex tables costs every access the
+     * whole chain, in C where no hook runs (review: table.move over a 1,990-table chain ran
+     * for 8 minutes on a 1 s budget): the table functions charge the chain. */
+    static const char chain[] = "local proxy = {} local cur = proxy\n"
+                                "for i = 1, 1990 do local nxt = {} setmetatable(cur, "
+                                "{ __index = nxt, __newindex = nxt }) cur = nxt end\n";
+    char body[1024];
+    static const char *const walks[] = {
+        "table.move(proxy, 1, 16777215, 1, {})",
+        "table.move({}, 1, 16777215, 1, proxy)",
+        "local n = select('#', table.unpack(proxy, 1, 999000))",
+        "for i = 1, 200000 do rawset(cur, i, 'x') end local s = table.concat(proxy, '', 1, 200000)",
+        "local p = setmetatable({}, { __index = proxy, __newindex = proxy,\n"
+        "  __len = function() return 100000 end }) table.insert(p, 1, 'x')",
+        "local p = setmetatable({}, { __index = proxy, __newindex = proxy,\n"
+        "  __len = function() return 100000 end }) table.remove(p, 1)",
+    };
+    for (size_t i = 0; i < sizeof walks / sizeof walks[0]; i++) {
+        snprintf(body, sizeof body, "%s%s", chain, walks[i]);
+        expect_fail(body, "instruction budget exceeded");
+    }
+    expect_fail("local p = setmetatable({}, { __index = {}, __len = function() return 5 end })\n"
+                "table.sort(p)",
+                "cannot sort a table with both __len and an __index or __newindex table");
+    /* short chains on small tables cost what they did */
+    expect_done("local base = { 1, 2, 3 } local p = setmetatable({}, { __index = base })\n"
+                "assert(select('#', table.unpack(p, 1, 3)) == 3 and table.concat(p, ',', 1, 3) "
+                "== '1,2,3')\n"
+                "local t = table.move(p, 1, 3, 1, {}) assert(t[3] == 3)\n"
+                "assert(table.concat({ 'a', 'b' }) == 'ab' and select('#', table.unpack({ 1, 2 })) "
+                "== 2)");
     /* Plain searches are linear, whatever the needle repeats. */
     expect_done("local s = ('a'):rep(3000000)\n"
                 "assert(s:find(('a'):rep(1000000) .. 'b', 1, true) == nil)\n"
