@@ -96,6 +96,10 @@ static const char strlib_key = 's';
 static const char rand_key = 'r';
 static const char lib_meta_key = 'm'; /* metatable of the per-chunk `panel` proxies */
 static const char lib_key = 'l';      /* the library table, once loaded */
+/* The metamethods in force of a script's metatable (see sb_setmetatable): weak-valued
+ * original -> in-force table, and the key under which an in-force table holds its original. */
+static const char in_force_key = 'f';
+static const char original_key = 'o';
 /* The limit messages, prebuilt (a trip must not need memory), indexed by enum trip. One
  * table, not a reference each: every luaL_ref grew and rehashed the registry. */
 static const char trip_key = 't';
@@ -831,23 +835,110 @@ static int sb_load(lua_State *L)
     return 1;
 }
 
+/* ---- metatables ---------------------------------------------------------------------------
+ * A table's metatable in force is not the script's table but a copy of its metamethods (its
+ * "__" fields), taken when setmetatable is called, that no script can reach: getmetatable
+ * answers the script's own table, and methods stay there, found through __index. Lua reads
+ * __mode at every collection, so a metatable a script could still write to could turn a table
+ * with weak keys later, and weak keys (ephemerons) make a collection's one uninterruptible
+ * step quadratic: 120,000 of them, chained, held a runner for six minutes on a 1 s budget
+ * (review). In force, __mode may make values weak but never keys, and __gc is refused
+ * (finalizers would run outside any budget). Copies of an unchanged metatable are shared. */
+
+/* Whether the in-force table at idx holds exactly the metamethods of the one at mt (n of
+ * them, counted by the caller). */
+static bool same_metamethods(lua_State *L, int idx, int mt, int n)
+{
+    int have = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            continue;
+        have++;
+        lua_pushvalue(L, -1);
+        lua_rawget(L, idx);
+        lua_pushvalue(L, -2);
+        lua_rawget(L, mt);
+        bool same = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (!same) {
+            lua_pop(L, 1);
+            return false;
+        }
+    }
+    return have == n;
+}
+
+/* Pushes the in-force table for the script's metatable at mt (an absolute index). */
+static void push_in_force(lua_State *L, int mt)
+{
+    int n = 0;
+    lua_createtable(L, 0, 4);
+    int copy = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, mt) != 0) {
+        size_t len;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
+        if (k == NULL || len < 2 || k[0] != '_' || k[1] != '_') {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (strcmp(k, "__gc") == 0)
+            luaL_error(L, "setmetatable: __gc metamethods are not allowed in scripts");
+        if (strcmp(k, "__mode") == 0 && lua_type(L, -1) == LUA_TSTRING &&
+            strchr(lua_tostring(L, -1), 'k') != NULL)
+            luaL_error(L, "setmetatable: weak keys (__mode 'k') are not available to scripts");
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, copy);
+        n++;
+    }
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &in_force_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 4);
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "v");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &in_force_key);
+    }
+    int cache = lua_gettop(L);
+    lua_pushvalue(L, mt);
+    if (lua_rawget(L, cache) == LUA_TTABLE && same_metamethods(L, lua_gettop(L), copy, n)) {
+        lua_replace(L, copy); /* the shared one */
+        lua_settop(L, copy);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, mt);
+    lua_rawsetp(L, copy, &original_key);
+    lua_pushvalue(L, mt);
+    lua_pushvalue(L, copy);
+    lua_rawset(L, cache);
+    lua_settop(L, copy);
+}
+
 static int sb_setmetatable(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     int t = lua_type(L, 2);
     luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
-    lua_pushliteral(L, "__gc");
-    if (t == LUA_TTABLE && lua_rawget(L, 2) != LUA_TNIL)
-        return luaL_error(L, "setmetatable: __gc metamethods are not allowed in scripts");
     lua_settop(L, 2);
     if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
         return luaL_error(L, "cannot change a protected metatable");
+    if (t == LUA_TTABLE)
+        push_in_force(L, 2);
+    else
+        lua_pushnil(L);
     lua_setmetatable(L, 1);
+    lua_settop(L, 1);
     return 1;
 }
 
 /* Only tables can carry a script's metatable; the metatables of strings and other types
- * belong to the host. */
+ * belong to the host. A table's answers its __metatable field, or the script's own table. */
 static int sb_getmetatable(lua_State *L)
 {
     luaL_checkany(L, 1);
@@ -855,7 +946,10 @@ static int sb_getmetatable(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    luaL_getmetafield(L, 1, "__metatable");
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return 1;
+    if (lua_rawgetp(L, -1, &original_key) == LUA_TNIL)
+        lua_pop(L, 1); /* one the host set */
     return 1;
 }
 

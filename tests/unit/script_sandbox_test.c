@@ -393,12 +393,55 @@ static void test_panel_library(void **state)
                  hex);
 }
 
+/* Weak keys (ephemerons) make a collection's uninterruptible atomic step quadratic in them
+ * (review: 120,000 chained weak keys held a runner for six minutes on a 1 s budget), and Lua
+ * reads __mode at every collection: scripts get no weak keys, whenever __mode is written. */
+static void test_no_weak_keys(void **state)
+{
+    (void)state;
+    expect_fail("setmetatable({}, { __mode = 'k' })", "weak keys (__mode 'k') are not available");
+    expect_fail("setmetatable({}, { __mode = 'kv' })", "weak keys");
+    /* written after setmetatable, through the script's table or getmetatable: no effect, the
+     * keys stay strong through collections (the 8 MiB of garbage below runs several) */
+    static const char later[] =
+        "local mt = {} local e = setmetatable({}, mt) %s\n"
+        "for i = 1, 200 do e[{}] = i end\n"
+        "for i = 1, 512 do local g = string.rep('x', 16384) .. i end\n"
+        "local n = 0 for _ in pairs(e) do n = n + 1 end assert(n == 200, n)";
+    static const char *const writes[] = {"mt.__mode = 'k'", "getmetatable(e).__mode = 'k'",
+                                         "rawset(mt, '__mode', 'k')"};
+    char body[1024];
+    for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
+        snprintf(body, sizeof body, later, writes[i]);
+        expect_done(body);
+    }
+    /* weak values are harmless (no convergence) and still work */
+    expect_done("local c = setmetatable({}, { __mode = 'v' }) c[1] = {}\n"
+                "for i = 1, 512 do local g = string.rep('x', 16384) .. i end\n"
+                "assert(c[1] == nil)");
+    /* the rest of metatables as in Lua: identity, methods added later through __index,
+     * protection; metamethods are those of the metatable when setmetatable was called */
+    expect_done("local C = {} C.__index = C\n"
+                "local o = setmetatable({}, C) function C:hi() return 'hi' end\n"
+                "assert(getmetatable(o) == C and o:hi() == 'hi')\n"
+                "local D = setmetatable({}, { __index = C }) D.__index = D\n"
+                "local d = setmetatable({}, D) assert(d:hi() == 'hi' and getmetatable(d) == D)\n"
+                "local p = setmetatable({}, { __metatable = 'locked' })\n"
+                "assert(getmetatable(p) == 'locked' and not pcall(setmetatable, p, {}))\n"
+                "local mt = {} local t = setmetatable({}, mt)\n"
+                "mt.__index = function() return 1 end assert(t.x == nil)\n"
+                "setmetatable(t, mt) assert(t.x == 1)\n"
+                "local a, b = setmetatable({}, C), setmetatable({}, C)\n"
+                "assert(getmetatable(a) == getmetatable(b) and setmetatable(a, nil) == a and "
+                "getmetatable(a) == nil)");
+}
+
 static void test_finalizers_and_close(void **state)
 {
     (void)state;
     expect_fail("setmetatable({}, { __gc = function() while true do end end })",
                 "__gc metamethods are not allowed");
-    /* __gc added after setmetatable is ignored by Lua itself. */
+    /* __gc added after setmetatable is ignored (Lua itself ignores it too). */
     expect_done("local mt = {}; local t = setmetatable({}, mt); mt.__gc = function() while true "
                 "do end end; t = nil");
     outcome o;
@@ -510,8 +553,8 @@ static void test_recursion(void **state)
     /* The Lua stack grows until the stack limit or the memory ceiling, whichever is first. */
     expect_fail("local function f() return 1 + f() end f()", "stack overflow|memory limit");
     expect_fail("local function f(s) return (s:gsub('.', f)) end f('aaaa')", "stack overflow");
-    expect_fail("local t = setmetatable({}, {}) getmetatable(t).__index = function(t, k) return "
-                "t[k] end local x = t.x",
+    expect_fail("local t = setmetatable({}, { __index = function(t, k) return t[k] end }) "
+                "local x = t.x",
                 "stack overflow");
     /* pcall nested until the C stack is exhausted: caught at each level, no crash. */
     expect_done("local function f() return pcall(f) end f()");
@@ -1365,6 +1408,7 @@ int main(void)
         cmocka_unit_test(test_no_heap_addresses),
         cmocka_unit_test(test_panel_library),
         cmocka_unit_test(test_finalizers_and_close),
+        cmocka_unit_test(test_no_weak_keys),
         cmocka_unit_test(test_endless_loops),
         cmocka_unit_test(test_time_budget),
         cmocka_unit_test(test_limit_not_catchable),
