@@ -2828,6 +2828,12 @@ static ap_status prepare(panel_engine *e, const char *tenant_id, const char *pan
         goto out;
     if (!has_ck && p->stored_seq >= p->next_seq)
         p->next_seq = p->stored_seq + 1;
+    /* Running without a checkpoint or an event: the process that claimed it stopped before its
+     * start committed (the first event and checkpoint go together). Nothing of that start was
+     * stored, so this is its start, with this process's seed, provider and model: it says so
+     * with its running status, as a start does (review: a resume began at round.started). */
+    if (!has_ck && p->stored_seq == 0 && strcmp(row.status, "running") == 0)
+        p->fresh = true;
     if (p->tenant_json == NULL || p->question == NULL || p->experts_json == NULL ||
         p->pins == NULL || (p->replay != NULL && p->replay_used == NULL)) {
         rc = ap_err_set(err, AP_NOMEM, "out of memory");

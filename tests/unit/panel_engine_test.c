@@ -1089,6 +1089,32 @@ static void test_replay_that_fails_sooner_stores_its_end(void **state)
     store_panel_free(&row);
 }
 
+/* A panel claimed by a process that stopped before its start committed (its first event and
+ * checkpoint go together) has neither: resumed, it starts, running status first. */
+static void test_resume_before_the_first_checkpoint(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(0);
+    char id[STORE_ID_MAX];
+    create(e, "fanout", NULL, id);
+    panel_engine_stop(e);
+    ap_err err = {0};
+    assert_int_equal(store_panel_claim(st, tenant, id, (const char *const[]){"created"}, 1,
+                                       "gone:1:dead", 1, NULL, 0, &err),
+                     AP_OK);
+    usleep(20 * 1000); /* its lease runs out */
+    free(restart_to_end(id));
+    store_event *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(store_events_list(st, tenant, id, 0, 200, &rows, &n, &err), AP_OK);
+    assert_true(n > 2);
+    assert_string_equal(rows[0].type, "panel.status");
+    assert_non_null(strstr(rows[0].data, "running"));
+    assert_int_equal(stored_of_type(id, "panel.status"), 2); /* running, completed */
+    store_events_free(rows, n);
+}
+
 /* The tenant's usage rows of all time, of one model or (NULL) of all. Tests count them
  * before and after: a row carries the millisecond of the writer's batch, which the last row of
  * the test before can share with a "since" taken just after it (CI counted 21 rows for 20). */
@@ -1851,6 +1877,7 @@ int main(void)
         cmocka_unit_test(test_state_between_nodes_is_the_checkpoint),
         cmocka_unit_test(test_resume_replays_journal),
         cmocka_unit_test(test_replay_that_fails_sooner_stores_its_end),
+        cmocka_unit_test(test_resume_before_the_first_checkpoint),
         cmocka_unit_test(test_checkpoints_fit_the_store),
         cmocka_unit_test(test_consensus_pin_is_stored_first),
         cmocka_unit_test(test_held_messages_fit_a_group),
