@@ -108,7 +108,10 @@ int cli_check(int argc, char **argv)
         status = 0;
         goto out;
     }
-    printf("%s: strategy '%s' (version %.12s) is valid\n", path, name, en.version);
+    /* "valid" only once the dry run passed too: a script that compiles but fails its first
+     * run is not, and two verdicts would contradict each other */
+    printf("%s: strategy '%s' (version %.12s) compiles and follows the contract\n", path, name,
+           en.version);
     printf("  start: %s; nodes: %s\n  params: %s\n", en.info.start, en.info.nodes_json,
            en.info.params_json);
     fflush(stdout);
@@ -120,6 +123,7 @@ int cli_check(int argc, char **argv)
     }
     printf("  dry run on the simulated provider: %s after %d nodes\n",
            dry.completed ? "completed" : "stopped at a human input request", dry.nodes);
+    printf("%s: strategy '%s' is valid\n", path, name);
     status = 0;
 out:
     script_entry_free(&en);

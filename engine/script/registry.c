@@ -378,8 +378,11 @@ static void store_read_locked(script_registry *r, const char *path, uint64_t seq
     if (r->reload_seq > seq || (c != NULL && c->seq > seq))
         return;
     if (c == NULL) {
+        /* named before the insert, which takes the entry over and clears *e */
+        char version[16];
+        snprintf(version, sizeof version, "%.12s", e->version);
         if (insert_locked(r, path, seq, e) == AP_OK)
-            log_info("script registry: loaded %s (version %.12s)", path, e->version);
+            log_info("script registry: loaded %s (version %s)", path, version);
         return;
     }
     script_entry old = c->entry;
