@@ -15,6 +15,96 @@
 #define MAX_PARAMS 64
 #define FILE_MAX (4 * 1024 * 1024)
 
+/* A string field of expert e within 1..max bytes when present; false with why in err. */
+static bool roster_string(const cJSON *e, const char *id, const char *key, size_t max, ap_err *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, key);
+    if (v == NULL)
+        return true;
+    if (cJSON_IsString(v) && v->valuestring[0] != '\0' && strlen(v->valuestring) <= max)
+        return true;
+    ap_err_set(err, AP_INVALID, "expert '%.64s': \"%s\" must be a string of 1 to %zu bytes", id,
+               key, max);
+    return false;
+}
+
+/* The fields the engine reads, bounded as the API bounds an inline expert's: a weight counts
+ * in every consensus, and a negative one would turn an expert's vote around. */
+static bool roster_fields_ok(const cJSON *arr, ap_err *err)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr)
+    {
+        const char *id = jsonx_string(e, "id");
+        if (!cJSON_IsObject(e) || id == NULL || id[0] == '\0') {
+            ap_err_set(err, AP_INVALID,
+                       cJSON_IsObject(e) ? "every expert needs an id"
+                                         : "every expert must be a JSON object");
+            return false;
+        }
+        if (!roster_string(e, id, "name", 200, err) || !roster_string(e, id, "role", 200, err) ||
+            !roster_string(e, id, "persona", 4000, err) ||
+            !roster_string(e, id, "model", SCRIPT_MODEL_NAME_MAX, err))
+            return false;
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(e, "weight");
+        if (w != NULL &&
+            (!cJSON_IsNumber(w) || !(w->valuedouble >= 0.001) || !(w->valuedouble <= 100.0))) {
+            ap_err_set(err, AP_INVALID,
+                       "expert '%.64s': \"weight\" must be a number from 0.001 to 100", id);
+            return false;
+        }
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(e, "expertise");
+        bool ok = x == NULL || (cJSON_IsArray(x) && cJSON_GetArraySize(x) <= 32);
+        for (const cJSON *t = ok && x != NULL ? x->child : NULL; t != NULL; t = t->next)
+            ok = ok && cJSON_IsString(t) && strlen(t->valuestring) <= 120;
+        if (!ok) {
+            ap_err_set(
+                err, AP_INVALID,
+                "expert '%.64s': \"expertise\" must be at most 32 strings of up to 120 bytes", id);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Reads the roster file at path into *out (caller frees), as the compact JSON the store keeps:
+ * a non-empty array of experts the panel's start would take. A UTF-8 byte order mark, which
+ * some editors write, is skipped. */
+static ap_status read_roster(const char *path, char **out, ap_err *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    cJSON *arr = NULL;
+    *out = NULL;
+    ap_status rc = fileio_read(path, FILE_MAX, &text, &len, err);
+    if (rc != AP_OK)
+        goto out;
+    size_t skip = len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+    arr = jsonx_parse(text + skip, len - skip, 32, NULL);
+    if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) == 0) {
+        rc = ap_err_set(err, AP_INVALID, "it must hold a non-empty JSON array of experts");
+        goto out;
+    }
+    if (!roster_fields_ok(arr, err)) {
+        rc = AP_INVALID;
+        goto out;
+    }
+    if ((*out = jsonx_print(arr)) == NULL) {
+        rc = ap_err_set(err, AP_NOMEM, "out of memory");
+        goto out;
+    }
+    /* a roster the panel would refuse at its start is refused before any panel exists */
+    rc = script_roster_check(*out, err);
+out:
+    if (rc != AP_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    cJSON_Delete(arr);
+    free(text);
+    return rc;
+}
+
 static bool is_file_arg(const char *s)
 {
     size_t n = strlen(s);
@@ -191,26 +281,10 @@ int cli_run(int argc, char **argv)
     status = 1;
     if (a.experts != NULL) {
         ap_err rerr = {0};
-        size_t experts_len = 0;
-        if (fileio_read(a.experts, FILE_MAX, &experts, &experts_len, &rerr) != AP_OK) {
-            fprintf(stderr, "askpanel: %s\n", rerr.msg);
-            status = 2;
-            goto out;
-        }
-        cJSON *arr = jsonx_parse(experts, experts_len, 32, NULL);
-        bool ok = cJSON_IsArray(arr) && cJSON_GetArraySize(arr) > 0;
-        cJSON_Delete(arr);
-        if (!ok) {
-            fprintf(stderr, "askpanel: %s must hold a non-empty JSON array of experts\n",
-                    a.experts);
-            status = 2;
-            goto out;
-        }
-        /* A roster the panel would refuse at its start is a usage error, caught before any
-         * panel exists. */
-        if (script_roster_check(experts, &rerr) != AP_OK) {
+        ap_status rc = read_roster(a.experts, &experts, &rerr);
+        if (rc != AP_OK) {
             fprintf(stderr, "askpanel: %s: %s\n", a.experts, rerr.msg);
-            status = 2;
+            status = rc == AP_NOMEM ? 1 : 2;
             goto out;
         }
     } else {
