@@ -2,6 +2,7 @@
 
 #include "core/jsonx.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <math.h>
@@ -311,9 +312,11 @@ static cJSON *value_from_text(const char *name, const char *type, const char *te
 {
     char *end = NULL;
     errno = 0;
+    /* strtoll and strtod skip leading blanks: " 2" would pass where "2 " does not */
+    bool blank = isspace((unsigned char)text[0]);
     if (strcmp(type, "integer") == 0) {
         long long v = strtoll(text, &end, 10);
-        if (end == text || *end != '\0' || errno != 0) {
+        if (blank || end == text || *end != '\0' || errno != 0) {
             ap_err_set(err, AP_INVALID, "param '%s' must be a whole number (got \"%.40s\")", name,
                        text);
             return NULL;
@@ -322,7 +325,7 @@ static cJSON *value_from_text(const char *name, const char *type, const char *te
     }
     if (strcmp(type, "number") == 0) {
         double v = strtod(text, &end);
-        if (end == text || *end != '\0' || errno != 0 || !isfinite(v)) {
+        if (blank || end == text || *end != '\0' || errno != 0 || !isfinite(v)) {
             ap_err_set(err, AP_INVALID, "param '%s' must be a number (got \"%.40s\")", name, text);
             return NULL;
         }
@@ -337,21 +340,32 @@ static cJSON *value_from_text(const char *name, const char *type, const char *te
         return NULL;
     }
     if (strcmp(type, "array") == 0) {
+        /* comma-separated items, "" for none; an empty item ("a,,b", "a,") is a slip of the
+         * hand, not a value */
         cJSON *arr = cJSON_CreateArray();
         const char *p = text;
-        while (arr != NULL && *p != '\0') {
+        bool more = *p != '\0';
+        while (arr != NULL && more) {
             const char *comma = strchr(p, ',');
             size_t n = comma != NULL ? (size_t)(comma - p) : strlen(p);
+            more = comma != NULL;
+            if (n == 0) {
+                cJSON_Delete(arr);
+                ap_err_set(err, AP_INVALID,
+                           "param '%s' has an empty item (items are separated by single commas)",
+                           name);
+                return NULL;
+            }
             char *item = strndup(p, n);
             cJSON *s = item != NULL ? cJSON_CreateString(item) : NULL;
             free(item);
             if (s == NULL) {
                 cJSON_Delete(arr);
-                arr = NULL;
-                break;
+                ap_err_set(err, AP_NOMEM, "out of memory");
+                return NULL;
             }
             cJSON_AddItemToArray(arr, s);
-            p += n + (comma != NULL ? 1 : 0);
+            p += n + (more ? 1 : 0);
         }
         if (arr == NULL)
             ap_err_set(err, AP_NOMEM, "out of memory");
@@ -378,11 +392,14 @@ ap_status script_params_from_text(const char *decl_json, const char *const *name
             ap_err_set(err, AP_INVALID, "unknown param '%s'", names[i]);
             goto out;
         }
+        if (cJSON_GetObjectItemCaseSensitive(obj, names[i]) != NULL) {
+            ap_err_set(err, AP_INVALID, "param '%s' is given twice", names[i]);
+            goto out;
+        }
         const char *t = type_of(d);
         cJSON *v = value_from_text(names[i], t != NULL ? t : "string", values[i], err);
         if (v == NULL)
             goto out;
-        cJSON_DeleteItemFromObjectCaseSensitive(obj, names[i]);
         cJSON_AddItemToObject(obj, names[i], v);
     }
     *out = jsonx_print(obj);
