@@ -2404,6 +2404,12 @@ static void stop_fenced(panel_engine *e, const witem *list)
         pthread_mutex_unlock(&e->amu);
         if (r != NULL && post_cmd(e, r, CMD_LOST, w->panel_id, w->serial) != AP_OK)
             log_error("event writer: out of memory while stopping a panel it lost");
+        /* Its subscribers here get its end if it has ended (a cancel elsewhere took the lease):
+         * stopped here, it is no longer renewed, so no renewal would tell them (review). */
+        store_panel_ref ref;
+        memcpy(ref.tenant_id, w->tenant_id, sizeof ref.tenant_id);
+        memcpy(ref.panel_id, w->panel_id, sizeof ref.panel_id);
+        publish_stored_end(e, &ref);
     }
 }
 

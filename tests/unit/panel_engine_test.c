@@ -1476,6 +1476,37 @@ static void test_cancel_through_another_engine(void **state)
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
+/* A panel cancelled in the store by another process while its runner here waits on answers:
+ * the runner's next writes are refused (the lease went with the status) and it stops, and its
+ * subscribers here get the stored end then, not at a renewal that no longer comes. */
+static void test_fenced_run_publishes_the_stored_end(void **state)
+{
+    (void)state;
+    write_file("fanout.lua", fanout_lua);
+    panel_engine *e = start_engine(300);
+    char id[STORE_ID_MAX];
+    panel_sub *sub = start_panel(e, "fanout", "{\"rounds\":3}", id);
+    for (int i = 0; i < 5; i++)
+        free(wait_for(sub, "expert.message", 3000));
+    usleep(50 * 1000); /* the round's writes are stored */
+    ap_err err = {0};
+    assert_int_equal(store_panel_transition(st, tenant, id, (const char *const[]){"running"}, 1,
+                                            "cancelled", NULL, NULL, &err),
+                     AP_OK);
+    int64_t last = 0;
+    assert_int_equal(store_events_last_seq(st, tenant, id, &last, &err), AP_OK);
+    store_event end = {
+        .seq = last + 1, .type = "panel.status", .data = "{\"status\":\"cancelled\"}"};
+    memcpy(end.panel_id, id, STORE_ID_MAX);
+    assert_int_equal(store_events_append(st, tenant, &end, 1, &err), AP_OK);
+    wait_cancelled(sub, 3000);
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    store_panel row = row_of(id);
+    assert_string_equal(row.status, "cancelled");
+    store_panel_free(&row);
+}
+
 /* A cancel sent to a process whose runner has lost the panel's lease (another process took it
  * over; this one has not renewed yet) is stored, not handed to that runner, whose writes the
  * store would refuse. */
@@ -1891,6 +1922,7 @@ int main(void)
         cmocka_unit_test(test_lease_takeover),
         cmocka_unit_test(test_lease_renewal_and_loss),
         cmocka_unit_test(test_cancel_through_another_engine),
+        cmocka_unit_test(test_fenced_run_publishes_the_stored_end),
         cmocka_unit_test(test_cancel_after_lease_lost),
         cmocka_unit_test(test_input_reaches_another_engine),
         cmocka_unit_test(test_input_names_its_request),
