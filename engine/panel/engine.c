@@ -2470,16 +2470,36 @@ static bool lease_owner_parse(const char *owner, char host[LEASE_HOST_MAX], long
     return true;
 }
 
-/* Whether owner was a process of this host that no longer exists. (Processes that share a host
- * name are assumed to share a pid namespace, as they do unless containers share a UTS
- * namespace but not their pids.) */
+/* Whether process pid has exited but not been reaped: kill() still finds a zombie, which runs
+ * nothing (review: where pid 1 reaps slowly, a killed serve's panels waited for their lease to
+ * run out). Read from /proc/<pid>/stat, whose state follows the command's closing ')'; false
+ * when that cannot be read. */
+static bool pid_is_zombie(long pid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return false;
+    size_t n = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[n] = '\0';
+    const char *close = strrchr(line, ')');
+    return close != NULL && close[1] == ' ' && (close[2] == 'Z' || close[2] == 'X');
+}
+
+/* Whether owner was a process of this host that no longer exists (or only as a zombie).
+ * (Processes that share a host name are assumed to share a pid namespace, as they do unless
+ * containers share a UTS namespace but not their pids.) */
 static bool lease_owner_gone(const panel_engine *e, const char *owner)
 {
     char host[LEASE_HOST_MAX];
     long pid = 0;
     if (!lease_owner_parse(owner, host, &pid) || strcmp(host, e->host) != 0)
         return false;
-    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+    if (kill((pid_t)pid, 0) != 0)
+        return errno == ESRCH;
+    return pid_is_zombie(pid);
 }
 
 /* Whether this engine may claim the running panel of row now: its lease is free, expired or

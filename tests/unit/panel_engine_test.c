@@ -1326,6 +1326,21 @@ static void test_lease_takeover(void **state)
     snprintf(dead, sizeof dead, "%s:%d:0002", host_name(), (int)child);
     lease_as(id2, "created", dead, 60000, NULL);
     resume_to_end(e, id2);
+
+    /* ... or only a zombie, not yet reaped: it runs nothing */
+    char id3[STORE_ID_MAX];
+    create(e, "fanout", NULL, id3);
+    child = fork();
+    assert_true(child >= 0);
+    if (child == 0)
+        _exit(0);
+    usleep(50 * 1000);
+    assert_int_equal(kill(child, 0), 0);
+    char zombie[128];
+    snprintf(zombie, sizeof zombie, "%s:%d:0003", host_name(), (int)child);
+    lease_as(id3, "created", zombie, 60000, NULL);
+    resume_to_end(e, id3);
+    assert_int_equal(waitpid(child, NULL, 0), child);
     panel_engine_stop(e);
 }
 
