@@ -78,17 +78,25 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Each test starts from an empty cache. */
-static int fresh_registry(void **state)
+/* A registry on the fixture's tenants and the strategies folder named sub (caller frees). */
+static script_registry *new_registry(const char *sub)
 {
-    (void)state;
     char strategies[256], tenants[256];
-    at("strategies", strategies, sizeof strategies);
+    at(sub, strategies, sizeof strategies);
     at("tenants", tenants, sizeof tenants);
     script_limits lim;
     script_limits_default(&lim);
     ap_err err = {0};
-    assert_int_equal(script_registry_new(&lim, strategies, tenants, &reg, &err), AP_OK);
+    script_registry *r = NULL;
+    assert_int_equal(script_registry_new(&lim, strategies, tenants, &r, &err), AP_OK);
+    return r;
+}
+
+/* Each test starts from an empty cache. */
+static int fresh_registry(void **state)
+{
+    (void)state;
+    reg = new_registry("strategies");
     return 0;
 }
 
@@ -134,15 +142,9 @@ static void test_load_is_logged_with_its_version(void **state)
 static void test_missing_strategies_dir_is_named(void **state)
 {
     (void)state;
-    char missing[256], tenants[256];
-    at("no-such-strategies", missing, sizeof missing);
-    at("tenants", tenants, sizeof tenants);
-    script_limits lim;
-    script_limits_default(&lim);
-    ap_err err = {0};
-    script_registry *r = NULL;
     assert_int_equal(log_lines_with("is not a directory", "no-such-strategies"), 0);
-    assert_int_equal(script_registry_new(&lim, missing, tenants, &r, &err), AP_OK);
+    script_registry *r = new_registry("no-such-strategies");
+    ap_err err = {0};
     assert_int_equal(log_lines_with("is not a directory", "no-such-strategies"), 1);
     assert_int_equal(log_lines_with("is not a directory", "ASKPANEL_STRATEGIES_DIR"), 1);
     script_entry en = {0};
