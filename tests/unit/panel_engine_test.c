@@ -1334,7 +1334,9 @@ static void test_lease_takeover(void **state)
     assert_true(child >= 0);
     if (child == 0)
         _exit(0);
-    usleep(50 * 1000);
+    siginfo_t info;
+    /* WNOWAIT: waits for the exit and leaves the child unreaped */
+    assert_int_equal(waitid(P_PID, (id_t)child, &info, WEXITED | WNOWAIT), 0);
     assert_int_equal(kill(child, 0), 0);
     char zombie[128];
     snprintf(zombie, sizeof zombie, "%s:%d:0003", host_name(), (int)child);
