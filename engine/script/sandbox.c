@@ -1468,9 +1468,69 @@ static int guarded_gmatch(lua_State *L)
     return call_original(L);
 }
 
+/* Whether the value at idx is a table with a metatable. */
+static bool has_metatable(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+        return false;
+    lua_pop(L, 1);
+    return true;
+}
+
+/* A replacement table with a metatable, looked up as gsub would (upvalue 1): a call per match,
+ * which the hook sees and which charges the table's __index chain, where gsub's own lookup
+ * would walk the chain in C unseen. */
+static lua_Unsigned chain_hops(lua_State *L, int idx);
+
+static int repl_lookup(lua_State *L)
+{
+    script_vm_charge(L, (int64_t)chain_hops(L, lua_upvalueindex(1)));
+    lua_settop(L, 1);
+    lua_gettable(L, lua_upvalueindex(1));
+    return 1;
+}
+
+/* The bytes of a replacement string spent on capture references (%0 to %9), which add
+ * nothing when their capture is empty. */
+static size_t capture_ref_bytes(const char *r, size_t lr)
+{
+    size_t refs = 0;
+    for (size_t i = 0; i + 1 < lr; i++) {
+        if (r[i] != '%')
+            continue;
+        refs += r[i + 1] >= '0' && r[i + 1] <= '9';
+        i++; /* "%%" and "%d" are two bytes */
+    }
+    return 2 * refs;
+}
+
+/* string.gsub: besides the pattern's cost, what the replacement costs. gsub walks a
+ * replacement string at every match; its literal bytes are paid for by the result they add
+ * (the memory limit bounds them), but capture references to empty captures add nothing:
+ * those are bounded by PATTERN_MAX_COST over all the matches there can be (review: 2,000
+ * empty matches of a replacement of a million "%0" ran 24 s on a 1 s budget). A table with a
+ * metatable is looked up through a function, so that every lookup is a call. */
 static int guarded_gsub(lua_State *L)
 {
     pattern_guard(L, true, false);
+    size_t n, lr;
+    luaL_checklstring(L, 1, &n);
+    if (lua_type(L, 3) == LUA_TSTRING) {
+        const char *r = lua_tolstring(L, 3, &lr);
+        lua_Integer most = luaL_optinteger(L, 4, (lua_Integer)n + 1);
+        double matches = most < 0 ? 0 : (double)most < (double)n + 1 ? (double)most : (double)n + 1;
+        double idle = matches * (double)capture_ref_bytes(r, lr);
+        if (idle > PATTERN_MAX_COST)
+            return luaL_error(L,
+                              "gsub: a replacement with this many capture references over a "
+                              "subject of %d bytes is too much work; use a function",
+                              (int)n);
+        script_vm_charge(L, (int64_t)(idle / 16));
+    } else if (has_metatable(L, 3)) {
+        lua_pushvalue(L, 3);
+        lua_pushcclosure(L, repl_lookup, 1);
+        lua_replace(L, 3);
+    }
     return call_original(L);
 }
 
@@ -1490,10 +1550,10 @@ static int guarded_rep(lua_State *L)
 }
 
 /* table.insert and table.remove, as ltablib's, with the shift charged to the instruction
- * budget before it starts: the shift runs in C between #t (a __len can claim any length)
- * and the position, where no hook fires, and took 2^63 steps for a table claiming
- * math.maxinteger elements. Calling the originals after a check would not do: __len could
- * answer differently the second time. */
+ * budget before it starts, and checked as it goes (see "table loops"): the shift runs in C
+ * between #t (a __len can claim any length) and the position, where no hook fires, and took
+ * 2^63 steps for a table claiming math.maxinteger elements. Calling the originals after a
+ * check would not do: __len could answer differently the second time. */
 /* ltablib's checktab for reading and writing: a table, or a value whose metatable has
  * __index, __newindex and __len. */
 static void check_rw_table(lua_State *L)
@@ -1516,13 +1576,20 @@ static void charge_shift(lua_State *L, lua_Unsigned steps)
     script_vm_charge(L, (int64_t)(steps < most ? steps : most));
 }
 
+/* ---- table loops ---------------------------------------------------------------------------
+ * A C loop over a table with a metatable runs no hook of its own, yet each of its accesses may
+ * walk an __index or __newindex chain of up to 2,000 tables, or call a metamethod that
+ * lengthens such a chain for the accesses after it (review: table.move over a 1,990-table
+ * chain ran 8 minutes on a 1 s budget, table.unpack 28 s, and a charge taken up front was
+ * dodged by a chain grown mid-loop). Over such tables, unpack, concat, move and the shifts of
+ * insert and remove run in the loops below, which every LOOP_CHECK_EVERY elements charge them
+ * at the chains' length then and check the budget, time included; plain tables keep Lua's
+ * own loops. */
+#define LOOP_CHECK_EVERY 64
 #define CHAIN_MAX 2000 /* Lua's own limit on an __index or __newindex chain (MAXTAGLOOP) */
 
 /* The tables one access to the value at idx may pass through: its __index or __newindex chain
- * of tables, whichever is longer. Lua follows such a chain in C, with no call and so no hook:
- * a C loop of n accesses (table.move, unpack, concat, sort, the shifts of insert and remove)
- * costs n times the chain (review: a 1,990-table chain made one table.move run for 8 minutes
- * on a 1 s budget). A function at the end of a chain is a call, which the hook sees. */
+ * of tables, whichever is longer (a function ends a chain: calling it is hooked). */
 static lua_Unsigned chain_hops(lua_State *L, int idx)
 {
     static const char *const fields[] = {"__index", "__newindex"};
@@ -1547,53 +1614,65 @@ static lua_Unsigned chain_hops(lua_State *L, int idx)
     return most;
 }
 
-/* Charges n accesses to tables whose chains are hops long: the hops only, as the accesses
- * themselves were always free. */
-static void charge_hops(lua_State *L, lua_Unsigned n, lua_Unsigned hops)
+/* Counts the k-th element (from 1) of a loop over the tables at a and b (b 0: only a), each
+ * element worth own units besides its chains: every LOOP_CHECK_EVERY, the elements are
+ * charged at the chains as they are now, and the budget checked. */
+static void loop_tick(lua_State *L, lua_Unsigned k, int a, int b, lua_Unsigned own)
 {
-    if (hops == 0 || n == 0)
+    if (k % LOOP_CHECK_EVERY != 0)
         return;
-    lua_Unsigned most = (lua_Unsigned)(INT64_MAX / 4);
-    charge_shift(L, n > most / hops ? most : n * hops);
+    lua_Unsigned hops = chain_hops(L, a) + (b != 0 ? chain_hops(L, b) : 0);
+    script_vm_charge(L, (int64_t)(LOOP_CHECK_EVERY * (own + hops)));
 }
 
-/* The elements i..j of a range given as optional arguments ai and aj of the table at 1 (j
- * defaulting to #t), charged at its chain. With a chain, an omitted j is read here once and
- * handed to the original, so that a __len cannot answer the charge with less than the loop. */
-static void charge_range(lua_State *L, int ai, int aj)
-{
-    lua_Unsigned hops = chain_hops(L, 1);
-    if (hops == 0)
-        return;
-    lua_Integer i = luaL_optinteger(L, ai, 1);
-    lua_Integer j;
-    if (lua_isnoneornil(L, aj)) {
-        j = luaL_len(L, 1);
-        if (lua_gettop(L) < aj)
-            lua_settop(L, aj);
-        lua_pushinteger(L, j);
-        lua_replace(L, aj);
-    } else {
-        j = luaL_checkinteger(L, aj);
-    }
-    if (i <= j)
-        charge_hops(L, (lua_Unsigned)j - (lua_Unsigned)i + 1, hops);
-}
-
+/* table.unpack, as ltablib's. */
 static int guarded_unpack(lua_State *L)
 {
-    charge_range(L, 2, 3);
-    return call_original(L);
+    if (!has_metatable(L, 1))
+        return call_original(L);
+    lua_Integer i = luaL_optinteger(L, 2, 1);
+    lua_Integer e = lua_isnoneornil(L, 3) ? luaL_len(L, 1) : luaL_checkinteger(L, 3);
+    if (i > e)
+        return 0;
+    lua_Unsigned n = (lua_Unsigned)e - (lua_Unsigned)i;
+    if (n >= (unsigned int)INT_MAX || !lua_checkstack(L, (int)(++n)))
+        return luaL_error(L, "too many results to unpack");
+    for (lua_Unsigned k = 0; k < n; k++) {
+        lua_geti(L, 1, (lua_Integer)((lua_Unsigned)i + k));
+        loop_tick(L, k + 1, 1, 0, 1);
+    }
+    return (int)n;
 }
 
+/* One element of a concat: a string or a number, else Lua's message. */
+static void concat_field(lua_State *L, luaL_Buffer *b, lua_Integer i)
+{
+    lua_geti(L, 1, i);
+    if (!lua_isstring(L, -1))
+        luaL_error(L, "invalid value (at index %I) in table for 'concat'", (LUAI_UACINT)i);
+    luaL_addvalue(b);
+}
+
+/* table.concat, as ltablib's. */
 static int guarded_concat(lua_State *L)
 {
-    if (lua_type(L, 1) == LUA_TTABLE) {
-        if (lua_isnone(L, 2))
-            lua_pushliteral(L, "");
-        charge_range(L, 3, 4);
+    if (!has_metatable(L, 1))
+        return call_original(L);
+    size_t lsep;
+    const char *sep = luaL_optlstring(L, 2, "", &lsep);
+    lua_Integer i = luaL_optinteger(L, 3, 1);
+    lua_Integer last = lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (lua_Unsigned k = 1; i < last; i++, k++) {
+        concat_field(L, &b, i);
+        luaL_addlstring(&b, sep, lsep);
+        loop_tick(L, k, 1, 0, 1);
     }
-    return call_original(L);
+    if (i == last)
+        concat_field(L, &b, i);
+    luaL_pushresult(&b);
+    return 1;
 }
 
 static int sb_table_insert(lua_State *L)
@@ -1610,13 +1689,12 @@ static int sb_table_insert(lua_State *L)
     case 3:
         pos = luaL_checkinteger(L, 2);
         luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
-        if (e > pos) { /* a negative #t passes the check above and shifts nothing */
+        if (e > pos) /* a negative #t passes the check above and shifts nothing */
             charge_shift(L, (lua_Unsigned)e - (lua_Unsigned)pos);
-            charge_hops(L, 2 * ((lua_Unsigned)e - (lua_Unsigned)pos), chain_hops(L, 1));
-        }
         for (lua_Integer i = e; i > pos; i--) {
             lua_geti(L, 1, i - 1);
             lua_seti(L, 1, i);
+            loop_tick(L, (lua_Unsigned)e - (lua_Unsigned)i + 1, 1, 0, 0); /* shift charged */
         }
         break;
     default:
@@ -1633,30 +1711,44 @@ static int sb_table_remove(lua_State *L)
     lua_Integer pos = luaL_optinteger(L, 2, size);
     if (pos != size)
         luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
-    if (pos < size) {
+    if (pos < size)
         charge_shift(L, (lua_Unsigned)size - (lua_Unsigned)pos);
-        charge_hops(L, 2 * ((lua_Unsigned)size - (lua_Unsigned)pos), chain_hops(L, 1));
-    }
     lua_geti(L, 1, pos);
-    for (; pos < size; pos++) {
+    for (lua_Unsigned k = 1; pos < size; pos++, k++) {
         lua_geti(L, 1, pos + 1);
         lua_seti(L, 1, pos);
+        loop_tick(L, k, 1, 0, 0); /* shift charged */
     }
     lua_pushnil(L);
     lua_seti(L, 1, pos);
     return 1;
 }
 
+/* table.move, as ltablib's, within TABLE_MOVE_MAX elements. */
 static int guarded_table_move(lua_State *L)
 {
     lua_Integer f = luaL_checkinteger(L, 2);
     lua_Integer e = luaL_checkinteger(L, 3);
     if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= TABLE_MOVE_MAX)
         return luaL_error(L, "table.move: range of more than %d elements", TABLE_MOVE_MAX);
-    if (e >= f)
-        charge_hops(L, (lua_Unsigned)e - (lua_Unsigned)f + 1,
-                    chain_hops(L, 1) + chain_hops(L, lua_isnoneornil(L, 5) ? 1 : 5));
-    return call_original(L);
+    lua_Integer t = luaL_checkinteger(L, 4);
+    int tt = !lua_isnoneornil(L, 5) ? 5 : 1; /* the destination */
+    if (lua_type(L, 1) != LUA_TTABLE || lua_type(L, tt) != LUA_TTABLE ||
+        (!has_metatable(L, 1) && !has_metatable(L, tt)))
+        return call_original(L);
+    if (e >= f) {
+        lua_Integer n = e - f + 1; /* within TABLE_MOVE_MAX */
+        luaL_argcheck(L, t <= LUA_MAXINTEGER - n + 1, 4, "destination wrap around");
+        bool forward = t > e || t <= f || (tt != 1 && !lua_compare(L, 1, tt, LUA_OPEQ));
+        for (lua_Integer k = 0; k < n; k++) {
+            lua_Integer at = forward ? k : n - 1 - k;
+            lua_geti(L, 1, f + at);
+            lua_seti(L, tt, t + at);
+            loop_tick(L, (lua_Unsigned)k + 1, 1, tt, 1);
+        }
+    }
+    lua_pushvalue(L, tt);
+    return 1;
 }
 
 /* table.sort without a comparator compares in C, where no hook runs: 100,000 copies of a
@@ -1670,20 +1762,6 @@ static int sort_less(lua_State *L)
 
 static int guarded_sort(lua_State *L)
 {
-    lua_Unsigned hops = lua_type(L, 1) == LUA_TTABLE ? chain_hops(L, 1) : 0;
-    if (hops > 0) {
-        /* its reads and writes, about 2 n log2 n; counted from the length sort will read,
-         * which a __len could answer differently the second time */
-        if (luaL_getmetafield(L, 1, "__len") != LUA_TNIL)
-            return luaL_error(L, "table.sort: cannot sort a table with both __len and an "
-                                 "__index or __newindex table");
-        lua_Unsigned n = (lua_Unsigned)lua_rawlen(L, 1), log2n = 1;
-        for (lua_Unsigned k = n; k > 1; k >>= 1)
-            log2n++;
-        charge_hops(
-            L, n > (lua_Unsigned)INT64_MAX / (2 * log2n) ? (lua_Unsigned)INT64_MAX : 2 * n * log2n,
-            hops);
-    }
     if (lua_isnoneornil(L, 2)) {
         lua_settop(L, 1);
         lua_pushcfunction(L, sort_less);
