@@ -521,11 +521,19 @@ static bool push_viewed(lua_State *L, const char *text, size_t len, ap_status *r
         if (v.tok[i].type == JVIEW_NUMBER && v.tok[i].end - v.tok[i].start > VIEW_NUMBER_MAX)
             goto out;
     taken = true;
+    /* The tokens are C heap outside the state's allocator (20 bytes each, ~10 per byte of
+     * "0,0,"): charged to the state while the values are built from them (review). */
+    size_t held = v.tok != v.inline_tok ? (size_t)v.cap * sizeof *v.tok : 0;
+    if (!script_vm_reserve(L, held)) {
+        *rc = AP_NOMEM;
+        goto out;
+    }
     lua_pushcfunction(L, view_build);
     lua_pushlightuserdata(L, &v);
     *rc = AP_OK;
     int status = lua_pcall(L, 1, 1, 0);
     script_vm_note(L, status); /* a memory error here trips the limit like any other */
+    script_vm_release(L, held);
     if (status != LUA_OK) {
         lua_pop(L, 1);
         *rc = AP_NOMEM;
