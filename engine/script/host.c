@@ -1118,7 +1118,7 @@ static ap_status load_and_check(script_vm *vm, script_kind kind, const char *nam
     if (script_vm_load(vm, L, chunk, source, len, err) != AP_OK)
         return err != NULL ? err->status : AP_INVALID;
     script_vm_budget_reset(vm);
-    script_vm_slice_begin(vm);
+    script_vm_slice_begin(vm, L);
     int status = lua_pcall(L, 0, 1, 0);
     script_vm_note(L, status);
     script_vm_slice_end(vm);
@@ -1140,7 +1140,7 @@ static ap_status load_and_check(script_vm *vm, script_kind kind, const char *nam
     lua_insert(L, -2);
     /* The check encodes what the script returned (params, nodes): walking a table shared many
      * times takes time its small output does not bound, so it runs on the same budget. */
-    script_vm_slice_begin(vm);
+    script_vm_slice_begin(vm, L);
     status = lua_pcall(L, 2, 1, 0);
     script_vm_note(L, status);
     script_vm_slice_end(vm);
@@ -1233,7 +1233,7 @@ ap_status script_consensus_dry_run(const script_limits *lim, const char *name, c
     if ((rc = script_vm_load(vm, L, chunk, source, len, err)) != AP_OK)
         goto out;
     script_vm_budget_reset(vm);
-    script_vm_slice_begin(vm);
+    script_vm_slice_begin(vm, L);
     int status = lua_pcall(L, 0, 1, 0); /* the chunk returns the function */
     if (status == LUA_OK) {
         lua_pushcfunction(L, dry_run_protected);
@@ -1399,7 +1399,7 @@ static ap_status run_slice(script_panel *sp, int nargs, script_step *step)
     lua_State *co = sp->co;
     int nres = 0;
     char msg[768];
-    script_vm_slice_begin(sp->vm);
+    script_vm_slice_begin(sp->vm, co);
     int status = lua_resume(co, sp->L, nargs, &nres);
     script_vm_note(co, status);
     bool failed = status != LUA_OK && status != LUA_YIELD;
@@ -1653,7 +1653,7 @@ ap_status script_panel_state_json(script_panel *sp, char **out, ap_err *err)
         /* Saving the state is part of its node: encoding a table shared many times takes
          * time the output size does not bound, so it runs on what is left of the node's. */
         ap_err inner = {0};
-        script_vm_slice_begin(sp->vm);
+        script_vm_slice_begin(sp->vm, sp->L);
         rc = script_json_encode(sp->L, -1, MAX_STATE, out, &inner);
         script_vm_slice_end(sp->vm);
         if (rc != AP_OK)

@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HOOK_COUNT 1000      /* VM instructions between count hooks */
-#define PATTERN_MAX_COST 1e8 /* worst-case character tests a pattern call may risk (~1 s) */
+#define HOOK_COUNT 1000          /* VM instructions between count hooks */
+#define FINE_STRING (256 * 1024) /* a string past this makes the hook count each instruction */
+#define PATTERN_MAX_COST 1e8     /* worst-case character tests a pattern call may risk (~1 s) */
 #define TABLE_MOVE_MAX (1 << 24)
 #define PATTERN_MAX_REPEATS 32 /* repeated items (*, -, +, %b, back-references) per pattern */
 #define PATTERN_MAX_SET 1024   /* bytes of one [set] */
@@ -81,7 +82,9 @@ struct script_vm {
     int64_t run_us;         /* running time of the node before this slice */
     int64_t deadline_us;    /* 0 outside a slice */
     int tripped;
-    bool built; /* the state is complete: from now on a refused allocation trips */
+    bool built;        /* the state is complete: from now on a refused allocation trips */
+    lua_State *thread; /* what the slice runs (the node's coroutine or the state), or NULL */
+    lua_State *fine;   /* the thread whose hook counts every instruction (see vm_alloc) */
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -327,9 +330,26 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
  * without the general path's bookkeeping (~85 instructions a call). It does what
  * vm_alloc_any would; anything else, a block past the limit or an empty pool included,
  * goes there. */
+static void vm_hook(lua_State *L, lua_Debug *ar);
+
+/* One VM instruction's cost grows with its strings in one case: comparing two strings (<, <=)
+ * calls strcoll once per NUL byte they share, so two 15 MB runs of NULs cost ~0.2 s per
+ * comparison, and a loop of them ran minutes between two count hooks (review). Once a slice
+ * allocates a string past FINE_STRING (new objects come with their type as osize), its thread
+ * is checked at every instruction until its node ends: an instruction's overrun is then one
+ * comparison, and ordinary nodes, whose strings stay far smaller, keep the cheap count. */
+static void fine_hook(script_vm *vm)
+{
+    vm->fine = vm->thread;
+    lua_sethook(vm->thread, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+}
+
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     script_vm *vm = ud;
+    if (ptr == NULL && osize == LUA_TSTRING && nsize > FINE_STRING && vm->thread != NULL &&
+        vm->fine != vm->thread)
+        fine_hook(vm);
     if (ptr == NULL && nsize - 1 < POOL_FINE_MAX) {
         size_t c = (nsize - 1) / POOL_STEP, size = (c + 1) * POOL_STEP;
         void *p = vm->mem_used + size <= vm->mem_limit ? pool_take(vm, c, size) : NULL;
@@ -426,7 +446,7 @@ static void vm_hook(lua_State *L, lua_Debug *ar)
 {
     script_vm *vm = script_vm_of(L);
     if (ar->event == LUA_HOOKCOUNT) {
-        vm->instr_used += HOOK_COUNT;
+        vm->instr_used += L == vm->fine ? 1 : HOOK_COUNT;
         check_budget(L, vm);
         return;
     }
@@ -440,10 +460,16 @@ void script_vm_budget_reset(script_vm *vm)
 {
     vm->instr_used = 0;
     vm->run_us = 0;
+    if (vm->fine != NULL) {
+        /* a new node: its coroutine is new too, and takes the state's hook */
+        lua_sethook(vm->L, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, HOOK_COUNT);
+        vm->fine = NULL;
+    }
 }
 
-void script_vm_slice_begin(script_vm *vm)
+void script_vm_slice_begin(script_vm *vm, lua_State *thread)
 {
+    vm->thread = thread;
     vm->slice_start_us = clock_mono_us();
     vm->deadline_us = vm->slice_start_us + (vm->timeout_us - vm->run_us);
     if (vm->deadline_us <= vm->slice_start_us)
@@ -461,6 +487,7 @@ void script_vm_slice_end(script_vm *vm)
         vm->tripped = TRIP_TIME;
     vm->slice_start_us = 0;
     vm->deadline_us = 0;
+    vm->thread = NULL;
 }
 
 bool script_vm_tripped(const script_vm *vm, char *msg, size_t cap)

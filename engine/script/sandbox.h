@@ -41,9 +41,10 @@ script_vm *script_vm_of(lua_State *L);
 /* Resets the instruction budget (a new node starts). */
 void script_vm_budget_reset(script_vm *vm);
 
-/* Marks the start and end of a slice of Lua execution; the running time of a node is the
- * sum of its slices, so waiting for LLM answers does not count. */
-void script_vm_slice_begin(script_vm *vm);
+/* Marks the start and end of a slice of Lua execution, which runs on thread (the node's
+ * coroutine or the state; borrowed); the running time of a node is the sum of its slices, so
+ * waiting for LLM answers does not count. */
+void script_vm_slice_begin(script_vm *vm, lua_State *thread);
 void script_vm_slice_end(script_vm *vm);
 
 /* Seeds math.random of all environments (so a replayed node draws the same numbers). Must

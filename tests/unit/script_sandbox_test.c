@@ -639,6 +639,23 @@ static void test_long_c_loops(void **state)
         snprintf(body, sizeof body, "%s%s", chain, walks[i]);
         expect_fail(body, "instruction budget exceeded");
     }
+    /* Comparing strings calls strcoll once per NUL byte they share: one instruction of
+     * 4 MiB of NULs takes tens of ms, and a two-instruction loop of them ran minutes between
+     * count hooks (review). Once a string past 256 KiB exists, every instruction is checked,
+     * so the time budget holds within about one comparison. */
+    script_limits lim;
+    limits(&lim);
+    lim.timeout_ms = 1000;
+    lim.instructions = INT64_C(1) << 40;
+    outcome o;
+    run_body_lim(&lim,
+                 "local a = ('\\0'):rep(4 * 1024 * 1024) local b = ('\\0'):rep(4 * 1024 * 1024)\n"
+                 "repeat until a < b",
+                 &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    if (strstr(o.error, "time budget exceeded") == NULL || o.ms > 5000)
+        fail_msg("NUL comparisons: %s after %lld ms", o.error, (long long)o.ms);
+    healthy();
     /* gsub walks its replacement at every match: capture references to empty captures add
      * nothing, so the memory limit never stops them (review: 24 s on a 1 s budget) */
     expect_fail("local r = ('a'):rep(2000):gsub('x*', ('%0'):rep(1000000))",
