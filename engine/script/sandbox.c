@@ -1523,11 +1523,11 @@ static bool has_metatable(lua_State *L, int idx)
 /* A replacement table with a metatable, looked up as gsub would (upvalue 1): a call per match,
  * which the hook sees and which charges the table's __index chain, where gsub's own lookup
  * would walk the chain in C unseen. */
-static lua_Unsigned chain_hops(lua_State *L, int idx);
+static lua_Unsigned chain_hops(lua_State *L, int idx, const char *field);
 
 static int repl_lookup(lua_State *L)
 {
-    script_vm_charge(L, (int64_t)chain_hops(L, lua_upvalueindex(1)));
+    script_vm_charge(L, (int64_t)chain_hops(L, lua_upvalueindex(1), "__index"));
     lua_settop(L, 1);
     lua_gettable(L, lua_upvalueindex(1));
     return 1;
@@ -1631,40 +1631,33 @@ static void charge_shift(lua_State *L, lua_Unsigned steps)
 #define LOOP_CHECK_EVERY 64
 #define CHAIN_MAX 2000 /* Lua's own limit on an __index or __newindex chain (MAXTAGLOOP) */
 
-/* The tables one access to the value at idx may pass through: its __index or __newindex chain
- * of tables, whichever is longer (a function ends a chain: calling it is hooked). */
-static lua_Unsigned chain_hops(lua_State *L, int idx)
+/* The tables a read (field "__index") or a write ("__newindex") of the value at idx may pass
+ * through: its chain of such tables (a function ends a chain: calling it is hooked). */
+static lua_Unsigned chain_hops(lua_State *L, int idx, const char *field)
 {
-    static const char *const fields[] = {"__index", "__newindex"};
-    lua_Unsigned most = 0;
-    idx = lua_absindex(L, idx);
-    for (int f = 0; f < 2; f++) {
-        int top = lua_gettop(L);
-        lua_Unsigned hops = 0;
-        lua_pushvalue(L, idx);
-        while (hops < CHAIN_MAX && lua_getmetatable(L, -1)) {
-            lua_pushstring(L, fields[f]);
-            if (lua_rawget(L, -2) != LUA_TTABLE)
-                break;
-            lua_replace(L, -3);
-            lua_pop(L, 1);
-            hops++;
-        }
-        lua_settop(L, top);
-        if (hops > most)
-            most = hops;
+    int top = lua_gettop(L);
+    lua_Unsigned hops = 0;
+    lua_pushvalue(L, idx);
+    while (hops < CHAIN_MAX && lua_getmetatable(L, -1)) {
+        lua_pushstring(L, field);
+        if (lua_rawget(L, -2) != LUA_TTABLE)
+            break;
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        hops++;
     }
-    return most;
+    lua_settop(L, top);
+    return hops;
 }
 
-/* Counts the k-th element (from 1) of a loop over the tables at a and b (b 0: only a), each
- * element worth own units besides its chains: every LOOP_CHECK_EVERY, the elements are
- * charged at the chains as they are now, and the budget checked. */
-static void loop_tick(lua_State *L, lua_Unsigned k, int a, int b, lua_Unsigned own)
+/* Counts the k-th element (from 1) of a loop that reads the table at r and writes the one at w
+ * (0: none), each element worth own units besides its chains: every LOOP_CHECK_EVERY, the
+ * elements are charged at the chains as they are now, and the budget checked. */
+static void loop_tick(lua_State *L, lua_Unsigned k, int r, int w, lua_Unsigned own)
 {
     if (k % LOOP_CHECK_EVERY != 0)
         return;
-    lua_Unsigned hops = chain_hops(L, a) + (b != 0 ? chain_hops(L, b) : 0);
+    lua_Unsigned hops = chain_hops(L, r, "__index") + (w != 0 ? chain_hops(L, w, "__newindex") : 0);
     script_vm_charge(L, (int64_t)(LOOP_CHECK_EVERY * (own + hops)));
 }
 
@@ -1737,7 +1730,7 @@ static int sb_table_insert(lua_State *L)
         for (lua_Integer i = e; i > pos; i--) {
             lua_geti(L, 1, i - 1);
             lua_seti(L, 1, i);
-            loop_tick(L, (lua_Unsigned)e - (lua_Unsigned)i + 1, 1, 0, 0); /* shift charged */
+            loop_tick(L, (lua_Unsigned)e - (lua_Unsigned)i + 1, 1, 1, 0); /* shift charged */
         }
         break;
     default:
@@ -1760,7 +1753,7 @@ static int sb_table_remove(lua_State *L)
     for (lua_Unsigned k = 1; pos < size; pos++, k++) {
         lua_geti(L, 1, pos + 1);
         lua_seti(L, 1, pos);
-        loop_tick(L, k, 1, 0, 0); /* shift charged */
+        loop_tick(L, k, 1, 1, 0); /* shift charged */
     }
     lua_pushnil(L);
     lua_seti(L, 1, pos);
