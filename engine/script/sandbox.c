@@ -338,9 +338,10 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
 
 static void vm_hook(lua_State *L, lua_Debug *ar);
 
-/* One VM instruction's cost grows with its strings in one case: comparing two strings (<, <=)
- * calls strcoll once per NUL byte they share, so two 15 MB runs of NULs cost ~0.2 s per
- * comparison, and a loop of them ran minutes between two count hooks (review). Once a slice
+/* One VM instruction's cost grows with its strings: comparing two strings (<, <=) calls
+ * strcoll once per NUL byte they share, so two 15 MB runs of NULs cost ~0.2 s per comparison,
+ * and a loop of them ran minutes between two count hooks; two equal long strings that are
+ * distinct objects are compared whole (==, a table key) every time (review). Once a slice
  * allocates a string past FINE_STRING (new objects come with their type as osize), its thread
  * is checked at every instruction until its node ends: an instruction's overrun is then one
  * comparison, and ordinary nodes, whose strings stay far smaller, keep the cheap count. */
