@@ -17,9 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HOOK_COUNT 1000          /* VM instructions between count hooks */
-#define FINE_STRING (256 * 1024) /* a string past this makes the hook count each instruction */
-#define PATTERN_MAX_COST 1e8     /* worst-case character tests a pattern call may risk (~1 s) */
+#define HOOK_COUNT 1000         /* VM instructions between count hooks */
+#define FINE_STRING (64 * 1024) /* a string past this makes the hook count each instruction */
+#define PATTERN_MAX_COST 1e8    /* worst-case character tests a pattern call may risk (~1 s) */
 #define TABLE_MOVE_MAX (1 << 24)
 #define PATTERN_MAX_REPEATS 32 /* repeated items (*, -, +, %b, back-references) per pattern */
 #define PATTERN_MAX_SET 1024   /* bytes of one [set] */
@@ -84,7 +84,7 @@ struct script_vm {
     int tripped;
     bool built;        /* the state is complete: from now on a refused allocation trips */
     lua_State *thread; /* what the slice runs (the node's coroutine or the state), or NULL */
-    lua_State *fine;   /* the thread whose hook counts every instruction (see vm_alloc) */
+    bool fine;         /* hooks count every instruction from now on (see vm_alloc) */
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -341,14 +341,16 @@ static void vm_hook(lua_State *L, lua_Debug *ar);
 /* One VM instruction's cost grows with its strings: comparing two strings (<, <=) calls
  * strcoll once per NUL byte they share, so two 15 MB runs of NULs cost ~0.2 s per comparison,
  * and a loop of them ran minutes between two count hooks; two equal long strings that are
- * distinct objects are compared whole (==, a table key) every time (review). Once a slice
- * allocates a string past FINE_STRING (new objects come with their type as osize), its thread
- * is checked at every instruction until its node ends: an instruction's overrun is then one
- * comparison, and ordinary nodes, whose strings stay far smaller, keep the cheap count. */
-static void fine_hook(script_vm *vm)
+ * distinct objects are compared whole (==, a table key) every time (review). Once the state
+ * has made a string past FINE_STRING (new objects come with their type as osize), every thread
+ * it runs is checked at every instruction, in this slice and all later ones (strings outlive
+ * their node: made at the top level or in one node, compared in the next, they ran minutes
+ * again): an instruction's overrun is then one comparison of such strings, under a ms for
+ * strings below the threshold, and states whose strings stay smaller keep the cheap count. */
+static void fine_hook(lua_State *thread)
 {
-    vm->fine = vm->thread;
-    lua_sethook(vm->thread, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
+    if (lua_gethookcount(thread) != 1)
+        lua_sethook(thread, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, 1);
 }
 
 /* Most of what Lua asks for is a new small block: that case takes a block of its class
@@ -358,9 +360,11 @@ static void fine_hook(script_vm *vm)
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     script_vm *vm = ud;
-    if (ptr == NULL && osize == LUA_TSTRING && nsize > FINE_STRING && vm->thread != NULL &&
-        vm->fine != vm->thread)
-        fine_hook(vm);
+    if (ptr == NULL && osize == LUA_TSTRING && nsize > FINE_STRING && !vm->fine) {
+        vm->fine = true;
+        if (vm->thread != NULL)
+            fine_hook(vm->thread);
+    }
     if (ptr == NULL && nsize - 1 < POOL_FINE_MAX) {
         size_t c = (nsize - 1) / POOL_STEP, size = (c + 1) * POOL_STEP;
         void *p = vm->mem_used + size <= vm->mem_limit && vm->tripped == TRIP_NONE
@@ -459,7 +463,7 @@ static void vm_hook(lua_State *L, lua_Debug *ar)
 {
     script_vm *vm = script_vm_of(L);
     if (ar->event == LUA_HOOKCOUNT) {
-        vm->instr_used += L == vm->fine ? 1 : HOOK_COUNT;
+        vm->instr_used += lua_gethookcount(L);
         check_budget(L, vm);
         return;
     }
@@ -473,16 +477,13 @@ void script_vm_budget_reset(script_vm *vm)
 {
     vm->instr_used = 0;
     vm->run_us = 0;
-    if (vm->fine != NULL) {
-        /* a new node: its coroutine is new too, and takes the state's hook */
-        lua_sethook(vm->L, vm_hook, LUA_MASKCOUNT | LUA_MASKCALL, HOOK_COUNT);
-        vm->fine = NULL;
-    }
 }
 
 void script_vm_slice_begin(script_vm *vm, lua_State *thread)
 {
     vm->thread = thread;
+    if (vm->fine)
+        fine_hook(thread);
     vm->slice_start_us = clock_mono_us();
     vm->deadline_us = vm->slice_start_us + (vm->timeout_us - vm->run_us);
     if (vm->deadline_us <= vm->slice_start_us)

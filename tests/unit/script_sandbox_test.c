@@ -646,7 +646,7 @@ static void test_long_c_loops(void **state)
     }
     /* Comparing strings calls strcoll once per NUL byte they share: one instruction of
      * 4 MiB of NULs takes tens of ms, and a two-instruction loop of them ran minutes between
-     * count hooks (review). Once a string past 256 KiB exists, every instruction is checked,
+     * count hooks (review). Once a string past 64 KiB exists, every instruction is checked,
      * so the time budget holds within about one comparison. */
     script_limits lim;
     limits(&lim);
@@ -660,6 +660,39 @@ static void test_long_c_loops(void **state)
     assert_int_equal(o.kind, SCRIPT_FAILED);
     if (strstr(o.error, "time budget exceeded") == NULL || o.ms > 5000)
         fail_msg("NUL comparisons: %s after %lld ms", o.error, (long long)o.ms);
+    /* ... also where the strings were made before the node (review: made at the top level or
+     * in an earlier node, they were compared under the cheap count for minutes) */
+    run_source(&lim,
+               "local a = ('\\0'):rep(4 * 1024 * 1024) local b = ('\\0'):rep(4 * 1024 * 1024)\n"
+               "return { name = 'sandbox', start = 'main', consensus = 'test', nodes = {\n"
+               "  main = function(ctx) repeat until a < b end } }\n",
+               &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    if (strstr(o.error, "time budget exceeded") == NULL || o.ms > 5000)
+        fail_msg("NUL comparisons of strings made before the node: %s after %lld ms", o.error,
+                 (long long)o.ms);
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    assert_int_equal(new_panel(&lim,
+                               "local S = {}\n"
+                               "return { name = 'sandbox', start = 'make', nodes = {\n"
+                               "  make = function(ctx) S.a = ('\\0'):rep(4 * 1024 * 1024)\n"
+                               "    S.b = ('\\0'):rep(4 * 1024 * 1024) return 'cmp' end,\n"
+                               "  cmp = function(ctx) local a, b = S.a, S.b\n"
+                               "    repeat until a < b end } }\n",
+                               &sp, &err),
+                     AP_OK);
+    script_step step;
+    assert_int_equal(script_panel_run_node(sp, "make", 42, &step), AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_NEXT);
+    int64_t t0 = clock_mono_ms();
+    assert_int_equal(script_panel_run_node(sp, "cmp", 42, &step), AP_OK);
+    int64_t ms = clock_mono_ms() - t0;
+    if (step.outcome != SCRIPT_FAILED || strstr(step.error, "time budget exceeded") == NULL ||
+        ms > 5000)
+        fail_msg("NUL comparisons of strings made in an earlier node: %s after %lld ms", step.error,
+                 (long long)ms);
+    script_panel_free(sp);
     healthy();
     /* gsub walks its replacement at every match: capture references to empty captures add
      * nothing, so the memory limit never stops them (review: 24 s on a 1 s budget) */
