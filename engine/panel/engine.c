@@ -253,9 +253,8 @@ struct panel_engine {
     pthread_cond_t lcond; /* on CLOCK_MONOTONIC */
     bool lstop;
     bool adopt; /* see panel_engine_opts */
-    /* where the next sweep starts: after sweep_after when swept, else from the oldest */
+    /* where the next sweep starts: after this candidate, or from the oldest when it has no id */
     store_lease_ref sweep_after;
-    bool swept;
 };
 
 static size_t bucket_hash(const char *id)
@@ -3312,7 +3311,8 @@ static ap_status sweep(panel_engine *e, size_t *started, ap_err *err)
     while (rc == AP_OK && more) {
         store_lease_ref *page = NULL;
         size_t n = 0, i = 0;
-        rc = store_panels_lease_free(e->st, e->owner, prefix, e->swept ? &e->sweep_after : NULL,
+        rc = store_panels_lease_free(e->st, e->owner, prefix,
+                                     e->sweep_after.panel_id[0] != '\0' ? &e->sweep_after : NULL,
                                      SWEEP_PAGE, &page, &n, err);
         for (; rc == AP_OK && i < n; i++) {
             if (__atomic_load_n(&e->lstop, __ATOMIC_RELAXED) || clock_mono_ms() > until)
@@ -3326,12 +3326,10 @@ static ap_status sweep(panel_engine *e, size_t *started, ap_err *err)
         /* The next page starts after the last candidate looked at, or from the oldest again
          * once the last page was read to its end. */
         bool to_end = rc == AP_OK && i == n;
-        if (i > 0) {
+        if (i > 0)
             e->sweep_after = page[i - 1];
-            e->swept = true;
-        }
         if (to_end && n < SWEEP_PAGE)
-            e->swept = false;
+            e->sweep_after.panel_id[0] = '\0';
         more = to_end && n == SWEEP_PAGE;
         free(page);
     }

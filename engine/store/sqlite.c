@@ -1010,24 +1010,34 @@ static bool read_event_row(sqlite3_stmt *st, void *row)
     return read_event(st, row);
 }
 
-/* Steps a bound list statement, reading up to limit rows of elem bytes each into out after
- * checking each row's tenant (column tenant_col); *got counts the rows read, also on failure,
- * so the caller can free them. Resets the statement. */
+/* Steps a bound list statement, reading up to limit rows of elem bytes each into *rows, which
+ * holds *cap of them and grows (grow_rows, from first) when full; each row's tenant (column
+ * tenant_col, or none when negative: operator scope) is checked first. *got counts the rows
+ * read, also on failure, so the caller can free them. Resets the statement. */
 static ap_status sq_collect(sq *q, sqlite3_stmt *st, int tenant_col, const char *tenant_id,
-                            int limit, void *out, size_t elem,
+                            size_t limit, void **rows, size_t *cap, size_t first, size_t elem,
                             bool (*read)(sqlite3_stmt *st, void *row), size_t *got, ap_err *err)
 {
     ap_status rc = AP_OK;
     int s = SQLITE_DONE;
-    while (rc == AP_OK && *got < (size_t)limit && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!row_tenant_ok(st, tenant_col, tenant_id))
+    while (rc == AP_OK && *got < limit && (s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*got == *cap) {
+            void *grown = grow_rows(*rows, cap, elem, first);
+            if (grown == NULL) {
+                rc = ap_err_set(err, AP_NOMEM, "out of memory");
+                break;
+            }
+            *rows = grown;
+        }
+        void *row = (char *)*rows + *got * elem;
+        if (tenant_col >= 0 && !row_tenant_ok(st, tenant_col, tenant_id))
             rc = store_row_denied(err);
-        else if (!read(st, (char *)out + *got * elem))
+        else if (!read(st, row))
             rc = ap_err_set(err, AP_NOMEM, "out of memory");
         else
             (*got)++;
     }
-    if (rc == AP_OK && *got < (size_t)limit && s != SQLITE_DONE)
+    if (rc == AP_OK && *got < limit && s != SQLITE_DONE)
         rc = sq_error(q, s, err);
     sqlite3_reset(st);
     return rc;
@@ -1052,7 +1062,10 @@ static ap_status sq_expert_list(void *impl, const char *tenant_id, const store_p
             bind_text(st, i++, after->id);
         }
         sqlite3_bind_int(st, i, limit);
-        rc = sq_collect(q, st, 1, tenant_id, limit, out, sizeof *out, read_expert_row, &got, err);
+        void *rows_in = out;
+        size_t cap = (size_t)limit; /* allocated whole: never grows */
+        rc = sq_collect(q, st, 1, tenant_id, cap, &rows_in, &cap, 0, sizeof *out, read_expert_row,
+                        &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
@@ -1251,14 +1264,26 @@ static ap_status sq_live_below(sq *q, const char *tenant_id, const char *id, int
     return rc;
 }
 
+static bool read_lease_ref(sqlite3_stmt *st, void *row)
+{
+    store_lease_ref *r = row;
+    col_id(st, 0, r->tenant_id);
+    col_id(st, 1, r->panel_id);
+    const char *o = (const char *)sqlite3_column_text(st, 2);
+    snprintf(r->owner, sizeof r->owner, "%s", o != NULL ? o : "");
+    r->expires_at = o != NULL ? sqlite3_column_int64(st, 3) : 0;
+    r->created_at = sqlite3_column_int64(st, 4);
+    return true;
+}
+
 static ap_status sq_panels_lease_free(void *impl, const char *owner, const char *host_prefix,
                                       int64_t now, const store_lease_ref *after, size_t limit,
                                       store_lease_ref **refs, size_t *n, ap_err *err)
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    store_lease_ref *out = NULL;
-    size_t got = 0, cap = 0;
+    void *out = NULL;
+    size_t got = 0;
     q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_PANELS_LEASE_FREE, &st, err);
     if (rc == AP_OK) {
@@ -1273,27 +1298,9 @@ static ap_status sq_panels_lease_free(void *impl, const char *owner, const char 
             sqlite3_bind_null(st, 5);
         }
         sqlite3_bind_int64(st, 6, (sqlite3_int64)limit);
-        int s;
-        while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
-            if (got == cap) {
-                store_lease_ref *grown = grow_rows(out, &cap, sizeof *out, 16);
-                if (grown == NULL) {
-                    rc = ap_err_set(err, AP_NOMEM, "out of memory");
-                    break;
-                }
-                out = grown;
-            }
-            store_lease_ref *r = &out[got++];
-            col_id(st, 0, r->tenant_id);
-            col_id(st, 1, r->panel_id);
-            const char *o = (const char *)sqlite3_column_text(st, 2);
-            snprintf(r->owner, sizeof r->owner, "%s", o != NULL ? o : "");
-            r->expires_at = o != NULL ? sqlite3_column_int64(st, 3) : 0;
-            r->created_at = sqlite3_column_int64(st, 4);
-        }
-        if (rc == AP_OK && s != SQLITE_DONE)
-            rc = sq_error(q, s, err);
-        sqlite3_reset(st);
+        size_t cap = 0;
+        rc = sq_collect(q, st, -1, NULL, SIZE_MAX, &out, &cap, 16, sizeof(store_lease_ref),
+                        read_lease_ref, &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
@@ -1454,34 +1461,28 @@ static ap_status sq_panel_list(void *impl, const char *tenant_id, const char *st
     return AP_OK;
 }
 
+static bool read_panel_ref(sqlite3_stmt *st, void *row)
+{
+    store_panel_ref *r = row;
+    col_id(st, 0, r->tenant_id);
+    col_id(st, 1, r->panel_id);
+    return true;
+}
+
 static ap_status sq_panels_in_status(void *impl, const char *status, store_panel_ref **pairs,
                                      size_t *n, ap_err *err)
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    store_panel_ref *out = NULL;
-    size_t got = 0, cap = 0;
+    void *out = NULL;
+    size_t got = 0;
     q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, ST_PANELS_IN_STATUS, &st, err);
     if (rc == AP_OK) {
         bind_text(st, 1, status);
-        int s;
-        while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
-            if (got == cap) {
-                store_panel_ref *grown = grow_rows(out, &cap, sizeof *out, 16);
-                if (grown == NULL) {
-                    rc = ap_err_set(err, AP_NOMEM, "out of memory");
-                    break;
-                }
-                out = grown;
-            }
-            col_id(st, 0, out[got].tenant_id);
-            col_id(st, 1, out[got].panel_id);
-            got++;
-        }
-        if (rc == AP_OK && s != SQLITE_DONE)
-            rc = sq_error(q, s, err);
-        sqlite3_reset(st);
+        size_t cap = 0;
+        rc = sq_collect(q, st, -1, NULL, SIZE_MAX, &out, &cap, 16, sizeof(store_panel_ref),
+                        read_panel_ref, &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
@@ -1541,7 +1542,10 @@ static ap_status sq_events_list(void *impl, const char *tenant_id, const char *p
         bind_text(st, 2, panel_id);
         sqlite3_bind_int64(st, 3, after_seq);
         sqlite3_bind_int(st, 4, limit);
-        rc = sq_collect(q, st, 0, tenant_id, limit, out, sizeof *out, read_event_row, &got, err);
+        void *rows_in = out;
+        size_t cap = (size_t)limit; /* allocated whole: never grows */
+        rc = sq_collect(q, st, 0, tenant_id, cap, &rows_in, &cap, 0, sizeof *out, read_event_row,
+                        &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
@@ -1733,37 +1737,25 @@ static ap_status sq_script_deactivate(void *impl, const char *tenant_id, store_s
     return rc;
 }
 
+static bool read_script_row(sqlite3_stmt *st, void *row)
+{
+    return read_script(st, row);
+}
+
 static ap_status sq_script_list(void *impl, const char *tenant_id, store_script_kind kind,
                                 const char *name, store_script **rows, size_t *n, ap_err *err)
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    store_script *out = NULL;
-    size_t got = 0, cap = 0;
+    void *out = NULL;
+    size_t got = 0;
     q = sq_read_lock(q);
     ap_status rc = sq_stmt(q, name != NULL ? ST_SCRIPT_LIST_NAME : ST_SCRIPT_LIST_ACTIVE, &st, err);
     if (rc == AP_OK) {
         bind_script_key(st, tenant_id, kind, name);
-        int s;
-        while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
-            if (got == cap) {
-                store_script *grown = grow_rows(out, &cap, sizeof *out, 8);
-                if (grown == NULL) {
-                    rc = ap_err_set(err, AP_NOMEM, "out of memory");
-                    break;
-                }
-                out = grown;
-            }
-            if (!row_tenant_ok(st, 0, tenant_id))
-                rc = store_row_denied(err);
-            else if (!read_script(st, &out[got]))
-                rc = ap_err_set(err, AP_NOMEM, "out of memory");
-            else
-                got++;
-        }
-        if (rc == AP_OK && s != SQLITE_DONE)
-            rc = sq_error(q, s, err);
-        sqlite3_reset(st);
+        size_t cap = 0;
+        rc = sq_collect(q, st, 0, tenant_id, SIZE_MAX, &out, &cap, 8, sizeof(store_script),
+                        read_script_row, &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
@@ -1814,14 +1806,26 @@ static ap_status sq_usage_record(void *impl, const char *tenant_id, const store_
     return rc;
 }
 
+static bool read_usage_group(sqlite3_stmt *st, void *row)
+{
+    store_usage_group *g = row;
+    bool failed = false;
+    g->key = col_dup(st, 1, &failed);
+    g->calls = sqlite3_column_int64(st, 2);
+    g->prompt_tokens = sqlite3_column_int64(st, 3);
+    g->completion_tokens = sqlite3_column_int64(st, 4);
+    g->cost_usd = sqlite3_column_double(st, 5);
+    return !failed;
+}
+
 static ap_status sq_usage_summary(void *impl, const char *tenant_id, int64_t from_ms, int64_t to_ms,
                                   store_group group, store_usage_group **groups, size_t *n,
                                   ap_err *err)
 {
     sq *q = impl;
     sqlite3_stmt *st = NULL;
-    store_usage_group *out = NULL;
-    size_t got = 0, cap = 0;
+    void *out = NULL;
+    size_t got = 0;
     int id = group == STORE_GROUP_EXPERT  ? ST_USAGE_BY_EXPERT
              : group == STORE_GROUP_MODEL ? ST_USAGE_BY_MODEL
                                           : ST_USAGE_BY_DAY;
@@ -1831,33 +1835,9 @@ static ap_status sq_usage_summary(void *impl, const char *tenant_id, int64_t fro
         bind_text(st, 1, tenant_id);
         sqlite3_bind_int64(st, 2, from_ms);
         sqlite3_bind_int64(st, 3, to_ms);
-        int s;
-        while (rc == AP_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
-            if (got == cap) {
-                store_usage_group *grown = grow_rows(out, &cap, sizeof *out, 8);
-                if (grown == NULL) {
-                    rc = ap_err_set(err, AP_NOMEM, "out of memory");
-                    break;
-                }
-                out = grown;
-            }
-            if (!row_tenant_ok(st, 0, tenant_id)) {
-                rc = store_row_denied(err);
-                break;
-            }
-            bool failed = false;
-            out[got].key = col_dup(st, 1, &failed);
-            out[got].calls = sqlite3_column_int64(st, 2);
-            out[got].prompt_tokens = sqlite3_column_int64(st, 3);
-            out[got].completion_tokens = sqlite3_column_int64(st, 4);
-            out[got].cost_usd = sqlite3_column_double(st, 5);
-            got++;
-            if (failed)
-                rc = ap_err_set(err, AP_NOMEM, "out of memory");
-        }
-        if (rc == AP_OK && s != SQLITE_DONE)
-            rc = sq_error(q, s, err);
-        sqlite3_reset(st);
+        size_t cap = 0;
+        rc = sq_collect(q, st, 0, tenant_id, SIZE_MAX, &out, &cap, 8, sizeof(store_usage_group),
+                        read_usage_group, &got, err);
     }
     pthread_mutex_unlock(&q->mu);
     if (rc != AP_OK) {
