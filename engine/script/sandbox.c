@@ -31,7 +31,32 @@
 #define CHECK_INSTRUCTIONS 20000000 /* per node while a script is checked */
 #define CHECK_TIMEOUT_MS 1000
 
-enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_COUNT };
+enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE, TRIP_COUNT };
+
+/* Lua 5.4 hashes an integer key by its value modulo the hash part's size less one, so keys
+ * that are multiples of 2^K-1 all share one chain once a table has 2^K nodes, and the resize
+ * that takes it there reinserts every one of them along that chain: n^2/2 steps inside one
+ * instruction, which no hook interrupts and no allocation limits (review: 2^19 such keys held
+ * a runner thread 94 s, 2^20 7.4 min). The sandbox cannot see collisions, but it sees each
+ * resize's node array: one new block of exactly 2^k nodes. Refusing those past
+ * TABLE_NODES_MAX bounds the worst resize (2^17 colliding keys: 3.6 s on the bench VM, where
+ * 2^18 took 14 s) at the price of a limit on keys outside a table's array part 1..n, which
+ * has no such cost and stays unlimited. */
+#define TABLE_NODES_MAX (1u << 17)
+#define PROBE_NODES 1024
+
+/* The size of one node of a table's hash part in the linked Lua (measured, see
+ * measured_node_size); 0 where it is a power of two, which array parts share. */
+static size_t node_size;
+
+/* Whether a new block of n bytes is the node array of a hash part past TABLE_NODES_MAX. */
+static bool hash_part_too_big(size_t n)
+{
+    if (node_size == 0 || n <= node_size * TABLE_NODES_MAX || n % node_size != 0)
+        return false;
+    size_t nodes = n / node_size;
+    return (nodes & (nodes - 1)) == 0;
+}
 
 /* Small blocks of a state come from its own pool: Lua makes thousands of small allocations
  * per panel, and malloc/free for each (with the arenas growing and shrinking under two
@@ -85,6 +110,7 @@ struct script_vm {
     bool built;        /* the state is complete: from now on a refused allocation trips */
     lua_State *thread; /* what the slice runs (the node's coroutine or the state), or NULL */
     bool fine;         /* hooks count every instruction from now on (see vm_alloc) */
+    bool keyed;        /* in rawset or the compiler: C that adds a script's keys to a table */
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -294,6 +320,21 @@ static size_t charged(size_t size)
     return size <= POOL_SMALL_MAX ? class_size(pool_class(size)) : size;
 }
 
+/* Whether a large new vector is asked for by code that may be growing a table by keys of a
+ * script's choosing: a Lua function (a store, a constructor), rawset, or the compiler (its
+ * table of a chunk's constants). Other C functions' are their buffers (string.rep,
+ * table.concat), whose sizes can equal a node array's. Reads the running frame only, which
+ * allocates nothing. */
+static bool script_grows_table(script_vm *vm)
+{
+    lua_Debug ar;
+    if (vm->thread == NULL || vm->keyed)
+        return vm->keyed;
+    if (!lua_getstack(vm->thread, 0, &ar) || !lua_getinfo(vm->thread, "S", &ar))
+        return false;
+    return strcmp(ar.what, "C") != 0;
+}
+
 /* Any allocation, resize or free; vm_alloc handles the common case itself. */
 static bool over_budget(script_vm *vm);
 
@@ -308,6 +349,11 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
             pool_put(vm, ptr, pool_class(old));
         else if (ptr != NULL)
             big_free(vm, ptr, old);
+        return NULL;
+    }
+    if (ptr == NULL && osize == 0 && hash_part_too_big(nsize) && script_grows_table(vm)) {
+        if (vm->tripped == TRIP_NONE)
+            vm->tripped = TRIP_TABLE;
         return NULL;
     }
     size_t new_charge = charged(nsize);
@@ -482,6 +528,7 @@ void script_vm_budget_reset(script_vm *vm)
 void script_vm_slice_begin(script_vm *vm, lua_State *thread)
 {
     vm->thread = thread;
+    vm->keyed = false;
     if (vm->fine)
         fine_hook(thread);
     vm->slice_start_us = clock_mono_us();
@@ -548,6 +595,7 @@ void script_vm_error_text(lua_State *L, int idx, char *out, size_t cap)
 
 static int finish_pcall(lua_State *L, int status, lua_KContext extra)
 {
+    script_vm_of(L)->keyed = false; /* a rawset that raised */
     script_vm_note(L, status);
     script_vm_check(L); /* a tripped limit is never caught */
     if (status != LUA_OK && status != LUA_YIELD) {
@@ -556,6 +604,20 @@ static int finish_pcall(lua_State *L, int status, lua_KContext extra)
         return 2;
     }
     return lua_gettop(L) - (int)extra;
+}
+
+/* rawset, marked for the allocator: it grows a table by the script's keys from C. */
+static int sb_rawset(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    luaL_checkany(L, 3);
+    lua_settop(L, 3);
+    script_vm *vm = script_vm_of(L);
+    vm->keyed = true;
+    lua_rawset(L, 1);
+    vm->keyed = false;
+    return 1;
 }
 
 static int sb_pcall(lua_State *L)
@@ -825,7 +887,9 @@ static int load_text(lua_State *L, const char *name, const char *src, size_t len
     timed_text t = {src, len, 0, now + COMPILE_BUDGET_US, false};
     if (vm->deadline_us != 0 && vm->deadline_us < t.deadline_us)
         t.deadline_us = vm->deadline_us;
+    vm->keyed = true; /* lua_load returns its errors, never raises them */
     int status = lua_load(L, timed_reader, &t, name, "t");
+    vm->keyed = false;
     if (!t.expired)
         return status;
     lua_pop(L, 1);
@@ -1821,8 +1885,8 @@ static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction wr
 /* ---- the environment ------------------------------------------------------------------ */
 
 static const char *const base_names[] = {
-    "assert", "error",  "ipairs", "next",   "pairs",    "rawequal",
-    "rawget", "rawlen", "rawset", "select", "tonumber", "type",
+    "assert", "error",  "ipairs", "next",     "pairs", "rawequal",
+    "rawget", "rawlen", "select", "tonumber", "type",
 };
 #define BASE_COUNT (sizeof base_names / sizeof base_names[0])
 
@@ -1851,11 +1915,47 @@ static int capture_base(lua_State *L)
     return 0;
 }
 
-/* Fills base_fns once; false when it could not (out of memory), to be tried again. */
+static void *probe_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    size_t *biggest = ud;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    if (ptr == NULL && osize == 0 && nsize > *biggest)
+        *biggest = nsize;
+    return realloc(ptr, nsize);
+}
+
+static int probe_table(lua_State *L)
+{
+    lua_createtable(L, 0, PROBE_NODES);
+    return 0;
+}
+
+/* Node is private to Lua, so its size is read off the allocation of a table's hash part of
+ * PROBE_NODES nodes (a new vector comes with osize 0, like an array part). */
+static size_t measured_node_size(void)
+{
+    size_t biggest = 0, size = 0;
+    lua_State *L = lua_newstate(probe_alloc, &biggest);
+    if (L == NULL)
+        return 0;
+    biggest = 0;
+    lua_pushcfunction(L, probe_table);
+    if (lua_pcall(L, 0, 0, 0) == LUA_OK && biggest % PROBE_NODES == 0)
+        size = biggest / PROBE_NODES;
+    lua_close(L);
+    return size != 0 && (size & (size - 1)) != 0 ? size : 0;
+}
+
+/* Fills base_fns and node_size once; false when it could not (out of memory), to be tried
+ * again. */
 static bool base_functions(void)
 {
     pthread_mutex_lock(&base_mu);
     if (!base_ready) {
+        node_size = measured_node_size();
         lua_CFunction fns[BASE_COUNT];
         lua_State *L = luaL_newstate();
         if (L != NULL) {
@@ -1970,6 +2070,7 @@ static int push_env(lua_State *L)
     static const luaL_Reg guarded[] = {
         {"pcall", sb_pcall},
         {"xpcall", sb_xpcall},
+        {"rawset", sb_rawset},
         {"setmetatable", sb_setmetatable},
         {"getmetatable", sb_getmetatable},
         {"collectgarbage", sb_collectgarbage},
@@ -2368,6 +2469,10 @@ ap_status script_vm_new(const script_limits *lim, script_vm_log_fn log, void *lo
              (long long)lim->instructions);
     snprintf(vm->trip_msg[TRIP_TIME], sizeof vm->trip_msg[0],
              "time budget exceeded: a node may run at most %lld ms", (long long)lim->timeout_ms);
+    snprintf(vm->trip_msg[TRIP_TABLE], sizeof vm->trip_msg[0],
+             "table too large: a table may hold at most %u keys besides its array part "
+             "(keys 1..n)",
+             TABLE_NODES_MAX);
     vm->big.prev = vm->big.next = &vm->big;
     vm->L = lua_newstate(vm_alloc, vm);
     if (vm->L == NULL) {

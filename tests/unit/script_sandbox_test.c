@@ -550,6 +550,39 @@ static void test_memory_bombs(void **state)
                 "memory limit exceeded");
 }
 
+/* Keys that are multiples of 2^K-1 share one chain in a hash part of 2^K nodes, and growing
+ * the table to that size reinserts them along it: 2^18 of them held the thread ~60 s in one
+ * instruction. The node array of that resize is refused before the reinsertion starts. */
+static void test_hash_collisions(void **state)
+{
+    (void)state;
+    expect_fail("local m, t = (1 << 18) - 1, {} for j = 1, (1 << 17) + 1 do t[j * m] = true end",
+                "table too large: a table may hold at most 131072 keys");
+    expect_fail(
+        "local m, t = (1 << 18) - 1, {} for j = 1, (1 << 17) + 1 do rawset(t, j * m, 1) end",
+        "table too large");
+    expect_fail("local m, t = (1 << 18) - 1, setmetatable({}, { __newindex = rawset })\n"
+                "for j = 1, (1 << 17) + 1 do t[j * m] = 1 end",
+                "table too large");
+    expect_fail("local t = {} for i = 1, 200000 do t['k' .. i] = i end", "table too large");
+    /* the compiler's table of a chunk's constants (the product's memory limit: compiling them
+     * takes more than the tests' 16 MiB) */
+    script_limits lim;
+    script_limits_default(&lim);
+    outcome o;
+    run_body_lim(&lim,
+                 "local m, k = (1 << 18) - 1, {} for j = 1, (1 << 17) + 1 do k[j] = j * m end\n"
+                 "load('return {' .. table.concat(k, ',') .. '}')",
+                 &o);
+    assert_int_equal(o.kind, SCRIPT_FAILED);
+    assert_non_null(strstr(o.error, "table too large"));
+    /* a C function's buffer of a node array's size is no table */
+    expect_done("local s = string.rep('x', 6 << 20) assert(#s == 6 << 20)");
+    /* up to the limit, and arrays (keys 1..n) past it */
+    expect_done("local t = {} for i = 1, 131072 do t['k' .. i] = i end");
+    expect_done("local a = {} for i = 1, 300000 do a[i] = i end assert(#a == 300000)");
+}
+
 /* ---- recursion and the C stack ------------------------------------------------------------ */
 
 static void test_recursion(void **state)
@@ -1088,11 +1121,11 @@ static void test_contract_errors(void **state)
 
 /* ---- sixth red-team round ----------------------------------------------------------------- */
 
-/* A table emptied of 2^18 keys keeps its slots (walking it costs them) yet encodes as "{}";
+/* A table emptied of 2^17 keys keeps its slots (walking it costs them) yet encodes as "{}";
  * shared a million times, one encode would walk it a million times. */
 #define DAG_BODY                                                                                   \
-    "local x = {} for i = 1, 1 << 18 do x[i * 2] = true end\n"                                     \
-    "for i = 1, 1 << 18 do x[i * 2] = nil end\n"                                                   \
+    "local x = {} for i = 1, 1 << 17 do x[i * 2] = true end\n"                                     \
+    "for i = 1, 1 << 17 do x[i * 2] = nil end\n"                                                   \
     "local p = {} for i = 1, 1000 do p[i] = x end\n"                                               \
     "local dag = {} for i = 1, 1000 do dag[i] = p end\n"
 
@@ -1142,8 +1175,11 @@ static void test_json_encode_edges(void **state)
                 "  fill[#fill + 1] = string.rep(tostring(#fill), 1 << 16) end\n"
                 "local out = json.encode(t)",
                 "memory limit exceeded");
-    /* The encoder's key lists count against the panel's memory limit. */
-    expect_fail("local t = {} for i = 1, 150000 do t[i * 2] = true end\n"
+    /* The encoder's key lists count against the panel's memory limit (the table is as large
+     * as one may be, the heap filled up to where its key list no longer fits). */
+    expect_fail("local t = {} for i = 1, 131072 do t[i * 2] = true end\n"
+                "local fill = {} while collectgarbage('count') < 13 * 1024 do\n"
+                "  fill[#fill + 1] = string.rep(tostring(#fill), 1 << 16) end\n"
                 "local s = json.encode(t)",
                 "memory limit exceeded");
     /* Two keys with one text would be one key twice in JSON. */
@@ -1494,6 +1530,7 @@ int main(void)
         cmocka_unit_test(test_time_budget),
         cmocka_unit_test(test_limit_not_catchable),
         cmocka_unit_test(test_memory_bombs),
+        cmocka_unit_test(test_hash_collisions),
         cmocka_unit_test(test_recursion),
         cmocka_unit_test(test_long_c_loops),
         cmocka_unit_test(test_sort_is_budgeted),
