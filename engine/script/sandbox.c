@@ -1956,6 +1956,11 @@ static bool base_functions(void)
     pthread_mutex_lock(&base_mu);
     if (!base_ready) {
         node_size = measured_node_size();
+        if (node_size == 0)
+            log_warn("this Lua's table nodes cannot be told from arrays by size: scripts' tables "
+                     "are not limited to %u keys, and keys crafted to collide can hold a runner "
+                     "thread for minutes in one step",
+                     TABLE_NODES_MAX);
         lua_CFunction fns[BASE_COUNT];
         lua_State *L = luaL_newstate();
         if (L != NULL) {
