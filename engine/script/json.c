@@ -62,6 +62,7 @@ static const char *key_text(const key_ref *k)
 
 #define ENC_SMALL_KEYS 8
 #define ENC_MAX_KEYS 900000
+#define ENC_CHECK_EVERY 64 /* keys of a walk between two budget checks (see enc_check) */
 
 static int key_cmp(const void *a, const void *b)
 {
@@ -115,6 +116,18 @@ static ap_status enc_array(enc *e, int idx, size_t n, int depth)
     return rc == AP_OK ? buf_putc(&e->out, ']') : rc;
 }
 
+/* Whether the panel's budget is spent, checked every ENC_CHECK_EVERY keys of a walk: a step
+ * of lua_next costs the chain of its key, and a table of keys crafted to share one chain
+ * costs its size at every step (a walk of 2^17 such keys took 14.5 s between two checks). */
+static ap_status enc_check(enc *e, size_t k)
+{
+    if (k % ENC_CHECK_EVERY != 0 || !script_vm_over_budget(e->L))
+        return AP_OK;
+    char msg[AP_ERR_MSG_MAX];
+    script_vm_tripped(script_vm_of(e->L), msg, sizeof msg);
+    return ap_err_set(e->err, AP_LIMIT, "json.encode: %s", msg);
+}
+
 static ap_status enc_table(enc *e, int idx, int depth)
 {
     lua_State *L = e->L;
@@ -148,6 +161,10 @@ static ap_status enc_table(enc *e, int idx, int depth)
                 all_int = false;
             count++;
             lua_pop(L, 1);
+            if ((rc = enc_check(e, count)) != AP_OK) {
+                lua_pop(L, 1);
+                return rc;
+            }
         }
         if (all_int && n == count)
             return enc_array(e, idx, n, depth);
@@ -158,6 +175,8 @@ static ap_status enc_table(enc *e, int idx, int depth)
     size_t k = 0;
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
+        if ((rc = enc_check(e, k + 1)) != AP_OK)
+            goto out;
         if (k == ENC_MAX_KEYS) {
             rc = ap_err_set(e->err, AP_LIMIT, "json.encode: table too large");
             goto out;

@@ -34,15 +34,17 @@
 enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE, TRIP_COUNT };
 
 /* Lua 5.4 hashes an integer key by its value modulo the hash part's size less one, so keys
- * that are multiples of 2^K-1 all share one chain once a table has 2^K nodes, and the resize
- * that takes it there reinserts every one of them along that chain: n^2/2 steps inside one
- * instruction, which no hook interrupts and no allocation limits (review: 2^19 such keys held
- * a runner thread 94 s, 2^20 7.4 min). The sandbox cannot see collisions, but it sees each
- * resize's node array: one new block of exactly 2^k nodes. Refusing those past
- * TABLE_NODES_MAX bounds the worst resize (2^17 colliding keys: 3.6 s on the bench VM, where
- * 2^18 took 14 s) at the price of a limit on keys outside a table's array part 1..n, which
- * has no such cost and stays unlimited. */
-#define TABLE_NODES_MAX (1u << 17)
+ * that are multiples of 2^K-1 all share one chain once a table has 2^K nodes (floats
+ * 1 + k*2^-52 share one at any size), and a rehash reinserts every one of them along that
+ * chain: n^2/2 steps inside one instruction, which no hook interrupts and no allocation limits
+ * (2^19 such keys held a runner thread ~60 s). The sandbox cannot see collisions, but it sees
+ * each resize's node array: one new block of exactly 2^k nodes. Refusing those past
+ * TABLE_NODES_MAX bounds the worst rehash, which is one at the full size (a key removed, a new
+ * one added: review, 2^17 keys 14.5 s; 2^16 ~3.6 s on the bench VM), at the price of a limit
+ * on keys outside a table's array part 1..n, which has no such cost and stays unlimited. */
+#define TABLE_NODES_MAX (1u << 16)
+#define MARKS_MAX 64        /* table functions nested through metamethods */
+#define LOOP_CHECK_EVERY 64 /* elements or keys of a C loop between two budget checks */
 #define PROBE_NODES 1024
 
 /* The size of one node of a table's hash part in the linked Lua (measured, see
@@ -110,7 +112,11 @@ struct script_vm {
     bool built;        /* the state is complete: from now on a refused allocation trips */
     lua_State *thread; /* what the slice runs (the node's coroutine or the state), or NULL */
     bool fine;         /* hooks count every instruction from now on (see vm_alloc) */
-    bool keyed;        /* in rawset or the compiler: C that adds a script's keys to a table */
+    bool compiling;    /* in lua_load: the compiler's table of constants grows (see keyed_call) */
+    /* The frames (CallInfo, compared only) of the C functions running that add keys of the
+     * script's choosing to a table, innermost last (see keyed_call). */
+    const void *marks[MARKS_MAX];
+    int nmarks;
     char trip_msg[TRIP_COUNT][160];
     script_vm_log_fn log;
     void *log_ud;
@@ -328,11 +334,13 @@ static size_t charged(size_t size)
 static bool script_grows_table(script_vm *vm)
 {
     lua_Debug ar;
-    if (vm->thread == NULL || vm->keyed)
-        return vm->keyed;
-    if (!lua_getstack(vm->thread, 0, &ar) || !lua_getinfo(vm->thread, "S", &ar))
+    if (vm->compiling)
+        return true;
+    if (vm->thread == NULL || !lua_getstack(vm->thread, 0, &ar))
         return false;
-    return strcmp(ar.what, "C") != 0;
+    if (vm->nmarks > 0 && (const void *)ar.i_ci == vm->marks[vm->nmarks - 1])
+        return true;
+    return lua_getinfo(vm->thread, "S", &ar) && strcmp(ar.what, "C") != 0;
 }
 
 /* Any allocation, resize or free; vm_alloc handles the common case itself. */
@@ -528,7 +536,7 @@ void script_vm_budget_reset(script_vm *vm)
 void script_vm_slice_begin(script_vm *vm, lua_State *thread)
 {
     vm->thread = thread;
-    vm->keyed = false;
+    vm->nmarks = 0;
     if (vm->fine)
         fine_hook(thread);
     vm->slice_start_us = clock_mono_us();
@@ -593,9 +601,12 @@ void script_vm_error_text(lua_State *L, int idx, char *out, size_t cap)
 
 /* ---- guarded base functions ----------------------------------------------------------- */
 
+static void unmark_dead(lua_State *L);
+
 static int finish_pcall(lua_State *L, int status, lua_KContext extra)
 {
-    script_vm_of(L)->keyed = false; /* a rawset that raised */
+    if (status != LUA_OK && status != LUA_YIELD)
+        unmark_dead(L); /* table functions that raised */
     script_vm_note(L, status);
     script_vm_check(L); /* a tripped limit is never caught */
     if (status != LUA_OK && status != LUA_YIELD) {
@@ -606,17 +617,14 @@ static int finish_pcall(lua_State *L, int status, lua_KContext extra)
     return lua_gettop(L) - (int)extra;
 }
 
-/* rawset, marked for the allocator: it grows a table by the script's keys from C. */
-static int sb_rawset(lua_State *L)
+/* rawset, as lbaselib's. */
+static int raw_set(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checkany(L, 2);
     luaL_checkany(L, 3);
     lua_settop(L, 3);
-    script_vm *vm = script_vm_of(L);
-    vm->keyed = true;
     lua_rawset(L, 1);
-    vm->keyed = false;
     return 1;
 }
 
@@ -887,9 +895,9 @@ static int load_text(lua_State *L, const char *name, const char *src, size_t len
     timed_text t = {src, len, 0, now + COMPILE_BUDGET_US, false};
     if (vm->deadline_us != 0 && vm->deadline_us < t.deadline_us)
         t.deadline_us = vm->deadline_us;
-    vm->keyed = true; /* lua_load returns its errors, never raises them */
+    vm->compiling = true; /* lua_load returns its errors, never raises them */
     int status = lua_load(L, timed_reader, &t, name, "t");
-    vm->keyed = false;
+    vm->compiling = false;
     if (!t.expired)
         return status;
     lua_pop(L, 1);
@@ -954,10 +962,12 @@ static int sb_load(lua_State *L)
  * them, counted by the caller). */
 static bool same_metamethods(lua_State *L, int idx, int mt, int n)
 {
-    int have = 0;
+    int have = 0, seen = 0;
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
         lua_pop(L, 1);
+        if (++seen % LOOP_CHECK_EVERY == 0)
+            check_budget(L, script_vm_of(L));
         if (lua_type(L, -1) != LUA_TSTRING)
             continue;
         have++;
@@ -985,7 +995,8 @@ static void push_in_force(lua_State *L, int mt)
     int copy = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, mt) != 0) {
-        keys++;
+        if (++keys % LOOP_CHECK_EVERY == 0)
+            check_budget(L, script_vm_of(L)); /* a step costs its key's chain (enc_check) */
         size_t len;
         const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &len) : NULL;
         if (k == NULL || len < 2 || k[0] != '_' || k[1] != '_') {
@@ -1693,8 +1704,7 @@ static void charge_shift(lua_State *L, lua_Unsigned steps)
  * dodged by a chain grown mid-loop). Over such tables, unpack, concat, move and the shifts of
  * insert and remove run in the loops below, which every LOOP_CHECK_EVERY elements charge them
  * at the chains' length then and check the budget, time included; plain tables keep Lua's
- * own loops. */
-#define LOOP_CHECK_EVERY 64
+ * own loops, but for move (see keyed_call). */
 #define CHAIN_MAX 2000 /* Lua's own limit on an __index or __newindex chain (MAXTAGLOOP) */
 
 /* The tables a read (field "__index") or a write ("__newindex") of the value at idx may pass
@@ -1777,7 +1787,49 @@ static int guarded_concat(lua_State *L)
     return 1;
 }
 
-static int sb_table_insert(lua_State *L)
+/* Runs a C function that adds keys of the script's choosing to a table (rawset, table.move's
+ * destination, insert at a #t+1 that a table's shape can make any number) with its frame
+ * marked, so that the allocator treats the node arrays it grows as a Lua store's. Marks are
+ * frames, not a flag: a metamethod the function calls runs in frames of its own, and a C
+ * buffer it makes (string.rep) is not taken for a table. One that raises leaves its mark
+ * until the pcall that catches the error drops the marks of frames gone (unmark_dead). */
+static int keyed_call(lua_State *L, lua_CFunction body)
+{
+    script_vm *vm = script_vm_of(L);
+    lua_Debug ar;
+    if (vm->nmarks == MARKS_MAX)
+        return luaL_error(L, "table functions nested too deeply");
+    if (!lua_getstack(L, 0, &ar))
+        return body(L);
+    vm->marks[vm->nmarks++] = ar.i_ci;
+    int n = body(L);
+    vm->nmarks--;
+    return n;
+}
+
+/* Whether the frame ci is on L's stack. */
+static bool frame_live(lua_State *L, const void *ci)
+{
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(L, level, &ar); level++)
+        if ((const void *)ar.i_ci == ci)
+            return true;
+    return false;
+}
+
+static void unmark_dead(lua_State *L)
+{
+    script_vm *vm = script_vm_of(L);
+    while (vm->nmarks > 0 && !frame_live(L, vm->marks[vm->nmarks - 1]))
+        vm->nmarks--;
+}
+
+static int sb_rawset(lua_State *L)
+{
+    return keyed_call(L, raw_set);
+}
+
+static int table_insert(lua_State *L)
 {
     int nargs = lua_gettop(L);
     check_rw_table(L);
@@ -1806,7 +1858,12 @@ static int sb_table_insert(lua_State *L)
     return 0;
 }
 
-static int sb_table_remove(lua_State *L)
+static int sb_table_insert(lua_State *L)
+{
+    return keyed_call(L, table_insert);
+}
+
+static int table_remove(lua_State *L)
 {
     check_rw_table(L);
     lua_Integer size = luaL_len(L, 1);
@@ -1826,8 +1883,13 @@ static int sb_table_remove(lua_State *L)
     return 1;
 }
 
+static int sb_table_remove(lua_State *L)
+{
+    return keyed_call(L, table_remove);
+}
+
 /* table.move, as ltablib's, within TABLE_MOVE_MAX elements. */
-static int guarded_table_move(lua_State *L)
+static int table_move(lua_State *L)
 {
     lua_Integer f = luaL_checkinteger(L, 2);
     lua_Integer e = luaL_checkinteger(L, 3);
@@ -1835,8 +1897,8 @@ static int guarded_table_move(lua_State *L)
         return luaL_error(L, "table.move: range of more than %d elements", TABLE_MOVE_MAX);
     lua_Integer t = luaL_checkinteger(L, 4);
     int tt = !lua_isnoneornil(L, 5) ? 5 : 1; /* the destination */
-    if (lua_type(L, 1) != LUA_TTABLE || lua_type(L, tt) != LUA_TTABLE ||
-        (!has_metatable(L, 1) && !has_metatable(L, tt)))
+    /* tables with or without metatables move here, in this marked frame (keyed_call) */
+    if (lua_type(L, 1) != LUA_TTABLE || lua_type(L, tt) != LUA_TTABLE)
         return call_original(L);
     if (e >= f) {
         lua_Integer n = e - f + 1; /* within TABLE_MOVE_MAX */
@@ -1851,6 +1913,11 @@ static int guarded_table_move(lua_State *L)
     }
     lua_pushvalue(L, tt);
     return 1;
+}
+
+static int guarded_table_move(lua_State *L)
+{
+    return keyed_call(L, table_move);
 }
 
 /* table.sort without a comparator compares in C, where no hook runs: 100,000 copies of a
