@@ -327,10 +327,10 @@ static size_t charged(size_t size)
 }
 
 /* Whether a large new vector is asked for by code that may be growing a table by keys of a
- * script's choosing: a Lua function (a store, a constructor), rawset, or the compiler (its
- * table of a chunk's constants). Other C functions' are their buffers (string.rep,
- * table.concat), whose sizes can equal a node array's. Reads the running frame only, which
- * allocates nothing. */
+ * script's choosing: a Lua function (a store, a constructor), the compiler (its table of a
+ * chunk's constants) or a marked C function (rawset, table.move...: keyed_call). Other C
+ * functions' are their buffers (string.rep, table.concat), whose sizes can equal a node
+ * array's. Reads the running frame only, which allocates nothing. */
 static bool script_grows_table(script_vm *vm)
 {
     lua_Debug ar;
