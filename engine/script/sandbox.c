@@ -338,8 +338,11 @@ static bool script_grows_table(script_vm *vm)
         return true;
     if (vm->thread == NULL || !lua_getstack(vm->thread, 0, &ar))
         return false;
-    if (vm->nmarks > 0 && (const void *)ar.i_ci == vm->marks[vm->nmarks - 1])
-        return true;
+    /* any mark, not the last only: one left by a function that raised inside a protected call
+     * of the host's (a consensus script) may lie above the live ones */
+    for (int i = vm->nmarks - 1; i >= 0; i--)
+        if ((const void *)ar.i_ci == vm->marks[i])
+            return true;
     return lua_getinfo(vm->thread, "S", &ar) && strcmp(ar.what, "C") != 0;
 }
 
@@ -1797,6 +1800,8 @@ static int keyed_call(lua_State *L, lua_CFunction body)
 {
     script_vm *vm = script_vm_of(L);
     lua_Debug ar;
+    if (vm->nmarks == MARKS_MAX)
+        unmark_dead(L); /* marks left by errors the host caught */
     if (vm->nmarks == MARKS_MAX)
         return luaL_error(L, "table functions nested too deeply");
     if (!lua_getstack(L, 0, &ar))
