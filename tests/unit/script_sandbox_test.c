@@ -567,6 +567,14 @@ static void test_hash_collisions(void **state)
     expect_fail(COLLIDING("table.move(setmetatable({ 1 }, { __index = function() end }), 1, 1, "
                           "j * m, t)"),
                 "table too large");
+    /* sort swaps t[1] and t[#t], which __len chooses (then a read raises so that it stops) */
+    expect_fail("local m, t, n, reads = (1 << 17) - 1, {}, 0, 0\n"
+                "setmetatable(t, { __len = function() return n end, __index = function(_, i)\n"
+                "  if i ~= 1 then reads = reads + 1 end if reads > 1 then error('stop') end\n"
+                "  return -i end })\n"
+                "for j = 1, 1 << 16 do rawset(t, 5 + j * m, true) end\n"
+                "n = 1000000 pcall(table.sort, t)",
+                "table too large");
     expect_fail("local m, t = (1 << 17) - 1, setmetatable({}, { __newindex = rawset })\n"
                 "for j = 1, (1 << 16) + 1 do t[j * m] = 1 end",
                 "table too large");
