@@ -631,7 +631,7 @@ static void check_consensus_result(lua_State *L, int idx, const char *name)
     if (lua_rawget(L, idx) == LUA_TNIL) {
         lua_pushliteral(L, "algorithm");
         lua_pushstring(L, name);
-        lua_rawset(L, idx);
+        script_vm_rawset(L, idx); /* the script's table, which it may have filled */
     }
     lua_pop(L, 1);
 }
@@ -1612,7 +1612,7 @@ static int state_set(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, job->sp->ctx_ref);
     lua_pushliteral(L, "state");
     lua_pushvalue(L, -3);
-    lua_rawset(L, -3);
+    script_vm_rawset(L, -3); /* ctx, which the script may have filled with keys */
     return 0;
 }
 
@@ -1625,9 +1625,13 @@ ap_status script_panel_state_save(script_panel *sp, char **out, ap_err *err)
     state_job job = {sp, *out, &inner};
     lua_pushcfunction(sp->L, state_set);
     lua_pushlightuserdata(sp->L, &job);
-    if (lua_pcall(sp->L, 1, 0, 0) != LUA_OK) {
+    int status = lua_pcall(sp->L, 1, 0, 0);
+    if (status != LUA_OK) {
         char msg[AP_ERR_MSG_MAX];
-        script_vm_error_text(sp->L, -1, msg, sizeof msg);
+        script_vm_note(sp->L, status);
+        /* a limit says what tripped it (ctx grown past a table's limit, say) */
+        if (!script_vm_tripped(sp->vm, msg, sizeof msg))
+            script_vm_error_text(sp->L, -1, msg, sizeof msg);
         lua_pop(sp->L, 1);
         free(*out);
         *out = NULL;

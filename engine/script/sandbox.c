@@ -112,7 +112,7 @@ struct script_vm {
     bool built;        /* the state is complete: from now on a refused allocation trips */
     lua_State *thread; /* what the slice runs (the node's coroutine or the state), or NULL */
     bool fine;         /* hooks count every instruction from now on (see vm_alloc) */
-    bool compiling;    /* in lua_load: the compiler's table of constants grows (see keyed_call) */
+    bool host_keys;    /* in lua_load or script_vm_rawset: tables grow by a script's keys */
     /* The frames (CallInfo, compared only) of the C functions running that add keys of the
      * script's choosing to a table, innermost last (see keyed_call). */
     const void *marks[MARKS_MAX];
@@ -328,13 +328,14 @@ static size_t charged(size_t size)
 
 /* Whether a large new vector is asked for by code that may be growing a table by keys of a
  * script's choosing: a Lua function (a store, a constructor), the compiler (its table of a
- * chunk's constants) or a marked C function (rawset, table.move...: keyed_call). Other C
+ * chunk's constants), the host writing into a script's table (script_vm_rawset) or a marked
+ * C function (rawset, table.move...: keyed_call). Other C
  * functions' are their buffers (string.rep, table.concat), whose sizes can equal a node
  * array's. Reads the running frame only, which allocates nothing. */
 static bool script_grows_table(script_vm *vm)
 {
     lua_Debug ar;
-    if (vm->compiling)
+    if (vm->host_keys)
         return true;
     if (vm->thread == NULL || !lua_getstack(vm->thread, 0, &ar))
         return false;
@@ -485,6 +486,15 @@ void script_vm_note(lua_State *L, int status)
         vm->tripped = TRIP_MEMORY;
 }
 
+void script_vm_rawset(lua_State *L, int idx)
+{
+    script_vm *vm = script_vm_of(L);
+    idx = lua_absindex(L, idx);
+    vm->host_keys = true; /* lua_rawset raises only a limit's error, which ends the panel */
+    lua_rawset(L, idx);
+    vm->host_keys = false;
+}
+
 bool script_vm_over_budget(lua_State *L)
 {
     return over_budget(script_vm_of(L));
@@ -540,6 +550,7 @@ void script_vm_slice_begin(script_vm *vm, lua_State *thread)
 {
     vm->thread = thread;
     vm->nmarks = 0;
+    vm->host_keys = false;
     if (vm->fine)
         fine_hook(thread);
     vm->slice_start_us = clock_mono_us();
@@ -898,9 +909,9 @@ static int load_text(lua_State *L, const char *name, const char *src, size_t len
     timed_text t = {src, len, 0, now + COMPILE_BUDGET_US, false};
     if (vm->deadline_us != 0 && vm->deadline_us < t.deadline_us)
         t.deadline_us = vm->deadline_us;
-    vm->compiling = true; /* lua_load returns its errors, never raises them */
+    vm->host_keys = true; /* lua_load returns its errors, never raises them */
     int status = lua_load(L, timed_reader, &t, name, "t");
-    vm->compiling = false;
+    vm->host_keys = false;
     if (!t.expired)
         return status;
     lua_pop(L, 1);

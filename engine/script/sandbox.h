@@ -65,6 +65,11 @@ void script_vm_note(lua_State *L, int status);
  * memory a Lua error would leak (it frees, then calls script_vm_check). */
 bool script_vm_over_budget(lua_State *L);
 
+/* lua_rawset(L, idx) for the host's writes into a table a script can reach (ctx, a result):
+ * the table grows within a script's limit on keys outside the array part, as a script's own
+ * store would. Pops key and value; raises the limit's error when it trips. */
+void script_vm_rawset(lua_State *L, int idx);
+
 /* Counts bytes the host allocates for the script outside the Lua heap against its memory
  * limit; false (after one full collection, and the limit then tripped) when they do not fit.
  * Never raises. script_vm_release gives them back. */

@@ -606,6 +606,35 @@ static void test_hash_collisions(void **state)
     expect_done("local a = {} for i = 1, 300000 do a[i] = i end assert(#a == 300000)");
 }
 
+/* The host adds keys to tables a script can fill: ctx ("state", at every node's end, outside
+ * any budget) and a consensus result ("algorithm"). Filled to the limit with the host's key
+ * removed, ctx grew past it from C (review: 57 s in one step, and the panel completed). */
+static void test_host_writes_keep_the_limit(void **state)
+{
+    (void)state;
+    const char *src = "return { name = 'sandbox', start = 'main', nodes = { main = function(ctx)\n"
+                      "  ctx.state = nil\n"
+                      "  local n = 0 for _ in pairs(ctx) do n = n + 1 end\n"
+                      "  for k = 1, 65536 - n do ctx[k + 0.5] = true end\n"
+                      "  return 'main' end } }\n";
+    script_limits lim;
+    limits(&lim);
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    assert_int_equal(new_panel(&lim, src, &sp, &err), AP_OK);
+    script_step step;
+    assert_int_equal(script_panel_run_node(sp, "main", 42, &step), AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_NEXT);
+    char *json = NULL;
+    ap_status rc = script_panel_state_save(sp, &json, &err);
+    free(json);
+    assert_int_not_equal(rc, AP_OK);
+    if (strstr(err.msg, "table too large") == NULL)
+        fail_msg("state save: %s", err.msg);
+    script_panel_free(sp);
+    healthy();
+}
+
 /* ---- recursion and the C stack ------------------------------------------------------------ */
 
 static void test_recursion(void **state)
@@ -1554,6 +1583,7 @@ int main(void)
         cmocka_unit_test(test_limit_not_catchable),
         cmocka_unit_test(test_memory_bombs),
         cmocka_unit_test(test_hash_collisions),
+        cmocka_unit_test(test_host_writes_keep_the_limit),
         cmocka_unit_test(test_recursion),
         cmocka_unit_test(test_long_c_loops),
         cmocka_unit_test(test_sort_is_budgeted),
