@@ -550,7 +550,7 @@ static bool push_viewed(lua_State *L, const char *text, size_t len, ap_status *r
     lua_pushcfunction(L, view_build);
     lua_pushlightuserdata(L, &v);
     *rc = AP_OK;
-    int status = lua_pcall(L, 1, 1, 0);
+    int status = script_vm_pcall_keyed(L, 1, 1);
     script_vm_note(L, status); /* a memory error here trips the limit like any other */
     script_vm_release(L, held);
     if (status != LUA_OK) {
@@ -589,7 +589,7 @@ ap_status script_json_push_max(lua_State *L, const char *text, size_t len, size_
     decode_job job = {root};
     lua_pushcfunction(L, decode_build);
     lua_pushlightuserdata(L, &job);
-    int status = lua_pcall(L, 1, 1, 0);
+    int status = script_vm_pcall_keyed(L, 1, 1);
     script_vm_note(L, status);
     cJSON_Delete(root);
     script_vm_release(L, tree);

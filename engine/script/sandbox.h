@@ -70,6 +70,10 @@ bool script_vm_over_budget(lua_State *L);
  * store would. Pops key and value; raises the limit's error when it trips. */
 void script_vm_rawset(lua_State *L, int idx);
 
+/* lua_pcall(L, nargs, nresults, 0) of host code that builds tables of a script's data (JSON
+ * decoded): they grow within the same limit as a script's own tables. */
+int script_vm_pcall_keyed(lua_State *L, int nargs, int nresults);
+
 /* Counts bytes the host allocates for the script outside the Lua heap against its memory
  * limit; false (after one full collection, and the limit then tripped) when they do not fit.
  * Never raises. script_vm_release gives them back. */

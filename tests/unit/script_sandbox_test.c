@@ -606,6 +606,27 @@ static void test_hash_collisions(void **state)
     expect_done("local a = {} for i = 1, 300000 do a[i] = i end assert(#a == 300000)");
 }
 
+/* Floats 1 + k*2^-52 share one hash chain at any table size, so a lookup that misses walks
+ * it: C loops that look up many keys of a plain table in one call (unpack, gsub with a table)
+ * ran tens of seconds between two checks of the budget (review: 55 s). */
+#define ONE_CHAIN "local T = {} for k = 1, 8192 do T[1 + k * 2^-52] = true end\n"
+
+static void test_lookups_in_one_chain(void **state)
+{
+    (void)state;
+    expect_time_trip(ONE_CHAIN "while true do local n = select('#', table.unpack(T, 1, 400000)) "
+                               "end");
+    expect_time_trip(ONE_CHAIN "while true do string.gsub(string.rep('x', 2000000), '()', T) end");
+    /* a table without a metatable still unpacks and replaces as Lua's own do */
+    expect_done("local a, b, c = table.unpack({ 1, 2, 3 }) assert(a + b + c == 6)\n"
+                "assert(select('#', table.unpack({}, 1, 3)) == 3)\n"
+                "assert(('abc'):gsub('%w', { a = 'x', b = false }) == 'xbc')");
+    /* json.decode builds its tables within the limit too */
+    expect_fail("local p = {} for i = 1, 70000 do p[i] = '\"' .. i .. '\":1' end\n"
+                "json.decode('{' .. table.concat(p, ',') .. '}')",
+                "table too large");
+}
+
 /* The host adds keys to tables a script can fill: ctx ("state", at every node's end, outside
  * any budget) and a consensus result ("algorithm"). Filled to the limit with the host's key
  * removed, ctx grew past it from C (review: 57 s in one step, and the panel completed). */
@@ -1584,6 +1605,7 @@ int main(void)
         cmocka_unit_test(test_memory_bombs),
         cmocka_unit_test(test_hash_collisions),
         cmocka_unit_test(test_host_writes_keep_the_limit),
+        cmocka_unit_test(test_lookups_in_one_chain),
         cmocka_unit_test(test_recursion),
         cmocka_unit_test(test_long_c_loops),
         cmocka_unit_test(test_sort_is_budgeted),
