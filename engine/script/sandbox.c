@@ -43,6 +43,11 @@ enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE
  * one added: review, 2^17 keys 14.5 s; 2^16 ~3.6 s on the bench VM), at the price of a limit
  * on keys outside a table's array part 1..n, which has no such cost and stays unlimited. */
 #define TABLE_NODES_MAX (1u << 16)
+/* Below the limit, rehashes still cost up to its ~3.6 s, and a loop can make one per store
+ * (a key removed, another added: review, ~200 between two count hooks, minutes), as a lookup
+ * or `#` walks a chain: from a hash part of BIG_NODES nodes on, the state is checked at every
+ * instruction (as after a large string, see fine_hook), and the budget at each such rehash. */
+#define BIG_NODES (1u << 15)
 #define MARKS_MAX 64        /* table functions nested through metamethods */
 #define LOOP_CHECK_EVERY 64 /* elements or keys of a C loop between two budget checks */
 #define PROBE_NODES 1024
@@ -51,13 +56,14 @@ enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE
  * measured_node_size); 0 where it is a power of two, which array parts share. */
 static size_t node_size;
 
-/* Whether a new block of n bytes is the node array of a hash part past TABLE_NODES_MAX. */
-static bool hash_part_too_big(size_t n)
+/* The nodes of a hash part whose node array is a new block of n bytes, or 0 when n is no
+ * such size (or below BIG_NODES). */
+static size_t big_hash_part(size_t n)
 {
-    if (node_size == 0 || n <= node_size * TABLE_NODES_MAX || n % node_size != 0)
-        return false;
+    if (node_size == 0 || n < node_size * BIG_NODES || n % node_size != 0)
+        return 0;
     size_t nodes = n / node_size;
-    return (nodes & (nodes - 1)) == 0;
+    return (nodes & (nodes - 1)) == 0 ? nodes : 0;
 }
 
 /* Small blocks of a state come from its own pool: Lua makes thousands of small allocations
@@ -349,6 +355,7 @@ static bool script_grows_table(script_vm *vm)
 
 /* Any allocation, resize or free; vm_alloc handles the common case itself. */
 static bool over_budget(script_vm *vm);
+static void fine_hook(lua_State *thread);
 
 __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, size_t osize,
                                                     size_t nsize)
@@ -363,10 +370,18 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
             big_free(vm, ptr, old);
         return NULL;
     }
-    if (ptr == NULL && osize == 0 && hash_part_too_big(nsize) && script_grows_table(vm)) {
-        if (vm->tripped == TRIP_NONE)
+    size_t nodes = ptr == NULL && osize == 0 ? big_hash_part(nsize) : 0;
+    if (nodes != 0 && script_grows_table(vm)) {
+        if (nodes > TABLE_NODES_MAX && vm->tripped == TRIP_NONE)
             vm->tripped = TRIP_TABLE;
-        return NULL;
+        if (!vm->fine) {
+            vm->fine = true; /* and at each slice's start */
+            if (vm->thread != NULL)
+                fine_hook(vm->thread);
+        }
+        /* the time of the rehashes before this one, which no hook may have seen */
+        if (vm->tripped != TRIP_NONE || (vm->slice_start_us != 0 && over_budget(vm)))
+            return NULL;
     }
     size_t new_charge = charged(nsize);
     bool grows = new_charge > old_charge;

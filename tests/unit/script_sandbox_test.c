@@ -627,6 +627,25 @@ static void test_lookups_in_one_chain(void **state)
                 "table too large");
 }
 
+/* A full table of 2^15 floats that share one chain: each key removed and another added makes
+ * a rehash at the same size (~1 s here), five instructions apart, where the count hook looks
+ * only every 1,000 (review: ~200 of them at the limit between two looks, minutes). From a
+ * hash part that large on every instruction is checked, and the budget at every rehash. */
+static void test_rehashes_are_budgeted(void **state)
+{
+    (void)state;
+    script_limits lim;
+    clock_limits(&lim, 1500);
+    outcome o;
+    run_body_lim(&lim,
+                 "local T, e = {}, 2^-52 for k = 1, 1 << 15 do T[1 + k * e] = true end\n"
+                 "for i = 1, 60 do T[1 + i * e] = nil T[2 + i * e] = true end",
+                 &o);
+    if (o.kind != SCRIPT_FAILED || strstr(o.error, "time budget exceeded") == NULL || o.ms > 6000)
+        fail_msg("rehashes: %d after %lld ms: %s", (int)o.kind, (long long)o.ms, o.error);
+    healthy();
+}
+
 /* The host adds keys to tables a script can fill: ctx ("state", at every node's end, outside
  * any budget) and a consensus result ("algorithm"). Filled to the limit with the host's key
  * removed, ctx grew past it from C (review: 57 s in one step, and the panel completed). */
@@ -1606,6 +1625,7 @@ int main(void)
         cmocka_unit_test(test_hash_collisions),
         cmocka_unit_test(test_host_writes_keep_the_limit),
         cmocka_unit_test(test_lookups_in_one_chain),
+        cmocka_unit_test(test_rehashes_are_budgeted),
         cmocka_unit_test(test_recursion),
         cmocka_unit_test(test_long_c_loops),
         cmocka_unit_test(test_sort_is_budgeted),
