@@ -44,9 +44,11 @@ enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE
  * on keys outside a table's array part 1..n, which has no such cost and stays unlimited. */
 #define TABLE_NODES_MAX (1u << 16)
 /* Below the limit, rehashes still cost up to its ~3.6 s, and a loop can make one per store
- * (a key removed, another added: review, ~200 between two count hooks, minutes), as a lookup
- * or `#` walks a chain: from a hash part of BIG_NODES nodes on, the state is checked at every
- * instruction (as after a large string, see fine_hook), and the budget at each such rehash. */
+ * (a key removed, another added: review, ~200 between two count hooks, minutes): the budget is
+ * checked at each rehash from CHECK_NODES nodes on (below, ~200 rehashes take ~0.2 s). And a
+ * lookup or `#` walks a chain: from BIG_NODES nodes on, the state is checked at every
+ * instruction (as after a large string, see fine_hook). */
+#define CHECK_NODES (1u << 10)
 #define BIG_NODES (1u << 15)
 #define MARKS_MAX 64        /* table functions nested through metamethods */
 #define LOOP_CHECK_EVERY 64 /* elements or keys of a C loop between two budget checks */
@@ -57,10 +59,10 @@ enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE
 static size_t node_size;
 
 /* The nodes of a hash part whose node array is a new block of n bytes, or 0 when n is no
- * such size (or below BIG_NODES). */
+ * such size (or below CHECK_NODES). */
 static size_t big_hash_part(size_t n)
 {
-    if (node_size == 0 || n < node_size * BIG_NODES || n % node_size != 0)
+    if (node_size == 0 || n < node_size * CHECK_NODES || n % node_size != 0)
         return 0;
     size_t nodes = n / node_size;
     return (nodes & (nodes - 1)) == 0 ? nodes : 0;
@@ -374,7 +376,7 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
     if (nodes != 0 && script_grows_table(vm)) {
         if (nodes > TABLE_NODES_MAX && vm->tripped == TRIP_NONE)
             vm->tripped = TRIP_TABLE;
-        if (!vm->fine) {
+        if (nodes >= BIG_NODES && !vm->fine) {
             vm->fine = true; /* and at each slice's start */
             if (vm->thread != NULL)
                 fine_hook(vm->thread);
