@@ -44,11 +44,11 @@ enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE
  * on keys outside a table's array part 1..n, which has no such cost and stays unlimited. */
 #define TABLE_NODES_MAX (1u << 16)
 /* Below the limit, rehashes still cost up to its ~3.6 s, and a loop can make one per store
- * (a key removed, another added: review, ~200 between two count hooks, minutes): the budget is
- * checked at each rehash from CHECK_NODES nodes on (below, ~200 rehashes take ~0.2 s). And a
- * lookup or `#` walks a chain: from BIG_NODES nodes on, the state is checked at every
- * instruction (as after a large string, see fine_hook). */
-#define CHECK_NODES (1u << 10)
+ * (a key removed, another added: review, ~200 between two count hooks, minutes; 512 long
+ * string keys whose seeded hashes a script found to collide by probing: 130 ms a rehash, 86 s
+ * on a 2 s budget): the budget is checked at every rehash's node array (those of 16 nodes or
+ * more: smaller ones come from the pool). And a lookup or `#` walks a chain: from BIG_NODES
+ * nodes on, the state is checked at every instruction (as after a large string, fine_hook). */
 #define BIG_NODES (1u << 15)
 #define MARKS_MAX 64        /* table functions nested through metamethods */
 #define LOOP_CHECK_EVERY 64 /* elements or keys of a C loop between two budget checks */
@@ -59,10 +59,10 @@ enum trip { TRIP_NONE = 0, TRIP_MEMORY, TRIP_INSTRUCTIONS, TRIP_TIME, TRIP_TABLE
 static size_t node_size;
 
 /* The nodes of a hash part whose node array is a new block of n bytes, or 0 when n is no
- * such size (or below CHECK_NODES). */
-static size_t big_hash_part(size_t n)
+ * such size. */
+static size_t hash_part_nodes(size_t n)
 {
-    if (node_size == 0 || n < node_size * CHECK_NODES || n % node_size != 0)
+    if (node_size == 0 || n % node_size != 0)
         return 0;
     size_t nodes = n / node_size;
     return (nodes & (nodes - 1)) == 0 ? nodes : 0;
@@ -372,17 +372,19 @@ __attribute__((noinline)) static void *vm_alloc_any(script_vm *vm, void *ptr, si
             big_free(vm, ptr, old);
         return NULL;
     }
-    size_t nodes = ptr == NULL && osize == 0 ? big_hash_part(nsize) : 0;
-    if (nodes != 0 && script_grows_table(vm)) {
+    size_t nodes = ptr == NULL && osize == 0 ? hash_part_nodes(nsize) : 0;
+    /* the time of the rehashes before this one, which no hook may have seen */
+    if (nodes != 0 && vm->slice_start_us != 0 && over_budget(vm))
+        return NULL;
+    if (nodes >= BIG_NODES && script_grows_table(vm)) {
         if (nodes > TABLE_NODES_MAX && vm->tripped == TRIP_NONE)
             vm->tripped = TRIP_TABLE;
-        if (nodes >= BIG_NODES && !vm->fine) {
+        if (!vm->fine) {
             vm->fine = true; /* and at each slice's start */
             if (vm->thread != NULL)
                 fine_hook(vm->thread);
         }
-        /* the time of the rehashes before this one, which no hook may have seen */
-        if (vm->tripped != TRIP_NONE || (vm->slice_start_us != 0 && over_budget(vm)))
+        if (vm->tripped != TRIP_NONE)
             return NULL;
     }
     size_t new_charge = charged(nsize);
