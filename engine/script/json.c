@@ -356,6 +356,8 @@ static void push_marked_array(lua_State *L, int narr)
 static void push_item(lua_State *L, const cJSON *it)
 {
     luaL_checkstack(L, 4, "json.decode");
+    if (script_vm_over_budget(L)) /* strings are interned: see push_tok_string */
+        script_vm_check(L);
     if (cJSON_IsObject(it)) {
         lua_createtable(L, 0, 4);
         for (const cJSON *c = it->child; c != NULL; c = c->next) {
@@ -455,9 +457,14 @@ static int decode_build(lua_State *L)
 /* jview_number reads numbers of up to 63 characters; longer ones take the cJSON path. */
 #define VIEW_NUMBER_MAX 63
 
+/* Checks the budget at every string: interning one is a lookup in the state's string table,
+ * whose chains a script can lengthen with strings it found to collide (see
+ * guarded_str_unpack); a megabyte of short strings is ~260,000 of them. */
 static void push_tok_string(lua_State *L, const jview *v, uint32_t i)
 {
     const jview_tok *t = &v->tok[i];
+    if (script_vm_over_budget(L))
+        script_vm_check(L);
     size_t raw = t->end - t->start - 2;
     if (!t->escaped) {
         lua_pushlstring(L, v->src + t->start + 1, raw);

@@ -621,6 +621,10 @@ static void test_lookups_in_one_chain(void **state)
     expect_done("local a, b, c = table.unpack({ 1, 2, 3 }) assert(a + b + c == 6)\n"
                 "assert(select('#', table.unpack({}, 1, 3)) == 3)\n"
                 "assert(('abc'):gsub('%w', { a = 'x', b = false }) == 'xbc')");
+    /* string.unpack makes its values in one C call: at most 4096 a call */
+    expect_fail("string.unpack(('c1'):rep(5000), ('a'):rep(5000))", "more than 4096 values");
+    expect_done("local t = { string.unpack(('c1'):rep(4096) .. 'Xi4 x', ('a'):rep(4097)) }\n"
+                "assert(#t == 4097 and t[4097] == 4098)");
     /* json.decode builds its tables within the limit too */
     expect_fail("local p = {} for i = 1, 70000 do p[i] = '\"' .. i .. '\":1' end\n"
                 "json.decode('{' .. table.concat(p, ',') .. '}')",
