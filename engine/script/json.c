@@ -116,16 +116,22 @@ static ap_status enc_array(enc *e, int idx, size_t n, int depth)
     return rc == AP_OK ? buf_putc(&e->out, ']') : rc;
 }
 
-/* Whether the panel's budget is spent, checked every ENC_CHECK_EVERY keys of a walk: a step
- * of lua_next costs the chain of its key, and a table of keys crafted to share one chain
- * costs its size at every step (a walk of 2^17 such keys took 14.5 s between two checks). */
-static ap_status enc_check(enc *e, size_t k)
+/* AP_LIMIT, with the limit's message, once the panel's budget is spent. */
+static ap_status enc_budget(enc *e)
 {
-    if (k % ENC_CHECK_EVERY != 0 || !script_vm_over_budget(e->L))
+    if (!script_vm_over_budget(e->L))
         return AP_OK;
     char msg[AP_ERR_MSG_MAX];
     script_vm_tripped(script_vm_of(e->L), msg, sizeof msg);
     return ap_err_set(e->err, AP_LIMIT, "json.encode: %s", msg);
+}
+
+/* The budget, checked every ENC_CHECK_EVERY keys of a walk: a step of lua_next costs the chain
+ * of its key, and a table of keys crafted to share one chain costs its size at every step (a
+ * walk of 2^17 such keys took 14.5 s between two checks). */
+static ap_status enc_check(enc *e, size_t k)
+{
+    return k % ENC_CHECK_EVERY == 0 ? enc_budget(e) : AP_OK;
 }
 
 static ap_status enc_table(enc *e, int idx, int depth)
@@ -144,11 +150,8 @@ static ap_status enc_table(enc *e, int idx, int depth)
     /* Walking a table costs its allocated size, not its entries (a table emptied of a million
      * keys), and a table shared a million times is walked a million times: the small output
      * bounds neither, the time budget does. */
-    if (script_vm_over_budget(L)) {
-        char msg[AP_ERR_MSG_MAX];
-        script_vm_tripped(script_vm_of(L), msg, sizeof msg);
-        return ap_err_set(e->err, AP_LIMIT, "json.encode: %s", msg);
-    }
+    if ((rc = enc_budget(e)) != AP_OK)
+        return rc;
     idx = lua_absindex(L, idx);
     size_t n = (size_t)lua_rawlen(L, idx);
     if (n > 0) {
@@ -353,11 +356,20 @@ static void push_marked_array(lua_State *L, int narr)
     }
 }
 
+/* Raises the limit's error once the panel's budget is spent, checked at every decoded value:
+ * interning a string is a lookup in the state's string table, whose chains a script can
+ * lengthen with strings it found to collide (see guarded_str_unpack in sandbox.c); a megabyte
+ * of short strings is ~260,000 of them. */
+static void dec_check(lua_State *L)
+{
+    if (script_vm_over_budget(L))
+        script_vm_check(L);
+}
+
 static void push_item(lua_State *L, const cJSON *it)
 {
     luaL_checkstack(L, 4, "json.decode");
-    if (script_vm_over_budget(L)) /* strings are interned: see push_tok_string */
-        script_vm_check(L);
+    dec_check(L);
     if (cJSON_IsObject(it)) {
         lua_createtable(L, 0, 4);
         for (const cJSON *c = it->child; c != NULL; c = c->next) {
@@ -457,14 +469,10 @@ static int decode_build(lua_State *L)
 /* jview_number reads numbers of up to 63 characters; longer ones take the cJSON path. */
 #define VIEW_NUMBER_MAX 63
 
-/* Checks the budget at every string: interning one is a lookup in the state's string table,
- * whose chains a script can lengthen with strings it found to collide (see
- * guarded_str_unpack); a megabyte of short strings is ~260,000 of them. */
 static void push_tok_string(lua_State *L, const jview *v, uint32_t i)
 {
     const jview_tok *t = &v->tok[i];
-    if (script_vm_over_budget(L))
-        script_vm_check(L);
+    dec_check(L);
     size_t raw = t->end - t->start - 2;
     if (!t->escaped) {
         lua_pushlstring(L, v->src + t->start + 1, raw);

@@ -337,9 +337,9 @@ static size_t charged(size_t size)
 /* Whether a large new vector is asked for by code that may be growing a table by keys of a
  * script's choosing: a Lua function (a store, a constructor), the compiler (its table of a
  * chunk's constants), the host writing into a script's table (script_vm_rawset) or a marked
- * C function (rawset, table.move...: keyed_call). Other C
- * functions' are their buffers (string.rep, table.concat), whose sizes can equal a node
- * array's. Reads the running frame only, which allocates nothing. */
+ * C function (rawset, table.move...: keyed_call). Other C functions' are their buffers
+ * (string.rep, table.concat), whose sizes can equal a node array's. Reads the running frame
+ * only, which allocates nothing. */
 static bool script_grows_table(script_vm *vm)
 {
     lua_Debug ar;
@@ -1671,8 +1671,8 @@ static size_t capture_ref_bytes(const char *r, size_t lr)
  * replacement string at every match; its literal bytes are paid for by the result they add
  * (the memory limit bounds them), but capture references to empty captures add nothing:
  * those are bounded by PATTERN_MAX_COST over all the matches there can be (review: 2,000
- * empty matches of a replacement of a million "%0" ran 24 s on a 1 s budget). A table with a
- * metatable is looked up through a function, so that every lookup is a call. */
+ * empty matches of a replacement of a million "%0" ran 24 s on a 1 s budget). A table is
+ * looked up through a function, so that every lookup is a call (repl_lookup). */
 static int guarded_gsub(lua_State *L)
 {
     pattern_guard(L, true, false);
@@ -1746,8 +1746,8 @@ static void charge_shift(lua_State *L, lua_Unsigned steps)
  * chain ran 8 minutes on a 1 s budget, table.unpack 28 s, and a charge taken up front was
  * dodged by a chain grown mid-loop). Over such tables, unpack, concat, move and the shifts of
  * insert and remove run in the loops below, which every LOOP_CHECK_EVERY elements charge them
- * at the chains' length then and check the budget, time included; plain tables keep Lua's
- * own loops, but for move (see keyed_call). */
+ * at the chains' length then and check the budget, time included. Plain tables keep Lua's
+ * own loops, but for move (see keyed_call) and unpack (see guarded_unpack). */
 #define CHAIN_MAX 2000 /* Lua's own limit on an __index or __newindex chain (MAXTAGLOOP) */
 
 /* The tables a read (field "__index") or a write ("__newindex") of the value at idx may pass

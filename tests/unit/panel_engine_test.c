@@ -1208,6 +1208,16 @@ static store_panel row_of(const char *id)
     return row;
 }
 
+/* Cancels a running panel in the store, as another process would (or so that no later test's
+ * resume finds it running). */
+static void cancel_in_store(const char *id)
+{
+    static const char *const running[] = {"running"};
+    ap_err err = {0};
+    if (store_panel_transition(st, tenant, id, running, 1, "cancelled", NULL, NULL, &err) != AP_OK)
+        fail_msg("cancel %s: %s", id, err.msg);
+}
+
 /* Sets a running panel's lease as another process would have left it. */
 static void lease_as(const char *id, const char *from, const char *owner, int64_t lease_ms,
                      const char *takeover)
@@ -1381,9 +1391,7 @@ static void test_lease_renewal_and_loss(void **state)
     assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
     store_panel_free(&row);
     free(ours);
-    static const char *const running[] = {"running"}; /* ended, as in test_fenced_run_stops */
-    assert_int_equal(
-        store_panel_transition(st, tenant, id, running, 1, "cancelled", NULL, NULL, &err), AP_OK);
+    cancel_in_store(id); /* ended, as in test_fenced_run_stops */
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
@@ -1446,10 +1454,7 @@ static void test_fenced_run_stops(void **state)
     assert_string_equal(row.lease_owner, "elsewhere.invalid:1:cafe");
     store_panel_free(&row);
     /* ended, so that no later test's resume finds it once that lease has run out */
-    static const char *const running[] = {"running"};
-    ap_err err = {0};
-    assert_int_equal(
-        store_panel_transition(st, tenant, id, running, 1, "cancelled", NULL, NULL, &err), AP_OK);
+    cancel_in_store(id);
 }
 
 /* A cancel sent to a process that does not run the panel leaves the writing to the one that
@@ -1506,10 +1511,8 @@ static void test_fenced_run_publishes_the_stored_end(void **state)
     for (int i = 0; i < 5; i++)
         free(wait_for(sub, "expert.message", 3000));
     usleep(50 * 1000); /* the round's writes are stored */
+    cancel_in_store(id);
     ap_err err = {0};
-    assert_int_equal(store_panel_transition(st, tenant, id, (const char *const[]){"running"}, 1,
-                                            "cancelled", NULL, NULL, &err),
-                     AP_OK);
     int64_t last = 0;
     assert_int_equal(store_events_last_seq(st, tenant, id, &last, &err), AP_OK);
     store_event end = {
@@ -1730,9 +1733,7 @@ static void test_resume_keeps_provider_and_model(void **state)
     assert_true(row.lease_expires_at <= wall_ms() + 1000);
     store_panel_free(&row);
     panel_engine_stop(e);
-    assert_int_equal(store_panel_transition(st, tenant, id, (const char *const[]){"running"}, 1,
-                                            "cancelled", NULL, NULL, &err),
-                     AP_OK);
+    cancel_in_store(id);
 }
 
 /* An engine that sweeps for orphaned panels once a second (lease_ms 1000), its simulated
@@ -1755,10 +1756,7 @@ static void stop_sweeping(panel_engine *e, const char *const *ids, int n)
     ap_err err = {0};
     panel_engine_stop(e);
     for (int i = 0; i < n; i++)
-        assert_int_equal(store_panel_transition(st, tenant, ids[i],
-                                                (const char *const[]){"running"}, 1, "cancelled",
-                                                NULL, NULL, &err),
-                         AP_OK);
+        cancel_in_store(ids[i]);
     assert_int_equal(config_set(&cfg, "runtime.lease_ms", "30000", "test", &err), AP_OK);
 }
 
