@@ -46,6 +46,10 @@ struct llm_loop {
     size_t capwatches;
     pthread_mutex_t mu;
     post *posts, *posts_tail;
+    llm_loop_idle_cb idle_cb;
+    void *idle_ud;
+    bool idle_more;
+    int64_t busy_us; /* when a callback other than idle work last ran */
 };
 
 int64_t llm_loop_now_ms(void)
@@ -283,9 +287,11 @@ void llm_loop_stop(llm_loop *l)
     (void)w;
 }
 
-static void run_timers(llm_loop *l)
+/* Runs the timers due now; whether it ran any. */
+static bool run_timers(llm_loop *l)
 {
     int64_t now = clock_mono_us();
+    bool ran = false;
     /* Only timers due now; ones added by callbacks wait for the next iteration. */
     uint64_t limit = l->next_order;
     while (l->nheap > 0 && l->heap[0]->due_us <= now && l->heap[0]->order < limit) {
@@ -295,18 +301,40 @@ static void run_timers(llm_loop *l)
         void *ud = t->ud;
         free(t);
         cb(l, ud);
+        ran = true;
     }
+    return ran;
+}
+
+void llm_loop_set_idle(llm_loop *l, llm_loop_idle_cb cb, void *ud)
+{
+    l->idle_cb = cb;
+    l->idle_ud = ud;
+    l->idle_more = false;
+}
+
+void llm_loop_idle_more(llm_loop *l)
+{
+    l->idle_more = l->idle_cb != NULL;
+}
+
+/* Milliseconds to wait for (rounded up), capped by max_wait_ms (-1: none). */
+static int wait_ms(int64_t wait_us, int max_wait_ms)
+{
+    int t = wait_us <= 0 ? 0 : (int)((wait_us + 999) / 1000);
+    return max_wait_ms < 0 || t < max_wait_ms ? t : max_wait_ms;
 }
 
 void llm_loop_run_once(llm_loop *l, int max_wait_ms)
 {
     int timeout = max_wait_ms;
-    if (l->nheap > 0) {
-        int64_t wait_us = l->heap[0]->due_us - clock_mono_us();
-        int t = wait_us <= 0 ? 0 : (int)((wait_us + 999) / 1000);
-        if (timeout < 0 || t < timeout)
-            timeout = t;
-    }
+    int64_t now = clock_mono_us();
+    if (l->nheap > 0)
+        timeout = wait_ms(l->heap[0]->due_us - now, timeout);
+    /* Idle work waits for a quiet spell: a burst of answers has gaps of a few microseconds
+     * between its timers, in which the other threads are busy. */
+    if (l->idle_more)
+        timeout = wait_ms(l->busy_us + LLM_LOOP_QUIET_US - now, timeout);
     struct epoll_event evs[MAX_EVENTS];
     int n = epoll_wait(l->epfd, evs, MAX_EVENTS, timeout);
     for (int i = 0; i < n; i++) {
@@ -325,7 +353,10 @@ void llm_loop_run_once(llm_loop *l, int max_wait_ms)
             events |= LLM_LOOP_WRITE;
         w->cb(l, fd, events, w->ud);
     }
-    run_timers(l);
+    if (run_timers(l) || n > 0)
+        l->busy_us = clock_mono_us();
+    else if (l->idle_more && clock_mono_us() - l->busy_us >= LLM_LOOP_QUIET_US)
+        l->idle_more = l->idle_cb(l, l->idle_ud);
 }
 
 void llm_loop_run(llm_loop *l)

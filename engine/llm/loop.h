@@ -8,6 +8,7 @@
 
 #include "core/status.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct llm_loop llm_loop;
@@ -19,6 +20,7 @@ typedef struct llm_timer llm_timer;
 typedef void (*llm_loop_fd_cb)(llm_loop *loop, int fd, unsigned events, void *ud);
 typedef void (*llm_loop_timer_cb)(llm_loop *loop, void *ud);
 typedef void (*llm_loop_post_cb)(llm_loop *loop, void *ud);
+typedef bool (*llm_loop_idle_cb)(llm_loop *loop, void *ud);
 
 /* Creates a loop; caller frees with llm_loop_free. */
 ap_status llm_loop_new(llm_loop **out, ap_err *err);
@@ -42,6 +44,17 @@ void llm_loop_timer_cancel(llm_loop *loop, llm_timer *t);
 
 /* From any thread: runs cb(ud) on the loop thread soon. Thread-safe. */
 ap_status llm_loop_post(llm_loop *loop, llm_loop_post_cb cb, void *ud);
+
+/* Sets the loop's idle work: cb(loop, ud) does one small piece of it (tens of microseconds)
+ * and returns whether more is left. The loop calls it only once nothing else has been ready
+ * for LLM_LOOP_QUIET_US, between its other callbacks, so it never delays them by more than a
+ * piece. */
+void llm_loop_set_idle(llm_loop *loop, llm_loop_idle_cb cb, void *ud);
+
+/* Says there is idle work again (after cb returned false). Loop thread only. */
+void llm_loop_idle_more(llm_loop *loop);
+
+#define LLM_LOOP_QUIET_US 2000
 
 /* Runs the loop until llm_loop_stop. */
 void llm_loop_run(llm_loop *loop);

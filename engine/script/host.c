@@ -60,6 +60,8 @@ struct script_panel {
     char *start;
     char *consensus;
     int ctx_ref, nodes_ref, cache_ref, co_ref;
+    int preloaded_ref; /* the panel's consensus chunk, loaded but not run (script_panel_preload) */
+    size_t mem_limit;
     lua_State *co;
     char *node;
     int pending;
@@ -582,15 +584,16 @@ static int ctx_done(lua_State *L)
 
 /* ---- ctx:consensus --------------------------------------------------------------------- */
 
-/* Pushes the consensus function `name`, loading it once per panel. */
-static void push_consensus_fn(lua_State *L, script_panel *sp, const char *name)
+/* Pushes the consensus chunk `name`, loaded but not run: the one preloaded, or a new one. */
+static void push_consensus_chunk(lua_State *L, script_panel *sp, const char *name)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, sp->cache_ref);
-    if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
-        lua_remove(L, -2);
+    if (sp->preloaded_ref != LUA_NOREF && sp->consensus != NULL &&
+        strcmp(name, sp->consensus) == 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, sp->preloaded_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, sp->preloaded_ref);
+        sp->preloaded_ref = LUA_NOREF;
         return;
     }
-    lua_pop(L, 1);
     char *src = NULL;
     size_t len = 0;
     ap_err err = {0};
@@ -604,12 +607,50 @@ static void push_consensus_fn(lua_State *L, script_panel *sp, const char *name)
     free(src);
     if (rc != AP_OK)
         luaL_error(L, "ctx:consensus: %s", err.msg);
+}
+
+/* Pushes the consensus function `name`, loading it once per panel. */
+static void push_consensus_fn(lua_State *L, script_panel *sp, const char *name)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, sp->cache_ref);
+    if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
+        lua_remove(L, -2);
+        return;
+    }
+    lua_pop(L, 1);
+    push_consensus_chunk(L, sp, name);
     lua_call(L, 0, 1);
     if (lua_type(L, -1) != LUA_TFUNCTION)
         luaL_error(L, "consensus script '%s' must return a function(ballots, opts)", name);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, name);
     lua_remove(L, -2);
+}
+
+/* A preload leaves this much of the memory ceiling free at least, besides ~16 bytes per byte
+ * of source for the chunk: it never takes the memory a node would have needed. */
+#define PRELOAD_HEADROOM (1024 * 1024)
+
+typedef struct preload_job {
+    script_panel *sp;
+    const char *src;
+    size_t len;
+    ap_err *err;
+} preload_job;
+
+static int preload_protected(lua_State *L)
+{
+    preload_job *job = lua_touserdata(L, 1);
+    script_panel *sp = job->sp;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, sp->cache_ref);
+    if (lua_getfield(L, -1, sp->consensus) == LUA_TFUNCTION)
+        return 0; /* already run */
+    char chunk[MAX_NAME_LEN + 32];
+    snprintf(chunk, sizeof chunk, "=consensus/%s.lua", sp->consensus);
+    if (script_vm_load(sp->vm, L, chunk, job->src, job->len, job->err) != AP_OK)
+        return 0;
+    sp->preloaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
 }
 
 /* Checks a consensus result at idx: a table with a finite level in [0, 1]. */
@@ -1283,7 +1324,8 @@ ap_status script_panel_new(const script_limits *lim, const script_host *host, co
     if (sp == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     sp->host = *host;
-    sp->ctx_ref = sp->nodes_ref = sp->cache_ref = sp->co_ref = LUA_NOREF;
+    sp->ctx_ref = sp->nodes_ref = sp->cache_ref = sp->co_ref = sp->preloaded_ref = LUA_NOREF;
+    sp->mem_limit = lim->memory_bytes;
     ap_status rc = script_vm_new(lim, panel_log, sp, &sp->vm, err);
     if (rc != AP_OK)
         goto fail;
@@ -1361,6 +1403,22 @@ void script_panel_free(script_panel *sp)
 const char *script_panel_start_node(const script_panel *sp)
 {
     return sp->start;
+}
+
+ap_status script_panel_preload(script_panel *sp, const char *source, size_t len, ap_err *err)
+{
+    if (sp->consensus == NULL || sp->preloaded_ref != LUA_NOREF ||
+        script_vm_memory(sp->vm) + PRELOAD_HEADROOM + 16 * len > sp->mem_limit)
+        return AP_OK;
+    ap_err inner = {0};
+    preload_job job = {sp, source, len, &inner};
+    lua_pushcfunction(sp->L, preload_protected);
+    lua_pushlightuserdata(sp->L, &job);
+    if (lua_pcall(sp->L, 1, 0, 0) != LUA_OK) {
+        lua_pop(sp->L, 1);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
+    }
+    return inner.status == AP_OK ? AP_OK : ap_err_set(err, inner.status, "%s", inner.msg);
 }
 
 size_t script_panel_memory(const script_panel *sp)

@@ -171,6 +171,13 @@ ap_status script_panel_state_json(script_panel *sp, char **out, ap_err *err);
  * result does not depend on whether it was interrupted. Caller frees *out. */
 ap_status script_panel_state_save(script_panel *sp, char **out, ap_err *err);
 
+/* Loads the panel's own consensus algorithm from source (borrowed) ahead of its first
+ * ctx:consensus, which then only runs it: work a runner does while it has nothing else to.
+ * The chunk's top level still runs at that call, within its node. Does nothing when the
+ * algorithm is loaded already or the panel is near its memory ceiling; an error (a script
+ * that does not compile) is left for that call to report. */
+ap_status script_panel_preload(script_panel *sp, const char *source, size_t len, ap_err *err);
+
 /* Bytes of Lua heap in use. */
 size_t script_panel_memory(const script_panel *sp);
 

@@ -1616,6 +1616,74 @@ static void test_code_cache_is_bounded(void **state)
     assert_true(held > 0);
 }
 
+/* Runs the one-ask strategy below with its consensus chunk preloaded from pre (when not
+ * NULL) while its ask waits, as a runner does when idle; fills step and returns preload's
+ * status. */
+static ap_status run_preloaded(const char *pre, script_step *step)
+{
+    static const char src[] =
+        "return { name = 'sandbox', start = 'main', consensus = 'test', nodes = { main = "
+        "function(ctx)\n"
+        "  ctx:ask(ctx.experts[1], 'q')\n"
+        "  local r = ctx:consensus(nil, {}, {})\n"
+        "  return ctx:done({ position = r.position })\n"
+        "end } }\n";
+    script_limits lim;
+    limits(&lim);
+    script_panel *sp = NULL;
+    ap_err err = {0};
+    assert_int_equal(new_panel(&lim, src, &sp, &err), AP_OK);
+    assert_int_equal(script_panel_run_node(sp, "main", 42, step), AP_OK);
+    assert_int_equal(step->outcome, SCRIPT_ASK);
+    ap_status rc = AP_OK;
+    if (pre != NULL) {
+        rc = script_panel_preload(sp, pre, strlen(pre), &err);
+        /* a second preload finds the chunk there and does nothing */
+        assert_int_equal(script_panel_preload(sp, consensus_src, strlen(consensus_src), &err),
+                         AP_OK);
+    }
+    script_answer a = {.text = "ok", .prompt_tokens = 1, .completion_tokens = 1};
+    assert_int_equal(script_panel_deliver(sp, 0, &a, &err), AP_OK);
+    assert_int_equal(script_panel_resume(sp, step), AP_OK);
+    static char kept[1024]; /* the step's texts die with sp */
+    snprintf(kept, sizeof kept, "%s",
+             step->outcome == SCRIPT_DONE ? step->result_json : step->error);
+    if (step->outcome == SCRIPT_DONE)
+        step->result_json = kept;
+    script_panel_free(sp);
+    return rc;
+}
+
+/* A consensus chunk loaded ahead of its call is the one ctx:consensus runs; its top level runs
+ * at that call, inside the node (an error there fails the node, not the preload); a source
+ * that does not compile is left to the call, which loads the algorithm itself. */
+static void test_consensus_preloaded(void **state)
+{
+    (void)state;
+    script_step step;
+    assert_int_equal(run_preloaded(NULL, &step), AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_DONE);
+    assert_non_null(strstr(step.result_json, "\"AGREE\""));
+
+    assert_int_equal(run_preloaded("return function(ballots, opts)\n"
+                                   "  return { level = 1, position = 'PRELOADED', dissent = {}, "
+                                   "details = {} }\nend\n",
+                                   &step),
+                     AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_DONE);
+    assert_non_null(strstr(step.result_json, "\"PRELOADED\""));
+
+    assert_int_equal(run_preloaded("error('top level ran')\nreturn function() end\n", &step),
+                     AP_OK);
+    assert_int_equal(step.outcome, SCRIPT_FAILED);
+    assert_non_null(strstr(step.error, "top level ran"));
+    assert_non_null(strstr(step.error, "consensus/test.lua:1"));
+
+    assert_int_equal(run_preloaded("return function(", &step), AP_INVALID);
+    assert_int_equal(step.outcome, SCRIPT_DONE);
+    assert_non_null(strstr(step.result_json, "\"AGREE\""));
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_ERROR);
@@ -1659,6 +1727,7 @@ int main(void)
         cmocka_unit_test(test_garbage_at_the_limit),
         cmocka_unit_test(test_library_buffers_collect_garbage),
         cmocka_unit_test(test_code_cache_is_bounded),
+        cmocka_unit_test(test_consensus_preloaded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,121 @@
+/* Unit tests for llm/loop.c: the idle work a runner does between its other callbacks. */
+#include "core/clock.h"
+#include "llm/loop.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+typedef struct idle_log {
+    int calls;
+    int pieces;         /* calls that return true before the last */
+    int64_t first_us;   /* when the first call came */
+    int64_t last_timer; /* when a timer callback last ran */
+    int timers_left;    /* re-arming timers still to run */
+    int64_t gap_min_us; /* shortest time from a timer callback to an idle call */
+} idle_log;
+
+static bool idle_piece(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    idle_log *l = ud;
+    int64_t now = clock_mono_us();
+    if (l->calls++ == 0)
+        l->first_us = now;
+    if (l->last_timer != 0 && (l->gap_min_us == 0 || now - l->last_timer < l->gap_min_us))
+        l->gap_min_us = now - l->last_timer;
+    return l->calls <= l->pieces;
+}
+
+static void busy_timer(llm_loop *loop, void *ud)
+{
+    idle_log *l = ud;
+    l->last_timer = clock_mono_us();
+    if (--l->timers_left > 0)
+        assert_non_null(llm_loop_timer_add(loop, 0, busy_timer, l));
+}
+
+static void run_for(llm_loop *loop, int64_t ms)
+{
+    int64_t end = clock_mono_ms() + ms;
+    while (clock_mono_ms() < end)
+        llm_loop_run_once(loop, 5);
+}
+
+/* Nothing to do: the loop calls its idle work once it has been quiet, piece after piece until
+ * the work says it is done, and not again until there is more. */
+static void test_idle_pieces_until_done(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    idle_log l = {.pieces = 3};
+    llm_loop_set_idle(loop, idle_piece, &l);
+    run_for(loop, 20);
+    assert_int_equal(l.calls, 0); /* none was asked for */
+    int64_t asked = clock_mono_us();
+    llm_loop_idle_more(loop);
+    run_for(loop, 30);
+    assert_int_equal(l.calls, 4); /* three pieces that leave more, then the last */
+    assert_true(l.first_us - asked < 20000);
+    llm_loop_idle_more(loop);
+    l.pieces = 0;
+    l.calls = 0;
+    run_for(loop, 30);
+    assert_int_equal(l.calls, 1);
+    llm_loop_free(loop);
+}
+
+/* While timers keep the loop busy the idle work waits; it starts only after a quiet spell of
+ * LLM_LOOP_QUIET_US since the last of them. */
+static void test_idle_waits_for_quiet(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    idle_log l = {.pieces = 0, .timers_left = 2000};
+    llm_loop_set_idle(loop, idle_piece, &l);
+    llm_loop_idle_more(loop);
+    assert_non_null(llm_loop_timer_add(loop, 0, busy_timer, &l));
+    int64_t end = clock_mono_ms() + 5000;
+    while (l.timers_left > 0 && clock_mono_ms() < end)
+        llm_loop_run_once(loop, 5);
+    assert_int_equal(l.timers_left, 0);
+    assert_int_equal(l.calls, 0); /* not one piece inside the burst */
+    run_for(loop, 30);
+    assert_int_equal(l.calls, 1);
+    assert_true(l.gap_min_us >= LLM_LOOP_QUIET_US);
+    llm_loop_free(loop);
+}
+
+/* A loop that waits without limit still wakes for its idle work. */
+static void test_idle_wakes_a_blocking_wait(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    idle_log l = {.pieces = 0};
+    llm_loop_set_idle(loop, idle_piece, &l);
+    llm_loop_idle_more(loop);
+    int64_t t0 = clock_mono_ms();
+    for (int i = 0; i < 3 && l.calls == 0; i++)
+        llm_loop_run_once(loop, -1);
+    assert_int_equal(l.calls, 1);
+    assert_true(clock_mono_ms() - t0 < 1000);
+    llm_loop_free(loop);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_idle_pieces_until_done),
+        cmocka_unit_test(test_idle_waits_for_quiet),
+        cmocka_unit_test(test_idle_wakes_a_blocking_wait),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
