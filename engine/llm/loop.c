@@ -46,10 +46,14 @@ struct llm_loop {
     size_t capwatches;
     pthread_mutex_t mu;
     post *posts, *posts_tail;
-    llm_loop_idle_cb idle_cb;
-    void *idle_ud;
-    bool idle_more;
-    int64_t busy_us; /* when a callback other than idle work last ran */
+    struct {
+        llm_loop_idle_cb cb;
+        void *ud;
+        bool more;
+    } idle[LLM_LOOP_IDLE_MAX];
+    int nidle, idle_next;
+    int idle_pending; /* sources with more */
+    int64_t busy_us;  /* when a callback other than idle work last ran */
 };
 
 int64_t llm_loop_now_ms(void)
@@ -306,16 +310,38 @@ static bool run_timers(llm_loop *l)
     return ran;
 }
 
-void llm_loop_set_idle(llm_loop *l, llm_loop_idle_cb cb, void *ud)
+int llm_loop_idle_add(llm_loop *l, llm_loop_idle_cb cb, void *ud)
 {
-    l->idle_cb = cb;
-    l->idle_ud = ud;
-    l->idle_more = false;
+    if (l->nidle == LLM_LOOP_IDLE_MAX)
+        return -1;
+    l->idle[l->nidle].cb = cb;
+    l->idle[l->nidle].ud = ud;
+    l->idle[l->nidle].more = false;
+    return l->nidle++;
 }
 
-void llm_loop_idle_more(llm_loop *l)
+void llm_loop_idle_more(llm_loop *l, int id)
 {
-    l->idle_more = l->idle_cb != NULL;
+    if (id < 0 || id >= l->nidle || l->idle[id].more)
+        return;
+    l->idle[id].more = true;
+    l->idle_pending++;
+}
+
+/* One piece of the next source's idle work, in turn. */
+static void run_idle(llm_loop *l)
+{
+    for (int k = 0; k < l->nidle; k++) {
+        int id = (l->idle_next + k) % l->nidle;
+        if (!l->idle[id].more)
+            continue;
+        l->idle_next = (id + 1) % l->nidle;
+        if (!l->idle[id].cb(l, l->idle[id].ud) && l->idle[id].more) {
+            l->idle[id].more = false;
+            l->idle_pending--;
+        }
+        return;
+    }
 }
 
 /* Milliseconds to wait for (rounded up), capped by max_wait_ms (-1: none). */
@@ -333,7 +359,7 @@ void llm_loop_run_once(llm_loop *l, int max_wait_ms)
         timeout = wait_ms(l->heap[0]->due_us - now, timeout);
     /* Idle work waits for a quiet spell: a burst of answers has gaps of a few microseconds
      * between its timers, in which the other threads are busy. */
-    if (l->idle_more)
+    if (l->idle_pending > 0)
         timeout = wait_ms(l->busy_us + LLM_LOOP_QUIET_US - now, timeout);
     struct epoll_event evs[MAX_EVENTS];
     int n = epoll_wait(l->epfd, evs, MAX_EVENTS, timeout);
@@ -355,8 +381,8 @@ void llm_loop_run_once(llm_loop *l, int max_wait_ms)
     }
     if (run_timers(l) || n > 0)
         l->busy_us = clock_mono_us();
-    else if (l->idle_more && clock_mono_us() - l->busy_us >= LLM_LOOP_QUIET_US)
-        l->idle_more = l->idle_cb(l, l->idle_ud);
+    else if (l->idle_pending > 0 && clock_mono_us() - l->busy_us >= LLM_LOOP_QUIET_US)
+        run_idle(l);
 }
 
 void llm_loop_run(llm_loop *l)

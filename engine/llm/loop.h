@@ -45,15 +45,17 @@ void llm_loop_timer_cancel(llm_loop *loop, llm_timer *t);
 /* From any thread: runs cb(ud) on the loop thread soon. Thread-safe. */
 ap_status llm_loop_post(llm_loop *loop, llm_loop_post_cb cb, void *ud);
 
-/* Sets the loop's idle work: cb(loop, ud) does one small piece of it (tens of microseconds)
+/* Adds a source of idle work: cb(loop, ud) does one small piece of it (tens of microseconds)
  * and returns whether more is left. The loop calls it only once nothing else has been ready
  * for LLM_LOOP_QUIET_US, between its other callbacks, so it never delays them by more than a
- * piece. */
-void llm_loop_set_idle(llm_loop *loop, llm_loop_idle_cb cb, void *ud);
+ * piece; sources take turns. Returns the source's id for llm_loop_idle_more, or -1 when the
+ * loop has LLM_LOOP_IDLE_MAX already. Loop thread only (or before the loop runs). */
+int llm_loop_idle_add(llm_loop *loop, llm_loop_idle_cb cb, void *ud);
 
-/* Says there is idle work again (after cb returned false). Loop thread only. */
-void llm_loop_idle_more(llm_loop *loop);
+/* Says source id has idle work again (after its cb returned false). Loop thread only. */
+void llm_loop_idle_more(llm_loop *loop, int id);
 
+#define LLM_LOOP_IDLE_MAX 4
 #define LLM_LOOP_QUIET_US 2000
 
 /* Runs the loop until llm_loop_stop. */

@@ -943,17 +943,22 @@ typedef struct sim_provider {
     size_t parsed_len[SIM_PARSED];
     size_t parsed_next;
     prompt_memo memo;
+    int idle;                                /* the loop's idle source, -1: none */
+    struct sim_call *pending, *pending_tail; /* calls whose answer is not made yet */
 } sim_provider;
 
 typedef struct sim_call {
     sim_provider *p;
     llm_call *call;
     llm_timer *timer;
-    char *text;   /* the answer */
+    char *text;   /* the answer, NULL until made */
     size_t len;   /* of text */
     bool is_data; /* text is also the answer's JSON data */
     size_t sent;
     int64_t started;
+    struct sim_call *prev, *next; /* in p->pending while listed */
+    bool listed;
+    ap_status failed; /* making the answer failed (out of memory) */
 } sim_call;
 
 static int64_t env_int(const char *name, int64_t dflt)
@@ -974,12 +979,15 @@ static const llm_cfg_int sim_ints[] = {
 };
 static const char *const sim_strings[] = {"type", "model"};
 
+static bool sim_idle(llm_loop *loop, void *ud);
+
 static ap_status sim_create(llm_loop *loop, const cJSON *cfg, void **self, ap_err *err)
 {
     sim_provider *p = calloc(1, sizeof *p);
     if (p == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     p->loop = loop;
+    p->idle = llm_loop_idle_add(loop, sim_idle, p);
     p->latency_ms = env_int("ASKPANEL_SIM_LATENCY_MS", llm_cfg_int_value(cfg, &sim_ints[0]));
     p->token_ms = env_int("ASKPANEL_SIM_TOKEN_MS", llm_cfg_int_value(cfg, &sim_ints[1]));
     p->seed = (uint64_t)llm_cfg_int_value(cfg, &sim_ints[2]);
@@ -1004,8 +1012,26 @@ static void sim_destroy(void *self)
     free(p);
 }
 
+static void pending_unlink(sim_call *sc)
+{
+    if (!sc->listed)
+        return;
+    sim_provider *p = sc->p;
+    if (sc->prev != NULL)
+        sc->prev->next = sc->next;
+    else
+        p->pending = sc->next;
+    if (sc->next != NULL)
+        sc->next->prev = sc->prev;
+    else
+        p->pending_tail = sc->prev;
+    sc->prev = sc->next = NULL;
+    sc->listed = false;
+}
+
 static void sim_call_free(sim_call *sc)
 {
+    pending_unlink(sc);
     free(sc->text);
     free(sc);
 }
@@ -1027,6 +1053,16 @@ static void log_call(const sim_provider *p, const llm_request *req)
 static void sim_finish(sim_call *sc)
 {
     const llm_request *req = llm_call_request(sc->call);
+    if (sc->failed != AP_OK) {
+        llm_response r = {.status = sc->failed,
+                          .provider = "simulated",
+                          .attempts = 1,
+                          .latency_ms = llm_loop_now_ms() - sc->started,
+                          .error = "out of memory"};
+        llm_call_finish(sc->call, &r);
+        sim_call_free(sc);
+        return;
+    }
     if (sc->p->call_log != NULL)
         log_call(sc->p, req);
     const char *model = req->model != NULL ? req->model : "simulated-1";
@@ -1046,10 +1082,17 @@ static void sim_finish(sim_call *sc)
     sim_call_free(sc);
 }
 
+static void make_answer(sim_call *sc);
+
 static void sim_tick(llm_loop *loop, void *ud)
 {
     sim_call *sc = ud;
     sc->timer = NULL;
+    make_answer(sc);
+    if (sc->failed != AP_OK) {
+        sim_finish(sc);
+        return;
+    }
     const llm_request *req = llm_call_request(sc->call);
     size_t len = sc->len;
     if (req->stream && sc->p->token_ms == 0) {
@@ -1107,34 +1150,83 @@ static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, c
     *out = p->parsed[slot];
 }
 
+/* The trees of the call's schema and expert (through the cache); *schema NULL with a schema
+ * that does not parse. */
+static void call_trees(sim_provider *p, const llm_request *req, const cJSON **schema,
+                       const cJSON **expert, ap_err *err)
+{
+    *schema = *expert = NULL;
+    if (req->schema_json != NULL)
+        cached_parse(p, req->schema_json, NULL, schema, err);
+    /* An unreadable expert answers with defaults, as it always did. */
+    if ((req->schema_json == NULL || *schema != NULL) && req->expert_json != NULL)
+        cached_parse(p, req->expert_json, *schema, expert, NULL);
+}
+
+/* Makes the call's answer unless it has one (or failed to). */
+static void make_answer(sim_call *sc)
+{
+    if (sc->text != NULL || sc->failed != AP_OK)
+        return;
+    pending_unlink(sc);
+    const llm_request *req = llm_call_request(sc->call);
+    const cJSON *schema, *expert;
+    ap_err err = {0};
+    call_trees(sc->p, req, &schema, &expert, &err);
+    /* the schema parsed at the start: only memory can be short now */
+    if ((req->schema_json != NULL && schema == NULL) ||
+        simulate(req, expert, schema, sc->p->seed, &sc->p->memo, &sc->text, &sc->is_data, &err) !=
+            AP_OK) {
+        sc->failed = AP_NOMEM;
+        return;
+    }
+    sc->len = strlen(sc->text);
+}
+
+/* An answer is made while its latency runs, when the loop has nothing else to do (a remote
+ * model's work costs the engine nothing meanwhile), or at the latest when it is due. */
+static bool sim_idle(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    sim_provider *p = ud;
+    if (p->pending != NULL)
+        make_answer(p->pending);
+    return p->pending != NULL;
+}
+
 static ap_status sim_start(void *self, llm_call *call, ap_err *err)
 {
     sim_provider *p = self;
+    const llm_request *req = llm_call_request(call);
+    const cJSON *schema, *expert;
+    ap_err inner = {0};
+    call_trees(p, req, &schema, &expert, &inner);
+    if (req->schema_json != NULL && schema == NULL)
+        return ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
     sim_call *sc = calloc(1, sizeof *sc);
     if (sc == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     sc->p = p;
     sc->call = call;
     sc->started = llm_loop_now_ms();
-    const llm_request *req = llm_call_request(call);
-    const cJSON *schema = NULL, *expert = NULL;
-    ap_status rc = AP_OK;
-    if (req->schema_json != NULL) {
-        ap_err inner = {0};
-        cached_parse(p, req->schema_json, NULL, &schema, &inner);
-        if (schema == NULL)
-            rc = ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
+    if (p->latency_ms > 0 && p->idle >= 0) {
+        sc->prev = p->pending_tail;
+        if (p->pending_tail != NULL)
+            p->pending_tail->next = sc;
+        else
+            p->pending = sc;
+        p->pending_tail = sc;
+        sc->listed = true;
+        llm_loop_idle_more(p->loop, p->idle);
+    } else {
+        ap_status rc =
+            simulate(req, expert, schema, p->seed, &p->memo, &sc->text, &sc->is_data, err);
+        if (rc != AP_OK) {
+            sim_call_free(sc);
+            return rc;
+        }
+        sc->len = strlen(sc->text);
     }
-    /* An unreadable expert answers with defaults, as it always did. */
-    if (rc == AP_OK && req->expert_json != NULL)
-        cached_parse(p, req->expert_json, schema, &expert, NULL);
-    if (rc == AP_OK)
-        rc = simulate(req, expert, schema, p->seed, &p->memo, &sc->text, &sc->is_data, err);
-    if (rc != AP_OK) {
-        sim_call_free(sc);
-        return rc;
-    }
-    sc->len = strlen(sc->text);
     sc->timer = llm_loop_timer_add(p->loop, p->latency_ms, sim_tick, sc);
     if (sc->timer == NULL) {
         sim_call_free(sc);

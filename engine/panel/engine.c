@@ -209,6 +209,7 @@ struct runner {
      * built for every answer, kept between answers instead of allocated for each. */
     buf outcome, message;
     prun *warm_head, *warm_tail; /* panels whose consensus the runner loads when idle */
+    int warm_idle;               /* the loop's idle source for them */
 };
 
 struct panel_engine {
@@ -1197,7 +1198,7 @@ static void warm_add(prun *p)
         r->warm_head = p;
     r->warm_tail = p;
     p->warm_listed = true;
-    llm_loop_idle_more(r->loop);
+    llm_loop_idle_more(r->loop, r->warm_idle);
 }
 
 static bool warm_one(llm_loop *loop, void *ud)
@@ -3079,8 +3080,8 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         buf_init(&r->outcome, SCRATCH_MAX);
         buf_init(&r->message, SCRATCH_MAX);
         ap_status rc = llm_loop_new(&r->loop, err);
-        if (rc == AP_OK)
-            llm_loop_set_idle(r->loop, warm_one, r);
+        if (rc == AP_OK && (r->warm_idle = llm_loop_idle_add(r->loop, warm_one, r)) < 0)
+            rc = ap_err_set(err, AP_ERROR, "the runner's loop has no room for idle work");
         if (rc == AP_OK)
             rc = llm_client_new(r->loop, o->cfg != NULL ? o->cfg->llm : NULL, &r->llm, err);
         if (rc == AP_OK && pthread_create(&r->th, NULL, runner_main, r) != 0)

@@ -53,15 +53,16 @@ static void test_idle_pieces_until_done(void **state)
     ap_err err = {0};
     assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
     idle_log l = {.pieces = 3};
-    llm_loop_set_idle(loop, idle_piece, &l);
+    int id = llm_loop_idle_add(loop, idle_piece, &l);
+    assert_int_equal(id, 0);
     run_for(loop, 20);
     assert_int_equal(l.calls, 0); /* none was asked for */
     int64_t asked = clock_mono_us();
-    llm_loop_idle_more(loop);
+    llm_loop_idle_more(loop, id);
     run_for(loop, 30);
     assert_int_equal(l.calls, 4); /* three pieces that leave more, then the last */
     assert_true(l.first_us - asked < 20000);
-    llm_loop_idle_more(loop);
+    llm_loop_idle_more(loop, id);
     l.pieces = 0;
     l.calls = 0;
     run_for(loop, 30);
@@ -78,8 +79,9 @@ static void test_idle_waits_for_quiet(void **state)
     ap_err err = {0};
     assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
     idle_log l = {.pieces = 0, .timers_left = 2000};
-    llm_loop_set_idle(loop, idle_piece, &l);
-    llm_loop_idle_more(loop);
+    int id = llm_loop_idle_add(loop, idle_piece, &l);
+    assert_int_equal(id, 0);
+    llm_loop_idle_more(loop, id);
     assert_non_null(llm_loop_timer_add(loop, 0, busy_timer, &l));
     int64_t end = clock_mono_ms() + 5000;
     while (l.timers_left > 0 && clock_mono_ms() < end)
@@ -100,8 +102,9 @@ static void test_idle_wakes_a_blocking_wait(void **state)
     ap_err err = {0};
     assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
     idle_log l = {.pieces = 0};
-    llm_loop_set_idle(loop, idle_piece, &l);
-    llm_loop_idle_more(loop);
+    int id = llm_loop_idle_add(loop, idle_piece, &l);
+    assert_int_equal(id, 0);
+    llm_loop_idle_more(loop, id);
     int64_t t0 = clock_mono_ms();
     for (int i = 0; i < 3 && l.calls == 0; i++)
         llm_loop_run_once(loop, -1);

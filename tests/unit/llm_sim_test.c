@@ -601,6 +601,69 @@ static void test_async_latency_stream_cancel(void **state)
     unsetenv("ASKPANEL_SIM_LATENCY_MS");
 }
 
+/* With a latency the provider makes each answer while the call waits, in the loop's idle
+ * time, or when it is due: the answers are still llm_simulate's, with more schemas in flight
+ * than the provider keeps parsed (they are parsed again) and a call cancelled before its
+ * answer was made. */
+static void test_answers_made_while_waiting(void **state)
+{
+    (void)state;
+    setenv("ASKPANEL_SIM_LATENCY_MS", "40", 1);
+    llm_loop *loop = NULL;
+    llm_client *c = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    enum { N = 12 };
+    sink s[N] = {0};
+    char *ex[N], schema[N][128];
+    llm_request req[N];
+    llm_call *calls[N];
+    for (int i = 0; i < N; i++) {
+        ex[i] = expert_json(i % 5);
+        snprintf(schema[i], sizeof schema[i],
+                 "{\"type\":\"object\",\"title\":\"s%d\",\"required\":[\"n\"],"
+                 "\"properties\":{\"n\":{\"type\":\"integer\"}}}",
+                 i);
+        req[i] = (llm_request){.expert_id = personas[i % 5][0],
+                               .expert_json = ex[i],
+                               .prompt = i % 3 ? "Decide on the launch." : "Other question",
+                               .schema_json = i == N - 1 ? NULL : schema[i],
+                               .stream = i % 2 == 0,
+                               .seed = 5};
+        llm_callbacks cb = {on_delta, on_done, &s[i]};
+        assert_int_equal(llm_submit(c, NULL, &req[i], &cb, &calls[i], &err), AP_OK);
+    }
+    llm_cancel(calls[3]);
+    int64_t t0 = clock_mono_ms();
+    int done = 0;
+    while (done < N - 1 && clock_mono_ms() - t0 < 2000) {
+        llm_loop_run_once(loop, 50);
+        done = 0;
+        for (int i = 0; i < N; i++)
+            done += s[i].done;
+    }
+    for (int i = 0; i < N; i++) {
+        if (i == 3) {
+            free(ex[i]);
+            assert_int_equal(s[i].done, 0);
+            continue;
+        }
+        char *text = NULL, *data = NULL;
+        assert_int_equal(s[i].done, 1);
+        assert_true(s[i].done_at - t0 >= 35);
+        assert_int_equal(llm_simulate(&req[i], 0, &text, &data, &err), AP_OK);
+        assert_string_equal(s[i].text, text);
+        assert_string_equal(s[i].data, data != NULL ? data : "(null)");
+        free(text);
+        free(data);
+        free(ex[i]);
+    }
+    llm_client_free(c);
+    llm_loop_free(loop);
+    unsetenv("ASKPANEL_SIM_LATENCY_MS");
+}
+
 /* With a token delay an answer streams in pieces, one per tick, that add up to the answer. */
 static void test_token_delay_streams_pieces(void **state)
 {
@@ -696,6 +759,7 @@ int main(void)
         cmocka_unit_test(test_provider_matches_llm_simulate),
         cmocka_unit_test(test_provider_answers_sequence_bomb),
         cmocka_unit_test(test_async_latency_stream_cancel),
+        cmocka_unit_test(test_answers_made_while_waiting),
         cmocka_unit_test(test_token_delay_streams_pieces),
         cmocka_unit_test(test_llm_config_is_checked),
         cmocka_unit_test(test_response_names_the_configured_provider),
