@@ -329,7 +329,7 @@ void llm_loop_idle_more(llm_loop *l, int id)
 }
 
 /* One piece of the next source's idle work, in turn. */
-static void run_idle(llm_loop *l)
+static void run_idle_piece(llm_loop *l)
 {
     for (int k = 0; k < l->nidle; k++) {
         int id = (l->idle_next + k) % l->nidle;
@@ -342,6 +342,18 @@ static void run_idle(llm_loop *l)
         }
         return;
     }
+}
+
+/* Pieces of idle work for up to IDLE_SLICE_US: a piece can be a few microseconds, about what a
+ * turn of the loop costs, so one per turn would spend as much on the turns. */
+#define IDLE_SLICE_US 100
+
+static void run_idle(llm_loop *l)
+{
+    int64_t end = clock_mono_us() + IDLE_SLICE_US;
+    do
+        run_idle_piece(l);
+    while (l->idle_pending > 0 && clock_mono_us() < end);
 }
 
 /* Milliseconds to wait for (rounded up), capped by max_wait_ms (-1: none). */

@@ -47,9 +47,10 @@ ap_status llm_loop_post(llm_loop *loop, llm_loop_post_cb cb, void *ud);
 
 /* Adds a source of idle work: cb(loop, ud) does one small piece of it (tens of microseconds)
  * and returns whether more is left. The loop calls it only once nothing else has been ready
- * for LLM_LOOP_QUIET_US, between its other callbacks, so it never delays them by more than a
- * piece; sources take turns. Returns the source's id for llm_loop_idle_more, or -1 when the
- * loop has LLM_LOOP_IDLE_MAX already. Loop thread only (or before the loop runs). */
+ * for LLM_LOOP_QUIET_US, between its other callbacks, a slice of ~100 us at a time, so it
+ * never delays them by more than that and a piece; sources take turns. Returns the source's id for
+ * llm_loop_idle_more, or -1 when the loop has LLM_LOOP_IDLE_MAX already. Loop thread only (or
+ * before the loop runs). */
 int llm_loop_idle_add(llm_loop *loop, llm_loop_idle_cb cb, void *ud);
 
 /* Says source id has idle work again (after its cb returned false). Loop thread only. */
