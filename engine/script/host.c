@@ -322,17 +322,24 @@ static void ensure_yieldable(lua_State *L, script_panel *sp, const char *what)
                    what);
 }
 
+/* lua_pushstring looks a string up in the state's cache of C strings first, comparing it with
+ * the cached ones whole: answers share long openings, and a new one is never in it. */
+static void push_text(lua_State *L, const char *s)
+{
+    lua_pushlstring(L, s, strlen(s));
+}
+
 static void push_answer(lua_State *L, const pending_ask *a)
 {
     lua_createtable(L, 0, 4);
-    lua_pushstring(L, a->expert->id);
+    push_text(L, a->expert->id);
     lua_setfield(L, -2, "expert");
     if (a->error != NULL) {
-        lua_pushstring(L, a->error);
+        push_text(L, a->error);
         lua_setfield(L, -2, "error");
         return;
     }
-    lua_pushstring(L, a->text != NULL ? a->text : "");
+    push_text(L, a->text != NULL ? a->text : "");
     lua_setfield(L, -2, "text");
     if (a->data_json != NULL) {
         ap_err err = {0};
