@@ -51,7 +51,7 @@ struct llm_loop {
         void *ud;
         bool more;
     } idle[LLM_LOOP_IDLE_MAX];
-    int nidle, idle_next;
+    int idle_next;
     int idle_pending; /* sources with more */
     int64_t busy_us;  /* when a callback other than idle work last ran */
 };
@@ -312,30 +312,44 @@ static bool run_timers(llm_loop *l)
 
 int llm_loop_idle_add(llm_loop *l, llm_loop_idle_cb cb, void *ud)
 {
-    if (l->nidle == LLM_LOOP_IDLE_MAX)
-        return -1;
-    l->idle[l->nidle].cb = cb;
-    l->idle[l->nidle].ud = ud;
-    l->idle[l->nidle].more = false;
-    return l->nidle++;
+    for (int id = 0; id < LLM_LOOP_IDLE_MAX; id++) {
+        if (l->idle[id].cb != NULL)
+            continue;
+        l->idle[id].cb = cb;
+        l->idle[id].ud = ud;
+        l->idle[id].more = false;
+        return id;
+    }
+    return -1;
 }
 
 void llm_loop_idle_more(llm_loop *l, int id)
 {
-    if (id < 0 || id >= l->nidle || l->idle[id].more)
+    if (id < 0 || id >= LLM_LOOP_IDLE_MAX || l->idle[id].cb == NULL || l->idle[id].more)
         return;
     l->idle[id].more = true;
     l->idle_pending++;
 }
 
+void llm_loop_idle_remove(llm_loop *l, int id)
+{
+    if (id < 0 || id >= LLM_LOOP_IDLE_MAX || l->idle[id].cb == NULL)
+        return;
+    if (l->idle[id].more)
+        l->idle_pending--;
+    l->idle[id].cb = NULL;
+    l->idle[id].ud = NULL;
+    l->idle[id].more = false;
+}
+
 /* One piece of the next source's idle work, in turn. */
 static void run_idle_piece(llm_loop *l)
 {
-    for (int k = 0; k < l->nidle; k++) {
-        int id = (l->idle_next + k) % l->nidle;
+    for (int k = 0; k < LLM_LOOP_IDLE_MAX; k++) {
+        int id = (l->idle_next + k) % LLM_LOOP_IDLE_MAX;
         if (!l->idle[id].more)
             continue;
-        l->idle_next = (id + 1) % l->nidle;
+        l->idle_next = (id + 1) % LLM_LOOP_IDLE_MAX;
         if (!l->idle[id].cb(l, l->idle[id].ud) && l->idle[id].more) {
             l->idle[id].more = false;
             l->idle_pending--;

@@ -56,6 +56,10 @@ int llm_loop_idle_add(llm_loop *loop, llm_loop_idle_cb cb, void *ud);
 /* Says source id has idle work again (after its cb returned false). Loop thread only. */
 void llm_loop_idle_more(llm_loop *loop, int id);
 
+/* Removes source id (its cb is not called again; its slot is free for another). Loop thread
+ * only; id may be -1. */
+void llm_loop_idle_remove(llm_loop *loop, int id);
+
 #define LLM_LOOP_IDLE_MAX 4
 #define LLM_LOOP_QUIET_US 2000
 

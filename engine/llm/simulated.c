@@ -1003,6 +1003,7 @@ static void sim_destroy(void *self)
     sim_provider *p = self;
     if (p == NULL)
         return;
+    llm_loop_idle_remove(p->loop, p->idle);
     free(p->call_log);
     free(p->memo.prompt);
     for (size_t i = 0; i < SIM_PARSED; i++) {

@@ -60,7 +60,8 @@ struct script_panel {
     char *start;
     char *consensus;
     int ctx_ref, nodes_ref, cache_ref, co_ref;
-    int preloaded_ref; /* the panel's consensus chunk, loaded but not run (script_panel_preload) */
+    int preloaded_ref;     /* {chunk} with weak values: see script_panel_preload */
+    bool consensus_loaded; /* the panel's own algorithm is in the cache */
     size_t mem_limit;
     lua_State *co;
     char *node;
@@ -591,7 +592,8 @@ static int ctx_done(lua_State *L)
 
 /* ---- ctx:consensus --------------------------------------------------------------------- */
 
-/* Pushes the consensus chunk `name`, loaded but not run: the one preloaded, or a new one. */
+/* Pushes the consensus chunk `name`, loaded but not run: the one preloaded, if the collector
+ * left it, or a new one. */
 static void push_consensus_chunk(lua_State *L, script_panel *sp, const char *name)
 {
     if (sp->preloaded_ref != LUA_NOREF && sp->consensus != NULL &&
@@ -599,7 +601,11 @@ static void push_consensus_chunk(lua_State *L, script_panel *sp, const char *nam
         lua_rawgeti(L, LUA_REGISTRYINDEX, sp->preloaded_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, sp->preloaded_ref);
         sp->preloaded_ref = LUA_NOREF;
-        return;
+        int kept = lua_rawgeti(L, -1, 1);
+        lua_remove(L, -2);
+        if (kept == LUA_TFUNCTION)
+            return;
+        lua_pop(L, 1);
     }
     char *src = NULL;
     size_t len = 0;
@@ -632,11 +638,16 @@ static void push_consensus_fn(lua_State *L, script_panel *sp, const char *name)
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, name);
     lua_remove(L, -2);
+    if (sp->consensus != NULL && strcmp(name, sp->consensus) == 0)
+        sp->consensus_loaded = true;
 }
 
-/* A preload leaves this much of the memory ceiling free at least, besides ~16 bytes per byte
- * of source for the chunk: it never takes the memory a node would have needed. */
-#define PRELOAD_HEADROOM (1024 * 1024)
+/* A compiled chunk takes up to ~16 bytes per byte of its source. What a preload takes is given
+ * back to the panel's pool when the collector frees the chunk, but big blocks (a long string)
+ * cannot use the pool's room: so a preload is kept small next to the ceiling (a 64th) and made
+ * only while the panel uses under half of it, where a node's own needs are far from it. */
+#define PRELOAD_BYTES_PER_SOURCE 16
+#define PRELOAD_SHARE 64
 
 typedef struct preload_job {
     script_panel *sp;
@@ -645,17 +656,24 @@ typedef struct preload_job {
     ap_err *err;
 } preload_job;
 
+/* Loads the panel's algorithm and holds it in a new table of weak values at sp->preloaded_ref:
+ * the collector may take it back, as it does before it refuses memory, so it never costs a
+ * node the room it needs. */
 static int preload_protected(lua_State *L)
 {
     preload_job *job = lua_touserdata(L, 1);
     script_panel *sp = job->sp;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, sp->cache_ref);
-    if (lua_getfield(L, -1, sp->consensus) == LUA_TFUNCTION)
-        return 0; /* already run */
     char chunk[MAX_NAME_LEN + 32];
     snprintf(chunk, sizeof chunk, "=consensus/%s.lua", sp->consensus);
     if (script_vm_load(sp->vm, L, chunk, job->src, job->len, job->err) != AP_OK)
         return 0;
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, 1);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
     sp->preloaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
@@ -1414,18 +1432,18 @@ const char *script_panel_start_node(const script_panel *sp)
 
 ap_status script_panel_preload(script_panel *sp, const char *source, size_t len, ap_err *err)
 {
-    if (sp->consensus == NULL || sp->preloaded_ref != LUA_NOREF ||
-        script_vm_memory(sp->vm) + PRELOAD_HEADROOM + 16 * len > sp->mem_limit)
+    size_t used = script_vm_memory(sp->vm), held = script_vm_held(sp->vm);
+    size_t need = PRELOAD_BYTES_PER_SOURCE * len;
+    if (sp->consensus == NULL || sp->consensus_loaded || sp->preloaded_ref != LUA_NOREF ||
+        need > sp->mem_limit / PRELOAD_SHARE ||
+        (used > held ? used : held) + need > sp->mem_limit / 2)
         return AP_OK;
     ap_err inner = {0};
     preload_job job = {sp, source, len, &inner};
-    lua_pushcfunction(sp->L, preload_protected);
-    lua_pushlightuserdata(sp->L, &job);
-    if (lua_pcall(sp->L, 1, 0, 0) != LUA_OK) {
-        lua_pop(sp->L, 1);
-        return ap_err_set(err, AP_NOMEM, "out of memory");
-    }
-    return inner.status == AP_OK ? AP_OK : ap_err_set(err, inner.status, "%s", inner.msg);
+    ap_status rc = script_vm_call_ahead(sp->vm, preload_protected, &job, err);
+    if (rc == AP_OK && inner.status != AP_OK)
+        rc = ap_err_set(err, inner.status, "%s", inner.msg);
+    return rc;
 }
 
 size_t script_panel_memory(const script_panel *sp)

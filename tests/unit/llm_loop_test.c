@@ -113,12 +113,39 @@ static void test_idle_wakes_a_blocking_wait(void **state)
     llm_loop_free(loop);
 }
 
+/* A removed source is not called again, even with work pending, and its slot serves the next
+ * one; a loop has LLM_LOOP_IDLE_MAX sources at most. */
+static void test_idle_remove(void **state)
+{
+    (void)state;
+    llm_loop *loop = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    idle_log a = {.pieces = 100}, b = {.pieces = 0};
+    int ia = llm_loop_idle_add(loop, idle_piece, &a);
+    llm_loop_idle_more(loop, ia);
+    llm_loop_idle_remove(loop, ia);
+    run_for(loop, 20);
+    assert_int_equal(a.calls, 0);
+    int ib = llm_loop_idle_add(loop, idle_piece, &b);
+    assert_int_equal(ib, ia);
+    llm_loop_idle_more(loop, ib);
+    run_for(loop, 20);
+    assert_int_equal(b.calls, 1);
+    for (int i = 1; i < LLM_LOOP_IDLE_MAX; i++)
+        assert_true(llm_loop_idle_add(loop, idle_piece, &a) >= 0);
+    assert_int_equal(llm_loop_idle_add(loop, idle_piece, &a), -1);
+    llm_loop_idle_remove(loop, -1);
+    llm_loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idle_pieces_until_done),
         cmocka_unit_test(test_idle_waits_for_quiet),
         cmocka_unit_test(test_idle_wakes_a_blocking_wait),
+        cmocka_unit_test(test_idle_remove),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
