@@ -191,9 +191,7 @@ struct prun {
     bool fresh;
     uint64_t serial; /* tells this run from a later one of the same panel in this process */
     llm_timer *timer;
-    struct prun *next;                  /* in the active map */
-    struct prun *warm_prev, *warm_next; /* in its runner's warm list (see warm_one) */
-    bool warm_listed;
+    struct prun *next; /* in the active map */
 };
 
 struct runner {
@@ -208,8 +206,6 @@ struct runner {
     /* Scratch space of the runner's thread for an answer's outcome and its expert.message:
      * built for every answer, kept between answers instead of allocated for each. */
     buf outcome, message;
-    prun *warm_head, *warm_tail; /* panels whose consensus the runner loads when idle */
-    int warm_idle;               /* the loop's idle source for them */
 };
 
 struct panel_engine {
@@ -1161,67 +1157,11 @@ size_t panel_engine_active(panel_engine *e)
 
 /* ---- panel helpers (runner thread) ---------------------------------------------------- */
 
-/* ---- idle work: consensus algorithms loaded ahead --------------------------------------
- * A panel loads its consensus algorithm at its first ctx:consensus, usually in its last node,
- * when every panel started in the same burst reaches its last node too: a runner's busiest
- * moment. A runner that has had nothing to do for a while (LLM_LOOP_QUIET_US) loads them
- * ahead instead, one panel per idle call, in the waits for answers. */
-
-static void warm_unlink(prun *p)
-{
-    if (!p->warm_listed)
-        return;
-    runner *r = p->r;
-    if (p->warm_prev != NULL)
-        p->warm_prev->warm_next = p->warm_next;
-    else
-        r->warm_head = p->warm_next;
-    if (p->warm_next != NULL)
-        p->warm_next->warm_prev = p->warm_prev;
-    else
-        r->warm_tail = p->warm_prev;
-    p->warm_prev = p->warm_next = NULL;
-    p->warm_listed = false;
-}
-
-/* Lists a started panel whose algorithm is known but not loaded yet (runner thread). */
-static void warm_add(prun *p)
-{
-    if (p->warm_listed || p->sp == NULL || p->consensus_src == NULL)
-        return;
-    runner *r = p->r;
-    p->warm_prev = r->warm_tail;
-    p->warm_next = NULL;
-    if (r->warm_tail != NULL)
-        r->warm_tail->warm_next = p;
-    else
-        r->warm_head = p;
-    r->warm_tail = p;
-    p->warm_listed = true;
-    llm_loop_idle_more(r->loop, r->warm_idle);
-}
-
-static bool warm_one(llm_loop *loop, void *ud)
-{
-    (void)loop;
-    runner *r = ud;
-    prun *p = r->warm_head;
-    if (p == NULL)
-        return false;
-    warm_unlink(p);
-    ap_err err = {0};
-    if (script_panel_preload(p->sp, p->consensus_src, p->consensus_len, &err) != AP_OK)
-        log_msg(LOG_LEVEL_DEBUG, &(log_fields){.tenant_id = p->tenant_id, .panel_id = p->panel_id},
-                "consensus '%s' not loaded ahead: %s", p->consensus, err.msg);
-    return r->warm_head != NULL;
-}
-
 static void prun_free(prun *p)
 {
     if (p == NULL)
         return;
     assert(!p->grouping);
-    warm_unlink(p);
     for (size_t i = 0; i < p->nslots; i++)
         llm_cancel(p->slots[i].call);
     free(p->slots);
@@ -2362,12 +2302,10 @@ static void start_on_runner(llm_loop *loop, void *ud)
     if (failed == NULL && p->fresh)
         prun_checkpoint(p, p->node, p->node_state, p->next_seq - 1);
     prun_group_end(p);
-    if (failed != NULL) {
+    if (failed != NULL)
         prun_fail(p, failed);
-        return;
-    }
-    warm_add(p);
-    run_node(p);
+    else
+        run_node(p);
 }
 
 /* ---- commands posted to runners ------------------------------------------------------- */
@@ -3080,8 +3018,6 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         buf_init(&r->outcome, SCRATCH_MAX);
         buf_init(&r->message, SCRATCH_MAX);
         ap_status rc = llm_loop_new(&r->loop, err);
-        if (rc == AP_OK && (r->warm_idle = llm_loop_idle_add(r->loop, warm_one, r)) < 0)
-            rc = ap_err_set(err, AP_ERROR, "the runner's loop has no room for idle work");
         if (rc == AP_OK)
             rc = llm_client_new(r->loop, o->cfg != NULL ? o->cfg->llm : NULL, &r->llm, err);
         if (rc == AP_OK && pthread_create(&r->th, NULL, runner_main, r) != 0)

@@ -60,9 +60,6 @@ struct script_panel {
     char *start;
     char *consensus;
     int ctx_ref, nodes_ref, cache_ref, co_ref;
-    int preloaded_ref;     /* {chunk} with weak values: see script_panel_preload */
-    bool consensus_loaded; /* the panel's own algorithm is in the cache */
-    size_t mem_limit;
     lua_State *co;
     char *node;
     int pending;
@@ -592,21 +589,15 @@ static int ctx_done(lua_State *L)
 
 /* ---- ctx:consensus --------------------------------------------------------------------- */
 
-/* Pushes the consensus chunk `name`, loaded but not run: the one preloaded, if the collector
- * left it, or a new one. */
-static void push_consensus_chunk(lua_State *L, script_panel *sp, const char *name)
+/* Pushes the consensus function `name`, loading it once per panel. */
+static void push_consensus_fn(lua_State *L, script_panel *sp, const char *name)
 {
-    if (sp->preloaded_ref != LUA_NOREF && sp->consensus != NULL &&
-        strcmp(name, sp->consensus) == 0) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, sp->preloaded_ref);
-        luaL_unref(L, LUA_REGISTRYINDEX, sp->preloaded_ref);
-        sp->preloaded_ref = LUA_NOREF;
-        int kept = lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, sp->cache_ref);
+    if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
         lua_remove(L, -2);
-        if (kept == LUA_TFUNCTION)
-            return;
-        lua_pop(L, 1);
+        return;
     }
+    lua_pop(L, 1);
     char *src = NULL;
     size_t len = 0;
     ap_err err = {0};
@@ -620,62 +611,12 @@ static void push_consensus_chunk(lua_State *L, script_panel *sp, const char *nam
     free(src);
     if (rc != AP_OK)
         luaL_error(L, "ctx:consensus: %s", err.msg);
-}
-
-/* Pushes the consensus function `name`, loading it once per panel. */
-static void push_consensus_fn(lua_State *L, script_panel *sp, const char *name)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, sp->cache_ref);
-    if (lua_getfield(L, -1, name) == LUA_TFUNCTION) {
-        lua_remove(L, -2);
-        return;
-    }
-    lua_pop(L, 1);
-    push_consensus_chunk(L, sp, name);
     lua_call(L, 0, 1);
     if (lua_type(L, -1) != LUA_TFUNCTION)
         luaL_error(L, "consensus script '%s' must return a function(ballots, opts)", name);
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, name);
     lua_remove(L, -2);
-    if (sp->consensus != NULL && strcmp(name, sp->consensus) == 0)
-        sp->consensus_loaded = true;
-}
-
-/* A compiled chunk takes up to ~16 bytes per byte of its source. What a preload takes is given
- * back to the panel's pool when the collector frees the chunk, but big blocks (a long string)
- * cannot use the pool's room: so a preload is kept small next to the ceiling (a 64th) and made
- * only while the panel uses under half of it, where a node's own needs are far from it. */
-#define PRELOAD_BYTES_PER_SOURCE 16
-#define PRELOAD_SHARE 64
-
-typedef struct preload_job {
-    script_panel *sp;
-    const char *src;
-    size_t len;
-    ap_err *err;
-} preload_job;
-
-/* Loads the panel's algorithm and holds it in a new table of weak values at sp->preloaded_ref:
- * the collector may take it back, as it does before it refuses memory, so it never costs a
- * node the room it needs. */
-static int preload_protected(lua_State *L)
-{
-    preload_job *job = lua_touserdata(L, 1);
-    script_panel *sp = job->sp;
-    char chunk[MAX_NAME_LEN + 32];
-    snprintf(chunk, sizeof chunk, "=consensus/%s.lua", sp->consensus);
-    if (script_vm_load(sp->vm, L, chunk, job->src, job->len, job->err) != AP_OK)
-        return 0;
-    lua_createtable(L, 1, 0);
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, 1);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "v");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    sp->preloaded_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    return 0;
 }
 
 /* Checks a consensus result at idx: a table with a finite level in [0, 1]. */
@@ -1349,8 +1290,7 @@ ap_status script_panel_new(const script_limits *lim, const script_host *host, co
     if (sp == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
     sp->host = *host;
-    sp->ctx_ref = sp->nodes_ref = sp->cache_ref = sp->co_ref = sp->preloaded_ref = LUA_NOREF;
-    sp->mem_limit = lim->memory_bytes;
+    sp->ctx_ref = sp->nodes_ref = sp->cache_ref = sp->co_ref = LUA_NOREF;
     ap_status rc = script_vm_new(lim, panel_log, sp, &sp->vm, err);
     if (rc != AP_OK)
         goto fail;
@@ -1428,22 +1368,6 @@ void script_panel_free(script_panel *sp)
 const char *script_panel_start_node(const script_panel *sp)
 {
     return sp->start;
-}
-
-ap_status script_panel_preload(script_panel *sp, const char *source, size_t len, ap_err *err)
-{
-    size_t used = script_vm_memory(sp->vm), held = script_vm_held(sp->vm);
-    size_t need = PRELOAD_BYTES_PER_SOURCE * len;
-    if (sp->consensus == NULL || sp->consensus_loaded || sp->preloaded_ref != LUA_NOREF ||
-        need > sp->mem_limit / PRELOAD_SHARE ||
-        (used > held ? used : held) + need > sp->mem_limit / 2)
-        return AP_OK;
-    ap_err inner = {0};
-    preload_job job = {sp, source, len, &inner};
-    ap_status rc = script_vm_call_ahead(sp->vm, preload_protected, &job, err);
-    if (rc == AP_OK && inner.status != AP_OK)
-        rc = ap_err_set(err, inner.status, "%s", inner.msg);
-    return rc;
 }
 
 size_t script_panel_memory(const script_panel *sp)

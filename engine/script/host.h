@@ -171,16 +171,6 @@ ap_status script_panel_state_json(script_panel *sp, char **out, ap_err *err);
  * result does not depend on whether it was interrupted. Caller frees *out. */
 ap_status script_panel_state_save(script_panel *sp, char **out, ap_err *err);
 
-/* Loads the panel's own consensus algorithm from source (borrowed) ahead of its first
- * ctx:consensus, which then only runs it: work a runner does while it has nothing else to.
- * The chunk's top level still runs at that call, within its node. The chunk is held weakly
- * (the collector takes it back before it would refuse the panel memory), the work is not
- * counted against the node in flight, and what it runs into (memory, a script that does not
- * compile) fails only it, returned here and left for that call to meet. Does nothing when the
- * algorithm is loaded already, is large (over a 64th of the memory ceiling compiled) or the
- * panel uses half its ceiling. */
-ap_status script_panel_preload(script_panel *sp, const char *source, size_t len, ap_err *err);
-
 /* Bytes of Lua heap in use. */
 size_t script_panel_memory(const script_panel *sp);
 

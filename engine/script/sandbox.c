@@ -2475,25 +2475,6 @@ ap_status script_vm_load(script_vm *vm, lua_State *L, const char *chunkname, con
     return ap_err_set(err, AP_INVALID, "%s", msg);
 }
 
-ap_status script_vm_call_ahead(script_vm *vm, lua_CFunction f, void *ud, ap_err *err)
-{
-    if (vm->tripped != TRIP_NONE)
-        return ap_err_set(err, AP_LIMIT, "%s", vm->trip_msg[vm->tripped]);
-    int64_t instr = vm->instr_used;
-    lua_pushcfunction(vm->L, f);
-    lua_pushlightuserdata(vm->L, ud);
-    int status = lua_pcall(vm->L, 1, 0, 0);
-    vm->instr_used = instr; /* the call hook counted the host's calls */
-    /* Not the script's doing: what tripped here trips nothing for the nodes to come. */
-    vm->tripped = TRIP_NONE;
-    if (status == LUA_OK)
-        return AP_OK;
-    char msg[AP_ERR_MSG_MAX];
-    script_vm_error_text(vm->L, -1, msg, sizeof msg);
-    lua_pop(vm->L, 1);
-    return ap_err_set(err, status == LUA_ERRMEM ? AP_NOMEM : AP_LIMIT, "%s", msg);
-}
-
 static int seed_protected(lua_State *L)
 {
     const uint64_t *seed = lua_touserdata(L, 1);

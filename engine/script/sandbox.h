@@ -83,13 +83,6 @@ void script_vm_release(lua_State *L, size_t bytes);
 /* Adds work done by C code (e.g. bytes scanned) to the budget; raises when exhausted. */
 void script_vm_charge(lua_State *L, int64_t units);
 
-/* Runs f protected on vm's main thread, with ud as its one argument (a light userdata), as
- * host work done ahead of a script's need between its nodes: the node's instruction count is
- * left as it was, and a limit f runs into (memory, say) fails only f, never the panel (AP_NOMEM
- * or AP_LIMIT; f's own errors are its to report through ud). Does nothing, returning AP_LIMIT,
- * once a limit has tripped. */
-ap_status script_vm_call_ahead(script_vm *vm, lua_CFunction f, void *ud, ap_err *err);
-
 /* Loads a text chunk (never bytecode) with a fresh sandbox environment and pushes the
  * function on thread L (the main thread or a running coroutine of vm); on failure pushes
  * nothing and writes "<chunkname>:<line>: <message>" to err. */

@@ -14,8 +14,6 @@
 #include "script/host.h"
 #include "script/sandbox.h"
 
-#include <lauxlib.h>
-
 #include <cjson/cJSON.h>
 
 #include <setjmp.h>
@@ -1618,180 +1616,6 @@ static void test_code_cache_is_bounded(void **state)
     assert_true(held > 0);
 }
 
-static int ahead_noop(lua_State *L)
-{
-    (void)L;
-    return 0;
-}
-
-/* n calls, each seen by the call hook. */
-static int ahead_calls(lua_State *L)
-{
-    int n = *(const int *)lua_touserdata(L, 1);
-    for (int i = 0; i < n; i++) {
-        lua_pushcfunction(L, ahead_noop);
-        lua_call(L, 0, 0);
-    }
-    return 0;
-}
-
-static int ahead_oom(lua_State *L)
-{
-    lua_newuserdatauv(L, (size_t)64 << 20, 0);
-    return 0;
-}
-
-static int ahead_raise(lua_State *L)
-{
-    return luaL_error(L, "%s", "ahead failed");
-}
-
-/* Runs a chunk of ~10,000 counted instructions and calls in a slice of vm's node. */
-static int run_counted(script_vm *vm)
-{
-    static const char src[] = "local function f() end for i = 1, 2000 do f() end";
-    lua_State *L = script_vm_state(vm);
-    ap_err err = {0};
-    assert_int_equal(script_vm_load(vm, L, "=counted", src, strlen(src), &err), AP_OK);
-    script_vm_slice_begin(vm, L);
-    int st = lua_pcall(L, 0, 0, 0);
-    script_vm_slice_end(vm);
-    if (st != LUA_OK)
-        lua_pop(L, 1);
-    return st;
-}
-
-/* Host work done ahead of a script's need (a consensus preload) leaves no trace: what it runs
- * into (memory, the instruction count's call hook, its own error) fails it alone, nothing
- * trips for the node in flight, and its calls are not counted against that node. */
-static void test_work_ahead_leaves_no_trace(void **state)
-{
-    (void)state;
-    script_limits lim;
-    limits(&lim);
-    lim.instructions = 25000;
-    script_vm *vm = NULL;
-    ap_err err = {0};
-    assert_int_equal(script_vm_new(&lim, NULL, NULL, &vm, &err), AP_OK);
-    script_vm_budget_reset(vm);
-    assert_int_equal(run_counted(vm), LUA_OK);
-    int n = 20000; /* past the node's budget: the hook raises inside the work */
-    assert_int_equal(script_vm_call_ahead(vm, ahead_calls, &n, &err), AP_LIMIT);
-    assert_false(script_vm_tripped(vm, NULL, 0));
-    assert_int_equal(script_vm_call_ahead(vm, ahead_oom, NULL, &err), AP_NOMEM);
-    assert_false(script_vm_tripped(vm, NULL, 0));
-    assert_int_equal(script_vm_call_ahead(vm, ahead_raise, NULL, &err), AP_LIMIT);
-    assert_non_null(strstr(err.msg, "ahead failed"));
-    n = 10;
-    assert_int_equal(script_vm_call_ahead(vm, ahead_calls, &n, &err), AP_OK);
-    /* the node goes on with ~10,000 of its 25,000 used: had the work counted, it would trip */
-    assert_int_equal(run_counted(vm), LUA_OK);
-    assert_false(script_vm_tripped(vm, NULL, 0));
-    /* and a node that does overrun still trips */
-    assert_int_equal(run_counted(vm), LUA_ERRRUN);
-    assert_true(script_vm_tripped(vm, NULL, 0));
-    assert_int_equal(script_vm_call_ahead(vm, ahead_noop, NULL, &err), AP_LIMIT);
-    script_vm_free(vm);
-}
-
-/* Runs the one-ask strategy below, which holds `keep` MiB across its ask, with its consensus
- * chunk preloaded from pre (when not NULL) while the ask waits, as a runner does when idle;
- * fills step and returns preload's status. */
-static ap_status run_preloaded_keeping(const char *pre, size_t keep, script_step *step)
-{
-    char src[512];
-    snprintf(src, sizeof src,
-             "return { name = 'sandbox', start = 'main', consensus = 'test', nodes = { main = "
-             "function(ctx)\n"
-             "  local keep = {}\n"
-             "  for i = 1, %zu do keep[i] = string.rep('k', 1 << 20) .. i end\n"
-             "  ctx:ask(ctx.experts[1], 'q')\n"
-             "  local r = ctx:consensus(nil, {}, {})\n"
-             "  return ctx:done({ position = r.position, kept = #keep })\n"
-             "end } }\n",
-             keep);
-    script_limits lim;
-    limits(&lim);
-    script_panel *sp = NULL;
-    ap_err err = {0};
-    assert_int_equal(new_panel(&lim, src, &sp, &err), AP_OK);
-    assert_int_equal(script_panel_run_node(sp, "main", 42, step), AP_OK);
-    assert_int_equal(step->outcome, SCRIPT_ASK);
-    ap_status rc = AP_OK;
-    if (pre != NULL) {
-        rc = script_panel_preload(sp, pre, strlen(pre), &err);
-        /* a second preload finds the chunk there and does nothing */
-        assert_int_equal(script_panel_preload(sp, consensus_src, strlen(consensus_src), &err),
-                         AP_OK);
-    }
-    script_answer a = {.text = "ok", .prompt_tokens = 1, .completion_tokens = 1};
-    assert_int_equal(script_panel_deliver(sp, 0, &a, &err), AP_OK);
-    assert_int_equal(script_panel_resume(sp, step), AP_OK);
-    static char kept[1024]; /* the step's texts die with sp */
-    snprintf(kept, sizeof kept, "%s",
-             step->outcome == SCRIPT_DONE ? step->result_json : step->error);
-    if (step->outcome == SCRIPT_DONE)
-        step->result_json = kept;
-    script_panel_free(sp);
-    return rc;
-}
-
-static ap_status run_preloaded(const char *pre, script_step *step)
-{
-    return run_preloaded_keeping(pre, 0, step);
-}
-
-/* A consensus chunk loaded ahead of its call is the one ctx:consensus runs; its top level runs
- * at that call, inside the node (an error there fails the node, not the preload); a source
- * that does not compile is left to the call, which loads the algorithm itself. */
-static void test_consensus_preloaded(void **state)
-{
-    (void)state;
-    script_step step;
-    assert_int_equal(run_preloaded(NULL, &step), AP_OK);
-    assert_int_equal(step.outcome, SCRIPT_DONE);
-    assert_non_null(strstr(step.result_json, "\"AGREE\""));
-
-    assert_int_equal(run_preloaded("return function(ballots, opts)\n"
-                                   "  return { level = 1, position = 'PRELOADED', dissent = {}, "
-                                   "details = {} }\nend\n",
-                                   &step),
-                     AP_OK);
-    assert_int_equal(step.outcome, SCRIPT_DONE);
-    assert_non_null(strstr(step.result_json, "\"PRELOADED\""));
-
-    assert_int_equal(run_preloaded("error('top level ran')\nreturn function() end\n", &step),
-                     AP_OK);
-    assert_int_equal(step.outcome, SCRIPT_FAILED);
-    assert_non_null(strstr(step.error, "top level ran"));
-    assert_non_null(strstr(step.error, "consensus/test.lua:1"));
-
-    assert_int_equal(run_preloaded("return function(", &step), AP_INVALID);
-    assert_int_equal(step.outcome, SCRIPT_DONE);
-    assert_non_null(strstr(step.result_json, "\"AGREE\""));
-
-    /* Nothing is loaded ahead for a panel using half its ceiling (16 MiB here), nor for an
-     * algorithm whose compiled form could take a 64th of it: the call loads the host's. */
-    static const char other[] = "return function(ballots, opts)\n"
-                                "  return { level = 1, position = 'PRELOADED', dissent = {}, "
-                                "details = {} }\nend\n";
-    assert_int_equal(run_preloaded_keeping(other, 9, &step), AP_OK);
-    assert_int_equal(step.outcome, SCRIPT_DONE);
-    assert_non_null(strstr(step.result_json, "\"AGREE\""));
-    for (int kib = 10; kib <= 20; kib += 10) {
-        /* 16 bytes per byte of source: 160 KiB fits a 64th of 16 MiB, 320 KiB does not */
-        size_t pad = (size_t)kib * 1024;
-        char *padded = malloc(pad + sizeof other + 8);
-        assert_non_null(padded);
-        memset(padded, '-', pad);
-        memcpy(padded, "--[[", 4);
-        snprintf(padded + pad, sizeof other + 8, "]]%s", other);
-        assert_int_equal(run_preloaded(padded, &step), AP_OK);
-        assert_non_null(strstr(step.result_json, kib == 10 ? "\"PRELOADED\"" : "\"AGREE\""));
-        free(padded);
-    }
-}
-
 int main(void)
 {
     log_set_level(LOG_LEVEL_ERROR);
@@ -1835,8 +1659,6 @@ int main(void)
         cmocka_unit_test(test_garbage_at_the_limit),
         cmocka_unit_test(test_library_buffers_collect_garbage),
         cmocka_unit_test(test_code_cache_is_bounded),
-        cmocka_unit_test(test_consensus_preloaded),
-        cmocka_unit_test(test_work_ahead_leaves_no_trace),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
