@@ -477,16 +477,36 @@ static void test_response_names_the_configured_provider(void **state)
     cJSON_Delete(cfg);
 }
 
+/* A loop and a client of the default simulated provider on it; the test frees both. */
+static void client_on_loop(llm_loop **loop, llm_client **c)
+{
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(loop, &err), AP_OK);
+    assert_int_equal(llm_client_new(*loop, NULL, c, &err), AP_OK);
+}
+
+/* The call that filled s answered req once, as llm_simulate answers it. */
+static void expect_simulated(const sink *s, const llm_request *req)
+{
+    char *text = NULL, *data = NULL;
+    ap_err err = {0};
+    assert_int_equal(s->done, 1);
+    assert_int_equal(llm_simulate(req, 0, &text, &data, &err), AP_OK);
+    assert_string_equal(s->text, text);
+    assert_string_equal(s->data, data != NULL ? data : "(null)");
+    free(text);
+    free(data);
+}
+
 /* The provider on the loop answers what llm_simulate answers, also when calls share a prompt
  * (the provider remembers the last prompt it read) and when they do not. */
 static void test_provider_matches_llm_simulate(void **state)
 {
     (void)state;
-    llm_loop *loop = NULL;
-    llm_client *c = NULL;
+    llm_loop *loop;
+    llm_client *c;
     ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
-    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    client_on_loop(&loop, &c);
     const char *prompts[] = {"Decide on the launch.", "Decide on the launch.",
                              "Decide on the launch.\nGroup median: 400", "Decide on the launch.",
                              "Other question entirely"};
@@ -509,13 +529,7 @@ static void test_provider_matches_llm_simulate(void **state)
            clock_mono_ms() - t0 < 2000)
         llm_loop_run_once(loop, 50);
     for (int i = 0; i < 5; i++) {
-        char *text = NULL, *data = NULL;
-        assert_int_equal(s[i].done, 1);
-        assert_int_equal(llm_simulate(&req[i], 0, &text, &data, &err), AP_OK);
-        assert_string_equal(s[i].text, text);
-        assert_string_equal(s[i].data, data != NULL ? data : "(null)");
-        free(text);
-        free(data);
+        expect_simulated(&s[i], &req[i]);
         free(ex[i]);
     }
     llm_client_free(c);
@@ -527,11 +541,10 @@ static void test_provider_matches_llm_simulate(void **state)
 static void test_provider_answers_sequence_bomb(void **state)
 {
     (void)state;
-    llm_loop *loop = NULL;
-    llm_client *c = NULL;
+    llm_loop *loop;
+    llm_client *c;
     ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
-    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    client_on_loop(&loop, &c);
     char *bomb = sequence_bomb();
     char *ex = expert_json(0);
     llm_request req = {
@@ -555,11 +568,10 @@ static void test_async_latency_stream_cancel(void **state)
 {
     (void)state;
     setenv("ASKPANEL_SIM_LATENCY_MS", "100", 1);
-    llm_loop *loop = NULL;
-    llm_client *c = NULL;
+    llm_loop *loop;
+    llm_client *c;
     ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
-    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    client_on_loop(&loop, &c);
     sink s[5] = {0};
     llm_call *calls[5];
     char *ex[5];
@@ -609,11 +621,10 @@ static void test_answers_made_while_waiting(void **state)
 {
     (void)state;
     setenv("ASKPANEL_SIM_LATENCY_MS", "40", 1);
-    llm_loop *loop = NULL;
-    llm_client *c = NULL;
+    llm_loop *loop;
+    llm_client *c;
     ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
-    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    client_on_loop(&loop, &c);
     enum { N = 12 };
     sink s[N] = {0};
     char *ex[N], schema[N][128];
@@ -649,14 +660,8 @@ static void test_answers_made_while_waiting(void **state)
             assert_int_equal(s[i].done, 0);
             continue;
         }
-        char *text = NULL, *data = NULL;
-        assert_int_equal(s[i].done, 1);
         assert_true(s[i].done_at - t0 >= 35);
-        assert_int_equal(llm_simulate(&req[i], 0, &text, &data, &err), AP_OK);
-        assert_string_equal(s[i].text, text);
-        assert_string_equal(s[i].data, data != NULL ? data : "(null)");
-        free(text);
-        free(data);
+        expect_simulated(&s[i], &req[i]);
         free(ex[i]);
     }
     llm_client_free(c);
@@ -669,11 +674,10 @@ static void test_token_delay_streams_pieces(void **state)
 {
     (void)state;
     setenv("ASKPANEL_SIM_TOKEN_MS", "2", 1);
-    llm_loop *loop = NULL;
-    llm_client *c = NULL;
+    llm_loop *loop;
+    llm_client *c;
     ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
-    assert_int_equal(llm_client_new(loop, NULL, &c, &err), AP_OK);
+    client_on_loop(&loop, &c);
     sink s = {0};
     char *ex = expert_json(0);
     llm_request req = {.expert_id = personas[0][0],
