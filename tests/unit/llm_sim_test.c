@@ -669,6 +669,34 @@ static void test_answers_made_while_waiting(void **state)
     unsetenv("ASKPANEL_SIM_LATENCY_MS");
 }
 
+/* A client freed after its last call was cancelled, before that call's answer was made, leaves
+ * nothing on the loop: the loop runs on (an engine frees it after the client) without calling
+ * into the freed provider (its idle work was still asked for). */
+static void test_client_freed_before_answers(void **state)
+{
+    (void)state;
+    setenv("ASKPANEL_SIM_LATENCY_MS", "20", 1);
+    llm_loop *loop;
+    llm_client *c;
+    ap_err err = {0};
+    client_on_loop(&loop, &c);
+    char *ex = expert_json(0);
+    llm_request req = {.expert_id = personas[0][0], .expert_json = ex, .prompt = "q"};
+    sink s = {0};
+    llm_callbacks cb = {on_delta, on_done, &s};
+    llm_call *call = NULL;
+    assert_int_equal(llm_submit(c, NULL, &req, &cb, &call, &err), AP_OK);
+    llm_cancel(call);
+    llm_client_free(c);
+    int64_t t0 = clock_mono_ms();
+    while (clock_mono_ms() - t0 < 60)
+        llm_loop_run_once(loop, 10);
+    assert_int_equal(s.done, 0);
+    free(ex);
+    llm_loop_free(loop);
+    unsetenv("ASKPANEL_SIM_LATENCY_MS");
+}
+
 /* With a token delay an answer streams in pieces, one per tick, that add up to the answer. */
 static void test_token_delay_streams_pieces(void **state)
 {
@@ -764,6 +792,7 @@ int main(void)
         cmocka_unit_test(test_provider_answers_sequence_bomb),
         cmocka_unit_test(test_async_latency_stream_cancel),
         cmocka_unit_test(test_answers_made_while_waiting),
+        cmocka_unit_test(test_client_freed_before_answers),
         cmocka_unit_test(test_token_delay_streams_pieces),
         cmocka_unit_test(test_llm_config_is_checked),
         cmocka_unit_test(test_response_names_the_configured_provider),
