@@ -60,8 +60,8 @@ static void test_idle_pieces_until_done(void **state)
     int64_t asked = clock_mono_us();
     llm_loop_idle_more(loop, id);
     run_for(loop, 30);
-    assert_int_equal(l.calls, 4); /* three pieces that leave more, then the last */
-    assert_true(l.first_us - asked < 20000);
+    assert_int_equal(l.calls, 4);             /* three pieces that leave more, then the last */
+    assert_true(l.first_us - asked < 500000); /* at once, but a loaded machine may be slow */
     llm_loop_idle_more(loop, id);
     l.pieces = 0;
     l.calls = 0;
