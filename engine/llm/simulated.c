@@ -1083,14 +1083,13 @@ static void sim_finish(sim_call *sc)
     sim_call_free(sc);
 }
 
-static void make_answer(sim_call *sc);
+static ap_status make_answer(sim_call *sc);
 
 static void sim_tick(llm_loop *loop, void *ud)
 {
     sim_call *sc = ud;
     sc->timer = NULL;
-    make_answer(sc);
-    if (sc->failed != AP_OK) {
+    if (make_answer(sc) != AP_OK) {
         sim_finish(sc);
         return;
     }
@@ -1151,37 +1150,27 @@ static void cached_parse(sim_provider *p, const char *text, const cJSON *keep, c
     *out = p->parsed[slot];
 }
 
-/* The trees of the call's schema and expert (through the cache); *schema NULL with a schema
- * that does not parse. */
-static void call_trees(sim_provider *p, const llm_request *req, const cJSON **schema,
-                       const cJSON **expert, ap_err *err)
-{
-    *schema = *expert = NULL;
-    if (req->schema_json != NULL)
-        cached_parse(p, req->schema_json, NULL, schema, err);
-    /* An unreadable expert answers with defaults, as it always did. */
-    if ((req->schema_json == NULL || *schema != NULL) && req->expert_json != NULL)
-        cached_parse(p, req->expert_json, *schema, expert, NULL);
-}
-
-/* Makes the call's answer unless it has one (or failed to). */
-static void make_answer(sim_call *sc)
+/* Makes the call's answer unless it has one: AP_OK, or AP_NOMEM (kept in sc->failed; the schema
+ * parsed when the call started, so memory is all that can be short). */
+static ap_status make_answer(sim_call *sc)
 {
     if (sc->text != NULL || sc->failed != AP_OK)
-        return;
+        return sc->failed;
     pending_unlink(sc);
+    sim_provider *p = sc->p;
     const llm_request *req = llm_call_request(sc->call);
-    const cJSON *schema, *expert;
+    const cJSON *schema = NULL, *expert = NULL;
+    if (req->schema_json != NULL)
+        cached_parse(p, req->schema_json, NULL, &schema, NULL);
+    /* An unreadable expert answers with defaults, as it always did. */
+    if (req->expert_json != NULL)
+        cached_parse(p, req->expert_json, schema, &expert, NULL);
     ap_err err = {0};
-    call_trees(sc->p, req, &schema, &expert, &err);
-    /* the schema parsed at the start: only memory can be short now */
     if ((req->schema_json != NULL && schema == NULL) ||
-        simulate(req, expert, schema, sc->p->seed, &sc->p->memo, &sc->text, &sc->is_data, &err) !=
-            AP_OK) {
-        sc->failed = AP_NOMEM;
-        return;
-    }
+        simulate(req, expert, schema, p->seed, &p->memo, &sc->text, &sc->is_data, &err) != AP_OK)
+        return sc->failed = AP_NOMEM;
     sc->len = strlen(sc->text);
+    return AP_OK;
 }
 
 /* An answer is made while its latency runs, when the loop has nothing else to do (a remote
@@ -1199,11 +1188,14 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
 {
     sim_provider *p = self;
     const llm_request *req = llm_call_request(call);
-    const cJSON *schema, *expert;
-    ap_err inner = {0};
-    call_trees(p, req, &schema, &expert, &inner);
-    if (req->schema_json != NULL && schema == NULL)
-        return ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s", inner.msg);
+    if (req->schema_json != NULL) {
+        const cJSON *schema = NULL;
+        ap_err inner = {0};
+        cached_parse(p, req->schema_json, NULL, &schema, &inner);
+        if (schema == NULL)
+            return ap_err_set(err, AP_INVALID, "the answer schema is not valid JSON: %s",
+                              inner.msg);
+    }
     sim_call *sc = calloc(1, sizeof *sc);
     if (sc == NULL)
         return ap_err_set(err, AP_NOMEM, "out of memory");
@@ -1219,14 +1211,9 @@ static ap_status sim_start(void *self, llm_call *call, ap_err *err)
         p->pending_tail = sc;
         sc->listed = true;
         llm_loop_idle_more(p->loop, p->idle);
-    } else {
-        ap_status rc =
-            simulate(req, expert, schema, p->seed, &p->memo, &sc->text, &sc->is_data, err);
-        if (rc != AP_OK) {
-            sim_call_free(sc);
-            return rc;
-        }
-        sc->len = strlen(sc->text);
+    } else if (make_answer(sc) != AP_OK) {
+        sim_call_free(sc);
+        return ap_err_set(err, AP_NOMEM, "out of memory");
     }
     sc->timer = llm_loop_timer_add(p->loop, p->latency_ms, sim_tick, sc);
     if (sc->timer == NULL) {

@@ -44,17 +44,31 @@ static void run_for(llm_loop *loop, int64_t ms)
         llm_loop_run_once(loop, 5);
 }
 
+static llm_loop *new_loop(void)
+{
+    llm_loop *loop = NULL;
+    ap_err err = {0};
+    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    return loop;
+}
+
+/* A new loop whose first idle source is idle_piece on l (id 0). */
+static llm_loop *loop_with_source(idle_log *l, int *id)
+{
+    llm_loop *loop = new_loop();
+    *id = llm_loop_idle_add(loop, idle_piece, l);
+    assert_int_equal(*id, 0);
+    return loop;
+}
+
 /* Nothing to do: the loop calls its idle work once it has been quiet, piece after piece until
  * the work says it is done, and not again until there is more. */
 static void test_idle_pieces_until_done(void **state)
 {
     (void)state;
-    llm_loop *loop = NULL;
-    ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
     idle_log l = {.pieces = 3};
-    int id = llm_loop_idle_add(loop, idle_piece, &l);
-    assert_int_equal(id, 0);
+    int id;
+    llm_loop *loop = loop_with_source(&l, &id);
     run_for(loop, 20);
     assert_int_equal(l.calls, 0); /* none was asked for */
     int64_t asked = clock_mono_us();
@@ -75,12 +89,9 @@ static void test_idle_pieces_until_done(void **state)
 static void test_idle_waits_for_quiet(void **state)
 {
     (void)state;
-    llm_loop *loop = NULL;
-    ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
     idle_log l = {.pieces = 0, .timers_left = 2000};
-    int id = llm_loop_idle_add(loop, idle_piece, &l);
-    assert_int_equal(id, 0);
+    int id;
+    llm_loop *loop = loop_with_source(&l, &id);
     llm_loop_idle_more(loop, id);
     assert_non_null(llm_loop_timer_add(loop, 0, busy_timer, &l));
     int64_t end = clock_mono_ms() + 5000;
@@ -98,12 +109,9 @@ static void test_idle_waits_for_quiet(void **state)
 static void test_idle_wakes_a_blocking_wait(void **state)
 {
     (void)state;
-    llm_loop *loop = NULL;
-    ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
     idle_log l = {.pieces = 0};
-    int id = llm_loop_idle_add(loop, idle_piece, &l);
-    assert_int_equal(id, 0);
+    int id;
+    llm_loop *loop = loop_with_source(&l, &id);
     llm_loop_idle_more(loop, id);
     int64_t t0 = clock_mono_ms();
     for (int i = 0; i < 3 && l.calls == 0; i++)
@@ -118,9 +126,7 @@ static void test_idle_wakes_a_blocking_wait(void **state)
 static void test_idle_remove(void **state)
 {
     (void)state;
-    llm_loop *loop = NULL;
-    ap_err err = {0};
-    assert_int_equal(llm_loop_new(&loop, &err), AP_OK);
+    llm_loop *loop = new_loop();
     idle_log a = {.pieces = 100}, b = {.pieces = 0};
     int ia = llm_loop_idle_add(loop, idle_piece, &a);
     llm_loop_idle_more(loop, ia);

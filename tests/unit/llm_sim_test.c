@@ -613,10 +613,10 @@ static void test_async_latency_stream_cancel(void **state)
     unsetenv("ASKPANEL_SIM_LATENCY_MS");
 }
 
-/* With a latency the provider makes each answer while the call waits, in the loop's idle
- * time, or when it is due: the answers are still llm_simulate's, with more schemas in flight
- * than the provider keeps parsed (they are parsed again) and a call cancelled before its
- * answer was made. */
+/* With a latency the provider makes each answer later than the call (in the loop's idle time,
+ * or when it is due; the test cannot tell which): the answers are still llm_simulate's, none
+ * comes before its latency, with more schemas in flight than the provider keeps parsed (they
+ * are parsed again) and a call cancelled before its answer was made. */
 static void test_answers_made_while_waiting(void **state)
 {
     (void)state;
