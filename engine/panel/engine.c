@@ -6,6 +6,7 @@
 #include "core/jsonx.h"
 #include "core/jview.h"
 #include "core/log.h"
+#include "core/recycle.h"
 #include "llm/llm.h"
 #include "panel/dryrun.h"
 #include "panel/roster.h"
@@ -229,8 +230,10 @@ struct panel_engine {
     size_t wcount; /* items queued */
     bool wwarned;  /* the overload was logged */
     bool wstop;
-    /* subscriptions */
-    pthread_mutex_t smu;
+    /* Subscriptions: the map changes only on (un)subscribe; publishing and the runners'
+     * has_subscribers only read it, and must not wait for each other (a batch's delivery
+     * holds it through every subscriber's notify). */
+    pthread_rwlock_t smu;
     panel_sub *subs[MAP_BUCKETS];
     staged_event staged[STAGED_MAX]; /* the writer thread's only */
     size_t nstaged;
@@ -338,7 +341,7 @@ static void witem_free(witem *w)
     if (w->kind == W_EVENT && w->sh != NULL)
         shared_event_unref(w->sh); /* w is the event's block */
     else
-        free(w);
+        recycle_free(w);
 }
 
 /* The writer queue is bounded: past WRITER_SOFT_MAX items (the store is slower than the
@@ -416,7 +419,7 @@ static shared_event *shared_event_init(void *at, void *block, const char *type, 
 static shared_event *shared_event_new(const char *type, const char *data, size_t dl)
 {
     size_t tl = strlen(type);
-    void *at = malloc(sizeof(shared_event) + tl + dl + 2);
+    void *at = recycle_alloc(sizeof(shared_event) + tl + dl + 2);
     return at != NULL ? shared_event_init(at, at, type, tl, data, dl) : NULL;
 }
 
@@ -424,7 +427,7 @@ static void shared_event_unref(shared_event *sh)
 {
     if (sh != NULL && atomic_fetch_sub(&sh->refs, 1) == 1) {
         free(atomic_load(&sh->memo));
-        free(sh->block);
+        recycle_free(sh->block);
     }
 }
 
@@ -498,7 +501,7 @@ static void staged_group(const staged_event *st, size_t n, uint16_t *next, bool 
  * panel, a stream that drained its queue between two events of a batch would otherwise be
  * woken, and send, once per event. */
 /* Hands the run of events st[i], st[next[i]], ... (all of one panel) to that panel's
- * subscribers. Called with e->smu held. */
+ * subscribers. Called with e->smu held (to read). */
 static void deliver_run(panel_engine *e, const staged_event *st, const uint16_t *next, size_t i)
 {
     for (panel_sub *s = e->subs[st[i].hash % MAP_BUCKETS]; s != NULL; s = s->next) {
@@ -529,9 +532,9 @@ static void publish_now(panel_engine *e, const store_event *ev)
     if (st.sh == NULL)
         return;
     static const uint16_t end = STAGED_END;
-    pthread_mutex_lock(&e->smu);
+    pthread_rwlock_rdlock(&e->smu);
     deliver_run(e, &st, &end, 0);
-    pthread_mutex_unlock(&e->smu);
+    pthread_rwlock_unlock(&e->smu);
     shared_event_unref(st.sh);
 }
 
@@ -542,11 +545,11 @@ static void publish_flush(panel_engine *e)
     uint16_t next[STAGED_MAX];
     bool head[STAGED_MAX];
     staged_group(st, n, next, head);
-    pthread_mutex_lock(&e->smu);
+    pthread_rwlock_rdlock(&e->smu);
     for (size_t i = 0; i < n; i++)
         if (head[i])
             deliver_run(e, st, next, i);
-    pthread_mutex_unlock(&e->smu);
+    pthread_rwlock_unlock(&e->smu);
     for (size_t i = 0; i < n; i++)
         shared_event_unref(st[i].sh); /* the stage's own reference */
     e->nstaged = 0;
@@ -949,22 +952,30 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&e->wmu);
             break;
         }
-        /* Take up to WRITER_BATCH items: one group commit. */
-        witem *list = e->whead, *last = list;
-        size_t n = 1;
-        while (last->next != NULL && (n < WRITER_BATCH || last->glued)) {
-            last = last->next;
-            n++;
-        }
-        e->whead = last->next;
-        if (e->whead == NULL)
-            e->wtail = NULL;
-        last->next = NULL;
-        e->wcount -= n;
-        if (e->wcount < WRITER_SOFT_MAX)
-            e->wwarned = false;
+        /* Everything queued, taken at once: walking the queue to cut a batch off it under the
+         * lock (thousands of items, cold in the cache) held up the runners queueing more. */
+        witem *list = e->whead;
+        e->whead = e->wtail = NULL;
         pthread_mutex_unlock(&e->wmu);
-        process_batch(e, list);
+        while (list != NULL) {
+            /* Up to WRITER_BATCH items, a group never split: one group commit. */
+            witem *last = list;
+            size_t n = 1;
+            while (last->next != NULL && (n < WRITER_BATCH || last->glued)) {
+                last = last->next;
+                n++;
+            }
+            witem *rest = last->next;
+            last->next = NULL;
+            process_batch(e, list);
+            list = rest;
+            /* counted until written, so that the queue's bounds hold what waits in memory */
+            pthread_mutex_lock(&e->wmu);
+            e->wcount -= n;
+            if (e->wcount < WRITER_SOFT_MAX)
+                e->wwarned = false;
+            pthread_mutex_unlock(&e->wmu);
+        }
     }
     return NULL;
 }
@@ -1029,12 +1040,12 @@ ap_status panel_engine_subscribe(panel_engine *e, const char *tenant_id, const c
     s->notify = notify;
     s->ud = ud;
     unsigned b = bucket_of(s->panel_id);
-    pthread_mutex_lock(&e->smu);
+    pthread_rwlock_wrlock(&e->smu);
     s->next = e->subs[b];
     if (s->next != NULL)
         s->next->prev = s;
     e->subs[b] = s;
-    pthread_mutex_unlock(&e->smu);
+    pthread_rwlock_unlock(&e->smu);
     *out = s;
     return AP_OK;
 }
@@ -1050,14 +1061,14 @@ void panel_engine_unsubscribe(panel_engine *e, panel_sub *s)
 {
     if (s == NULL)
         return;
-    pthread_mutex_lock(&e->smu);
+    pthread_rwlock_wrlock(&e->smu);
     if (s->prev != NULL)
         s->prev->next = s->next;
     else
         e->subs[bucket_of(s->panel_id)] = s->next;
     if (s->next != NULL)
         s->next->prev = s->prev;
-    pthread_mutex_unlock(&e->smu);
+    pthread_rwlock_unlock(&e->smu);
     sub_drain(s);
     free(s->ring);
     pthread_mutex_destroy(&s->mu);
@@ -1205,7 +1216,7 @@ static void prun_release(prun *p)
 static witem *witem_new(const prun *p, wkind kind, size_t text_cap)
 {
     /* the text space is written whole by witem_text: only the fields need zeroing */
-    witem *w = malloc(sizeof *w + text_cap);
+    witem *w = recycle_alloc(sizeof *w + text_cap);
     if (w == NULL)
         return NULL;
     memset(w, 0, sizeof *w);
@@ -1829,10 +1840,10 @@ static void batch_complete(prun *p)
 static bool has_subscribers(panel_engine *e, const prun *p)
 {
     bool found = false;
-    pthread_mutex_lock(&e->smu);
+    pthread_rwlock_rdlock(&e->smu);
     for (panel_sub *x = e->subs[p->hash % MAP_BUCKETS]; x != NULL && !found; x = x->next)
         found = strcmp(x->panel_id, p->panel_id) == 0;
-    pthread_mutex_unlock(&e->smu);
+    pthread_rwlock_unlock(&e->smu);
     return found;
 }
 
@@ -2418,7 +2429,12 @@ static void *runner_main(void *arg)
     char name[16];
     snprintf(name, sizeof name, "ap-runner-%d", r->idx);
     pthread_setname_np(pthread_self(), name);
+    /* Its panels' writer items and events go back to it once written and read (recycle.h);
+     * without a pool they are malloc'd like any other block. */
+    if (recycle_thread_begin(0) != AP_OK)
+        log_warn("runner %d: no pool for its writer items; they are malloc'd", r->idx);
     llm_loop_run(r->loop);
+    recycle_thread_end();
     return NULL;
 }
 
@@ -2979,7 +2995,12 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
     }
     pthread_mutex_init(&e->wmu, NULL);
     pthread_cond_init(&e->wcond, NULL);
-    pthread_mutex_init(&e->smu, NULL);
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    /* a subscribe must not wait out a stream of readers */
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&e->smu, &ra);
+    pthread_rwlockattr_destroy(&ra);
     pthread_mutex_init(&e->amu, NULL);
     pthread_mutex_init(&e->pmu, NULL);
     pthread_mutex_init(&e->lmu, NULL);
@@ -3081,7 +3102,7 @@ void panel_engine_stop(panel_engine *e)
     free(e->model);
     pthread_mutex_destroy(&e->wmu);
     pthread_cond_destroy(&e->wcond);
-    pthread_mutex_destroy(&e->smu);
+    pthread_rwlock_destroy(&e->smu);
     pthread_mutex_destroy(&e->amu);
     for (size_t i = 0; i < e->npinned; i++)
         free(e->pinned[i]);

@@ -2307,7 +2307,9 @@ typedef struct code_slot {
     size_t code_len;
 } code_slot;
 
-static pthread_mutex_t code_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Read by every panel start on every runner, written on a miss: a lock that readers share
+ * (under a mutex the runners queued up behind each other's lookups). */
+static pthread_rwlock_t code_mu = PTHREAD_RWLOCK_INITIALIZER;
 static code_slot code_cache[CODE_CACHE_SLOTS];
 static size_t code_next;  /* round-robin eviction */
 static size_t code_bytes; /* of all slots, at most CODE_CACHE_TOTAL_BYTES */
@@ -2344,7 +2346,7 @@ static bool code_lookup(uint64_t h, const char *name, const char *src, size_t le
 {
     bool hit = false;
     *code = NULL;
-    pthread_mutex_lock(&code_mu);
+    pthread_rwlock_rdlock(&code_mu);
     for (size_t i = 0; i < CODE_CACHE_SLOTS && !hit; i++) {
         const code_slot *sl = &code_cache[i];
         if (!code_matches(sl, h, name, src, len))
@@ -2357,7 +2359,7 @@ static bool code_lookup(uint64_t h, const char *name, const char *src, size_t le
         }
         break;
     }
-    pthread_mutex_unlock(&code_mu);
+    pthread_rwlock_unlock(&code_mu);
     return hit;
 }
 
@@ -2376,7 +2378,7 @@ static void code_store(uint64_t h, const char *name, const char *src, size_t len
     memcpy(fresh.code, code, code_len);
     code_slot dropped[CODE_CACHE_SLOTS];
     size_t nd = 0;
-    pthread_mutex_lock(&code_mu);
+    pthread_rwlock_wrlock(&code_mu);
     bool present = false;
     for (size_t i = 0; i < CODE_CACHE_SLOTS && !present; i++)
         present = code_matches(&code_cache[i], h, name, src, len);
@@ -2397,7 +2399,7 @@ static void code_store(uint64_t h, const char *name, const char *src, size_t len
             *sl = (code_slot){0};
         }
     }
-    pthread_mutex_unlock(&code_mu);
+    pthread_rwlock_unlock(&code_mu);
     for (size_t i = 0; i < nd; i++) {
         free(dropped[i].name);
         free(dropped[i].src);
@@ -2407,9 +2409,9 @@ static void code_store(uint64_t h, const char *name, const char *src, size_t len
 
 size_t script_vm_code_cache_bytes(void)
 {
-    pthread_mutex_lock(&code_mu);
+    pthread_rwlock_rdlock(&code_mu);
     size_t n = code_bytes;
-    pthread_mutex_unlock(&code_mu);
+    pthread_rwlock_unlock(&code_mu);
     return n;
 }
 
