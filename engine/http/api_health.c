@@ -3,6 +3,7 @@
 #include "core/embed.h"
 #include "core/log.h"
 #include "http/api.h"
+#include "panel/engine.h"
 #include "store/store.h"
 
 void api_health(http_request *req, void *app)
@@ -63,6 +64,24 @@ void api_metrics(http_request *req, void *app)
                "# TYPE askpanel_uptime_seconds gauge\naskpanel_uptime_seconds %.3f\n",
                d->server != NULL ? http_server_in_flight(d->server) : 0,
                (double)(clock_wall_ms() - d->started_ms) / 1000.0);
+    if (d->engine != NULL) {
+        panel_engine_stats es;
+        panel_engine_stats_get(d->engine, &es);
+        buf_printf(&out,
+                   "# HELP askpanel_panels_active Panels running in this process.\n"
+                   "# TYPE askpanel_panels_active gauge\naskpanel_panels_active %zu\n"
+                   "# HELP askpanel_writer_queue Writes waiting for the event writer or being "
+                   "written.\n"
+                   "# TYPE askpanel_writer_queue gauge\naskpanel_writer_queue %zu\n"
+                   "# HELP askpanel_writer_batches_total Group commits of the event writer.\n"
+                   "# TYPE askpanel_writer_batches_total counter\n"
+                   "askpanel_writer_batches_total %llu\n"
+                   "# HELP askpanel_writer_items_total What the writer handled: events, deltas, "
+                   "checkpoints, status changes, usage rows.\n"
+                   "# TYPE askpanel_writer_items_total counter\naskpanel_writer_items_total %llu\n",
+                   es.active, es.queued, (unsigned long long)es.batches,
+                   (unsigned long long)es.written);
+    }
     if (out.data == NULL)
         http_reply_error(req, 500, "internal", "out of memory");
     else

@@ -227,9 +227,11 @@ struct panel_engine {
     pthread_mutex_t wmu;
     pthread_cond_t wcond;
     witem *whead, *wtail;
-    size_t wcount; /* items queued */
+    size_t wcount; /* items queued or being written */
     bool wwarned;  /* the overload was logged */
     bool wstop;
+    uint64_t wbatches; /* batches committed, and their items (under wmu) */
+    uint64_t witems;
     /* Subscriptions: the map changes only on (un)subscribe; publishing and the runners'
      * has_subscribers only read it, and must not wait for each other (a batch's delivery
      * holds it through every subscriber's notify). */
@@ -972,6 +974,8 @@ static void *writer_main(void *arg)
             /* counted until written, so that the queue's bounds hold what waits in memory */
             pthread_mutex_lock(&e->wmu);
             e->wcount -= n;
+            e->wbatches++;
+            e->witems += n;
             if (e->wcount < WRITER_SOFT_MAX)
                 e->wwarned = false;
             pthread_mutex_unlock(&e->wmu);
@@ -1164,6 +1168,16 @@ size_t panel_engine_active(panel_engine *e)
     size_t n = e->nactive;
     pthread_mutex_unlock(&e->amu);
     return n;
+}
+
+void panel_engine_stats_get(panel_engine *e, panel_engine_stats *out)
+{
+    out->active = panel_engine_active(e);
+    pthread_mutex_lock(&e->wmu);
+    out->queued = e->wcount;
+    out->batches = e->wbatches;
+    out->written = e->witems;
+    pthread_mutex_unlock(&e->wmu);
 }
 
 /* ---- panel helpers (runner thread) ---------------------------------------------------- */

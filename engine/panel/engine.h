@@ -105,6 +105,16 @@ ap_status panel_engine_input(panel_engine *e, const char *tenant_id, const char 
 /* Number of panels running in this process (panels waiting for input are held by none). */
 size_t panel_engine_active(panel_engine *e);
 
+typedef struct panel_engine_stats {
+    size_t active;    /* panel_engine_active */
+    size_t queued;    /* writes waiting for the writer or being written */
+    uint64_t batches; /* the writer's group commits so far */
+    uint64_t written; /* the items they held */
+} panel_engine_stats;
+
+/* Fills *out (for /metrics and tests). */
+void panel_engine_stats_get(panel_engine *e, panel_engine_stats *out);
+
 /* Whether this process runs panel_id now (borrowed): its events then reach this process's
  * subscribers as they are stored; another process's do not. */
 bool panel_engine_runs(panel_engine *e, const char *panel_id);

@@ -150,6 +150,7 @@ def test_openapi_served_and_checker_bites():
         assert r.status == 200 and r.json()["openapi"] == "3.1.0"
         m = s.request("GET", "/metrics")
         assert m.status == 200 and b'askpanel_http_requests_total{code="2xx"}' in m.body
+        assert b'askpanel_writer_batches_total ' in m.body and b'askpanel_panels_active 0' in m.body
     finally:
         s.close()
     import openapi_check

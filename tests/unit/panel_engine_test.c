@@ -681,6 +681,31 @@ static void test_live_limit(void **state)
     assert_int_equal(store_tenant_set_config(st, tenant, "{}", &err), AP_OK);
 }
 
+/* What /metrics shows of the engine: panels running, writes waiting, the writer's commits. */
+static void test_stats(void **state)
+{
+    (void)state;
+    write_file("note.lua", "return { name = 'note', start = 'a', nodes = { a = function(ctx)\n"
+                           "  ctx:emit('note', { n = 1 }) end } }\n");
+    panel_engine *e = start_engine(0);
+    panel_engine_stats before, after;
+    panel_engine_stats_get(e, &before);
+    char id[STORE_ID_MAX];
+    create(e, "note", NULL, id);
+    free(run_to_end(e, id, "panel.completed", 5000));
+    int64_t deadline = clock_mono_ms() + 5000;
+    do
+        panel_engine_stats_get(e, &after);
+    while ((after.active > 0 || after.queued > 0) && clock_mono_ms() < deadline);
+    assert_int_equal(after.active, 0);
+    assert_int_equal(after.queued, 0);
+    assert_true(after.batches > before.batches);
+    /* running, note, completed, the checkpoint and the status change at least */
+    assert_true(after.written >= before.written + 5);
+    assert_true(after.written - before.written >= after.batches - before.batches);
+    panel_engine_stop(e);
+}
+
 static void test_cancel_aborts_at_once(void **state)
 {
     (void)state;
@@ -1942,6 +1967,7 @@ int main(void)
         cmocka_unit_test(test_input_reaches_another_engine),
         cmocka_unit_test(test_input_names_its_request),
         cmocka_unit_test(test_input_request_checked_under_the_claim),
+        cmocka_unit_test(test_stats),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
