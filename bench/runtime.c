@@ -255,8 +255,9 @@ static void setup(void)
     mkdir(path, 0755);
     write_file("strategies/bench.lua", strategy);
     write_file("strategies/consensus/majority.lua", consensus);
-    if (config_defaults(&cfg) != AP_OK)
-        die("config", NULL);
+    /* ASKPANEL_* variables apply as to `askpanel serve` (runtime.runners, say) */
+    if (config_defaults(&cfg) != AP_OK || config_apply_env(&cfg, &err) != AP_OK)
+        die("config", &err);
     snprintf(path, sizeof path, "%s/strategies", dir);
     if (config_set(&cfg, "strategies_dir", path, "bench", &err) != AP_OK)
         die("config", &err);

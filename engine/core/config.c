@@ -56,6 +56,7 @@ static const cfg_key keys[] = {
     INT("runtime.node_timeout_ms", runtime_node_timeout_ms, 10, 86400000, "30000"),
     INT("runtime.max_steps", runtime_max_steps, 1, 1000000, "500"),
     INT("runtime.lease_ms", runtime_lease_ms, 1000, 3600000, "30000"),
+    INT("runtime.writer_gather_ms", runtime_writer_gather_ms, 0, 1000, "2"),
     {"llm", CFG_JSON, offsetof(config, llm), 0, 0, NULL},
 };
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -36,7 +36,8 @@ typedef struct config {
     int64_t runtime_node_instructions;
     int64_t runtime_node_timeout_ms;
     int64_t runtime_max_steps;
-    int64_t runtime_lease_ms; /* a running panel's lease; renewed every third of it */
+    int64_t runtime_lease_ms;         /* a running panel's lease; renewed every third of it */
+    int64_t runtime_writer_gather_ms; /* the event writer commits at most once per this */
     cJSON *llm; /* providers, models and prices; validated by the llm module. Owned. */
 } config;
 

@@ -27,6 +27,10 @@
 
 #define MAP_BUCKETS 4096
 #define WRITER_BATCH 8192
+#define WRITER_GATHER_MS 2 /* runtime.writer_gather_ms's default, for an engine without a config   \
+                            */
+/* A writer gathering a batch (see writer_main) stops waiting once this many items are queued. */
+#define WRITER_GATHER_ITEMS 512
 #define SWEEP_PAGE 256 /* lease candidates a sweep reads at a time */
 /* Items of one atomic group: a transition, its events, a checkpoint, and the messages of a
  * batch's answers held back for the checkpoint that journals them (hold_message). */
@@ -230,6 +234,8 @@ struct panel_engine {
     size_t wcount; /* items queued or being written */
     bool wwarned;  /* the overload was logged */
     bool wstop;
+    int64_t gather_us; /* runtime.writer_gather_ms */
+    int64_t wtook_us;  /* when the writer last took the queue (writer thread only) */
     uint64_t wbatches; /* batches committed, and their items (under wmu) */
     uint64_t witems;
     /* Subscriptions: the map changes only on (un)subscribe; publishing and the runners'
@@ -371,6 +377,8 @@ static void writer_push_list(panel_engine *e, witem *head, witem *tail, size_t n
          * to wake. */
         if (e->wtail != NULL) {
             e->wtail->next = head;
+            if (e->wcount < WRITER_GATHER_ITEMS && e->wcount + n >= WRITER_GATHER_ITEMS)
+                pthread_cond_signal(&e->wcond); /* a gathering writer waits for this many */
         } else {
             e->whead = head;
             pthread_cond_signal(&e->wcond);
@@ -942,6 +950,13 @@ static void process_batch(panel_engine *e, witem *list)
     }
 }
 
+/* The CLOCK_MONOTONIC time of the clock_mono_us() value us, for timed waits. */
+static struct timespec mono_at(int64_t us)
+{
+    return (struct timespec){.tv_sec = (time_t)(us / 1000000),
+                             .tv_nsec = (long)(us % 1000000) * 1000};
+}
+
 static void *writer_main(void *arg)
 {
     panel_engine *e = arg;
@@ -954,6 +969,16 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&e->wmu);
             break;
         }
+        /* Group commit: every commit writes the pages its batch changed to the WAL, and a
+         * burst of panel starts made one every ~150 us, of a few items each, writing the same
+         * pages over and over. The writer takes the queue at most once per gather_us unless
+         * WRITER_GATHER_ITEMS are waiting; after a quiet spell it takes a write at once. */
+        while (e->gather_us > 0 && !e->wstop && e->wcount < WRITER_GATHER_ITEMS &&
+               clock_mono_us() - e->wtook_us < e->gather_us) {
+            struct timespec at = mono_at(e->wtook_us + e->gather_us);
+            pthread_cond_timedwait(&e->wcond, &e->wmu, &at);
+        }
+        e->wtook_us = clock_mono_us();
         /* Everything queued, taken at once: walking the queue to cut a batch off it under the
          * lock (thousands of items, cold in the cache) held up the runners queueing more. */
         witem *list = e->whead;
@@ -3008,7 +3033,6 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
         n = cores > 0 ? (int)cores : 1;
     }
     pthread_mutex_init(&e->wmu, NULL);
-    pthread_cond_init(&e->wcond, NULL);
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
     /* a subscribe must not wait out a stream of readers */
@@ -3022,7 +3046,9 @@ ap_status panel_engine_start(const panel_engine_opts *o, panel_engine **out, ap_
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&e->lcond, &ca);
+    pthread_cond_init(&e->wcond, &ca);
     pthread_condattr_destroy(&ca);
+    e->gather_us = 1000 * (o->cfg != NULL ? o->cfg->runtime_writer_gather_ms : WRITER_GATHER_MS);
     e->lease_ms = o->cfg != NULL ? o->cfg->runtime_lease_ms : LEASE_MS_DEFAULT;
     e->adopt = o->adopt;
     ap_status orc = lease_owner_init(e, err);

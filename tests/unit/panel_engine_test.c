@@ -706,6 +706,55 @@ static void test_stats(void **state)
     panel_engine_stop(e);
 }
 
+/* Under a stream of writes the writer commits at most once per runtime.writer_gather_ms (a
+ * group commit); a write after a quiet spell is committed at once. */
+static void test_writer_group_commit(void **state)
+{
+    (void)state;
+    write_file("note.lua", "return { name = 'note', start = 'a', nodes = { a = function(ctx)\n"
+                           "  ctx:emit('note', { n = 1 }) end } }\n");
+    ap_err err = {0};
+    assert_int_equal(config_set(&cfg, "runtime.writer_gather_ms", "1000", "test", &err), AP_OK);
+    panel_engine *e = start_engine(0);
+    enum { PANELS = 20 };
+    char ids[PANELS][STORE_ID_MAX];
+    for (int i = 0; i < PANELS; i++)
+        create(e, "note", NULL, ids[i]);
+    panel_engine_stats before, after;
+    panel_engine_stats_get(e, &before);
+    int64_t t0 = clock_mono_ms();
+    /* starts 20 ms apart: without the gathering each is a commit of its own */
+    for (int i = 0; i < PANELS; i++) {
+        if (panel_engine_execute(e, tenant, ids[i], &err) != AP_OK)
+            fail_msg("execute: %s", err.msg);
+        usleep(20 * 1000);
+    }
+    int64_t deadline = clock_mono_ms() + 30000;
+    do {
+        usleep(10 * 1000);
+        panel_engine_stats_get(e, &after);
+    } while ((after.active > 0 || after.queued > 0) && clock_mono_ms() < deadline);
+    int64_t took = clock_mono_ms() - t0;
+    assert_int_equal(after.active, 0);
+    assert_int_equal(after.queued, 0);
+    uint64_t batches = after.batches - before.batches;
+    if (batches > (uint64_t)(took / 1000) + 2)
+        fail_msg("%llu commits in %lld ms", (unsigned long long)batches, (long long)took);
+    for (int i = 0; i < PANELS; i++)
+        assert_int_equal(stored_of_type(ids[i], "panel.completed"), 1);
+    /* quiet for longer than the window: the next write is not held */
+    usleep(1100 * 1000);
+    char id[STORE_ID_MAX];
+    panel_sub *sub = start_panel(e, "note", NULL, id);
+    char *running = event_within(sub, "panel.status", 700);
+    assert_non_null(running);
+    free(running);
+    free(wait_for(sub, "panel.completed", 5000));
+    panel_engine_unsubscribe(e, sub);
+    panel_engine_stop(e);
+    assert_int_equal(config_set(&cfg, "runtime.writer_gather_ms", "2", "test", &err), AP_OK);
+}
+
 static void test_cancel_aborts_at_once(void **state)
 {
     (void)state;
@@ -1968,6 +2017,7 @@ int main(void)
         cmocka_unit_test(test_input_names_its_request),
         cmocka_unit_test(test_input_request_checked_under_the_claim),
         cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_writer_group_commit),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
