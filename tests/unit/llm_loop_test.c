@@ -145,6 +145,84 @@ static void test_idle_remove(void **state)
     llm_loop_free(loop);
 }
 
+/* Timers: fired in the order of their deadlines, FIFO among equal ones, whether they were
+ * added in that order (the in-order list) or not (the heap). */
+typedef struct fired {
+    int order[64];
+    int n;
+} fired;
+
+typedef struct tag {
+    fired *f;
+    int id;
+} tag;
+
+static void note_fire(llm_loop *loop, void *ud)
+{
+    (void)loop;
+    tag *t = ud;
+    t->f->order[t->f->n++] = t->id;
+}
+
+static void test_timers_fire_in_deadline_order(void **state)
+{
+    (void)state;
+    llm_loop *loop = new_loop();
+    fired f = {.n = 0};
+    /* delays in ms; ids say the order they must fire in (equal delays: the order added) */
+    static const struct {
+        int delay, id;
+    } plan[] = {{40, 5}, {60, 8}, {20, 2}, {60, 9}, {0, 0},   {30, 3},
+                {50, 6}, {50, 7}, {10, 1}, {35, 4}, {80, 11}, {70, 10}};
+    enum { N = sizeof plan / sizeof plan[0] };
+    tag tags[N];
+    for (int i = 0; i < N; i++) {
+        tags[i] = (tag){&f, plan[i].id};
+        assert_non_null(llm_loop_timer_add(loop, plan[i].delay, note_fire, &tags[i]));
+    }
+    int64_t end = clock_mono_ms() + 2000;
+    while (f.n < N && clock_mono_ms() < end)
+        llm_loop_run_once(loop, 5);
+    assert_int_equal(f.n, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(f.order[i], i);
+    llm_loop_free(loop);
+}
+
+static void test_timer_cancel_from_list_and_heap(void **state)
+{
+    (void)state;
+    llm_loop *loop = new_loop();
+    fired f = {.n = 0};
+    tag tags[6];
+    llm_timer *t[6];
+    /* 0, 1, 2 in order (the list); 3, 4, 5 out of order (the heap) */
+    static const int delays[6] = {10, 20, 30, 5, 15, 25};
+    for (int i = 0; i < 6; i++) {
+        tags[i] = (tag){&f, i};
+        assert_non_null(t[i] = llm_loop_timer_add(loop, delays[i], note_fire, &tags[i]));
+    }
+    llm_loop_timer_cancel(loop, t[1]); /* the middle of the list */
+    llm_loop_timer_cancel(loop, t[2]); /* its tail */
+    llm_loop_timer_cancel(loop, t[4]); /* one in the heap */
+    llm_loop_timer_cancel(loop, NULL);
+    /* a new timer after the list's tail went: it joins the list behind 0 */
+    tag late = {&f, 6};
+    assert_non_null(llm_loop_timer_add(loop, 40, note_fire, &late));
+    int64_t end = clock_mono_ms() + 2000;
+    while (f.n < 4 && clock_mono_ms() < end)
+        llm_loop_run_once(loop, 5);
+    run_for(loop, 20);
+    assert_int_equal(f.n, 4);
+    static const int want[4] = {3, 0, 5, 6};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(f.order[i], want[i]);
+    /* timers left pending are freed with the loop (ASan: no leak) */
+    assert_non_null(llm_loop_timer_add(loop, 60000, note_fire, &late));
+    assert_non_null(llm_loop_timer_add(loop, 1, note_fire, &late));
+    llm_loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -152,6 +230,8 @@ int main(void)
         cmocka_unit_test(test_idle_waits_for_quiet),
         cmocka_unit_test(test_idle_wakes_a_blocking_wait),
         cmocka_unit_test(test_idle_remove),
+        cmocka_unit_test(test_timers_fire_in_deadline_order),
+        cmocka_unit_test(test_timer_cancel_from_list_and_heap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
