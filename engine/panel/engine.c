@@ -27,8 +27,9 @@
 
 #define MAP_BUCKETS 4096
 #define WRITER_BATCH 8192
-#define WRITER_GATHER_MS 2 /* runtime.writer_gather_ms's default, for an engine without a config   \
-                            */
+#define WRITER_GATHER_MS                                                                           \
+    2 /* runtime.writer_gather_ms's default, for an engine without a config                        \
+       */
 /* A writer gathering a batch (see writer_main) stops waiting once this many items are queued. */
 #define WRITER_GATHER_ITEMS 512
 #define SWEEP_PAGE 256 /* lease candidates a sweep reads at a time */
@@ -240,7 +241,8 @@ struct panel_engine {
     uint64_t witems;
     /* Subscriptions: the map changes only on (un)subscribe; publishing and the runners'
      * has_subscribers only read it, and must not wait for each other (a batch's delivery
-     * holds it through every subscriber's notify). */
+     * holds it through every subscriber's notify). Never taken twice by one thread: it
+     * prefers writers, so a nested read would wait for a waiting subscribe. */
     pthread_rwlock_t smu;
     panel_sub *subs[MAP_BUCKETS];
     staged_event staged[STAGED_MAX]; /* the writer thread's only */

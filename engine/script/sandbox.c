@@ -2308,8 +2308,9 @@ typedef struct code_slot {
 } code_slot;
 
 /* Read by every panel start on every runner, written on a miss: a lock that readers share
- * (under a mutex the runners queued up behind each other's lookups). */
-static pthread_rwlock_t code_mu = PTHREAD_RWLOCK_INITIALIZER;
+ * (under a mutex the runners queued up behind each other's lookups), preferring a waiting
+ * store to new lookups so that one is never starved. */
+static pthread_rwlock_t code_mu = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
 static code_slot code_cache[CODE_CACHE_SLOTS];
 static size_t code_next;  /* round-robin eviction */
 static size_t code_bytes; /* of all slots, at most CODE_CACHE_TOTAL_BYTES */
