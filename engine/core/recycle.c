@@ -1,24 +1,29 @@
 #include "core/recycle.h"
 
+#include "core/asan.h"
+
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 
 #define CLASSES 4 /* 512 B, 1, 2 and 4 KiB */
 #define MIN_SHIFT 9
-/* Bytes of blocks a pool may make per class: what the runners of bench/runtime (b) hold at once
- * with 2,000 panels in flight (up to ~4 MB of 512 B items on one runner). A pool keeps what it
- * made until its thread ends, as glibc keeps freed memory below its trim threshold. */
-#define KEEP_DEFAULT (4 * 1024 * 1024)
+/* Bytes of blocks a pool may make: what a runner of bench/runtime (b) holds at once with
+ * 2,000 panels in flight (~4 MB of 512 B items and ~4 MB of 2 KiB ones at the most). A pool
+ * keeps what it made until its thread ends, as glibc keeps freed memory below its trim
+ * threshold. */
+#define KEEP_DEFAULT (8 * 1024 * 1024)
 
 typedef struct recycle_pool pool;
 
-/* What precedes every block: its pool (NULL for a plain malloc'd block) and class. */
+/* What precedes every block: its pool (NULL for a plain malloc'd block), its class, and the
+ * link of the free list it waits on (kept out of the block, which ASan builds poison then). */
 typedef struct header {
     pool *owner;
     size_t cls;
+    struct header *next;
 } header;
-#define HEADER 16 /* keeps blocks 16-aligned */
+#define HEADER 32 /* keeps blocks 16-aligned */
 _Static_assert(sizeof(header) <= HEADER, "recycle header too large");
 _Static_assert(RECYCLE_MAX == (size_t)1 << (MIN_SHIFT + CLASSES - 1),
                "RECYCLE_MAX is the top class");
@@ -28,8 +33,8 @@ struct recycle_pool {
      * ever races a push (no ABA). */
     _Atomic(header *) back[CLASSES];
     header *local[CLASSES]; /* the maker's own free blocks */
-    size_t made[CLASSES];   /* blocks of each class that exist */
-    size_t keep[CLASSES];   /* at most this many made */
+    size_t made;            /* bytes of the blocks that exist */
+    size_t keep;            /* at most this many */
     /* One for the bound thread, one per block made and one per recycle_free running on
      * another thread: the last to go frees the pool. */
     atomic_size_t refs;
@@ -51,16 +56,22 @@ static size_t class_of(size_t n)
     return c;
 }
 
-/* A free block's link to the next, in its payload. */
-static header **next_of(header *h)
+static void *payload(header *h)
 {
-    return (header **)(void *)((char *)h + HEADER);
+    return (char *)h + HEADER;
 }
 
 static void unref(pool *p, size_t n)
 {
     if (n != 0 && atomic_fetch_sub_explicit(&p->refs, n, memory_order_acq_rel) == n)
         free(p);
+}
+
+/* Frees a pooled block that waits on a free list. */
+static void free_block(header *h)
+{
+    asan_unpoison(payload(h), class_size(h->cls));
+    free(h);
 }
 
 /* Frees what the pool's return lists hold. */
@@ -70,8 +81,8 @@ static void drain(pool *p)
     for (size_t c = 0; c < CLASSES; c++) {
         header *h = atomic_exchange(&p->back[c], NULL);
         while (h != NULL) {
-            header *next = *next_of(h);
-            free(h);
+            header *next = h->next;
+            free_block(h);
             h = next;
             n++;
         }
@@ -86,10 +97,9 @@ ap_status recycle_thread_begin(size_t keep)
     pool *p = calloc(1, sizeof *p);
     if (p == NULL)
         return AP_NOMEM;
-    for (size_t c = 0; c < CLASSES; c++) {
+    for (size_t c = 0; c < CLASSES; c++)
         atomic_init(&p->back[c], NULL);
-        p->keep[c] = (keep != 0 ? keep : KEEP_DEFAULT) / class_size(c);
-    }
+    p->keep = keep != 0 ? keep : KEEP_DEFAULT;
     atomic_init(&p->refs, 1);
     atomic_init(&p->ended, false);
     bound = p;
@@ -107,8 +117,8 @@ void recycle_thread_end(void)
     for (size_t c = 0; c < CLASSES; c++) {
         while (p->local[c] != NULL) {
             header *h = p->local[c];
-            p->local[c] = *next_of(h);
-            free(h);
+            p->local[c] = h->next;
+            free_block(h);
             n++;
         }
     }
@@ -124,14 +134,15 @@ static header *take(pool *p, size_t c)
     if (h == NULL)
         h = atomic_exchange_explicit(&p->back[c], NULL, memory_order_acquire);
     if (h != NULL) {
-        p->local[c] = *next_of(h);
+        p->local[c] = h->next;
+        asan_unpoison(payload(h), class_size(c));
         return h;
     }
-    if (p->made[c] == p->keep[c] || (h = malloc(HEADER + class_size(c))) == NULL)
+    if (p->made + class_size(c) > p->keep || (h = malloc(HEADER + class_size(c))) == NULL)
         return NULL;
     h->owner = p;
     h->cls = c;
-    p->made[c]++;
+    p->made += class_size(c);
     atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
     return h;
 }
@@ -145,7 +156,7 @@ void *recycle_alloc(size_t n)
             return NULL;
         h->owner = NULL;
     }
-    return (char *)h + HEADER;
+    return payload(h);
 }
 
 void recycle_free(void *ptr)
@@ -158,8 +169,12 @@ void recycle_free(void *ptr)
         free(h);
         return;
     }
+    /* ASan: a second free of the block touches it poisoned, and is reported here */
+    if (AP_ASAN)
+        *(volatile char *)ptr = 0;
+    asan_poison(ptr, class_size(h->cls));
     if (p == bound) {
-        *next_of(h) = p->local[h->cls];
+        h->next = p->local[h->cls];
         p->local[h->cls] = h;
         return;
     }
@@ -168,7 +183,7 @@ void recycle_free(void *ptr)
     _Atomic(header *) *top = &p->back[h->cls];
     header *old = atomic_load_explicit(top, memory_order_relaxed);
     do
-        *next_of(h) = old;
+        h->next = old;
     while (!atomic_compare_exchange_weak(top, &old, h));
     /* pushed after the pool's thread ended and drained it: nobody else will */
     if (atomic_load(&p->ended))

@@ -10,9 +10,10 @@
  * A thread that makes such blocks binds a pool (recycle_thread_begin); its recycle_alloc
  * calls then take blocks of a few size classes from the pool, and recycle_free, on any thread,
  * puts them back on the pool's return list, which the maker takes over whole when its own
- * list runs dry. A pool holds a bounded number of blocks per class (past it, and for larger
+ * list runs dry. A pool makes a bounded number of bytes of blocks (past it, and for larger
  * sizes or unbound threads, blocks are plain malloc'd ones); it outlives its thread until the
- * last of its blocks comes back. */
+ * last of its blocks comes back. ASan builds poison a pooled block while it waits, so a use
+ * after recycle_free is reported as one after free() would be. */
 #ifndef AP_RECYCLE_H
 #define AP_RECYCLE_H
 
@@ -23,8 +24,8 @@
 /* The largest size served from a pool; larger blocks are malloc'd. */
 #define RECYCLE_MAX 4096
 
-/* Binds a new pool to the calling thread, which makes up to keep bytes of blocks of each size
- * class (0: 4 MiB). AP_NOMEM; AP_ERROR when the thread already has one. */
+/* Binds a new pool to the calling thread, which makes up to keep bytes of blocks (0: 8 MiB).
+ * AP_NOMEM; AP_ERROR when the thread already has one. */
 ap_status recycle_thread_begin(size_t keep);
 
 /* Unbinds the calling thread's pool (none: nothing) and frees it once all its blocks are

@@ -1,5 +1,6 @@
 #include "llm/loop.h"
 
+#include "core/asan.h"
 #include "core/clock.h"
 
 #include <errno.h>
@@ -15,11 +16,7 @@
 #define MAX_TIMERS (1 << 22)
 /* Freed timers a loop keeps for reuse; none under AddressSanitizer, which then still sees a
  * timer handle used after its timer ran or was cancelled. */
-#if defined(__SANITIZE_ADDRESS__)
-#define SPARE_TIMERS 0
-#else
-#define SPARE_TIMERS 4096
-#endif
+#define SPARE_TIMERS (AP_ASAN ? 0 : 4096)
 #define IN_LIST SIZE_MAX /* heap_idx of a timer in the in-order list */
 
 struct llm_timer {

@@ -1,4 +1,5 @@
 /* Unit tests for core/recycle.c: blocks that go back to the thread that made them. */
+#include "core/asan.h"
 #include "core/recycle.h"
 
 #include <pthread.h>
@@ -200,6 +201,28 @@ static void test_makers_and_freers_race(void **state)
     pthread_cond_destroy(&r.cond);
 }
 
+/* ASan builds: a pooled block is poisoned from its free until it is handed out again, so a
+ * use after free is caught as with malloc. */
+static void test_freed_blocks_are_poisoned(void **state)
+{
+    (void)state;
+#if AP_ASAN
+    assert_int_equal(recycle_thread_begin(0), AP_OK);
+    char *a = recycle_alloc(700);
+    assert_false(__asan_address_is_poisoned(a + 699));
+    recycle_free(a);
+    assert_true(__asan_address_is_poisoned(a));
+    assert_true(__asan_address_is_poisoned(a + 699));
+    char *b = recycle_alloc(700);
+    assert_ptr_equal(b, a);
+    assert_false(__asan_address_is_poisoned(b + 699));
+    recycle_free(b);
+    recycle_thread_end();
+#else
+    skip();
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -209,6 +232,7 @@ int main(void)
         cmocka_unit_test(test_freed_elsewhere_come_back),
         cmocka_unit_test(test_pool_outlives_its_thread),
         cmocka_unit_test(test_makers_and_freers_race),
+        cmocka_unit_test(test_freed_blocks_are_poisoned),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
