@@ -29,6 +29,12 @@ int64_t clock_coarse_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+struct timespec clock_mono_at(int64_t us)
+{
+    return (struct timespec){.tv_sec = (time_t)(us / 1000000),
+                             .tv_nsec = (long)(us % 1000000) * 1000};
+}
+
 struct timespec clock_deadline_ms(int64_t ms)
 {
     struct timespec ts;

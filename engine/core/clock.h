@@ -20,6 +20,10 @@ int64_t clock_coarse_us(void);
 /* The CLOCK_REALTIME instant ms milliseconds from now, for pthread_cond_timedwait. */
 struct timespec clock_deadline_ms(int64_t ms);
 
+/* The clock_mono_us() value us as a CLOCK_MONOTONIC instant, for pthread_cond_timedwait on a
+ * condition variable set to that clock. */
+struct timespec clock_mono_at(int64_t us);
+
 /* Formats epoch milliseconds as "2026-11-28T12:00:00.123Z" into buf (>= 25 bytes). */
 void clock_format_rfc3339(int64_t ms, char *buf, size_t cap);
 

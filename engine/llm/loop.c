@@ -97,6 +97,16 @@ ap_status llm_loop_new(llm_loop **out, ap_err *err)
     return AP_OK;
 }
 
+/* Frees a chain of timers linked through next. */
+static void free_timers(llm_timer *t)
+{
+    while (t != NULL) {
+        llm_timer *next = t->next;
+        free(t);
+        t = next;
+    }
+}
+
 void llm_loop_free(llm_loop *l)
 {
     if (l == NULL)
@@ -104,13 +114,8 @@ void llm_loop_free(llm_loop *l)
     for (size_t i = 0; i < l->nheap; i++)
         free(l->heap[i]);
     free(l->heap);
-    for (llm_timer *lists[] = {l->list_head, l->spare}, **at = lists; at < lists + 2; at++) {
-        while (*at != NULL) {
-            llm_timer *next = (*at)->next;
-            free(*at);
-            *at = next;
-        }
-    }
+    free_timers(l->list_head);
+    free_timers(l->spare);
     for (size_t i = 0; i < l->capwatches; i++)
         free(l->watches[i]);
     free(l->watches);

@@ -27,9 +27,8 @@
 
 #define MAP_BUCKETS 4096
 #define WRITER_BATCH 8192
-#define WRITER_GATHER_MS                                                                           \
-    2 /* runtime.writer_gather_ms's default, for an engine without a config                        \
-       */
+/* runtime.writer_gather_ms's default, for an engine without a config */
+#define WRITER_GATHER_MS 2
 /* A writer gathering a batch (see writer_main) stops waiting once this many items are queued. */
 #define WRITER_GATHER_ITEMS 512
 #define SWEEP_PAGE 256 /* lease candidates a sweep reads at a time */
@@ -952,13 +951,6 @@ static void process_batch(panel_engine *e, witem *list)
     }
 }
 
-/* The CLOCK_MONOTONIC time of the clock_mono_us() value us, for timed waits. */
-static struct timespec mono_at(int64_t us)
-{
-    return (struct timespec){.tv_sec = (time_t)(us / 1000000),
-                             .tv_nsec = (long)(us % 1000000) * 1000};
-}
-
 static void *writer_main(void *arg)
 {
     panel_engine *e = arg;
@@ -977,7 +969,7 @@ static void *writer_main(void *arg)
          * WRITER_GATHER_ITEMS are waiting; after a quiet spell it takes a write at once. */
         while (e->gather_us > 0 && !e->wstop && e->wcount < WRITER_GATHER_ITEMS &&
                clock_mono_us() - e->wtook_us < e->gather_us) {
-            struct timespec at = mono_at(e->wtook_us + e->gather_us);
+            struct timespec at = clock_mono_at(e->wtook_us + e->gather_us);
             pthread_cond_timedwait(&e->wcond, &e->wmu, &at);
         }
         e->wtook_us = clock_mono_us();
@@ -2697,11 +2689,7 @@ static void *leaser_main(void *arg)
     int64_t next_sweep = clock_mono_ms() + e->lease_ms;
     pthread_mutex_lock(&e->lmu);
     while (!e->lstop) {
-        struct timespec at;
-        clock_gettime(CLOCK_MONOTONIC, &at);
-        int64_t ns = at.tv_nsec + (e->lease_ms / 3) % 1000 * 1000000;
-        at.tv_sec += (time_t)(e->lease_ms / 3 / 1000 + ns / 1000000000);
-        at.tv_nsec = (long)(ns % 1000000000);
+        struct timespec at = clock_mono_at(clock_mono_us() + e->lease_ms / 3 * 1000);
         while (!e->lstop && pthread_cond_timedwait(&e->lcond, &e->lmu, &at) != ETIMEDOUT) {
         }
         if (e->lstop)

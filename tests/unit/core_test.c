@@ -398,6 +398,21 @@ static void test_clock_deadline(void **state)
     }
 }
 
+/* A monotonic instant in microseconds as the timespec a CLOCK_MONOTONIC wait takes. */
+static void test_clock_mono_at(void **state)
+{
+    (void)state;
+    struct timespec t = clock_mono_at(INT64_C(1234567890));
+    assert_int_equal(t.tv_sec, 1234);
+    assert_int_equal(t.tv_nsec, 567890000L);
+    int64_t now = clock_mono_us();
+    struct timespec m;
+    clock_gettime(CLOCK_MONOTONIC, &m);
+    t = clock_mono_at(now);
+    int64_t diff = ((int64_t)m.tv_sec - t.tv_sec) * 1000000 + (m.tv_nsec - t.tv_nsec) / 1000;
+    assert_true(diff >= 0 && diff < 100000);
+}
+
 /* Whole files: regular ones within their bound; a FIFO (which would block the reader) and a
  * device (which streams without end) are refused at once. */
 static void test_fileio_read(void **state)
@@ -464,6 +479,7 @@ int main(void)
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_log_lines_are_json),
         cmocka_unit_test(test_clock_deadline),
+        cmocka_unit_test(test_clock_mono_at),
         cmocka_unit_test(test_fileio_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

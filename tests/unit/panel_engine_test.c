@@ -681,24 +681,37 @@ static void test_live_limit(void **state)
     assert_int_equal(store_tenant_set_config(st, tenant, "{}", &err), AP_OK);
 }
 
+static const char note_lua[] = "return { name = 'note', start = 'a', nodes = { a = function(ctx)\n"
+                               "  ctx:emit('note', { n = 1 }) end } }\n";
+
+/* The engine's stats once no panel runs and the writer has written everything (waits up to
+ * timeout_ms). */
+static panel_engine_stats settled_stats(panel_engine *e, int timeout_ms)
+{
+    panel_engine_stats s;
+    int64_t deadline = clock_mono_ms() + timeout_ms;
+    panel_engine_stats_get(e, &s);
+    while ((s.active > 0 || s.queued > 0) && clock_mono_ms() < deadline) {
+        usleep(10 * 1000);
+        panel_engine_stats_get(e, &s);
+    }
+    assert_int_equal(s.active, 0);
+    assert_int_equal(s.queued, 0);
+    return s;
+}
+
 /* What /metrics shows of the engine: panels running, writes waiting, the writer's commits. */
 static void test_stats(void **state)
 {
     (void)state;
-    write_file("note.lua", "return { name = 'note', start = 'a', nodes = { a = function(ctx)\n"
-                           "  ctx:emit('note', { n = 1 }) end } }\n");
+    write_file("note.lua", note_lua);
     panel_engine *e = start_engine(0);
     panel_engine_stats before, after;
     panel_engine_stats_get(e, &before);
     char id[STORE_ID_MAX];
     create(e, "note", NULL, id);
     free(run_to_end(e, id, "panel.completed", 5000));
-    int64_t deadline = clock_mono_ms() + 5000;
-    do
-        panel_engine_stats_get(e, &after);
-    while ((after.active > 0 || after.queued > 0) && clock_mono_ms() < deadline);
-    assert_int_equal(after.active, 0);
-    assert_int_equal(after.queued, 0);
+    after = settled_stats(e, 5000);
     assert_true(after.batches > before.batches);
     /* running, note, completed, the checkpoint and the status change at least */
     assert_true(after.written >= before.written + 5);
@@ -711,8 +724,7 @@ static void test_stats(void **state)
 static void test_writer_group_commit(void **state)
 {
     (void)state;
-    write_file("note.lua", "return { name = 'note', start = 'a', nodes = { a = function(ctx)\n"
-                           "  ctx:emit('note', { n = 1 }) end } }\n");
+    write_file("note.lua", note_lua);
     ap_err err = {0};
     assert_int_equal(config_set(&cfg, "runtime.writer_gather_ms", "1000", "test", &err), AP_OK);
     panel_engine *e = start_engine(0);
@@ -729,14 +741,8 @@ static void test_writer_group_commit(void **state)
             fail_msg("execute: %s", err.msg);
         usleep(20 * 1000);
     }
-    int64_t deadline = clock_mono_ms() + 30000;
-    do {
-        usleep(10 * 1000);
-        panel_engine_stats_get(e, &after);
-    } while ((after.active > 0 || after.queued > 0) && clock_mono_ms() < deadline);
+    after = settled_stats(e, 30000);
     int64_t took = clock_mono_ms() - t0;
-    assert_int_equal(after.active, 0);
-    assert_int_equal(after.queued, 0);
     uint64_t batches = after.batches - before.batches;
     if (batches > (uint64_t)(took / 1000) + 2)
         fail_msg("%llu commits in %lld ms", (unsigned long long)batches, (long long)took);
